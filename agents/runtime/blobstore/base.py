@@ -1,0 +1,68 @@
+"""The interface every blob-store backend implements, and the errors it raises.
+
+A store is one container (an Azure container, a directory): a flat namespace of blob
+names that may contain ``/``. Backends raise only the errors below, never their
+library's own, so callers (engine, portal) handle failures once.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+
+class StorageError(Exception):
+    """Base of every storage failure; the message is meant for a person."""
+
+
+class BlobNotFound(StorageError):
+    def __init__(self, name: str):
+        super().__init__(f"blob {name!r} does not exist")
+        self.name = name
+
+
+class BlobForbidden(StorageError):
+    """The credentials in use do not allow this operation (e.g. delete through a SAS)."""
+
+
+class StorageUnavailable(StorageError):
+    """The storage could not be reached or answered with a server error."""
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    name: str
+    size: int
+    modified: datetime
+
+
+class BlobStore(abc.ABC):
+    """One container of blobs."""
+
+    @abc.abstractmethod
+    def put(self, name: str, data: bytes | memoryview) -> None:
+        """Store ``data`` under ``name`` atomically: readers see the old blob or the new one."""
+
+    @abc.abstractmethod
+    def get(self, name: str) -> bytes:
+        """The whole blob; ``BlobNotFound`` when absent."""
+
+    @abc.abstractmethod
+    def get_range(self, name: str, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset`` (fewer at the end of the blob)."""
+
+    @abc.abstractmethod
+    def exists(self, name: str) -> bool: ...
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+        """Blobs whose name starts with ``prefix``, in name order."""
+
+    @abc.abstractmethod
+    def delete(self, name: str) -> None:
+        """Remove a blob; ``BlobNotFound`` when absent, ``BlobForbidden`` without the right."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; the default has none."""

@@ -1,0 +1,1 @@
+"""Policies, schedules, retention, recovery points, jobs and their live progress, alerts."""

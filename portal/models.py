@@ -1,0 +1,126 @@
+"""Users, subscriptions, resource groups, memberships and notifications."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractUser
+from django.db import models
+from django.db.models.functions import Lower
+
+
+class User(AbstractUser):
+    """A person who signs in to the portal."""
+
+    @property
+    def display_name(self) -> str:
+        return self.get_full_name() or self.username
+
+
+class Role(models.TextChoices):
+    """Roles on a subscription, from most to least powerful (the reference's RBAC roles)."""
+
+    OWNER = "owner", "Owner"
+    CONTRIBUTOR = "contributor", "Contributor"
+    BACKUP_OPERATOR = "backup_operator", "Backup Operator"
+    READER = "reader", "Reader"
+
+    @classmethod
+    def rank(cls, role: str) -> int:
+        """Higher is more powerful; a role satisfies every requirement of lower rank."""
+        return {cls.READER: 1, cls.BACKUP_OPERATOR: 2, cls.CONTRIBUTOR: 3, cls.OWNER: 4}[role]
+
+
+class Subscription(models.Model):
+    """A billing-and-access boundary, as in Azure: vaults live in its resource groups."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(Lower("name"), name="subscription_name_ci_unique")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    subscription = models.ForeignKey(
+        Subscription, on_delete=models.CASCADE, related_name="memberships"
+    )
+    role = models.CharField(max_length=20, choices=Role.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "subscription"], name="one_membership_per_subscription"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} is {self.get_role_display()} of {self.subscription}"
+
+
+class ResourceGroup(models.Model):
+    subscription = models.ForeignKey(
+        Subscription, on_delete=models.PROTECT, related_name="resource_groups"
+    )
+    name = models.CharField(max_length=90)
+    location = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    # Where the subscription sits, for ``portal.access.get_for_user``.
+    subscription_path = "subscription"
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                "subscription", Lower("name"), name="resource_group_name_ci_unique_in_subscription"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Notification(models.Model):
+    """A message in a user's bell. Features publish through ``notification_publish``."""
+
+    class Level(models.TextChoices):
+        INFO = "info", "Information"
+        IN_PROGRESS = "in_progress", "In progress"
+        SUCCESS = "success", "Succeeded"
+        WARNING = "warning", "Warning"
+        ERROR = "error", "Failed"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications"
+    )
+    # Lets a later event update the same notification (deployment started -> succeeded).
+    key = models.CharField(max_length=120, blank=True, default="")
+    level = models.CharField(max_length=20, choices=Level.choices, default=Level.INFO)
+    title = models.CharField(max_length=200)
+    body = models.TextField(blank=True, default="")
+    link_url = models.CharField(max_length=500, blank=True, default="")
+    link_label = models.CharField(max_length=80, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-updated_at", "-id"]
+        indexes = [models.Index(fields=["user", "read_at"]), models.Index(fields=["user", "key"])]
+
+    def __str__(self) -> str:
+        return self.title

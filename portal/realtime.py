@@ -1,0 +1,72 @@
+"""Pushing HTML fragments to browsers over the Channels layer, from any process.
+
+With Redis (``REDIS_URL``) every process reaches the sockets through channels-redis. With
+the embedded in-memory layer only the ASGI server's own process can, so other processes
+(the portal worker, beat) relay through the server's internal endpoint, signed with a key
+derived from SECRET_KEY. Publishing is a push only: the database stays the truth, and a
+page reload shows the same state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import urllib.request
+
+from asgiref.sync import async_to_sync
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.conf import settings
+from django.db import transaction
+
+log = logging.getLogger(__name__)
+
+RELAY_PATH = "/_internal/realtime/"
+# Set by the ASGI application on its first request: the pid that serves the sockets.
+serving_pid: int | None = None
+
+
+def group_for_user(user_id) -> str:
+    return f"user.{user_id}"
+
+
+def publish(group: str, html: str) -> None:
+    """Send an htmx out-of-band fragment to every socket in ``group`` after commit."""
+    transaction.on_commit(lambda: publish_now(group, html))
+
+
+def publish_now(group: str, html: str) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    if isinstance(layer, InMemoryChannelLayer) and serving_pid != os.getpid():
+        _relay(group, html)
+        return
+    try:
+        async_to_sync(layer.group_send)(group, {"type": "fragment", "html": html})
+    except Exception:  # a push is best effort: the page shows the truth on reload
+        log.warning("could not push to %s", group, exc_info=True)
+
+
+def relay_signature(body: bytes) -> str:
+    key = hashlib.sha256(b"haven-realtime-relay:" + settings.SECRET_KEY.encode()).digest()
+    return hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def _relay(group: str, html: str) -> None:
+    body = json.dumps({"group": group, "html": html}).encode()
+    request = urllib.request.Request(
+        settings.HAVEN_INTERNAL_URL + RELAY_PATH,
+        data=body,
+        headers={"Content-Type": "application/json", "X-Haven-Signature": relay_signature(body)},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=3) as response:
+            response.read()
+    except OSError as exc:
+        log.info(
+            "portal not reachable for a live update to %s (%s); pages show it on reload", group, exc
+        )

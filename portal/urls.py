@@ -1,0 +1,15 @@
+"""The URL root: each app mounts its own routes."""
+
+from django.urls import include, path
+
+from portal.views import internal
+
+urlpatterns = [
+    path("", include("portal.routes")),
+    path("vaults/", include("vaults.urls")),
+    path("machines/", include("agents.urls")),
+    path("jobs/", include("jobs.urls")),
+    path("api/agent/", include("agents.api_urls")),
+    path("storage/", include("vaults.storage.urls")),
+    path("_internal/realtime/", internal.realtime_relay, name="realtime-relay"),
+]
