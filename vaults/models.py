@@ -1,0 +1,56 @@
+"""Recovery Services vaults and what belongs to them on the portal side."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models.functions import Lower
+
+from portal.models import ResourceGroup, Subscription
+
+
+class Vault(models.Model):
+    class State(models.TextChoices):
+        DEPLOYING = "deploying", "Deployment in progress"
+        READY = "ready", "Succeeded"
+        FAILED = "failed", "Deployment failed"
+        DELETING = "deleting", "Deleting"
+
+    class Redundancy(models.TextChoices):
+        GEO = "grs", "Geo-redundant"
+        LOCAL = "lrs", "Locally-redundant"
+        ZONE = "zrs", "Zone-redundant"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # The subscription is the resource group's, kept here so the database itself enforces
+    # "vault names are unique in a subscription".
+    subscription = models.ForeignKey(Subscription, on_delete=models.PROTECT, related_name="vaults")
+    resource_group = models.ForeignKey(
+        ResourceGroup, on_delete=models.PROTECT, related_name="vaults"
+    )
+    name = models.CharField(max_length=50)
+    location = models.CharField(max_length=64)
+    state = models.CharField(max_length=20, choices=State.choices, default=State.DEPLOYING)
+    state_reason = models.TextField(blank=True, default="")
+    redundancy = models.CharField(max_length=3, choices=Redundancy.choices, default=Redundancy.GEO)
+    # The storage container holding this vault's data (named at deployment).
+    container = models.CharField(max_length=63, blank=True, default="")
+    tags = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        "portal.User", null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    subscription_path = "subscription"
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                "subscription", Lower("name"), name="vault_name_ci_unique_in_subscription"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
