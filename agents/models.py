@@ -42,3 +42,16 @@ class Machine(models.Model):
     def queue(self) -> str:
         """The broker queue only this machine's agent consumes."""
         return f"agent.{self.id}"
+
+
+class MachineToken(models.Model):
+    """A machine's API token. Only its SHA-256 is stored; the agent keeps the token."""
+
+    machine = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="tokens")
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"token of {self.machine}"

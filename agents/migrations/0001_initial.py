@@ -5,28 +5,31 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Machine',
+            name="Machine",
             fields=[
-                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('name', models.CharField(max_length=255)),
-                ('hostname', models.CharField(blank=True, default='', max_length=255)),
-                ('os_name', models.CharField(blank=True, default='', max_length=255)),
-                ('agent_version', models.CharField(blank=True, default='', max_length=40)),
-                ('time_zone', models.CharField(default='UTC', max_length=64)),
-                ('registered_at', models.DateTimeField(auto_now_add=True)),
-                ('last_seen_at', models.DateTimeField(blank=True, null=True)),
-                ('unregistered_at', models.DateTimeField(blank=True, null=True)),
+                (
+                    "id",
+                    models.UUIDField(
+                        default=uuid.uuid4, editable=False, primary_key=True, serialize=False
+                    ),
+                ),
+                ("name", models.CharField(max_length=255)),
+                ("hostname", models.CharField(blank=True, default="", max_length=255)),
+                ("os_name", models.CharField(blank=True, default="", max_length=255)),
+                ("agent_version", models.CharField(blank=True, default="", max_length=40)),
+                ("time_zone", models.CharField(default="UTC", max_length=64)),
+                ("registered_at", models.DateTimeField(auto_now_add=True)),
+                ("last_seen_at", models.DateTimeField(blank=True, null=True)),
+                ("unregistered_at", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
     ]

@@ -6,22 +6,30 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('agents', '0001_initial'),
-        ('vaults', '0001_initial'),
+        ("agents", "0001_initial"),
+        ("vaults", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='machine',
-            name='vault',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='machines', to='vaults.vault'),
+            model_name="machine",
+            name="vault",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="machines",
+                to="vaults.vault",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='machine',
-            constraint=models.UniqueConstraint(models.F('vault'), django.db.models.functions.text.Lower('name'), condition=models.Q(('unregistered_at__isnull', True)), name='machine_name_ci_unique_in_vault'),
+            model_name="machine",
+            constraint=models.UniqueConstraint(
+                models.F("vault"),
+                django.db.models.functions.text.Lower("name"),
+                condition=models.Q(("unregistered_at__isnull", True)),
+                name="machine_name_ci_unique_in_vault",
+            ),
         ),
     ]

@@ -1,0 +1,108 @@
+"""Authenticating agents on the agent API: per-machine bearer tokens, stored hashed.
+
+Every agent endpoint is wrapped in ``machine_api``: it resolves the token to a live
+machine (``request.machine``), refuses revoked tokens and unregistered machines, and
+rate-limits each machine. Endpoints that name a vault or a job must still check that it
+belongs to ``request.machine`` (``require_own``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import secrets
+import time
+
+from django.core.cache import cache
+from django.http import JsonResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+
+from agents.models import Machine, MachineToken
+
+TOKEN_PREFIX = "hvn_"
+RATE_LIMIT_PER_MINUTE = 600
+LAST_USED_RESOLUTION_SECONDS = 60
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def machine_token_issue(*, machine: Machine) -> str:
+    """A new token for ``machine``; the plaintext is returned once and never stored."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    MachineToken.objects.create(machine=machine, token_hash=token_hash(token))
+    return token
+
+
+def machine_tokens_revoke(*, machine: Machine) -> int:
+    return MachineToken.objects.filter(machine=machine, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
+
+
+def machine_from_request(request) -> Machine | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.startswith(TOKEN_PREFIX):
+        return None
+    record = (
+        MachineToken.objects.select_related("machine", "machine__vault")
+        .filter(token_hash=token_hash(token.strip()), revoked_at__isnull=True)
+        .first()
+    )
+    if record is None or record.machine.unregistered_at is not None:
+        return None
+    now = timezone.now()
+    if (
+        record.last_used_at is None
+        or (now - record.last_used_at).total_seconds() > LAST_USED_RESOLUTION_SECONDS
+    ):
+        MachineToken.objects.filter(pk=record.pk).update(last_used_at=now)
+    return record.machine
+
+
+def _rate_limited(machine: Machine) -> bool:
+    window = int(time.time() // 60)
+    key = f"agent-api-rate:{machine.pk}:{window}"
+    cache.add(key, 0, timeout=120)
+    try:
+        count = cache.incr(key)
+    except ValueError:
+        cache.set(key, 1, timeout=120)
+        count = 1
+    return count > RATE_LIMIT_PER_MINUTE
+
+
+def api_error(status: int, code: str, message: str) -> JsonResponse:
+    return JsonResponse({"error": code, "message": message}, status=status)
+
+
+def machine_api(view):
+    """Require a valid machine token; sets ``request.machine``."""
+
+    @csrf_exempt
+    @functools.wraps(view)
+    def wrapper(request, *args, **kwargs):
+        machine = machine_from_request(request)
+        if machine is None:
+            return api_error(
+                401,
+                "unauthenticated",
+                "This machine's token is missing, revoked or unknown. If the machine was "
+                "unregistered in the portal, register it again with haven-agent register.",
+            )
+        if _rate_limited(machine):
+            return api_error(429, "rate_limited", "Too many requests from this machine; slow down.")
+        request.machine = machine
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def require_own(request, obj_machine_id) -> JsonResponse | None:
+    """A 404 response unless the object belongs to the calling machine."""
+    if str(obj_machine_id) != str(request.machine.pk):
+        return api_error(404, "not_found", "No such object for this machine.")
+    return None
