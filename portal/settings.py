@@ -9,6 +9,7 @@ naming the variable, which ``manage.py`` turns into a one-line message.
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -139,7 +140,8 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
             },
-            "TEST": {"NAME": DATA_DIR / "test-haven.sqlite3"},
+            # One test database per test run, so runs side by side do not collide.
+            "TEST": {"NAME": DATA_DIR / f"test-haven-{os.getpid()}.sqlite3"},
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -277,5 +279,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("HAVEN_LOG_LEVEL", "INFO")},
-    "loggers": {"axes": {"level": "WARNING"}, "daphne": {"level": "WARNING"}},
+    "loggers": {
+        "axes": {"level": "WARNING"},
+        "daphne": {"level": "WARNING"},
+        # The Azure SDK logs every request at INFO.
+        "azure": {"level": "WARNING"},
+    },
 }

@@ -27,6 +27,22 @@ class BlobForbidden(StorageError):
     """The credentials in use do not allow this operation (e.g. delete through a SAS)."""
 
 
+class GrantExpired(BlobForbidden):
+    """The grant (SAS or portal token) has expired: ask the portal for a new one."""
+
+
+class ContainerNotFound(StorageError):
+    """The container itself is missing (deleted, or never provisioned)."""
+
+
+class InvalidBlobName(StorageError, ValueError):
+    """A blob name the store refuses (empty, absolute, ``..``, NUL, reserved)."""
+
+
+class InvalidGrant(StorageError, ValueError):
+    """A grant this agent cannot use (unknown kind, missing field, bad date)."""
+
+
 class StorageUnavailable(StorageError):
     """The storage could not be reached or answered with a server error."""
 
@@ -66,3 +82,9 @@ class BlobStore(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default has none."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
