@@ -9,6 +9,7 @@ urlpatterns = [
     path("vaults/", include("vaults.urls")),
     path("machines/", include("agents.urls")),
     path("jobs/", include("jobs.urls")),
+    path("recover/", include("jobs.recovery.urls")),
     path("api/agent/jobs/", include("jobs.api_urls")),
     path("api/agent/", include("agents.api_urls")),
     path("storage/", include("vaults.storage.urls")),

@@ -1,0 +1,1 @@
+"""Recover Data: the portal's restore wizard, browsing and searching through the agent."""
