@@ -54,12 +54,17 @@ def visible_subscription_ids(user):
 def for_user(user, queryset_or_model, *, subscription_path: str | None = None):
     """Restrict a queryset to what the user may see."""
     qs = _queryset(queryset_or_model)
-    path = subscription_path or getattr(qs.model, "subscription_path", None)
-    if path is None:
-        raise TypeError(f"{qs.model.__name__} has no subscription_path")
+    if qs.model is Subscription:
+        lookup = "id__in"
+    else:
+        path = subscription_path or getattr(qs.model, "subscription_path", None)
+        if path is None:
+            raise TypeError(f"{qs.model.__name__} has no subscription_path")
+        lookup = f"{path}__in"
+    if not user.is_authenticated:
+        return qs.none()
     if user.is_superuser:
         return qs
-    lookup = "id__in" if qs.model is Subscription else f"{path}__in"
     return qs.filter(**{lookup: visible_subscription_ids(user)})
 
 
@@ -98,3 +103,80 @@ def _queryset(queryset_or_model) -> models.QuerySet:
     if isinstance(queryset_or_model, models.QuerySet):
         return queryset_or_model
     return queryset_or_model._default_manager.all()
+
+
+# --- Who may manage which users ----------------------------------------------------------
+
+
+def owned_subscriptions(user):
+    """Subscriptions where the user is Owner (all of them for a superuser)."""
+    if not user.is_authenticated:
+        return Subscription.objects.none()
+    if user.is_superuser:
+        return Subscription.objects.all()
+    return Subscription.objects.filter(memberships__user=user, memberships__role=Role.OWNER)
+
+
+def subscriptions_with_role(user, role: str):
+    """Subscriptions where the user holds ``role`` or a more powerful one."""
+    if user.is_superuser:
+        return Subscription.objects.all()
+    allowed = [r for r in Role.values if Role.rank(r) >= Role.rank(role)]
+    return Subscription.objects.filter(memberships__user=user, memberships__role__in=allowed)
+
+
+def can_manage_users(user) -> bool:
+    """Superusers and Owners of any subscription manage users."""
+    return user.is_authenticated and (user.is_superuser or owned_subscriptions(user).exists())
+
+
+def can_create_subscriptions(user) -> bool:
+    return can_manage_users(user)
+
+
+def require_user_manager(user) -> None:
+    if not can_manage_users(user):
+        raise PermissionDenied("Managing users needs the Owner role on a subscription.")
+
+
+def managed_users(manager):
+    """The users a manager may see on the Users page.
+
+    A superuser sees everyone; an Owner sees the members of the subscriptions they own."""
+    from portal.models import User
+
+    if manager.is_superuser:
+        return User.objects.all()
+    return User.objects.filter(
+        memberships__subscription__in=owned_subscriptions(manager).values("id")
+    ).distinct()
+
+
+def user_for_manager(manager, user_id):
+    """Load a user that ``manager`` may deactivate or reset.
+
+    Users the manager cannot see: 404. Visible but out of reach (an administrator, the
+    manager themself, or someone who also belongs to subscriptions the manager does not
+    own): 403 — an Owner of one subscription must not lock out the people of another."""
+    from portal.models import User
+
+    require_user_manager(manager)
+    try:
+        target = managed_users(manager).get(pk=user_id)
+    except (User.DoesNotExist, ValueError, TypeError):
+        raise Http404("No such user") from None
+    if target.pk == manager.pk:
+        raise PermissionDenied("You cannot change your own account here; use Change password.")
+    if manager.is_superuser:
+        return target
+    if target.is_superuser:
+        raise PermissionDenied("Only an administrator can change an administrator's account.")
+    outside = Membership.objects.filter(user=target).exclude(
+        subscription__in=owned_subscriptions(manager).values("id")
+    )
+    if outside.exists():
+        raise PermissionDenied(
+            f"{target.username} also has access to subscriptions you do not own; "
+            "ask an administrator."
+        )
+    return target

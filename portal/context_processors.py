@@ -1,5 +1,7 @@
-"""What every page of the shell needs: the bell's unread count and recent notifications."""
+"""What every page of the shell needs: the bell's unread count and recent notifications,
+and whether to offer user management."""
 
+from portal import access
 from portal.models import Notification
 
 
@@ -9,4 +11,8 @@ def shell(request):
         return {}
     recent = list(Notification.objects.filter(user=user)[:20])
     unread = Notification.objects.filter(user=user, read_at__isnull=True).count()
-    return {"notifications": recent, "unread_count": unread}
+    return {
+        "notifications": recent,
+        "unread_count": unread,
+        "can_manage_users": access.can_manage_users(user),
+    }

@@ -13,6 +13,10 @@ from django.db.models.functions import Lower
 class User(AbstractUser):
     """A person who signs in to the portal."""
 
+    # Set when an Owner created the account or reset its password: the one-time password
+    # was shown to someone else, so sign-in leads straight to "Change password".
+    password_change_required = models.BooleanField(default=False)
+
     @property
     def display_name(self) -> str:
         return self.get_full_name() or self.username

@@ -9,12 +9,14 @@ page reload shows the same state.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import logging
 import os
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
@@ -45,9 +47,21 @@ def publish_now(group: str, html: str) -> None:
         _relay(group, html)
         return
     try:
-        async_to_sync(layer.group_send)(group, {"type": "fragment", "html": html})
+        _group_send(layer, group, {"type": "fragment", "html": html})
     except Exception:  # a push is best effort: the page shows the truth on reload
         log.warning("could not push to %s", group, exc_info=True)
+
+
+def _group_send(layer, group: str, message: dict) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        async_to_sync(layer.group_send)(group, message)
+        return
+    # Synchronous code on a thread that runs an event loop (a sync Playwright test, for
+    # one) cannot use async_to_sync there: send from a short-lived helper thread.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(async_to_sync(layer.group_send), group, message).result(timeout=10)
 
 
 def relay_signature(body: bytes) -> str:

@@ -204,6 +204,18 @@ HAVEN_REGIONS = env_list(
     ["West Europe", "North Europe", "East US", "West US 2", "UK South", "Southeast Asia"],
 )
 
+# --- Jobs, alerts and retention (docs/jobs.md) -----------------------------------------
+HAVEN_JOB_PICKUP_SECONDS = env_int("HAVEN_JOB_PICKUP_SECONDS", 60, minimum=1)
+HAVEN_JOB_AGENT_WAIT_MINUTES = env_int("HAVEN_JOB_AGENT_WAIT_MINUTES", 60, minimum=1)
+HAVEN_JOB_STALL_SECONDS = env_int("HAVEN_JOB_STALL_SECONDS", 120, minimum=10)
+HAVEN_ALERT_NO_BACKUP_DAYS = env_int("HAVEN_ALERT_NO_BACKUP_DAYS", 3, minimum=1)
+HAVEN_ALERT_EMAIL = env_str("HAVEN_ALERT_EMAIL", "each")
+if HAVEN_ALERT_EMAIL not in ("each", "digest", "off"):
+    raise SettingError("HAVEN_ALERT_EMAIL", f"expected each, digest or off, got {HAVEN_ALERT_EMAIL!r}")
+HAVEN_GC_GRACE_HOURS = env_int("HAVEN_GC_GRACE_HOURS", 24, minimum=0)
+HAVEN_AGENT_MIN_CACHE_FREE_MB = env_int("HAVEN_AGENT_MIN_CACHE_FREE_MB", 256, minimum=0)
+HAVEN_AGENT_OFFLINE_SECONDS = env_int("HAVEN_AGENT_OFFLINE_SECONDS", 300, minimum=30)
+
 # --- Sign-in throttling (django-axes): per account and, separately, per address --------
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
@@ -247,6 +259,7 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Haven <haven@localhost>")
 # --- Static files, i18n ---------------------------------------------------------------
 STATIC_URL = "/static/"
 STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

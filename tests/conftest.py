@@ -45,6 +45,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.servers)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _fast_password_hasher():
+    """Hashing with PBKDF2 dominates tests that create users; MD5 is fine for them.
+
+    Set on the settings object itself so live servers forked from this process use it too.
+    """
+    from django.conf import settings
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path, monkeypatch):
     home = tmp_path / "home"

@@ -36,6 +36,9 @@ class Vault(models.Model):
     redundancy = models.CharField(max_length=3, choices=Redundancy.choices, default=Redundancy.GEO)
     # The storage container holding this vault's data (named at deployment).
     container = models.CharField(max_length=63, blank=True, default="")
+    # The container on the secondary account (GRS only, when one is configured).
+    secondary_container = models.CharField(max_length=63, blank=True, default="")
+    deployed_at = models.DateTimeField(null=True, blank=True)
     tags = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(
@@ -54,3 +57,51 @@ class Vault(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class VaultCredential(models.Model):
+    """One issued vault credentials file. The registration secret is kept only as a hash:
+    the file the person downloaded is the only copy of the secret itself."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    vault = models.ForeignKey(Vault, on_delete=models.CASCADE, related_name="credentials")
+    secret_hash = models.CharField(max_length=64, unique=True)
+    issued_by = models.ForeignKey(
+        "portal.User", null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    issued_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        "portal.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    subscription_path = "vault__subscription"
+
+    class Meta:
+        ordering = ["-issued_at"]
+
+    def __str__(self) -> str:
+        return f"credentials {self.id} of {self.vault}"
+
+    def status(self, now) -> str:
+        if self.revoked_at:
+            return "revoked"
+        if self.expires_at <= now:
+            return "expired"
+        return "active"
+
+
+class VaultUsageSample(models.Model):
+    """Backup storage used by a vault at one moment, for the overview's chart."""
+
+    vault = models.ForeignKey(Vault, on_delete=models.CASCADE, related_name="usage_samples")
+    taken_at = models.DateTimeField()
+    bytes_used = models.BigIntegerField()
+
+    class Meta:
+        ordering = ["taken_at"]
+        indexes = [models.Index(fields=["vault", "taken_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.vault}: {self.bytes_used} B at {self.taken_at:%Y-%m-%d %H:%M}"

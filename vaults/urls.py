@@ -1,5 +1,34 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
+
+from vaults import views
 
 app_name = "vaults"
 
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.vault_list, name="list"),
+    path("create/", views.vault_create, name="create"),
+    path("create/check-name/", views.check_name, name="check-name"),
+    path("create/resource-groups/", views.resource_group_options, name="resource-groups"),
+    path("<uuid:vault_id>/", views.overview, name="overview"),
+    path("<uuid:vault_id>/deployment/", views.deployment, name="deployment"),
+    path("<uuid:vault_id>/deployment/retry/", views.deployment_retry, name="retry"),
+    path("<uuid:vault_id>/properties/", views.properties, name="properties"),
+    path(
+        "<uuid:vault_id>/properties/backup-configuration/",
+        views.backup_configuration,
+        name="backup-configuration",
+    ),
+    path("<uuid:vault_id>/backup/", views.backup_goal, name="backup"),
+    path("<uuid:vault_id>/credentials/", views.credentials_list, name="credentials"),
+    path(
+        "<uuid:vault_id>/credentials/download/",
+        views.credentials_download,
+        name="credentials-download",
+    ),
+    path(
+        "<uuid:vault_id>/credentials/<uuid:credential_id>/revoke/",
+        views.credentials_revoke_view,
+        name="credentials-revoke",
+    ),
+    path("<uuid:vault_id>/delete/", views.vault_delete, name="delete"),
+]

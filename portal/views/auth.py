@@ -3,6 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.forms import AuthenticationForm
 from django.shortcuts import render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 
@@ -13,12 +14,19 @@ class SignInForm(AuthenticationForm):
     }
 
 
-def signin(request):
-    return auth_views.LoginView.as_view(
-        template_name="portal/signin.html",
-        authentication_form=SignInForm,
-        redirect_authenticated_user=True,
-    )(request)
+class SignInView(auth_views.LoginView):
+    template_name = "portal/signin.html"
+    authentication_form = SignInForm
+    redirect_authenticated_user = True
+
+    def get_success_url(self):
+        # A one-time password was seen by whoever created the account: replace it first.
+        if getattr(self.request.user, "password_change_required", False):
+            return reverse("portal:password-change")
+        return super().get_success_url()
+
+
+signin = SignInView.as_view()
 
 
 @require_POST

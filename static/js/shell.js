@@ -1,18 +1,80 @@
-// The portal shell: navigation toggle, and keeping the bell in step with live pushes.
+// The portal shell: navigation toggle, drop-down menus, toasts, copy buttons, and keeping
+// the bell in step with the database when the live socket reconnects.
 (function () {
   "use strict";
+  var NARROW = "(max-width: 760px)";
+
+  function narrow() { return window.matchMedia(NARROW).matches; }
+
+  function setNavExpanded(expanded) {
+    var toggle = document.querySelector("[data-nav-toggle]");
+    if (toggle) toggle.setAttribute("aria-expanded", expanded ? "true" : "false");
+  }
+
+  function closeMenus(except) {
+    document.querySelectorAll("details[data-menu][open]").forEach(function (menu) {
+      if (menu !== except) menu.removeAttribute("open");
+    });
+  }
+
   document.addEventListener("click", function (event) {
     var toggle = event.target.closest("[data-nav-toggle]");
-    if (!toggle) return;
-    var collapsed = document.body.classList.toggle("nav-collapsed");
-    toggle.setAttribute("aria-expanded", collapsed ? "false" : "true");
-    try { localStorage.setItem("haven.nav", collapsed ? "collapsed" : "open"); } catch (e) {}
+    if (toggle) {
+      if (narrow()) {
+        // On a phone the navigation slides over the page.
+        setNavExpanded(document.body.classList.toggle("nav-open"));
+      } else {
+        var collapsed = document.body.classList.toggle("nav-collapsed");
+        setNavExpanded(!collapsed);
+        try { localStorage.setItem("haven.nav", collapsed ? "collapsed" : "open"); } catch (e) {}
+      }
+      return;
+    }
+    if (event.target.closest("[data-nav-close]") ||
+        (narrow() && event.target.closest(".leftnav a"))) {
+      document.body.classList.remove("nav-open");
+      setNavExpanded(false);
+    }
+    // A click outside an open menu (bell, account) closes it.
+    closeMenus(event.target.closest("details[data-menu]"));
+    var close = event.target.closest("[data-toast-close]");
+    if (close) close.closest(".toast").remove();
+    var copy = event.target.closest("[data-copy]");
+    if (copy) {
+      var source = document.querySelector(copy.getAttribute("data-copy"));
+      if (source && navigator.clipboard) {
+        navigator.clipboard.writeText(source.textContent.trim()).then(function () {
+          copy.textContent = "Copied";
+        });
+      }
+    }
   });
+
+  document.addEventListener("keydown", function (event) {
+    // "/" jumps to global search, as in the Azure portal, unless the user is typing.
+    if (event.key === "/" && !event.target.closest("input, textarea, select, [contenteditable]")) {
+      var search = document.getElementById("global-search");
+      if (search) { event.preventDefault(); search.focus(); }
+      return;
+    }
+    if (event.key !== "Escape") return;
+    closeMenus(null);
+    document.body.classList.remove("nav-open");
+    var results = document.getElementById("search-results");
+    if (results) results.innerHTML = "";
+  });
+
   document.addEventListener("DOMContentLoaded", function () {
     try {
-      if (localStorage.getItem("haven.nav") === "collapsed") document.body.classList.add("nav-collapsed");
+      if (localStorage.getItem("haven.nav") === "collapsed" && !narrow()) {
+        document.body.classList.add("nav-collapsed");
+      }
     } catch (e) {}
+    setNavExpanded(!narrow() && !document.body.classList.contains("nav-collapsed"));
+    var toasts = document.getElementById("toasts");
+    if (toasts) observer.observe(toasts, { childList: true });
   });
+
   // Toasts leave by themselves after a while.
   var observer = new MutationObserver(function (records) {
     records.forEach(function (record) {
@@ -23,8 +85,24 @@
       });
     });
   });
-  document.addEventListener("DOMContentLoaded", function () {
-    var toasts = document.getElementById("toasts");
-    if (toasts) observer.observe(toasts, { childList: true });
+
+  // The socket is a push, never the only copy: after a reconnect, fetch the bell again so
+  // whatever was published while the socket was down shows up.
+  var opened = 0;
+  document.addEventListener("htmx:wsOpen", function (event) {
+    opened += 1;
+    document.body.setAttribute("data-live", "open");
+    if (opened === 1) return;
+    var live = document.getElementById("live");
+    var bell = document.getElementById("bell");
+    if (!live || !bell || !window.htmx) return;
+    var wasOpen = bell.hasAttribute("open");
+    window.htmx.ajax("GET", live.getAttribute("data-bell-url"), { target: "#bell", swap: "outerHTML" })
+      .then(function () {
+        if (wasOpen) document.getElementById("bell").setAttribute("open", "");
+      });
+  });
+  document.addEventListener("htmx:wsClose", function () {
+    document.body.setAttribute("data-live", "closed");
   });
 })();

@@ -1,0 +1,135 @@
+"""Your own password, and user management for Owners and administrators."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth import update_session_auth_hash
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import PasswordChangeForm
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Prefetch
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from portal import access, services
+from portal.models import Membership, Role
+
+
+@login_required
+def password_change(request):
+    form = PasswordChangeForm(request.user, request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        services.user_password_change(
+            user=request.user, password=form.cleaned_data["new_password1"]
+        )
+        update_session_auth_hash(request, request.user)
+        messages.success(request, "Your password was changed.")
+        return redirect("portal:home")
+    return render(
+        request,
+        "portal/password_change.html",
+        {"form": form},
+        status=400 if form.errors else 200,
+    )
+
+
+@login_required
+def user_list(request):
+    access.require_user_manager(request.user)
+    users = (
+        access.managed_users(request.user)
+        .prefetch_related(
+            Prefetch(
+                "memberships",
+                queryset=Membership.objects.select_related("subscription").order_by(
+                    "subscription__name"
+                ),
+            )
+        )
+        .order_by("username")
+    )
+    return render(request, "portal/user_list.html", {"users": users})
+
+
+@login_required
+def user_create(request):
+    access.require_user_manager(request.user)
+    owned = access.owned_subscriptions(request.user).order_by("name")
+    data = {
+        "username": request.POST.get("username", ""),
+        "full_name": request.POST.get("full_name", ""),
+        "email": request.POST.get("email", ""),
+        "subscription": request.POST.get("subscription", ""),
+        "role": request.POST.get("role", Role.READER),
+    }
+    errors: dict[str, list[str]] = {}
+    if request.method == "POST":
+        subscription = None
+        if data["subscription"]:
+            subscription = access.subscription_for_user(
+                request.user, data["subscription"], role=Role.OWNER
+            )
+        elif not request.user.is_superuser:
+            errors["subscription"] = [
+                "Choose one of your subscriptions: the new user starts with a role on it."
+            ]
+        if not errors:
+            try:
+                user, password = services.user_create(
+                    username=data["username"],
+                    full_name=data["full_name"],
+                    email=data["email"],
+                    subscription=subscription,
+                    role=data["role"],
+                )
+            except ValidationError as exc:
+                errors = exc.message_dict
+            else:
+                # Shown on this response only: never stored, never in a redirect or a message.
+                return render(
+                    request,
+                    "portal/user_password_shown.html",
+                    {"target": user, "password": password, "created": True},
+                )
+    return render(
+        request,
+        "portal/user_create.html",
+        {"data": data, "errors": errors, "owned": owned, "roles": Role.choices},
+        status=400 if errors else 200,
+    )
+
+
+@login_required
+@require_POST
+def user_deactivate(request, user_id):
+    target = access.user_for_manager(request.user, user_id)
+    try:
+        services.user_set_active(user=target, active=False)
+    except services.Refused as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"{target.username} is deactivated and signed out everywhere.")
+    return redirect("portal:users")
+
+
+@login_required
+@require_POST
+def user_activate(request, user_id):
+    target = access.user_for_manager(request.user, user_id)
+    services.user_set_active(user=target, active=True)
+    messages.success(request, f"{target.username} can sign in again.")
+    return redirect("portal:users")
+
+
+@login_required
+@require_POST
+def user_reset_password(request, user_id):
+    target = access.user_for_manager(request.user, user_id)
+    if not target.is_active:
+        raise PermissionDenied("Activate the account before resetting its password.")
+    password = services.user_password_reset(user=target)
+    return render(
+        request,
+        "portal/user_password_shown.html",
+        {"target": target, "password": password, "created": False},
+    )

@@ -1,0 +1,183 @@
+"""Reads about vaults: lists, overview counts, what blocks a deletion, what locks redundancy.
+
+Some of these facts belong to apps built later (jobs: protected items, recovery points,
+jobs, alerts, soft-deleted data). They plug in through the hooks below, registered from
+their ``AppConfig.ready()``; until then the overview shows machines only and zeros:
+
+- ``register_overview_counter(fn)``: ``fn(vault) -> dict`` merged into the overview counts
+  (keys ``protected_items``, ``jobs_24h`` — a dict status -> count — and ``active_alerts``).
+- ``register_delete_blocker(fn)``: ``fn(vault) -> list[DeleteBlocker]`` (recovery points,
+  soft-deleted items, …).
+- ``register_protection_check(fn)``: ``fn(vault) -> str | None``, the reason the storage
+  redundancy can no longer change (e.g. "3 recovery points exist"), or None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db.models import Count, Q, QuerySet
+from django.utils import timezone
+
+from portal import access
+from vaults.models import Vault, VaultUsageSample
+
+
+@dataclass(frozen=True)
+class DeleteBlocker:
+    """One reason a vault cannot be deleted yet, with what to do about it."""
+
+    what: str  # "2 registered machines"
+    action: str  # "Unregister them under Machines."
+    link_url: str = ""
+
+
+OverviewCounter = Callable[[Vault], dict]
+DeleteBlockerCheck = Callable[[Vault], list[DeleteBlocker]]
+ProtectionCheck = Callable[[Vault], str | None]
+
+_overview_counters: list[OverviewCounter] = []
+_delete_blockers: list[DeleteBlockerCheck] = []
+_protection_checks: list[ProtectionCheck] = []
+
+
+def register_overview_counter(fn: OverviewCounter) -> None:
+    if fn not in _overview_counters:
+        _overview_counters.append(fn)
+
+
+def register_delete_blocker(fn: DeleteBlockerCheck) -> None:
+    if fn not in _delete_blockers:
+        _delete_blockers.append(fn)
+
+
+def register_protection_check(fn: ProtectionCheck) -> None:
+    if fn not in _protection_checks:
+        _protection_checks.append(fn)
+
+
+def _plural(count: int, singular: str, plural: str | None = None) -> str:
+    return f"{count} {singular if count == 1 else (plural or singular + 's')}"
+
+
+# --- lists ------------------------------------------------------------------------------
+SORTS = {
+    "name": ("name_lower",),
+    "subscription": ("subscription__name", "name_lower"),
+    "resource_group": ("resource_group__name", "name_lower"),
+    "location": ("location", "name_lower"),
+    "state": ("state", "name_lower"),
+}
+
+
+def vault_list(
+    *,
+    user,
+    q: str = "",
+    subscription_id: str = "",
+    resource_group: str = "",
+    location: str = "",
+    sort: str = "name",
+) -> QuerySet[Vault]:
+    """The vaults ``user`` may see, filtered and sorted (``-name`` sorts descending)."""
+    from django.db.models.functions import Lower
+
+    qs = access.for_user(user, Vault).select_related("subscription", "resource_group")
+    if q:
+        qs = qs.filter(name__icontains=q.strip())
+    if subscription_id:
+        qs = qs.filter(subscription_id=subscription_id)
+    if resource_group:
+        qs = qs.filter(resource_group__name__iexact=resource_group)
+    if location:
+        qs = qs.filter(location=location)
+    descending = sort.startswith("-")
+    key = sort.lstrip("-")
+    fields = SORTS.get(key, SORTS["name"])
+    qs = qs.annotate(name_lower=Lower("name"))
+    return qs.order_by(*[f"-{f}" if descending else f for f in fields])
+
+
+# --- overview ---------------------------------------------------------------------------
+JOB_STATUSES = ("in_progress", "succeeded", "warning", "failed")
+
+
+def vault_overview_counts(vault: Vault) -> dict:
+    """The overview tiles. Machines are counted here; the jobs app adds the rest."""
+    counts: dict = {
+        "machines": vault.machines.filter(unregistered_at__isnull=True).count(),
+        "protected_items": 0,
+        "jobs_24h": dict.fromkeys(JOB_STATUSES, 0),
+        "active_alerts": 0,
+    }
+    for counter in _overview_counters:
+        extra = counter(vault) or {}
+        if "jobs_24h" in extra:
+            counts["jobs_24h"] = {**counts["jobs_24h"], **extra.pop("jobs_24h")}
+        counts.update(extra)
+    return counts
+
+
+def vault_usage_samples(vault: Vault, *, days: int = 30) -> list[VaultUsageSample]:
+    """Samples of the last ``days`` days, plus the one just before (the chart's left edge)."""
+    since = timezone.now() - timedelta(days=days)
+    recent = list(vault.usage_samples.filter(taken_at__gte=since).order_by("taken_at"))
+    before = vault.usage_samples.filter(taken_at__lt=since).order_by("-taken_at").first()
+    return ([before] if before else []) + recent
+
+
+def vault_current_usage(vault: Vault) -> int | None:
+    last = vault.usage_samples.order_by("-taken_at").first()
+    return last.bytes_used if last else None
+
+
+# --- rules that depend on what the vault holds -----------------------------------------
+def _machines_blocker(vault: Vault) -> list[DeleteBlocker]:
+    count = vault.machines.filter(unregistered_at__isnull=True).count()
+    if not count:
+        return []
+    return [
+        DeleteBlocker(
+            what=_plural(count, "registered machine"),
+            action="Unregister each machine from the vault first (Machines › Unregister).",
+            link_url=f"/machines/?vault={vault.pk}",
+        )
+    ]
+
+
+def vault_delete_blockers(vault: Vault) -> list[DeleteBlocker]:
+    """Everything that must go before ``vault`` can be deleted; empty when nothing blocks."""
+    blockers = _machines_blocker(vault)
+    for check in _delete_blockers:
+        blockers.extend(check(vault) or [])
+    return blockers
+
+
+def vault_redundancy_locked_reason(vault: Vault) -> str | None:
+    """Why the storage redundancy can no longer change, or None while it still can.
+
+    The rule is "until the first item is protected". Until the jobs app reports recovery
+    points, a registered machine counts as protected: its first backup may start at any time.
+    """
+    for check in _protection_checks:
+        reason = check(vault)
+        if reason:
+            return reason
+    count = vault.machines.filter(unregistered_at__isnull=True).count()
+    if count:
+        return (
+            f"The vault already protects {_plural(count, 'registered machine')}. Storage "
+            "redundancy can only be changed before the first item is protected; to use another "
+            "setting, create a new vault."
+        )
+    if vault.state != Vault.State.READY:
+        return "The vault is not deployed yet."
+    return None
+
+
+def vaults_with_machine_counts(qs: QuerySet[Vault]) -> QuerySet[Vault]:
+    return qs.annotate(
+        machine_count=Count("machines", filter=Q(machines__unregistered_at__isnull=True))
+    )

@@ -1,0 +1,461 @@
+"""Vault pages. Each view loads through ``portal.access`` (the permission check) and calls
+``vaults.services`` / ``vaults.selectors``; none saves a model itself.
+
+Roles: Reader sees everything here; Backup Operator downloads and revokes vault
+credentials; Contributor creates and deletes vaults, retries deployments and changes the
+storage redundancy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from portal import access
+from portal.models import ResourceGroup, Role, Subscription
+from vaults import selectors, services
+from vaults.chart import usage_chart_svg
+from vaults.credentials import VALID_FOR, credentials_issue, credentials_revoke
+from vaults.models import Vault, VaultCredential
+
+AGENT_INSTALLER_URL = "/machines/agent/installer/"
+NEW_RG = "__new__"
+WIZARD_STEPS = [("basics", "Basics"), ("tags", "Tags"), ("review", "Review + create")]
+
+
+def _can(user, vault: Vault, role: str) -> bool:
+    return access.has_role(user, vault.subscription_id, role)
+
+
+def _vault_context(request, vault: Vault, section: str) -> dict:
+    return {
+        "vault": vault,
+        "section": section,
+        "can_contribute": _can(request.user, vault, Role.CONTRIBUTOR),
+        "can_operate": _can(request.user, vault, Role.BACKUP_OPERATOR),
+    }
+
+
+# --- list -------------------------------------------------------------------------------
+@login_required
+@require_GET
+def vault_list(request):
+    params = {
+        "q": request.GET.get("q", "").strip(),
+        "subscription_id": request.GET.get("subscription", ""),
+        "resource_group": request.GET.get("resource_group", ""),
+        "location": request.GET.get("location", ""),
+        "sort": request.GET.get("sort", "name"),
+    }
+    try:
+        vaults = list(selectors.vault_list(user=request.user, **params))
+    except ValidationError:  # a malformed subscription id in the query string
+        vaults = []
+    visible = access.for_user(request.user, Vault)
+    context = {
+        "vaults": vaults,
+        "params": params,
+        "sort": params["sort"],
+        "subscriptions": access.for_user(request.user, Subscription),
+        "resource_groups": sorted(
+            set(visible.values_list("resource_group__name", flat=True)), key=str.lower
+        ),
+        "locations": sorted(set(visible.values_list("location", flat=True))),
+        "total": visible.count(),
+        "columns": [
+            ("name", "Name"),
+            ("resource_group", "Resource group"),
+            ("location", "Location"),
+            ("subscription", "Subscription"),
+            ("state", "Status"),
+        ],
+    }
+    template = "vaults/list.html#results" if request.htmx else "vaults/list.html"
+    return render(request, template, context)
+
+
+# --- create wizard ----------------------------------------------------------------------
+def _creatable_subscriptions(user) -> list[Subscription]:
+    return [
+        s
+        for s in access.for_user(user, Subscription).order_by("name")
+        if access.has_role(user, s.pk, Role.CONTRIBUTOR)
+    ]
+
+
+def _wizard_data(request, subscriptions) -> dict:
+    source = request.POST if request.method == "POST" else request.GET
+    subscription_id = source.get("subscription") or (
+        str(subscriptions[0].pk) if subscriptions else ""
+    )
+    names = source.getlist("tag_name")
+    values = source.getlist("tag_value")
+    tag_rows = [(n.strip(), v.strip()) for n, v in zip(names, values, strict=False)]
+    return {
+        "subscription": subscription_id,
+        "resource_group": source.get("resource_group", ""),
+        "new_resource_group": source.get("new_resource_group", "").strip(),
+        "name": source.get("name", "").strip(),
+        "location": source.get("location", settings.HAVEN_REGIONS[0]),
+        "tag_rows": [row for row in tag_rows if row[0] or row[1]],
+    }
+
+
+def _basics_errors(user, data, subscriptions) -> dict[str, list[str]]:
+    errors: dict[str, list[str]] = {}
+    subscription = next((s for s in subscriptions if str(s.pk) == data["subscription"]), None)
+    if subscription is None:
+        errors["subscription"] = ["Choose a subscription where you are a Contributor or Owner."]
+    if data["resource_group"] == NEW_RG:
+        if not data["new_resource_group"]:
+            errors["resource_group"] = ["Enter a name for the new resource group."]
+    elif not data["resource_group"]:
+        errors["resource_group"] = ["Choose a resource group or create a new one."]
+    elif subscription and not _resource_group(subscription, data["resource_group"]):
+        errors["resource_group"] = ["That resource group is not in the chosen subscription."]
+    problems = services.vault_name_problems(name=data["name"], subscription=subscription)
+    if problems:
+        errors["name"] = [p.message for p in problems]
+    if data["location"] not in settings.HAVEN_REGIONS:
+        errors["location"] = ["Choose a region from the list."]
+    return errors
+
+
+def _resource_group(subscription, rg_id) -> ResourceGroup | None:
+    try:
+        return ResourceGroup.objects.filter(subscription=subscription, pk=int(rg_id)).first()
+    except (TypeError, ValueError):
+        return None
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def vault_create(request):
+    subscriptions = _creatable_subscriptions(request.user)
+    data = _wizard_data(request, subscriptions)
+    step = request.POST.get("step", "basics") if request.method == "POST" else "basics"
+    action = request.POST.get("action", "") if request.method == "POST" else ""
+    errors: dict[str, list[str]] = {}
+    extra_tag_rows = 0
+
+    if action == "add_tag":
+        extra_tag_rows = 1
+    elif action.startswith("goto:") or action in ("next", "previous", "create"):
+        order = [s for s, _ in WIZARD_STEPS]
+        if action == "next":
+            target = order[min(order.index(step) + 1, len(order) - 1)]
+        elif action == "previous":
+            target = order[max(order.index(step) - 1, 0)]
+        elif action == "create":
+            target = "create"
+        else:
+            target = action.split(":", 1)[1] if action[5:] in order else step
+        # Moving past Basics (or creating) needs valid basics; going back never does.
+        if target in ("tags", "review", "create"):
+            errors = _basics_errors(request.user, data, subscriptions)
+            tag_problems = services.tags_problems(dict(data["tag_rows"]))
+            if any(not n for n, _ in data["tag_rows"]):
+                tag_problems.insert(0, "Each tag needs a name.")
+            if tag_problems and target in ("review", "create"):
+                errors["tags"] = tag_problems
+                target = "tags"
+            if set(errors) - {"tags"}:
+                target = "basics"
+        if target == "create" and not errors:
+            subscription = next(s for s in subscriptions if str(s.pk) == data["subscription"])
+            try:
+                vault = services.vault_create(
+                    subscription=access.subscription_for_user(
+                        request.user, subscription.pk, role=Role.CONTRIBUTOR
+                    ),
+                    resource_group=None
+                    if data["resource_group"] == NEW_RG
+                    else _resource_group(subscription, data["resource_group"]),
+                    new_resource_group_name=data["new_resource_group"]
+                    if data["resource_group"] == NEW_RG
+                    else "",
+                    name=data["name"],
+                    location=data["location"],
+                    tags=dict(data["tag_rows"]),
+                    created_by=request.user,
+                )
+            except ValidationError as exc:
+                errors = exc.message_dict
+                target = "tags" if set(errors) == {"tags"} else "basics"
+            else:
+                return redirect("vaults:deployment", vault.pk)
+        step = target if target != "create" else "review"
+
+    subscription = next((s for s in subscriptions if str(s.pk) == data["subscription"]), None)
+    resource_groups = list(subscription.resource_groups.all()) if subscription else []
+    selected_rg = (
+        None
+        if data["resource_group"] in ("", NEW_RG)
+        else next((rg for rg in resource_groups if str(rg.pk) == data["resource_group"]), None)
+    )
+    tag_rows = data["tag_rows"] + [("", "")] * (extra_tag_rows + (0 if data["tag_rows"] else 1))
+    context = {
+        "steps": WIZARD_STEPS,
+        "step": step,
+        "data": data,
+        "errors": errors,
+        "subscriptions": subscriptions,
+        "subscription": subscription,
+        "resource_groups": resource_groups,
+        "selected_rg": selected_rg,
+        "new_rg": NEW_RG,
+        "regions": settings.HAVEN_REGIONS,
+        "tag_rows": tag_rows,
+        "name_problems": [],
+    }
+    return render(request, "vaults/create.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def check_name(request):
+    """The live name check under the Name box (htmx), also a full page for completeness."""
+    source = request.POST if request.method == "POST" else request.GET
+    name = source.get("name", "").strip()
+    subscription = None
+    with contextlib.suppress(Http404, PermissionDenied):
+        subscription = access.subscription_for_user(request.user, source.get("subscription"))
+    problems = services.vault_name_problems(name=name, subscription=subscription) if name else []
+    return render(
+        request,
+        "vaults/_name_check.html",
+        {"name": name, "problems": problems, "checked": bool(name)},
+    )
+
+
+@login_required
+@require_GET
+def resource_group_options(request):
+    """The resource group picker for the chosen subscription (htmx swap in the wizard)."""
+    subscription = None
+    with contextlib.suppress(Http404, PermissionDenied):
+        subscription = access.subscription_for_user(
+            request.user, request.GET.get("subscription"), role=Role.CONTRIBUTOR
+        )
+    return render(
+        request,
+        "vaults/_resource_group_field.html",
+        {
+            "resource_groups": list(subscription.resource_groups.all()) if subscription else [],
+            "data": {"resource_group": "", "new_resource_group": ""},
+            "new_rg": NEW_RG,
+            "errors": {},
+        },
+    )
+
+
+# --- deployment -------------------------------------------------------------------------
+@login_required
+@require_GET
+def deployment(request, vault_id):
+    vault = access.get_for_user(
+        request.user, Vault.objects.select_related("subscription", "resource_group"), pk=vault_id
+    )
+    return render(
+        request,
+        "vaults/deployment.html",
+        {"vault": vault, "can_contribute": _can(request.user, vault, Role.CONTRIBUTOR)},
+    )
+
+
+@login_required
+@require_POST
+def deployment_retry(request, vault_id):
+    vault = access.get_for_user(request.user, Vault, role=Role.CONTRIBUTOR, pk=vault_id)
+    try:
+        services.vault_deploy_retry(vault=vault, user=request.user)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    return redirect("vaults:deployment", vault.pk)
+
+
+# --- the vault's blade ------------------------------------------------------------------
+def _load(request, vault_id, role=Role.READER) -> Vault:
+    return access.get_for_user(
+        request.user,
+        Vault.objects.select_related("subscription", "resource_group", "created_by"),
+        role=role,
+        pk=vault_id,
+    )
+
+
+@login_required
+@require_GET
+def overview(request, vault_id):
+    vault = _load(request, vault_id)
+    now = timezone.now()
+    samples = selectors.vault_usage_samples(vault, days=30)
+    context = _vault_context(request, vault, "overview")
+    context.update(
+        {
+            "counts": selectors.vault_overview_counts(vault),
+            "chart": usage_chart_svg(samples, now=now, days=30),
+            "current_usage": selectors.vault_current_usage(vault),
+            "has_samples": bool(samples),
+        }
+    )
+    return render(request, "vaults/overview.html", context)
+
+
+@login_required
+@require_GET
+def properties(request, vault_id):
+    vault = _load(request, vault_id)
+    context = _vault_context(request, vault, "properties")
+    context["locked_reason"] = selectors.vault_redundancy_locked_reason(vault)
+    return render(request, "vaults/properties.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def backup_configuration(request, vault_id):
+    vault = _load(request, vault_id)
+    context = _vault_context(request, vault, "properties")
+    errors: list[str] = []
+    if request.method == "POST":
+        vault = _load(request, vault_id, role=Role.CONTRIBUTOR)
+        try:
+            services.vault_redundancy_set(
+                vault=vault, redundancy=request.POST.get("redundancy", ""), user=request.user
+            )
+        except ValidationError as exc:
+            errors = exc.message_dict.get("redundancy", exc.messages)
+        else:
+            messages.success(request, "Backup configuration saved.")
+            return redirect("vaults:properties", vault.pk)
+    vault.refresh_from_db()
+    context.update(
+        {
+            "vault": vault,
+            "locked_reason": selectors.vault_redundancy_locked_reason(vault),
+            "options": [
+                (value, label, services.REDUNDANCY_ADVICE[value])
+                for value, label in Vault.Redundancy.choices
+            ],
+            "errors": errors,
+        }
+    )
+    return render(request, "vaults/backup_configuration.html", context)
+
+
+WORKLOADS = [("on_premises", "On-premises"), ("azure_vm", "Azure VM")]
+BACKUP_ITEMS = [("files", "Files and folders"), ("system_state", "System State")]
+
+
+@login_required
+@require_GET
+def backup_goal(request, vault_id):
+    """Getting started › Backup: the backup goal, then Prepare infrastructure."""
+    vault = _load(request, vault_id)
+    context = _vault_context(request, vault, "backup")
+    workload = request.GET.get("workload", "on_premises")
+    items = [i for i in request.GET.getlist("items") if i in dict(BACKUP_ITEMS)]
+    submitted = "prepare" in request.GET
+    error = ""
+    if submitted and workload not in dict(WORKLOADS):
+        error = "Choose where your workload runs."
+    elif submitted and not items:
+        error = "Choose at least one thing to back up."
+    context.update(
+        {
+            "workloads": WORKLOADS,
+            "backup_items": BACKUP_ITEMS,
+            "workload": workload,
+            "items": items if submitted else ["files"],
+            "prepare": submitted and not error,
+            "error": error,
+            "installer_url": AGENT_INSTALLER_URL,
+            "valid_days": VALID_FOR.days,
+        }
+    )
+    return render(request, "vaults/backup_goal.html", context)
+
+
+# --- credentials ------------------------------------------------------------------------
+@login_required
+@require_GET
+def credentials_list(request, vault_id):
+    vault = _load(request, vault_id)
+    context = _vault_context(request, vault, "credentials")
+    now = timezone.now()
+    context["credentials"] = [
+        (c, c.status(now)) for c in vault.credentials.select_related("issued_by", "revoked_by")
+    ]
+    context["valid_days"] = VALID_FOR.days
+    return render(request, "vaults/credentials.html", context)
+
+
+@login_required
+@require_POST
+def credentials_download(request, vault_id):
+    vault = _load(request, vault_id, role=Role.BACKUP_OPERATOR)
+    back = request.POST.get("next") or reverse("vaults:backup", args=[vault.pk])
+    if not back.startswith("/"):
+        back = reverse("vaults:backup", args=[vault.pk])
+    if request.POST.get("agent_ready") != "on":
+        messages.error(
+            request,
+            "Confirm that the latest agent is downloaded or installed before downloading "
+            "vault credentials.",
+        )
+        return redirect(back)
+    try:
+        filename, content, _ = credentials_issue(vault=vault, issued_by=request.user)
+    except ValueError as exc:
+        messages.error(request, str(exc))
+        return redirect(back)
+    response = HttpResponse(content, content_type="application/octet-stream")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@login_required
+@require_POST
+def credentials_revoke_view(request, vault_id, credential_id):
+    vault = _load(request, vault_id, role=Role.BACKUP_OPERATOR)
+    credential = VaultCredential.objects.filter(vault=vault, pk=credential_id).first()
+    if credential is None:
+        raise Http404("No such credentials")
+    credentials_revoke(credential=credential, user=request.user)
+    messages.success(request, f"Credentials {str(credential.pk)[:8]} revoked.")
+    return redirect("vaults:credentials", vault.pk)
+
+
+# --- delete -----------------------------------------------------------------------------
+@login_required
+@require_http_methods(["GET", "POST"])
+def vault_delete(request, vault_id):
+    vault = _load(request, vault_id)
+    context = _vault_context(request, vault, "overview")
+    error = ""
+    if request.method == "POST":
+        vault = _load(request, vault_id, role=Role.CONTRIBUTOR)
+        if request.POST.get("confirm_name", "").strip() != vault.name:
+            error = f"Type the vault's name, {vault.name}, to confirm."
+        else:
+            try:
+                services.vault_delete(vault=vault, user=request.user)
+            except services.VaultDeleteBlocked:
+                error = "The vault cannot be deleted yet; see what blocks it below."
+            except services.VaultStorageError as exc:
+                error = str(exc)
+            else:
+                messages.success(request, f"Vault {vault.name} was deleted.")
+                return redirect("vaults:list")
+    context.update({"blockers": selectors.vault_delete_blockers(vault), "error": error})
+    return render(request, "vaults/delete.html", context, status=400 if error else 200)
