@@ -211,7 +211,9 @@ HAVEN_JOB_STALL_SECONDS = env_int("HAVEN_JOB_STALL_SECONDS", 120, minimum=10)
 HAVEN_ALERT_NO_BACKUP_DAYS = env_int("HAVEN_ALERT_NO_BACKUP_DAYS", 3, minimum=1)
 HAVEN_ALERT_EMAIL = env_str("HAVEN_ALERT_EMAIL", "each")
 if HAVEN_ALERT_EMAIL not in ("each", "digest", "off"):
-    raise SettingError("HAVEN_ALERT_EMAIL", f"expected each, digest or off, got {HAVEN_ALERT_EMAIL!r}")
+    raise SettingError(
+        "HAVEN_ALERT_EMAIL", f"expected each, digest or off, got {HAVEN_ALERT_EMAIL!r}"
+    )
 HAVEN_GC_GRACE_HOURS = env_int("HAVEN_GC_GRACE_HOURS", 24, minimum=0)
 HAVEN_AGENT_MIN_CACHE_FREE_MB = env_int("HAVEN_AGENT_MIN_CACHE_FREE_MB", 256, minimum=0)
 HAVEN_AGENT_OFFLINE_SECONDS = env_int("HAVEN_AGENT_OFFLINE_SECONDS", 300, minimum=30)
