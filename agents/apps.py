@@ -3,3 +3,52 @@ from django.apps import AppConfig
 
 class AgentsConfig(AppConfig):
     name = "agents"
+
+    def ready(self):
+        from portal import live, search
+        from portal.celery import register_periodic
+
+        live.register("machine", _machine_group)
+        search.register("machine", find_machines, label="Machines", order=40)
+        # Redis without an ACL file forgets the machines' users when it restarts.
+        register_periodic("agents.broker_users_sync", "agents.broker_users_sync", 120)
+
+
+def _machine_group(user, machine_id: str) -> str | None:
+    """Pages may watch a machine they can read (``?watch=machine:<id>``)."""
+    from agents.models import Machine
+    from portal.access import get_for_user
+
+    machine = get_for_user(user, Machine, pk=machine_id)
+    return f"machine.{machine.pk}"
+
+
+def find_machines(user, query: str, limit: int):
+    """Registered machines for global search, All resources and Home (portal.search)."""
+    from django.db.models import Q
+    from django.urls import reverse
+
+    from agents.models import Machine
+    from portal import access, search
+
+    qs = (
+        access.for_user(user, Machine)
+        .filter(unregistered_at__isnull=True)
+        .select_related("vault", "vault__subscription", "vault__resource_group")
+    )
+    if query:
+        qs = qs.filter(Q(name__icontains=query) | Q(hostname__icontains=query))
+    return [
+        search.Resource(
+            kind="machine",
+            type_label="Machine",
+            name=m.name,
+            url=reverse("agents:detail", args=[m.pk]),
+            subscription=m.vault.subscription.name,
+            resource_group=m.vault.resource_group.name,
+            location=m.vault.location,
+            created_at=m.registered_at,
+            extra={"vault": m.vault.name},
+        )
+        for m in qs.order_by("name")[:limit]
+    ]

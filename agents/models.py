@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 from django.db import models
 from django.db.models.functions import Lower
 
+from agents.runtime.version import __version__ as PORTAL_AGENT_VERSION
+from agents.runtime.version import is_outdated
 from vaults.models import Vault
+
+# No heartbeat for this long and the portal shows the machine Offline.
+OFFLINE_AFTER = timedelta(minutes=3)
 
 
 class Machine(models.Model):
@@ -21,6 +27,16 @@ class Machine(models.Model):
     registered_at = models.DateTimeField(auto_now_add=True)
     last_seen_at = models.DateTimeField(null=True, blank=True)
     unregistered_at = models.DateTimeField(null=True, blank=True)
+    # The storage container holding this machine's repository (grants are per container,
+    # so one machine's grants are revoked without touching the others').
+    container = models.CharField(max_length=63, blank=True, default="")
+    # The machine's own Redis ACL user ("" with the embedded filesystem broker).
+    broker_username = models.CharField(max_length=100, blank=True, default="")
+    # SHA-256 of the broker password (Redis ACL accepts it as ``#<hash>``), so the portal
+    # can re-create the user after Redis lost its users, without knowing the password.
+    broker_password_sha256 = models.CharField(max_length=64, blank=True, default="")
+    # Which vault credentials file registered the machine.
+    credential_id = models.UUIDField(null=True, blank=True)
 
     subscription_path = "vault__subscription"
 
@@ -42,6 +58,23 @@ class Machine(models.Model):
     def queue(self) -> str:
         """The broker queue only this machine's agent consumes."""
         return f"agent.{self.id}"
+
+    def is_online(self, now=None) -> bool:
+        from django.utils import timezone
+
+        if self.unregistered_at is not None or self.last_seen_at is None:
+            return False
+        return (now or timezone.now()) - self.last_seen_at < OFFLINE_AFTER
+
+    @property
+    def status_label(self) -> str:
+        if self.unregistered_at is not None:
+            return "Unregistered"
+        return "Online" if self.is_online() else "Offline"
+
+    @property
+    def agent_outdated(self) -> bool:
+        return is_outdated(self.agent_version, PORTAL_AGENT_VERSION)
 
 
 class MachineToken(models.Model):

@@ -1,5 +1,71 @@
 from django.apps import AppConfig
 
+MINUTE, HOUR, DAY = 60, 3600, 86400
+
 
 class JobsConfig(AppConfig):
     name = "jobs"
+
+    def ready(self):
+        from portal import live
+        from portal.celery import register_periodic
+
+        # The "vault" kind (group vault.<id>) is the vaults app's; job rows are pushed there.
+        live.register("job", _job_group)
+        register_periodic("jobs.schedule_tick", "jobs.schedule_tick", MINUTE)
+        register_periodic("jobs.sweep", "jobs.sweep", MINUTE)
+        register_periodic("jobs.retention_apply_all", "jobs.retention_apply_all", DAY)
+        register_periodic("jobs.alerts_check", "jobs.alerts_check", HOUR)
+        register_periodic("jobs.alerts_digest", "jobs.alerts_digest", HOUR)
+        _register_vault_hooks()
+
+
+def _job_group(user, job_id: str) -> str | None:
+    """Pages may watch a job they can read (``?watch=job:<id>``)."""
+    from jobs.models import Job
+    from jobs.services import job_group
+    from portal.access import get_for_user
+
+    job = get_for_user(user, Job, pk=job_id)
+    return job_group(job.pk)
+
+
+def _register_vault_hooks() -> None:
+    try:
+        from vaults import selectors
+    except ImportError:  # the vaults app without hooks
+        return
+    from jobs import selectors as job_selectors
+
+    if hasattr(selectors, "register_overview_counter"):
+        selectors.register_overview_counter(job_selectors.vault_overview)
+    if hasattr(selectors, "register_delete_blocker"):
+        selectors.register_delete_blocker(_points_block_delete)
+    if hasattr(selectors, "register_protection_check"):
+        selectors.register_protection_check(_points_lock_redundancy)
+
+
+def _points_block_delete(vault):
+    from django.urls import reverse
+
+    from jobs.models import RecoveryPoint
+    from vaults.selectors import DeleteBlocker
+
+    count = RecoveryPoint.objects.filter(vault=vault, removed_at__isnull=True).count()
+    if not count:
+        return []
+    return [
+        DeleteBlocker(
+            what=f"{count} recovery point{'s' if count != 1 else ''}",
+            action="Stop protection and delete backup data under Backup items.",
+            link_url=reverse("jobs:backup_items", args=[vault.pk]),
+        )
+    ]
+
+
+def _points_lock_redundancy(vault):
+    from jobs.models import RecoveryPoint
+
+    if RecoveryPoint.objects.filter(vault=vault).exists():
+        return "Backup data exists in this vault; storage redundancy can no longer change."
+    return None

@@ -1,5 +1,21 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
+
+from jobs import views
 
 app_name = "jobs"
 
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.job_list, name="list"),
+    path("<uuid:job_id>/", views.job_detail, name="detail"),
+    path("<uuid:job_id>/cancel/", views.job_cancel, name="cancel"),
+    path("machines/<uuid:machine_id>/policy/", views.policy_edit, name="policy"),
+    path("machines/<uuid:machine_id>/policy/preview/", views.policy_preview, name="policy_preview"),
+    path("machines/<uuid:machine_id>/backup-now/", views.backup_now, name="backup_now"),
+    path(
+        "machines/<uuid:machine_id>/recovery-points/",
+        views.recovery_points,
+        name="recovery_points",
+    ),
+    path("vaults/<uuid:vault_id>/backup-items/", views.backup_items, name="backup_items"),
+    path("vaults/<uuid:vault_id>/alerts/", views.vault_alerts, name="vault_alerts"),
+]

@@ -1,5 +1,5 @@
 """What every page of the shell needs: the bell's unread count and recent notifications,
-and whether to offer user management."""
+whether to offer user management, and which left navigation entry the page belongs to."""
 
 from portal import access
 from portal.models import Notification
@@ -12,7 +12,31 @@ def shell(request):
     recent = list(Notification.objects.filter(user=user)[:20])
     unread = Notification.objects.filter(user=user, read_at__isnull=True).count()
     return {
+        "nav_area": nav_area(request.path),
         "notifications": recent,
         "unread_count": unread,
         "can_manage_users": access.can_manage_users(user),
     }
+
+
+# Longest prefix first: a vault's Backup items live under /jobs/ but belong to the vault.
+NAV_AREAS = (
+    ("/jobs/vaults/", "vaults"),
+    ("/jobs/machines/", "machines"),
+    ("/machines/vault/", "vaults"),
+    ("/resource-groups/", "resource_groups"),
+    ("/subscriptions/", "subscriptions"),
+    ("/resources/", "resources"),
+    ("/machines/", "machines"),
+    ("/recover/", "recover"),
+    ("/vaults/", "vaults"),
+    ("/users/", "users"),
+    ("/jobs/", "jobs"),
+)
+
+
+def nav_area(path: str) -> str:
+    """The left navigation entry to highlight for ``path`` ("home" for /)."""
+    if path == "/":
+        return "home"
+    return next((area for prefix, area in NAV_AREAS if path.startswith(prefix)), "")

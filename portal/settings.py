@@ -148,6 +148,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: broker, channel layer, cache ------------------------------------------------
 REDIS_URL = env_url("REDIS_URL", schemes=("redis", "rediss"))
+# The address agents on other machines use to reach Redis (host name rather than loopback).
+HAVEN_AGENT_BROKER_URL = env_url("HAVEN_AGENT_BROKER_URL", schemes=("redis", "rediss"))
 BROKER_DIR = DATA_DIR / "broker"
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL

@@ -11,6 +11,7 @@ urlpatterns = [
     path("jobs/", include("jobs.urls")),
     path("recover/", include("jobs.recovery.urls")),
     path("api/agent/jobs/", include("jobs.api_urls")),
+    path("api/agent/recovery/", include("jobs.recovery.api_urls")),
     path("api/agent/", include("agents.api_urls")),
     path("storage/", include("vaults.storage.urls")),
     path("_internal/realtime/", internal.realtime_relay, name="realtime-relay"),

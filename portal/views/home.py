@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.apps import apps
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
 from django.urls import reverse
@@ -18,14 +19,38 @@ SORTS = {
 }
 
 
+def _first(user, app_label: str, model_name: str, **filters):
+    """One row of another app's model the user may see, or None (also when that app is
+    not installed): Home follows the get-started path without the portal importing it."""
+    try:
+        model = apps.get_model(app_label, model_name)
+    except LookupError:
+        return None
+    return access.for_user(user, model.objects.filter(**filters)).order_by("-pk").first()
+
+
 @login_required
 def home(request):
     user = request.user
+    vault = _first(user, "vaults", "Vault")
+    credential = _first(user, "vaults", "VaultCredential")
+    machine = _first(user, "agents", "Machine", unregistered_at__isnull=True)
+    policy = _first(user, "jobs", "BackupPolicy", machine__unregistered_at__isnull=True)
+    backup = _first(user, "jobs", "RecoveryPoint")
+    # Where each step's button leads: the next thing to do with what exists already.
+    without_policy = (
+        _first(user, "agents", "Machine", unregistered_at__isnull=True, backup_policy__isnull=True)
+        if policy is None and machine is not None
+        else None
+    )
     has = {
         "subscription": access.for_user(user, Subscription).exists(),
         "resource_group": access.for_user(user, ResourceGroup).exists(),
-        "vault": bool(search.find(user, kind="vault", limit=1)),
-        "machine": bool(search.find(user, kind="machine", limit=1)),
+        "vault": vault is not None,
+        "prepared": credential is not None or machine is not None,
+        "machine": machine is not None,
+        "policy": policy is not None,
+        "backup": backup is not None,
     }
     steps = [
         {
@@ -45,38 +70,44 @@ def home(request):
         {
             "title": "Create a Recovery Services vault",
             "text": "Where backups are stored, with the redundancy you choose.",
-            "url": "/vaults/",
-            "action": "Go to vaults",
+            "url": reverse("vaults:create") if not vault else reverse("vaults:list"),
+            "action": "Create vault" if not vault else "Go to vaults",
             "done": has["vault"],
         },
         {
             "title": "Prepare infrastructure",
             "text": "In the vault, download the agent and the vault credentials.",
-            "url": "/vaults/",
-            "action": "Open a vault",
-            "done": has["machine"],
+            "url": reverse("vaults:backup", args=[vault.pk]) if vault else reverse("vaults:list"),
+            "action": "Prepare infrastructure" if vault else "Open a vault",
+            "done": has["prepared"],
         },
         {
             "title": "Register the agent",
             "text": "Install the agent on a machine and register it with the vault credentials "
             "and your own passphrase.",
-            "url": "/machines/",
+            "url": reverse("agents:vault-servers", args=[vault.pk])
+            if vault and not machine
+            else reverse("agents:list"),
             "action": "See machines",
             "done": has["machine"],
         },
         {
             "title": "Set a backup policy",
             "text": "Choose what to back up, when, and how long to keep it.",
-            "url": "/machines/",
+            "url": reverse("jobs:policy", args=[(without_policy or machine).pk])
+            if machine
+            else reverse("agents:list"),
             "action": "Schedule backup",
-            "done": False,
+            "done": has["policy"],
         },
         {
             "title": "Back up now",
             "text": "Start the first backup and watch the job move live.",
-            "url": "/jobs/",
-            "action": "See jobs",
-            "done": False,
+            "url": reverse("jobs:backup_now", args=[policy.machine_id])
+            if policy
+            else reverse("jobs:list"),
+            "action": "Back up now" if policy else "See jobs",
+            "done": has["backup"],
         },
     ]
     next_step = next((i for i, step in enumerate(steps) if not step["done"]), None)

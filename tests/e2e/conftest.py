@@ -140,3 +140,4 @@ def screenshot(page):
         return path
 
     return take
+

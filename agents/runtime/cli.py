@@ -1,0 +1,438 @@
+"""``haven-agent``: configure, check, register, status, worker, install-service, unregister.
+
+Every failure is printed as one ``error: ...`` line that says what to do, and the command
+exits non-zero; no tracebacks for expected failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import sys
+from pathlib import Path
+
+from agents.runtime import checks, config
+from agents.runtime import passphrase as pp
+from agents.runtime.version import __version__
+
+
+class UsageError(Exception):
+    pass
+
+
+def _out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
+def _ask(question: str) -> str:
+    try:
+        return input(question).strip()
+    except EOFError:
+        return ""
+
+
+# --- configure ----------------------------------------------------------------------------
+def cmd_configure(args) -> int:
+    settings = config.load_settings()
+    if args.install_dir is not None:
+        settings.install_dir = str(Path(args.install_dir).expanduser())
+    if args.cache_dir is not None:
+        settings.cache_dir = str(Path(args.cache_dir).expanduser())
+    if args.no_proxy:
+        settings.proxy_url = settings.proxy_username = settings.proxy_password = ""
+    if args.proxy is not None:
+        settings.proxy_url = config.validate_proxy_url(args.proxy)
+    if args.proxy_user is not None:
+        settings.proxy_username = args.proxy_user
+    if args.proxy_password_file is not None:
+        settings.proxy_password = (
+            Path(args.proxy_password_file).expanduser().read_text().splitlines()[0]
+        )
+    if args.passphrase_file is not None:
+        settings.passphrase_file = _passphrase_file_setting(args.passphrase_file)
+    if args.bandwidth_limit is not None:
+        settings.bandwidth_limit = config.parse_bandwidth(args.bandwidth_limit)
+    path = config.save_settings(settings)
+    settings.cache_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _out(f"Settings saved to {path}")
+    _out(f"  install location: {settings.install_dir or config.default_install_dir()}")
+    _out(f"  cache location:   {settings.cache_path}")
+    _out(
+        "  proxy:            "
+        + (
+            settings.proxy_url
+            + (f" (user {settings.proxy_username})" if settings.proxy_username else "")
+            if settings.proxy_url
+            else "none"
+        )
+    )
+    _out(f"  bandwidth limit:  {config.format_bandwidth(settings.bandwidth_limit)}")
+    return 0
+
+
+def _passphrase_file_setting(value: str) -> str:
+    """Validate a passphrase file for scheduled backups: readable, valid, private."""
+    if not value:
+        return ""
+    path = Path(value).expanduser().resolve()
+    pp.read_file(path)
+    if path.stat().st_mode & 0o077:
+        raise UsageError(
+            f"{path} can be read by other users; make it private first: chmod 600 {path}"
+        )
+    return str(path)
+
+
+# --- check --------------------------------------------------------------------------------
+def cmd_check(args) -> int:
+    from agents.runtime.portal_api import PortalClient
+    from agents.runtime.register import read_credentials_file
+
+    settings = config.load_settings()
+    registration = config.load_registration()
+    results: list[checks.CheckResult] = []
+    portal_url = args.portal or ""
+    expected_fingerprint = ""
+    if args.vault_credentials:
+        from agents.runtime.credentials import parse
+
+        creds = parse(read_credentials_file(args.vault_credentials))
+        portal_url, expected_fingerprint = creds.portal_url, creds.fingerprint
+    elif registration and not portal_url:
+        portal_url, expected_fingerprint = (
+            registration.portal_url,
+            registration.portal_fingerprint,
+        )
+    if not portal_url:
+        raise UsageError(
+            "this machine is not registered: pass --vault-credentials FILE or --portal URL "
+            "to check the connection to a portal"
+        )
+    token = registration.token if registration and registration.portal_url == portal_url else ""
+    client = PortalClient(portal_url, token=token, proxies=settings.proxies())
+    portal_result, identity = checks.check_portal(client, expected_fingerprint)
+    results.append(portal_result)
+    results.append(
+        checks.check_clock(identity)
+        if identity
+        else checks.CheckResult(
+            "clock", False, "not checked: the portal did not answer", "Fix the portal check first."
+        )
+    )
+    if registration and token:
+        results.append(checks.check_token(client))
+        results.append(checks.check_broker(registration))
+        _renew_grant_if_expired(registration, client)
+        results.append(checks.check_storage(registration, settings))
+    else:
+        _out("(not registered: broker and storage are checked after registration)")
+    results.append(checks.check_cache(settings))
+    client.close()
+    for result in results:
+        _out(result.line())
+    failed = [r for r in results if not r.ok]
+    _out(
+        "All checks passed."
+        if not failed
+        else f"{len(failed)} check(s) failed: {', '.join(r.name for r in failed)}."
+    )
+    return 1 if failed else 0
+
+
+def _renew_grant_if_expired(registration, client) -> None:
+    from datetime import UTC, datetime
+
+    from agents.runtime.blobstore.grants import grant_expiry
+    from agents.runtime.portal_api import PortalError
+
+    try:
+        expired = grant_expiry(registration.grant) <= datetime.now(UTC)
+    except Exception:
+        expired = True
+    if not expired:
+        return
+    try:
+        answer = client.post("grant/", {})
+    except PortalError:
+        return
+    registration.grant = answer.get("grant") or registration.grant
+    config.save_registration(registration)
+
+
+# --- register -----------------------------------------------------------------------------
+def _passphrase_for(args) -> str:
+    if args.passphrase_file and args.generate_passphrase:
+        raise UsageError("use either --passphrase-file or --generate-passphrase, not both")
+    if args.passphrase_file:
+        return pp.read_file(Path(args.passphrase_file))
+    if args.generate_passphrase:
+        secret = pp.generate()
+        path = pp.save(secret, Path(args.generate_passphrase))
+        args.passphrase_file = str(path)
+        _out(f"A new encryption passphrase was saved to {path} (readable only by you).")
+        _out(pp.LOSS_WARNING)
+        return secret
+    if not _interactive():
+        raise UsageError(
+            "no encryption passphrase: pass --passphrase-file FILE, or --generate-passphrase "
+            "PATH to create one, or run interactively"
+        )
+    answer = _ask("Generate a strong passphrase and save it to a file? [y/N] ").lower()
+    if answer in ("y", "yes"):
+        where = _ask("Where should the passphrase file be saved? ")
+        if not where:
+            raise UsageError("no location given for the passphrase file")
+        secret = pp.generate()
+        path = pp.save(secret, Path(where))
+        args.passphrase_file = str(path)
+        _out(f"The encryption passphrase was saved to {path} (readable only by you).")
+        _out(pp.LOSS_WARNING)
+        return secret
+    return pp.prompt_twice(getpass.getpass, _out)
+
+
+def cmd_register(args) -> int:
+    from agents.runtime import register
+
+    settings = config.load_settings()
+    credentials_path = args.vault_credentials
+    if not credentials_path:
+        if not _interactive():
+            raise UsageError("pass --vault-credentials FILE (downloaded from the portal)")
+        credentials_path = _ask("Vault credentials file: ")
+    register.check_existing(None, replace=args.replace)
+    prepared = register.prepare(credentials_path, settings)
+    creds = prepared.credentials
+    _out(f"Vault credentials verified: vault {creds.vault_name!r} on {creds.portal_url}")
+    _out(f"  portal key {creds.fingerprint}, valid until {creds.expires_at:%Y-%m-%d %H:%M} UTC")
+    name = args.machine_name
+    if not name and _interactive():
+        default = register.default_machine_name()
+        name = _ask(f"Machine name [{default}]: ") or default
+    secret = _passphrase_for(args)
+    registration = register.enroll(
+        prepared,
+        passphrase=secret,
+        settings=settings,
+        machine_name=name or "",
+        replace=args.replace,
+    )
+    _out(
+        f"Registered machine {registration.machine_name!r} ({registration.machine_id}) to "
+        f"vault {registration.vault_name!r} on {registration.portal_url}."
+    )
+    _out(f"Configuration saved in {config.config_dir()} (readable only by you).")
+    if args.passphrase_file:
+        try:
+            settings.passphrase_file = _passphrase_file_setting(args.passphrase_file)
+        except UsageError as exc:
+            _out(f"Note: scheduled backups cannot use the passphrase file: {exc}")
+        else:
+            config.save_settings(settings)
+            _out(f"Scheduled backups read the passphrase from {settings.passphrase_file}.")
+    else:
+        _out(
+            "Scheduled backups need the passphrase on this machine: save it in a file only "
+            "you can read and run haven-agent configure --passphrase-file FILE."
+        )
+    _out("Next: haven-agent install-service (or run haven-agent worker).")
+    _out("Remember: " + pp.LOSS_WARNING)
+    return 0
+
+
+# --- status -------------------------------------------------------------------------------
+def cmd_status(args) -> int:
+    registration = config.load_registration()
+    settings = config.load_settings()
+    if registration is None:
+        if args.json:
+            _out(json.dumps({"registered": False, "agent_version": __version__}))
+        else:
+            _out(f"haven-agent {__version__}: this machine is not registered to any vault.")
+            _out("Register with: haven-agent register --vault-credentials FILE")
+        return 3
+    view = registration.public_view()
+    if args.json:
+        _out(json.dumps({"registered": True, "agent_version": __version__, **view}, indent=2))
+        return 0
+    _out(f"haven-agent {__version__}")
+    _out(f"Registered to vault {registration.vault_name!r} on portal {registration.portal_url}")
+    for key, value in view.items():
+        _out(f"  {key + ':':24} {value}")
+    _out(f"  {'config directory:':24} {config.config_dir()}")
+    _out(f"  {'cache location:':24} {settings.cache_path}")
+    _out(f"  {'proxy:':24} {settings.proxy_url or 'none'}")
+    _out(f"  {'bandwidth limit:':24} {config.format_bandwidth(settings.bandwidth_limit)}")
+    _out(f"  {'passphrase file:':24} {settings.passphrase_file or 'none (typed when needed)'}")
+    return 0
+
+
+def cmd_policy_show(args) -> int:
+    from agents.runtime.jobs.policy import format_policy, load_policy
+
+    _out(format_policy(load_policy(config.config_dir())))
+    return 0
+
+
+# --- worker, service, unregister ------------------------------------------------------------
+def cmd_worker(args) -> int:
+    import os
+
+    from agents.runtime.worker import run_worker
+
+    registration = config.require_registration()
+    settings = config.load_settings()
+    if args.logfile:
+        # Everything the worker and Celery log goes to the file (0600: it names paths).
+        fd = os.open(args.logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(fd, 2)
+        os.close(fd)
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    logging.basicConfig(
+        level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    run_worker(registration, settings, loglevel=args.loglevel.upper())
+    return 0
+
+
+def cmd_install_service(args) -> int:
+    from agents.runtime.service import install_service
+
+    try:
+        path, note = install_service(
+            Path(args.unit_dir) if args.unit_dir else None, start=not args.no_start
+        )
+    except RuntimeError as exc:
+        raise UsageError(str(exc)) from None
+    _out(f"Wrote {path}: {note}")
+    return 0
+
+
+def cmd_unregister(args) -> int:
+    from agents.runtime.portal_api import PortalClient, PortalError, PortalRefused
+
+    registration = config.require_registration()
+    client = PortalClient(
+        registration.portal_url,
+        token=registration.token,
+        proxies=config.load_settings().proxies(),
+    )
+    try:
+        client.post("unregister/", {"reason": "unregistered on the machine"})
+    except PortalRefused:
+        pass  # unregistered in the portal already
+    except PortalError as exc:
+        if not args.force:
+            raise UsageError(
+                f"{exc} Pass --force to forget the registration locally anyway."
+            ) from None
+    config.remove_registration()
+    _out(
+        f"Machine {registration.machine_name!r} is no longer registered to vault "
+        f"{registration.vault_name!r}. Its backups stay in the vault."
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="haven-agent", description="Haven backup agent for this machine."
+    )
+    parser.add_argument("--version", action="version", version=f"haven-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("configure", help="installation settings: cache location, proxy")
+    p.add_argument("--install-dir")
+    p.add_argument("--cache-dir")
+    p.add_argument("--proxy", help="proxy URL for portal and storage traffic")
+    p.add_argument("--proxy-user")
+    p.add_argument("--proxy-password-file")
+    p.add_argument("--no-proxy", action="store_true")
+    p.add_argument(
+        "--passphrase-file", help="file (0600) scheduled backups read the passphrase from"
+    )
+    p.add_argument(
+        "--bandwidth-limit",
+        metavar="RATE",
+        help="limit storage traffic per second, each way (512KB, 2MB; off for no limit)",
+    )
+    p.set_defaults(func=cmd_configure)
+
+    p = sub.add_parser("check", help="verify access to the portal, broker, storage; clock")
+    p.add_argument("--vault-credentials", help="check the portal named in this file")
+    p.add_argument("--portal", help="check this portal URL")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("register", help="register this machine to a vault")
+    p.add_argument("--vault-credentials")
+    p.add_argument("--machine-name")
+    p.add_argument("--passphrase-file")
+    p.add_argument("--generate-passphrase", metavar="PATH")
+    p.add_argument("--replace", action="store_true", help="replace an earlier registration")
+    p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("status", help="which portal and vault this machine is registered to")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("worker", help="run the worker for this machine's queue")
+    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--logfile")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("install-service", help="write (and start) a systemd unit")
+    p.add_argument("--unit-dir")
+    p.add_argument("--no-start", action="store_true")
+    p.set_defaults(func=cmd_install_service)
+
+    p = sub.add_parser("unregister", help="unregister this machine and forget its credentials")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_unregister)
+
+    p = sub.add_parser("policy", help="the backup policy the portal applied to this machine")
+    policy_sub = p.add_subparsers(dest="policy_command", required=True)
+    policy_sub.add_parser("show", help="show the applied policy").set_defaults(func=cmd_policy_show)
+
+    _add_recovery_commands(sub)
+    return parser
+
+
+def _add_recovery_commands(sub) -> None:
+    """recovery-points, ls, find, versions, restore (agents.runtime.recovery.cli)."""
+    try:
+        from agents.runtime.recovery.cli import add_commands
+    except Exception as exc:  # a broken optional module must not take the CLI down
+        logging.getLogger("haven.agent").debug("recovery commands unavailable: %s", exc)
+        return
+    add_commands(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from agents.runtime.credentials import CredentialsError
+    from agents.runtime.passphrase import PassphraseError
+    from agents.runtime.portal_api import PortalError
+    from agents.runtime.register import RegistrationError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CredentialsError as exc:
+        print(f"error: vault credentials refused ({exc.code}): {exc}", file=sys.stderr)
+    except PassphraseError as exc:
+        print(f"error: passphrase: {exc}", file=sys.stderr)
+    except (PortalError, RegistrationError, config.ConfigError, UsageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The backup engine: chunking, packing, crypto, the repository, backup, restore, verify.
+
+It works on any ``agents.runtime.blobstore.BlobStore`` and imports no Django. The storage
+format is in docs/storage-format.md, the progress events in docs/progress.md.
+
+Public API (keyword-only arguments; every failure is an ``EngineError`` subclass whose message
+is meant for a person; storage failures are the blobstore's ``StorageError`` family)::
+
+    Repository.init(store, passphrase, *, kdf=None, chunker=None) -> Repository
+    Repository.open(store, passphrase) -> Repository          # WrongPassphrase, RepositoryNotFound
+
+    run_backup(repo, *, sources, excludes=(), cache_dir=None, sink=None, cancel=None, tags=(),
+               hostname=None, workers=None, compression_level=3, pack_size=16 MiB,
+               upload_threads=2) -> BackupResult
+    run_restore(repo, *, recovery_point, target, paths=None, on_conflict="overwrite",
+                restore_owner=None, sink=None, cancel=None, threads=3) -> RestoreResult
+    run_verify(repo, *, fraction=1.0, sink=None, cancel=None, seed=None) -> VerifyReport
+
+    list_recovery_points(repo) -> list[RecoveryPoint]               # oldest first
+    list_dir(repo, *, recovery_point, path="/") -> list[Entry]
+    find(repo, *, pattern, recovery_points=None) -> Iterator[Found]
+    file_versions(repo, *, path) -> list[FileVersion]
+
+A ``recovery_point`` argument is a ``RecoveryPoint``, its 32-hex id, a unique prefix of it
+(≥ 4 characters) or ``"latest"``. ``cancel`` is a ``threading.Event``; a cancelled backup
+leaves the repository consistent (no recovery point, uploaded packs reused next time).
+``BackupResult.packs`` lists the pack ids the recovery point references: the portal needs
+them for garbage collection (pack id ``p`` is the blob ``data/<p[:2]>/<p>``).
+
+Results: ``BackupResult`` (status, recovery_point, files, dirs, symlinks, files_read,
+files_unchanged, logical_bytes, new_bytes, added_bytes, stored_bytes, packs, warnings,
+duration_s, message); ``RestoreResult`` (status, files, dirs, symlinks, bytes, skipped,
+failed, warnings, duration_s, message); ``VerifyReport`` (ok, packs_checked, packs_total,
+chunks_checked, bytes_checked, recovery_points_checked, damaged: list[DamagedPack(pack_id,
+reason, bad_chunks, files)], missing, unreadable_recovery_points, duration_s, message).
+Statuses: ``completed``, ``completed_with_warnings``, ``cancelled``. Warnings and failures are
+``{"path": str, "reason": str}`` dicts (paths shown with undecodable bytes as ``\\xNN``).
+
+Concurrency: a backup forks ``workers`` chunking processes (start method "fork": they
+inherit the keys and a read-only index snapshot) and uploads on ``upload_threads`` threads; a
+restore writes files on ``threads`` threads. Run one backup per repository at a time.
+
+Modules: ``crypto`` (keys, scrypt, AES-GCM, keyed BLAKE3), ``format`` (byte layouts),
+``index`` (compact chunk index), ``repository`` (blobs, index deltas, manifests),
+``scan`` (walk + exclusions), ``worker`` (chunking processes), ``backup``, ``restore``,
+``verify``, ``browse``, ``progress`` (sinks), ``cli`` (``python -m agents.runtime.engine``).
+"""
+
+from agents.runtime.engine.backup import BackupResult, run_backup
+from agents.runtime.engine.browse import (
+    FileVersion,
+    Found,
+    file_versions,
+    find,
+    list_dir,
+    list_recovery_points,
+)
+from agents.runtime.engine.crypto import DEFAULT_KDF, ChunkerParams
+from agents.runtime.engine.errors import (
+    ChunkMissing,
+    EngineError,
+    IntegrityError,
+    InvalidArgument,
+    RecoveryPointNotFound,
+    RepositoryExists,
+    RepositoryNotFound,
+    UnsupportedFormat,
+    WrongPassphrase,
+)
+from agents.runtime.engine.format import Entry
+from agents.runtime.engine.progress import (
+    Event,
+    ListSink,
+    NullSink,
+    ProgressSink,
+    ThrottledSink,
+)
+from agents.runtime.engine.repository import PackDamaged, RecoveryPoint, Repository
+from agents.runtime.engine.restore import RestoreResult, UnsafePath, run_restore
+from agents.runtime.engine.verify import DamagedPack, VerifyReport, run_verify
+
+__all__ = [
+    "DEFAULT_KDF",
+    "BackupResult",
+    "ChunkMissing",
+    "ChunkerParams",
+    "DamagedPack",
+    "EngineError",
+    "Entry",
+    "Event",
+    "FileVersion",
+    "Found",
+    "IntegrityError",
+    "InvalidArgument",
+    "ListSink",
+    "NullSink",
+    "PackDamaged",
+    "ProgressSink",
+    "RecoveryPoint",
+    "RecoveryPointNotFound",
+    "Repository",
+    "RepositoryExists",
+    "RepositoryNotFound",
+    "RestoreResult",
+    "ThrottledSink",
+    "UnsafePath",
+    "UnsupportedFormat",
+    "VerifyReport",
+    "WrongPassphrase",
+    "file_versions",
+    "find",
+    "list_dir",
+    "list_recovery_points",
+    "run_backup",
+    "run_restore",
+    "run_verify",
+]

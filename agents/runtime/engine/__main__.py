@@ -1,0 +1,5 @@
+import sys
+
+from agents.runtime.engine.cli import main
+
+sys.exit(main())

@@ -1,0 +1,55 @@
+"""Every failure the engine raises, each with a message a person can act on."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base of every engine failure; the message is meant for a person."""
+
+
+class WrongPassphrase(EngineError):
+    def __init__(self) -> None:
+        super().__init__(
+            "the passphrase does not open this repository's key; check for typos and the "
+            "keyboard layout. Without the right passphrase the data cannot be recovered."
+        )
+
+
+class RepositoryNotFound(EngineError):
+    def __init__(self) -> None:
+        super().__init__(
+            "no Haven repository here (no key found under 'keys/'); initialise it first "
+            "or check the storage location"
+        )
+
+
+class RepositoryExists(EngineError):
+    def __init__(self) -> None:
+        super().__init__("a Haven repository already exists here; open it instead")
+
+
+class UnsupportedFormat(EngineError):
+    """The repository was written by a newer Haven than this one."""
+
+
+class IntegrityError(EngineError):
+    """Stored data failed authentication or does not match its id (damaged or tampered)."""
+
+
+class RecoveryPointNotFound(EngineError):
+    def __init__(self, ref: str) -> None:
+        super().__init__(f"no recovery point {ref!r} in this repository")
+        self.ref = ref
+
+
+class InvalidArgument(EngineError, ValueError):
+    """A caller passed something the engine cannot use (e.g. a relative source path)."""
+
+
+class ChunkMissing(IntegrityError):
+    def __init__(self, chunk_id: bytes) -> None:
+        super().__init__(
+            f"chunk {chunk_id.hex()[:16]}… is not in any pack of the index; the repository "
+            "is incomplete (run verify)"
+        )
+        self.chunk_id = chunk_id

@@ -1,0 +1,216 @@
+"""Byte layouts of what the engine stores (documented in docs/storage-format.md).
+
+* chunk object: ``seal(flag || payload, ad=b"chunk\\0" || id)``; flag 0 = stored, 1 = zstd
+* pack: chunk objects back to back, then ``seal(header, ad=b"pack\\0" || pack id)`` and its
+  length as ``uint32`` LE; header rows are ``<32s I I I`` (id, offset, length, plain length)
+* index blob: ``seal(zstd(b"HVI1" || per pack: id(16) size(u64) count(u32) rows))``
+* manifest entries: a binary stream (``encode_entry``) cut into content-defined metadata chunks
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import zstandard
+
+from agents.runtime.engine.crypto import Sealer
+from agents.runtime.engine.errors import IntegrityError, UnsupportedFormat
+
+HOLE_ID = bytes(32)  # a run of zeros not stored (sparse file hole)
+
+FILE, DIR, SYMLINK, HARDLINK = 1, 2, 3, 4
+KIND_NAMES = {FILE: "file", DIR: "dir", SYMLINK: "symlink", HARDLINK: "hardlink"}
+
+PACK_ROW = struct.Struct("<32sIII")
+TRAILER = struct.Struct("<I")
+
+
+def chunk_ad(chunk_id: bytes) -> bytes:
+    return b"chunk\0" + chunk_id
+
+
+def encode_chunk(
+    data: bytes | memoryview,
+    chunk_id: bytes,
+    sealer: Sealer,
+    cctx: zstandard.ZstdCompressor | None,
+) -> bytes:
+    """Compress (when it pays: ≥3% smaller) then seal one chunk."""
+    if cctx is not None and len(data) >= 128:
+        comp = cctx.compress(data)
+        if len(comp) < len(data) * 0.97:
+            return sealer.seal(b"\x01" + comp, chunk_ad(chunk_id))
+    return sealer.seal(b"\x00" + bytes(data), chunk_ad(chunk_id))
+
+
+_local = threading.local()
+
+
+def _dctx() -> zstandard.ZstdDecompressor:
+    """One decompressor per thread: zstandard's objects are not thread-safe (sharing one
+    between restore threads corrupts output or crashes)."""
+    d = getattr(_local, "dctx", None)
+    if d is None:
+        d = _local.dctx = zstandard.ZstdDecompressor()
+    return d
+
+
+def decode_chunk(blob: bytes | memoryview, chunk_id: bytes, sealer: Sealer, raw_len: int) -> bytes:
+    payload = sealer.open(blob, chunk_ad(chunk_id))
+    flag = payload[0]
+    if flag == 0:
+        data = payload[1:]
+    elif flag == 1:
+        try:
+            data = _dctx().decompress(memoryview(payload)[1:], max_output_size=max(raw_len, 1))
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"chunk does not decompress: {exc}") from None
+    else:
+        raise UnsupportedFormat(f"unknown chunk encoding {flag}; upgrade Haven")
+    if len(data) != raw_len:
+        raise IntegrityError("chunk has the wrong length")
+    return data
+
+
+class PackBuilder:
+    """Collects sealed chunks into one pack blob."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.rows: list[tuple[bytes, int, int, int]] = []
+        self.ids: set[bytes] = set()
+
+    def __len__(self) -> int:
+        return len(self.buf)
+
+    def add(self, chunk_id: bytes, blob: bytes, raw_len: int) -> tuple[int, int]:
+        off = len(self.buf)
+        self.buf += blob
+        self.rows.append((chunk_id, off, len(blob), raw_len))
+        self.ids.add(chunk_id)
+        return off, len(blob)
+
+    def finish(self, sealer: Sealer, pack_id: bytes) -> memoryview:
+        header = b"".join(PACK_ROW.pack(*row) for row in self.rows)
+        sealed = sealer.seal(header, b"pack\0" + pack_id)
+        self.buf += sealed
+        self.buf += TRAILER.pack(len(sealed))
+        return memoryview(self.buf)  # no copy: 16 MiB less per pack in flight
+
+
+def parse_pack_header(
+    tail: bytes, sealer: Sealer, pack_id: bytes
+) -> list[tuple[bytes, int, int, int]]:
+    """Rows from the end of a pack (``tail`` must hold header and trailer)."""
+    if len(tail) < TRAILER.size:
+        raise IntegrityError("pack is truncated")
+    (hlen,) = TRAILER.unpack_from(tail, len(tail) - TRAILER.size)
+    if hlen + TRAILER.size > len(tail):
+        raise IntegrityError("pack header length is out of range")
+    sealed = tail[len(tail) - TRAILER.size - hlen : len(tail) - TRAILER.size]
+    header = sealer.open(sealed, b"pack\0" + pack_id)
+    if len(header) % PACK_ROW.size:
+        raise IntegrityError("pack header is malformed")
+    return [PACK_ROW.unpack_from(header, o) for o in range(0, len(header), PACK_ROW.size)]
+
+
+def encode_index(packs: list[tuple[bytes, int, list[tuple[bytes, int, int, int]]]]) -> bytes:
+    parts = [b"HVI1"]
+    for pack_id, size, rows in packs:
+        parts.append(pack_id + struct.pack("<QI", size, len(rows)))
+        parts.extend(PACK_ROW.pack(*row) for row in rows)
+    return zstandard.ZstdCompressor(level=3).compress(b"".join(parts))
+
+
+def decode_index(raw: bytes) -> Iterator[tuple[bytes, int, list[tuple[bytes, int, int, int]]]]:
+    data = _dctx().decompress(raw, max_output_size=1 << 31)
+    if data[:4] != b"HVI1":
+        raise UnsupportedFormat("unknown index format; upgrade Haven")
+    pos = 4
+    while pos < len(data):
+        pack_id = data[pos : pos + 16]
+        size, count = struct.unpack_from("<QI", data, pos + 16)
+        pos += 28
+        rows = [PACK_ROW.unpack_from(data, pos + i * PACK_ROW.size) for i in range(count)]
+        pos += count * PACK_ROW.size
+        yield pack_id, size, rows
+
+
+# -- manifest entries -----------------------------------------------------------------------
+
+ENTRY = struct.Struct("<BIIIIqqQQHHIII")
+REF = struct.Struct("<32sQ")
+
+
+@dataclass(slots=True)
+class Entry:
+    """One item of a recovery point. ``path`` is absolute, bytes, ``/``-separated."""
+
+    path: bytes
+    kind: int
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    ino: int = 0
+    size: int = 0
+    nlink: int = 1
+    user: bytes = b""
+    group: bytes = b""
+    target: bytes = b""  # symlink target, or the first path of a hard-link set
+    content: list[tuple[bytes, int]] = field(default_factory=list)
+
+    @property
+    def kind_name(self) -> str:
+        return KIND_NAMES.get(self.kind, "unknown")
+
+    @property
+    def name(self) -> bytes:
+        return self.path.rstrip(b"/").rsplit(b"/", 1)[-1] or b"/"
+
+    @property
+    def parent(self) -> bytes:
+        head = self.path.rstrip(b"/").rsplit(b"/", 1)[0]
+        return head or b"/"
+
+
+def encode_entry(e: Entry) -> bytes:
+    head = ENTRY.pack(
+        e.kind, e.mode, e.uid, e.gid, e.nlink, e.mtime_ns, e.ctime_ns, e.ino, e.size,
+        len(e.user), len(e.group), len(e.path), len(e.target), len(e.content),
+    )  # fmt: skip
+    refs = b"".join(REF.pack(cid, n) for cid, n in e.content)
+    return b"".join((head, e.path, e.target, e.user, e.group, refs))
+
+
+def decode_entries(buf: bytes | bytearray, pos: int = 0) -> tuple[list[Entry], int]:
+    """Complete entries in ``buf`` from ``pos``; returns them and where the rest starts."""
+    out: list[Entry] = []
+    n = len(buf)
+    unpack, hsize, rsize = ENTRY.unpack_from, ENTRY.size, REF.size
+    while pos + hsize <= n:
+        kind, mode, uid, gid, nlink, mt, ct, ino, size, lu, lg, lp, lt, nc = unpack(buf, pos)
+        end = pos + hsize + lp + lt + lu + lg + nc * rsize
+        if end > n:
+            break
+        p = pos + hsize
+        path = bytes(buf[p : p + lp])
+        p += lp
+        target = bytes(buf[p : p + lt])
+        p += lt
+        user = bytes(buf[p : p + lu])
+        p += lu
+        group = bytes(buf[p : p + lg])
+        p += lg
+        content = [REF.unpack_from(buf, p + i * rsize) for i in range(nc)]
+        out.append(
+            Entry(
+                path, kind, mode, uid, gid, mt, ct, ino, size, nlink, user, group, target, content
+            )
+        )
+        pos = end
+    return out, pos

@@ -1,0 +1,400 @@
+"""The repository on a ``BlobStore``: keys, packs, the chunk index and recovery points.
+
+Blob names (all opaque to the store except for sizes)::
+
+    config                  plain JSON: format, version, repository id
+    keys/<16 hex>           plain JSON: scrypt parameters + the sealed master keys
+    data/<2 hex>/<32 hex>   packs (the 32 hex are the pack id reported to the portal)
+    index/<32 hex>          sealed index deltas (which chunk is where)
+    snapshots/<32 hex>      sealed manifests, one per recovery point
+
+The engine only ever creates blobs (never overwrites or deletes): the agent's SAS has no
+delete permission; garbage collection is the portal's (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import zstandard
+
+from agents.runtime.blobstore.base import BlobNotFound, BlobStore
+from agents.runtime.engine.crypto import (
+    DEFAULT_KDF,
+    ChunkerParams,
+    MasterKeys,
+    Sealer,
+    chunk_hasher,
+    unwrap_keys,
+    wrap_keys,
+)
+from agents.runtime.engine.errors import (
+    ChunkMissing,
+    IntegrityError,
+    RecoveryPointNotFound,
+    RepositoryExists,
+    RepositoryNotFound,
+    UnsupportedFormat,
+)
+from agents.runtime.engine.format import (
+    TRAILER,
+    Entry,
+    decode_chunk,
+    decode_entries,
+    decode_index,
+    encode_index,
+    parse_pack_header,
+)
+from agents.runtime.engine.index import ChunkIndex
+
+FORMAT_VERSION = 1
+
+
+def pack_blob_name(pack_id: bytes) -> str:
+    h = pack_id.hex()
+    return f"data/{h[:2]}/{h}"
+
+
+class PackDamaged(IntegrityError):
+    """A chunk of this pack failed authentication, or the pack is missing or truncated."""
+
+    def __init__(self, pack_id: bytes, reason: str):
+        super().__init__(f"pack {pack_id.hex()} is damaged: {reason}")
+        self.pack_id = pack_id
+        self.reason = reason
+
+
+@dataclass
+class RecoveryPoint:
+    """The manifest of one backup, as listed (entries are streamed separately)."""
+
+    id: str
+    time: datetime
+    hostname: str
+    sources: list[str]
+    tags: list[str]
+    status: str
+    stats: dict
+    packs: list[str]
+    meta: list[str] = field(repr=False, default_factory=list)
+    parent: str | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "version": FORMAT_VERSION,
+            "id": self.id,
+            "time": self.time.isoformat(),
+            "hostname": self.hostname,
+            "sources": self.sources,
+            "tags": self.tags,
+            "status": self.status,
+            "stats": self.stats,
+            "packs": self.packs,
+            "meta": self.meta,
+            "parent": self.parent,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> RecoveryPoint:
+        if d.get("version", 0) > FORMAT_VERSION:
+            raise UnsupportedFormat("recovery point written by a newer Haven; upgrade")
+        return cls(
+            id=d["id"],
+            time=datetime.fromisoformat(d["time"]),
+            hostname=d["hostname"],
+            sources=d["sources"],
+            tags=d["tags"],
+            status=d["status"],
+            stats=d["stats"],
+            packs=d["packs"],
+            meta=d["meta"],
+            parent=d.get("parent"),
+        )
+
+
+class Repository:
+    """An opened repository: the keys and the chunk index. Use ``init`` or ``open``."""
+
+    def __init__(self, store: BlobStore, keys: MasterKeys, repo_id: str, key_name: str):
+        self.store = store
+        self.keys = keys
+        self.id = repo_id
+        self.key_name = key_name
+        self.sealer = Sealer(keys.data_key)
+        self.chunk_id = chunk_hasher(keys.id_key)
+        self.index = ChunkIndex()
+        self._index_names: set[str] = set()
+        self._index_loaded = False
+
+    # -- creation ------------------------------------------------------------------------
+    @classmethod
+    def init(
+        cls,
+        store: BlobStore,
+        passphrase: str | bytes,
+        *,
+        kdf: dict | None = None,
+        chunker: ChunkerParams | None = None,
+    ) -> Repository:
+        """Create a repository in an empty store. ``kdf`` overrides scrypt's n, r, p."""
+        if store.exists("config") or any(True for _ in store.list("keys/")):
+            raise RepositoryExists()
+        keys = MasterKeys.generate(chunker or ChunkerParams())
+        key_name = os.urandom(8).hex()
+        store.put(
+            f"keys/{key_name}", wrap_keys(keys, passphrase, kdf or DEFAULT_KDF, key_name=key_name)
+        )
+        repo_id = os.urandom(16).hex()
+        config = {"format": "haven-repository", "version": FORMAT_VERSION, "id": repo_id}
+        store.put("config", json.dumps(config).encode())
+        return cls(store, keys, repo_id, key_name)
+
+    @classmethod
+    def open(cls, store: BlobStore, passphrase: str | bytes) -> Repository:
+        """Open with the passphrase; ``WrongPassphrase`` when no key opens with it."""
+        names = [b.name for b in store.list("keys/")]
+        if not names:
+            raise RepositoryNotFound()
+        try:
+            config = json.loads(store.get("config"))
+        except BlobNotFound:
+            raise RepositoryNotFound() from None
+        if config.get("format") != "haven-repository":
+            raise RepositoryNotFound()
+        if config.get("version", 0) > FORMAT_VERSION:
+            raise UnsupportedFormat(
+                f"repository format {config['version']} is newer than this Haven supports "
+                f"({FORMAT_VERSION}); upgrade the agent"
+            )
+        last_error: Exception | None = None
+        for name in names:
+            key_name = name.split("/", 1)[1]
+            try:
+                keys = unwrap_keys(store.get(name), passphrase, key_name=key_name)
+            except Exception as exc:  # WrongPassphrase; try the next key
+                last_error = exc
+                continue
+            return cls(store, keys, config["id"], key_name)
+        assert last_error is not None
+        raise last_error
+
+    def kdf_params(self) -> dict:
+        return json.loads(self.store.get(f"keys/{self.key_name}"))["kdf"]
+
+    # -- sealed small blobs ----------------------------------------------------------------
+    def put_sealed(self, name: str, plaintext: bytes) -> None:
+        # fresh (de)compressors: zstandard objects must not be shared between threads
+        comp = zstandard.ZstdCompressor(level=3).compress(plaintext)
+        self.store.put(name, self.sealer.seal(comp, name.encode()))
+
+    def get_sealed(self, name: str) -> bytes:
+        raw = self.sealer.open(self.store.get(name), name.encode())
+        return zstandard.ZstdDecompressor().decompress(raw, max_output_size=1 << 31)
+
+    # -- index ---------------------------------------------------------------------------
+    def _cache_paths(self, cache_dir: Path) -> tuple[Path, Path]:
+        base = Path(cache_dir) / f"repo-{self.id}"
+        return base / "index.bin", base / "index.json"
+
+    def load_index(self, cache_dir: Path | None = None) -> ChunkIndex:
+        """Load (once) every index blob, starting from the local cache when it is usable."""
+        if self._index_loaded:
+            return self.index
+        names = {b.name for b in self.store.list("index/")}
+        if cache_dir is not None:
+            bin_path, json_path = self._cache_paths(cache_dir)
+            try:
+                covered = set(json.loads(json_path.read_text())["names"])
+                if covered <= names:
+                    self.index = ChunkIndex.load(
+                        self.sealer.open(bin_path.read_bytes(), b"index-cache\0" + self.id.encode())
+                    )
+                    self._index_names = covered
+            except (OSError, ValueError, KeyError, IntegrityError):
+                self.index, self._index_names = ChunkIndex(), set()
+        for name in sorted(names - self._index_names):
+            self._merge_index_blob(name)
+        self._index_loaded = True
+        return self.index
+
+    def _merge_index_blob(self, name: str) -> None:
+        for pack_id, size, rows in decode_index(self.get_sealed(name)):
+            self._add_pack_rows(pack_id, size, rows)
+        self._index_names.add(name)
+
+    def _add_pack_rows(self, pack_id: bytes, size: int, rows) -> None:
+        no = self.index.add_pack(pack_id, size)
+        for cid, off, length, raw in rows:
+            self.index.add(cid, no, off, length, raw)
+
+    def save_index_cache(self, cache_dir: Path | None) -> None:
+        if cache_dir is None:
+            return
+        bin_path, json_path = self._cache_paths(cache_dir)
+        bin_path.parent.mkdir(parents=True, exist_ok=True)
+        # Sealed: the cache sits on the machine, but it names every chunk id.
+        sealed = self.sealer.seal(self.index.dump(), b"index-cache\0" + self.id.encode())
+        tmp = bin_path.with_suffix(".tmp")
+        tmp.write_bytes(sealed)
+        os.replace(tmp, bin_path)
+        tmpj = json_path.with_suffix(".tmp")
+        tmpj.write_text(json.dumps({"names": sorted(self._index_names)}))
+        os.replace(tmpj, json_path)
+
+    def write_index(self, packs: list[tuple[bytes, int, list[tuple[bytes, int, int, int]]]]) -> str:
+        name = f"index/{os.urandom(16).hex()}"
+        self.put_sealed(name, encode_index(packs))
+        self._index_names.add(name)
+        return name
+
+    def sync_packs(self) -> list[bytes]:
+        """Reconcile the index with the packs really stored.
+
+        Packs uploaded by an interrupted run but never indexed are read back (their sealed
+        header says what they hold) and indexed, so their chunks are reused; packs removed by
+        garbage collection are forgotten so nothing is deduplicated against them.
+        Returns the ids of recovered packs.
+        """
+        present: dict[bytes, int] = {}
+        for info in self.store.list("data/"):
+            try:
+                present[bytes.fromhex(info.name.rsplit("/", 1)[1])] = info.size
+            except ValueError:
+                continue
+        for no, pack_id in enumerate(self.index.pack_ids):
+            if pack_id not in present:
+                self.index.mark_dead(no)
+        recovered = []
+        for pack_id, size in present.items():
+            if self.index.has_pack(pack_id) and not self.index.is_dead(self.index.pack_no(pack_id)):
+                continue
+            try:
+                rows = self._read_pack_header(pack_id, size)
+            except Exception:  # a truncated or foreign blob: leave it to garbage collection
+                continue
+            self._add_pack_rows(pack_id, size, rows)
+            recovered.append((pack_id, size, rows))
+        if recovered:
+            self.write_index(recovered)
+        return [p for p, _, _ in recovered]
+
+    def _read_pack_header(self, pack_id: bytes, size: int):
+        name = pack_blob_name(pack_id)
+        want = min(size, 256 * 1024)
+        tail = self.store.get_range(name, size - want, want)
+        (hlen,) = TRAILER.unpack_from(tail, len(tail) - TRAILER.size)
+        if hlen + TRAILER.size > len(tail) and hlen + TRAILER.size <= size:
+            tail = self.store.get_range(name, size - hlen - TRAILER.size, hlen + TRAILER.size)
+        return parse_pack_header(tail, self.sealer, pack_id)
+
+    # -- recovery points -------------------------------------------------------------------
+    def write_recovery_point(self, rp: RecoveryPoint) -> None:
+        self.put_sealed(f"snapshots/{rp.id}", json.dumps(rp.to_json()).encode())
+
+    def list_recovery_points(self) -> list[RecoveryPoint]:
+        out = []
+        for info in self.store.list("snapshots/"):
+            out.append(RecoveryPoint.from_json(json.loads(self.get_sealed(info.name))))
+        out.sort(key=lambda rp: (rp.time, rp.id))
+        return out
+
+    def recovery_point(self, ref: str | RecoveryPoint) -> RecoveryPoint:
+        """By id, unique id prefix (≥ 4 characters) or ``"latest"``."""
+        if isinstance(ref, RecoveryPoint):
+            return ref
+        if len(ref) == 32:
+            try:
+                return RecoveryPoint.from_json(json.loads(self.get_sealed(f"snapshots/{ref}")))
+            except BlobNotFound:
+                raise RecoveryPointNotFound(ref) from None
+        rps = self.list_recovery_points()
+        if ref == "latest" and rps:
+            return rps[-1]
+        found = [rp for rp in rps if len(ref) >= 4 and rp.id.startswith(ref)]
+        if len(found) != 1:
+            raise RecoveryPointNotFound(ref)
+        return found[0]
+
+    def iter_entries(self, rp: RecoveryPoint, reader: ChunkReader | None = None) -> Iterator[Entry]:
+        """Stream a recovery point's entries in tree order (bounded memory)."""
+        self.load_index()
+        reader = reader or ChunkReader(self)
+        buf = b""
+        for hex_id in rp.meta:
+            buf += reader.read(bytes.fromhex(hex_id))
+            entries, pos = decode_entries(buf)
+            yield from entries
+            buf = buf[pos:]
+        if buf:
+            raise IntegrityError(f"recovery point {rp.id} ends in a truncated entry")
+
+
+def default_hostname() -> str:
+    return socket.gethostname()
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ChunkReader:
+    """Reads chunks through a small cache of pack windows (bounded: ``slots`` × ``window``).
+
+    Restores read packs mostly in the order backups wrote them, so one ranged read serves
+    many chunks; a chunk larger than the window is read alone.
+    """
+
+    def __init__(self, repo: Repository, *, window: int = 4 << 20, slots: int = 3):
+        self.repo = repo
+        self.window = window
+        self.slots = slots
+        self._cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self.bytes_read = 0
+
+    def locate(self, chunk_id: bytes) -> tuple[int, int, int, int]:
+        loc = self.repo.index.get(chunk_id)
+        if loc is None:
+            raise ChunkMissing(chunk_id)
+        return loc
+
+    def read(self, chunk_id: bytes) -> bytes:
+        pno, off, length, raw = self.locate(chunk_id)
+        pack_id = self.repo.index.pack_ids[pno]
+        blob = self._range(pno, pack_id, off, length)
+        if len(blob) != length:
+            raise PackDamaged(pack_id, "pack is truncated")
+        try:
+            # The GCM tag binds the chunk to its id (associated data), so the keyed hash need
+            # not be recomputed here; verify does recompute it.
+            return decode_chunk(blob, chunk_id, self.repo.sealer, raw)
+        except IntegrityError as exc:
+            raise PackDamaged(pack_id, str(exc)) from None
+
+    def _range(self, pno: int, pack_id: bytes, off: int, length: int) -> memoryview | bytes:
+        for (cpno, start), data in self._cache.items():
+            if cpno == pno and start <= off and off + length <= start + len(data):
+                self._cache.move_to_end((cpno, start))
+                return memoryview(data)[off - start : off - start + length]
+        name = pack_blob_name(pack_id)
+        try:
+            if length >= self.window:
+                data = self.repo.store.get_range(name, off, length)
+                self.bytes_read += len(data)
+                return data
+            size = self.repo.index.pack_sizes[pno]
+            want = min(self.window, max(size - off, length))
+            data = self.repo.store.get_range(name, off, want)
+        except BlobNotFound:
+            raise PackDamaged(pack_id, "pack is missing from storage") from None
+        self.bytes_read += len(data)
+        self._cache[(pno, off)] = data
+        while len(self._cache) > self.slots:
+            self._cache.popitem(last=False)
+        return memoryview(data)[:length]

@@ -1,0 +1,68 @@
+"""The policy the portal pushed, kept on disk for ``haven-agent policy show``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+POLICY_FILE = "policy.json"
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+def save_policy(directory: Path, *, spec: dict, version: int, spec_hash: str) -> Path:
+    from agents.runtime.config import ensure_private_dir, write_private
+
+    ensure_private_dir(directory)
+    path = directory / POLICY_FILE
+    data = {"spec": spec, "version": version, "spec_hash": spec_hash}
+    write_private(path, json.dumps(data, indent=2, sort_keys=True).encode())
+    return path
+
+
+def load_policy(directory: Path) -> dict | None:
+    try:
+        return json.loads((directory / POLICY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def format_policy(data: dict | None) -> str:
+    """Lines for ``haven-agent policy show``."""
+    if not data:
+        return "No backup policy yet: set one in the portal (the machine's Backup policy)."
+    spec = data["spec"]
+    lines = [f"Policy version {data['version']} ({data['spec_hash'][:12]})", "Items:"]
+    lines += [f"  {item}" for item in spec.get("items", [])]
+    excludes = [*spec.get("exclude_globs", []), *spec.get("exclude_types", [])]
+    if excludes:
+        lines.append("Excluded: " + ", ".join(excludes))
+    times = ", ".join(spec.get("times", []))
+    if spec.get("frequency") == "weekly":
+        days = ", ".join(WEEKDAYS[d] for d in spec.get("weekdays", []))
+        lines.append(f"Schedule: every {days} at {times} (machine time)")
+    else:
+        lines.append(f"Schedule: daily at {times} (machine time)")
+    retention = spec.get("retention", {})
+    for level, unit in (
+        ("daily", "days"),
+        ("weekly", "weeks"),
+        ("monthly", "months"),
+        ("yearly", "years"),
+    ):
+        rule = retention.get(level)
+        if rule:
+            lines.append(f"Keep {level} points: {rule[unit]} {unit}")
+    lines.append(f"Initial backup: {spec.get('initial_backup', 'online')}")
+    return "\n".join(lines)
+
+
+def apply_policy(directory: Path, portal, *, policy: dict, version: int, spec_hash: str) -> dict:
+    """Store the pushed policy and tell the portal (drift shows until it does)."""
+    try:
+        save_policy(directory, spec=policy, version=version, spec_hash=spec_hash)
+    except Exception as exc:
+        portal.post(
+            "jobs/policy/applied/", {"version": version, "spec_hash": spec_hash, "error": str(exc)}
+        )
+        raise
+    return portal.post("jobs/policy/applied/", {"version": version, "spec_hash": spec_hash})

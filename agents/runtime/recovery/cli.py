@@ -1,0 +1,368 @@
+"""``haven-agent`` commands for recovery: recovery-points, ls, find, versions, restore, and
+recovery-passphrase (for restoring another machine's data here).
+
+Register them with ``add_commands(subparsers)`` from ``agents/runtime/cli.py``. Each command
+handles its own failures: one ``error: ...`` line on stderr and a non-zero exit code
+(1 failure; 3 restore finished but some items could not be restored; 130 cancelled).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+from agents.runtime.recovery import human, ops
+from agents.runtime.recovery import source as src
+
+EXIT_FAILED, EXIT_PARTIAL, EXIT_CANCELLED = 1, 3, 130
+
+
+def _out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _json(data) -> None:
+    _out(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+# -- opening the repository ------------------------------------------------------------------
+def _portal(registration, settings):
+    from agents.runtime.portal_api import PortalClient
+
+    return PortalClient(
+        registration.portal_url, token=registration.token, proxies=settings.proxies()
+    )
+
+
+def _passphrase(args, source, settings) -> str:
+    from agents.runtime.passphrase import read_file
+
+    if getattr(args, "passphrase_file", None):
+        return read_file(Path(args.passphrase_file))
+    saved = src.saved_passphrase(source, settings)
+    if saved:
+        return saved
+    if sys.stdin.isatty():
+        return getpass.getpass(f"Encryption passphrase of {source.machine_name}: ")
+    raise src.passphrase_needed(source)
+
+
+def open_for(args):
+    """(repository, source) for a command's ``--from-machine`` / ``--passphrase-file``."""
+    from agents.runtime import config
+
+    registration = config.require_registration()
+    settings = config.load_settings()
+    portal = _portal(registration, settings)
+    try:
+        source = src.resolve_source(
+            registration=registration, portal=portal, machine=getattr(args, "from_machine", None)
+        )
+        if source.own:
+            src.renew_own_grant(registration, portal)
+            source.grant = registration.grant
+    finally:
+        portal.close()
+    secret = _passphrase(args, source, settings)
+    store = src.open_store(source, settings)
+    return src.open_repository(store, secret), source
+
+
+# -- commands ---------------------------------------------------------------------------------
+def cmd_recovery_points(args) -> int:
+    repo, source = open_for(args)
+    points = ops.recovery_points(repo)
+    if args.json:
+        _json({"machine": source.machine_name, "recovery_points": points})
+        return 0
+    if not points:
+        _out(f"{source.machine_name} has no recovery points yet.")
+        return 0
+    rows = [
+        [p["short_id"], human.when(p["time"]), str(p["files"] or 0), human.size(p["bytes"]),
+         ", ".join(p["sources"])]
+        for p in points
+    ]  # fmt: skip
+    _out(f"Recovery points of {source.machine_name} (newest first):")
+    _out(human.table(rows, ["ID", "TIME", "FILES", "SIZE", "SOURCES"], right=(2, 3)))
+    return 0
+
+
+def _entry_row(e: dict) -> list[str]:
+    name = e["name"] + ("/" if e["kind"] == "dir" else "")
+    if e["kind"] == "symlink":
+        name += f" -> {e['target']}"
+    return [e["mode"] or "-", human.size(e["size"]) if e["size"] is not None else "",
+            human.when(e["mtime"]), name]  # fmt: skip
+
+
+def cmd_ls(args) -> int:
+    repo, _ = open_for(args)
+    listing = ops.ls(repo, recovery_point=args.recovery_point, path=args.path)
+    if args.json:
+        _json(listing)
+        return 0
+    rp = listing["recovery_point"]
+    _out(f"{listing['path']} in recovery point {rp['short_id']} of {human.when(rp['time'])}:")
+    if not listing["entries"]:
+        _out("  (empty, or not in this recovery point)")
+        return 0
+    rows = [_entry_row(e) for e in listing["entries"]]
+    _out(human.table(rows, ["MODE", "SIZE", "MODIFIED", "NAME"], right=(1,)))
+    return 0
+
+
+def cmd_find(args) -> int:
+    repo, _ = open_for(args)
+    answer = ops.find(
+        repo, pattern=args.pattern, recovery_points=args.recovery_point or None, limit=args.limit
+    )
+    if args.json:
+        _json(answer)
+        return 0
+    if not answer["matches"]:
+        _out(f"Nothing named like {args.pattern!r} in any recovery point.")
+        return 0
+    rows = []
+    for m in answer["matches"]:
+        e, rps = m["entry"], m["recovery_points"]
+        rows.append([
+            e["path"] + ("/" if e["kind"] == "dir" else ""),
+            human.size(e["size"]) if e["size"] is not None else "",
+            human.when(e["mtime"]),
+            f"{len(rps)} ({rps[0]['id'][:8]} newest)",
+        ])  # fmt: skip
+    _out(human.table(rows, ["PATH", "SIZE", "MODIFIED", "RECOVERY POINTS"], right=(1,)))
+    if answer["truncated"]:
+        _out(f"(only the first {args.limit} paths; narrow the pattern or raise --limit)")
+    return 0
+
+
+def cmd_versions(args) -> int:
+    repo, _ = open_for(args)
+    answer = ops.versions(repo, path=args.path)
+    if args.json:
+        _json(answer)
+        return 0
+    if not answer["versions"]:
+        _out(f"{args.path} is in no recovery point.")
+        return 0
+    rows = [
+        [v["recovery_point"][:8], human.when(v["time"]),
+         human.size(v["entry"]["size"]) if v["entry"]["size"] is not None else v["entry"]["kind"],
+         human.when(v["entry"]["mtime"]), "changed" if v["changed"] else "same"]
+        for v in answer["versions"]
+    ]  # fmt: skip
+    _out(f"Versions of {args.path} (newest first):")
+    _out(human.table(rows, ["POINT", "BACKED UP", "SIZE", "MODIFIED", "VS OLDER"], right=(2,)))
+    _out(f"Restore one with: haven-agent restore POINT {args.path} --target DIR")
+    return 0
+
+
+class _ConsoleSink:
+    """Progress on one stderr line (only on a terminal)."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+
+    def emit(self, event: dict) -> None:
+        if event.get("type") != "progress" or time.monotonic() - self.last < 0.5:
+            return
+        self.last = time.monotonic()
+        done, total = event.get("bytes_done") or 0, event.get("bytes_total")
+        pct = f" ({100 * done // total}%)" if total else ""
+        sys.stderr.write(
+            f"\r  {event.get('files_done') or 0} files, {human.size(done)}"
+            f"{' of ' + human.size(total) if total else ''}{pct}, "
+            f"{human.size(event.get('rate_bps') or 0)}/s   "
+        )
+        sys.stderr.flush()
+
+
+def cmd_restore(args) -> int:
+    repo, _ = open_for(args)
+    cancel, done = threading.Event(), threading.Event()
+    box: dict = {}
+
+    def work() -> None:
+        try:
+            box["result"] = ops.restore(
+                repo,
+                recovery_point=args.recovery_point,
+                paths=args.paths,
+                target=args.target,
+                on_conflict=args.on_conflict,
+                restore_permissions=args.restore_permissions,
+                sink=_ConsoleSink() if sys.stderr.isatty() and not args.json else None,
+                cancel=cancel,
+            )
+        except BaseException as exc:  # handed to the main thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    # The engine runs in a thread so that Ctrl-C here becomes its cancel: the file being
+    # written is finished or removed, every finished file is kept.
+    thread = threading.Thread(target=work, name="haven-restore")
+    thread.start()
+    while not done.is_set():
+        try:
+            done.wait(0.2)
+        except KeyboardInterrupt:
+            if not cancel.is_set():
+                _err("\ncancelling: finishing the current file…")
+            cancel.set()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    res = box["result"]
+    if sys.stderr.isatty() and not args.json:
+        sys.stderr.write("\n")
+    if args.json:
+        _json(res)
+    else:
+        _out(
+            f"{res['message'][0].upper()}{res['message'][1:]} under {res['target']} "
+            f"in {res['duration_s']:.1f} s ({human.size(res['bytes'])})."
+        )
+        if res["skipped"]:
+            _out(f"{res['skipped']} existing files kept (--on-conflict skip).")
+        for f in res["failed"]:
+            _out(f"not restored: {f['path']}: {f['reason']}")
+        for w in res["warnings"]:
+            _out(f"warning: {w['path']}: {w['reason']}")
+    if res["status"] == "cancelled":
+        return EXIT_CANCELLED
+    return EXIT_PARTIAL if res["failed"] else 0
+
+
+def cmd_recovery_passphrase(args) -> int:
+    """Type another machine's passphrase here once, checked against its repository."""
+    from agents.runtime import config
+    from agents.runtime.passphrase import read_file
+
+    registration = config.require_registration()
+    settings = config.load_settings()
+    portal = _portal(registration, settings)
+    try:
+        source = src.resolve_source(
+            registration=registration, portal=portal, machine=args.from_machine
+        )
+    finally:
+        portal.close()
+    if source.own:
+        raise src.RecoveryError(
+            "this is this machine's own repository; its passphrase is the one saved at "
+            "registration (haven-agent configure --passphrase-file FILE)"
+        )
+    if args.passphrase_file:
+        secret = read_file(Path(args.passphrase_file))
+    elif sys.stdin.isatty():
+        secret = getpass.getpass(f"Encryption passphrase of {source.machine_name}: ")
+    else:
+        raise src.PassphraseNeeded("pass --passphrase-file FILE or run interactively")
+    src.open_repository(src.open_store(source, settings), secret)  # WrongPassphrase here
+    path = src.remember_passphrase(source, secret)
+    _out(
+        f"The passphrase opens {source.machine_name}'s backups; saved in {path} (readable "
+        "only by you). The portal can now restore that machine's data onto this one."
+    )
+    return 0
+
+
+# -- wiring -----------------------------------------------------------------------------------
+def _guard(func):
+    """Run a command; expected failures become one ``error:`` line and exit code 1."""
+
+    def run(args) -> int:
+        from agents.runtime.blobstore.base import StorageError
+        from agents.runtime.config import ConfigError
+        from agents.runtime.engine import EngineError
+        from agents.runtime.passphrase import PassphraseError
+        from agents.runtime.portal_api import PortalError
+
+        try:
+            return func(args)
+        except (
+            src.RecoveryError,
+            EngineError,
+            StorageError,
+            PortalError,
+            ConfigError,
+            PassphraseError,
+        ) as exc:
+            _err(f"error: {exc}")
+        except OSError as exc:
+            _err(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+        return EXIT_FAILED
+
+    run.__name__ = func.__name__
+    run.__doc__ = func.__doc__
+    return run
+
+
+def _common(p, *, json_flag: bool = True) -> None:
+    p.add_argument(
+        "--from-machine",
+        metavar="MACHINE",
+        help="another machine of this vault (name or id) whose backups to read",
+    )
+    p.add_argument("--passphrase-file", help="read the encryption passphrase from this file")
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def add_commands(sub) -> None:
+    """Add the recovery commands to ``haven-agent``'s subparsers."""
+    p = sub.add_parser("recovery-points", help="list the recovery points (newest first)")
+    _common(p)
+    p.set_defaults(func=_guard(cmd_recovery_points))
+
+    p = sub.add_parser("ls", help="list a folder of a recovery point")
+    p.add_argument("recovery_point", metavar="RP", help="id, id prefix or 'latest'")
+    p.add_argument("path", metavar="PATH", nargs="?", default="/")
+    _common(p)
+    p.set_defaults(func=_guard(cmd_ls))
+
+    p = sub.add_parser("find", help="search file names across recovery points")
+    p.add_argument("pattern", metavar="PATTERN", help="part of a name, or a glob (*.pdf)")
+    p.add_argument("--recovery-point", action="append", metavar="RP", help="only these points")
+    p.add_argument("--limit", type=int, default=ops.DEFAULT_FIND_LIMIT)
+    _common(p)
+    p.set_defaults(func=_guard(cmd_find))
+
+    p = sub.add_parser("versions", help="the versions of a file across recovery points")
+    p.add_argument("path", metavar="PATH")
+    _common(p)
+    p.set_defaults(func=_guard(cmd_versions))
+
+    p = sub.add_parser("restore", help="restore files and folders of a recovery point")
+    p.add_argument("recovery_point", metavar="RP", help="id, id prefix or 'latest'")
+    p.add_argument("paths", metavar="PATHS", nargs="+", help="absolute paths as backed up")
+    p.add_argument(
+        "--target", required=True, help="folder to restore under ('/' = original location)"
+    )
+    p.add_argument("--on-conflict", choices=ops.CONFLICT_CHOICES, default="copy")
+    p.add_argument(
+        "--restore-permissions",
+        action="store_true",
+        help="also restore owner and group (needs root for other users' files)",
+    )
+    _common(p)
+    p.set_defaults(func=_guard(cmd_restore))
+
+    p = sub.add_parser(
+        "recovery-passphrase",
+        help="type another machine's passphrase here, to restore its data onto this machine",
+    )
+    p.add_argument("--from-machine", metavar="MACHINE", required=True)
+    p.add_argument("--passphrase-file")
+    p.set_defaults(func=_guard(cmd_recovery_passphrase))

@@ -1,0 +1,269 @@
+"""``haven-agent worker``: a Celery worker that consumes only this machine's queue.
+
+Isolation rests on three things (RECIPES.md, "Redis and Celery"):
+
+- the machine's own Redis ACL user, made at registration, which may touch only
+  ``agent.<machine id>`` keys and channels; hence no gossip, mingle, heartbeat events,
+  remote control or task events (they all need shared keys), per-machine ``unacked*`` keys
+  and a per-machine result key prefix;
+- every task message is signed by the portal and verified here before it runs
+  (``agents.runtime.tasksig``), so an agent that reaches the broker cannot make another run
+  anything;
+- ``acks_late`` with a prefetch of one: a message is removed only after its task ran, so
+  a broker restart or a killed worker loses nothing queued (it is delivered again).
+
+A daemon thread posts a heartbeat to the portal about once a minute.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import socket
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+from celery import Celery, Task
+from kombu import Exchange, Queue
+
+from agents.runtime.config import Registration, Settings
+from agents.runtime.portal_api import PortalClient, PortalError, PortalRefused
+from agents.runtime.tasks import REGISTRY, AgentContext, load_task_modules
+from agents.runtime.tasksig import TaskRefused, verify_task
+from agents.runtime.version import __version__
+
+log = logging.getLogger("haven.agent.worker")
+
+HEARTBEAT_SECONDS = 60.0
+GRANT_RENEW_BEFORE = timedelta(hours=6)
+# With acks_late a task still running when this elapses is delivered again; backups may
+# run for hours, so be generous (a crashed worker's task comes back after this time).
+VISIBILITY_TIMEOUT = 6 * 3600
+
+
+def is_redis(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://"))
+
+
+def celery_config(registration: Registration) -> dict:
+    queue = registration.queue
+    transport_options = dict(registration.broker_transport_options)
+    if is_redis(registration.broker_url):
+        transport_options.setdefault("visibility_timeout", VISIBILITY_TIMEOUT)
+    conf = {
+        "broker_url": registration.broker_url,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,  # reconnect forever after a broker restart
+        "task_default_queue": queue,
+        "task_queues": [Queue(queue, Exchange(queue, type="direct"), routing_key=queue)],
+        "task_create_missing_queues": False,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_enable_remote_control": False,
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
+        "task_ignore_result": True,
+        "accept_content": ["json"],
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "enable_utc": True,
+    }
+    if is_redis(registration.broker_url):
+        conf["result_backend"] = registration.broker_url
+        conf["result_backend_transport_options"] = {
+            "global_keyprefix": registration.result_key_prefix
+        }
+        conf["result_expires"] = 24 * 3600
+    return conf
+
+
+class SignedTask(Task):
+    """Verifies the portal's signature before running; refuses and logs otherwise."""
+
+    abstract = True
+    registration: Registration | None = None
+
+    def __call__(self, *args, **kwargs):
+        registration = self.registration
+        request = self.request
+        try:
+            if registration is None:
+                raise TaskRefused("the worker has no registration loaded")
+            verify_task(
+                task=self.name,
+                task_id=str(request.id),
+                args=args,
+                kwargs=kwargs,
+                machine_id=registration.machine_id,
+                public_key_b64=registration.portal_public_key,
+            )
+        except TaskRefused as exc:
+            log.error("REFUSED %s", exc)
+            raise
+        kwargs.pop("_haven_auth", None)
+        return super().__call__(*args, **kwargs)
+
+
+def _make_runner(agent_task, context: AgentContext):
+    def run(self, *args, **kwargs):
+        return agent_task.func(context, *args, **kwargs)
+
+    run.__name__ = agent_task.func.__name__
+    run.__doc__ = agent_task.func.__doc__
+    return run
+
+
+def make_app(registration: Registration, settings: Settings, portal=None) -> Celery:
+    load_task_modules()
+    app = Celery(f"haven-agent-{registration.machine_id}", set_as_current=True)
+    app.conf.update(celery_config(registration))
+    context = AgentContext(registration=registration, settings=settings, portal=portal)
+    base = type("MachineSignedTask", (SignedTask,), {"registration": registration})
+    for agent_task in REGISTRY.values():
+        app.task(
+            name=agent_task.name,
+            bind=True,
+            base=base,
+            ignore_result=not agent_task.store_result,
+            throws=(TaskRefused,),
+        )(_make_runner(agent_task, context))
+    return app
+
+
+def heartbeat_payload(registration: Registration | None = None) -> dict:
+    return {
+        "vault_id": registration.vault_id if registration else "",
+        "agent_version": __version__,
+        "hostname": socket.gethostname(),
+        "os_name": platform.platform(terse=True),
+        "time": datetime.now(UTC).isoformat(),
+    }
+
+
+class Heartbeat(threading.Thread):
+    """Posts ``/api/agent/heartbeat/`` now and then every ``interval`` seconds."""
+
+    def __init__(
+        self,
+        portal: PortalClient,
+        interval: float = HEARTBEAT_SECONDS,
+        registration: Registration | None = None,
+    ) -> None:
+        super().__init__(name="haven-heartbeat", daemon=True)
+        self.portal = portal
+        self.registration = registration
+        self.interval = interval
+        self.stopped = threading.Event()
+        self.beats = 0
+        self._last_problem = ""
+
+    def beat(self) -> bool:
+        try:
+            self.portal.post("heartbeat/", heartbeat_payload(self.registration))
+        except PortalRefused as exc:
+            self._report(f"the portal refused the heartbeat: {exc}")
+            return False
+        except PortalError as exc:
+            self._report(f"heartbeat not delivered (will retry): {exc}")
+            return False
+        if self._last_problem:
+            log.info("heartbeat delivered again; the portal shows this machine Online")
+            self._last_problem = ""
+        self.beats += 1
+        self.renew_grant_if_due()
+        return True
+
+    def renew_grant_if_due(self) -> None:
+        """Ask for a fresh storage grant when the saved one has less than
+        ``GRANT_RENEW_BEFORE`` left; tasks read the grant from ``registration.json``."""
+        from agents.runtime.blobstore.grants import grant_expiry
+        from agents.runtime.config import save_registration
+
+        registration = self.registration
+        if registration is None:
+            return
+        try:
+            left = grant_expiry(registration.grant) - datetime.now(UTC)
+        except Exception:
+            left = timedelta(0)
+        if left > GRANT_RENEW_BEFORE:
+            return
+        try:
+            answer = self.portal.post("grant/", {"vault_id": registration.vault_id})
+        except PortalError as exc:
+            self._report(f"could not renew the storage grant (will retry): {exc}")
+            return
+        if isinstance(answer.get("grant"), dict):
+            registration.grant = answer["grant"]
+            save_registration(registration)
+            log.info("storage grant renewed until %s", registration.grant.get("expires_at"))
+
+    def _report(self, problem: str) -> None:
+        # Log a repeated problem once, not every minute.
+        if problem != self._last_problem:
+            log.warning(problem)
+            self._last_problem = problem
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            self.beat()
+            self.stopped.wait(self.interval)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def worker_argv(
+    registration: Registration, loglevel: str = "INFO", logfile: str | None = None
+) -> list[str]:
+    return [
+        "worker",
+        "--queues",
+        registration.queue,
+        "--pool",
+        "solo",
+        "--concurrency",
+        "1",
+        "--hostname",
+        f"{registration.machine_id}@haven-agent",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "--loglevel",
+        loglevel,
+        *(["--logfile", logfile] if logfile else []),
+    ]
+
+
+def run_worker(
+    registration: Registration,
+    settings: Settings,
+    *,
+    loglevel: str = "INFO",
+    logfile: str | None = None,
+    heartbeat_interval: float = HEARTBEAT_SECONDS,
+) -> None:
+    portal = PortalClient(
+        registration.portal_url, token=registration.token, proxies=settings.proxies()
+    )
+    app = make_app(registration, settings, portal=portal)
+    heartbeat = Heartbeat(portal, heartbeat_interval, registration)
+    heartbeat.start()
+    log.info(
+        "haven-agent %s worker for machine %s (%s) on queue %s; portal %s",
+        __version__,
+        registration.machine_name,
+        registration.machine_id,
+        registration.queue,
+        registration.portal_url,
+    )
+    try:
+        app.worker_main(worker_argv(registration, loglevel, logfile))
+    finally:
+        heartbeat.stop()
+        time.sleep(0)

@@ -1,0 +1,334 @@
+"""Writes for machines: register, heartbeat, rename, unregister, storage grants.
+
+Registration is all or nothing: the machine row, its token, its storage container and
+grant, and its broker user are made together; any failure rolls the rows back and removes
+the broker user again. Unregistering revokes the machine's API tokens, broker user and
+storage grants at once (its backups stay in storage for retention to handle).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from datetime import timedelta
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from agents import broker
+from agents.api_auth import machine_token_issue, machine_tokens_revoke
+from agents.models import Machine
+from vaults.models import Vault
+
+log = logging.getLogger(__name__)
+
+GRANT_LIFETIME = timedelta(hours=24)
+MACHINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()-]{0,62}$")
+
+
+class MachineError(Exception):
+    """A refusal with a ``code`` for the API and a message for a person."""
+
+    def __init__(self, code: str, message: str, status: int = 400):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+def machine_name_problems(name: str) -> list[str]:
+    if not name:
+        return ["Enter a machine name."]
+    if not MACHINE_NAME.match(name):
+        return [
+            "A machine name is 1 to 63 characters: letters, digits, spaces, '.', '_', '-', "
+            "'(' and ')', starting with a letter or digit."
+        ]
+    return []
+
+
+def container_for(machine: Machine) -> str:
+    """The machine's own container: its grants can be revoked without touching others'."""
+    return f"machine-{machine.id.hex}"
+
+
+def _storage():
+    from vaults.storage import primary_account
+
+    return primary_account()
+
+
+def machine_grant_issue(*, machine: Machine) -> dict:
+    from vaults.storage import AGENT_PERMISSIONS
+
+    return _storage().issue_grant(
+        machine.container,
+        expires_at=timezone.now() + GRANT_LIFETIME,
+        permissions=AGENT_PERMISSIONS,
+    )
+
+
+def _credentials_verify(content: bytes):
+    from vaults import credentials as vc
+
+    codes = [
+        (vc.CredentialsMalformed, "malformed", 400),
+        (vc.CredentialsForeign, "foreign", 403),
+        (vc.CredentialsTampered, "tampered", 403),
+        (vc.CredentialsRevoked, "revoked", 403),
+        (vc.CredentialsExpired, "expired", 403),
+    ]
+    try:
+        return vc.credentials_verify(content)
+    except vc.CredentialsError as exc:
+        for cls, code, status in codes:
+            if isinstance(exc, cls):
+                raise MachineError(code, str(exc), status) from None
+        raise MachineError("credentials", str(exc), 403) from None
+
+
+def machine_register(
+    *,
+    content: bytes,
+    machine_name: str,
+    hostname: str = "",
+    os_name: str = "",
+    agent_version: str = "",
+    time_zone: str = "UTC",
+    replace: bool = False,
+    replaces_machine_id: str = "",
+) -> tuple[Machine, dict]:
+    """Register a machine with the vault the credentials name; returns (machine, answer)."""
+    credential = _credentials_verify(content)
+    vault = credential.vault
+    if vault.state != Vault.State.READY:
+        raise MachineError(
+            "vault_not_ready",
+            f"Vault {vault.name} is not ready ({vault.get_state_display()}); try again later.",
+            409,
+        )
+    name = (machine_name or "").strip()
+    problems = machine_name_problems(name)
+    if problems:
+        raise MachineError("bad_name", " ".join(problems))
+
+    made_user = ""
+    made_container = ""
+    try:
+        with transaction.atomic():
+            # Lock the vault row: two machines registering the same name at once queue here.
+            Vault.objects.select_for_update().filter(pk=vault.pk).first()
+            earlier = list(
+                Machine.objects.filter(vault=vault, name__iexact=name, unregistered_at__isnull=True)
+            )
+            if replaces_machine_id and replace:
+                earlier += list(
+                    Machine.objects.filter(
+                        pk=_uuid(replaces_machine_id), vault=vault, unregistered_at__isnull=True
+                    ).exclude(pk__in=[m.pk for m in earlier])
+                )
+            if earlier and not replace and any(m.name.lower() == name.lower() for m in earlier):
+                raise MachineError(
+                    "name_taken",
+                    f"Vault {vault.name} already has a machine named {name!r}. Choose another "
+                    "name with --machine-name, or pass --replace to replace that machine's "
+                    "registration (it is unregistered).",
+                    409,
+                )
+            # Free the name first: the unique constraint covers registered machines only.
+            for old in earlier:
+                Machine.objects.filter(pk=old.pk).update(unregistered_at=timezone.now())
+            machine = Machine(
+                vault=vault,
+                name=name,
+                hostname=hostname[:255],
+                os_name=os_name[:255],
+                agent_version=agent_version[:40],
+                time_zone=(time_zone or "UTC")[:64],
+                credential_id=credential.pk,
+            )
+            machine.container = container_for(machine)
+            machine.save()
+            token = machine_token_issue(machine=machine)
+            account = _storage()
+            try:
+                account.create_container(machine.container)
+                made_container = machine.container
+                grant = machine_grant_issue(machine=machine)
+            except Exception as exc:
+                raise MachineError(
+                    "storage_unavailable",
+                    f"The portal could not prepare storage for the machine: {exc}",
+                    503,
+                ) from None
+            try:
+                connection = broker.broker_user_create(machine=machine)
+            except broker.BrokerUnavailable as exc:
+                raise MachineError("broker_unavailable", str(exc), 503) from None
+            made_user = connection["broker_username"]
+            Machine.objects.filter(pk=machine.pk).update(
+                broker_username=made_user,
+                broker_password_sha256=connection["broker_password_sha256"],
+            )
+            machine.broker_username = made_user
+            # Last, the earlier registrations' outside access goes (nothing can fail after).
+            for old in earlier:
+                _revoke_outside_access(old)
+                machine_tokens_revoke(machine=old)
+    except IntegrityError:
+        _cleanup(made_user, made_container)
+        raise MachineError(
+            "name_taken", f"Vault {vault.name} already has a machine named {name!r}.", 409
+        ) from None
+    except BaseException:
+        _cleanup(made_user, made_container)
+        raise
+    answer = {
+        "machine_id": str(machine.pk),
+        "machine_name": machine.name,
+        "vault_id": str(vault.pk),
+        "vault_name": vault.name,
+        "subscription_id": str(vault.subscription_id),
+        "subscription_name": vault.subscription.name,
+        "resource_group": vault.resource_group.name,
+        "token": token,
+        "queue": machine.queue,
+        "broker_url": connection["broker_url"],
+        "broker_transport_options": connection["broker_transport_options"],
+        "result_key_prefix": connection["result_key_prefix"],
+        "container": machine.container,
+        "grant": grant,
+        "replaced": [str(m.pk) for m in earlier],
+    }
+    return machine, answer
+
+
+def _uuid(value: str):
+    import uuid
+
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+def _cleanup(username: str, container: str, *, force: bool = False) -> None:
+    """Remove what a failed registration made outside the database (the container only
+    when empty, unless ``force``: it belonged to that registration alone)."""
+    if username:
+        try:
+            broker.broker_user_delete(username=username)
+        except broker.BrokerUnavailable:
+            log.exception("could not remove broker user %s after a failed registration", username)
+    if container:
+        try:
+            account = _storage()
+            store = account.store(container)
+            empty = force or not any(True for _ in store.list())
+            store.close()
+            if empty:
+                account.delete_container(container)
+        except Exception:
+            log.warning("could not remove container %s after a failed registration", container)
+
+
+def _revoke_outside_access(machine: Machine) -> None:
+    broker.broker_user_delete(username=machine.broker_username)
+    if machine.container:
+        from agents.runtime.blobstore import ContainerNotFound
+
+        with contextlib.suppress(ContainerNotFound):
+            _storage().revoke_grants(machine.container)
+
+
+def machine_unregister(*, machine: Machine) -> Machine:
+    """Unregister: API tokens, broker user and storage grants stop working at once."""
+    with transaction.atomic():
+        updated = Machine.objects.filter(pk=machine.pk, unregistered_at__isnull=True).update(
+            unregistered_at=timezone.now()
+        )
+        machine_tokens_revoke(machine=machine)
+        if updated:
+            try:
+                _revoke_outside_access(machine)
+            except broker.BrokerUnavailable as exc:
+                raise MachineError("broker_unavailable", str(exc), 503) from None
+    machine.refresh_from_db()
+    return machine
+
+
+def machine_registration_rollback(*, machine: Machine) -> None:
+    """Undo a registration the agent could not finish (broker or storage unreachable from
+    the machine): the machine disappears as if it had never registered. A machine that
+    was ever seen online or has anything attached is unregistered instead."""
+    from django.db.models import ProtectedError
+
+    if machine.last_seen_at is not None:
+        machine_unregister(machine=machine)
+        return
+    with transaction.atomic():
+        machine_tokens_revoke(machine=machine)
+        try:
+            _revoke_outside_access(machine)
+        except broker.BrokerUnavailable as exc:
+            raise MachineError("broker_unavailable", str(exc), 503) from None
+        try:
+            with transaction.atomic():
+                Machine.objects.filter(pk=machine.pk).delete()
+        except ProtectedError:
+            Machine.objects.filter(pk=machine.pk).update(unregistered_at=timezone.now())
+            return
+    _cleanup("", machine.container, force=True)
+
+
+def machine_rename(*, machine: Machine, name: str) -> Machine:
+    name = (name or "").strip()
+    problems = machine_name_problems(name)
+    if problems:
+        raise MachineError("bad_name", " ".join(problems))
+    clash = (
+        Machine.objects.filter(vault=machine.vault, name__iexact=name, unregistered_at__isnull=True)
+        .exclude(pk=machine.pk)
+        .exists()
+    )
+    if clash:
+        raise MachineError(
+            "name_taken", f"Vault {machine.vault.name} already has a machine named {name!r}.", 409
+        )
+    try:
+        with transaction.atomic():
+            Machine.objects.filter(pk=machine.pk).update(name=name)
+    except IntegrityError:
+        raise MachineError("name_taken", f"A machine named {name!r} exists already.", 409) from None
+    machine.refresh_from_db()
+    return machine
+
+
+def machine_heartbeat(
+    *, machine: Machine, agent_version: str = "", hostname: str = "", os_name: str = ""
+) -> Machine:
+    was_online = machine.is_online()
+    fields = {"last_seen_at": timezone.now()}
+    if agent_version:
+        fields["agent_version"] = agent_version[:40]
+    if hostname:
+        fields["hostname"] = hostname[:255]
+    if os_name:
+        fields["os_name"] = os_name[:255]
+    Machine.objects.filter(pk=machine.pk).update(**fields)
+    for key, value in fields.items():
+        setattr(machine, key, value)
+    if not was_online:
+        _push_status(machine)
+    return machine
+
+
+def _push_status(machine: Machine) -> None:
+    """Tell open pages that the machine's status changed (a push; the page is the truth)."""
+    from django.template.loader import render_to_string
+
+    from portal import realtime
+
+    html = render_to_string("agents/_status_push.html", {"machine": machine})
+    realtime.publish(f"machine.{machine.pk}", html)

@@ -1,0 +1,1 @@
+"""Benchmark of the backup engine against restic and borg (see docs/benchmarks.md)."""

@@ -1,0 +1,281 @@
+"""``bench/run`` / ``python -m bench``: Haven's engine vs restic and borg on the same data.
+
+Stages, each tool in turn (interleaved per stage, so a noisy neighbour hurts all alike):
+initial backup, no-change backup, backup after changing 1% of the files, full restore into a
+fresh folder, single-file restore; ``cp -a`` of the same data is the floor for restores.
+Each command runs as a child; wall time, CPU time (user+sys, children included) and peak RSS
+(largest single process, from ``wait4``) are recorded; stored size is ``du`` of the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.dataset import build
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
+
+
+@dataclass
+class Sample:
+    wall: float
+    cpu: float
+    rss_mb: float
+
+
+def run(cmd: list[str], *, env: dict | None = None, cwd: Path | None = None) -> Sample:
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - started
+    err = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    code = os.waitstatus_to_exitcode(status)
+    if code not in (0, 3):  # 3: haven "completed with warnings"; restic: some files unreadable
+        raise SystemExit(f"command failed ({code}): {' '.join(cmd)}\n{err[-2000:]}")
+    return Sample(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+
+
+def du(path: Path) -> int:
+    out = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[0])
+
+
+def ensure_tools() -> None:
+    if shutil.which("restic") and shutil.which("borg"):
+        return
+    subprocess.run(["apt-get", "install", "-y", "restic", "borgbackup"], check=True)
+
+
+class Tool:
+    name = ""
+
+    def __init__(self, work: Path, src: Path):
+        self.work = work / self.name
+        self.src = src
+        self.repo = self.work / "repo"
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(parents=True)
+        (self.work / "pw").write_text("benchmark passphrase\n")
+
+    def stored(self) -> int:
+        return du(self.repo)
+
+
+class Haven(Tool):
+    name = "haven"
+
+    def cli(self, *args: str) -> list[str]:
+        return [str(PYTHON), "-m", "agents.runtime.engine", "--repo", str(self.repo),
+                "--password-file", str(self.work / "pw"), "--cache-dir", str(self.work / "cache"),
+                *args]  # fmt: skip
+
+    def init(self) -> None:
+        run(self.cli("init"), cwd=REPO_ROOT)
+
+    def backup(self, label: str) -> Sample:
+        return run(self.cli("backup", "--tag", label, str(self.src)), cwd=REPO_ROOT)
+
+    def restore(self, target: Path, path: Path | None = None) -> Sample:
+        extra = ["latest", str(path)] if path else ["latest"]
+        return run(self.cli("restore", "--target", str(target), *extra), cwd=REPO_ROOT)
+
+
+class Restic(Tool):
+    name = "restic"
+
+    @property
+    def env(self) -> dict:
+        return {"RESTIC_REPOSITORY": str(self.repo),
+                "RESTIC_PASSWORD_FILE": str(self.work / "pw"),
+                "RESTIC_CACHE_DIR": str(self.work / "cache")}  # fmt: skip
+
+    def init(self) -> None:
+        run(["restic", "init"], env=self.env)
+
+    def backup(self, label: str) -> Sample:
+        return run(["restic", "backup", "--quiet", "--tag", label, str(self.src)], env=self.env)
+
+    def restore(self, target: Path, path: Path | None = None) -> Sample:
+        extra = ["--include", str(path)] if path else []
+        return run(["restic", "restore", "latest", "--target", str(target), *extra], env=self.env)
+
+
+class Borg(Tool):
+    compression = ""
+
+    @property
+    def env(self) -> dict:
+        return {"BORG_PASSPHRASE": "benchmark passphrase",
+                "BORG_BASE_DIR": str(self.work / "base"),
+                "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes"}  # fmt: skip
+
+    def init(self) -> None:
+        run(["borg", "init", "--encryption", "repokey-blake2", str(self.repo)], env=self.env)
+        self.n = 0
+
+    def backup(self, label: str) -> Sample:
+        self.n += 1
+        return run(["borg", "create", "--compression", self.compression,
+                    f"{self.repo}::{self.n}-{label}", str(self.src)], env=self.env)  # fmt: skip
+
+    def restore(self, target: Path, path: Path | None = None) -> Sample:
+        target.mkdir(parents=True, exist_ok=True)
+        archive = f"{self.repo}::{self.n}-change"
+        extra = [str(path).lstrip("/")] if path else []
+        return run(["borg", "extract", archive, *extra], env=self.env, cwd=target)
+
+
+class BorgLz4(Borg):
+    name = "borg-lz4"
+    compression = "lz4"
+
+
+class BorgZstd(Borg):
+    name = "borg-zstd3"
+    compression = "zstd,3"
+
+
+TOOLS = {"haven": Haven, "restic": Restic, "borg-lz4": BorgLz4, "borg-zstd3": BorgZstd}
+
+
+def change_one_percent(src: Path, seed: int = 42) -> int:
+    """Rewrite 1% of the files: a changed block in the middle, same name."""
+    files = sorted(p for p in src.rglob("*") if p.is_file() and not p.is_symlink())
+    rng = random.Random(seed)
+    chosen = rng.sample(files, max(1, len(files) // 100))
+    for p in chosen:
+        data = bytearray(p.read_bytes())
+        mid = len(data) // 2
+        data[mid : mid + 64] = rng.randbytes(64)
+        p.write_bytes(bytes(data))
+    return len(chosen)
+
+
+def warm(src: Path) -> None:
+    """Read everything once so every tool starts from the same (warm) page cache."""
+    for dirpath, _dirs, files in os.walk(src):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            if not os.path.islink(p):
+                with open(p, "rb") as fh:
+                    while fh.read(1 << 20):
+                        pass
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="bench/run")
+    ap.add_argument("--size", type=float, default=2.1e9, help="data set bytes (default ~2 GB)")
+    ap.add_argument("--files", type=int, default=52_000)
+    ap.add_argument("--scratch", default="/work/benchdata", help="scratch folder (data cached)")
+    ap.add_argument("--tools", default=",".join(TOOLS))
+    ap.add_argument("--repeat", type=int, default=2, help="rounds; the fastest of each is kept")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+
+    ensure_tools()
+    scratch = Path(args.scratch)
+    name = "full" if args.size >= 2e9 else f"size-{int(args.size)}"
+    info = build(scratch / name, size=int(args.size), files=args.files)
+    print(f"data set: {info['files']} files, {info['bytes'] / 1e9:.2f} GB", flush=True)
+    results: dict[str, dict[str, dict]] = {}
+
+    def record(tool: str, stage: str, s: Sample, **extra) -> None:
+        print(f"{tool:11} {stage:15} wall {s.wall:7.2f} s  cpu {s.cpu:7.2f} s  "
+              f"rss {s.rss_mb:7.0f} MB  {extra or ''}", flush=True)  # fmt: skip
+        best = results.setdefault(tool, {}).get(stage)
+        if best is None or s.wall < best["wall"]:
+            results[tool][stage] = {**s.__dict__, **extra}
+
+    for rnd in range(args.repeat):
+        print(f"-- round {rnd + 1} of {args.repeat}", flush=True)
+        one_round(scratch / f"run-{name}", info, args.tools.split(","), record)
+    print_table(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"data": info, "results": results}, indent=1))
+
+
+def one_round(work: Path, info: dict, tool_names: list[str], record) -> None:
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    src = work / "src"
+    record("cp -a", "copy", run(["cp", "-a", info["path"], str(src)]))
+    warm(src)
+    tools = [TOOLS[t](work, src) for t in tool_names]
+    for t in tools:
+        t.init()
+    for t in tools:
+        record(t.name, "initial", t.backup("initial"), stored=t.stored())
+    for t in tools:
+        record(t.name, "no-change", t.backup("nochange"))
+    changed = change_one_percent(src)
+    print(f"changed {changed} files", flush=True)
+    warm(src)
+    for t in tools:
+        record(t.name, "1%-change", t.backup("change"), stored=t.stored())
+    restore_root = work / "restores"
+    restore_root.mkdir()
+    record("cp -a", "restore-floor", run(["cp", "-a", str(src), str(restore_root / "cp")]))
+    for t in tools:
+        record(t.name, "restore", t.restore(restore_root / t.name))
+    single = max(
+        (p for p in src.rglob("*.so*") if p.is_file() and not p.is_symlink()),
+        key=lambda p: p.stat().st_size,
+    )
+    for t in tools:
+        record(t.name, "restore-1-file", t.restore(restore_root / f"{t.name}-one", single))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def print_table(results: dict) -> None:
+    stages = ["initial", "no-change", "1%-change", "restore", "restore-1-file"]
+    print()
+    print("| tool | " + " | ".join(f"{s} wall / cpu / RSS" for s in stages) + " | stored |")
+    print("|---" * (len(stages) + 2) + "|")
+    for tool, r in results.items():
+        if tool == "cp -a":
+            continue
+        cells = []
+        for s in stages:
+            x = r.get(s)
+            cells.append(
+                f"{x['wall']:.1f} s / {x['cpu']:.1f} s / {x['rss_mb']:.0f} MB" if x else ""
+            )
+        stored = r.get("1%-change", {}).get("stored") or r.get("initial", {}).get("stored")
+        print(f"| {tool} | " + " | ".join(cells) + f" | {stored / 1e6:.0f} MB |")
+    floor = results.get("cp -a", {}).get("restore-floor")
+    if floor:
+        print(f"\ncp -a floor (restore): {floor['wall']:.1f} s wall")
+    h = results.get("haven")
+    if h:
+        print("\nHaven / other (wall; stored size):")
+        for tool, r in results.items():
+            if tool in ("haven", "cp -a"):
+                continue
+            ratios = [
+                f"{s} {h[s]['wall'] / r[s]['wall']:.2f}x" for s in stages if s in r and s in h
+            ]
+            ratios.append(f"stored {h['1%-change']['stored'] / r['1%-change']['stored']:.2f}x")
+            rss = max(v["rss_mb"] for v in h.values()) / max(v["rss_mb"] for v in r.values())
+            ratios.append(f"peak RSS {rss:.2f}x")
+            print(f"  vs {tool}: " + ", ".join(ratios))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The agent's side of jobs (``/api/agent/jobs/``): fetch a job and the policy, report
+start, progress and the result. Every endpoint authenticates the machine
+(``machine_api``) and answers 404 for a job of another machine. Schema: docs/jobs.md."""
+
+from __future__ import annotations
+
+import json
+
+from django.http import JsonResponse
+from django.views.decorators.http import require_GET, require_POST
+
+from agents.api_auth import api_error, machine_api, require_own
+from jobs import conf, services
+from jobs.models import BackupPolicy, Job
+
+MAX_BODY = 2 * 1024 * 1024
+
+
+def _body(request) -> dict | None:
+    if len(request.body) > MAX_BODY:
+        return None
+    try:
+        data = json.loads(request.body or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _load(request, job_id):
+    job = Job.objects.select_related("machine", "vault").filter(pk=job_id).first()
+    if job is None:
+        return None, api_error(404, "not_found", "No such job for this machine.")
+    refused = require_own(request, job.machine_id)
+    if refused is not None:
+        return None, refused
+    return job, None
+
+
+def _policy_payload(policy: BackupPolicy | None) -> dict | None:
+    if policy is None:
+        return None
+    return {"spec": policy.spec(), "version": policy.version, "spec_hash": policy.spec_hash}
+
+
+@machine_api
+@require_GET
+def job_detail(request, job_id):
+    job, error = _load(request, job_id)
+    if error:
+        return error
+    policy = BackupPolicy.objects.filter(machine=job.machine).first()
+    return JsonResponse(
+        {
+            "id": str(job.pk),
+            "operation": job.operation,
+            "status": job.status,
+            "trigger": job.trigger,
+            "scheduled_for": job.scheduled_for.isoformat() if job.scheduled_for else None,
+            "retain_until": job.retain_until.isoformat() if job.retain_until else None,
+            "cancel": job.cancel_requested_at is not None or job.status not in Job.ACTIVE,
+            "details": job.details,
+            "policy": _policy_payload(policy),
+            "tags": [job.trigger, f"job:{job.pk}"],
+            "min_cache_free_bytes": conf.get("HAVEN_AGENT_MIN_CACHE_FREE_MB") * 1024 * 1024,
+        }
+    )
+
+
+@machine_api
+@require_POST
+def job_start(request, job_id):
+    job, error = _load(request, job_id)
+    if error:
+        return error
+    if job.status not in Job.ACTIVE:
+        return JsonResponse({"cancel": True, "status": job.status})
+    services.job_mark_started(job=job)
+    return JsonResponse({"cancel": job.cancel_requested_at is not None, "status": job.status})
+
+
+@machine_api
+@require_POST
+def job_progress(request, job_id):
+    job, error = _load(request, job_id)
+    if error:
+        return error
+    event = _body(request)
+    if event is None:
+        return api_error(400, "bad_request", "The progress report is not a JSON object.")
+    cancel = services.job_record_progress(job=job, event=event)
+    return JsonResponse({"cancel": cancel})
+
+
+@machine_api
+@require_POST
+def job_result(request, job_id):
+    job, error = _load(request, job_id)
+    if error:
+        return error
+    data = _body(request)
+    if data is None:
+        return api_error(400, "bad_request", "The result is not a JSON object.")
+    status = data.get("status")
+    if status not in Job.FINISHED:
+        return api_error(
+            400, "bad_request", f"status must be one of {', '.join(Job.FINISHED)} (got {status!r})."
+        )
+    warnings = data.get("warnings") or []
+    stats = data.get("stats") or {}
+    if not isinstance(warnings, list) or not isinstance(stats, dict):
+        return api_error(400, "bad_request", "warnings must be a list and stats an object.")
+    packs = data.get("pack_ids") or []
+    if not isinstance(packs, list):
+        return api_error(400, "bad_request", "pack_ids must be a list of pack ids.")
+    job = services.job_finish(
+        job=job,
+        status=status,
+        error=str(data.get("error") or ""),
+        warnings=warnings,
+        warning_count=data.get("warning_count")
+        if isinstance(data.get("warning_count"), int)
+        else None,
+        stats=stats,
+        snapshot_id=str(data.get("recovery_point_id") or ""),
+        manifest_blob=str(data.get("manifest_blob") or ""),
+        pack_ids=[str(p) for p in packs],
+    )
+    return JsonResponse({"status": job.status})
+
+
+@machine_api
+@require_GET
+def policy_detail(request):
+    policy = BackupPolicy.objects.filter(machine=request.machine).first()
+    return JsonResponse({"policy": _policy_payload(policy)})
+
+
+@machine_api
+@require_POST
+def policy_applied(request):
+    data = _body(request)
+    if data is None:
+        return api_error(400, "bad_request", "Send a JSON object.")
+    policy = BackupPolicy.objects.filter(machine=request.machine).first()
+    if policy is None:
+        return api_error(404, "not_found", "This machine has no backup policy.")
+    services.policy_applied(
+        policy=policy,
+        version=int(data.get("version") or 0),
+        spec_hash=str(data.get("spec_hash") or ""),
+        error=str(data.get("error") or ""),
+    )
+    return JsonResponse({"ok": True})

@@ -1,0 +1,293 @@
+"""Backup policies, scheduled runs, jobs, recovery points and alerts."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from jobs import policy_rules
+from jobs.schedule import DAILY, WEEKLY
+
+
+class BackupPolicy(models.Model):
+    """A machine's backup policy, authored in the portal and applied by its agent.
+
+    ``version``/``spec_hash`` change on every save; the agent reports the hash it applied
+    (``applied_*``), so the portal can show drift and why.
+    """
+
+    class Frequency(models.TextChoices):
+        DAILY = DAILY, "Day"
+        WEEKLY = WEEKLY, "Week"
+
+    class InitialBackup(models.TextChoices):
+        ONLINE = "online", "Automatically over the network"
+        OFFLINE = "offline", "Offline (seed from a disk)"
+
+    machine = models.OneToOneField(
+        "agents.Machine", on_delete=models.CASCADE, related_name="backup_policy"
+    )
+    items = models.JSONField(default=list)
+    exclude_globs = models.JSONField(default=list, blank=True)
+    exclude_types = models.JSONField(default=list, blank=True)
+    frequency = models.CharField(max_length=10, choices=Frequency.choices, default=DAILY)
+    times = models.JSONField(default=list)  # ["HH:MM", ...] in the machine's zone
+    weekdays = models.JSONField(default=list, blank=True)  # 0 = Monday, weekly only
+    retention = models.JSONField(default=dict)
+    initial_backup = models.CharField(
+        max_length=10, choices=InitialBackup.choices, default=InitialBackup.ONLINE
+    )
+    version = models.PositiveIntegerField(default=1)
+    spec_hash = models.CharField(max_length=64, default="")
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    applied_version = models.PositiveIntegerField(null=True, blank=True)
+    applied_hash = models.CharField(max_length=64, blank=True, default="")
+    applied_at = models.DateTimeField(null=True, blank=True)
+    apply_error = models.TextField(blank=True, default="")
+    # The scheduler has created runs for every scheduled time up to here.
+    scheduled_through = models.DateTimeField(null=True, blank=True)
+
+    subscription_path = "machine__vault__subscription"
+
+    def __str__(self) -> str:
+        return f"policy of {self.machine}"
+
+    def spec(self) -> dict:
+        return {
+            "items": self.items,
+            "exclude_globs": self.exclude_globs,
+            "exclude_types": self.exclude_types,
+            "frequency": self.frequency,
+            "times": self.times,
+            "weekdays": self.weekdays,
+            "retention": self.retention,
+            "initial_backup": self.initial_backup,
+        }
+
+    def set_spec(self, spec: dict) -> None:
+        for key, value in spec.items():
+            setattr(self, key, value)
+        self.spec_hash = policy_rules.spec_hash(spec)
+
+    @property
+    def drifted(self) -> bool:
+        return self.applied_hash != self.spec_hash
+
+
+class ScheduledRun(models.Model):
+    """One scheduled time of a policy that the scheduler acted on. The unique constraint is
+    what makes a tick run twice harmless."""
+
+    policy = models.ForeignKey(BackupPolicy, on_delete=models.CASCADE, related_name="runs")
+    scheduled_for = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    job = models.OneToOneField(
+        "Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="scheduled_run"
+    )
+    # Long-term tags this run would have given its point (for the ad hoc exception).
+    long_term_tags = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["policy", "scheduled_for"], name="one_run_per_time")
+        ]
+        indexes = [models.Index(fields=["policy", "-scheduled_for"])]
+
+    def __str__(self) -> str:
+        return f"{self.policy} at {self.scheduled_for:%Y-%m-%d %H:%M}"
+
+
+class JobQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(status__in=Job.ACTIVE)
+
+
+class Job(models.Model):
+    class Operation(models.TextChoices):
+        BACKUP = "backup", "Backup"
+        RESTORE = "restore", "Restore"
+        PRUNE = "prune", "Prune"
+        REPLICATE = "replicate", "Replicate"
+        IMPORT = "import", "Import"
+        VERIFY = "verify", "Verify"
+        CONFIGURE = "configure", "Configure backup"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        WAITING = "waiting", "Waiting for agent"
+        RUNNING = "running", "In progress"
+        COMPLETED = "completed", "Completed"
+        WARNING = "warning", "Completed with warnings"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Trigger(models.TextChoices):
+        SCHEDULED = "scheduled", "Scheduled"
+        ADHOC = "adhoc", "Ad hoc"
+
+    ACTIVE = (Status.QUEUED, Status.WAITING, Status.RUNNING)
+    FINISHED = (Status.COMPLETED, Status.WARNING, Status.FAILED, Status.CANCELLED)
+    STATUS_CLASS = {
+        Status.QUEUED: "status-muted",
+        Status.WAITING: "status-warning",
+        Status.RUNNING: "status-running",
+        Status.COMPLETED: "status-ok",
+        Status.WARNING: "status-warning",
+        Status.FAILED: "status-error",
+        Status.CANCELLED: "status-muted",
+    }
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    vault = models.ForeignKey("vaults.Vault", on_delete=models.CASCADE, related_name="jobs")
+    machine = models.ForeignKey(
+        "agents.Machine", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
+    )
+    operation = models.CharField(max_length=12, choices=Operation.choices)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    trigger = models.CharField(max_length=10, choices=Trigger.choices, default=Trigger.ADHOC)
+    scheduled_for = models.DateTimeField(null=True, blank=True)
+    retain_until = models.DateField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    started_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    last_report_at = models.DateTimeField(null=True, blank=True)
+    # The latest progress event as the agent sent it (schema: docs/jobs.md).
+    progress = models.JSONField(default=dict, blank=True)
+    bytes_transferred = models.BigIntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+    warnings = models.JSONField(default=list, blank=True)  # [{"path", "reason"}]
+    warning_count = models.PositiveIntegerField(default=0)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    details = models.JSONField(default=dict, blank=True)  # operation-specific inputs
+
+    objects = JobQuerySet.as_manager()
+    subscription_path = "vault__subscription"
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["-created_at"], name="job_created"),
+            models.Index(fields=["status", "-created_at"], name="job_status_created"),
+            models.Index(fields=["vault", "-created_at"], name="job_vault_created"),
+            models.Index(fields=["machine", "-created_at"], name="job_machine_created"),
+            models.Index(fields=["operation", "-created_at"], name="job_operation_created"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["machine"],
+                condition=Q(operation="backup", status__in=["queued", "waiting", "running"]),
+                name="one_active_backup_per_machine",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_operation_display()} job {self.id}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE
+
+    @property
+    def status_class(self) -> str:
+        return self.STATUS_CLASS[self.status]
+
+    @property
+    def duration(self):
+        if self.started_at is None:
+            return None
+        from django.utils import timezone
+
+        return (self.ended_at or timezone.now()) - self.started_at
+
+
+class RecoveryPoint(models.Model):
+    class Kind(models.TextChoices):
+        SCHEDULED = "scheduled", "Scheduled"
+        ADHOC = "adhoc", "Ad hoc"
+
+    machine = models.ForeignKey(
+        "agents.Machine", on_delete=models.CASCADE, related_name="recovery_points"
+    )
+    vault = models.ForeignKey("vaults.Vault", on_delete=models.CASCADE, related_name="+")
+    job = models.OneToOneField(
+        Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="recovery_point"
+    )
+    snapshot_id = models.CharField(max_length=64)  # the engine's recovery point id
+    manifest_blob = models.CharField(max_length=200)
+    created_at = models.DateTimeField()
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    # The scheduled time the point stands for (its own time for ad hoc points).
+    tagged_for = models.DateTimeField()
+    inherited_from = models.DateTimeField(null=True, blank=True)
+    retain_until = models.DateField(null=True, blank=True)
+    logical_bytes = models.BigIntegerField(default=0)
+    new_bytes = models.BigIntegerField(default=0)
+    stored_bytes = models.BigIntegerField(default=0)
+    file_count = models.BigIntegerField(default=0)
+    retention_tags = models.JSONField(default=list, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    pack_ids = models.JSONField(default=list, blank=True)
+    removed_at = models.DateTimeField(null=True, blank=True)
+
+    subscription_path = "vault__subscription"
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["vault", "snapshot_id"], name="one_point_per_snapshot")
+        ]
+        indexes = [models.Index(fields=["machine", "removed_at", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.machine} at {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class Alert(models.Model):
+    class Severity(models.TextChoices):
+        CRITICAL = "critical", "Critical"
+        WARNING = "warning", "Warning"
+
+    class Kind(models.TextChoices):
+        BACKUP_FAILED = "backup_failed", "Backup failure"
+        RESTORE_FAILED = "restore_failed", "Restore failure"
+        BACKUP_WARNINGS = "backup_warnings", "Backup completed with warnings"
+        NO_RECENT_BACKUP = "no_recent_backup", "No recent backup"
+
+    vault = models.ForeignKey("vaults.Vault", on_delete=models.CASCADE, related_name="alerts")
+    machine = models.ForeignKey(
+        "agents.Machine", null=True, blank=True, on_delete=models.CASCADE, related_name="alerts"
+    )
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    severity = models.CharField(max_length=10, choices=Severity.choices)
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    message = models.TextField()
+    raised_at = models.DateTimeField(auto_now_add=True)
+    last_raised_at = models.DateTimeField(auto_now_add=True)
+    occurrences = models.PositiveIntegerField(default=1)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    notified_at = models.DateTimeField(null=True, blank=True)
+
+    subscription_path = "vault__subscription"
+
+    class Meta:
+        ordering = ["-last_raised_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["machine", "kind"],
+                condition=Q(resolved_at__isnull=True),
+                name="one_open_alert_per_machine_kind",
+            )
+        ]
+        indexes = [models.Index(fields=["vault", "resolved_at", "-last_raised_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.get_severity_display()}: {self.message[:60]}"

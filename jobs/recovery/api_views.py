@@ -1,0 +1,75 @@
+"""The agent's side of Recover Data (``/api/agent/recovery/``): a read-only grant to another
+machine's backups, answers to the wizard's questions, and download archives. Every endpoint
+authenticates the machine (``machine_api``)."""
+
+from __future__ import annotations
+
+import json
+
+from django.http import JsonResponse
+from django.views.decorators.http import require_POST
+
+from agents.api_auth import api_error, machine_api
+from jobs.models import Job
+from jobs.recovery import services
+
+MAX_ANSWER = 8 * 1024 * 1024
+
+
+def _body(request) -> dict | None:
+    if len(request.body) > MAX_ANSWER:
+        return None
+    try:
+        data = json.loads(request.body or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+@machine_api
+@require_POST
+def grant(request):
+    data = _body(request)
+    if data is None or not str(data.get("source_machine") or ""):
+        return api_error(400, "bad_request", "Name the source machine (source_machine).")
+    try:
+        source, new_grant = services.source_grant(
+            machine=request.machine, source_ref=str(data["source_machine"])
+        )
+    except services.RecoveryRefused as exc:
+        return api_error(404, "not_found", str(exc))
+    return JsonResponse(
+        {"grant": new_grant, "machine": {"id": str(source.pk), "name": source.name}}
+    )
+
+
+@machine_api
+@require_POST
+def answer(request, request_id):
+    data = _body(request)
+    if data is None:
+        return api_error(400, "bad_request", "The answer is not a JSON object (or too large).")
+    if not services.answer_store(machine=request.machine, request_id=request_id, body=data):
+        return api_error(404, "not_found", "No such request for this machine (it may be stale).")
+    return JsonResponse({"ok": True})
+
+
+@machine_api
+@require_POST
+def download(request, job_id):
+    job = Job.objects.filter(pk=job_id).first()
+    if job is None or job.machine_id != request.machine.pk:
+        return api_error(404, "not_found", "No such job for this machine.")
+    try:
+        length = int(request.headers.get("Content-Length") or 0)
+    except ValueError:
+        length = -1
+    if length <= 0:
+        return api_error(400, "bad_request", "Send the archive with its Content-Length.")
+    try:
+        size = services.download_receive(
+            machine=request.machine, job=job, stream=request, length=length
+        )
+    except services.RecoveryRefused as exc:
+        return api_error(409, "refused", str(exc))
+    return JsonResponse({"ok": True, "bytes": size})

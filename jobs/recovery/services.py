@@ -1,0 +1,375 @@
+"""Recover Data, the portal's side: questions to agents, their answers, restore and
+download jobs, and the read-only grant that lets one machine read another's backups.
+
+What the portal keeps, and where (docs/restore.md):
+
+* Questions (recovery points, a folder, a name search, a file's versions) are sent to the
+  *target* machine's agent with a random ``request_id``; the request (who asked, which
+  machines) sits in the cache for ``REQUEST_TTL``; the agent's answer — file names in clear —
+  sits in the cache for ``ANSWER_TTL`` and is never written to the database.
+* A restore is a ``Job`` (operation restore) on the target machine. Its ``details`` hold the
+  source machine, the recovery point, how many items, the options and whether the location is
+  the original one — not the selected paths or the folder: those travel only in the signed
+  task message. (Names of files that could *not* be restored come back as job warnings, as
+  for backups.)
+* A download is a restore Job with ``details.kind = "download"`` (the audit trail: who, when,
+  which machine and point, how many files and bytes) and an ``haven.audit`` log line; the
+  archive is kept on the portal's disk for ``DOWNLOAD_TTL`` and served only to its requester.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import transaction
+from django.utils import timezone
+
+from agents.models import Machine
+from jobs.models import Job, RecoveryPoint
+from portal.access import get_for_user
+from portal.models import Role
+
+log = logging.getLogger(__name__)
+audit = logging.getLogger("haven.audit")
+
+REQUEST_TTL = 300
+ANSWER_TTL = 120
+DOWNLOAD_TTL = 15 * 60
+DOWNLOAD_MAX_BYTES = 64 * 1024 * 1024
+SOURCE_GRANT_LIFETIME = timedelta(hours=1)
+ROLE = Role.BACKUP_OPERATOR  # file names are as sensitive as the data: not for Readers
+CONFLICTS = {
+    "copy": "Create copies so that you have both versions",
+    "overwrite": "Overwrite the existing versions with the recovered versions",
+    "skip": "Do not recover the items that already exist",
+}
+KINDS = ("points", "browse", "search", "versions")
+AGENT_TASKS = {
+    "points": "haven.agent.recovery.points",
+    "browse": "haven.agent.recovery.browse",
+    "search": "haven.agent.recovery.search",
+    "versions": "haven.agent.recovery.versions",
+    "restore": "haven.agent.recovery.restore",
+    "download": "haven.agent.recovery.download",
+}
+
+
+class RecoveryRefused(Exception):
+    """The request cannot be made; the message is for the person."""
+
+
+# -- loading ----------------------------------------------------------------------------------
+def machine_for_user(user, machine_id, *, role: str = ROLE) -> Machine:
+    """A registered machine the user may recover (404 for outsiders, 403 for Readers)."""
+    qs = Machine.objects.select_related("vault").filter(unregistered_at__isnull=True)
+    return get_for_user(user, qs, role=role, pk=machine_id)
+
+
+def pair_for_user(user, source_id, target_id) -> tuple[Machine, Machine]:
+    source = machine_for_user(user, source_id)
+    target = source if str(target_id) == str(source.pk) else machine_for_user(user, target_id)
+    if target.vault_id != source.vault_id:
+        raise RecoveryRefused(
+            f"{target.name} is registered to another vault; data can be recovered only onto "
+            f"machines of {source.vault.name}."
+        )
+    return source, target
+
+
+def targets_for(source: Machine):
+    """Machines data of ``source`` may be recovered onto: itself first, then its vault's."""
+    others = Machine.objects.filter(vault_id=source.vault_id, unregistered_at__isnull=True)
+    return [source, *others.exclude(pk=source.pk).order_by("name")]
+
+
+def recovery_points(source: Machine):
+    return RecoveryPoint.objects.filter(machine=source, removed_at__isnull=True).order_by(
+        "-created_at"
+    )
+
+
+# -- questions and answers --------------------------------------------------------------------
+@dataclass
+class Question:
+    request_id: str
+    kind: str
+
+
+def _send(machine: Machine, task: str, **kwargs) -> None:
+    from agents.dispatch import send_to_machine
+
+    send_to_machine(machine, task, **kwargs)  # delivered after commit
+
+
+def question_ask(*, user, source: Machine, target: Machine, kind: str, **args) -> Question:
+    """Ask ``target``'s agent about ``source``'s backups; the answer comes to the cache."""
+    if kind not in KINDS:
+        raise ValueError(kind)
+    request_id = secrets.token_urlsafe(16)
+    cache.set(
+        f"recovery:req:{request_id}",
+        {
+            "user": user.pk,
+            "source": str(source.pk),
+            "target": str(target.pk),
+            "kind": kind,
+            "asked": time.time(),
+        },
+        REQUEST_TTL,
+    )
+    _send(
+        target,
+        AGENT_TASKS[kind],
+        request_id=request_id,
+        source_machine_id="" if source.pk == target.pk else str(source.pk),
+        **args,
+    )
+    return Question(request_id, kind)
+
+
+def question_for_user(user, request_id: str) -> dict | None:
+    request = cache.get(f"recovery:req:{request_id}")
+    if request is None or request["user"] != user.pk:
+        return None
+    return request
+
+
+def answer_store(*, machine: Machine, request_id: str, body: dict) -> bool:
+    """The agent's answer to one of its own machine's requests; False when unknown."""
+    request = cache.get(f"recovery:req:{request_id}")
+    if request is None or request["target"] != str(machine.pk):
+        return False
+    cache.set(f"recovery:answer:{request_id}", body, ANSWER_TTL)
+    return True
+
+
+def answer_get(request_id: str) -> dict | None:
+    return cache.get(f"recovery:answer:{request_id}")
+
+
+# -- the read-only grant for another machine's repository ---------------------------------------
+def source_grant(*, machine: Machine, source_ref: str) -> tuple[Machine, dict]:
+    """A read-and-list grant to ``source_ref``'s container (id or name, same vault)."""
+    from vaults.storage import primary_account
+
+    qs = Machine.objects.filter(vault_id=machine.vault_id, unregistered_at__isnull=True)
+    source = None
+    try:
+        source = qs.filter(pk=source_ref).first()
+    except Exception:  # not a UUID: a name
+        source = None
+    if source is None:
+        source = qs.filter(name__iexact=source_ref).first()
+    if source is None or not source.container:
+        raise RecoveryRefused(f"No machine {source_ref!r} is registered to this vault.")
+    grant = primary_account().issue_grant(
+        source.container,
+        expires_at=timezone.now() + SOURCE_GRANT_LIFETIME,
+        permissions="rl",
+    )
+    audit.info(
+        "read grant: machine %s (%s) may read the backups of %s (%s) in vault %s",
+        machine.name, machine.pk, source.name, source.pk, machine.vault_id,
+    )  # fmt: skip
+    return source, grant
+
+
+# -- restore and download jobs ----------------------------------------------------------------
+def _new_job(*, user, source, target, details: dict) -> Job:
+    from jobs.services import machine_is_online
+
+    status = Job.Status.QUEUED if machine_is_online(target) else Job.Status.WAITING
+    return Job.objects.create(
+        vault_id=target.vault_id,
+        machine=target,
+        operation=Job.Operation.RESTORE,
+        status=status,
+        created_by=user,
+        details={"source_machine": str(source.pk), "source_name": source.name, **details},
+    )
+
+
+def _check_point(source: Machine, recovery_point: str) -> RecoveryPoint:
+    point = recovery_points(source).filter(snapshot_id=recovery_point).first()
+    if point is None:
+        raise RecoveryRefused("Choose a recovery point of this machine.")
+    return point
+
+
+def _clean_paths(paths: list[str]) -> list[str]:
+    out = []
+    for p in paths:
+        p = (p or "").strip()
+        if not p.startswith("/") or "\0" in p:
+            raise RecoveryRefused("Choose the files and folders to recover.")
+        out.append(p)
+    if not out:
+        raise RecoveryRefused("Choose at least one file or folder to recover.")
+    return sorted(set(out))
+
+
+@transaction.atomic
+def restore_start(
+    *,
+    user,
+    source: Machine,
+    target: Machine,
+    recovery_point: str,
+    paths: list[str],
+    folder: str = "",
+    on_conflict: str = "copy",
+    restore_permissions: bool = False,
+) -> Job:
+    """Queue a Restore job on ``target``: ``folder`` empty = the original location."""
+    from jobs.services import job_publish
+
+    point = _check_point(source, recovery_point)
+    paths = _clean_paths(paths)
+    if on_conflict not in CONFLICTS:
+        raise RecoveryRefused("Choose what to do when an item already exists.")
+    folder = (folder or "").strip()
+    if folder and (not folder.startswith("/") or "\0" in folder):
+        raise RecoveryRefused("Type the folder as an absolute path, like /srv/restored.")
+    job = _new_job(
+        user=user,
+        source=source,
+        target=target,
+        details={
+            "kind": "restore",
+            "recovery_point": point.snapshot_id,
+            "recovery_point_time": point.created_at.isoformat(),
+            "items": len(paths),
+            "location": "another" if folder else "original",
+            "on_conflict": on_conflict,
+            "restore_permissions": bool(restore_permissions),
+        },
+    )
+    _send(
+        target,
+        AGENT_TASKS["restore"],
+        job_id=str(job.pk),
+        recovery_point=point.snapshot_id,
+        paths=paths,
+        target=folder or "/",
+        on_conflict=on_conflict,
+        restore_permissions=bool(restore_permissions),
+        source_machine_id="" if source.pk == target.pk else str(source.pk),
+    )
+    job_publish(job)
+    return job
+
+
+@transaction.atomic
+def download_start(*, user, source: Machine, target: Machine, recovery_point: str, paths) -> Job:
+    """Queue a download: ``target``'s agent reads the files and streams a small archive."""
+    from jobs.services import job_publish
+
+    point = _check_point(source, recovery_point)
+    paths = _clean_paths(paths)
+    job = _new_job(
+        user=user,
+        source=source,
+        target=target,
+        details={
+            "kind": "download",
+            "recovery_point": point.snapshot_id,
+            "recovery_point_time": point.created_at.isoformat(),
+            "items": len(paths),
+            "max_bytes": DOWNLOAD_MAX_BYTES,
+        },
+    )
+    _send(
+        target,
+        AGENT_TASKS["download"],
+        job_id=str(job.pk),
+        recovery_point=point.snapshot_id,
+        paths=paths,
+        max_bytes=DOWNLOAD_MAX_BYTES,
+        source_machine_id="" if source.pk == target.pk else str(source.pk),
+    )
+    job_publish(job)
+    audit.info(
+        "download requested: user %s, job %s, %d item(s) of %s at %s through %s",
+        user.get_username(), job.pk, len(paths), source.name, point.snapshot_id, target.name,
+    )  # fmt: skip
+    return job
+
+
+def _downloads_dir() -> Path:
+    folder = Path(settings.DATA_DIR) / "recovery-downloads"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder
+
+
+def download_path(job: Job) -> Path:
+    return _downloads_dir() / f"{job.pk}.tar.gz"
+
+
+def downloads_purge(*, now: float | None = None) -> int:
+    now = now or time.time()
+    removed = 0
+    for path in _downloads_dir().glob("*.tar.gz*"):
+        try:
+            if now - path.stat().st_mtime > DOWNLOAD_TTL:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def download_receive(*, machine: Machine, job: Job, stream, length: int) -> int:
+    """Store the archive the agent streams for ``job`` (size-limited); returns its size."""
+    if job.machine_id != machine.pk or job.details.get("kind") != "download":
+        raise RecoveryRefused("No download job of this machine.")
+    if job.status not in Job.ACTIVE:
+        raise RecoveryRefused("This download is no longer wanted.")
+    if length > DOWNLOAD_MAX_BYTES:
+        raise RecoveryRefused("The archive is larger than a download may be.")
+    downloads_purge()
+    final = download_path(job)
+    partial = final.with_suffix(".gz.part")
+    size = 0
+    with open(partial, "wb") as out:
+        os.chmod(partial, 0o600)
+        while True:
+            block = stream.read(min(1 << 20, length - size)) if length else b""
+            if not block:
+                break
+            size += len(block)
+            if size > DOWNLOAD_MAX_BYTES:
+                out.close()
+                partial.unlink()
+                raise RecoveryRefused("The archive is larger than a download may be.")
+            out.write(block)
+    if size != length:
+        partial.unlink()
+        raise RecoveryRefused("The archive arrived incomplete; try again.")
+    os.replace(partial, final)
+    return size
+
+
+def download_for_user(user, job_id) -> tuple[Job, Path | None]:
+    """The requester's finished download and its file (None when expired or not ready)."""
+    job = get_for_user(user, Job.objects.select_related("machine", "vault"), role=ROLE, pk=job_id)
+    if job.details.get("kind") != "download" or job.created_by_id != user.pk:
+        from django.http import Http404
+
+        raise Http404("No such download")
+    path = download_path(job)
+    finished = job.status in (Job.Status.COMPLETED, Job.Status.WARNING)
+    if finished and path.exists() and time.time() - path.stat().st_mtime <= DOWNLOAD_TTL:
+        return job, path
+    return job, None
+
+
+def download_served(*, user, job: Job, size: int) -> None:
+    audit.info("download served: user %s, job %s, %d bytes", user.get_username(), job.pk, size)

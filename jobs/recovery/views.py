@@ -1,0 +1,338 @@
+"""Recover Data pages: choose the machines, then the wizard (recovery point from a calendar,
+browse or search, select, options, recover), answers polled from the cache, file versions
+and downloads. Every machine loads through ``services.machine_for_user`` (Backup Operator
+or higher); every htmx endpoint also renders as a full page."""
+
+from __future__ import annotations
+
+import calendar
+import contextlib
+import time
+from collections import defaultdict
+from datetime import datetime
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import FileResponse, Http404
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from agents.models import Machine
+from jobs.recovery import services
+from jobs.schedule import zone
+from portal.access import for_user, get_for_user, has_role
+from vaults.models import Vault
+
+NO_ANSWER_AFTER = 30  # seconds before "the agent has not answered"
+MONTHS_SHOWN = 12
+
+
+def _recoverable_machines(user):
+    """Registered machines on whose subscription the user is Backup Operator or higher."""
+    machines = (
+        for_user(user, Machine)
+        .filter(unregistered_at__isnull=True)
+        .select_related("vault")
+        .order_by("vault__name", "name")
+    )
+    allowed: dict = {}
+    out = []
+    for m in machines:
+        sub = m.vault.subscription_id
+        if sub not in allowed:
+            allowed[sub] = has_role(user, sub, services.ROLE)
+        if allowed[sub]:
+            out.append(m)
+    return out
+
+
+# -- step 1: machines -------------------------------------------------------------------------
+@login_required
+@require_GET
+def start(request):
+    """Choose the machine the data came from, then the one to recover onto.
+
+    ``?vault=<id>`` (the vault menu's Recover Data) offers that vault's machines only;
+    ``?source=<id>`` (a machine page's Recover Data) starts at the second step.
+    """
+    vault = None
+    if request.GET.get("vault"):
+        try:
+            vault = get_for_user(request.user, Vault, pk=request.GET["vault"])
+        except ValidationError:  # not a UUID
+            raise Http404("No such vault") from None
+    machines = _recoverable_machines(request.user)
+    if vault is not None:
+        machines = [m for m in machines if m.vault_id == vault.pk]
+    source = None
+    if request.GET.get("source"):
+        try:
+            source = services.machine_for_user(request.user, request.GET["source"])
+        except ValidationError:
+            raise Http404("No such machine") from None
+        vault = source.vault
+        target_id = request.GET.get("target")
+        if target_id:
+            try:
+                services.pair_for_user(request.user, source.pk, target_id)
+            except services.RecoveryRefused as exc:
+                messages.error(request, str(exc))
+            else:
+                return redirect("recovery:wizard", source.pk, target_id)
+    return render(
+        request,
+        "recovery/start.html",
+        {
+            "machines": machines,
+            "vault": vault,
+            "source": source,
+            "targets": services.targets_for(source) if source else [],
+        },
+    )
+
+
+# -- step 2..4: the wizard ----------------------------------------------------------------------
+def _calendar(points, tz) -> list[dict]:
+    """Months (newest first) with their weeks; days holding recovery points list them."""
+    by_day: dict = defaultdict(list)
+    for p in points:
+        local = p.created_at.astimezone(tz)
+        by_day[local.date()].append({"point": p, "time": local})
+    months = sorted({(d.year, d.month) for d in by_day}, reverse=True)[:MONTHS_SHOWN]
+    cal = calendar.Calendar(firstweekday=0)
+    out = []
+    for year, month in months:
+        weeks = []
+        for week in cal.monthdatescalendar(year, month):
+            weeks.append(
+                [
+                    {
+                        "date": d,
+                        "in_month": d.month == month,
+                        "points": sorted(by_day.get(d, []), key=lambda x: x["time"])
+                        if d.month == month
+                        else [],
+                    }
+                    for d in week
+                ]
+            )
+        out.append(
+            {"year": year, "month": month, "name": calendar.month_name[month], "weeks": weeks}
+        )
+    return out
+
+
+def _pair(request, source_id, target_id):
+    try:
+        return services.pair_for_user(request.user, source_id, target_id)
+    except services.RecoveryRefused as exc:
+        raise PermissionDenied(str(exc)) from None
+
+
+@login_required
+@require_GET
+def wizard(request, source_id, target_id):
+    source, target = _pair(request, source_id, target_id)
+    tz = zone(source.time_zone)
+    points = list(services.recovery_points(source))
+    return render(
+        request,
+        "recovery/wizard.html",
+        {
+            "source": source,
+            "target": target,
+            "same": source.pk == target.pk,
+            "points": points,
+            "months": _calendar(points, tz),
+            "tz": tz,
+            "conflicts": services.CONFLICTS,
+            "weekdays": ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"],
+            "max_download": services.DOWNLOAD_MAX_BYTES,
+        },
+    )
+
+
+@login_required
+@require_GET
+def ask(request, source_id, target_id, kind):
+    """Send one question to the target's agent; answer with a placeholder that polls."""
+    source, target = _pair(request, source_id, target_id)
+    args: dict = {}
+    if kind == "browse":
+        args = {
+            "recovery_point": request.GET.get("rp", ""),
+            "path": request.GET.get("path") or "/",
+        }
+        if not args["recovery_point"]:
+            raise Http404("Choose a recovery point")
+    elif kind == "search":
+        q = request.GET.get("q", "").strip()
+        if not q:
+            return _render(
+                request, "recovery/_message.html", {"message": "Type part of a file name."}
+            )
+        args = {"pattern": q[:200]}
+        if request.GET.get("scope") == "point" and request.GET.get("rp"):
+            args["recovery_points"] = [request.GET["rp"]]
+    elif kind == "versions":
+        args = {"path": request.GET.get("path", "")}
+        if not args["path"].startswith("/"):
+            raise Http404("No such file")
+    elif kind != "points":
+        raise Http404("No such question")
+    question = services.question_ask(
+        user=request.user, source=source, target=target, kind=kind, **args
+    )
+    return _render(
+        request,
+        "recovery/_pending.html",
+        {"request_id": question.request_id, "target": target, "kind": kind, "waited": 0},
+    )
+
+
+def _render(request, template, context):
+    context = {**context, "full_page": not request.htmx, "partial": template}
+    if request.htmx:
+        return render(request, template, context)
+    return render(request, "recovery/partial_page.html", context)
+
+
+@login_required
+@require_GET
+def answer(request, request_id):
+    """The agent's answer when it has come (rendered, never stored), else still waiting."""
+    question = services.question_for_user(request.user, request_id)
+    if question is None:
+        return _render(
+            request,
+            "recovery/_message.html",
+            {"message": "This answer has expired; ask again.", "error": True},
+        )
+    source = services.machine_for_user(request.user, question["source"])
+    target = services.machine_for_user(request.user, question["target"])
+    body = services.answer_get(request_id)
+    waited = time.time() - question["asked"]
+    if body is None:
+        return _render(
+            request,
+            "recovery/_pending.html",
+            {
+                "request_id": request_id,
+                "target": target,
+                "kind": question["kind"],
+                "waited": waited,
+                "late": waited > NO_ANSWER_AFTER,
+            },
+        )
+    context = {"source": source, "target": target, "body": body, "kind": question["kind"]}
+    if not body.get("ok"):
+        return _render(request, "recovery/_agent_error.html", context)
+    result = _with_times(body.get("result") or {})
+    context["result"] = result
+    if question["kind"] == "browse":
+        path = result.get("path") or "/"
+        crumbs, acc = [], ""
+        for part in [p for p in path.split("/") if p]:
+            acc += "/" + part
+            crumbs.append({"name": part, "path": acc})
+        context["crumbs"] = crumbs
+        context["parent"] = path.rsplit("/", 1)[0] or "/"
+    template = {
+        "points": "recovery/_points.html",
+        "browse": "recovery/_browse.html",
+        "search": "recovery/_search.html",
+        "versions": "recovery/_versions.html",
+    }[question["kind"]]
+    return _render(request, template, context)
+
+
+def _with_times(value):
+    """The answer with its ISO 8601 ``time``/``mtime`` strings as datetimes (for ``|date``)."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if key in ("time", "mtime") and isinstance(item, str):
+                with contextlib.suppress(ValueError):
+                    item = datetime.fromisoformat(item)
+            out[key] = _with_times(item)
+        return out
+    if isinstance(value, list):
+        return [_with_times(item) for item in value]
+    return value
+
+
+def _selection(request) -> list[str]:
+    return [p for p in request.POST.getlist("paths") if p]
+
+
+@login_required
+@require_POST
+def restore(request, source_id, target_id):
+    source, target = _pair(request, source_id, target_id)
+    location = request.POST.get("location", "original")
+    try:
+        job = services.restore_start(
+            user=request.user,
+            source=source,
+            target=target,
+            recovery_point=request.POST.get("rp", ""),
+            paths=_selection(request),
+            folder=request.POST.get("folder", "") if location == "another" else "",
+            on_conflict=request.POST.get("on_conflict", "copy"),
+            restore_permissions=request.POST.get("restore_permissions") == "on",
+        )
+    except services.RecoveryRefused as exc:
+        messages.error(request, str(exc))
+        return redirect("recovery:wizard", source.pk, target.pk)
+    messages.success(
+        request,
+        f"Recovery of {job.details['items']} item(s) of {source.name} onto {target.name} started.",
+    )
+    return redirect("jobs:detail", job.pk)
+
+
+@login_required
+@require_POST
+def download(request, source_id, target_id):
+    source, target = _pair(request, source_id, target_id)
+    try:
+        job = services.download_start(
+            user=request.user,
+            source=source,
+            target=target,
+            recovery_point=request.POST.get("rp", ""),
+            paths=_selection(request),
+        )
+    except services.RecoveryRefused as exc:
+        messages.error(request, str(exc))
+        return redirect("recovery:wizard", source.pk, target.pk)
+    return redirect("recovery:download_status", job.pk)
+
+
+@login_required
+@require_GET
+def download_status(request, job_id):
+    job, path = services.download_for_user(request.user, job_id)
+    return _render(
+        request,
+        "recovery/_download.html",
+        {"job": job, "ready": path is not None, "size": path.stat().st_size if path else 0},
+    )
+
+
+@login_required
+@require_GET
+def download_file(request, job_id):
+    job, path = services.download_for_user(request.user, job_id)
+    if path is None:
+        raise Http404("This download is not ready or has expired")
+    size = path.stat().st_size
+    services.download_served(user=request.user, job=job, size=size)
+    name = f"haven-{job.details.get('source_name', 'files')}-{str(job.pk)[:8]}.tar.gz"
+    return FileResponse(open(path, "rb"), as_attachment=True, filename=name)
+
+
+def wizard_url(source, target) -> str:
+    return reverse("recovery:wizard", args=[source.pk, target.pk])

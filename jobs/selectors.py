@@ -1,0 +1,210 @@
+"""Reads of the jobs app: the jobs list and its counts, recovery points, storage used,
+alerts, backup items. Every list takes the user and shows only what they may see."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.core.paginator import Paginator
+from django.db.models import Count, Max, OuterRef, Q, Subquery, Sum
+from django.utils import timezone
+
+from jobs.models import Alert, Job, RecoveryPoint
+from portal import access
+
+PAGE_SIZE = 50
+RANGES = {
+    "24h": ("Last 24 hours", timedelta(hours=24)),
+    "7d": ("Last 7 days", timedelta(days=7)),
+    "30d": ("Last 30 days", timedelta(days=30)),
+    "all": ("All time", None),
+}
+
+
+@dataclass
+class JobFilters:
+    status: str = ""
+    operation: str = ""
+    machine: str = ""
+    vault: str = ""
+    range: str = "7d"
+    start: datetime | None = None
+    end: datetime | None = None
+
+    @classmethod
+    def from_query(cls, query) -> JobFilters:
+        filters = cls(
+            status=query.get("status", "") if query.get("status") in Job.Status.values else "",
+            operation=query.get("operation", "")
+            if query.get("operation") in Job.Operation.values
+            else "",
+            machine=query.get("machine", "")[:64],
+            vault=query.get("vault", "")[:64],
+            range=query.get("range", "7d") if query.get("range") in (*RANGES, "custom") else "7d",
+        )
+        if filters.range == "custom":
+            filters.start = _parse_day(query.get("start"))
+            filters.end = _parse_day(query.get("end"), end=True)
+        return filters
+
+    def as_query(self, **override) -> str:
+        from urllib.parse import urlencode
+
+        values = {
+            "status": self.status,
+            "operation": self.operation,
+            "machine": self.machine,
+            "vault": self.vault,
+            "range": self.range,
+        }
+        if self.range == "custom":
+            values["start"] = self.start.date().isoformat() if self.start else ""
+            values["end"] = (self.end - timedelta(days=1)).date().isoformat() if self.end else ""
+        values.update(override)
+        return urlencode({k: v for k, v in values.items() if v})
+
+
+def _parse_day(value, *, end: bool = False) -> datetime | None:
+    if not value:
+        return None
+    try:
+        day = datetime.fromisoformat(str(value)[:10])
+    except ValueError:
+        return None
+    moment = timezone.make_aware(day) if timezone.is_naive(day) else day
+    return moment + timedelta(days=1) if end else moment
+
+
+def _visible_jobs(user, filters: JobFilters, *, now: datetime):
+    qs = access.for_user(user, Job)
+    if filters.operation:
+        qs = qs.filter(operation=filters.operation)
+    if filters.machine:
+        try:
+            qs = qs.filter(machine_id=filters.machine)
+        except Exception:
+            qs = qs.none()
+    if filters.vault:
+        qs = qs.filter(vault_id=filters.vault)
+    span = RANGES.get(filters.range, (None, None))[1]
+    if span is not None:
+        qs = qs.filter(created_at__gte=now - span)
+    if filters.range == "custom":
+        if filters.start:
+            qs = qs.filter(created_at__gte=filters.start)
+        if filters.end:
+            qs = qs.filter(created_at__lt=filters.end)
+    return qs
+
+
+def job_list(user, filters: JobFilters, *, page: int | str = 1, now: datetime | None = None):
+    """(page of jobs, counts by status) in a constant number of queries."""
+    import uuid
+
+    now = now or timezone.now()
+    for name in ("machine", "vault"):
+        value = getattr(filters, name)
+        if value:
+            try:
+                uuid.UUID(value)
+            except ValueError:
+                setattr(filters, name, "")
+    base = _visible_jobs(user, filters, now=now)
+    counts = dict.fromkeys(Job.Status.values, 0)
+    for row in base.order_by().values("status").annotate(n=Count("id")):
+        counts[row["status"]] = row["n"]
+    qs = base.filter(status=filters.status) if filters.status else base
+    qs = qs.select_related("machine", "vault").order_by("-created_at")
+    paginator = Paginator(qs, PAGE_SIZE)
+    return paginator.get_page(page), counts
+
+
+def status_counts_labelled(counts: dict) -> list[tuple[str, str, int]]:
+    return [(value, label, counts.get(value, 0)) for value, label in Job.Status.choices]
+
+
+def live_points(machine):
+    return RecoveryPoint.objects.filter(machine=machine, removed_at__isnull=True).order_by(
+        "-created_at"
+    )
+
+
+def storage_used(*, machine=None, vault=None) -> int:
+    """Bytes stored for the kept recovery points (the vault overview chart's figure)."""
+    qs = RecoveryPoint.objects.filter(removed_at__isnull=True)
+    qs = qs.filter(machine=machine) if machine is not None else qs.filter(vault=vault)
+    return qs.aggregate(total=Sum("stored_bytes"))["total"] or 0
+
+
+def alert_counts(vault) -> dict:
+    rows = (
+        Alert.objects.filter(vault=vault, resolved_at__isnull=True)
+        .values("severity")
+        .annotate(n=Count("id"))
+    )
+    counts = {"critical": 0, "warning": 0}
+    for row in rows:
+        counts[row["severity"]] = row["n"]
+    counts["total"] = counts["critical"] + counts["warning"]
+    return counts
+
+
+def vault_alerts(vault, *, show: str = "active"):
+    qs = Alert.objects.filter(vault=vault).select_related("machine", "job")
+    if show == "active":
+        qs = qs.filter(resolved_at__isnull=True)
+    elif show == "resolved":
+        qs = qs.filter(resolved_at__isnull=False)
+    return qs.order_by("-last_raised_at")[:500]
+
+
+def backup_items(vault):
+    """The vault's machines with their last backup, latest point and storage used."""
+    from agents.models import Machine
+
+    last_job = Job.objects.filter(machine=OuterRef("pk"), operation=Job.Operation.BACKUP).order_by(
+        "-created_at"
+    )
+    return (
+        Machine.objects.filter(vault=vault, unregistered_at__isnull=True)
+        .select_related("backup_policy")
+        .annotate(
+            last_job_id=Subquery(last_job.values("id")[:1]),
+            last_job_status=Subquery(last_job.values("status")[:1]),
+            last_job_at=Subquery(last_job.values("created_at")[:1]),
+            latest_point_at=Max(
+                "recovery_points__created_at", filter=Q(recovery_points__removed_at__isnull=True)
+            ),
+            points=Count("recovery_points", filter=Q(recovery_points__removed_at__isnull=True)),
+            stored=Sum(
+                "recovery_points__stored_bytes",
+                filter=Q(recovery_points__removed_at__isnull=True),
+            ),
+        )
+        .order_by("name")
+    )
+
+
+def vault_overview(vault) -> dict:
+    """Counts for the vaults app's overview tiles (registered in jobs/apps.py)."""
+    since = timezone.now() - timedelta(hours=24)
+    rows = (
+        Job.objects.filter(vault=vault, created_at__gte=since)
+        .values("status")
+        .annotate(n=Count("id"))
+    )
+    by_status = {row["status"]: row["n"] for row in rows}
+    return {
+        "protected_items": RecoveryPoint.objects.filter(vault=vault, removed_at__isnull=True)
+        .values("machine_id")
+        .distinct()
+        .count(),
+        "jobs_24h": {
+            "in_progress": sum(by_status.get(s, 0) for s in Job.ACTIVE),
+            "succeeded": by_status.get(Job.Status.COMPLETED, 0),
+            "warning": by_status.get(Job.Status.WARNING, 0),
+            "failed": by_status.get(Job.Status.FAILED, 0),
+        },
+        "active_alerts": Alert.objects.filter(vault=vault, resolved_at__isnull=True).count(),
+    }

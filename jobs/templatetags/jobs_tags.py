@@ -1,0 +1,118 @@
+"""Formatting for job pages: durations, rates, ETAs, progress percentages, tags, and the
+words of a restore's details."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django import template
+from django.template.defaultfilters import filesizeformat
+
+from jobs.schedule import WEEKDAY_NAMES
+
+register = template.Library()
+
+
+@register.filter
+def seconds_human(value) -> str:
+    """3725 -> '1 h 2 min'; 42 -> '42 s'."""
+    if value in (None, ""):
+        return "—"
+    seconds = int(value.total_seconds() if isinstance(value, timedelta) else float(value))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s" if seconds else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min"
+    return f"{hours // 24} d {hours % 24} h"
+
+
+@register.filter
+def rate(value) -> str:
+    if not value:
+        return "—"
+    return f"{filesizeformat(value)}/s"
+
+
+@register.filter
+def bytes_or_dash(value) -> str:
+    return "—" if value is None else filesizeformat(value)
+
+
+@register.filter
+def progress_percent(progress) -> int | None:
+    """Percent done from bytes (or files while bytes are unknown); None = indeterminate."""
+    if not progress:
+        return None
+    for done_key, total_key in (("bytes_done", "bytes_total"), ("files_done", "files_total")):
+        done, total = progress.get(done_key), progress.get(total_key)
+        if total:
+            return max(0, min(100, int(100 * (done or 0) / total)))
+    return None
+
+
+@register.filter
+def phase_label(phase) -> str:
+    return {
+        "scanning": "Scanning files",
+        "backing_up": "Backing up",
+        "finalizing": "Finalizing",
+        "restoring": "Restoring",
+        "verifying": "Verifying",
+    }.get(phase or "", (phase or "Starting").replace("_", " ").capitalize())
+
+
+@register.filter
+def weekday_name(value) -> str:
+    return WEEKDAY_NAMES[int(value)]
+
+
+@register.filter
+def get_item(mapping, key):
+    try:
+        return mapping.get(key)
+    except AttributeError:
+        return None
+
+
+@register.filter
+def contains(container, value) -> bool:
+    try:
+        return value in container or str(value) in [str(v) for v in container]
+    except TypeError:
+        return False
+
+
+@register.filter
+def iso_datetime(value):
+    """An ISO 8601 string kept in a job's details, as a datetime for ``|date``."""
+    from datetime import datetime
+
+    if not value or not isinstance(value, str):
+        return value
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+@register.filter
+def conflict_label(value) -> str:
+    """What a restore does with an item that already exists, as Recover Data words it."""
+    from jobs.recovery.services import CONFLICTS
+
+    return CONFLICTS.get(value or "", value or "—")
+
+
+@register.filter
+def is_restore(job) -> bool:
+    """Restores and downloads (a download is a restore job with ``details.kind``)."""
+    return getattr(job, "operation", "") == "restore"
+
+
+@register.filter
+def is_download(job) -> bool:
+    return is_restore(job) and (getattr(job, "details", None) or {}).get("kind") == "download"

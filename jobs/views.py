@@ -1,0 +1,350 @@
+"""Pages of the jobs app: Backup Jobs, a job, Back up now, the policy editor, recovery
+points, a vault's Backup items and Backup Alerts. Each loads through ``portal.access``."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from datetime import date
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from agents.models import Machine
+from jobs import policy_rules, retention, selectors, services
+from jobs.models import BackupPolicy, Job
+from jobs.schedule import Schedule, describe, next_run, zone
+from portal.access import for_user, get_for_user
+from portal.models import Role
+from vaults.models import Vault
+
+WEEKDAYS = list(enumerate(("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")))
+MONTHS = list(enumerate(policy_rules.MONTH_NAMES, start=1))
+
+
+def _machine(request, machine_id, role=Role.READER) -> Machine:
+    return get_for_user(
+        request.user,
+        Machine.objects.select_related("vault").filter(unregistered_at__isnull=True),
+        role=role,
+        pk=machine_id,
+    )
+
+
+# --- Backup Jobs ------------------------------------------------------------------------
+@login_required
+@require_GET
+def job_list(request):
+    filters = selectors.JobFilters.from_query(request.GET)
+    try:
+        if filters.vault:
+            uuid.UUID(filters.vault)
+    except ValueError:
+        raise Http404("No such vault") from None
+    page, counts = selectors.job_list(request.user, filters, page=request.GET.get("page", 1))
+    machines = list(
+        for_user(request.user, Machine)
+        .filter(unregistered_at__isnull=True)
+        .order_by("name")
+        .values("id", "name")
+    )
+    vault_ids = sorted({str(job.vault_id) for job in page.object_list})[:20]
+    # Named in the title and breadcrumbs when the list is one vault's (the vault menu's
+    # Backup jobs); a vault the user may not see, or a malformed id, is simply not named.
+    vault = None
+    if filters.vault:
+        with contextlib.suppress(ValidationError):
+            vault = for_user(request.user, Vault).filter(pk=filters.vault).first()
+    machine_name = next((m["name"] for m in machines if str(m["id"]) == filters.machine), "")
+    return render(
+        request,
+        "jobs/list.html",
+        {
+            "page": page,
+            "jobs": page.object_list,
+            "counts": selectors.status_counts_labelled(counts),
+            "total": sum(counts.values()),
+            "filters": filters,
+            "query": filters.as_query(),
+            "base_query": filters.as_query(status=""),
+            "machines": machines,
+            "statuses": Job.Status.choices,
+            "operations": Job.Operation.choices,
+            "ranges": [(k, v[0]) for k, v in selectors.RANGES.items()],
+            "watch": "&".join(f"watch=vault:{v}" for v in vault_ids),
+            "vault": vault,
+            "machine_name": machine_name,
+        },
+    )
+
+
+def _job(request, job_id, role=Role.READER) -> Job:
+    return get_for_user(
+        request.user, Job.objects.select_related("machine", "vault"), role=role, pk=job_id
+    )
+
+
+@login_required
+@require_GET
+def job_detail(request, job_id):
+    job = _job(request, job_id)
+    template = (
+        "jobs/_job_live.html" if request.GET.get("fragment") == "live" else "jobs/detail.html"
+    )
+    return render(request, template, {"job": job, "oob": False})
+
+
+@login_required
+@require_POST
+def job_cancel(request, job_id):
+    job = _job(request, job_id, role=Role.BACKUP_OPERATOR)
+    try:
+        job = services.job_cancel(job=job, user=request.user)
+    except services.JobNotCancellable as exc:
+        messages.error(request, str(exc))
+    else:
+        if job.status == Job.Status.CANCELLED:
+            messages.success(request, "The job was cancelled.")
+        else:
+            messages.info(request, "Cancelling: the agent stops within a few seconds.")
+    if request.htmx:
+        return render(request, "jobs/_job_live.html", {"job": job, "oob": False})
+    return redirect("jobs:detail", job_id=job.pk)
+
+
+# --- Back up now ------------------------------------------------------------------------
+def _retain_until(raw) -> tuple[date | None, str]:
+    if not raw:
+        return None, ""
+    try:
+        return date.fromisoformat(raw), ""
+    except ValueError:
+        return None, "Enter a date like 2030-12-31."
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def backup_now(request, machine_id):
+    machine = _machine(request, machine_id, role=Role.BACKUP_OPERATOR)
+    policy = BackupPolicy.objects.filter(machine=machine).first()
+    data = request.POST if request.method == "POST" else request.GET
+    retain_until, error = _retain_until(data.get("retain_until"))
+    running = Job.objects.active().filter(machine=machine, operation=Job.Operation.BACKUP).first()
+    status = 200
+    if request.method == "POST" and not error and policy is not None and running is None:
+        try:
+            job = services.backup_start(
+                machine=machine, user=request.user, retain_until=retain_until
+            )
+        except services.BackupAlreadyRunning as exc:
+            running = exc.job
+            status = 409
+        except ValidationError as exc:
+            error = " ".join(exc.message_dict.get("retain_until", exc.messages))
+        else:
+            messages.success(request, f"Backup of {machine.name} started.")
+            return redirect("jobs:detail", job_id=job.pk)
+    elif request.method == "POST" and running is not None:
+        status = 409
+    today = timezone.now().astimezone(zone(machine.time_zone)).date()
+    if retain_until is not None and retain_until < today:
+        error = error or "Choose today or a later date."
+    tagging, inherited = services.adhoc_retention(
+        machine=machine, retain_until=None if error else retain_until
+    )
+    context = {
+        "machine": machine,
+        "policy": policy,
+        "running": running,
+        "retain_until": data.get("retain_until", ""),
+        "retain_error": error,
+        "today": today.isoformat(),
+        "tagging": tagging,
+        "inherited": inherited,
+        "sentence": services.retention_sentence(tagging, machine.time_zone),
+        "schedule": describe(Schedule.from_spec(policy.spec())) if policy else "",
+        "weekly": policy is not None and policy.frequency == "weekly",
+    }
+    if request.htmx and request.GET.get("fragment") == "retention":
+        return render(request, "jobs/_adhoc_retention.html", context)
+    return render(request, "jobs/backup_now.html", context, status=status)
+
+
+# --- Backup policy ----------------------------------------------------------------------
+def _form_values(spec: dict) -> dict:
+    """Flatten a spec into the editor's field values."""
+    r = spec.get("retention", {})
+    defaults = policy_rules.default_spec()["retention"]
+    values = {
+        "items": "\n".join(spec.get("items", [])),
+        "exclude_globs": "\n".join(spec.get("exclude_globs", [])),
+        "exclude_types": ", ".join(spec.get("exclude_types", [])),
+        "frequency": spec.get("frequency", "daily"),
+        "times": list(spec.get("times", [])) + [""] * (3 - len(spec.get("times", []))),
+        "weekdays": spec.get("weekdays", []),
+        "initial_backup": spec.get("initial_backup", "online"),
+    }
+    for level in ("daily", "weekly", "monthly", "yearly"):
+        rule = r.get(level)
+        values[f"{level}_enabled"] = bool(rule)
+        rule = rule or defaults[level]
+        for key, value in rule.items():
+            values[f"{level}_{key}"] = value
+    return values
+
+
+def _policy_context(machine, policy, spec, problems, values=None) -> dict:
+    tz = zone(machine.time_zone)
+    preview = None
+    if not problems:
+        preview = retention.preview(spec, tz, timezone.now())
+    upcoming = next_run(Schedule.from_spec(spec), tz, timezone.now()) if not problems else None
+    return {
+        "machine": machine,
+        "policy": policy,
+        "values": values or _form_values(spec),
+        "problems": problems,
+        "preview": preview,
+        "upcoming": upcoming,
+        "drift": services.policy_drift(policy),
+        "weekdays": WEEKDAYS,
+        "months": MONTHS,
+        "month_days": [*range(1, 29), 0],
+        "weeks": retention.WEEKS,
+        "retention_lines": policy_rules.describe_retention(spec) if not problems else [],
+        "limits": {
+            "days": policy_rules.MAX_DAYS,
+            "weeks": policy_rules.MAX_WEEKS,
+            "months": policy_rules.MAX_MONTHS,
+            "years": policy_rules.MAX_YEARS,
+        },
+    }
+
+
+def _posted_values(post) -> dict:
+    values = {key: post.get(key, "") for key in post}
+    for key in (
+        "times",
+        "weekdays",
+        "weekly_weekdays",
+        "monthly_days",
+        "monthly_weekdays",
+        "yearly_days",
+        "yearly_weekdays",
+        "yearly_months",
+    ):
+        values[key] = post.getlist(key)
+    values["times"] = values["times"] + [""] * (3 - len(values["times"]))
+    for key in (
+        "weekdays",
+        "weekly_weekdays",
+        "monthly_days",
+        "monthly_weekdays",
+        "yearly_days",
+        "yearly_weekdays",
+        "yearly_months",
+    ):
+        values[key] = [int(v) for v in values[key] if v.lstrip("-").isdigit()]
+    for level in ("daily", "weekly", "monthly", "yearly"):
+        values[f"{level}_enabled"] = post.get(f"{level}_enabled") == "on"
+    return values
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def policy_edit(request, machine_id):
+    machine = _machine(request, machine_id)
+    policy = BackupPolicy.objects.filter(machine=machine).first()
+    if request.method == "GET":
+        spec = policy.spec() if policy else policy_rules.default_spec()
+        return render(request, "jobs/policy.html", _policy_context(machine, policy, spec, {}))
+    machine = _machine(request, machine_id, role=Role.CONTRIBUTOR)
+    spec, problems = policy_rules.parse_form(request.POST)
+    values = _posted_values(request.POST)
+    if not problems:
+        try:
+            policy = services.policy_save(machine=machine, spec=spec, user=request.user)
+        except ValidationError as exc:
+            problems = exc.message_dict
+        else:
+            messages.success(
+                request, f"Backup policy of {machine.name} saved (version {policy.version})."
+            )
+            return redirect("jobs:policy", machine_id=machine.pk)
+    context = _policy_context(machine, policy, spec, problems, values)
+    return render(request, "jobs/policy.html", context, status=400)
+
+
+@login_required
+@require_POST
+def policy_preview(request, machine_id):
+    machine = _machine(request, machine_id)
+    spec, problems = policy_rules.parse_form(request.POST)
+    context = _policy_context(machine, None, spec, problems, _posted_values(request.POST))
+    return render(request, "jobs/_preview.html", context)
+
+
+# --- recovery points, backup items, alerts ----------------------------------------------
+@login_required
+@require_GET
+def recovery_points(request, machine_id):
+    machine = _machine(request, machine_id)
+    points = list(selectors.live_points(machine)[:500])
+    return render(
+        request,
+        "jobs/recovery_points.html",
+        {
+            "machine": machine,
+            "points": points,
+            "latest": points[0] if points else None,
+            "storage_used": selectors.storage_used(machine=machine),
+            "tz": machine.time_zone,
+        },
+    )
+
+
+def _vault(request, vault_id) -> Vault:
+    return get_for_user(request.user, Vault, pk=vault_id)
+
+
+@login_required
+@require_GET
+def backup_items(request, vault_id):
+    vault = _vault(request, vault_id)
+    return render(
+        request,
+        "jobs/backup_items.html",
+        {
+            "vault": vault,
+            "section": "backup_items",
+            "items": selectors.backup_items(vault),
+            "storage_used": selectors.storage_used(vault=vault),
+            "statuses": dict(Job.Status.choices),
+            "status_classes": Job.STATUS_CLASS,
+        },
+    )
+
+
+@login_required
+@require_GET
+def vault_alerts(request, vault_id):
+    vault = _vault(request, vault_id)
+    show = request.GET.get("show", "active")
+    if show not in ("active", "resolved", "all"):
+        show = "active"
+    return render(
+        request,
+        "jobs/alerts.html",
+        {
+            "vault": vault,
+            "section": "alerts",
+            "alerts": selectors.vault_alerts(vault, show=show),
+            "alert_counts": selectors.alert_counts(vault),
+            "show": show,
+        },
+    )

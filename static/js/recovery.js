@@ -1,0 +1,137 @@
+// Recover Data wizard: the calendar's days show their times, the selection survives
+// browsing between folders (hidden inputs "paths"), and a version or search result picks
+// its recovery point. The server does the rest; this only keeps the form in step.
+(function () {
+  "use strict";
+
+  function form() { return document.getElementById("recover-form"); }
+
+  function selected() {
+    var f = form();
+    return f ? Array.prototype.map.call(f.querySelectorAll("#selection input[name=paths]"),
+      function (i) { return i.value; }) : [];
+  }
+
+  function chosenPoint() {
+    var f = form();
+    return f ? f.querySelector("input[name=rp]:checked") : null;
+  }
+
+  function refresh() {
+    var f = form();
+    if (!f) return;
+    var paths = selected();
+    var point = chosenPoint();
+    var count = f.querySelector("[data-field=selected-count]");
+    if (count) count.textContent = String(paths.length);
+    var label = f.querySelector("[data-field=point-label]");
+    if (label) label.textContent = point ? point.getAttribute("data-label") : "none chosen";
+    var ready = paths.length > 0 && !!point;
+    f.querySelectorAll("[data-action=recover], [data-action=download]").forEach(function (b) {
+      b.disabled = !ready;
+    });
+    document.querySelectorAll(".wizard-steps [data-step]").forEach(function (li) {
+      var step = li.getAttribute("data-step");
+      var done = step === "point" ? !!point : step === "items" ? paths.length > 0 : false;
+      li.classList.toggle("done", done);
+      li.classList.toggle("active", !done && (step === "point" || (step === "items" && point) ||
+        (step === "options" && point && paths.length > 0)));
+    });
+    f.querySelectorAll("input[data-select]").forEach(function (box) {
+      box.checked = paths.indexOf(box.value) !== -1;
+    });
+  }
+
+  function add(path) {
+    if (selected().indexOf(path) !== -1) return;
+    var li = document.createElement("li");
+    var input = document.createElement("input");
+    input.type = "hidden"; input.name = "paths"; input.value = path;
+    var name = document.createElement("span");
+    name.className = "mono"; name.textContent = path;
+    var remove = document.createElement("button");
+    remove.type = "button"; remove.className = "link"; remove.textContent = "Remove";
+    remove.setAttribute("data-remove", path);
+    remove.setAttribute("aria-label", "Remove " + path);
+    li.appendChild(input); li.appendChild(name); li.appendChild(document.createTextNode(" "));
+    li.appendChild(remove);
+    document.getElementById("selection").appendChild(li);
+  }
+
+  function drop(path) {
+    document.querySelectorAll("#selection input[name=paths]").forEach(function (i) {
+      if (i.value === path) i.parentNode.remove();
+    });
+  }
+
+  function choosePoint(id) {
+    var radio = form().querySelector("input[name=rp][value='" + id + "']");
+    if (!radio) return false;
+    radio.checked = true;  // no change event: the listing in view stays
+    showDay(radio.closest("fieldset.times").getAttribute("data-day"));
+    return true;
+  }
+
+  function showDay(day) {
+    document.querySelectorAll("fieldset.times").forEach(function (fs) {
+      fs.hidden = fs.getAttribute("data-day") !== day;
+    });
+    document.querySelectorAll(".calendar-day.has-points").forEach(function (b) {
+      b.classList.toggle("selected", b.getAttribute("data-day") === day);
+      b.setAttribute("aria-pressed", b.getAttribute("data-day") === day ? "true" : "false");
+    });
+  }
+
+  document.addEventListener("click", function (event) {
+    var day = event.target.closest(".calendar-day.has-points");
+    if (day) { showDay(day.getAttribute("data-day")); return; }
+    var remove = event.target.closest("[data-remove]");
+    if (remove) { drop(remove.getAttribute("data-remove")); refresh(); return; }
+    var version = event.target.closest("[data-use-version]");
+    if (version) {
+      if (choosePoint(version.getAttribute("data-rp"))) {
+        selected().forEach(drop);
+        add(version.getAttribute("data-path"));
+        refresh();
+        document.getElementById("step-options").scrollIntoView({behavior: "smooth"});
+      }
+    }
+  });
+
+  document.addEventListener("change", function (event) {
+    var box = event.target.closest("input[data-select]");
+    if (box) {
+      if (box.checked) {
+        if (box.getAttribute("data-rp") && !chosenPoint()) choosePoint(box.getAttribute("data-rp"));
+        add(box.value);
+      } else {
+        drop(box.value);
+      }
+      refresh();
+      return;
+    }
+    if (event.target.name === "rp") {
+      selected().forEach(drop);  // items belong to one recovery point
+      refresh();
+    }
+    if (event.target.name === "folder") {
+      var another = form().querySelector("input[name=location][value=another]");
+      if (another && event.target.value) another.checked = true;
+    }
+  });
+
+  document.addEventListener("keydown", function (event) {
+    if (event.key === "Enter" && event.target.name === "q") {
+      event.preventDefault();
+      var button = form().querySelector("[data-action=search]");
+      if (button) button.click();
+    }
+  });
+
+  document.addEventListener("htmx:afterSwap", refresh);
+  document.addEventListener("DOMContentLoaded", function () {
+    var days = document.querySelectorAll(".calendar-day.has-points");
+    if (days.length) showDay(days[days.length - 1].getAttribute("data-day"));
+    refresh();
+  });
+})();

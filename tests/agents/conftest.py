@@ -1,0 +1,157 @@
+"""Builders and fixtures for the machine tests (portal side and agent against the portal).
+
+The cast: alice owns subscription "Contoso" with vault "vault-one"; bob is a member whose
+role a test picks; charlie belongs to another subscription only. ``agent_env`` gives each
+test its own storage directories and agent config directory; ``redis_broker`` switches
+the portal to the real Redis for broker users (and removes the users a test made).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import pytest
+
+from agents.runtime import config as agent_config
+from portal.models import Membership, ResourceGroup, Role, Subscription, User
+from vaults.models import Vault
+
+
+def make_user(username: str, **extra) -> User:
+    return User.objects.create_user(username=username, password="correct horse battery", **extra)
+
+
+@pytest.fixture
+def alice(db) -> User:
+    return make_user("alice")
+
+
+@pytest.fixture
+def bob(db) -> User:
+    return make_user("bob")
+
+
+@pytest.fixture
+def charlie(db) -> User:
+    user = make_user("charlie")
+    other = Subscription.objects.create(name="Fabrikam", created_by=user)
+    Membership.objects.create(user=user, subscription=other, role=Role.OWNER)
+    return user
+
+
+@pytest.fixture
+def subscription(alice) -> Subscription:
+    sub = Subscription.objects.create(name="Contoso", created_by=alice)
+    Membership.objects.create(user=alice, subscription=sub, role=Role.OWNER)
+    return sub
+
+
+@pytest.fixture
+def member(bob, subscription):
+    def give(role: str) -> User:
+        Membership.objects.update_or_create(
+            user=bob, subscription=subscription, defaults={"role": role}
+        )
+        return bob
+
+    return give
+
+
+@pytest.fixture
+def resource_group(subscription) -> ResourceGroup:
+    return ResourceGroup.objects.create(
+        subscription=subscription, name="backup-rg", location="West Europe"
+    )
+
+
+def make_vault(resource_group, name="vault-one", **extra) -> Vault:
+    return Vault.objects.create(
+        subscription=resource_group.subscription,
+        resource_group=resource_group,
+        name=name,
+        location="West Europe",
+        state=Vault.State.READY,
+        container=f"vault-{name}",
+        **extra,
+    )
+
+
+@pytest.fixture
+def vault(agent_env, resource_group) -> Vault:
+    return make_vault(resource_group)
+
+
+@pytest.fixture
+def agent_env(settings, tmp_path, monkeypatch):
+    """Storage in temporary directories (Azurite in the servers pass), the agent's config
+    in a temporary directory, live pushes dropped, no Redis unless a test asks for it."""
+    settings.STORAGE_DIR = tmp_path / "storage"
+    settings.SECONDARY_STORAGE_DIR = tmp_path / "storage-secondary"
+    settings.REDIS_URL = None
+    config_dir = tmp_path / "agent-config"
+    monkeypatch.setenv("HAVEN_AGENT_CONFIG_DIR", str(config_dir))
+    monkeypatch.setattr("portal.realtime.publish_now", lambda group, html: None)
+    return config_dir
+
+
+ACL_BASELINE: set[str] = set()
+
+
+@pytest.fixture
+def redis_broker(agent_env, settings, redis_url):
+    """The portal manages per-machine Redis users on the test Redis; they are removed after."""
+    import redis
+
+    settings.REDIS_URL = redis_url
+    admin = redis.Redis.from_url(redis_url, decode_responses=True)
+    before = set(admin.acl_users())
+    # Users left on the shared Redis by earlier runs are not this test's doing.
+    ACL_BASELINE.clear()
+    ACL_BASELINE.update(before)
+    yield redis_url
+    for user in set(admin.acl_users()) - before:
+        admin.acl_deluser(user)
+    admin.close()
+
+
+def issue_credentials(vault, user) -> bytes:
+    from vaults.credentials import credentials_issue
+
+    _name, content, _record = credentials_issue(vault=vault, issued_by=user)
+    return content
+
+
+def register_directly(vault, user, name="web-01", **extra):
+    """Register through the service (no HTTP) and return (machine, Registration)."""
+    from agents import services
+    from portal import signing
+
+    machine, answer = services.machine_register(
+        content=issue_credentials(vault, user), machine_name=name, **extra
+    )
+    registration = agent_config.Registration(
+        portal_url="http://127.0.0.1:9",
+        portal_public_key=signing.public_key_b64(),
+        portal_fingerprint=signing.key_fingerprint(),
+        subscription_id=answer["subscription_id"],
+        subscription_name=answer["subscription_name"],
+        resource_group=answer["resource_group"],
+        vault_id=answer["vault_id"],
+        vault_name=answer["vault_name"],
+        machine_id=answer["machine_id"],
+        machine_name=answer["machine_name"],
+        token=answer["token"],
+        broker_url=answer["broker_url"],
+        broker_transport_options=answer["broker_transport_options"],
+        result_key_prefix=answer["result_key_prefix"],
+        queue=answer["queue"],
+        container=answer["container"],
+        grant=answer["grant"],
+    )
+    return machine, registration
+
+
+def write_registration(registration, directory) -> None:
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (directory / agent_config.REGISTRATION_FILE).write_text(json.dumps(asdict(registration)))

@@ -1,0 +1,138 @@
+"""Builders and fixtures for the jobs tests.
+
+The cast: alice owns subscription "Contoso" with vault "vault-one" and machine "web-01"
+(Europe/Amsterdam); bob is a member whose role a test picks; charlie belongs to another
+subscription only. Pushes are captured (``pushes``), agent tasks recorded (``sent``).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from agents.models import Machine
+from jobs import policy_rules, services
+from portal.models import Membership, ResourceGroup, Role, Subscription, User
+from vaults.models import Vault
+
+
+def make_user(username: str, **extra) -> User:
+    return User.objects.create_user(username=username, password="correct horse battery", **extra)
+
+
+@pytest.fixture
+def pushes(monkeypatch):
+    sent: list[tuple[str, str]] = []
+    monkeypatch.setattr(
+        "portal.realtime.publish_now", lambda group, html: sent.append((group, html))
+    )
+    return sent
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """Agent tasks the portal sent, as (machine id, task name, kwargs)."""
+    calls: list[tuple[str, str, dict]] = []
+
+    def record(machine, task, **kwargs):
+        calls.append((str(machine.pk), task, kwargs))
+
+    monkeypatch.setattr(
+        services, "_send_to_machine", lambda machine, task, **kw: record(machine, task, **kw)
+    )
+    return calls
+
+
+@pytest.fixture(autouse=True)
+def _jobs_env(settings, tmp_path, pushes, sent, monkeypatch):
+    settings.STORAGE_DIR = tmp_path / "storage"
+    settings.HAVEN_PUBLIC_URL = "https://haven.example.test"
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    # Portal tasks enqueued after commit are recorded, not sent to a broker.
+    enqueued: list = []
+    monkeypatch.setattr(services, "_enqueue", lambda name, *args: enqueued.append((name, args)))
+    return enqueued
+
+
+@pytest.fixture
+def alice(db) -> User:
+    return make_user("alice", email="alice@example.test")
+
+
+@pytest.fixture
+def bob(db) -> User:
+    return make_user("bob", email="bob@example.test")
+
+
+@pytest.fixture
+def charlie(db) -> User:
+    user = make_user("charlie")
+    other = Subscription.objects.create(name="Fabrikam", created_by=user)
+    Membership.objects.create(user=user, subscription=other, role=Role.OWNER)
+    return user
+
+
+@pytest.fixture
+def subscription(alice) -> Subscription:
+    sub = Subscription.objects.create(name="Contoso", created_by=alice)
+    Membership.objects.create(user=alice, subscription=sub, role=Role.OWNER)
+    return sub
+
+
+@pytest.fixture
+def member(bob, subscription):
+    def give(role: str) -> User:
+        Membership.objects.update_or_create(
+            user=bob, subscription=subscription, defaults={"role": role}
+        )
+        return bob
+
+    return give
+
+
+@pytest.fixture
+def vault(subscription) -> Vault:
+    rg = ResourceGroup.objects.create(
+        subscription=subscription, name="backup-rg", location="West Europe"
+    )
+    return Vault.objects.create(
+        subscription=subscription,
+        resource_group=rg,
+        name="vault-one",
+        location="West Europe",
+        state=Vault.State.READY,
+        container="vault-one",
+    )
+
+
+def make_machine(vault, name="web-01", *, online=True, time_zone="Europe/Amsterdam") -> Machine:
+    from django.utils import timezone
+
+    return Machine.objects.create(
+        vault=vault,
+        name=name,
+        time_zone=time_zone,
+        last_seen_at=timezone.now() if online else None,
+    )
+
+
+@pytest.fixture
+def machine(vault) -> Machine:
+    return make_machine(vault)
+
+
+def spec(**changes) -> dict:
+    base = policy_rules.default_spec()
+    base["items"] = ["/srv/data"]
+    base.update(changes)
+    return base
+
+
+@pytest.fixture
+def policy(machine, alice):
+    return services.policy_save(machine=machine, spec=spec(), user=alice)
+
+
+def token_for(machine) -> str:
+    from agents.api_auth import machine_token_issue
+
+    return machine_token_issue(machine=machine)

@@ -1,0 +1,231 @@
+"""Jobs from Back up now to their final state: one at a time, progress, cancel, offline."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pytest
+from django.core import mail
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from jobs import services
+from jobs.models import Alert, Job, RecoveryPoint, ScheduledRun
+from tests.jobs.conftest import make_machine
+
+pytestmark = pytest.mark.django_db
+
+
+def test_back_up_now_queues_a_job_and_sends_it_to_the_agent(machine, policy, alice, sent):
+    job = services.backup_start(machine=machine, user=alice)
+    assert (job.status, job.operation, job.trigger) == ("queued", "backup", "adhoc")
+    assert sent[-1] == (str(machine.pk), "haven.agent.backup", {"job_id": str(job.pk)})
+
+
+def test_one_backup_per_machine_at_a_time(machine, policy):
+    first = services.backup_start(machine=machine)
+    with pytest.raises(services.BackupAlreadyRunning) as caught:
+        services.backup_start(machine=machine)
+    assert caught.value.job == first
+
+
+def test_an_offline_machine_gets_waiting_for_agent(vault, alice):
+    machine = make_machine(vault, "laptop", online=False)
+    job = services.backup_start(machine=machine, user=alice)
+    assert job.get_status_display() == "Waiting for agent"
+
+
+def test_retain_till_in_the_past_is_refused(machine, policy):
+    with pytest.raises(ValidationError):
+        services.backup_start(machine=machine, retain_until=date(2000, 1, 1))
+
+
+def test_progress_is_stored_and_pushed_to_the_job_and_the_vault(
+    machine, policy, pushes, django_capture_on_commit_callbacks
+):
+    job = services.backup_start(machine=machine)
+    event = {
+        "type": "progress",
+        "phase": "backing_up",
+        "files_done": 3,
+        "files_total": 10,
+        "bytes_done": 300,
+        "bytes_total": 1000,
+        "stored_bytes": 120,
+        "rate_bps": 50,
+        "eta_s": 14.0,
+        "current": "/srv/data/a.txt",
+        "secret": "dropped",
+    }
+    with django_capture_on_commit_callbacks(execute=True):
+        cancel = services.job_record_progress(job=job, event=event)
+    assert cancel is False
+    job.refresh_from_db()
+    assert job.status == Job.Status.RUNNING and job.started_at is not None
+    assert job.progress["files_done"] == 3 and "secret" not in job.progress
+    assert job.bytes_transferred == 120
+    groups = [group for group, _ in pushes]
+    assert f"job.{job.pk}" in groups and f"vault.{job.vault_id}" in groups
+    html = dict(pushes)[f"job.{job.pk}"]
+    assert 'hx-swap-oob="true"' in html and "30%" in html and "/srv/data/a.txt" in html
+
+
+def finish(job, **kwargs):
+    defaults = {
+        "status": "completed",
+        "snapshot_id": "ab" * 16,
+        "pack_ids": ["p1", "p2"],
+        "stats": {"logical_bytes": 1000, "new_bytes": 400, "added_bytes": 300, "files": 3},
+    }
+    defaults.update(kwargs)
+    return services.job_finish(job=job, **defaults)
+
+
+def test_a_completed_backup_makes_a_tagged_recovery_point(machine, policy, _jobs_env):
+    job = services.backup_start(machine=machine)
+    job = finish(job)
+    point = RecoveryPoint.objects.get(job=job)
+    assert point.kind == "adhoc" and point.retention_tags == ["daily"]
+    assert point.expires_at == point.tagged_for + timedelta(days=7)
+    assert (point.logical_bytes, point.new_bytes, point.stored_bytes) == (1000, 400, 300)
+    assert point.pack_ids == ["p1", "p2"]
+    assert point.manifest_blob == "snapshots/" + "ab" * 16
+    assert ("retention_apply_machine", (str(machine.pk),)) in _jobs_env
+
+
+def test_warnings_make_completed_with_warnings_and_a_warning_alert(machine, policy):
+    job = services.backup_start(machine=machine)
+    job = finish(job, warnings=[{"path": "/srv/data/locked.db", "reason": "permission denied"}])
+    assert job.get_status_display() == "Completed with warnings"
+    alert = Alert.objects.get(machine=machine)
+    assert (alert.severity, alert.kind) == ("warning", "backup_warnings")
+
+
+def test_a_failed_backup_raises_a_critical_alert_that_the_next_success_resolves(
+    machine, policy, alice, django_capture_on_commit_callbacks
+):
+    job = services.backup_start(machine=machine, user=alice)
+    with django_capture_on_commit_callbacks(execute=True):
+        finish(job, status="failed", error="The vault's storage could not be used: 403")
+    alert = Alert.objects.get(machine=machine, resolved_at__isnull=True)
+    assert alert.severity == "critical" and "403" in alert.message
+    assert len(mail.outbox) == 1 and "Critical" in mail.outbox[0].subject
+    assert alice.notifications.get(key=f"job:{job.pk}").level == "error"
+    finish(services.backup_start(machine=machine), snapshot_id="cd" * 16)
+    alert.refresh_from_db()
+    assert alert.resolved_at is not None
+
+
+def test_a_second_failure_counts_on_the_same_alert(machine, policy):
+    finish(services.backup_start(machine=machine), status="failed", error="one")
+    finish(services.backup_start(machine=machine), status="failed", error="two")
+    alert = Alert.objects.get(machine=machine)
+    assert alert.occurrences == 2 and alert.message.endswith("two")
+
+
+def test_adhoc_after_a_failed_long_term_scheduled_backup_takes_its_place(machine, policy):
+    saturday = timezone.datetime(2024, 3, 30, 0, 0, tzinfo=timezone.get_fixed_timezone(60))
+    run = ScheduledRun.objects.create(
+        policy=policy, scheduled_for=saturday, long_term_tags=["weekly", "monthly", "yearly"]
+    )
+    failed = Job.objects.create(
+        vault=machine.vault,
+        machine=machine,
+        operation="backup",
+        status="failed",
+        trigger="scheduled",
+        scheduled_for=saturday,
+    )
+    run.job = failed
+    run.save()
+    tagging, inherited = services.adhoc_retention(
+        machine=machine, now=saturday + timedelta(hours=9)
+    )
+    assert inherited == run and "yearly" in tagging.tags
+    job = services.backup_start(machine=machine)
+    Job.objects.filter(pk=job.pk).update(created_at=saturday + timedelta(hours=9))
+    job.refresh_from_db()
+    finish(job)
+    point = RecoveryPoint.objects.get(job=job)
+    assert point.inherited_from == saturday
+    assert {"weekly", "monthly", "yearly"} <= set(point.retention_tags)
+    # Only the first ad hoc backup takes the place.
+    _, inherited = services.adhoc_retention(machine=machine, now=saturday + timedelta(hours=10))
+    assert inherited is None
+
+
+def test_cancel_before_start_ends_the_job_at_once(machine, policy, alice):
+    job = services.backup_start(machine=machine)
+    job = services.job_cancel(job=job, user=alice)
+    assert job.status == Job.Status.CANCELLED
+
+
+def test_cancel_of_a_running_job_asks_the_agent(machine, policy, alice, sent):
+    job = services.backup_start(machine=machine)
+    services.job_mark_started(job=job)
+    job = services.job_cancel(job=job, user=alice)
+    assert job.status == Job.Status.RUNNING and job.cancel_requested_at
+    assert sent[-1][1] == "haven.agent.cancel"
+    assert services.job_record_progress(job=job, event={"phase": "backing_up"}) is True
+    job = services.job_finish(job=job, status="cancelled", error="Cancelled on request")
+    assert job.status == Job.Status.CANCELLED and not RecoveryPoint.objects.exists()
+
+
+def test_a_job_not_picked_up_waits_then_fails_with_the_reason(machine, policy, settings):
+    settings.HAVEN_JOB_AGENT_WAIT_MINUTES = 30
+    job = services.backup_start(machine=machine)
+    now = timezone.now()
+    services.jobs_sweep(now=now + timedelta(minutes=2))
+    job.refresh_from_db()
+    assert job.get_status_display() == "Waiting for agent"
+    services.jobs_sweep(now=now + timedelta(minutes=31))
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED
+    assert "did not pick up this job within 30 minutes" in job.error
+    assert Alert.objects.get(machine=machine).kind == "backup_failed"
+
+
+def test_a_running_job_whose_agent_went_quiet_fails(machine, policy, settings):
+    settings.HAVEN_JOB_STALL_SECONDS = 60
+    job = services.backup_start(machine=machine)
+    services.job_mark_started(job=job, now=timezone.now())
+    services.jobs_sweep(now=timezone.now() + timedelta(seconds=61))
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED and "stopped reporting" in job.error
+
+
+def test_no_recent_backup_raises_a_warning(machine, policy, settings):
+    settings.HAVEN_ALERT_NO_BACKUP_DAYS = 2
+    assert services.alerts_check_stale(now=timezone.now() + timedelta(days=3)) == 1
+    alert = Alert.objects.get(machine=machine)
+    assert alert.kind == "no_recent_backup" and alert.severity == "warning"
+
+
+def test_hourly_digest_mails_each_recipient_once(machine, policy, settings):
+    settings.HAVEN_ALERT_EMAIL = "digest"
+    finish(services.backup_start(machine=machine), status="failed", error="x")
+    assert mail.outbox == []
+    assert services.alerts_send_digest() == 1
+    assert len(mail.outbox) == 1 and "1 backup alert" in mail.outbox[0].subject
+    assert services.alerts_send_digest() == 0
+
+
+def test_policy_save_bumps_the_version_and_pushes_it(machine, alice, sent):
+    from tests.jobs.conftest import spec
+
+    policy = services.policy_save(machine=machine, spec=spec(), user=alice)
+    assert policy.version == 1 and policy.drifted
+    assert sent[-1][1] == "haven.agent.policy" and sent[-1][2]["spec_hash"] == policy.spec_hash
+    same = services.policy_save(machine=machine, spec=spec(), user=alice)
+    assert same.version == 1
+    changed = services.policy_save(machine=machine, spec=spec(items=["/home"]), user=alice)
+    assert changed.version == 2
+    services.policy_applied(policy=changed, version=2, spec_hash=changed.spec_hash)
+    changed.refresh_from_db()
+    assert not changed.drifted and services.policy_drift(changed) is None
+
+
+def test_drift_says_why(machine, policy):
+    services.policy_applied(policy=policy, version=1, spec_hash="", error="disk full")
+    policy.refresh_from_db()
+    assert "could not apply version 1: disk full" in services.policy_drift(policy)

@@ -1,0 +1,94 @@
+"""The beat tick: due policies since the last tick, once each, in the machine's zone."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from jobs import services
+from jobs.models import BackupPolicy, Job, ScheduledRun
+from tests.jobs.conftest import make_machine, spec
+
+pytestmark = pytest.mark.django_db
+
+
+def utc(*args) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+@pytest.fixture
+def nightly(machine, alice):
+    """Daily at 01:30 Amsterdam time; the scheduler has looked up to 2024-10-26 12:00 UTC."""
+    policy = services.policy_save(machine=machine, spec=spec(times=["01:30"]), user=alice)
+    BackupPolicy.objects.filter(pk=policy.pk).update(scheduled_through=utc(2024, 10, 26, 12))
+    return policy
+
+
+def tick(at: datetime):
+    return services.schedule_tick(now=at)
+
+
+def test_a_due_policy_starts_one_scheduled_backup(nightly, sent):
+    assert tick(utc(2024, 10, 26, 23, 29)) == []
+    jobs = tick(utc(2024, 10, 26, 23, 30))  # 01:30 CEST on 27 October
+    assert len(jobs) == 1
+    job = jobs[0]
+    assert (job.trigger, job.scheduled_for) == (Job.Trigger.SCHEDULED, utc(2024, 10, 26, 23, 30))
+    assert sent[-1][1] == services.AGENT_BACKUP_TASK
+
+
+def test_a_tick_run_twice_starts_nothing_twice(nightly):
+    at = utc(2024, 10, 26, 23, 31)
+    tick(at)
+    BackupPolicy.objects.filter(pk=nightly.pk).update(scheduled_through=utc(2024, 10, 26, 12))
+    assert tick(at) == []  # the unique (policy, scheduled_for) constraint holds
+    assert ScheduledRun.objects.count() == 1
+    assert Job.objects.count() == 1
+
+
+def test_missed_ticks_are_caught_up_once(nightly):
+    jobs = tick(utc(2024, 10, 30, 12))  # the portal was down for four nights
+    assert len(jobs) == 1
+    assert jobs[0].scheduled_for == utc(2024, 10, 30, 0, 30)  # the latest missed run
+    assert tick(utc(2024, 10, 30, 12, 1)) == []
+
+
+def test_a_0130_backup_on_the_fall_back_night_runs_once(machine, alice):
+    # 27 Oct 2024 in Amsterdam: 02:00-03:00 happens twice; use 02:30 to land in it.
+    policy = services.policy_save(machine=machine, spec=spec(times=["02:30"]), user=alice)
+    BackupPolicy.objects.filter(pk=policy.pk).update(scheduled_through=utc(2024, 10, 26, 12))
+    started = []
+    minute = utc(2024, 10, 26, 12)
+    while minute < utc(2024, 10, 27, 6):
+        minute += timedelta(minutes=1)
+        for job in tick(minute):
+            started.append(job.scheduled_for)
+            Job.objects.filter(pk=job.pk).update(status=Job.Status.COMPLETED)
+    assert started == [utc(2024, 10, 27, 0, 30)]  # 02:30 CEST, the first of the two
+
+
+def test_a_time_that_does_not_exist_runs_when_the_clocks_jump(vault, alice):
+    machine = make_machine(vault, "ny-01", time_zone="America/New_York")
+    policy = services.policy_save(machine=machine, spec=spec(times=["02:30"]), user=alice)
+    BackupPolicy.objects.filter(pk=policy.pk).update(scheduled_through=utc(2024, 3, 9, 12))
+    started = []
+    minute = utc(2024, 3, 9, 12)
+    while minute < utc(2024, 3, 10, 12):
+        minute += timedelta(minutes=1)
+        started += [job.scheduled_for for job in tick(minute)]
+    assert started == [utc(2024, 3, 10, 7, 0)]  # 03:00 EDT
+
+
+def test_a_run_while_the_previous_backup_runs_is_recorded_as_failed(nightly, machine):
+    running = services.backup_start(machine=machine)
+    jobs = tick(utc(2024, 10, 26, 23, 30))
+    assert jobs[0].status == Job.Status.FAILED
+    assert "still running" in jobs[0].error
+    assert str(running.pk) in jobs[0].error
+
+
+def test_a_new_policy_does_not_run_retroactively(machine, alice):
+    now = utc(2024, 10, 26, 23, 0)
+    services.policy_save(machine=machine, spec=spec(times=["00:30"]), user=alice, now=now)
+    assert tick(now + timedelta(minutes=1)) == []

@@ -1,0 +1,215 @@
+"""Pages: owner, member and outsider (alice, bob, charlie); constant queries on the list."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from jobs import services
+from jobs.models import BackupPolicy, Job
+from portal.models import Role
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def as_alice(client, alice):
+    client.force_login(alice)
+    return client
+
+
+def test_job_page_renders_the_stored_progress(as_alice, machine, policy):
+    job = services.backup_start(machine=machine)
+    services.job_record_progress(
+        job=job,
+        event={
+            "phase": "backing_up",
+            "files_done": 5,
+            "files_total": 20,
+            "bytes_done": 2048,
+            "bytes_total": 4096,
+            "rate_bps": 1024,
+            "eta_s": 2,
+            "current": "/srv/data/x",
+        },
+    )
+    page = as_alice.get(f"/jobs/{job.pk}/").content.decode()
+    assert "In progress" in page and "50%" in page and "5 of 20" in page and "/srv/data/x" in page
+    assert f"watch=job:{job.pk}" in page
+    fragment = as_alice.get(f"/jobs/{job.pk}/?fragment=live").content.decode()
+    assert fragment.lstrip().startswith("<section") and "50%" in fragment
+
+
+def test_outsider_gets_404_and_reader_cannot_cancel(client, charlie, member, machine, policy):
+    job = services.backup_start(machine=machine)
+    client.force_login(charlie)
+    assert client.get(f"/jobs/{job.pk}/").status_code == 404
+    client.force_login(member(Role.READER))
+    assert client.get(f"/jobs/{job.pk}/").status_code == 200
+    assert client.post(f"/jobs/{job.pk}/cancel/").status_code == 403
+
+
+def test_cancel_from_the_page(as_alice, machine, policy):
+    job = services.backup_start(machine=machine)
+    response = as_alice.post(f"/jobs/{job.pk}/cancel/")
+    assert response.status_code == 302
+    job.refresh_from_db()
+    assert job.status == Job.Status.CANCELLED
+
+
+def test_back_up_now_confirmation_says_which_retention_applies(as_alice, machine, policy):
+    page = as_alice.get(f"/jobs/machines/{machine.pk}/backup-now/").content.decode()
+    assert "Retain backup till" in page and "Kept as daily until" in page
+    assert "backs up daily" in page
+    fragment = as_alice.get(
+        f"/jobs/machines/{machine.pk}/backup-now/?fragment=retention&retain_until=2999-12-31",
+        HTTP_HX_REQUEST="true",
+    ).content.decode()
+    assert "retain till until 01 Jan 3000" in fragment
+
+
+def test_back_up_now_starts_a_job_and_a_second_request_links_to_it(as_alice, machine, policy):
+    response = as_alice.post(f"/jobs/machines/{machine.pk}/backup-now/")
+    job = Job.objects.get()
+    assert response.status_code == 302 and response.url == f"/jobs/{job.pk}/"
+    again = as_alice.post(f"/jobs/machines/{machine.pk}/backup-now/")
+    assert again.status_code == 409
+    body = again.content.decode()
+    assert "already running" in body and f"/jobs/{job.pk}/" in body
+    assert Job.objects.count() == 1
+
+
+def test_back_up_now_with_retain_till(as_alice, machine, policy):
+    as_alice.post(f"/jobs/machines/{machine.pk}/backup-now/", {"retain_until": "2999-01-31"})
+    assert str(Job.objects.get().retain_until) == "2999-01-31"
+
+
+def test_backup_operator_may_back_up_but_not_edit_the_policy(client, member, machine, policy):
+    client.force_login(member(Role.BACKUP_OPERATOR))
+    assert client.post(f"/jobs/machines/{machine.pk}/backup-now/").status_code == 302
+    response = client.post(f"/jobs/machines/{machine.pk}/policy/", {"items": "/x"})
+    assert response.status_code == 403
+
+
+def test_policy_editor_names_each_failing_rule_next_to_its_field(as_alice, machine):
+    response = as_alice.post(
+        f"/jobs/machines/{machine.pk}/policy/",
+        {
+            "items": "relative",
+            "frequency": "daily",
+            "times": ["00:00"],
+            "daily_enabled": "on",
+            "daily_days": "10000",
+        },
+    )
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert 'data-error-for="items"' in page and "not an absolute path" in page
+    assert 'data-error-for="daily_days"' in page and "9,999" in page
+    assert not BackupPolicy.objects.exists()
+
+
+def test_policy_editor_saves_and_shows_the_preview_and_drift(as_alice, machine, sent):
+    response = as_alice.post(
+        f"/jobs/machines/{machine.pk}/policy/",
+        {
+            "items": "/srv/data",
+            "frequency": "daily",
+            "times": ["00:00", "18:00"],
+            "daily_enabled": "on",
+            "daily_days": "7",
+            "weekly_enabled": "on",
+            "weekly_weekdays": "5",
+            "weekly_weeks": "4",
+            "initial_backup": "online",
+        },
+    )
+    assert response.status_code == 302
+    policy = BackupPolicy.objects.get(machine=machine)
+    assert policy.times == ["00:00", "18:00"] and policy.retention["weekly"]["weeks"] == 4
+    page = as_alice.get(f"/jobs/machines/{machine.pk}/policy/").content.decode()
+    assert "Preview: what this policy keeps" in page and "recovery points" in page
+    assert "Not applied" in page  # the agent has not confirmed version 1 yet
+    preview = as_alice.post(
+        f"/jobs/machines/{machine.pk}/policy/preview/",
+        {
+            "items": "/srv/data",
+            "frequency": "daily",
+            "times": ["00:00"],
+            "daily_enabled": "on",
+            "daily_days": "7",
+        },
+    ).content.decode()
+    assert "Over the coming year the schedule makes <strong>365</strong>" in preview
+
+
+def test_recovery_points_backup_items_and_alerts_pages(as_alice, machine, policy):
+    job = services.backup_start(machine=machine)
+    services.job_finish(
+        job=job, status="completed", snapshot_id="ab" * 16, stats={"added_bytes": 2048}
+    )
+    failed = services.backup_start(machine=machine)
+    services.job_finish(job=failed, status="failed", error="Storage said no.")
+    points = as_alice.get(f"/jobs/machines/{machine.pk}/recovery-points/").content.decode()
+    assert "Ad hoc" in points and "daily" in points and "2.0\xa0KB" in points
+    items = as_alice.get(f"/jobs/vaults/{machine.vault_id}/backup-items/").content.decode()
+    assert (
+        "web-01" in items
+        and f"/jobs/machines/{machine.pk}/backup-now/" in items
+        and "Failed" in items
+    )
+    alerts = as_alice.get(f"/jobs/vaults/{machine.vault_id}/alerts/").content.decode()
+    assert "Critical" in alerts and "Storage said no." in alerts
+
+
+def test_jobs_list_filters_and_counts(as_alice, machine, policy):
+    done = services.backup_start(machine=machine)
+    services.job_finish(job=done, status="completed")
+    services.backup_start(machine=machine)
+    page = as_alice.get("/jobs/").content.decode()
+    assert (
+        'data-status="completed"><a href="?range=7d&status=completed"><span class="tile-count">1</span>'
+        in page
+    )
+    only = as_alice.get("/jobs/?status=queued").content.decode()
+    assert only.count('id="job-row-') == 1
+
+
+def make_jobs(vault, machine, count: int) -> None:
+    now = timezone.now()
+    statuses = ["completed", "failed", "warning", "cancelled"]
+    batch = [
+        Job(
+            id=uuid.uuid4(),
+            vault=vault,
+            machine=machine,
+            operation="backup",
+            status=statuses[i % 4],
+            trigger="scheduled",
+        )
+        for i in range(count)
+    ]
+    Job.objects.bulk_create(batch, batch_size=5000)
+    # auto_now_add ignores given values: spread the times afterwards.
+    Job.objects.update(created_at=now - timedelta(minutes=1))
+
+
+def count_queries(client, url) -> int:
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(url).status_code == 200
+    return len(queries)
+
+
+@pytest.mark.slow
+def test_the_jobs_list_renders_100000_jobs_in_constant_queries(as_alice, machine, vault):
+    make_jobs(vault, machine, 30)
+    few = count_queries(as_alice, "/jobs/?range=all")
+    make_jobs(vault, machine, 100_000 - 30)
+    many = count_queries(as_alice, "/jobs/?range=all")
+    assert many == few
+    assert count_queries(as_alice, "/jobs/?range=all&page=1500&status=failed") == few

@@ -1,0 +1,142 @@
+"""The cast for Recover Data: alice owns subscription "Contoso" with vault "vault-one" and
+machines "web-01" and "web-02"; bob is a member whose role a test picks; charlie belongs to
+another subscription only. Agent tasks are recorded (``sent``), pushes captured."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.core.cache import cache
+from django.utils import timezone
+
+from agents.models import Machine
+from jobs.models import RecoveryPoint
+from jobs.recovery import services
+from portal.models import Membership, ResourceGroup, Role, Subscription, User
+from vaults.models import Vault
+
+
+def make_user(username: str) -> User:
+    return User.objects.create_user(username=username, password="correct horse battery")
+
+
+@pytest.fixture(autouse=True)
+def _env(settings, tmp_path, monkeypatch):
+    settings.STORAGE_DIR = tmp_path / "storage"
+    settings.DATA_DIR = tmp_path / "data"
+    settings.HAVEN_PUBLIC_URL = "https://haven.example.test"
+    import portal.urls
+
+    if not any(getattr(p, "namespace", None) == "recovery_api" for p in portal.urls.urlpatterns):
+        settings.ROOT_URLCONF = "tests.recovery.urls"
+    monkeypatch.setattr("portal.realtime.publish_now", lambda group, html: None)
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """Agent tasks sent, as (machine name, task, kwargs)."""
+    calls: list[tuple[str, str, dict]] = []
+    monkeypatch.setattr(
+        services, "_send", lambda machine, task, **kw: calls.append((machine.name, task, kw))
+    )
+    return calls
+
+
+@pytest.fixture
+def alice(db) -> User:
+    return make_user("alice")
+
+
+@pytest.fixture
+def bob(db) -> User:
+    return make_user("bob")
+
+
+@pytest.fixture
+def charlie(db) -> User:
+    user = make_user("charlie")
+    other = Subscription.objects.create(name="Fabrikam", created_by=user)
+    Membership.objects.create(user=user, subscription=other, role=Role.OWNER)
+    return user
+
+
+@pytest.fixture
+def subscription(alice) -> Subscription:
+    sub = Subscription.objects.create(name="Contoso", created_by=alice)
+    Membership.objects.create(user=alice, subscription=sub, role=Role.OWNER)
+    return sub
+
+
+@pytest.fixture
+def member(bob, subscription):
+    def give(role: str) -> User:
+        Membership.objects.update_or_create(
+            user=bob, subscription=subscription, defaults={"role": role}
+        )
+        return bob
+
+    return give
+
+
+def make_vault(subscription, name="vault-one") -> Vault:
+    rg, _ = ResourceGroup.objects.get_or_create(
+        subscription=subscription, name="backup-rg", defaults={"location": "West Europe"}
+    )
+    return Vault.objects.create(
+        subscription=subscription, resource_group=rg, name=name, location="West Europe",
+        state=Vault.State.READY, container=name,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def vault(subscription) -> Vault:
+    return make_vault(subscription)
+
+
+def make_machine(vault, name) -> Machine:
+    from vaults.storage import primary_account
+
+    machine = Machine.objects.create(
+        vault=vault, name=name, time_zone="Europe/Amsterdam", last_seen_at=timezone.now()
+    )
+    machine.container = f"machine-{machine.pk.hex}"
+    machine.save(update_fields=["container"])
+    primary_account().create_container(machine.container)
+    return machine
+
+
+@pytest.fixture
+def web01(vault) -> Machine:
+    return make_machine(vault, "web-01")
+
+
+@pytest.fixture
+def web02(vault) -> Machine:
+    return make_machine(vault, "web-02")
+
+
+@pytest.fixture
+def points(web01) -> list[RecoveryPoint]:
+    base = timezone.now().replace(microsecond=0) - timedelta(days=3)
+    out = []
+    for i in range(3):
+        at = base + timedelta(days=i, hours=i)
+        out.append(
+            RecoveryPoint.objects.create(
+                machine=web01, vault=web01.vault, snapshot_id=f"{i:032x}",
+                manifest_blob=f"snapshots/{i:032x}", created_at=at, tagged_for=at,
+                kind=RecoveryPoint.Kind.ADHOC, logical_bytes=1000 * (i + 1), file_count=3,
+            )
+        )  # fmt: skip
+    return out
+
+
+@pytest.fixture
+def token_for():
+    from agents.api_auth import machine_token_issue
+
+    return lambda machine: {"HTTP_AUTHORIZATION": f"Bearer {machine_token_issue(machine=machine)}"}

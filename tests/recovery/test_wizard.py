@@ -1,0 +1,200 @@
+"""The Recover Data pages: who may use them, the calendar, questions to the agent and its
+answers (from the cache, never the database), starting a restore."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.core.cache import cache
+from django.urls import reverse
+
+from jobs.models import Job
+from jobs.recovery import services
+from portal.models import Role
+from tests.recovery.conftest import make_machine, make_vault
+
+pytestmark = pytest.mark.django_db
+
+
+def wizard_url(source, target) -> str:
+    return reverse("recovery:wizard", args=[source.pk, target.pk])
+
+
+def test_the_start_page_offers_the_owners_machines(client, alice, web01, web02):
+    client.force_login(alice)
+    page = client.get(reverse("recovery:start")).content.decode()
+    assert "web-01" in page and "web-02" in page
+    page = client.get(reverse("recovery:start"), {"source": web01.pk}).content.decode()
+    assert "This machine (web-01)" in page and "Another machine: web-02" in page
+    assert "haven-agent recovery-passphrase --from-machine" in page
+    response = client.get(reverse("recovery:start"), {"source": web01.pk, "target": web02.pk})
+    assert response.status_code == 302 and response.url == wizard_url(web01, web02)
+
+
+def test_outsiders_and_readers_cannot_recover(client, member, charlie, web01, points):
+    client.force_login(charlie)
+    assert client.get(wizard_url(web01, web01)).status_code == 404
+    assert "web-01" not in client.get(reverse("recovery:start")).content.decode()
+    reader = member(Role.READER)
+    client.force_login(reader)
+    assert client.get(wizard_url(web01, web01)).status_code == 403
+    assert "No machine to recover" in client.get(reverse("recovery:start")).content.decode()
+    operator = member(Role.BACKUP_OPERATOR)
+    client.force_login(operator)
+    assert client.get(wizard_url(web01, web01)).status_code == 200
+
+
+def test_a_machine_of_another_vault_is_not_a_target(client, alice, subscription, web01):
+    elsewhere = make_machine(make_vault(subscription, "vault-two"), "far-01")
+    client.force_login(alice)
+    assert client.get(wizard_url(web01, elsewhere)).status_code == 403
+
+
+def test_the_calendar_shows_each_day_with_recovery_points(client, alice, web01, points):
+    client.force_login(alice)
+    page = client.get(wizard_url(web01, web01)).content.decode()
+    assert page.count('class="calendar-day has-points"') == 3
+    for p in points:
+        assert f'value="{p.snapshot_id}"' in page
+
+
+def test_browsing_asks_the_target_agent_and_shows_its_answer(
+    client, alice, web01, web02, points, sent, token_for
+):
+    client.force_login(alice)
+    url = reverse("recovery:ask", args=[web01.pk, web02.pk, "browse"])
+    response = client.get(
+        url, {"rp": points[0].snapshot_id, "path": "/home"}, HTTP_HX_REQUEST="true"
+    )
+    assert "Asking web-02" in response.content.decode()
+    ((machine, task, kwargs),) = sent
+    assert machine == "web-02" and task == "haven.agent.recovery.browse"
+    assert kwargs["source_machine_id"] == str(web01.pk) and kwargs["path"] == "/home"
+    request_id = kwargs["request_id"]
+    answer_url = reverse("recovery:answer", args=[request_id])
+    assert "Asking web-02" in client.get(answer_url, HTTP_HX_REQUEST="true").content.decode()
+
+    body = {
+        "ok": True,
+        "result": {
+            "recovery_point": {"id": points[0].snapshot_id},
+            "path": "/home",
+            "entries": [
+                {"name": "secret-plans.txt", "path": "/home/secret-plans.txt", "kind": "file",
+                 "size": 12, "mtime": "2025-01-02T03:04:05+00:00"},
+                {"name": "alice", "path": "/home/alice", "kind": "dir", "size": None,
+                 "mtime": "2025-01-02T03:04:05+00:00"},
+            ],
+        },
+    }  # fmt: skip
+    api = reverse("recovery_api:answer", args=[request_id])
+    # Another machine cannot answer web-02's question.
+    refused = client.post(
+        api, json.dumps(body), content_type="application/json", **token_for(web01)
+    )
+    assert refused.status_code == 404
+    ok = client.post(api, json.dumps(body), content_type="application/json", **token_for(web02))
+    assert ok.status_code == 200
+    page = client.get(answer_url, HTTP_HX_REQUEST="true").content.decode()
+    assert "secret-plans.txt" in page and 'value="/home/alice"' in page
+    assert "02 Jan 2025" in page
+    # The names live in the cache only: no row of the database holds them.
+    assert not Job.objects.filter(details__icontains="secret-plans").exists()
+
+
+def test_an_answer_is_only_for_the_person_who_asked(client, alice, member, web01, sent):
+    client.force_login(alice)
+    client.get(reverse("recovery:ask", args=[web01.pk, web01.pk, "search"]), {"q": "report"})
+    request_id = sent[0][2]["request_id"]
+    assert sent[0][2]["pattern"] == "report" and sent[0][2]["source_machine_id"] == ""
+    client.force_login(member(Role.OWNER))
+    page = client.get(reverse("recovery:answer", args=[request_id])).content.decode()
+    assert "expired" in page
+
+
+def test_an_agent_error_says_what_to_do(client, alice, web01, web02, sent):
+    client.force_login(alice)
+    client.get(reverse("recovery:ask", args=[web01.pk, web02.pk, "versions"]), {"path": "/x"})
+    request_id = sent[0][2]["request_id"]
+    services.answer_store(
+        machine=web02,
+        request_id=request_id,
+        body={"ok": False, "code": "passphrase_needed", "message": "…"},
+    )
+    page = client.get(reverse("recovery:answer", args=[request_id])).content.decode()
+    assert "web-02 does not know web-01's passphrase" in page
+    assert "haven-agent recovery-passphrase --from-machine 'web-01'" in page
+    assert cache.get(f"recovery:answer:{request_id}")["code"] == "passphrase_needed"
+
+
+def test_recover_starts_a_restore_job_on_the_target(client, alice, web01, web02, points, sent):
+    client.force_login(alice)
+    response = client.post(
+        reverse("recovery:restore", args=[web01.pk, web02.pk]),
+        {
+            "rp": points[1].snapshot_id,
+            "paths": ["/home/alice/docs", "/etc/hosts"],
+            "location": "another",
+            "folder": "/srv/restored",
+            "on_conflict": "overwrite",
+            "restore_permissions": "on",
+        },
+    )
+    job = Job.objects.get()
+    assert response.status_code == 302 and response.url == reverse("jobs:detail", args=[job.pk])
+    assert job.operation == Job.Operation.RESTORE and job.machine == web02
+    assert job.created_by == alice and job.status == Job.Status.QUEUED
+    assert job.details == {
+        "source_machine": str(web01.pk), "source_name": "web-01", "kind": "restore",
+        "recovery_point": points[1].snapshot_id,
+        "recovery_point_time": points[1].created_at.isoformat(), "items": 2,
+        "location": "another", "on_conflict": "overwrite", "restore_permissions": True,
+    }  # fmt: skip
+    ((machine, task, kwargs),) = sent
+    assert machine == "web-02" and task == "haven.agent.recovery.restore"
+    assert kwargs == {
+        "job_id": str(job.pk), "recovery_point": points[1].snapshot_id,
+        "paths": ["/etc/hosts", "/home/alice/docs"], "target": "/srv/restored",
+        "on_conflict": "overwrite", "restore_permissions": True,
+        "source_machine_id": str(web01.pk),
+    }  # fmt: skip
+
+
+def test_recover_to_the_original_location_on_the_same_machine(client, alice, web01, points, sent):
+    client.force_login(alice)
+    client.post(
+        reverse("recovery:restore", args=[web01.pk, web01.pk]),
+        {"rp": points[0].snapshot_id, "paths": ["/home"], "location": "original", "folder": "/x"},
+    )
+    kwargs = sent[0][2]
+    assert kwargs["target"] == "/" and kwargs["source_machine_id"] == ""
+    assert kwargs["on_conflict"] == "copy" and kwargs["restore_permissions"] is False
+
+
+@pytest.mark.parametrize(
+    "form, message",
+    [
+        ({"paths": ["/home"]}, "Choose a recovery point"),
+        ({"rp": "0" * 32}, "Choose at least one file or folder"),
+        ({"rp": "0" * 32, "paths": ["relative"]}, "Choose the files and folders"),
+        ({"rp": "0" * 32, "paths": ["/a"], "location": "another", "folder": "x"}, "absolute"),
+        ({"rp": "0" * 32, "paths": ["/a"], "on_conflict": "merge"}, "already exists"),
+    ],
+)
+def test_recover_refuses_an_incomplete_form(client, alice, web01, points, sent, form, message):
+    client.force_login(alice)
+    response = client.post(
+        reverse("recovery:restore", args=[web01.pk, web01.pk]), form, follow=True
+    )
+    assert message in response.content.decode()
+    assert not Job.objects.exists() and not sent
+
+
+def test_a_reader_cannot_start_a_restore(client, member, web01, points, sent):
+    client.force_login(member(Role.READER))
+    response = client.post(
+        reverse("recovery:restore", args=[web01.pk, web01.pk]),
+        {"rp": points[0].snapshot_id, "paths": ["/home"]},
+    )
+    assert response.status_code == 403 and not Job.objects.exists()

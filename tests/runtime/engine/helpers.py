@@ -1,0 +1,48 @@
+"""Small builders shared by the engine tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from agents.runtime.engine import run_backup, run_restore
+from agents.runtime.engine import worker as worker_module
+
+
+def backup(repo, src, **kw):
+    kw.setdefault("pack_size", 256 * 1024)
+    kw.setdefault("hostname", "test-host")
+    return run_backup(repo, sources=[src], **kw)
+
+
+def restore(repo, target, **kw):
+    kw.setdefault("recovery_point", "latest")
+    return run_restore(repo, target=target, **kw)
+
+
+def log_opens(monkeypatch, log: Path) -> None:
+    """Record every file a worker opens (workers are forked, so the patch reaches them)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    original = worker_module.FileProcessor._open
+
+    def _open(self, path):
+        with open(log, "ab") as f:
+            f.write(path + b"\n")
+        return original(self, path)
+
+    monkeypatch.setattr(worker_module.FileProcessor, "_open", _open)
+
+
+def opened(log: Path) -> list[bytes]:
+    return log.read_bytes().splitlines() if log.exists() else []
+
+
+def fail_open(monkeypatch, name: bytes, exc: OSError) -> None:
+    original = worker_module.FileProcessor._open
+
+    def _open(self, path):
+        if os.path.basename(path) == name:
+            raise exc
+        return original(self, path)
+
+    monkeypatch.setattr(worker_module.FileProcessor, "_open", _open)

@@ -1,0 +1,140 @@
+"""Cancelling a backup, usage figures, pack ids for garbage collection, vanished packs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+from agents.runtime.engine import ListSink, Repository, run_verify
+from agents.runtime.engine.repository import pack_blob_name
+from tests.runtime.engine.conftest import PASSPHRASE, restored, tree_snapshot, write_random
+from tests.runtime.engine.helpers import backup, restore
+
+
+def test_cancel_stops_a_backup_quickly_and_leaves_the_repository_consistent(
+    repo, memory_store, tmp_path
+):
+    src = tmp_path / "src"
+    write_random(src / "first", 10_000, 0)
+    first = backup(repo, src)
+    for i in range(200):
+        write_random(src / "many" / f"f{i:03}", 200_000, i)
+    cancel = threading.Event()
+
+    class CancelSoon(ListSink):
+        def emit(self, event):
+            super().emit(event)
+            if event["type"] == "progress" and event["bytes_done"] > 2_000_000:
+                cancel.set()
+                self.cancelled_at = time.monotonic()
+
+    sink = CancelSoon()
+    result = backup(repo, src, cancel=cancel, sink=sink)
+    stopped = time.monotonic()
+    assert result.status == "cancelled" and result.recovery_point is None
+    assert "no recovery point" in result.message
+    assert stopped - sink.cancelled_at < 1.5
+    assert sink.events[-1]["status"] == "cancelled"
+    reopened = Repository.open(memory_store, PASSPHRASE)
+    assert [rp.id for rp in reopened.list_recovery_points()] == [first.recovery_point]
+    assert run_verify(reopened).ok
+    again = backup(reopened, src)
+    assert again.status == "completed"
+    assert again.new_bytes < 40_000_000 - 1_000_000  # the cancelled run's packs are reused
+
+
+def test_it_reports_usage_and_the_packs_a_recovery_point_references(repo, memory_store, tmp_path):
+    src = tmp_path / "src"
+    write_random(src / "a", 1_000_000, 1)
+    (src / "text").write_bytes(b"compressible " * 50_000)
+    first = backup(repo, src)
+    assert first.logical_bytes == 1_650_000
+    assert first.logical_bytes <= first.new_bytes < first.logical_bytes + 10_000  # + metadata
+    assert first.stored_bytes < first.new_bytes  # compression paid
+    stored = {n.split("/")[-1] for n in memory_store.blobs if n.startswith("data/")}
+    assert set(first.packs) == stored
+    assert first.stored_bytes == sum(
+        len(memory_store.blobs[pack_blob_name(bytes.fromhex(p))]) for p in first.packs
+    )
+    (src / "b").write_bytes(b"new file")
+    second = backup(repo, src)
+    assert second.new_bytes < 10_000
+    # every data pack is still referenced (a pack holding only the old metadata may not be)
+    assert len(set(first.packs) & set(second.packs)) >= len(first.packs) - 1
+    rp = repo.recovery_point(second.recovery_point)
+    assert rp.packs == second.packs and rp.stats["logical_bytes"] == 1_650_008
+
+
+def test_packs_removed_by_garbage_collection_are_not_deduplicated_against(
+    repo, memory_store, tmp_path
+):
+    src = tmp_path / "src"
+    write_random(src / "a", 600_000, 1)
+    first = backup(repo, src)
+    for p in first.packs:  # the portal expired the only recovery point and collected its packs
+        del memory_store.blobs[pack_blob_name(bytes.fromhex(p))]
+    del memory_store.blobs[f"snapshots/{first.recovery_point}"]
+    (src / "a").touch()
+    reopened = Repository.open(memory_store, PASSPHRASE)
+    again = backup(reopened, src)
+    assert again.new_bytes >= 600_000
+    restore(reopened, tmp_path / "out")
+    assert tree_snapshot(restored(tmp_path / "out", src)) == tree_snapshot(src)
+
+
+def test_the_engine_imports_no_django():
+    code = (
+        "import sys, agents.runtime.engine, agents.runtime.engine.cli; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('django', 'portal', 'vaults', 'jobs')]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_compiled_chunker_is_in_use():
+    import pyfastcdc.cy.fastcdc as compiled
+
+    from agents.runtime.engine import worker
+
+    assert compiled.__file__.endswith(".so")
+    assert worker.FastCDC is compiled.FastCDC
+    data = bytes(range(256)) * 40_000  # 10 MB
+    started = time.perf_counter()
+    chunks = list(worker.make_chunker(repo_params()).cut_buf(data))
+    assert time.perf_counter() - started < 0.5  # the pure-Python path needs > 1 s
+    assert sum(c.length for c in chunks) == len(data)
+
+
+def repo_params():
+    from agents.runtime.engine import ChunkerParams
+
+    return ChunkerParams()
+
+
+def test_a_storage_failure_fails_the_backup_with_the_storage_error_and_keeps_the_repository(
+    repo, memory_store, tmp_path
+):
+    import pytest
+
+    from agents.runtime.blobstore.base import StorageUnavailable
+
+    src = tmp_path / "src"
+    write_random(src / "a", 10_000, 1)
+    first = backup(repo, src)
+    write_random(src / "b", 2_000_000, 2)
+    original = memory_store.put
+
+    def put(name, data):
+        if name.startswith("data/"):
+            raise StorageUnavailable("the storage account could not be reached")
+        original(name, data)
+
+    memory_store.put = put
+    with pytest.raises(StorageUnavailable, match="could not be reached"):
+        backup(repo, src)
+    memory_store.put = original
+    reopened = Repository.open(memory_store, PASSPHRASE)
+    assert [rp.id for rp in reopened.list_recovery_points()] == [first.recovery_point]
+    assert backup(reopened, src).status == "completed"

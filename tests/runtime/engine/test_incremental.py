@@ -1,0 +1,137 @@
+"""Incremental forever: unchanged files are not read again; changed ones store only new chunks."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from agents.runtime.engine import Repository
+from tests.runtime.engine.conftest import restored, tree_snapshot, write_random
+from tests.runtime.engine.helpers import backup, log_opens, opened, restore
+
+
+def test_it_does_not_reread_unchanged_files(any_repo, source, tmp_path, monkeypatch):
+    repo = any_repo
+    log = tmp_path / "logs" / "opens.log"
+    log_opens(monkeypatch, log)  # (outside the source's parents: their metadata stays put)
+    first = backup(repo, source)
+    assert len(opened(log)) == first.files_read == 4
+    log.unlink()
+    second = backup(repo, source)
+    assert opened(log) == []
+    assert second.files_read == 0 and second.files_unchanged == 4
+    # At most a metadata chunk is new: the source's parent folders (under pytest's shared
+    # temporary root) may change under concurrent test sessions.
+    assert second.new_bytes < 10_000
+    assert len(set(first.packs) & set(second.packs)) >= len(first.packs) - 1
+
+
+def test_it_rereads_only_the_changed_file_and_stores_only_its_new_chunks(
+    repo, tmp_path, monkeypatch
+):
+    src = tmp_path / "src"
+    big = bytearray(write_random(src / "big.bin", 2_000_000, 11))
+    write_random(src / "other.bin", 100_000, 12)
+    backup(repo, src)
+    big[1_000_000:1_000_010] = b"X" * 10  # same size, new content
+    (src / "big.bin").write_bytes(big)
+    log = tmp_path / "logs" / "opens.log"
+    log_opens(monkeypatch, log)
+    second = backup(repo, src)
+    assert opened(log) == [os.fsencode(src / "big.bin")]
+    assert second.new_bytes < 200_000  # a couple of 16 KiB-average chunks, not 2 MB
+    restore(repo, tmp_path / "out")
+    assert (restored(tmp_path / "out", src) / "big.bin").read_bytes() == big
+
+
+def test_it_keeps_most_chunks_after_an_insert_shifts_the_data(repo, tmp_path):
+    src = tmp_path / "src"
+    data = write_random(src / "f", 3_000_000, 21)
+    first = backup(repo, src)
+    shifted = data[:1_500_000] + b"inserted bytes!" + data[1_500_000:]
+    (src / "f").write_bytes(shifted)
+    second = backup(repo, src)
+    assert first.new_bytes > 2_900_000
+    assert second.new_bytes < 0.05 * len(shifted)  # content-defined cut points resynchronise
+
+
+def test_it_stores_identical_files_once(repo, tmp_path):
+    src = tmp_path / "src"
+    data = write_random(src / "a", 500_000, 5)
+    for i in range(5):
+        (src / f"copy{i}").write_bytes(data)
+    result = backup(repo, src)
+    assert result.logical_bytes == 3_000_000
+    assert result.new_bytes < 600_000
+
+
+def test_it_detects_a_change_that_keeps_size_and_mtime_through_ctime(repo, tmp_path):
+    src = tmp_path / "src"
+    path = src / "f"
+    write_random(path, 10_000, 1)
+    st = os.stat(path)
+    backup(repo, src)
+    write_random(path, 10_000, 2)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # hides the change from mtime
+    second = backup(repo, src)
+    assert second.files_read == 1
+    restore(repo, tmp_path / "out")
+    assert tree_snapshot(restored(tmp_path / "out", src)) == tree_snapshot(src)
+
+
+def test_it_uses_the_local_cache_and_rebuilds_without_it(memory_store, tmp_path):
+    from tests.runtime.engine.conftest import FAST_KDF, PASSPHRASE, SMALL_CHUNKS
+
+    src = tmp_path / "src"
+    write_random(src / "f", 400_000, 3)
+    repo = Repository.init(memory_store, PASSPHRASE, kdf=FAST_KDF, chunker=SMALL_CHUNKS)
+    backup(repo, src, cache_dir=tmp_path / "cache")
+    assert any((tmp_path / "cache").rglob("index.bin"))
+    (src / "g").write_bytes(random.Random(4).randbytes(1000))
+    with_cache = backup(
+        Repository.open(memory_store, PASSPHRASE), src, cache_dir=tmp_path / "cache"
+    )
+    without = backup(Repository.open(memory_store, PASSPHRASE), src, cache_dir=tmp_path / "new")
+    assert with_cache.files_read == 1 and without.files_read == 0
+    assert without.new_bytes < 10_000  # at most metadata: nothing re-stored
+
+
+def test_a_damaged_previous_recovery_point_means_reading_everything_again(
+    repo, memory_store, tmp_path
+):
+    src = tmp_path / "src"
+    write_random(src / "a", 100_000, 1)
+    first = backup(repo, src)
+    rp = repo.recovery_point(first.recovery_point)
+    pno, off, _len, _raw = repo.index.get(bytes.fromhex(rp.meta[0]))
+    from agents.runtime.engine.repository import pack_blob_name
+
+    name = pack_blob_name(repo.index.pack_ids[pno])
+    data = bytearray(memory_store.blobs[name])
+    data[off + 20] ^= 1
+    memory_store.blobs[name] = bytes(data)
+    second = backup(Repository.open(memory_store, "correct horse battery staple"), src)
+    assert second.status == "completed_with_warnings"
+    assert second.files_read == 1
+    assert "could not be read" in second.warnings[0]["reason"]
+
+
+@pytest.mark.timeout(60)
+def test_many_unchanged_files_behind_a_changed_one_do_not_stall_the_backup(
+    repo, tmp_path, monkeypatch
+):
+    from agents.runtime.engine import backup as backup_module
+
+    src = tmp_path / "src"
+    for i in range(40):
+        write_random(src / f"f{i:02}", 1000, i)
+    backup(repo, src)
+    for i in (0, 1, 2):  # changed files first in tree order, then many unchanged ones
+        write_random(src / f"f{i:02}", 1000, 100 + i)
+    monkeypatch.setattr(backup_module, "BATCH_FILES", 2)
+    monkeypatch.setattr(backup_module, "MAX_PENDING", 10)
+    second = backup(repo, src)
+    assert second.status == "completed"
+    assert second.files_read == 3 and second.files_unchanged == 37

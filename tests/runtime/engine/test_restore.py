@@ -1,0 +1,191 @@
+"""Restore: never outside the target, conflict policies, cancel, subsets."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from agents.runtime.engine import InvalidArgument, ListSink, RecoveryPoint, list_dir, run_restore
+from agents.runtime.engine.backup import _MetaWriter, _Packer
+from agents.runtime.engine.format import DIR, FILE, SYMLINK, Entry
+from agents.runtime.engine.repository import ChunkReader, now
+from tests.runtime.engine.conftest import restored, write_random
+from tests.runtime.engine.helpers import backup, restore
+
+
+def _craft(repo, entries: list[Entry]) -> str:
+    """Store a recovery point with hand-made (hostile) entries, as an attacker with the key
+    or a bug could."""
+    packer = _Packer(repo, 1 << 20, 1)
+    meta = _MetaWriter(repo, packer)
+    for e in entries:
+        meta.add(e)
+    ids = meta.finish()
+    packer.seal_pack()
+    packer.close()
+    rp = RecoveryPoint(
+        id=os.urandom(16).hex(), time=now(), hostname="evil", sources=["/"], tags=[],
+        status="completed", stats={}, packs=[], meta=[i.hex() for i in ids],
+    )  # fmt: skip
+    repo.write_recovery_point(rp)
+    return rp.id
+
+
+@pytest.fixture
+def chunk(repo, tmp_path):
+    """The content list of a real backed-up file ("pwned")."""
+    src = tmp_path / "seed"
+    src.mkdir()
+    (src / "x").write_bytes(b"pwned")
+    backup(repo, src)
+    (entry,) = list_dir(repo, recovery_point="latest", path=str(src))
+    return entry.content
+
+
+@pytest.mark.parametrize(
+    "path",
+    [b"/../escape", b"/a/../../escape", b"relative/escape", b"//escape", b"/a/./b", b"/nul\0x"],
+)
+def test_it_refuses_manifest_paths_that_could_escape_the_target(repo, chunk, tmp_path, path):
+    rp = _craft(repo, [Entry(path=path, kind=FILE, mode=0o644, size=5, content=chunk)])
+    target = tmp_path / "t" / "target"
+    res = run_restore(repo, recovery_point=rp, target=target)
+    assert res.files == 0
+    assert len(res.failed) == 1 and "refusing" in res.failed[0]["reason"]
+    assert not (tmp_path / "t" / "escape").exists() and not (tmp_path / "escape").exists()
+
+
+def test_it_never_follows_a_symlinked_parent_inside_the_target(repo, chunk, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    rp = _craft(
+        repo,
+        [
+            Entry(path=b"/d", kind=SYMLINK, mode=0o777, target=os.fsencode(outside)),
+            Entry(path=b"/d/evil", kind=FILE, mode=0o644, size=5, content=chunk),
+        ],
+    )
+    res = run_restore(repo, recovery_point=rp, target=tmp_path / "target")
+    assert os.listdir(outside) == []
+    assert len(res.failed) == 1 and "symbolic link" in res.failed[0]["reason"]
+
+
+def test_it_never_follows_a_symlink_planted_in_the_target(repo, chunk, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = tmp_path / "target"
+    target.mkdir()
+    os.symlink(outside, target / "d")
+    rp = _craft(
+        repo,
+        [
+            Entry(path=b"/d", kind=DIR, mode=0o755),
+            Entry(path=b"/d/evil", kind=FILE, mode=0o644, size=5, content=chunk),
+        ],
+    )
+    for policy in ("overwrite", "skip", "copy"):
+        run_restore(repo, recovery_point=rp, target=target, on_conflict=policy)
+        assert os.listdir(outside) == []
+
+
+def test_overwrite_replaces_an_existing_symlink_instead_of_writing_through_it(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("new")
+    backup(repo, src)
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    dest = restored(tmp_path / "out", src)
+    dest.mkdir(parents=True)
+    os.symlink(victim, dest / "f")
+    restore(repo, tmp_path / "out", on_conflict="overwrite")
+    assert victim.read_text() == "keep me"
+    assert not (dest / "f").is_symlink() and (dest / "f").read_text() == "new"
+
+
+@pytest.fixture
+def conflict(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "report.txt").write_text("from backup")
+    (src / ".bashrc").write_text("rc from backup")
+    backup(repo, src)
+    dest = restored(tmp_path / "out", src)
+    dest.mkdir(parents=True)
+    (dest / "report.txt").write_text("local edit")
+    (dest / ".bashrc").write_text("local rc")
+    return dest
+
+
+def test_conflict_overwrite_replaces_existing_files(repo, tmp_path, conflict):
+    res = restore(repo, tmp_path / "out", on_conflict="overwrite")
+    assert (conflict / "report.txt").read_text() == "from backup"
+    assert res.files == 2
+
+
+def test_conflict_skip_keeps_existing_files(repo, tmp_path, conflict):
+    res = restore(repo, tmp_path / "out", on_conflict="skip")
+    assert (conflict / "report.txt").read_text() == "local edit"
+    assert res.skipped == 2 and res.files == 0
+
+
+def test_conflict_copy_restores_beside_with_a_numbered_name(repo, tmp_path, conflict):
+    restore(repo, tmp_path / "out", on_conflict="copy")
+    restore(repo, tmp_path / "out", on_conflict="copy")
+    assert (conflict / "report.txt").read_text() == "local edit"
+    assert (conflict / "report (1).txt").read_text() == "from backup"
+    assert (conflict / "report (2).txt").read_text() == "from backup"
+    assert (conflict / ".bashrc (1)").read_text() == "rc from backup"
+
+
+def test_an_unknown_conflict_policy_is_refused(repo, tmp_path):
+    with pytest.raises(InvalidArgument, match="overwrite, skip, copy"):
+        restore(repo, tmp_path / "out", on_conflict="merge")
+
+
+def test_cancel_keeps_finished_files_complete_and_says_so(repo, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    for i in range(20):
+        write_random(src / f"f{i:02}", 100_000, i)
+    backup(repo, src)
+    cancel = threading.Event()
+    reads = []
+    original = ChunkReader.read
+
+    def read(self, cid):
+        reads.append(cid)
+        if len(reads) == 40:  # a few files in: the user presses Cancel
+            cancel.set()
+        return original(self, cid)
+
+    monkeypatch.setattr(ChunkReader, "read", read)
+    sink = ListSink()
+    res = restore(repo, tmp_path / "out", cancel=cancel, sink=sink)
+    assert sink.events[-1]["status"] == "cancelled"
+    assert res.status == "cancelled"
+    assert "cancelled after" in res.message
+    out = restored(tmp_path / "out", src)
+    names = sorted(os.listdir(out))
+    assert 2 <= len(names) < 20
+    for name in names:  # whatever is there is whole
+        assert (out / name).read_bytes() == (src / name).read_bytes()
+
+
+def test_it_restores_a_single_file(repo, source, tmp_path):
+    backup(repo, source)
+    res = restore(repo, tmp_path / "out", paths=[str(source / "sub" / "a.dat")])
+    assert res.files == 1
+    out = restored(tmp_path / "out", source)
+    assert (out / "sub" / "a.dat").read_bytes() == (source / "sub" / "a.dat").read_bytes()
+    assert not (out / "random.bin").exists()
+
+
+def test_a_target_that_is_itself_a_symlink_is_used(repo, source, tmp_path):
+    backup(repo, source)
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "via-link")
+    res = restore(repo, tmp_path / "via-link")
+    assert res.status == "completed"
+    assert restored(tmp_path / "real", source).joinpath("text.txt").exists()

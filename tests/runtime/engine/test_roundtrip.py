@@ -1,0 +1,205 @@
+"""Back up and restore trees with every kind of item, on every available store."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from agents.runtime.engine import Repository, run_verify
+from tests.runtime.engine.conftest import (
+    FAST_KDF,
+    PASSPHRASE,
+    SMALL_CHUNKS,
+    restored,
+    tree_snapshot,
+    write_random,
+)
+from tests.runtime.engine.helpers import backup, restore
+
+
+def test_it_restores_a_mixed_tree_exactly_on_every_store(any_store, source, tmp_path):
+    repo = Repository.init(any_store, PASSPHRASE, kdf=FAST_KDF, chunker=SMALL_CHUNKS)
+    os.chmod(source / "sub" / "a.dat", 0o640)
+    os.utime(source / "text.txt", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    result = backup(repo, source)
+    assert result.status == "completed"
+    assert result.files == 4 and result.symlinks == 1
+    assert result.logical_bytes == 300_000 + 240_000 + 5_000
+
+    other_machine = Repository.open(any_store, PASSPHRASE)  # only the store and the passphrase
+    res = restore(other_machine, tmp_path / "out")
+    assert res.status == "completed"
+    assert tree_snapshot(restored(tmp_path / "out", source)) == tree_snapshot(source)
+    assert run_verify(other_machine).ok
+
+
+def test_it_restores_names_with_newlines_and_invalid_utf8(any_repo, tmp_path):
+    repo = any_repo
+    src = tmp_path / "src"
+    src.mkdir()
+    odd = [b"line\nbreak.txt", b"latin1-\xe9t\xe9", b"\xff\xfe", b"tab\tand space ", b"-dash"]
+    for i, name in enumerate(odd):
+        with open(os.path.join(os.fsencode(src), name), "wb") as f:
+            f.write(b"content %d" % i)
+    os.mkdir(os.path.join(os.fsencode(src), b"dir\nwith\xffname"))
+    backup(repo, src)
+    restore(repo, tmp_path / "out")
+    assert tree_snapshot(restored(tmp_path / "out", src)) == tree_snapshot(src)
+
+
+def test_it_restores_deep_trees(repo, tmp_path):
+    src = tmp_path / "src"
+    deep = src
+    for i in range(150):  # deeper than the default recursion limit would allow nested calls
+        deep = deep / f"d{i}"
+    deep.mkdir(parents=True)
+    (deep / "leaf.txt").write_text("bottom")
+    backup(repo, src)
+    restore(repo, tmp_path / "out")
+    assert (
+        restored(tmp_path / "out", src).joinpath(deep.relative_to(src)) / "leaf.txt"
+    ).read_text() == "bottom"
+
+
+def test_it_keeps_empty_files_and_empty_folders(repo, tmp_path):
+    src = tmp_path / "src"
+    (src / "empty-dir" / "nested-empty").mkdir(parents=True)
+    (src / "zero").touch()
+    backup(repo, src)
+    restore(repo, tmp_path / "out")
+    out = restored(tmp_path / "out", src)
+    assert (out / "empty-dir" / "nested-empty").is_dir()
+    assert (out / "zero").read_bytes() == b""
+
+
+def test_it_stores_hard_links_once_and_restores_them_as_links(any_repo, tmp_path):
+    repo = any_repo
+    src = tmp_path / "src"
+    data = write_random(src / "a", 200_000, 7)
+    os.link(src / "a", src / "b")
+    (src / "sub").mkdir()
+    os.link(src / "a", src / "sub" / "c")
+    result = backup(repo, src)
+    assert result.files == 1 and result.logical_bytes == 200_000
+    restore(repo, tmp_path / "out")
+    out = restored(tmp_path / "out", src)
+    assert (out / "b").read_bytes() == data
+    assert (
+        os.stat(out / "a").st_ino == os.stat(out / "b").st_ino == os.stat(out / "sub" / "c").st_ino
+    )
+
+
+def test_it_restores_a_hard_link_alone_as_a_file(repo, tmp_path):
+    src = tmp_path / "src"
+    data = write_random(src / "a", 50_000, 8)
+    os.link(src / "a", src / "b")
+    backup(repo, src)
+    restore(repo, tmp_path / "out", paths=[str(src / "b")])
+    out = restored(tmp_path / "out", src)
+    assert (out / "b").read_bytes() == data
+    assert not (out / "a").exists()
+
+
+def test_it_backs_up_a_huge_sparse_file_quickly_and_restores_it_sparse(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    path = src / "disk.img"
+    with open(path, "wb") as f:
+        f.truncate(2 << 30)  # 2 GiB, almost all hole
+        f.seek(1 << 30)
+        f.write(b"in the middle")
+        f.seek((2 << 30) - 5)
+        f.write(b"tail!")
+    started = time.monotonic()
+    result = backup(repo, src)
+    assert result.logical_bytes == 2 << 30
+    assert result.new_bytes < 1 << 20
+    restore(repo, tmp_path / "out")
+    assert time.monotonic() - started < 20
+    out = restored(tmp_path / "out", src) / "disk.img"
+    st = os.stat(out)
+    assert st.st_size == 2 << 30
+    assert st.st_blocks * 512 < 1 << 20  # still sparse
+    with open(out, "rb") as f:
+        f.seek(1 << 30)
+        assert f.read(13) == b"in the middle"
+        f.seek((2 << 30) - 5)
+        assert f.read() == b"tail!"
+        f.seek(12345)
+        assert f.read(100) == bytes(100)
+
+
+def test_it_restores_modes_and_times_of_files_folders_and_links(repo, tmp_path):
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "x").write_text("x")
+    os.chmod(src / "d" / "x", 0o4751)
+    os.symlink("nowhere", src / "dangling")
+    os.utime(src / "dangling", ns=(1_500_000_000_000_000_001, 1_500_000_000_000_000_001),
+             follow_symlinks=False)  # fmt: skip
+    os.chmod(src / "d", 0o750)
+    os.utime(src / "d", ns=(1_400_000_000_000_000_000, 1_400_000_000_000_000_000))
+    backup(repo, src)
+    restore(repo, tmp_path / "out")
+    out = restored(tmp_path / "out", src)
+    assert os.stat(out / "d" / "x").st_mode & 0o7777 == 0o4751
+    assert os.stat(out / "d").st_mtime_ns == 1_400_000_000_000_000_000
+    assert os.stat(out / "d").st_mode & 0o7777 == 0o750
+    assert os.readlink(out / "dangling") == "nowhere"
+    assert os.lstat(out / "dangling").st_mtime_ns == 1_500_000_000_000_000_001
+
+
+def test_it_restores_owner_when_asked(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    os.chown(src / "f", 1234, 4321)
+    backup(repo, src)
+    restore(repo, tmp_path / "out", restore_owner=True)
+    st = os.stat(restored(tmp_path / "out", src) / "f")
+    if os.geteuid() == 0:
+        assert (st.st_uid, st.st_gid) == (1234, 4321)
+
+
+def test_it_excludes_globs_extensions_and_paths(repo, tmp_path):
+    src = tmp_path / "src"
+    for rel in ["keep.txt", "skip.tmp", "movie.ISO", "__pycache__/x.pyc", "a/cache/big", "a/keep"]:
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(rel)
+    backup(repo, src, excludes=["*.tmp", ".iso", "__pycache__", f"{src}/a/cache"])
+    restore(repo, tmp_path / "out")
+    out = restored(tmp_path / "out", src)
+    names = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert names == ["a", "a/keep", "keep.txt"]
+
+
+def test_it_backs_up_several_sources_and_restores_a_subset(repo, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    write_random(one / "f1", 1000, 1)
+    write_random(two / "sub" / "f2", 1000, 2)
+    write_random(two / "other", 1000, 3)
+    from agents.runtime.engine import run_backup
+
+    run_backup(repo, sources=[one, two, two / "sub"], hostname="h")
+    res = restore(repo, tmp_path / "out", paths=[str(two / "sub")])
+    assert res.files == 1
+    out = tmp_path / "out"
+    assert restored(out, two / "sub" / "f2").exists()
+    assert not restored(out, two / "other").exists()
+    assert not restored(out, one).exists()
+
+
+def test_parallel_restore_threads_restore_compressible_files_exactly(repo, tmp_path):
+    # zstandard objects are not thread-safe: this caught a shared decompressor corrupting data
+    import random
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(3)
+    words = [rng.randbytes(rng.randint(2, 9)).hex().encode() for _ in range(500)]
+    for i in range(16):
+        (src / f"log{i:02}.txt").write_bytes(b" ".join(rng.choice(words) for _ in range(150_000)))
+    backup(repo, src)
+    res = restore(repo, tmp_path / "out", threads=4)
+    assert res.status == "completed", res.failed[:2]
+    assert tree_snapshot(restored(tmp_path / "out", src)) == tree_snapshot(src)

@@ -1,0 +1,152 @@
+"""run_backup_job with the real engine on an in-memory store and a fake portal."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents.runtime.jobs import backup
+from tests.runtime.jobs.conftest import PASSPHRASE, FakePortal, job_payload
+
+
+def run(portal, store, tmp_path, **kwargs):
+    return backup.run_backup_job(
+        "job-1",
+        portal=portal,
+        open_store=lambda: store,
+        passphrase=PASSPHRASE,
+        cache_dir=tmp_path / "cache",
+        sleep=lambda s: None,
+        **kwargs,
+    )
+
+
+def test_a_backup_reports_progress_and_a_result_with_packs(data, repo_store, tmp_path):
+    portal = FakePortal(job_payload([str(data)]))
+    result = run(portal, repo_store, tmp_path)
+    assert result["status"] == "completed", result
+    assert portal.result == result
+    assert (
+        result["recovery_point_id"]
+        and result["manifest_blob"] == f"snapshots/{result['recovery_point_id']}"
+    )
+    assert repo_store.exists(result["manifest_blob"])
+    assert result["pack_ids"] and all(
+        repo_store.exists(f"data/{p[:2]}/{p}") for p in result["pack_ids"]
+    )
+    assert result["stats"]["files"] == 40  # *.tmp and .iso excluded
+    assert portal.progress, "progress was posted"
+    assert portal.progress[-1]["files_done"] == 40
+    paths = [call[1] for call in portal.calls]
+    assert (
+        paths[0] == "jobs/job-1/"
+        and paths[1] == "jobs/job-1/start/"
+        and paths[-1] == "jobs/job-1/result/"
+    )
+
+
+def test_unreadable_files_are_warnings_not_failures(data, repo_store, tmp_path):
+    import os
+
+    locked = data / "docs" / "locked.bin"
+    locked.write_bytes(b"secret")
+    locked.chmod(0)
+    if os.access(locked, os.R_OK):
+        pytest.skip("running as root: permissions are not enforced")
+    portal = FakePortal(job_payload([str(data)]))
+    result = run(portal, repo_store, tmp_path)
+    assert result["status"] == "warning"
+    assert any("locked.bin" in (w["path"] or "") for w in result["warnings"])
+
+
+def test_cancel_from_the_progress_answer_stops_the_backup(data, repo_store, tmp_path):
+    portal = FakePortal(job_payload([str(data)]))
+    portal.cancel_after = 0
+    result = run(portal, repo_store, tmp_path, heartbeat=0.01, max_per_second=100)
+    assert result["status"] in ("cancelled", "completed")  # a tiny tree may finish first
+    if result["status"] == "cancelled":
+        assert result["recovery_point_id"] is None
+
+
+def test_a_wrong_passphrase_fails_with_a_reason(data, repo_store, tmp_path):
+    portal = FakePortal(job_payload([str(data)]))
+    result = backup.run_backup_job(
+        "job-1",
+        portal=portal,
+        open_store=lambda: repo_store,
+        passphrase="wrong",
+        cache_dir=tmp_path / "cache",
+        sleep=lambda s: None,
+    )
+    assert result["status"] == "failed"
+    assert "passphrase configured on this machine does not open" in result["error"]
+
+
+def test_too_little_cache_space_fails_before_touching_storage(data, repo_store, tmp_path):
+    portal = FakePortal(job_payload([str(data)], min_cache_free_bytes=10**18))
+    opened = []
+    result = backup.run_backup_job(
+        "job-1",
+        portal=portal,
+        open_store=lambda: opened.append(1),
+        passphrase=PASSPHRASE,
+        cache_dir=tmp_path / "cache",
+        sleep=lambda s: None,
+    )
+    assert (
+        result["status"] == "failed" and "free where the agent keeps its cache" in result["error"]
+    )
+    assert opened == []
+
+
+def test_a_job_cancelled_before_it_started_is_skipped(data, repo_store, tmp_path):
+    portal = FakePortal(job_payload([str(data)], status="cancelled", cancel=True))
+    assert run(portal, repo_store, tmp_path) == {"status": "skipped"}
+    assert portal.result is None
+
+
+def test_the_result_is_retried_while_the_portal_is_away(data, repo_store, tmp_path):
+    portal = FakePortal(job_payload([str(data)]))
+    original = portal.post
+    failures = {"left": 2}
+
+    def flaky(path, payload=None):
+        if path.endswith("/result/") and failures["left"]:
+            failures["left"] -= 1
+            raise ConnectionError("portal restarting")
+        return original(path, payload)
+
+    portal.post = flaky
+    result = run(portal, repo_store, tmp_path)
+    assert portal.result == result
+
+
+def test_the_cancel_task_reaches_a_running_job():
+    import threading
+
+    event = threading.Event()
+    backup.RUNNING["job-9"] = event
+    try:
+        assert backup.cancel_job("job-9") and event.is_set()
+    finally:
+        backup.RUNNING.pop("job-9")
+    assert backup.cancel_job("job-404") is False
+
+
+def test_policy_is_stored_for_policy_show(tmp_path):
+    from agents.runtime.jobs import policy
+
+    portal = FakePortal({})
+    spec = {
+        "items": ["/srv"],
+        "frequency": "daily",
+        "times": ["00:00"],
+        "retention": {"daily": {"days": 7}},
+    }
+    policy.apply_policy(tmp_path / "cfg", portal, policy=spec, version=3, spec_hash="abc123")
+    text = policy.format_policy(policy.load_policy(tmp_path / "cfg"))
+    assert "Policy version 3" in text and "/srv" in text and "daily at 00:00" in text
+    assert portal.calls[-1] == (
+        "POST",
+        "jobs/policy/applied/",
+        {"version": 3, "spec_hash": "abc123"},
+    )
