@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import models
 from django.db.models.functions import Lower
 
@@ -12,8 +13,9 @@ from agents.runtime.version import __version__ as PORTAL_AGENT_VERSION
 from agents.runtime.version import is_outdated
 from vaults.models import Vault
 
-# No heartbeat for this long and the portal shows the machine Offline.
-OFFLINE_AFTER = timedelta(minutes=3)
+# No heartbeat for this long (agents send one a minute) and the portal shows the machine
+# Offline.
+OFFLINE_AFTER = timedelta(seconds=settings.HAVEN_AGENT_OFFLINE_SECONDS)
 
 
 class Machine(models.Model):

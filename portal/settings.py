@@ -218,7 +218,7 @@ if HAVEN_ALERT_EMAIL not in ("each", "digest", "off"):
     )
 HAVEN_GC_GRACE_HOURS = env_int("HAVEN_GC_GRACE_HOURS", 24, minimum=0)
 HAVEN_AGENT_MIN_CACHE_FREE_MB = env_int("HAVEN_AGENT_MIN_CACHE_FREE_MB", 256, minimum=0)
-HAVEN_AGENT_OFFLINE_SECONDS = env_int("HAVEN_AGENT_OFFLINE_SECONDS", 300, minimum=30)
+HAVEN_AGENT_OFFLINE_SECONDS = env_int("HAVEN_AGENT_OFFLINE_SECONDS", 180, minimum=30)
 
 # --- Sign-in throttling (django-axes): per account and, separately, per address --------
 AUTHENTICATION_BACKENDS = [

@@ -63,7 +63,9 @@ def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
-    monkeypatch.delenv("HAVEN_AGENT_CONFIG_DIR", raising=False)
+    # As root the agent's default config lives in /etc/haven-agent: never let a test write
+    # the machine's real agent configuration.
+    monkeypatch.setenv("HAVEN_AGENT_CONFIG_DIR", str(home / "haven-agent-config"))
 
 
 @pytest.fixture(scope="session")

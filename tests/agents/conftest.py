@@ -99,9 +99,12 @@ ACL_BASELINE: set[str] = set()
 
 
 @pytest.fixture
-def redis_broker(agent_env, settings, redis_url):
-    """The portal manages per-machine Redis users on the test Redis; they are removed after."""
+def redis_broker(agent_env, settings, redis_url, monkeypatch):
+    """The portal manages per-machine Redis users on the test Redis; the ones this test made
+    are removed after (only those: other runs may share the Redis, their agents running)."""
     import redis
+
+    from agents import broker
 
     settings.REDIS_URL = redis_url
     admin = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -109,8 +112,17 @@ def redis_broker(agent_env, settings, redis_url):
     # Users left on the shared Redis by earlier runs are not this test's doing.
     ACL_BASELINE.clear()
     ACL_BASELINE.update(before)
+    made: set[str] = set()
+    create = broker.broker_user_create
+
+    def recording(*, machine):
+        answer = create(machine=machine)
+        made.add(answer.get("broker_username") or "")
+        return answer
+
+    monkeypatch.setattr(broker, "broker_user_create", recording)
     yield redis_url
-    for user in set(admin.acl_users()) - before:
+    for user in (made - {""}) & set(admin.acl_users()):
         admin.acl_deluser(user)
     admin.close()
 
