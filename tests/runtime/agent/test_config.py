@@ -11,6 +11,7 @@ from agents.runtime import config
 
 
 def test_the_config_directory_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("HAVEN_AGENT_CONFIG_DIR")
     monkeypatch.setattr(config, "is_root", lambda: False)
     assert config.config_dir() == Path.home() / ".config" / "haven-agent"
     monkeypatch.setenv("HAVEN_AGENT_CONFIG_DIR", str(tmp_path / "elsewhere"))
@@ -64,3 +65,23 @@ def test_a_damaged_registration_is_named(tmp_path):
     (tmp_path / config.REGISTRATION_FILE).write_text("{not json")
     with pytest.raises(config.ConfigError, match="not valid JSON"):
         config.load_registration(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "rate"),
+    [("2MB", 2 * 2**20), ("512 KB", 512 * 2**10), ("1.5GB/s", int(1.5 * 2**30)), ("off", 0)],
+)
+def test_a_bandwidth_limit_is_a_rate_in_powers_of_1024(text, rate):
+    assert config.parse_bandwidth(text) == rate
+
+
+@pytest.mark.parametrize("text", ["fast", "2 MiB", "-1MB", "10KB"])
+def test_a_bandwidth_limit_that_is_no_rate_is_refused(text):
+    with pytest.raises(config.ConfigError):
+        config.parse_bandwidth(text)
+
+
+def test_a_bandwidth_limit_reads_back_for_people():
+    assert config.format_bandwidth(0) == "unlimited"
+    assert config.format_bandwidth(2 * 2**20) == "2 MB/s"
+    assert config.format_bandwidth(768 * 2**10) == "768 KB/s"
