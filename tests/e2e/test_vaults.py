@@ -88,7 +88,7 @@ def test_create_deploy_configure_and_download_credentials(
     screenshot("vault-deployment-in-progress")
     page.evaluate("window.__sameDocument = true")
     portal_worker.start()
-    expect(status).to_contain_text("Your deployment is complete", timeout=30_000)
+    expect(status).to_contain_text("Your deployment is complete", timeout=60_000)
     assert page.evaluate("window.__sameDocument") is True
     expect(page.locator(".toast").last).to_contain_text("Deployment succeeded")
     page.locator("#bell summary").click()
