@@ -1,4 +1,4 @@
-"""Live progress: the portal's cost per progress event, and (TODO) event→DOM latency.
+"""Live progress: the portal's cost per progress event (event→DOM latency: bench/live_latency.py).
 
     .venv/bin/python bench/live_progress.py [--jobs 50] [--events 1000]
 
@@ -8,9 +8,8 @@ in-memory layer) in one process; reports CPU seconds per 1,000 events and the pe
 p50/p95 handling time. It uses a throw-away SQLite database under a temporary
 HAVEN_DATA_DIR, so it never touches a real installation.
 
-Part 2 (not yet): 50 jobs at once against a live Daphne portal with Chromium watching each
-job page, measuring agent POST → DOM update p50/p95 (target p95 < 1 s). The e2e test
-``tests/e2e/test_jobs.py`` has the pieces (live portal, FakeAgent, page locators).
+Part 2 is ``bench/live_latency.py``: 50 jobs at once against a live daphne portal with
+Chromium watching job pages, measuring agent POST → DOM update p50/p95 (target p95 < 1 s).
 """
 
 from __future__ import annotations

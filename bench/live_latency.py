@@ -1,0 +1,253 @@
+"""Live progress, end to end: agent progress POST → job page DOM update in Chromium.
+
+    .venv/bin/python -m bench.live_latency [--jobs 50] [--watch 10] [--rate 2] [--seconds 20]
+
+A real portal (daphne, the project's ASGI app, embedded defaults in a throw-away data
+directory) receives progress events from ``--jobs`` simulated agents at once, each posting
+``--rate`` events a second through the real agent API (token auth, JSON, Job update,
+fragment renders, group push). Chromium keeps ``--watch`` job pages open; a
+MutationObserver in each page records when the event's marker (its current file) appears.
+It prints p50/p95/max latency from the agent's POST to the DOM update, the events lost
+(never shown), and the portal's CPU seconds per 1,000 events (from /proc). Target (issue 6):
+p95 under 1 s with 50 jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+OBSERVER = """
+(jobId) => {
+  window.__seen = {};
+  const record = () => {
+    const el = document.getElementById(`job-${jobId}-live`);
+    if (!el) return;
+    const match = el.textContent.match(/marker-(\\d+)-(\\d+)/);
+    if (match && !(match[2] in window.__seen)) window.__seen[match[2]] = Date.now();
+  };
+  new MutationObserver(record).observe(document.body, {subtree: true, childList: true, characterData: true});
+}
+"""
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _seed(jobs: int, password: str):
+    """Users, a vault and ``jobs`` running backup jobs, each with its machine's token."""
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    call_command("migrate", verbosity=0)
+    from agents.api_auth import machine_token_issue
+    from agents.models import Machine
+    from jobs import policy_rules, services
+    from portal import realtime
+    from portal.models import ResourceGroup, Subscription, User
+    from vaults.models import Vault
+
+    services._send_to_machine = lambda *a, **k: True  # the simulated agents need no task
+    realtime.serving_pid = os.getpid()  # no portal is up yet: seeding pushes go nowhere
+    User.objects.create_superuser(username="bench", password=password)
+    sub = Subscription.objects.create(name="Bench")
+    rg = ResourceGroup.objects.create(subscription=sub, name="rg", location="West Europe")
+    vault = Vault.objects.create(
+        subscription=sub, resource_group=rg, name="v", location="x", state="ready"
+    )
+    spec = policy_rules.default_spec()
+    spec["items"] = ["/data"]
+    seeded = []
+    for i in range(jobs):
+        machine = Machine.objects.create(vault=vault, name=f"m{i}", last_seen_at=timezone.now())
+        services.policy_save(machine=machine, spec=spec)
+        job = services.backup_start(machine=machine)
+        seeded.append((str(job.pk), machine_token_issue(machine=machine)))
+    return seeded
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=50)
+    parser.add_argument("--watch", type=int, default=10, help="job pages Chromium keeps open")
+    parser.add_argument("--rate", type=float, default=2.0, help="events per second per job")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+
+    data_dir = tempfile.mkdtemp(prefix="haven-latency-")
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    for name in ("DATABASE_URL", "REDIS_URL", "AZURE_STORAGE_CONNECTION_STRING"):
+        os.environ.pop(name, None)
+    os.environ.update(
+        HAVEN_DATA_DIR=data_dir, HAVEN_PORT=str(port), DJANGO_SETTINGS_MODULE="portal.settings"
+    )
+    password = "bench-password-1234"
+    seeded = _seed(args.jobs, password)
+
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "portal.asgi:application",
+        ],
+        cwd=REPO,
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(base + "/signin/", timeout=1)
+                break
+            except requests.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the portal did not start") from None
+                time.sleep(0.2)
+        result = _measure(args, base, password, seeded, server.pid)
+    finally:
+        server.terminate()
+        server.wait(10)
+    print(json.dumps(result, indent=2))
+
+
+def _measure(args, base, password, seeded, server_pid) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    watched = seeded[: args.watch]
+    sent: dict[tuple[str, int], float] = {}
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path="/usr/bin/chromium", headless=True, args=BROWSER_ARGS
+        )
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(base + "/signin/")
+        page.get_by_label("User name").fill("bench")
+        page.get_by_label("Password").fill(password)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(base + "/")
+        pages = []
+        for job_id, _token in watched:
+            tab = context.new_page()
+            tab.goto(f"{base}/jobs/{job_id}/")
+            tab.wait_for_function("() => document.querySelector('#live') !== null")
+            tab.evaluate(OBSERVER, job_id)
+            pages.append(tab)
+        time.sleep(2)  # let every socket connect
+
+        stop = time.monotonic() + args.seconds
+        cpu_before = _cpu_seconds(server_pid)
+
+        def agent(index: int, job_id: str, token: str) -> None:
+            session = requests.Session()
+            session.headers["Authorization"] = f"Bearer {token}"
+            seq = 0
+            next_at = time.monotonic() + index / args.jobs / args.rate  # spread the starts
+            while next_at < stop:
+                time.sleep(max(0.0, next_at - time.monotonic()))
+                seq += 1
+                event = {
+                    "type": "progress",
+                    "phase": "backing_up",
+                    "files_done": seq,
+                    "files_total": 100000,
+                    "bytes_done": seq * 1_000_000,
+                    "bytes_total": 100000 * 1_000_000,
+                    "stored_bytes": seq * 400_000,
+                    "rate_bps": 50_000_000,
+                    "eta_s": 60,
+                    "current": f"/data/marker-{index}-{seq}",
+                }
+                sent[(job_id, seq)] = time.time() * 1000
+                response = session.post(
+                    f"{base}/api/agent/jobs/{job_id}/progress/", json=event, timeout=30
+                )
+                if response.status_code != 200:
+                    errors.append(f"{response.status_code} {response.text[:200]}")
+                next_at += 1 / args.rate
+
+        threads = [
+            threading.Thread(target=agent, args=(i, job_id, token))
+            for i, (job_id, token) in enumerate(seeded)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        cpu = _cpu_seconds(server_pid) - cpu_before
+        time.sleep(2)  # the last pushes
+        latencies, lost = [], 0
+        for tab, (job_id, _token) in zip(pages, watched, strict=True):
+            seen = tab.evaluate("() => window.__seen")
+            for (sent_job, seq), at in sent.items():
+                if sent_job != job_id:
+                    continue
+                if str(seq) in seen:
+                    latencies.append(seen[str(seq)] - at)
+                else:
+                    lost += 1
+        browser.close()
+    latencies.sort()
+    events = len(sent)
+    return {
+        "jobs": args.jobs,
+        "watched_pages": len(watched),
+        "events_sent": events,
+        "events_per_second": round(events / args.seconds, 1),
+        "http_errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "latency_ms_p50": round(statistics.median(latencies), 1) if latencies else None,
+        "latency_ms_p95": round(latencies[int(len(latencies) * 0.95) - 1], 1)
+        if latencies
+        else None,
+        "latency_ms_max": round(latencies[-1], 1) if latencies else None,
+        "watched_events_not_shown": lost,
+        "portal_cpu_s_per_1000_events": round(cpu / events * 1000, 2) if events else None,
+    }
+
+
+if __name__ == "__main__":
+    main()
