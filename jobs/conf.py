@@ -24,7 +24,7 @@ DEFAULTS = {
     # Free space the agent's cache needs before a backup starts (sent to the agent).
     "HAVEN_AGENT_MIN_CACHE_FREE_MB": 256,
     # Without a heartbeat for this long a machine counts as offline.
-    "HAVEN_AGENT_OFFLINE_SECONDS": 300,
+    "HAVEN_AGENT_OFFLINE_SECONDS": 180,
 }
 
 

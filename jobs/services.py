@@ -62,11 +62,7 @@ def vault_group(vault_id) -> str:
 
 
 def machine_is_online(machine, now: datetime | None = None) -> bool:
-    now = now or timezone.now()
-    seen = machine.last_seen_at
-    return seen is not None and (now - seen).total_seconds() <= conf.get(
-        "HAVEN_AGENT_OFFLINE_SECONDS"
-    )
+    return machine.is_online(now)
 
 
 def _send_to_machine(machine, task: str, **kwargs) -> bool:
@@ -315,6 +311,11 @@ def job_finish(
         .select_related("machine", "vault")
         .get(pk=job.pk)
     )
+    if job.status in Job.FINISHED and status not in (Job.Status.COMPLETED, Job.Status.WARNING):
+        # The portal ended the job already (the sweep failed it while the agent was silent,
+        # then the agent came back and was told to stop): keep the portal's reason. A late
+        # success is still recorded below, as its recovery point is real.
+        return job
     stats = stats or {}
     warnings = _clean_warnings(warnings)
     if status == Job.Status.COMPLETED and warnings:
@@ -455,13 +456,17 @@ def jobs_sweep(*, now: datetime | None = None) -> dict:
         status=Job.Status.WAITING, created_at__lte=deadline
     ).select_related("machine"):
         name = job.machine.name if job.machine else "the machine"
+        again = (
+            "press Back up now again"
+            if job.operation == Job.Operation.BACKUP
+            else "start the recovery again (Recover Data)"
+        )
         job_fail(
             job=job,
             reason=(
                 f"The agent on {name} did not pick up this job within {wait_minutes} minutes "
                 f"(Waiting for agent). Check that {name} is turned on and connected, and that "
-                "the Haven agent service is running (haven-agent status); then press "
-                "Back up now again."
+                f"the Haven agent service is running (haven-agent status); then {again}."
             ),
             now=now,
         )
@@ -472,28 +477,36 @@ def jobs_sweep(*, now: datetime | None = None) -> dict:
     ).select_related("machine"):
         name = job.machine.name if job.machine else "the machine"
         if job.cancel_requested_at is not None:
-            Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
+            if Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
                 status=Job.Status.CANCELLED,
                 ended_at=now,
                 error="Cancelled; the agent stopped before confirming.",
-            )
-            job.refresh_from_db()
-            job_publish(job)
+            ):
+                job.refresh_from_db()
+                _notify_finished(job)
+                job_publish(job)
             continue
         seconds = conf.get("HAVEN_JOB_STALL_SECONDS")
-        job_fail(
-            job=job,
-            reason=(
-                f"The agent on {name} stopped reporting for more than {seconds} seconds, so "
-                "the backup was abandoned: the agent was stopped or the machine lost its "
-                "connection. No recovery point was made; the data uploaded so far is reused "
-                "by the next backup. Check the agent on the machine (haven-agent status) "
-                "and back up again."
-            ),
-            now=now,
-        )
+        job_fail(job=job, reason=_stall_reason(job, name, seconds), now=now)
         counts["failed"] += 1
     return counts
+
+
+def _stall_reason(job: Job, name: str, seconds: int) -> str:
+    lost = (
+        f"The agent on {name} stopped reporting for more than {seconds} seconds, so the "
+        f"{job.get_operation_display().lower()} was abandoned: the agent was stopped or the "
+        "machine lost its connection. "
+    )
+    if job.operation == Job.Operation.BACKUP:
+        return lost + (
+            "No recovery point was made; the data uploaded so far is reused by the next "
+            "backup. Check the agent on the machine (haven-agent status) and back up again."
+        )
+    return lost + (
+        "Files it finished are complete; the one being written may be missing. Check the "
+        "agent on the machine (haven-agent status) and start the recovery again."
+    )
 
 
 # --- scheduler --------------------------------------------------------------------------
@@ -895,6 +908,16 @@ def _notify_finished(job: Job) -> None:
         Job.Status.FAILED: Notification.Level.ERROR,
     }.get(job.status, Notification.Level.INFO)
     what = f"{job.get_operation_display()} of {job.machine or job.vault}"
+    if job.operation == Job.Operation.RESTORE:
+        # The job runs on the target machine; the data may be another machine's.
+        details = job.details or {}
+        source = details.get("source_name") or str(job.machine)
+        if details.get("kind") == "download":
+            what = f"Download of files of {source}"
+        elif source != str(job.machine):
+            what = f"Restore of {source} onto {job.machine}"
+        else:
+            what = f"Restore on {job.machine}"
     notification_publish(
         user=job.created_by,
         title=f"{what}: {job.get_status_display()}",

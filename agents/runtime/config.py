@@ -173,8 +173,7 @@ def parse_bandwidth(text: str) -> int:
         amount = float(number) * SIZE_UNITS[unit]
     except (ValueError, KeyError):
         raise ConfigError(
-            f"bandwidth limit {text!r} is not a rate like 512KB, 2MB or 1.5GB (per second), "
-            "or off"
+            f"bandwidth limit {text!r} is not a rate like 512KB, 2MB or 1.5GB (per second), or off"
         ) from None
     if amount < MIN_BANDWIDTH:
         raise ConfigError(f"a bandwidth limit below 64KB per second is not useful (got {text!r})")

@@ -207,12 +207,17 @@ class AgentMachine:
 
         return Machine.objects.get(pk=self.machine_id)
 
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else "(no worker log)"
+    def log_text(self, start: int = 0) -> str:
+        if not self.log.exists():
+            return "(no worker log)"
+        return self.log.read_bytes()[start:].decode(errors="replace")
 
     def start_worker(self, timeout: float = 60) -> None:
+        """Start ``haven-agent worker``; returns once it consumes and its heartbeat arrived."""
         from agents.models import Machine
 
+        Machine.objects.filter(pk=self.machine_id).update(last_seen_at=None)
+        start = self.log.stat().st_size if self.log.exists() else 0  # a restart appends
         self.process = subprocess.Popen(
             [str(self.agent), "worker", "--logfile", str(self.log)],
             env=self.env,
@@ -223,13 +228,17 @@ class AgentMachine:
         )
         deadline = time.monotonic() + timeout
         while True:
+            log = self.log_text(start)
             seen = Machine.objects.filter(pk=self.machine_id, last_seen_at__isnull=False)
-            if "ready." in self.log_text() and seen.exists():
+            if "ready." in log and seen.exists():
                 return
-            assert self.process.poll() is None, f"the worker of {self.name} died:\n{self.log_text()}"
-            assert time.monotonic() < deadline, f"the worker of {self.name} did not start:\n" + (
-                self.log_text()
-            )
+            assert self.process.poll() is None, f"the worker of {self.name} died:\n{log}"
+            if "invalid username-password pair" in log:
+                log += (
+                    "\n(The machine's Redis user is gone: did another test run on the same "
+                    "Redis delete it?)"
+                )
+            assert time.monotonic() < deadline, f"the worker of {self.name} did not start:\n{log}"
             time.sleep(0.1)
 
     def kill(self) -> None:
@@ -247,10 +256,8 @@ class AgentMachine:
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
         # Whatever is left in the group (the worker, forked chunkers) goes now.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)

@@ -7,6 +7,9 @@ and screenshots.
 The test process shares no memory with it, so with the in-memory channel layer its live
 pushes go through the portal's relay (``HAVEN_INTERNAL_URL`` points at the live server);
 with ``REDIS_URL`` they go through Redis like any other process.
+
+Tests with real agents use ``agent_portal`` and ``agent_machines`` instead
+(tests/e2e/_agent_support.py).
 """
 
 from __future__ import annotations
@@ -16,6 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+# Real agents on this machine (installed once, registered per test): see the module.
+from tests.e2e._agent_support import (  # noqa: F401 - fixtures
+    agent_machines,
+    agent_portal,
+    installed_agent,
+    vault_owner,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "var" / "screenshots"
@@ -140,4 +151,3 @@ def screenshot(page):
         return path
 
     return take
-

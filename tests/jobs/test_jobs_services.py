@@ -194,6 +194,59 @@ def test_a_running_job_whose_agent_went_quiet_fails(machine, policy, settings):
     assert job.status == Job.Status.FAILED and "stopped reporting" in job.error
 
 
+def test_an_agent_back_after_the_stall_sweep_does_not_rewrite_the_reason(machine, policy, settings):
+    settings.HAVEN_JOB_STALL_SECONDS = 60
+    job = services.backup_start(machine=machine)
+    services.job_mark_started(job=job, now=timezone.now())
+    services.jobs_sweep(now=timezone.now() + timedelta(seconds=61))
+    # The agent reports again, is told to stop, and confirms the stop.
+    assert services.job_record_progress(job=Job.objects.get(pk=job.pk), event={}) is True
+    job = services.job_finish(job=job, status="cancelled", error="Cancelled on request")
+    assert job.status == Job.Status.FAILED and "stopped reporting" in job.error
+
+
+def test_a_late_success_after_the_stall_sweep_keeps_its_recovery_point(machine, policy, settings):
+    settings.HAVEN_JOB_STALL_SECONDS = 60
+    job = services.backup_start(machine=machine)
+    services.job_mark_started(job=job, now=timezone.now())
+    services.jobs_sweep(now=timezone.now() + timedelta(seconds=61))
+    job = finish(job)
+    assert job.status == Job.Status.COMPLETED and RecoveryPoint.objects.get(job=job)
+
+
+def test_a_silent_restore_fails_with_a_restore_reason(machine, policy, settings, alice):
+    settings.HAVEN_JOB_STALL_SECONDS = 60
+    job = Job.objects.create(
+        vault=machine.vault,
+        machine=machine,
+        operation=Job.Operation.RESTORE,
+        status=Job.Status.QUEUED,
+        created_by=alice,
+        details={"kind": "restore", "source_name": "db-01"},
+    )
+    services.job_mark_started(job=job, now=timezone.now())
+    services.jobs_sweep(now=timezone.now() + timedelta(seconds=61))
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED
+    assert "the restore was abandoned" in job.error and "start the recovery again" in job.error
+    assert "recovery point" not in job.error and "backup" not in job.error
+    note = alice.notifications.get(key=f"job:{job.pk}")
+    assert note.title == "Restore of db-01 onto web-01: Failed"
+
+
+def test_a_cancelled_job_whose_agent_went_quiet_ends_cancelled_and_says_so(
+    machine, policy, settings, alice
+):
+    settings.HAVEN_JOB_STALL_SECONDS = 60
+    job = services.backup_start(machine=machine, user=alice)
+    services.job_mark_started(job=job, now=timezone.now())
+    services.job_cancel(job=job, user=alice)
+    services.jobs_sweep(now=timezone.now() + timedelta(seconds=61))
+    job.refresh_from_db()
+    assert job.status == Job.Status.CANCELLED
+    assert alice.notifications.get(key=f"job:{job.pk}").title.endswith(": Cancelled")
+
+
 def test_no_recent_backup_raises_a_warning(machine, policy, settings):
     settings.HAVEN_ALERT_NO_BACKUP_DAYS = 2
     assert services.alerts_check_stale(now=timezone.now() + timedelta(days=3)) == 1

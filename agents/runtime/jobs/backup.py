@@ -83,7 +83,7 @@ def run_backup_job(
     passphrase: Callable[[], str] | str,
     cache_dir: Path,
     engine=None,
-    max_per_second: float = 4.0,
+    max_per_second: float = 1.0,
     heartbeat: float = 2.0,
     sleep=time.sleep,
     pack_size: int | None = None,

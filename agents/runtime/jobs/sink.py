@@ -28,7 +28,7 @@ class PortalSink(ProgressSink):
         self,
         post: Callable[[dict], dict],
         *,
-        max_per_second: float = 4.0,
+        max_per_second: float = 1.0,
         heartbeat: float = 2.0,
         cancel: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,

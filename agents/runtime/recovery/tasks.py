@@ -214,7 +214,7 @@ def run_restore_job(
     on_conflict: str,
     restore_permissions: bool,
     source_machine_id: str = "",
-    max_per_second: float = 4.0,
+    max_per_second: float = 1.0,
     heartbeat: float = 2.0,
 ) -> dict:
     """Run restore job ``job_id`` with live progress; returns the result posted."""

@@ -74,3 +74,14 @@ def test_an_unreachable_portal_is_named():
 
     result, identity = checks.check_portal(PortalClient(f"http://127.0.0.1:{free_port()}"))
     assert not result.ok and identity == {} and "connection refused" in result.detail
+
+
+def test_a_bandwidth_limit_throttles_the_storage_both_ways(monkeypatch):
+    from agents.runtime import blobstore
+    from agents.runtime.blobstore.memory import MemoryStore
+
+    monkeypatch.setattr(blobstore, "open_grant", lambda grant, proxies=None: MemoryStore())
+    assert not isinstance(checks.open_store({}), blobstore.ThrottledStore)
+    store = checks.open_store({}, bandwidth_limit=2**20)
+    assert isinstance(store, blobstore.ThrottledStore)
+    assert store.upload.rate == store.download.rate == 2**20

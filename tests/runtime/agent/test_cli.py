@@ -41,6 +41,16 @@ def test_configure_writes_the_installation_settings(tmp_path, capsys):
     assert config.load_settings().proxy_url == ""
 
 
+def test_configure_sets_and_lifts_a_bandwidth_limit(tmp_path, capsys):
+    assert cli.main(["configure", "--bandwidth-limit", "2MB"]) == 0
+    assert config.load_settings().bandwidth_limit == 2 * 2**20
+    assert "bandwidth limit:  2 MB/s" in capsys.readouterr().out
+    assert cli.main(["configure", "--bandwidth-limit", "fast"]) == 1
+    assert "is not a rate like 512KB" in capsys.readouterr().err
+    assert cli.main(["configure", "--bandwidth-limit", "off"]) == 0
+    assert config.load_settings().bandwidth_limit == 0
+
+
 def test_register_without_a_passphrase_source_explains(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cli, "_interactive", lambda: False)
     assert cli.main(["register"]) == 1

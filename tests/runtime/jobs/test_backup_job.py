@@ -150,3 +150,26 @@ def test_policy_is_stored_for_policy_show(tmp_path):
         "jobs/policy/applied/",
         {"version": 3, "spec_hash": "abc123"},
     )
+
+
+def test_a_bandwidth_limit_makes_packs_of_about_a_second_of_upload():
+    assert backup.pack_size_for(0) is None  # the engine's default
+    assert backup.pack_size_for(2 * 2**20) == 2 * 2**20
+    assert backup.pack_size_for(128 * 2**10) == 2**20
+    assert backup.pack_size_for(10 * 2**30) == 16 * 2**20
+
+
+def test_the_pack_size_reaches_the_engine(data, tmp_path):
+    from agents.runtime.blobstore.memory import MemoryStore
+    from agents.runtime.engine import Repository
+    from tests.runtime.jobs.conftest import FAST_KDF
+
+    stores = [MemoryStore(), MemoryStore()]
+    for store in stores:
+        Repository.init(store, PASSPHRASE, kdf=FAST_KDF)
+    big = run(FakePortal(job_payload([str(data)])), stores[0], tmp_path / "one")
+    small = run(
+        FakePortal(job_payload([str(data)])), stores[1], tmp_path / "two", pack_size=64 << 10
+    )
+    assert big["status"] == small["status"] == "completed"
+    assert len(big["pack_ids"]) == 1 and len(small["pack_ids"]) > 1

@@ -34,7 +34,7 @@ def test_it_posts_at_most_four_times_a_second_and_always_the_last_state():
 
 def test_it_sends_a_heartbeat_while_the_engine_is_quiet():
     posted = []
-    sink = PortalSink(lambda e: posted.append(e) or {}, heartbeat=0.1).start()
+    sink = PortalSink(lambda e: posted.append(e) or {}, heartbeat=0.1, max_per_second=20).start()
     sink.emit(progress(1))
     time.sleep(0.55)
     sink.close()
