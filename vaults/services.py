@@ -411,10 +411,14 @@ def vault_usage_record(*, vault: Vault, bytes_used: int, at=None) -> VaultUsageS
 
 
 def vault_usage_sample(*, vault: Vault) -> VaultUsageSample | None:
-    """Measure one deployed vault's container and record it."""
+    """Measure one deployed vault's storage and record it: the vault's own container plus
+    each machine's (every machine keeps its repository in a container of its own)."""
     if vault.state != Vault.State.READY or not vault.container:
         return None
-    used = storage.primary_account().usage(vault.container)
+    account = storage.primary_account()
+    containers = [vault.container]
+    containers += [c for c in vault.machines.values_list("container", flat=True) if c]
+    used = sum(account.usage(name) for name in containers if account.container_exists(name))
     return vault_usage_record(vault=vault, bytes_used=used)
 
 

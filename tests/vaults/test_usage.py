@@ -41,6 +41,20 @@ def test_the_sampler_measures_the_container(deployed_vault):
     assert selectors.vault_current_usage(deployed_vault) == 1234
 
 
+def test_the_sampler_counts_the_machines_containers_too(deployed_vault):
+    from agents.models import Machine
+
+    account = storage.primary_account()
+    machine = Machine.objects.create(vault=deployed_vault, name="web-01", container="machine-web01")
+    account.create_container(machine.container)
+    with account.store(machine.container) as store:
+        store.put("data/ab/pack", b"y" * 4000)
+    with account.store(deployed_vault.container) as store:
+        store.put("meta", b"z" * 100)
+    services.vaults_usage_sample_all()
+    assert selectors.vault_current_usage(deployed_vault) == 4100
+
+
 def test_the_periodic_task_is_registered():
     from portal.celery import app
 
