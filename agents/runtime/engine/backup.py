@@ -25,12 +25,14 @@ import grp
 import multiprocessing
 import os
 import pwd
+import queue
 import stat
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,22 +131,95 @@ class _PrevCursor:
         return None
 
 
-class _Packer:
-    """Builds packs from sealed chunks and uploads them on a small thread pool."""
+class _Cancelled(Exception):
+    """Raised deep in the pipeline (waiting for an upload slot) when ``cancel`` is set; the
+    backup turns it into its ordinary cancelled result."""
 
-    def __init__(self, repo: Repository, pack_size: int, threads: int):
+
+WAIT_TICK = 0.1  # how often a wait for an upload checks ``cancel`` and reports progress
+ABANDON_GRACE = 0.5  # on cancel, how long to wait for uploads in flight before leaving them
+
+
+class _Uploader:
+    """A tiny pool of daemon upload threads. Unlike ``ThreadPoolExecutor`` (whose threads the
+    interpreter joins at exit), an upload abandoned on cancel never holds the process up; a
+    pack it completes later is an ordinary unindexed pack that ``sync_packs`` reuses."""
+
+    def __init__(self, threads: int):
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.threads = [
+            threading.Thread(target=self._run, daemon=True, name=f"haven-upload-{i}")
+            for i in range(threads)
+        ]
+        for t in self.threads:
+            t.start()
+
+    def submit(self, fn, *args) -> Future:
+        fut: Future = Future()
+        self.queue.put((fut, fn, args))
+        return fut
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            fut, fn, args = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+    def shutdown(self, *, wait: bool) -> None:
+        for _ in self.threads:
+            self.queue.put(None)
+        if wait:
+            for t in self.threads:
+                t.join()
+
+
+class _Packer:
+    """Builds packs from sealed chunks and uploads them on a small thread pool.
+
+    Waits for an upload (a free slot, or the last uploads at the end) check ``cancel`` and
+    call ``on_wait`` (progress) every ``WAIT_TICK`` seconds, so a slow link delays neither."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        pack_size: int,
+        threads: int,
+        cancel: threading.Event | None = None,
+        on_wait=None,
+    ):
         self.repo = repo
         self.pack_size = pack_size
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="haven-upload")
+        self.cancel = cancel or threading.Event()
+        self.on_wait = on_wait or (lambda: None)
+        self.pool = _Uploader(threads)
         self.slots = threading.BoundedSemaphore(threads)
         self.inflight: deque[tuple[Future, bytes, int, list]] = deque()
         self.unindexed: list[tuple[bytes, int, list]] = []
         self.builder: PackBuilder | None = None
+        self.builder_raw = 0
         self.pack_id = b""
         self.pack_no = -1
         self.new_bytes = 0
         self.added_bytes = 0
+        # Live upload counters (upload threads add under the lock): stored bytes uploaded, and
+        # plain bytes of sealed packs vs. of uploaded ones (their gap is what still waits).
+        self.lock = threading.Lock()
+        self.uploaded_bytes = 0
+        self.uploaded_raw = 0
+        self.sealed_raw = 0
         self.last_index_write = time.monotonic()
+
+    @property
+    def waiting_raw(self) -> int:
+        """Plain bytes in sealed packs not uploaded yet."""
+        return max(self.sealed_raw - self.uploaded_raw, 0)
 
     def add(self, chunk_id: bytes, blob: bytes, raw_len: int) -> None:
         index = self.repo.index
@@ -152,36 +227,54 @@ class _Packer:
             return  # another worker stored it first
         if self.builder is None:
             self.builder = PackBuilder()
+            self.builder_raw = 0
             self.pack_id = os.urandom(16)
             self.pack_no = index.add_pack(self.pack_id, 0)
         off, length = self.builder.add(chunk_id, blob, raw_len)
         index.add(chunk_id, self.pack_no, off, length, raw_len)
         self.new_bytes += raw_len
+        self.builder_raw += raw_len
         if len(self.builder) >= self.pack_size:
             self.seal_pack()
 
     def seal_pack(self) -> None:
         if self.builder is None:
             return
-        builder, pack_id, pack_no = self.builder, self.pack_id, self.pack_no
+        builder, pack_id, pack_no, raw = self.builder, self.pack_id, self.pack_no, self.builder_raw
         self.builder = None
         data = builder.finish(self.repo.sealer, pack_id)
         self.repo.index.add_pack(pack_id, len(data))
-        self.slots.acquire()
-        fut = self.pool.submit(self._upload, pack_id, data)
+        self.sealed_raw += raw
+        while not self.slots.acquire(timeout=WAIT_TICK):
+            if self.cancel.is_set():
+                self.repo.index.mark_dead(pack_no)  # never uploaded: its chunks are absent
+                self.sealed_raw -= raw
+                raise _Cancelled
+            self.reap(block=False)
+            self.on_wait()
+        fut = self.pool.submit(self._upload, pack_id, data, raw)
         self.inflight.append((fut, pack_id, pack_no, builder.rows))
         self.reap(block=False)
 
-    def _upload(self, pack_id: bytes, data: memoryview) -> int:
+    def _upload(self, pack_id: bytes, data: memoryview, raw: int) -> int:
         try:
             self.repo.store.put(pack_blob_name(pack_id), data)
+            with self.lock:
+                self.uploaded_bytes += len(data)
+                self.uploaded_raw += raw
             return len(data)
         finally:
             self.slots.release()
 
     def reap(self, *, block: bool) -> None:
         while self.inflight and (block or self.inflight[0][0].done()):
-            fut, pack_id, pack_no, rows = self.inflight.popleft()
+            fut, pack_id, pack_no, rows = self.inflight[0]
+            while block and not fut.done():
+                futures_wait([fut], timeout=WAIT_TICK)
+                if self.cancel.is_set() and not fut.done():
+                    raise _Cancelled
+                self.on_wait()
+            self.inflight.popleft()
             try:
                 size = fut.result()
             except BaseException:
@@ -202,14 +295,36 @@ class _Packer:
         self.last_index_write = time.monotonic()
 
     def close(self, *, abandon: bool = False) -> None:
-        if abandon and self.builder is not None:
+        """Wait for the uploads and write the last index delta; ``abandon`` (cancel, error):
+        drop the pack being filled, give uploads in flight ``ABANDON_GRACE`` seconds, leave
+        the rest to finish (or not) on their own and write no index delta: every pack no index
+        delta names counts as absent, and ``Repository.sync_packs`` finds the stored ones
+        again."""
+        if not abandon:
+            try:
+                self.reap(block=True)
+                self.write_index()
+            finally:
+                self.pool.shutdown(wait=False)
+            return
+        if self.builder is not None:
             self.repo.index.mark_dead(self.pack_no)
             self.builder = None
         try:
-            self.reap(block=True)
-            self.write_index()
+            futures_wait([f for f, _, _, _ in self.inflight], timeout=ABANDON_GRACE)
+            for fut, _pack_id, pack_no, _rows in self.inflight:
+                if fut.done() and fut.exception() is None:
+                    self.added_bytes += fut.result()
+                # Failed, still uploading, or stored but in no index delta: absent for now.
+                # The next run's sync_packs indexes whichever of them are really stored (an
+                # index delta written here could wait long behind a throttled upload).
+                self.repo.index.mark_dead(pack_no)
+            for pack_id, _size, _rows in self.unindexed:
+                self.repo.index.mark_dead(self.repo.index.pack_no(pack_id))
+            self.inflight.clear()
+            self.unindexed = []
         finally:
-            self.pool.shutdown(wait=True)
+            self.pool.shutdown(wait=False)
 
 
 class _MetaWriter:
@@ -399,16 +514,32 @@ class _Backup:
         else:
             threading.Thread(target=self._count, daemon=True, name="haven-count").start()
         self.cursor = _PrevCursor(self.repo.iter_entries(prev) if prev else None)
-        self.packer = _Packer(self.repo, self.pack_size, self.upload_threads)
+        self.packer = _Packer(
+            self.repo, self.pack_size, self.upload_threads, self.cancel, self._upload_wait
+        )
         self.meta = _MetaWriter(self.repo, self.packer)
         self.pool = _Workers(self.repo, self.workers, self.level)
         rep.set_phase("backing_up")
         ok = False
         try:
-            cancelled = self._walk()
-            if not cancelled:
-                self._submit()
-                cancelled = self._drain(until_idle=True)
+            try:
+                cancelled = self._walk()
+                if not cancelled:
+                    self._submit()
+                    cancelled = self._drain(until_idle=True)
+                if not cancelled:
+                    self.pool.stop(kill=False)
+                    if self.cursor.broken:
+                        self.warn(None, "the previous recovery point could not be read, so "
+                                  f"every file was read again ({self.cursor.broken})")  # fmt: skip
+                    rep.set_phase("finalizing")
+                    self._flush_ready()
+                    meta_ids = self.meta.finish()
+                    self.packer.seal_pack()
+                    self.packer.close()
+                    cancelled = self.cancel.is_set()
+            except _Cancelled:  # waiting for an upload slot (see _Packer)
+                cancelled = True
             if cancelled:
                 self.pool.stop(kill=True)
                 self.packer.close(abandon=True)
@@ -420,15 +551,7 @@ class _Backup:
                 )
                 ok = True
                 return self._finish(started)
-            self.pool.stop(kill=False)
-            if self.cursor.broken:
-                self.warn(None, "the previous recovery point could not be read, so every file "
-                          f"was read again ({self.cursor.broken})")  # fmt: skip
-            rep.set_phase("finalizing")
-            self._flush_ready()
-            meta_ids = self.meta.finish()
-            self.packer.seal_pack()
-            self.packer.close()
+            self._progress()
             for cid in meta_ids:
                 self._reference(cid)
             rp = self._recovery_point(prev, meta_ids)
@@ -443,6 +566,18 @@ class _Backup:
                 # the error already propagating is the one to report, not an upload's echo of it
                 with contextlib.suppress(Exception):
                     self.packer.close(abandon=True)
+
+    def _progress(self) -> None:
+        """Copy the packer's live upload counters to the reporter."""
+        rep, packer = self.reporter, self.packer
+        rep.new_bytes = packer.new_bytes
+        rep.stored_bytes = packer.uploaded_bytes
+        rep.unsettled_bytes = packer.waiting_raw
+
+    def _upload_wait(self) -> None:
+        """Called every ``WAIT_TICK`` while the pipeline waits for an upload."""
+        self._progress()
+        self.reporter.emit()
 
     def _count(self) -> None:
         for files, size in count_tree(self.sources, self.excluder, self.cancel.is_set):
@@ -601,8 +736,6 @@ class _Backup:
                     packer.add(cid, blob, raw_len)
                 p.content.append((cid, raw_len))
                 rep.bytes_done += raw_len
-            rep.new_bytes = packer.new_bytes
-            rep.stored_bytes = packer.added_bytes
             if status is not None:
                 p.done = True
                 del self.inflight[seq]
@@ -617,6 +750,7 @@ class _Backup:
         if kind == "done":
             self.outstanding -= 1
         packer.reap(block=False)
+        self._progress()
 
     # -- entries out, in tree order ------------------------------------------------------------
     def _flush_ready(self) -> None:

@@ -86,6 +86,8 @@ class Reporter:
         self.bytes_total: int | None = None
         self.new_bytes = 0
         self.stored_bytes = 0
+        # Backup: plain bytes counted in bytes_done whose packs still wait for their upload.
+        self.unsettled_bytes = 0
         self.current: bytes | None = None
 
     def set_phase(self, phase: str) -> None:
@@ -94,10 +96,13 @@ class Reporter:
 
     def event(self) -> Event:
         elapsed = max(time.monotonic() - self.started, 1e-6)
-        rate = self.bytes_done / elapsed
+        # Rate and ETA follow the slower stage: bytes read, less those still waiting for an
+        # upload (none when uploads keep up, so then it is simply bytes_done).
+        settled = max(self.bytes_done - self.unsettled_bytes, 0)
+        rate = settled / elapsed
         eta = None
-        if self.bytes_total and rate > 0 and self.bytes_total >= self.bytes_done:
-            eta = round((self.bytes_total - self.bytes_done) / rate, 1)
+        if self.bytes_total and rate > 0 and self.bytes_total >= settled:
+            eta = round((self.bytes_total - settled) / rate, 1)
         return {
             "schema": SCHEMA,
             "type": "progress",
