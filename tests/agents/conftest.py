@@ -14,66 +14,44 @@ from dataclasses import asdict
 import pytest
 
 from agents.runtime import config as agent_config
-from portal.models import Membership, ResourceGroup, Role, Subscription, User
+from portal.models import ResourceGroup, Subscription, User
+from tests.support import builders
 from vaults.models import Vault
-
-
-def make_user(username: str, **extra) -> User:
-    return User.objects.create_user(username=username, password="correct horse battery", **extra)
 
 
 @pytest.fixture
 def alice(db) -> User:
-    return make_user("alice")
+    return builders.make_user(username="alice")
 
 
 @pytest.fixture
 def bob(db) -> User:
-    return make_user("bob")
+    return builders.make_user(username="bob")
 
 
 @pytest.fixture
 def charlie(db) -> User:
-    user = make_user("charlie")
-    other = Subscription.objects.create(name="Fabrikam", created_by=user)
-    Membership.objects.create(user=user, subscription=other, role=Role.OWNER)
-    return user
+    return builders.make_outsider(username="charlie")
 
 
 @pytest.fixture
 def subscription(alice) -> Subscription:
-    sub = Subscription.objects.create(name="Contoso", created_by=alice)
-    Membership.objects.create(user=alice, subscription=sub, role=Role.OWNER)
-    return sub
+    return builders.make_subscription(owner=alice)
 
 
 @pytest.fixture
 def member(bob, subscription):
-    def give(role: str) -> User:
-        Membership.objects.update_or_create(
-            user=bob, subscription=subscription, defaults={"role": role}
-        )
-        return bob
-
-    return give
+    return builders.role_giver(user=bob, subscription=subscription)
 
 
 @pytest.fixture
 def resource_group(subscription) -> ResourceGroup:
-    return ResourceGroup.objects.create(
-        subscription=subscription, name="backup-rg", location="West Europe"
-    )
+    return builders.make_resource_group(subscription=subscription)
 
 
 def make_vault(resource_group, name="vault-one", **extra) -> Vault:
-    return Vault.objects.create(
-        subscription=resource_group.subscription,
-        resource_group=resource_group,
-        name=name,
-        location="West Europe",
-        state=Vault.State.READY,
-        container=f"vault-{name}",
-        **extra,
+    return builders.make_vault(
+        resource_group=resource_group, name=name, container=f"vault-{name}", **extra
     )
 
 

@@ -11,12 +11,9 @@ import pytest
 
 from agents.models import Machine
 from jobs import policy_rules, services
-from portal.models import Membership, ResourceGroup, Role, Subscription, User
+from portal.models import Subscription, User
+from tests.support import builders
 from vaults.models import Vault
-
-
-def make_user(username: str, **extra) -> User:
-    return User.objects.create_user(username=username, password="correct horse battery", **extra)
 
 
 @pytest.fixture
@@ -55,63 +52,40 @@ def _jobs_env(settings, tmp_path, pushes, sent, monkeypatch):
 
 @pytest.fixture
 def alice(db) -> User:
-    return make_user("alice", email="alice@example.test")
+    return builders.make_user(username="alice", email="alice@example.test")
 
 
 @pytest.fixture
 def bob(db) -> User:
-    return make_user("bob", email="bob@example.test")
+    return builders.make_user(username="bob", email="bob@example.test")
 
 
 @pytest.fixture
 def charlie(db) -> User:
-    user = make_user("charlie")
-    other = Subscription.objects.create(name="Fabrikam", created_by=user)
-    Membership.objects.create(user=user, subscription=other, role=Role.OWNER)
-    return user
+    return builders.make_outsider(username="charlie")
 
 
 @pytest.fixture
 def subscription(alice) -> Subscription:
-    sub = Subscription.objects.create(name="Contoso", created_by=alice)
-    Membership.objects.create(user=alice, subscription=sub, role=Role.OWNER)
-    return sub
+    return builders.make_subscription(owner=alice)
 
 
 @pytest.fixture
 def member(bob, subscription):
-    def give(role: str) -> User:
-        Membership.objects.update_or_create(
-            user=bob, subscription=subscription, defaults={"role": role}
-        )
-        return bob
-
-    return give
+    return builders.role_giver(user=bob, subscription=subscription)
 
 
 @pytest.fixture
 def vault(subscription) -> Vault:
-    rg = ResourceGroup.objects.create(
-        subscription=subscription, name="backup-rg", location="West Europe"
-    )
-    return Vault.objects.create(
-        subscription=subscription,
-        resource_group=rg,
-        name="vault-one",
-        location="West Europe",
-        state=Vault.State.READY,
-        container="vault-one",
-    )
+    rg = builders.make_resource_group(subscription=subscription)
+    return builders.make_vault(resource_group=rg, container="vault-one")
 
 
 def make_machine(vault, name="web-01", *, online=True, time_zone="Europe/Amsterdam") -> Machine:
     from django.utils import timezone
 
-    return Machine.objects.create(
-        vault=vault,
-        name=name,
-        time_zone=time_zone,
-        last_seen_at=timezone.now() if online else None,
+    return builders.make_machine(
+        vault=vault, name=name, time_zone=time_zone, last_seen_at=timezone.now() if online else None
     )
 
 

@@ -13,12 +13,9 @@ from django.utils import timezone
 from agents.models import Machine
 from jobs.models import RecoveryPoint
 from jobs.recovery import services
-from portal.models import Membership, ResourceGroup, Role, Subscription, User
+from portal.models import ResourceGroup, Subscription, User
+from tests.support import builders
 from vaults.models import Vault
-
-
-def make_user(username: str) -> User:
-    return User.objects.create_user(username=username, password="correct horse battery")
 
 
 @pytest.fixture(autouse=True)
@@ -48,48 +45,33 @@ def sent(monkeypatch):
 
 @pytest.fixture
 def alice(db) -> User:
-    return make_user("alice")
+    return builders.make_user(username="alice")
 
 
 @pytest.fixture
 def bob(db) -> User:
-    return make_user("bob")
+    return builders.make_user(username="bob")
 
 
 @pytest.fixture
 def charlie(db) -> User:
-    user = make_user("charlie")
-    other = Subscription.objects.create(name="Fabrikam", created_by=user)
-    Membership.objects.create(user=user, subscription=other, role=Role.OWNER)
-    return user
+    return builders.make_outsider(username="charlie")
 
 
 @pytest.fixture
 def subscription(alice) -> Subscription:
-    sub = Subscription.objects.create(name="Contoso", created_by=alice)
-    Membership.objects.create(user=alice, subscription=sub, role=Role.OWNER)
-    return sub
+    return builders.make_subscription(owner=alice)
 
 
 @pytest.fixture
 def member(bob, subscription):
-    def give(role: str) -> User:
-        Membership.objects.update_or_create(
-            user=bob, subscription=subscription, defaults={"role": role}
-        )
-        return bob
-
-    return give
+    return builders.role_giver(user=bob, subscription=subscription)
 
 
 def make_vault(subscription, name="vault-one") -> Vault:
-    rg, _ = ResourceGroup.objects.get_or_create(
-        subscription=subscription, name="backup-rg", defaults={"location": "West Europe"}
-    )
-    return Vault.objects.create(
-        subscription=subscription, resource_group=rg, name=name, location="West Europe",
-        state=Vault.State.READY, container=name,
-    )  # fmt: skip
+    rg = ResourceGroup.objects.filter(subscription=subscription, name="backup-rg").first()
+    rg = rg or builders.make_resource_group(subscription=subscription)
+    return builders.make_vault(resource_group=rg, name=name, container=name)
 
 
 @pytest.fixture
@@ -98,9 +80,10 @@ def vault(subscription) -> Vault:
 
 
 def make_machine(vault, name) -> Machine:
+    """An online machine with its container made on the test storage."""
     from vaults.storage import primary_account
 
-    machine = Machine.objects.create(
+    machine = builders.make_machine(
         vault=vault, name=name, time_zone="Europe/Amsterdam", last_seen_at=timezone.now()
     )
     machine.container = f"machine-{machine.pk.hex}"

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from portal.models import Membership, ResourceGroup, Role, Subscription, User
+from portal.models import ResourceGroup, Subscription, User
+from tests.support import builders
 from vaults.models import Vault
 
 
@@ -44,65 +45,41 @@ def eager():
     app.conf.update(before)
 
 
-def make_user(username: str, **extra) -> User:
-    return User.objects.create_user(username=username, password=None, **extra)
-
-
 @pytest.fixture
 def alice(db) -> User:
-    return make_user("alice", first_name="Alice", last_name="Archer")
+    return builders.make_user(
+        username="alice", password=None, first_name="Alice", last_name="Archer"
+    )
 
 
 @pytest.fixture
 def bob(db) -> User:
-    return make_user("bob")
+    return builders.make_user(username="bob", password=None)
 
 
 @pytest.fixture
 def charlie(db) -> User:
-    user = make_user("charlie")
-    other = Subscription.objects.create(name="Fabrikam", created_by=user)
-    Membership.objects.create(user=user, subscription=other, role=Role.OWNER)
-    return user
+    return builders.make_outsider(username="charlie", password=None)
 
 
 @pytest.fixture
 def subscription(alice) -> Subscription:
-    sub = Subscription.objects.create(name="Contoso", created_by=alice)
-    Membership.objects.create(user=alice, subscription=sub, role=Role.OWNER)
-    return sub
+    return builders.make_subscription(owner=alice)
 
 
 @pytest.fixture
 def resource_group(subscription) -> ResourceGroup:
-    return ResourceGroup.objects.create(
-        subscription=subscription, name="backup-rg", location="West Europe"
-    )
+    return builders.make_resource_group(subscription=subscription)
 
 
 @pytest.fixture
 def member(bob, subscription):
     """``member(role)`` gives bob that role on Contoso and returns bob."""
-
-    def give(role: str) -> User:
-        Membership.objects.update_or_create(
-            user=bob, subscription=subscription, defaults={"role": role}
-        )
-        return bob
-
-    return give
+    return builders.role_giver(user=bob, subscription=subscription)
 
 
 def make_vault(resource_group, name="vault-one", *, state=Vault.State.READY, **extra) -> Vault:
-    vault = Vault.objects.create(
-        subscription=resource_group.subscription,
-        resource_group=resource_group,
-        name=name,
-        location=extra.pop("location", "West Europe"),
-        state=state,
-        **extra,
-    )
-    return vault
+    return builders.make_vault(resource_group=resource_group, name=name, state=state, **extra)
 
 
 @pytest.fixture
@@ -115,6 +92,4 @@ def deployed_vault(vault_env, resource_group, alice) -> Vault:
 
 
 def make_machine(vault, name="web-01", **extra):
-    from agents.models import Machine
-
-    return Machine.objects.create(vault=vault, name=name, hostname=name, **extra)
+    return builders.make_machine(vault=vault, name=name, hostname=name, **extra)
