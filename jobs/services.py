@@ -577,15 +577,17 @@ def _scheduled_run(policy: BackupPolicy, when: datetime, tz, *, now: datetime) -
 
 
 # --- retention and garbage collection ---------------------------------------------------
-def _vault_store(vault):
+def _repository_store(machine):
+    """The machine's repository: each machine keeps it in a container of its own
+    (``Machine.container``), opened here with the account key, which may delete."""
     from vaults.storage import primary_account
 
-    return primary_account().store(vault.container)
+    return primary_account().store(machine.container)
 
 
 def retention_apply(*, machine, now: datetime | None = None, store=None) -> list[RecoveryPoint]:
     """Re-tag the machine's points under its current policy, remove the expired ones (never
-    the latest), delete their manifests, then collect the vault's unreferenced packs."""
+    the latest), delete their manifests, then collect the machine's unreferenced packs."""
     now = now or timezone.now()
     policy = BackupPolicy.objects.filter(machine=machine).first()
     spec = policy.spec() if policy else None
@@ -612,7 +614,7 @@ def retention_apply(*, machine, now: datetime | None = None, store=None) -> list
     removed = [p for p in points if p.pk in doomed]
     if not removed:
         return []
-    store = store if store is not None else _vault_store(machine.vault)
+    store = store if store is not None else _repository_store(machine)
     for point in removed:
         try:
             store.delete(point.manifest_blob)
@@ -621,18 +623,19 @@ def retention_apply(*, machine, now: datetime | None = None, store=None) -> list
                 log.warning("could not delete %s: %s", point.manifest_blob, exc)
                 continue
         RecoveryPoint.objects.filter(pk=point.pk).update(removed_at=now)
-    packs_collect(vault=machine.vault, now=now, store=store)
+    packs_collect(machine=machine, now=now, store=store)
     return removed
 
 
-def packs_collect(*, vault, now: datetime | None = None, store=None) -> list[str]:
-    """Delete packs no kept recovery point references, once older than the grace period."""
+def packs_collect(*, machine, now: datetime | None = None, store=None) -> list[str]:
+    """Delete the machine's packs that none of its kept recovery points references, once
+    older than the grace period."""
     now = now or timezone.now()
-    store = store if store is not None else _vault_store(vault)
+    store = store if store is not None else _repository_store(machine)
     referenced: set[str] = set()
-    for pack_ids in RecoveryPoint.objects.filter(vault=vault, removed_at__isnull=True).values_list(
-        "pack_ids", flat=True
-    ):
+    for pack_ids in RecoveryPoint.objects.filter(
+        machine=machine, removed_at__isnull=True
+    ).values_list("pack_ids", flat=True):
         referenced.update(pack_ids)
     grace = now - timedelta(hours=conf.get("HAVEN_GC_GRACE_HOURS"))
     deleted = []
@@ -647,7 +650,7 @@ def packs_collect(*, vault, now: datetime | None = None, store=None) -> list[str
             continue
         deleted.append(blob.name)
     if deleted:
-        log.info("vault %s: deleted %d unreferenced packs", vault.pk, len(deleted))
+        log.info("machine %s: deleted %d unreferenced packs", machine.pk, len(deleted))
     return deleted
 
 

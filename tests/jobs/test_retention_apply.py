@@ -74,7 +74,7 @@ def test_fresh_unreferenced_packs_survive_the_grace_period(machine, policy, stor
     settings.HAVEN_GC_GRACE_HOURS = 24
     now = datetime.now(UTC)
     store.put(pack("dd05"), b"being written by a running backup")
-    deleted = services.packs_collect(vault=machine.vault, now=now, store=store)
+    deleted = services.packs_collect(machine=machine, now=now, store=store)
     assert pack("dd05") not in deleted and store.exists(pack("dd05"))
     assert pack("cc04") in deleted
 
