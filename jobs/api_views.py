@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 
+from django.conf import settings
 from django.http import JsonResponse
 from django.views.decorators.http import require_GET, require_POST
 
 from agents.api_auth import api_error, machine_api, require_own
-from jobs import conf, services
+from jobs import services
 from jobs.models import BackupPolicy, Job
 
 MAX_BODY = 2 * 1024 * 1024
@@ -27,7 +28,7 @@ def _body(request) -> dict | None:
 
 
 def _load(request, job_id):
-    job = Job.objects.select_related("machine", "vault").filter(pk=job_id).first()
+    job = Job.objects.select_related("machine", "vault", "created_by").filter(pk=job_id).first()
     if job is None:
         return None, api_error(404, "not_found", "No such job for this machine.")
     refused = require_own(request, job.machine_id)
@@ -61,7 +62,7 @@ def job_detail(request, job_id):
             "details": job.details,
             "policy": _policy_payload(policy),
             "tags": [job.trigger, f"job:{job.pk}"],
-            "min_cache_free_bytes": conf.get("HAVEN_AGENT_MIN_CACHE_FREE_MB") * 1024 * 1024,
+            "min_cache_free_bytes": settings.HAVEN_AGENT_MIN_CACHE_FREE_MB * 1024 * 1024,
         }
     )
 

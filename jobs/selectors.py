@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db.models import Count, Max, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
@@ -82,9 +81,9 @@ def _visible_jobs(user, filters: JobFilters, *, now: datetime):
     if filters.operation:
         qs = qs.filter(operation=filters.operation)
     if filters.machine:
-        qs = _filter_by_id(qs, "machine_id", filters.machine)
+        qs = qs.filter(machine_id=filters.machine)
     if filters.vault:
-        qs = _filter_by_id(qs, "vault_id", filters.vault)
+        qs = qs.filter(vault_id=filters.vault)
     span = RANGES.get(filters.range, (None, None))[1]
     if span is not None:
         qs = qs.filter(created_at__gte=now - span)
@@ -206,11 +205,3 @@ def vault_overview(vault) -> dict:
         },
         "active_alerts": Alert.objects.filter(vault=vault, resolved_at__isnull=True).count(),
     }
-
-
-def _filter_by_id(qs, field: str, value):
-    """Filter on a UUID from the query string; a malformed one matches nothing."""
-    try:
-        return qs.filter(**{field: value})
-    except (ValidationError, ValueError):
-        return qs.none()

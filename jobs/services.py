@@ -8,13 +8,14 @@ import logging
 from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
-from jobs import conf, policy_rules, retention
+from jobs import policy_rules, retention
 from jobs.models import Alert, BackupPolicy, Job, RecoveryPoint, ScheduledRun
 from jobs.schedule import Schedule, occurrences, zone
 
@@ -308,7 +309,7 @@ def job_finish(
     now = now or timezone.now()
     job = (
         Job.objects.select_for_update(of=("self",))
-        .select_related("machine", "vault")
+        .select_related("machine", "vault", "created_by")
         .get(pk=job.pk)
     )
     if job.status in Job.FINISHED and status not in (Job.Status.COMPLETED, Job.Status.WARNING):
@@ -400,7 +401,7 @@ def job_fail(*, job: Job, reason: str, now: datetime | None = None) -> Job:
     )
     if not updated:
         return job
-    job.refresh_from_db()
+    job.refresh_from_db(from_queryset=Job.objects.select_related("machine", "vault", "created_by"))
     _alerts_after_job(job, now=now)
     _notify_finished(job)
     job_publish(job)
@@ -442,15 +443,17 @@ def jobs_sweep(*, now: datetime | None = None) -> dict:
     quiet fail (or end Cancelled when a cancel was asked for)."""
     now = now or timezone.now()
     counts = {"waiting": 0, "failed": 0}
-    pickup = now - timedelta(seconds=conf.get("HAVEN_JOB_PICKUP_SECONDS"))
-    for job in Job.objects.filter(status=Job.Status.QUEUED, created_at__lte=pickup):
+    pickup = now - timedelta(seconds=settings.HAVEN_JOB_PICKUP_SECONDS)
+    for job in Job.objects.filter(status=Job.Status.QUEUED, created_at__lte=pickup).select_related(
+        "machine", "vault", "created_by"
+    ):
         if Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(
             status=Job.Status.WAITING
         ):
             job.status = Job.Status.WAITING
             job_publish(job)
             counts["waiting"] += 1
-    wait_minutes = conf.get("HAVEN_JOB_AGENT_WAIT_MINUTES")
+    wait_minutes = settings.HAVEN_JOB_AGENT_WAIT_MINUTES
     deadline = now - timedelta(minutes=wait_minutes)
     for job in Job.objects.filter(
         status=Job.Status.WAITING, created_at__lte=deadline
@@ -471,7 +474,7 @@ def jobs_sweep(*, now: datetime | None = None) -> dict:
             now=now,
         )
         counts["failed"] += 1
-    stall = now - timedelta(seconds=conf.get("HAVEN_JOB_STALL_SECONDS"))
+    stall = now - timedelta(seconds=settings.HAVEN_JOB_STALL_SECONDS)
     for job in Job.objects.filter(
         status=Job.Status.RUNNING, last_report_at__lte=stall
     ).select_related("machine"):
@@ -486,7 +489,7 @@ def jobs_sweep(*, now: datetime | None = None) -> dict:
                 _notify_finished(job)
                 job_publish(job)
             continue
-        seconds = conf.get("HAVEN_JOB_STALL_SECONDS")
+        seconds = settings.HAVEN_JOB_STALL_SECONDS
         job_fail(job=job, reason=_stall_reason(job, name, seconds), now=now)
         counts["failed"] += 1
     return counts
@@ -637,7 +640,7 @@ def packs_collect(*, machine, now: datetime | None = None, store=None) -> list[s
         machine=machine, removed_at__isnull=True
     ).values_list("pack_ids", flat=True):
         referenced.update(pack_ids)
-    grace = now - timedelta(hours=conf.get("HAVEN_GC_GRACE_HOURS"))
+    grace = now - timedelta(hours=settings.HAVEN_GC_GRACE_HOURS)
     deleted = []
     for blob in list(store.list("data/")):
         pack_id = blob.name.rsplit("/", 1)[-1]
@@ -692,7 +695,7 @@ def alert_raise(
         except IntegrityError:
             alert = Alert.objects.get(machine=machine, kind=kind, resolved_at__isnull=True)
         else:
-            if conf.get("HAVEN_ALERT_EMAIL") == "each":
+            if settings.HAVEN_ALERT_EMAIL == "each":
                 alert_id = alert.pk
                 transaction.on_commit(lambda: alert_email_send(alert_ids=[alert_id]))
             _publish_alerts(vault)
@@ -775,7 +778,7 @@ def _alerts_after_job(job: Job, *, now) -> None:
 def alerts_check_stale(*, now: datetime | None = None) -> int:
     """Warn about machines with a policy but no successful backup for N days."""
     now = now or timezone.now()
-    days = conf.get("HAVEN_ALERT_NO_BACKUP_DAYS")
+    days = settings.HAVEN_ALERT_NO_BACKUP_DAYS
     since = now - timedelta(days=days)
     raised = 0
     for policy in BackupPolicy.objects.select_related("machine", "machine__vault").filter(
@@ -822,7 +825,6 @@ def _alert_recipients(vault) -> list[str]:
 
 def alert_email_send(*, alert_ids: list[int]) -> int:
     """One email per alert to the vault's Owners, Contributors and Backup Operators."""
-    from django.conf import settings
     from django.core.mail import send_mail
 
     sent = 0
@@ -845,10 +847,9 @@ def alert_email_send(*, alert_ids: list[int]) -> int:
 
 def alerts_send_digest(*, now: datetime | None = None) -> int:
     """Hourly: one email per recipient listing the alerts raised since the last digest."""
-    from django.conf import settings
     from django.core.mail import send_mail
 
-    if conf.get("HAVEN_ALERT_EMAIL") != "digest":
+    if settings.HAVEN_ALERT_EMAIL != "digest":
         return 0
     pending = list(
         Alert.objects.filter(notified_at__isnull=True).select_related("vault", "machine")

@@ -2,19 +2,17 @@
 whether to offer user management, and which left navigation entry the page belongs to."""
 
 from portal import access
-from portal.models import Notification
 
 
 def shell(request):
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {}
-    recent = list(Notification.objects.filter(user=user)[:20])
-    unread = Notification.objects.filter(user=user, read_at__isnull=True).count()
+    from portal.services import bell_context
+
     return {
+        **bell_context(user),
         "nav_area": nav_area(request.path),
-        "notifications": recent,
-        "unread_count": unread,
         "can_manage_users": access.can_manage_users(user),
     }
 

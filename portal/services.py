@@ -461,13 +461,18 @@ def notification_publish(
     return notification
 
 
+def bell_context(user) -> dict:
+    """What the bell shows: the unread count and the 20 latest notifications."""
+    return {
+        "unread_count": Notification.objects.filter(user=user, read_at__isnull=True).count(),
+        "notifications": list(Notification.objects.filter(user=user)[:20]),
+    }
+
+
 def notification_push(*, user, toast: Notification | None = None) -> None:
     """Push the bell (count and list) to the user's open pages, optionally with a toast."""
-    unread = Notification.objects.filter(user=user, read_at__isnull=True).count()
-    recent = list(Notification.objects.filter(user=user)[:20])
     html = render_to_string(
-        "portal/_notifications_push.html",
-        {"unread_count": unread, "notifications": recent, "toast": toast},
+        "portal/_notifications_push.html", {**bell_context(user), "toast": toast}
     )
     realtime.publish(realtime.group_for_user(user.pk), html)
 

@@ -37,11 +37,12 @@ def _can(user, vault: Vault, role: str) -> bool:
 
 
 def _vault_context(request, vault: Vault, section: str) -> dict:
+    rank = Role.rank(access.role_in(request.user, vault.subscription_id) or Role.READER)
     return {
         "vault": vault,
         "section": section,
-        "can_contribute": _can(request.user, vault, Role.CONTRIBUTOR),
-        "can_operate": _can(request.user, vault, Role.BACKUP_OPERATOR),
+        "can_contribute": rank >= Role.rank(Role.CONTRIBUTOR),
+        "can_operate": rank >= Role.rank(Role.BACKUP_OPERATOR),
     }
 
 
@@ -85,11 +86,7 @@ def vault_list(request):
 
 # --- create wizard ----------------------------------------------------------------------
 def _creatable_subscriptions(user) -> list[Subscription]:
-    return [
-        s
-        for s in access.for_user(user, Subscription).order_by("name")
-        if access.has_role(user, s.pk, Role.CONTRIBUTOR)
-    ]
+    return list(access.subscriptions_with_role(user, Role.CONTRIBUTOR).order_by("name"))
 
 
 def _wizard_data(request, subscriptions) -> dict:

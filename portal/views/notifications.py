@@ -34,13 +34,6 @@ def mark_all_read(request):
     if request.htmx:
         # The push reaches every open page; this response updates the one that asked
         # even when its socket is down.
-        unread = Notification.objects.filter(user=request.user, read_at__isnull=True).count()
-        return render(
-            request,
-            "portal/_notifications_push.html",
-            {
-                "unread_count": unread,
-                "notifications": Notification.objects.filter(user=request.user)[:20],
-            },
-        )
+        # The shell's context processor supplies the bell, read after the update.
+        return render(request, "portal/_notifications_push.html")
     return redirect("portal:notifications")
