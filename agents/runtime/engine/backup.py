@@ -61,7 +61,7 @@ from agents.runtime.engine.repository import (
     pack_blob_name,
 )
 from agents.runtime.engine.scan import Excluder, count_tree, normalize_sources, walk
-from agents.runtime.engine.worker import make_chunker, worker_main
+from agents.runtime.engine.worker import ClaimTable, PackBuffers, make_chunker, worker_main
 
 DEFAULT_PACK_SIZE = 16 << 20
 META_CHUNKER = ChunkerParams(min_size=16 << 10, avg_size=64 << 10, max_size=256 << 10)
@@ -92,12 +92,13 @@ class BackupResult:
 
 
 class _Pending:
-    __slots__ = ("content", "done", "drop", "entry", "link_to", "warning")
+    __slots__ = ("content", "done", "drop", "entry", "link_to", "same", "warning")
 
-    def __init__(self, entry: Entry, done: bool):
+    def __init__(self, entry: Entry, done: bool, *, same: bool = False):
         self.entry = entry
         self.done = done
         self.drop = False
+        self.same = same  # exactly as in the previous recovery point: written back as it was
         self.content: list[tuple[bytes, int]] = []
         self.link_to: _Pending | None = None
         self.warning: str | None = None
@@ -120,15 +121,20 @@ class _PrevCursor:
         except (EngineError, StorageError) as exc:
             self.broken = str(exc)
             self._cur = None
-        self._key = self._cur.path.split(b"/") if self._cur else None
 
     def find(self, path: bytes) -> Entry | None:
-        key = path.split(b"/")
-        while self._cur is not None and self._key < key:
-            self._advance()
-        if self._cur is not None and self._key == key:
-            return self._cur
-        return None
+        """The previous entry for ``path``; paths must come in tree order, each once."""
+        cur = self._cur
+        if cur is not None and cur.path != path:
+            key = path.split(b"/")
+            while cur is not None and cur.path.split(b"/") < key:
+                self._advance()
+                cur = self._cur
+            if cur is not None and cur.path != path:
+                return None  # new since then
+        if cur is not None:
+            self._advance()  # a match is never asked for again
+        return cur
 
 
 class _Cancelled(Exception):
@@ -245,6 +251,28 @@ class _Packer:
         data = builder.finish(self.repo.sealer, pack_id)
         self.repo.index.add_pack(pack_id, len(data))
         self.sealed_raw += raw
+        self._submit(pack_id, pack_no, data, raw, builder.rows)
+
+    def add_pack(self, pack_id: bytes, data: memoryview, rows: list, release) -> int:
+        """A pack a worker built in shared memory (its chunks counted in ``sealed_raw`` as
+        their records arrived): index it and queue its upload; ``release()`` once it is stored
+        or given up. Never waits: the workers' fixed set of pack buffers is what holds them
+        back when uploads lag. Chunks another worker packed first stay in it unreferenced.
+        Returns its pack number."""
+        index = self.repo.index
+        pack_no = index.add_pack(pack_id, len(data))
+        raw = 0
+        for cid, off, length, raw_len in rows:
+            raw += raw_len
+            if index.add(cid, pack_no, off, length, raw_len):
+                self.new_bytes += raw_len
+        fut = self.pool.submit(self._upload, pack_id, data, raw, release, False)
+        self.inflight.append((fut, pack_id, pack_no, rows))
+        self.reap(block=False)
+        return pack_no
+
+    def _submit(self, pack_id: bytes, pack_no: int, data, raw: int, rows: list) -> None:
+        """Upload a pack built here, once one of ``threads`` slots is free."""
         while not self.slots.acquire(timeout=WAIT_TICK):
             if self.cancel.is_set():
                 self.repo.index.mark_dead(pack_no)  # never uploaded: its chunks are absent
@@ -252,11 +280,11 @@ class _Packer:
                 raise _Cancelled
             self.reap(block=False)
             self.on_wait()
-        fut = self.pool.submit(self._upload, pack_id, data, raw)
-        self.inflight.append((fut, pack_id, pack_no, builder.rows))
+        fut = self.pool.submit(self._upload, pack_id, data, raw, None, True)
+        self.inflight.append((fut, pack_id, pack_no, rows))
         self.reap(block=False)
 
-    def _upload(self, pack_id: bytes, data: memoryview, raw: int) -> int:
+    def _upload(self, pack_id: bytes, data: memoryview, raw: int, release, slot: bool) -> int:
         try:
             self.repo.store.put(pack_blob_name(pack_id), data)
             with self.lock:
@@ -264,7 +292,10 @@ class _Packer:
                 self.uploaded_raw += raw
             return len(data)
         finally:
-            self.slots.release()
+            if release is not None:
+                release()
+            if slot:
+                self.slots.release()
 
     def reap(self, *, block: bool) -> None:
         while self.inflight and (block or self.inflight[0][0].done()):
@@ -310,10 +341,12 @@ class _Packer:
         if self.builder is not None:
             self.repo.index.mark_dead(self.pack_no)
             self.builder = None
+        for fut, _pack_id, _pack_no, _rows in self.inflight:
+            fut.cancel()  # queued, not started: never uploaded
         try:
             futures_wait([f for f, _, _, _ in self.inflight], timeout=ABANDON_GRACE)
             for fut, _pack_id, pack_no, _rows in self.inflight:
-                if fut.done() and fut.exception() is None:
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
                     self.added_bytes += fut.result()
                 # Failed, still uploading, or stored but in no index delta: absent for now.
                 # The next run's sync_packs indexes whichever of them are really stored (an
@@ -347,7 +380,10 @@ class _MetaWriter:
         self.ids: list[bytes] = []
 
     def add(self, entry: Entry) -> None:
-        self.buf += encode_entry(entry)
+        self.add_encoded(encode_entry(entry))
+
+    def add_encoded(self, encoded: bytes) -> None:
+        self.buf += encoded
         if len(self.buf) >= 4 * META_CHUNKER.max_size:
             self._cut(final=False)
 
@@ -400,13 +436,15 @@ class _Names:
 
 
 class _Workers:
-    """Forked chunking processes, started on first use."""
+    """Forked chunking processes, started on first use, and the shared pack buffers they fill."""
 
-    def __init__(self, repo: Repository, count: int, level: int):
+    def __init__(self, repo: Repository, count: int, level: int, pack_size: int, uploads: int):
         self.repo, self.count, self.level = repo, count, level
+        self.pack_size, self.uploads = pack_size, uploads
         self.procs: list = []
         self.tasks = None
         self.results = None
+        self.buffers: PackBuffers | None = None
 
     def start(self) -> None:
         if self.procs:
@@ -414,12 +452,17 @@ class _Workers:
         ctx = multiprocessing.get_context("fork")
         self.tasks = ctx.Queue()
         self.results = ctx.SimpleQueue()  # a pipe: a slow main process blocks the workers
-        for _ in range(self.count):
+        # Room for a full pack, one more chunk of the largest size and a large header.
+        capacity = self.pack_size + self.repo.keys.chunker.max_size + (2 << 20)
+        self.buffers = PackBuffers(ctx, self.count + self.uploads + 1, capacity)
+        claims = ClaimTable(ctx)
+        for wid in range(self.count):
             p = ctx.Process(
                 target=worker_main,
-                args=(self.tasks, self.results, self.repo.keys, self.repo.index, self.level),
+                args=(wid, self.tasks, self.results, self.repo.keys, self.repo.index,
+                      self.level, self.buffers, claims, self.pack_size),
                 daemon=True,
-            )
+            )  # fmt: skip
             p.start()
             self.procs.append(p)
 
@@ -431,12 +474,15 @@ class _Workers:
                 raise EngineError(f"a backup worker process died (exit code {p.exitcode})")
         return None
 
+    def ask_to_finish(self) -> None:
+        """Each worker packs what it holds, says ``exit`` and ends (see ``worker_main``)."""
+        for _ in self.procs:
+            self.tasks.put(None)
+
     def stop(self, *, kill: bool) -> None:
         for p in self.procs:
             if kill:
                 p.kill()
-            else:
-                self.tasks.put(None)
         for p in self.procs:
             p.join(timeout=5)
             if p.is_alive():
@@ -445,6 +491,9 @@ class _Workers:
         if self.tasks is not None:
             self.tasks.close()
             self.tasks.cancel_join_thread()
+        if self.buffers is not None:
+            self.buffers.free.close()
+            self.buffers.free.cancel_join_thread()
         self.procs = []
 
 
@@ -496,6 +545,8 @@ class _Backup:
         self.task_id = 0
         self.names = _Names()
         self.referenced: set[int] = set()
+        self.unresolved: set[bytes] = set()  # referenced chunks whose pack has not arrived
+        self.exited = 0
         self.result = BackupResult(status="completed", recovery_point=None)
 
     def warn(self, path: bytes | None, reason: str) -> None:
@@ -518,7 +569,9 @@ class _Backup:
             self.repo, self.pack_size, self.upload_threads, self.cancel, self._upload_wait
         )
         self.meta = _MetaWriter(self.repo, self.packer)
-        self.pool = _Workers(self.repo, self.workers, self.level)
+        self.pool = _Workers(
+            self.repo, self.workers, self.level, self.pack_size, self.upload_threads
+        )
         rep.set_phase("backing_up")
         ok = False
         try:
@@ -528,7 +581,8 @@ class _Backup:
                     self._submit()
                     cancelled = self._drain(until_idle=True)
                 if not cancelled:
-                    self.pool.stop(kill=False)
+                    cancelled = self._finish_workers()
+                if not cancelled:
                     if self.cursor.broken:
                         self.warn(None, "the previous recovery point could not be read, so "
                                   f"every file was read again ({self.cursor.broken})")  # fmt: skip
@@ -598,46 +652,9 @@ class _Backup:
         for path, st in walk(self.sources, self.excluder, self.warn):
             if cancel.is_set():
                 return True
-            mode = st.st_mode
-            entry = Entry(
-                path=path,
-                kind=0,
-                mode=stat.S_IMODE(mode),
-                uid=st.st_uid,
-                gid=st.st_gid,
-                mtime_ns=st.st_mtime_ns,
-                ctime_ns=st.st_ctime_ns,
-                ino=st.st_ino,
-                nlink=st.st_nlink if stat.S_ISREG(mode) else 1,
-                user=self.names.user(st.st_uid),
-                group=self.names.group(st.st_gid),
-            )
-            if stat.S_ISREG(mode):
-                entry.kind = FILE
-                entry.size = st.st_size
-                self._file(entry, st)
-            elif stat.S_ISDIR(mode):
-                entry.kind = DIR
-                self.result.dirs += 1
-                self.pending.append(_Pending(entry, True))
-            elif stat.S_ISLNK(mode):
-                entry.kind = SYMLINK
-                try:
-                    entry.target = os.readlink(path)
-                except OSError as exc:
-                    self.warn(path, f"cannot read symbolic link: {exc.strerror}")
-                    continue
-                self.result.symlinks += 1
-                self.pending.append(_Pending(entry, True))
-            else:
-                what = (
-                    "socket" if stat.S_ISSOCK(mode)
-                    else "FIFO" if stat.S_ISFIFO(mode)
-                    else "device" if stat.S_ISBLK(mode) or stat.S_ISCHR(mode)
-                    else "special file"
-                )  # fmt: skip
-                self.warn(path, f"skipped: a {what} is not backed up")
-                continue
+            prev = self.cursor.find(path)
+            if not self._unchanged(st, prev):
+                self._changed(path, st, prev)
             rep.current = path
             tick += 1
             if len(self.batch) >= BATCH_FILES or self.batch_bytes >= BATCH_BYTES:
@@ -650,7 +667,106 @@ class _Backup:
             rep.emit()
         return False
 
-    def _file(self, entry: Entry, st: os.stat_result) -> None:
+    def _unchanged(self, st: os.stat_result, prev: Entry | None) -> bool:
+        """The item is exactly as in the previous recovery point: queue its old entry.
+
+        Same inode, change time and modification time mean nothing was written, chmod-ed,
+        chown-ed or replaced (any of those moves the ctime); size, mode and owner are compared
+        too. A file counts only when every chunk it needs is still stored. Hard-linked files
+        take the ordinary path (their link set is rebuilt each time)."""
+        if (
+            prev is None
+            or prev.ctime_ns != st.st_ctime_ns
+            or prev.mtime_ns != st.st_mtime_ns
+            or prev.ino != st.st_ino
+            or prev.mode != stat.S_IMODE(st.st_mode)
+            or prev.uid != st.st_uid
+            or prev.gid != st.st_gid
+            or not prev.encoded
+            or prev.user != self.names.user(st.st_uid)
+            or prev.group != self.names.group(st.st_gid)
+        ):
+            return False
+        mode, res = st.st_mode, self.result
+        kind = prev.kind
+        if kind == FILE and stat.S_ISREG(mode):
+            if st.st_nlink != 1 or prev.nlink != 1 or prev.size != st.st_size:
+                return False
+            packs = self._packs_of(prev.content)
+            if packs is None:
+                return False
+            self.referenced.update(packs)
+            res.files += 1
+            res.files_unchanged += 1
+            res.logical_bytes += prev.size
+            rep = self.reporter
+            rep.files_done += 1
+            rep.bytes_done += prev.size
+        elif kind == DIR and stat.S_ISDIR(mode):
+            res.dirs += 1
+        elif kind == SYMLINK and stat.S_ISLNK(mode) and len(prev.target) == st.st_size:
+            res.symlinks += 1  # (a link's target cannot change in place)
+        else:
+            return False
+        self.pending.append(_Pending(prev, True, same=True))
+        return True
+
+    def _packs_of(self, content: list[tuple[bytes, int]]) -> list[int] | None:
+        """Pack numbers holding ``content`` (None when a chunk is no longer stored)."""
+        get = self.repo.index.get
+        packs = []
+        for cid, _ in content:
+            if cid == HOLE_ID:
+                continue
+            loc = get(cid)
+            if loc is None:
+                return None
+            packs.append(loc[0])
+        return packs
+
+    def _changed(self, path: bytes, st: os.stat_result, prev: Entry | None) -> None:
+        """A new or changed item (or a hard link): build its entry anew."""
+        mode = st.st_mode
+        entry = Entry(
+            path=path,
+            kind=0,
+            mode=stat.S_IMODE(mode),
+            uid=st.st_uid,
+            gid=st.st_gid,
+            mtime_ns=st.st_mtime_ns,
+            ctime_ns=st.st_ctime_ns,
+            ino=st.st_ino,
+            nlink=st.st_nlink if stat.S_ISREG(mode) else 1,
+            user=self.names.user(st.st_uid),
+            group=self.names.group(st.st_gid),
+        )
+        if stat.S_ISREG(mode):
+            entry.kind = FILE
+            entry.size = st.st_size
+            self._file(entry, st, prev)
+        elif stat.S_ISDIR(mode):
+            entry.kind = DIR
+            self.result.dirs += 1
+            self.pending.append(_Pending(entry, True))
+        elif stat.S_ISLNK(mode):
+            entry.kind = SYMLINK
+            try:
+                entry.target = os.readlink(path)
+            except OSError as exc:
+                self.warn(path, f"cannot read symbolic link: {exc.strerror}")
+                return
+            self.result.symlinks += 1
+            self.pending.append(_Pending(entry, True))
+        else:
+            what = (
+                "socket" if stat.S_ISSOCK(mode)
+                else "FIFO" if stat.S_ISFIFO(mode)
+                else "device" if stat.S_ISBLK(mode) or stat.S_ISCHR(mode)
+                else "special file"
+            )  # fmt: skip
+            self.warn(path, f"skipped: a {what} is not backed up")
+
+    def _file(self, entry: Entry, st: os.stat_result, prev: Entry | None) -> None:
         rep = self.reporter
         if st.st_nlink > 1:
             first = self.links.get((st.st_dev, st.st_ino))
@@ -662,7 +778,6 @@ class _Backup:
                 self.pending.append(p)
                 return
         self.result.files += 1
-        prev = self.cursor.find(entry.path)
         if (
             prev is not None
             and prev.kind in (FILE, HARDLINK)
@@ -726,14 +841,42 @@ class _Backup:
             self._flush_ready()
             self.reporter.emit()
 
+    def _finish_workers(self) -> bool:
+        """Let the workers pack what they hold and end; True when cancelled meanwhile."""
+        pool = self.pool
+        if not pool.procs:
+            return False
+        pool.ask_to_finish()
+        while self.exited < len(pool.procs):
+            if self.cancel.is_set():
+                return True
+            msg = pool.get(0.2)
+            if msg is None:
+                self.reporter.emit()
+                continue
+            self._handle(msg)
+        pool.stop(kill=False)
+        if self.unresolved:
+            raise EngineError(
+                f"internal error: {len(self.unresolved)} chunks were read but never packed"
+            )
+        return False
+
     def _handle(self, msg) -> None:
-        kind, _task, files = msg
+        kind = msg[0]
+        if kind == "pack":
+            self._handle_pack(*msg[1:])
+            return
+        if kind == "exit":
+            self.exited += 1
+            return
+        _kind, _task, files = msg
         rep, packer = self.reporter, self.packer
         for seq, records, status in files:
             p = self.inflight[seq]
-            for cid, raw_len, blob in records:
-                if blob is not None:
-                    packer.add(cid, blob, raw_len)
+            for cid, raw_len, new in records:
+                if new:
+                    packer.sealed_raw += raw_len  # packed by the worker, not uploaded yet
                 p.content.append((cid, raw_len))
                 rep.bytes_done += raw_len
             if status is not None:
@@ -752,12 +895,28 @@ class _Backup:
         packer.reap(block=False)
         self._progress()
 
+    def _handle_pack(self, _wid: int, buf_no: int, length: int, pack_id: bytes, rows) -> None:
+        buffers = self.pool.buffers
+        self.packer.add_pack(
+            pack_id, buffers.view(buf_no, length), rows, lambda: buffers.release(buf_no)
+        )
+        if self.unresolved:
+            unresolved = self.unresolved
+            for row in rows:
+                if row[0] in unresolved:
+                    unresolved.discard(row[0])
+                    self._reference(row[0])
+        self._progress()
+
     # -- entries out, in tree order ------------------------------------------------------------
     def _flush_ready(self) -> None:
         pending, meta, res = self.pending, self.meta, self.result
         while pending and pending[0].done:
             p = pending.popleft()
             e = p.entry
+            if p.same:
+                meta.add_encoded(e.encoded)  # counted and referenced when it was queued
+                continue
             if p.link_to is not None:
                 if p.link_to.drop:
                     self.warn(e.path, "hard link to a file that could not be read; skipped")
@@ -779,6 +938,8 @@ class _Backup:
         loc = self.repo.index.get(cid)
         if loc is not None:
             self.referenced.add(loc[0])
+        else:
+            self.unresolved.add(cid)  # in a pack a worker is still filling
 
     def _recovery_point(self, prev: RecoveryPoint | None, meta_ids: list[bytes]) -> RecoveryPoint:
         index = self.repo.index

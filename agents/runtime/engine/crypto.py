@@ -123,6 +123,14 @@ class Sealer:
         nonce = os.urandom(NONCE)
         return nonce + self._aead.encrypt(nonce, plaintext, ad)
 
+    def seal_into(self, plaintext: bytes | memoryview, ad: bytes, out: memoryview) -> int:
+        """``seal`` written straight into ``out`` (``len(plaintext) + OVERHEAD`` bytes):
+        no new buffer per object. Returns the sealed length."""
+        nonce = os.urandom(NONCE)
+        out[:NONCE] = nonce
+        end = NONCE + len(plaintext) + TAG
+        return NONCE + self._aead.encrypt_into(nonce, plaintext, ad, out[NONCE:end])
+
     def open(self, sealed: bytes | memoryview, ad: bytes) -> bytes:
         if len(sealed) < OVERHEAD:
             raise IntegrityError("sealed object is truncated")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import zstandard
 
-from agents.runtime.engine.crypto import Sealer
+from agents.runtime.engine.crypto import OVERHEAD, Sealer
 from agents.runtime.engine.errors import IntegrityError, UnsupportedFormat
 
 HOLE_ID = bytes(32)  # a run of zeros not stored (sparse file hole)
@@ -44,6 +44,26 @@ def encode_chunk(
         if len(comp) < len(data) * 0.97:
             return sealer.seal(b"\x01" + comp, chunk_ad(chunk_id))
     return sealer.seal(b"\x00" + bytes(data), chunk_ad(chunk_id))
+
+
+def chunk_payload(
+    data: bytes | memoryview, cctx: zstandard.ZstdCompressor | None, scratch: bytearray
+) -> memoryview:
+    """What ``encode_chunk`` seals (flag, then the compressed or plain bytes), built in
+    ``scratch`` (at least ``len(data) + 1`` bytes, reused: no fresh buffer per chunk)."""
+    if cctx is not None and len(data) >= 128:
+        comp = cctx.compress(data)
+        if len(comp) < len(data) * 0.97:
+            scratch[0] = 1
+            scratch[1 : 1 + len(comp)] = comp
+            return memoryview(scratch)[: 1 + len(comp)]
+    scratch[0] = 0
+    scratch[1 : 1 + len(data)] = data
+    return memoryview(scratch)[: 1 + len(data)]
+
+
+def sealed_size(payload_len: int) -> int:
+    return payload_len + OVERHEAD
 
 
 _local = threading.local()
@@ -94,11 +114,19 @@ class PackBuilder:
         return off, len(blob)
 
     def finish(self, sealer: Sealer, pack_id: bytes) -> memoryview:
-        header = b"".join(PACK_ROW.pack(*row) for row in self.rows)
-        sealed = sealer.seal(header, b"pack\0" + pack_id)
-        self.buf += sealed
-        self.buf += TRAILER.pack(len(sealed))
+        self.buf += pack_tail(self.rows, sealer, pack_id)
         return memoryview(self.buf)  # no copy: 16 MiB less per pack in flight
+
+
+def pack_tail(rows: list[tuple[bytes, int, int, int]], sealer: Sealer, pack_id: bytes) -> bytes:
+    """What follows a pack's chunks: the sealed header, then its length."""
+    header = b"".join(PACK_ROW.pack(*row) for row in rows)
+    sealed = sealer.seal(header, b"pack\0" + pack_id)
+    return sealed + TRAILER.pack(len(sealed))
+
+
+def pack_tail_size(rows: int) -> int:
+    return rows * PACK_ROW.size + OVERHEAD + TRAILER.size
 
 
 def parse_pack_header(
@@ -163,6 +191,8 @@ class Entry:
     group: bytes = b""
     target: bytes = b""  # symlink target, or the first path of a hard-link set
     content: list[tuple[bytes, int]] = field(default_factory=list)
+    # the bytes it was decoded from: an unchanged item is written back as it was read
+    encoded: bytes = field(default=b"", compare=False, repr=False)
 
     @property
     def kind_name(self) -> str:
@@ -209,8 +239,9 @@ def decode_entries(buf: bytes | bytearray, pos: int = 0) -> tuple[list[Entry], i
         content = [REF.unpack_from(buf, p + i * rsize) for i in range(nc)]
         out.append(
             Entry(
-                path, kind, mode, uid, gid, mt, ct, ino, size, nlink, user, group, target, content
+                path, kind, mode, uid, gid, mt, ct, ino, size, nlink, user, group, target,
+                content, bytes(buf[pos:end]),
             )
-        )
+        )  # fmt: skip
         pos = end
     return out, pos

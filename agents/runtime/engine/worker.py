@@ -1,29 +1,46 @@
-"""The chunking worker processes: read, chunk, hash, compress and seal files in batches.
+"""The chunking worker processes: read, chunk, hash, compress, seal and pack files in batches.
 
 Python overhead per small chunk makes threads useless here (RECIPES.md: two processes are ~2x,
 two threads ~1.1x). Workers are forked so they inherit the master keys and a read-only snapshot
-of the chunk index (chunks already stored are not compressed again). Each worker sends back,
-per file and in order, records ``(chunk id, plain length, sealed chunk or None)``; ``None`` means
-"already stored" and ``HOLE_ID`` marks an unstored run of zeros (sparse file hole).
+of the chunk index (chunks already stored are not compressed again).
+
+Each worker seals new chunks straight into a pack buffer of its own, taken from ``PackBuffers``
+(anonymous shared memory made before the fork), and hands the full pack to the main process,
+which uploads it from that same memory and gives the buffer back: the stored bytes never travel
+through a pipe. Per file and in order, the worker also sends small records
+``(chunk id, plain length, new)``: ``new`` says this worker packed the chunk (the main process
+learns where when the pack arrives); ``HOLE_ID`` marks an unstored run of zeros (sparse hole).
+Messages on the result queue: ``("part" | "done", task, files)``, ``("pack", worker, buffer,
+length, pack id, rows)`` and, after the stop sentinel and the last pack, ``("exit", worker)``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import mmap
 import os
 import queue
 import stat
+import struct
 from typing import Any
 
 import zstandard
 from pyfastcdc.cy import FastCDC  # the compiled chunker: never the 100x slower pure-Python one
 
 from agents.runtime.engine.crypto import ChunkerParams, MasterKeys, Sealer, chunk_hasher
-from agents.runtime.engine.format import HOLE_ID, encode_chunk
+from agents.runtime.engine.format import (
+    HOLE_ID,
+    chunk_ad,
+    chunk_payload,
+    pack_tail,
+    pack_tail_size,
+    sealed_size,
+)
 from agents.runtime.engine.index import ChunkIndex
 
-FLUSH_BYTES = 4 << 20  # send results at least every 4 MiB of sealed data
+FLUSH_BYTES = 2 << 20  # send file records at least every 2 MiB read (progress granularity)
 SPARSE_MIN = 1 << 20
 
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
@@ -43,10 +60,145 @@ def _die_with_parent() -> None:
         pass
 
 
-def worker_main(task_q, result_q, keys: MasterKeys, index: ChunkIndex, level: int) -> None:
+class PackBuffers:
+    """Pack-sized buffers in one anonymous shared mapping, made before the workers fork.
+
+    A worker fills a buffer and sends its number; the main process uploads from the same
+    memory, then ``release`` frees the pages (``MADV_REMOVE``) and returns the number to the
+    free queue. As many buffers as workers + uploads + 1: a worker waits for one when the
+    uploads lag, which bounds memory whatever the data size."""
+
+    def __init__(self, ctx, count: int, capacity: int):
+        page = mmap.PAGESIZE
+        self.count = count
+        self.size = -(-capacity // page) * page
+        self.map = mmap.mmap(-1, count * self.size)  # MAP_SHARED | MAP_ANONYMOUS
+        self.free = ctx.Queue()
+        for no in range(count):
+            self.free.put(no)
+
+    def view(self, no: int, length: int | None = None) -> memoryview:
+        start = no * self.size
+        return memoryview(self.map)[start : start + (self.size if length is None else length)]
+
+    def release(self, no: int) -> None:
+        self.map.madvise(mmap.MADV_REMOVE, no * self.size, self.size)
+        with contextlib.suppress(ValueError):  # closed: the workers are gone, none will need it
+            self.free.put(no)
+
+
+class ClaimTable:
+    """Which new chunks some worker has already taken on in this run, shared by all workers
+    (an open-addressing table of 16-byte id prefixes in anonymous shared memory, under one
+    lock), so a chunk two workers meet is compressed and stored once. When the table is 70%
+    full ``claim`` answers None and each worker falls back to what it has seen itself (a
+    chunk may then be stored twice: space, never correctness). A wrong "already claimed"
+    would need two ids sharing 128 bits, and the backup checks at its end that every chunk it
+    references was packed."""
+
+    SLOT = 16
+
+    def __init__(self, ctx, slots: int = 1 << 19):
+        self.mask = slots - 1
+        self.limit = int(slots * 0.7)
+        self.map = mmap.mmap(-1, slots * self.SLOT + 8)
+        self.count_at = slots * self.SLOT
+        self.lock = ctx.Lock()
+
+    def claim(self, chunk_id: bytes) -> bool | None:
+        """True: this caller packs it; False: another worker does; None: table full."""
+        key = chunk_id[:16]
+        if key == _EMPTY_SLOT:
+            return None
+        m, size = self.map, self.SLOT
+        h = int.from_bytes(chunk_id[16:24], "little") & self.mask
+        with self.lock:
+            while True:
+                o = h * size
+                cur = m[o : o + size]
+                if cur == key:
+                    return False
+                if cur == _EMPTY_SLOT:
+                    (count,) = _COUNT.unpack_from(m, self.count_at)
+                    if count >= self.limit:
+                        return None
+                    m[o : o + size] = key
+                    _COUNT.pack_into(m, self.count_at, count + 1)
+                    return True
+                h = (h + 1) & self.mask
+
+
+_EMPTY_SLOT = bytes(ClaimTable.SLOT)
+_COUNT = struct.Struct("<Q")
+
+
+class PackWriter:
+    """Packs one worker's new chunks into shared buffers; a full pack goes to the main process."""
+
+    def __init__(self, wid: int, buffers: PackBuffers, result_q, sealer: Sealer, pack_size: int):
+        self.wid = wid
+        self.buffers = buffers
+        self.result_q = result_q
+        self.sealer = sealer
+        self.pack_size = min(pack_size, buffers.size // 2)
+        self.no: int | None = None
+        self.view = memoryview(b"")
+        self.used = 0
+        self.rows: list[tuple[bytes, int, int, int]] = []
+        self.parent = os.getppid()
+        self.sent = 0  # packs sent so far: the file records are sent right after each
+
+    def add(self, chunk_id: bytes, payload: memoryview, raw_len: int) -> None:
+        need = sealed_size(len(payload))
+        if self.rows and self.used + need + pack_tail_size(len(self.rows) + 1) > len(self.view):
+            self.flush()
+        if self.no is None:
+            self._take()
+        n = self.sealer.seal_into(
+            payload, chunk_ad(chunk_id), self.view[self.used : self.used + need]
+        )
+        self.rows.append((chunk_id, self.used, n, raw_len))
+        self.used += n
+        if self.used >= self.pack_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        pack_id = os.urandom(16)
+        tail = pack_tail(self.rows, self.sealer, pack_id)
+        self.view[self.used : self.used + len(tail)] = tail
+        length = self.used + len(tail)
+        self.result_q.put(("pack", self.wid, self.no, length, pack_id, self.rows))
+        self.sent += 1
+        self.no, self.view, self.used, self.rows = None, memoryview(b""), 0, []
+
+    def _take(self) -> None:
+        while True:
+            try:
+                self.no = self.buffers.free.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if os.getppid() != self.parent:
+                    raise SystemExit(1) from None
+        self.view = self.buffers.view(self.no)
+
+
+def worker_main(
+    wid: int,
+    task_q,
+    result_q,
+    keys: MasterKeys,
+    index: ChunkIndex,
+    level: int,
+    buffers: PackBuffers,
+    claims: ClaimTable,
+    pack_size: int,
+) -> None:
     _die_with_parent()
     parent = os.getppid()
-    proc = FileProcessor(keys, index, level)
+    writer = PackWriter(wid, buffers, result_q, Sealer(keys.data_key), pack_size)
+    proc = FileProcessor(keys, index, level, writer, claims)
     while True:
         try:
             task = task_q.get(timeout=1.0)
@@ -55,25 +207,36 @@ def worker_main(task_q, result_q, keys: MasterKeys, index: ChunkIndex, level: in
                 return
             continue
         if task is None:
+            writer.flush()
+            result_q.put(("exit", wid))
             return
         task_id, files = task
         out: list[Any] = []
-        size = 0
+        size, sent = 0, writer.sent
         for seq, path, scan_size, scan_mtime in files:
             for records, status in proc.process(path, scan_size, scan_mtime):
                 out.append((seq, records, status))
-                size += sum(len(r[2]) for r in records if r[2] is not None)
-                if size >= FLUSH_BYTES:
+                size += sum(r[1] for r in records)
+                if size >= FLUSH_BYTES or writer.sent != sent:
                     result_q.put(("part", task_id, out))
-                    out, size = [], 0
+                    out, size, sent = [], 0, writer.sent
         result_q.put(("done", task_id, out))
 
 
 class FileProcessor:
-    def __init__(self, keys: MasterKeys, index: ChunkIndex, level: int):
+    def __init__(
+        self,
+        keys: MasterKeys,
+        index: ChunkIndex,
+        level: int,
+        writer: PackWriter,
+        claims: ClaimTable,
+    ):
         self.params = keys.chunker
         self.cdc = make_chunker(keys.chunker)
-        self.sealer = Sealer(keys.data_key)
+        self.writer = writer
+        self.claims = claims
+        self.scratch = bytearray(self.params.max_size + 1)
         self.hash = chunk_hasher(keys.id_key)
         self.cctx = zstandard.ZstdCompressor(level=level) if level > 0 else None
         self.index = index
@@ -102,23 +265,23 @@ class FileProcessor:
                 yield [], ("skip", "was replaced by something that is not a regular file")
                 return
             total = 0
-            records: list[tuple[bytes, int, bytes | None]] = []
+            records: list[tuple[bytes, int, bool]] = []
             pending = 0
             for start, end in self._regions(fd, st):
                 if start > total:
-                    records.append((HOLE_ID, start - total, None))
+                    records.append((HOLE_ID, start - total, False))
                     total = start
+                sent = self.writer.sent
                 for rec in self._chunks(fd, start, end):
                     records.append(rec)
                     total += rec[1]
-                    if rec[2] is not None:
-                        pending += len(rec[2])
-                        if pending >= FLUSH_BYTES:
-                            yield records, None
-                            records, pending = [], 0
+                    pending += rec[1]
+                    if pending >= FLUSH_BYTES or self.writer.sent != sent:
+                        yield records, None
+                        records, pending, sent = [], 0, self.writer.sent
             end_size = os.fstat(fd).st_size
             if end_size > total and st.st_blocks * 512 < end_size:
-                records.append((HOLE_ID, end_size - total, None))  # trailing hole
+                records.append((HOLE_ID, end_size - total, False))  # trailing hole
                 total = end_size
             after = os.fstat(fd)
             if after.st_mtime_ns != scan_mtime or total != scan_size or after.st_size != total:
@@ -181,12 +344,16 @@ class FileProcessor:
                     break  # not enough look-ahead for a content-defined cut
                 data = mv[c.offset : c.offset + c.length]
                 cid = hasher(data)
-                if cid in seen or cid in index:
-                    yield cid, c.length, None
-                else:
-                    seen.add(cid)
-                    yield cid, c.length, encode_chunk(data, cid, self.sealer, self.cctx)
                 consumed = c.offset + c.length
+                if cid in seen or cid in index:
+                    yield cid, c.length, False
+                    continue
+                seen.add(cid)
+                if self.claims.claim(cid) is False:
+                    yield cid, c.length, False  # another worker packs it
+                    continue
+                self.writer.add(cid, chunk_payload(data, self.cctx, self.scratch), c.length)
+                yield cid, c.length, True
             if eof:
                 return
             carry = fill - consumed

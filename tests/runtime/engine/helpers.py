@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from agents.runtime.engine import run_backup, run_restore
+from agents.runtime.engine import list_dir, run_backup, run_restore
 from agents.runtime.engine import worker as worker_module
 
 
@@ -13,6 +13,15 @@ def backup(repo, src, **kw):
     kw.setdefault("pack_size", 256 * 1024)
     kw.setdefault("hostname", "test-host")
     return run_backup(repo, sources=[src], **kw)
+
+
+def pack_of_file(repo, path) -> str:
+    """Hex id of the pack holding the first chunk of ``path`` in the latest recovery point
+    (a data pack: metadata is packed apart, so ``packs[0]`` may hold no file data)."""
+    path = Path(path)
+    listing = list_dir(repo, recovery_point="latest", path=str(path.parent))
+    (entry,) = [e for e in listing if e.name == os.fsencode(path.name)]
+    return repo.index.pack_ids[repo.index.get(entry.content[0][0])[0]].hex()
 
 
 def restore(repo, target, **kw):

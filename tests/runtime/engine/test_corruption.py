@@ -27,6 +27,12 @@ def _files_covering(repo, src, pack_hex: str, offset: int) -> list[str]:
     return out
 
 
+def _data_pack(repo, src) -> str:
+    """A pack holding file data (not the metadata pack): the one with f0's first chunk."""
+    (f0,) = [e for e in list_dir(repo, recovery_point="latest", path=str(src)) if e.name == b"f0"]
+    return repo.index.pack_ids[repo.index.get(f0.content[0][0])[0]].hex()
+
+
 def _tree(tmp_path):
     src = tmp_path / "src"
     for i in range(6):
@@ -38,8 +44,8 @@ def test_verify_names_the_damaged_pack_and_the_files_it_affects(repo, memory_sto
     src = _tree(tmp_path)
     result = backup(repo, src)
     assert run_verify(repo).ok
-    victim_pack = bytes.fromhex(result.packs[0])
-    victims = _files_covering(repo, src, result.packs[0], 100)
+    victim_pack = bytes.fromhex(_data_pack(repo, src))
+    victims = _files_covering(repo, src, victim_pack.hex(), 100)
     assert len(victims) == 1
     _flip(memory_store, pack_blob_name(victim_pack), 100)
     report = run_verify(repo)
@@ -54,13 +60,14 @@ def test_verify_names_the_damaged_pack_and_the_files_it_affects(repo, memory_sto
 
 def test_restore_fails_only_the_files_in_the_damaged_pack(repo, memory_store, tmp_path):
     src = _tree(tmp_path)
-    result = backup(repo, src)
-    victims = _files_covering(repo, src, result.packs[0], 100)
-    _flip(memory_store, pack_blob_name(bytes.fromhex(result.packs[0])), 100)
+    backup(repo, src)
+    pack = _data_pack(repo, src)
+    victims = _files_covering(repo, src, pack, 100)
+    _flip(memory_store, pack_blob_name(bytes.fromhex(pack)), 100)
     res = restore(repo, tmp_path / "out")
     assert res.status == "completed_with_warnings"
     assert [f["path"] for f in res.failed] == victims
-    assert "pack" in res.failed[0]["reason"] and result.packs[0] in res.failed[0]["reason"]
+    assert "pack" in res.failed[0]["reason"] and pack in res.failed[0]["reason"]
     out = restored(tmp_path / "out", src)
     victim = os.path.basename(victims[0])
     assert not (out / victim).exists()  # never a silently wrong file

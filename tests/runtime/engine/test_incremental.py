@@ -67,6 +67,23 @@ def test_it_stores_identical_files_once(repo, tmp_path):
     assert result.new_bytes < 600_000
 
 
+def test_workers_meeting_the_same_chunks_store_them_once(repo, memory_store, tmp_path, monkeypatch):
+    from agents.runtime.engine import backup as backup_module
+
+    monkeypatch.setattr(backup_module, "BATCH_FILES", 1)  # each file its own task: both workers
+    src = tmp_path / "src"
+    data = write_random(src / "a", 400_000, 6)
+    for i in range(30):
+        (src / f"copy{i:02}").write_bytes(data)
+    result = backup(repo, src, workers=2)
+    assert result.logical_bytes == 31 * 400_000
+    packs = sum(len(b) for name, b in memory_store.blobs.items() if name.startswith("data/"))
+    assert packs < 400_000 + 50_000  # one copy (random data: no compression) and metadata
+    target = tmp_path / "restore"
+    assert restore(repo, target).status == "completed"
+    assert tree_snapshot(restored(target, src)) == tree_snapshot(src)
+
+
 def test_it_detects_a_change_that_keeps_size_and_mtime_through_ctime(repo, tmp_path):
     src = tmp_path / "src"
     path = src / "f"

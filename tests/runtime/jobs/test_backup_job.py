@@ -172,4 +172,5 @@ def test_the_pack_size_reaches_the_engine(data, tmp_path):
         FakePortal(job_payload([str(data)])), stores[1], tmp_path / "two", pack_size=64 << 10
     )
     assert big["status"] == small["status"] == "completed"
-    assert len(big["pack_ids"]) == 1 and len(small["pack_ids"]) > 1
+    # one pack per worker and one of metadata at the default size; many at 64 KiB
+    assert len(big["pack_ids"]) <= 3 < len(small["pack_ids"])

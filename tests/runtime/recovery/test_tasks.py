@@ -12,6 +12,7 @@ from agents.runtime import config
 from agents.runtime.engine.repository import ChunkReader
 from agents.runtime.recovery import tasks
 from agents.runtime.tasks import REGISTRY, AgentContext
+from tests.runtime.engine.helpers import pack_of_file
 from tests.runtime.recovery.conftest import (
     OTHER_ID,
     OTHER_PASSPHRASE,
@@ -184,10 +185,10 @@ def test_damaged_data_completes_with_warnings_naming_the_files(ctx, fake, repo, 
 
     data = tmp_path / "data2"
     write_random(data / "a.bin", 200_000, 7)
-    first = backup(repo, data, pack_size=64 * 1024)
+    backup(repo, data, pack_size=64 * 1024)
     write_random(data / "b.bin", 200_000, 8)
     backup(repo, data, pack_size=64 * 1024)
-    name = pack_blob_name(bytes.fromhex(first.packs[0])).rsplit("/", 1)[1]
+    name = pack_blob_name(bytes.fromhex(pack_of_file(repo, data / "a.bin"))).rsplit("/", 1)[1]
     path = next((tmp_path / "storage" / "own").rglob(name))
     raw = bytearray(path.read_bytes())
     raw[100] ^= 0x40
