@@ -9,8 +9,9 @@ is meant for a person; storage failures are the blobstore's ``StorageError`` fam
     Repository.init(store, passphrase, *, kdf=None, chunker=None) -> Repository
     Repository.open(store, passphrase) -> Repository          # WrongPassphrase, RepositoryNotFound
 
-    run_backup(repo, *, sources, excludes=(), cache_dir=None, sink=None, cancel=None, tags=(),
-               hostname=None, workers=None, compression_level=3, pack_size=16 MiB,
+    WalkAhead(sources, excludes=())       # start walking before Repository.open (overlaps scrypt)
+    run_backup(repo, *, sources | walk, excludes=(), cache_dir=None, sink=None, cancel=None,
+               tags=(), hostname=None, workers=None, compression_level=3, pack_size=16 MiB,
                upload_threads=2) -> BackupResult
     run_restore(repo, *, recovery_point, target, paths=None, on_conflict="overwrite",
                 restore_owner=None, sink=None, cancel=None, threads=3) -> RestoreResult
@@ -77,6 +78,7 @@ from agents.runtime.engine.progress import (
 )
 from agents.runtime.engine.repository import PackDamaged, RecoveryPoint, Repository
 from agents.runtime.engine.restore import RestoreResult, UnsafePath, run_restore
+from agents.runtime.engine.scan import WalkAhead
 from agents.runtime.engine.verify import DamagedPack, VerifyReport, run_verify
 
 __all__ = [
@@ -106,6 +108,7 @@ __all__ = [
     "UnsafePath",
     "UnsupportedFormat",
     "VerifyReport",
+    "WalkAhead",
     "WrongPassphrase",
     "file_versions",
     "find",

@@ -40,7 +40,7 @@ import zstandard
 
 from agents.runtime.blobstore.base import StorageError
 from agents.runtime.engine.crypto import ChunkerParams
-from agents.runtime.engine.errors import EngineError
+from agents.runtime.engine.errors import EngineError, InvalidArgument
 from agents.runtime.engine.format import (
     DIR,
     FILE,
@@ -60,7 +60,7 @@ from agents.runtime.engine.repository import (
     now,
     pack_blob_name,
 )
-from agents.runtime.engine.scan import Excluder, count_tree, normalize_sources, walk
+from agents.runtime.engine.scan import WalkAhead, count_tree, normalize_sources
 from agents.runtime.engine.worker import ClaimTable, PackBuffers, make_chunker, worker_main
 
 DEFAULT_PACK_SIZE = 16 << 20
@@ -500,8 +500,9 @@ class _Workers:
 def run_backup(
     repo: Repository,
     *,
-    sources: Iterable[str | bytes | os.PathLike],
+    sources: Iterable[str | bytes | os.PathLike] | None = None,
     excludes: Iterable[str] = (),
+    walk: WalkAhead | None = None,
     cache_dir: str | os.PathLike | None = None,
     sink: ProgressSink | None = None,
     cancel: threading.Event | None = None,
@@ -512,22 +513,36 @@ def run_backup(
     pack_size: int = DEFAULT_PACK_SIZE,
     upload_threads: int = 2,
 ) -> BackupResult:
-    """Back up ``sources`` (absolute paths) into a new recovery point of ``repo``."""
-    job = _Backup(
-        repo,
-        sources=normalize_sources(sources),
-        excluder=Excluder(excludes),
-        cache_dir=Path(cache_dir) if cache_dir is not None else None,
-        reporter=Reporter(sink, "backup"),
-        cancel=cancel or threading.Event(),
-        tags=list(tags),
-        hostname=hostname or default_hostname(),
-        workers=workers or max(1, min(os.cpu_count() or 1, 4)),
-        level=compression_level,
-        pack_size=pack_size,
-        upload_threads=upload_threads,
-    )
-    return job.run()
+    """Back up ``sources`` (absolute paths) into a new recovery point of ``repo``.
+
+    ``walk``: a ``WalkAhead`` started earlier, e.g. before ``Repository.open`` so the walk
+    overlaps the key derivation; its sources and exclusions are the backup's then."""
+    if walk is None:
+        if sources is None:
+            raise InvalidArgument("no sources selected")
+        walk = WalkAhead(sources, excludes)
+    elif sources is not None and normalize_sources(sources) != walk.sources:
+        walk.close()
+        raise InvalidArgument("the sources differ from those of the walk started for them")
+    try:
+        job = _Backup(
+            repo,
+            sources=walk.sources,
+            excluder=walk.excluder,
+            walker=walk,
+            cache_dir=Path(cache_dir) if cache_dir is not None else None,
+            reporter=Reporter(sink, "backup"),
+            cancel=cancel or threading.Event(),
+            tags=list(tags),
+            hostname=hostname or default_hostname(),
+            workers=workers or max(1, min(os.cpu_count() or 1, 4)),
+            level=compression_level,
+            pack_size=pack_size,
+            upload_threads=upload_threads,
+        )
+        return job.run()
+    finally:
+        walk.close()
 
 
 class _Backup:
@@ -649,9 +664,12 @@ class _Backup:
     def _walk(self) -> bool:
         rep, cancel = self.reporter, self.cancel
         tick = 0
-        for path, st in walk(self.sources, self.excluder, self.warn):
+        for path, st, problem in self.walker:
             if cancel.is_set():
                 return True
+            if st is None:
+                self.warn(path, problem)
+                continue
             prev = self.cursor.find(path)
             if not self._unchanged(st, prev):
                 self._changed(path, st, prev)
@@ -713,15 +731,15 @@ class _Backup:
 
     def _packs_of(self, content: list[tuple[bytes, int]]) -> list[int] | None:
         """Pack numbers holding ``content`` (None when a chunk is no longer stored)."""
-        get = self.repo.index.get
+        pack_of = self.repo.index.pack_of
         packs = []
         for cid, _ in content:
             if cid == HOLE_ID:
                 continue
-            loc = get(cid)
-            if loc is None:
+            pack_no = pack_of(cid)
+            if pack_no is None:
                 return None
-            packs.append(loc[0])
+            packs.append(pack_no)
         return packs
 
     def _changed(self, path: bytes, st: os.stat_result, prev: Entry | None) -> None:
@@ -935,9 +953,9 @@ class _Backup:
             meta.add(e)
 
     def _reference(self, cid: bytes) -> None:
-        loc = self.repo.index.get(cid)
-        if loc is not None:
-            self.referenced.add(loc[0])
+        pack_no = self.repo.index.pack_of(cid)
+        if pack_no is not None:
+            self.referenced.add(pack_no)
         else:
             self.unresolved.add(cid)  # in a pack a worker is still filling
 

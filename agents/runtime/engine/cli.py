@@ -25,6 +25,7 @@ from agents.runtime.engine.localstore import DirStore
 from agents.runtime.engine.progress import Event, ProgressSink, ThrottledSink, display_path
 from agents.runtime.engine.repository import Repository
 from agents.runtime.engine.restore import run_restore
+from agents.runtime.engine.scan import WalkAhead
 from agents.runtime.engine.verify import run_verify
 
 
@@ -85,12 +86,19 @@ def main(argv: list[str] | None = None) -> int:
             repo = Repository.init(store, password, kdf=kdf)
             print(f"created repository {repo.id} in {args.repo}")
             return 0
-        repo = Repository.open(store, password)
+        walk = None
+        if args.cmd == "backup":  # walk while the passphrase's key is derived
+            walk = WalkAhead([os.path.abspath(s) for s in args.sources], args.exclude)
+        try:
+            repo = Repository.open(store, password)
+        except BaseException:
+            if walk is not None:
+                walk.close()
+            raise
         if args.cmd == "backup":
             res = run_backup(
                 repo,
-                sources=[os.path.abspath(s) for s in args.sources],
-                excludes=args.exclude,
+                walk=walk,
                 cache_dir=cache,
                 sink=sink,
                 tags=args.tag,

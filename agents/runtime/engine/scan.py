@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import queue
 import re
 import stat
+import threading
 from collections.abc import Callable, Iterable, Iterator
 
 from agents.runtime.engine.errors import InvalidArgument
@@ -137,6 +139,67 @@ def _walk_tree(root: bytes, st: os.stat_result, exclude: Excluder, warn: Warn):
         yield path, st
         if isdir(st.st_mode):
             stack.append((path, iter(_listdir(path, warn))))
+
+
+class WalkAhead:
+    """``walk`` on a thread of its own, running ahead of its reader in batches.
+
+    ``lstat`` and ``listdir`` release the GIL, so the walk's system calls overlap with the
+    reader's work (reading the previous recovery point, comparing entries) and with the key
+    derivation when it starts before the repository is opened. Memory is bounded (at most
+    ``depth`` batches wait). Iterating yields ``(path, lstat, None)`` for each item and
+    ``(path, None, reason)`` for each warning, in walk order."""
+
+    BATCH = 256
+
+    def __init__(self, sources: Iterable[str | bytes | os.PathLike], excludes: Iterable[str] = (),
+                 *, depth: int = 32):  # fmt: skip
+        self.sources = normalize_sources(sources)
+        self.excluder = Excluder(excludes)
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="haven-walk")
+        self._thread.start()
+
+    def _run(self) -> None:
+        batch: list = []
+
+        def warn(path: bytes, reason: str) -> None:
+            batch.append((path, None, reason))
+
+        try:
+            for path, st in walk(self.sources, self.excluder, warn):
+                batch.append((path, st, None))
+                if len(batch) >= self.BATCH:
+                    if not self._put(batch):
+                        return
+                    batch = []
+            if self._put(batch):
+                self._put(None)
+        except BaseException as exc:  # handed to the reader, raised there
+            self._put(exc)
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[tuple[bytes, os.stat_result | None, str | None]]:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield from item
+
+    def close(self) -> None:
+        """Stop walking (the reader gave up); safe to call more than once."""
+        self._stop.set()
 
 
 def count_tree(sources: list[bytes], exclude: Excluder, stop) -> Iterator[tuple[int, int]]:

@@ -126,11 +126,19 @@ def run_backup_job(
         sink.start()
         store = open_store()
         secret = passphrase() if callable(passphrase) else passphrase
-        repo = engine.Repository.open(store, secret)
+        # the walk starts while the passphrase's key is derived
+        walk = engine.WalkAhead(
+            policy["items"],
+            [*policy.get("exclude_globs", []), *policy.get("exclude_types", [])],
+        )
+        try:
+            repo = engine.Repository.open(store, secret)
+        except BaseException:
+            walk.close()
+            raise
         result = engine.run_backup(
             repo,
-            sources=policy["items"],
-            excludes=[*policy.get("exclude_globs", []), *policy.get("exclude_types", [])],
+            walk=walk,
             cache_dir=Path(cache_dir),
             sink=sink,
             cancel=cancel,
