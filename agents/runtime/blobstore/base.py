@@ -57,6 +57,11 @@ class BlobInfo:
 class BlobStore(abc.ABC):
     """One container of blobs."""
 
+    #: Forked processes may read through their copies of this store at once: nothing shared
+    #: (no pooled connection) and no limit that would then hold per process only. Restores
+    #: use processes for such stores (local files), threads for the others.
+    fork_safe_reads: bool = False
+
     @abc.abstractmethod
     def put(self, name: str, data: bytes | memoryview) -> None:
         """Store ``data`` under ``name`` atomically: readers see the old blob or the new one."""

@@ -41,6 +41,8 @@ class IncompleteUpload(StorageError):
 
 
 class LocalDirectoryStore(BlobStore):
+    fork_safe_reads = True
+
     def __init__(self, root: str | os.PathLike[str], *, create: bool = False) -> None:
         self.root = Path(root)
         if create:

@@ -13,6 +13,8 @@ from agents.runtime.blobstore.base import BlobInfo, BlobNotFound, BlobStore
 class MemoryStore(BlobStore):
     """Blobs in a dict behind a lock; ``put`` copies, so callers may reuse their buffers."""
 
+    fork_safe_reads = True
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._blobs: dict[str, tuple[bytes, datetime]] = {}

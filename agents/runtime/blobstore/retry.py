@@ -37,6 +37,7 @@ class RetryingStore(BlobStore):
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
         self.inner = inner
+        self.fork_safe_reads = inner.fork_safe_reads
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay

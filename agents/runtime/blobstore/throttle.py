@@ -119,6 +119,10 @@ class ThrottledStore(BlobStore):
             self.upload = self._bucket(self.upload, upload_bytes_per_second)
             self.download = self._bucket(self.download, download_bytes_per_second)
 
+    @property
+    def fork_safe_reads(self) -> bool:  # a download limit must hold for all readers together
+        return self.download is None and self.inner.fork_safe_reads
+
     def put(self, name: str, data: bytes | memoryview) -> None:
         bucket = self.upload
         if bucket is not None:

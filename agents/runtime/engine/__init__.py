@@ -14,7 +14,7 @@ is meant for a person; storage failures are the blobstore's ``StorageError`` fam
                tags=(), hostname=None, workers=None, compression_level=3, pack_size=16 MiB,
                upload_threads=2) -> BackupResult
     run_restore(repo, *, recovery_point, target, paths=None, on_conflict="overwrite",
-                restore_owner=None, sink=None, cancel=None, threads=3) -> RestoreResult
+                restore_owner=None, sink=None, cancel=None, writers=None) -> RestoreResult
     run_verify(repo, *, fraction=1.0, sink=None, cancel=None, seed=None) -> VerifyReport
 
     list_recovery_points(repo) -> list[RecoveryPoint]               # oldest first

@@ -16,6 +16,8 @@ from agents.runtime.blobstore.base import BlobInfo, BlobNotFound, BlobStore, Sto
 
 
 class DirStore(BlobStore):
+    fork_safe_reads = True
+
     def __init__(self, root: str | os.PathLike, *, fsync: bool = True):
         self.root = Path(root)
         self.fsync = fsync

@@ -22,6 +22,7 @@ import errno
 import mmap
 import os
 import queue
+import signal
 import stat
 import struct
 from typing import Any
@@ -52,7 +53,10 @@ def make_chunker(params: ChunkerParams) -> FastCDC:
     )
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """For a forked helper process: killed with its parent (no orphans), and deaf to Ctrl-C
+    (the terminal sends it to the whole process group; the parent decides what it means)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: a killed backup leaves no orphans
@@ -195,7 +199,7 @@ def worker_main(
     claims: ClaimTable,
     pack_size: int,
 ) -> None:
-    _die_with_parent()
+    die_with_parent()
     parent = os.getppid()
     writer = PackWriter(wid, buffers, result_q, Sealer(keys.data_key), pack_size)
     proc = FileProcessor(keys, index, level, writer, claims)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from agents.runtime.engine import list_dir, run_backup, run_restore
@@ -22,6 +23,24 @@ def pack_of_file(repo, path) -> str:
     listing = list_dir(repo, recovery_point="latest", path=str(path.parent))
     (entry,) = [e for e in listing if e.name == os.fsencode(path.name)]
     return repo.index.pack_ids[repo.index.get(entry.content[0][0])[0]].hex()
+
+
+def slow_link(monkeypatch, seconds: float = 0.05) -> None:
+    """Every pack read through local storage takes ``seconds`` (patched before the restore
+    forks its writers, so it reaches them)."""
+    from agents.runtime.blobstore.local import LocalDirectoryStore
+    from agents.runtime.engine.localstore import DirStore
+    from tests.runtime.engine.stores import MemoryStore
+
+    for cls in (LocalDirectoryStore, DirStore, MemoryStore):
+        original = cls.get_range
+
+        def get_range(self, name, offset, length, _original=original):
+            if name.startswith("data/"):
+                time.sleep(seconds)
+            return _original(self, name, offset, length)
+
+        monkeypatch.setattr(cls, "get_range", get_range)
 
 
 def restore(repo, target, **kw):

@@ -12,6 +12,8 @@ from agents.runtime.blobstore.base import BlobForbidden, BlobInfo, BlobNotFound,
 
 
 class MemoryStore(BlobStore):
+    fork_safe_reads = True
+
     def __init__(self) -> None:
         self.blobs: dict[str, bytes] = {}
         self.lock = threading.Lock()

@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
-from agents.runtime.engine import InvalidArgument, ListSink, RecoveryPoint, list_dir, run_restore
+from agents.runtime.engine import (
+    InvalidArgument,
+    ListSink,
+    RecoveryPoint,
+    Repository,
+    list_dir,
+    run_restore,
+)
 from agents.runtime.engine.backup import _MetaWriter, _Packer
 from agents.runtime.engine.format import DIR, FILE, SYMLINK, Entry
-from agents.runtime.engine.repository import ChunkReader, now
-from tests.runtime.engine.conftest import restored, write_random
+from agents.runtime.engine.repository import now
+from tests.runtime.engine.conftest import (
+    FAST_KDF,
+    PASSPHRASE,
+    SMALL_CHUNKS,
+    restored,
+    write_random,
+)
 from tests.runtime.engine.helpers import backup, restore
 
 
@@ -145,23 +159,29 @@ def test_an_unknown_conflict_policy_is_refused(repo, tmp_path):
         restore(repo, tmp_path / "out", on_conflict="merge")
 
 
-def test_cancel_keeps_finished_files_complete_and_says_so(repo, tmp_path, monkeypatch):
+def test_cancel_keeps_finished_files_complete_and_says_so(memory_store, tmp_path, monkeypatch):
+    repo = Repository.init(memory_store, PASSPHRASE, kdf=FAST_KDF, chunker=SMALL_CHUNKS)
     src = tmp_path / "src"
     for i in range(20):
         write_random(src / f"f{i:02}", 100_000, i)
-    backup(repo, src)
+    backup(repo, src, pack_size=64 * 1024)
+    original = type(memory_store).get_range
+
+    def slow_get_range(self, name, offset, length):  # a slow link: ~50 ms per pack read
+        if name.startswith("data/"):
+            time.sleep(0.05)
+        return original(self, name, offset, length)
+
+    monkeypatch.setattr(type(memory_store), "get_range", slow_get_range)
     cancel = threading.Event()
-    reads = []
-    original = ChunkReader.read
 
-    def read(self, cid):
-        reads.append(cid)
-        if len(reads) == 40:  # a few files in: the user presses Cancel
-            cancel.set()
-        return original(self, cid)
+    class CancelSoon(ListSink):
+        def emit(self, event):
+            super().emit(event)
+            if event["type"] == "progress" and event["files_done"] >= 2:
+                cancel.set()  # a few files in: the user presses Cancel
 
-    monkeypatch.setattr(ChunkReader, "read", read)
-    sink = ListSink()
+    sink = CancelSoon()
     res = restore(repo, tmp_path / "out", cancel=cancel, sink=sink)
     assert sink.events[-1]["status"] == "cancelled"
     assert res.status == "cancelled"

@@ -200,6 +200,26 @@ def test_parallel_restore_threads_restore_compressible_files_exactly(repo, tmp_p
     for i in range(16):
         (src / f"log{i:02}.txt").write_bytes(b" ".join(rng.choice(words) for _ in range(150_000)))
     backup(repo, src)
-    res = restore(repo, tmp_path / "out", threads=4)
+    res = restore(repo, tmp_path / "out", writers=4)
     assert res.status == "completed", res.failed[:2]
     assert tree_snapshot(restored(tmp_path / "out", src)) == tree_snapshot(src)
+
+
+def test_a_store_that_forked_readers_cannot_share_restores_on_threads(memory_store, tmp_path):
+    """A download limit must hold for all readers together, so such a store is read by
+    writer threads in this process instead of writer processes; the result is the same."""
+    from agents.runtime.blobstore.throttle import ThrottledStore
+
+    store = ThrottledStore(memory_store, download_bytes_per_second=1 << 30)
+    assert not store.fork_safe_reads and memory_store.fork_safe_reads
+    repo = Repository.init(store, PASSPHRASE, kdf=FAST_KDF, chunker=SMALL_CHUNKS)
+    src = tmp_path / "src"
+    for i in range(30):
+        write_random(src / "d" / f"f{i:02}", 50_000 + i, i)
+    os.link(src / "d" / "f00", src / "hard")
+    backup(repo, src)
+    res = restore(repo, tmp_path / "out", writers=3)
+    assert res.status == "completed" and res.files == 31
+    out = restored(tmp_path / "out", src)
+    assert tree_snapshot(out) == tree_snapshot(src)
+    assert os.stat(out / "hard").st_ino == os.stat(out / "d" / "f00").st_ino

@@ -7,13 +7,13 @@ import argparse
 import json
 import os
 import stat
-import time
 
 import pytest
 
-from agents.runtime.engine.repository import ChunkReader, pack_blob_name
+from agents.runtime.engine.progress import Reporter
+from agents.runtime.engine.repository import pack_blob_name
 from agents.runtime.recovery import cli
-from tests.runtime.engine.helpers import pack_of_file
+from tests.runtime.engine.helpers import pack_of_file, slow_link
 from tests.runtime.recovery.conftest import (
     OTHER_ID,
     OTHER_PASSPHRASE,
@@ -210,19 +210,17 @@ def test_ctrl_c_cancels_and_keeps_the_finished_files(repo, tmp_path, monkeypatch
     data = tmp_path / "many"
     for i in range(20):
         write_random(data / f"f{i:02}", 100_000, i)
-    backup(repo, data)
-    reads = []
-    original = ChunkReader.read
+    backup(repo, data, pack_size=64 * 1024)
+    slow_link(monkeypatch)
+    original = Reporter.emit
 
-    def read(self, cid):
-        reads.append(cid)
-        if len(reads) == 40:  # a few files in, the person presses Ctrl-C
-            _thread.interrupt_main()
-        if len(reads) > 40:
-            time.sleep(0.05)  # a slow disk: the Ctrl-C lands mid-restore
-        return original(self, cid)
+    def emit(self, *, force=False):
+        if self.files_done >= 2 and not getattr(self, "pressed", False):
+            self.pressed = True
+            _thread.interrupt_main()  # a few files in, the person presses Ctrl-C
+        return original(self, force=force)
 
-    monkeypatch.setattr(ChunkReader, "read", read)
+    monkeypatch.setattr(Reporter, "emit", emit)
     target = tmp_path / "restore"
     assert run("restore", "latest", data, "--target", target) == 130
     captured = capsys.readouterr()
