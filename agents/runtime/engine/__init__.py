@@ -38,8 +38,10 @@ Statuses: ``completed``, ``completed_with_warnings``, ``cancelled``. Warnings an
 ``{"path": str, "reason": str}`` dicts (paths shown with undecodable bytes as ``\\xNN``).
 
 Concurrency: a backup forks ``workers`` chunking processes (start method "fork": they
-inherit the keys and a read-only index snapshot) and uploads on ``upload_threads`` threads; a
-restore writes files on ``threads`` threads. Run one backup per repository at a time.
+inherit the keys and a read-only index snapshot; they pack into shared memory) and uploads on
+``upload_threads`` threads; a restore writes files on ``writers`` forked processes when the
+store's ``fork_safe_reads`` allows (local storage), else on as many threads. Run one backup per
+repository at a time.
 
 Modules: ``crypto`` (keys, scrypt, AES-GCM, keyed BLAKE3), ``format`` (byte layouts),
 ``index`` (compact chunk index), ``repository`` (blobs, index deltas, manifests),

@@ -32,8 +32,8 @@ DEFAULT_KDF = {"name": "scrypt", "n": 2**16, "r": 8, "p": 1}
 
 @dataclass(frozen=True)
 class ChunkerParams:
-    min_size: int = 256 * 1024
-    avg_size: int = 1024 * 1024
+    min_size: int = 512 * 1024
+    avg_size: int = 2 * 1024 * 1024
     max_size: int = 8 * 1024 * 1024
     seed: int = 0
 
@@ -113,7 +113,7 @@ def unwrap_keys(blob: bytes, passphrase: str | bytes, *, key_name: str) -> Maste
 
 class Sealer:
     """AES-256-GCM with a random 96-bit nonce per object. NIST's bound for random nonces is
-    2**32 messages per key: with ~1 MiB average chunks (deduplicated) that is ~4 PiB of
+    2**32 messages per key: with ~2 MiB average chunks (deduplicated) that is ~8 PiB of
     unique data per repository."""
 
     def __init__(self, key: bytes):

@@ -4,7 +4,7 @@ A Python ``dict`` of 32-byte ids would cost ~200 bytes per chunk (2 GB for 10 mi
 records live in one ``bytearray`` of 48-byte rows (id, pack number, offset, stored length, plain
 length) and an open-addressing table of ``uint32`` row numbers (load factor 0.3-0.6) finds them:
 48 + 7 to 13 bytes, **at most 61 bytes per chunk** (10 million chunks: ~610 MB, and with the
-default 1 MiB average chunk that is ~10 TB of unique data). Lookups cost ~1 µs in Python.
+default 2 MiB average chunk that is ~20 TB of unique data in large files). Lookups cost ~1 µs in Python.
 
 Forked worker processes inherit the table copy-on-write; reading it does not touch its pages.
 """

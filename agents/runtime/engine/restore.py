@@ -92,6 +92,17 @@ def _selected(path: bytes, selections: list[bytes] | None) -> bool:
     return any(path == s or path.startswith(s.rstrip(b"/") + b"/") or s == b"/" for s in selections)
 
 
+def _past_all(path: bytes, selections: list[bytes]) -> bool:
+    """In tree order, has ``path`` gone beyond everything under every selection? (Entries
+    under a selection come together, right after it, so the rest need not be read.)"""
+    key = path.split(b"/")
+    for s in selections:
+        skey = s.rstrip(b"/").split(b"/") if s != b"/" else [b""]
+        if s == b"/" or key <= skey or key[: len(skey)] == skey:
+            return False
+    return True
+
+
 def copy_name(name: bytes, n: int) -> bytes:
     stem, dot, ext = name.rpartition(b".")
     if not dot or not stem:
@@ -485,15 +496,13 @@ class _Restore:
             rep.bytes_total = self.rp.stats.get("logical_bytes")
         else:
             files = size = 0
-            for e in self.repo.iter_entries(self.rp):
-                if e.kind == FILE and _selected(e.path, self.paths):
+            for e in self._selected_entries():
+                if e.kind == FILE:
                     files, size = files + 1, size + e.size
             rep.files_total, rep.bytes_total = files, size
         self.tree = _Tree(self.target)
         try:
-            for e in self.repo.iter_entries(self.rp, ChunkReader(self.repo)):
-                if not _selected(e.path, self.paths):
-                    continue
+            for e in self._selected_entries():
                 if self.cancel.is_set():
                     self.cancelled = True
                     break
@@ -534,6 +543,14 @@ class _Restore:
                 f"; {len(res.failed)} could not be restored" if res.failed else ""
             )
         return res
+
+    def _selected_entries(self):
+        """The entries to restore, in tree order; reading stops past the last selection."""
+        for e in self.repo.iter_entries(self.rp, ChunkReader(self.repo)):
+            if self.paths is None or _selected(e.path, self.paths):
+                yield e
+            elif _past_all(e.path, self.paths):
+                return
 
     def _entry(self, e: Entry, comps: list[bytes]) -> None:
         dfd = self.tree.dir_fd(comps[:-1])  # (the writers find the folder made)

@@ -209,3 +209,17 @@ def test_a_target_that_is_itself_a_symlink_is_used(repo, source, tmp_path):
     res = restore(repo, tmp_path / "via-link")
     assert res.status == "completed"
     assert restored(tmp_path / "real", source).joinpath("text.txt").exists()
+
+
+def test_a_selection_restores_exactly_what_is_under_it(repo, tmp_path):
+    """Reading stops past the last selection; names that only share a prefix are not taken."""
+    src = tmp_path / "src"
+    for rel in ("a/b/x", "a/b/y/deep", "a/b.txt", "a/bb/x", "a/c/y", "z", "zz/w"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(rel.encode())
+    backup(repo, src)
+    res = restore(repo, tmp_path / "out", paths=[str(src / "z"), str(src / "a" / "b")])
+    assert res.status == "completed" and res.files == 3
+    out = restored(tmp_path / "out", src)
+    got = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert got == ["a/b/x", "a/b/y/deep", "z"]
