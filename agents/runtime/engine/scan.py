@@ -76,10 +76,46 @@ def join(parent: bytes, name: bytes) -> bytes:
     return parent + name if parent.endswith(b"/") else parent + b"/" + name
 
 
+# Kernel and virtual file systems: their folders are backed up (so /proc exists after a
+# restore of /), never what is in them (process state, devices, control files).
+PSEUDO_FS = frozenset(
+    b"proc sysfs devtmpfs devpts cgroup cgroup2 debugfs tracefs securityfs pstore bpf "
+    b"configfs fusectl mqueue hugetlbfs binfmt_misc autofs efivarfs rpc_pipefs nsfs "
+    b"selinuxfs".split()
+)
+
+
+def pseudo_devices(mountinfo: bytes | None = None) -> frozenset[int]:
+    """Device numbers of the mounted kernel/virtual file systems (``/proc/self/mountinfo``)."""
+    if mountinfo is None:
+        try:
+            with open("/proc/self/mountinfo", "rb") as f:
+                mountinfo = f.read()
+        except OSError:
+            return frozenset()
+    devs = set()
+    for line in mountinfo.splitlines():
+        fields, sep, rest = line.partition(b" - ")
+        parts = fields.split()
+        if not sep or len(parts) < 3 or not rest:
+            continue
+        if rest.split()[0] in PSEUDO_FS:
+            major, _, minor = parts[2].partition(b":")
+            try:
+                devs.add(os.makedev(int(major), int(minor)))
+            except ValueError:
+                continue
+    return frozenset(devs)
+
+
 def walk(
     sources: list[bytes], exclude: Excluder, warn: Warn
 ) -> Iterator[tuple[bytes, os.stat_result]]:
-    """(path, lstat) for every selected item and the ancestors of each source, in tree order."""
+    """(path, lstat) for every selected item and the ancestors of each source, in tree order.
+
+    Folders on kernel/virtual file systems (``PSEUDO_FS``: /proc, /sys, /dev …) are yielded
+    but not entered."""
+    pseudo = pseudo_devices()
     emitted_ancestors: set[bytes] = set()
     for src in sources:
         parts = src.split(b"/")
@@ -100,7 +136,7 @@ def walk(
         except OSError as exc:
             warn(src, f"cannot read: {exc.strerror}")
             continue
-        yield from _walk_tree(src, st, exclude, warn)
+        yield from _walk_tree(src, st, exclude, warn, pseudo)
 
 
 def _listdir(path: bytes, warn: Warn) -> list[bytes]:
@@ -113,9 +149,11 @@ def _listdir(path: bytes, warn: Warn) -> list[bytes]:
     return []
 
 
-def _walk_tree(root: bytes, st: os.stat_result, exclude: Excluder, warn: Warn):
+def _walk_tree(
+    root: bytes, st: os.stat_result, exclude: Excluder, warn: Warn, pseudo: frozenset[int]
+):
     yield root, st
-    if not stat.S_ISDIR(st.st_mode):
+    if not stat.S_ISDIR(st.st_mode) or st.st_dev in pseudo:
         return
     stack = [(root, iter(_listdir(root, warn)))]
     lstat, isdir = os.lstat, stat.S_ISDIR
@@ -137,7 +175,7 @@ def _walk_tree(root: bytes, st: os.stat_result, exclude: Excluder, warn: Warn):
             warn(path, f"cannot read metadata: {exc.strerror}")
             continue
         yield path, st
-        if isdir(st.st_mode):
+        if isdir(st.st_mode) and st.st_dev not in pseudo:
             stack.append((path, iter(_listdir(path, warn))))
 
 
