@@ -21,6 +21,7 @@ and the one being filled.
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import multiprocessing
 import os
@@ -758,6 +759,8 @@ class _Backup:
             user=self.names.user(st.st_uid),
             group=self.names.group(st.st_gid),
         )
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+            entry.xattrs = self._xattrs(path)
         if stat.S_ISREG(mode):
             entry.kind = FILE
             entry.size = st.st_size
@@ -783,6 +786,23 @@ class _Backup:
                 else "special file"
             )  # fmt: skip
             self.warn(path, f"skipped: a {what} is not backed up")
+
+    def _xattrs(self, path: bytes) -> list[tuple[bytes, bytes]]:
+        """Extended attributes (POSIX ACLs included), sorted by name; a file system without
+        them gives none, one that refuses to show them gives a warning."""
+        try:
+            names = os.listxattr(path, follow_symlinks=False)
+            if not names:
+                return []
+            return sorted(
+                (os.fsencode(name), os.getxattr(path, name, follow_symlinks=False))
+                for name in names
+            )
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOENT, errno.ENODATA):
+                return []  # no support, or gone meanwhile (the read will say so)
+            self.warn(path, f"extended attributes not backed up: {exc.strerror}")
+            return []
 
     def _file(self, entry: Entry, st: os.stat_result, prev: Entry | None) -> None:
         rep = self.reporter

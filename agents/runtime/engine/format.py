@@ -191,6 +191,7 @@ class Entry:
     group: bytes = b""
     target: bytes = b""  # symlink target, or the first path of a hard-link set
     content: list[tuple[bytes, int]] = field(default_factory=list)
+    xattrs: list[tuple[bytes, bytes]] = field(default_factory=list)  # (name, value), ACLs too
     # the bytes it was decoded from: an unchanged item is written back as it was read
     encoded: bytes = field(default=b"", compare=False, repr=False)
 
@@ -208,13 +209,42 @@ class Entry:
         return head or b"/"
 
 
+XATTRS = 0x80  # in the kind byte: an extended-attribute block follows the chunk refs
+XATTR = struct.Struct("<HI")
+
+
 def encode_entry(e: Entry) -> bytes:
     head = ENTRY.pack(
-        e.kind, e.mode, e.uid, e.gid, e.nlink, e.mtime_ns, e.ctime_ns, e.ino, e.size,
-        len(e.user), len(e.group), len(e.path), len(e.target), len(e.content),
+        e.kind | (XATTRS if e.xattrs else 0), e.mode, e.uid, e.gid, e.nlink, e.mtime_ns,
+        e.ctime_ns, e.ino, e.size, len(e.user), len(e.group), len(e.path), len(e.target),
+        len(e.content),
     )  # fmt: skip
-    refs = b"".join(REF.pack(cid, n) for cid, n in e.content)
-    return b"".join((head, e.path, e.target, e.user, e.group, refs))
+    parts = [head, e.path, e.target, e.user, e.group]
+    parts.extend(REF.pack(cid, n) for cid, n in e.content)
+    if e.xattrs:
+        parts.append(struct.pack("<H", len(e.xattrs)))
+        for name, value in e.xattrs:
+            parts += (XATTR.pack(len(name), len(value)), name, value)
+    return b"".join(parts)
+
+
+def _xattrs_end(buf, p: int, n: int) -> tuple[list[tuple[bytes, bytes]], int] | None:
+    """The extended-attribute block at ``p``: (pairs, end), or None when ``buf`` ends first."""
+    if p + 2 > n:
+        return None
+    (count,) = struct.unpack_from("<H", buf, p)
+    p += 2
+    pairs = []
+    for _ in range(count):
+        if p + XATTR.size > n:
+            return None
+        ln, lv = XATTR.unpack_from(buf, p)
+        p += XATTR.size
+        if p + ln + lv > n:
+            return None
+        pairs.append((bytes(buf[p : p + ln]), bytes(buf[p + ln : p + ln + lv])))
+        p += ln + lv
+    return pairs, p
 
 
 def decode_entries(buf: bytes | bytearray, pos: int = 0) -> tuple[list[Entry], int]:
@@ -227,6 +257,13 @@ def decode_entries(buf: bytes | bytearray, pos: int = 0) -> tuple[list[Entry], i
         end = pos + hsize + lp + lt + lu + lg + nc * rsize
         if end > n:
             break
+        xattrs: list[tuple[bytes, bytes]] = []
+        if kind & XATTRS:
+            found = _xattrs_end(buf, end, n)
+            if found is None:
+                break
+            xattrs, end = found
+            kind &= ~XATTRS
         p = pos + hsize
         path = bytes(buf[p : p + lp])
         p += lp
@@ -240,7 +277,7 @@ def decode_entries(buf: bytes | bytearray, pos: int = 0) -> tuple[list[Entry], i
         out.append(
             Entry(
                 path, kind, mode, uid, gid, mt, ct, ino, size, nlink, user, group, target,
-                content, bytes(buf[pos:end]),
+                content, xattrs, bytes(buf[pos:end]),
             )
         )  # fmt: skip
         pos = end

@@ -201,6 +201,7 @@ class _FileWriter:
         os.umask(umask)
         self.umask = umask
         self._sgid: dict[tuple[bytes, ...], bool] = {}
+        self._xattr_failures: set[tuple[bytes, int]] = set()
         self._clear()
 
     def _clear(self) -> None:
@@ -358,6 +359,9 @@ class _FileWriter:
                     self.warnings.append((e.path, "owner not restored: permission denied"))
         if chmod:
             os.fchmod(fd, e.mode)
+        if e.xattrs:
+            for path, reason in set_xattrs(fd, e, self.restore_owner, self._xattr_failures):
+                self.warnings.append((path, reason))
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
 
     def _setgid_dir(self, comps) -> bool:
@@ -369,6 +373,27 @@ class _FileWriter:
                 os.fstat(self.tree.dir_fd(comps[:-1])).st_mode & stat.S_ISGID
             )
         return flag
+
+
+def set_xattrs(fd: int, e: Entry, with_permissions: bool, seen: set):
+    """Put back ``e``'s extended attributes; yields (path, warning) for each kind of failure
+    not seen before (a target file system without them would otherwise warn on every file).
+    ACLs (``system.*``) and ``security.*``/``trusted.*`` (capabilities, labels) are
+    permissions: set only with ``with_permissions``; ``user.*`` always."""
+    for name, value in e.xattrs:
+        if not with_permissions and not name.startswith(b"user."):
+            continue
+        try:
+            os.setxattr(fd, name, value)
+        except OSError as exc:
+            key = (name, exc.errno or 0)
+            if key not in seen:
+                seen.add(key)
+                more = " (the same for other files is not repeated)"
+                yield (
+                    e.path,
+                    (f"extended attribute {os.fsdecode(name)} not restored: {exc.strerror}{more}"),
+                )
 
 
 def _writer_main(tasks, results, make_writer, cancel, forked: bool) -> None:
@@ -469,6 +494,8 @@ class _Restore:
         self.heads: dict[int, tuple[bytes, list[bytes], bytes]] = {}
         self.links: list[tuple[Entry, tuple[bytes, list[bytes], bytes]]] = []
         self.failed_paths: set[bytes] = set()
+        self.xattr_failures: set[tuple[bytes, int]] = set()
+        self.xattr_reasons: set[str] = set()
         self.dirs: list[tuple[list[bytes], Entry]] = []
         self.skip_under: list[bytes] = []
         self.cancelled = False
@@ -647,6 +674,10 @@ class _Restore:
         rep.bytes_done += r["progress"][0]
         rep.files_done += r["progress"][1]
         for path, reason in r["warnings"]:
+            if reason.startswith("extended attribute "):
+                if reason in self.xattr_reasons:
+                    continue  # another writer met it first
+                self.xattr_reasons.add(reason)
             self.warn(path, reason)
         for path, reason in r["failed"]:
             self.warn(path, reason, failed=True)
@@ -685,6 +716,9 @@ class _Restore:
             except PermissionError:
                 self.warn(e.path, "owner not restored: permission denied")
         os.fchmod(fd, e.mode)
+        if e.xattrs:  # (default ACLs of folders among them)
+            for path, reason in set_xattrs(fd, e, self.restore_owner, self.xattr_failures):
+                self.warn(path, reason)
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
 
     def _meta_link(self, name: bytes, dfd: int, e: Entry) -> None:

@@ -223,3 +223,43 @@ def test_a_store_that_forked_readers_cannot_share_restores_on_threads(memory_sto
     out = restored(tmp_path / "out", src)
     assert tree_snapshot(out) == tree_snapshot(src)
     assert os.stat(out / "hard").st_ino == os.stat(out / "d" / "f00").st_ino
+
+
+def _acl(*entries: tuple[int, int, int]) -> bytes:
+    """A POSIX ACL as the kernel stores it in ``system.posix_acl_access`` (version 2)."""
+    import struct
+
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+def test_it_restores_extended_attributes_and_acls(repo, tmp_path):
+    src = tmp_path / "src"
+    write_random(src / "doc.txt", 5000, 1)
+    (src / "shared").mkdir()
+    os.setxattr(src / "doc.txt", "user.origin", b"scanner 7")
+    os.setxattr(src / "shared", "user.project", b"apollo")
+    # owner rw, user 1234 read, group read, mask read, others nothing
+    acl = _acl((0x01, 6, 0xFFFFFFFF), (0x02, 4, 1234), (0x04, 4, 0xFFFFFFFF),
+               (0x10, 4, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF))  # fmt: skip
+    os.setxattr(src / "doc.txt", "system.posix_acl_access", acl)
+    os.setxattr(src / "shared", "system.posix_acl_default", acl)
+    first = backup(repo, src)
+    assert first.status == "completed", first.warnings[:3]
+
+    res = restore(repo, tmp_path / "out", restore_owner=True)
+    assert res.status == "completed", res.warnings[:3]
+    out = restored(tmp_path / "out", src)
+    assert os.getxattr(out / "doc.txt", "user.origin") == b"scanner 7"
+    assert os.getxattr(out / "shared", "user.project") == b"apollo"
+    assert os.getxattr(out / "doc.txt", "system.posix_acl_access") == acl
+    assert os.getxattr(out / "shared", "system.posix_acl_default") == acl
+    assert tree_snapshot(out) == tree_snapshot(src)
+
+    # a second, unchanged backup carries them over as they were
+    second = backup(repo, src)
+    assert second.files_unchanged == 1
+    res = restore(repo, tmp_path / "again", restore_owner=False)
+    out = restored(tmp_path / "again", src)
+    assert os.getxattr(out / "doc.txt", "user.origin") == b"scanner 7"
+    # permissions were not asked for: no ACL
+    assert "system.posix_acl_access" not in os.listxattr(out / "doc.txt")
