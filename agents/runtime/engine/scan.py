@@ -45,6 +45,7 @@ class Excluder:
         self.extensions = tuple(exts)
         self._name = re.compile(b"|".join(name_res)) if name_res else None
         self._path = re.compile(b"|".join(path_res)) if path_res else None
+        self.active = bool(exts or name_res or path_res)  # False: nothing is ever excluded
 
     def __call__(self, path: bytes, name: bytes) -> bool:
         if self.extensions and name.lower().endswith(self.extensions):
@@ -155,28 +156,29 @@ def _walk_tree(
     yield root, st
     if not stat.S_ISDIR(st.st_mode) or st.st_dev in pseudo:
         return
-    stack = [(root, iter(_listdir(root, warn)))]
     lstat, isdir = os.lstat, stat.S_ISDIR
+    rules = exclude.active
+    stack = [(join(root, b""), iter(_listdir(root, warn)))]
     while stack:
-        parent, names = stack[-1]
-        name = next(names, None)
-        if name is None:
+        prefix, names = stack[-1]
+        for name in names:
+            path = prefix + name
+            if rules and exclude(path, name):
+                continue
+            try:
+                st = lstat(path)
+            except FileNotFoundError:
+                warn(path, "vanished before it could be backed up")
+                continue
+            except OSError as exc:
+                warn(path, f"cannot read metadata: {exc.strerror}")
+                continue
+            yield path, st
+            if isdir(st.st_mode) and st.st_dev not in pseudo:
+                stack.append((path + b"/", iter(_listdir(path, warn))))
+                break  # its contents first (tree order), then the rest of this folder
+        else:
             stack.pop()
-            continue
-        path = join(parent, name)
-        if exclude(path, name):
-            continue
-        try:
-            st = lstat(path)
-        except FileNotFoundError:
-            warn(path, "vanished before it could be backed up")
-            continue
-        except OSError as exc:
-            warn(path, f"cannot read metadata: {exc.strerror}")
-            continue
-        yield path, st
-        if isdir(st.st_mode) and st.st_dev not in pseudo:
-            stack.append((path, iter(_listdir(path, warn))))
 
 
 class WalkAhead:
