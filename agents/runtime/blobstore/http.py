@@ -14,7 +14,9 @@ The token goes only in that header, never in a URL, so proxies and access logs n
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from urllib.parse import quote, urlsplit
@@ -42,9 +44,27 @@ _MESSAGES = {
 }
 
 
+_LIVE: weakref.WeakSet[HttpGrantStore] = weakref.WeakSet()
+
+
+def _own_sessions_in_child() -> None:
+    """After a fork the child must not share the parent's pooled connections (two processes
+    on one socket garble both): it forgets the inherited sessions and opens its own."""
+    for store in list(_LIVE):
+        store._local = threading.local()
+        store._sessions = []
+        store._sessions_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_own_sessions_in_child)
+
+
 class HttpGrantStore(BlobStore):
     """One container served by the portal. Each thread gets its own ``requests.Session``
-    (sessions are not documented as thread-safe); all of them are closed by ``close``."""
+    (sessions are not documented as thread-safe); all of them are closed by ``close``. A
+    forked child opens sessions of its own, so restores may read it from several processes."""
+
+    fork_safe_reads = True
 
     def __init__(
         self,
@@ -71,6 +91,7 @@ class HttpGrantStore(BlobStore):
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._sessions_lock = threading.Lock()
+        _LIVE.add(self)
 
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)

@@ -68,6 +68,7 @@ DEFAULT_PACK_SIZE = 16 << 20
 META_CHUNKER = ChunkerParams(min_size=16 << 10, avg_size=64 << 10, max_size=256 << 10)
 BATCH_FILES = 512
 BATCH_BYTES = 32 << 20
+BATCH_AGE = 1024  # entries walked: a few changed files among many unchanged ones go out early
 MAX_PENDING = 50_000
 
 
@@ -556,6 +557,8 @@ class _Backup:
         self.links: dict[tuple[int, int], _Pending] = {}
         self.batch: list = []
         self.batch_bytes = 0
+        self.batch_tick = 0
+        self.tick = 0
         self.outstanding = 0
         self.seq = 0
         self.task_id = 0
@@ -664,7 +667,7 @@ class _Backup:
     # -- the walk --------------------------------------------------------------------------
     def _walk(self) -> bool:
         rep, cancel = self.reporter, self.cancel
-        tick = 0
+        tick = 0  # (mirrored in self.tick for the batches' age)
         for path, st, problem in self.walker:
             if cancel.is_set():
                 return True
@@ -676,7 +679,12 @@ class _Backup:
                 self._changed(path, st, prev)
             rep.current = path
             tick += 1
-            if len(self.batch) >= BATCH_FILES or self.batch_bytes >= BATCH_BYTES:
+            self.tick = tick
+            if (
+                len(self.batch) >= BATCH_FILES
+                or self.batch_bytes >= BATCH_BYTES
+                or (self.batch and tick - self.batch_tick >= BATCH_AGE)
+            ):
                 self._submit()
             elif tick & 63:
                 continue  # per-entry polling costs a syscall each: look at results every 64
@@ -834,6 +842,8 @@ class _Backup:
             p = _Pending(entry, False)
             self.seq += 1
             self.inflight[self.seq] = p
+            if not self.batch:
+                self.batch_tick = self.tick
             self.batch.append((self.seq, entry.path, entry.size, entry.mtime_ns))
             self.batch_bytes += entry.size
             self.result.files_read += 1
