@@ -94,13 +94,15 @@ class BackupResult:
 
 
 class _Pending:
-    __slots__ = ("content", "done", "drop", "entry", "link_to", "same", "warning")
+    """A new or changed item on its way to the manifest (an unchanged one waits in the queue
+    as its previous ``Entry``)."""
 
-    def __init__(self, entry: Entry, done: bool, *, same: bool = False):
+    __slots__ = ("content", "done", "drop", "entry", "link_to", "warning")
+
+    def __init__(self, entry: Entry, done: bool):
         self.entry = entry
         self.done = done
         self.drop = False
-        self.same = same  # exactly as in the previous recovery point: written back as it was
         self.content: list[tuple[bytes, int]] = []
         self.link_to: _Pending | None = None
         self.warning: str | None = None
@@ -471,9 +473,10 @@ class _Workers:
     def get(self, timeout: float):
         if self.results._reader.poll(timeout):
             return self.results.get()
-        for p in self.procs:
-            if not p.is_alive() and p.exitcode not in (0, None):
-                raise EngineError(f"a backup worker process died (exit code {p.exitcode})")
+        if timeout:  # (a quick look between walked entries need not ask about the workers)
+            for p in self.procs:
+                if not p.is_alive() and p.exitcode not in (0, None):
+                    raise EngineError(f"a backup worker process died (exit code {p.exitcode})")
         return None
 
     def ask_to_finish(self) -> None:
@@ -669,7 +672,7 @@ class _Backup:
         rep, cancel = self.reporter, self.cancel
         tick = 0  # (mirrored in self.tick for the batches' age)
         for path, st, problem in self.walker:
-            if cancel.is_set():
+            if not tick & 63 and cancel.is_set():
                 return True
             if st is None:
                 self.warn(path, problem)
@@ -710,8 +713,8 @@ class _Backup:
             or prev.uid != st.st_uid
             or prev.gid != st.st_gid
             or not prev.encoded
-            or prev.user != self.names.user(st.st_uid)
-            or prev.group != self.names.group(st.st_gid)
+            or prev.user != (self.names.users.get(st.st_uid) or self.names.user(st.st_uid))
+            or prev.group != (self.names.groups.get(st.st_gid) or self.names.group(st.st_gid))
         ):
             return False
         mode, res = st.st_mode, self.result
@@ -719,7 +722,7 @@ class _Backup:
         if kind == FILE and stat.S_ISREG(mode):
             if st.st_nlink != 1 or prev.nlink != 1 or prev.size != st.st_size:
                 return False
-            packs = self._packs_of(prev.content)
+            packs = self.repo.index.packs_of(prev.content)
             if packs is None:
                 return False
             self.referenced.update(packs)
@@ -735,21 +738,8 @@ class _Backup:
             res.symlinks += 1  # (a link's target cannot change in place)
         else:
             return False
-        self.pending.append(_Pending(prev, True, same=True))
+        self.pending.append(prev)  # an Entry itself: written back as it was read
         return True
-
-    def _packs_of(self, content: list[tuple[bytes, int]]) -> list[int] | None:
-        """Pack numbers holding ``content`` (None when a chunk is no longer stored)."""
-        pack_of = self.repo.index.pack_of
-        packs = []
-        for cid, _ in content:
-            if cid == HOLE_ID:
-                continue
-            pack_no = pack_of(cid)
-            if pack_no is None:
-                return None
-            packs.append(pack_no)
-        return packs
 
     def _changed(self, path: bytes, st: os.stat_result, prev: Entry | None) -> None:
         """A new or changed item (or a hard link): build its entry anew."""
@@ -959,12 +949,20 @@ class _Backup:
     # -- entries out, in tree order ------------------------------------------------------------
     def _flush_ready(self) -> None:
         pending, meta, res = self.pending, self.meta, self.result
-        while pending and pending[0].done:
-            p = pending.popleft()
-            e = p.entry
-            if p.same:
-                meta.add_encoded(e.encoded)  # counted and referenced when it was queued
+        same: list[bytes] = []  # unchanged items (queued as their old Entry): bytes as read
+        while pending:
+            p = pending[0]
+            if type(p) is Entry:
+                pending.popleft()
+                same.append(p.encoded)  # counted and referenced when it was queued
                 continue
+            if not p.done:
+                break
+            if same:
+                meta.add_encoded(b"".join(same))
+                same = []
+            pending.popleft()
+            e = p.entry
             if p.link_to is not None:
                 if p.link_to.drop:
                     self.warn(e.path, "hard link to a file that could not be read; skipped")
@@ -981,6 +979,8 @@ class _Backup:
                 if cid != HOLE_ID:
                     self._reference(cid)
             meta.add(e)
+        if same:
+            meta.add_encoded(b"".join(same))
 
     def _reference(self, cid: bytes) -> None:
         pack_no = self.repo.index.pack_of(cid)

@@ -19,6 +19,7 @@ REC = struct.Struct("<32sIIII")
 RECSIZE = REC.size  # 48
 MAX_LOAD = 0.6
 DEAD_SIZE = 2**64 - 1
+HOLE = bytes(32)  # format.HOLE_ID: a sparse-file hole, never stored
 
 
 class ChunkIndex:
@@ -85,6 +86,29 @@ class ChunkIndex:
         if self._dead:
             return REC.unpack_from(self._recs, (s - 1) * RECSIZE)[1] not in self._dead
         return True
+
+    def packs_of(self, content) -> list[int] | None:
+        """Pack numbers of the chunks of ``content`` ((id, length) pairs; holes skipped), or
+        None as soon as one is not stored: ``pack_of`` for a whole file in one call."""
+        recs, slots, mask, dead = self._recs, self._slots, self._mask, self._dead
+        out = []
+        for chunk_id, _ in content:
+            if chunk_id == HOLE:
+                continue
+            h = int.from_bytes(chunk_id[:8], "little") & mask
+            while True:
+                s = slots[h]
+                if s == 0:
+                    return None
+                o = (s - 1) * RECSIZE
+                if recs[o : o + 32] == chunk_id:
+                    no = int.from_bytes(recs[o + 32 : o + 36], "little")
+                    if no in dead:
+                        return None
+                    out.append(no)
+                    break
+                h = (h + 1) & mask
+        return out
 
     def pack_of(self, chunk_id: bytes) -> int | None:
         """The live pack number holding the chunk, or None (``get`` without the rest)."""
