@@ -23,7 +23,7 @@ def _machine_group(user, machine_id: str) -> str | None:
     return f"machine.{machine.pk}"
 
 
-def find_machines(user, query: str, limit: int):
+def find_machines(user, query: str, limit: int, *, newest_first: bool = False):
     """Registered machines for global search, All resources and Home (portal.search)."""
     from django.db.models import Q
     from django.urls import reverse
@@ -38,6 +38,7 @@ def find_machines(user, query: str, limit: int):
     )
     if query:
         qs = qs.filter(Q(name__icontains=query) | Q(hostname__icontains=query))
+    qs = qs.order_by("-registered_at", "name") if newest_first else qs.order_by("name")
     return [
         search.Resource(
             kind="machine",
@@ -50,5 +51,5 @@ def find_machines(user, query: str, limit: int):
             created_at=m.registered_at,
             extra={"vault": m.vault.name},
         )
-        for m in qs.order_by("name")[:limit]
+        for m in qs[:limit]
     ]

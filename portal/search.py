@@ -5,23 +5,27 @@ Each app registers a finder per kind of resource it owns, usually in its
 
     from portal import search
 
-    def find_vaults(user, query, limit):
+    def find_vaults(user, query, limit, *, newest_first=False):
         qs = access.for_user(user, Vault).select_related("resource_group", "subscription")
         if query:
             qs = qs.filter(name__icontains=query)
+        qs = qs.order_by("-created_at", "name") if newest_first else qs.order_by("name")
         return [search.Resource(kind="vault", type_label="Recovery Services vault", ...) for v in qs[:limit]]
 
     search.register("vault", find_vaults, label="Recovery Services vaults", order=30)
 
 A finder gets the signed-in user, a (possibly empty) search text and a row limit, and
 returns ``Resource`` rows the user may see — it must restrict through ``portal.access``.
+Rows come by name; with ``newest_first=True`` (Home's recent list) the newest come first,
+so the limit keeps the newest rather than the alphabetically first.
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from django.urls import reverse
 
@@ -39,7 +43,10 @@ class Resource:
     extra: dict = field(default_factory=dict, compare=False)
 
 
-Finder = Callable[[object, str, int], Iterable[Resource]]
+class Finder(Protocol):
+    def __call__(
+        self, user, query: str, limit: int, *, newest_first: bool = False
+    ) -> Iterable[Resource]: ...
 
 
 @dataclass(frozen=True)
@@ -84,8 +91,14 @@ def grouped(user, query: str, *, per_kind: int = 5) -> list[tuple[Kind, list[Res
 
 
 def recent(user, *, limit: int = 8) -> list[Resource]:
-    """The newest resources of every kind, for Home."""
-    rows = find(user, "", limit=limit)
+    """The newest resources across all kinds, for Home.
+
+    Each kind gives its ``limit`` newest rows (one bounded query per kind); the newest
+    ``limit`` overall are among them.
+    """
+    rows: list[Resource] = []
+    for entry in kinds():
+        rows.extend(list(entry.finder(user, "", limit, newest_first=True))[:limit])
     far_past = datetime.datetime.min.replace(tzinfo=datetime.UTC)
     rows.sort(key=lambda r: r.created_at or far_past, reverse=True)
     return rows[:limit]
@@ -94,13 +107,16 @@ def recent(user, *, limit: int = 8) -> list[Resource]:
 # --- The portal's own kinds ---------------------------------------------------------------
 
 
-def _find_subscriptions(user, query: str, limit: int) -> list[Resource]:
+def _find_subscriptions(
+    user, query: str, limit: int, *, newest_first: bool = False
+) -> list[Resource]:
     from portal import access
     from portal.models import Subscription
 
     qs = access.for_user(user, Subscription)
     if query:
         qs = qs.filter(name__icontains=query)
+    qs = qs.order_by("-created_at", "name") if newest_first else qs.order_by("name")
     return [
         Resource(
             kind="subscription",
@@ -110,17 +126,20 @@ def _find_subscriptions(user, query: str, limit: int) -> list[Resource]:
             subscription=s.name,
             created_at=s.created_at,
         )
-        for s in qs.order_by("name")[:limit]
+        for s in qs[:limit]
     ]
 
 
-def _find_resource_groups(user, query: str, limit: int) -> list[Resource]:
+def _find_resource_groups(
+    user, query: str, limit: int, *, newest_first: bool = False
+) -> list[Resource]:
     from portal import access
     from portal.models import ResourceGroup
 
     qs = access.for_user(user, ResourceGroup).select_related("subscription")
     if query:
         qs = qs.filter(name__icontains=query)
+    qs = qs.order_by("-created_at", "name") if newest_first else qs.order_by("name")
     return [
         Resource(
             kind="resource_group",
@@ -131,7 +150,7 @@ def _find_resource_groups(user, query: str, limit: int) -> list[Resource]:
             location=g.location,
             created_at=g.created_at,
         )
-        for g in qs.order_by("name")[:limit]
+        for g in qs[:limit]
     ]
 
 

@@ -26,7 +26,7 @@ def _vault_group(user, vault_id: str) -> str | None:
     return group_for_vault(vault.pk)
 
 
-def find_vaults(user, query: str, limit: int):
+def find_vaults(user, query: str, limit: int, *, newest_first: bool = False):
     """Vaults for global search, All resources and Home (portal.search's registry)."""
     from django.urls import reverse
 
@@ -36,6 +36,7 @@ def find_vaults(user, query: str, limit: int):
     qs = access.for_user(user, Vault).select_related("subscription", "resource_group")
     if query:
         qs = qs.filter(name__icontains=query)
+    qs = qs.order_by("-created_at", "name") if newest_first else qs.order_by("name")
     return [
         search.Resource(
             kind="vault",
@@ -51,5 +52,5 @@ def find_vaults(user, query: str, limit: int):
             location=v.location,
             created_at=v.created_at,
         )
-        for v in qs.order_by("name")[:limit]
+        for v in qs[:limit]
     ]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from portal import search, services
+from portal.models import ResourceGroup
 from tests.portal.conftest import client_for
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
@@ -16,7 +20,7 @@ def machines_registered(monkeypatch, subscription):
     """A stand-in for what the agents app registers: it sees the user's subscription."""
     monkeypatch.setattr(search, "_kinds", dict(search._kinds))
 
-    def find_machines(user, query, limit):
+    def find_machines(user, query, limit, *, newest_first=False):
         from portal import access
 
         if not access.role_in(user, subscription.pk):
@@ -107,3 +111,24 @@ def test_all_resources_uses_few_queries(alice, subscription, django_assert_max_n
     client = client_for(alice)
     with django_assert_max_num_queries(12):
         assert client.get(reverse("portal:resources")).status_code == 200
+
+
+def test_home_lists_the_newest_resources_even_when_their_names_sort_last(
+    alice, subscription, django_assert_max_num_queries
+):
+    old = timezone.now() - timedelta(days=30)
+    for n in range(10):
+        group = services.resource_group_create(
+            subscription=subscription, name=f"rg-a{n}", location="UK South"
+        )
+        ResourceGroup.objects.filter(pk=group.pk).update(created_at=old + timedelta(hours=n))
+    services.resource_group_create(subscription=subscription, name="rg-zulu", location="UK South")
+
+    page = client_for(alice).get(reverse("portal:home")).content.decode()
+    recent = page[page.index('class="card recent"') :]
+    assert "rg-zulu" in recent and "Contoso" in recent
+    assert "rg-a9" in recent and "rg-a0<" not in recent  # the oldest make way
+    assert recent.index("rg-zulu") < recent.index("rg-a9")
+    # One bounded query per kind, however many rows there are.
+    with django_assert_max_num_queries(len(search.kinds())):
+        assert len(search.recent(alice, limit=8)) == 8
