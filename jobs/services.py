@@ -11,6 +11,7 @@ from datetime import date, datetime, timedelta
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
@@ -776,36 +777,94 @@ def _alerts_after_job(job: Job, *, now) -> None:
 
 
 def alerts_check_stale(*, now: datetime | None = None) -> int:
-    """Warn about machines with a policy but no successful backup for N days."""
+    """Warn about machines with a policy but no successful backup for N days.
+
+    A fixed number of queries however many policies: one finds the stale machines, one
+    their open alerts, one counts those again, one creates the rest, and one counts the
+    alerts of the vaults concerned, whose summaries are pushed once each.
+    """
     now = now or timezone.now()
     days = settings.HAVEN_ALERT_NO_BACKUP_DAYS
     since = now - timedelta(days=days)
-    raised = 0
-    for policy in BackupPolicy.objects.select_related("machine", "machine__vault").filter(
-        machine__unregistered_at__isnull=True
-    ):
-        machine = policy.machine
-        started = min(policy.scheduled_through or now, machine.registered_at or now)
-        if started > since:
-            continue  # too new to judge
-        ok = Job.objects.filter(
-            machine=machine,
-            operation=Job.Operation.BACKUP,
-            status__in=(Job.Status.COMPLETED, Job.Status.WARNING),
-            ended_at__gte=since,
-        ).exists()
-        if ok:
+    backed_up = Job.objects.filter(
+        machine_id=OuterRef("machine_id"),
+        operation=Job.Operation.BACKUP,
+        status__in=(Job.Status.COMPLETED, Job.Status.WARNING),
+        ended_at__gte=since,
+    )
+    policies = BackupPolicy.objects.select_related("machine", "machine__vault").filter(
+        ~Exists(backed_up), machine__unregistered_at__isnull=True
+    )
+    stale = [
+        policy.machine
+        for policy in policies
+        # Newer than N days: too new to judge.
+        if min(policy.scheduled_through or now, policy.machine.registered_at or now) <= since
+    ]
+    if not stale:
+        return 0
+    try:
+        with transaction.atomic():
+            _raise_no_recent_backup(stale, days=days, now=now)
+    except IntegrityError:
+        # A concurrent check raised some of these first: one at a time, as alert_raise
+        # counts an alert that is already open.
+        for machine in stale:
+            alert_raise(
+                vault=machine.vault,
+                machine=machine,
+                kind=Alert.Kind.NO_RECENT_BACKUP,
+                severity=Alert.Severity.WARNING,
+                message=_no_recent_backup_message(machine, days),
+                now=now,
+            )
+    return len(stale)
+
+
+def _no_recent_backup_message(machine, days: int) -> str:
+    return f"{machine.name} has had no successful backup for {days} days."
+
+
+def _raise_no_recent_backup(machines: list, *, days: int, now: datetime) -> None:
+    """alert_raise for many machines at once: count open alerts again, create the rest."""
+    from jobs import selectors
+
+    kind = Alert.Kind.NO_RECENT_BACKUP
+    open_alerts = {
+        alert.machine_id: alert
+        for alert in Alert.objects.filter(machine__in=machines, kind=kind, resolved_at__isnull=True)
+    }
+    again, new = [], []
+    for machine in machines:
+        message = _no_recent_backup_message(machine, days)
+        alert = open_alerts.get(machine.pk)
+        if alert is None:
+            new.append(
+                Alert(
+                    vault=machine.vault,
+                    machine=machine,
+                    kind=kind,
+                    severity=Alert.Severity.WARNING,
+                    message=message,
+                )
+            )
             continue
-        alert_raise(
-            vault=machine.vault,
-            machine=machine,
-            kind=Alert.Kind.NO_RECENT_BACKUP,
-            severity=Alert.Severity.WARNING,
-            message=f"{machine.name} has had no successful backup for {days} days.",
-            now=now,
-        )
-        raised += 1
-    return raised
+        alert.occurrences += 1
+        alert.last_raised_at = now
+        alert.message = message
+        alert.job = None
+        again.append(alert)
+    if again:
+        Alert.objects.bulk_update(again, ["occurrences", "last_raised_at", "message", "job"])
+    if new:
+        created = Alert.objects.bulk_create(new)
+        if settings.HAVEN_ALERT_EMAIL == "each":
+            alert_ids = [alert.pk for alert in created]
+            transaction.on_commit(lambda: alert_email_send(alert_ids=alert_ids))
+    vaults = {machine.vault_id: machine.vault for machine in machines}
+    counts = selectors.alert_counts_by_vault(list(vaults))
+    for vault_id, vault in vaults.items():
+        _publish_alerts(vault, counts=counts[vault_id])
 
 
 def _alert_recipients(vault) -> list[str]:
@@ -889,13 +948,14 @@ def job_publish(job: Job) -> None:
     realtime.publish(vault_group(job.vault_id), render_to_string("jobs/_job_row.html", context))
 
 
-def _publish_alerts(vault) -> None:
+def _publish_alerts(vault, *, counts: dict | None = None) -> None:
     from jobs import selectors
     from portal import realtime
 
+    if counts is None:
+        counts = selectors.alert_counts(vault)
     html = render_to_string(
-        "jobs/_alert_summary.html",
-        {"vault": vault, "alert_counts": selectors.alert_counts(vault), "oob": True},
+        "jobs/_alert_summary.html", {"vault": vault, "alert_counts": counts, "oob": True}
     )
     realtime.publish(vault_group(vault.pk), html)
 

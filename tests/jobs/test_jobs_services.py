@@ -254,6 +254,82 @@ def test_no_recent_backup_raises_a_warning(machine, policy, settings):
     assert alert.kind == "no_recent_backup" and alert.severity == "warning"
 
 
+def test_the_stale_check_takes_a_few_queries_however_many_policies(
+    vault,
+    alice,
+    pushes,
+    settings,
+    django_assert_max_num_queries,
+    django_capture_on_commit_callbacks,
+):
+    from tests.jobs.conftest import spec
+    from tests.support import builders
+
+    settings.HAVEN_ALERT_NO_BACKUP_DAYS = 2
+    later = timezone.now() + timedelta(days=3)
+    other_vault = builders.make_vault(resource_group=vault.resource_group, name="vault-two")
+    stale = [make_machine(v, f"stale-{n}") for n in range(3) for v in (vault, other_vault)]
+    backed_up = make_machine(vault, "backed-up")
+    too_new = make_machine(vault, "too-new")
+    gone = make_machine(vault, "gone")
+    for machine in [*stale, backed_up, too_new, gone]:
+        services.policy_save(machine=machine, spec=spec(), user=alice)
+    Job.objects.create(
+        vault=vault,
+        machine=backed_up,
+        operation=Job.Operation.BACKUP,
+        status=Job.Status.WARNING,
+        ended_at=later - timedelta(days=1),
+    )
+    # Registered and given its policy hours before the check: too new to judge.
+    type(too_new).objects.filter(pk=too_new.pk).update(registered_at=later - timedelta(hours=6))
+    type(too_new.backup_policy).objects.filter(machine=too_new).update(
+        scheduled_through=later - timedelta(hours=6)
+    )
+    type(gone).objects.filter(pk=gone.pk).update(unregistered_at=timezone.now())
+
+    # (The mails go after commit, outside the count.)
+    with django_capture_on_commit_callbacks(execute=True), django_assert_max_num_queries(8):
+        assert services.alerts_check_stale(now=later) == 6
+    alerts = Alert.objects.filter(kind="no_recent_backup")
+    assert sorted(a.machine.name for a in alerts) == sorted(m.name for m in stale)
+    assert {(a.severity, a.occurrences) for a in alerts} == {("warning", 1)}
+    assert (
+        alerts.get(machine=stale[0]).message == "stale-0 has had no successful backup for 2 days."
+    )
+    assert len(mail.outbox) == 6  # one mail per new alert
+    # Each vault's alert summary is pushed with its final counts.
+    summaries = {group: html for group, html in pushes if "alert-summary" in html}
+    assert set(summaries) == {f"vault.{vault.pk}", f"vault.{other_vault.pk}"}
+    assert "3 Warning" in summaries[f"vault.{vault.pk}"]
+
+    # The next check counts the same alerts again: no new ones, no new mail.
+    with django_assert_max_num_queries(8):
+        assert services.alerts_check_stale(now=later + timedelta(hours=1)) == 6
+    assert {a.occurrences for a in alerts.all()} == {2} and alerts.count() == 6
+    assert len(mail.outbox) == 6
+
+
+def test_the_stale_check_survives_an_alert_raised_meanwhile(machine, policy, settings, monkeypatch):
+    settings.HAVEN_ALERT_NO_BACKUP_DAYS = 2
+    create = Alert.objects.bulk_create
+
+    def another_check_first(alerts, **kwargs):
+        services.alert_raise(
+            vault=machine.vault,
+            machine=machine,
+            kind="no_recent_backup",
+            severity="warning",
+            message="raised meanwhile",
+        )
+        return create(alerts, **kwargs)
+
+    monkeypatch.setattr(Alert.objects, "bulk_create", another_check_first)
+    assert services.alerts_check_stale(now=timezone.now() + timedelta(days=3)) == 1
+    alert = Alert.objects.get(machine=machine, resolved_at__isnull=True)
+    assert alert.message == "web-01 has had no successful backup for 2 days."
+
+
 def test_hourly_digest_mails_each_recipient_once(machine, policy, settings):
     settings.HAVEN_ALERT_EMAIL = "digest"
     finish(services.backup_start(machine=machine), status="failed", error="x")
