@@ -22,8 +22,8 @@ from portal.models import Role
 from vaults.models import Vault
 
 
-def _can_manage(user, machine: Machine) -> bool:
-    return access.has_role(user, machine.vault.subscription_id, Role.CONTRIBUTOR)
+def _at_least(role: str, needed: str) -> bool:
+    return Role.rank(role) >= Role.rank(needed)
 
 
 @login_required
@@ -52,7 +52,7 @@ def machine_list(request):
 @require_GET
 def vault_servers(request, vault_id):
     """Backup Infrastructure › Protected servers of one vault."""
-    vault = access.get_for_user(request.user, Vault, pk=vault_id)
+    vault, role = access.get_with_role(request.user, Vault, pk=vault_id)
     machines = selectors.machines_for_user(request.user, vault=vault)
     return render(
         request,
@@ -63,12 +63,8 @@ def vault_servers(request, vault_id):
             "machines": machines,
             "agent_version": __version__,
             "offline_after": int(OFFLINE_AFTER.total_seconds()),
-            "can_contribute": access.has_role(
-                request.user, vault.subscription_id, Role.CONTRIBUTOR
-            ),
-            "can_operate": access.has_role(
-                request.user, vault.subscription_id, Role.BACKUP_OPERATOR
-            ),
+            "can_contribute": _at_least(role, Role.CONTRIBUTOR),
+            "can_operate": _at_least(role, Role.BACKUP_OPERATOR),
         },
     )
 
@@ -76,18 +72,17 @@ def vault_servers(request, vault_id):
 @login_required
 @require_GET
 def machine_detail(request, machine_id):
-    machine = access.get_for_user(
+    machine, role = access.get_with_role(
         request.user, Machine.objects.select_related("vault", "vault__subscription"), pk=machine_id
     )
-    subscription_id = machine.vault.subscription_id
     return render(
         request,
         "agents/machine_detail.html",
         {
             "machine": machine,
             "vault": machine.vault,
-            "can_manage": _can_manage(request.user, machine),
-            "can_operate": access.has_role(request.user, subscription_id, Role.BACKUP_OPERATOR),
+            "can_manage": _at_least(role, Role.CONTRIBUTOR),
+            "can_operate": _at_least(role, Role.BACKUP_OPERATOR),
             "agent_version": __version__,
             "offline_after": int(OFFLINE_AFTER.total_seconds()),
             "last_backup_at": selectors.last_backup_at(machine),

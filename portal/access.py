@@ -83,6 +83,12 @@ def get_for_user(user, queryset_or_model, *, role: str = Role.READER, **lookup):
     The model names the path to its subscription in ``subscription_path`` (for example
     ``"resource_group__subscription"`` on a vault).
     """
+    return get_with_role(user, queryset_or_model, role=role, **lookup)[0]
+
+
+def get_with_role(user, queryset_or_model, *, role: str = Role.READER, **lookup):
+    """``get_for_user``, also returning the user's role there, for pages whose buttons
+    depend on it (so they need not look it up again)."""
     qs = _queryset(queryset_or_model)
     path = getattr(qs.model, "subscription_path", None)
     if path is None:
@@ -95,8 +101,7 @@ def get_for_user(user, queryset_or_model, *, role: str = Role.READER, **lookup):
     *hops, last = path.split("__")
     for hop in hops:
         target = getattr(target, hop)
-    check_role(user, getattr(target, f"{last}_id"), role)
-    return obj
+    return obj, check_role(user, getattr(target, f"{last}_id"), role)
 
 
 def _queryset(queryset_or_model) -> models.QuerySet:

@@ -101,6 +101,34 @@ def test_a_reader_sees_but_cannot_rename_or_unregister(client, member, machines)
     assert machine.name == "web-01" and machine.unregistered_at is None
 
 
+def role_lookups(queries) -> int:
+    return sum('SELECT "portal_membership"."role"' in q["sql"] for q in queries)
+
+
+@pytest.mark.parametrize(
+    ("role", "operate", "manage"),
+    [
+        (Role.BACKUP_OPERATOR, True, False),
+        (Role.CONTRIBUTOR, True, True),
+        (Role.READER, False, False),
+    ],
+)
+def test_machine_pages_look_the_role_up_once(
+    client, member, vault, machines, role, operate, manage
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client.force_login(member(role))
+    with CaptureQueriesContext(connection) as detail:
+        html = client.get(f"/machines/{machines[0].pk}/").content.decode()
+    assert ('data-action="backup-now"' in html) is operate and ("Unregister" in html) is manage
+    with CaptureQueriesContext(connection) as servers:
+        assert client.get(f"/machines/vault/{vault.pk}/").status_code == 200
+    assert role_lookups(detail.captured_queries) == 1
+    assert role_lookups(servers.captured_queries) == 1
+
+
 def test_rename_keeps_names_unique(client, member, machines):
     client.force_login(member(Role.CONTRIBUTOR))
     web, _db, _gone = machines
