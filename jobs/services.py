@@ -250,14 +250,20 @@ def _clean_progress(event: dict) -> dict:
 
 
 def job_mark_started(*, job: Job, now: datetime | None = None) -> Job:
-    now = now or timezone.now()
-    if job.status in (Job.Status.QUEUED, Job.Status.WAITING):
-        job.status = Job.Status.RUNNING
-        job.started_at = now
-        job.last_report_at = now
-        job.save(update_fields=["status", "started_at", "last_report_at"])
+    if _mark_running(job, now or timezone.now()):
         job_publish(job)
     return job
+
+
+def _mark_running(job: Job, now: datetime) -> bool:
+    """A queued or waiting job becomes running; returns whether it changed."""
+    if job.status not in (Job.Status.QUEUED, Job.Status.WAITING):
+        return False
+    job.status = Job.Status.RUNNING
+    job.started_at = now
+    job.last_report_at = now
+    job.save(update_fields=["status", "started_at", "last_report_at"])
+    return True
 
 
 def job_record_progress(*, job: Job, event: dict, now: datetime | None = None) -> bool:
@@ -266,7 +272,9 @@ def job_record_progress(*, job: Job, event: dict, now: datetime | None = None) -
     if job.status not in Job.ACTIVE:
         return True
     if job.status != Job.Status.RUNNING:
-        job_mark_started(job=job, now=now)
+        # A report before (or without) a start report starts the job: the one push below
+        # shows both.
+        _mark_running(job, now)
     job.progress = _clean_progress(event)
     job.bytes_transferred = int(job.progress.get("stored_bytes") or 0)
     job.last_report_at = now

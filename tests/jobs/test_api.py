@@ -79,6 +79,20 @@ def test_start_progress_result_round_trip(agent, job):
     assert RecoveryPoint.objects.get(job=job).pack_ids == ["aa" * 16]
 
 
+def test_the_first_progress_report_is_pushed_once(
+    agent, job, pushes, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        agent.post(f"{job.pk}/progress/", {"phase": "backing_up", "files_done": 3})
+    groups = [group for group, _ in pushes]
+    assert sorted(groups) == sorted([f"job.{job.pk}", f"vault.{job.vault_id}"])
+    # That one push shows the job running, with the progress.
+    html = dict(pushes)[f"job.{job.pk}"]
+    assert 'data-status="running"' in html and 'data-field="files">3<' in html
+    job.refresh_from_db()
+    assert job.status == Job.Status.RUNNING and job.progress["files_done"] == 3
+
+
 def test_the_progress_answer_carries_the_cancel(agent, job, alice):
     agent.post(f"{job.pk}/start/")
     services.job_cancel(job=Job.objects.get(pk=job.pk), user=alice)
