@@ -3,13 +3,15 @@
 Every agent endpoint is wrapped in ``machine_api``: it resolves the token to a live
 machine (``request.machine``), refuses revoked tokens and unregistered machines, and
 rate-limits each machine. Endpoints that name a vault or a job must still check that it
-belongs to ``request.machine`` (``require_own``).
+belongs to ``request.machine`` (``require_own``). Bodies are read with ``json_body`` and
+errors answered with ``api_error``, the same way on every agent endpoint.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import secrets
 import time
 
@@ -73,6 +75,18 @@ def _rate_limited(machine: Machine) -> bool:
         cache.set(key, 1, timeout=120)
         count = 1
     return count > RATE_LIMIT_PER_MINUTE
+
+
+def json_body(request, *, max_bytes: int) -> dict | None:
+    """The request's JSON object (``{}`` for no body), or None when it is larger than
+    ``max_bytes``, not JSON, or not an object."""
+    if len(request.body) > max_bytes:
+        return None
+    try:
+        data = json.loads(request.body or b"{}")
+    except ValueError:  # UnicodeDecodeError included
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def api_error(status: int, code: str, message: str) -> JsonResponse:

@@ -7,7 +7,6 @@ endpoint but ``identity`` and ``register`` needs the machine's bearer token
 
 from __future__ import annotations
 
-import json
 import time
 
 from django.core.cache import cache
@@ -17,22 +16,12 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from agents import services
-from agents.api_auth import api_error, machine_api
+from agents.api_auth import api_error, json_body, machine_api
 from agents.runtime.version import __version__
 from portal import signing
 
 REGISTER_LIMIT_PER_MINUTE = 30
 MAX_BODY = 256 * 1024
-
-
-def _body(request) -> dict | None:
-    if len(request.body) > MAX_BODY:
-        return None
-    try:
-        data = json.loads(request.body or b"{}")
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _own_vault(request, data: dict) -> JsonResponse | None:
@@ -71,7 +60,7 @@ def _register_rate_limited(request) -> bool:
 def register(request):
     if _register_rate_limited(request):
         return api_error(429, "rate_limited", "Too many registrations from this address.")
-    data = _body(request)
+    data = json_body(request, max_bytes=MAX_BODY)
     if data is None or not isinstance(data.get("credentials"), str):
         return api_error(400, "malformed", "Send JSON with the vault credentials file's text.")
     try:
@@ -95,7 +84,7 @@ def register(request):
 @require_POST
 @machine_api
 def heartbeat(request):
-    data = _body(request)
+    data = json_body(request, max_bytes=MAX_BODY)
     if data is None:
         return api_error(400, "malformed", "Send a JSON object.")
     refused = _own_vault(request, data)
@@ -120,7 +109,7 @@ def heartbeat(request):
 @require_POST
 @machine_api
 def grant(request):
-    data = _body(request)
+    data = json_body(request, max_bytes=MAX_BODY)
     if data is None:
         return api_error(400, "malformed", "Send a JSON object.")
     refused = _own_vault(request, data)
@@ -136,7 +125,7 @@ def grant(request):
 @require_POST
 @machine_api
 def unregister(request):
-    data = _body(request) or {}
+    data = json_body(request, max_bytes=MAX_BODY) or {}
     refused = _own_vault(request, data)
     if refused:
         return refused

@@ -4,27 +4,15 @@ start, progress and the result. Every endpoint authenticates the machine
 
 from __future__ import annotations
 
-import json
-
 from django.conf import settings
 from django.http import JsonResponse
 from django.views.decorators.http import require_GET, require_POST
 
-from agents.api_auth import api_error, machine_api, require_own
+from agents.api_auth import api_error, json_body, machine_api, require_own
 from jobs import services
 from jobs.models import BackupPolicy, Job
 
 MAX_BODY = 2 * 1024 * 1024
-
-
-def _body(request) -> dict | None:
-    if len(request.body) > MAX_BODY:
-        return None
-    try:
-        data = json.loads(request.body or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _load(request, job_id):
@@ -85,7 +73,7 @@ def job_progress(request, job_id):
     job, error = _load(request, job_id)
     if error:
         return error
-    event = _body(request)
+    event = json_body(request, max_bytes=MAX_BODY)
     if event is None:
         return api_error(400, "bad_request", "The progress report is not a JSON object.")
     cancel = services.job_record_progress(job=job, event=event)
@@ -98,7 +86,7 @@ def job_result(request, job_id):
     job, error = _load(request, job_id)
     if error:
         return error
-    data = _body(request)
+    data = json_body(request, max_bytes=MAX_BODY)
     if data is None:
         return api_error(400, "bad_request", "The result is not a JSON object.")
     status = data.get("status")
@@ -139,7 +127,7 @@ def policy_detail(request):
 @machine_api
 @require_POST
 def policy_applied(request):
-    data = _body(request)
+    data = json_body(request, max_bytes=MAX_BODY)
     if data is None:
         return api_error(400, "bad_request", "Send a JSON object.")
     policy = BackupPolicy.objects.filter(machine=request.machine).first()

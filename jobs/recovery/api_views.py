@@ -4,32 +4,20 @@ authenticates the machine (``machine_api``)."""
 
 from __future__ import annotations
 
-import json
-
 from django.http import JsonResponse
 from django.views.decorators.http import require_POST
 
-from agents.api_auth import api_error, machine_api
+from agents.api_auth import api_error, json_body, machine_api
 from jobs.models import Job
 from jobs.recovery import services
 
 MAX_ANSWER = 8 * 1024 * 1024
 
 
-def _body(request) -> dict | None:
-    if len(request.body) > MAX_ANSWER:
-        return None
-    try:
-        data = json.loads(request.body or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 @machine_api
 @require_POST
 def grant(request):
-    data = _body(request)
+    data = json_body(request, max_bytes=MAX_ANSWER)
     if data is None or not str(data.get("source_machine") or ""):
         return api_error(400, "bad_request", "Name the source machine (source_machine).")
     try:
@@ -46,7 +34,7 @@ def grant(request):
 @machine_api
 @require_POST
 def answer(request, request_id):
-    data = _body(request)
+    data = json_body(request, max_bytes=MAX_ANSWER)
     if data is None:
         return api_error(400, "bad_request", "The answer is not a JSON object (or too large).")
     if not services.answer_store(machine=request.machine, request_id=request_id, body=data):
