@@ -43,6 +43,22 @@ def slow_link(monkeypatch, seconds: float = 0.05) -> None:
         monkeypatch.setattr(cls, "get_range", get_range)
 
 
+def after_files_restored(monkeypatch, count: int, action) -> None:
+    """Run ``action()`` once, in the calling process, when the restore's progress first shows
+    ``count`` files done (the person presses Ctrl-C or Cancel then)."""
+    from agents.runtime.engine.progress import Reporter
+
+    original = Reporter.emit
+
+    def emit(self, *, force=False):
+        if self.files_done >= count and not getattr(self, "acted", False):
+            self.acted = True
+            action()
+        return original(self, force=force)
+
+    monkeypatch.setattr(Reporter, "emit", emit)
+
+
 def restore(repo, target, **kw):
     kw.setdefault("recovery_point", "latest")
     return run_restore(repo, target=target, **kw)

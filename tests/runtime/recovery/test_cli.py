@@ -10,10 +10,9 @@ import stat
 
 import pytest
 
-from agents.runtime.engine.progress import Reporter
 from agents.runtime.engine.repository import pack_blob_name
 from agents.runtime.recovery import cli
-from tests.runtime.engine.helpers import pack_of_file, slow_link
+from tests.runtime.engine.helpers import after_files_restored, pack_of_file, slow_link
 from tests.runtime.recovery.conftest import (
     OTHER_ID,
     OTHER_PASSPHRASE,
@@ -212,15 +211,7 @@ def test_ctrl_c_cancels_and_keeps_the_finished_files(repo, tmp_path, monkeypatch
         write_random(data / f"f{i:02}", 100_000, i)
     backup(repo, data, pack_size=64 * 1024)
     slow_link(monkeypatch)
-    original = Reporter.emit
-
-    def emit(self, *, force=False):
-        if self.files_done >= 2 and not getattr(self, "pressed", False):
-            self.pressed = True
-            _thread.interrupt_main()  # a few files in, the person presses Ctrl-C
-        return original(self, force=force)
-
-    monkeypatch.setattr(Reporter, "emit", emit)
+    after_files_restored(monkeypatch, 2, _thread.interrupt_main)  # the person presses Ctrl-C
     target = tmp_path / "restore"
     assert run("restore", "latest", data, "--target", target) == 130
     captured = capsys.readouterr()

@@ -12,7 +12,7 @@ from agents.runtime import config
 from agents.runtime.engine.repository import ChunkReader
 from agents.runtime.recovery import tasks
 from agents.runtime.tasks import REGISTRY, AgentContext
-from tests.runtime.engine.helpers import pack_of_file, slow_link
+from tests.runtime.engine.helpers import after_files_restored, pack_of_file, slow_link
 from tests.runtime.recovery.conftest import (
     OTHER_ID,
     OTHER_PASSPHRASE,
@@ -150,7 +150,6 @@ def test_the_portals_cancel_stops_the_restore_and_keeps_finished_files(
 
 
 def test_the_cancel_task_reaches_a_running_restore(ctx, fake, repo, tmp_path, monkeypatch):
-    from agents.runtime.engine.progress import Reporter
     from agents.runtime.jobs.tasks import cancel
 
     data = tmp_path / "many"
@@ -158,16 +157,10 @@ def test_the_cancel_task_reaches_a_running_restore(ctx, fake, repo, tmp_path, mo
         write_random(data / f"f{i:02}", 100_000, i)
     backup(repo, data, pack_size=64 * 1024)
     slow_link(monkeypatch)
-    original = Reporter.emit
-
-    def emit(self, *, force=False):
-        if self.files_done >= 2 and not getattr(self, "pressed", False):
-            self.pressed = True
-            assert cancel(ctx, job_id=JOB) == {"cancelled": True}
-        return original(self, force=force)
-
-    monkeypatch.setattr(Reporter, "emit", emit)
+    answers = []
+    after_files_restored(monkeypatch, 2, lambda: answers.append(cancel(ctx, job_id=JOB)))
     payload = _restore(ctx, paths=[str(data)], target=str(tmp_path / "r"))
+    assert answers == [{"cancelled": True}]
     assert payload["status"] == "cancelled"
 
 

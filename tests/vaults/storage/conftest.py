@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -52,3 +53,18 @@ def azure_container(azure_storage, container_name):
     account.create_container(container_name)
     yield container_name
     account.delete_container(container_name)
+
+
+@pytest.fixture
+def grant_store(served, local_container):
+    """The portal's storage endpoint through a one-hour read-write-delete grant."""
+    from agents.runtime.blobstore import open_grant
+    from agents.runtime.blobstore.http import HttpGrantStore
+
+    grant = primary_account().issue_grant(
+        local_container, expires_at=datetime.now(UTC) + timedelta(hours=1), permissions="rcwld"
+    )
+    store = open_grant(grant)
+    assert isinstance(store, HttpGrantStore)
+    yield store
+    store.close()

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 import pytest
 
-from agents.runtime.blobstore import open_grant
-from agents.runtime.blobstore.http import HttpGrantStore
 from tests.runtime.blobstore.conformance import BlobStoreContract
-from vaults.storage import primary_account
 
 pytestmark = pytest.mark.urls("tests.vaults.storage.urls")
 
 
 @pytest.fixture
-def store(served, local_container):
-    grant = primary_account().issue_grant(
-        local_container, expires_at=datetime.now(UTC) + timedelta(hours=1), permissions="rcwld"
-    )
-    store = open_grant(grant)
-    assert isinstance(store, HttpGrantStore)
-    yield store
-    store.close()
+def store(grant_store):
+    return grant_store
 
 
 class TestHttpConformance(BlobStoreContract):

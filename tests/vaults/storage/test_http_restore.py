@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
-from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agents.runtime.blobstore import open_grant
-from agents.runtime.blobstore.http import HttpGrantStore
 from agents.runtime.engine import Repository, run_backup, run_restore
 from tests.runtime.engine.conftest import (
     FAST_KDF,
@@ -18,20 +15,13 @@ from tests.runtime.engine.conftest import (
     tree_snapshot,
     write_random,
 )
-from vaults.storage import primary_account
 
 pytestmark = pytest.mark.urls("tests.vaults.storage.urls")
 
 
 @pytest.fixture
-def store(served, local_container):
-    grant = primary_account().issue_grant(
-        local_container, expires_at=datetime.now(UTC) + timedelta(hours=1), permissions="rcwld"
-    )
-    store = open_grant(grant)
-    assert isinstance(store, HttpGrantStore)
-    yield store
-    store.close()
+def store(grant_store):
+    return grant_store
 
 
 def _child_session_is_new(store, parent_session_id, out) -> None:
