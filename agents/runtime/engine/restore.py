@@ -350,7 +350,7 @@ class _FileWriter:
 
     def _meta(self, fd: int, e: Entry, comps, chmod: bool) -> None:
         if self.restore_owner:
-            uid, gid = _uid(e.user, e.uid), _gid(e.group, e.gid)
+            uid, gid = owner_of(e)
             if uid != self.euid or gid != self.egid or self._setgid_dir(comps):
                 try:
                     os.fchown(fd, uid, gid)
@@ -705,14 +705,10 @@ class _Restore:
             self._take_report(w.report())
 
     # -- metadata ----------------------------------------------------------------------------
-    def _owner(self, e: Entry) -> tuple[int, int]:
-        """By name when this machine knows the name, else the stored number."""
-        return _uid(e.user, e.uid), _gid(e.group, e.gid)
-
     def _meta_fd(self, fd: int, e: Entry) -> None:
         if self.restore_owner:
             try:
-                os.fchown(fd, *self._owner(e))
+                os.fchown(fd, *owner_of(e))
             except PermissionError:
                 self.warn(e.path, "owner not restored: permission denied")
         os.fchmod(fd, e.mode)
@@ -724,7 +720,7 @@ class _Restore:
     def _meta_link(self, name: bytes, dfd: int, e: Entry) -> None:
         if self.restore_owner:
             try:
-                os.chown(name, *self._owner(e), dir_fd=dfd, follow_symlinks=False)
+                os.chown(name, *owner_of(e), dir_fd=dfd, follow_symlinks=False)
             except PermissionError:
                 self.warn(e.path, "owner not restored: permission denied")
         os.utime(name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=dfd, follow_symlinks=False)
@@ -742,6 +738,11 @@ class _Restore:
                 self.warn(e.path, f"folder metadata not restored: {exc.strerror}")
             finally:
                 os.close(fd)
+
+
+def owner_of(e: Entry) -> tuple[int, int]:
+    """By name when this machine knows the name, else the stored number."""
+    return _uid(e.user, e.uid), _gid(e.group, e.gid)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -144,7 +144,7 @@ class PackWriter:
         self.buffers = buffers
         self.result_q = result_q
         self.sealer = sealer
-        self.pack_size = min(pack_size, buffers.size // 2)
+        self.pack_size = pack_size  # (the buffer holds a full pack and one more chunk)
         self.no: int | None = None
         self.view = memoryview(b"")
         self.used = 0
