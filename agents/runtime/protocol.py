@@ -1,0 +1,171 @@
+"""The wire between the portal and its agents: everything both sides must agree on, once.
+
+The agent (``agents.runtime``) and the portal (Django: ``jobs``, ``agents``) both import this
+module; it imports nothing of either, so it can sit below every layer. A string that both
+sides must spell the same way is defined here and nowhere else. The blob layout of a
+repository is the engine's (``agents.runtime.engine.layout``); the message schemas are in
+docs/jobs.md and docs/progress.md.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# -- agent task names (the functions behind them: agents/runtime/tasks.py's REGISTRY) ---------
+PING_TASK = "haven.agent.ping"
+BACKUP_TASK = "haven.agent.backup"
+CANCEL_TASK = "haven.agent.cancel"
+POLICY_TASK = "haven.agent.policy"
+RECOVERY_POINTS_TASK = "haven.agent.recovery.points"
+BROWSE_TASK = "haven.agent.recovery.browse"
+SEARCH_TASK = "haven.agent.recovery.search"
+VERSIONS_TASK = "haven.agent.recovery.versions"
+RESTORE_TASK = "haven.agent.recovery.restore"
+DOWNLOAD_TASK = "haven.agent.recovery.download"
+TASK_PREFIX = "haven.agent."
+
+
+# -- job statuses -------------------------------------------------------------------------------
+class JobStatus(enum.StrEnum):
+    """A job's status as the portal stores it and the agent reports it."""
+
+    QUEUED = "queued"
+    WAITING = "waiting"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    WARNING = "warning"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.WAITING, JobStatus.RUNNING)
+FINISHED_STATUSES = (
+    JobStatus.COMPLETED,
+    JobStatus.WARNING,
+    JobStatus.FAILED,
+    JobStatus.CANCELLED,
+)
+# Not a job status: what an agent task returns (and never posts) when the portal's job had
+# already ended or been cancelled before the agent picked it up.
+SKIPPED = "skipped"
+
+# The engine's result statuses (BackupResult, RestoreResult) as job statuses; anything else
+# the engine could say is a failure.
+ENGINE_STATUS: Mapping[str, JobStatus] = {
+    "completed": JobStatus.COMPLETED,
+    "completed_with_warnings": JobStatus.WARNING,
+    "cancelled": JobStatus.CANCELLED,
+}
+
+
+def job_status_of(engine_status: str) -> JobStatus:
+    return ENGINE_STATUS.get(engine_status, JobStatus.FAILED)
+
+
+# -- restore -------------------------------------------------------------------------------------
+# What a restore does with an item that already exists at the target.
+CONFLICT_COPY = "copy"
+CONFLICT_OVERWRITE = "overwrite"
+CONFLICT_SKIP = "skip"
+CONFLICT_CHOICES = (CONFLICT_COPY, CONFLICT_OVERWRITE, CONFLICT_SKIP)
+
+# -- limits ---------------------------------------------------------------------------------------
+DOWNLOAD_MAX_BYTES = 64 * 1024 * 1024  # a Download from the wizard; more is a restore
+DOWNLOAD_MAX_FILES = 1000
+MAX_WARNINGS = 1000  # per job: the agent sends at most this many, the portal keeps as many
+MAX_API_BODY = 2 * 1024 * 1024  # a job's progress report or result
+
+# What the agent may put in a progress event that the portal keeps (docs/jobs.md); the portal
+# drops every other key.
+PROGRESS_KEYS = (
+    "phase",
+    "files_done",
+    "files_total",
+    "bytes_done",
+    "bytes_total",
+    "new_bytes",
+    "stored_bytes",
+    "rate_bps",
+    "eta_s",
+    "current",
+    "elapsed_s",
+)
+
+
+# -- a job's result ------------------------------------------------------------------------------
+class BadResult(ValueError):
+    """A result body that does not have the shape below; the message says what is wrong."""
+
+
+@dataclass
+class JobResult:
+    """The agent's final word on a job, the same shape for backup, restore and download.
+
+    ``message`` is for the person reading the job page: why it failed, why it was cancelled,
+    or a summary of what went wrong in part; empty for a clean success. A backup that made a
+    recovery point names it (``recovery_point_id``, ``manifest_blob``) with the pack ids it
+    references, which the portal needs for garbage collection.
+    """
+
+    status: str
+    message: str = ""
+    warnings: list[dict] = field(default_factory=list)
+    warning_count: int | None = None
+    stats: dict[str, int] = field(default_factory=dict)
+    recovery_point_id: str | None = None
+    manifest_blob: str = ""
+    pack_ids: list[str] = field(default_factory=list)
+
+    @classmethod
+    def failed(cls, message: str) -> JobResult:
+        return cls(status=JobStatus.FAILED, message=message)
+
+    def to_wire(self) -> dict[str, Any]:
+        warnings = list(self.warnings)
+        return {
+            "status": str(self.status),
+            "message": self.message,
+            "warnings": warnings[:MAX_WARNINGS],
+            "warning_count": len(warnings) if self.warning_count is None else self.warning_count,
+            "stats": dict(self.stats),
+            "recovery_point_id": self.recovery_point_id,
+            "manifest_blob": self.manifest_blob,
+            "pack_ids": list(self.pack_ids),
+        }
+
+    @classmethod
+    def from_wire(cls, data: object) -> JobResult:
+        """Parse a result body; ``BadResult`` says what is wrong with it."""
+        if not isinstance(data, dict):
+            raise BadResult("The result is not a JSON object.")
+        status = data.get("status")
+        if status not in FINISHED_STATUSES:
+            raise BadResult(
+                f"status must be one of {', '.join(FINISHED_STATUSES)} (got {status!r})."
+            )
+        warnings = data.get("warnings") or []
+        stats = data.get("stats") or {}
+        packs = data.get("pack_ids") or []
+        if not isinstance(warnings, list) or not isinstance(stats, dict):
+            raise BadResult("warnings must be a list and stats an object.")
+        if not isinstance(packs, list):
+            raise BadResult("pack_ids must be a list of pack ids.")
+        count = data.get("warning_count")
+        return cls(
+            status=JobStatus(status),
+            # agents before the shared result shape sent the message as "error"
+            message=str(data.get("message") or data.get("error") or ""),
+            warnings=warnings,
+            warning_count=count if isinstance(count, int) and not isinstance(count, bool) else None,
+            stats=stats,
+            recovery_point_id=str(data.get("recovery_point_id") or "") or None,
+            manifest_blob=str(data.get("manifest_blob") or ""),
+            pack_ids=[str(p) for p in _strings(packs)],
+        )
+
+
+def _strings(values: Iterable[object]) -> Iterable[object]:
+    return (v for v in values if v is not None)
