@@ -104,7 +104,7 @@ def job_result(request, job_id):
     job = services.job_finish(
         job=job,
         status=status,
-        error=str(data.get("error") or ""),
+        error=str(data.get("message") or data.get("error") or ""),
         warnings=warnings,
         warning_count=data.get("warning_count")
         if isinstance(data.get("warning_count"), int)
@@ -137,6 +137,6 @@ def policy_applied(request):
         policy=policy,
         version=int(data.get("version") or 0),
         spec_hash=str(data.get("spec_hash") or ""),
-        error=str(data.get("error") or ""),
+        error=str(data.get("message") or data.get("error") or ""),
     )
     return JsonResponse({"ok": True})

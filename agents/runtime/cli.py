@@ -7,15 +7,26 @@ exits non-zero; no tracebacks for expected failures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
-from agents.runtime import checks, config
+from agents.runtime import checks, config, register
 from agents.runtime import passphrase as pp
+from agents.runtime.credentials import CredentialsError, parse
+from agents.runtime.jobs.policy import format_policy, load_policy
+from agents.runtime.passphrase import PassphraseError
+from agents.runtime.portal_api import PortalClient, PortalError, PortalRefused
+from agents.runtime.recovery.cli import add_commands as add_recovery_commands
+from agents.runtime.register import RegistrationError, read_credentials_file
+from agents.runtime.service import install_service
+from agents.runtime.storage_grant import renew_grant
 from agents.runtime.version import __version__
+from agents.runtime.worker import run_worker
 
 
 class UsageError(Exception):
@@ -91,17 +102,12 @@ def _passphrase_file_setting(value: str) -> str:
 
 # --- check --------------------------------------------------------------------------------
 def cmd_check(args) -> int:
-    from agents.runtime.portal_api import PortalClient
-    from agents.runtime.register import read_credentials_file
-
     settings = config.load_settings()
     registration = config.load_registration()
     results: list[checks.CheckResult] = []
     portal_url = args.portal or ""
     expected_fingerprint = ""
     if args.vault_credentials:
-        from agents.runtime.credentials import parse
-
         creds = parse(read_credentials_file(args.vault_credentials))
         portal_url, expected_fingerprint = creds.portal_url, creds.fingerprint
     elif registration and not portal_url:
@@ -146,23 +152,8 @@ def cmd_check(args) -> int:
 
 
 def _renew_grant_if_expired(registration, client) -> None:
-    from datetime import UTC, datetime
-
-    from agents.runtime.blobstore.grants import grant_expiry
-    from agents.runtime.portal_api import PortalError
-
-    try:
-        expired = grant_expiry(registration.grant) <= datetime.now(UTC)
-    except Exception:
-        expired = True
-    if not expired:
-        return
-    try:
-        answer = client.post("grant/", {})
-    except PortalError:
-        return
-    registration.grant = answer.get("grant") or registration.grant
-    config.save_registration(registration)
+    with contextlib.suppress(PortalError):  # the storage check that follows says what is wrong
+        renew_grant(registration, client)
 
 
 # --- register -----------------------------------------------------------------------------
@@ -198,8 +189,6 @@ def _passphrase_for(args) -> str:
 
 
 def cmd_register(args) -> int:
-    from agents.runtime import register
-
     settings = config.load_settings()
     credentials_path = args.vault_credentials
     if not credentials_path:
@@ -274,18 +263,12 @@ def cmd_status(args) -> int:
 
 
 def cmd_policy_show(args) -> int:
-    from agents.runtime.jobs.policy import format_policy, load_policy
-
     _out(format_policy(load_policy(config.config_dir())))
     return 0
 
 
 # --- worker, service, unregister ------------------------------------------------------------
 def cmd_worker(args) -> int:
-    import os
-
-    from agents.runtime.worker import run_worker
-
     registration = config.require_registration()
     settings = config.load_settings()
     if args.logfile:
@@ -302,8 +285,6 @@ def cmd_worker(args) -> int:
 
 
 def cmd_install_service(args) -> int:
-    from agents.runtime.service import install_service
-
     try:
         path, note = install_service(
             Path(args.unit_dir) if args.unit_dir else None, start=not args.no_start
@@ -315,8 +296,6 @@ def cmd_install_service(args) -> int:
 
 
 def cmd_unregister(args) -> int:
-    from agents.runtime.portal_api import PortalClient, PortalError, PortalRefused
-
     registration = config.require_registration()
     client = PortalClient(
         registration.portal_url,
@@ -399,26 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     policy_sub = p.add_subparsers(dest="policy_command", required=True)
     policy_sub.add_parser("show", help="show the applied policy").set_defaults(func=cmd_policy_show)
 
-    _add_recovery_commands(sub)
+    add_recovery_commands(sub)  # recovery-points, ls, find, versions, restore
     return parser
 
 
-def _add_recovery_commands(sub) -> None:
-    """recovery-points, ls, find, versions, restore (agents.runtime.recovery.cli)."""
-    try:
-        from agents.runtime.recovery.cli import add_commands
-    except Exception as exc:  # a broken optional module must not take the CLI down
-        logging.getLogger("haven.agent").debug("recovery commands unavailable: %s", exc)
-        return
-    add_commands(sub)
-
-
 def main(argv: list[str] | None = None) -> int:
-    from agents.runtime.credentials import CredentialsError
-    from agents.runtime.passphrase import PassphraseError
-    from agents.runtime.portal_api import PortalError
-    from agents.runtime.register import RegistrationError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 import secrets
 import string
+from collections.abc import Mapping
 from pathlib import Path
+
+from agents.runtime import config
 
 MIN_LENGTH = 16
 PRINTABLE = frozenset(chr(c) for c in range(0x20, 0x7F))
@@ -49,6 +52,28 @@ class PassphraseMismatch(PassphraseError):
 
 class PassphraseFileError(PassphraseError):
     """The passphrase file cannot be read or written."""
+
+
+PASSPHRASE_FILE_ENV = "HAVEN_AGENT_PASSPHRASE_FILE"
+SAVED_NAME = "passphrase"  # in the agent's config directory
+
+
+def saved_passphrase(settings, extra: Mapping | None = None) -> str | None:
+    """This machine's own passphrase as saved on it, or None; the one search order for
+    scheduled and portal-started jobs and the recovery commands: ``extra["passphrase"]``
+    (tests and embedders), then the file named by ``settings.passphrase_file``
+    (``haven-agent configure --passphrase-file``), then ``$HAVEN_AGENT_PASSPHRASE_FILE``,
+    then ``passphrase`` in the agent's config directory."""
+    if extra and extra.get("passphrase"):
+        return extra["passphrase"]
+    for candidate in (
+        getattr(settings, "passphrase_file", ""),
+        os.environ.get(PASSPHRASE_FILE_ENV, ""),
+        str(config.config_dir() / SAVED_NAME),
+    ):
+        if candidate and Path(candidate).exists():
+            return read_file(Path(candidate))
+    return None
 
 
 def validate(passphrase: str) -> str:

@@ -12,6 +12,7 @@ import requests
 from agents.runtime.version import __version__
 
 TIMEOUT = (10, 30)
+UPLOAD_TIMEOUT = (10, 300)  # a download archive of up to 64 MiB on a slow link
 USER_AGENT = f"haven-agent/{__version__}"
 
 
@@ -72,6 +73,45 @@ class PortalClient:
                 "portal is running and that this machine can reach it (firewall, proxy: "
                 "haven-agent configure --proxy URL)."
             ) from None
+        return self._answer(response, path)
+
+    def get(self, path: str) -> dict:
+        return self.request("GET", path)
+
+    def post(self, path: str, payload: dict | None = None) -> dict:
+        return self.request("POST", path, payload or {})
+
+    def identity(self) -> dict:
+        body = self.get("identity/")
+        if not isinstance(body.get("public_key"), str):
+            raise PortalUnreachable(
+                f"{self.base_url} answered /api/agent/identity/ without a public key: is it "
+                "a Haven portal?"
+            )
+        return body
+
+    def upload(
+        self, path: str, fileobj, size: int, *, content_type: str = "application/gzip"
+    ) -> dict:
+        """Stream ``fileobj`` (``size`` bytes) as the raw body of a POST to ``path``."""
+        url = self.url(path)
+        try:
+            response = self.session.post(
+                url,
+                data=fileobj,
+                headers={"Content-Type": content_type, "Content-Length": str(size)},
+                timeout=UPLOAD_TIMEOUT,
+            )
+        except requests.RequestException as exc:
+            raise PortalUnreachable(
+                f"cannot reach the portal at {self.base_url}: {_reason(exc)}"
+            ) from None
+        return self._answer(response, path)
+
+    def _answer(self, response, path: str) -> dict:
+        """The JSON body of an answer; ``PortalUnreachable`` for a 5xx or a body that is
+        not JSON, ``PortalRefused`` with the portal's reason for a 4xx."""
+        url = self.url(path)
         try:
             body = response.json()
         except ValueError:
@@ -90,21 +130,6 @@ class PortalClient:
         if not isinstance(body, dict):
             raise PortalUnreachable(
                 f"{url} did not answer with JSON: is {self.base_url} a Haven portal?"
-            )
-        return body
-
-    def get(self, path: str) -> dict:
-        return self.request("GET", path)
-
-    def post(self, path: str, payload: dict | None = None) -> dict:
-        return self.request("POST", path, payload or {})
-
-    def identity(self) -> dict:
-        body = self.get("identity/")
-        if not isinstance(body.get("public_key"), str):
-            raise PortalUnreachable(
-                f"{self.base_url} answered /api/agent/identity/ without a public key: is it "
-                "a Haven portal?"
             )
         return body
 

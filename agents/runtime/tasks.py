@@ -15,6 +15,7 @@ the worker imports them before it starts consuming.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import platform
 import socket
@@ -22,12 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from agents.runtime import protocol
 from agents.runtime.config import Registration, Settings
 from agents.runtime.version import __version__
 
 log = logging.getLogger("haven.agent.tasks")
 
-PING = "haven.agent.ping"
+PING = protocol.PING_TASK
 
 # Modules with more ``@agent_task`` functions, imported by the worker before it starts.
 TASK_MODULES: list[str] = [
@@ -39,8 +41,6 @@ TASK_MODULES: list[str] = [
 def load_task_modules() -> list[str]:
     """Import ``TASK_MODULES``; returns the problems (a broken module must not stop the
     worker from serving the others, so it is logged, not raised)."""
-    import importlib
-
     problems = []
     for module in TASK_MODULES:
         try:
@@ -74,8 +74,8 @@ class AgentContext:
 
 def agent_task(name: str, *, store_result: bool = False):
     """Register ``func`` as the agent task ``name`` (names start with ``haven.agent.``)."""
-    if not name.startswith("haven.agent."):
-        raise ValueError(f"agent task names start with 'haven.agent.' (got {name!r})")
+    if not name.startswith(protocol.TASK_PREFIX):
+        raise ValueError(f"agent task names start with {protocol.TASK_PREFIX!r} (got {name!r})")
 
     def decorator(func: Callable) -> Callable:
         if name in REGISTRY and REGISTRY[name].func is not func:

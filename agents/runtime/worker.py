@@ -29,6 +29,7 @@ from kombu import Exchange, Queue
 
 from agents.runtime.config import Registration, Settings
 from agents.runtime.portal_api import PortalClient, PortalError, PortalRefused
+from agents.runtime.storage_grant import renew_grant
 from agents.runtime.tasks import REGISTRY, AgentContext, load_task_modules
 from agents.runtime.tasksig import TaskRefused, verify_task
 from agents.runtime.version import __version__
@@ -181,27 +182,12 @@ class Heartbeat(threading.Thread):
     def renew_grant_if_due(self) -> None:
         """Ask for a fresh storage grant when the saved one has less than
         ``GRANT_RENEW_BEFORE`` left; tasks read the grant from ``registration.json``."""
-        from agents.runtime.blobstore.grants import grant_expiry
-        from agents.runtime.config import save_registration
-
-        registration = self.registration
-        if registration is None:
+        if self.registration is None:
             return
         try:
-            left = grant_expiry(registration.grant) - datetime.now(UTC)
-        except Exception:
-            left = timedelta(0)
-        if left > GRANT_RENEW_BEFORE:
-            return
-        try:
-            answer = self.portal.post("grant/", {"vault_id": registration.vault_id})
+            renew_grant(self.registration, self.portal, within=GRANT_RENEW_BEFORE)
         except PortalError as exc:
             self._report(f"could not renew the storage grant (will retry): {exc}")
-            return
-        if isinstance(answer.get("grant"), dict):
-            registration.grant = answer["grant"]
-            save_registration(registration)
-            log.info("storage grant renewed until %s", registration.grant.get("expires_at"))
 
     def _report(self, problem: str) -> None:
         # Log a repeated problem once, not every minute.

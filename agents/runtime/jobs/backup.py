@@ -1,37 +1,30 @@
-"""Running one backup job for the portal: ``run_backup_job``."""
+"""The backup job: what ``haven.agent.backup`` does inside the runner (``jobs.runner``).
+
+Fetch the policy from the portal's job, check the cache, open the repository, run the engine,
+and say what it made: the recovery point, its manifest and the packs it references.
+"""
 
 from __future__ import annotations
 
-import logging
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agents.runtime.jobs.sink import PortalSink
+from agents.runtime import engine, protocol
+from agents.runtime.engine import layout
+from agents.runtime.jobs.runner import JobAborted, JobRun, run_job
+from agents.runtime.protocol import JobResult
 
-log = logging.getLogger("haven.agent.jobs")
-
-ACTIVE = ("queued", "waiting", "running")
-ENGINE_STATUS = {
-    "completed": "completed",
-    "completed_with_warnings": "warning",
-    "cancelled": "cancelled",
-}
-RESULT_ATTEMPTS = 5
 # With a bandwidth limit, packs hold about a second of upload: the engine waits for a
 # pack's upload before it reads on, so big packs on a slow link would freeze the progress
 # and delay a cancel by the time one pack takes (16 MiB at 256 KB/s: a minute).
 MIN_THROTTLED_PACK = 1 << 20
 MAX_PACK = 16 << 20
-
-# Jobs running in this process, so a ``haven.agent.cancel`` task can reach them.
-RUNNING: dict[str, threading.Event] = {}
-
-
-class JobAborted(Exception):
-    """The job cannot run; the message says why, for the person reading the job page."""
+WRONG_PASSPHRASE = (
+    "The encryption passphrase configured on this machine does not open the vault's backup data"
+)
+CANCELLED = "Cancelled on request; no recovery point was made."
 
 
 def _mb(n: int) -> str:
@@ -56,66 +49,17 @@ def pack_size_for(bandwidth_limit: int) -> int | None:
     return max(MIN_THROTTLED_PACK, min(MAX_PACK, int(bandwidth_limit)))
 
 
-def _post_result(portal, job_id: str, payload: dict, *, sleep=time.sleep) -> dict | None:
-    """The result must arrive: retry a portal that is briefly away."""
-    delay = 1.0
-    for attempt in range(RESULT_ATTEMPTS):
-        try:
-            return portal.post(f"jobs/{job_id}/result/", payload)
-        except Exception as exc:
-            refused = getattr(exc, "status", None)
-            if refused is not None and refused < 500:
-                log.error("the portal refused the result of job %s: %s", job_id, exc)
-                return None
-            log.warning(
-                "could not post the result of job %s (attempt %d): %s", job_id, attempt + 1, exc
-            )
-            sleep(delay)
-            delay = min(delay * 2, 30)
-    return None
-
-
-def run_backup_job(
-    job_id: str,
+def backup_work(
     *,
-    portal,
     open_store: Callable[[], object],
     passphrase: Callable[[], str] | str,
     cache_dir: Path,
-    engine=None,
-    max_per_second: float = 1.0,
-    heartbeat: float = 2.0,
-    sleep=time.sleep,
     pack_size: int | None = None,
-) -> dict:
-    """Run the portal's backup job ``job_id`` and report on it; returns the posted result.
+) -> Callable[[JobRun], JobResult]:
+    """The backup's work for ``run_job``."""
 
-    ``portal`` is a ``PortalClient`` (``get``/``post`` on ``/api/agent/``), ``open_store``
-    gives the vault's ``BlobStore``, ``engine`` defaults to ``agents.runtime.engine``;
-    ``pack_size`` overrides the engine's (``pack_size_for`` a bandwidth limit).
-    """
-    if engine is None:
-        from agents.runtime import engine
-    job = portal.get(f"jobs/{job_id}/")
-    if job.get("cancel") or job.get("status") not in ACTIVE:
-        log.info("job %s is %s; nothing to do", job_id, job.get("status"))
-        return {"status": "skipped"}
-    started = portal.post(f"jobs/{job_id}/start/")
-    if started.get("cancel") and started.get("status") not in ACTIVE:
-        return {"status": "skipped"}
-
-    cancel = threading.Event()
-    if started.get("cancel"):
-        cancel.set()
-    RUNNING[job_id] = cancel
-    sink = PortalSink(
-        lambda event: portal.post(f"jobs/{job_id}/progress/", event),
-        max_per_second=max_per_second,
-        heartbeat=heartbeat,
-        cancel=cancel,
-    )
-    payload: dict
-    try:
+    def work(run: JobRun) -> JobResult:
+        job = run.job
         policy = (job.get("policy") or {}).get("spec")
         if not policy or not policy.get("items"):
             raise JobAborted(
@@ -123,7 +67,6 @@ def run_backup_job(
                 "portal (Backup policy) and back up again."
             )
         check_cache(Path(cache_dir), int(job.get("min_cache_free_bytes") or 0))
-        sink.start()
         store = open_store()
         secret = passphrase() if callable(passphrase) else passphrase
         # the walk starts while the passphrase's key is derived
@@ -140,63 +83,69 @@ def run_backup_job(
             repo,
             walk=walk,
             cache_dir=Path(cache_dir),
-            sink=sink,
-            cancel=cancel,
+            sink=run.sink,
+            cancel=run.cancel,
             tags=job.get("tags") or [],
             **({"pack_size": pack_size} if pack_size else {}),
         )
-        sink.close()
-        status = ENGINE_STATUS.get(result.status, "failed")
-        warnings = list(result.warnings) or sink.warnings
-        payload = {
-            "status": status,
-            "error": "Cancelled on request; no recovery point was made."
-            if status == "cancelled"
-            else (result.message or ""),
-            "warnings": warnings[:1000],
-            "warning_count": max(len(warnings), sink.warning_count),
-            "stats": {
-                "files": result.files,
-                "logical_bytes": result.logical_bytes,
-                "new_bytes": result.new_bytes,
-                "added_bytes": result.added_bytes,
-                "referenced_bytes": result.stored_bytes,
-            },
-            "recovery_point_id": result.recovery_point if status != "cancelled" else None,
-            "manifest_blob": f"snapshots/{result.recovery_point}" if result.recovery_point else "",
-            "pack_ids": list(result.packs),
-        }
-    except JobAborted as exc:
-        payload = {"status": "failed", "error": str(exc)}
-    except Exception as exc:  # every engine/storage failure carries a message for people
-        log.exception("backup job %s failed", job_id)
-        payload = {"status": "failed", "error": _explain(exc)}
-    finally:
-        sink.close()
-        RUNNING.pop(job_id, None)
-    _post_result(portal, job_id, payload, sleep=sleep)
-    return payload
+        run.sink.close()  # its last post carries the final counters; warnings are complete
+        return backup_result(result, sink_warnings=run.sink.warnings, seen=run.sink.warning_count)
+
+    return work
 
 
-def _explain(exc: Exception) -> str:
-    name = exc.__class__.__name__
-    text = str(exc) or name
-    if name == "WrongPassphrase":
-        return (
-            f"The encryption passphrase configured on this machine does not open the vault's "
-            f"backup data: {text}"
-        )
-    if isinstance(exc, OSError):
-        return f"The agent could not read or write a file: {text}"
-    if "Storage" in name or "Blob" in name or "Grant" in name:
-        return f"The vault's storage could not be used: {text}"
-    return text[0].upper() + text[1:] if text else name
+def backup_result(
+    result: engine.BackupResult, *, sink_warnings: list[dict], seen: int
+) -> JobResult:
+    """The engine's ``BackupResult`` as the job's result."""
+    status = protocol.job_status_of(result.status)
+    cancelled = status == protocol.JobStatus.CANCELLED
+    warnings = list(result.warnings) or sink_warnings
+    made = result.recovery_point if not cancelled else None
+    return JobResult(
+        status=status,
+        message=CANCELLED if cancelled else (result.message or ""),
+        warnings=warnings,
+        warning_count=max(len(warnings), seen),
+        stats={
+            "files": result.files,
+            "logical_bytes": result.logical_bytes,
+            "new_bytes": result.new_bytes,
+            "added_bytes": result.added_bytes,
+            "referenced_bytes": result.stored_bytes,
+        },
+        recovery_point_id=made,
+        manifest_blob=layout.manifest_blob(made) if made else "",
+        pack_ids=list(result.packs) if made else [],
+    )
 
 
-def cancel_job(job_id: str) -> bool:
-    """Stop a job running in this process; False when it is not running here."""
-    event = RUNNING.get(job_id)
-    if event is None:
-        return False
-    event.set()
-    return True
+def run_backup_job(
+    job_id: str,
+    *,
+    portal,
+    open_store: Callable[[], object],
+    passphrase: Callable[[], str] | str,
+    cache_dir: Path,
+    max_per_second: float = 1.0,
+    heartbeat: float = 2.0,
+    sleep: Callable[[float], None] = time.sleep,
+    pack_size: int | None = None,
+) -> dict:
+    """Run the portal's backup job ``job_id`` and report on it; returns the posted result.
+
+    ``portal`` is a ``PortalClient`` (``get``/``post`` on ``/api/agent/``), ``open_store``
+    gives the machine's ``BlobStore``; ``pack_size`` overrides the engine's (``pack_size_for``
+    a bandwidth limit).
+    """
+    return run_job(
+        job_id,
+        backup_work(
+            open_store=open_store, passphrase=passphrase, cache_dir=cache_dir, pack_size=pack_size
+        ),
+        portal=portal,
+        wrong_passphrase=WRONG_PASSPHRASE,
+        max_per_second=max_per_second,
+        heartbeat=heartbeat,
+        sleep=sleep,
+    )

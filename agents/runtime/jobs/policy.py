@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from agents.runtime.config import ensure_private_dir, write_private
+
 POLICY_FILE = "policy.json"
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
 def save_policy(directory: Path, *, spec: dict, version: int, spec_hash: str) -> Path:
-    from agents.runtime.config import ensure_private_dir, write_private
-
     ensure_private_dir(directory)
     path = directory / POLICY_FILE
     data = {"spec": spec, "version": version, "spec_hash": spec_hash}

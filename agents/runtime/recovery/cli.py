@@ -15,8 +15,15 @@ import threading
 import time
 from pathlib import Path
 
+from agents.runtime import config, protocol
+from agents.runtime.blobstore.base import StorageError
+from agents.runtime.config import ConfigError
+from agents.runtime.engine import EngineError
+from agents.runtime.passphrase import PassphraseError, read_file
+from agents.runtime.portal_api import PortalClient, PortalError
 from agents.runtime.recovery import human, ops
 from agents.runtime.recovery import source as src
+from agents.runtime.storage_grant import renew_grant
 
 EXIT_FAILED, EXIT_PARTIAL, EXIT_CANCELLED = 1, 3, 130
 
@@ -35,16 +42,12 @@ def _json(data) -> None:
 
 # -- opening the repository ------------------------------------------------------------------
 def _portal(registration, settings):
-    from agents.runtime.portal_api import PortalClient
-
     return PortalClient(
         registration.portal_url, token=registration.token, proxies=settings.proxies()
     )
 
 
 def _passphrase(args, source, settings) -> str:
-    from agents.runtime.passphrase import read_file
-
     if getattr(args, "passphrase_file", None):
         return read_file(Path(args.passphrase_file))
     saved = src.saved_passphrase(source, settings)
@@ -57,8 +60,6 @@ def _passphrase(args, source, settings) -> str:
 
 def open_for(args):
     """(repository, source) for a command's ``--from-machine`` / ``--passphrase-file``."""
-    from agents.runtime import config
-
     registration = config.require_registration()
     settings = config.load_settings()
     portal = _portal(registration, settings)
@@ -67,7 +68,7 @@ def open_for(args):
             registration=registration, portal=portal, machine=getattr(args, "from_machine", None)
         )
         if source.own:
-            src.renew_own_grant(registration, portal)
+            renew_grant(registration, portal)
             source.grant = registration.grant
     finally:
         portal.close()
@@ -223,7 +224,7 @@ def cmd_restore(args) -> int:
     thread.join()
     if "error" in box:
         raise box["error"]
-    res = box["result"]
+    res = ops.result_dict(box["result"], target=args.target)
     if sys.stderr.isatty() and not args.json:
         sys.stderr.write("\n")
     if args.json:
@@ -246,8 +247,6 @@ def cmd_restore(args) -> int:
 
 def cmd_recovery_passphrase(args) -> int:
     """Type another machine's passphrase here once, checked against its repository."""
-    from agents.runtime import config
-    from agents.runtime.passphrase import read_file
 
     registration = config.require_registration()
     settings = config.load_settings()
@@ -283,12 +282,6 @@ def _guard(func):
     """Run a command; expected failures become one ``error:`` line and exit code 1."""
 
     def run(args) -> int:
-        from agents.runtime.blobstore.base import StorageError
-        from agents.runtime.config import ConfigError
-        from agents.runtime.engine import EngineError
-        from agents.runtime.passphrase import PassphraseError
-        from agents.runtime.portal_api import PortalError
-
         try:
             return func(args)
         except (
@@ -350,7 +343,9 @@ def add_commands(sub) -> None:
     p.add_argument(
         "--target", required=True, help="folder to restore under ('/' = original location)"
     )
-    p.add_argument("--on-conflict", choices=ops.CONFLICT_CHOICES, default="copy")
+    p.add_argument(
+        "--on-conflict", choices=protocol.CONFLICT_CHOICES, default=protocol.CONFLICT_COPY
+    )
     p.add_argument(
         "--restore-permissions",
         action="store_true",

@@ -17,14 +17,19 @@ from pathlib import Path
 
 from agents.runtime import engine
 from agents.runtime.engine.format import DIR, FILE, HARDLINK, HOLE_ID, SYMLINK, Entry
+from agents.runtime.engine.paths import absolute_paths, is_selected
 from agents.runtime.engine.progress import display_path
 from agents.runtime.engine.repository import ChunkReader
 from agents.runtime.engine.restore import UnsafePath, safe_components
+from agents.runtime.protocol import (
+    CONFLICT_CHOICES,
+    CONFLICT_COPY,
+    DOWNLOAD_MAX_BYTES,
+    DOWNLOAD_MAX_FILES,
+)
+from agents.runtime.recovery.human import size
 
-CONFLICT_CHOICES = ("copy", "overwrite", "skip")
 DEFAULT_FIND_LIMIT = 500
-DOWNLOAD_MAX_BYTES = 64 * 1024 * 1024
-DOWNLOAD_MAX_FILES = 1000
 _GLOB = set("*?[")
 
 
@@ -156,37 +161,36 @@ def restore(
     recovery_point: str,
     paths: list[str] | None,
     target: str | os.PathLike,
-    on_conflict: str = "copy",
+    on_conflict: str = CONFLICT_COPY,
     restore_permissions: bool = False,
     sink=None,
     cancel: threading.Event | None = None,
-) -> dict:
+) -> engine.RestoreResult:
     """Restore ``paths`` (absolute, as backed up; None = everything) under ``target``.
 
     ``target`` ``/`` is the original location. ``restore_permissions`` restores owner and
     group too (mode bits and times are always restored); without it files belong to the
-    user running the agent.
+    user running the agent. ``result_dict`` makes the result JSON-able.
     """
     if on_conflict not in CONFLICT_CHOICES:
         raise engine.InvalidArgument(f"on_conflict must be one of {', '.join(CONFLICT_CHOICES)}")
-    target = Path(os.path.abspath(target))
-    result = engine.run_restore(
+    return engine.run_restore(
         repo,
         recovery_point=recovery_point,
-        target=target,
+        target=Path(os.path.abspath(target)),
         paths=paths or None,
         on_conflict=on_conflict,
         restore_owner=bool(restore_permissions),
         sink=sink,
         cancel=cancel,
     )
-    return result_dict(result, target=str(target))
 
 
-def result_dict(result, *, target: str) -> dict:
+def result_dict(result: engine.RestoreResult, *, target: str | os.PathLike) -> dict:
+    """A restore's result for people and ``--json`` (``target`` made absolute)."""
     return {
         "status": result.status,
-        "target": target,
+        "target": os.path.abspath(target),
         "files": result.files,
         "dirs": result.dirs,
         "symlinks": result.symlinks,
@@ -200,20 +204,10 @@ def result_dict(result, *, target: str) -> dict:
 
 
 # -- download ---------------------------------------------------------------------------------
-def _selected(path: bytes, selections: list[bytes]) -> bool:
-    return any(s == b"/" or path == s or path.startswith(s.rstrip(b"/") + b"/") for s in selections)
-
-
-def _norm(paths: list[str]) -> list[bytes]:
-    out = []
-    for p in paths:
-        raw = os.fsencode(p)
-        if not raw.startswith(b"/"):
-            raise engine.InvalidArgument(f"{p!r} must be an absolute path")
-        out.append(os.path.normpath(raw).replace(b"//", b"/"))
-    if not out:
+def _download_selection(paths: list[str]) -> list[bytes]:
+    if not paths:
         raise engine.InvalidArgument("choose at least one file to download")
-    return out
+    return absolute_paths(paths)
 
 
 def download_archive(
@@ -233,15 +227,13 @@ def download_archive(
     authentication is left out and named in ``failed`` (and in ``HAVEN-NOT-INCLUDED.txt``).
     """
     rp = repo.recovery_point(recovery_point)
-    selections = _norm(paths)
+    selections = _download_selection(paths)
     files = total = 0
     for e in repo.iter_entries(rp):
-        if e.kind in (FILE, HARDLINK) and _selected(e.path, selections):
+        if e.kind in (FILE, HARDLINK) and is_selected(e.path, selections):
             files += 1
             total += e.size
     if files > max_files or total > max_bytes:
-        from agents.runtime.recovery.human import size
-
         raise DownloadTooLarge(
             f"the selection holds {files} files ({size(total)}); a download may hold at most "
             f"{max_files} files and {size(max_bytes)}. Restore it to a folder instead."
@@ -251,7 +243,7 @@ def download_archive(
     added = written = 0
     with tarfile.open(fileobj=out, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
         for e in repo.iter_entries(rp, reader):
-            if not _selected(e.path, selections):
+            if not is_selected(e.path, selections):
                 continue
             try:
                 name = b"/".join(safe_components(e.path)).decode("utf-8", "surrogateescape")

@@ -19,12 +19,17 @@ as in the reference (vault credentials + passphrase recover anywhere).
 
 from __future__ import annotations
 
-import os
+import threading
+import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
-from agents.runtime import config
+from agents.runtime import checks, config
+from agents.runtime import passphrase as pp
+from agents.runtime.engine import Repository
+from agents.runtime.portal_api import PortalRefused
+from agents.runtime.storage_grant import renew_grant
+from agents.runtime.tasks import AgentContext
 
 PASSPHRASES_DIR = "recovery-passphrases"
 
@@ -64,8 +69,6 @@ def resolve_source(*, registration, portal=None, machine: str | None = None) -> 
         raise SourceRefused(
             "reading another machine's backups needs the portal (for a read-only storage grant)"
         )
-    from agents.runtime.portal_api import PortalRefused
-
     try:
         answer = portal.post("recovery/grant/", {"source_machine": machine})
     except PortalRefused as exc:
@@ -79,23 +82,6 @@ def resolve_source(*, registration, portal=None, machine: str | None = None) -> 
     )
 
 
-def renew_own_grant(registration, portal, *, save: bool = True) -> None:
-    """Ask the portal for a fresh grant when this machine's has expired."""
-    from agents.runtime.blobstore.grants import grant_expiry
-
-    try:
-        expired = grant_expiry(registration.grant) <= datetime.now(UTC)
-    except Exception:
-        expired = True
-    if not expired or portal is None:
-        return
-    answer = portal.post("grant/", {})
-    if answer.get("grant"):
-        registration.grant = answer["grant"]
-        if save:
-            config.save_registration(registration)
-
-
 # -- passphrases ------------------------------------------------------------------------------
 def _passphrase_path(machine_id: str) -> Path:
     safe = "".join(ch for ch in machine_id if ch.isalnum() or ch in "-_")
@@ -104,33 +90,14 @@ def _passphrase_path(machine_id: str) -> Path:
     return config.config_dir() / PASSPHRASES_DIR / safe
 
 
-def own_passphrase(settings, extra: dict | None = None) -> str | None:
-    """This machine's saved passphrase (the same places backups look), or None."""
-    from agents.runtime.passphrase import read_file
-
-    extra = extra or {}
-    if extra.get("passphrase"):
-        return extra["passphrase"]
-    for candidate in (
-        getattr(settings, "passphrase_file", ""),
-        os.environ.get("HAVEN_AGENT_PASSPHRASE_FILE", ""),
-        str(config.config_dir() / "passphrase"),
-    ):
-        if candidate and Path(candidate).exists():
-            return read_file(Path(candidate))
-    return None
-
-
 def saved_passphrase(source: Source, settings, extra: dict | None = None) -> str | None:
     if source.own:
-        return own_passphrase(settings, extra)
+        return pp.saved_passphrase(settings, extra)
     extra = extra or {}
     if extra.get("passphrases", {}).get(source.machine_id):
         return extra["passphrases"][source.machine_id]
-    from agents.runtime.passphrase import read_file
-
     path = _passphrase_path(source.machine_id)
-    return read_file(path) if path.exists() else None
+    return pp.read_file(path) if path.exists() else None
 
 
 def remember_passphrase(source: Source, passphrase: str) -> Path:
@@ -157,13 +124,11 @@ def passphrase_needed(source: Source) -> PassphraseNeeded:
 
 # -- opening ----------------------------------------------------------------------------------
 def open_store(source: Source, settings):
-    from agents.runtime.checks import open_store as open_grant_store
-
     if not source.grant:
         raise RecoveryError(
             f"no storage grant for {source.machine_name!r}; run haven-agent check to renew it"
         )
-    return open_grant_store(
+    return checks.open_store(
         source.grant,
         proxies=settings.proxies(),
         bandwidth_limit=getattr(settings, "bandwidth_limit", 0),
@@ -172,6 +137,55 @@ def open_store(source: Source, settings):
 
 def open_repository(store, passphrase: str):
     """``Repository.open``: ``WrongPassphrase`` before anything is read or written."""
-    from agents.runtime.engine import Repository
-
     return Repository.open(store, passphrase)
+
+
+# -- for the agent's tasks --------------------------------------------------------------------
+REPO_TTL = 300.0  # an opened repository (keys, index) is reused for browsing this long
+_opened: dict[str, tuple[float, Repository]] = {}
+_opened_lock = threading.Lock()
+
+
+def _task_source(ctx: AgentContext, source_machine_id: str | None) -> Source:
+    source = resolve_source(
+        registration=ctx.registration, portal=ctx.portal, machine=source_machine_id or None
+    )
+    if source.own and ctx.portal is not None and "open_store" not in ctx.extra:
+        renew_grant(ctx.registration, ctx.portal, save=False)
+        source.grant = ctx.registration.grant
+    return source
+
+
+def _task_store(ctx: AgentContext, source: Source):
+    if "open_store_for" in ctx.extra:
+        return ctx.extra["open_store_for"](source.machine_id)
+    if source.own and "open_store" in ctx.extra:
+        return ctx.extra["open_store"]()
+    return open_store(source, ctx.settings)
+
+
+def open_for_task(
+    ctx: AgentContext, source_machine_id: str | None, *, cached: bool = True
+) -> tuple[Repository, Source]:
+    """The repository a task reads (this machine's, or ``source_machine_id``'s) and its
+    source; for browsing, an opened repository is kept ``REPO_TTL`` seconds."""
+    source = _task_source(ctx, source_machine_id)
+    key = source.machine_id
+    if cached:
+        with _opened_lock:
+            hit = _opened.get(key)
+            if hit and hit[0] > time.monotonic():
+                return hit[1], source
+    secret = saved_passphrase(source, ctx.settings, ctx.extra)
+    if not secret:
+        raise passphrase_needed(source)
+    repo = open_repository(_task_store(ctx, source), secret)
+    if cached:
+        with _opened_lock:
+            _opened[key] = (time.monotonic() + REPO_TTL, repo)
+    return repo, source
+
+
+def forget_opened() -> None:
+    with _opened_lock:
+        _opened.clear()

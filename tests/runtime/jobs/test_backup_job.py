@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agents.runtime.jobs import backup
+from agents.runtime.jobs import backup, runner
 from tests.runtime.jobs.conftest import PASSPHRASE, FakePortal, job_payload
 
 
@@ -78,7 +78,7 @@ def test_a_wrong_passphrase_fails_with_a_reason(data, repo_store, tmp_path):
         sleep=lambda s: None,
     )
     assert result["status"] == "failed"
-    assert "passphrase configured on this machine does not open" in result["error"]
+    assert "passphrase configured on this machine does not open" in result["message"]
 
 
 def test_too_little_cache_space_fails_before_touching_storage(data, repo_store, tmp_path):
@@ -93,7 +93,7 @@ def test_too_little_cache_space_fails_before_touching_storage(data, repo_store, 
         sleep=lambda s: None,
     )
     assert (
-        result["status"] == "failed" and "free where the agent keeps its cache" in result["error"]
+        result["status"] == "failed" and "free where the agent keeps its cache" in result["message"]
     )
     assert opened == []
 
@@ -124,12 +124,12 @@ def test_the_cancel_task_reaches_a_running_job():
     import threading
 
     event = threading.Event()
-    backup.RUNNING["job-9"] = event
+    runner.RUNNING["job-9"] = event
     try:
-        assert backup.cancel_job("job-9") and event.is_set()
+        assert runner.cancel_job("job-9") and event.is_set()
     finally:
-        backup.RUNNING.pop("job-9")
-    assert backup.cancel_job("job-404") is False
+        runner.RUNNING.pop("job-9")
+    assert runner.cancel_job("job-404") is False
 
 
 def test_policy_is_stored_for_policy_show(tmp_path):

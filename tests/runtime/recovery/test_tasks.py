@@ -9,8 +9,11 @@ import time
 import pytest
 
 from agents.runtime import config
+from agents.runtime import protocol as wire
 from agents.runtime.engine.repository import ChunkReader
 from agents.runtime.recovery import tasks
+from agents.runtime.recovery.jobs import run_restore_job
+from agents.runtime.recovery.source import forget_opened
 from agents.runtime.tasks import REGISTRY, AgentContext
 from tests.runtime.engine.helpers import after_files_restored, pack_of_file, slow_link
 from tests.runtime.recovery.conftest import (
@@ -26,9 +29,9 @@ JOB = "33333333-3333-3333-3333-333333333333"
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
-    tasks.forget_opened()
+    forget_opened()
     yield
-    tasks.forget_opened()
+    forget_opened()
 
 
 @pytest.fixture
@@ -55,8 +58,8 @@ def answer(fake: FakePortal, request_id: str) -> dict:
 
 
 def test_the_tasks_are_registered_under_their_names():
-    for name in (tasks.POINTS, tasks.BROWSE, tasks.SEARCH, tasks.VERSIONS, tasks.RESTORE,
-                 tasks.DOWNLOAD):  # fmt: skip
+    for name in (wire.RECOVERY_POINTS_TASK, wire.BROWSE_TASK, wire.SEARCH_TASK,
+                 wire.VERSIONS_TASK, wire.RESTORE_TASK, wire.DOWNLOAD_TASK):  # fmt: skip
         assert name in REGISTRY
 
 
@@ -108,7 +111,7 @@ def test_a_restore_job_reports_progress_and_its_result(ctx, fake, backed_up, tre
     assert payload["status"] == "completed"
     assert payload["stats"]["files"] == 2 and payload["stats"]["bytes"] == 70_000
     (result,) = fake.posted(f"jobs/{JOB}/result/")
-    assert result["status"] == "completed" and result["error"] == ""
+    assert result["status"] == "completed" and result["message"] == ""
     assert fake.posted(f"jobs/{JOB}/start/") and fake.posted(f"jobs/{JOB}/progress/")
     got = target / (tree / "photos" / "cat.jpg").relative_to("/")
     assert got.read_bytes() == (tree / "photos" / "cat.jpg").read_bytes()
@@ -135,13 +138,13 @@ def test_the_portals_cancel_stops_the_restore_and_keeps_finished_files(
 
     monkeypatch.setattr(ChunkReader, "read", slow)
     fake.cancel_after = 2  # the person presses Cancel: the next progress answer says so
-    payload = tasks.run_restore_job(
+    payload = run_restore_job(
         ctx, job_id=JOB, recovery_point="latest", paths=[str(data)],
         target=str(tmp_path / "r"), on_conflict="copy", restore_permissions=False,
         max_per_second=50, heartbeat=0.05,
     )  # fmt: skip
     assert payload["status"] == "cancelled"
-    assert "every file restored so far is complete and kept" in payload["error"]
+    assert "every file restored so far is complete and kept" in payload["message"]
     out = tmp_path / "r" / data.relative_to("/")
     names = sorted(p.name for p in out.iterdir()) if out.exists() else []
     assert len(names) < 20
@@ -170,7 +173,7 @@ def test_a_wrong_passphrase_fails_the_job_before_anything_is_written(
     ctx.extra["passphrase"] = "this is not the passphrase"
     payload = _restore(ctx, paths=[str(tree)], target=str(tmp_path / "never"))
     assert payload["status"] == "failed"
-    assert payload["error"].startswith("Nothing was restored: the passphrase")
+    assert payload["message"].startswith("Nothing was restored: the passphrase")
     assert not (tmp_path / "never").exists()
 
 
@@ -214,5 +217,5 @@ def test_a_download_larger_than_the_limit_is_refused(ctx, fake, backed_up, tree)
         ctx, job_id=JOB, recovery_point="latest", paths=[str(tree)], max_bytes=100_000
     )
     assert payload["status"] == "failed"
-    assert "Restore it to a folder instead" in payload["error"]
+    assert "Restore it to a folder instead" in payload["message"]
     assert not fake.uploads

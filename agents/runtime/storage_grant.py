@@ -1,0 +1,50 @@
+"""This machine's storage grant: renewing it before (or once) it expires.
+
+The portal issues each machine a short-lived grant to its own container
+(``POST /api/agent/grant/``); the agent keeps it in ``registration.json``, where tasks read it.
+The heartbeat renews it ahead of time; ``haven-agent check`` and the recovery commands renew
+one that has already expired.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+from agents.runtime import config
+from agents.runtime.blobstore.base import InvalidGrant
+from agents.runtime.blobstore.grants import grant_expiry
+
+log = logging.getLogger("haven.agent")
+
+
+def time_left(grant: dict, *, now: datetime | None = None) -> timedelta:
+    """How long ``grant`` stays valid (zero for a grant that cannot be read)."""
+    if not grant:
+        return timedelta(0)
+    try:
+        return grant_expiry(grant) - (now or datetime.now(UTC))
+    except InvalidGrant:
+        return timedelta(0)
+
+
+def renew_grant(
+    registration: config.Registration,
+    portal,
+    *,
+    within: timedelta = timedelta(0),
+    save: bool = True,
+) -> bool:
+    """Ask ``portal`` for a fresh grant when less than ``within`` is left of the saved one
+    (zero: once it has expired); returns whether it was renewed. The portal's failures
+    (``PortalError``) are the caller's to handle."""
+    if time_left(registration.grant) > within:
+        return False
+    answer = portal.post("grant/", {"vault_id": registration.vault_id})
+    if not isinstance(answer.get("grant"), dict):
+        return False
+    registration.grant = answer["grant"]
+    if save:
+        config.save_registration(registration)
+    log.info("storage grant renewed until %s", registration.grant.get("expires_at"))
+    return True
