@@ -72,6 +72,12 @@ CONFLICT_OVERWRITE = "overwrite"
 CONFLICT_SKIP = "skip"
 CONFLICT_CHOICES = (CONFLICT_COPY, CONFLICT_OVERWRITE, CONFLICT_SKIP)
 
+# The ``code`` of a failed answer to a recovery question (the wizard words some of them).
+ANSWER_ERROR = "error"
+ANSWER_PASSPHRASE_NEEDED = "passphrase_needed"
+ANSWER_WRONG_PASSPHRASE = "wrong_passphrase"
+ANSWER_SOURCE_REFUSED = "source_refused"
+
 # -- limits ---------------------------------------------------------------------------------------
 DOWNLOAD_MAX_BYTES = 64 * 1024 * 1024  # a Download from the wizard; more is a restore
 DOWNLOAD_MAX_FILES = 1000

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agents.runtime import checks, config
+from agents.runtime import checks, config, protocol
 from agents.runtime import passphrase as pp
 from agents.runtime.engine import Repository
 from agents.runtime.portal_api import PortalRefused
@@ -37,15 +37,15 @@ PASSPHRASES_DIR = "recovery-passphrases"
 class RecoveryError(Exception):
     """A recovery cannot go on; ``code`` for programs, the message for people."""
 
-    code = "error"
+    code = protocol.ANSWER_ERROR
 
 
 class PassphraseNeeded(RecoveryError):
-    code = "passphrase_needed"
+    code = protocol.ANSWER_PASSPHRASE_NEEDED
 
 
 class SourceRefused(RecoveryError):
-    code = "source_refused"
+    code = protocol.ANSWER_SOURCE_REFUSED
 
 
 @dataclass

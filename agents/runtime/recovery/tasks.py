@@ -21,7 +21,7 @@ from agents.runtime import protocol as wire
 from agents.runtime.engine import WrongPassphrase
 from agents.runtime.recovery import ops
 from agents.runtime.recovery.jobs import run_download_job, run_restore_job
-from agents.runtime.recovery.source import forget_opened, open_for_task
+from agents.runtime.recovery.source import RecoveryError, forget_opened, open_for_task
 from agents.runtime.tasks import AgentContext, agent_task
 
 log = logging.getLogger("haven.agent.recovery")
@@ -31,9 +31,12 @@ MAX_LISTED = 5000
 
 # -- questions --------------------------------------------------------------------------------
 def _failure(exc: Exception) -> dict:
-    code = getattr(exc, "code", None) or exc.__class__.__name__
     if isinstance(exc, WrongPassphrase):
-        code = "wrong_passphrase"
+        code = wire.ANSWER_WRONG_PASSPHRASE
+    elif isinstance(exc, RecoveryError):
+        code = exc.code
+    else:  # named for the agent's log; the wizard shows the message
+        code = exc.__class__.__name__
     message = str(exc) or exc.__class__.__name__
     return {"ok": False, "code": str(code), "message": message[0].upper() + message[1:]}
 
