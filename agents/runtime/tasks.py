@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 
 from agents.runtime import protocol
 from agents.runtime.config import Registration, Settings
+from agents.runtime.portal_api import PortalClient
 from agents.runtime.version import __version__
 
 log = logging.getLogger("haven.agent.tasks")
@@ -68,8 +69,15 @@ class AgentContext:
 
     registration: Registration
     settings: Settings
-    portal: object | None = None  # agents.runtime.portal_api.PortalClient
+    portal: PortalClient | None = None
     extra: dict = field(default_factory=dict)
+
+    def require_portal(self) -> PortalClient:
+        """The portal client, which every task that reports back needs (the worker always
+        sets it; a context without one is a test's or an embedder's mistake)."""
+        if self.portal is None:
+            raise RuntimeError("this agent task reports to the portal, but no client was given")
+        return self.portal
 
 
 def agent_task(name: str, *, store_result: bool = False):

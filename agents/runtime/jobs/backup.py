@@ -10,8 +10,10 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from agents.runtime import engine, protocol
+from agents.runtime.blobstore.base import BlobStore
 from agents.runtime.engine import layout
 from agents.runtime.jobs.runner import JobAborted, JobRun, run_job
 from agents.runtime.protocol import JobResult
@@ -51,7 +53,7 @@ def pack_size_for(bandwidth_limit: int) -> int | None:
 
 def backup_work(
     *,
-    open_store: Callable[[], object],
+    open_store: Callable[[], BlobStore],
     passphrase: Callable[[], str] | str,
     cache_dir: Path,
     pack_size: int | None = None,
@@ -67,6 +69,7 @@ def backup_work(
                 "portal (Backup policy) and back up again."
             )
         check_cache(Path(cache_dir), int(job.get("min_cache_free_bytes") or 0))
+        options: dict[str, Any] = {"pack_size": pack_size} if pack_size else {}
         store = open_store()
         secret = passphrase() if callable(passphrase) else passphrase
         # the walk starts while the passphrase's key is derived
@@ -86,7 +89,7 @@ def backup_work(
             sink=run.sink,
             cancel=run.cancel,
             tags=job.get("tags") or [],
-            **({"pack_size": pack_size} if pack_size else {}),
+            **options,
         )
         run.sink.close()  # its last post carries the final counters; warnings are complete
         return backup_result(result, sink_warnings=run.sink.warnings, seen=run.sink.warning_count)
@@ -124,7 +127,7 @@ def run_backup_job(
     job_id: str,
     *,
     portal,
-    open_store: Callable[[], object],
+    open_store: Callable[[], BlobStore],
     passphrase: Callable[[], str] | str,
     cache_dir: Path,
     max_per_second: float = 1.0,

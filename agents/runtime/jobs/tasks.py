@@ -53,7 +53,7 @@ def backup(ctx: AgentContext, *, job_id: str) -> dict:
     """Back up this machine for portal job ``job_id`` (its policy comes from the portal)."""
     return backup_job.run_backup_job(
         job_id,
-        portal=ctx.portal,
+        portal=ctx.require_portal(),
         open_store=lambda: open_store(ctx),
         passphrase=lambda: passphrase_for(ctx),
         cache_dir=_cache_dir(ctx),
@@ -72,5 +72,9 @@ def cancel(ctx: AgentContext, *, job_id: str) -> dict:
 def apply(ctx: AgentContext, *, policy: dict, version: int, spec_hash: str) -> dict:
     """Store the policy the portal pushed and confirm it."""
     return policy_store.apply_policy(
-        config.config_dir(), ctx.portal, policy=policy, version=version, spec_hash=spec_hash
+        config.config_dir(),
+        ctx.require_portal(),
+        policy=policy,
+        version=version,
+        spec_hash=spec_hash,
     )

@@ -73,7 +73,7 @@ def run_restore_job(
     return run_job(
         job_id,
         work,
-        portal=ctx.portal,
+        portal=ctx.require_portal(),
         wrong_passphrase=WRONG_PASSPHRASE,
         max_per_second=max_per_second,
         heartbeat=heartbeat,
@@ -103,7 +103,7 @@ def run_download_job(
             )
             size = spool.tell()
             spool.seek(0)
-            ctx.portal.upload(f"recovery/downloads/{job_id}/", spool, size)
+            ctx.require_portal().upload(f"recovery/downloads/{job_id}/", spool, size)
         failed = made["failed"]
         return JobResult(
             status=protocol.JobStatus.WARNING if failed else protocol.JobStatus.COMPLETED,
@@ -113,4 +113,4 @@ def run_download_job(
             stats={"files": made["files"], "bytes": made["bytes"], "stored_bytes": size},
         )
 
-    return run_job(job_id, work, portal=ctx.portal, wrong_passphrase=WRONG_PASSPHRASE)
+    return run_job(job_id, work, portal=ctx.require_portal(), wrong_passphrase=WRONG_PASSPHRASE)

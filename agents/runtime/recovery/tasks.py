@@ -49,7 +49,7 @@ def _answer(ctx: AgentContext, request_id: str, compute) -> dict:
         forget_opened()
         body = _failure(exc)
     try:
-        ctx.portal.post(f"recovery/answers/{request_id}/", body)
+        ctx.require_portal().post(f"recovery/answers/{request_id}/", body)
     except Exception as exc:
         log.warning("could not deliver the answer to request %s: %s", request_id, exc)
         return {"ok": False, "delivered": False}
