@@ -11,10 +11,11 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/14
 run: venv  ## Run the portal, its worker and the scheduler in the foreground.
 	@$(BIN)/python manage.py haven_run
 
-test: venv tools  ## Lint, then the whole suite on embedded defaults and again on PostgreSQL + Redis + Azurite.
+test: venv tools  ## Lint and type-check, then the whole suite on embedded defaults and again on PostgreSQL + Redis + Azurite.
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	@echo "== pass 1/2: embedded defaults (SQLite, filesystem broker, in-memory layer, local storage)"
 	env -u DATABASE_URL -u REDIS_URL -u AZURE_STORAGE_CONNECTION_STRING \
 	  HAVEN_REQUIRE_SERVERS=1 HAVEN_DATA_DIR=$(CURDIR)/var/test-embedded \
@@ -24,8 +25,8 @@ test: venv tools  ## Lint, then the whole suite on embedded defaults and again o
 	  DATABASE_URL=$(PG_URL) REDIS_URL=$(TEST_REDIS_URL) \
 	  $(BIN)/pytest -q -m servers $(PYTEST_ARGS)
 
-lint: venv
-	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports
+lint: venv  ## ruff, the import contracts and mypy (the files it checks: [tool.mypy] in pyproject.toml).
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports && $(BIN)/mypy
 
 format: venv
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .

@@ -2,15 +2,28 @@
 
 The autouse ``_isolated_home`` keeps tests away from the developer's real agent config and
 environment; ``azurite`` and ``redis_url`` give the real servers (see tests/support/servers.py).
+
+The cast every app's tests share (built with tests/support/builders.py): ``alice`` owns
+subscription "Contoso" (``subscription``) with resource group "backup-rg"
+(``resource_group``) and the ready vault "vault-one" (``vault``); ``bob`` is a member whose
+role a test picks with ``member(role)``; ``charlie`` owns subscription "Fabrikam" and
+belongs to nothing of alice's. An app's conftest may narrow a fixture for its tests (the
+portal's charlie owns nothing at all) but does not copy it.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.support import servers
+from tests.support import builders, servers
+
+if TYPE_CHECKING:
+    from portal.models import ResourceGroup, Subscription, User
+    from vaults.models import Vault
 
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
@@ -117,3 +130,46 @@ def browser_type_launch_args(browser_type_launch_args):
 @pytest.fixture(scope="session")
 def browser_context_args(browser_context_args):
     return {**browser_context_args, "viewport": {"width": 1440, "height": 900}}
+
+
+@pytest.fixture
+def alice(db) -> User:
+    """The owner of subscription "Contoso"."""
+    return builders.make_user(
+        username="alice", email="alice@example.test", first_name="Alice", last_name="Owner"
+    )
+
+
+@pytest.fixture
+def bob(db) -> User:
+    """A user to be given a role on Contoso (``member``); none until then."""
+    return builders.make_user(username="bob", email="bob@example.test")
+
+
+@pytest.fixture
+def charlie(db) -> User:
+    """The outsider: owner of his own subscription "Fabrikam", nothing of alice's."""
+    return builders.make_outsider(username="charlie")
+
+
+@pytest.fixture
+def subscription(alice) -> Subscription:
+    """Contoso, recorded only (no "Subscription created" notification)."""
+    return builders.make_subscription(owner=alice)
+
+
+@pytest.fixture
+def member(bob, subscription) -> Callable[[str], User]:
+    """``member(role)`` gives bob that role on Contoso and returns bob."""
+    return builders.role_giver(user=bob, subscription=subscription)
+
+
+@pytest.fixture
+def resource_group(subscription) -> ResourceGroup:
+    return builders.make_resource_group(subscription=subscription)
+
+
+@pytest.fixture
+def vault(resource_group) -> Vault:
+    """The ready vault "vault-one" in backup-rg, recorded only: nothing is deployed."""
+    return builders.make_vault(resource_group=resource_group, container="vault-one")

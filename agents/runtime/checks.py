@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from agents.runtime.config import Registration, Settings
 from agents.runtime.portal_api import PortalClient, PortalError, PortalRefused
+
+if TYPE_CHECKING:
+    from agents.runtime.blobstore.base import BlobStore
+
+#: ``open_store`` or a test's stand-in: ``opener(grant, proxies=...)`` gives the store.
+StoreOpener = Callable[..., "BlobStore"]
 
 MAX_CLOCK_SKEW_SECONDS = 300
 CACHE_FRACTION = 0.05  # the reference: cache free space at least 5% of the data backed up
@@ -73,7 +81,9 @@ def check_cache_space(cache_dir: str | os.PathLike[str], data_bytes: int) -> int
     return free
 
 
-def check_portal(client: PortalClient, expected_fingerprint: str = "") -> tuple[CheckResult, dict]:
+def check_portal(
+    client: PortalClient, expected_fingerprint: str = ""
+) -> tuple[CheckResult, dict[str, Any]]:
     name = "portal API"
     try:
         identity = client.identity()
@@ -129,7 +139,7 @@ def check_token(client: PortalClient) -> CheckResult:
     return CheckResult(name, True, "the portal accepts this machine's token")
 
 
-def check_clock(identity: dict, now: datetime | None = None) -> CheckResult:
+def check_clock(identity: dict[str, Any], now: datetime | None = None) -> CheckResult:
     name = "clock"
     raw = identity.get("time")
     if not raw:
@@ -208,7 +218,9 @@ def check_broker(registration: Registration, timeout: float = 5.0) -> CheckResul
     return CheckResult(name, True, f"{where} accepts this machine's broker user")
 
 
-def check_storage(registration: Registration, settings: Settings, store_opener=None) -> CheckResult:
+def check_storage(
+    registration: Registration, settings: Settings, store_opener: StoreOpener | None = None
+) -> CheckResult:
     from agents.runtime.blobstore.base import BlobForbidden, StorageError
 
     name = "storage"
@@ -266,17 +278,19 @@ def check_cache(settings: Settings) -> CheckResult:
 
 
 def open_store(
-    grant: dict,
+    grant: dict[str, Any],
     *,
     proxies: dict[str, str] | None = None,
     attempts: int = 2,
     bandwidth_limit: int = 0,
-):
+) -> BlobStore:
     """The vault storage a grant opens (retrying transient failures briefly), throttled to
     ``bandwidth_limit`` bytes per second each way when one is set (settings.json)."""
     from agents.runtime.blobstore import RetryingStore, ThrottledStore, open_grant
 
-    store = RetryingStore(open_grant(grant, proxies=proxies), attempts=attempts, base_delay=0.5)
+    store: BlobStore = RetryingStore(
+        open_grant(grant, proxies=proxies), attempts=attempts, base_delay=0.5
+    )
     if bandwidth_limit:
         store = ThrottledStore(
             store,

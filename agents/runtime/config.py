@@ -22,6 +22,7 @@ import os
 import stat
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 SETTINGS_FILE = "settings.json"
@@ -91,7 +92,7 @@ def write_private(path: Path, data: bytes) -> None:
         raise
 
 
-def _read_json(path: Path) -> dict | None:
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -112,7 +113,10 @@ def _read_json(path: Path) -> dict | None:
     return data
 
 
-def _from_dict(cls, data: dict):
+_Record = TypeVar("_Record", "Settings", "Registration")
+
+
+def _from_dict(cls: type[_Record], data: dict[str, Any]) -> _Record:
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -218,15 +222,15 @@ class Registration:
     machine_name: str
     token: str
     broker_url: str
-    broker_transport_options: dict = field(default_factory=dict)
+    broker_transport_options: dict[str, Any] = field(default_factory=dict)
     result_key_prefix: str = ""
     queue: str = ""
     container: str = ""
-    grant: dict = field(default_factory=dict)
+    grant: dict[str, Any] = field(default_factory=dict)
     repository_id: str = ""
     registered_at: str = ""
 
-    def public_view(self) -> dict:
+    def public_view(self) -> dict[str, str]:
         """What ``haven-agent status`` may print: no token, no broker password, no grant."""
         return {
             "portal": self.portal_url,

@@ -23,6 +23,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -70,7 +71,7 @@ DOWNLOAD_AGAIN = (
 @dataclass(frozen=True)
 class VaultCredentials:
     raw: bytes
-    data: dict
+    data: dict[str, Any]
     portal_url: str
     fingerprint: str
     vault_id: str
@@ -85,7 +86,7 @@ class VaultCredentials:
         return canonical({k: v for k, v in self.data.items() if k != "signature"})
 
 
-def canonical(data: dict) -> bytes:
+def canonical(data: dict[str, Any]) -> bytes:
     """The bytes the portal signs: sorted keys, no spaces, UTF-8."""
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -95,7 +96,7 @@ def fingerprint_of(public_key_b64: str) -> str:
     return hashlib.sha256(base64.b64decode(public_key_b64)).hexdigest()[:16]
 
 
-def _pick(data: dict, *names: str) -> str:
+def _pick(data: dict[str, Any], *names: str) -> str:
     for name in names:
         value = data.get(name)
         if isinstance(value, str | int) and str(value):
@@ -104,9 +105,9 @@ def _pick(data: dict, *names: str) -> str:
     vault = data.get("vault")
     if isinstance(vault, dict):
         for name in names:
-            short = name.removeprefix("vault_")
-            if isinstance(vault.get(short), str) and vault[short]:
-                return vault[short]
+            nested = vault.get(name.removeprefix("vault_"))
+            if isinstance(nested, str) and nested:
+                return nested
     raise CredentialsMalformed(
         f"the vault credentials file has no {names[0]!r}. It may be truncated or not a Haven "
         f"vault credentials file. {DOWNLOAD_AGAIN}"

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import platform
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from agents.runtime import checks
 from agents.runtime.config import (
@@ -37,6 +39,13 @@ from agents.runtime.credentials import (
 )
 from agents.runtime.portal_api import PortalClient, PortalRefused
 from agents.runtime.version import __version__
+
+if TYPE_CHECKING:
+    from agents.runtime.blobstore.base import BlobStore
+
+#: ``Repository.init`` or a test's stand-in: ``init(store, passphrase)``; the result's ``id``
+#: is recorded when it has one.
+RepositoryInit = Callable[["BlobStore", str], object]
 
 
 class RegistrationError(Exception):
@@ -66,7 +75,7 @@ class RegistrationRefused(RegistrationError):
 @dataclass
 class Prepared:
     credentials: VaultCredentials
-    identity: dict
+    identity: dict[str, Any]
 
 
 def read_credentials_file(path: str | Path) -> bytes:
@@ -151,8 +160,8 @@ def enroll(
     machine_name: str = "",
     replace: bool = False,
     directory: Path | None = None,
-    store_opener=None,
-    repository_init=None,
+    store_opener: checks.StoreOpener | None = None,
+    repository_init: RepositoryInit | None = None,
 ) -> Registration:
     existing = check_existing(directory, replace=replace)
     creds = prepared.credentials
@@ -220,7 +229,13 @@ def enroll(
     return registration
 
 
-def _init_repository(registration, passphrase, proxies, store_opener, repository_init) -> str:
+def _init_repository(
+    registration: Registration,
+    passphrase: str,
+    proxies: dict[str, str] | None,
+    store_opener: checks.StoreOpener | None,
+    repository_init: RepositoryInit | None,
+) -> str:
     """Create the machine's repository: a random master key, wrapped by the passphrase."""
     from agents.runtime.blobstore.base import StorageError
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -29,13 +31,19 @@ class TaskRefused(Exception):
     """A task message this worker will not run; the message says why."""
 
 
-def to_json_native(value):
+def to_json_native(value: Any) -> Any:
     """What the value looks like after a JSON round trip (tuples become lists, ...)."""
     return json.loads(json.dumps(value))
 
 
 def signed_bytes(
-    *, task: str, task_id: str, machine_id: str, args, kwargs: dict, issued_at: str
+    *,
+    task: str,
+    task_id: str,
+    machine_id: str,
+    args: Iterable[Any] | None,
+    kwargs: dict[str, Any] | None,
+    issued_at: str,
 ) -> bytes:
     body = {
         "task": task,
@@ -52,8 +60,8 @@ def verify_task(
     *,
     task: str,
     task_id: str,
-    args,
-    kwargs: dict,
+    args: Iterable[Any] | None,
+    kwargs: dict[str, Any],
     machine_id: str,
     public_key_b64: str,
     now: datetime | None = None,

@@ -1,9 +1,9 @@
 """Builders and fixtures for the machine tests (portal side and agent against the portal).
 
-The cast: alice owns subscription "Contoso" with vault "vault-one"; bob is a member whose
-role a test picks; charlie belongs to another subscription only. ``agent_env`` gives each
-test its own storage directories and agent config directory; ``redis_broker`` switches
-the portal to the real Redis for broker users (and removes the users a test made).
+The cast is the shared one (tests/conftest.py). ``agent_env`` gives each test its own storage
+directories and agent config directory (a test with the ``vault`` has it too);
+``redis_broker`` switches the portal to the real Redis for broker users (and removes the
+users a test made).
 """
 
 from __future__ import annotations
@@ -14,39 +14,8 @@ from dataclasses import asdict
 import pytest
 
 from agents.runtime import config as agent_config
-from portal.models import ResourceGroup, Subscription, User
 from tests.support import builders
 from vaults.models import Vault
-
-
-@pytest.fixture
-def alice(db) -> User:
-    return builders.make_user(username="alice")
-
-
-@pytest.fixture
-def bob(db) -> User:
-    return builders.make_user(username="bob")
-
-
-@pytest.fixture
-def charlie(db) -> User:
-    return builders.make_outsider(username="charlie")
-
-
-@pytest.fixture
-def subscription(alice) -> Subscription:
-    return builders.make_subscription(owner=alice)
-
-
-@pytest.fixture
-def member(bob, subscription):
-    return builders.role_giver(user=bob, subscription=subscription)
-
-
-@pytest.fixture
-def resource_group(subscription) -> ResourceGroup:
-    return builders.make_resource_group(subscription=subscription)
 
 
 def make_vault(resource_group, name="vault-one", **extra) -> Vault:
@@ -56,8 +25,9 @@ def make_vault(resource_group, name="vault-one", **extra) -> Vault:
 
 
 @pytest.fixture
-def vault(agent_env, resource_group) -> Vault:
-    return make_vault(resource_group)
+def vault(agent_env, vault) -> Vault:
+    """The shared vault; a test that has one also has ``agent_env``."""
+    return vault
 
 
 @pytest.fixture

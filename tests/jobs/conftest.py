@@ -1,8 +1,7 @@
 """Builders and fixtures for the jobs tests.
 
-The cast: alice owns subscription "Contoso" with vault "vault-one" and machine "web-01"
-(Europe/Amsterdam); bob is a member whose role a test picks; charlie belongs to another
-subscription only. Pushes are captured (``pushes``), agent tasks recorded (``sent``).
+The shared cast (tests/conftest.py: alice, bob, charlie, Contoso, vault "vault-one") plus
+machine "web-01" (Europe/Amsterdam, online) and its policy. Pushes are captured (``pushes``), agent tasks recorded (``sent``).
 """
 
 from __future__ import annotations
@@ -11,9 +10,7 @@ import pytest
 
 from agents.models import Machine
 from jobs import policy_rules, services
-from portal.models import Subscription, User
 from tests.support import builders
-from vaults.models import Vault
 
 
 @pytest.fixture
@@ -48,37 +45,6 @@ def _jobs_env(settings, tmp_path, pushes, sent, monkeypatch):
     enqueued: list = []
     monkeypatch.setattr(services, "_enqueue", lambda name, *args: enqueued.append((name, args)))
     return enqueued
-
-
-@pytest.fixture
-def alice(db) -> User:
-    return builders.make_user(username="alice", email="alice@example.test")
-
-
-@pytest.fixture
-def bob(db) -> User:
-    return builders.make_user(username="bob", email="bob@example.test")
-
-
-@pytest.fixture
-def charlie(db) -> User:
-    return builders.make_outsider(username="charlie")
-
-
-@pytest.fixture
-def subscription(alice) -> Subscription:
-    return builders.make_subscription(owner=alice)
-
-
-@pytest.fixture
-def member(bob, subscription):
-    return builders.role_giver(user=bob, subscription=subscription)
-
-
-@pytest.fixture
-def vault(subscription) -> Vault:
-    rg = builders.make_resource_group(subscription=subscription)
-    return builders.make_vault(resource_group=rg, container="vault-one")
 
 
 def make_machine(vault, name="web-01", *, online=True, time_zone="Europe/Amsterdam") -> Machine:

@@ -1,5 +1,7 @@
-"""alice owns subscription "Contoso" (with resource group rg-web); bob gets whichever role a
-test asks for; charlie has no role anywhere."""
+"""The portal's tests use the shared cast (tests/conftest.py) with three differences: here
+Contoso is made through ``subscription_create`` (so alice has its notification) with resource
+group rg-web (``group``); charlie owns nothing at all (the role matrix has him create
+"Fabrikam"); and bob gets his role through ``bob_with(role)``."""
 
 from __future__ import annotations
 
@@ -7,14 +9,15 @@ import pytest
 from django.test import Client
 
 from portal import services
-from portal.models import Membership, Role, User
+from portal.models import Role, User
+from tests.support import builders
 
 ROLES = [Role.OWNER, Role.CONTRIBUTOR, Role.BACKUP_OPERATOR, Role.READER]
-PASSWORD = "correct horse battery staple"
+PASSWORD = builders.PASSWORD
 
 
 def make_user(username: str, **fields) -> User:
-    return User.objects.create_user(username=username, password=PASSWORD, **fields)
+    return builders.make_user(username=username, **fields)
 
 
 def client_for(user) -> Client:
@@ -24,17 +27,15 @@ def client_for(user) -> Client:
 
 
 @pytest.fixture
-def alice(db):
-    return make_user("alice", first_name="Alice", last_name="Owner")
-
-
-@pytest.fixture
-def charlie(db):
+def charlie(db) -> User:
+    """A user with no role anywhere. The shared charlie owns Fabrikam, and an Owner of any
+    subscription may manage users and create subscriptions: the role matrix's outsider may not."""
     return make_user("charlie")
 
 
 @pytest.fixture
 def subscription(alice):
+    """Contoso as the service makes it: alice also gets "Subscription created"."""
     return services.subscription_create(name="Contoso", owner=alice)
 
 
@@ -46,18 +47,6 @@ def group(subscription):
 
 
 @pytest.fixture
-def bob_with(subscription):
+def bob_with(member):
     """``bob_with(role)``: bob, a member of alice's subscription with that role."""
-
-    def make(role: str) -> User:
-        bob = make_user("bob")
-        Membership.objects.create(user=bob, subscription=subscription, role=role)
-        return bob
-
-    return make
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # PBKDF2's deliberate slowness would dominate these tests; the hasher is not under test.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    return member

@@ -1,6 +1,6 @@
-"""The cast for Recover Data: alice owns subscription "Contoso" with vault "vault-one" and
-machines "web-01" and "web-02"; bob is a member whose role a test picks; charlie belongs to
-another subscription only. Agent tasks are recorded (``sent``), pushes captured."""
+"""The cast for Recover Data: the shared one (tests/conftest.py: alice, bob, charlie, Contoso,
+vault "vault-one") plus the online machines "web-01" and "web-02" and web-01's recovery
+points. Agent tasks are recorded (``sent``), pushes captured."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from django.utils import timezone
 from agents.models import Machine
 from jobs.models import RecoveryPoint
 from jobs.recovery import services
-from portal.models import ResourceGroup, Subscription, User
+from portal.models import ResourceGroup
 from tests.support import builders
 from vaults.models import Vault
 
@@ -43,40 +43,10 @@ def sent(monkeypatch):
     return calls
 
 
-@pytest.fixture
-def alice(db) -> User:
-    return builders.make_user(username="alice")
-
-
-@pytest.fixture
-def bob(db) -> User:
-    return builders.make_user(username="bob")
-
-
-@pytest.fixture
-def charlie(db) -> User:
-    return builders.make_outsider(username="charlie")
-
-
-@pytest.fixture
-def subscription(alice) -> Subscription:
-    return builders.make_subscription(owner=alice)
-
-
-@pytest.fixture
-def member(bob, subscription):
-    return builders.role_giver(user=bob, subscription=subscription)
-
-
 def make_vault(subscription, name="vault-one") -> Vault:
     rg = ResourceGroup.objects.filter(subscription=subscription, name="backup-rg").first()
     rg = rg or builders.make_resource_group(subscription=subscription)
     return builders.make_vault(resource_group=rg, name=name, container=name)
-
-
-@pytest.fixture
-def vault(subscription) -> Vault:
-    return make_vault(subscription)
 
 
 def make_machine(vault, name) -> Machine:

@@ -3,7 +3,8 @@ groups, vaults and machines.
 
 Plain functions with keyword-only arguments and the defaults the suites share (subscription
 "Contoso", resource group "backup-rg" in West Europe, a ready vault "vault-one", machine
-"web-01"); the conftests' fixtures call them to set up their cast.
+"web-01"). The shared cast's fixtures (alice, bob, charlie, subscription, member,
+resource_group, vault) are in tests/conftest.py; the apps' conftests build the rest with these.
 """
 
 from __future__ import annotations

@@ -2,15 +2,14 @@
 
 Nothing here is autouse, so the storage tests below this folder are not affected; vault
 test modules opt in with ``pytestmark = pytest.mark.usefixtures("vault_env")``.
-The cast: alice owns subscription "Contoso"; bob is a member whose role a test picks;
-charlie belongs to another subscription only.
+The cast is the shared one (tests/conftest.py); vaults are made per test (``make_vault``)
+or deployed for real (``deployed_vault``).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from portal.models import ResourceGroup, Subscription, User
 from tests.support import builders
 from vaults.models import Vault
 
@@ -43,39 +42,6 @@ def eager():
     app.conf.update(task_always_eager=True, task_eager_propagates=True)
     yield
     app.conf.update(before)
-
-
-@pytest.fixture
-def alice(db) -> User:
-    return builders.make_user(
-        username="alice", password=None, first_name="Alice", last_name="Archer"
-    )
-
-
-@pytest.fixture
-def bob(db) -> User:
-    return builders.make_user(username="bob", password=None)
-
-
-@pytest.fixture
-def charlie(db) -> User:
-    return builders.make_outsider(username="charlie", password=None)
-
-
-@pytest.fixture
-def subscription(alice) -> Subscription:
-    return builders.make_subscription(owner=alice)
-
-
-@pytest.fixture
-def resource_group(subscription) -> ResourceGroup:
-    return builders.make_resource_group(subscription=subscription)
-
-
-@pytest.fixture
-def member(bob, subscription):
-    """``member(role)`` gives bob that role on Contoso and returns bob."""
-    return builders.role_giver(user=bob, subscription=subscription)
 
 
 def make_vault(resource_group, name="vault-one", *, state=Vault.State.READY, **extra) -> Vault:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 from azure.core.exceptions import (
@@ -48,7 +49,7 @@ def client_options(
     retries: int = 2,
     connection_timeout: float = 10,
     read_timeout: float = 120,
-) -> dict:
+) -> dict[str, Any]:
     """Keyword arguments for azure-storage-blob clients: short connect timeout, a few quick
     SDK retries (``RetryingStore`` adds patient ones on top), block sizes for packs."""
     options = {

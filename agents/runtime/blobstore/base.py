@@ -11,6 +11,7 @@ import abc
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Self
 
 
 class StorageError(Exception):
@@ -57,10 +58,14 @@ class BlobInfo:
 class BlobStore(abc.ABC):
     """One container of blobs."""
 
-    #: Forked processes may read through their copies of this store at once: nothing shared
-    #: (no pooled connection) and no limit that would then hold per process only. Restores
-    #: use processes for such stores (local files), threads for the others.
-    fork_safe_reads: bool = False
+    @property
+    def fork_safe_reads(self) -> bool:
+        """Forked processes may read through their copies of this store at once: nothing
+        shared (no pooled connection) and no limit that would then hold per process only.
+        Restores use processes for such stores (local files), threads for the others.
+        Backends for which it holds set ``fork_safe_reads = True``; wrappers ask the store
+        they wrap."""
+        return False
 
     @abc.abstractmethod
     def put(self, name: str, data: bytes | memoryview) -> None:
@@ -88,8 +93,8 @@ class BlobStore(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default has none."""
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from agents.runtime.blobstore.base import BlobStore, GrantExpired, InvalidGrant
 
 KINDS = ("azure-sas", "haven-http")
 
 
-def grant_expiry(grant: Mapping) -> datetime:
+def grant_expiry(grant: Mapping[str, Any]) -> datetime:
     """The grant's ``expires_at`` as an aware UTC datetime."""
     raw = grant.get("expires_at")
     if not isinstance(raw, str):
@@ -34,7 +35,7 @@ def grant_expiry(grant: Mapping) -> datetime:
     return moment.astimezone(UTC)
 
 
-def _field(grant: Mapping, key: str) -> str:
+def _field(grant: Mapping[str, Any], key: str) -> str:
     value = grant.get(key)
     if not isinstance(value, str) or not value:
         raise InvalidGrant(
@@ -44,7 +45,7 @@ def _field(grant: Mapping, key: str) -> str:
 
 
 def open_grant(
-    grant: Mapping,
+    grant: Mapping[str, Any],
     *,
     proxies: dict[str, str] | None = None,
     check_expiry: bool = True,

@@ -19,6 +19,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -114,7 +115,7 @@ class HttpGrantStore(BlobStore):
         *,
         action: str,
         ok: tuple[int, ...] = (200,),
-        **kwargs,
+        **kwargs: Any,
     ) -> requests.Response:
         if self.expires_at is not None and datetime.now(UTC) >= self.expires_at:
             raise GrantExpired(

@@ -12,6 +12,7 @@ Limitation of a file system, not shared by Azure: a name cannot be both a blob a
 
 from __future__ import annotations
 
+import builtins
 import errno
 import os
 import threading
@@ -198,7 +199,10 @@ class LocalDirectoryStore(BlobStore):
         found.sort(key=lambda info: info.name)
         return iter(found)
 
-    def _walk(self, folder: Path, relative: str, prefix: str, found: list[BlobInfo]) -> None:
+    # builtins.list: in this class ``list`` is the method.
+    def _walk(
+        self, folder: Path, relative: str, prefix: str, found: builtins.list[BlobInfo]
+    ) -> None:
         try:
             entries = list(os.scandir(folder))
         except (FileNotFoundError, NotADirectoryError):

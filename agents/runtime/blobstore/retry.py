@@ -37,12 +37,15 @@ class RetryingStore(BlobStore):
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
         self.inner = inner
-        self.fork_safe_reads = inner.fork_safe_reads
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
         self._sleep = sleep
         self._rng = rng or random.Random()
+
+    @property
+    def fork_safe_reads(self) -> bool:  # retrying shares nothing between processes
+        return self.inner.fork_safe_reads
 
     def delay(self, retry: int) -> float:
         """The pause before retry number ``retry`` (0-based): uniform in [0, cap]."""
