@@ -12,16 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import redis
+
+from agents.runtime.blobstore.base import BlobForbidden, BlobStore, StorageError
 from agents.runtime.config import Registration, Settings
 from agents.runtime.portal_api import PortalClient, PortalError, PortalRefused
-
-if TYPE_CHECKING:
-    from agents.runtime.blobstore.base import BlobStore
+from agents.runtime.storage_grant import open_store
 
 #: ``open_store`` or a test's stand-in: ``opener(grant, proxies=...)`` gives the store.
-StoreOpener = Callable[..., "BlobStore"]
+StoreOpener = Callable[..., BlobStore]
 
 MAX_CLOCK_SKEW_SECONDS = 300
 CACHE_FRACTION = 0.05  # the reference: cache free space at least 5% of the data backed up
@@ -180,10 +181,6 @@ def check_broker(registration: Registration, timeout: float = 5.0) -> CheckResul
                 "as a user that can write the folder, or configure REDIS_URL on the portal.",
             )
         return CheckResult(name, True, f"embedded broker folder {folders[0]} is writable")
-    try:
-        import redis
-    except ImportError:  # pragma: no cover - celery[redis] installs it
-        return CheckResult(name, False, "the redis library is missing", "Reinstall the agent.")
     client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     where = url.split("@")[-1]
     try:
@@ -221,8 +218,6 @@ def check_broker(registration: Registration, timeout: float = 5.0) -> CheckResul
 def check_storage(
     registration: Registration, settings: Settings, store_opener: StoreOpener | None = None
 ) -> CheckResult:
-    from agents.runtime.blobstore.base import BlobForbidden, StorageError
-
     name = "storage"
     opener = store_opener or open_store
     try:
@@ -275,26 +270,3 @@ def check_cache(settings: Settings) -> CheckResult:
         True,
         detail + f" (enough for backing up {_size(int(free / CACHE_FRACTION))})",
     )
-
-
-def open_store(
-    grant: dict[str, Any],
-    *,
-    proxies: dict[str, str] | None = None,
-    attempts: int = 2,
-    bandwidth_limit: int = 0,
-) -> BlobStore:
-    """The vault storage a grant opens (retrying transient failures briefly), throttled to
-    ``bandwidth_limit`` bytes per second each way when one is set (settings.json)."""
-    from agents.runtime.blobstore import RetryingStore, ThrottledStore, open_grant
-
-    store: BlobStore = RetryingStore(
-        open_grant(grant, proxies=proxies), attempts=attempts, base_delay=0.5
-    )
-    if bandwidth_limit:
-        store = ThrottledStore(
-            store,
-            upload_bytes_per_second=bandwidth_limit,
-            download_bytes_per_second=bandwidth_limit,
-        )
-    return store

@@ -19,9 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agents.runtime import checks
+from agents.runtime.blobstore.base import BlobStore, StorageError
 from agents.runtime.config import (
     ConfigError,
     Registration,
@@ -37,11 +38,10 @@ from agents.runtime.credentials import (
     parse,
     verify,
 )
+from agents.runtime.engine.repository import Repository
 from agents.runtime.portal_api import PortalClient, PortalRefused
+from agents.runtime.storage_grant import open_store
 from agents.runtime.version import __version__
-
-if TYPE_CHECKING:
-    from agents.runtime.blobstore.base import BlobStore
 
 #: ``Repository.init`` or a test's stand-in: ``init(store, passphrase)``; the result's ``id``
 #: is recorded when it has one.
@@ -237,12 +237,8 @@ def _init_repository(
     repository_init: RepositoryInit | None,
 ) -> str:
     """Create the machine's repository: a random master key, wrapped by the passphrase."""
-    from agents.runtime.blobstore.base import StorageError
-
-    opener = store_opener or checks.open_store
+    opener = store_opener or open_store
     if repository_init is None:
-        from agents.runtime.engine.repository import Repository
-
         repository_init = Repository.init
     try:
         store = opener(registration.grant, proxies=proxies)

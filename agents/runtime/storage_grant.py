@@ -1,4 +1,5 @@
-"""This machine's storage grant: renewing it before (or once) it expires.
+"""This machine's storage grant: opening the store it grants, and renewing it before (or
+once) it expires.
 
 The portal issues each machine a short-lived grant to its own container
 (``POST /api/agent/grant/``); the agent keeps it in ``registration.json``, where tasks read it.
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from agents.runtime import config
-from agents.runtime.blobstore.base import InvalidGrant
+from agents.runtime.blobstore import RetryingStore, ThrottledStore, open_grant
+from agents.runtime.blobstore.base import BlobStore, InvalidGrant
 from agents.runtime.blobstore.grants import grant_expiry
 
 log = logging.getLogger("haven.agent")
@@ -48,3 +51,24 @@ def renew_grant(
         config.save_registration(registration)
     log.info("storage grant renewed until %s", registration.grant.get("expires_at"))
     return True
+
+
+def open_store(
+    grant: dict[str, Any],
+    *,
+    proxies: dict[str, str] | None = None,
+    attempts: int = 2,
+    bandwidth_limit: int = 0,
+) -> BlobStore:
+    """The vault storage a grant opens (retrying transient failures briefly), throttled to
+    ``bandwidth_limit`` bytes per second each way when one is set (settings.json)."""
+    store: BlobStore = RetryingStore(
+        open_grant(grant, proxies=proxies), attempts=attempts, base_delay=0.5
+    )
+    if bandwidth_limit:
+        store = ThrottledStore(
+            store,
+            upload_bytes_per_second=bandwidth_limit,
+            download_bytes_per_second=bandwidth_limit,
+        )
+    return store

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agents.runtime import checks, config
+from agents.runtime import config, storage_grant
 from agents.runtime import protocol as wire
 from agents.runtime.jobs import backup as backup_job
 from agents.runtime.jobs import policy as policy_store
@@ -35,7 +35,7 @@ def open_store(ctx: AgentContext):
     """This machine's store, through its grant, proxy and bandwidth limit."""
     if "open_store" in ctx.extra:
         return ctx.extra["open_store"]()
-    return checks.open_store(
+    return storage_grant.open_store(
         ctx.registration.grant,
         proxies=ctx.settings.proxies(),
         bandwidth_limit=getattr(ctx.settings, "bandwidth_limit", 0),

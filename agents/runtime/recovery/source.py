@@ -24,11 +24,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agents.runtime import checks, config, protocol
+from agents.runtime import config, protocol, storage_grant
 from agents.runtime import passphrase as pp
 from agents.runtime.engine import Repository
 from agents.runtime.portal_api import PortalRefused
-from agents.runtime.storage_grant import renew_grant
 from agents.runtime.tasks import AgentContext
 
 PASSPHRASES_DIR = "recovery-passphrases"
@@ -128,7 +127,7 @@ def open_store(source: Source, settings):
         raise RecoveryError(
             f"no storage grant for {source.machine_name!r}; run haven-agent check to renew it"
         )
-    return checks.open_store(
+    return storage_grant.open_store(
         source.grant,
         proxies=settings.proxies(),
         bandwidth_limit=getattr(settings, "bandwidth_limit", 0),
@@ -151,7 +150,7 @@ def _task_source(ctx: AgentContext, source_machine_id: str | None) -> Source:
         registration=ctx.registration, portal=ctx.portal, machine=source_machine_id or None
     )
     if source.own and ctx.portal is not None and "open_store" not in ctx.extra:
-        renew_grant(ctx.registration, ctx.portal, save=False)
+        storage_grant.renew_grant(ctx.registration, ctx.portal, save=False)
         source.grant = ctx.registration.grant
     return source
 

@@ -77,11 +77,11 @@ def test_an_unreachable_portal_is_named():
 
 
 def test_a_bandwidth_limit_throttles_the_storage_both_ways(monkeypatch):
-    from agents.runtime import blobstore
+    from agents.runtime import blobstore, storage_grant
     from agents.runtime.blobstore.memory import MemoryStore
 
-    monkeypatch.setattr(blobstore, "open_grant", lambda grant, proxies=None: MemoryStore())
-    assert not isinstance(checks.open_store({}), blobstore.ThrottledStore)
-    store = checks.open_store({}, bandwidth_limit=2**20)
+    monkeypatch.setattr(storage_grant, "open_grant", lambda grant, proxies=None: MemoryStore())
+    assert not isinstance(storage_grant.open_store({}), blobstore.ThrottledStore)
+    store = storage_grant.open_store({}, bandwidth_limit=2**20)
     assert isinstance(store, blobstore.ThrottledStore)
     assert store.upload.rate == store.download.rate == 2**20
