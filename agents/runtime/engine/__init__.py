@@ -45,7 +45,7 @@ repository at a time.
 
 Modules: ``crypto`` (keys, scrypt, AES-GCM, keyed BLAKE3), ``format`` (byte layouts),
 ``index`` (compact chunk index), ``repository`` (blobs, index deltas, manifests),
-``scan`` (walk + exclusions), ``worker`` (chunking processes), ``backup``, ``restore``,
+``scan`` (walk + exclusions), ``chunkers`` (chunking processes), ``backup``, ``restore``,
 ``verify``, ``browse``, ``progress`` (sinks), ``cli`` (``python -m agents.runtime.engine``).
 """
 

@@ -40,6 +40,7 @@ from pathlib import Path
 import zstandard
 
 from agents.runtime.blobstore.base import StorageError
+from agents.runtime.engine.chunkers import ClaimTable, PackBuffers, make_chunker, worker_main
 from agents.runtime.engine.crypto import ChunkerParams
 from agents.runtime.engine.errors import EngineError, InvalidArgument
 from agents.runtime.engine.format import (
@@ -62,7 +63,6 @@ from agents.runtime.engine.repository import (
     pack_blob_name,
 )
 from agents.runtime.engine.scan import WalkAhead, count_tree, normalize_sources
-from agents.runtime.engine.worker import ClaimTable, PackBuffers, make_chunker, worker_main
 
 DEFAULT_PACK_SIZE = 16 << 20
 META_CHUNKER = ChunkerParams(min_size=16 << 10, avg_size=64 << 10, max_size=256 << 10)

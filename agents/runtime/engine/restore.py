@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.runtime.blobstore.base import StorageError
+from agents.runtime.engine.chunkers import die_with_parent
 from agents.runtime.engine.errors import EngineError, IntegrityError, InvalidArgument
 from agents.runtime.engine.format import (
     DIR,
@@ -47,7 +48,6 @@ from agents.runtime.engine.format import (
 )
 from agents.runtime.engine.progress import ProgressSink, Reporter, display_path
 from agents.runtime.engine.repository import ChunkReader, RecoveryPoint, Repository
-from agents.runtime.engine.worker import die_with_parent
 
 CONFLICT_POLICIES = ("overwrite", "skip", "copy")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

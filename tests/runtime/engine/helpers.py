@@ -6,8 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from agents.runtime.engine import list_dir, run_backup, run_restore
-from agents.runtime.engine import worker as worker_module
+from agents.runtime.engine import chunkers, list_dir, run_backup, run_restore
 
 
 def backup(repo, src, **kw):
@@ -67,14 +66,14 @@ def restore(repo, target, **kw):
 def log_opens(monkeypatch, log: Path) -> None:
     """Record every file a worker opens (workers are forked, so the patch reaches them)."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    original = worker_module.FileProcessor._open
+    original = chunkers.FileProcessor._open
 
     def _open(self, path):
         with open(log, "ab") as f:
             f.write(path + b"\n")
         return original(self, path)
 
-    monkeypatch.setattr(worker_module.FileProcessor, "_open", _open)
+    monkeypatch.setattr(chunkers.FileProcessor, "_open", _open)
 
 
 def opened(log: Path) -> list[bytes]:
@@ -82,11 +81,11 @@ def opened(log: Path) -> list[bytes]:
 
 
 def fail_open(monkeypatch, name: bytes, exc: OSError) -> None:
-    original = worker_module.FileProcessor._open
+    original = chunkers.FileProcessor._open
 
     def _open(self, path):
         if os.path.basename(path) == name:
             raise exc
         return original(self, path)
 
-    monkeypatch.setattr(worker_module.FileProcessor, "_open", _open)
+    monkeypatch.setattr(chunkers.FileProcessor, "_open", _open)

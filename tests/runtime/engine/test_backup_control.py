@@ -96,13 +96,13 @@ def test_the_engine_imports_no_django():
 def test_the_compiled_chunker_is_in_use():
     import pyfastcdc.cy.fastcdc as compiled
 
-    from agents.runtime.engine import worker
+    from agents.runtime.engine import chunkers
 
     assert compiled.__file__.endswith(".so")
-    assert worker.FastCDC is compiled.FastCDC
+    assert chunkers.FastCDC is compiled.FastCDC
     data = bytes(range(256)) * 40_000  # 10 MB
     started = time.perf_counter()
-    chunks = list(worker.make_chunker(repo_params()).cut_buf(data))
+    chunks = list(chunkers.make_chunker(repo_params()).cut_buf(data))
     assert time.perf_counter() - started < 0.5  # the pure-Python path needs > 1 s
     assert sum(c.length for c in chunks) == len(data)
 
