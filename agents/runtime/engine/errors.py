@@ -1,4 +1,5 @@
-"""Every failure the engine raises, each with a message a person can act on."""
+"""Every failure the engine raises, each with a message a person can act on; and ``Cancelled``,
+the engine's own signal that ``cancel`` was set (it never leaves the engine)."""
 
 from __future__ import annotations
 
@@ -53,3 +54,13 @@ class ChunkMissing(IntegrityError):
             "is incomplete (run verify)"
         )
         self.chunk_id = chunk_id
+
+
+class UnsafePath(EngineError):
+    """A manifest path that would escape the target (``..``, NUL, a symlinked parent …)."""
+
+
+class Cancelled(Exception):
+    """Raised deep in a backup or restore (waiting for an upload slot, writing a file) when
+    ``cancel`` is set; ``run_backup`` and ``run_restore`` turn it into their ordinary cancelled
+    result, so it never reaches a caller. Not an ``EngineError``: it is no failure."""

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.runtime.blobstore.base import StorageError
-from agents.runtime.engine.chunkers import die_with_parent
 from agents.runtime.engine.errors import EngineError, IntegrityError, InvalidArgument
+from agents.runtime.engine.forked import die_with_parent
 from agents.runtime.engine.format import (
     DIR,
     FILE,

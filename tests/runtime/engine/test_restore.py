@@ -16,8 +16,9 @@ from agents.runtime.engine import (
     list_dir,
     run_restore,
 )
-from agents.runtime.engine.backup import _MetaWriter, _Packer
 from agents.runtime.engine.format import DIR, FILE, SYMLINK, Entry
+from agents.runtime.engine.metadata import MetadataWriter
+from agents.runtime.engine.packer import Packer
 from agents.runtime.engine.repository import now
 from tests.runtime.engine.conftest import (
     FAST_KDF,
@@ -32,8 +33,8 @@ from tests.runtime.engine.helpers import backup, restore
 def _craft(repo, entries: list[Entry]) -> str:
     """Store a recovery point with hand-made (hostile) entries, as an attacker with the key
     or a bug could."""
-    packer = _Packer(repo, 1 << 20, 1)
-    meta = _MetaWriter(repo, packer)
+    packer = Packer(repo, 1 << 20, 1)
+    meta = MetadataWriter(repo, packer)
     for e in entries:
         meta.add(e)
     ids = meta.finish()
