@@ -67,6 +67,7 @@ from agents.runtime.engine.errors import (
     RecoveryPointNotFound,
     RepositoryExists,
     RepositoryNotFound,
+    UnsafePath,
     UnsupportedFormat,
     WrongPassphrase,
 )
@@ -79,7 +80,7 @@ from agents.runtime.engine.progress import (
     ThrottledSink,
 )
 from agents.runtime.engine.repository import PackDamaged, RecoveryPoint, Repository
-from agents.runtime.engine.restore import RestoreResult, UnsafePath, run_restore
+from agents.runtime.engine.restore import RestoreResult, run_restore
 from agents.runtime.engine.scan import WalkAhead
 from agents.runtime.engine.verify import DamagedPack, VerifyReport, run_verify
 
