@@ -24,9 +24,10 @@ from agents.runtime.engine.errors import EngineError
 from agents.runtime.engine.localstore import DirStore
 from agents.runtime.engine.progress import Event, ProgressSink, ThrottledSink, display_path
 from agents.runtime.engine.repository import Repository
-from agents.runtime.engine.restore import run_restore
+from agents.runtime.engine.restore import CONFLICT_CHOICES_DEFAULT_FIRST, run_restore
 from agents.runtime.engine.scan import WalkAhead
 from agents.runtime.engine.verify import run_verify
+from agents.runtime.protocol import CONFLICT_OVERWRITE
 
 
 class _StderrSink(ProgressSink):
@@ -67,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("recovery_point", nargs="?", default="latest")
     p.add_argument("paths", nargs="*")
     p.add_argument("--target", required=True)
-    p.add_argument("--on-conflict", default="overwrite", choices=["overwrite", "skip", "copy"])
+    p.add_argument(
+        "--on-conflict", default=CONFLICT_OVERWRITE, choices=CONFLICT_CHOICES_DEFAULT_FIRST
+    )
     p = sub.add_parser("verify")
     p.add_argument("--fraction", type=float, default=1.0)
     sub.add_parser("snapshots")

@@ -3,6 +3,8 @@ the engine's own signal that ``cancel`` was set (it never leaves the engine)."""
 
 from __future__ import annotations
 
+from agents.runtime.engine.layout import KEYS_PREFIX
+
 
 class EngineError(Exception):
     """Base of every engine failure; the message is meant for a person."""
@@ -19,7 +21,7 @@ class WrongPassphrase(EngineError):
 class RepositoryNotFound(EngineError):
     def __init__(self) -> None:
         super().__init__(
-            "no Haven repository here (no key found under 'keys/'); initialise it first "
+            f"no Haven repository here (no key found under {KEYS_PREFIX!r}); initialise it first "
             "or check the storage location"
         )
 

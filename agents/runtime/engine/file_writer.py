@@ -13,6 +13,7 @@ from agents.runtime.engine.format import HOLE_ID, Entry
 from agents.runtime.engine.owners import owner_of
 from agents.runtime.engine.repository import ChunkReader, Repository
 from agents.runtime.engine.target import TargetTree, is_dir, lstat_at, safe_components
+from agents.runtime.protocol import CONFLICT_COPY, CONFLICT_SKIP
 
 _NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 PROGRESS_BYTES = 4 << 20  # a writer reports progress at least every 4 MiB written
@@ -140,10 +141,10 @@ class FileWriter:
                 (e.path, "a folder with this name exists in the target; not restored")
             )
             return None
-        if self.on_conflict == "skip":
+        if self.on_conflict == CONFLICT_SKIP:
             self.skipped += 1
             return None
-        if self.on_conflict == "copy":
+        if self.on_conflict == CONFLICT_COPY:
             n = 1
             while True:
                 candidate = copy_name(name, n)

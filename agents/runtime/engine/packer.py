@@ -12,7 +12,8 @@ from concurrent.futures import wait as futures_wait
 
 from agents.runtime.engine.errors import Cancelled
 from agents.runtime.engine.format import PackBuilder
-from agents.runtime.engine.repository import Repository, pack_blob_name
+from agents.runtime.engine.layout import pack_blob
+from agents.runtime.engine.repository import Repository
 from agents.runtime.engine.upload_pool import UploadPool
 
 WAIT_TICK = 0.1  # how often a wait for an upload checks ``cancel`` and reports progress
@@ -119,7 +120,7 @@ class Packer:
 
     def _upload(self, pack_id: bytes, data: memoryview, raw: int, release, slot: bool) -> int:
         try:
-            self.repo.store.put(pack_blob_name(pack_id), data)
+            self.repo.store.put(pack_blob(pack_id), data)
             with self.lock:
                 self.uploaded_bytes += len(data)
                 self.uploaded_raw += raw

@@ -33,8 +33,15 @@ from agents.runtime.engine.progress import ProgressSink, Reporter, display_path
 from agents.runtime.engine.repository import ChunkReader, RecoveryPoint, Repository
 from agents.runtime.engine.target import TargetTree, is_dir, lstat_at, safe_components
 from agents.runtime.engine.writer_pool import WriterPool
+from agents.runtime.protocol import (
+    CONFLICT_CHOICES,
+    CONFLICT_COPY,
+    CONFLICT_OVERWRITE,
+    CONFLICT_SKIP,
+)
 
-CONFLICT_POLICIES = ("overwrite", "skip", "copy")
+# The wire's conflict choices, listed default first (in messages and the engine CLI).
+CONFLICT_CHOICES_DEFAULT_FIRST = (CONFLICT_OVERWRITE, CONFLICT_SKIP, CONFLICT_COPY)
 BATCH_FILES = 128
 BATCH_BYTES = 16 << 20
 
@@ -177,7 +184,7 @@ class _Restore:
         if e.kind == DIR:
             existing = lstat_at(name, dfd)
             if existing is not None and not is_dir(existing):
-                if self.on_conflict != "overwrite":
+                if self.on_conflict != CONFLICT_OVERWRITE:
                     self.warn(e.path, "a file with this name exists in the target; folder skipped")
                     self.skip_under.append(e.path.rstrip(b"/") + b"/")
                     return
@@ -338,7 +345,7 @@ def run_restore(
     recovery_point: str | RecoveryPoint,
     target: str | os.PathLike,
     paths: list[str | bytes] | None = None,
-    on_conflict: str = "overwrite",
+    on_conflict: str = CONFLICT_OVERWRITE,
     restore_owner: bool | None = None,
     sink: ProgressSink | None = None,
     cancel: threading.Event | None = None,
@@ -350,8 +357,9 @@ def run_restore(
     ``restore_owner``: None = when running as root; True also tries as a normal user (a
     warning per file where it is not permitted).
     """
-    if on_conflict not in CONFLICT_POLICIES:
-        raise InvalidArgument(f"on_conflict must be one of {', '.join(CONFLICT_POLICIES)}")
+    if on_conflict not in CONFLICT_CHOICES:
+        choices = ", ".join(CONFLICT_CHOICES_DEFAULT_FIRST)
+        raise InvalidArgument(f"on_conflict must be one of {choices}")
     started = time.monotonic()
     repo.load_index()
     rp = repo.recovery_point(recovery_point)

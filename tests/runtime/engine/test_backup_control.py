@@ -8,7 +8,7 @@ import threading
 import time
 
 from agents.runtime.engine import ListSink, Repository, run_verify
-from agents.runtime.engine.repository import pack_blob_name
+from agents.runtime.engine.layout import pack_blob
 from tests.runtime.engine.conftest import PASSPHRASE, restored, tree_snapshot, write_random
 from tests.runtime.engine.helpers import backup, restore
 
@@ -56,7 +56,7 @@ def test_it_reports_usage_and_the_packs_a_recovery_point_references(repo, memory
     stored = {n.split("/")[-1] for n in memory_store.blobs if n.startswith("data/")}
     assert set(first.packs) == stored
     assert first.stored_bytes == sum(
-        len(memory_store.blobs[pack_blob_name(bytes.fromhex(p))]) for p in first.packs
+        len(memory_store.blobs[pack_blob(bytes.fromhex(p))]) for p in first.packs
     )
     (src / "b").write_bytes(b"new file")
     second = backup(repo, src)
@@ -74,7 +74,7 @@ def test_packs_removed_by_garbage_collection_are_not_deduplicated_against(
     write_random(src / "a", 600_000, 1)
     first = backup(repo, src)
     for p in first.packs:  # the portal expired the only recovery point and collected its packs
-        del memory_store.blobs[pack_blob_name(bytes.fromhex(p))]
+        del memory_store.blobs[pack_blob(bytes.fromhex(p))]
     del memory_store.blobs[f"snapshots/{first.recovery_point}"]
     (src / "a").touch()
     reopened = Repository.open(memory_store, PASSPHRASE)

@@ -123,9 +123,9 @@ def test_a_damaged_previous_recovery_point_means_reading_everything_again(
     first = backup(repo, src)
     rp = repo.recovery_point(first.recovery_point)
     pno, off, _len, _raw = repo.index.get(bytes.fromhex(rp.meta[0]))
-    from agents.runtime.engine.repository import pack_blob_name
+    from agents.runtime.engine.layout import pack_blob
 
-    name = pack_blob_name(repo.index.pack_ids[pno])
+    name = pack_blob(repo.index.pack_ids[pno])
     data = bytearray(memory_store.blobs[name])
     data[off + 20] ^= 1
     memory_store.blobs[name] = bytes(data)
