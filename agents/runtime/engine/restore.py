@@ -29,7 +29,8 @@ from agents.runtime.engine.errors import Cancelled, EngineError, InvalidArgument
 from agents.runtime.engine.file_writer import FileWriter, set_xattrs
 from agents.runtime.engine.format import DIR, FILE, HARDLINK, SYMLINK, Entry, encode_entry
 from agents.runtime.engine.owners import owner_of
-from agents.runtime.engine.progress import ProgressSink, Reporter, display_path
+from agents.runtime.engine.paths import absolute_paths, is_inside, is_selected, past_all_selections
+from agents.runtime.engine.progress import ProgressSink, Reporter
 from agents.runtime.engine.repository import ChunkReader, RecoveryPoint, Repository
 from agents.runtime.engine.target import TargetTree, is_dir, lstat_at, safe_components
 from agents.runtime.engine.writer_pool import WriterPool
@@ -60,23 +61,6 @@ class RestoreResult:
     warnings: list[dict] = field(default_factory=list)
     duration_s: float = 0.0
     message: str = ""
-
-
-def _selected(path: bytes, selections: list[bytes] | None) -> bool:
-    if selections is None:
-        return True
-    return any(path == s or path.startswith(s.rstrip(b"/") + b"/") or s == b"/" for s in selections)
-
-
-def _past_all(path: bytes, selections: list[bytes]) -> bool:
-    """In tree order, has ``path`` gone beyond everything under every selection? (Entries
-    under a selection come together, right after it, so the rest need not be read.)"""
-    key = path.split(b"/")
-    for s in selections:
-        skey = s.rstrip(b"/").split(b"/") if s != b"/" else [b""]
-        if s == b"/" or key <= skey or key[: len(skey)] == skey:
-            return False
-    return True
 
 
 class _Restore:
@@ -132,7 +116,7 @@ class _Restore:
                 if self.cancel.is_set():
                     self.cancelled = True
                     break
-                if self.skip_under and any(e.path.startswith(s) for s in self.skip_under):
+                if self.skip_under and any(is_inside(e.path, s) for s in self.skip_under):
                     continue
                 rep.current = e.path
                 try:
@@ -173,9 +157,9 @@ class _Restore:
     def _selected_entries(self):
         """The entries to restore, in tree order; reading stops past the last selection."""
         for e in self.repo.iter_entries(self.rp, ChunkReader(self.repo)):
-            if self.paths is None or _selected(e.path, self.paths):
+            if self.paths is None or is_selected(e.path, self.paths):
                 yield e
-            elif _past_all(e.path, self.paths):
+            elif past_all_selections(e.path, self.paths):
                 return
 
     def _entry(self, e: Entry, comps: list[bytes]) -> None:
@@ -186,7 +170,7 @@ class _Restore:
             if existing is not None and not is_dir(existing):
                 if self.on_conflict != CONFLICT_OVERWRITE:
                     self.warn(e.path, "a file with this name exists in the target; folder skipped")
-                    self.skip_under.append(e.path.rstrip(b"/") + b"/")
+                    self.skip_under.append(e.path)
                     return
                 os.unlink(name, dir_fd=dfd)
             self.tree.dir_fd(comps)
@@ -363,14 +347,7 @@ def run_restore(
     started = time.monotonic()
     repo.load_index()
     rp = repo.recovery_point(recovery_point)
-    selections = None
-    if paths is not None:
-        selections = []
-        for p in paths:
-            raw = os.fsencode(p)
-            if not raw.startswith(b"/"):
-                raise InvalidArgument(f"restore path {display_path(raw)!r} must be absolute")
-            selections.append(os.path.normpath(raw).replace(b"//", b"/"))
+    selections = None if paths is None else absolute_paths(paths, what="restore path")
     job = _Restore(
         repo,
         rp,
