@@ -17,11 +17,11 @@ import os
 import sys
 from pathlib import Path
 
+from agents.runtime.blobstore.local import LocalDirectoryStore
 from agents.runtime.engine.backup import run_backup
 from agents.runtime.engine.browse import list_dir
 from agents.runtime.engine.crypto import DEFAULT_KDF
 from agents.runtime.engine.errors import EngineError
-from agents.runtime.engine.localstore import DirStore
 from agents.runtime.engine.progress import Event, ProgressSink, ThrottledSink, display_path
 from agents.runtime.engine.repository import Repository
 from agents.runtime.engine.restore import CONFLICT_CHOICES_DEFAULT_FIRST, run_restore
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     cache = Path(args.cache_dir or Path.home() / ".cache" / "haven-engine")
-    store = DirStore(args.repo)
+    store = LocalDirectoryStore(args.repo, create=True)
     sink = ThrottledSink(_StderrSink(), max_per_second=4)
     try:
         password = _password(args)

@@ -1,12 +1,67 @@
-"""Small builders shared by the engine tests."""
+"""Small builders shared by the engine tests, and the store guard they run the engine on."""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+from agents.runtime.blobstore.base import BlobForbidden, BlobInfo, BlobStore
+from agents.runtime.blobstore.local import LocalDirectoryStore
+from agents.runtime.blobstore.memory import MemoryStore
 from agents.runtime.engine import chunkers, list_dir, run_backup, run_restore
+from agents.runtime.engine.layout import DATA_PREFIX
+from agents.runtime.engine.progress import Reporter
+
+
+class GuardedStore(BlobStore):
+    """A real backend (one the conformance suite checks) as the engine tests hand it to the
+    engine: ``delete`` is refused, because the engine must never delete (the agent's grant has
+    no delete right). A test that damages or removes blobs behind the engine's back does it on
+    ``backend``."""
+
+    def __init__(self, backend: BlobStore) -> None:
+        self.backend = backend
+        self.fork_safe_reads = backend.fork_safe_reads
+
+    def put(self, name: str, data: bytes | memoryview) -> None:
+        self.backend.put(name, data)
+
+    def get(self, name: str) -> bytes:
+        return self.backend.get(name)
+
+    def get_range(self, name: str, offset: int, length: int) -> bytes:
+        return self.backend.get_range(name, offset, length)
+
+    def exists(self, name: str) -> bool:
+        return self.backend.exists(name)
+
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+        return self.backend.list(prefix)
+
+    def delete(self, name: str) -> None:
+        raise BlobForbidden("the engine must never delete")
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def contents(store: BlobStore, prefix: str = "") -> dict[str, bytes]:
+    """Every blob under ``prefix``: name -> bytes."""
+    return {b.name: store.get(b.name) for b in store.list(prefix)}
+
+
+def flip(store: BlobStore, name: str, offset: int) -> None:
+    """Damage blob ``name``: one bit flipped at ``offset``."""
+    data = bytearray(store.get(name))
+    data[offset] ^= 0x01
+    store.put(name, bytes(data))
+
+
+def remove(store: GuardedStore, name: str) -> None:
+    """Delete a blob behind the engine's back (the portal's garbage collection does)."""
+    store.backend.delete(name)
 
 
 def backup(repo, src, **kw):
@@ -27,15 +82,11 @@ def pack_of_file(repo, path) -> str:
 def slow_link(monkeypatch, seconds: float = 0.05) -> None:
     """Every pack read through local storage takes ``seconds`` (patched before the restore
     forks its writers, so it reaches them)."""
-    from agents.runtime.blobstore.local import LocalDirectoryStore
-    from agents.runtime.engine.localstore import DirStore
-    from tests.runtime.engine.stores import MemoryStore
-
-    for cls in (LocalDirectoryStore, DirStore, MemoryStore):
+    for cls in (LocalDirectoryStore, MemoryStore):
         original = cls.get_range
 
         def get_range(self, name, offset, length, _original=original):
-            if name.startswith("data/"):
+            if name.startswith(DATA_PREFIX):
                 time.sleep(seconds)
             return _original(self, name, offset, length)
 
@@ -45,8 +96,6 @@ def slow_link(monkeypatch, seconds: float = 0.05) -> None:
 def after_files_restored(monkeypatch, count: int, action) -> None:
     """Run ``action()`` once, in the calling process, when the restore's progress first shows
     ``count`` files done (the person presses Ctrl-C or Cancel then)."""
-    from agents.runtime.engine.progress import Reporter
-
     original = Reporter.emit
 
     def emit(self, *, force=False):

@@ -8,9 +8,9 @@ import threading
 import time
 
 from agents.runtime.engine import ListSink, Repository, run_verify
-from agents.runtime.engine.layout import pack_blob
+from agents.runtime.engine.layout import DATA_PREFIX, manifest_blob, pack_blob, pack_id_of
 from tests.runtime.engine.conftest import PASSPHRASE, restored, tree_snapshot, write_random
-from tests.runtime.engine.helpers import backup, restore
+from tests.runtime.engine.helpers import backup, remove, restore
 
 
 def test_cancel_stops_a_backup_quickly_and_leaves_the_repository_consistent(
@@ -53,11 +53,9 @@ def test_it_reports_usage_and_the_packs_a_recovery_point_references(repo, memory
     assert first.logical_bytes == 1_650_000
     assert first.logical_bytes <= first.new_bytes < first.logical_bytes + 10_000  # + metadata
     assert first.stored_bytes < first.new_bytes  # compression paid
-    stored = {n.split("/")[-1] for n in memory_store.blobs if n.startswith("data/")}
+    stored = {pack_id_of(b.name) for b in memory_store.list(DATA_PREFIX)}
     assert set(first.packs) == stored
-    assert first.stored_bytes == sum(
-        len(memory_store.blobs[pack_blob(bytes.fromhex(p))]) for p in first.packs
-    )
+    assert first.stored_bytes == sum(len(memory_store.get(pack_blob(p))) for p in first.packs)
     (src / "b").write_bytes(b"new file")
     second = backup(repo, src)
     assert second.new_bytes < 10_000
@@ -74,8 +72,8 @@ def test_packs_removed_by_garbage_collection_are_not_deduplicated_against(
     write_random(src / "a", 600_000, 1)
     first = backup(repo, src)
     for p in first.packs:  # the portal expired the only recovery point and collected its packs
-        del memory_store.blobs[pack_blob(bytes.fromhex(p))]
-    del memory_store.blobs[f"snapshots/{first.recovery_point}"]
+        remove(memory_store, pack_blob(p))
+    remove(memory_store, manifest_blob(first.recovery_point))
     (src / "a").touch()
     reopened = Repository.open(memory_store, PASSPHRASE)
     again = backup(reopened, src)
@@ -127,7 +125,7 @@ def test_a_storage_failure_fails_the_backup_with_the_storage_error_and_keeps_the
     original = memory_store.put
 
     def put(name, data):
-        if name.startswith("data/"):
+        if name.startswith(DATA_PREFIX):
             raise StorageUnavailable("the storage account could not be reached")
         original(name, data)
 

@@ -8,8 +8,9 @@ import random
 import pytest
 
 from agents.runtime.engine import Repository
+from agents.runtime.engine.layout import DATA_PREFIX, pack_blob
 from tests.runtime.engine.conftest import restored, tree_snapshot, write_random
-from tests.runtime.engine.helpers import backup, log_opens, opened, restore
+from tests.runtime.engine.helpers import backup, flip, log_opens, opened, restore
 
 
 def test_it_does_not_reread_unchanged_files(any_repo, source, tmp_path, monkeypatch):
@@ -77,7 +78,7 @@ def test_workers_meeting_the_same_chunks_store_them_once(repo, memory_store, tmp
         (src / f"copy{i:02}").write_bytes(data)
     result = backup(repo, src, workers=2)
     assert result.logical_bytes == 31 * 400_000
-    packs = sum(len(b) for name, b in memory_store.blobs.items() if name.startswith("data/"))
+    packs = sum(b.size for b in memory_store.list(DATA_PREFIX))
     assert packs < 400_000 + 50_000  # one copy (random data: no compression) and metadata
     target = tmp_path / "restore"
     assert restore(repo, target).status == "completed"
@@ -123,12 +124,7 @@ def test_a_damaged_previous_recovery_point_means_reading_everything_again(
     first = backup(repo, src)
     rp = repo.recovery_point(first.recovery_point)
     pno, off, _len, _raw = repo.index.get(bytes.fromhex(rp.meta[0]))
-    from agents.runtime.engine.layout import pack_blob
-
-    name = pack_blob(repo.index.pack_ids[pno])
-    data = bytearray(memory_store.blobs[name])
-    data[off + 20] ^= 1
-    memory_store.blobs[name] = bytes(data)
+    flip(memory_store, pack_blob(repo.index.pack_ids[pno]), off + 20)
     second = backup(Repository.open(memory_store, "correct horse battery staple"), src)
     assert second.status == "completed_with_warnings"
     assert second.files_read == 1

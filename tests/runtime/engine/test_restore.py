@@ -17,6 +17,7 @@ from agents.runtime.engine import (
     run_restore,
 )
 from agents.runtime.engine.format import DIR, FILE, SYMLINK, Entry
+from agents.runtime.engine.layout import DATA_PREFIX
 from agents.runtime.engine.metadata import MetadataWriter
 from agents.runtime.engine.packer import Packer
 from agents.runtime.engine.repository import now
@@ -169,7 +170,7 @@ def test_cancel_keeps_finished_files_complete_and_says_so(memory_store, tmp_path
     original = type(memory_store).get_range
 
     def slow_get_range(self, name, offset, length):  # a slow link: ~50 ms per pack read
-        if name.startswith("data/"):
+        if name.startswith(DATA_PREFIX):
             time.sleep(0.05)
         return original(self, name, offset, length)
 
