@@ -10,9 +10,13 @@ from pathlib import Path
 from agents.runtime.blobstore.base import BlobForbidden, BlobInfo, BlobStore
 from agents.runtime.blobstore.local import LocalDirectoryStore
 from agents.runtime.blobstore.memory import MemoryStore
-from agents.runtime.engine import chunkers, list_dir, run_backup, run_restore
+from agents.runtime.engine import RecoveryPoint, chunkers, list_dir, run_backup, run_restore
+from agents.runtime.engine.format import Entry, encode_chunk
 from agents.runtime.engine.layout import DATA_PREFIX
+from agents.runtime.engine.metadata import MetadataWriter
+from agents.runtime.engine.packer import Packer
 from agents.runtime.engine.progress import Reporter
+from agents.runtime.engine.repository import now
 
 
 class GuardedStore(BlobStore):
@@ -68,6 +72,29 @@ def backup(repo, src, **kw):
     kw.setdefault("pack_size", 256 * 1024)
     kw.setdefault("hostname", "test-host")
     return run_backup(repo, sources=[src], **kw)
+
+
+def craft_recovery_point(repo, entries: list[Entry], *, chunks: list[bytes] = ()) -> str:
+    """Store a recovery point of hand-made (hostile) ``entries``, as an attacker holding the
+    key, or a bug, could write it; ``chunks``: contents to store first for entries to point at
+    (``(repo.chunk_id(data), len(data))``). Returns its id."""
+    repo.load_index()
+    packer = Packer(repo, 1 << 20, 1)
+    for data in chunks:
+        cid = repo.chunk_id(data)
+        packer.add(cid, encode_chunk(data, cid, repo.sealer, None), len(data))
+    meta = MetadataWriter(repo, packer)
+    for e in entries:
+        meta.add(e)
+    ids = meta.finish()
+    packer.seal_pack()
+    packer.close()
+    rp = RecoveryPoint(
+        id=os.urandom(16).hex(), time=now(), hostname="evil", sources=["/"], tags=[],
+        status="completed", stats={}, packs=[], meta=[i.hex() for i in ids],
+    )  # fmt: skip
+    repo.write_recovery_point(rp)
+    return rp.id
 
 
 def pack_of_file(repo, path) -> str:
