@@ -1,5 +1,6 @@
-"""The chunking processes: read, chunk, hash, compress, seal and pack files in batches; and
-``ChunkerPool``, the main process's handle that forks them and reads their results.
+"""The chunking processes (read, chunk, hash, compress, seal, pack) and the pool that runs them.
+
+``ChunkerPool`` is the main process's handle: it forks the processes and reads their results.
 
 Python overhead per small chunk makes threads useless here (RECIPES.md: two processes are ~2x,
 two threads ~1.1x). Workers are forked so they inherit the master keys and a read-only snapshot

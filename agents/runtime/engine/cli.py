@@ -1,5 +1,6 @@
-"""``python -m agents.runtime.engine``: the engine over a local directory, for people and the
-benchmark. (The product CLI is ``haven-agent``; this is a thin developer tool.)
+"""``python -m agents.runtime.engine``: a developer CLI for the engine on a local directory.
+
+For people and the benchmark; the product CLI is ``haven-agent``.
 
     python -m agents.runtime.engine init      --repo DIR --password-file F
     python -m agents.runtime.engine backup    --repo DIR --password-file F [--exclude GLOB] SRC...

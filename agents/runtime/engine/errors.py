@@ -1,5 +1,7 @@
-"""Every failure the engine raises, each with a message a person can act on; and ``Cancelled``,
-the engine's own signal that ``cancel`` was set (it never leaves the engine)."""
+"""Every failure the engine raises, each with a message a person can act on.
+
+And ``Cancelled``, the engine's own signal that ``cancel`` was set (it never leaves the engine).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""The main process's side of packs: the packs it fills itself (metadata), the upload of every
-pack (its own and the chunkers'), and the index deltas that name the uploaded ones."""
+"""Packs in the main process: filling its own, uploading every pack, writing the index deltas.
+
+The main process packs the chunks it makes itself (metadata); the chunkers pack file data in
+shared memory. Every pack, from either, is uploaded and indexed here.
+"""
 
 from __future__ import annotations
 

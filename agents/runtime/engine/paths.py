@@ -1,5 +1,4 @@
-"""Paths as the engine stores them: absolute, normalised bytes; "is under a selection" and
-"past every selection" (in tree order).
+"""Paths as the engine stores them (absolute, normalised bytes) and tests against selections.
 
 Every door that takes a path from a person (backup sources, restore and download selections,
 browse and versions) normalises it here, so ``/srv//data/`` and ``/srv/data`` are one path

@@ -1,5 +1,7 @@
-"""The restore target: manifest paths made safe, and folders opened without following any
-symbolic link, so nothing is ever written outside the target."""
+"""The restore target: safe manifest paths, and folders opened without following a symlink.
+
+So nothing is ever written outside the target.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The restore's writers: forked processes (or threads) that run a ``FileWriter`` each, and
-the messages between them and the restore."""
+"""The restore's writer processes (or threads), each running a ``FileWriter``."""
 
 from __future__ import annotations
 
