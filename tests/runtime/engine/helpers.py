@@ -11,8 +11,8 @@ from agents.runtime.blobstore.base import BlobForbidden, BlobInfo, BlobStore
 from agents.runtime.blobstore.local import LocalDirectoryStore
 from agents.runtime.blobstore.memory import MemoryStore
 from agents.runtime.engine import RecoveryPoint, chunkers, list_dir, run_backup, run_restore
-from agents.runtime.engine.format import Entry, encode_chunk
-from agents.runtime.engine.layout import DATA_PREFIX
+from agents.runtime.engine.format import HOLE_ID, Entry, encode_chunk
+from agents.runtime.engine.layout import DATA_PREFIX, pack_blob
 from agents.runtime.engine.metadata import MetadataWriter
 from agents.runtime.engine.packer import Packer
 from agents.runtime.engine.progress import Reporter
@@ -104,6 +104,21 @@ def pack_of_file(repo, path) -> str:
     listing = list_dir(repo, recovery_point="latest", path=str(path.parent))
     (entry,) = [e for e in listing if e.name == os.fsencode(path.name)]
     return repo.index.pack_ids[repo.index.get(entry.content[0][0])[0]].hex()
+
+
+def file_data_packs(repo, folder) -> list[str]:
+    """Blob names of the packs holding the data of the files in ``folder`` (latest recovery
+    point), in the order the files use them; metadata packs are not among them."""
+    listing = list_dir(repo, recovery_point="latest", path=str(folder))
+    index = repo.index
+    return list(
+        dict.fromkeys(
+            pack_blob(index.pack_ids[index.get(cid)[0]])
+            for e in listing
+            for cid, _ in e.content
+            if cid != HOLE_ID
+        )
+    )
 
 
 def slow_link(monkeypatch, seconds: float = 0.05) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from agents.runtime.blobstore.memory import MemoryStore
 from agents.runtime.engine import (
+    DEFAULT_KDF,
     IntegrityError,
     InvalidArgument,
     Repository,
@@ -16,9 +17,9 @@ from agents.runtime.engine import (
     WrongPassphrase,
     run_restore,
 )
-from agents.runtime.engine.layout import DATA_PREFIX, KEYS_PREFIX, manifest_blob
+from agents.runtime.engine.layout import KEYS_PREFIX, manifest_blob
 from tests.runtime.engine.conftest import FAST_KDF, PASSPHRASE, SMALL_CHUNKS, write_random
-from tests.runtime.engine.helpers import GuardedStore, backup, contents
+from tests.runtime.engine.helpers import GuardedStore, backup, contents, file_data_packs
 
 
 def test_a_wrong_passphrase_is_a_clear_error_and_writes_nothing(
@@ -49,8 +50,6 @@ def test_it_stores_the_kdf_parameters_beside_the_wrapped_key(memory_store):
 
 
 def test_the_default_kdf_is_memory_hard():
-    from agents.runtime.engine import DEFAULT_KDF
-
     assert DEFAULT_KDF["name"] == "scrypt"
     assert 128 * DEFAULT_KDF["n"] * DEFAULT_KDF["r"] >= 64 << 20  # >= 64 MiB, like restic
 
@@ -75,11 +74,12 @@ def test_a_pack_swapped_for_another_is_detected(repo, memory_store, tmp_path):
     write_random(src / "a", 300_000, 1)
     write_random(src / "b", 300_000, 2)
     result = backup(repo, src)
-    data_blobs = contents(memory_store, DATA_PREFIX)
-    assert len(data_blobs) >= 2
-    a, b = list(data_blobs)[:2]
-    memory_store.put(a, data_blobs[b])
-    memory_store.put(b, data_blobs[a])
+    packs = file_data_packs(repo, src)
+    assert len(packs) >= 2
+    a, b = packs[:2]
+    data_a, data_b = memory_store.get(a), memory_store.get(b)
+    memory_store.put(a, data_b)
+    memory_store.put(b, data_a)
     res = run_restore(repo, recovery_point=result.recovery_point, target=tmp_path / "out")
     # the swapped packs fail authentication (the pack id is bound) instead of restoring wrong data
     assert res.status == "completed_with_warnings"
