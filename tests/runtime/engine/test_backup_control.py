@@ -5,7 +5,11 @@ from __future__ import annotations
 import threading
 import time
 
-from agents.runtime.engine import ListSink, Repository, run_verify
+import pyfastcdc.cy.fastcdc as compiled
+import pytest
+
+from agents.runtime.blobstore.base import StorageUnavailable
+from agents.runtime.engine import ChunkerParams, ListSink, Repository, chunkers, run_verify
 from agents.runtime.engine.layout import DATA_PREFIX, manifest_blob, pack_blob, pack_id_of
 from tests.runtime.engine.conftest import PASSPHRASE, restored, tree_snapshot, write_random
 from tests.runtime.engine.helpers import backup, remove, restore
@@ -81,10 +85,6 @@ def test_packs_removed_by_garbage_collection_are_not_deduplicated_against(
 
 
 def test_the_compiled_chunker_is_in_use():
-    import pyfastcdc.cy.fastcdc as compiled
-
-    from agents.runtime.engine import chunkers
-
     assert compiled.__file__.endswith(".so")
     assert chunkers.FastCDC is compiled.FastCDC
     data = bytes(range(256)) * 40_000  # 10 MB
@@ -95,18 +95,12 @@ def test_the_compiled_chunker_is_in_use():
 
 
 def repo_params():
-    from agents.runtime.engine import ChunkerParams
-
     return ChunkerParams()
 
 
 def test_a_storage_failure_fails_the_backup_with_the_storage_error_and_keeps_the_repository(
     repo, memory_store, tmp_path
 ):
-    import pytest
-
-    from agents.runtime.blobstore.base import StorageUnavailable
-
     src = tmp_path / "src"
     write_random(src / "a", 10_000, 1)
     first = backup(repo, src)

@@ -8,8 +8,16 @@ import random
 import pytest
 
 from agents.runtime.engine import Repository
+from agents.runtime.engine import backup as backup_module
 from agents.runtime.engine.layout import DATA_PREFIX, pack_blob
-from tests.runtime.engine.conftest import restored, tree_snapshot, write_random
+from tests.runtime.engine.conftest import (
+    FAST_KDF,
+    PASSPHRASE,
+    SMALL_CHUNKS,
+    restored,
+    tree_snapshot,
+    write_random,
+)
 from tests.runtime.engine.helpers import backup, flip, log_opens, opened, restore
 
 
@@ -69,8 +77,6 @@ def test_it_stores_identical_files_once(repo, tmp_path):
 
 
 def test_workers_meeting_the_same_chunks_store_them_once(repo, memory_store, tmp_path, monkeypatch):
-    from agents.runtime.engine import backup as backup_module
-
     monkeypatch.setattr(backup_module, "BATCH_FILES", 1)  # each file its own task: both workers
     src = tmp_path / "src"
     data = write_random(src / "a", 400_000, 6)
@@ -100,8 +106,6 @@ def test_it_detects_a_change_that_keeps_size_and_mtime_through_ctime(repo, tmp_p
 
 
 def test_it_uses_the_local_cache_and_rebuilds_without_it(memory_store, tmp_path):
-    from tests.runtime.engine.conftest import FAST_KDF, PASSPHRASE, SMALL_CHUNKS
-
     src = tmp_path / "src"
     write_random(src / "f", 400_000, 3)
     repo = Repository.init(memory_store, PASSPHRASE, kdf=FAST_KDF, chunker=SMALL_CHUNKS)
@@ -135,8 +139,6 @@ def test_a_damaged_previous_recovery_point_means_reading_everything_again(
 def test_many_unchanged_files_behind_a_changed_one_do_not_stall_the_backup(
     repo, tmp_path, monkeypatch
 ):
-    from agents.runtime.engine import backup as backup_module
-
     src = tmp_path / "src"
     for i in range(40):
         write_random(src / f"f{i:02}", 1000, i)

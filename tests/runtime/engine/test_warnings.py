@@ -6,7 +6,7 @@ import errno
 import os
 import socket
 
-from agents.runtime.engine import ListSink, chunkers
+from agents.runtime.engine import ListSink, chunkers, run_backup
 from tests.runtime.engine.conftest import restored
 from tests.runtime.engine.helpers import backup, fail_open, restore
 
@@ -78,8 +78,6 @@ def test_it_warns_about_files_that_change_while_read(repo, tmp_path, monkeypatch
 def test_it_warns_about_a_missing_source(repo, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    from agents.runtime.engine import run_backup
-
     result = run_backup(repo, sources=[src, tmp_path / "nope"], hostname="h")
     assert result.status == "completed_with_warnings"
     assert "does not exist" in _reasons(result)["nope"]
