@@ -10,8 +10,8 @@ import time
 import blake3
 import zstandard
 
+from agents.runtime.engine.chunkers import make_chunker
 from agents.runtime.engine.crypto import ChunkerParams, Sealer
-from agents.runtime.engine.worker import make_chunker
 
 
 def main(root: str) -> None:

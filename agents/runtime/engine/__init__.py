@@ -26,7 +26,8 @@ A ``recovery_point`` argument is a ``RecoveryPoint``, its 32-hex id, a unique pr
 (≥ 4 characters) or ``"latest"``. ``cancel`` is a ``threading.Event``; a cancelled backup
 leaves the repository consistent (no recovery point, uploaded packs reused next time).
 ``BackupResult.packs`` lists the pack ids the recovery point references: the portal needs
-them for garbage collection (pack id ``p`` is the blob ``data/<p[:2]>/<p>``).
+them for garbage collection (pack id ``p`` is the blob ``layout.pack_blob(p)``,
+``data/<p[:2]>/<p>``).
 
 Results: ``BackupResult`` (status, recovery_point, files, dirs, symlinks, files_read,
 files_unchanged, logical_bytes, new_bytes, added_bytes, stored_bytes, packs, warnings,
@@ -43,10 +44,32 @@ inherit the keys and a read-only index snapshot; they pack into shared memory) a
 store's ``fork_safe_reads`` allows (local storage), else on as many threads. Run one backup per
 repository at a time.
 
-Modules: ``crypto`` (keys, scrypt, AES-GCM, keyed BLAKE3), ``format`` (byte layouts),
-``index`` (compact chunk index), ``repository`` (blobs, index deltas, manifests),
-``scan`` (walk + exclusions), ``worker`` (chunking processes), ``backup``, ``restore``,
-``verify``, ``browse``, ``progress`` (sinks), ``cli`` (``python -m agents.runtime.engine``).
+Modules (orchestration first, then what it is built from)::
+
+    backup        run_backup: the walk, unchanged files, the pipeline, the recovery point
+    restore       run_restore: the manifest walk, folders, links, batches for the writers
+    verify        run_verify: read back, authenticate, name the damaged files
+    browse        read-only views: list_dir, find, file_versions
+    scan          the walk in tree order, exclusions, backup sources
+    previous      the previous recovery point, merge-joined with the walk
+    chunkers      the chunking processes and ChunkerPool, their handle in the main process
+    packer        packs in the main process: upload of every pack, index deltas
+    upload_pool   the daemon threads packs are uploaded on
+    metadata      a recovery point's entries as content-defined metadata chunks
+    owners        uid/gid <-> user and group names
+    target        the restore target: safe manifest paths, folders never followed through a link
+    file_writer   writes one restored file: conflict policy, content, metadata
+    writer_pool   the restore's writer processes (or threads)
+    forked        what every forked helper process does first
+    repository    the repository on a BlobStore: keys, index, manifests, ChunkReader
+    layout        the names of a repository's blobs (the one definition)
+    index         the compact chunk index
+    format        byte layouts of what is stored
+    crypto        keys, scrypt, AES-GCM, keyed BLAKE3
+    paths         absolute normalised paths and tests against selections
+    progress      progress events and sinks
+    errors        every failure the engine raises (and its internal Cancelled)
+    cli           python -m agents.runtime.engine (a developer tool)
 """
 
 from agents.runtime.engine.backup import BackupResult, run_backup
@@ -67,6 +90,7 @@ from agents.runtime.engine.errors import (
     RecoveryPointNotFound,
     RepositoryExists,
     RepositoryNotFound,
+    UnsafePath,
     UnsupportedFormat,
     WrongPassphrase,
 )
@@ -79,7 +103,7 @@ from agents.runtime.engine.progress import (
     ThrottledSink,
 )
 from agents.runtime.engine.repository import PackDamaged, RecoveryPoint, Repository
-from agents.runtime.engine.restore import RestoreResult, UnsafePath, run_restore
+from agents.runtime.engine.restore import RestoreResult, run_restore
 from agents.runtime.engine.scan import WalkAhead
 from agents.runtime.engine.verify import DamagedPack, VerifyReport, run_verify
 

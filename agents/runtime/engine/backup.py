@@ -22,50 +22,27 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import grp
-import multiprocessing
 import os
-import pwd
-import queue
 import stat
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from concurrent.futures import Future
-from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import zstandard
-
-from agents.runtime.blobstore.base import StorageError
-from agents.runtime.engine.crypto import ChunkerParams
-from agents.runtime.engine.errors import EngineError, InvalidArgument
-from agents.runtime.engine.format import (
-    DIR,
-    FILE,
-    HARDLINK,
-    HOLE_ID,
-    SYMLINK,
-    Entry,
-    PackBuilder,
-    encode_chunk,
-    encode_entry,
-)
+from agents.runtime.engine.chunkers import ChunkerPool
+from agents.runtime.engine.errors import Cancelled, EngineError, InvalidArgument
+from agents.runtime.engine.format import DIR, FILE, HARDLINK, HOLE_ID, SYMLINK, Entry
+from agents.runtime.engine.metadata import MetadataWriter
+from agents.runtime.engine.owners import OwnerNames
+from agents.runtime.engine.packer import Packer
+from agents.runtime.engine.previous import PreviousCursor
 from agents.runtime.engine.progress import ProgressSink, Reporter
-from agents.runtime.engine.repository import (
-    RecoveryPoint,
-    Repository,
-    default_hostname,
-    now,
-    pack_blob_name,
-)
+from agents.runtime.engine.repository import RecoveryPoint, Repository, default_hostname, now
 from agents.runtime.engine.scan import WalkAhead, count_tree, normalize_sources
-from agents.runtime.engine.worker import ClaimTable, PackBuffers, make_chunker, worker_main
 
 DEFAULT_PACK_SIZE = 16 << 20
-META_CHUNKER = ChunkerParams(min_size=16 << 10, avg_size=64 << 10, max_size=256 << 10)
 BATCH_FILES = 512
 BATCH_BYTES = 32 << 20
 BATCH_AGE = 1024  # entries walked: a few changed files among many unchanged ones go out early
@@ -106,400 +83,6 @@ class _Pending:
         self.content: list[tuple[bytes, int]] = []
         self.link_to: _Pending | None = None
         self.warning: str | None = None
-
-
-class _PrevCursor:
-    """Merge-join cursor over the previous recovery point (both are in tree order).
-
-    If the previous manifest cannot be read (damaged), the cursor just ends: every file is
-    read again, which is slower but correct."""
-
-    def __init__(self, entries: Iterable[Entry] | None):
-        self._it = iter(entries) if entries is not None else iter(())
-        self.broken: str | None = None
-        self._advance()
-
-    def _advance(self) -> None:
-        try:
-            self._cur = next(self._it, None)
-        except (EngineError, StorageError) as exc:
-            self.broken = str(exc)
-            self._cur = None
-
-    def find(self, path: bytes) -> Entry | None:
-        """The previous entry for ``path``; paths must come in tree order, each once."""
-        cur = self._cur
-        if cur is not None and cur.path != path:
-            key = path.split(b"/")
-            while cur is not None and cur.path.split(b"/") < key:
-                self._advance()
-                cur = self._cur
-            if cur is not None and cur.path != path:
-                return None  # new since then
-        if cur is not None:
-            self._advance()  # a match is never asked for again
-        return cur
-
-
-class _Cancelled(Exception):
-    """Raised deep in the pipeline (waiting for an upload slot) when ``cancel`` is set; the
-    backup turns it into its ordinary cancelled result."""
-
-
-WAIT_TICK = 0.1  # how often a wait for an upload checks ``cancel`` and reports progress
-ABANDON_GRACE = 0.5  # on cancel, how long to wait for uploads in flight before leaving them
-
-
-class _Uploader:
-    """A tiny pool of daemon upload threads. Unlike ``ThreadPoolExecutor`` (whose threads the
-    interpreter joins at exit), an upload abandoned on cancel never holds the process up; a
-    pack it completes later is an ordinary unindexed pack that ``sync_packs`` reuses."""
-
-    def __init__(self, threads: int):
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.threads = [
-            threading.Thread(target=self._run, daemon=True, name=f"haven-upload-{i}")
-            for i in range(threads)
-        ]
-        for t in self.threads:
-            t.start()
-
-    def submit(self, fn, *args) -> Future:
-        fut: Future = Future()
-        self.queue.put((fut, fn, args))
-        return fut
-
-    def _run(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            fut, fn, args = item
-            if not fut.set_running_or_notify_cancel():
-                continue
-            try:
-                fut.set_result(fn(*args))
-            except BaseException as exc:
-                fut.set_exception(exc)
-
-    def shutdown(self, *, wait: bool) -> None:
-        for _ in self.threads:
-            self.queue.put(None)
-        if wait:
-            for t in self.threads:
-                t.join()
-
-
-class _Packer:
-    """Builds packs from sealed chunks and uploads them on a small thread pool.
-
-    Waits for an upload (a free slot, or the last uploads at the end) check ``cancel`` and
-    call ``on_wait`` (progress) every ``WAIT_TICK`` seconds, so a slow link delays neither."""
-
-    def __init__(
-        self,
-        repo: Repository,
-        pack_size: int,
-        threads: int,
-        cancel: threading.Event | None = None,
-        on_wait=None,
-    ):
-        self.repo = repo
-        self.pack_size = pack_size
-        self.cancel = cancel or threading.Event()
-        self.on_wait = on_wait or (lambda: None)
-        self.pool = _Uploader(threads)
-        self.slots = threading.BoundedSemaphore(threads)
-        self.inflight: deque[tuple[Future, bytes, int, list]] = deque()
-        self.unindexed: list[tuple[bytes, int, list]] = []
-        self.builder: PackBuilder | None = None
-        self.builder_raw = 0
-        self.pack_id = b""
-        self.pack_no = -1
-        self.new_bytes = 0
-        self.added_bytes = 0
-        # Live upload counters (upload threads add under the lock): stored bytes uploaded, and
-        # plain bytes of sealed packs vs. of uploaded ones (their gap is what still waits).
-        self.lock = threading.Lock()
-        self.uploaded_bytes = 0
-        self.uploaded_raw = 0
-        self.sealed_raw = 0
-        self.last_index_write = time.monotonic()
-
-    @property
-    def waiting_raw(self) -> int:
-        """Plain bytes in sealed packs not uploaded yet."""
-        return max(self.sealed_raw - self.uploaded_raw, 0)
-
-    def add(self, chunk_id: bytes, blob: bytes, raw_len: int) -> None:
-        index = self.repo.index
-        if chunk_id in index:
-            return  # another worker stored it first
-        if self.builder is None:
-            self.builder = PackBuilder()
-            self.builder_raw = 0
-            self.pack_id = os.urandom(16)
-            self.pack_no = index.add_pack(self.pack_id, 0)
-        off, length = self.builder.add(chunk_id, blob, raw_len)
-        index.add(chunk_id, self.pack_no, off, length, raw_len)
-        self.new_bytes += raw_len
-        self.builder_raw += raw_len
-        if len(self.builder) >= self.pack_size:
-            self.seal_pack()
-
-    def seal_pack(self) -> None:
-        if self.builder is None:
-            return
-        builder, pack_id, pack_no, raw = self.builder, self.pack_id, self.pack_no, self.builder_raw
-        self.builder = None
-        data = builder.finish(self.repo.sealer, pack_id)
-        self.repo.index.add_pack(pack_id, len(data))
-        self.sealed_raw += raw
-        self._submit(pack_id, pack_no, data, raw, builder.rows)
-
-    def add_pack(self, pack_id: bytes, data: memoryview, rows: list, release) -> int:
-        """A pack a worker built in shared memory (its chunks counted in ``sealed_raw`` as
-        their records arrived): index it and queue its upload; ``release()`` once it is stored
-        or given up. Never waits: the workers' fixed set of pack buffers is what holds them
-        back when uploads lag. Chunks another worker packed first stay in it unreferenced.
-        Returns its pack number."""
-        index = self.repo.index
-        pack_no = index.add_pack(pack_id, len(data))
-        raw = 0
-        for cid, off, length, raw_len in rows:
-            raw += raw_len
-            if index.add(cid, pack_no, off, length, raw_len):
-                self.new_bytes += raw_len
-        fut = self.pool.submit(self._upload, pack_id, data, raw, release, False)
-        self.inflight.append((fut, pack_id, pack_no, rows))
-        self.reap(block=False)
-        return pack_no
-
-    def _submit(self, pack_id: bytes, pack_no: int, data, raw: int, rows: list) -> None:
-        """Upload a pack built here, once one of ``threads`` slots is free."""
-        while not self.slots.acquire(timeout=WAIT_TICK):
-            if self.cancel.is_set():
-                self.repo.index.mark_dead(pack_no)  # never uploaded: its chunks are absent
-                self.sealed_raw -= raw
-                raise _Cancelled
-            self.reap(block=False)
-            self.on_wait()
-        fut = self.pool.submit(self._upload, pack_id, data, raw, None, True)
-        self.inflight.append((fut, pack_id, pack_no, rows))
-        self.reap(block=False)
-
-    def _upload(self, pack_id: bytes, data: memoryview, raw: int, release, slot: bool) -> int:
-        try:
-            self.repo.store.put(pack_blob_name(pack_id), data)
-            with self.lock:
-                self.uploaded_bytes += len(data)
-                self.uploaded_raw += raw
-            return len(data)
-        finally:
-            if release is not None:
-                release()
-            if slot:
-                self.slots.release()
-
-    def reap(self, *, block: bool) -> None:
-        while self.inflight and (block or self.inflight[0][0].done()):
-            fut, pack_id, pack_no, rows = self.inflight[0]
-            while block and not fut.done():
-                futures_wait([fut], timeout=WAIT_TICK)
-                if self.cancel.is_set() and not fut.done():
-                    raise _Cancelled
-                self.on_wait()
-            self.inflight.popleft()
-            try:
-                size = fut.result()
-            except BaseException:
-                self.repo.index.mark_dead(pack_no)
-                raise
-            self.added_bytes += size
-            self.unindexed.append((pack_id, size, rows))
-        # An index delta per 8 packs or 30 s: a crash loses no more (sync_packs recovers).
-        if self.unindexed and (
-            len(self.unindexed) >= 8 or time.monotonic() - self.last_index_write > 30
-        ):
-            self.write_index()
-
-    def write_index(self) -> None:
-        if self.unindexed:
-            self.repo.write_index(self.unindexed)
-            self.unindexed = []
-        self.last_index_write = time.monotonic()
-
-    def close(self, *, abandon: bool = False) -> None:
-        """Wait for the uploads and write the last index delta; ``abandon`` (cancel, error):
-        drop the pack being filled, give uploads in flight ``ABANDON_GRACE`` seconds, leave
-        the rest to finish (or not) on their own and write no index delta: every pack no index
-        delta names counts as absent, and ``Repository.sync_packs`` finds the stored ones
-        again."""
-        if not abandon:
-            try:
-                self.reap(block=True)
-                self.write_index()
-            finally:
-                self.pool.shutdown(wait=False)
-            return
-        if self.builder is not None:
-            self.repo.index.mark_dead(self.pack_no)
-            self.builder = None
-        for fut, _pack_id, _pack_no, _rows in self.inflight:
-            fut.cancel()  # queued, not started: never uploaded
-        try:
-            futures_wait([f for f, _, _, _ in self.inflight], timeout=ABANDON_GRACE)
-            for fut, _pack_id, pack_no, _rows in self.inflight:
-                if fut.done() and not fut.cancelled() and fut.exception() is None:
-                    self.added_bytes += fut.result()
-                # Failed, still uploading, or stored but in no index delta: absent for now.
-                # The next run's sync_packs indexes whichever of them are really stored (an
-                # index delta written here could wait long behind a throttled upload).
-                self.repo.index.mark_dead(pack_no)
-            for pack_id, _size, _rows in self.unindexed:
-                self.repo.index.mark_dead(self.repo.index.pack_no(pack_id))
-            self.inflight.clear()
-            self.unindexed = []
-        finally:
-            self.pool.shutdown(wait=False)
-
-
-class _MetaWriter:
-    """Entries in tree order, cut into content-defined metadata chunks (an unchanged tree
-    gives the same chunks, so a no-change backup stores almost nothing)."""
-
-    def __init__(self, repo: Repository, packer: _Packer):
-        self.repo = repo
-        self.packer = packer
-        self.cdc = make_chunker(
-            ChunkerParams(
-                META_CHUNKER.min_size,
-                META_CHUNKER.avg_size,
-                META_CHUNKER.max_size,
-                repo.keys.chunker.seed,
-            )
-        )
-        self.cctx = zstandard.ZstdCompressor(level=3)
-        self.buf = bytearray()
-        self.ids: list[bytes] = []
-
-    def add(self, entry: Entry) -> None:
-        self.add_encoded(encode_entry(entry))
-
-    def add_encoded(self, encoded: bytes) -> None:
-        self.buf += encoded
-        if len(self.buf) >= 4 * META_CHUNKER.max_size:
-            self._cut(final=False)
-
-    def _cut(self, *, final: bool) -> None:
-        data = bytes(self.buf)
-        consumed = 0
-        for c in self.cdc.cut_buf(data):
-            if not final and c.offset + META_CHUNKER.max_size > len(data):
-                break
-            piece = data[c.offset : c.offset + c.length]
-            cid = self.repo.chunk_id(piece)
-            if cid not in self.repo.index:
-                self.packer.add(
-                    cid, encode_chunk(piece, cid, self.repo.sealer, self.cctx), len(piece)
-                )
-            self.ids.append(cid)
-            consumed = c.offset + c.length
-        del self.buf[:consumed]
-
-    def finish(self) -> list[bytes]:
-        if self.buf:
-            self._cut(final=True)
-        return self.ids
-
-
-class _Names:
-    def __init__(self) -> None:
-        self.users: dict[int, bytes] = {}
-        self.groups: dict[int, bytes] = {}
-
-    def user(self, uid: int) -> bytes:
-        name = self.users.get(uid)
-        if name is None:
-            try:
-                name = os.fsencode(pwd.getpwuid(uid).pw_name)
-            except KeyError:
-                name = b""
-            self.users[uid] = name
-        return name
-
-    def group(self, gid: int) -> bytes:
-        name = self.groups.get(gid)
-        if name is None:
-            try:
-                name = os.fsencode(grp.getgrgid(gid).gr_name)
-            except KeyError:
-                name = b""
-            self.groups[gid] = name
-        return name
-
-
-class _Workers:
-    """Forked chunking processes, started on first use, and the shared pack buffers they fill."""
-
-    def __init__(self, repo: Repository, count: int, level: int, pack_size: int, uploads: int):
-        self.repo, self.count, self.level = repo, count, level
-        self.pack_size, self.uploads = pack_size, uploads
-        self.procs: list = []
-        self.tasks = None
-        self.results = None
-        self.buffers: PackBuffers | None = None
-
-    def start(self) -> None:
-        if self.procs:
-            return
-        ctx = multiprocessing.get_context("fork")
-        self.tasks = ctx.Queue()
-        self.results = ctx.SimpleQueue()  # a pipe: a slow main process blocks the workers
-        # Room for a full pack, one more chunk of the largest size and a large header.
-        capacity = self.pack_size + self.repo.keys.chunker.max_size + (2 << 20)
-        self.buffers = PackBuffers(ctx, self.count + self.uploads + 1, capacity)
-        claims = ClaimTable(ctx)
-        for wid in range(self.count):
-            p = ctx.Process(
-                target=worker_main,
-                args=(wid, self.tasks, self.results, self.repo.keys, self.repo.index,
-                      self.level, self.buffers, claims, self.pack_size),
-                daemon=True,
-            )  # fmt: skip
-            p.start()
-            self.procs.append(p)
-
-    def get(self, timeout: float):
-        if self.results._reader.poll(timeout):
-            return self.results.get()
-        if timeout:  # (a quick look between walked entries need not ask about the workers)
-            for p in self.procs:
-                if not p.is_alive() and p.exitcode not in (0, None):
-                    raise EngineError(f"a backup worker process died (exit code {p.exitcode})")
-        return None
-
-    def ask_to_finish(self) -> None:
-        """Each worker packs what it holds, says ``exit`` and ends (see ``worker_main``)."""
-        for _ in self.procs:
-            self.tasks.put(None)
-
-    def stop(self, *, kill: bool) -> None:
-        for p in self.procs:
-            if kill:
-                p.kill()
-        for p in self.procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
-                p.join()
-        if self.tasks is not None:
-            self.tasks.close()
-            self.tasks.cancel_join_thread()
-        if self.buffers is not None:
-            self.buffers.free.close()
-            self.buffers.free.cancel_join_thread()
-        self.procs = []
 
 
 def run_backup(
@@ -565,7 +148,7 @@ class _Backup:
         self.outstanding = 0
         self.seq = 0
         self.task_id = 0
-        self.names = _Names()
+        self.names = OwnerNames()
         self.referenced: set[int] = set()
         self.unresolved: set[bytes] = set()  # referenced chunks whose pack has not arrived
         self.exited = 0
@@ -586,12 +169,12 @@ class _Backup:
             rep.bytes_total = prev.stats.get("logical_bytes")
         else:
             threading.Thread(target=self._count, daemon=True, name="haven-count").start()
-        self.cursor = _PrevCursor(self.repo.iter_entries(prev) if prev else None)
-        self.packer = _Packer(
+        self.cursor = PreviousCursor(self.repo.iter_entries(prev) if prev else None)
+        self.packer = Packer(
             self.repo, self.pack_size, self.upload_threads, self.cancel, self._upload_wait
         )
-        self.meta = _MetaWriter(self.repo, self.packer)
-        self.pool = _Workers(
+        self.meta = MetadataWriter(self.repo, self.packer)
+        self.pool = ChunkerPool(
             self.repo, self.workers, self.level, self.pack_size, self.upload_threads
         )
         rep.set_phase("backing_up")
@@ -614,7 +197,7 @@ class _Backup:
                     self.packer.seal_pack()
                     self.packer.close()
                     cancelled = self.cancel.is_set()
-            except _Cancelled:  # waiting for an upload slot (see _Packer)
+            except Cancelled:  # waiting for an upload slot (see Packer)
                 cancelled = True
             if cancelled:
                 self.pool.stop(kill=True)

@@ -10,16 +10,9 @@ from dataclasses import dataclass
 
 import blake3
 
-from agents.runtime.engine.errors import InvalidArgument
 from agents.runtime.engine.format import FILE, HARDLINK, Entry
+from agents.runtime.engine.paths import absolute_path
 from agents.runtime.engine.repository import RecoveryPoint, Repository
-
-
-def _norm(path: str | bytes) -> bytes:
-    raw = os.fsencode(path)
-    if not raw.startswith(b"/"):
-        raise InvalidArgument(f"{os.fsdecode(raw)!r} must be an absolute path")
-    return os.path.normpath(raw).replace(b"//", b"/")
 
 
 def list_recovery_points(repo: Repository) -> list[RecoveryPoint]:
@@ -32,7 +25,7 @@ def list_dir(
 ) -> list[Entry]:
     """The direct children of ``path`` in a recovery point (empty if it has none)."""
     rp = repo.recovery_point(recovery_point)
-    want = _norm(path)
+    want = absolute_path(path)
     key = want.split(b"/")
     out = []
     seen_subtree = False
@@ -84,7 +77,7 @@ class FileVersion:
 
 def file_versions(repo: Repository, *, path: str | bytes) -> list[FileVersion]:
     """The item at ``path`` in every recovery point that has it, oldest first."""
-    want = _norm(path)
+    want = absolute_path(path)
     key = want.split(b"/")
     out: list[FileVersion] = []
     last = None

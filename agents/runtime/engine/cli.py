@@ -1,5 +1,6 @@
-"""``python -m agents.runtime.engine``: the engine over a local directory, for people and the
-benchmark. (The product CLI is ``haven-agent``; this is a thin developer tool.)
+"""``python -m agents.runtime.engine``: a developer CLI for the engine on a local directory.
+
+For people and the benchmark; the product CLI is ``haven-agent``.
 
     python -m agents.runtime.engine init      --repo DIR --password-file F
     python -m agents.runtime.engine backup    --repo DIR --password-file F [--exclude GLOB] SRC...
@@ -17,16 +18,17 @@ import os
 import sys
 from pathlib import Path
 
+from agents.runtime.blobstore.local import LocalDirectoryStore
 from agents.runtime.engine.backup import run_backup
 from agents.runtime.engine.browse import list_dir
 from agents.runtime.engine.crypto import DEFAULT_KDF
 from agents.runtime.engine.errors import EngineError
-from agents.runtime.engine.localstore import DirStore
 from agents.runtime.engine.progress import Event, ProgressSink, ThrottledSink, display_path
 from agents.runtime.engine.repository import Repository
-from agents.runtime.engine.restore import run_restore
+from agents.runtime.engine.restore import CONFLICT_CHOICES_DEFAULT_FIRST, run_restore
 from agents.runtime.engine.scan import WalkAhead
 from agents.runtime.engine.verify import run_verify
+from agents.runtime.protocol import CONFLICT_OVERWRITE
 
 
 class _StderrSink(ProgressSink):
@@ -67,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("recovery_point", nargs="?", default="latest")
     p.add_argument("paths", nargs="*")
     p.add_argument("--target", required=True)
-    p.add_argument("--on-conflict", default="overwrite", choices=["overwrite", "skip", "copy"])
+    p.add_argument(
+        "--on-conflict", default=CONFLICT_OVERWRITE, choices=CONFLICT_CHOICES_DEFAULT_FIRST
+    )
     p = sub.add_parser("verify")
     p.add_argument("--fraction", type=float, default=1.0)
     sub.add_parser("snapshots")
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     cache = Path(args.cache_dir or Path.home() / ".cache" / "haven-engine")
-    store = DirStore(args.repo)
+    store = LocalDirectoryStore(args.repo, create=True)
     sink = ThrottledSink(_StderrSink(), max_per_second=4)
     try:
         password = _password(args)

@@ -1,6 +1,11 @@
-"""Every failure the engine raises, each with a message a person can act on."""
+"""Every failure the engine raises, each with a message a person can act on.
+
+And ``Cancelled``, the engine's own signal that ``cancel`` was set (it never leaves the engine).
+"""
 
 from __future__ import annotations
+
+from agents.runtime.engine.layout import KEYS_PREFIX
 
 
 class EngineError(Exception):
@@ -18,7 +23,7 @@ class WrongPassphrase(EngineError):
 class RepositoryNotFound(EngineError):
     def __init__(self) -> None:
         super().__init__(
-            "no Haven repository here (no key found under 'keys/'); initialise it first "
+            f"no Haven repository here (no key found under {KEYS_PREFIX!r}); initialise it first "
             "or check the storage location"
         )
 
@@ -53,3 +58,13 @@ class ChunkMissing(IntegrityError):
             "is incomplete (run verify)"
         )
         self.chunk_id = chunk_id
+
+
+class UnsafePath(EngineError):
+    """A manifest path that would escape the target (``..``, NUL, a symlinked parent …)."""
+
+
+class Cancelled(Exception):
+    """Raised deep in a backup or restore (waiting for an upload slot, writing a file) when
+    ``cancel`` is set; ``run_backup`` and ``run_restore`` turn it into their ordinary cancelled
+    result, so it never reaches a caller. Not an ``EngineError``: it is no failure."""

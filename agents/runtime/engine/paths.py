@@ -1,4 +1,4 @@
-"""Paths as the engine stores them: absolute, normalised bytes; and "is under a selection".
+"""Paths as the engine stores them (absolute, normalised bytes) and tests against selections.
 
 Every door that takes a path from a person (backup sources, restore and download selections,
 browse and versions) normalises it here, so ``/srv//data/`` and ``/srv/data`` are one path
@@ -36,3 +36,19 @@ def is_under(path: bytes, selection: bytes) -> bool:
 def is_selected(path: bytes, selections: Iterable[bytes]) -> bool:
     """``path`` is under one of ``selections`` (normalised by ``absolute_path``)."""
     return any(is_under(path, s) for s in selections)
+
+
+def is_inside(path: bytes, folder: bytes) -> bool:
+    """``path`` is under ``folder`` and is not ``folder`` itself."""
+    return path != folder and is_under(path, folder)
+
+
+def past_all_selections(path: bytes, selections: Iterable[bytes]) -> bool:
+    """In tree order, has ``path`` gone beyond everything under every selection? (Entries
+    under a selection come together, right after it, so the rest need not be read.)"""
+    key = path.split(b"/")
+    for s in selections:
+        skey = s.rstrip(b"/").split(b"/") if s != b"/" else [b""]
+        if s == b"/" or key <= skey or key[: len(skey)] == skey:
+            return False
+    return True

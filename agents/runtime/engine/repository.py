@@ -1,6 +1,6 @@
 """The repository on a ``BlobStore``: keys, packs, the chunk index and recovery points.
 
-Blob names (all opaque to the store except for sizes)::
+Blob names (all opaque to the store except for sizes; spelled once, in ``layout``)::
 
     config                  plain JSON: format, version, repository id
     keys/<16 hex>           plain JSON: scrypt parameters + the sealed master keys
@@ -53,13 +53,20 @@ from agents.runtime.engine.format import (
     parse_pack_header,
 )
 from agents.runtime.engine.index import ChunkIndex
+from agents.runtime.engine.layout import (
+    CONFIG_BLOB,
+    DATA_PREFIX,
+    INDEX_PREFIX,
+    KEYS_PREFIX,
+    SNAPSHOTS_PREFIX,
+    index_blob,
+    key_blob,
+    manifest_blob,
+    pack_blob,
+    pack_id_of,
+)
 
 FORMAT_VERSION = 1
-
-
-def pack_blob_name(pack_id: bytes) -> str:
-    h = pack_id.hex()
-    return f"data/{h[:2]}/{h}"
 
 
 class PackDamaged(IntegrityError):
@@ -144,26 +151,26 @@ class Repository:
         chunker: ChunkerParams | None = None,
     ) -> Repository:
         """Create a repository in an empty store. ``kdf`` overrides scrypt's n, r, p."""
-        if store.exists("config") or any(True for _ in store.list("keys/")):
+        if store.exists(CONFIG_BLOB) or any(True for _ in store.list(KEYS_PREFIX)):
             raise RepositoryExists()
         keys = MasterKeys.generate(chunker or ChunkerParams())
         key_name = os.urandom(8).hex()
         store.put(
-            f"keys/{key_name}", wrap_keys(keys, passphrase, kdf or DEFAULT_KDF, key_name=key_name)
+            key_blob(key_name), wrap_keys(keys, passphrase, kdf or DEFAULT_KDF, key_name=key_name)
         )
         repo_id = os.urandom(16).hex()
         config = {"format": "haven-repository", "version": FORMAT_VERSION, "id": repo_id}
-        store.put("config", json.dumps(config).encode())
+        store.put(CONFIG_BLOB, json.dumps(config).encode())
         return cls(store, keys, repo_id, key_name)
 
     @classmethod
     def open(cls, store: BlobStore, passphrase: str | bytes) -> Repository:
         """Open with the passphrase; ``WrongPassphrase`` when no key opens with it."""
-        names = [b.name for b in store.list("keys/")]
+        names = [b.name for b in store.list(KEYS_PREFIX)]
         if not names:
             raise RepositoryNotFound()
         try:
-            config = json.loads(store.get("config"))
+            config = json.loads(store.get(CONFIG_BLOB))
         except BlobNotFound:
             raise RepositoryNotFound() from None
         if config.get("format") != "haven-repository":
@@ -175,7 +182,7 @@ class Repository:
             )
         last_error: Exception | None = None
         for name in names:
-            key_name = name.split("/", 1)[1]
+            key_name = name.removeprefix(KEYS_PREFIX)
             try:
                 keys = unwrap_keys(store.get(name), passphrase, key_name=key_name)
             except Exception as exc:  # WrongPassphrase; try the next key
@@ -186,7 +193,7 @@ class Repository:
         raise last_error
 
     def kdf_params(self) -> dict:
-        return json.loads(self.store.get(f"keys/{self.key_name}"))["kdf"]
+        return json.loads(self.store.get(key_blob(self.key_name)))["kdf"]
 
     # -- sealed small blobs ----------------------------------------------------------------
     def put_sealed(self, name: str, plaintext: bytes) -> None:
@@ -207,7 +214,7 @@ class Repository:
         """Load (once) every index blob, starting from the local cache when it is usable."""
         if self._index_loaded:
             return self.index
-        names = {b.name for b in self.store.list("index/")}
+        names = {b.name for b in self.store.list(INDEX_PREFIX)}
         if cache_dir is not None:
             bin_path, json_path = self._cache_paths(cache_dir)
             try:
@@ -249,7 +256,7 @@ class Repository:
         os.replace(tmpj, json_path)
 
     def write_index(self, packs: list[tuple[bytes, int, list[tuple[bytes, int, int, int]]]]) -> str:
-        name = f"index/{os.urandom(16).hex()}"
+        name = index_blob(os.urandom(16).hex())
         self.put_sealed(name, encode_index(packs))
         self._index_names.add(name)
         return name
@@ -263,9 +270,9 @@ class Repository:
         Returns the ids of recovered packs.
         """
         present: dict[bytes, int] = {}
-        for info in self.store.list("data/"):
+        for info in self.store.list(DATA_PREFIX):
             try:
-                present[bytes.fromhex(info.name.rsplit("/", 1)[1])] = info.size
+                present[bytes.fromhex(pack_id_of(info.name))] = info.size
             except ValueError:
                 continue
         for no, pack_id in enumerate(self.index.pack_ids):
@@ -286,7 +293,7 @@ class Repository:
         return [p for p, _, _ in recovered]
 
     def _read_pack_header(self, pack_id: bytes, size: int):
-        name = pack_blob_name(pack_id)
+        name = pack_blob(pack_id)
         want = min(size, 256 * 1024)
         tail = self.store.get_range(name, size - want, want)
         (hlen,) = TRAILER.unpack_from(tail, len(tail) - TRAILER.size)
@@ -296,11 +303,11 @@ class Repository:
 
     # -- recovery points -------------------------------------------------------------------
     def write_recovery_point(self, rp: RecoveryPoint) -> None:
-        self.put_sealed(f"snapshots/{rp.id}", json.dumps(rp.to_json()).encode())
+        self.put_sealed(manifest_blob(rp.id), json.dumps(rp.to_json()).encode())
 
     def list_recovery_points(self) -> list[RecoveryPoint]:
         out = []
-        for info in self.store.list("snapshots/"):
+        for info in self.store.list(SNAPSHOTS_PREFIX):
             out.append(RecoveryPoint.from_json(json.loads(self.get_sealed(info.name))))
         out.sort(key=lambda rp: (rp.time, rp.id))
         return out
@@ -311,7 +318,7 @@ class Repository:
             return ref
         if len(ref) == 32:
             try:
-                return RecoveryPoint.from_json(json.loads(self.get_sealed(f"snapshots/{ref}")))
+                return RecoveryPoint.from_json(json.loads(self.get_sealed(manifest_blob(ref))))
             except BlobNotFound:
                 raise RecoveryPointNotFound(ref) from None
         rps = self.list_recovery_points()
@@ -382,7 +389,7 @@ class ChunkReader:
             if cpno == pno and start <= off and off + length <= start + len(data):
                 self._cache.move_to_end((cpno, start))
                 return memoryview(data)[off - start : off - start + length]
-        name = pack_blob_name(pack_id)
+        name = pack_blob(pack_id)
         try:
             if length >= self.window:
                 data = self.repo.store.get_range(name, off, length)

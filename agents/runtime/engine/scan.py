@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 
 from agents.runtime.engine.errors import InvalidArgument
+from agents.runtime.engine.paths import absolute_paths, is_selected
 
 Warn = Callable[[bytes, str], None]
 
@@ -56,16 +57,11 @@ class Excluder:
 
 
 def normalize_sources(sources: Iterable[str | bytes | os.PathLike]) -> list[bytes]:
-    out = []
-    for src in sources:
-        raw = os.fsencode(src)
-        if not os.path.isabs(raw):
-            raise InvalidArgument(f"source {os.fsdecode(raw)!r} is not an absolute path")
-        out.append(os.path.normpath(raw).replace(b"//", b"/"))
-    out = sorted(set(out), key=lambda p: p.split(b"/"))
+    """The sources normalised, in tree order, without those inside another one."""
+    out = sorted(set(absolute_paths(sources, what="source")), key=lambda p: p.split(b"/"))
     kept: list[bytes] = []
     for p in out:
-        if any(p == k or p.startswith(k.rstrip(b"/") + b"/") for k in kept):
+        if is_selected(p, kept):
             continue  # inside an earlier source
         kept.append(p)
     if not kept:

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from agents.runtime.blobstore.base import BlobNotFound, StorageError
 from agents.runtime.engine.errors import IntegrityError
 from agents.runtime.engine.format import HOLE_ID, decode_chunk, parse_pack_header
+from agents.runtime.engine.layout import pack_blob
 from agents.runtime.engine.progress import ProgressSink, Reporter, display_path
-from agents.runtime.engine.repository import ChunkReader, Repository, pack_blob_name
+from agents.runtime.engine.repository import ChunkReader, Repository
 
 
 @dataclass
@@ -68,7 +69,7 @@ def run_verify(
         pack_id = index.pack_ids[no]
         rows = by_pack[no]
         try:
-            data = repo.store.get(pack_blob_name(pack_id))
+            data = repo.store.get(pack_blob(pack_id))
         except BlobNotFound:
             damaged[no] = DamagedPack(pack_id.hex(), "pack is missing from storage", len(rows))
             bad_chunks.update((cid, no) for cid, *_ in rows)

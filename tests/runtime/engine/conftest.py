@@ -1,5 +1,6 @@
-"""Engine test fixtures: stores (memory, directory, Azure when its backend exists), fast KDF
-and small chunk/pack sizes so the tests run in seconds."""
+"""Engine test fixtures: the product's stores (memory, local directory, the agent's wrappers,
+Azure via Azurite), each behind ``GuardedStore``; fast KDF and small chunk/pack sizes so the
+tests run in seconds."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from agents.runtime.blobstore.local import LocalDirectoryStore
+from agents.runtime.blobstore.memory import MemoryStore
+from agents.runtime.blobstore.retry import RetryingStore
+from agents.runtime.blobstore.throttle import ThrottledStore
 from agents.runtime.engine import ChunkerParams, Repository
-from tests.runtime.engine.stores import DirStore, MemoryStore
+from tests.runtime.engine.helpers import GuardedStore
 
 FAST_KDF = {"n": 2**10, "r": 8, "p": 1}
 SMALL_CHUNKS = ChunkerParams(min_size=4 * 1024, avg_size=16 * 1024, max_size=64 * 1024)
@@ -18,8 +23,8 @@ PASSPHRASE = "correct horse battery staple"
 
 
 @pytest.fixture
-def memory_store() -> MemoryStore:
-    return MemoryStore()
+def memory_store() -> GuardedStore:
+    return GuardedStore(MemoryStore())
 
 
 def _azure_store(request):
@@ -34,23 +39,30 @@ def _azure_store(request):
     return store
 
 
-@pytest.fixture(params=["memory", "dir", "local", "azure"])
-def any_store(request, tmp_path):
-    """The core round trips run on every backend available: the tests' own memory and
-    directory stores, and the product backends (local directory, Azure via Azurite)."""
+@pytest.fixture(params=["memory", "local", "wrapped", "azure"])
+def any_store(request, tmp_path) -> GuardedStore:
+    """The core round trips run on every backend: in memory, a local directory, a local
+    directory behind the agent's retry and bandwidth wrappers (as ``checks`` stacks them; a
+    download limit means restore writers on threads), and Azure via Azurite."""
     if request.param == "memory":
-        return MemoryStore()
-    if request.param == "dir":
-        return DirStore(tmp_path / "store")
+        return GuardedStore(MemoryStore())
     if request.param == "local":
-        local = pytest.importorskip("agents.runtime.blobstore.local")
-        return local.LocalDirectoryStore(tmp_path / "local-store", create=True)
-    return _azure_store(request)
+        return GuardedStore(LocalDirectoryStore(tmp_path / "local-store", create=True))
+    if request.param == "wrapped":
+        local = LocalDirectoryStore(tmp_path / "wrapped-store", create=True)
+        return GuardedStore(
+            ThrottledStore(
+                RetryingStore(local),
+                upload_bytes_per_second=10**12,
+                download_bytes_per_second=10**12,
+            )
+        )
+    return GuardedStore(_azure_store(request))
 
 
 @pytest.fixture
 def any_repo(any_store) -> Repository:
-    """A repository on each available backend (memory, directory, Azure via Azurite)."""
+    """A repository on each backend of ``any_store``."""
     return Repository.init(any_store, PASSPHRASE, kdf=FAST_KDF, chunker=SMALL_CHUNKS)
 
 

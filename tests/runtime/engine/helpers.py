@@ -1,19 +1,100 @@
-"""Small builders shared by the engine tests."""
+"""Small builders shared by the engine tests, and the store guard they run the engine on."""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from agents.runtime.engine import list_dir, run_backup, run_restore
-from agents.runtime.engine import worker as worker_module
+from agents.runtime.blobstore.base import BlobForbidden, BlobInfo, BlobStore
+from agents.runtime.blobstore.local import LocalDirectoryStore
+from agents.runtime.blobstore.memory import MemoryStore
+from agents.runtime.engine import RecoveryPoint, chunkers, list_dir, run_backup, run_restore
+from agents.runtime.engine.format import HOLE_ID, Entry, encode_chunk
+from agents.runtime.engine.layout import DATA_PREFIX, pack_blob
+from agents.runtime.engine.metadata import MetadataWriter
+from agents.runtime.engine.packer import Packer
+from agents.runtime.engine.progress import Reporter
+from agents.runtime.engine.repository import now
+
+
+class GuardedStore(BlobStore):
+    """A real backend (one the conformance suite checks) as the engine tests hand it to the
+    engine: ``delete`` is refused, because the engine must never delete (the agent's grant has
+    no delete right). A test that damages or removes blobs behind the engine's back does it on
+    ``backend``."""
+
+    def __init__(self, backend: BlobStore) -> None:
+        self.backend = backend
+        self.fork_safe_reads = backend.fork_safe_reads
+
+    def put(self, name: str, data: bytes | memoryview) -> None:
+        self.backend.put(name, data)
+
+    def get(self, name: str) -> bytes:
+        return self.backend.get(name)
+
+    def get_range(self, name: str, offset: int, length: int) -> bytes:
+        return self.backend.get_range(name, offset, length)
+
+    def exists(self, name: str) -> bool:
+        return self.backend.exists(name)
+
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+        return self.backend.list(prefix)
+
+    def delete(self, name: str) -> None:
+        raise BlobForbidden("the engine must never delete")
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def contents(store: BlobStore, prefix: str = "") -> dict[str, bytes]:
+    """Every blob under ``prefix``: name -> bytes."""
+    return {b.name: store.get(b.name) for b in store.list(prefix)}
+
+
+def flip(store: BlobStore, name: str, offset: int) -> None:
+    """Damage blob ``name``: one bit flipped at ``offset``."""
+    data = bytearray(store.get(name))
+    data[offset] ^= 0x01
+    store.put(name, bytes(data))
+
+
+def remove(store: GuardedStore, name: str) -> None:
+    """Delete a blob behind the engine's back (the portal's garbage collection does)."""
+    store.backend.delete(name)
 
 
 def backup(repo, src, **kw):
     kw.setdefault("pack_size", 256 * 1024)
     kw.setdefault("hostname", "test-host")
     return run_backup(repo, sources=[src], **kw)
+
+
+def craft_recovery_point(repo, entries: list[Entry], *, chunks: list[bytes] = ()) -> str:
+    """Store a recovery point of hand-made (hostile) ``entries``, as an attacker holding the
+    key, or a bug, could write it; ``chunks``: contents to store first for entries to point at
+    (``(repo.chunk_id(data), len(data))``). Returns its id."""
+    repo.load_index()
+    packer = Packer(repo, 1 << 20, 1)
+    for data in chunks:
+        cid = repo.chunk_id(data)
+        packer.add(cid, encode_chunk(data, cid, repo.sealer, None), len(data))
+    meta = MetadataWriter(repo, packer)
+    for e in entries:
+        meta.add(e)
+    ids = meta.finish()
+    packer.seal_pack()
+    packer.close()
+    rp = RecoveryPoint(
+        id=os.urandom(16).hex(), time=now(), hostname="evil", sources=["/"], tags=[],
+        status="completed", stats={}, packs=[], meta=[i.hex() for i in ids],
+    )  # fmt: skip
+    repo.write_recovery_point(rp)
+    return rp.id
 
 
 def pack_of_file(repo, path) -> str:
@@ -25,18 +106,29 @@ def pack_of_file(repo, path) -> str:
     return repo.index.pack_ids[repo.index.get(entry.content[0][0])[0]].hex()
 
 
+def file_data_packs(repo, folder) -> list[str]:
+    """Blob names of the packs holding the data of the files in ``folder`` (latest recovery
+    point), in the order the files use them; metadata packs are not among them."""
+    listing = list_dir(repo, recovery_point="latest", path=str(folder))
+    index = repo.index
+    return list(
+        dict.fromkeys(
+            pack_blob(index.pack_ids[index.get(cid)[0]])
+            for e in listing
+            for cid, _ in e.content
+            if cid != HOLE_ID
+        )
+    )
+
+
 def slow_link(monkeypatch, seconds: float = 0.05) -> None:
     """Every pack read through local storage takes ``seconds`` (patched before the restore
     forks its writers, so it reaches them)."""
-    from agents.runtime.blobstore.local import LocalDirectoryStore
-    from agents.runtime.engine.localstore import DirStore
-    from tests.runtime.engine.stores import MemoryStore
-
-    for cls in (LocalDirectoryStore, DirStore, MemoryStore):
+    for cls in (LocalDirectoryStore, MemoryStore):
         original = cls.get_range
 
         def get_range(self, name, offset, length, _original=original):
-            if name.startswith("data/"):
+            if name.startswith(DATA_PREFIX):
                 time.sleep(seconds)
             return _original(self, name, offset, length)
 
@@ -46,8 +138,6 @@ def slow_link(monkeypatch, seconds: float = 0.05) -> None:
 def after_files_restored(monkeypatch, count: int, action) -> None:
     """Run ``action()`` once, in the calling process, when the restore's progress first shows
     ``count`` files done (the person presses Ctrl-C or Cancel then)."""
-    from agents.runtime.engine.progress import Reporter
-
     original = Reporter.emit
 
     def emit(self, *, force=False):
@@ -67,14 +157,14 @@ def restore(repo, target, **kw):
 def log_opens(monkeypatch, log: Path) -> None:
     """Record every file a worker opens (workers are forked, so the patch reaches them)."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    original = worker_module.FileProcessor._open
+    original = chunkers.FileProcessor._open
 
     def _open(self, path):
         with open(log, "ab") as f:
             f.write(path + b"\n")
         return original(self, path)
 
-    monkeypatch.setattr(worker_module.FileProcessor, "_open", _open)
+    monkeypatch.setattr(chunkers.FileProcessor, "_open", _open)
 
 
 def opened(log: Path) -> list[bytes]:
@@ -82,11 +172,11 @@ def opened(log: Path) -> list[bytes]:
 
 
 def fail_open(monkeypatch, name: bytes, exc: OSError) -> None:
-    original = worker_module.FileProcessor._open
+    original = chunkers.FileProcessor._open
 
     def _open(self, path):
         if os.path.basename(path) == name:
             raise exc
         return original(self, path)
 
-    monkeypatch.setattr(worker_module.FileProcessor, "_open", _open)
+    monkeypatch.setattr(chunkers.FileProcessor, "_open", _open)

@@ -5,15 +5,9 @@ from __future__ import annotations
 import os
 
 from agents.runtime.engine import list_dir, run_verify
-from agents.runtime.engine.repository import pack_blob_name
+from agents.runtime.engine.layout import pack_blob
 from tests.runtime.engine.conftest import restored, write_random
-from tests.runtime.engine.helpers import backup, restore
-
-
-def _flip(store, name: str, offset: int) -> None:
-    data = bytearray(store.blobs[name])
-    data[offset] ^= 0x01
-    store.blobs[name] = bytes(data)
+from tests.runtime.engine.helpers import backup, flip, remove, restore
 
 
 def _files_covering(repo, src, pack_hex: str, offset: int) -> list[str]:
@@ -47,7 +41,7 @@ def test_verify_names_the_damaged_pack_and_the_files_it_affects(repo, memory_sto
     victim_pack = bytes.fromhex(_data_pack(repo, src))
     victims = _files_covering(repo, src, victim_pack.hex(), 100)
     assert len(victims) == 1
-    _flip(memory_store, pack_blob_name(victim_pack), 100)
+    flip(memory_store, pack_blob(victim_pack), 100)
     report = run_verify(repo)
     assert not report.ok
     assert [d.pack_id for d in report.damaged] == [victim_pack.hex()]
@@ -63,7 +57,7 @@ def test_restore_fails_only_the_files_in_the_damaged_pack(repo, memory_store, tm
     backup(repo, src)
     pack = _data_pack(repo, src)
     victims = _files_covering(repo, src, pack, 100)
-    _flip(memory_store, pack_blob_name(bytes.fromhex(pack)), 100)
+    flip(memory_store, pack_blob(pack), 100)
     res = restore(repo, tmp_path / "out")
     assert res.status == "completed_with_warnings"
     assert [f["path"] for f in res.failed] == victims
@@ -90,7 +84,7 @@ def test_verify_reports_a_missing_pack(repo, memory_store, tmp_path):
         e for e in list_dir(repo, recovery_point="latest", path=str(src)) if e.name == b"f3"
     ]
     pack_no = repo.index.get(entry.content[0][0])[0]
-    del memory_store.blobs[pack_blob_name(repo.index.pack_ids[pack_no])]
+    remove(memory_store, pack_blob(repo.index.pack_ids[pack_no]))
     report = run_verify(repo)
     assert not report.ok
     assert "missing" in report.damaged[0].reason

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from agents.runtime.blobstore.local import LocalDirectoryStore
 from agents.runtime.engine import Repository, run_verify
 from tests.runtime.engine.conftest import (
     FAST_KDF,
@@ -18,23 +19,24 @@ from tests.runtime.engine.conftest import (
     tree_snapshot,
     write_random,
 )
-from tests.runtime.engine.helpers import backup, restore
-from tests.runtime.engine.stores import DirStore
+from tests.runtime.engine.helpers import GuardedStore, backup, restore
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 CHILD = """
 import sys, time
+from agents.runtime.blobstore.local import LocalDirectoryStore
 from agents.runtime.engine import Repository, run_backup
-from tests.runtime.engine.stores import DirStore
+from agents.runtime.engine.layout import DATA_PREFIX
+from tests.runtime.engine.helpers import GuardedStore
 
-class SlowStore(DirStore):
+class SlowStore(GuardedStore):
     def put(self, name, data):
-        if name.startswith("data/"):
+        if name.startswith(DATA_PREFIX):
             time.sleep(0.03)  # a slow uplink, so the kill lands mid-backup
         super().put(name, data)
 
-repo = Repository.open(SlowStore(sys.argv[1]), sys.argv[3])
+repo = Repository.open(SlowStore(LocalDirectoryStore(sys.argv[1])), sys.argv[3])
 print("started", flush=True)
 run_backup(repo, sources=[sys.argv[2]], hostname="test-host", pack_size=256 * 1024)
 print("finished", flush=True)
@@ -55,7 +57,7 @@ def _marker_processes(marker: str) -> list[int]:
 
 def test_it_survives_sigkill_mid_backup_and_resumes(tmp_path):
     store_dir = tmp_path / "store"
-    store = DirStore(store_dir)
+    store = GuardedStore(LocalDirectoryStore(store_dir, create=True))
     repo = Repository.init(store, PASSPHRASE, kdf=FAST_KDF, chunker=SMALL_CHUNKS)
     src = tmp_path / "src"
     write_random(src / "small", 50_000, 1)
@@ -87,7 +89,7 @@ def test_it_survives_sigkill_mid_backup_and_resumes(tmp_path):
     assert _marker_processes(marker) == [], "worker processes outlived the killed backup"
 
     # The repository is valid: the old recovery point is the only one and restores.
-    reopened = Repository.open(DirStore(store_dir), PASSPHRASE)
+    reopened = Repository.open(GuardedStore(LocalDirectoryStore(store_dir)), PASSPHRASE)
     rps = reopened.list_recovery_points()
     assert [rp.id for rp in rps] == [first.recovery_point]
     restore(reopened, tmp_path / "old", recovery_point=first.recovery_point)

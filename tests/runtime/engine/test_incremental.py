@@ -8,8 +8,17 @@ import random
 import pytest
 
 from agents.runtime.engine import Repository
-from tests.runtime.engine.conftest import restored, tree_snapshot, write_random
-from tests.runtime.engine.helpers import backup, log_opens, opened, restore
+from agents.runtime.engine import backup as backup_module
+from agents.runtime.engine.layout import DATA_PREFIX, pack_blob
+from tests.runtime.engine.conftest import (
+    FAST_KDF,
+    PASSPHRASE,
+    SMALL_CHUNKS,
+    restored,
+    tree_snapshot,
+    write_random,
+)
+from tests.runtime.engine.helpers import backup, flip, log_opens, opened, restore
 
 
 def test_it_does_not_reread_unchanged_files(any_repo, source, tmp_path, monkeypatch):
@@ -68,8 +77,6 @@ def test_it_stores_identical_files_once(repo, tmp_path):
 
 
 def test_workers_meeting_the_same_chunks_store_them_once(repo, memory_store, tmp_path, monkeypatch):
-    from agents.runtime.engine import backup as backup_module
-
     monkeypatch.setattr(backup_module, "BATCH_FILES", 1)  # each file its own task: both workers
     src = tmp_path / "src"
     data = write_random(src / "a", 400_000, 6)
@@ -77,7 +84,7 @@ def test_workers_meeting_the_same_chunks_store_them_once(repo, memory_store, tmp
         (src / f"copy{i:02}").write_bytes(data)
     result = backup(repo, src, workers=2)
     assert result.logical_bytes == 31 * 400_000
-    packs = sum(len(b) for name, b in memory_store.blobs.items() if name.startswith("data/"))
+    packs = sum(b.size for b in memory_store.list(DATA_PREFIX))
     assert packs < 400_000 + 50_000  # one copy (random data: no compression) and metadata
     target = tmp_path / "restore"
     assert restore(repo, target).status == "completed"
@@ -99,8 +106,6 @@ def test_it_detects_a_change_that_keeps_size_and_mtime_through_ctime(repo, tmp_p
 
 
 def test_it_uses_the_local_cache_and_rebuilds_without_it(memory_store, tmp_path):
-    from tests.runtime.engine.conftest import FAST_KDF, PASSPHRASE, SMALL_CHUNKS
-
     src = tmp_path / "src"
     write_random(src / "f", 400_000, 3)
     repo = Repository.init(memory_store, PASSPHRASE, kdf=FAST_KDF, chunker=SMALL_CHUNKS)
@@ -123,12 +128,7 @@ def test_a_damaged_previous_recovery_point_means_reading_everything_again(
     first = backup(repo, src)
     rp = repo.recovery_point(first.recovery_point)
     pno, off, _len, _raw = repo.index.get(bytes.fromhex(rp.meta[0]))
-    from agents.runtime.engine.repository import pack_blob_name
-
-    name = pack_blob_name(repo.index.pack_ids[pno])
-    data = bytearray(memory_store.blobs[name])
-    data[off + 20] ^= 1
-    memory_store.blobs[name] = bytes(data)
+    flip(memory_store, pack_blob(repo.index.pack_ids[pno]), off + 20)
     second = backup(Repository.open(memory_store, "correct horse battery staple"), src)
     assert second.status == "completed_with_warnings"
     assert second.files_read == 1
@@ -139,8 +139,6 @@ def test_a_damaged_previous_recovery_point_means_reading_everything_again(
 def test_many_unchanged_files_behind_a_changed_one_do_not_stall_the_backup(
     repo, tmp_path, monkeypatch
 ):
-    from agents.runtime.engine import backup as backup_module
-
     src = tmp_path / "src"
     for i in range(40):
         write_random(src / f"f{i:02}", 1000, i)

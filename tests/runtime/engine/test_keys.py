@@ -6,7 +6,9 @@ import json
 
 import pytest
 
+from agents.runtime.blobstore.memory import MemoryStore
 from agents.runtime.engine import (
+    DEFAULT_KDF,
     IntegrityError,
     InvalidArgument,
     Repository,
@@ -15,25 +17,25 @@ from agents.runtime.engine import (
     WrongPassphrase,
     run_restore,
 )
+from agents.runtime.engine.layout import KEYS_PREFIX, manifest_blob
 from tests.runtime.engine.conftest import FAST_KDF, PASSPHRASE, SMALL_CHUNKS, write_random
-from tests.runtime.engine.helpers import backup
-from tests.runtime.engine.stores import MemoryStore
+from tests.runtime.engine.helpers import GuardedStore, backup, contents, file_data_packs
 
 
 def test_a_wrong_passphrase_is_a_clear_error_and_writes_nothing(
     repo, memory_store, source, tmp_path
 ):
     backup(repo, source)
-    blobs = dict(memory_store.blobs)
+    blobs = contents(memory_store)
     with pytest.raises(WrongPassphrase, match="passphrase does not open"):
         Repository.open(memory_store, "Correct horse battery staple")
-    assert memory_store.blobs == blobs
+    assert contents(memory_store) == blobs
     assert not (tmp_path / "out").exists()
 
 
 def test_it_stores_the_kdf_parameters_beside_the_wrapped_key(memory_store):
     repo = Repository.init(memory_store, PASSPHRASE, kdf={"n": 2**11, "r": 4, "p": 2})
-    (name,) = [b.name for b in memory_store.list("keys/")]
+    (name,) = [b.name for b in memory_store.list(KEYS_PREFIX)]
     doc = json.loads(memory_store.get(name))
     assert doc["kdf"]["name"] == "scrypt"
     assert (doc["kdf"]["n"], doc["kdf"]["r"], doc["kdf"]["p"]) == (2**11, 4, 2)
@@ -48,8 +50,6 @@ def test_it_stores_the_kdf_parameters_beside_the_wrapped_key(memory_store):
 
 
 def test_the_default_kdf_is_memory_hard():
-    from agents.runtime.engine import DEFAULT_KDF
-
     assert DEFAULT_KDF["name"] == "scrypt"
     assert 128 * DEFAULT_KDF["n"] * DEFAULT_KDF["r"] >= 64 << 20  # >= 64 MiB, like restic
 
@@ -61,12 +61,12 @@ def test_init_refuses_an_existing_repository(repo, memory_store):
 
 def test_open_of_an_empty_store_says_there_is_no_repository():
     with pytest.raises(RepositoryNotFound, match="no Haven repository"):
-        Repository.open(MemoryStore(), PASSPHRASE)
+        Repository.open(GuardedStore(MemoryStore()), PASSPHRASE)
 
 
 def test_an_empty_passphrase_is_refused():
     with pytest.raises(InvalidArgument, match="empty"):
-        Repository.init(MemoryStore(), "", kdf=FAST_KDF)
+        Repository.init(GuardedStore(MemoryStore()), "", kdf=FAST_KDF)
 
 
 def test_a_pack_swapped_for_another_is_detected(repo, memory_store, tmp_path):
@@ -74,10 +74,12 @@ def test_a_pack_swapped_for_another_is_detected(repo, memory_store, tmp_path):
     write_random(src / "a", 300_000, 1)
     write_random(src / "b", 300_000, 2)
     result = backup(repo, src)
-    data_blobs = [n for n in memory_store.blobs if n.startswith("data/")]
-    assert len(data_blobs) >= 2
-    a, b = data_blobs[:2]
-    memory_store.blobs[a], memory_store.blobs[b] = memory_store.blobs[b], memory_store.blobs[a]
+    packs = file_data_packs(repo, src)
+    assert len(packs) >= 2
+    a, b = packs[:2]
+    data_a, data_b = memory_store.get(a), memory_store.get(b)
+    memory_store.put(a, data_b)
+    memory_store.put(b, data_a)
     res = run_restore(repo, recovery_point=result.recovery_point, target=tmp_path / "out")
     # the swapped packs fail authentication (the pack id is bound) instead of restoring wrong data
     assert res.status == "completed_with_warnings"
@@ -87,13 +89,17 @@ def test_a_pack_swapped_for_another_is_detected(repo, memory_store, tmp_path):
 def test_a_manifest_swapped_under_another_name_is_rejected(repo, memory_store, source):
     first = backup(repo, source)
     second = backup(repo, source)
-    blobs = memory_store.blobs
-    blobs[f"snapshots/{second.recovery_point}"] = blobs[f"snapshots/{first.recovery_point}"]
+    swapped = memory_store.get(manifest_blob(first.recovery_point))
+    memory_store.put(manifest_blob(second.recovery_point), swapped)
     with pytest.raises(IntegrityError):
         repo.list_recovery_points()
 
 
 def test_chunk_ids_are_keyed_so_equal_data_gets_different_ids_per_repository():
-    one = Repository.init(MemoryStore(), PASSPHRASE, kdf=FAST_KDF, chunker=SMALL_CHUNKS)
-    two = Repository.init(MemoryStore(), PASSPHRASE, kdf=FAST_KDF, chunker=SMALL_CHUNKS)
+    one = Repository.init(
+        GuardedStore(MemoryStore()), PASSPHRASE, kdf=FAST_KDF, chunker=SMALL_CHUNKS
+    )
+    two = Repository.init(
+        GuardedStore(MemoryStore()), PASSPHRASE, kdf=FAST_KDF, chunker=SMALL_CHUNKS
+    )
     assert one.chunk_id(b"same") != two.chunk_id(b"same")

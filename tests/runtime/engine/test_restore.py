@@ -11,14 +11,12 @@ import pytest
 from agents.runtime.engine import (
     InvalidArgument,
     ListSink,
-    RecoveryPoint,
     Repository,
     list_dir,
     run_restore,
 )
-from agents.runtime.engine.backup import _MetaWriter, _Packer
 from agents.runtime.engine.format import DIR, FILE, SYMLINK, Entry
-from agents.runtime.engine.repository import now
+from agents.runtime.engine.layout import DATA_PREFIX
 from tests.runtime.engine.conftest import (
     FAST_KDF,
     PASSPHRASE,
@@ -26,25 +24,7 @@ from tests.runtime.engine.conftest import (
     restored,
     write_random,
 )
-from tests.runtime.engine.helpers import backup, restore
-
-
-def _craft(repo, entries: list[Entry]) -> str:
-    """Store a recovery point with hand-made (hostile) entries, as an attacker with the key
-    or a bug could."""
-    packer = _Packer(repo, 1 << 20, 1)
-    meta = _MetaWriter(repo, packer)
-    for e in entries:
-        meta.add(e)
-    ids = meta.finish()
-    packer.seal_pack()
-    packer.close()
-    rp = RecoveryPoint(
-        id=os.urandom(16).hex(), time=now(), hostname="evil", sources=["/"], tags=[],
-        status="completed", stats={}, packs=[], meta=[i.hex() for i in ids],
-    )  # fmt: skip
-    repo.write_recovery_point(rp)
-    return rp.id
+from tests.runtime.engine.helpers import backup, craft_recovery_point, restore
 
 
 @pytest.fixture
@@ -63,7 +43,9 @@ def chunk(repo, tmp_path):
     [b"/../escape", b"/a/../../escape", b"relative/escape", b"//escape", b"/a/./b", b"/nul\0x"],
 )
 def test_it_refuses_manifest_paths_that_could_escape_the_target(repo, chunk, tmp_path, path):
-    rp = _craft(repo, [Entry(path=path, kind=FILE, mode=0o644, size=5, content=chunk)])
+    rp = craft_recovery_point(
+        repo, [Entry(path=path, kind=FILE, mode=0o644, size=5, content=chunk)]
+    )
     target = tmp_path / "t" / "target"
     res = run_restore(repo, recovery_point=rp, target=target)
     assert res.files == 0
@@ -74,7 +56,7 @@ def test_it_refuses_manifest_paths_that_could_escape_the_target(repo, chunk, tmp
 def test_it_never_follows_a_symlinked_parent_inside_the_target(repo, chunk, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
-    rp = _craft(
+    rp = craft_recovery_point(
         repo,
         [
             Entry(path=b"/d", kind=SYMLINK, mode=0o777, target=os.fsencode(outside)),
@@ -92,7 +74,7 @@ def test_it_never_follows_a_symlink_planted_in_the_target(repo, chunk, tmp_path)
     target = tmp_path / "target"
     target.mkdir()
     os.symlink(outside, target / "d")
-    rp = _craft(
+    rp = craft_recovery_point(
         repo,
         [
             Entry(path=b"/d", kind=DIR, mode=0o755),
@@ -168,7 +150,7 @@ def test_cancel_keeps_finished_files_complete_and_says_so(memory_store, tmp_path
     original = type(memory_store).get_range
 
     def slow_get_range(self, name, offset, length):  # a slow link: ~50 ms per pack read
-        if name.startswith("data/"):
+        if name.startswith(DATA_PREFIX):
             time.sleep(0.05)
         return original(self, name, offset, length)
 

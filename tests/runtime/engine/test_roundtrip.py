@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import random
+import struct
 import time
 
-from agents.runtime.engine import Repository, run_verify
+from agents.runtime.blobstore.throttle import ThrottledStore
+from agents.runtime.engine import Repository, run_backup, run_verify
 from tests.runtime.engine.conftest import (
     FAST_KDF,
     PASSPHRASE,
@@ -178,8 +181,6 @@ def test_it_backs_up_several_sources_and_restores_a_subset(repo, tmp_path):
     write_random(one / "f1", 1000, 1)
     write_random(two / "sub" / "f2", 1000, 2)
     write_random(two / "other", 1000, 3)
-    from agents.runtime.engine import run_backup
-
     run_backup(repo, sources=[one, two, two / "sub"], hostname="h")
     res = restore(repo, tmp_path / "out", paths=[str(two / "sub")])
     assert res.files == 1
@@ -191,8 +192,6 @@ def test_it_backs_up_several_sources_and_restores_a_subset(repo, tmp_path):
 
 def test_parallel_restore_threads_restore_compressible_files_exactly(repo, tmp_path):
     # zstandard objects are not thread-safe: this caught a shared decompressor corrupting data
-    import random
-
     src = tmp_path / "src"
     src.mkdir()
     rng = random.Random(3)
@@ -208,8 +207,6 @@ def test_parallel_restore_threads_restore_compressible_files_exactly(repo, tmp_p
 def test_a_store_that_forked_readers_cannot_share_restores_on_threads(memory_store, tmp_path):
     """A download limit must hold for all readers together, so such a store is read by
     writer threads in this process instead of writer processes; the result is the same."""
-    from agents.runtime.blobstore.throttle import ThrottledStore
-
     store = ThrottledStore(memory_store, download_bytes_per_second=1 << 30)
     assert not store.fork_safe_reads and memory_store.fork_safe_reads
     repo = Repository.init(store, PASSPHRASE, kdf=FAST_KDF, chunker=SMALL_CHUNKS)
@@ -227,8 +224,6 @@ def test_a_store_that_forked_readers_cannot_share_restores_on_threads(memory_sto
 
 def _acl(*entries: tuple[int, int, int]) -> bytes:
     """A POSIX ACL as the kernel stores it in ``system.posix_acl_access`` (version 2)."""
-    import struct
-
     return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
+from agents.runtime.blobstore.memory import MemoryStore
 from agents.runtime.engine import ListSink, Repository, run_verify
+from agents.runtime.engine.layout import DATA_PREFIX
 from tests.runtime.engine.conftest import (
     FAST_KDF,
     PASSPHRASE,
@@ -14,23 +16,23 @@ from tests.runtime.engine.conftest import (
     tree_snapshot,
     write_random,
 )
-from tests.runtime.engine.helpers import backup, restore
-from tests.runtime.engine.stores import MemoryStore
+from tests.runtime.engine.helpers import GuardedStore, backup, restore
 
 PACK = 256 * 1024
 
 
-class StallingStore(MemoryStore):
+class StallingStore(GuardedStore):
     """Pack uploads hang until ``release`` is set (a link that has stopped moving)."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(MemoryStore())
+        self.lock = threading.Lock()
         self.release = threading.Event()
         self.stalled = 0
         self.busy = 0
 
     def put(self, name, data):
-        if name.startswith("data/") and not self.release.is_set():
+        if name.startswith(DATA_PREFIX) and not self.release.is_set():
             with self.lock:
                 self.stalled += 1
                 self.busy += 1

@@ -6,8 +6,7 @@ import errno
 import os
 import socket
 
-from agents.runtime.engine import ListSink
-from agents.runtime.engine import worker as worker_module
+from agents.runtime.engine import ListSink, chunkers, run_backup
 from tests.runtime.engine.conftest import restored
 from tests.runtime.engine.helpers import backup, fail_open, restore
 
@@ -62,7 +61,7 @@ def test_it_warns_about_files_that_change_while_read(repo, tmp_path, monkeypatch
     src = tmp_path / "src"
     src.mkdir()
     (src / "growing.log").write_text("first line\n")
-    original = worker_module.FileProcessor._open
+    original = chunkers.FileProcessor._open
 
     def _open(self, path):
         fd = original(self, path)
@@ -70,7 +69,7 @@ def test_it_warns_about_files_that_change_while_read(repo, tmp_path, monkeypatch
             f.write("more\n")
         return fd
 
-    monkeypatch.setattr(worker_module.FileProcessor, "_open", _open)
+    monkeypatch.setattr(chunkers.FileProcessor, "_open", _open)
     result = backup(repo, src)
     assert result.status == "completed_with_warnings"
     assert "changed while it was being read" in _reasons(result)["growing.log"]
@@ -79,8 +78,6 @@ def test_it_warns_about_files_that_change_while_read(repo, tmp_path, monkeypatch
 def test_it_warns_about_a_missing_source(repo, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    from agents.runtime.engine import run_backup
-
     result = run_backup(repo, sources=[src, tmp_path / "nope"], hostname="h")
     assert result.status == "completed_with_warnings"
     assert "does not exist" in _reasons(result)["nope"]

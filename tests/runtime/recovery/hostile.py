@@ -3,30 +3,15 @@ write them."""
 
 from __future__ import annotations
 
-import os
-
-from agents.runtime.engine import RecoveryPoint
-from agents.runtime.engine.backup import _MetaWriter, _Packer
-from agents.runtime.engine.format import FILE, Entry, encode_chunk
-from agents.runtime.engine.repository import now
+from agents.runtime.engine.format import FILE, Entry
+from tests.runtime.engine.helpers import craft_recovery_point
 
 
 def craft(repo, paths: list[bytes], content: bytes = b"pwned") -> str:
     """A recovery point whose files (one per path) all hold ``content``."""
-    repo.load_index()
-    packer = _Packer(repo, 1 << 20, 1)
     cid = repo.chunk_id(content)
-    packer.add(cid, encode_chunk(content, cid, repo.sealer, None), len(content))
-    meta = _MetaWriter(repo, packer)
-    for p in paths:
-        meta.add(Entry(path=p, kind=FILE, mode=0o644, size=len(content),
-                       content=[(cid, len(content))]))  # fmt: skip
-    ids = meta.finish()
-    packer.seal_pack()
-    packer.close()
-    rp = RecoveryPoint(
-        id=os.urandom(16).hex(), time=now(), hostname="evil", sources=["/"], tags=[],
-        status="completed", stats={}, packs=[], meta=[i.hex() for i in ids],
-    )  # fmt: skip
-    repo.write_recovery_point(rp)
-    return rp.id
+    entries = [
+        Entry(path=p, kind=FILE, mode=0o644, size=len(content), content=[(cid, len(content))])
+        for p in paths
+    ]
+    return craft_recovery_point(repo, entries, chunks=[content])

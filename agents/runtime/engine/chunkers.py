@@ -1,4 +1,6 @@
-"""The chunking worker processes: read, chunk, hash, compress, seal and pack files in batches.
+"""The chunking processes (read, chunk, hash, compress, seal, pack) and the pool that runs them.
+
+``ChunkerPool`` is the main process's handle: it forks the processes and reads their results.
 
 Python overhead per small chunk makes threads useless here (RECIPES.md: two processes are ~2x,
 two threads ~1.1x). Workers are forked so they inherit the master keys and a read-only snapshot
@@ -17,12 +19,11 @@ length, pack id, rows)`` and, after the stop sentinel and the last pack, ``("exi
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import mmap
+import multiprocessing
 import os
 import queue
-import signal
 import stat
 import struct
 from typing import Any
@@ -31,6 +32,8 @@ import zstandard
 from pyfastcdc.cy import FastCDC  # the compiled chunker: never the 100x slower pure-Python one
 
 from agents.runtime.engine.crypto import ChunkerParams, MasterKeys, Sealer, chunk_hasher
+from agents.runtime.engine.errors import EngineError
+from agents.runtime.engine.forked import die_with_parent
 from agents.runtime.engine.format import (
     HOLE_ID,
     chunk_ad,
@@ -40,6 +43,7 @@ from agents.runtime.engine.format import (
     sealed_size,
 )
 from agents.runtime.engine.index import ChunkIndex
+from agents.runtime.engine.repository import Repository
 
 FLUSH_BYTES = 2 << 20  # send file records at least every 2 MiB read (progress granularity)
 SPARSE_MIN = 1 << 20
@@ -51,17 +55,6 @@ def make_chunker(params: ChunkerParams) -> FastCDC:
     return FastCDC(
         params.avg_size, min_size=params.min_size, max_size=params.max_size, seed=params.seed
     )
-
-
-def die_with_parent() -> None:
-    """For a forked helper process: killed with its parent (no orphans), and deaf to Ctrl-C
-    (the terminal sends it to the whole process group; the parent decides what it means)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: a killed backup leaves no orphans
-    except (OSError, AttributeError):
-        pass
 
 
 class PackBuffers:
@@ -362,3 +355,66 @@ class FileProcessor:
                 return
             carry = fill - consumed
             buf[:carry] = buf[consumed:fill]
+
+
+class ChunkerPool:
+    """Forked chunking processes, started on first use, and the shared pack buffers they fill."""
+
+    def __init__(self, repo: Repository, count: int, level: int, pack_size: int, uploads: int):
+        self.repo, self.count, self.level = repo, count, level
+        self.pack_size, self.uploads = pack_size, uploads
+        self.procs: list = []
+        self.tasks = None
+        self.results = None
+        self.buffers: PackBuffers | None = None
+
+    def start(self) -> None:
+        if self.procs:
+            return
+        ctx = multiprocessing.get_context("fork")
+        self.tasks = ctx.Queue()
+        self.results = ctx.SimpleQueue()  # a pipe: a slow main process blocks the workers
+        # Room for a full pack, one more chunk of the largest size and a large header.
+        capacity = self.pack_size + self.repo.keys.chunker.max_size + (2 << 20)
+        self.buffers = PackBuffers(ctx, self.count + self.uploads + 1, capacity)
+        claims = ClaimTable(ctx)
+        for wid in range(self.count):
+            p = ctx.Process(
+                target=worker_main,
+                args=(wid, self.tasks, self.results, self.repo.keys, self.repo.index,
+                      self.level, self.buffers, claims, self.pack_size),
+                daemon=True,
+            )  # fmt: skip
+            p.start()
+            self.procs.append(p)
+
+    def get(self, timeout: float):
+        if self.results._reader.poll(timeout):
+            return self.results.get()
+        if timeout:  # (a quick look between walked entries need not ask about the workers)
+            for p in self.procs:
+                if not p.is_alive() and p.exitcode not in (0, None):
+                    raise EngineError(f"a backup worker process died (exit code {p.exitcode})")
+        return None
+
+    def ask_to_finish(self) -> None:
+        """Each worker packs what it holds, says ``exit`` and ends (see ``worker_main``)."""
+        for _ in self.procs:
+            self.tasks.put(None)
+
+    def stop(self, *, kill: bool) -> None:
+        for p in self.procs:
+            if kill:
+                p.kill()
+        for p in self.procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        if self.tasks is not None:
+            self.tasks.close()
+            self.tasks.cancel_join_thread()
+        if self.buffers is not None:
+            self.buffers.free.close()
+            self.buffers.free.cancel_join_thread()
+        self.procs = []

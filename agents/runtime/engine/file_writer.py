@@ -1,0 +1,241 @@
+"""Writing restored files under the target: the conflict policy, the content, the metadata."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+from agents.runtime.blobstore.base import StorageError
+from agents.runtime.engine.errors import Cancelled, IntegrityError, UnsafePath
+from agents.runtime.engine.format import HOLE_ID, Entry
+from agents.runtime.engine.owners import owner_of
+from agents.runtime.engine.repository import ChunkReader, Repository
+from agents.runtime.engine.target import TargetTree, is_dir, lstat_at, safe_components
+from agents.runtime.protocol import CONFLICT_COPY, CONFLICT_SKIP
+
+_NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+PROGRESS_BYTES = 4 << 20  # a writer reports progress at least every 4 MiB written
+
+
+def copy_name(name: bytes, n: int) -> bytes:
+    stem, dot, ext = name.rpartition(b".")
+    if not dot or not stem:
+        return name + b" (%d)" % n
+    return stem + b" (%d)." % n + ext
+
+
+class FileWriter:
+    """Writes files under the target: the part of a restore that runs in the writers (and, for
+    hard links deferred to the end, in the calling process). One thread per instance; it keeps
+    its own folder fds (``TargetTree``) and pack-window cache, and collects what it did in
+    ``report()``."""
+
+    def __init__(self, repo: Repository, target: Path, on_conflict: str, restore_owner: bool,
+                 cancelled, progress):  # fmt: skip
+        self.repo = repo
+        self.tree = TargetTree(target)
+        self.reader = ChunkReader(repo)
+        self.on_conflict = on_conflict
+        self.restore_owner = restore_owner
+        self.cancelled = cancelled
+        self.progress = progress
+        self.euid, self.egid = os.geteuid(), os.getegid()
+        umask = os.umask(0o022)
+        os.umask(umask)
+        self.umask = umask
+        self._sgid: dict[tuple[bytes, ...], bool] = {}
+        self._xattr_failures: set[tuple[bytes, int]] = set()
+        self._clear()
+
+    def _clear(self) -> None:
+        self.files = self.bytes = self.skipped = 0
+        self.unreported_bytes = self.unreported_files = 0
+        self.reported_at = time.monotonic()
+        self.warnings: list[tuple[bytes, str]] = []
+        self.failed: list[tuple[bytes, str]] = []
+
+    def report(self) -> dict:
+        """What was done since the last report (then forgotten here)."""
+        out = {"files": self.files, "bytes": self.bytes, "skipped": self.skipped,
+               "warnings": self.warnings, "failed": self.failed,
+               "progress": (self.unreported_bytes, self.unreported_files)}  # fmt: skip
+        self._clear()
+        return out
+
+    def send_progress(self, *, every: float = 0.0) -> None:
+        """Progress not yet sent, if there is some and ``every`` seconds have passed."""
+        if (self.unreported_bytes or self.unreported_files) and (
+            time.monotonic() - self.reported_at >= every
+        ):
+            self.progress(self.unreported_bytes, self.unreported_files)
+            self.unreported_bytes = self.unreported_files = 0
+            self.reported_at = time.monotonic()
+
+    def close(self) -> None:
+        self.tree.close()
+
+    # -- one file ------------------------------------------------------------------------
+    def restore(self, e: Entry) -> None:
+        """Restore one file entry; problems become ``failed`` (never an exception, but for
+        ``Cancelled``)."""
+        try:
+            comps = safe_components(e.path)
+            dfd = self.tree.dir_fd(comps[:-1])
+            mode, chmod = self._create_mode(e)
+            placed = self.place(
+                e, comps[-1], dfd, lambda n: os.open(n, _NEW_FLAGS, mode, dir_fd=dfd)
+            )
+            if placed is None:
+                return
+            fd, created, final = placed
+            if self._write(e, fd, created, dfd, comps, chmod) and created != final:
+                os.rename(created, final, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except UnsafePath as exc:
+            self.failed.append((e.path, str(exc)))
+        except OSError as exc:
+            self.failed.append((e.path, f"cannot restore: {exc.strerror or exc}"))
+
+    def link(self, e: Entry, head_dir: list[bytes], head_name: bytes) -> bool:
+        """Make ``e`` a hard link to its already restored head; False to write it instead."""
+        comps = safe_components(e.path)
+        dfd = self.tree.dir_fd(comps[:-1])
+        try:
+            src = self.tree.fresh_dir_fd(head_dir)
+        except OSError:
+            return False
+        try:
+            make = lambda n: os.link(  # noqa: E731
+                head_name, n, src_dir_fd=src, dst_dir_fd=dfd, follow_symlinks=False
+            )
+            placed = self.place(e, comps[-1], dfd, make)
+            if placed is not None and placed[1] != placed[2]:
+                os.rename(placed[1], placed[2], src_dir_fd=dfd, dst_dir_fd=dfd)
+            if placed is not None:
+                self.files += 1
+            return True
+        except OSError:
+            return False  # e.g. the head is on another file system: write the content
+        finally:
+            os.close(src)
+
+    def _create_mode(self, e: Entry) -> tuple[int, bool]:
+        """The mode to create with, and whether a ``fchmod`` must follow: none when the
+        plain permission bits survive the umask (special bits always need one, after the
+        owner is set)."""
+        if e.mode & 0o7000 == 0 and e.mode & ~self.umask & 0o777 == e.mode:
+            return e.mode, False
+        return 0o600, True
+
+    def place(self, e: Entry, name: bytes, dfd: int, make):
+        """Create ``name`` with ``make`` under the conflict policy: (made, created, final)
+        or None when skipped. ``created != final`` means rename over ``final`` when done."""
+        try:
+            return make(name), name, name
+        except FileExistsError:
+            pass
+        existing = lstat_at(name, dfd)
+        if existing is not None and is_dir(existing):
+            self.failed.append(
+                (e.path, "a folder with this name exists in the target; not restored")
+            )
+            return None
+        if self.on_conflict == CONFLICT_SKIP:
+            self.skipped += 1
+            return None
+        if self.on_conflict == CONFLICT_COPY:
+            n = 1
+            while True:
+                candidate = copy_name(name, n)
+                try:
+                    return make(candidate), candidate, candidate
+                except FileExistsError:
+                    n += 1
+        # overwrite: build beside it, then rename over it (atomic; a symlink is replaced,
+        # never followed)
+        tmp = b".%s.haven-%s" % (name[:200], os.urandom(4).hex().encode())
+        return make(tmp), tmp, name
+
+    def _write(self, e: Entry, fd: int, name: bytes, dfd: int, comps, chmod: bool) -> bool:
+        reader = self.reader
+        try:
+            pos = 0
+            for cid, n in e.content:
+                if self.cancelled():
+                    raise Cancelled()
+                if cid == HOLE_ID:
+                    pos += n
+                    os.lseek(fd, pos, os.SEEK_SET)
+                    continue
+                view = memoryview(reader.read(cid))
+                while view:
+                    view = view[os.write(fd, view) :]
+                pos += n
+                self.unreported_bytes += n
+                if self.unreported_bytes >= PROGRESS_BYTES:
+                    self.send_progress()
+            if e.content and e.content[-1][0] == HOLE_ID:
+                os.ftruncate(fd, pos)
+            self._meta(fd, e, comps, chmod)
+        except (IntegrityError, StorageError) as exc:
+            os.close(fd)
+            os.unlink(name, dir_fd=dfd)
+            self.failed.append((e.path, f"not restored: {exc}"))
+            return False
+        except BaseException:
+            os.close(fd)
+            os.unlink(name, dir_fd=dfd)
+            raise
+        os.close(fd)
+        self.files += 1
+        self.unreported_files += 1
+        self.bytes += pos
+        return True
+
+    def _meta(self, fd: int, e: Entry, comps, chmod: bool) -> None:
+        if self.restore_owner:
+            uid, gid = owner_of(e)
+            if uid != self.euid or gid != self.egid or self._setgid_dir(comps):
+                try:
+                    os.fchown(fd, uid, gid)
+                    chmod = chmod or e.mode & 0o6000 != 0
+                except PermissionError:
+                    self.warnings.append((e.path, "owner not restored: permission denied"))
+        if chmod:
+            os.fchmod(fd, e.mode)
+        if e.xattrs:
+            for path, reason in set_xattrs(fd, e, self.restore_owner, self._xattr_failures):
+                self.warnings.append((path, reason))
+        os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+
+    def _setgid_dir(self, comps) -> bool:
+        """Is the file's folder set-group-id (new files then take its group, not ours)?"""
+        key = tuple(comps[:-1])
+        flag = self._sgid.get(key)
+        if flag is None:
+            flag = self._sgid[key] = bool(
+                os.fstat(self.tree.dir_fd(comps[:-1])).st_mode & stat.S_ISGID
+            )
+        return flag
+
+
+def set_xattrs(fd: int, e: Entry, with_permissions: bool, seen: set):
+    """Put back ``e``'s extended attributes; yields (path, warning) for each kind of failure
+    not seen before (a target file system without them would otherwise warn on every file).
+    ACLs (``system.*``) and ``security.*``/``trusted.*`` (capabilities, labels) are
+    permissions: set only with ``with_permissions``; ``user.*`` always."""
+    for name, value in e.xattrs:
+        if not with_permissions and not name.startswith(b"user."):
+            continue
+        try:
+            os.setxattr(fd, name, value)
+        except OSError as exc:
+            key = (name, exc.errno or 0)
+            if key not in seen:
+                seen.add(key)
+                more = " (the same for other files is not repeated)"
+                yield (
+                    e.path,
+                    (f"extended attribute {os.fsdecode(name)} not restored: {exc.strerror}{more}"),
+                )
