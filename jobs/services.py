@@ -16,32 +16,13 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
+from agents.runtime import protocol
+from agents.runtime.engine import layout
 from jobs import policy_rules, retention
 from jobs.models import Alert, BackupPolicy, Job, RecoveryPoint, ScheduledRun
 from jobs.schedule import Schedule, occurrences, zone
 
 log = logging.getLogger(__name__)
-
-# Agent task names (registered by agents/runtime/jobs/tasks.py).
-AGENT_BACKUP_TASK = "haven.agent.backup"
-AGENT_CANCEL_TASK = "haven.agent.cancel"
-AGENT_POLICY_TASK = "haven.agent.policy"
-
-# What the agent may put in a progress event (docs/jobs.md); everything else is dropped.
-PROGRESS_KEYS = (
-    "phase",
-    "files_done",
-    "files_total",
-    "bytes_done",
-    "bytes_total",
-    "new_bytes",
-    "stored_bytes",
-    "rate_bps",
-    "eta_s",
-    "current",
-    "elapsed_s",
-)
-MAX_WARNINGS_KEPT = 1000
 
 
 class BackupAlreadyRunning(Exception):
@@ -121,7 +102,7 @@ def policy_save(*, machine, spec: dict, user=None, now: datetime | None = None) 
     policy.save()
     _send_to_machine(
         machine,
-        AGENT_POLICY_TASK,
+        protocol.POLICY_TASK,
         policy=spec,
         version=policy.version,
         spec_hash=policy.spec_hash,
@@ -231,14 +212,14 @@ def backup_start(
     except IntegrityError:
         running = Job.objects.active().filter(machine=machine, operation=Job.Operation.BACKUP)
         raise BackupAlreadyRunning(running.first()) from None
-    _send_to_machine(machine, AGENT_BACKUP_TASK, job_id=str(job.pk))
+    _send_to_machine(machine, protocol.BACKUP_TASK, job_id=str(job.pk))
     job_publish(job)
     return job
 
 
 def _clean_progress(event: dict) -> dict:
     progress = {}
-    for key in PROGRESS_KEYS:
+    for key in protocol.PROGRESS_KEYS:
         value = event.get(key)
         if key in ("phase", "current"):
             progress[key] = str(value)[:500] if value is not None else None
@@ -295,7 +276,7 @@ def _clean_warnings(warnings: Iterable) -> list[dict]:
                     "reason": str(warning.get("reason") or "")[:500],
                 }
             )
-        if len(cleaned) >= MAX_WARNINGS_KEPT:
+        if len(cleaned) >= protocol.MAX_WARNINGS:
             break
     return cleaned
 
@@ -383,7 +364,7 @@ def _recovery_point_create(*, job, snapshot_id, manifest_blob, stats, pack_ids, 
         defaults={
             "machine": machine,
             "job": job,
-            "manifest_blob": manifest_blob or f"snapshots/{snapshot_id}",
+            "manifest_blob": manifest_blob or layout.manifest_blob(snapshot_id),
             "created_at": now,
             "kind": RecoveryPoint.Kind.ADHOC if adhoc else RecoveryPoint.Kind.SCHEDULED,
             "tagged_for": tagged_for,
@@ -442,7 +423,7 @@ def job_cancel(*, job: Job, user=None, now: datetime | None = None) -> Job:
         job.cancel_requested_at = now
         job.save(update_fields=["cancel_requested_at"])
         if job.machine is not None:
-            _send_to_machine(job.machine, AGENT_CANCEL_TASK, job_id=str(job.pk))
+            _send_to_machine(job.machine, protocol.CANCEL_TASK, job_id=str(job.pk))
         job_publish(job)
     return job
 
@@ -651,8 +632,8 @@ def packs_collect(*, machine, now: datetime | None = None, store=None) -> list[s
         referenced.update(pack_ids)
     grace = now - timedelta(hours=settings.HAVEN_GC_GRACE_HOURS)
     deleted = []
-    for blob in list(store.list("data/")):
-        pack_id = blob.name.rsplit("/", 1)[-1]
+    for blob in list(store.list(layout.DATA_PREFIX)):
+        pack_id = layout.pack_id_of(blob.name)
         if pack_id in referenced or blob.modified > grace:
             continue
         try:

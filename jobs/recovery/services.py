@@ -33,6 +33,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from agents.models import Machine
+from agents.runtime import protocol
+from agents.runtime.protocol import DOWNLOAD_MAX_BYTES
 from jobs.models import Job, RecoveryPoint
 from portal.access import get_for_user
 from portal.models import Role
@@ -43,22 +45,22 @@ audit = logging.getLogger("haven.audit")
 REQUEST_TTL = 300
 ANSWER_TTL = 120
 DOWNLOAD_TTL = 15 * 60
-DOWNLOAD_MAX_BYTES = 64 * 1024 * 1024
 SOURCE_GRANT_LIFETIME = timedelta(hours=1)
 ROLE = Role.BACKUP_OPERATOR  # file names are as sensitive as the data: not for Readers
+# The wizard's words for the restore's conflict choices (the choices are the wire's).
 CONFLICTS = {
-    "copy": "Create copies so that you have both versions",
-    "overwrite": "Overwrite the existing versions with the recovered versions",
-    "skip": "Do not recover the items that already exist",
+    protocol.CONFLICT_COPY: "Create copies so that you have both versions",
+    protocol.CONFLICT_OVERWRITE: "Overwrite the existing versions with the recovered versions",
+    protocol.CONFLICT_SKIP: "Do not recover the items that already exist",
 }
 KINDS = ("points", "browse", "search", "versions")
 AGENT_TASKS = {
-    "points": "haven.agent.recovery.points",
-    "browse": "haven.agent.recovery.browse",
-    "search": "haven.agent.recovery.search",
-    "versions": "haven.agent.recovery.versions",
-    "restore": "haven.agent.recovery.restore",
-    "download": "haven.agent.recovery.download",
+    "points": protocol.RECOVERY_POINTS_TASK,
+    "browse": protocol.BROWSE_TASK,
+    "search": protocol.SEARCH_TASK,
+    "versions": protocol.VERSIONS_TASK,
+    "restore": protocol.RESTORE_TASK,
+    "download": protocol.DOWNLOAD_TASK,
 }
 
 
@@ -225,7 +227,7 @@ def restore_start(
     recovery_point: str,
     paths: list[str],
     folder: str = "",
-    on_conflict: str = "copy",
+    on_conflict: str = protocol.CONFLICT_COPY,
     restore_permissions: bool = False,
 ) -> Job:
     """Queue a Restore job on ``target``: ``folder`` empty = the original location."""
@@ -233,7 +235,7 @@ def restore_start(
 
     point = _check_point(source, recovery_point)
     paths = _clean_paths(paths)
-    if on_conflict not in CONFLICTS:
+    if on_conflict not in protocol.CONFLICT_CHOICES:
         raise RecoveryRefused("Choose what to do when an item already exists.")
     folder = (folder or "").strip()
     if folder and (not folder.startswith("/") or "\0" in folder):
