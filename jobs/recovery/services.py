@@ -32,6 +32,7 @@ from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
+from agents import dispatch
 from agents.models import Machine
 from agents.runtime import protocol
 from agents.runtime.protocol import DOWNLOAD_MAX_BYTES
@@ -105,10 +106,9 @@ class Question:
     kind: str
 
 
-def _send(machine: Machine, task: str, **kwargs) -> None:
-    from agents.dispatch import send_to_machine
-
-    send_to_machine(machine, task, **kwargs)  # delivered after commit
+# Every agent task goes through agents.dispatch.send_after_commit (its docstring has the
+# rule for failures). Called through this name, which tests/recovery/conftest.py replaces.
+_send = dispatch.send_after_commit
 
 
 def question_ask(*, user, source: Machine, target: Machine, kind: str, **args) -> Question:
