@@ -30,6 +30,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
+from django.http import Http404
 from django.utils import timezone
 
 from agents import dispatch
@@ -37,8 +38,10 @@ from agents.models import Machine
 from agents.runtime import protocol
 from agents.runtime.protocol import DOWNLOAD_MAX_BYTES
 from jobs.models import Job, RecoveryPoint
+from jobs.services import job_publish
 from portal.access import get_for_user
 from portal.models import Role
+from vaults import storage
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("haven.audit")
@@ -160,8 +163,6 @@ def answer_get(request_id: str) -> dict | None:
 # -- the read-only grant for another machine's repository ---------------------------------------
 def source_grant(*, machine: Machine, source_ref: str) -> tuple[Machine, dict]:
     """A read-and-list grant to ``source_ref``'s container (id or name, same vault)."""
-    from vaults.storage import primary_account
-
     qs = Machine.objects.filter(vault_id=machine.vault_id, unregistered_at__isnull=True)
     source = None
     try:
@@ -172,7 +173,7 @@ def source_grant(*, machine: Machine, source_ref: str) -> tuple[Machine, dict]:
         source = qs.filter(name__iexact=source_ref).first()
     if source is None or not source.container:
         raise RecoveryRefused(f"No machine {source_ref!r} is registered to this vault.")
-    grant = primary_account().issue_grant(
+    grant = storage.primary_account().issue_grant(
         source.container,
         expires_at=timezone.now() + SOURCE_GRANT_LIFETIME,
         permissions="rl",
@@ -186,9 +187,7 @@ def source_grant(*, machine: Machine, source_ref: str) -> tuple[Machine, dict]:
 
 # -- restore and download jobs ----------------------------------------------------------------
 def _new_job(*, user, source, target, details: dict) -> Job:
-    from jobs.services import machine_is_online
-
-    status = Job.Status.QUEUED if machine_is_online(target) else Job.Status.WAITING
+    status = Job.Status.QUEUED if target.is_online() else Job.Status.WAITING
     return Job.objects.create(
         vault_id=target.vault_id,
         machine=target,
@@ -231,8 +230,6 @@ def restore_start(
     restore_permissions: bool = False,
 ) -> Job:
     """Queue a Restore job on ``target``: ``folder`` empty = the original location."""
-    from jobs.services import job_publish
-
     point = _check_point(source, recovery_point)
     paths = _clean_paths(paths)
     if on_conflict not in protocol.CONFLICT_CHOICES:
@@ -272,8 +269,6 @@ def restore_start(
 @transaction.atomic
 def download_start(*, user, source: Machine, target: Machine, recovery_point: str, paths) -> Job:
     """Queue a download: ``target``'s agent reads the files and streams a small archive."""
-    from jobs.services import job_publish
-
     point = _check_point(source, recovery_point)
     paths = _clean_paths(paths)
     job = _new_job(
@@ -363,8 +358,6 @@ def download_for_user(user, job_id) -> tuple[Job, Path | None]:
     """The requester's finished download and its file (None when expired or not ready)."""
     job = get_for_user(user, Job.objects.select_related("machine", "vault"), role=ROLE, pk=job_id)
     if job.details.get("kind") != "download" or job.created_by_id != user.pk:
-        from django.http import Http404
-
         raise Http404("No such download")
     path = download_path(job)
     finished = job.status in (Job.Status.COMPLETED, Job.Status.WARNING)
