@@ -7,6 +7,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from agents.runtime.protocol import ACTIVE_STATUSES, FINISHED_STATUSES, JobStatus
 from jobs import policy_rules
@@ -206,8 +207,6 @@ class Job(models.Model):
     def duration(self):
         if self.started_at is None:
             return None
-        from django.utils import timezone
-
         return (self.ended_at or timezone.now()) - self.started_at
 
 

@@ -3,13 +3,16 @@ alerts, backup items. Every list takes the user and shows only what they may see
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from urllib.parse import urlencode
 
 from django.core.paginator import Paginator
 from django.db.models import Count, Max, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
 
+from agents.models import Machine
 from jobs.models import Alert, Job, RecoveryPoint
 from portal import access
 
@@ -49,8 +52,6 @@ class JobFilters:
         return filters
 
     def as_query(self, **override) -> str:
-        from urllib.parse import urlencode
-
         values = {
             "status": self.status,
             "operation": self.operation,
@@ -97,8 +98,6 @@ def _visible_jobs(user, filters: JobFilters, *, now: datetime):
 
 def job_list(user, filters: JobFilters, *, page: int | str = 1, now: datetime | None = None):
     """(page of jobs, counts by status) in a constant number of queries."""
-    import uuid
-
     now = now or timezone.now()
     for name in ("machine", "vault"):
         value = getattr(filters, name)
@@ -165,8 +164,6 @@ def vault_alerts(vault, *, show: str = "active"):
 
 def backup_items(vault):
     """The vault's machines with their last backup, latest point and storage used."""
-    from agents.models import Machine
-
     last_job = Job.objects.filter(machine=OuterRef("pk"), operation=Job.Operation.BACKUP).order_by(
         "-created_at"
     )
