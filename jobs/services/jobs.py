@@ -15,9 +15,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agents.runtime import protocol
-from jobs import services  # the package, for its dispatch and enqueue seams
+from jobs import selectors, services  # services: the package, for its seams
 from jobs.models import Job
-from jobs.schedule import zone
 from jobs.services.alerts import alerts_after_job
 from jobs.services.live import job_notify_finished, job_publish
 from jobs.services.points import recovery_point_create
@@ -44,11 +43,11 @@ def backup_start(
 ) -> Job:
     """Queue a backup of ``machine`` and send it to its agent; one per machine at a time."""
     now = now or timezone.now()
-    if retain_until is not None and retain_until < now.astimezone(zone(machine.time_zone)).date():
-        raise ValidationError({"retain_until": ["Choose today or a later date."]})
-    running = Job.objects.active().filter(machine=machine, operation=Job.Operation.BACKUP).first()
-    if running is not None:
-        raise BackupAlreadyRunning(running)
+    blockers = selectors.backup_blockers(machine=machine, retain_until=retain_until, now=now)
+    if blockers.retain_until:
+        raise ValidationError({"retain_until": [blockers.retain_until]})
+    if blockers.running is not None:
+        raise BackupAlreadyRunning(blockers.running)
     status = Job.Status.QUEUED if machine.is_online(now) else Job.Status.WAITING
     try:
         with transaction.atomic():
