@@ -29,6 +29,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.http import Http404
 from django.utils import timezone
@@ -164,10 +165,9 @@ def answer_get(request_id: str) -> dict | None:
 def source_grant(*, machine: Machine, source_ref: str) -> tuple[Machine, dict]:
     """A read-and-list grant to ``source_ref``'s container (id or name, same vault)."""
     qs = Machine.objects.filter(vault_id=machine.vault_id, unregistered_at__isnull=True)
-    source = None
     try:
         source = qs.filter(pk=source_ref).first()
-    except Exception:  # not a UUID: a name
+    except ValidationError:  # not a UUID: a name
         source = None
     if source is None:
         source = qs.filter(name__iexact=source_ref).first()
