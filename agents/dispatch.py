@@ -1,29 +1,32 @@
-"""Sending a task to one machine's agent, signed by the portal.
+"""Sending a task to one machine's agent, signed by the portal: ``send_after_commit``.
 
-    from agents.dispatch import send_to_machine
-    task_id = send_to_machine(machine, "haven.agent.ping", note="hello")
+    from agents.dispatch import send_after_commit
+    from agents.runtime import protocol
+    task_id = send_after_commit(machine, protocol.PING_TASK, note="hello")
 
 The message goes to the machine's own queue ``agent.<machine id>`` after the current
 transaction commits (so the agent never looks for a row that is not there yet), with the
 portal's Ed25519 signature over task name, id, machine, args, kwargs and issue time
-(``agents.runtime.tasksig``). Keyword arguments must be JSON values. Task names and the
-functions behind them are in ``agents/runtime/tasks.py``.
+(``agents.runtime.tasksig``). Keyword arguments must be JSON values. Task names are the
+wire's (``agents.runtime.protocol``); the functions behind them are in
+``agents/runtime/tasks.py``.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC, datetime
 
 from django.db import transaction
+from kombu.exceptions import KombuError
 
 from agents.models import Machine
 from agents.runtime.tasksig import AUTH_KWARG, signed_bytes, to_json_native
 from portal import signing
+from portal.celery import app as portal_app
 
-
-class MachineUnavailable(Exception):
-    """The machine is unregistered: nothing can be sent to it."""
+log = logging.getLogger(__name__)
 
 
 def signed_message(machine: Machine, task_name: str, task_id: str, kwargs: dict) -> dict:
@@ -43,19 +46,35 @@ def signed_message(machine: Machine, task_name: str, task_id: str, kwargs: dict)
     return {**kwargs, AUTH_KWARG: {"signature": signing.sign(data), "issued_at": issued_at}}
 
 
-def send_to_machine(machine: Machine, task_name: str, **kwargs) -> str:
-    """Queue ``task_name(**kwargs)`` for ``machine``'s agent after commit; returns the task id."""
+def send_after_commit(machine: Machine, task_name: str, **kwargs) -> str | None:
+    """Queue ``task_name(**kwargs)`` for ``machine``'s agent once the caller's transaction
+    commits (at once outside one); returns the task id, or None when nothing will be sent.
+
+    The rule: what the caller did stands, whatever becomes of the message. The message is
+    signed now, so a broken signing key raises here and the caller's transaction rolls
+    back. A machine that cannot receive (unregistered) or a broker that does not take the
+    message (``KombuError``: Redis down, or refusing) is logged as a warning naming the task
+    and the machine, and not raised. The Job row is the truth: a job whose message never
+    arrived goes Waiting for agent and ``jobs_sweep`` fails it with a reason the person can
+    act on; a question nobody answers times out on the Recover Data page.
+    """
     if machine.unregistered_at is not None:
-        raise MachineUnavailable(f"machine {machine.name} is unregistered")
+        log.warning("%s not sent to %s: the machine is unregistered", task_name, machine.pk)
+        return None
     task_id = str(uuid.uuid4())
     message = signed_message(machine, task_name, task_id, kwargs)
-    queue = machine.queue
-    transaction.on_commit(lambda: deliver(queue, task_name, task_id, message))
+    queue, machine_id = machine.queue, machine.pk
+
+    def send() -> None:
+        try:
+            deliver(queue, task_name, task_id, message)
+        except KombuError:
+            log.warning("could not send %s to %s", task_name, machine_id, exc_info=True)
+
+    transaction.on_commit(send)
     return task_id
 
 
 def deliver(queue: str, task_name: str, task_id: str, message: dict, *, app=None) -> None:
     """Put one signed message on ``queue`` now (``app``: the portal's Celery app)."""
-    if app is None:
-        from portal.celery import app
-    app.send_task(task_name, kwargs=message, task_id=task_id, queue=queue)
+    (app or portal_app).send_task(task_name, kwargs=message, task_id=task_id, queue=queue)

@@ -9,10 +9,9 @@ from django.http import JsonResponse
 from django.views.decorators.http import require_GET, require_POST
 
 from agents.api_auth import api_error, json_body, machine_api, require_own
+from agents.runtime.protocol import MAX_API_BODY, BadResult, JobResult
 from jobs import services
 from jobs.models import BackupPolicy, Job
-
-MAX_BODY = 2 * 1024 * 1024
 
 
 def _load(request, job_id):
@@ -73,7 +72,7 @@ def job_progress(request, job_id):
     job, error = _load(request, job_id)
     if error:
         return error
-    event = json_body(request, max_bytes=MAX_BODY)
+    event = json_body(request, max_bytes=MAX_API_BODY)
     if event is None:
         return api_error(400, "bad_request", "The progress report is not a JSON object.")
     cancel = services.job_record_progress(job=job, event=event)
@@ -86,33 +85,20 @@ def job_result(request, job_id):
     job, error = _load(request, job_id)
     if error:
         return error
-    data = json_body(request, max_bytes=MAX_BODY)
-    if data is None:
-        return api_error(400, "bad_request", "The result is not a JSON object.")
-    status = data.get("status")
-    if status not in Job.FINISHED:
-        return api_error(
-            400, "bad_request", f"status must be one of {', '.join(Job.FINISHED)} (got {status!r})."
-        )
-    warnings = data.get("warnings") or []
-    stats = data.get("stats") or {}
-    if not isinstance(warnings, list) or not isinstance(stats, dict):
-        return api_error(400, "bad_request", "warnings must be a list and stats an object.")
-    packs = data.get("pack_ids") or []
-    if not isinstance(packs, list):
-        return api_error(400, "bad_request", "pack_ids must be a list of pack ids.")
+    try:
+        result = JobResult.from_wire(json_body(request, max_bytes=MAX_API_BODY))
+    except BadResult as exc:
+        return api_error(400, "bad_request", str(exc))
     job = services.job_finish(
         job=job,
-        status=status,
-        error=str(data.get("message") or data.get("error") or ""),
-        warnings=warnings,
-        warning_count=data.get("warning_count")
-        if isinstance(data.get("warning_count"), int)
-        else None,
-        stats=stats,
-        snapshot_id=str(data.get("recovery_point_id") or ""),
-        manifest_blob=str(data.get("manifest_blob") or ""),
-        pack_ids=[str(p) for p in packs],
+        status=str(result.status),
+        error=result.message,
+        warnings=result.warnings,
+        warning_count=result.warning_count,
+        stats=result.stats,
+        snapshot_id=result.recovery_point_id or "",
+        manifest_blob=result.manifest_blob,
+        pack_ids=result.pack_ids,
     )
     return JsonResponse({"status": job.status})
 
@@ -127,7 +113,7 @@ def policy_detail(request):
 @machine_api
 @require_POST
 def policy_applied(request):
-    data = json_body(request, max_bytes=MAX_BODY)
+    data = json_body(request, max_bytes=MAX_API_BODY)
     if data is None:
         return api_error(400, "bad_request", "Send a JSON object.")
     policy = BackupPolicy.objects.filter(machine=request.machine).first()

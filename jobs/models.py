@@ -7,7 +7,9 @@ import uuid
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
+from agents.runtime.protocol import ACTIVE_STATUSES, FINISHED_STATUSES, JobStatus
 from jobs import policy_rules
 from jobs.schedule import DAILY, WEEKLY
 
@@ -119,20 +121,21 @@ class Job(models.Model):
         CONFIGURE = "configure", "Configure backup"
 
     class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        WAITING = "waiting", "Waiting for agent"
-        RUNNING = "running", "In progress"
-        COMPLETED = "completed", "Completed"
-        WARNING = "warning", "Completed with warnings"
-        FAILED = "failed", "Failed"
-        CANCELLED = "cancelled", "Cancelled"
+        # The values are the wire's (agents.runtime.protocol.JobStatus); the labels are ours.
+        QUEUED = JobStatus.QUEUED.value, "Queued"
+        WAITING = JobStatus.WAITING.value, "Waiting for agent"
+        RUNNING = JobStatus.RUNNING.value, "In progress"
+        COMPLETED = JobStatus.COMPLETED.value, "Completed"
+        WARNING = JobStatus.WARNING.value, "Completed with warnings"
+        FAILED = JobStatus.FAILED.value, "Failed"
+        CANCELLED = JobStatus.CANCELLED.value, "Cancelled"
 
     class Trigger(models.TextChoices):
         SCHEDULED = "scheduled", "Scheduled"
         ADHOC = "adhoc", "Ad hoc"
 
-    ACTIVE = (Status.QUEUED, Status.WAITING, Status.RUNNING)
-    FINISHED = (Status.COMPLETED, Status.WARNING, Status.FAILED, Status.CANCELLED)
+    ACTIVE = tuple(map(Status, ACTIVE_STATUSES))
+    FINISHED = tuple(map(Status, FINISHED_STATUSES))
     STATUS_CLASS = {
         Status.QUEUED: "status-muted",
         Status.WAITING: "status-warning",
@@ -184,7 +187,7 @@ class Job(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["machine"],
-                condition=Q(operation="backup", status__in=["queued", "waiting", "running"]),
+                condition=Q(operation="backup", status__in=[s.value for s in ACTIVE_STATUSES]),
                 name="one_active_backup_per_machine",
             )
         ]
@@ -204,8 +207,6 @@ class Job(models.Model):
     def duration(self):
         if self.started_at is None:
             return None
-        from django.utils import timezone
-
         return (self.ended_at or timezone.now()) - self.started_at
 
 

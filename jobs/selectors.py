@@ -1,16 +1,21 @@
-"""Reads of the jobs app: the jobs list and its counts, recovery points, storage used,
-alerts, backup items. Every list takes the user and shows only what they may see."""
+"""Reads of the jobs app: the jobs list and its counts, what stops a backup starting,
+recovery points, storage used, alerts, backup items. Every list takes the user and shows
+only what they may see."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
+from urllib.parse import urlencode
 
 from django.core.paginator import Paginator
 from django.db.models import Count, Max, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
 
+from agents.models import Machine
 from jobs.models import Alert, Job, RecoveryPoint
+from jobs.schedule import zone
 from portal import access
 
 PAGE_SIZE = 50
@@ -49,8 +54,6 @@ class JobFilters:
         return filters
 
     def as_query(self, **override) -> str:
-        from urllib.parse import urlencode
-
         values = {
             "status": self.status,
             "operation": self.operation,
@@ -97,8 +100,6 @@ def _visible_jobs(user, filters: JobFilters, *, now: datetime):
 
 def job_list(user, filters: JobFilters, *, page: int | str = 1, now: datetime | None = None):
     """(page of jobs, counts by status) in a constant number of queries."""
-    import uuid
-
     now = now or timezone.now()
     for name in ("machine", "vault"):
         value = getattr(filters, name)
@@ -119,6 +120,32 @@ def job_list(user, filters: JobFilters, *, page: int | str = 1, now: datetime | 
 
 def status_counts_labelled(counts: dict) -> list[tuple[str, str, int]]:
     return [(value, label, counts.get(value, 0)) for value, label in Job.Status.choices]
+
+
+@dataclass(frozen=True)
+class BackupBlockers:
+    """What stops a backup of a machine starting now; nothing does when both are empty."""
+
+    running: Job | None  # the machine's backup that is still queued, waiting or running
+    retain_until: str  # what is wrong with the chosen "retain backup till" date, or ""
+
+
+def machine_today(machine, *, now: datetime | None = None) -> date:
+    """Today's date in the machine's time zone."""
+    return (now or timezone.now()).astimezone(zone(machine.time_zone)).date()
+
+
+def backup_blockers(
+    *, machine, retain_until: date | None = None, now: datetime | None = None
+) -> BackupBlockers:
+    """The rules ``backup_start`` enforces, for Back up now to show before anyone presses
+    the button: one backup per machine at a time, and a retain-until date not in the past
+    (where the machine is)."""
+    running = Job.objects.active().filter(machine=machine, operation=Job.Operation.BACKUP).first()
+    problem = ""
+    if retain_until is not None and retain_until < machine_today(machine, now=now):
+        problem = "Choose today or a later date."
+    return BackupBlockers(running=running, retain_until=problem)
 
 
 def live_points(machine):
@@ -165,8 +192,6 @@ def vault_alerts(vault, *, show: str = "active"):
 
 def backup_items(vault):
     """The vault's machines with their last backup, latest point and storage used."""
-    from agents.models import Machine
-
     last_job = Job.objects.filter(machine=OuterRef("pk"), operation=Job.Operation.BACKUP).order_by(
         "-created_at"
     )

@@ -4,26 +4,22 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from agents.models import Machine
+from jobs import services
+
 
 @shared_task(name="jobs.schedule_tick")
 def schedule_tick() -> int:
-    from jobs import services
-
     return len(services.schedule_tick())
 
 
 @shared_task(name="jobs.sweep")
 def sweep() -> dict:
-    from jobs import services
-
     return services.jobs_sweep()
 
 
 @shared_task(name="jobs.retention_apply_machine")
 def retention_apply_machine(machine_id: str) -> int:
-    from agents.models import Machine
-    from jobs import services
-
     machine = Machine.objects.select_related("vault").filter(pk=machine_id).first()
     if machine is None:
         return 0
@@ -32,20 +28,14 @@ def retention_apply_machine(machine_id: str) -> int:
 
 @shared_task(name="jobs.retention_apply_all")
 def retention_apply_all() -> int:
-    from jobs import services
-
     return services.retention_apply_all()
 
 
 @shared_task(name="jobs.alerts_check")
 def alerts_check() -> int:
-    from jobs import services
-
     return services.alerts_check_stale()
 
 
 @shared_task(name="jobs.alerts_digest")
 def alerts_digest() -> int:
-    from jobs import services
-
     return services.alerts_send_digest()

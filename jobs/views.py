@@ -134,9 +134,13 @@ def backup_now(request, machine_id):
     policy = BackupPolicy.objects.filter(machine=machine).first()
     data = request.POST if request.method == "POST" else request.GET
     retain_until, error = _retain_until(data.get("retain_until"))
-    running = Job.objects.active().filter(machine=machine, operation=Job.Operation.BACKUP).first()
+    blockers = selectors.backup_blockers(machine=machine, retain_until=retain_until)
+    running = blockers.running
+    error = error or blockers.retain_until
     status = 200
-    if request.method == "POST" and not error and policy is not None and running is None:
+    if request.method == "POST" and running is not None:
+        status = 409
+    elif request.method == "POST" and not error and policy is not None:
         try:
             job = services.backup_start(
                 machine=machine, user=request.user, retain_until=retain_until
@@ -149,11 +153,6 @@ def backup_now(request, machine_id):
         else:
             messages.success(request, f"Backup of {machine.name} started.")
             return redirect("jobs:detail", job_id=job.pk)
-    elif request.method == "POST" and running is not None:
-        status = 409
-    today = timezone.now().astimezone(zone(machine.time_zone)).date()
-    if retain_until is not None and retain_until < today:
-        error = error or "Choose today or a later date."
     tagging, inherited = services.adhoc_retention(
         machine=machine, retain_until=None if error else retain_until
     )
@@ -163,7 +162,7 @@ def backup_now(request, machine_id):
         "running": running,
         "retain_until": data.get("retain_until", ""),
         "retain_error": error,
-        "today": today.isoformat(),
+        "today": selectors.machine_today(machine).isoformat(),
         "tagging": tagging,
         "inherited": inherited,
         "sentence": services.retention_sentence(tagging, machine.time_zone),

@@ -120,6 +120,23 @@ def vault_name_problems(*, name: str, subscription: Subscription | None) -> list
     return problems
 
 
+def vault_create_problems(
+    *, name: str, location: str, subscription: Subscription | None
+) -> dict[str, list[str]]:
+    """The rules a new vault's name and region break, keyed by field ({} when both hold).
+
+    The create wizard shows these at each step; ``vault_create`` checks them again, under
+    the subscription's lock.
+    """
+    errors: dict[str, list[str]] = {}
+    name_problems = vault_name_problems(name=name, subscription=subscription)
+    if name_problems:
+        errors["name"] = [p.message for p in name_problems]
+    if location not in settings.HAVEN_REGIONS:
+        errors["location"] = ["Choose a region from the list."]
+    return errors
+
+
 def tags_problems(tags: dict[str, str]) -> list[str]:
     problems = []
     if len(tags) > MAX_TAGS:
@@ -154,16 +171,11 @@ def vault_create(
     """
     name = name.strip()
     tags = tags or {}
-    errors: dict[str, list[str]] = {}
     with transaction.atomic():
         # Serialise creations in one subscription so the 500-vault limit and the unique name
         # hold under concurrency (the database's unique constraint backs up the name rule).
         Subscription.objects.select_for_update().filter(pk=subscription.pk).first()
-        name_problems = vault_name_problems(name=name, subscription=subscription)
-        if name_problems:
-            errors["name"] = [p.message for p in name_problems]
-        if location not in settings.HAVEN_REGIONS:
-            errors["location"] = [f"Choose a region from the list ({location!r} is not one)."]
+        errors = vault_create_problems(name=name, location=location, subscription=subscription)
         if resource_group is None and not new_resource_group_name.strip():
             errors["resource_group"] = ["Choose a resource group or create a new one."]
         if resource_group is not None and resource_group.subscription_id != subscription.pk:

@@ -119,11 +119,11 @@ def _basics_errors(user, data, subscriptions) -> dict[str, list[str]]:
         errors["resource_group"] = ["Choose a resource group or create a new one."]
     elif subscription and not _resource_group(subscription, data["resource_group"]):
         errors["resource_group"] = ["That resource group is not in the chosen subscription."]
-    problems = services.vault_name_problems(name=data["name"], subscription=subscription)
-    if problems:
-        errors["name"] = [p.message for p in problems]
-    if data["location"] not in settings.HAVEN_REGIONS:
-        errors["location"] = ["Choose a region from the list."]
+    errors.update(
+        services.vault_create_problems(
+            name=data["name"], location=data["location"], subscription=subscription
+        )
+    )
     return errors
 
 

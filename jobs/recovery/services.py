@@ -29,13 +29,20 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.http import Http404
 from django.utils import timezone
 
+from agents import dispatch
 from agents.models import Machine
+from agents.runtime import protocol
+from agents.runtime.protocol import DOWNLOAD_MAX_BYTES
 from jobs.models import Job, RecoveryPoint
+from jobs.services import job_publish
 from portal.access import get_for_user
 from portal.models import Role
+from vaults import storage
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("haven.audit")
@@ -43,22 +50,22 @@ audit = logging.getLogger("haven.audit")
 REQUEST_TTL = 300
 ANSWER_TTL = 120
 DOWNLOAD_TTL = 15 * 60
-DOWNLOAD_MAX_BYTES = 64 * 1024 * 1024
 SOURCE_GRANT_LIFETIME = timedelta(hours=1)
 ROLE = Role.BACKUP_OPERATOR  # file names are as sensitive as the data: not for Readers
+# The wizard's words for the restore's conflict choices (the choices are the wire's).
 CONFLICTS = {
-    "copy": "Create copies so that you have both versions",
-    "overwrite": "Overwrite the existing versions with the recovered versions",
-    "skip": "Do not recover the items that already exist",
+    protocol.CONFLICT_COPY: "Create copies so that you have both versions",
+    protocol.CONFLICT_OVERWRITE: "Overwrite the existing versions with the recovered versions",
+    protocol.CONFLICT_SKIP: "Do not recover the items that already exist",
 }
 KINDS = ("points", "browse", "search", "versions")
 AGENT_TASKS = {
-    "points": "haven.agent.recovery.points",
-    "browse": "haven.agent.recovery.browse",
-    "search": "haven.agent.recovery.search",
-    "versions": "haven.agent.recovery.versions",
-    "restore": "haven.agent.recovery.restore",
-    "download": "haven.agent.recovery.download",
+    "points": protocol.RECOVERY_POINTS_TASK,
+    "browse": protocol.BROWSE_TASK,
+    "search": protocol.SEARCH_TASK,
+    "versions": protocol.VERSIONS_TASK,
+    "restore": protocol.RESTORE_TASK,
+    "download": protocol.DOWNLOAD_TASK,
 }
 
 
@@ -103,10 +110,9 @@ class Question:
     kind: str
 
 
-def _send(machine: Machine, task: str, **kwargs) -> None:
-    from agents.dispatch import send_to_machine
-
-    send_to_machine(machine, task, **kwargs)  # delivered after commit
+# Every agent task goes through agents.dispatch.send_after_commit (its docstring has the
+# rule for failures). Called through this name, which tests/recovery/conftest.py replaces.
+_send = dispatch.send_after_commit
 
 
 def question_ask(*, user, source: Machine, target: Machine, kind: str, **args) -> Question:
@@ -158,19 +164,16 @@ def answer_get(request_id: str) -> dict | None:
 # -- the read-only grant for another machine's repository ---------------------------------------
 def source_grant(*, machine: Machine, source_ref: str) -> tuple[Machine, dict]:
     """A read-and-list grant to ``source_ref``'s container (id or name, same vault)."""
-    from vaults.storage import primary_account
-
     qs = Machine.objects.filter(vault_id=machine.vault_id, unregistered_at__isnull=True)
-    source = None
     try:
         source = qs.filter(pk=source_ref).first()
-    except Exception:  # not a UUID: a name
+    except ValidationError:  # not a UUID: a name
         source = None
     if source is None:
         source = qs.filter(name__iexact=source_ref).first()
     if source is None or not source.container:
         raise RecoveryRefused(f"No machine {source_ref!r} is registered to this vault.")
-    grant = primary_account().issue_grant(
+    grant = storage.primary_account().issue_grant(
         source.container,
         expires_at=timezone.now() + SOURCE_GRANT_LIFETIME,
         permissions="rl",
@@ -184,9 +187,7 @@ def source_grant(*, machine: Machine, source_ref: str) -> tuple[Machine, dict]:
 
 # -- restore and download jobs ----------------------------------------------------------------
 def _new_job(*, user, source, target, details: dict) -> Job:
-    from jobs.services import machine_is_online
-
-    status = Job.Status.QUEUED if machine_is_online(target) else Job.Status.WAITING
+    status = Job.Status.QUEUED if target.is_online() else Job.Status.WAITING
     return Job.objects.create(
         vault_id=target.vault_id,
         machine=target,
@@ -225,15 +226,13 @@ def restore_start(
     recovery_point: str,
     paths: list[str],
     folder: str = "",
-    on_conflict: str = "copy",
+    on_conflict: str = protocol.CONFLICT_COPY,
     restore_permissions: bool = False,
 ) -> Job:
     """Queue a Restore job on ``target``: ``folder`` empty = the original location."""
-    from jobs.services import job_publish
-
     point = _check_point(source, recovery_point)
     paths = _clean_paths(paths)
-    if on_conflict not in CONFLICTS:
+    if on_conflict not in protocol.CONFLICT_CHOICES:
         raise RecoveryRefused("Choose what to do when an item already exists.")
     folder = (folder or "").strip()
     if folder and (not folder.startswith("/") or "\0" in folder):
@@ -270,8 +269,6 @@ def restore_start(
 @transaction.atomic
 def download_start(*, user, source: Machine, target: Machine, recovery_point: str, paths) -> Job:
     """Queue a download: ``target``'s agent reads the files and streams a small archive."""
-    from jobs.services import job_publish
-
     point = _check_point(source, recovery_point)
     paths = _clean_paths(paths)
     job = _new_job(
@@ -361,8 +358,6 @@ def download_for_user(user, job_id) -> tuple[Job, Path | None]:
     """The requester's finished download and its file (None when expired or not ready)."""
     job = get_for_user(user, Job.objects.select_related("machine", "vault"), role=ROLE, pk=job_id)
     if job.details.get("kind") != "download" or job.created_by_id != user.pk:
-        from django.http import Http404
-
         raise Http404("No such download")
     path = download_path(job)
     finished = job.status in (Job.Status.COMPLETED, Job.Status.WARNING)

@@ -20,6 +20,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from agents.models import Machine
+from agents.runtime import protocol
 from jobs.recovery import services
 from jobs.schedule import zone
 from portal.access import for_user, get_for_user, has_role
@@ -280,7 +281,7 @@ def restore(request, source_id, target_id):
             recovery_point=request.POST.get("rp", ""),
             paths=_selection(request),
             folder=request.POST.get("folder", "") if location == "another" else "",
-            on_conflict=request.POST.get("on_conflict", "copy"),
+            on_conflict=request.POST.get("on_conflict", protocol.CONFLICT_COPY),
             restore_permissions=request.POST.get("restore_permissions") == "on",
         )
     except services.RecoveryRefused as exc:

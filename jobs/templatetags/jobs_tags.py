@@ -3,11 +3,12 @@ words of a restore's details."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django import template
 from django.template.defaultfilters import filesizeformat
 
+from jobs.recovery.services import CONFLICTS
 from jobs.schedule import WEEKDAY_NAMES
 
 register = template.Library()
@@ -89,8 +90,6 @@ def contains(container, value) -> bool:
 @register.filter
 def iso_datetime(value):
     """An ISO 8601 string kept in a job's details, as a datetime for ``|date``."""
-    from datetime import datetime
-
     if not value or not isinstance(value, str):
         return value
     try:
@@ -102,8 +101,6 @@ def iso_datetime(value):
 @register.filter
 def conflict_label(value) -> str:
     """What a restore does with an item that already exists, as Recover Data words it."""
-    from jobs.recovery.services import CONFLICTS
-
     return CONFLICTS.get(value or "", value or "—")
 
 

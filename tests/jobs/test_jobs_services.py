@@ -9,7 +9,7 @@ from django.core import mail
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from jobs import services
+from jobs import selectors, services
 from jobs.models import Alert, Job, RecoveryPoint, ScheduledRun
 from tests.jobs.conftest import make_machine
 
@@ -38,6 +38,14 @@ def test_an_offline_machine_gets_waiting_for_agent(vault, alice):
 def test_retain_till_in_the_past_is_refused(machine, policy):
     with pytest.raises(ValidationError):
         services.backup_start(machine=machine, retain_until=date(2000, 1, 1))
+
+
+def test_back_up_now_is_told_what_backup_start_would_refuse(machine, policy):
+    assert selectors.backup_blockers(machine=machine) == selectors.BackupBlockers(None, "")
+    past = selectors.backup_blockers(machine=machine, retain_until=date(2000, 1, 1))
+    assert past.retain_until == "Choose today or a later date."
+    first = services.backup_start(machine=machine)
+    assert selectors.backup_blockers(machine=machine).running == first
 
 
 def test_progress_is_stored_and_pushed_to_the_job_and_the_vault(

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from agents.runtime import protocol
 from jobs import services
 from jobs.models import BackupPolicy, Job, ScheduledRun
 from tests.jobs.conftest import make_machine, spec
@@ -35,7 +36,7 @@ def test_a_due_policy_starts_one_scheduled_backup(nightly, sent):
     assert len(jobs) == 1
     job = jobs[0]
     assert (job.trigger, job.scheduled_for) == (Job.Trigger.SCHEDULED, utc(2024, 10, 26, 23, 30))
-    assert sent[-1][1] == services.AGENT_BACKUP_TASK
+    assert sent[-1][1] == protocol.BACKUP_TASK
 
 
 def test_a_tick_run_twice_starts_nothing_twice(nightly):

@@ -137,3 +137,17 @@ def test_vault_create_refuses_bad_tags(subscription, resource_group, alice):
             tags={"a/b": "x", "ok": "v" * 257},
         )
     assert len(caught.value.message_dict["tags"]) == 2
+
+
+def test_the_wizard_and_vault_create_word_a_region_alike(subscription, resource_group, alice):
+    shown = services.vault_create_problems(name="good", location="Mars North", subscription=None)
+    assert shown == {"location": ["Choose a region from the list."]}
+    with pytest.raises(ValidationError) as caught:
+        services.vault_create(
+            subscription=subscription,
+            resource_group=resource_group,
+            name="good",
+            location="Mars North",
+            created_by=alice,
+        )
+    assert caught.value.message_dict["location"] == shown["location"]

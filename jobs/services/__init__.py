@@ -1,0 +1,101 @@
+"""Writes of the jobs app, one module per concept. Views, API endpoints, tasks and the other
+apps call them through this package: ``from jobs import services; services.backup_start(...)``.
+
+    policies   a machine's backup policy: saved, sent to its agent, applied, drift explained
+    points     a new recovery point and its retention tags; what an ad hoc backup would get
+    jobs       backup start, the agent's start/progress/result reports, cancel, the sweep
+    scheduler  the once-a-minute tick that starts the scheduled backups that are due
+    pruning    retention applied to a machine's points; unreferenced packs collected
+    alerts     Backup Alerts raised and resolved, the no-recent-backup check, their email
+    live       pushes to open pages, and the notification when a job ends
+
+Reads are in ``jobs.selectors``; the pure rules in ``jobs.policy_rules``, ``jobs.retention``
+and ``jobs.schedule``; Recover Data (restore and download jobs) in ``jobs.recovery``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import transaction
+from kombu.exceptions import KombuError
+
+from agents import dispatch
+from jobs import tasks
+from jobs.services.alerts import (
+    alert_email_send,
+    alert_raise,
+    alerts_after_job,
+    alerts_check_stale,
+    alerts_resolve,
+    alerts_send_digest,
+)
+from jobs.services.jobs import (
+    BackupAlreadyRunning,
+    JobNotCancellable,
+    backup_start,
+    job_cancel,
+    job_fail,
+    job_finish,
+    job_mark_started,
+    job_record_progress,
+    jobs_sweep,
+)
+from jobs.services.live import alerts_publish, job_group, job_notify_finished, job_publish
+from jobs.services.points import adhoc_retention, recovery_point_create, retention_sentence
+from jobs.services.policies import policy_applied, policy_drift, policy_save
+from jobs.services.pruning import packs_collect, retention_apply, retention_apply_all
+from jobs.services.scheduler import schedule_tick
+
+__all__ = [
+    "BackupAlreadyRunning",
+    "JobNotCancellable",
+    "adhoc_retention",
+    "alert_email_send",
+    "alert_raise",
+    "alerts_after_job",
+    "alerts_check_stale",
+    "alerts_publish",
+    "alerts_resolve",
+    "alerts_send_digest",
+    "backup_start",
+    "job_cancel",
+    "job_fail",
+    "job_finish",
+    "job_group",
+    "job_mark_started",
+    "job_notify_finished",
+    "job_publish",
+    "job_record_progress",
+    "jobs_sweep",
+    "packs_collect",
+    "policy_applied",
+    "policy_drift",
+    "policy_save",
+    "recovery_point_create",
+    "retention_apply",
+    "retention_apply_all",
+    "retention_sentence",
+    "schedule_tick",
+]
+
+log = logging.getLogger(__name__)
+
+# -- the two ways out ---------------------------------------------------------------------
+# Agent tasks and portal tasks leave through these names, which the modules look up on this
+# package at each call (``services._send_to_machine(...)``) so that one replacement reaches
+# every caller: tests/jobs/conftest.py's ``sent`` and ``_jobs_env`` fixtures and
+# bench/live_*.py replace them.
+_send_to_machine = dispatch.send_after_commit  # its docstring has the rule for failures
+
+
+def _enqueue(task_name: str, *args) -> None:
+    """Run portal task ``jobs.tasks.<task_name>`` after commit."""
+
+    def send() -> None:
+        try:
+            getattr(tasks, task_name).delay(*args)
+        except KombuError:  # the broker is down: the daily run catches up
+            log.warning("could not enqueue %s%r", task_name, args, exc_info=True)
+
+    transaction.on_commit(send)

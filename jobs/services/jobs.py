@@ -1,0 +1,314 @@
+"""Jobs: a backup started (one per machine at a time), the agent's reports of start,
+progress and result, cancel, and the sweep that moves jobs whose agent is away or silent
+to Waiting for agent, Failed or Cancelled. Restore and download jobs start in
+``jobs.recovery.services``; every job ends here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date, datetime, timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from agents.runtime import protocol
+from jobs import selectors, services  # services: the package, for its seams
+from jobs.models import Job
+from jobs.services.alerts import alerts_after_job
+from jobs.services.live import job_notify_finished, job_publish
+from jobs.services.points import recovery_point_create
+
+
+class BackupAlreadyRunning(Exception):
+    def __init__(self, job: Job):
+        super().__init__(f"A backup of {job.machine} is already running.")
+        self.job = job
+
+
+class JobNotCancellable(Exception):
+    pass
+
+
+def backup_start(
+    *,
+    machine,
+    user=None,
+    retain_until: date | None = None,
+    trigger: str = Job.Trigger.ADHOC,
+    scheduled_for: datetime | None = None,
+    now: datetime | None = None,
+) -> Job:
+    """Queue a backup of ``machine`` and send it to its agent; one per machine at a time."""
+    now = now or timezone.now()
+    blockers = selectors.backup_blockers(machine=machine, retain_until=retain_until, now=now)
+    if blockers.retain_until:
+        raise ValidationError({"retain_until": [blockers.retain_until]})
+    if blockers.running is not None:
+        raise BackupAlreadyRunning(blockers.running)
+    status = Job.Status.QUEUED if machine.is_online(now) else Job.Status.WAITING
+    try:
+        with transaction.atomic():
+            job = Job.objects.create(
+                vault_id=machine.vault_id,
+                machine=machine,
+                operation=Job.Operation.BACKUP,
+                status=status,
+                trigger=trigger,
+                scheduled_for=scheduled_for,
+                retain_until=retain_until,
+                created_by=user,
+            )
+    except IntegrityError:
+        running = Job.objects.active().filter(machine=machine, operation=Job.Operation.BACKUP)
+        raise BackupAlreadyRunning(running.first()) from None
+    services._send_to_machine(machine, protocol.BACKUP_TASK, job_id=str(job.pk))
+    job_publish(job)
+    return job
+
+
+def _clean_progress(event: dict) -> dict:
+    progress = {}
+    for key in protocol.PROGRESS_KEYS:
+        value = event.get(key)
+        if key in ("phase", "current"):
+            progress[key] = str(value)[:500] if value is not None else None
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            progress[key] = max(value, 0)
+        else:
+            progress[key] = None
+    return progress
+
+
+def job_mark_started(*, job: Job, now: datetime | None = None) -> Job:
+    if _mark_running(job, now or timezone.now()):
+        job_publish(job)
+    return job
+
+
+def _mark_running(job: Job, now: datetime) -> bool:
+    """A queued or waiting job becomes running; returns whether it changed."""
+    if job.status not in (Job.Status.QUEUED, Job.Status.WAITING):
+        return False
+    job.status = Job.Status.RUNNING
+    job.started_at = now
+    job.last_report_at = now
+    job.save(update_fields=["status", "started_at", "last_report_at"])
+    return True
+
+
+def job_record_progress(*, job: Job, event: dict, now: datetime | None = None) -> bool:
+    """Store the latest progress and push it; returns whether the agent should stop."""
+    now = now or timezone.now()
+    if job.status not in Job.ACTIVE:
+        return True
+    if job.status != Job.Status.RUNNING:
+        # A report before (or without) a start report starts the job: the one push below
+        # shows both.
+        _mark_running(job, now)
+    job.progress = _clean_progress(event)
+    job.bytes_transferred = int(job.progress.get("stored_bytes") or 0)
+    job.last_report_at = now
+    Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
+        progress=job.progress, bytes_transferred=job.bytes_transferred, last_report_at=now
+    )
+    job_publish(job)
+    return job.cancel_requested_at is not None
+
+
+def _clean_warnings(warnings: Iterable) -> list[dict]:
+    cleaned = []
+    for warning in warnings:
+        if isinstance(warning, dict):
+            cleaned.append(
+                {
+                    "path": str(warning.get("path") or "")[:1000],
+                    "reason": str(warning.get("reason") or "")[:500],
+                }
+            )
+        if len(cleaned) >= protocol.MAX_WARNINGS:
+            break
+    return cleaned
+
+
+@transaction.atomic
+def job_finish(
+    *,
+    job: Job,
+    status: str,
+    error: str = "",
+    warnings: Iterable = (),
+    warning_count: int | None = None,
+    stats: dict | None = None,
+    snapshot_id: str = "",
+    manifest_blob: str = "",
+    pack_ids: Iterable[str] = (),
+    now: datetime | None = None,
+) -> Job:
+    """The agent's final word on a job: status, warnings, and the recovery point it made."""
+    now = now or timezone.now()
+    job = (
+        Job.objects.select_for_update(of=("self",))
+        .select_related("machine", "vault", "created_by")
+        .get(pk=job.pk)
+    )
+    if job.status in Job.FINISHED and status not in (Job.Status.COMPLETED, Job.Status.WARNING):
+        # The portal ended the job already (the sweep failed it while the agent was silent,
+        # then the agent came back and was told to stop): keep the portal's reason. A late
+        # success is still recorded below, as its recovery point is real.
+        return job
+    stats = stats or {}
+    warnings = _clean_warnings(warnings)
+    if status == Job.Status.COMPLETED and warnings:
+        status = Job.Status.WARNING
+    if status not in Job.FINISHED:
+        raise ValueError(f"{status!r} is not a final job status")
+    job.status = status
+    job.error = error[:4000]
+    job.warnings = warnings
+    job.warning_count = warning_count if warning_count is not None else len(warnings)
+    job.started_at = job.started_at or now
+    job.ended_at = now
+    job.bytes_transferred = int(
+        stats.get("added_bytes") or stats.get("stored_bytes") or job.bytes_transferred or 0
+    )
+    if job.progress:
+        job.progress = {**job.progress, "current": None, "eta_s": 0}
+    job.save()
+    point = None
+    if status in (Job.Status.COMPLETED, Job.Status.WARNING) and snapshot_id:
+        point = recovery_point_create(
+            job=job,
+            snapshot_id=snapshot_id,
+            manifest_blob=manifest_blob,
+            stats=stats,
+            pack_ids=list(pack_ids),
+            now=now,
+        )
+    alerts_after_job(job=job, now=now)
+    job_notify_finished(job=job)
+    job_publish(job)
+    if point is not None:
+        services._enqueue("retention_apply_machine", str(job.machine_id))
+    return job
+
+
+def job_fail(*, job: Job, reason: str, now: datetime | None = None) -> Job:
+    """Fail an unfinished job from the portal side (agent offline, agent gone quiet)."""
+    now = now or timezone.now()
+    updated = Job.objects.filter(pk=job.pk, status__in=Job.ACTIVE).update(
+        status=Job.Status.FAILED, error=reason, ended_at=now
+    )
+    if not updated:
+        return job
+    job.refresh_from_db(from_queryset=Job.objects.select_related("machine", "vault", "created_by"))
+    alerts_after_job(job=job, now=now)
+    job_notify_finished(job=job)
+    job_publish(job)
+    return job
+
+
+def job_cancel(*, job: Job, user=None, now: datetime | None = None) -> Job:
+    """Cancel: a job the agent has not started ends at once; a running one is asked to stop
+    (the answer to its next progress report says so) and ends when the agent confirms."""
+    now = now or timezone.now()
+    if job.status in (Job.Status.QUEUED, Job.Status.WAITING):
+        updated = Job.objects.filter(
+            pk=job.pk, status__in=(Job.Status.QUEUED, Job.Status.WAITING)
+        ).update(
+            status=Job.Status.CANCELLED,
+            cancel_requested_at=now,
+            ended_at=now,
+            error=f"Cancelled by {user.get_username() if user else 'the portal'} before it started.",
+        )
+        job.refresh_from_db()
+        if updated:
+            job_publish(job)
+            return job
+    if job.status != Job.Status.RUNNING:
+        raise JobNotCancellable(
+            f"This job is {job.get_status_display().lower()}; nothing to cancel."
+        )
+    if job.cancel_requested_at is None:
+        job.cancel_requested_at = now
+        job.save(update_fields=["cancel_requested_at"])
+        if job.machine is not None:
+            services._send_to_machine(job.machine, protocol.CANCEL_TASK, job_id=str(job.pk))
+        job_publish(job)
+    return job
+
+
+def jobs_sweep(*, now: datetime | None = None) -> dict:
+    """Once a minute: Queued -> Waiting for agent -> Failed; running jobs whose agent went
+    quiet fail (or end Cancelled when a cancel was asked for)."""
+    now = now or timezone.now()
+    counts = {"waiting": 0, "failed": 0}
+    pickup = now - timedelta(seconds=settings.HAVEN_JOB_PICKUP_SECONDS)
+    for job in Job.objects.filter(status=Job.Status.QUEUED, created_at__lte=pickup).select_related(
+        "machine", "vault", "created_by"
+    ):
+        if Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(
+            status=Job.Status.WAITING
+        ):
+            job.status = Job.Status.WAITING
+            job_publish(job)
+            counts["waiting"] += 1
+    wait_minutes = settings.HAVEN_JOB_AGENT_WAIT_MINUTES
+    deadline = now - timedelta(minutes=wait_minutes)
+    for job in Job.objects.filter(
+        status=Job.Status.WAITING, created_at__lte=deadline
+    ).select_related("machine"):
+        name = job.machine.name if job.machine else "the machine"
+        again = (
+            "press Back up now again"
+            if job.operation == Job.Operation.BACKUP
+            else "start the recovery again (Recover Data)"
+        )
+        job_fail(
+            job=job,
+            reason=(
+                f"The agent on {name} did not pick up this job within {wait_minutes} minutes "
+                f"(Waiting for agent). Check that {name} is turned on and connected, and that "
+                f"the Haven agent service is running (haven-agent status); then {again}."
+            ),
+            now=now,
+        )
+        counts["failed"] += 1
+    stall = now - timedelta(seconds=settings.HAVEN_JOB_STALL_SECONDS)
+    for job in Job.objects.filter(
+        status=Job.Status.RUNNING, last_report_at__lte=stall
+    ).select_related("machine"):
+        name = job.machine.name if job.machine else "the machine"
+        if job.cancel_requested_at is not None:
+            if Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
+                status=Job.Status.CANCELLED,
+                ended_at=now,
+                error="Cancelled; the agent stopped before confirming.",
+            ):
+                job.refresh_from_db()
+                job_notify_finished(job=job)
+                job_publish(job)
+            continue
+        seconds = settings.HAVEN_JOB_STALL_SECONDS
+        job_fail(job=job, reason=_stall_reason(job, name, seconds), now=now)
+        counts["failed"] += 1
+    return counts
+
+
+def _stall_reason(job: Job, name: str, seconds: int) -> str:
+    lost = (
+        f"The agent on {name} stopped reporting for more than {seconds} seconds, so the "
+        f"{job.get_operation_display().lower()} was abandoned: the agent was stopped or the "
+        "machine lost its connection. "
+    )
+    if job.operation == Job.Operation.BACKUP:
+        return lost + (
+            "No recovery point was made; the data uploaded so far is reused by the next "
+            "backup. Check the agent on the machine (haven-agent status) and back up again."
+        )
+    return lost + (
+        "Files it finished are complete; the one being written may be missing. Check the "
+        "agent on the machine (haven-agent status) and start the recovery again."
+    )

@@ -1,0 +1,82 @@
+"""The scheduler: once a minute, start the backups each policy has due, once each, in the
+machine's time zone (``jobs.schedule`` computes the times).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from jobs import retention
+from jobs.models import BackupPolicy, Job, ScheduledRun
+from jobs.schedule import Schedule, occurrences, zone
+from jobs.services.jobs import BackupAlreadyRunning, backup_start
+from jobs.services.live import job_publish
+
+
+def schedule_tick(*, now: datetime | None = None) -> list[Job]:
+    """Start the backups due since the last tick, once each. Runs once a minute (beat).
+
+    For each policy, the scheduled times in ``(scheduled_through, now]`` are computed in the
+    machine's zone; only the latest one runs (missed ticks are caught up once), recorded
+    under the unique (policy, scheduled_for) constraint so a duplicate tick does nothing.
+    """
+    now = now or timezone.now()
+    started = []
+    policies = BackupPolicy.objects.select_related("machine", "machine__vault").filter(
+        machine__unregistered_at__isnull=True
+    )
+    for policy in policies:
+        after = policy.scheduled_through or now
+        if after >= now:
+            continue
+        tz = zone(policy.machine.time_zone)
+        due = occurrences(Schedule.from_spec(policy.spec()), tz, after, now)
+        if due:
+            job = _scheduled_run(policy, due[-1], tz, now=now)
+            if job is not None:
+                started.append(job)
+        BackupPolicy.objects.filter(
+            pk=policy.pk, scheduled_through=policy.scheduled_through
+        ).update(scheduled_through=now)
+    return started
+
+
+def _scheduled_run(policy: BackupPolicy, when: datetime, tz, *, now: datetime) -> Job | None:
+    tags = sorted(retention.long_term_tags(policy.retention, when.astimezone(tz)))
+    try:
+        with transaction.atomic():
+            run = ScheduledRun.objects.create(
+                policy=policy, scheduled_for=when, long_term_tags=tags
+            )
+    except IntegrityError:
+        return None  # another tick got here first
+    machine = policy.machine
+    try:
+        with transaction.atomic():
+            job = backup_start(
+                machine=machine, trigger=Job.Trigger.SCHEDULED, scheduled_for=when, now=now
+            )
+    except BackupAlreadyRunning as exc:
+        # Recorded as a failed scheduled backup, so the next ad hoc backup takes its place.
+        job = Job.objects.create(
+            vault_id=machine.vault_id,
+            machine=machine,
+            operation=Job.Operation.BACKUP,
+            status=Job.Status.FAILED,
+            trigger=Job.Trigger.SCHEDULED,
+            scheduled_for=when,
+            started_at=now,
+            ended_at=now,
+            error=(
+                "Skipped: the previous backup of this machine was still running at the "
+                f"scheduled time (job {exc.job.pk}). If this keeps happening, schedule "
+                "backups further apart or exclude large, changing files."
+            ),
+        )
+        job_publish(job)
+    run.job = job
+    run.save(update_fields=["job"])
+    return job
