@@ -1,5 +1,5 @@
 """The tasks an agent runs, by name. The portal sends them with
-``agents.dispatch.send_to_machine(machine, "<name>", **kwargs)``.
+``agents.dispatch.send_after_commit(machine, "<name>", **kwargs)``.
 
 To add a task, write a function taking the ``AgentContext`` first and keyword arguments
 (JSON values: ids, paths, options) after it, and register it::

@@ -16,11 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agents.runtime import engine
+from agents.runtime.engine.errors import UnsafePath
 from agents.runtime.engine.format import DIR, FILE, HARDLINK, HOLE_ID, SYMLINK, Entry
 from agents.runtime.engine.paths import absolute_paths, is_selected
 from agents.runtime.engine.progress import display_path
 from agents.runtime.engine.repository import ChunkReader
-from agents.runtime.engine.restore import UnsafePath, safe_components
+from agents.runtime.engine.target import safe_components
 from agents.runtime.protocol import (
     CONFLICT_CHOICES,
     CONFLICT_COPY,

@@ -10,7 +10,7 @@ import stat
 
 import pytest
 
-from agents.runtime.engine.repository import pack_blob_name
+from agents.runtime.engine.layout import pack_blob
 from agents.runtime.recovery import cli
 from tests.runtime.engine.helpers import after_files_restored, pack_of_file, slow_link
 from tests.runtime.recovery.conftest import (
@@ -190,7 +190,7 @@ def test_a_flipped_byte_fails_only_the_files_that_need_it_and_names_them(
     write_random(data / "b.bin", 200_000, 8)
     backup(repo, data, pack_size=64 * 1024)
     # Flip one byte in a pack of the first backup: only a.bin's data lives there.
-    name = pack_blob_name(bytes.fromhex(pack_of_file(repo, data / "a.bin")))
+    name = pack_blob(bytes.fromhex(pack_of_file(repo, data / "a.bin")))
     path = next((tmp_path / "storage" / "own").rglob(name.rsplit("/", 1)[1]))
     raw = bytearray(path.read_bytes())
     raw[100] ^= 0x01

@@ -178,14 +178,14 @@ def test_a_wrong_passphrase_fails_the_job_before_anything_is_written(
 
 
 def test_damaged_data_completes_with_warnings_naming_the_files(ctx, fake, repo, stores, tmp_path):
-    from agents.runtime.engine.repository import pack_blob_name
+    from agents.runtime.engine.layout import pack_blob
 
     data = tmp_path / "data2"
     write_random(data / "a.bin", 200_000, 7)
     backup(repo, data, pack_size=64 * 1024)
     write_random(data / "b.bin", 200_000, 8)
     backup(repo, data, pack_size=64 * 1024)
-    name = pack_blob_name(bytes.fromhex(pack_of_file(repo, data / "a.bin"))).rsplit("/", 1)[1]
+    name = pack_blob(bytes.fromhex(pack_of_file(repo, data / "a.bin"))).rsplit("/", 1)[1]
     path = next((tmp_path / "storage" / "own").rglob(name))
     raw = bytearray(path.read_bytes())
     raw[100] ^= 0x40
