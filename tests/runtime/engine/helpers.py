@@ -27,7 +27,10 @@ class GuardedStore(BlobStore):
 
     def __init__(self, backend: BlobStore) -> None:
         self.backend = backend
-        self.fork_safe_reads = backend.fork_safe_reads
+
+    @property
+    def fork_safe_reads(self) -> bool:
+        return self.backend.fork_safe_reads
 
     def put(self, name: str, data: bytes | memoryview) -> None:
         self.backend.put(name, data)
