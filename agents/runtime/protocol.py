@@ -10,7 +10,7 @@ docs/jobs.md and docs/progress.md.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,9 +169,5 @@ class JobResult:
             stats=stats,
             recovery_point_id=str(data.get("recovery_point_id") or "") or None,
             manifest_blob=str(data.get("manifest_blob") or ""),
-            pack_ids=[str(p) for p in _strings(packs)],
+            pack_ids=[str(p) for p in packs if p is not None],
         )
-
-
-def _strings(values: Iterable[object]) -> Iterable[object]:
-    return (v for v in values if v is not None)

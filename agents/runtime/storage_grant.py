@@ -72,3 +72,8 @@ def open_store(
             download_bytes_per_second=bandwidth_limit,
         )
     return store
+
+
+def open_with_settings(grant: dict[str, Any], settings: config.Settings) -> BlobStore:
+    """``open_store`` through this machine's proxy and bandwidth limit (settings.json)."""
+    return open_store(grant, proxies=settings.proxies(), bandwidth_limit=settings.bandwidth_limit)

@@ -35,11 +35,7 @@ def open_store(ctx: AgentContext):
     """This machine's store, through its grant, proxy and bandwidth limit."""
     if "open_store" in ctx.extra:
         return ctx.extra["open_store"]()
-    return storage_grant.open_store(
-        ctx.registration.grant,
-        proxies=ctx.settings.proxies(),
-        bandwidth_limit=getattr(ctx.settings, "bandwidth_limit", 0),
-    )
+    return storage_grant.open_with_settings(ctx.registration.grant, ctx.settings)
 
 
 def _cache_dir(ctx: AgentContext) -> Path:

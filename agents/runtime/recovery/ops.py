@@ -18,7 +18,7 @@ from pathlib import Path
 from agents.runtime import engine
 from agents.runtime.engine.errors import UnsafePath
 from agents.runtime.engine.format import DIR, FILE, HARDLINK, HOLE_ID, SYMLINK, Entry
-from agents.runtime.engine.paths import absolute_paths, is_selected
+from agents.runtime.engine.paths import absolute_path, absolute_paths, is_selected
 from agents.runtime.engine.progress import display_path
 from agents.runtime.engine.repository import ChunkReader
 from agents.runtime.engine.target import safe_components
@@ -82,14 +82,14 @@ def recovery_points(repo) -> list[dict]:
 
 def ls(repo, *, recovery_point: str, path: str = "/") -> dict:
     """The children of ``path``: folders first, then by name. ``path`` ``/`` in a recovery
-    point lists its top folders; a path that is not there is an empty folder (engine's rule),
-    reported as ``exists: false`` unless it is the root."""
+    point lists its top folders; a path that is not there is an empty folder (engine's
+    rule). ``path`` comes back normalised, as the engine read it."""
     rp = repo.recovery_point(recovery_point)
     entries = engine.list_dir(repo, recovery_point=rp, path=path)
     entries.sort(key=lambda e: (e.kind != DIR, e.name.lower()))
     return {
         "recovery_point": point_dict(rp),
-        "path": os.fsdecode(os.path.normpath(os.fsencode(path))) if path else "/",
+        "path": os.fsdecode(absolute_path(path)) if path else "/",
         "entries": [entry_dict(e) for e in entries],
     }
 

@@ -127,11 +127,7 @@ def open_store(source: Source, settings):
         raise RecoveryError(
             f"no storage grant for {source.machine_name!r}; run haven-agent check to renew it"
         )
-    return storage_grant.open_store(
-        source.grant,
-        proxies=settings.proxies(),
-        bandwidth_limit=getattr(settings, "bandwidth_limit", 0),
-    )
+    return storage_grant.open_with_settings(source.grant, settings)
 
 
 def open_repository(store, passphrase: str):
