@@ -117,13 +117,8 @@ def test_the_credentials_record_who_downloaded_them_and_as_what(vault, member):
     )
 
 
-def test_a_single_use_credentials_file_registers_only_once(
-    client,
-    agent_env,
-    redis_broker,
-    vault,
-    alice,  # noqa: F811
-):
+@pytest.mark.usefixtures("agent_env", "redis_broker")
+def test_a_single_use_credentials_file_registers_only_once(client, vault, alice):
     _name, content, record = vc.credentials_issue(vault=vault, issued_by=alice, single_use=True)
     assert register(client, content, "web-01").status_code == 201
     again = register(client, content, "web-02")
