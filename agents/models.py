@@ -109,8 +109,10 @@ class SourceGrantAuthorisation(models.Model):
         CREDENTIALS = "credentials", "Vault credentials on the machine"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    source = models.ForeignKey(Machine, on_delete=models.PROTECT, related_name="+")
-    target = models.ForeignKey(Machine, on_delete=models.PROTECT, related_name="+")
+    # Machines are deleted only with their (empty) vault or by a rollback of a registration
+    # that has nothing, no authorisation included (agents.services): the rows go with them.
+    source = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="+")
+    target = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="+")
     authorised_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )

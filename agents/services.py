@@ -14,12 +14,12 @@ import re
 from datetime import timedelta
 
 from django.db import IntegrityError, transaction
-from django.db.models import ProtectedError
+from django.db.models import ProtectedError, Q
 from django.utils import timezone
 
 from agents import broker
 from agents.api_auth import machine_token_issue, machine_tokens_revoke
-from agents.models import Machine
+from agents.models import Machine, SourceGrantAuthorisation
 from portal.models import Role
 from vaults.models import Vault, VaultCredential
 
@@ -304,6 +304,8 @@ def _rollback_obstacle(machine: Machine) -> str:
         return "it has jobs"
     if RecoveryPoint.objects.filter(machine=machine).exists():
         return "it has recovery points"
+    if SourceGrantAuthorisation.objects.filter(Q(source=machine) | Q(target=machine)).exists():
+        return "it has recovery authorisations (the audit of who read whose backups)"
     if machine.container and _container_has_blobs(machine.container):
         return "its storage holds data"
     return ""
@@ -369,7 +371,7 @@ def machine_registration_rollback(*, machine: Machine) -> None:
         try:
             with transaction.atomic():
                 Machine.objects.filter(pk=machine.pk).delete()
-        except ProtectedError:  # a record that must outlive it (an authorisation) names it
+        except ProtectedError:  # a record that must outlive it (a job, a point) names it
             Machine.objects.filter(pk=machine.pk).update(unregistered_at=timezone.now())
             return
     _cleanup("", machine.container)

@@ -102,3 +102,19 @@ def test_an_empty_registration_rolls_back_without_a_trace(client, registered):
     assert rollback(client, token).status_code == 200
     assert not Machine.objects.filter(pk=machine.pk).exists()
     assert not primary_account().container_exists(machine.container)
+
+
+def test_rollback_keeps_the_record_of_whose_backups_the_machine_read(
+    client, registered, vault, alice
+):
+    from agents.models import SourceGrantAuthorisation
+    from tests.recovery.conftest import make_machine
+
+    machine, token = registered
+    web02 = make_machine(vault, "web-02")
+    SourceGrantAuthorisation.objects.create(
+        source=web02, target=machine, authorised_by=alice, via="portal",
+        expires_at=timezone.now() + timedelta(minutes=5),
+    )  # fmt: skip
+    assert rollback(client, token).status_code == 409
+    assert SourceGrantAuthorisation.objects.filter(target=machine).count() == 1
