@@ -313,7 +313,7 @@ def _rollback_obstacle(machine: Machine) -> str:
 
 def _container_has_blobs(container: str) -> bool:
     """True also when storage cannot tell: a container is deleted only when seen empty."""
-    from agents.runtime.blobstore import ContainerNotFound
+    from agents.runtime.blobstore import ContainerNotFound, StorageError
 
     try:
         store = _storage().store(container)
@@ -323,7 +323,7 @@ def _container_has_blobs(container: str) -> bool:
             store.close()
     except ContainerNotFound:
         return False
-    except Exception:
+    except StorageError:
         log.warning("could not list container %s; treating it as holding data", container)
         return True
 

@@ -285,6 +285,22 @@ def _find_source(machine: Machine, source_ref: str) -> Machine:
     return source
 
 
+def _authorisation_for(
+    *, source: Machine, target: Machine, credentials: bytes | None
+) -> SourceGrantAuthorisation:
+    if credentials:
+        return _authorise_from_credentials(source=source, target=target, content=credentials)
+    row = _live_authorisation(source=source, target=target)
+    if row is None:
+        raise SourceNotAuthorised(
+            f"No one has authorised {target.name} to read {source.name}'s backups. Start "
+            "the recovery in the portal (Recover Data), or on this machine pass "
+            "--vault-credentials FILE with vault credentials freshly downloaded by a "
+            "Backup Operator, Contributor or Owner of the vault's subscription."
+        )
+    return row
+
+
 def source_grant(
     *, machine: Machine, source_ref: str, credentials: bytes | None = None
 ) -> tuple[Machine, dict]:
@@ -301,25 +317,18 @@ def source_grant(
         return source, storage.primary_account().issue_grant(
             source.container, expires_at=expires_at, permissions="rl"
         )
-    with transaction.atomic():
-        if credentials:
-            row = _authorise_from_credentials(source=source, target=machine, content=credentials)
-        else:
-            row = _live_authorisation(source=source, target=machine)
-        if row is None:
-            audit.warning(
-                "read refused: machine %s (%s) asked for the backups of %s (%s) unauthorised",
-                machine.name, machine.pk, source.name, source.pk,
-            )  # fmt: skip
-            raise SourceNotAuthorised(
-                f"No one has authorised {machine.name} to read {source.name}'s backups. Start "
-                "the recovery in the portal (Recover Data), or on this machine pass "
-                "--vault-credentials FILE with vault credentials freshly downloaded by a "
-                "Backup Operator, Contributor or Owner of the vault's subscription."
+    try:
+        with transaction.atomic():
+            row = _authorisation_for(source=source, target=machine, credentials=credentials)
+            SourceGrantAuthorisation.objects.filter(pk=row.pk).update(
+                grants_issued=models.F("grants_issued") + 1, last_granted_at=timezone.now()
             )
-        SourceGrantAuthorisation.objects.filter(pk=row.pk).update(
-            grants_issued=models.F("grants_issued") + 1, last_granted_at=timezone.now()
-        )
+    except SourceNotAuthorised as exc:
+        audit.warning(
+            "read refused: machine %s (%s) asked for the backups of %s (%s): %s",
+            machine.name, machine.pk, source.name, source.pk, exc.code,
+        )  # fmt: skip
+        raise
     grant = storage.primary_account().issue_grant(
         source.container, expires_at=min(expires_at, row.expires_at), permissions="rl"
     )
