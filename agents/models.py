@@ -90,3 +90,47 @@ class MachineToken(models.Model):
 
     def __str__(self) -> str:
         return f"token of {self.machine}"
+
+
+class SourceGrantAuthorisation(models.Model):
+    """A person's say-so for one machine (``target``) to read another's (``source``)
+    backups, for one request and until ``expires_at``. The recovery grant endpoint issues a
+    read-and-list grant to the source's container only against a live one
+    (jobs.recovery.services.source_grant); a machine reading its own needs none.
+
+    Made by the portal when a person with the Recover Data role asks the target about the
+    source or starts a restore or download there (``via`` portal, bound to that job), or
+    when the target's command line presents vault credentials downloaded after it
+    registered by such a person (``via`` credentials). Kept after expiry: the audit trail.
+    """
+
+    class Via(models.TextChoices):
+        PORTAL = "portal", "Recover Data in the portal"
+        CREDENTIALS = "credentials", "Vault credentials on the machine"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Machines are deleted only with their (empty) vault or by a rollback of a registration
+    # that has nothing, no authorisation included (agents.services): the rows go with them.
+    source = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="+")
+    target = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="+")
+    authorised_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    via = models.CharField(max_length=12, choices=Via.choices)
+    # The vault credentials presented (via credentials), the job or question it is for.
+    credential_id = models.UUIDField(null=True, blank=True)
+    job_id = models.UUIDField(null=True, blank=True)
+    request_id = models.CharField(max_length=64, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    grants_issued = models.PositiveIntegerField(default=0)
+    last_granted_at = models.DateTimeField(null=True, blank=True)
+
+    subscription_path = "target__vault__subscription"
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["target", "source", "-expires_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.target} may read {self.source} until {self.expires_at:%Y-%m-%d %H:%M}"

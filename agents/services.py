@@ -14,16 +14,21 @@ import re
 from datetime import timedelta
 
 from django.db import IntegrityError, transaction
+from django.db.models import ProtectedError, Q
 from django.utils import timezone
 
 from agents import broker
 from agents.api_auth import machine_token_issue, machine_tokens_revoke
-from agents.models import Machine
-from vaults.models import Vault
+from agents.models import Machine, SourceGrantAuthorisation
+from portal.models import Role
+from vaults.models import Vault, VaultCredential
 
 log = logging.getLogger(__name__)
 
 GRANT_LIFETIME = timedelta(hours=24)
+# Replacing a registered machine revokes its token, broker user and grants: the same
+# decision as Unregister in the portal, so the same role.
+REPLACE_ROLE = Role.CONTRIBUTOR
 MACHINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()-]{0,62}$")
 
 
@@ -69,7 +74,7 @@ def machine_grant_issue(*, machine: Machine) -> dict:
     )
 
 
-def _credentials_verify(content: bytes):
+def _credentials_refusal(exc) -> MachineError:
     from vaults import credentials as vc
 
     codes = [
@@ -78,14 +83,31 @@ def _credentials_verify(content: bytes):
         (vc.CredentialsTampered, "tampered", 403),
         (vc.CredentialsRevoked, "revoked", 403),
         (vc.CredentialsExpired, "expired", 403),
+        (vc.CredentialsUsed, "used", 403),
+        (vc.CredentialsRoleTooLow, "role_too_low", 403),
     ]
+    for cls, code, status in codes:
+        if isinstance(exc, cls):
+            return MachineError(code, str(exc), status)
+    return MachineError("credentials", str(exc), 403)
+
+
+def _credentials_verify(content: bytes):
+    from vaults import credentials as vc
+
     try:
         return vc.credentials_verify(content)
     except vc.CredentialsError as exc:
-        for cls, code, status in codes:
-            if isinstance(exc, cls):
-                raise MachineError(code, str(exc), status) from None
-        raise MachineError("credentials", str(exc), 403) from None
+        raise _credentials_refusal(exc) from None
+
+
+def _may_replace(credential: VaultCredential) -> None:
+    from vaults import credentials as vc
+
+    try:
+        vc.credentials_role_check(credential, REPLACE_ROLE, doing="Replacing a machine")
+    except vc.CredentialsError as exc:
+        raise _credentials_refusal(exc) from None
 
 
 def machine_register(
@@ -133,8 +155,21 @@ def machine_register(
                     "name_taken",
                     f"Vault {vault.name} already has a machine named {name!r}. Choose another "
                     "name with --machine-name, or pass --replace to replace that machine's "
-                    "registration (it is unregistered).",
+                    "registration (it is unregistered; this needs vault credentials "
+                    "downloaded by a Contributor or Owner).",
                     409,
+                )
+            if earlier:
+                _may_replace(credential)
+            # Lock the credential row: a file limited to one registration registers once.
+            credential = VaultCredential.objects.select_for_update().get(pk=credential.pk)
+            if credential.single_use and credential.used_at is not None:
+                raise MachineError(
+                    "used",
+                    f"These vault credentials were limited to one registration and registered "
+                    f"a machine on {credential.used_at:%Y-%m-%d %H:%M} UTC. Download new "
+                    "credentials from the vault's Prepare infrastructure page.",
+                    403,
                 )
             # Free the name first: the unique constraint covers registered machines only.
             for old in earlier:
@@ -150,6 +185,9 @@ def machine_register(
             )
             machine.container = container_for(machine)
             machine.save()
+            VaultCredential.objects.filter(pk=credential.pk).update(
+                used_at=timezone.now(), used_by_machine=machine.pk
+            )
             token = machine_token_issue(machine=machine)
             account = _storage()
             try:
@@ -258,28 +296,85 @@ def machine_unregister(*, machine: Machine) -> Machine:
     return machine
 
 
+def _rollback_obstacle(machine: Machine) -> str:
+    """Why ``machine`` is more than a half-finished registration ("" when it is not)."""
+    from jobs.models import Job, RecoveryPoint
+
+    if Job.objects.filter(machine=machine).exists():
+        return "it has jobs"
+    if RecoveryPoint.objects.filter(machine=machine).exists():
+        return "it has recovery points"
+    if SourceGrantAuthorisation.objects.filter(Q(source=machine) | Q(target=machine)).exists():
+        return "it has recovery authorisations (the audit of who read whose backups)"
+    if machine.container and _container_has_blobs(machine.container):
+        return "its storage holds data"
+    return ""
+
+
+def _container_has_blobs(container: str) -> bool:
+    """True also when storage cannot tell: a container is deleted only when seen empty."""
+    from agents.runtime.blobstore import ContainerNotFound, StorageError
+
+    try:
+        store = _storage().store(container)
+        try:
+            return any(True for _ in store.list())
+        finally:
+            store.close()
+    except ContainerNotFound:
+        return False
+    except StorageError:
+        log.warning("could not list container %s; treating it as holding data", container)
+        return True
+
+
 def machine_registration_rollback(*, machine: Machine) -> None:
     """Undo a registration the agent could not finish (broker or storage unreachable from
-    the machine): the machine disappears as if it had never registered. A machine that
-    was ever seen online or has anything attached is unregistered instead."""
-    from django.db.models import ProtectedError
+    the machine): the machine disappears as if it had never registered.
 
+    The caller holds only a fresh machine token, so this never destroys anything: a machine
+    with a job (restore and download audit records are jobs), a recovery point or a blob in
+    its container is refused (409) and left exactly as it was. A machine seen online but
+    otherwise empty is unregistered rather than deleted.
+    """
+    obstacle = _rollback_obstacle(machine)
+    if obstacle:
+        raise MachineError(
+            "rollback_refused",
+            f"Machine {machine.name} cannot be rolled back: {obstacle}. Unregister it instead "
+            "(haven-agent unregister, or Unregister in the portal); its backups are kept.",
+            409,
+        )
     if machine.last_seen_at is not None:
         machine_unregister(machine=machine)
         return
     with transaction.atomic():
+        # Lock the row: a job queued for it now waits for this decision.
+        Machine.objects.select_for_update().filter(pk=machine.pk).first()
         machine_tokens_revoke(machine=machine)
         try:
             _revoke_outside_access(machine)
         except broker.BrokerUnavailable as exc:
             raise MachineError("broker_unavailable", str(exc), 503) from None
+        # Access is gone: what the container holds now is all it will ever hold. Anything
+        # there (or a job or point that raced in) keeps the machine, unregistered.
+        if _rollback_obstacle(machine):
+            Machine.objects.filter(pk=machine.pk).update(unregistered_at=timezone.now())
+            return
+        if machine.credential_id:
+            from vaults.models import VaultCredential
+
+            # A single-use credentials file may register again: it registered nothing.
+            VaultCredential.objects.filter(
+                pk=machine.credential_id, used_by_machine=machine.pk
+            ).update(used_at=None, used_by_machine=None)
         try:
             with transaction.atomic():
                 Machine.objects.filter(pk=machine.pk).delete()
-        except ProtectedError:
+        except ProtectedError:  # a record that must outlive it (a job, a point) names it
             Machine.objects.filter(pk=machine.pk).update(unregistered_at=timezone.now())
             return
-    _cleanup("", machine.container, force=True)
+    _cleanup("", machine.container)
 
 
 def machine_rename(*, machine: Machine, name: str) -> Machine:

@@ -31,6 +31,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from portal import signing
+from portal.access import has_role, role_in
+from portal.models import Role
 from vaults.models import Vault, VaultCredential
 
 FORMAT = "haven-vault-credentials/1"
@@ -78,6 +80,14 @@ class CredentialsForeign(CredentialsError):
     """Issued by another Haven portal (another signing key)."""
 
 
+class CredentialsUsed(CredentialsError):
+    """A file limited to one registration that has registered a machine already."""
+
+
+class CredentialsRoleTooLow(CredentialsError):
+    """The person who downloaded the file lacks (or no longer has) the role this needs."""
+
+
 def canonical(credentials: dict) -> bytes:
     return json.dumps(
         credentials, sort_keys=True, separators=(",", ":"), ensure_ascii=False
@@ -96,22 +106,29 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def credentials_issue(*, vault: Vault, issued_by) -> tuple[str, bytes, VaultCredential]:
+def credentials_issue(
+    *, vault: Vault, issued_by, single_use: bool = False
+) -> tuple[str, bytes, VaultCredential]:
     """Issue a new credentials file for ``vault``: (filename, file content, record).
 
-    The caller has checked the Backup Operator role. The secret exists only in the
-    returned content; the record holds its hash.
+    The caller has checked the Backup Operator role. The record keeps who downloaded the
+    file and their role then (replacing a machine needs a Contributor's or Owner's file);
+    ``single_use`` limits it to one registration. The secret exists only in the returned
+    content; the record holds its hash.
     """
     if vault.state != Vault.State.READY:
         raise ValueError(f"Vault {vault.name} is not deployed yet; credentials come after.")
     now = timezone.now().replace(microsecond=0)
     secret = secrets.token_urlsafe(32)
+    role = role_in(issued_by, vault.subscription_id) or ""
     with transaction.atomic():
         record = VaultCredential.objects.create(
             id=uuid.uuid4(),
             vault=vault,
             secret_hash=secret_hash(secret),
             issued_by=issued_by,
+            issued_role=role,
+            single_use=bool(single_use),
             issued_at=now,
             expires_at=now + VALID_FOR,
         )
@@ -129,6 +146,9 @@ def credentials_issue(*, vault: Vault, issued_by) -> tuple[str, bytes, VaultCred
         "location": vault.location,
         "issued_at": _iso(record.issued_at),
         "expires_at": _iso(record.expires_at),
+        "issued_by": issued_by.get_username(),
+        "issued_role": role,
+        "single_use": record.single_use,
     }
     document = {
         "format": FORMAT,
@@ -211,7 +231,7 @@ def credentials_verify(content: bytes, *, now: datetime | None = None) -> VaultC
             "longer matches). Download the credentials again; do not edit the file."
         )
     record = (
-        VaultCredential.objects.select_related("vault", "vault__subscription")
+        VaultCredential.objects.select_related("vault", "vault__subscription", "issued_by")
         .filter(pk=_uuid_or_none(credentials["credential_id"]))
         .first()
     )
@@ -238,6 +258,26 @@ def credentials_verify(content: bytes, *, now: datetime | None = None) -> VaultC
             "Download new credentials from the vault's Prepare infrastructure page."
         )
     return record
+
+
+def credentials_role_check(credential: VaultCredential, role: str, *, doing: str) -> None:
+    """Raise ``CredentialsRoleTooLow`` unless the file's downloader had ``role`` (or higher)
+    when downloading it and still has it now."""
+    recorded = credential.issued_role
+    user = credential.issued_by
+    who = user.get_username() if user is not None else "a deleted user"
+    wanted = f"{doing} needs vault credentials downloaded by a {Role(role).label} or Owner"
+    if not recorded or Role.rank(recorded) < Role.rank(role):
+        as_role = Role(recorded).label if recorded else "an unrecorded role"
+        raise CredentialsRoleTooLow(
+            f"{wanted}; these were downloaded by {who} as {as_role}. Ask a "
+            f"{Role(role).label} or Owner of the subscription to download vault credentials."
+        )
+    if user is None or not has_role(user, credential.vault.subscription_id, role):
+        raise CredentialsRoleTooLow(
+            f"{wanted}; these were downloaded by {who}, who no longer has that role. Ask a "
+            f"{Role(role).label} or Owner of the subscription to download vault credentials."
+        )
 
 
 def _uuid_or_none(value: str):

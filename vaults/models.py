@@ -7,7 +7,7 @@ import uuid
 from django.db import models
 from django.db.models.functions import Lower
 
-from portal.models import ResourceGroup, Subscription
+from portal.models import ResourceGroup, Role, Subscription
 
 
 class Vault(models.Model):
@@ -71,6 +71,13 @@ class VaultCredential(models.Model):
     )
     issued_at = models.DateTimeField()
     expires_at = models.DateTimeField()
+    # The downloader's role on the subscription when the file was issued: replacing a
+    # machine needs a Contributor's or Owner's file (agents.services.machine_register).
+    issued_role = models.CharField(max_length=20, choices=Role.choices, blank=True, default="")
+    # Limited to one registration: the first machine registered with it uses it up.
+    single_use = models.BooleanField(default=False)
+    used_at = models.DateTimeField(null=True, blank=True)
+    used_by_machine = models.UUIDField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     revoked_by = models.ForeignKey(
         "portal.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -87,6 +94,8 @@ class VaultCredential(models.Model):
     def status(self, now) -> str:
         if self.revoked_at:
             return "revoked"
+        if self.single_use and self.used_at:
+            return "used"
         if self.expires_at <= now:
             return "expired"
         return "active"

@@ -411,7 +411,11 @@ def credentials_download(request, vault_id):
         )
         return redirect(back)
     try:
-        filename, content, _ = credentials_issue(vault=vault, issued_by=request.user)
+        filename, content, _ = credentials_issue(
+            vault=vault,
+            issued_by=request.user,
+            single_use=request.POST.get("single_use") == "on",
+        )
     except ValueError as exc:
         messages.error(request, str(exc))
         return redirect(back)

@@ -13,7 +13,8 @@ checks, in this order, each with its own error:
 3. the signature verifies with that key (``CredentialsTampered``: edited by hand);
 4. it has not expired (``CredentialsExpired``).
 
-Revocation is known only to the portal, which answers ``revoked`` at registration.
+Revocation, single use and the downloader's role are known only to the portal, which answers
+``revoked``, ``used`` or ``role_too_low`` at registration.
 """
 
 from __future__ import annotations
@@ -59,6 +60,19 @@ class CredentialsForeign(CredentialsError):
 
 class PortalIdentityMismatch(CredentialsForeign):
     code = "portal_identity"
+
+
+class CredentialsUsed(CredentialsError):
+    """Limited to one registration, and that registration happened (the portal knows)."""
+
+    code = "used"
+
+
+class CredentialsRoleTooLow(CredentialsError):
+    """Downloaded by someone whose role does not allow this (replacing a machine needs a
+    Contributor's or Owner's file); the portal knows."""
+
+    code = "role_too_low"
 
 
 FORMAT_PREFIX = "haven-vault-credentials/"
@@ -200,5 +214,7 @@ ERRORS_BY_CODE: dict[str, type[CredentialsError]] = {
         CredentialsRevoked,
         CredentialsForeign,
         PortalIdentityMismatch,
+        CredentialsUsed,
+        CredentialsRoleTooLow,
     )
 }

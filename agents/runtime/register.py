@@ -124,8 +124,9 @@ def check_existing(directory: Path | None, *, replace: bool) -> Registration | N
         raise AlreadyRegistered(
             f"this machine is already registered as {existing.machine_name!r} to vault "
             f"{existing.vault_name!r} on {existing.portal_url}. To register it again, pass "
-            "--replace: the earlier registration is unregistered (its backups stay in the "
-            "vault until retention removes them)."
+            "--replace with vault credentials downloaded by a Contributor or Owner: the "
+            "earlier registration is unregistered (its backups stay in the vault until "
+            "retention removes them)."
         )
     return existing
 
@@ -140,16 +141,32 @@ def _raise_for_refusal(exc: PortalRefused) -> None:
 
 
 def _rollback(client: PortalClient, reason: str) -> str:
-    """Ask the portal to drop the machine just created; returns a note for the error."""
+    """Ask the portal to drop the machine just created; returns a note for the error.
+
+    The portal deletes only a registration that holds nothing (no job, no recovery point,
+    no blob in its container); for one that does it answers ``rollback_refused`` and the
+    machine is unregistered instead, its storage kept."""
     try:
         client.post("unregister/", {"reason": reason, "rollback": True})
+    except PortalRefused as exc:
+        if exc.code != "rollback_refused":
+            return _not_told(exc)
+        try:
+            client.post("unregister/", {"reason": reason})
+        except Exception as again:  # the portal may be the thing that went away
+            return _not_told(again)
+        return " The new registration was unregistered; what it wrote to storage is kept."
     except Exception as exc:  # the portal may be the thing that went away
-        return (
-            f" The portal could not be told to drop the new registration ({exc}); "
-            "unregister the machine in the portal (Backup Infrastructure › Protected "
-            "servers) before trying again."
-        )
+        return _not_told(exc)
     return " Nothing was registered."
+
+
+def _not_told(exc: Exception) -> str:
+    return (
+        f" The portal could not be told to drop the new registration ({exc}); "
+        "unregister the machine in the portal (Backup Infrastructure › Protected "
+        "servers) before trying again."
+    )
 
 
 def enroll(

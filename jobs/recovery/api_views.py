@@ -1,5 +1,5 @@
 """The agent's side of Recover Data (``/api/agent/recovery/``): a read-only grant to another
-machine's backups, answers to the wizard's questions, and download archives. Every endpoint
+machine's backups (only as a person authorised: services.source_grant), answers to the wizard's questions, and download archives. Every endpoint
 authenticates the machine (``machine_api``)."""
 
 from __future__ import annotations
@@ -20,10 +20,17 @@ def grant(request):
     data = json_body(request, max_bytes=MAX_ANSWER)
     if data is None or not str(data.get("source_machine") or ""):
         return api_error(400, "bad_request", "Name the source machine (source_machine).")
+    credentials = data.get("vault_credentials")
+    if credentials is not None and not isinstance(credentials, str):
+        return api_error(400, "bad_request", "Send the vault credentials file's text.")
     try:
         source, new_grant = services.source_grant(
-            machine=request.machine, source_ref=str(data["source_machine"])
+            machine=request.machine,
+            source_ref=str(data["source_machine"]),
+            credentials=credentials.encode("utf-8") if credentials else None,
         )
+    except services.SourceNotAuthorised as exc:
+        return api_error(exc.status, exc.code, str(exc))
     except services.RecoveryRefused as exc:
         return api_error(404, "not_found", str(exc))
     return JsonResponse(

@@ -30,17 +30,17 @@ from pathlib import Path
 from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import models, transaction
 from django.http import Http404
 from django.utils import timezone
 
 from agents import dispatch
-from agents.models import Machine
+from agents.models import Machine, SourceGrantAuthorisation
 from agents.runtime import protocol
 from agents.runtime.protocol import DOWNLOAD_MAX_BYTES
 from jobs.models import Job, RecoveryPoint
 from jobs.services import job_publish
-from portal.access import get_for_user
+from portal.access import get_for_user, has_role
 from portal.models import Role
 from vaults import storage
 
@@ -51,6 +51,13 @@ REQUEST_TTL = 300
 ANSWER_TTL = 120
 DOWNLOAD_TTL = 15 * 60
 SOURCE_GRANT_LIFETIME = timedelta(hours=1)
+# How long a person's say-so lets the target read another machine's container: a question
+# (browse, search, versions: the agent may reuse the opened repository for a few minutes),
+# a restore or download job (while it is queued or running, at most this long), vault
+# credentials presented on the target's command line (one command's worth).
+QUESTION_AUTHORISATION = timedelta(minutes=15)
+JOB_AUTHORISATION = timedelta(hours=24)
+COMMAND_AUTHORISATION = timedelta(hours=1)
 ROLE = Role.BACKUP_OPERATOR  # file names are as sensitive as the data: not for Readers
 # The wizard's words for the restore's conflict choices (the choices are the wire's).
 CONFLICTS = {
@@ -71,6 +78,15 @@ AGENT_TASKS = {
 
 class RecoveryRefused(Exception):
     """The request cannot be made; the message is for the person."""
+
+
+class SourceNotAuthorised(RecoveryRefused):
+    """No person has authorised this machine to read that one's backups (now)."""
+
+    def __init__(self, message: str, code: str = "not_authorised", status: int = 403):
+        super().__init__(message)
+        self.code = code
+        self.status = status
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -120,6 +136,10 @@ def question_ask(*, user, source: Machine, target: Machine, kind: str, **args) -
     if kind not in KINDS:
         raise ValueError(kind)
     request_id = secrets.token_urlsafe(16)
+    _authorise_from_portal(
+        user=user, source=source, target=target, lifetime=QUESTION_AUTHORISATION,
+        request_id=request_id,
+    )  # fmt: skip
     cache.set(
         f"recovery:req:{request_id}",
         {
@@ -162,8 +182,97 @@ def answer_get(request_id: str) -> dict | None:
 
 
 # -- the read-only grant for another machine's repository ---------------------------------------
-def source_grant(*, machine: Machine, source_ref: str) -> tuple[Machine, dict]:
-    """A read-and-list grant to ``source_ref``'s container (id or name, same vault)."""
+def _authorise_from_portal(
+    *, user, source: Machine, target: Machine, lifetime: timedelta, job=None, request_id=""
+) -> SourceGrantAuthorisation | None:
+    """Record that ``user`` (who has the Recover Data role: the view loaded both machines
+    with it) lets ``target`` read ``source``'s backups for this request."""
+    if source.pk == target.pk:
+        return None
+    row = SourceGrantAuthorisation.objects.create(
+        source=source,
+        target=target,
+        authorised_by=user,
+        via=SourceGrantAuthorisation.Via.PORTAL,
+        job_id=job.pk if job is not None else None,
+        request_id=request_id,
+        expires_at=timezone.now() + lifetime,
+    )
+    audit.info(
+        "read authorised: user %s lets machine %s (%s) read the backups of %s (%s) until %s (%s)",
+        user.get_username(), target.name, target.pk, source.name, source.pk,
+        row.expires_at.isoformat(timespec="seconds"), f"job {job.pk}" if job else "question",
+    )  # fmt: skip
+    return row
+
+
+def _authorise_from_credentials(
+    *, source: Machine, target: Machine, content: bytes
+) -> SourceGrantAuthorisation:
+    """Vault credentials presented on ``target``'s command line: downloaded for this vault
+    after ``target`` registered (not the file it registered with, nor one left on it since
+    before) by someone who has the Recover Data role then and now."""
+    from vaults import credentials as vc
+
+    try:
+        credential = vc.credentials_verify(content)
+        if credential.vault_id != target.vault_id:
+            raise SourceNotAuthorised(
+                f"These vault credentials are for vault {credential.vault.name}; "
+                f"{target.name} is registered to {target.vault.name}. Download credentials "
+                "of that vault.",
+                "foreign",
+            )
+        vc.credentials_role_check(credential, ROLE, doing="Reading another machine's backups")
+    except vc.CredentialsMalformed as exc:
+        raise SourceNotAuthorised(str(exc), "malformed", 400) from None
+    except vc.CredentialsError as exc:
+        raise SourceNotAuthorised(str(exc), "credentials_refused") from None
+    # (issued_at is whole seconds; no file registers a machine within its first second)
+    if credential.issued_at < target.registered_at.replace(microsecond=0):
+        raise SourceNotAuthorised(
+            f"These vault credentials were downloaded on {credential.issued_at:%Y-%m-%d %H:%M} "
+            f"UTC, before {target.name} registered: reading another machine's backups needs "
+            "credentials downloaded for it. Download fresh vault credentials (vault › Backup › "
+            "Prepare infrastructure) and pass them with --vault-credentials FILE.",
+            "credentials_stale",
+        )
+    row = SourceGrantAuthorisation.objects.create(
+        source=source,
+        target=target,
+        authorised_by=credential.issued_by,
+        via=SourceGrantAuthorisation.Via.CREDENTIALS,
+        credential_id=credential.pk,
+        expires_at=min(timezone.now() + COMMAND_AUTHORISATION, credential.expires_at),
+    )
+    audit.info(
+        "read authorised: credentials %s of user %s let machine %s (%s) read the backups of "
+        "%s (%s) until %s",
+        credential.pk, credential.issued_by.get_username(), target.name, target.pk,
+        source.name, source.pk, row.expires_at.isoformat(timespec="seconds"),
+    )  # fmt: skip
+    return row
+
+
+def _live_authorisation(*, source: Machine, target: Machine) -> SourceGrantAuthorisation | None:
+    """The longest-lived authorisation for the pair whose request still stands and whose
+    person still has the role."""
+    rows = (
+        SourceGrantAuthorisation.objects.select_related("authorised_by")
+        .filter(source=source, target=target, expires_at__gt=timezone.now())
+        .order_by("-expires_at")
+    )
+    for row in rows:
+        if row.job_id and not Job.objects.filter(pk=row.job_id, status__in=Job.ACTIVE).exists():
+            continue
+        person = row.authorised_by
+        if person is None or not has_role(person, target.vault.subscription_id, ROLE):
+            continue
+        return row
+    return None
+
+
+def _find_source(machine: Machine, source_ref: str) -> Machine:
     qs = Machine.objects.filter(vault_id=machine.vault_id, unregistered_at__isnull=True)
     try:
         source = qs.filter(pk=source_ref).first()
@@ -173,14 +282,61 @@ def source_grant(*, machine: Machine, source_ref: str) -> tuple[Machine, dict]:
         source = qs.filter(name__iexact=source_ref).first()
     if source is None or not source.container:
         raise RecoveryRefused(f"No machine {source_ref!r} is registered to this vault.")
+    return source
+
+
+def _authorisation_for(
+    *, source: Machine, target: Machine, credentials: bytes | None
+) -> SourceGrantAuthorisation:
+    if credentials:
+        return _authorise_from_credentials(source=source, target=target, content=credentials)
+    row = _live_authorisation(source=source, target=target)
+    if row is None:
+        raise SourceNotAuthorised(
+            f"No one has authorised {target.name} to read {source.name}'s backups. Start "
+            "the recovery in the portal (Recover Data), or on this machine pass "
+            "--vault-credentials FILE with vault credentials freshly downloaded by a "
+            "Backup Operator, Contributor or Owner of the vault's subscription."
+        )
+    return row
+
+
+def source_grant(
+    *, machine: Machine, source_ref: str, credentials: bytes | None = None
+) -> tuple[Machine, dict]:
+    """A read-and-list grant to ``source_ref``'s container (id or name, same vault).
+
+    Another machine's container only against a live ``SourceGrantAuthorisation`` (made now
+    from ``credentials`` when given), the grant expiring no later than it; every grant
+    issued is logged. Raises ``RecoveryRefused`` (no such machine) or
+    ``SourceNotAuthorised``.
+    """
+    source = _find_source(machine, source_ref)
+    expires_at = timezone.now() + SOURCE_GRANT_LIFETIME
+    if source.pk == machine.pk:
+        return source, storage.primary_account().issue_grant(
+            source.container, expires_at=expires_at, permissions="rl"
+        )
+    try:
+        with transaction.atomic():
+            row = _authorisation_for(source=source, target=machine, credentials=credentials)
+            SourceGrantAuthorisation.objects.filter(pk=row.pk).update(
+                grants_issued=models.F("grants_issued") + 1, last_granted_at=timezone.now()
+            )
+    except SourceNotAuthorised as exc:
+        audit.warning(
+            "read refused: machine %s (%s) asked for the backups of %s (%s): %s",
+            machine.name, machine.pk, source.name, source.pk, exc.code,
+        )  # fmt: skip
+        raise
     grant = storage.primary_account().issue_grant(
-        source.container,
-        expires_at=timezone.now() + SOURCE_GRANT_LIFETIME,
-        permissions="rl",
+        source.container, expires_at=min(expires_at, row.expires_at), permissions="rl"
     )
     audit.info(
-        "read grant: machine %s (%s) may read the backups of %s (%s) in vault %s",
-        machine.name, machine.pk, source.name, source.pk, machine.vault_id,
+        "read grant: machine %s (%s) may read the backups of %s (%s) in vault %s until %s, "
+        "authorised by %s (%s, authorisation %s)",
+        machine.name, machine.pk, source.name, source.pk, machine.vault_id, grant["expires_at"],
+        row.authorised_by.get_username() if row.authorised_by else "?", row.via, row.pk,
     )  # fmt: skip
     return source, grant
 
@@ -251,6 +407,9 @@ def restore_start(
             "restore_permissions": bool(restore_permissions),
         },
     )
+    _authorise_from_portal(
+        user=user, source=source, target=target, lifetime=JOB_AUTHORISATION, job=job
+    )
     _send(
         target,
         AGENT_TASKS["restore"],
@@ -282,6 +441,9 @@ def download_start(*, user, source: Machine, target: Machine, recovery_point: st
             "items": len(paths),
             "max_bytes": DOWNLOAD_MAX_BYTES,
         },
+    )
+    _authorise_from_portal(
+        user=user, source=source, target=target, lifetime=JOB_AUTHORISATION, job=job
     )
     _send(
         target,

@@ -395,3 +395,50 @@ def test_it_asks_for_what_is_missing_when_interactive(creds_file, monkeypatch, c
     assert "needs at least 16" in out and "lose" in out
     assert "configure --passphrase-file" in out
     assert Machine.objects.get().name == "asked-name"
+
+
+def test_a_failed_registration_that_wrote_to_storage_is_unregistered_not_deleted(
+    creds_file, redis_broker, agent_env, tmp_path
+):
+    """The portal refuses to roll back a registration whose container holds a blob; the
+    agent then unregisters it: the blob stays, the token stops working."""
+    from agents.runtime import register as reg
+    from agents.runtime.config import Settings
+    from vaults.storage import primary_account
+
+    def init_then_fail(store, passphrase):
+        store.put("keys/written-before-the-failure", b"wrapped key")
+        raise reg.StorageUnreachable("the disk filled up")
+
+    prepared = reg.prepare(creds_file, Settings())
+    with pytest.raises(reg.StorageUnreachable) as failed:
+        reg.enroll(
+            prepared,
+            passphrase=PASSPHRASE,
+            settings=Settings(),
+            machine_name="web-01",
+            directory=tmp_path / "agent-config",
+            repository_init=init_then_fail,
+        )
+    assert "unregistered; what it wrote to storage is kept" in str(failed.value)
+    machine = Machine.objects.get()
+    assert machine.unregistered_at is not None
+    assert not MachineToken.objects.filter(machine=machine, revoked_at__isnull=True).exists()
+    store = primary_account().store(machine.container)
+    assert [b.name for b in store.list()] == ["keys/written-before-the-failure"]
+    store.close()
+
+
+def test_a_rolled_back_registration_gives_a_single_use_file_back(
+    tmp_path, vault, alice, portal, passphrase_file, redis_broker, settings, capsys
+):
+    from vaults.credentials import credentials_issue
+
+    _name, content, record = credentials_issue(vault=vault, issued_by=alice, single_use=True)
+    path = tmp_path / "once.VaultCredentials"
+    path.write_bytes(content)
+    settings.HAVEN_AGENT_BROKER_URL = f"redis://127.0.0.1:{free_port()}/15"
+    assert register("--vault-credentials", path, "--passphrase-file", passphrase_file) == 1
+    assert "Nothing was registered" in capsys.readouterr().err
+    record.refresh_from_db()
+    assert record.used_at is None and record.used_by_machine is None

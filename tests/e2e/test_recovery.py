@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+from tests.e2e._agent_support import download_credentials
 from tests.e2e.conftest import sign_in_with_cookie
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -108,10 +109,19 @@ def test_restore_a_folder_onto_another_machine_of_the_vault(
     backup = wait_for_job(services.backup_start(machine=web01.model, user=vault_owner.user), web01)
     assert backup.status == Job.Status.COMPLETED, backup.error
 
-    # On web-02: web-01's passphrase, typed there (here: from a copy of web-01's file).
+    # On web-02: web-01's passphrase, typed there (here: from a copy of web-01's file), with
+    # vault credentials alice downloads for it: her say-so lets web-02 read web-01's backups.
     copy = web02.home / "secrets" / "web-01-passphrase.txt"
     shutil.copy(web01.passphrase_file, copy)
-    said = web02.ok("recovery-passphrase", "--from-machine", "web-01", "--passphrase-file", copy)
+    refused = web02.run(
+        "recovery-passphrase", "--from-machine", "web-01", "--passphrase-file", copy
+    )
+    assert refused.returncode == 1 and "--vault-credentials" in refused.stderr
+    fresh = download_credentials(agent_portal, vault_owner.user, vault_owner.vault, web02.home)
+    said = web02.ok(
+        "recovery-passphrase", "--from-machine", "web-01", "--passphrase-file", copy,
+        "--vault-credentials", fresh,
+    )  # fmt: skip
     assert "opens web-01's backups" in said
 
     page.set_default_timeout(20_000)

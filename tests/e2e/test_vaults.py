@@ -153,6 +153,8 @@ def test_create_deploy_configure_and_download_credentials(
     expect(download).to_be_disabled()
     page.get_by_label("Already downloaded or using the latest Haven agent").check()
     expect(download).to_be_enabled()
+    expect(page.locator("#single-use-help")).to_contain_text("registers one machine")
+    page.get_by_label("Limit to one registration").check()
     page.evaluate("document.querySelectorAll('.toast').forEach(t => t.remove())")
     screenshot("vault-prepare-infrastructure", full_page=True)
     with page.expect_download() as caught:
@@ -165,6 +167,7 @@ def test_create_deploy_configure_and_download_credentials(
     document = json.loads(content)
     assert document["credentials"]["vault_id"] == str(vault.pk)
     assert document["credentials"]["vault_name"] == "haven-e2e-vault"
+    assert document["credentials"]["single_use"] is True
     record = credentials_verify(content)
     assert record.vault_id == vault.pk and record.issued_by_id == portal_owner.user.pk
 
@@ -173,3 +176,4 @@ def test_create_deploy_configure_and_download_credentials(
     ).click()
     expect(page.locator("#credentials-table tbody tr")).to_have_count(1)
     expect(page.locator("#credentials-table")).to_contain_text("Active")
+    expect(page.locator("#credentials-table")).to_contain_text("One")

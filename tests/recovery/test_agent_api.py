@@ -15,7 +15,10 @@ from tests.recovery.conftest import make_machine, make_vault
 pytestmark = pytest.mark.django_db
 
 
-def test_a_machine_gets_a_read_only_grant_for_a_sibling(client, web01, web02, token_for):
+def test_a_machine_gets_a_read_only_grant_for_a_sibling_a_person_asked_about(
+    client, alice, web01, web02, token_for, sent
+):
+    services.question_ask(user=alice, source=web01, target=web02, kind="points")
     response = client.post(
         reverse("recovery_api:grant"),
         json.dumps({"source_machine": "WEB-01"}),
@@ -27,6 +30,17 @@ def test_a_machine_gets_a_read_only_grant_for_a_sibling(client, web01, web02, to
     assert data["machine"] == {"id": str(web01.pk), "name": "web-01"}
     assert data["grant"]["container"] == web01.container
     assert data["grant"]["permissions"] == "rl"
+
+
+def test_a_machine_reads_its_own_backups_without_anyones_say_so(client, web01, token_for):
+    response = client.post(
+        reverse("recovery_api:grant"),
+        json.dumps({"source_machine": "web-01"}),
+        content_type="application/json",
+        **token_for(web01),
+    )
+    assert response.status_code == 200
+    assert response.json()["grant"]["container"] == web01.container
 
 
 def test_no_grant_for_a_machine_of_another_vault(client, subscription, web02, token_for):

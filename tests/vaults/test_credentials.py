@@ -209,3 +209,37 @@ def test_status_says_active_expired_or_revoked(issued):
     assert record.status(record.expires_at) == "expired"
     record.revoked_at = now
     assert record.status(now) == "revoked"
+
+
+def test_the_download_page_offers_and_explains_one_registration(client, deployed_vault, member):
+    from django.urls import reverse
+
+    from portal.models import Role
+
+    client.force_login(member(Role.BACKUP_OPERATOR))
+    page = client.get(
+        reverse("vaults:backup", args=[deployed_vault.pk]),
+        {"workload": "on_premises", "items": "files", "prepare": "1"},
+    ).content.decode()
+    assert "Limit to one registration" in page
+    assert "registers one machine and is then used up" in page
+    assert "needs credentials downloaded by a Contributor or Owner" in page
+    assert "yours (Backup Operator) register new machines only" in page
+
+    response = client.post(
+        reverse("vaults:credentials-download", args=[deployed_vault.pk]),
+        {"agent_ready": "on", "single_use": "on"},
+    )
+    assert response.status_code == 200
+    record = vc.credentials_verify(response.content)
+    assert record.single_use and record.issued_role == Role.BACKUP_OPERATOR
+    assert json.loads(response.content)["credentials"]["single_use"] is True
+    listing = client.get(reverse("vaults:credentials", args=[deployed_vault.pk])).content.decode()
+    assert "(Backup Operator)" in listing and "<td>One</td>" in listing
+
+
+def test_a_used_single_use_file_shows_as_used(deployed_vault, alice):
+    _, _, record = vc.credentials_issue(vault=deployed_vault, issued_by=alice, single_use=True)
+    VaultCredential.objects.filter(pk=record.pk).update(used_at=timezone.now())
+    record.refresh_from_db()
+    assert record.status(timezone.now()) == "used"

@@ -58,15 +58,32 @@ def _passphrase(args, source, settings) -> str:
     raise src.passphrase_needed(source)
 
 
+def _vault_credentials(args) -> bytes:
+    """The ``--vault-credentials`` file's bytes (b"" without the option)."""
+    path = getattr(args, "vault_credentials", None)
+    if not path:
+        return b""
+    return Path(path).expanduser().read_bytes()
+
+
+def _resolve(args, registration, portal) -> src.Source:
+    source = src.resolve_source(
+        registration=registration,
+        portal=portal,
+        machine=getattr(args, "from_machine", None),
+        vault_credentials=_vault_credentials(args),
+    )
+    return source
+
+
 def open_for(args):
-    """(repository, source) for a command's ``--from-machine`` / ``--passphrase-file``."""
+    """(repository, source) for a command's ``--from-machine`` / ``--vault-credentials`` /
+    ``--passphrase-file``."""
     registration = config.require_registration()
     settings = config.load_settings()
     portal = _portal(registration, settings)
     try:
-        source = src.resolve_source(
-            registration=registration, portal=portal, machine=getattr(args, "from_machine", None)
-        )
+        source = _resolve(args, registration, portal)
         if source.own:
             renew_grant(registration, portal)
             source.grant = registration.grant
@@ -252,9 +269,7 @@ def cmd_recovery_passphrase(args) -> int:
     settings = config.load_settings()
     portal = _portal(registration, settings)
     try:
-        source = src.resolve_source(
-            registration=registration, portal=portal, machine=args.from_machine
-        )
+        source = _resolve(args, registration, portal)
     finally:
         portal.close()
     if source.own:
@@ -302,12 +317,20 @@ def _guard(func):
     return run
 
 
+VAULT_CREDENTIALS_HELP = (
+    "with --from-machine: vault credentials downloaded for this (after this machine "
+    "registered) by a Backup Operator, Contributor or Owner; the portal lets this machine "
+    "read the other's backups for an hour on their say-so"
+)
+
+
 def _common(p, *, json_flag: bool = True) -> None:
     p.add_argument(
         "--from-machine",
         metavar="MACHINE",
         help="another machine of this vault (name or id) whose backups to read",
     )
+    p.add_argument("--vault-credentials", metavar="FILE", help=VAULT_CREDENTIALS_HELP)
     p.add_argument("--passphrase-file", help="read the encryption passphrase from this file")
     if json_flag:
         p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -359,5 +382,6 @@ def add_commands(sub) -> None:
         help="type another machine's passphrase here, to restore its data onto this machine",
     )
     p.add_argument("--from-machine", metavar="MACHINE", required=True)
+    p.add_argument("--vault-credentials", metavar="FILE", help=VAULT_CREDENTIALS_HELP)
     p.add_argument("--passphrase-file")
     p.set_defaults(func=_guard(cmd_recovery_passphrase))

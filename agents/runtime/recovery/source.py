@@ -5,9 +5,14 @@ passphrase chosen when it registered. Recovering *this* machine's data uses the 
 storage grant and its saved passphrase. Recovering *another* machine's data (to this one) —
 the reference's "another server" recovery — needs two things:
 
-* a **read-only grant** to the source machine's container, which the portal issues to any
-  machine registered to the same vault (``POST /api/agent/recovery/grant/``, short-lived,
-  permissions ``rl``: it can neither write nor delete), and
+* a **read-only grant** to the source machine's container (``POST
+  /api/agent/recovery/grant/``, short-lived, permissions ``rl``: it can neither write nor
+  delete), which the portal issues only as a person authorised it: a user with the Recover
+  Data role who started the browse, restore or download in the portal (the agent's tasks
+  need nothing more), or vault credentials that such a user downloaded after this machine
+  registered, presented by the command line (``--vault-credentials FILE``, sent as
+  ``vault_credentials``) as the reference's *Recover Data › Another server* asks for them;
+  and
 * the **source machine's passphrase**, typed on this machine (``haven-agent
   recovery-passphrase --from-machine NAME``) and kept in the agent's private config directory
   (``recovery-passphrases/<machine id>``, 0600), never sent anywhere. It is checked against the
@@ -57,9 +62,12 @@ class Source:
     own: bool = True
 
 
-def resolve_source(*, registration, portal=None, machine: str | None = None) -> Source:
+def resolve_source(
+    *, registration, portal=None, machine: str | None = None, vault_credentials: bytes = b""
+) -> Source:
     """This machine (``machine`` empty, its id or its name) or another machine of the vault,
-    for which the portal hands out a read-only grant."""
+    for which the portal hands out a read-only grant (as a person authorised: in the
+    portal, or by the ``vault_credentials`` file's text)."""
     if not machine or machine in (registration.machine_id, registration.machine_name):
         return Source(
             registration.machine_id, registration.machine_name, registration.grant, own=True
@@ -68,8 +76,11 @@ def resolve_source(*, registration, portal=None, machine: str | None = None) -> 
         raise SourceRefused(
             "reading another machine's backups needs the portal (for a read-only storage grant)"
         )
+    payload = {"source_machine": machine}
+    if vault_credentials:
+        payload["vault_credentials"] = vault_credentials.decode("utf-8", "replace")
     try:
-        answer = portal.post("recovery/grant/", {"source_machine": machine})
+        answer = portal.post("recovery/grant/", payload)
     except PortalRefused as exc:
         raise SourceRefused(str(exc)) from None
     info = answer.get("machine") or {}
@@ -117,7 +128,9 @@ def passphrase_needed(source: Source) -> PassphraseNeeded:
     return PassphraseNeeded(
         f"this machine does not know the passphrase of {source.machine_name!r}. On this "
         f"machine, run: haven-agent recovery-passphrase --from-machine {source.machine_name!r} "
-        "(the passphrase is typed here and never leaves the machine)"
+        "(the passphrase is typed here and never leaves the machine; right after a request "
+        "in the portal, or else with --vault-credentials FILE: freshly downloaded vault "
+        "credentials)"
     )
 
 
