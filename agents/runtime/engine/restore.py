@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.runtime.engine.errors import Cancelled, EngineError, InvalidArgument, UnsafePath
-from agents.runtime.engine.file_writer import FileWriter, set_xattrs
+from agents.runtime.engine.file_writer import NO_ID, FileWriter, set_xattrs, unprivileged
 from agents.runtime.engine.format import DIR, FILE, HARDLINK, SYMLINK, Entry, encode_entry
 from agents.runtime.engine.owners import owner_of
 from agents.runtime.engine.paths import absolute_paths, is_inside, is_selected, past_all_selections
@@ -289,14 +289,22 @@ class _Restore:
 
     # -- metadata ----------------------------------------------------------------------------
     def _meta_fd(self, fd: int, e: Entry) -> None:
-        if self.restore_owner:
+        """A folder's metadata; set-id bits, a shared folder's sticky bit and permission
+        attributes only when its recorded owner is restored (see ``unprivileged``)."""
+        owned = self.restore_owner
+        uid, gid = owner_of(e)
+        if owned and NO_ID in (uid, gid):
+            owned = False
+            self.warn(e.path, f"owner not restored: invalid owner {uid}:{gid}")
+        elif owned:
             try:
-                os.fchown(fd, *owner_of(e))
+                os.fchown(fd, uid, gid)
             except PermissionError:
+                owned = False
                 self.warn(e.path, "owner not restored: permission denied")
-        os.fchmod(fd, e.mode)
+        os.fchmod(fd, e.mode if owned else unprivileged(e.mode, folder=True))
         if e.xattrs:  # (default ACLs of folders among them)
-            for path, reason in set_xattrs(fd, e, self.restore_owner, self.xattr_failures):
+            for path, reason in set_xattrs(fd, e, owned, self.xattr_failures):
                 self.warn(path, reason)
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
 
