@@ -142,7 +142,7 @@ def test_it_refuses_and_logs_unsigned_and_forged_tasks(machine, worker, sender, 
 
     # Signed with a key that is not the portal's.
     forged = str(uuid.uuid4())
-    issued_at = "2026-01-01T00:00:00+00:00"
+    issued_at, expires_at = "2026-01-01T00:00:00+00:00", "2026-01-01T01:00:00+00:00"
     data = signed_bytes(
         task=PING,
         task_id=forged,
@@ -150,11 +150,12 @@ def test_it_refuses_and_logs_unsigned_and_forged_tasks(machine, worker, sender, 
         args=[],
         kwargs={},
         issued_at=issued_at,
+        expires_at=expires_at,
     )
     fake = base64.b64encode(Ed25519PrivateKey.generate().sign(data)).decode()
     sender.send_task(
         PING,
-        kwargs={AUTH_KWARG: {"signature": fake, "issued_at": issued_at}},
+        kwargs={AUTH_KWARG: {"signature": fake, "issued_at": issued_at, "expires_at": expires_at}},
         task_id=forged,
         queue=registration.queue,
     )
