@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from celery import Celery, Task
 from kombu import Exchange, Queue
 
+from agents.runtime import redis_transport
 from agents.runtime.config import Registration, Settings, config_dir
 from agents.runtime.portal_api import PortalClient, PortalError, PortalRefused
 from agents.runtime.storage_grant import renew_grant
@@ -77,6 +78,9 @@ def celery_config(registration: Registration) -> dict:
         "enable_utc": True,
     }
     if is_redis(registration.broker_url):
+        # kombu's Redis transport but for a mutex without Lua, which the machine's broker
+        # user may not run (agents/runtime/redis_transport.py)
+        conf["broker_transport"] = redis_transport.TRANSPORT
         conf["result_backend"] = registration.broker_url
         conf["result_backend_transport_options"] = {
             "global_keyprefix": registration.result_key_prefix

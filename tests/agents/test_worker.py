@@ -258,3 +258,25 @@ def test_it_reconnects_after_a_broker_restart(
         "after restart"
     )
     sender.close()
+
+
+def test_the_sweep_mutex_is_exclusive_and_never_frees_another_holders(redis_url):
+    """The agent's Lua-free mutex (agents/runtime/redis_transport.py) on the real Redis."""
+    from kombu.transport.redis import MutexHeld
+
+    from agents.runtime.redis_transport import mutex
+
+    client = redis.Redis.from_url(redis_url)
+    name = f"haven-test-mutex-{uuid.uuid4()}"
+    try:
+        with mutex(client, name, 5), pytest.raises(MutexHeld), mutex(client, name, 5):
+            pass
+        assert not client.exists(name)
+        # A holder that outlived its lock finds it taken by another: it leaves it alone.
+        with mutex(client, name, 0.05):
+            time.sleep(0.2)
+            assert client.set(name, b"another holder", nx=True)
+        assert client.get(name) == b"another holder"
+    finally:
+        client.delete(name)
+        client.close()
