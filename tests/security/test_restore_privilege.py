@@ -189,3 +189,24 @@ def test_a_normal_user_restoring_with_permissions_does_not_get_roots_set_uid_bit
     assert os.lstat(out / "shared" / "su").st_uid == USER
     assert special_bits(out / "shared" / "su") == 0o755
     assert special_bits(out / "shared") == 0o775
+
+
+def test_roots_own_set_uid_program_and_shared_folder_keep_their_bits_without_permissions(
+    repo, tmp_path
+):
+    """Restoring root's files as root (the original location, say): their recorded owner
+    owns them, so nothing is created and nothing is taken away (/tmp stays 1777)."""
+    src = tmp_path / "sys"
+    (src / "tmp").mkdir(parents=True)
+    (src / "su").write_bytes(b"root's program")
+    os.chmod(src / "su", 0o4755)
+    os.chmod(src / "tmp", 0o1777)
+    backup(repo, src)
+    target = tmp_path / "out"
+    (restored(target, src) / "tmp").mkdir(parents=True)  # already there, as /tmp would be
+
+    restore(repo, target, restore_owner=False)
+
+    out = restored(target, src)
+    assert special_bits(out / "su") == 0o4755
+    assert special_bits(out / "tmp") == 0o1777

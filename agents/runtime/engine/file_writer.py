@@ -87,7 +87,7 @@ class FileWriter:
         try:
             comps = safe_components(e.path)
             dfd = self.tree.dir_fd(comps[:-1])
-            mode, chmod = self._create_mode(e.mode if self.restore_owner else unprivileged(e.mode))
+            mode, chmod = self._create_mode(e.mode)
             placed = self.place(
                 e, comps[-1], dfd, lambda n: os.open(n, _NEW_FLAGS, mode, dir_fd=dfd)
             )
@@ -198,25 +198,29 @@ class FileWriter:
         return True
 
     def _meta(self, fd: int, e: Entry, comps, chmod: bool) -> None:
-        # The recorded owner is the file's owner: set here, or already ours (created by us,
-        # outside a set-group-id folder). Only then may it keep set-id bits and capabilities.
-        owned = self.restore_owner
-        if owned:
+        # Set-id bits and permission attributes only on a file its recorded owner owns: given
+        # to them here, or theirs already (they are this process, and the folder is not
+        # set-group-id). Without set-id bits and permissions to restore, nothing to decide.
+        owned = False
+        special = e.mode & SET_ID_BITS
+        if self.restore_owner or special:
             uid, gid = owner_of(e)
             if NO_ID in (uid, gid):
-                owned = False
-                self.warnings.append((e.path, f"owner not restored: invalid owner {uid}:{gid}"))
-            elif uid != self.euid or gid != self.egid or self._setgid_dir(comps):
+                if self.restore_owner:
+                    self.warnings.append((e.path, f"owner not restored: invalid owner {uid}:{gid}"))
+            elif uid == self.euid and gid == self.egid and not self._setgid_dir(comps):
+                owned = True
+            elif self.restore_owner:
                 try:
                     os.fchown(fd, uid, gid)
-                    chmod = chmod or e.mode & SET_ID_BITS != 0  # (chown cleared them)
+                    owned, chmod = True, chmod or special != 0  # (chown cleared them)
                 except PermissionError:
-                    owned = False
                     self.warnings.append((e.path, "owner not restored: permission denied"))
         if chmod:
             os.fchmod(fd, e.mode if owned else unprivileged(e.mode))
         if e.xattrs:
-            for path, reason in set_xattrs(fd, e, owned, self._xattr_failures):
+            permissions = self.restore_owner and owned
+            for path, reason in set_xattrs(fd, e, permissions, self._xattr_failures):
                 self.warnings.append((path, reason))
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
 
@@ -232,9 +236,10 @@ class FileWriter:
 
 
 def unprivileged(mode: int, *, folder: bool = False) -> int:
-    """``mode`` for a file or folder whose recorded owner was not restored: no set-user-id or
-    set-group-id; a shared (world-writable, sticky) folder loses its sticky bit and with it the
-    write right of others, so it never becomes a shared folder the agent's user owns."""
+    """``mode`` for a file or folder not owned by its recorded owner after the restore: no
+    set-user-id or set-group-id; a shared (world-writable, sticky) folder loses its sticky
+    bit and with it the write right of others, so it never becomes a shared folder of an
+    owner who did not make it one."""
     mode &= ~SET_ID_BITS
     if folder and mode & stat.S_ISVTX and mode & stat.S_IWOTH:
         mode &= ~(stat.S_ISVTX | stat.S_IWOTH)

@@ -290,21 +290,26 @@ class _Restore:
     # -- metadata ----------------------------------------------------------------------------
     def _meta_fd(self, fd: int, e: Entry) -> None:
         """A folder's metadata; set-id bits, a shared folder's sticky bit and permission
-        attributes only when its recorded owner is restored (see ``unprivileged``)."""
-        owned = self.restore_owner
-        uid, gid = owner_of(e)
-        if owned and NO_ID in (uid, gid):
-            owned = False
-            self.warn(e.path, f"owner not restored: invalid owner {uid}:{gid}")
-        elif owned:
-            try:
-                os.fchown(fd, uid, gid)
-            except PermissionError:
-                owned = False
-                self.warn(e.path, "owner not restored: permission denied")
+        attributes only when its recorded owner owns it (see ``unprivileged``)."""
+        owned = False
+        if self.restore_owner or e.mode & 0o7000:
+            uid, gid = owner_of(e)
+            if NO_ID in (uid, gid):
+                if self.restore_owner:
+                    self.warn(e.path, f"owner not restored: invalid owner {uid}:{gid}")
+            elif self.restore_owner:
+                try:
+                    os.fchown(fd, uid, gid)
+                    owned = True
+                except PermissionError:
+                    self.warn(e.path, "owner not restored: permission denied")
+            else:  # a folder made by this process, or one that was in the target already
+                st = os.fstat(fd)
+                owned = (st.st_uid, st.st_gid) == (uid, gid)
         os.fchmod(fd, e.mode if owned else unprivileged(e.mode, folder=True))
         if e.xattrs:  # (default ACLs of folders among them)
-            for path, reason in set_xattrs(fd, e, owned, self.xattr_failures):
+            permissions = self.restore_owner and owned
+            for path, reason in set_xattrs(fd, e, permissions, self.xattr_failures):
                 self.warn(path, reason)
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
 
