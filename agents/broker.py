@@ -4,8 +4,9 @@ With ``REDIS_URL`` set, registration creates the user ``haven-agent-<machine id>
 random password and the rule set proven in RECIPES.md ("Redis and Celery"): the machine's
 queue ``agent.<id>`` and its priority sub-queues, its ``agent.<id>.*`` keys (unacked
 bookkeeping, results under the ``agent.<id>.`` prefix), its kombu binding keys and its
-result channels, and only the commands a worker needs. Another machine's queue, keys and
-channels answer NOPERM. Unregistering deletes the user, which also disconnects it.
+result channels, and only the commands a worker needs (no Lua: ``COMMANDS``). Another
+machine's queue, keys and channels answer NOPERM. Unregistering deletes the user, which
+also disconnects it.
 
 With the embedded filesystem broker there are no users: the agent must run on the portal's
 host and share its broker folder (docs/agent.md).
@@ -20,11 +21,16 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from django.conf import settings
 
+# What an agent's worker sends (kombu's Redis transport with the agent's Lua-free mutex,
+# agents/runtime/redis_transport.py, and Celery's result backend). No EVAL, EVALSHA,
+# SCRIPT, FUNCTION or FCALL: a script runs to its end while Redis answers BUSY to
+# everyone else, and a machine must not be able to stall the portal.
 COMMANDS = [
-    *("hello", "ping", "multi", "exec", "watch", "brpop", "llen", "sadd", "lpush", "rpush"),
-    *("hset", "hget", "hdel", "zadd", "zrem", "zrange", "set", "get", "del", "setex"),
-    *("publish", "evalsha", "script|load", "select"),
+    *("hello", "ping", "multi", "exec", "watch", "unwatch", "brpop", "llen", "sadd"),
+    *("lpush", "rpush", "hset", "hget", "hdel", "zadd", "zrem", "zrange", "set", "get"),
+    *("del", "setex", "publish", "select"),
 ]
+LUA = {"eval", "eval_ro", "evalsha", "evalsha_ro", "script", "function", "fcall", "fcall_ro"}
 
 
 log = logging.getLogger(__name__)
@@ -160,9 +166,16 @@ def _acl_save(client) -> None:
             raise
 
 
+def _allows_lua(client, username: str) -> bool:
+    """Was the user made by an older portal, which let agents run Lua?"""
+    granted = client.acl_getuser(username)["commands"]
+    return any(c.startswith("+") and c[1:].split("|")[0].lower() in LUA for c in granted)
+
+
 def broker_users_sync() -> int:
     """Re-create the broker users of registered machines that Redis no longer has (after a
-    Redis restart without an ACL file); returns how many were restored. Idempotent."""
+    Redis restart without an ACL file), and reset those made when agents could still run
+    Lua; returns how many were written. Idempotent."""
     if not uses_redis():
         return 0
     import redis
@@ -180,7 +193,9 @@ def broker_users_sync() -> int:
             unregistered_at__isnull=True, broker_username__gt="", broker_password_sha256__gt=""
         )
         for machine in machines:
-            if machine.broker_username in existing:
+            if machine.broker_username in existing and not _allows_lua(
+                client, machine.broker_username
+            ):
                 continue
             client.execute_command(
                 "ACL",
@@ -191,7 +206,10 @@ def broker_users_sync() -> int:
             restored += 1
         if restored:
             _acl_save(client)
-            log.warning("restored %d machine broker user(s) that Redis had lost", restored)
+            log.warning(
+                "restored %d machine broker user(s) that Redis had lost or that still allowed Lua",
+                restored,
+            )
     except redis.RedisError as exc:
         raise BrokerUnavailable(f"could not check the machines' broker users: {exc}") from None
     finally:

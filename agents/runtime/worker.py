@@ -8,7 +8,9 @@ Isolation rests on three things (RECIPES.md, "Redis and Celery"):
   and a per-machine result key prefix;
 - every task message is signed by the portal and verified here before it runs
   (``agents.runtime.tasksig``), so an agent that reaches the broker cannot make another run
-  anything;
+  anything; a message is run only before its signed expiry and only once (its task id is
+  remembered in ``tasks-seen.json`` in the config folder), so a captured one cannot be
+  replayed;
 - ``acks_late`` with a prefetch of one: a message is removed only after its task ran, so
   a broker restart or a killed worker loses nothing queued (it is delivered again).
 
@@ -27,11 +29,12 @@ from datetime import UTC, datetime, timedelta
 from celery import Celery, Task
 from kombu import Exchange, Queue
 
-from agents.runtime.config import Registration, Settings
+from agents.runtime import redis_transport
+from agents.runtime.config import Registration, Settings, config_dir
 from agents.runtime.portal_api import PortalClient, PortalError, PortalRefused
 from agents.runtime.storage_grant import renew_grant
 from agents.runtime.tasks import REGISTRY, AgentContext, load_task_modules
-from agents.runtime.tasksig import TaskRefused, verify_task
+from agents.runtime.tasksig import AUTH_KWARG, SEEN_TASKS_FILE, SeenTasks, TaskRefused, verify_task
 from agents.runtime.version import __version__
 
 log = logging.getLogger("haven.agent.worker")
@@ -75,6 +78,9 @@ def celery_config(registration: Registration) -> dict:
         "enable_utc": True,
     }
     if is_redis(registration.broker_url):
+        # kombu's Redis transport but for a mutex without Lua, which the machine's broker
+        # user may not run (agents/runtime/redis_transport.py)
+        conf["broker_transport"] = redis_transport.TRANSPORT
         conf["result_backend"] = registration.broker_url
         conf["result_backend_transport_options"] = {
             "global_keyprefix": registration.result_key_prefix
@@ -84,18 +90,20 @@ def celery_config(registration: Registration) -> dict:
 
 
 class SignedTask(Task):
-    """Verifies the portal's signature before running; refuses and logs otherwise."""
+    """Verifies the portal's signature, the message's expiry and that its id was never run
+    before running; refuses and logs otherwise."""
 
     abstract = True
     registration: Registration | None = None
+    seen: SeenTasks | None = None
 
     def __call__(self, *args, **kwargs):
-        registration = self.registration
+        registration, seen = self.registration, self.seen
         request = self.request
         try:
-            if registration is None:
+            if registration is None or seen is None:
                 raise TaskRefused("the worker has no registration loaded")
-            verify_task(
+            expires = verify_task(
                 task=self.name,
                 task_id=str(request.id),
                 args=args,
@@ -103,10 +111,12 @@ class SignedTask(Task):
                 machine_id=registration.machine_id,
                 public_key_b64=registration.portal_public_key,
             )
+            # Remembered before it runs: a task that crashed the worker is not run again.
+            seen.start(task=self.name, task_id=str(request.id), expires=expires)
         except TaskRefused as exc:
             log.error("REFUSED %s", exc)
             raise
-        kwargs.pop("_haven_auth", None)
+        kwargs.pop(AUTH_KWARG, None)
         return super().__call__(*args, **kwargs)
 
 
@@ -124,7 +134,8 @@ def make_app(registration: Registration, settings: Settings, portal=None) -> Cel
     app = Celery(f"haven-agent-{registration.machine_id}", set_as_current=True)
     app.conf.update(celery_config(registration))
     context = AgentContext(registration=registration, settings=settings, portal=portal)
-    base = type("MachineSignedTask", (SignedTask,), {"registration": registration})
+    seen = SeenTasks(config_dir() / SEEN_TASKS_FILE)
+    base = type("MachineSignedTask", (SignedTask,), {"registration": registration, "seen": seen})
     for agent_task in REGISTRY.values():
         app.task(
             name=agent_task.name,

@@ -65,3 +65,21 @@ def test_a_broker_that_refuses_is_logged_and_the_callers_work_stands(
     with caplog.at_level(logging.WARNING), django_capture_on_commit_callbacks(execute=True):
         dispatch.send_after_commit(machine, protocol.BACKUP_TASK, job_id="j")
     assert f"could not send {protocol.BACKUP_TASK} to {machine.pk}" in caplog.text
+
+
+def test_a_message_expires_when_its_job_would_fail_for_waiting_and_a_policy_lasts(
+    machine, settings
+):
+    from datetime import datetime, timedelta
+
+    from agents.runtime.tasksig import MAX_AGE
+
+    settings.HAVEN_JOB_AGENT_WAIT_MINUTES, settings.HAVEN_JOB_PICKUP_SECONDS = 45, 60
+    backup = dispatch.signed_message(machine, protocol.BACKUP_TASK, "t-1", {"job_id": "j"})
+    auth = backup[AUTH_KWARG]
+    issued, expires = (datetime.fromisoformat(auth[k]) for k in ("issued_at", "expires_at"))
+    assert expires - issued == timedelta(minutes=46)
+    settings.HAVEN_JOB_AGENT_WAIT_MINUTES = 10_000  # never more than a day
+    assert dispatch.message_lifetime(protocol.BACKUP_TASK) == timedelta(days=1)
+    # An offline machine still gets its policy when back; the version check guards it.
+    assert dispatch.message_lifetime(protocol.POLICY_TASK) == MAX_AGE

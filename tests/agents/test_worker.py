@@ -142,7 +142,7 @@ def test_it_refuses_and_logs_unsigned_and_forged_tasks(machine, worker, sender, 
 
     # Signed with a key that is not the portal's.
     forged = str(uuid.uuid4())
-    issued_at = "2026-01-01T00:00:00+00:00"
+    issued_at, expires_at = "2026-01-01T00:00:00+00:00", "2026-01-01T01:00:00+00:00"
     data = signed_bytes(
         task=PING,
         task_id=forged,
@@ -150,11 +150,12 @@ def test_it_refuses_and_logs_unsigned_and_forged_tasks(machine, worker, sender, 
         args=[],
         kwargs={},
         issued_at=issued_at,
+        expires_at=expires_at,
     )
     fake = base64.b64encode(Ed25519PrivateKey.generate().sign(data)).decode()
     sender.send_task(
         PING,
-        kwargs={AUTH_KWARG: {"signature": fake, "issued_at": issued_at}},
+        kwargs={AUTH_KWARG: {"signature": fake, "issued_at": issued_at, "expires_at": expires_at}},
         task_id=forged,
         queue=registration.queue,
     )
@@ -257,3 +258,25 @@ def test_it_reconnects_after_a_broker_restart(
         "after restart"
     )
     sender.close()
+
+
+def test_the_sweep_mutex_is_exclusive_and_never_frees_another_holders(redis_url):
+    """The agent's Lua-free mutex (agents/runtime/redis_transport.py) on the real Redis."""
+    from kombu.transport.redis import MutexHeld
+
+    from agents.runtime.redis_transport import mutex
+
+    client = redis.Redis.from_url(redis_url)
+    name = f"haven-test-mutex-{uuid.uuid4()}"
+    try:
+        with mutex(client, name, 5), pytest.raises(MutexHeld), mutex(client, name, 5):
+            pass
+        assert not client.exists(name)
+        # A holder that outlived its lock finds it taken by another: it leaves it alone.
+        with mutex(client, name, 0.05):
+            time.sleep(0.2)
+            assert client.set(name, b"another holder", nx=True)
+        assert client.get(name) == b"another holder"
+    finally:
+        client.delete(name)
+        client.close()

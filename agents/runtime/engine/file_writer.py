@@ -16,6 +16,10 @@ from agents.runtime.engine.target import TargetTree, is_dir, lstat_at, safe_comp
 from agents.runtime.protocol import CONFLICT_COPY, CONFLICT_SKIP
 
 _NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# Set-user-id and set-group-id: kept only on a file or folder given back to its recorded
+# owner, else a restore (as root) would hand out a privilege the backup never had.
+SET_ID_BITS = stat.S_ISUID | stat.S_ISGID
+NO_ID = 0xFFFFFFFF  # chown's "leave unchanged": a recorded owner of -1 is no owner at all
 PROGRESS_BYTES = 4 << 20  # a writer reports progress at least every 4 MiB written
 
 
@@ -83,7 +87,7 @@ class FileWriter:
         try:
             comps = safe_components(e.path)
             dfd = self.tree.dir_fd(comps[:-1])
-            mode, chmod = self._create_mode(e)
+            mode, chmod = self._create_mode(e.mode)
             placed = self.place(
                 e, comps[-1], dfd, lambda n: os.open(n, _NEW_FLAGS, mode, dir_fd=dfd)
             )
@@ -120,12 +124,12 @@ class FileWriter:
         finally:
             os.close(src)
 
-    def _create_mode(self, e: Entry) -> tuple[int, bool]:
+    def _create_mode(self, mode: int) -> tuple[int, bool]:
         """The mode to create with, and whether a ``fchmod`` must follow: none when the
         plain permission bits survive the umask (special bits always need one, after the
         owner is set)."""
-        if e.mode & 0o7000 == 0 and e.mode & ~self.umask & 0o777 == e.mode:
-            return e.mode, False
+        if mode & 0o7000 == 0 and mode & ~self.umask & 0o777 == mode:
+            return mode, False
         return 0o600, True
 
     def place(self, e: Entry, name: bytes, dfd: int, make):
@@ -194,18 +198,29 @@ class FileWriter:
         return True
 
     def _meta(self, fd: int, e: Entry, comps, chmod: bool) -> None:
-        if self.restore_owner:
+        # Set-id bits and permission attributes only on a file its recorded owner owns: given
+        # to them here, or theirs already (they are this process, and the folder is not
+        # set-group-id). Without set-id bits and permissions to restore, nothing to decide.
+        owned = False
+        special = e.mode & SET_ID_BITS
+        if self.restore_owner or special:
             uid, gid = owner_of(e)
-            if uid != self.euid or gid != self.egid or self._setgid_dir(comps):
+            if NO_ID in (uid, gid):
+                if self.restore_owner:
+                    self.warnings.append((e.path, f"owner not restored: invalid owner {uid}:{gid}"))
+            elif uid == self.euid and gid == self.egid and not self._setgid_dir(comps):
+                owned = True
+            elif self.restore_owner:
                 try:
                     os.fchown(fd, uid, gid)
-                    chmod = chmod or e.mode & 0o6000 != 0
+                    owned, chmod = True, chmod or special != 0  # (chown cleared them)
                 except PermissionError:
                     self.warnings.append((e.path, "owner not restored: permission denied"))
         if chmod:
-            os.fchmod(fd, e.mode)
+            os.fchmod(fd, e.mode if owned else unprivileged(e.mode))
         if e.xattrs:
-            for path, reason in set_xattrs(fd, e, self.restore_owner, self._xattr_failures):
+            permissions = self.restore_owner and owned
+            for path, reason in set_xattrs(fd, e, permissions, self._xattr_failures):
                 self.warnings.append((path, reason))
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
 
@@ -220,11 +235,23 @@ class FileWriter:
         return flag
 
 
+def unprivileged(mode: int, *, folder: bool = False) -> int:
+    """``mode`` for a file or folder not owned by its recorded owner after the restore: no
+    set-user-id or set-group-id; a shared (world-writable, sticky) folder loses its sticky
+    bit and with it the write right of others, so it never becomes a shared folder of an
+    owner who did not make it one."""
+    mode &= ~SET_ID_BITS
+    if folder and mode & stat.S_ISVTX and mode & stat.S_IWOTH:
+        mode &= ~(stat.S_ISVTX | stat.S_IWOTH)
+    return mode
+
+
 def set_xattrs(fd: int, e: Entry, with_permissions: bool, seen: set):
     """Put back ``e``'s extended attributes; yields (path, warning) for each kind of failure
     not seen before (a target file system without them would otherwise warn on every file).
     ACLs (``system.*``) and ``security.*``/``trusted.*`` (capabilities, labels) are
-    permissions: set only with ``with_permissions``; ``user.*`` always."""
+    permissions: set only with ``with_permissions`` (the recorded owner restored too);
+    ``user.*`` always."""
     for name, value in e.xattrs:
         if not with_permissions and not name.startswith(b"user."):
             continue

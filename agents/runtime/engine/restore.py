@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.runtime.engine.errors import Cancelled, EngineError, InvalidArgument, UnsafePath
-from agents.runtime.engine.file_writer import FileWriter, set_xattrs
+from agents.runtime.engine.file_writer import NO_ID, FileWriter, set_xattrs, unprivileged
 from agents.runtime.engine.format import DIR, FILE, HARDLINK, SYMLINK, Entry, encode_entry
 from agents.runtime.engine.owners import owner_of
 from agents.runtime.engine.paths import absolute_paths, is_inside, is_selected, past_all_selections
@@ -289,14 +289,27 @@ class _Restore:
 
     # -- metadata ----------------------------------------------------------------------------
     def _meta_fd(self, fd: int, e: Entry) -> None:
-        if self.restore_owner:
-            try:
-                os.fchown(fd, *owner_of(e))
-            except PermissionError:
-                self.warn(e.path, "owner not restored: permission denied")
-        os.fchmod(fd, e.mode)
+        """A folder's metadata; set-id bits, a shared folder's sticky bit and permission
+        attributes only when its recorded owner owns it (see ``unprivileged``)."""
+        owned = False
+        if self.restore_owner or e.mode & 0o7000:
+            uid, gid = owner_of(e)
+            if NO_ID in (uid, gid):
+                if self.restore_owner:
+                    self.warn(e.path, f"owner not restored: invalid owner {uid}:{gid}")
+            elif self.restore_owner:
+                try:
+                    os.fchown(fd, uid, gid)
+                    owned = True
+                except PermissionError:
+                    self.warn(e.path, "owner not restored: permission denied")
+            else:  # a folder made by this process, or one that was in the target already
+                st = os.fstat(fd)
+                owned = (st.st_uid, st.st_gid) == (uid, gid)
+        os.fchmod(fd, e.mode if owned else unprivileged(e.mode, folder=True))
         if e.xattrs:  # (default ACLs of folders among them)
-            for path, reason in set_xattrs(fd, e, self.restore_owner, self.xattr_failures):
+            permissions = self.restore_owner and owned
+            for path, reason in set_xattrs(fd, e, permissions, self.xattr_failures):
                 self.warn(path, reason)
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
 

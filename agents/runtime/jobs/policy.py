@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from agents.runtime.config import ensure_private_dir, write_private
+from agents.runtime.tasksig import TaskRefused
 
 POLICY_FILE = "policy.json"
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
+log = logging.getLogger("haven.agent.policy")
 
-def save_policy(directory: Path, *, spec: dict, version: int, spec_hash: str) -> Path:
+
+class PolicyOutdated(TaskRefused):
+    """A pushed policy older than the one applied: a stale or replayed message."""
+
+
+def save_policy(
+    directory: Path, *, spec: dict, version: int, spec_hash: str, machine_id: str = ""
+) -> Path:
     ensure_private_dir(directory)
     path = directory / POLICY_FILE
-    data = {"spec": spec, "version": version, "spec_hash": spec_hash}
+    data = {"spec": spec, "version": version, "spec_hash": spec_hash, "machine_id": machine_id}
     write_private(path, json.dumps(data, indent=2, sort_keys=True).encode())
     return path
 
@@ -56,10 +66,33 @@ def format_policy(data: dict | None) -> str:
     return "\n".join(lines)
 
 
-def apply_policy(directory: Path, portal, *, policy: dict, version: int, spec_hash: str) -> dict:
-    """Store the pushed policy and tell the portal (drift shows until it does)."""
+def apply_policy(
+    directory: Path,
+    portal,
+    *,
+    policy: dict,
+    version: int,
+    spec_hash: str,
+    machine_id: str = "",
+) -> dict:
+    """Store the pushed policy and tell the portal (drift shows until it does). A version
+    older than the one applied for this machine is refused (``PolicyOutdated``), untouched
+    and unreported: versions only grow, so it is a replayed or stale message."""
+    applied = load_policy(directory)
+    if (
+        applied
+        and applied.get("machine_id", "") == machine_id
+        and isinstance(applied.get("version"), int)
+        and version < applied["version"]
+    ):
+        raise PolicyOutdated(
+            f"policy version {version} is older than the applied version "
+            f"{applied['version']}: refused (a replayed or stale message)"
+        )
     try:
-        save_policy(directory, spec=policy, version=version, spec_hash=spec_hash)
+        save_policy(
+            directory, spec=policy, version=version, spec_hash=spec_hash, machine_id=machine_id
+        )
     except Exception as exc:
         portal.post(
             "jobs/policy/applied/", {"version": version, "spec_hash": spec_hash, "error": str(exc)}

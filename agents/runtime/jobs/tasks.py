@@ -66,11 +66,16 @@ def cancel(ctx: AgentContext, *, job_id: str) -> dict:
 
 @agent_task(wire.POLICY_TASK)
 def apply(ctx: AgentContext, *, policy: dict, version: int, spec_hash: str) -> dict:
-    """Store the policy the portal pushed and confirm it."""
-    return policy_store.apply_policy(
-        config.config_dir(),
-        ctx.require_portal(),
-        policy=policy,
-        version=version,
-        spec_hash=spec_hash,
-    )
+    """Store the policy the portal pushed and confirm it (never one older than applied)."""
+    try:
+        return policy_store.apply_policy(
+            config.config_dir(),
+            ctx.require_portal(),
+            policy=policy,
+            version=version,
+            spec_hash=spec_hash,
+            machine_id=ctx.registration.machine_id,
+        )
+    except policy_store.PolicyOutdated as exc:
+        policy_store.log.error("REFUSED %s", exc)
+        raise

@@ -17,8 +17,9 @@ PUBLIC = base64.b64encode(
 ).decode()
 
 
-def sign(kwargs, *, machine="m-1", task_id="t-1", issued_at=None, key=PORTAL):
+def sign(kwargs, *, machine="m-1", task_id="t-1", issued_at=None, expires_at=None, key=PORTAL):
     issued_at = issued_at or datetime.now(UTC).isoformat()
+    expires_at = expires_at or (datetime.fromisoformat(issued_at) + timedelta(hours=1)).isoformat()
     data = signed_bytes(
         task="haven.agent.ping",
         task_id=task_id,
@@ -26,12 +27,14 @@ def sign(kwargs, *, machine="m-1", task_id="t-1", issued_at=None, key=PORTAL):
         args=[],
         kwargs=kwargs,
         issued_at=issued_at,
+        expires_at=expires_at,
     )
     return {
         **kwargs,
         AUTH_KWARG: {
             "signature": base64.b64encode(key.sign(data)).decode(),
             "issued_at": issued_at,
+            "expires_at": expires_at,
         },
     }
 
@@ -61,8 +64,14 @@ def test_a_genuine_message_verifies():
         (sign({"note": "hi"}), {"task_id": "t-2"}, "does not verify"),
         (sign({"note": "hi"}), {"task": "haven.agent.backup"}, "does not verify"),
         (sign({}, key=Ed25519PrivateKey.generate()), {}, "does not verify"),
-        (sign({}, issued_at=(datetime.now(UTC) - timedelta(days=31)).isoformat()), {}, "outside"),
-        (sign({}, issued_at=(datetime.now(UTC) + timedelta(hours=1)).isoformat()), {}, "outside"),
+        (sign({}, issued_at=(datetime.now(UTC) - timedelta(days=31)).isoformat()), {}, "expired"),
+        (sign({}, issued_at=(datetime.now(UTC) + timedelta(hours=1)).isoformat()), {}, "clock"),
+        (sign({}, issued_at=(datetime.now(UTC) - timedelta(hours=2)).isoformat()), {}, "expired"),
+        (
+            sign({}, expires_at=(datetime.now(UTC) + timedelta(days=31)).isoformat()),
+            {},
+            "no valid issue time or expiry",
+        ),
     ],
     ids=[
         "unsigned",
@@ -73,6 +82,8 @@ def test_a_genuine_message_verifies():
         "forged",
         "old",
         "future",
+        "expired",
+        "lifetime-too-long",
     ],
 )
 def test_anything_else_is_refused(kwargs, overrides, reason):
