@@ -39,11 +39,22 @@ def _secret_key() -> str:
             )
         return key
     # Embedded default: a random key generated once and kept in the data directory, so
-    # sessions survive restarts and no two installations share a key.
+    # sessions survive restarts and no two installations share a key. Written to a private temporary file created with its final mode (no moment when
+    # another local user could read it), then linked into place: link fails if the key
+    # exists, so two processes starting together agree on one key, and none reads it half
+    # written.
     path = DATA_DIR / "secret_key"
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(64))
-        path.chmod(0o600)
+        draft = DATA_DIR / f".secret_key.{os.getpid()}"
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "w") as file:
+                file.write(secrets.token_urlsafe(64))
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink(missing_ok=True)
     return path.read_text().strip()
 
 
