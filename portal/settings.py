@@ -21,6 +21,7 @@ from portal.env import (
     env_bool,
     env_int,
     env_list,
+    env_networks,
     env_str,
     env_url,
 )
@@ -89,7 +90,6 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "channels",
-    "axes",
     "portal",
     "vaults",
     "agents",
@@ -106,7 +106,6 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
-    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -231,18 +230,14 @@ HAVEN_GC_GRACE_HOURS = env_int("HAVEN_GC_GRACE_HOURS", 24, minimum=0)
 HAVEN_AGENT_MIN_CACHE_FREE_MB = env_int("HAVEN_AGENT_MIN_CACHE_FREE_MB", 256, minimum=0)
 HAVEN_AGENT_OFFLINE_SECONDS = env_int("HAVEN_AGENT_OFFLINE_SECONDS", 180, minimum=30)
 
-# --- Sign-in throttling (django-axes): per account and, separately, per address --------
-AUTHENTICATION_BACKENDS = [
-    "axes.backends.AxesStandaloneBackend",
-    "django.contrib.auth.backends.ModelBackend",
-]
-AXES_FAILURE_LIMIT = env_int("HAVEN_SIGNIN_FAILURE_LIMIT", 5, minimum=1)
-AXES_COOLOFF_TIME = env_int("HAVEN_SIGNIN_COOLOFF_MINUTES", 15, minimum=1) / 60
-AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
-AXES_RESET_ON_SUCCESS = True
-AXES_LOCKOUT_CALLABLE = "portal.views.auth.signin_locked_out"
-AXES_VERBOSE = False
-AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
+# --- Sign-in throttling (portal/throttle.py): a growing pause per (user name, address) ---
+HAVEN_SIGNIN_FAILURE_LIMIT = env_int("HAVEN_SIGNIN_FAILURE_LIMIT", 5, minimum=1)
+HAVEN_SIGNIN_COOLOFF_MINUTES = env_int("HAVEN_SIGNIN_COOLOFF_MINUTES", 15, minimum=1)
+# The reverse proxies whose forwarded-address header is believed (addresses or networks);
+# from any other peer the header is ignored and REMOTE_ADDR is the client.
+HAVEN_TRUSTED_PROXIES = env_networks("HAVEN_TRUSTED_PROXIES")
+HAVEN_PROXY_HEADER = env_str("HAVEN_PROXY_HEADER", "X-Forwarded-For")
+HAVEN_PROXY_HEADER_META = "HTTP_" + HAVEN_PROXY_HEADER.upper().replace("-", "_")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -308,7 +303,6 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("HAVEN_LOG_LEVEL", "INFO")},
     "loggers": {
-        "axes": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
         # The Azure SDK logs every request at INFO.
         "azure": {"level": "WARNING"},
