@@ -6,16 +6,17 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PG_URL ?= postgres://postgres@127.0.0.1:5432/haven
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/14
 
-.PHONY: run test lint format bench venv tools
+.PHONY: run test lint audit format bench venv tools
 
 run: venv  ## Run the portal, its worker and the scheduler in the foreground.
 	@$(BIN)/python manage.py haven_run
 
-test: venv tools  ## Lint and type-check, then the whole suite on embedded defaults and again on PostgreSQL + Redis + Azurite.
+test: venv tools  ## Lint, type-check and audit the dependencies, then the whole suite on embedded defaults and again on PostgreSQL + Redis + Azurite.
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy
+	$(BIN)/python scripts/dependency_audit.py
 	@echo "== pass 1/2: embedded defaults (SQLite, filesystem broker, in-memory layer, local storage)"
 	env -u DATABASE_URL -u REDIS_URL -u AZURE_STORAGE_CONNECTION_STRING \
 	  HAVEN_REQUIRE_SERVERS=1 HAVEN_DATA_DIR=$(CURDIR)/var/test-embedded \
@@ -27,6 +28,9 @@ test: venv tools  ## Lint and type-check, then the whole suite on embedded defau
 
 lint: venv  ## ruff, the import contracts and mypy (the files it checks: [tool.mypy] in pyproject.toml).
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports && $(BIN)/mypy
+
+audit: venv  ## pip-audit over the installed environment: fails on a known vulnerability that has a fixed release.
+	$(BIN)/python scripts/dependency_audit.py
 
 format: venv
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .

@@ -6,6 +6,7 @@ class PortalConfig(AppConfig):
     verbose_name = "Portal"
 
     def ready(self):
-        from portal import search
+        from portal import search, signals
 
         search.register_portal_kinds()
+        signals.connect()

@@ -7,9 +7,12 @@ Secrets may be given as ``NAME_FILE`` pointing at a file that holds the value.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from urllib.parse import urlsplit
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class SettingError(Exception):
@@ -69,6 +72,19 @@ def env_list(name: str, default: list[str], *, environ=os.environ) -> list[str]:
     if raw is None:
         return list(default)
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_networks(name: str, *, environ=os.environ) -> tuple[IPNetwork, ...]:
+    """Comma-separated IP addresses or networks (``10.0.0.5``, ``10.0.0.0/8``, ``::1``)."""
+    networks = []
+    for item in env_list(name, [], environ=environ):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise SettingError(
+                name, f"expected IP addresses or networks like 10.0.0.0/8, got {item!r}"
+            ) from None
+    return tuple(networks)
 
 
 def env_url(

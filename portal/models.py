@@ -128,3 +128,21 @@ class Notification(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+class SignInThrottle(models.Model):
+    """Failed sign-ins of one account from one client address (``portal.throttle``)."""
+
+    account = models.CharField(max_length=150)  # the user name as typed, case-folded
+    address = models.CharField(max_length=64)
+    failures = models.PositiveIntegerField(default=0)
+    last_failure = models.DateTimeField(db_index=True)
+    paused_until = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["account", "address"], name="signin_throttle_pair")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.account} from {self.address}: {self.failures} failures"

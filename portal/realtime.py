@@ -47,9 +47,29 @@ def publish_now(group: str, html: str) -> None:
         _relay(group, html)
         return
     try:
-        _group_send(layer, group, {"type": "fragment", "html": html})
+        # The group rides along so the consumer can check the user may still hear it.
+        _group_send(layer, group, {"type": "fragment", "html": html, "group": group})
     except Exception:  # a push is best effort: the page shows the truth on reload
         log.warning("could not push to %s", group, exc_info=True)
+
+
+def tell_user_sockets(user_id, message: dict) -> None:
+    """Send a control message (``portal.consumers``) to every socket of the user, after
+    commit. Only where the sockets are reachable: through Redis, or in the process that
+    serves them; elsewhere each socket's own re-check on its next push does the work."""
+
+    def send():
+        layer = get_channel_layer()
+        if layer is None or (
+            isinstance(layer, InMemoryChannelLayer) and serving_pid != os.getpid()
+        ):
+            return
+        try:
+            _group_send(layer, group_for_user(user_id), message)
+        except Exception:
+            log.warning("could not tell the sockets of user %s", user_id, exc_info=True)
+
+    transaction.on_commit(send)
 
 
 def _group_send(layer, group: str, message: dict) -> None:

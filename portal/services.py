@@ -408,10 +408,10 @@ def user_password_reset(*, user) -> str:
     user.password_change_required = True
     user.save(update_fields=["password", "password_change_required"])
     _end_sessions(user)
-    # An Owner resetting a password is also how a locked-out account gets back in.
-    from axes.utils import reset
+    # An Owner resetting a password is also how a paused account gets back in.
+    from portal import throttle
 
-    reset(username=user.username)
+    throttle.signin_forgive(username=user.username)
     return password
 
 

@@ -21,6 +21,7 @@ from portal.env import (
     env_bool,
     env_int,
     env_list,
+    env_networks,
     env_str,
     env_url,
 )
@@ -39,11 +40,22 @@ def _secret_key() -> str:
             )
         return key
     # Embedded default: a random key generated once and kept in the data directory, so
-    # sessions survive restarts and no two installations share a key.
+    # sessions survive restarts and no two installations share a key. Written to a private temporary file created with its final mode (no moment when
+    # another local user could read it), then linked into place: link fails if the key
+    # exists, so two processes starting together agree on one key, and none reads it half
+    # written.
     path = DATA_DIR / "secret_key"
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(64))
-        path.chmod(0o600)
+        draft = DATA_DIR / f".secret_key.{os.getpid()}"
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "w") as file:
+                file.write(secrets.token_urlsafe(64))
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink(missing_ok=True)
     return path.read_text().strip()
 
 
@@ -78,7 +90,6 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "channels",
-    "axes",
     "portal",
     "vaults",
     "agents",
@@ -95,7 +106,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
-    "axes.middleware.AxesMiddleware",
+    "portal.middleware.PasswordChangeRequiredMiddleware",
+    "portal.middleware.ContentSecurityPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -220,18 +232,14 @@ HAVEN_GC_GRACE_HOURS = env_int("HAVEN_GC_GRACE_HOURS", 24, minimum=0)
 HAVEN_AGENT_MIN_CACHE_FREE_MB = env_int("HAVEN_AGENT_MIN_CACHE_FREE_MB", 256, minimum=0)
 HAVEN_AGENT_OFFLINE_SECONDS = env_int("HAVEN_AGENT_OFFLINE_SECONDS", 180, minimum=30)
 
-# --- Sign-in throttling (django-axes): per account and, separately, per address --------
-AUTHENTICATION_BACKENDS = [
-    "axes.backends.AxesStandaloneBackend",
-    "django.contrib.auth.backends.ModelBackend",
-]
-AXES_FAILURE_LIMIT = env_int("HAVEN_SIGNIN_FAILURE_LIMIT", 5, minimum=1)
-AXES_COOLOFF_TIME = env_int("HAVEN_SIGNIN_COOLOFF_MINUTES", 15, minimum=1) / 60
-AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
-AXES_RESET_ON_SUCCESS = True
-AXES_LOCKOUT_CALLABLE = "portal.views.auth.signin_locked_out"
-AXES_VERBOSE = False
-AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
+# --- Sign-in throttling (portal/throttle.py): a growing pause per (user name, address) ---
+HAVEN_SIGNIN_FAILURE_LIMIT = env_int("HAVEN_SIGNIN_FAILURE_LIMIT", 5, minimum=1)
+HAVEN_SIGNIN_COOLOFF_MINUTES = env_int("HAVEN_SIGNIN_COOLOFF_MINUTES", 15, minimum=1)
+# The reverse proxies whose forwarded-address header is believed (addresses or networks);
+# from any other peer the header is ignored and REMOTE_ADDR is the client.
+HAVEN_TRUSTED_PROXIES = env_networks("HAVEN_TRUSTED_PROXIES")
+HAVEN_PROXY_HEADER = env_str("HAVEN_PROXY_HEADER", "X-Forwarded-For")
+HAVEN_PROXY_HEADER_META = "HTTP_" + HAVEN_PROXY_HEADER.upper().replace("-", "_")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -279,6 +287,20 @@ USE_TZ = True
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_AGE = env_int("HAVEN_SESSION_HOURS", 12, minimum=1) * 3600
 X_FRAME_OPTIONS = "DENY"
+# No inline script or style anywhere (templates load static/js and static/css only); htmx
+# is told not to inject its indicator style (static/js/htmx-config.js). Websockets go to
+# the same host, which 'self' covers (CSP level 3).
+HAVEN_CSP = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "img-src": ["'self'", "data:"],
+    "connect-src": ["'self'"],
+    "frame-ancestors": ["'none'"],
+    "base-uri": ["'self'"],
+    "form-action": ["'self'"],
+    "object-src": ["'none'"],
+}
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 if HTTPS:
@@ -297,7 +319,6 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("HAVEN_LOG_LEVEL", "INFO")},
     "loggers": {
-        "axes": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
         # The Azure SDK logs every request at INFO.
         "azure": {"level": "WARNING"},

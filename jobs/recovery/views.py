@@ -156,29 +156,33 @@ def wizard(request, source_id, target_id):
 
 
 @login_required
-@require_GET
+@require_POST
 def ask(request, source_id, target_id, kind):
-    """Send one question to the target's agent; answer with a placeholder that polls."""
+    """Send one question to the target's agent; answer with a placeholder that polls.
+
+    A POST (with the CSRF token htmx sends from ``<body hx-headers>``): it sends an agent a
+    task, so a link on another site or a prefetching browser must not be able to."""
     source, target = _pair(request, source_id, target_id)
+    data = request.POST
     args: dict = {}
     if kind == "browse":
         args = {
-            "recovery_point": request.GET.get("rp", ""),
-            "path": request.GET.get("path") or "/",
+            "recovery_point": data.get("rp", ""),
+            "path": data.get("path") or "/",
         }
         if not args["recovery_point"]:
             raise Http404("Choose a recovery point")
     elif kind == "search":
-        q = request.GET.get("q", "").strip()
+        q = data.get("q", "").strip()
         if not q:
             return _render(
                 request, "recovery/_message.html", {"message": "Type part of a file name."}
             )
         args = {"pattern": q[:200]}
-        if request.GET.get("scope") == "point" and request.GET.get("rp"):
-            args["recovery_points"] = [request.GET["rp"]]
+        if data.get("scope") == "point" and data.get("rp"):
+            args["recovery_points"] = [data["rp"]]
     elif kind == "versions":
-        args = {"path": request.GET.get("path", "")}
+        args = {"path": data.get("path", "")}
         if not args["path"].startswith("/"):
             raise Http404("No such file")
     elif kind != "points":

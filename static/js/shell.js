@@ -75,6 +75,24 @@
     if (toasts) observer.observe(toasts, { childList: true });
   });
 
+  // The Content-Security-Policy forbids inline handlers and style attributes, so markup
+  // says what it wants in data- attributes: a select that submits its form on change, and
+  // a bar's width (set through the CSSOM, which the policy allows), also in swapped-in
+  // fragments (htmx:load fires for each).
+  document.addEventListener("change", function (event) {
+    var select = event.target.closest("[data-autosubmit]");
+    if (select && select.form) select.form.requestSubmit();
+  });
+  function applyWidths(root) {
+    if (root.matches && root.matches("[data-width]")) root.style.width = root.getAttribute("data-width") + "%";
+    if (!root.querySelectorAll) return;
+    root.querySelectorAll("[data-width]").forEach(function (el) {
+      el.style.width = el.getAttribute("data-width") + "%";
+    });
+  }
+  document.addEventListener("DOMContentLoaded", function () { applyWidths(document); });
+  document.addEventListener("htmx:load", function (event) { applyWidths(event.target); });
+
   // Toasts leave by themselves after a while.
   var observer = new MutationObserver(function (records) {
     records.forEach(function (record) {

@@ -56,6 +56,11 @@ def manage(*args: str, env: dict[str, str], tmp_path: Path) -> subprocess.Comple
             "portal.example.com",
             "CSRF_TRUSTED_ORIGINS: 'portal.example.com'",
         ),
+        (
+            "HAVEN_TRUSTED_PROXIES",
+            "10.0.0.1,proxy.local",
+            "HAVEN_TRUSTED_PROXIES: expected IP addresses or networks like 10.0.0.0/8, got 'proxy.local'",
+        ),
         ("EMAIL_PORT", "-1", None),
     ],
 )

@@ -64,7 +64,7 @@ def test_browsing_asks_the_target_agent_and_shows_its_answer(
 ):
     client.force_login(alice)
     url = reverse("recovery:ask", args=[web01.pk, web02.pk, "browse"])
-    response = client.get(
+    response = client.post(
         url, {"rp": points[0].snapshot_id, "path": "/home"}, HTTP_HX_REQUEST="true"
     )
     assert "Asking web-02" in response.content.decode()
@@ -105,7 +105,7 @@ def test_browsing_asks_the_target_agent_and_shows_its_answer(
 
 def test_an_answer_is_only_for_the_person_who_asked(client, alice, member, web01, sent):
     client.force_login(alice)
-    client.get(reverse("recovery:ask", args=[web01.pk, web01.pk, "search"]), {"q": "report"})
+    client.post(reverse("recovery:ask", args=[web01.pk, web01.pk, "search"]), {"q": "report"})
     request_id = sent[0][2]["request_id"]
     assert sent[0][2]["pattern"] == "report" and sent[0][2]["source_machine_id"] == ""
     client.force_login(member(Role.OWNER))
@@ -115,7 +115,7 @@ def test_an_answer_is_only_for_the_person_who_asked(client, alice, member, web01
 
 def test_an_agent_error_says_what_to_do(client, alice, web01, web02, sent):
     client.force_login(alice)
-    client.get(reverse("recovery:ask", args=[web01.pk, web02.pk, "versions"]), {"path": "/x"})
+    client.post(reverse("recovery:ask", args=[web01.pk, web02.pk, "versions"]), {"path": "/x"})
     request_id = sent[0][2]["request_id"]
     services.answer_store(
         machine=web02,

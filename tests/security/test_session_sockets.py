@@ -1,0 +1,127 @@
+"""Attacks on the live socket: keep hearing a vault's pushes after losing the role on it,
+after being deactivated, after signing out; open one with a one-time password."""
+
+from __future__ import annotations
+
+import pytest
+from channels.db import database_sync_to_async
+from django.test import Client
+from django.urls import reverse
+
+from portal import consumers, realtime, services
+from portal.models import Membership, Role
+from tests.portal.test_live_socket import _session_for, _socket, run
+from tests.support import builders
+from vaults.services import group_for_vault
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def watched(alice, bob, subscription):
+    """bob, a Reader on Contoso, and the socket path of a page watching its vault."""
+    Membership.objects.create(user=bob, subscription=subscription, role=Role.READER)
+    vault = builders.make_vault(
+        resource_group=builders.make_resource_group(subscription=subscription)
+    )
+    return vault, f"/ws/live/?watch=vault:{vault.pk}"
+
+
+async def _push(vault, html: str) -> None:
+    await database_sync_to_async(realtime.publish_now)(group_for_vault(vault.pk), html)
+
+
+async def _closed(socket) -> bool:
+    output = await socket.receive_output(timeout=5)
+    return output["type"] == "websocket.close" and output.get("code") == consumers.CLOSE_FORBIDDEN
+
+
+def test_a_member_whose_role_is_removed_hears_the_vault_no_more(bob, watched):
+    vault, path = watched
+    session = _session_for(bob)
+
+    async def scenario():
+        socket = _socket(session, path)
+        assert (await socket.connect())[0]
+        await _push(vault, "<p>before</p>")
+        assert await socket.receive_from(timeout=5) == "<p>before</p>"
+        membership = await database_sync_to_async(Membership.objects.get)(user=bob)
+        await database_sync_to_async(services.membership_remove)(membership=membership)
+        await _push(vault, "<p>backup of the payroll server finished</p>")
+        assert await socket.receive_nothing(timeout=0.5)
+        await socket.disconnect()
+
+    run(scenario)
+
+
+def test_a_removed_role_is_noticed_even_without_word_from_the_portal(bob, watched, monkeypatch):
+    """A change the signals miss (another tool edited the database): the check before a
+    push still catches it."""
+    vault, path = watched
+    session = _session_for(bob)
+    monkeypatch.setattr(consumers, "RECHECK_SECONDS", 0)
+
+    async def scenario():
+        socket = _socket(session, path)
+        assert (await socket.connect())[0]
+        await database_sync_to_async(
+            lambda: Membership.objects.filter(user=bob).update(role="nobody")
+        )()
+        await _push(vault, "<p>secret</p>")
+        assert await socket.receive_nothing(timeout=0.5)
+        await socket.disconnect()
+
+    run(scenario)
+
+
+def test_a_deactivated_user_is_disconnected(alice, bob, watched):
+    vault, path = watched
+    session = _session_for(bob)
+
+    async def scenario():
+        socket = _socket(session, path)
+        assert (await socket.connect())[0]
+        await database_sync_to_async(services.user_set_active)(user=bob, active=False)
+        assert await _closed(socket)
+        await _push(vault, "<p>secret</p>")
+        assert await socket.receive_nothing(timeout=0.3)
+
+    run(scenario)
+
+
+def test_signing_out_closes_that_sessions_sockets_only(bob, watched):
+    vault, path = watched
+    signing_out, elsewhere = Client(), Client()
+    for client in (signing_out, elsewhere):
+        client.force_login(bob, backend="django.contrib.auth.backends.ModelBackend")
+
+    async def scenario():
+        from django.conf import settings
+
+        name = settings.SESSION_COOKIE_NAME
+        here = _socket(signing_out.cookies[name].value, path)
+        there = _socket(elsewhere.cookies[name].value, path)
+        assert (await here.connect())[0]
+        assert (await there.connect())[0]
+        response = await database_sync_to_async(signing_out.post)(reverse("portal:logout"))
+        assert response.status_code == 302
+        assert await _closed(here)
+        await _push(vault, "<p>still here</p>")
+        assert await there.receive_from(timeout=5) == "<p>still here</p>"
+        await there.disconnect()
+
+    run(scenario)
+
+
+def test_a_socket_with_a_one_time_password_is_refused(bob, watched):
+    _, path = watched
+    bob.password_change_required = True
+    bob.save()
+    session = _session_for(bob)
+
+    async def scenario():
+        connected, code = await _socket(session, path).connect()
+        assert connected is False
+        assert code == consumers.CLOSE_FORBIDDEN
+
+    run(scenario)
