@@ -19,7 +19,8 @@ from jobs import selectors, services  # services: the package, for its seams
 from jobs.models import Job
 from jobs.services.alerts import alerts_after_job
 from jobs.services.live import job_notify_finished, job_publish
-from jobs.services.points import recovery_point_create
+from jobs.services.points import PointRefused, point_check, recovery_point_create
+from jobs.services.pruning import repository_fence
 
 
 class BackupAlreadyRunning(Exception):
@@ -83,7 +84,17 @@ def _clean_progress(event: dict) -> dict:
 
 
 def job_mark_started(*, job: Job, now: datetime | None = None) -> Job:
-    if _mark_running(job, now or timezone.now()):
+    """The agent's start report. The agent touches the repository only after this answer,
+    so a backup becomes Running under the machine's fence: it waits for a pack deletion in
+    progress, and collection deletes nothing more once it is Running (``jobs.services.
+    pruning``)."""
+    if job.operation == Job.Operation.BACKUP and job.machine_id is not None:
+        with repository_fence(job.machine_id):
+            job.refresh_from_db(fields=["status", "started_at", "last_report_at"])
+            changed = _mark_running(job, now or timezone.now())
+    else:
+        changed = _mark_running(job, now or timezone.now())
+    if changed:
         job_publish(job)
     return job
 
@@ -133,7 +144,6 @@ def _clean_warnings(warnings: Iterable) -> list[dict]:
     return cleaned
 
 
-@transaction.atomic
 def job_finish(
     *,
     job: Job,
@@ -147,19 +157,96 @@ def job_finish(
     pack_ids: Iterable[str] = (),
     now: datetime | None = None,
 ) -> Job:
-    """The agent's final word on a job: status, warnings, and the recovery point it made."""
+    """The agent's final word on a job: status, warnings, and the recovery point it made.
+
+    A point the portal refuses (``points.point_check``) is not recorded, and nothing else
+    changes; an unfinished job then ends Failed with the reason, and ``PointRefused`` is
+    raised after that is saved. A result delivered again for a job that already recorded
+    its point changes nothing (idempotent)."""
     now = now or timezone.now()
-    job = (
-        Job.objects.select_for_update(of=("self",))
-        .select_related("machine", "vault", "created_by")
-        .get(pk=job.pk)
+    job, refused, point = _finish(
+        job=job,
+        status=status,
+        error=error,
+        warnings=warnings,
+        warning_count=warning_count,
+        stats=stats or {},
+        snapshot_id=snapshot_id,
+        manifest_blob=manifest_blob,
+        pack_ids=list(pack_ids),
+        now=now,
     )
-    if job.status in Job.FINISHED and status not in (Job.Status.COMPLETED, Job.Status.WARNING):
-        # The portal ended the job already (the sweep failed it while the agent was silent,
-        # then the agent came back and was told to stop): keep the portal's reason. A late
-        # success is still recorded below, as its recovery point is real.
-        return job
-    stats = stats or {}
+    if refused is not None:
+        raise refused
+    if point is not None:
+        services._enqueue("retention_apply_machine", str(job.machine_id))
+    return job
+
+
+def _finish(
+    *, job, status, error, warnings, warning_count, stats, snapshot_id, manifest_blob, pack_ids, now
+):
+    success = status in (Job.Status.COMPLETED, Job.Status.WARNING)
+    # The machine's fence (pruning.repository_fence): the packs checked below cannot be
+    # collected before the point naming them is committed.
+    with repository_fence(job.machine_id):
+        job = (
+            Job.objects.select_for_update(of=("self",))
+            .select_related("machine", "vault", "created_by")
+            .get(pk=job.pk)
+        )
+        if job.status in Job.FINISHED and not success:
+            # The portal ended the job already (the sweep failed it while the agent was
+            # silent, then the agent came back and was told to stop): keep the portal's
+            # reason. A late success is still recorded below, as its recovery point is real.
+            return job, None, None
+        if job.status in (Job.Status.COMPLETED, Job.Status.WARNING):
+            recorded = getattr(job, "recovery_point", None)
+            if snapshot_id and (recorded is None or recorded.snapshot_id != snapshot_id):
+                return job, PointRefused("This job has finished; its result was recorded."), None
+            return job, None, None  # the same result delivered again
+        refused = None
+        if success and snapshot_id:
+            try:
+                manifest_blob, pack_ids = point_check(
+                    job=job, snapshot_id=snapshot_id, manifest_blob=manifest_blob, pack_ids=pack_ids
+                )
+            except PointRefused as exc:
+                if job.status in Job.FINISHED:
+                    return job, exc, None  # a late result: the portal's reason stays
+                refused = exc
+                status = Job.Status.FAILED
+                error = (
+                    f"The portal refused the recovery point this backup reported: {exc.message} "
+                    "No recovery point was recorded; back up again, and if this repeats, "
+                    "check the machine (its agent reports what the portal cannot verify)."
+                )
+        job = _save_final(
+            job,
+            status=status,
+            error=error,
+            warnings=warnings,
+            warning_count=warning_count,
+            stats=stats,
+            now=now,
+        )
+        point = None
+        if refused is None and success and snapshot_id:
+            point = recovery_point_create(
+                job=job,
+                snapshot_id=snapshot_id,
+                manifest_blob=manifest_blob,
+                stats=stats,
+                pack_ids=pack_ids,
+                now=now,
+            )
+        alerts_after_job(job=job, now=now)
+        job_notify_finished(job=job)
+        job_publish(job)
+    return job, refused, point
+
+
+def _save_final(job, *, status, error, warnings, warning_count, stats, now) -> Job:
     warnings = _clean_warnings(warnings)
     if status == Job.Status.COMPLETED and warnings:
         status = Job.Status.WARNING
@@ -177,21 +264,6 @@ def job_finish(
     if job.progress:
         job.progress = {**job.progress, "current": None, "eta_s": 0}
     job.save()
-    point = None
-    if status in (Job.Status.COMPLETED, Job.Status.WARNING) and snapshot_id:
-        point = recovery_point_create(
-            job=job,
-            snapshot_id=snapshot_id,
-            manifest_blob=manifest_blob,
-            stats=stats,
-            pack_ids=list(pack_ids),
-            now=now,
-        )
-    alerts_after_job(job=job, now=now)
-    job_notify_finished(job=job)
-    job_publish(job)
-    if point is not None:
-        services._enqueue("retention_apply_machine", str(job.machine_id))
     return job
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from jobs import services
 from jobs.models import Job, RecoveryPoint
-from tests.jobs.conftest import make_machine, token_for
+from tests.jobs.conftest import make_machine, stored_point, token_for
 
 pytestmark = pytest.mark.django_db
 
@@ -56,7 +56,8 @@ def test_no_token_no_access(client, job):
     assert client.get(f"/api/agent/jobs/{job.pk}/").status_code == 401
 
 
-def test_start_progress_result_round_trip(agent, job):
+def test_start_progress_result_round_trip(agent, job, machine):
+    stored_point(machine, "ef" * 16, ["aa" * 16])
     assert agent.post(f"{job.pk}/start/").json()["cancel"] is False
     answer = agent.post(
         f"{job.pk}/progress/", {"type": "progress", "phase": "backing_up", "files_done": 1}
