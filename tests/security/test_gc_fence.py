@@ -22,6 +22,7 @@ import pytest
 from django.utils import timezone
 
 from agents.runtime import engine
+from agents.runtime.blobstore import StorageUnavailable
 from agents.runtime.engine import layout
 from agents.runtime.jobs.backup import run_backup_job
 from agents.runtime.portal_api import PortalRefused
@@ -116,30 +117,34 @@ def back_up(client, machine, tmp_path, *, on_progress=None) -> Job:
     return job
 
 
+class NoManifest:
+    """The machine's store, except that the manifest cannot be written: the backup uploads
+    all its packs, then fails as a crash or a lost connection would stop it."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def put(self, name, data):
+        if name.startswith(layout.SNAPSHOTS_PREFIX):
+            raise StorageUnavailable("the connection dropped")
+        return self.inner.put(name, data)
+
+
 def interrupted_backup(client, machine, tmp_path) -> Job:
-    """A backup cancelled once it has uploaded packs: they stay, referenced by no point."""
+    """A backup that uploaded its packs and never committed its manifest: they stay,
+    referenced by no point, for the next run to reuse."""
     job = services.backup_start(machine=machine)
-    portal = ApiPortal(client, machine)
-    real_post = portal.post
-
-    def post(path, payload=None):
-        if path.endswith("/progress/") and (payload or {}).get("stored_bytes"):
-            current = Job.objects.get(pk=job.pk)
-            if current.cancel_requested_at is None:
-                services.job_cancel(job=current)
-        return real_post(path, payload)
-
-    portal.post = post
     account = storage.primary_account()
     run_backup_job(
         str(job.pk),
-        portal=portal,
-        open_store=lambda: account.store(machine.container),
+        portal=ApiPortal(client, machine),
+        open_store=lambda: NoManifest(account.store(machine.container)),
         passphrase=PASSPHRASE,
         cache_dir=tmp_path / "agent-cache",
         sleep=lambda s: None,
-        max_per_second=100,
-        heartbeat=0.02,
         pack_size=MiB,
     )
     job.refresh_from_db()
@@ -181,16 +186,16 @@ def later(settings) -> timezone.datetime:
 
 @pytest.fixture
 def interrupted(client, machine, data, tmp_path):
-    """One completed backup, then more data and a backup interrupted after it uploaded some
-    of it: the repository holds packs that no recovery point references."""
+    """One completed backup, then more data and a backup interrupted after it uploaded it:
+    the repository holds packs that no recovery point references."""
     for i in range(2):
         write_random(data, f"first-{i}.bin", MiB, seed=i)
     first = back_up(client, machine, tmp_path)
     assert first.status == Job.Status.COMPLETED, first.error
     for i in range(12):
         write_random(data, f"second-{i}.bin", MiB, seed=100 + i)
-    cancelled = interrupted_backup(client, machine, tmp_path)
-    assert cancelled.status == Job.Status.CANCELLED, cancelled.error
+    failed = interrupted_backup(client, machine, tmp_path)
+    assert failed.status == Job.Status.FAILED and "dropped" in failed.error
     left = packs_in(machine) - referenced(machine)
     assert left, "the interrupted backup left no pack; the test proves nothing"
     return left
@@ -208,14 +213,15 @@ def test_collection_while_a_backup_is_running_deletes_no_pack_it_may_reuse(
 
     job = back_up(client, machine, tmp_path, on_progress=collect)
     assert job.status == Job.Status.COMPLETED, job.error
-    assert deleted == []
     point = RecoveryPoint.objects.get(job=job)
     assert set(point.pack_ids) & interrupted, "the backup reused the interrupted run's packs"
-    # Collection once nothing is in flight removes only what no point references.
-    services.packs_collect(machine=machine, now=later(settings))
     report = verify_every_point(machine, tmp_path)
     assert report.ok, report.message
     assert report.recovery_points_checked == 2
+    assert deleted == []
+    # Collection once nothing is in flight removes only what no point references.
+    services.packs_collect(machine=machine, now=later(settings))
+    assert verify_every_point(machine, tmp_path).ok
 
 
 def test_a_backup_that_starts_between_two_deletions_stops_the_collection(
@@ -242,9 +248,9 @@ def test_a_backup_that_starts_between_two_deletions_stops_the_collection(
         deleted = services.packs_collect(machine=machine, now=later(settings), store=Store(inner))
     (job,) = made
     assert job.status == Job.Status.COMPLETED, job.error
-    assert len(deleted) == 1, "collection went on deleting after the backup made its point"
     report = verify_every_point(machine, tmp_path)
     assert report.ok, report.message
+    assert len(deleted) == 1, "collection went on deleting after the backup made its point"
 
 
 def test_a_recently_interrupted_backup_fences_its_machine(machine, settings):
