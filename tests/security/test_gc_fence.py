@@ -165,12 +165,11 @@ def referenced(machine) -> set[str]:
     return packs
 
 
-def verify_every_point(machine, tmp_path) -> engine.VerifyReport:
-    """The engine's verify, with a fresh cache, over the machine's whole repository; and
-    every point the portal recorded has its manifest and packs in storage."""
+def verify_every_point(machine) -> engine.VerifyReport:
+    """Every point the portal recorded has its manifest and packs in storage, and the
+    engine's verify, on a fresh index (as on another machine), reads every manifest back."""
     with storage.primary_account().store(machine.container) as store:
-        repo = engine.Repository.open(store, PASSPHRASE)
-        report = engine.run_verify(repo)
+        report = engine.run_verify(engine.Repository.open(store, PASSPHRASE))
         manifests = {b.name for b in store.list(layout.SNAPSHOTS_PREFIX)}
     present = packs_in(machine)
     for point in RecoveryPoint.objects.filter(machine=machine, removed_at__isnull=True):
@@ -215,13 +214,13 @@ def test_collection_while_a_backup_is_running_deletes_no_pack_it_may_reuse(
     assert job.status == Job.Status.COMPLETED, job.error
     point = RecoveryPoint.objects.get(job=job)
     assert set(point.pack_ids) & interrupted, "the backup reused the interrupted run's packs"
-    report = verify_every_point(machine, tmp_path)
+    report = verify_every_point(machine)
     assert report.ok, report.message
     assert report.recovery_points_checked == 2
     assert deleted == []
     # Collection once nothing is in flight removes only what no point references.
     services.packs_collect(machine=machine, now=later(settings))
-    assert verify_every_point(machine, tmp_path).ok
+    assert verify_every_point(machine).ok
 
 
 def test_a_backup_that_starts_between_two_deletions_stops_the_collection(
@@ -248,9 +247,34 @@ def test_a_backup_that_starts_between_two_deletions_stops_the_collection(
         deleted = services.packs_collect(machine=machine, now=later(settings), store=Store(inner))
     (job,) = made
     assert job.status == Job.Status.COMPLETED, job.error
-    report = verify_every_point(machine, tmp_path)
+    report = verify_every_point(machine)
     assert report.ok, report.message
     assert len(deleted) == 1, "collection went on deleting after the backup made its point"
+
+
+def test_a_point_made_after_collection_restores_on_another_machine(
+    client, machine, data, interrupted, tmp_path, settings
+):
+    """Collection removes the interrupted run's packs; the next backup stores their chunks
+    again. Older index deltas still name the removed packs, so an index loaded without the
+    agent's cache must prefer the copies that are stored."""
+    services.packs_collect(machine=machine, now=later(settings))
+    assert not packs_in(machine) & interrupted
+    job = back_up(client, machine, tmp_path)
+    assert job.status == Job.Status.COMPLETED, job.error
+    report = verify_every_point(machine)
+    assert report.ok, report.message
+    target = tmp_path / "elsewhere"
+    with storage.primary_account().store(machine.container) as store:
+        restored = engine.run_restore(
+            engine.Repository.open(store, PASSPHRASE),
+            recovery_point=job.recovery_point.snapshot_id,
+            target=target,
+        )
+    assert restored.status == "completed", restored.message
+    for original in sorted(data.iterdir()):
+        copy = target / str(original).lstrip("/")
+        assert copy.read_bytes() == original.read_bytes(), original.name
 
 
 def test_a_recently_interrupted_backup_fences_its_machine(machine, settings):
