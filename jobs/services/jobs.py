@@ -84,23 +84,26 @@ def _clean_progress(event: dict) -> dict:
 
 
 def job_mark_started(*, job: Job, now: datetime | None = None) -> Job:
-    """The agent's start report. The agent touches the repository only after this answer,
-    so a backup becomes Running under the machine's fence: it waits for a pack deletion in
-    progress, and collection deletes nothing more once it is Running (``jobs.services.
-    pruning``)."""
-    if job.operation == Job.Operation.BACKUP and job.machine_id is not None:
-        with repository_fence(job.machine_id):
-            job.refresh_from_db(fields=["status", "started_at", "last_report_at"])
-            changed = _mark_running(job, now or timezone.now())
-    else:
-        changed = _mark_running(job, now or timezone.now())
-    if changed:
+    if _start(job, now or timezone.now()):
         job_publish(job)
     return job
 
 
+def _start(job: Job, now: datetime) -> bool:
+    """A queued or waiting job becomes running; returns whether it changed.
+
+    The agent touches the repository only once the portal has answered its start (or
+    first progress) report, so a backup becomes Running under the machine's fence: it
+    waits for a pack deletion in progress, and collection deletes nothing more once it is
+    Running (``jobs.services.pruning``)."""
+    if job.operation != Job.Operation.BACKUP or job.machine_id is None:
+        return _mark_running(job, now)
+    with repository_fence(job.machine_id):
+        job.refresh_from_db(fields=["status", "started_at", "last_report_at"])
+        return _mark_running(job, now)
+
+
 def _mark_running(job: Job, now: datetime) -> bool:
-    """A queued or waiting job becomes running; returns whether it changed."""
     if job.status not in (Job.Status.QUEUED, Job.Status.WAITING):
         return False
     job.status = Job.Status.RUNNING
@@ -118,7 +121,7 @@ def job_record_progress(*, job: Job, event: dict, now: datetime | None = None) -
     if job.status != Job.Status.RUNNING:
         # A report before (or without) a start report starts the job: the one push below
         # shows both.
-        _mark_running(job, now)
+        _start(job, now)
     job.progress = _clean_progress(event)
     job.bytes_transferred = int(job.progress.get("stored_bytes") or 0)
     job.last_report_at = now
