@@ -6,6 +6,7 @@ to Waiting for agent, Failed or Cancelled. Restore and download jobs start in
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 
@@ -21,6 +22,8 @@ from jobs.services.alerts import alerts_after_job
 from jobs.services.live import job_notify_finished, job_publish
 from jobs.services.points import PointRefused, point_check, recovery_point_create
 from jobs.services.pruning import repository_fence
+
+log = logging.getLogger(__name__)
 
 
 class BackupAlreadyRunning(Exception):
@@ -206,6 +209,11 @@ def _finish(
         if job.status in (Job.Status.COMPLETED, Job.Status.WARNING):
             recorded = getattr(job, "recovery_point", None)
             if snapshot_id and (recorded is None or recorded.snapshot_id != snapshot_id):
+                log.warning(
+                    "refused a second result naming another point for job %s of machine %s",
+                    job.pk,
+                    job.machine_id,
+                )
                 return job, PointRefused("This job has finished; its result was recorded."), None
             return job, None, None  # the same result delivered again
         refused = None
