@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from agents.runtime.engine import layout
 from jobs import services
@@ -80,7 +82,7 @@ def assert_untouched(point: RecoveryPoint) -> None:
 
 
 def test_a_machine_cannot_take_over_another_machines_recovery_point(
-    client, victim, attacker, caplog
+    client, victim, attacker, caplog, settings
 ):
     other, job = attacker
     # The attacker even plants a manifest of that name in its own container.
@@ -102,8 +104,9 @@ def test_a_machine_cannot_take_over_another_machines_recovery_point(
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED and "refused" in job.error
     assert any(str(job.pk) in r.getMessage() for r in caplog.records)
-    # The victim's packs survive the collection that follows.
-    services.packs_collect(machine=victim.machine)
+    # The victim's packs survive the collection that follows, long after the grace period.
+    later = timezone.now() + timedelta(hours=3 * settings.HAVEN_GC_GRACE_HOURS)
+    services.packs_collect(machine=victim.machine, now=later)
     assert set(VICTIM_PACKS) <= packs_on_disk(victim.machine)
 
 
@@ -126,10 +129,6 @@ def test_a_machine_cannot_overwrite_its_own_snapshot(client, victim, machine, se
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED
     # Collection, even long after the grace period, keeps both packs.
-    from datetime import timedelta
-
-    from django.utils import timezone
-
     later = timezone.now() + timedelta(hours=settings.HAVEN_GC_GRACE_HOURS * 3)
     services.packs_collect(machine=machine, now=later)
     assert set(VICTIM_PACKS) <= packs_on_disk(machine)
