@@ -89,17 +89,23 @@ def job_result(request, job_id):
         result = JobResult.from_wire(json_body(request, max_bytes=MAX_API_BODY))
     except BadResult as exc:
         return api_error(400, "bad_request", str(exc))
-    job = services.job_finish(
-        job=job,
-        status=str(result.status),
-        error=result.message,
-        warnings=result.warnings,
-        warning_count=result.warning_count,
-        stats=result.stats,
-        snapshot_id=result.recovery_point_id or "",
-        manifest_blob=result.manifest_blob,
-        pack_ids=result.pack_ids,
-    )
+    try:
+        job = services.job_finish(
+            job=job,
+            status=str(result.status),
+            error=result.message,
+            warnings=result.warnings,
+            warning_count=result.warning_count,
+            stats=result.stats,
+            snapshot_id=result.recovery_point_id or "",
+            manifest_blob=result.manifest_blob,
+            pack_ids=result.pack_ids,
+        )
+    except services.PointRefused as exc:
+        # Logged by the service; the agent logs it too and does not send it again.
+        return api_error(exc.status, "point_refused", exc.message)
+    except services.PointUnverifiable as exc:
+        return api_error(503, "storage_unavailable", str(exc))  # the agent retries
     return JsonResponse({"status": job.status})
 
 

@@ -43,6 +43,16 @@ def _register_vault_hooks() -> None:
         selectors.register_delete_blocker(_points_block_delete)
     if hasattr(selectors, "register_protection_check"):
         selectors.register_protection_check(_points_lock_redundancy)
+    from vaults import services as vault_services
+
+    if hasattr(vault_services, "register_history_remover"):
+        vault_services.register_history_remover(_history_delete)
+
+
+def _history_delete(vault) -> None:
+    from jobs import services
+
+    services.vault_history_delete(vault=vault)
 
 
 def _points_block_delete(vault):

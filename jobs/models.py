@@ -147,9 +147,13 @@ class Job(models.Model):
     }
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    vault = models.ForeignKey("vaults.Vault", on_delete=models.CASCADE, related_name="jobs")
+    # Jobs are the history and the audit trail (a download is a job): deleting a machine
+    # or a vault never takes them along by cascade (PROTECT); a machine is unregistered,
+    # and a vault's history is removed on purpose when the vault is deleted
+    # (``jobs.services.vault_history_delete``).
+    vault = models.ForeignKey("vaults.Vault", on_delete=models.PROTECT, related_name="jobs")
     machine = models.ForeignKey(
-        "agents.Machine", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
+        "agents.Machine", null=True, blank=True, on_delete=models.PROTECT, related_name="jobs"
     )
     operation = models.CharField(max_length=12, choices=Operation.choices)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
@@ -215,10 +219,11 @@ class RecoveryPoint(models.Model):
         SCHEDULED = "scheduled", "Scheduled"
         ADHOC = "adhoc", "Ad hoc"
 
+    # PROTECT, like Job's: a recovery point is never erased by deleting its machine.
     machine = models.ForeignKey(
-        "agents.Machine", on_delete=models.CASCADE, related_name="recovery_points"
+        "agents.Machine", on_delete=models.PROTECT, related_name="recovery_points"
     )
-    vault = models.ForeignKey("vaults.Vault", on_delete=models.CASCADE, related_name="+")
+    vault = models.ForeignKey("vaults.Vault", on_delete=models.PROTECT, related_name="+")
     job = models.OneToOneField(
         Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="recovery_point"
     )
@@ -243,10 +248,17 @@ class RecoveryPoint(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        # A point belongs to the machine whose repository holds it: keyed on the machine, so
+        # one machine's report can never name (and move) another machine's point.
         constraints = [
-            models.UniqueConstraint(fields=["vault", "snapshot_id"], name="one_point_per_snapshot")
+            models.UniqueConstraint(
+                fields=["machine", "snapshot_id"], name="one_point_per_machine_snapshot"
+            )
         ]
-        indexes = [models.Index(fields=["machine", "removed_at", "-created_at"])]
+        indexes = [
+            models.Index(fields=["machine", "removed_at", "-created_at"]),
+            models.Index(fields=["snapshot_id"], name="point_snapshot"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.machine} at {self.created_at:%Y-%m-%d %H:%M}"
@@ -263,9 +275,9 @@ class Alert(models.Model):
         BACKUP_WARNINGS = "backup_warnings", "Backup completed with warnings"
         NO_RECENT_BACKUP = "no_recent_backup", "No recent backup"
 
-    vault = models.ForeignKey("vaults.Vault", on_delete=models.CASCADE, related_name="alerts")
+    vault = models.ForeignKey("vaults.Vault", on_delete=models.PROTECT, related_name="alerts")
     machine = models.ForeignKey(
-        "agents.Machine", null=True, blank=True, on_delete=models.CASCADE, related_name="alerts"
+        "agents.Machine", null=True, blank=True, on_delete=models.PROTECT, related_name="alerts"
     )
     job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     severity = models.CharField(max_length=10, choices=Severity.choices)

@@ -228,7 +228,8 @@ if HAVEN_ALERT_EMAIL not in ("each", "digest", "off"):
     raise SettingError(
         "HAVEN_ALERT_EMAIL", f"expected each, digest or off, got {HAVEN_ALERT_EMAIL!r}"
     )
-HAVEN_GC_GRACE_HOURS = env_int("HAVEN_GC_GRACE_HOURS", 24, minimum=0)
+# A shorter grace could collect the packs of a backup the portal lost track of.
+HAVEN_GC_GRACE_HOURS = env_int("HAVEN_GC_GRACE_HOURS", 24, minimum=24)
 HAVEN_AGENT_MIN_CACHE_FREE_MB = env_int("HAVEN_AGENT_MIN_CACHE_FREE_MB", 256, minimum=0)
 HAVEN_AGENT_OFFLINE_SECONDS = env_int("HAVEN_AGENT_OFFLINE_SECONDS", 180, minimum=30)
 

@@ -448,6 +448,15 @@ def vaults_usage_sample_all() -> int:
 
 
 # --- delete -----------------------------------------------------------------------------
+# Apps keeping history for a vault (the jobs app: jobs, recovery points, alerts) register
+# the function that removes it when the vault is deleted; their foreign keys PROTECT it.
+_history_removers: list = []
+
+
+def register_history_remover(fn) -> None:
+    _history_removers.append(fn)
+
+
 def vault_delete(*, vault: Vault, user) -> None:
     """Delete an empty vault and its storage.
 
@@ -473,6 +482,8 @@ def vault_delete(*, vault: Vault, user) -> None:
                 f"The vault's storage could not be removed, so the vault was kept: {exc}"
             ) from None
         # Machines unregistered earlier are history only; they go with the vault.
+        for remove_history in _history_removers:
+            remove_history(vault)
         vault.machines.filter(unregistered_at__isnull=False).delete()
         vault.delete()
         notification_publish(

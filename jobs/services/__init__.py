@@ -5,7 +5,8 @@ apps call them through this package: ``from jobs import services; services.backu
     points     a new recovery point and its retention tags; what an ad hoc backup would get
     jobs       backup start, the agent's start/progress/result reports, cancel, the sweep
     scheduler  the once-a-minute tick that starts the scheduled backups that are due
-    pruning    retention applied to a machine's points; unreferenced packs collected
+    pruning    retention applied to a machine's points; unreferenced packs collected, fenced
+               against backups; a deleted vault's history removed
     alerts     Backup Alerts raised and resolved, the no-recent-backup check, their email
     live       pushes to open pages, and the notification when a job ends
 
@@ -42,14 +43,29 @@ from jobs.services.jobs import (
     jobs_sweep,
 )
 from jobs.services.live import alerts_publish, job_group, job_notify_finished, job_publish
-from jobs.services.points import adhoc_retention, recovery_point_create, retention_sentence
+from jobs.services.points import (
+    PointRefused,
+    PointUnverifiable,
+    adhoc_retention,
+    point_check,
+    recovery_point_create,
+    retention_sentence,
+)
 from jobs.services.policies import policy_applied, policy_drift, policy_save
-from jobs.services.pruning import packs_collect, retention_apply, retention_apply_all
+from jobs.services.pruning import (
+    backup_in_flight,
+    packs_collect,
+    retention_apply,
+    retention_apply_all,
+    vault_history_delete,
+)
 from jobs.services.scheduler import schedule_tick
 
 __all__ = [
     "BackupAlreadyRunning",
     "JobNotCancellable",
+    "PointRefused",
+    "PointUnverifiable",
     "adhoc_retention",
     "alert_email_send",
     "alert_raise",
@@ -58,6 +74,7 @@ __all__ = [
     "alerts_publish",
     "alerts_resolve",
     "alerts_send_digest",
+    "backup_in_flight",
     "backup_start",
     "job_cancel",
     "job_fail",
@@ -69,6 +86,7 @@ __all__ = [
     "job_record_progress",
     "jobs_sweep",
     "packs_collect",
+    "point_check",
     "policy_applied",
     "policy_drift",
     "policy_save",
@@ -77,6 +95,7 @@ __all__ = [
     "retention_apply_all",
     "retention_sentence",
     "schedule_tick",
+    "vault_history_delete",
 ]
 
 log = logging.getLogger(__name__)

@@ -6,6 +6,7 @@ to Waiting for agent, Failed or Cancelled. Restore and download jobs start in
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 
@@ -19,7 +20,10 @@ from jobs import selectors, services  # services: the package, for its seams
 from jobs.models import Job
 from jobs.services.alerts import alerts_after_job
 from jobs.services.live import job_notify_finished, job_publish
-from jobs.services.points import recovery_point_create
+from jobs.services.points import PointRefused, point_check, recovery_point_create
+from jobs.services.pruning import repository_fence
+
+log = logging.getLogger(__name__)
 
 
 class BackupAlreadyRunning(Exception):
@@ -83,13 +87,26 @@ def _clean_progress(event: dict) -> dict:
 
 
 def job_mark_started(*, job: Job, now: datetime | None = None) -> Job:
-    if _mark_running(job, now or timezone.now()):
+    if _start(job, now or timezone.now()):
         job_publish(job)
     return job
 
 
+def _start(job: Job, now: datetime) -> bool:
+    """A queued or waiting job becomes running; returns whether it changed.
+
+    The agent touches the repository only once the portal has answered its start (or
+    first progress) report, so a backup becomes Running under the machine's fence: it
+    waits for a pack deletion in progress, and collection deletes nothing more once it is
+    Running (``jobs.services.pruning``)."""
+    if job.operation != Job.Operation.BACKUP or job.machine_id is None:
+        return _mark_running(job, now)
+    with repository_fence(job.machine_id):
+        job.refresh_from_db(fields=["status", "started_at", "last_report_at"])
+        return _mark_running(job, now)
+
+
 def _mark_running(job: Job, now: datetime) -> bool:
-    """A queued or waiting job becomes running; returns whether it changed."""
     if job.status not in (Job.Status.QUEUED, Job.Status.WAITING):
         return False
     job.status = Job.Status.RUNNING
@@ -107,7 +124,7 @@ def job_record_progress(*, job: Job, event: dict, now: datetime | None = None) -
     if job.status != Job.Status.RUNNING:
         # A report before (or without) a start report starts the job: the one push below
         # shows both.
-        _mark_running(job, now)
+        _start(job, now)
     job.progress = _clean_progress(event)
     job.bytes_transferred = int(job.progress.get("stored_bytes") or 0)
     job.last_report_at = now
@@ -133,7 +150,6 @@ def _clean_warnings(warnings: Iterable) -> list[dict]:
     return cleaned
 
 
-@transaction.atomic
 def job_finish(
     *,
     job: Job,
@@ -147,19 +163,101 @@ def job_finish(
     pack_ids: Iterable[str] = (),
     now: datetime | None = None,
 ) -> Job:
-    """The agent's final word on a job: status, warnings, and the recovery point it made."""
+    """The agent's final word on a job: status, warnings, and the recovery point it made.
+
+    A point the portal refuses (``points.point_check``) is not recorded, and nothing else
+    changes; an unfinished job then ends Failed with the reason, and ``PointRefused`` is
+    raised after that is saved. A result delivered again for a job that already recorded
+    its point changes nothing (idempotent)."""
     now = now or timezone.now()
-    job = (
-        Job.objects.select_for_update(of=("self",))
-        .select_related("machine", "vault", "created_by")
-        .get(pk=job.pk)
+    job, refused, point = _finish(
+        job=job,
+        status=status,
+        error=error,
+        warnings=warnings,
+        warning_count=warning_count,
+        stats=stats or {},
+        snapshot_id=snapshot_id,
+        manifest_blob=manifest_blob,
+        pack_ids=list(pack_ids),
+        now=now,
     )
-    if job.status in Job.FINISHED and status not in (Job.Status.COMPLETED, Job.Status.WARNING):
-        # The portal ended the job already (the sweep failed it while the agent was silent,
-        # then the agent came back and was told to stop): keep the portal's reason. A late
-        # success is still recorded below, as its recovery point is real.
-        return job
-    stats = stats or {}
+    if refused is not None:
+        raise refused
+    if point is not None:
+        services._enqueue("retention_apply_machine", str(job.machine_id))
+    return job
+
+
+def _finish(
+    *, job, status, error, warnings, warning_count, stats, snapshot_id, manifest_blob, pack_ids, now
+):
+    success = status in (Job.Status.COMPLETED, Job.Status.WARNING)
+    # The machine's fence (pruning.repository_fence): the packs checked below cannot be
+    # collected before the point naming them is committed.
+    with repository_fence(job.machine_id):
+        job = (
+            Job.objects.select_for_update(of=("self",))
+            .select_related("machine", "vault", "created_by")
+            .get(pk=job.pk)
+        )
+        if job.status in Job.FINISHED and not success:
+            # The portal ended the job already (the sweep failed it while the agent was
+            # silent, then the agent came back and was told to stop): keep the portal's
+            # reason. A late success is still recorded below, as its recovery point is real.
+            return job, None, None
+        if job.status in (Job.Status.COMPLETED, Job.Status.WARNING):
+            recorded = getattr(job, "recovery_point", None)
+            if snapshot_id and (recorded is None or recorded.snapshot_id != snapshot_id):
+                log.warning(
+                    "refused a second result naming another point for job %s of machine %s",
+                    job.pk,
+                    job.machine_id,
+                )
+                return job, PointRefused("This job has finished; its result was recorded."), None
+            return job, None, None  # the same result delivered again
+        refused = None
+        if success and snapshot_id:
+            try:
+                manifest_blob, pack_ids = point_check(
+                    job=job, snapshot_id=snapshot_id, manifest_blob=manifest_blob, pack_ids=pack_ids
+                )
+            except PointRefused as exc:
+                if job.status in Job.FINISHED:
+                    return job, exc, None  # a late result: the portal's reason stays
+                refused = exc
+                status = Job.Status.FAILED
+                error = (
+                    f"The portal refused the recovery point this backup reported: {exc.message} "
+                    "No recovery point was recorded; back up again, and if this repeats, "
+                    "check the machine (its agent reports what the portal cannot verify)."
+                )
+        job = _save_final(
+            job,
+            status=status,
+            error=error,
+            warnings=warnings,
+            warning_count=warning_count,
+            stats=stats,
+            now=now,
+        )
+        point = None
+        if refused is None and success and snapshot_id:
+            point = recovery_point_create(
+                job=job,
+                snapshot_id=snapshot_id,
+                manifest_blob=manifest_blob,
+                stats=stats,
+                pack_ids=pack_ids,
+                now=now,
+            )
+        alerts_after_job(job=job, now=now)
+        job_notify_finished(job=job)
+        job_publish(job)
+    return job, refused, point
+
+
+def _save_final(job, *, status, error, warnings, warning_count, stats, now) -> Job:
     warnings = _clean_warnings(warnings)
     if status == Job.Status.COMPLETED and warnings:
         status = Job.Status.WARNING
@@ -177,21 +275,6 @@ def job_finish(
     if job.progress:
         job.progress = {**job.progress, "current": None, "eta_s": 0}
     job.save()
-    point = None
-    if status in (Job.Status.COMPLETED, Job.Status.WARNING) and snapshot_id:
-        point = recovery_point_create(
-            job=job,
-            snapshot_id=snapshot_id,
-            manifest_blob=manifest_blob,
-            stats=stats,
-            pack_ids=list(pack_ids),
-            now=now,
-        )
-    alerts_after_job(job=job, now=now)
-    job_notify_finished(job=job)
-    job_publish(job)
-    if point is not None:
-        services._enqueue("retention_apply_machine", str(job.machine_id))
     return job
 
 

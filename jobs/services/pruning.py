@@ -2,31 +2,85 @@
 current policy, remove the expired ones and their manifests) and collect the packs no kept
 point references. The portal does this with the storage account key; the agent never
 deletes. Blob names are the engine's (``agents.runtime.engine.layout``).
+
+Collection never races a backup. The engine lists ``data/`` when a backup starts and
+deduplicates against every pack it finds, those of interrupted runs included, so a pack
+deleted after that listing could be referenced by the point the backup commits. Like
+restic's exclusive prune lock, the fence is one lock per machine, here the machine's row
+(``repository_fence``): the agent's start report (``job_mark_started``) and the result that
+records a point take it, and collection deletes each pack under it after checking that no
+backup of the machine is in flight (``backup_in_flight``) and that no point was recorded
+since it read the references. So a backup that has started sees every deletion finished,
+and no deletion begins once it has. docs/storage-format.md, "Garbage collection".
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from agents.models import Machine
-from agents.runtime.blobstore import BlobNotFound, StorageError
+from agents.runtime.blobstore import BlobInfo, BlobNotFound, StorageError
 from agents.runtime.engine import layout
 from jobs import retention
-from jobs.models import BackupPolicy, RecoveryPoint
+from jobs.models import Alert, BackupPolicy, Job, RecoveryPoint
 from jobs.schedule import zone
 from vaults import storage
 
 log = logging.getLogger(__name__)
 
 
-def _repository_store(machine):
+def repository_store(machine):
     """The machine's repository: each machine keeps it in a container of its own
     (``Machine.container``), opened here with the account key, which may delete."""
     return storage.primary_account().store(machine.container)
+
+
+def _packs(store) -> list[BlobInfo]:
+    return list(store.list(layout.DATA_PREFIX))
+
+
+def pack_ids_present(store) -> set[str]:
+    """The ids of the packs in a repository, from one listing of ``data/``."""
+    return {layout.pack_id_of(blob.name) for blob in _packs(store)}
+
+
+@contextlib.contextmanager
+def repository_fence(machine_id) -> Iterator[None]:
+    """A transaction holding the machine's lock: a backup's start, the recording of a
+    point and each deletion of a pack are serialised by it. PostgreSQL locks the machine's
+    row; SQLite's IMMEDIATE transactions (settings.py) serialise every writer anyway."""
+    with transaction.atomic():
+        Machine.objects.select_for_update().filter(pk=machine_id).values_list("pk").first()
+        yield
+
+
+def backup_in_flight(*, machine_id, now: datetime) -> Job | None:
+    """A backup of the machine that may reuse its unreferenced packs, if any: one not yet
+    finished, or one that started and ended Failed or Cancelled within the grace period
+    (the portal fails a job whose agent went quiet, but that agent may still be running,
+    and the next run resumes from the packs it left)."""
+    recent = now - timedelta(hours=settings.HAVEN_GC_GRACE_HOURS)
+    return (
+        Job.objects.filter(machine_id=machine_id, operation=Job.Operation.BACKUP)
+        .filter(
+            Q(status__in=Job.ACTIVE)
+            | Q(
+                status__in=(Job.Status.FAILED, Job.Status.CANCELLED),
+                started_at__isnull=False,
+                ended_at__gt=recent,
+            )
+        )
+        .order_by("-created_at")
+        .first()
+    )
 
 
 def retention_apply(*, machine, now: datetime | None = None, store=None) -> list[RecoveryPoint]:
@@ -58,7 +112,7 @@ def retention_apply(*, machine, now: datetime | None = None, store=None) -> list
     removed = [p for p in points if p.pk in doomed]
     if not removed:
         return []
-    store = store if store is not None else _repository_store(machine)
+    store = store if store is not None else repository_store(machine)
     for point in removed:
         try:
             store.delete(point.manifest_blob)
@@ -74,25 +128,43 @@ def retention_apply(*, machine, now: datetime | None = None, store=None) -> list
 
 def packs_collect(*, machine, now: datetime | None = None, store=None) -> list[str]:
     """Delete the machine's packs that none of its kept recovery points references, once
-    older than the grace period."""
+    older than the grace period, and only while no backup of the machine is in flight
+    (module docstring). Returns the deleted blob names."""
     now = now or timezone.now()
-    store = store if store is not None else _repository_store(machine)
-    referenced: set[str] = set()
-    for pack_ids in RecoveryPoint.objects.filter(
-        machine=machine, removed_at__isnull=True
-    ).values_list("pack_ids", flat=True):
-        referenced.update(pack_ids)
+    with repository_fence(machine.pk):
+        busy = backup_in_flight(machine_id=machine.pk, now=now)
+        points = RecoveryPoint.objects.filter(machine=machine)
+        last_point = points.order_by("-pk").values_list("pk", flat=True).first() or 0
+        referenced: set[str] = set()
+        for pack_ids in points.filter(removed_at__isnull=True).values_list("pack_ids", flat=True):
+            referenced.update(pack_ids)
+    if busy is not None:
+        log.info("machine %s: packs not collected, backup job %s is in flight", machine.pk, busy.pk)
+        return []
+    store = store if store is not None else repository_store(machine)
     grace = now - timedelta(hours=settings.HAVEN_GC_GRACE_HOURS)
+    doomed = [
+        blob
+        for blob in _packs(store)
+        if layout.pack_id_of(blob.name) not in referenced and blob.modified <= grace
+    ]
     deleted = []
-    for blob in list(store.list(layout.DATA_PREFIX)):
-        pack_id = layout.pack_id_of(blob.name)
-        if pack_id in referenced or blob.modified > grace:
-            continue
-        try:
-            store.delete(blob.name)
-        except StorageError as exc:
-            log.warning("could not delete pack %s: %s", blob.name, exc)
-            continue
+    for blob in doomed:
+        with repository_fence(machine.pk):
+            busy = backup_in_flight(machine_id=machine.pk, now=now)
+            if busy is not None or points.filter(pk__gt=last_point).exists():
+                log.info(
+                    "machine %s: pack collection stopped, a backup started or made a point",
+                    machine.pk,
+                )
+                break
+            try:
+                store.delete(blob.name)
+            except BlobNotFound:
+                pass  # gone already, which is what we want
+            except StorageError as exc:
+                log.warning("could not delete pack %s: %s", blob.name, exc)
+                continue
         deleted.append(blob.name)
     if deleted:
         log.info("machine %s: deleted %d unreferenced packs", machine.pk, len(deleted))
@@ -112,4 +184,17 @@ def retention_apply_all(*, now: datetime | None = None) -> int:
             count += len(retention_apply(machine=machine, now=now))
         except Exception:
             log.exception("retention failed for machine %s", machine.pk)
+    return count
+
+
+def vault_history_delete(*, vault) -> int:
+    """Remove a vault's history (its jobs, recovery points and alerts) as the vault itself is
+    deleted: ``vaults.services.vault_delete`` calls it, on purpose, only once nothing in the
+    vault is protected any more. The foreign keys PROTECT these rows, so nothing else (an
+    unregistered machine, a rolled-back registration) removes them by cascade. Returns the
+    number of rows deleted."""
+    count = 0
+    for model in (Alert, RecoveryPoint, Job):
+        deleted, _ = model.objects.filter(vault=vault).delete()
+        count += deleted
     return count

@@ -48,11 +48,35 @@ def _jobs_env(settings, tmp_path, pushes, sent, monkeypatch):
 
 
 def make_machine(vault, name="web-01", *, online=True, time_zone="Europe/Amsterdam") -> Machine:
+    """A machine with its own (empty) storage container, as registration leaves it."""
+    import uuid
+
     from django.utils import timezone
 
+    from vaults import storage
+
+    container = f"m-{uuid.uuid4().hex[:20]}"
+    storage.primary_account().create_container(container)
     return builders.make_machine(
-        vault=vault, name=name, time_zone=time_zone, last_seen_at=timezone.now() if online else None
+        vault=vault,
+        name=name,
+        time_zone=time_zone,
+        last_seen_at=timezone.now() if online else None,
+        container=container,
     )
+
+
+def stored_point(machine, snapshot_id: str, pack_ids=()) -> None:
+    """Write what a backup of ``machine`` leaves in its container for a recovery point: the
+    manifest and the packs (the portal checks they exist before recording the point)."""
+    from agents.runtime.engine import layout
+    from vaults import storage
+
+    with storage.primary_account().store(machine.container) as store:
+        store.put(layout.manifest_blob(snapshot_id), b"sealed manifest")
+        for pack_id in pack_ids:
+            if not store.exists(layout.pack_blob(pack_id)):
+                store.put(layout.pack_blob(pack_id), b"pack")
 
 
 @pytest.fixture

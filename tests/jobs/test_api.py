@@ -8,7 +8,7 @@ import pytest
 
 from jobs import services
 from jobs.models import Job, RecoveryPoint
-from tests.jobs.conftest import make_machine, token_for
+from tests.jobs.conftest import make_machine, stored_point, token_for
 
 pytestmark = pytest.mark.django_db
 
@@ -56,7 +56,8 @@ def test_no_token_no_access(client, job):
     assert client.get(f"/api/agent/jobs/{job.pk}/").status_code == 401
 
 
-def test_start_progress_result_round_trip(agent, job):
+def test_start_progress_result_round_trip(agent, job, machine):
+    stored_point(machine, "ef" * 16, ["aa" * 16])
     assert agent.post(f"{job.pk}/start/").json()["cancel"] is False
     answer = agent.post(
         f"{job.pk}/progress/", {"type": "progress", "phase": "backing_up", "files_done": 1}
@@ -109,3 +110,26 @@ def test_the_agent_reports_the_applied_policy(agent, policy):
     agent.post("policy/applied/", {"version": 1, "spec_hash": policy.spec_hash})
     policy.refresh_from_db()
     assert not policy.drifted
+
+
+def test_a_point_that_cannot_be_checked_is_answered_503_and_nothing_changes(
+    agent, job, machine, monkeypatch
+):
+    """The machine's storage does not answer: the agent retries a 5xx, so the result must
+    leave the job as it was."""
+    from agents.runtime.blobstore import StorageUnavailable
+    from vaults import storage
+
+    class Unreachable:
+        def store(self, name):
+            raise StorageUnavailable("the storage account did not answer")
+
+    agent.post(f"{job.pk}/start/")
+    monkeypatch.setattr(storage, "primary_account", Unreachable)
+    answer = agent.post(
+        f"{job.pk}/result/",
+        {"status": "completed", "recovery_point_id": "ef" * 16, "pack_ids": ["aa" * 16]},
+    )
+    assert answer.status_code == 503 and "did not answer" in answer.json()["message"]
+    job.refresh_from_db()
+    assert job.status == Job.Status.RUNNING and not RecoveryPoint.objects.exists()

@@ -11,7 +11,9 @@ from django.utils import timezone
 
 from jobs import selectors, services
 from jobs.models import Alert, Job, RecoveryPoint, ScheduledRun
-from tests.jobs.conftest import make_machine
+from tests.jobs.conftest import make_machine, stored_point
+
+P1, P2 = "a1" * 16, "a2" * 16
 
 pytestmark = pytest.mark.django_db
 
@@ -82,10 +84,12 @@ def finish(job, **kwargs):
     defaults = {
         "status": "completed",
         "snapshot_id": "ab" * 16,
-        "pack_ids": ["p1", "p2"],
+        "pack_ids": [P1, P2],
         "stats": {"logical_bytes": 1000, "new_bytes": 400, "added_bytes": 300, "files": 3},
     }
     defaults.update(kwargs)
+    if defaults.get("snapshot_id"):
+        stored_point(job.machine, defaults["snapshot_id"], defaults["pack_ids"])
     return services.job_finish(job=job, **defaults)
 
 
@@ -96,7 +100,7 @@ def test_a_completed_backup_makes_a_tagged_recovery_point(machine, policy, _jobs
     assert point.kind == "adhoc" and point.retention_tags == ["daily"]
     assert point.expires_at == point.tagged_for + timedelta(days=7)
     assert (point.logical_bytes, point.new_bytes, point.stored_bytes) == (1000, 400, 300)
-    assert point.pack_ids == ["p1", "p2"]
+    assert point.pack_ids == [P1, P2]
     assert point.manifest_blob == "snapshots/" + "ab" * 16
     assert ("retention_apply_machine", (str(machine.pk),)) in _jobs_env
 

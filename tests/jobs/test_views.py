@@ -13,6 +13,7 @@ from django.utils import timezone
 from jobs import services
 from jobs.models import BackupPolicy, Job
 from portal.models import Role
+from tests.jobs.conftest import stored_point
 
 pytestmark = pytest.mark.django_db
 
@@ -150,6 +151,7 @@ def test_policy_editor_saves_and_shows_the_preview_and_drift(as_alice, machine, 
 
 def test_recovery_points_backup_items_and_alerts_pages(as_alice, machine, policy):
     job = services.backup_start(machine=machine)
+    stored_point(machine, "ab" * 16)
     services.job_finish(
         job=job, status="completed", snapshot_id="ab" * 16, stats={"added_bytes": 2048}
     )

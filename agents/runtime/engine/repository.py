@@ -226,14 +226,34 @@ class Repository:
                     self._index_names = covered
             except (OSError, ValueError, KeyError, IntegrityError):
                 self.index, self._index_names = ChunkIndex(), set()
+        # A chunk stored again after garbage collection removed its pack is named by two
+        # deltas, and the first merged wins (names are random): packs no longer stored are
+        # dead before any delta merges, so the live copy is the one kept.
+        stored = self._stored_pack_ids()
+        for no, pack_id in enumerate(self.index.pack_ids):
+            if pack_id not in stored:
+                self.index.mark_dead(no)
         for name in sorted(names - self._index_names):
-            self._merge_index_blob(name)
+            self._merge_index_blob(name, stored)
         self._index_loaded = True
         return self.index
 
-    def _merge_index_blob(self, name: str) -> None:
+    def _stored_pack_ids(self) -> set[bytes]:
+        stored = set()
+        for info in self.store.list(DATA_PREFIX):
+            try:
+                stored.add(bytes.fromhex(pack_id_of(info.name)))
+            except ValueError:
+                continue
+        return stored
+
+    def _merge_index_blob(self, name: str, stored: set[bytes]) -> None:
         for pack_id, size, rows in decode_index(self.get_sealed(name)):
-            self._add_pack_rows(pack_id, size, rows)
+            no = self.index.add_pack(pack_id, size)
+            if pack_id not in stored:
+                self.index.mark_dead(no)
+            for cid, off, length, raw in rows:
+                self.index.add(cid, no, off, length, raw)
         self._index_names.add(name)
 
     def _add_pack_rows(self, pack_id: bytes, size: int, rows) -> None:
