@@ -1,6 +1,7 @@
 """History survives: deleting a machine or a vault never takes its jobs, recovery points,
 alerts or download audit records along by cascade (the jobs app's foreign keys PROTECT
-them). A rolled-back registration of a machine with history is unregistered instead."""
+them). A rolled-back registration of a machine with history is refused: the agent
+unregisters it instead, and its history stays."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from django.utils import timezone
 
 from agents import services as agent_services
 from agents.models import Machine
+from agents.services import MachineError
 from jobs import services
 from jobs.models import Alert, Job, RecoveryPoint
 from tests.jobs import conftest as jobs_conftest
 from tests.jobs.conftest import make_machine, spec, stored_point
+from vaults import services as vault_services
 
 pytestmark = pytest.mark.django_db
 # The jobs app's fixtures: agent tasks and portal tasks recorded, pushes captured.
@@ -61,20 +64,20 @@ def test_deleting_a_machine_never_erases_its_jobs_points_and_download_records(hi
 
 
 def test_a_rolled_back_registration_keeps_the_history_of_the_machine(history):
-    """The rollback an agent may ask for deletes a machine that never came online; one
-    with history is unregistered instead, and its history stays."""
+    """The rollback an agent may ask for deletes only a machine that never came online and
+    holds nothing; one with history is refused with 409 and nothing changes."""
     Machine.objects.filter(pk=history.pk).update(last_seen_at=None)
     history.refresh_from_db()
-    agent_services.machine_registration_rollback(machine=history)
+    with pytest.raises(MachineError) as refused:
+        agent_services.machine_registration_rollback(machine=history)
+    assert refused.value.code == "rollback_refused" and refused.value.status == 409
     history.refresh_from_db()
-    assert history.unregistered_at is not None
+    assert history.unregistered_at is None
     assert counts(history) == (3, 1, 1)
 
 
 def test_deleting_the_vault_removes_its_history_on_purpose(history, alice, vault):
     """Deleting an emptied vault is the one way the history goes: explicitly, with it."""
-    from vaults import services as vault_services
-
     RecoveryPoint.objects.update(removed_at=timezone.now())
     Machine.objects.filter(pk=history.pk).update(unregistered_at=timezone.now())
     vault_services.vault_delete(vault=vault, user=alice)
