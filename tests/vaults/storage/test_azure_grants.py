@@ -24,10 +24,10 @@ def test_the_grant_has_the_documented_shape(azure_container, azurite):
     assert grant["container"] == azure_container
     assert grant["container_url"].endswith(f"/devstoreaccount1/{azure_container}")
     assert "?" not in grant["container_url"]
-    assert grant["permissions"] == "rcwl"
+    assert grant["permissions"] == "rcl"
     assert datetime.fromisoformat(grant["expires_at"]) == expires_at.replace(microsecond=0)
     query = parse_qs(grant["sas"])
-    assert query["si"][0].startswith("haven-rcwl-")  # the stored access policy
+    assert query["si"][0].startswith("haven-rcl-")  # the stored access policy
     assert "sp" not in query  # permissions live in the policy, not the SAS
 
 
