@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 
 from django.core import signing
 
+from agents.runtime.blobstore.http import AUTH_SCHEME
+
 SALT = "haven.vaults.storage.grant-token"
 VERSION = 1
 
@@ -93,3 +95,21 @@ def check_not_expired(claims: GrantClaims) -> None:
             f"the storage grant expired at {claims.expires_at:%Y-%m-%d %H:%M:%S} UTC; "
             "ask the portal for a new one",
         )
+
+
+def claims_from_header(authorization: str, container: str) -> GrantClaims:
+    """The claims of the grant in an ``Authorization: HavenGrant <token>`` header, checked
+    for everything that needs no storage: signature, container, expiry. Raises
+    ``GrantRefused`` (401 without a grant). Cheap enough to ask before reading a body."""
+    scheme, _, token = authorization.partition(" ")
+    if scheme != AUTH_SCHEME or not token.strip():
+        raise GrantRefused(
+            "unauthorized",
+            f"send the storage grant as 'Authorization: {AUTH_SCHEME} <token>'",
+            status=401,
+        )
+    claims = read_grant(token.strip())
+    if claims.container != container:
+        raise GrantRefused("forbidden", "this storage grant is for another container")
+    check_not_expired(claims)
+    return claims

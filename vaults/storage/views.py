@@ -25,18 +25,18 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from agents.runtime.blobstore import BlobExists, BlobNotFound, InvalidBlobName, StorageError
+from agents.runtime.blobstore.http import AUTH_SCHEME
 from agents.runtime.blobstore.local import IncompleteUpload, LocalDirectoryStore
+from agents.runtime.protocol import MAX_BLOB_BYTES
 from vaults.storage.accounts import (
     InvalidContainerName,
     LocalStorageAccount,
     account_for_role,
     check_container_name,
 )
-from vaults.storage.tokens import GrantRefused, check_not_expired, read_grant
+from vaults.storage.tokens import GrantRefused, claims_from_header
 
-AUTH_SCHEME = "HavenGrant"
 CHUNK = 1024 * 1024
-MAX_BLOB_BYTES = 4 * 1024**3
 LIST_PAGE = 1000
 LIST_PAGE_MAX = 5000
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -57,18 +57,7 @@ def _error(status: int, code: str, message: str, *, head: bool = False) -> HttpR
 def _get_store_for_grant(request: HttpRequest, container: str) -> tuple[LocalDirectoryStore, str]:
     """The container's store and the grant's permissions, after every check a grant must
     pass: signature, container, expiry, account, generation. Raises ``GrantRefused``."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme != AUTH_SCHEME or not token.strip():
-        raise GrantRefused(
-            "unauthorized",
-            f"send the storage grant as 'Authorization: {AUTH_SCHEME} <token>'",
-            status=401,
-        )
-    claims = read_grant(token.strip())
-    if claims.container != container:
-        raise GrantRefused("forbidden", "this storage grant is for another container")
-    check_not_expired(claims)
+    claims = claims_from_header(request.headers.get("Authorization", ""), container)
     try:
         check_container_name(container)
         account = account_for_role(claims.account)
