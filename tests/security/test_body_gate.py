@@ -281,3 +281,69 @@ def test_djangos_body_limit_lets_each_endpoint_take_its_own_limit(machine_token)
 def test_every_agent_endpoint_is_behind_the_gate(name, kwargs, credential):
     rule = gate.rule_for(reverse(name, kwargs=kwargs))
     assert rule is not None and rule.credential == credential
+
+
+# --- The ASGI layer, for servers that stream bodies to the application (uvicorn, hypercorn) --
+def asgi_request(method: str, path: str, headers: dict[str, str], chunks: list[bytes]):
+    """Drive ``portal.asgi``'s HTTP app; returns (status, JSON body, chunks it read)."""
+    import asyncio
+
+    from portal.asgi import application
+
+    read: list[bytes] = []
+    sent: list[dict] = []
+    pending = list(chunks)
+
+    async def receive():
+        if not pending:
+            return {"type": "http.disconnect"}
+        chunk = pending.pop(0)
+        read.append(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": bool(pending)}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "scheme": "http",
+        "query_string": b"",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+    }
+    asyncio.run(application(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], json.loads(body or b"{}"), read
+
+
+def test_the_asgi_gate_refuses_a_bogus_grant_without_reading_the_body(settings):
+    settings.ALLOWED_HOSTS = ["testserver"]
+    status, body, read = asgi_request(
+        "PUT",
+        "/storage/machine-0123/snapshots/x",
+        {"Authorization": "HavenGrant bogus", "Content-Length": str(BIG)},
+        [b"\0" * 65536] * 4,
+    )
+    assert (status, body["error"], read) == (403, "forbidden", [])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_asgi_gate_cuts_off_a_chunked_body_past_the_limit(settings, machine_token):
+    settings.ALLOWED_HOSTS = ["testserver"]
+    chunk = b"x" * (64 * 1024)
+    chunks = [chunk] * (protocol.MAX_AGENT_API_BODY // len(chunk) + 4)
+    status, body, read = asgi_request(
+        "POST",
+        "/api/agent/heartbeat/",
+        {"Authorization": f"Bearer {machine_token}", "Transfer-Encoding": "chunked"},
+        chunks,
+    )
+    assert (status, body["error"]) == (413, "too_large")
+    assert sum(map(len, read)) <= protocol.MAX_AGENT_API_BODY + len(chunk)
