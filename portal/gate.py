@@ -137,7 +137,10 @@ async def refusal_for(
 
         from agents.api_auth import UNAUTHENTICATED, machine_token_is_live
 
-        if not await database_sync_to_async(machine_token_is_live)(authorization):
+        # Not thread-sensitive: checks run side by side in the loop's executor, not queued
+        # behind one another on asgiref's single shared thread.
+        check = database_sync_to_async(machine_token_is_live, thread_sensitive=False)
+        if not await check(authorization):
             return Refusal(401, "unauthenticated", UNAUTHENTICATED, challenge="Bearer")
     elif rule.credential == GRANT:
         from agents.runtime.blobstore.http import AUTH_SCHEME

@@ -317,7 +317,21 @@ def asgi_request(method: str, path: str, headers: dict[str, str], chunks: list[b
         "client": ("127.0.0.1", 1),
         "server": ("testserver", 80),
     }
-    asyncio.run(application(scope, receive, send))
+
+    async def run():
+        from concurrent.futures import ThreadPoolExecutor
+
+        from django.db import connections
+
+        loop = asyncio.get_running_loop()
+        executor = ThreadPoolExecutor(1)
+        loop.set_default_executor(executor)
+        try:
+            await application(scope, receive, send)
+        finally:  # the database check ran on this thread: close its connection
+            await loop.run_in_executor(executor, connections.close_all)
+
+    asyncio.run(run())
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return start["status"], json.loads(body or b"{}"), read
