@@ -3,7 +3,7 @@
 A token is Django-signed JSON (HMAC-SHA256 with a key derived from ``SECRET_KEY`` and the
 purpose string ``SALT``, so no other signed value of the portal can pass for one):
 
-    {"v": 1, "c": container, "a": "primary" | "secondary", "p": "rcwl",
+    {"v": 1, "c": container, "a": "primary" | "secondary", "p": "rcl",
      "e": expiry (unix seconds), "g": the container's grant generation}
 
 The generation is a random id kept with the container (``.haven/grant-generation``);
