@@ -259,6 +259,13 @@ def _gated_request_class(base: type) -> type:
             self._gate_length = length
             self._gate_received = 0
             self._gate_finished: tuple | None = None
+            # Twisted answers "100 Continue" right after this method, which would invite the
+            # body before the answer: hold that back, and send it only on approval.
+            expect = (self.requestHeaders.getRawHeaders(b"Expect") or [b""])[0]
+            self._gate_continue = expect.lower() == b"100-continue" and (
+                getattr(channel, "_version", b"") == b"HTTP/1.1"
+            )
+            self.requestHeaders.removeHeader(b"Expect")
             # Held in memory until the answer: the socket is paused, so at most what the
             # last read brought (Twisted reads 64 KiB at a time) lands here.
             self.content = BytesIO()
@@ -276,6 +283,8 @@ def _gated_request_class(base: type) -> type:
             held = self.content.getvalue()
             super().gotLength(self._gate_length)  # Twisted's own buffer from here on
             self.content.write(held)
+            if self._gate_continue and self._gate_finished is None:
+                self.channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.channel.transport.resumeProducing()
             if self._gate_finished is not None:
                 super().requestReceived(*self._gate_finished)

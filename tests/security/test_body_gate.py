@@ -137,6 +137,52 @@ def test_a_huge_put_with_a_bogus_grant_is_answered_before_its_body(daphne, spool
         assert spooled_files(pid) == []
 
 
+def test_a_client_that_waits_for_100_continue_is_refused_instead(daphne, spooled_files):
+    """curl asks "Expect: 100-continue" before big bodies: the answer must be the refusal,
+    not an invitation to send the body."""
+    host, port, pid = daphne
+    sock = send_headers(
+        host,
+        port,
+        "PUT /storage/machine-0123456789abcdef/snapshots/x HTTP/1.1",
+        {
+            "Authorization": "HavenGrant bogus",
+            "Content-Length": str(BIG),
+            "Expect": "100-continue",
+        },
+    )
+    with sock:
+        status, body = read_answer(sock)
+        assert (status, body["error"]) == (403, "forbidden")
+        assert spooled_files(pid) == []
+
+
+def test_a_client_that_waits_for_100_continue_is_invited_once_approved(daphne):
+    container = f"machine-{uuid.uuid4().hex}"
+    account = primary_account()
+    account.create_container(container)
+    grant = account.issue_grant(container, expires_at=datetime.now(UTC) + timedelta(hours=1))
+    host, port, _ = daphne
+    name = f"/storage/{container}/data/ef/" + "ef" * 16
+    pack = os.urandom(200_000)
+    sock = send_headers(
+        host,
+        port,
+        f"PUT {name} HTTP/1.1",
+        {
+            "Authorization": f"HavenGrant {grant['token']}",
+            "Content-Length": str(len(pack)),
+            "Expect": "100-continue",
+        },
+    )
+    with sock:
+        assert sock.recv(64).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(pack)
+        status, _ = read_answer(sock)
+    assert status == 201
+    assert account.store(container).get(name.split("/", 3)[3]) == pack
+
+
 def test_a_huge_put_without_a_grant_is_answered_before_its_body(daphne):
     host, port, _ = daphne
     with send_headers(
