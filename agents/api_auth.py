@@ -44,9 +44,9 @@ def machine_tokens_revoke(*, machine: Machine) -> int:
     )
 
 
-def machine_from_request(request) -> Machine | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
+def _live_token(authorization: str) -> MachineToken | None:
+    """The unrevoked token of a registered machine named by an ``Authorization`` header."""
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.startswith(TOKEN_PREFIX):
         return None
     record = (
@@ -55,6 +55,19 @@ def machine_from_request(request) -> Machine | None:
         .first()
     )
     if record is None or record.machine.unregistered_at is not None:
+        return None
+    return record
+
+
+def machine_token_is_live(authorization: str) -> bool:
+    """Whether the header carries a live machine token (read-only: portal/gate.py asks
+    this before a request's body is read; the view then loads the machine itself)."""
+    return _live_token(authorization) is not None
+
+
+def machine_from_request(request) -> Machine | None:
+    record = _live_token(request.headers.get("Authorization", ""))
+    if record is None:
         return None
     now = timezone.now()
     if (
@@ -93,6 +106,12 @@ def api_error(status: int, code: str, message: str) -> JsonResponse:
     return JsonResponse({"error": code, "message": message}, status=status)
 
 
+UNAUTHENTICATED = (
+    "This machine's token is missing, revoked or unknown. If the machine was "
+    "unregistered in the portal, register it again with haven-agent register."
+)
+
+
 def machine_api(view):
     """Require a valid machine token; sets ``request.machine``."""
 
@@ -101,12 +120,7 @@ def machine_api(view):
     def wrapper(request, *args, **kwargs):
         machine = machine_from_request(request)
         if machine is None:
-            return api_error(
-                401,
-                "unauthenticated",
-                "This machine's token is missing, revoked or unknown. If the machine was "
-                "unregistered in the portal, register it again with haven-agent register.",
-            )
+            return api_error(401, "unauthenticated", UNAUTHENTICATED)
         if _rate_limited(machine):
             return api_error(429, "rate_limited", "Too many requests from this machine; slow down.")
         request.machine = machine

@@ -17,11 +17,11 @@ from django.views.decorators.http import require_GET, require_POST
 
 from agents import services
 from agents.api_auth import api_error, json_body, machine_api
+from agents.runtime.protocol import MAX_AGENT_API_BODY as MAX_BODY
 from agents.runtime.version import __version__
 from portal import signing
 
 REGISTER_LIMIT_PER_MINUTE = 30
-MAX_BODY = 256 * 1024
 
 
 def _own_vault(request, data: dict) -> JsonResponse | None:

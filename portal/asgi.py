@@ -1,4 +1,6 @@
-"""ASGI entry point: HTTP through Django, websockets through Channels."""
+"""ASGI entry point: HTTP through Django, websockets through Channels. Agent API and
+storage requests pass ``portal.gate`` first, which refuses a body it should not read from
+the headers alone (under daphne, before daphne reads the body)."""
 
 import os
 
@@ -12,7 +14,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from portal import realtime  # noqa: E402
+from portal import gate, realtime  # noqa: E402
 from portal.routing import websocket_urlpatterns  # noqa: E402
 
 
@@ -27,10 +29,12 @@ def _mark_serving(app):
     return wrapper
 
 
+gate.install_in_daphne()
+
 application = _mark_serving(
     ProtocolTypeRouter(
         {
-            "http": django_asgi_app,
+            "http": gate.gate(django_asgi_app),
             "websocket": AllowedHostsOriginValidator(
                 AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
             ),

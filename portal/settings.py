@@ -15,6 +15,7 @@ from pathlib import Path
 
 import dj_database_url
 
+from agents.runtime import protocol
 from portal.env import (
     SettingError,
     azure_connection_string,
@@ -217,6 +218,9 @@ HAVEN_REGIONS = env_list(
     "HAVEN_REGIONS",
     ["West Europe", "North Europe", "East US", "West US 2", "UK South", "Southeast Asia"],
 )
+
+# --- Request bodies (agents/runtime/protocol.py; portal/gate.py refuses before reading) --
+DATA_UPLOAD_MAX_MEMORY_SIZE = protocol.MAX_JSON_BODY
 
 # --- Jobs, alerts and retention (docs/jobs.md) -----------------------------------------
 HAVEN_JOB_PICKUP_SECONDS = env_int("HAVEN_JOB_PICKUP_SECONDS", 60, minimum=1)

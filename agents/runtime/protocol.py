@@ -82,7 +82,15 @@ ANSWER_SOURCE_REFUSED = "source_refused"
 DOWNLOAD_MAX_BYTES = 64 * 1024 * 1024  # a Download from the wizard; more is a restore
 DOWNLOAD_MAX_FILES = 1000
 MAX_WARNINGS = 1000  # per job: the agent sends at most this many, the portal keeps as many
-MAX_API_BODY = 2 * 1024 * 1024  # a job's progress report or result
+# The largest request body each endpoint takes. The portal refuses a larger one (413) from
+# its headers, before reading it (portal/gate.py); each view checks again while it reads.
+MAX_AGENT_API_BODY = 256 * 1024  # /api/agent/: register, heartbeat, grant, unregister
+MAX_API_BODY = 2 * 1024 * 1024  # /api/agent/jobs/: a job's progress report or result
+MAX_RECOVERY_ANSWER = 8 * 1024 * 1024  # /api/agent/recovery/: an answer to the wizard
+MAX_BLOB_BYTES = 4 * 1024**3  # /storage/: one blob through the local storage endpoint
+# Django's DATA_UPLOAD_MAX_MEMORY_SIZE: the largest of the bodies read whole (JSON), so that
+# Django never refuses one the endpoint's own limit allows. Downloads and blobs are streamed.
+MAX_JSON_BODY = max(MAX_AGENT_API_BODY, MAX_API_BODY, MAX_RECOVERY_ANSWER)
 
 # What the agent may put in a progress event that the portal keeps (docs/jobs.md); the portal
 # drops every other key.

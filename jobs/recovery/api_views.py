@@ -8,16 +8,15 @@ from django.http import JsonResponse
 from django.views.decorators.http import require_POST
 
 from agents.api_auth import api_error, json_body, machine_api
+from agents.runtime.protocol import MAX_RECOVERY_ANSWER
 from jobs.models import Job
 from jobs.recovery import services
-
-MAX_ANSWER = 8 * 1024 * 1024
 
 
 @machine_api
 @require_POST
 def grant(request):
-    data = json_body(request, max_bytes=MAX_ANSWER)
+    data = json_body(request, max_bytes=MAX_RECOVERY_ANSWER)
     if data is None or not str(data.get("source_machine") or ""):
         return api_error(400, "bad_request", "Name the source machine (source_machine).")
     credentials = data.get("vault_credentials")
@@ -41,7 +40,7 @@ def grant(request):
 @machine_api
 @require_POST
 def answer(request, request_id):
-    data = json_body(request, max_bytes=MAX_ANSWER)
+    data = json_body(request, max_bytes=MAX_RECOVERY_ANSWER)
     if data is None:
         return api_error(400, "bad_request", "The answer is not a JSON object (or too large).")
     if not services.answer_store(machine=request.machine, request_id=request_id, body=data):

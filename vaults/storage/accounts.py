@@ -7,7 +7,9 @@ names suffixed ``-secondary``); on Azure the same account with the ``-secondary`
 
 Container names are the logical names the rest of the portal uses (Azure's rules: 3–63
 lowercase letters, digits and single hyphens); an account maps them to physical ones.
-The portal holds full rights (``store``); agents get grants without delete.
+The portal holds full rights (``store``); agents get grants to create, read and list:
+no delete, and no overwrite (no backend overwrites a blob; on Azure the ``w`` permission
+is never granted, docs/storage-backends.md).
 """
 
 from __future__ import annotations
@@ -44,11 +46,11 @@ from agents.runtime.blobstore.azure import (
     endpoint_of,
     translate_error,
 )
-from agents.runtime.blobstore.local import RESERVED, LocalDirectoryStore
+from agents.runtime.blobstore.local import FILE_MODE, FOLDER_MODE, RESERVED, LocalDirectoryStore
 
 SECONDARY_SUFFIX = "-secondary"
-PERMISSIONS = "rcwld"  # read, create, write (overwrite), list, delete — in this order
-AGENT_PERMISSIONS = "rcwl"
+PERMISSIONS = "rcld"  # read, create, list, delete — in this order; never w (overwrite)
+AGENT_PERMISSIONS = "rcl"
 GENERATION_FILE = "grant-generation"
 # Azure allows five stored access policies per container: one per permission set.
 MAX_POLICIES = 5
@@ -75,7 +77,7 @@ def normalize_permissions(permissions: str) -> str:
     if unknown or not permissions:
         raise ValueError(
             f"permissions {permissions!r} must be letters from {PERMISSIONS!r} "
-            "(read, create, write, list, delete)"
+            "(read, create, list, delete; blobs are never overwritten)"
         )
     return "".join(letter for letter in PERMISSIONS if letter in permissions)
 
@@ -84,6 +86,12 @@ def _check_expiry(expires_at: datetime) -> datetime:
     if not isinstance(expires_at, datetime) or expires_at.tzinfo is None:
         raise ValueError("expires_at must be a timezone-aware datetime")
     return expires_at.astimezone(UTC).replace(microsecond=0)
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
 
 
 class StorageAccount(abc.ABC):
@@ -152,7 +160,7 @@ class LocalStorageAccount(StorageAccount):
 
     def ping(self) -> None:
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
             probe = self.root / f".ping-{uuid.uuid4().hex}"
             probe.write_bytes(b"")
             probe.unlink()
@@ -164,7 +172,10 @@ class LocalStorageAccount(StorageAccount):
     def create_container(self, name: str) -> None:
         folder = self.directory(name)
         try:
-            (folder / RESERVED).mkdir(parents=True, exist_ok=True)
+            # 0700 all the way down (blobs are 0600): nobody but the portal's account reads.
+            self.root.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+            folder.mkdir(mode=FOLDER_MODE, exist_ok=True)
+            (folder / RESERVED).mkdir(mode=FOLDER_MODE, exist_ok=True)
         except OSError as exc:
             raise StorageUnavailable(
                 f"could not create the container directory {folder}: {exc.strerror or exc}"
@@ -208,9 +219,9 @@ class LocalStorageAccount(StorageAccount):
         if not self.container_exists(name):
             raise ContainerNotFound(f"container {name!r} does not exist in {self.describe()}")
         # Create-if-absent atomically: link() fails when another process got there first.
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
         tmp = path.with_name(f"{GENERATION_FILE}.{uuid.uuid4().hex}.tmp")
-        tmp.write_text(secrets.token_hex(16))
+        _write_private(tmp, secrets.token_hex(16))
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -223,9 +234,9 @@ class LocalStorageAccount(StorageAccount):
         if not self.container_exists(container):
             raise ContainerNotFound(f"container {container!r} does not exist in {self.describe()}")
         path = self._generation_path(container)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
         tmp = path.with_name(f"{GENERATION_FILE}.{uuid.uuid4().hex}.tmp")
-        tmp.write_text(secrets.token_hex(16))
+        _write_private(tmp, secrets.token_hex(16))
         os.replace(tmp, path)
 
     def issue_grant(
@@ -347,11 +358,26 @@ class AzureStorageAccount(StorageAccount):
     def _policy_name(permissions: str) -> str:
         return f"{POLICY_PREFIX}{permissions}-{secrets.token_hex(8)}"
 
+    @staticmethod
+    def _policy_permissions(ident: str) -> str:
+        return ident[len(POLICY_PREFIX) :].rsplit("-", 1)[0]
+
     def _policy_id(self, name: str, permissions: str) -> str:
         policies = self._policies(name)
+        # Policies that grant write (overwrite), from before grants became create-only, are
+        # dropped: every SAS issued under them stops working, so no old grant overwrites.
+        retired = [
+            ident
+            for ident in policies
+            if ident.startswith(POLICY_PREFIX) and "w" in self._policy_permissions(ident)
+        ]
+        for ident in retired:
+            del policies[ident]
         prefix = f"{POLICY_PREFIX}{permissions}-"
         for ident in policies:
             if ident.startswith(prefix):
+                if retired:
+                    self._set_policies(name, policies)
                 return ident
         if len(policies) >= MAX_POLICIES:
             raise StorageError(
@@ -400,8 +426,7 @@ class AzureStorageAccount(StorageAccount):
         renewed: dict[str, AccessPolicy] = {}
         for ident, policy in policies.items():
             if ident.startswith(POLICY_PREFIX):
-                permissions = ident[len(POLICY_PREFIX) :].rsplit("-", 1)[0]
-                ident = self._policy_name(permissions)
+                ident = self._policy_name(self._policy_permissions(ident))
             renewed[ident] = policy
         if renewed != policies:
             self._set_policies(container, renewed)

@@ -3,7 +3,7 @@
 A token is Django-signed JSON (HMAC-SHA256 with a key derived from ``SECRET_KEY`` and the
 purpose string ``SALT``, so no other signed value of the portal can pass for one):
 
-    {"v": 1, "c": container, "a": "primary" | "secondary", "p": "rcwl",
+    {"v": 1, "c": container, "a": "primary" | "secondary", "p": "rcl",
      "e": expiry (unix seconds), "g": the container's grant generation}
 
 The generation is a random id kept with the container (``.haven/grant-generation``);
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from django.core import signing
+
+from agents.runtime.blobstore.http import AUTH_SCHEME
 
 SALT = "haven.vaults.storage.grant-token"
 VERSION = 1
@@ -93,3 +95,21 @@ def check_not_expired(claims: GrantClaims) -> None:
             f"the storage grant expired at {claims.expires_at:%Y-%m-%d %H:%M:%S} UTC; "
             "ask the portal for a new one",
         )
+
+
+def claims_from_header(authorization: str, container: str) -> GrantClaims:
+    """The claims of the grant in an ``Authorization: HavenGrant <token>`` header, checked
+    for everything that needs no storage: signature, container, expiry. Raises
+    ``GrantRefused`` (401 without a grant). Cheap enough to ask before reading a body."""
+    scheme, _, token = authorization.partition(" ")
+    if scheme != AUTH_SCHEME or not token.strip():
+        raise GrantRefused(
+            "unauthorized",
+            f"send the storage grant as 'Authorization: {AUTH_SCHEME} <token>'",
+            status=401,
+        )
+    claims = read_grant(token.strip())
+    if claims.container != container:
+        raise GrantRefused("forbidden", "this storage grant is for another container")
+    check_not_expired(claims)
+    return claims

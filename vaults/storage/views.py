@@ -1,6 +1,7 @@
 """The storage endpoint agents use when the portal keeps backups in a local directory.
 
-``/storage/<container>/<blob>``: GET (with ``Range``), HEAD, PUT, DELETE; and
+``/storage/<container>/<blob>``: GET (with ``Range``), HEAD, PUT (create only: a blob is
+never overwritten, whatever the grant), DELETE; and
 ``/storage/<container>/?prefix=…&marker=…`` lists as JSON. Requests authenticate with a
 grant token in ``Authorization: HavenGrant <token>`` (``vaults.storage.tokens``), never with
 a session: these views are CSRF exempt, and nothing else is. The token never appears in a
@@ -23,23 +24,23 @@ from django.http import (
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from agents.runtime.blobstore import BlobNotFound, InvalidBlobName, StorageError
+from agents.runtime.blobstore import BlobExists, BlobNotFound, InvalidBlobName, StorageError
+from agents.runtime.blobstore.http import AUTH_SCHEME
 from agents.runtime.blobstore.local import IncompleteUpload, LocalDirectoryStore
+from agents.runtime.protocol import MAX_BLOB_BYTES
 from vaults.storage.accounts import (
     InvalidContainerName,
     LocalStorageAccount,
     account_for_role,
     check_container_name,
 )
-from vaults.storage.tokens import GrantRefused, check_not_expired, read_grant
+from vaults.storage.tokens import GrantRefused, claims_from_header
 
-AUTH_SCHEME = "HavenGrant"
 CHUNK = 1024 * 1024
-MAX_BLOB_BYTES = 4 * 1024**3
 LIST_PAGE = 1000
 LIST_PAGE_MAX = 5000
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
-_ACTIONS = {"r": "read", "c": "create", "w": "overwrite", "l": "list", "d": "delete"}
+_ACTIONS = {"r": "read", "c": "create", "l": "list", "d": "delete"}
 
 
 def _error(status: int, code: str, message: str, *, head: bool = False) -> HttpResponse:
@@ -56,18 +57,7 @@ def _error(status: int, code: str, message: str, *, head: bool = False) -> HttpR
 def _get_store_for_grant(request: HttpRequest, container: str) -> tuple[LocalDirectoryStore, str]:
     """The container's store and the grant's permissions, after every check a grant must
     pass: signature, container, expiry, account, generation. Raises ``GrantRefused``."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme != AUTH_SCHEME or not token.strip():
-        raise GrantRefused(
-            "unauthorized",
-            f"send the storage grant as 'Authorization: {AUTH_SCHEME} <token>'",
-            status=401,
-        )
-    claims = read_grant(token.strip())
-    if claims.container != container:
-        raise GrantRefused("forbidden", "this storage grant is for another container")
-    check_not_expired(claims)
+    claims = claims_from_header(request.headers.get("Authorization", ""), container)
     try:
         check_container_name(container)
         account = account_for_role(claims.account)
@@ -148,6 +138,8 @@ def blob(request: HttpRequest, container: str, name: str) -> HttpResponse:
         return _error(400, "invalid name", str(exc), head=head)
     except BlobNotFound as exc:
         return _error(404, "not found", str(exc), head=head)
+    except BlobExists as exc:
+        return _error(409, "blob exists", str(exc), head=head)
     except IncompleteUpload as exc:
         return _error(400, "incomplete upload", str(exc), head=head)
     except StorageError as exc:
@@ -223,10 +215,14 @@ def _write(
         return _error(411, "length required", "send the blob with a Content-Length header")
     if length < 0 or length > MAX_BLOB_BYTES:
         return _error(413, "too large", f"a blob may hold at most {MAX_BLOB_BYTES} bytes")
-    if store.exists(name):
-        _require(permissions, "w", "overwriting blobs")
-    elif "c" not in permissions:
-        _require(permissions, "w", "creating blobs")
+    _require(permissions, "c", "creating blobs")
+    try:
+        existing = store.stat(name).size
+    except BlobNotFound:
+        existing = None
+    if existing is not None and existing != length:
+        # Answered before the body is read: another size cannot be the same blob.
+        raise BlobExists(name)
 
     def body() -> Iterator[bytes]:
         # Read the request a chunk at a time: a pack is never held in memory whole.

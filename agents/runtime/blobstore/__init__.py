@@ -8,6 +8,7 @@ agent that never talks to Azure does not import the Azure SDK.
 """
 
 from agents.runtime.blobstore.base import (
+    BlobExists,
     BlobForbidden,
     BlobInfo,
     BlobNotFound,
@@ -25,6 +26,7 @@ from agents.runtime.blobstore.retry import RetryingStore
 from agents.runtime.blobstore.throttle import ThrottledStore
 
 __all__ = [
+    "BlobExists",
     "BlobForbidden",
     "BlobInfo",
     "BlobNotFound",

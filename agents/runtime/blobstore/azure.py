@@ -4,8 +4,12 @@ Two ways in: the portal opens a container with the account's connection string (
 rights, for provisioning and garbage collection); an agent opens it from a container URL
 and a SAS grant (no delete). Every SDK error is translated into this package's errors.
 
-Large blobs go up as staged blocks committed in one ``Put Block List`` (atomic: readers
-see the old blob or the new one), several blocks at a time (``max_concurrency``).
+Every blob goes up in one ``Put Blob`` with ``If-None-Match: *``: it is created whole or
+not at all, and never overwritten. Agents' grants allow create (``c``) but not write
+(``w``): Azure and Azurite refuse an overwrite through such a SAS (403), and Azurite also
+refuses ``Put Block``/``Put Block List`` without ``w``, which is why packs are not staged
+as blocks (docs/storage-backends.md). ``If-None-Match: *`` makes the refusal the same
+(409) when the credentials could overwrite (the portal's account key).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from azure.storage.blob import ContainerClient, ExponentialRetry
 
 from agents.runtime.blobstore._common import check_name, check_range, network_reason
 from agents.runtime.blobstore.base import (
+    BlobExists,
     BlobForbidden,
     BlobInfo,
     BlobNotFound,
@@ -36,8 +41,9 @@ from agents.runtime.blobstore.base import (
 )
 
 MiB = 1024 * 1024
-# Blobs up to 8 MiB go in one request; bigger ones (packs are ~16 MiB) as 4 MiB blocks.
-MAX_SINGLE_PUT_SIZE = 8 * MiB
+# Every blob goes in one Put Blob (Azure takes up to 5000 MiB in one; packs are ~16 MiB):
+# staged blocks need the write permission that agents' grants no longer carry.
+MAX_SINGLE_PUT_SIZE = 5000 * MiB
 MAX_BLOCK_SIZE = 4 * MiB
 MAX_SINGLE_GET_SIZE = 8 * MiB
 MAX_CHUNK_GET_SIZE = 4 * MiB
@@ -221,16 +227,52 @@ class AzureBlobStore(BlobStore):
         check_name(name)
         self._check_expiry()
         body = data if isinstance(data, bytes) else bytes(data)  # the SDK iterates memoryviews
+        if len(body) > MAX_SINGLE_PUT_SIZE:
+            raise StorageError(
+                f"blob {name!r} is {len(body)} bytes; Azure takes at most "
+                f"{MAX_SINGLE_PUT_SIZE} in one create"
+            )
         try:
+            # overwrite=False sends If-None-Match: * (409 BlobAlreadyExists on a name in use).
             self._container.upload_blob(
                 name,
                 body,
                 length=len(body),
-                overwrite=True,
+                overwrite=False,
                 max_concurrency=self.max_concurrency,
             )
+        except HttpResponseError as exc:
+            # 409: the name is taken. 403: taken too, when the SAS lacks write (Azure checks
+            # the permission before the condition). Either may be our own earlier try that
+            # landed before its answer was lost (the SDK retries), which is a success.
+            if exc.status_code in (403, 409) and self._holds(name, body):
+                return
+            if (
+                exc.status_code == 409
+                and "alreadyexists" in str(getattr(exc, "error_code", "")).lower()
+            ):
+                raise BlobExists(name) from None
+            if exc.status_code == 403 and self._exists_quietly(name):
+                raise BlobExists(name) from None
+            raise self._error(exc, "write", name) from exc
         except AzureError as exc:
             raise self._error(exc, "write", name) from exc
+
+    def _exists_quietly(self, name: str) -> bool:
+        try:
+            return bool(self._container.get_blob_client(name).exists())
+        except AzureError:
+            return False
+
+    def _holds(self, name: str, body: bytes) -> bool:
+        """Whether blob ``name`` holds exactly ``body`` (False when it cannot be read)."""
+        try:
+            blob = self._container.get_blob_client(name)
+            if blob.get_blob_properties().size != len(body):
+                return False
+            return bool(blob.download_blob(max_concurrency=self.max_concurrency).readall() == body)
+        except AzureError:
+            return False
 
     def get(self, name: str) -> bytes:
         check_name(name)

@@ -3,6 +3,10 @@
 A store is one container (an Azure container, a directory): a flat namespace of blob
 names that may contain ``/``. Backends raise only the errors below, never their
 library's own, so callers (engine, portal) handle failures once.
+
+Blobs are write-once: ``put`` creates, and no backend overwrites. The engine names every
+blob it writes at random (or once, like ``config``), and agents' grants allow create but
+not write, so a compromised machine cannot replace what a backup already stored.
 """
 
 from __future__ import annotations
@@ -21,6 +25,16 @@ class StorageError(Exception):
 class BlobNotFound(StorageError):
     def __init__(self, name: str):
         super().__init__(f"blob {name!r} does not exist")
+        self.name = name
+
+
+class BlobExists(StorageError):
+    """``put`` of a name that already holds other bytes: blobs are never overwritten."""
+
+    def __init__(self, name: str):
+        super().__init__(
+            f"blob {name!r} already exists with other contents; stored blobs are never overwritten"
+        )
         self.name = name
 
 
@@ -69,7 +83,9 @@ class BlobStore(abc.ABC):
 
     @abc.abstractmethod
     def put(self, name: str, data: bytes | memoryview) -> None:
-        """Store ``data`` under ``name`` atomically: readers see the old blob or the new one."""
+        """Create blob ``name`` holding ``data``, atomically (readers see no blob or the
+        whole one). When ``name`` already holds exactly ``data`` nothing happens, so a retry
+        of a create that landed succeeds; when it holds other bytes, ``BlobExists``."""
 
     @abc.abstractmethod
     def get(self, name: str) -> bytes:

@@ -3,9 +3,9 @@
 A grant is what the portal hands an agent instead of account keys (docs/storage-backends.md):
 
     {"kind": "azure-sas", "container": "vault-…", "container_url": "https://…/vault-…",
-     "sas": "sv=…&sig=…", "permissions": "rcwl", "expires_at": "2025-01-01T12:00:00+00:00"}
+     "sas": "sv=…&sig=…", "permissions": "rcl", "expires_at": "2025-01-01T12:00:00+00:00"}
     {"kind": "haven-http", "container": "vault-…", "base_url": "https://portal/storage/vault-…/",
-     "token": "…", "permissions": "rcwl", "expires_at": "2025-01-01T12:00:00+00:00"}
+     "token": "…", "permissions": "rcl", "expires_at": "2025-01-01T12:00:00+00:00"}
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Wire protocol (served by ``vaults.storage.views``; see docs/storage-backends.md):
 
-- ``PUT {base}{name}`` stores the request body; ``GET`` returns it (``Range: bytes=a-b``
+- ``PUT {base}{name}`` creates a blob from the request body (409 ``blob exists`` when the
+  name holds other bytes; the same bytes again answer 201); ``GET`` returns it (``Range: bytes=a-b``
   gives 206); ``HEAD`` answers 200 or 404; ``DELETE`` removes it (needs ``d``).
 - ``GET {base}?prefix=p&marker=m`` lists, in name order, as JSON
   ``{"blobs": [{"name", "size", "modified"}], "next_marker": str | null}``.
@@ -26,6 +27,7 @@ import requests
 
 from agents.runtime.blobstore._common import check_name, check_range, network_reason
 from agents.runtime.blobstore.base import (
+    BlobExists,
     BlobForbidden,
     BlobInfo,
     BlobNotFound,
@@ -160,6 +162,8 @@ class HttpGrantStore(BlobStore):
             return BlobForbidden(
                 message or f"the storage grant does not allow you to {action} {what}"
             )
+        if status == 409 and code == "blob exists" and name:
+            return BlobExists(name)
         if status == 400 and code == "invalid name":
             return InvalidBlobName(message)
         if status in (408, 429) or status >= 500:

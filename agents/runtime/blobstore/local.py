@@ -1,10 +1,15 @@
 """A container as a directory on a local (or mounted) file system.
 
 Blob ``a/b/c`` is the file ``<root>/a/b/c``. Writes go to a temporary file under
-``<root>/.haven/tmp`` that is fsynced and then renamed over the target with ``os.replace``,
-so a reader sees the old blob or the new one and a crash never leaves half a blob under a
-real name. ``.haven`` is reserved for this bookkeeping (the portal also keeps its grant
+``<root>/.haven/tmp`` that is fsynced and then hard-linked to the target name: ``link``
+fails when the name exists, so a blob is created whole or not at all and never
+overwritten, even by two writers racing for one name. (The file system must support hard
+links; every local Linux file system does.) A crash never leaves half a blob under a real
+name. ``.haven`` is reserved for this bookkeeping (the portal also keeps its grant
 generation there) and never appears in ``list``.
+
+Blobs are created ``0600`` and folders ``0700`` (whatever the umask): only the account that
+runs the portal (or the agent) reads a container.
 
 Limitation of a file system, not shared by Azure: a name cannot be both a blob and a
 "folder", so ``a`` and ``a/b`` cannot exist at the same time.
@@ -24,6 +29,7 @@ from typing import BinaryIO
 
 from agents.runtime.blobstore._common import check_name, check_range
 from agents.runtime.blobstore.base import (
+    BlobExists,
     BlobForbidden,
     BlobInfo,
     BlobNotFound,
@@ -34,6 +40,8 @@ from agents.runtime.blobstore.base import (
 )
 
 RESERVED = ".haven"
+FILE_MODE = 0o600
+FOLDER_MODE = 0o700
 _CHUNK = 1024 * 1024
 
 
@@ -47,7 +55,7 @@ class LocalDirectoryStore(BlobStore):
     def __init__(self, root: str | os.PathLike[str], *, create: bool = False) -> None:
         self.root = Path(root)
         if create:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
         elif not self.root.is_dir():
             raise ContainerNotFound(f"the storage directory {self.root} does not exist")
         self._tmp = self.root / RESERVED / "tmp"
@@ -83,7 +91,7 @@ class LocalDirectoryStore(BlobStore):
         self._write(name, lambda out: out.write(data))
 
     def put_stream(self, name: str, chunks: Iterable[bytes], *, length: int | None = None) -> int:
-        """Store a blob from an iterable of byte chunks without holding it in memory.
+        """Create a blob from an iterable of byte chunks without holding it in memory.
 
         With ``length``, a body of any other size raises ``IncompleteUpload`` and stores
         nothing (a client that disconnects mid-upload must not leave a truncated blob).
@@ -106,20 +114,28 @@ class LocalDirectoryStore(BlobStore):
         self._ensure_tmp()
         tmp = self._tmp / f"{uuid.uuid4().hex}.tmp"
         try:
-            with open(tmp, "xb") as out:
+            # 0600 from the start (not chmod after): the bytes are never readable by others.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            with os.fdopen(fd, "wb") as out:
                 write(out)
                 out.flush()
                 os.fsync(out.fileno())
                 size = out.tell()
-            # A concurrent delete may prune the parent folder between makedirs and replace.
+            # A concurrent delete may prune the parent folder between makedirs and link.
             for attempt in range(3):
                 self._make_parents(target)
                 try:
-                    os.replace(tmp, target)
+                    os.link(tmp, target)
                     break
                 except FileNotFoundError:
                     if attempt == 2 or not tmp.exists():
                         raise
+                except FileExistsError:
+                    if target.is_file() and not target.is_symlink():
+                        if _same_file(tmp, target):
+                            return size  # a retried create that had landed
+                        raise BlobExists(name) from None
+                    raise
             _fsync_dir(target.parent)
             return size
         except OSError as exc:
@@ -133,7 +149,7 @@ class LocalDirectoryStore(BlobStore):
         current = self.root
         for part in target.relative_to(self.root).parts[:-1]:
             current = current / part
-            current.mkdir(exist_ok=True)
+            current.mkdir(mode=FOLDER_MODE, exist_ok=True)
 
     def _ensure_tmp(self) -> None:
         if self._tmp_ready.is_set():
@@ -257,6 +273,18 @@ class LocalDirectoryStore(BlobStore):
 
     def __repr__(self) -> str:
         return f"LocalDirectoryStore({str(self.root)!r})"
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            chunk = fa.read(_CHUNK)
+            if chunk != fb.read(_CHUNK):
+                return False
+            if not chunk:
+                return True
 
 
 def _fsync_dir(path: Path) -> None:

@@ -7,11 +7,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from agents.runtime.blobstore._common import check_name, check_range
-from agents.runtime.blobstore.base import BlobInfo, BlobNotFound, BlobStore
+from agents.runtime.blobstore.base import BlobExists, BlobInfo, BlobNotFound, BlobStore
 
 
 class MemoryStore(BlobStore):
-    """Blobs in a dict behind a lock; ``put`` copies, so callers may reuse their buffers."""
+    """Blobs in a dict behind a lock; ``put`` copies, so callers may reuse their buffers,
+    and refuses to overwrite, like every backend."""
 
     fork_safe_reads = True
 
@@ -23,6 +24,10 @@ class MemoryStore(BlobStore):
         check_name(name)
         blob = bytes(data)
         with self._lock:
+            if name in self._blobs:
+                if self._blobs[name][0] == blob:
+                    return  # a retried create
+                raise BlobExists(name)
             self._blobs[name] = (blob, datetime.now(UTC))
 
     def get(self, name: str) -> bytes:

@@ -4,13 +4,20 @@ that yields an empty store with full rights (delete included)."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 from datetime import datetime
 
 import pytest
 
-from agents.runtime.blobstore import BlobInfo, BlobNotFound, BlobStore, InvalidBlobName
+from agents.runtime.blobstore import (
+    BlobExists,
+    BlobInfo,
+    BlobNotFound,
+    BlobStore,
+    InvalidBlobName,
+)
 
 MiB = 1024 * 1024
 
@@ -98,11 +105,21 @@ class BlobStoreContract:
         with pytest.raises(BlobNotFound):
             store.delete("missing")
 
-    def test_put_overwrites(self, store: BlobStore):
+    def test_put_never_overwrites(self, store: BlobStore):
         store.put("index/0", b"old contents, longer")
-        store.put("index/0", b"new")
-        assert store.get("index/0") == b"new"
-        assert [(i.name, i.size) for i in store.list()] == [("index/0", 3)]
+        for other in (b"new", b"old contents, LONGER", b""):
+            with pytest.raises(BlobExists) as caught:
+                store.put("index/0", other)
+            assert caught.value.name == "index/0"
+        assert store.get("index/0") == b"old contents, longer"
+        assert [(i.name, i.size) for i in store.list()] == [("index/0", 20)]
+
+    def test_put_of_the_same_bytes_again_succeeds(self, store: BlobStore):
+        # A retried create whose first try landed (its answer lost) must not fail a backup.
+        data = random_bytes(100_000, seed=3)
+        store.put("packs/aa/retried", data)
+        store.put("packs/aa/retried", memoryview(data))
+        assert store.get("packs/aa/retried") == data
 
     def test_a_large_blob_round_trips(self, store: BlobStore):
         data = random_bytes(20 * MiB)
@@ -136,7 +153,9 @@ class BlobStoreContract:
                 for n in range(6):
                     name = f"packs/{worker:02d}/{n:02d}"
                     store.put(name, random_bytes(64 * 1024 + n, seed=worker * 100 + n))
-                    store.put(f"shared/{n}", bytes([worker]) * 100)  # racing overwrites
+                    # Racing creates of one name: one wins, the others are refused.
+                    with contextlib.suppress(BlobExists):
+                        store.put(f"shared/{n}", bytes([worker]) * 100)
             except BaseException as exc:  # pragma: no cover - reported below
                 errors.append(exc)
 

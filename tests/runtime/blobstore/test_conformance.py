@@ -32,7 +32,7 @@ def store(request, tmp_path):
                 connection_string, container.container_name
             )
         else:
-            store = open_grant(sas_grant(container, "rcwld", expires_in=timedelta(hours=1)))
+            store = open_grant(sas_grant(container, "rcld", expires_in=timedelta(hours=1)))
             assert isinstance(store, AzureBlobStore)
         yield store
         store.close()

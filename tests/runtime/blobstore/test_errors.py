@@ -42,7 +42,7 @@ def test_unreachable_portal_is_unavailable_and_says_where():
 
 def test_a_sas_without_delete_is_forbidden_to_delete(azure_container):
     azure_container.upload_blob("packs/1", b"data")
-    store = open_grant(sas_grant(azure_container, "rcwl", expires_in=timedelta(hours=1)))
+    store = open_grant(sas_grant(azure_container, "rcl", expires_in=timedelta(hours=1)))
     store.put("packs/2", b"more")
     assert store.get("packs/1") == b"data"
     with pytest.raises(BlobForbidden) as caught:
@@ -55,7 +55,7 @@ def test_a_sas_without_delete_is_forbidden_to_delete(azure_container):
 
 
 def test_an_expired_plain_sas_is_refused_by_azurite(azure_container):
-    grant = sas_grant(azure_container, "rcwl", expires_in=timedelta(minutes=-1))
+    grant = sas_grant(azure_container, "rcl", expires_in=timedelta(minutes=-1))
     store = AzureBlobStore.from_container_url(grant["container_url"], sas=grant["sas"])
     with pytest.raises(BlobForbidden, match="refused the credentials"):
         store.get("a")

@@ -20,7 +20,7 @@ def http_grant(**overrides):
         "container": "vault-1",
         "base_url": "https://portal.example/storage/vault-1/",
         "token": "secret-token",
-        "permissions": "rcwl",
+        "permissions": "rcl",
         "expires_at": LATER,
     }
     return {**grant, **overrides}
@@ -31,8 +31,8 @@ def azure_grant(**overrides):
         "kind": "azure-sas",
         "container": "vault-1",
         "container_url": "https://acct.blob.core.windows.net/vault-1",
-        "sas": "sv=2024-01-01&si=haven-rcwl-00&sr=c&sig=abc",
-        "permissions": "rcwl",
+        "sas": "sv=2024-01-01&si=haven-rcl-00&sr=c&sig=abc",
+        "permissions": "rcl",
         "expires_at": LATER,
     }
     return {**grant, **overrides}

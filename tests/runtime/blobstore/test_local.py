@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agents.runtime.blobstore import ContainerNotFound, InvalidBlobName
+from agents.runtime.blobstore import BlobExists, ContainerNotFound, InvalidBlobName
 from agents.runtime.blobstore.local import IncompleteUpload, LocalDirectoryStore
 
 
@@ -15,8 +15,10 @@ def store(tmp_path):
 
 def test_a_put_leaves_no_temporary_file_behind(store):
     store.put("packs/aa/1", b"x" * 1000)
-    store.put("packs/aa/1", b"y")
-    assert (store.root / "packs/aa/1").read_bytes() == b"y"
+    with pytest.raises(BlobExists):
+        store.put("packs/aa/1", b"y")
+    store.put("packs/aa/1", b"x" * 1000)
+    assert (store.root / "packs/aa/1").read_bytes() == b"x" * 1000
     assert list((store.root / ".haven" / "tmp").iterdir()) == []
 
 

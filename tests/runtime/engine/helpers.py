@@ -63,7 +63,10 @@ def flip(store: BlobStore, name: str, offset: int) -> None:
     """Damage blob ``name``: one bit flipped at ``offset``."""
     data = bytearray(store.get(name))
     data[offset] ^= 0x01
-    store.put(name, bytes(data))
+    # Blobs are never overwritten: damage is a delete and a create, behind the engine's back.
+    backend = store.backend if isinstance(store, GuardedStore) else store
+    backend.delete(name)
+    backend.put(name, bytes(data))
 
 
 def remove(store: GuardedStore, name: str) -> None:

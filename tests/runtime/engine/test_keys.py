@@ -44,6 +44,7 @@ def test_it_stores_the_kdf_parameters_beside_the_wrapped_key(memory_store):
     assert repo.kdf_params() == doc["kdf"]
     # The parameters beside the key are the ones used: changing them breaks the unwrap.
     doc["kdf"]["n"] = 2**10
+    memory_store.backend.delete(name)
     memory_store.put(name, json.dumps(doc).encode())
     with pytest.raises(WrongPassphrase):
         Repository.open(memory_store, PASSPHRASE)
@@ -78,6 +79,8 @@ def test_a_pack_swapped_for_another_is_detected(repo, memory_store, tmp_path):
     assert len(packs) >= 2
     a, b = packs[:2]
     data_a, data_b = memory_store.get(a), memory_store.get(b)
+    memory_store.backend.delete(a)
+    memory_store.backend.delete(b)
     memory_store.put(a, data_b)
     memory_store.put(b, data_a)
     res = run_restore(repo, recovery_point=result.recovery_point, target=tmp_path / "out")
@@ -90,6 +93,7 @@ def test_a_manifest_swapped_under_another_name_is_rejected(repo, memory_store, s
     first = backup(repo, source)
     second = backup(repo, source)
     swapped = memory_store.get(manifest_blob(first.recovery_point))
+    memory_store.backend.delete(manifest_blob(second.recovery_point))
     memory_store.put(manifest_blob(second.recovery_point), swapped)
     with pytest.raises(IntegrityError):
         repo.list_recovery_points()

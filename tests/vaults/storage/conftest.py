@@ -57,12 +57,12 @@ def azure_container(azure_storage, container_name):
 
 @pytest.fixture
 def grant_store(served, local_container):
-    """The portal's storage endpoint through a one-hour read-write-delete grant."""
+    """The portal's storage endpoint through a one-hour read-create-list-delete grant."""
     from agents.runtime.blobstore import open_grant
     from agents.runtime.blobstore.http import HttpGrantStore
 
     grant = primary_account().issue_grant(
-        local_container, expires_at=datetime.now(UTC) + timedelta(hours=1), permissions="rcwld"
+        local_container, expires_at=datetime.now(UTC) + timedelta(hours=1), permissions="rcld"
     )
     store = open_grant(grant)
     assert isinstance(store, HttpGrantStore)

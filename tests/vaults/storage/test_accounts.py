@@ -85,7 +85,7 @@ def test_grant_arguments_are_checked(account, container_name):
     try:
         with pytest.raises(ValueError, match="timezone-aware"):
             account.issue_grant(container_name, expires_at=datetime(2100, 1, 1))
-        with pytest.raises(ValueError, match="letters from 'rcwld'"):
+        with pytest.raises(ValueError, match="letters from 'rcld'"):
             account.issue_grant(
                 container_name,
                 expires_at=datetime.fromisoformat("2100-01-01T00:00Z"),

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs
 
 import pytest
+from azure.storage.blob import AccessPolicy, generate_container_sas
 
 from agents.runtime.blobstore import BlobForbidden, GrantExpired, open_grant
 from agents.runtime.blobstore.azure import AzureBlobStore
@@ -24,10 +25,10 @@ def test_the_grant_has_the_documented_shape(azure_container, azurite):
     assert grant["container"] == azure_container
     assert grant["container_url"].endswith(f"/devstoreaccount1/{azure_container}")
     assert "?" not in grant["container_url"]
-    assert grant["permissions"] == "rcwl"
+    assert grant["permissions"] == "rcl"
     assert datetime.fromisoformat(grant["expires_at"]) == expires_at.replace(microsecond=0)
     query = parse_qs(grant["sas"])
-    assert query["si"][0].startswith("haven-rcwl-")  # the stored access policy
+    assert query["si"][0].startswith("haven-rcl-")  # the stored access policy
     assert "sp" not in query  # permissions live in the policy, not the SAS
 
 
@@ -116,3 +117,27 @@ def test_secondary_containers_share_the_account_with_a_suffix(azure_storage, con
         assert account.usage(container_name) == 1
     finally:
         account.delete_container(container_name)
+
+
+def test_a_grant_under_a_write_policy_from_before_stops_at_the_next_grant(azure_container):
+    """Containers provisioned when agents got rcwl keep that policy until the portal next
+    issues a grant there; then it is dropped, and with it every SAS that could overwrite."""
+    account = primary_account()
+    client = account._container(azure_container)
+    old = {"haven-rcwl-0123456789abcdef": AccessPolicy(permission="rcwl")}
+    client.set_container_access_policy(signed_identifiers=old)
+    sas = generate_container_sas(
+        client.account_name,
+        client.container_name,
+        account_key=client.credential.account_key,
+        policy_id="haven-rcwl-0123456789abcdef",
+    )
+    old_store = AzureBlobStore.from_container_url(client.url, sas=sas)
+    old_store.put("a", b"1")
+
+    new = account.issue_grant(azure_container, expires_at=in_an_hour())
+
+    assert all("w" not in ident.split("-")[1] for ident in account._policies(azure_container))
+    with pytest.raises(BlobForbidden):
+        old_store.put("b", b"2")
+    assert open_grant(new).get("a") == b"1"

@@ -12,7 +12,13 @@ import pytest
 import requests
 from django.test import Client
 
-from agents.runtime.blobstore import BlobForbidden, BlobNotFound, GrantExpired, open_grant
+from agents.runtime.blobstore import (
+    BlobExists,
+    BlobForbidden,
+    BlobNotFound,
+    GrantExpired,
+    open_grant,
+)
 from agents.runtime.blobstore.http import HttpGrantStore
 from vaults.storage import primary_account, secondary_account
 from vaults.storage import tokens as grant_tokens
@@ -34,7 +40,7 @@ def test_the_grant_has_the_documented_shape(local_storage, local_container):
     assert grant["kind"] == "haven-http"
     assert grant["container"] == local_container
     assert grant["base_url"] == f"http://testserver/storage/{local_container}/"
-    assert grant["permissions"] == "rcwl"
+    assert grant["permissions"] == "rcl"
     assert datetime.fromisoformat(grant["expires_at"]) == expires_at.replace(microsecond=0)
     assert grant["token"] not in grant["base_url"]
 
@@ -42,8 +48,9 @@ def test_the_grant_has_the_documented_shape(local_storage, local_container):
 def test_an_agent_grant_uploads_and_reads_but_is_forbidden_to_delete(served, local_container):
     grant = primary_account().issue_grant(local_container, expires_at=in_an_hour())
     with open_grant(grant) as store:
-        store.put("packs/aa/aa01", b"pack bytes")
-        store.put("packs/aa/aa01", b"pack bytes, again")  # w: overwrite allowed
+        store.put("packs/aa/aa01", b"pack bytes, again")
+        with pytest.raises(BlobExists):
+            store.put("packs/aa/aa01", b"pack bytes")  # create only, never overwrite
         assert store.get("packs/aa/aa01") == b"pack bytes, again"
         assert [i.name for i in store.list()] == ["packs/aa/aa01"]
         with pytest.raises(BlobForbidden, match="does not allow delete"):
@@ -157,8 +164,10 @@ def test_a_create_only_grant_cannot_overwrite(local_storage, local_container):
     kwargs = {"content_type": "application/octet-stream", "headers": auth(grant)}
     assert client.put(url, data=b"v1", **kwargs).status_code == 201
     refused = client.put(url, data=b"v2", **kwargs)
-    assert refused.status_code == 403
-    assert "does not allow overwrite" in refused.json()["message"]
+    assert refused.status_code == 409
+    assert refused.json()["error"] == "blob exists"
+    assert "never overwritten" in refused.json()["message"]
+    assert client.put(url, data=b"v1", **kwargs).status_code == 201  # a retried create
     assert client.get(f"/storage/{local_container}/", headers=auth(grant)).status_code == 403
 
 
