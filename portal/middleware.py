@@ -19,6 +19,10 @@ class RefuseNulCharacters:
     def __call__(self, request):
         fields = [request.path, *_items(request.GET)]
         if request.method == "POST" and request.content_type in FORM_TYPES:
+            # Read the body first so a view that reads it raw still can (parsing a multipart
+            # body straight from the stream would consume it); the portal takes no uploads,
+            # and Django refuses a body over DATA_UPLOAD_MAX_MEMORY_SIZE with a 400 here.
+            request.body  # noqa: B018
             fields += _items(request.POST)
         if any("\x00" in field for field in fields):
             return HttpResponseBadRequest(
