@@ -12,18 +12,18 @@ from jobs.models import Job
 from jobs.recovery import services
 
 MAX_ANSWER = 8 * 1024 * 1024
+MAX_MACHINE_REF = 255  # a machine's id or name (Machine.name's length)
 
 
 @machine_api
 @require_POST
 def grant(request):
     data = json_body(request, max_bytes=MAX_ANSWER)
-    if data is None or not str(data.get("source_machine") or ""):
+    source_ref = data.get("source_machine") if data is not None else None
+    if not isinstance(source_ref, str) or not 0 < len(source_ref) <= MAX_MACHINE_REF:
         return api_error(400, "bad_request", "Name the source machine (source_machine).")
     try:
-        source, new_grant = services.source_grant(
-            machine=request.machine, source_ref=str(data["source_machine"])
-        )
+        source, new_grant = services.source_grant(machine=request.machine, source_ref=source_ref)
     except services.RecoveryRefused as exc:
         return api_error(404, "not_found", str(exc))
     return JsonResponse(
