@@ -36,7 +36,7 @@ from vaults import storage
 
 pytestmark = pytest.mark.django_db
 
-EXAMPLES_PER_ENDPOINT = 30
+EXAMPLES_PER_ENDPOINT = 20
 PREFIX = "api/agent/"
 
 
