@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import secrets
 import time
 
@@ -92,14 +93,50 @@ def _rate_limited(machine: Machine) -> bool:
 
 def json_body(request, *, max_bytes: int) -> dict | None:
     """The request's JSON object (``{}`` for no body), or None when it is larger than
-    ``max_bytes``, not JSON, or not an object."""
+    ``max_bytes``, not JSON (NaN and Infinity included), nested past Python's recursion
+    limit, not an object, or holds a NUL in any text."""
     if len(request.body) > max_bytes:
         return None
     try:
-        data = json.loads(request.body or b"{}")
-    except ValueError:  # UnicodeDecodeError included
+        data = json.loads(
+            request.body or b"{}", parse_constant=_no_constant, parse_float=_finite_float
+        )
+    except (ValueError, RecursionError):  # UnicodeDecodeError included; [[[[... nested
+        return None
+    if _holds_nul(data):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _holds_nul(data) -> bool:
+    """Whether any text in the parsed body holds a NUL: no name, path or message does, and
+    PostgreSQL stores it in no column (``\\u0000`` in JSON is a 500 at the first write)."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _no_constant(name: str):
+    """NaN and Infinity are not JSON, though Python's parser takes them (and no column can
+    hold them)."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    """``1e999`` parses as infinity: refused like ``Infinity`` itself."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
 
 
 def api_error(status: int, code: str, message: str) -> JsonResponse:

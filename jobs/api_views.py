@@ -9,7 +9,15 @@ from django.http import JsonResponse
 from django.views.decorators.http import require_GET, require_POST
 
 from agents.api_auth import api_error, json_body, machine_api, require_own
-from agents.runtime.protocol import MAX_API_BODY, BadResult, JobResult
+from agents.runtime.protocol import (
+    MAX_API_BODY,
+    MAX_ID_CHARS,
+    MAX_SMALL_COUNT,
+    BadResult,
+    JobResult,
+    wire_count,
+    wire_text,
+)
 from jobs import services
 from jobs.models import BackupPolicy, Job
 
@@ -122,13 +130,14 @@ def policy_applied(request):
     data = json_body(request, max_bytes=MAX_API_BODY)
     if data is None:
         return api_error(400, "bad_request", "Send a JSON object.")
+    try:
+        version = wire_count(data.get("version", 0), "version", high=MAX_SMALL_COUNT)
+        spec_hash = wire_text(data.get("spec_hash"), "spec_hash", max_chars=MAX_ID_CHARS)
+        error = wire_text(data.get("message") or data.get("error"), "error", max_chars=MAX_API_BODY)
+    except BadResult as exc:
+        return api_error(400, "bad_request", str(exc))
     policy = BackupPolicy.objects.filter(machine=request.machine).first()
     if policy is None:
         return api_error(404, "not_found", "This machine has no backup policy.")
-    services.policy_applied(
-        policy=policy,
-        version=int(data.get("version") or 0),
-        spec_hash=str(data.get("spec_hash") or ""),
-        error=str(data.get("message") or data.get("error") or ""),
-    )
+    services.policy_applied(policy=policy, version=version, spec_hash=spec_hash, error=error)
     return JsonResponse({"ok": True})

@@ -44,8 +44,11 @@ MONTH_NAMES = (
     "November",
     "December",
 )
-TIME_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
-TYPE_RE = re.compile(r"^\.?[A-Za-z0-9_+-]{1,20}$")
+# ASCII and anchored at the very end: ``\d`` alone matches any script's digits and ``$``
+# matches before a trailing newline.
+TIME_RE = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])\Z")
+TYPE_RE = re.compile(r"\.?[A-Za-z0-9_+-]{1,20}\Z")
+WHOLE_NUMBER_RE = re.compile(r"-?[0-9]{1,9}\Z")
 
 Problems = dict[str, list[str]]
 
@@ -93,10 +96,17 @@ def _getlist(data: Mapping, name: str) -> list[str]:
     return [str(v) for v in values if str(v).strip() != ""]
 
 
+def whole_number(raw) -> int | None:
+    """The form's whole number, or None. Only ASCII digits count: ``'²'.isdigit()`` is True
+    yet ``int('²')`` raises, and ``int('١')``, ``int('1_0')`` succeed where the form never
+    sends such text; nine digits are more than any field here takes."""
+    text = str(raw).strip()
+    return int(text) if WHOLE_NUMBER_RE.match(text) else None
+
+
 def _int_in(problems: Problems, field: str, raw, low: int, high: int, unit: str) -> int | None:
-    try:
-        number = int(str(raw).strip())
-    except (TypeError, ValueError):
+    number = whole_number(raw) if raw is not None else None
+    if number is None:
         problems.setdefault(field, []).append(
             f"Enter a whole number of {unit} from {low} to {high:,}."
         )
@@ -114,12 +124,9 @@ def _ints(
 ) -> list[int]:
     values = []
     for raw in raws:
-        try:
-            value = int(raw)
-        except ValueError:
-            value = None
+        value = whole_number(raw)
         if value is None or not low <= value <= high:
-            problems.setdefault(field, []).append(f"{raw!r} is not a valid {what}.")
+            problems.setdefault(field, []).append(f"{raw[:20]!r} is not a valid {what}.")
         else:
             values.append(value)
     return sorted(set(values))

@@ -248,7 +248,8 @@ def _posted_values(post) -> dict:
         "yearly_weekdays",
         "yearly_months",
     ):
-        values[key] = [int(v) for v in values[key] if v.lstrip("-").isdigit()]
+        numbers = (policy_rules.whole_number(v) for v in values[key])
+        values[key] = [n for n in numbers if n is not None]
     for level in ("daily", "weekly", "monthly", "yearly"):
         values[f"{level}_enabled"] = post.get(f"{level}_enabled") == "on"
     return values

@@ -2,16 +2,21 @@
 
 Every view, consumer and API endpoint loads what it works on through ``get_for_user`` (or
 ``subscription_for_user``), so none can forget the check. An outsider gets 404 (we do not
-confirm that someone else's vault exists); a member whose role is too low gets 403.
+confirm that someone else's vault exists); a member whose role is too low gets 403. An id
+that cannot be one (``?vault=junk`` for a UUID key) is no such object either: 404.
 """
 
 from __future__ import annotations
 
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models
 from django.http import Http404
 
 from portal.models import Membership, Role, Subscription
+
+# What a lookup raises for a value its field cannot hold: ValueError/TypeError for an
+# integer key, ValidationError for a UUID key.
+_BAD_ID = (ValueError, TypeError, ValidationError)
 
 
 def role_in(user, subscription_id) -> str | None:
@@ -71,7 +76,7 @@ def for_user(user, queryset_or_model, *, subscription_path: str | None = None):
 def subscription_for_user(user, subscription_id, *, role: str = Role.READER) -> Subscription:
     try:
         subscription = Subscription.objects.get(pk=subscription_id)
-    except (Subscription.DoesNotExist, ValueError, TypeError):
+    except (Subscription.DoesNotExist, *_BAD_ID):
         raise Http404("No such subscription") from None
     check_role(user, subscription.pk, role)
     return subscription
@@ -95,7 +100,7 @@ def get_with_role(user, queryset_or_model, *, role: str = Role.READER, **lookup)
         raise TypeError(f"{qs.model.__name__} has no subscription_path")
     try:
         obj = qs.get(**lookup)
-    except (qs.model.DoesNotExist, ValueError, TypeError):
+    except (qs.model.DoesNotExist, *_BAD_ID):
         raise Http404("No such resource") from None
     target = obj
     *hops, last = path.split("__")
@@ -168,7 +173,7 @@ def user_for_manager(manager, user_id):
     require_user_manager(manager)
     try:
         target = managed_users(manager).get(pk=user_id)
-    except (User.DoesNotExist, ValueError, TypeError):
+    except (User.DoesNotExist, *_BAD_ID):
         raise Http404("No such user") from None
     if target.pk == manager.pk:
         raise PermissionDenied("You cannot change your own account here; use Change password.")

@@ -1,12 +1,15 @@
-"""Request-wide rules of the portal: a one-time password is changed before anything else,
-and every response carries the Content-Security-Policy."""
+"""Request-wide rules of the portal, checked before any view runs: a NUL character is a 400,
+a one-time password is changed before anything else, and every response carries the
+Content-Security-Policy."""
 
 from __future__ import annotations
 
 from django.conf import settings
-from django.http import HttpResponse
+from django.http import HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect
 from django.urls import reverse
+
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 # Everything a browser may still do with a one-time password: replace it, or sign out.
 _PASSWORD_CHANGE_EXEMPT = ("portal:password-change", "portal:logout", "portal:login")
@@ -62,3 +65,31 @@ class ContentSecurityPolicyMiddleware:
         response = self.get_response(request)
         response.headers.setdefault("Content-Security-Policy", self.policy)
         return response
+
+
+class RefuseNulCharacters:
+    """A NUL character is never part of a name, an id or a search in Haven, and PostgreSQL
+    refuses it in any text it stores or compares (``DataError`` on every lookup), so a path,
+    query string or form value holding one is answered 400 here rather than 500 wherever it
+    reaches the database. Raw bodies (blobs, JSON) are the views' own to check."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        fields = [request.path, *_items(request.GET)]
+        if request.method == "POST" and request.content_type in FORM_TYPES:
+            # Read the body first so a view that reads it raw still can (parsing a multipart
+            # body straight from the stream would consume it); the portal takes no uploads,
+            # and Django refuses a body over DATA_UPLOAD_MAX_MEMORY_SIZE with a 400 here.
+            request.body  # noqa: B018
+            fields += _items(request.POST)
+        if any("\x00" in field for field in fields):
+            return HttpResponseBadRequest(
+                "A value in this request contains a NUL character (\\0); remove it and try again."
+            )
+        return self.get_response(request)
+
+
+def _items(query) -> list[str]:
+    return [text for key, values in query.lists() for text in (key, *values)]

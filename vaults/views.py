@@ -143,11 +143,16 @@ def vault_create(request):
     action = request.POST.get("action", "") if request.method == "POST" else ""
     errors: dict[str, list[str]] = {}
     extra_tag_rows = 0
+    status = 200
+    order = [s for s, _ in WIZARD_STEPS]
+    if step not in order:
+        # Only a hand-made or damaged form names another step: show Basics again and say so.
+        messages.error(request, "The wizard has no such step; check Basics and go on from there.")
+        step, action, status = "basics", "", 400
 
     if action == "add_tag":
         extra_tag_rows = 1
     elif action.startswith("goto:") or action in ("next", "previous", "create"):
-        order = [s for s, _ in WIZARD_STEPS]
         if action == "next":
             target = order[min(order.index(step) + 1, len(order) - 1)]
         elif action == "previous":
@@ -214,7 +219,7 @@ def vault_create(request):
         "tag_rows": tag_rows,
         "name_problems": [],
     }
-    return render(request, "vaults/create.html", context)
+    return render(request, "vaults/create.html", context, status=status)
 
 
 @login_required

@@ -111,7 +111,40 @@ PROGRESS_KEYS = (
 
 # -- a job's result ------------------------------------------------------------------------------
 class BadResult(ValueError):
-    """A result body that does not have the shape below; the message says what is wrong."""
+    """A report from the other side (a job's result below, a policy confirmation) that does not
+    have its shape; the message says what is wrong."""
+
+
+# What one field of a report may hold: a count fits a signed 64-bit column, a version or a
+# warning count a 32-bit one; a recovery point or pack id is a hex digest, a blob name a short
+# path.
+MAX_COUNT = 2**63 - 1
+MAX_SMALL_COUNT = 2**31 - 1
+MAX_ID_CHARS = 64
+MAX_BLOB_NAME_CHARS = 200
+MAX_STATS = 64
+
+
+def wire_count(value: object, name: str, *, high: int = MAX_COUNT) -> int:
+    """A whole number from 0 to ``high`` sent by the other side, or ``BadResult`` naming the
+    field (``True`` is not a number here, nor is ``"12"`` or ``1.5``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+        raise BadResult(f"{name} must be a whole number from 0 to {high} (got {_shown(value)}).")
+    return value
+
+
+def wire_text(value: object, name: str, *, max_chars: int, default: str = "") -> str:
+    """A string of at most ``max_chars`` (``None`` is ``default``), or ``BadResult``."""
+    if value is None:
+        return default
+    if not isinstance(value, str) or len(value) > max_chars:
+        raise BadResult(f"{name} must be text of at most {max_chars} characters.")
+    return value
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass
@@ -158,24 +191,44 @@ class JobResult:
         status = data.get("status")
         if status not in FINISHED_STATUSES:
             raise BadResult(
-                f"status must be one of {', '.join(FINISHED_STATUSES)} (got {status!r})."
+                f"status must be one of {', '.join(FINISHED_STATUSES)} (got {_shown(status)})."
             )
         warnings = data.get("warnings") or []
         stats = data.get("stats") or {}
         packs = data.get("pack_ids") or []
         if not isinstance(warnings, list) or not isinstance(stats, dict):
             raise BadResult("warnings must be a list and stats an object.")
+        if len(stats) > MAX_STATS:
+            raise BadResult(f"stats may hold at most {MAX_STATS} counts.")
+        stats = {
+            wire_text(key, "a stats name", max_chars=MAX_ID_CHARS): wire_count(
+                value, f"stats.{key}"
+            )
+            for key, value in stats.items()
+        }
         if not isinstance(packs, list):
             raise BadResult("pack_ids must be a list of pack ids.")
         count = data.get("warning_count")
+        # agents before the shared result shape sent the message as "error"
+        message = data.get("message") or data.get("error")
+        if message is not None and not isinstance(message, str):
+            raise BadResult("message must be text.")
+        point = data.get("recovery_point_id") or None
         return cls(
             status=JobStatus(status),
-            # agents before the shared result shape sent the message as "error"
-            message=str(data.get("message") or data.get("error") or ""),
+            message=message or "",
             warnings=warnings,
-            warning_count=count if isinstance(count, int) and not isinstance(count, bool) else None,
+            warning_count=None
+            if count is None
+            else wire_count(count, "warning_count", high=MAX_SMALL_COUNT),
             stats=stats,
-            recovery_point_id=str(data.get("recovery_point_id") or "") or None,
-            manifest_blob=str(data.get("manifest_blob") or ""),
-            pack_ids=[str(p) for p in packs if p is not None],
+            recovery_point_id=wire_text(point, "recovery_point_id", max_chars=MAX_ID_CHARS) or None,
+            manifest_blob=wire_text(
+                data.get("manifest_blob"), "manifest_blob", max_chars=MAX_BLOB_NAME_CHARS
+            ),
+            pack_ids=[
+                wire_text(p, "each of pack_ids", max_chars=MAX_ID_CHARS)
+                for p in packs
+                if p is not None
+            ],
         )

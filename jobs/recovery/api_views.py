@@ -12,12 +12,15 @@ from agents.runtime.protocol import MAX_RECOVERY_ANSWER
 from jobs.models import Job
 from jobs.recovery import services
 
+MAX_MACHINE_REF = 255  # a machine's id or name (Machine.name's length)
+
 
 @machine_api
 @require_POST
 def grant(request):
     data = json_body(request, max_bytes=MAX_RECOVERY_ANSWER)
-    if data is None or not str(data.get("source_machine") or ""):
+    source_ref = data.get("source_machine") if data is not None else None
+    if not isinstance(source_ref, str) or not 0 < len(source_ref) <= MAX_MACHINE_REF:
         return api_error(400, "bad_request", "Name the source machine (source_machine).")
     credentials = data.get("vault_credentials")
     if credentials is not None and not isinstance(credentials, str):
@@ -25,7 +28,7 @@ def grant(request):
     try:
         source, new_grant = services.source_grant(
             machine=request.machine,
-            source_ref=str(data["source_machine"]),
+            source_ref=source_ref,
             credentials=credentials.encode("utf-8") if credentials else None,
         )
     except services.SourceNotAuthorised as exc:

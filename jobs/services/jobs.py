@@ -80,7 +80,8 @@ def _clean_progress(event: dict) -> dict:
         if key in ("phase", "current"):
             progress[key] = str(value)[:500] if value is not None else None
         elif isinstance(value, int | float) and not isinstance(value, bool):
-            progress[key] = max(value, 0)
+            # a count the columns can hold (json_body already refused NaN and infinity)
+            progress[key] = min(max(value, 0), protocol.MAX_COUNT)
         else:
             progress[key] = None
     return progress
