@@ -31,6 +31,7 @@ from agents.api_auth import machine_token_issue
 from agents.models import Machine, MachineToken
 from jobs import policy_rules, services
 from jobs.models import BackupPolicy, Job, RecoveryPoint
+from tests.jobs.conftest import stored_point
 from tests.support import builders
 from vaults import storage
 
@@ -252,6 +253,9 @@ def cast(alice, vault, monkeypatch):
     spec["items"] = ["/srv/data"]
     policy = services.policy_save(machine=machine, spec=spec, user=alice)
     job = services.backup_start(machine=machine)
+    # The result's example names a point whose manifest and pack are really stored, so the
+    # example is accepted and only the fuzzed fields are refused.
+    stored_point(machine, "ef" * 16, ["aa" * 16])
     cache.set("recovery:req:fuzz-request", {"target": str(machine.pk)}, 600)
     cache.delete("recovery:answer:fuzz-request")
     token = machine_token_issue(machine=machine)
@@ -306,6 +310,14 @@ def test_a_hostile_agent_body_is_a_json_4xx_and_changes_nothing(route, cast):
         if answer.status_code >= 400:
             assert answer["Content-Type"] == "application/json", seen
             assert isinstance(answer.json().get("error"), str), seen
+            if answer.json()["error"] == "point_refused":
+                # A well-formed result whose point fails the portal's checks ends the job
+                # Failed with the reason (the person sees why); nothing else changes.
+                assert after["points"] == before["points"], seen
+                assert {k: v for k, v in after.items() if k != "jobs"} == {
+                    k: v for k, v in before.items() if k != "jobs"
+                }, f"refused yet changed: {seen}"
+                return
             assert after == before, f"refused yet changed: {seen}"
 
     if method == "GET":

@@ -6,22 +6,27 @@ attacker's own client would."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
+from django.db import connections
 from django.test import Client
 from django.urls import reverse
 
 from agents.api_auth import machine_token_issue
 from agents.runtime import protocol
 from portal import gate
+from portal.asgi import application
 from tests.support import builders
 from vaults.storage import primary_account
 
@@ -332,10 +337,6 @@ def test_every_agent_endpoint_is_behind_the_gate(name, kwargs, credential):
 # --- The ASGI layer, for servers that stream bodies to the application (uvicorn, hypercorn) --
 def asgi_request(method: str, path: str, headers: dict[str, str], chunks: list[bytes]):
     """Drive ``portal.asgi``'s HTTP app; returns (status, JSON body, chunks it read)."""
-    import asyncio
-
-    from portal.asgi import application
-
     read: list[bytes] = []
     sent: list[dict] = []
     pending = list(chunks)
@@ -365,10 +366,6 @@ def asgi_request(method: str, path: str, headers: dict[str, str], chunks: list[b
     }
 
     async def run():
-        from concurrent.futures import ThreadPoolExecutor
-
-        from django.db import connections
-
         loop = asyncio.get_running_loop()
         executor = ThreadPoolExecutor(1)
         loop.set_default_executor(executor)
@@ -377,7 +374,11 @@ def asgi_request(method: str, path: str, headers: dict[str, str], chunks: list[b
         finally:  # the database check ran on this thread: close its connection
             await loop.run_in_executor(executor, connections.close_all)
 
-    asyncio.run(run())
+    # On a thread of its own: a browser test earlier in the session may have left an event
+    # loop running on this one, and asyncio.run() refuses to nest.
+    runner = threading.Thread(target=asyncio.run, args=(run(),))
+    runner.start()
+    runner.join(timeout=60)
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return start["status"], json.loads(body or b"{}"), read
