@@ -99,17 +99,19 @@ class FaultProxy:
             ).start()
 
     def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        # Blocking sockets, polled for readability: a readable socket's recv returns what is
+        # there, and sendall writes a chunk whole (a non-blocking sendall may send part of it
+        # and then raise, and a retry would send that part twice).
         peer = {a: b, b: a}
         with selectors.DefaultSelector() as sel:
             for s in (a, b):
-                s.setblocking(False)
+                s.settimeout(None)
                 sel.register(s, selectors.EVENT_READ)
             while not self._closed.is_set() and not self._down.is_set():
                 for key, _ in sel.select(timeout=0.2):
+                    source: socket.socket = key.fileobj  # type: ignore[assignment]
                     try:
-                        data = key.fileobj.recv(65536)  # type: ignore[union-attr]
-                    except (BlockingIOError, InterruptedError):
-                        continue
+                        data = source.recv(65536)
                     except OSError:
                         data = b""
                     if not data:
@@ -118,11 +120,7 @@ class FaultProxy:
                     if self.delay:
                         time.sleep(self.delay)
                     try:
-                        peer[key.fileobj].sendall(data)  # type: ignore[index]
-                    except BlockingIOError:
-                        peer[key.fileobj].setblocking(True)  # type: ignore[index]
-                        peer[key.fileobj].sendall(data)  # type: ignore[index]
-                        peer[key.fileobj].setblocking(False)  # type: ignore[index]
+                        peer[source].sendall(data)
                     except OSError:
                         self._drop(a, b)
                         return
