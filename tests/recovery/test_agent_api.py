@@ -11,6 +11,7 @@ from django.urls import reverse
 from jobs.models import Job
 from jobs.recovery import services
 from tests.recovery.conftest import make_machine, make_vault
+from vaults import storage
 
 pytestmark = pytest.mark.django_db
 
@@ -116,5 +117,5 @@ def test_a_download_archive_from_another_machine_or_too_big_is_refused(
         "POST", url, b"x" * 10, content_type="application/gzip", **token_for(web02)
     )
     assert big.status_code == 409 and "larger" in big.json()["message"]
-    assert not services.download_path(download_job).exists()
+    assert list(storage.downloads_store().list()) == []
     assert io  # keep the import for readers comparing with the agent side
