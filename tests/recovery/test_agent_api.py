@@ -56,26 +56,6 @@ def test_no_grant_for_a_machine_of_another_vault(client, subscription, web02, to
         assert response.status_code == 404
 
 
-@pytest.fixture
-def download_job(client, alice, web01, web02, sent):
-    from django.utils import timezone
-
-    from jobs.models import RecoveryPoint
-
-    point = RecoveryPoint.objects.create(
-        machine=web01, vault=web01.vault, snapshot_id="a" * 32, manifest_blob="x",
-        created_at=timezone.now(), tagged_for=timezone.now(), kind="adhoc",
-    )  # fmt: skip
-    client.force_login(alice)
-    response = client.post(
-        reverse("recovery:download", args=[web01.pk, web02.pk]),
-        {"rp": point.snapshot_id, "paths": ["/home/a.txt"]},
-    )
-    job = Job.objects.get()
-    assert response.url == reverse("recovery:download_status", args=[job.pk])
-    return job
-
-
 def test_a_download_is_an_audited_job_and_served_to_its_requester(
     client, alice, member, web02, download_job, sent, token_for, caplog
 ):
