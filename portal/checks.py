@@ -9,7 +9,8 @@ from django.core.checks import Warning, register
 
 @register("haven")
 def generated_secret_with_shared_database(app_configs, **kwargs):
-    if not (settings.DATABASE_URL and settings.SECRET_KEY_GENERATED):
+    shared = settings.DATABASE_URL and not settings.DATABASE_URL.startswith("sqlite")
+    if not (shared and settings.SECRET_KEY_GENERATED):
         return []
     return [
         Warning(

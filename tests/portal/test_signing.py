@@ -5,6 +5,9 @@ older portal left in its data directory is imported once."""
 from __future__ import annotations
 
 import base64
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -15,6 +18,7 @@ from django.db import connections
 
 from portal import signing
 from portal.models import PortalKey
+from tests.support.servers import REPO
 
 OTHER_SECRET = "another-secret-key-" + "q" * 40
 
@@ -133,6 +137,30 @@ def test_two_portals_starting_together_agree_on_one_signing_key():
     assert errors == [] and len(keys) == 4
     assert len(set(keys)) == 1
     assert PortalKey.objects.count() == 1
+
+
+def test_the_signing_key_and_secret_key_fallbacks_are_read_from_secret_files(tmp_path):
+    given = Ed25519PrivateKey.generate()
+    (tmp_path / "signing.pem").write_bytes(_pem(given))
+    (tmp_path / "fallbacks").write_text(f"{OTHER_SECRET},{OTHER_SECRET[::-1]}\n")
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"DATABASE_URL", "SECRET_KEY", "DJANGO_ALLOW_ASYNC_UNSAFE"}
+    }
+    env.update(
+        HAVEN_DATA_DIR=str(tmp_path / "data"),
+        HAVEN_SIGNING_KEY_FILE=str(tmp_path / "signing.pem"),
+        SECRET_KEY_FALLBACKS_FILE=str(tmp_path / "fallbacks"),
+    )
+    shown = subprocess.run(
+        [sys.executable, "manage.py", "shell", "--no-imports", "-c",
+         "from django.conf import settings; from portal import signing; "
+         "print(signing.public_key_b64()); print(len(settings.SECRET_KEY_FALLBACKS))"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split() == [_public_b64(given), "2"]
 
 
 def test_a_generated_secret_key_on_a_shared_database_is_warned_about(settings, capsys):
