@@ -16,7 +16,6 @@ portal's local disk (docs/configuration.md, "Running more than one portal"):
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import logging
 from pathlib import Path
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.db import transaction
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +124,27 @@ def _stored_key() -> Ed25519PrivateKey:
     return key
 
 
-@functools.cache
+_held: list[Ed25519PrivateKey] = []  # this process's key, once it is known to be stored
+
+
 def private_key() -> Ed25519PrivateKey:
+    if _held:
+        return _held[0]
     configured = getattr(settings, "HAVEN_SIGNING_KEY", None)
     if configured:
-        return load_key(configured, source="HAVEN_SIGNING_KEY")
-    return _stored_key()
+        key = load_key(configured, source="HAVEN_SIGNING_KEY")
+        _held[:] = [key]
+        return key
+    key = _stored_key()
+    # Kept only once its row is committed: a key made in a transaction that rolls back was
+    # never stored, and another portal would make another one.
+    transaction.on_commit(lambda: _held.__setitem__(slice(None), [key]))
+    return key
+
+
+def forget() -> None:
+    """Drop the key this process holds (a test's "fresh process")."""
+    _held.clear()
 
 
 # --- using it -------------------------------------------------------------------------------

@@ -235,7 +235,12 @@ def test_two_portals_serve_one_fleet_whatever_portal_each_step_reaches(portals, 
         proxy.use(0)
         got = browser.get(f"{base}/recover/downloads/{job.pk}/file/", headers=CLOSE, timeout=60)
         assert got.status_code == 200
-        assert hashlib.sha256(got.content).hexdigest() == hashlib.sha256(archive).hexdigest()
+        body = got.content
+        first_difference = next(
+            (i for i, (a, b) in enumerate(zip(body, archive, strict=False)) if a != b), None
+        )
+        assert (len(body), first_difference) == (len(archive), None)
+        assert hashlib.sha256(body).hexdigest() == hashlib.sha256(archive).hexdigest()
 
         # Neither portal kept any of it on its own disk.
         for portal in (one, two):
@@ -246,3 +251,42 @@ def test_two_portals_serve_one_fleet_whatever_portal_each_step_reaches(portals, 
         client = redis.Redis.from_url(settings.REDIS_URL)
         client.delete(machine.queue)
         client.close()
+
+
+def test_in_a_browser_progress_an_agent_posts_to_the_other_portal_shows_on_the_job_page(
+    portals, cast, page
+):
+    from playwright.sync_api import expect
+
+    from agents.api_auth import machine_token_issue
+
+    proxy, _ = portals
+    alice, vault = cast
+    machine = builders.make_machine(vault=vault, name="web-01", last_seen_at=timezone.now())
+    job = Job.objects.create(
+        vault=vault, machine=machine, operation=Job.Operation.BACKUP,
+        status=Job.Status.QUEUED, created_by=alice,
+    )  # fmt: skip
+    token = machine_token_issue(machine=machine)
+    page.set_default_timeout(15_000)
+    proxy.use(0)  # the browser signs in and opens the job page on portal 1
+    page.goto(f"{proxy.url}/signin/")
+    page.get_by_label("User name").fill("alice")
+    page.get_by_label("Password").fill(builders.PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.goto(f"{proxy.url}/jobs/{job.pk}/")
+    expect(page.locator("body")).to_have_attribute("data-live", "open")
+    proxy.use(1)  # the agent reports to portal 2
+    reported = requests.post(
+        f"{proxy.url}/api/agent/jobs/{job.pk}/progress/",
+        json={"phase": "uploading", "files_done": 3, "files_total": 9,
+              "current": "/srv/seen-through-the-other-portal.txt"},
+        headers={**CLOSE, "Authorization": f"Bearer {token}"},
+        timeout=10,
+    )  # fmt: skip
+    assert reported.status_code == 200, reported.text
+    live = page.locator(f"#job-{job.pk}-live")
+    expect(live.locator("[data-field=current]")).to_have_text(
+        "/srv/seen-through-the-other-portal.txt"
+    )
+    expect(live.locator("[data-field=status]")).to_have_text("In progress")

@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.management import call_command
-from django.db import connections
+from django.db import connections, transaction
 
 from portal import signing
 from portal.models import PortalKey
@@ -39,14 +39,14 @@ def _fresh(settings, tmp_path):
     settings.DATA_DIR = tmp_path / "data"
     settings.DATA_DIR.mkdir()
     settings.HAVEN_SIGNING_KEY = None
-    signing.private_key.cache_clear()
+    signing.forget()
     yield
-    signing.private_key.cache_clear()
+    signing.forget()
 
 
 def _restart() -> str:
     """What a freshly started portal process would hold."""
-    signing.private_key.cache_clear()
+    signing.forget()
     return signing.public_key_b64()
 
 
@@ -106,6 +106,19 @@ def test_a_key_given_as_secret_configuration_is_used_and_nothing_is_stored(setti
     )
     assert signing.public_key_b64() == _public_b64(given)
     assert not PortalKey.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_key_made_in_a_transaction_that_rolls_back_is_not_kept_by_this_portal():
+    class Undo(Exception):
+        pass
+
+    with pytest.raises(Undo), transaction.atomic():
+        signing.public_key_b64()
+        raise Undo
+    assert not PortalKey.objects.exists()
+    stored = signing.public_key_b64()  # made again, now for good
+    assert _public_b64(signing._stored_key()) == stored
 
 
 def test_a_signing_key_that_is_not_ed25519_is_refused_with_words_to_act_on(settings):

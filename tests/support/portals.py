@@ -20,6 +20,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -95,6 +96,28 @@ class PortalProxy(FaultProxy):
 
     def use(self, index: int) -> None:
         self.target = ("127.0.0.1", self.ports[index])
+
+    # Forwarding with blocking sockets, a thread per direction: FaultProxy's non-blocking
+    # ``sendall`` may have sent part of a chunk when it raises BlockingIOError, and sending
+    # the chunk again then corrupts a large response (a download) on its way.
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        for sock in (a, b):
+            sock.setblocking(True)
+        back = threading.Thread(target=self._copy, args=(b, a), daemon=True)
+        back.start()
+        self._copy(a, b)
+        back.join()
+        self._drop(a, b)
+
+    @staticmethod
+    def _copy(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
 
     @property
     def url(self) -> str:
