@@ -6,7 +6,7 @@ class PortalConfig(AppConfig):
     verbose_name = "Portal"
 
     def ready(self):
-        from portal import search, signals
+        from portal import checks, search, signals  # noqa: F401 - checks registers itself
 
         search.register_portal_kinds()
         signals.connect()

@@ -146,3 +146,19 @@ class SignInThrottle(models.Model):
 
     def __str__(self) -> str:
         return f"{self.account} from {self.address}: {self.failures} failures"
+
+
+class PortalKey(models.Model):
+    """A key every portal process of one installation must share, generated once
+    (``portal.signing``): one row per ``name``, created under the unique constraint so
+    two portals starting together agree on one. ``sealed`` is the key encrypted with a
+    key derived from ``SECRET_KEY`` (docs/configuration.md, "Running more than one
+    portal"), so a copy of the database alone does not give it away."""
+
+    name = models.CharField(max_length=40, unique=True)
+    sealed = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    origin = models.CharField(max_length=255)  # "generated" or "imported from <file>"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.origin}, {self.created_at:%Y-%m-%d})"

@@ -61,6 +61,15 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
+# A generated key is this host's alone: portals sharing a database need one given to all
+# (portal.checks warns; docs/configuration.md, "Running more than one portal").
+SECRET_KEY_GENERATED = not env_str("SECRET_KEY")
+# Earlier keys still accepted while SECRET_KEY changes (comma-separated; a secret: _FILE).
+SECRET_KEY_FALLBACKS = [
+    k.strip() for k in (env_str("SECRET_KEY_FALLBACKS") or "").split(",") if k.strip()
+]
+# The portal's Ed25519 signing key (portal.signing); unset, it is kept in the database.
+HAVEN_SIGNING_KEY = env_str("HAVEN_SIGNING_KEY")
 DEBUG = env_bool("HAVEN_DEBUG", False)
 HTTPS = env_bool("HAVEN_HTTPS", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])

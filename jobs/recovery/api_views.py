@@ -8,6 +8,7 @@ from django.http import JsonResponse
 from django.views.decorators.http import require_POST
 
 from agents.api_auth import api_error, json_body, machine_api
+from agents.runtime.blobstore import StorageError
 from agents.runtime.protocol import MAX_RECOVERY_ANSWER
 from jobs.models import Job
 from jobs.recovery import services
@@ -69,4 +70,8 @@ def download(request, job_id):
         )
     except services.RecoveryRefused as exc:
         return api_error(409, "refused", str(exc))
+    except StorageError as exc:
+        return api_error(
+            503, "storage_unavailable", f"The portal could not store the archive: {exc}"
+        )
     return JsonResponse({"ok": True, "bytes": size})

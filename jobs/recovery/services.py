@@ -14,20 +14,20 @@ What the portal keeps, and where (docs/restore.md):
   for backups.)
 * A download is a restore Job with ``details.kind = "download"`` (the audit trail: who, when,
   which machine and point, how many files and bytes) and an ``haven.audit`` log line; the
-  archive is kept on the portal's disk for ``DOWNLOAD_TTL`` and served only to its requester.
+  archive is kept in the portal's storage (container ``haven-downloads``, so any portal
+  process serves it) for ``DOWNLOAD_TTL`` and served only to its requester.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
-import os
 import secrets
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
-from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
@@ -37,6 +37,7 @@ from django.utils import timezone
 from agents import dispatch
 from agents.models import Machine, SourceGrantAuthorisation
 from agents.runtime import protocol
+from agents.runtime.blobstore import BlobExists, BlobNotFound, StorageError
 from agents.runtime.protocol import DOWNLOAD_MAX_BYTES
 from jobs.models import Job, RecoveryPoint
 from jobs.services import job_publish
@@ -462,31 +463,92 @@ def download_start(*, user, source: Machine, target: Machine, recovery_point: st
     return job
 
 
-def _downloads_dir() -> Path:
-    folder = Path(settings.DATA_DIR) / "recovery-downloads"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return folder
+# Downloads live in the portal's storage (the ``haven-downloads`` container of the primary
+# account), not on one portal's disk, so any portal serves what another one received:
+# ``<job>/parts/<attempt>/<n>`` blobs of at most DOWNLOAD_PART_BYTES, then the manifest
+# ``<job>/archive.json`` (size and part names), written last, so a reader sees a whole archive
+# or none. Neither direction holds more than a part in memory.
+DOWNLOAD_PART_BYTES = 4 * 1024 * 1024
+_READ_BLOCK = 1024 * 1024
 
 
-def download_path(job: Job) -> Path:
-    return _downloads_dir() / f"{job.pk}.tar.gz"
+def _manifest_name(job_id) -> str:
+    return f"{job_id}/archive.json"
+
+
+@dataclass(frozen=True)
+class DownloadArchive:
+    """A finished download in storage; ``chunks``/``async_chunks`` read it a block at a time."""
+
+    job_id: str
+    size: int
+    parts: tuple[str, ...]
+    received_at: float
+
+    def chunks(self):
+        store = storage.downloads_store()
+        try:
+            for name in self.parts:
+                offset = 0
+                while block := store.get_range(name, offset, _READ_BLOCK):
+                    offset += len(block)
+                    yield block
+        finally:
+            store.close()
+
+    async def async_chunks(self):
+        """For an ASGI server: each block is read in a thread, none is held past its send."""
+        from asgiref.sync import sync_to_async
+
+        blocks = self.chunks()
+        take = sync_to_async(next, thread_sensitive=False)
+        while (block := await take(blocks, None)) is not None:
+            yield block
+
+
+def _archive(store, job_id) -> DownloadArchive | None:
+    try:
+        manifest = json.loads(store.get(_manifest_name(job_id)))
+    except BlobNotFound:
+        return None
+    return DownloadArchive(
+        job_id=str(job_id),
+        size=int(manifest["size"]),
+        parts=tuple(manifest["parts"]),
+        received_at=float(manifest["received_at"]),
+    )
+
+
+def _delete_blobs(store, names) -> None:
+    for name in names:
+        with contextlib.suppress(BlobNotFound):
+            store.delete(name)
 
 
 def downloads_purge(*, now: float | None = None) -> int:
+    """Delete downloads older than ``DOWNLOAD_TTL`` (and uploads abandoned that long ago);
+    returns how many jobs' archives went."""
     now = now or time.time()
-    removed = 0
-    for path in _downloads_dir().glob("*.tar.gz*"):
-        try:
-            if now - path.stat().st_mtime > DOWNLOAD_TTL:
-                path.unlink()
-                removed += 1
-        except FileNotFoundError:
-            pass
+    jobs: dict[str, list] = {}
+    with storage.downloads_store() as store:
+        for info in store.list():
+            jobs.setdefault(info.name.split("/", 1)[0], []).append(info)
+        removed = 0
+        for job_id, blobs in jobs.items():
+            manifest = [b for b in blobs if b.name == _manifest_name(job_id)]
+            since = manifest[0] if manifest else max(blobs, key=lambda b: b.modified)
+            if now - since.modified.timestamp() <= DOWNLOAD_TTL:
+                continue
+            # The manifest first: a reader never finds one whose parts are gone.
+            _delete_blobs(store, [b.name for b in manifest])
+            _delete_blobs(store, [b.name for b in blobs if b not in manifest])
+            removed += 1
     return removed
 
 
 def download_receive(*, machine: Machine, job: Job, stream, length: int) -> int:
-    """Store the archive the agent streams for ``job`` (size-limited); returns its size."""
+    """Store the archive the agent streams for ``job`` (size-limited); returns its size.
+    ``StorageError`` when the portal's storage cannot take it (the agent may try again)."""
     if job.machine_id != machine.pk or job.details.get("kind") != "download":
         raise RecoveryRefused("No download job of this machine.")
     if job.status not in Job.ACTIVE:
@@ -494,38 +556,58 @@ def download_receive(*, machine: Machine, job: Job, stream, length: int) -> int:
     if length > DOWNLOAD_MAX_BYTES:
         raise RecoveryRefused("The archive is larger than a download may be.")
     downloads_purge()
-    final = download_path(job)
-    partial = final.with_suffix(".gz.part")
+    prefix = f"{job.pk}/parts/{secrets.token_hex(8)}/"
+    parts: list[str] = []
     size = 0
-    with open(partial, "wb") as out:
-        os.chmod(partial, 0o600)
-        while True:
-            block = stream.read(min(1 << 20, length - size)) if length else b""
-            if not block:
-                break
-            size += len(block)
-            if size > DOWNLOAD_MAX_BYTES:
-                out.close()
-                partial.unlink()
-                raise RecoveryRefused("The archive is larger than a download may be.")
-            out.write(block)
-    if size != length:
-        partial.unlink()
-        raise RecoveryRefused("The archive arrived incomplete; try again.")
-    os.replace(partial, final)
+    buffer = bytearray()
+    with storage.downloads_store() as store:
+
+        def flush() -> None:
+            name = f"{prefix}{len(parts):05d}"
+            store.put(name, bytes(buffer[:DOWNLOAD_PART_BYTES]))
+            parts.append(name)
+            del buffer[:DOWNLOAD_PART_BYTES]
+
+        try:
+            while True:
+                block = stream.read(min(_READ_BLOCK, length - size)) if length > size else b""
+                if not block:
+                    break
+                size += len(block)
+                if size > DOWNLOAD_MAX_BYTES:
+                    raise RecoveryRefused("The archive is larger than a download may be.")
+                buffer += block
+                while len(buffer) >= DOWNLOAD_PART_BYTES:
+                    flush()
+            if size != length:
+                raise RecoveryRefused("The archive arrived incomplete; try again.")
+            if buffer or not parts:
+                flush()
+            manifest = {"size": size, "parts": parts, "received_at": time.time()}
+            store.put(_manifest_name(job.pk), json.dumps(manifest).encode())
+        except BlobExists:
+            # Another upload of this job finished first (an agent's retry): that one stands.
+            _delete_blobs(store, parts)
+            existing = _archive(store, job.pk)
+            return existing.size if existing else size
+        except (RecoveryRefused, StorageError):
+            _delete_blobs(store, parts)
+            raise
     return size
 
 
-def download_for_user(user, job_id) -> tuple[Job, Path | None]:
-    """The requester's finished download and its file (None when expired or not ready)."""
+def download_for_user(user, job_id) -> tuple[Job, DownloadArchive | None]:
+    """The requester's finished download (None when expired or not ready)."""
     job = get_for_user(user, Job.objects.select_related("machine", "vault"), role=ROLE, pk=job_id)
     if job.details.get("kind") != "download" or job.created_by_id != user.pk:
         raise Http404("No such download")
-    path = download_path(job)
-    finished = job.status in (Job.Status.COMPLETED, Job.Status.WARNING)
-    if finished and path.exists() and time.time() - path.stat().st_mtime <= DOWNLOAD_TTL:
-        return job, path
-    return job, None
+    if job.status not in (Job.Status.COMPLETED, Job.Status.WARNING):
+        return job, None
+    with storage.downloads_store() as store:
+        archive = _archive(store, job.pk)
+    if archive is None or time.time() - archive.received_at > DOWNLOAD_TTL:
+        return job, None
+    return job, archive
 
 
 def download_served(*, user, job: Job, size: int) -> None:

@@ -14,9 +14,11 @@ from datetime import datetime
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import FileResponse, Http404
+from django.core.handlers.asgi import ASGIRequest
+from django.http import Http404, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET, require_POST
 
 from agents.models import Machine
@@ -319,24 +321,29 @@ def download(request, source_id, target_id):
 @login_required
 @require_GET
 def download_status(request, job_id):
-    job, path = services.download_for_user(request.user, job_id)
+    job, archive = services.download_for_user(request.user, job_id)
     return _render(
         request,
         "recovery/_download.html",
-        {"job": job, "ready": path is not None, "size": path.stat().st_size if path else 0},
+        {"job": job, "ready": archive is not None, "size": archive.size if archive else 0},
     )
 
 
 @login_required
 @require_GET
 def download_file(request, job_id):
-    job, path = services.download_for_user(request.user, job_id)
-    if path is None:
+    job, archive = services.download_for_user(request.user, job_id)
+    if archive is None:
         raise Http404("This download is not ready or has expired")
-    size = path.stat().st_size
-    services.download_served(user=request.user, job=job, size=size)
+    services.download_served(user=request.user, job=job, size=archive.size)
     name = f"haven-{job.details.get('source_name', 'files')}-{str(job.pk)[:8]}.tar.gz"
-    return FileResponse(open(path, "rb"), as_attachment=True, filename=name)
+    # Streamed from storage a block at a time; under ASGI an async iterator, which Django
+    # sends as it goes (a sync one it would first read whole into memory).
+    chunks = archive.async_chunks() if isinstance(request, ASGIRequest) else archive.chunks()
+    response = StreamingHttpResponse(chunks, content_type="application/gzip")
+    response["Content-Length"] = str(archive.size)
+    response["Content-Disposition"] = content_disposition_header(True, name)
+    return response
 
 
 def wizard_url(source, target) -> str:

@@ -4,14 +4,16 @@ points. Agent tasks are recorded (``sent``), pushes captured."""
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 
 import pytest
 from django.core.cache import cache
+from django.urls import reverse
 from django.utils import timezone
 
 from agents.models import Machine
-from jobs.models import RecoveryPoint
+from jobs.models import Job, RecoveryPoint
 from jobs.recovery import services
 from portal.models import ResourceGroup
 from tests.support import builders
@@ -29,8 +31,19 @@ def _env(settings, tmp_path, monkeypatch):
         settings.ROOT_URLCONF = "tests.recovery.urls"
     monkeypatch.setattr("portal.realtime.publish_now", lambda group, html: None)
     cache.clear()
+    _empty_downloads()  # on Azurite the container outlives a test
     yield
     cache.clear()
+    _empty_downloads()
+
+
+def _empty_downloads() -> None:
+    from agents.runtime.blobstore import StorageError
+    from vaults.storage import downloads_store
+
+    with contextlib.suppress(StorageError), downloads_store() as store:  # broken on purpose
+        for info in list(store.list()):
+            store.delete(info.name)
 
 
 @pytest.fixture
@@ -93,3 +106,20 @@ def token_for():
     from agents.api_auth import machine_token_issue
 
     return lambda machine: {"HTTP_AUTHORIZATION": f"Bearer {machine_token_issue(machine=machine)}"}
+
+
+@pytest.fixture
+def download_job(client, alice, web01, web02, sent):
+    """alice asked for /home/a.txt of web-01 through web-02 (signed in on ``client``)."""
+    point = RecoveryPoint.objects.create(
+        machine=web01, vault=web01.vault, snapshot_id="a" * 32, manifest_blob="x",
+        created_at=timezone.now(), tagged_for=timezone.now(), kind="adhoc",
+    )  # fmt: skip
+    client.force_login(alice)
+    response = client.post(
+        reverse("recovery:download", args=[web01.pk, web02.pk]),
+        {"rp": point.snapshot_id, "paths": ["/home/a.txt"]},
+    )
+    job = Job.objects.get()
+    assert response.url == reverse("recovery:download_status", args=[job.pk])
+    return job

@@ -8,24 +8,28 @@ The agent side of the same storage is ``agents.runtime.blobstore``.
 
 from vaults.storage.accounts import (
     AGENT_PERMISSIONS,
+    DOWNLOADS_CONTAINER,
     SECONDARY_SUFFIX,
     AzureStorageAccount,
     InvalidContainerName,
     LocalStorageAccount,
     StorageAccount,
     check_container_name,
+    downloads_store,
     primary_account,
     secondary_account,
 )
 
 __all__ = [
     "AGENT_PERMISSIONS",
+    "DOWNLOADS_CONTAINER",
     "SECONDARY_SUFFIX",
     "AzureStorageAccount",
     "InvalidContainerName",
     "LocalStorageAccount",
     "StorageAccount",
     "check_container_name",
+    "downloads_store",
     "primary_account",
     "secondary_account",
 ]

@@ -465,6 +465,22 @@ def secondary_account() -> StorageAccount:
     return LocalStorageAccount(folder, role="secondary")
 
 
+# The portal's own scratch container for Recover Data downloads (jobs.recovery.services):
+# in the primary account, so every portal process reads what another one received. Vault
+# and machine containers are named vault-… and machine-…, never this.
+DOWNLOADS_CONTAINER = "haven-downloads"
+_downloads_ready: dict[str, bool] = {}  # per account: created once per process
+
+
+def downloads_store() -> BlobStore:
+    """Full rights on the downloads container, created on first use."""
+    account = primary_account()
+    if not _downloads_ready.get(repr(account)):
+        account.create_container(DOWNLOADS_CONTAINER)
+        _downloads_ready[repr(account)] = True
+    return account.store(DOWNLOADS_CONTAINER)
+
+
 def account_for_role(role: str) -> StorageAccount:
     if role == "primary":
         return primary_account()
