@@ -82,10 +82,10 @@ def digests_of(root: Path) -> dict[str, str]:
     }
 
 
-def verify_every_point(store: BlobStore) -> list[str]:
+def verify_every_point(store: BlobStore, passphrase: str = PASSPHRASE) -> list[str]:
     """``verify`` over the whole repository (every pack read back and authenticated, every
     recovery point's manifest read); returns the ids of the committed points."""
-    repo = engine.Repository.open(store, PASSPHRASE)
+    repo = engine.Repository.open(store, passphrase)
     report = engine.run_verify(repo)
     assert report.ok, report.message
     assert not report.damaged and not report.missing and not report.unreadable_recovery_points
