@@ -59,9 +59,12 @@ def cache_space_required(data_bytes: int) -> int:
     return int(data_bytes * CACHE_FRACTION + 0.999999)
 
 
-def check_cache_space(cache_dir: str | os.PathLike[str], data_bytes: int) -> int:
+def check_cache_space(
+    cache_dir: str | os.PathLike[str], data_bytes: int, *, minimum: int = 0
+) -> int:
     """Before a backup: raise ``CacheTooSmall`` unless the cache location has free space of
-    at least 5% of ``data_bytes``. Returns the free bytes. Creates the directory (0700)."""
+    at least 5% of ``data_bytes`` (and at least ``minimum``, the portal's floor). Returns the
+    free bytes. Creates the directory (0700)."""
     path = Path(cache_dir).expanduser()
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -71,11 +74,16 @@ def check_cache_space(cache_dir: str | os.PathLike[str], data_bytes: int) -> int
             f"the cache location {path} cannot be used ({exc.strerror}); choose another "
             "with haven-agent configure --cache-dir DIR"
         ) from None
-    needed = cache_space_required(data_bytes)
+    share = cache_space_required(data_bytes)
+    needed = max(share, minimum)
     if free < needed:
+        why = (
+            f"backing up {_size(data_bytes)} needs at least {_size(needed)} (5% of the data)"
+            if share >= minimum
+            else f"a backup needs at least {_size(needed)} there"
+        )
         raise CacheTooSmall(
-            f"the cache location {path} has {_size(free)} free, but backing up "
-            f"{_size(data_bytes)} needs at least {_size(needed)} (5% of the data). Free some "
+            f"the cache location {path} has {_size(free)} free, but {why}. Free some "
             "space there, or move the cache to a larger disk with "
             "haven-agent configure --cache-dir DIR, then run the backup again."
         )

@@ -20,6 +20,11 @@ from agents.runtime.blobstore.grants import grant_expiry
 
 log = logging.getLogger("haven.agent")
 
+# A grant this close to its expiry, by this machine's clock, counts as expired: a clock up to
+# this far behind the storage's would otherwise keep a grant the storage already refuses
+# (the portal backdates an Azure grant's start by as much, for a clock that is ahead).
+CLOCK_MARGIN = timedelta(minutes=15)
+
 
 def time_left(grant: dict, *, now: datetime | None = None) -> timedelta:
     """How long ``grant`` stays valid (zero for a grant that cannot be read)."""
@@ -37,11 +42,12 @@ def renew_grant(
     *,
     within: timedelta = timedelta(0),
     save: bool = True,
+    now: datetime | None = None,
 ) -> bool:
     """Ask ``portal`` for a fresh grant when less than ``within`` is left of the saved one
-    (zero: once it has expired); returns whether it was renewed. The portal's failures
-    (``PortalError``) are the caller's to handle."""
-    if time_left(registration.grant) > within:
+    (zero: once it has expired, or is within ``CLOCK_MARGIN`` of it); returns whether it was
+    renewed. The portal's failures (``PortalError``) are the caller's to handle."""
+    if time_left(registration.grant, now=now) > max(within, CLOCK_MARGIN):
         return False
     answer = portal.post("grant/", {"vault_id": registration.vault_id})
     if not isinstance(answer.get("grant"), dict):

@@ -12,9 +12,11 @@ is meant for a person; storage failures are the blobstore's ``StorageError`` fam
     WalkAhead(sources, excludes=())       # start walking before Repository.open (overlaps scrypt)
     run_backup(repo, *, sources | walk, excludes=(), cache_dir=None, sink=None, cancel=None,
                tags=(), hostname=None, workers=None, compression_level=3, pack_size=16 MiB,
-               upload_threads=2) -> BackupResult
+               upload_threads=2, check_space=None) -> BackupResult
+                                          # check_space(previous point's bytes) may raise
     run_restore(repo, *, recovery_point, target, paths=None, on_conflict="overwrite",
                 restore_owner=None, sink=None, cancel=None, writers=None) -> RestoreResult
+                                          # TargetFull: the target's disk filled; files kept
     run_verify(repo, *, fraction=1.0, sink=None, cancel=None, seed=None) -> VerifyReport
 
     list_recovery_points(repo) -> list[RecoveryPoint]               # oldest first
@@ -90,6 +92,7 @@ from agents.runtime.engine.errors import (
     RecoveryPointNotFound,
     RepositoryExists,
     RepositoryNotFound,
+    TargetFull,
     UnsafePath,
     UnsupportedFormat,
     WrongPassphrase,
@@ -130,6 +133,7 @@ __all__ = [
     "RepositoryExists",
     "RepositoryNotFound",
     "RestoreResult",
+    "TargetFull",
     "ThrottledSink",
     "UnsafePath",
     "UnsupportedFormat",

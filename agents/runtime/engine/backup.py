@@ -27,7 +27,7 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,8 +100,13 @@ def run_backup(
     compression_level: int = 3,
     pack_size: int = DEFAULT_PACK_SIZE,
     upload_threads: int = 2,
+    check_space: Callable[[int], None] | None = None,
 ) -> BackupResult:
     """Back up ``sources`` (absolute paths) into a new recovery point of ``repo``.
+
+    ``check_space(data_bytes)`` is called with the previous recovery point's size (0 for a
+    first backup) before a file is read; it raises to stop the backup (a cache location
+    too small for that much data).
 
     ``walk``: a ``WalkAhead`` started earlier, e.g. before ``Repository.open`` so the walk
     overlaps the key derivation; its sources and exclusions are the backup's then."""
@@ -127,6 +132,7 @@ def run_backup(
             level=compression_level,
             pack_size=pack_size,
             upload_threads=upload_threads,
+            check_space=check_space,
         )
         return job.run()
     finally:
@@ -164,6 +170,8 @@ class _Backup:
         self.repo.load_index(self.cache_dir)
         self.repo.sync_packs()
         prev = self._previous()
+        if self.check_space is not None:
+            self.check_space(int(prev.stats.get("logical_bytes") or 0) if prev else 0)
         if prev is not None:
             rep.files_total = prev.stats.get("files")
             rep.bytes_total = prev.stats.get("logical_bytes")
@@ -202,7 +210,7 @@ class _Backup:
             if cancelled:
                 self.pool.stop(kill=True)
                 self.packer.close(abandon=True)
-                self.repo.save_index_cache(self.cache_dir)
+                self._save_index_cache()
                 self.result.status = "cancelled"
                 self.result.message = (
                     "backup cancelled: no recovery point was created; the data uploaded so far "
@@ -215,7 +223,8 @@ class _Backup:
                 self._reference(cid)
             rp = self._recovery_point(prev, meta_ids)
             self.repo.write_recovery_point(rp)
-            self.repo.save_index_cache(self.cache_dir)
+            # the point is committed: a full cache disk only costs the next backup time
+            self._save_index_cache()
             self.result.recovery_point = rp.id
             ok = True
             return self._finish(started)
@@ -225,6 +234,13 @@ class _Backup:
                 # the error already propagating is the one to report, not an upload's echo of it
                 with contextlib.suppress(Exception):
                     self.packer.close(abandon=True)
+
+    def _save_index_cache(self) -> None:
+        problem = self.repo.save_index_cache(self.cache_dir)
+        if problem:
+            self.warn(None, problem)
+            if self.result.status == "completed":
+                self.result.status = "completed_with_warnings"
 
     def _progress(self) -> None:
         """Copy the packer's live upload counters to the reporter."""

@@ -5,6 +5,8 @@ And ``Cancelled``, the engine's own signal that ``cancel`` was set (it never lea
 
 from __future__ import annotations
 
+import shutil
+
 from agents.runtime.engine.layout import KEYS_PREFIX
 
 
@@ -58,6 +60,24 @@ class ChunkMissing(IntegrityError):
             "is incomplete (run verify)"
         )
         self.chunk_id = chunk_id
+
+
+class TargetFull(EngineError):
+    """The restore target's disk filled up: the restore stopped; finished files are kept."""
+
+    def __init__(self, target, restored: int, needed: int) -> None:
+        try:
+            free = f"{shutil.disk_usage(target).free:,} bytes free"
+        except OSError:
+            free = "its free space unknown"
+        super().__init__(
+            f"the disk holding the restore target {target} is full ({free}); the restore "
+            f"stopped after {restored} files, which are complete and kept. The files not "
+            f"restored need about {needed:,} bytes more: free that much space there (or "
+            "choose another target) and restore again; choose to skip existing files to "
+            "carry on where this restore stopped."
+        )
+        self.target, self.restored, self.needed = target, restored, needed
 
 
 class UnsafePath(EngineError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -21,6 +22,7 @@ _NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 SET_ID_BITS = stat.S_ISUID | stat.S_ISGID
 NO_ID = 0xFFFFFFFF  # chown's "leave unchanged": a recorded owner of -1 is no owner at all
 PROGRESS_BYTES = 4 << 20  # a writer reports progress at least every 4 MiB written
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def copy_name(name: bytes, n: int) -> bytes:
@@ -59,12 +61,14 @@ class FileWriter:
         self.reported_at = time.monotonic()
         self.warnings: list[tuple[bytes, str]] = []
         self.failed: list[tuple[bytes, str]] = []
+        self.full_files = self.full_bytes = 0  # not written: the target's disk is full
 
     def report(self) -> dict:
         """What was done since the last report (then forgotten here)."""
         out = {"files": self.files, "bytes": self.bytes, "skipped": self.skipped,
                "warnings": self.warnings, "failed": self.failed,
-               "progress": (self.unreported_bytes, self.unreported_files)}  # fmt: skip
+               "progress": (self.unreported_bytes, self.unreported_files),
+               "disk_full": (self.full_files, self.full_bytes)}  # fmt: skip
         self._clear()
         return out
 
@@ -99,6 +103,10 @@ class FileWriter:
         except UnsafePath as exc:
             self.failed.append((e.path, str(exc)))
         except OSError as exc:
+            if exc.errno in DISK_FULL:
+                # the partial file is gone (``_write``); the restore stops and says how much
+                self.full_files += 1
+                self.full_bytes += e.size
             self.failed.append((e.path, f"cannot restore: {exc.strerror or exc}"))
 
     def link(self, e: Entry, head_dir: list[bytes], head_name: bytes) -> bool:

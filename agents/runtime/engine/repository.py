@@ -14,8 +14,10 @@ delete permission; garbage collection is the portal's (see DESIGN.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -261,19 +263,38 @@ class Repository:
         for cid, off, length, raw in rows:
             self.index.add(cid, no, off, length, raw)
 
-    def save_index_cache(self, cache_dir: Path | None) -> None:
+    def save_index_cache(self, cache_dir: Path | None) -> str | None:
+        """Keep the index on this machine for the next backup. A cache that cannot be
+        written (its disk is full) is no failure: the next backup reads the index from
+        storage instead. Returns why it was not saved, or None."""
         if cache_dir is None:
-            return
+            return None
         bin_path, json_path = self._cache_paths(cache_dir)
-        bin_path.parent.mkdir(parents=True, exist_ok=True)
         # Sealed: the cache sits on the machine, but it names every chunk id.
         sealed = self.sealer.seal(self.index.dump(), b"index-cache\0" + self.id.encode())
-        tmp = bin_path.with_suffix(".tmp")
-        tmp.write_bytes(sealed)
-        os.replace(tmp, bin_path)
-        tmpj = json_path.with_suffix(".tmp")
-        tmpj.write_text(json.dumps({"names": sorted(self._index_names)}))
-        os.replace(tmpj, json_path)
+        tmp, tmpj = bin_path.with_suffix(".tmp"), json_path.with_suffix(".tmp")
+        try:
+            bin_path.parent.mkdir(parents=True, exist_ok=True)
+            # the names go first: a cache whose names are gone is never trusted
+            json_path.unlink(missing_ok=True)
+            tmp.write_bytes(sealed)
+            os.replace(tmp, bin_path)
+            tmpj.write_text(json.dumps({"names": sorted(self._index_names)}))
+            os.replace(tmpj, json_path)
+        except OSError as exc:
+            for leftover in (tmp, tmpj, bin_path):
+                with contextlib.suppress(OSError):
+                    leftover.unlink(missing_ok=True)
+            free = ""
+            with contextlib.suppress(OSError):
+                free = f", {shutil.disk_usage(cache_dir).free:,} bytes free"
+            return (
+                f"the index cache could not be saved in the cache location {cache_dir} "
+                f"({exc.strerror or exc}; it needs {len(sealed):,} bytes{free}): the next "
+                "backup reads the index from storage instead. Free some space there or "
+                "move the cache with haven-agent configure --cache-dir DIR."
+            )
+        return None
 
     def write_index(self, packs: list[tuple[bytes, int, list[tuple[bytes, int, int, int]]]]) -> str:
         name = index_blob(os.urandom(16).hex())

@@ -25,8 +25,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agents.runtime.engine.errors import Cancelled, EngineError, InvalidArgument, UnsafePath
-from agents.runtime.engine.file_writer import NO_ID, FileWriter, set_xattrs, unprivileged
+from agents.runtime.engine.errors import (
+    Cancelled,
+    EngineError,
+    InvalidArgument,
+    TargetFull,
+    UnsafePath,
+)
+from agents.runtime.engine.file_writer import (
+    DISK_FULL,
+    NO_ID,
+    FileWriter,
+    set_xattrs,
+    unprivileged,
+)
 from agents.runtime.engine.format import DIR, FILE, HARDLINK, SYMLINK, Entry, encode_entry
 from agents.runtime.engine.owners import owner_of
 from agents.runtime.engine.paths import absolute_paths, is_inside, is_selected, past_all_selections
@@ -87,6 +99,7 @@ class _Restore:
         self.batch_bytes = 0
         self.batch_id = 0
         self.outstanding = 0
+        self.full_files = 0  # files not written because the target's disk is full
 
     def warn(self, path: bytes, reason: str, *, failed: bool = False) -> None:
         w = self.reporter.warn(path, reason)
@@ -116,6 +129,8 @@ class _Restore:
                 if self.cancel.is_set():
                     self.cancelled = True
                     break
+                if self.full_files:
+                    break  # the rest would fail the same way; finished files are kept
                 if self.skip_under and any(is_inside(e.path, s) for s in self.skip_under):
                     continue
                 rep.current = e.path
@@ -127,11 +142,12 @@ class _Restore:
                 except UnsafePath as exc:
                     self.warn(e.path, str(exc), failed=True)
                 except OSError as exc:
+                    self.full_files += exc.errno in DISK_FULL
                     self.warn(e.path, f"cannot restore: {exc.strerror or exc}", failed=True)
                 rep.emit()
             self._send()
             self._wait_writers()
-            if not (self.cancelled or self.cancel.is_set()):
+            if not (self.cancelled or self.cancel.is_set() or self.full_files):
                 self._make_links()
                 self._apply_dir_metadata()
         finally:
@@ -141,6 +157,8 @@ class _Restore:
                 self.writers.join()
             self.tree.close()
         res = self.result
+        if self.full_files:
+            raise TargetFull(self.target, res.files, self._space_needed())
         if self.cancelled or self.cancel.is_set():
             res.status = "cancelled"
             res.message = (
@@ -249,8 +267,14 @@ class _Restore:
         elif kind == "error":
             raise EngineError(f"a restore writer failed: {msg[1]}")
 
+    def _space_needed(self) -> int:
+        """The bytes not yet restored (the recovery point's size less what was written)."""
+        total = self.reporter.bytes_total or 0
+        return max(0, int(total) - self.result.bytes)
+
     def _take_report(self, r: dict) -> None:
         res, rep = self.result, self.reporter
+        self.full_files += r.get("disk_full", (0, 0))[0]
         res.files += r["files"]
         res.bytes += r["bytes"]
         res.skipped += r["skipped"]

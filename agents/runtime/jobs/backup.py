@@ -6,13 +6,12 @@ and say what it made: the recovery point, its manifest and the packs it referenc
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agents.runtime import engine, protocol
+from agents.runtime import checks, engine, protocol
 from agents.runtime.blobstore.base import BlobStore
 from agents.runtime.engine import layout
 from agents.runtime.jobs.runner import JobAborted, JobRun, run_job
@@ -29,19 +28,15 @@ WRONG_PASSPHRASE = (
 CANCELLED = "Cancelled on request; no recovery point was made."
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1024 / 1024:,.0f} MB"
-
-
-def check_cache(cache_dir: Path, needed: int) -> None:
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(cache_dir).free
-    if free < needed:
-        raise JobAborted(
-            f"Only {_mb(free)} are free where the agent keeps its cache ({cache_dir}); a "
-            f"backup needs at least {_mb(needed)}. Free some space on that disk, or move the "
-            "cache to a larger one with haven-agent configure --cache-dir."
-        )
+def check_cache(cache_dir: Path, data_bytes: int, *, minimum: int) -> None:
+    """The cache location's free space: 5% of the data to back up (``data_bytes``, from the
+    previous recovery point; 0 before the first) and never less than the portal's
+    ``minimum``. A job that would fill the disk fails before it reads a file."""
+    try:
+        checks.check_cache_space(cache_dir, data_bytes, minimum=minimum)
+    except checks.CacheTooSmall as exc:
+        text = str(exc)
+        raise JobAborted(text[:1].upper() + text[1:]) from None
 
 
 def pack_size_for(bandwidth_limit: int) -> int | None:
@@ -68,7 +63,8 @@ def backup_work(
                 "This machine has no backup policy with items to back up; set one in the "
                 "portal (Backup policy) and back up again."
             )
-        check_cache(Path(cache_dir), int(job.get("min_cache_free_bytes") or 0))
+        minimum = int(job.get("min_cache_free_bytes") or 0)
+        check_cache(Path(cache_dir), 0, minimum=minimum)
         options: dict[str, Any] = {"pack_size": pack_size} if pack_size else {}
         store = open_store()
         secret = passphrase() if callable(passphrase) else passphrase
@@ -89,6 +85,9 @@ def backup_work(
             sink=run.sink,
             cancel=run.cancel,
             tags=job.get("tags") or [],
+            check_space=lambda data_bytes: check_cache(
+                Path(cache_dir), data_bytes, minimum=minimum
+            ),
             **options,
         )
         run.sink.close()  # its last post carries the final counters; warnings are complete

@@ -92,9 +92,9 @@ def test_too_little_cache_space_fails_before_touching_storage(data, repo_store, 
         cache_dir=tmp_path / "cache",
         sleep=lambda s: None,
     )
-    assert (
-        result["status"] == "failed" and "free where the agent keeps its cache" in result["message"]
-    )
+    assert result["status"] == "failed"
+    assert f"The cache location {tmp_path / 'cache'} has" in result["message"]
+    assert "a backup needs at least" in result["message"]
     assert opened == []
 
 
