@@ -57,8 +57,8 @@ ABANDONED = {
     ),
     "restore": (
         "The agent stopped while restoring (it was killed, restarted or the machine went "
-        "down); the {files} file(s) already restored were kept, and the one being written "
-        "may be incomplete. Start the restore again: files already there are skipped or "
+        "down); at least {files} file(s) already restored were kept, and the one being "
+        "written may be incomplete. Start the restore again: files already there are skipped or "
         "replaced as the conflict choice says."
     ),
     "download": (

@@ -116,7 +116,7 @@ def test_a_job_left_by_a_killed_process_becomes_a_failed_result_that_says_what_w
     (made,) = outbox.recover_abandoned()
     assert made.job_id == "job-r" and made.payload["status"] == "failed"
     assert "stopped while restoring" in made.payload["message"]
-    assert "7 file(s) already restored were kept" in made.payload["message"]
+    assert "at least 7 file(s) already restored were kept" in made.payload["message"]
     assert "Start the restore again" in made.payload["message"]
     assert [e.job_id for e in outbox.pending()] == ["job-r"]
     assert outbox.get("job-mine").state == "started"
@@ -145,3 +145,27 @@ def test_flush_backs_off_per_result_up_to_five_minutes(tmp_path):
         now[0] += 10
     gaps = [b - a for a, b in itertools.pairwise(tries)]
     assert gaps[0] == 10 and max(gaps) <= 310 and gaps[-1] >= 300
+
+
+def test_status_lists_the_results_waiting_for_the_portal(tmp_path, monkeypatch, capsys):
+    from agents.runtime import cli, config
+
+    monkeypatch.setenv("HAVEN_AGENT_CONFIG_DIR", str(tmp_path / "agent-config"))
+    registration = config.Registration(
+        portal_url="http://portal.invalid", portal_public_key="", portal_fingerprint="",
+        subscription_id="s", subscription_name="s", resource_group="rg", vault_id="v",
+        vault_name="vault", machine_id="m-1", machine_name="web-01", token="hvn_x",
+        broker_url="", grant={},
+    )  # fmt: skip
+    config.save_registration(registration)
+    assert cli.main(["configure", "--cache-dir", str(tmp_path / "cache")]) == 0
+    outbox = outbox_for_cache(tmp_path / "cache")
+    outbox.put("job-5", {"status": "completed"})
+    capsys.readouterr()
+    assert cli.main(["status"]) == 0
+    assert "job job-5 (completed); posted when the portal answers" in capsys.readouterr().out
+    assert cli.main(["status", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["job_results_undelivered"] == [
+        {"job_id": "job-5", "status": "completed", "state": "result"}
+    ]
