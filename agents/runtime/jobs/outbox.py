@@ -68,9 +68,23 @@ ABANDONED = {
 }
 
 
-def _pid_alive(pid: int) -> bool:
+def process_identity(pid: int) -> str:
+    """Who process ``pid`` is, beyond its number (which a reboot or a long uptime reuses):
+    the boot and the process's start time on Linux; "" where that cannot be read."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    # the start time is field 22; the command name (field 2) may hold spaces: split after it
+    return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"
+
+
+def _alive(pid: int, identity: str) -> bool:
     if pid <= 0:
         return False
+    if identity:
+        return process_identity(pid) == identity
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -86,6 +100,7 @@ class Entry:
     state: str
     kind: str = ""
     pid: int = 0
+    process: str = ""  # process_identity(pid) when it was written
     files_done: int = 0
     result_id: str = ""
     payload: dict = field(default_factory=dict)
@@ -97,6 +112,7 @@ class Entry:
             "state": self.state,
             "kind": self.kind,
             "pid": self.pid,
+            "process": self.process,
             "files_done": self.files_done,
             "result_id": self.result_id,
             "payload": self.payload,
@@ -110,6 +126,7 @@ class Entry:
             state=str(data.get("state") or ""),
             kind=str(data.get("kind") or ""),
             pid=int(data.get("pid") or 0),
+            process=str(data.get("process") or ""),
             files_done=int(data.get("files_done") or 0),
             result_id=str(data.get("result_id") or ""),
             payload=dict(data.get("payload") or {}),
@@ -121,11 +138,17 @@ class Entry:
         return {**self.payload, RESULT_ID: self.result_id}
 
 
+# One lock for every Outbox of the process: the job's task and the heartbeat may both post
+# the same result (each has its own Outbox); the portal would answer both the same way, but
+# one post at a time keeps the log and the files simple.
+_SENDING = threading.Lock()
+
+
 class Outbox:
     def __init__(self, folder: Path, *, clock: Callable[[], float] = time.monotonic):
         self.folder = Path(folder)
         self.clock = clock
-        self._lock = threading.Lock()
+        self._lock = _SENDING
         self._due: dict[str, tuple[float, float]] = {}  # job id -> (next try, backoff)
 
     # -- files ----------------------------------------------------------------------------
@@ -186,7 +209,17 @@ class Outbox:
     # -- a job's life -----------------------------------------------------------------------
     def started(self, job_id: str, kind: str) -> None:
         """Journal that ``job_id`` began in this process."""
-        self._write(Entry(job_id, STARTED, kind=kind, pid=os.getpid(), written_at=time.time()))
+        pid = os.getpid()
+        self._write(
+            Entry(
+                job_id,
+                STARTED,
+                kind=kind,
+                pid=pid,
+                process=process_identity(pid),
+                written_at=time.time(),
+            )
+        )
 
     def progressed(self, job_id: str, files_done: int) -> None:
         entry = self.get(job_id)
@@ -215,7 +248,7 @@ class Outbox:
         """Jobs journaled by a process that is gone become Failed results saying so."""
         made = []
         for entry in self.entries():
-            if entry.state != STARTED or entry.pid == os.getpid() or _pid_alive(entry.pid):
+            if entry.state != STARTED or _alive(entry.pid, entry.process):
                 continue
             words = ABANDONED.get(entry.kind, ABANDONED["backup"]).format(files=entry.files_done)
             log.warning("job %s was left unfinished by a stopped agent: reporting it", entry.job_id)

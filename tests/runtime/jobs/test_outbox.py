@@ -112,13 +112,21 @@ def test_a_job_left_by_a_killed_process_becomes_a_failed_result_that_says_what_w
     journal.update(pid=dead.pid, files_done=7)
     (tmp_path / "outbox" / "job-r.json").write_text(json.dumps(journal))
     outbox.started("job-mine", "backup")  # this process's own running job is left alone
+    # A journal whose process number now belongs to another process (after a reboot, say).
+    outbox.started("job-reused", "download")
+    reused = json.loads((tmp_path / "outbox" / "job-reused.json").read_text())
+    reused.update(pid=1)
+    (tmp_path / "outbox" / "job-reused.json").write_text(json.dumps(reused))
 
-    (made,) = outbox.recover_abandoned()
+    made = {e.job_id: e for e in outbox.recover_abandoned()}
+    assert sorted(made) == ["job-r", "job-reused"]
+    assert "Start the download again" in made["job-reused"].payload["message"]
+    made = made["job-r"]
     assert made.job_id == "job-r" and made.payload["status"] == "failed"
     assert "stopped while restoring" in made.payload["message"]
     assert "at least 7 file(s) already restored were kept" in made.payload["message"]
     assert "Start the restore again" in made.payload["message"]
-    assert [e.job_id for e in outbox.pending()] == ["job-r"]
+    assert sorted(e.job_id for e in outbox.pending()) == ["job-r", "job-reused"]
     assert outbox.get("job-mine").state == "started"
 
 
