@@ -87,11 +87,10 @@ def pack_bytes(machine) -> int:
 
 
 @pytest.fixture
-def web01(request):
+def web01(agent_portal, vault_owner, agent_machines):  # noqa: F811 - the imported fixtures
     from jobs import policy_rules, services
 
-    owner = request.getfixturevalue("vault_owner")
-    machines = request.getfixturevalue("agent_machines")
+    owner, machines = vault_owner, agent_machines
     agent = machines.register("web-01", owner.credentials, bandwidth_limit=BANDWIDTH)
     data = agent.home / "data"
     seed(data, seed=6)
@@ -197,13 +196,12 @@ def test_kill_9_mid_backup_the_next_backup_completes_and_earlier_points_restore(
 
 
 @pytest.fixture
-def behind_proxy(request):
+def behind_proxy(agent_portal, vault_owner, agent_machines):  # noqa: F811 - the imported fixtures
     """web-01 whose agent reaches the portal's API only through a FaultProxy."""
     from jobs import policy_rules, services
 
-    portal = urlsplit(request.getfixturevalue("agent_portal"))
-    owner = request.getfixturevalue("vault_owner")
-    machines = request.getfixturevalue("agent_machines")
+    portal = urlsplit(agent_portal)
+    owner, machines = vault_owner, agent_machines
     with FaultProxy("127.0.0.1", portal.port) as proxy:
         agent = machines.register(
             "web-01", owner.credentials, bandwidth_limit=BANDWIDTH, start=False

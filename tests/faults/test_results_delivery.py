@@ -181,3 +181,20 @@ def test_a_failure_after_the_sweep_keeps_the_portals_reason_and_answers_the_same
     assert answers[0].json() == answers[1].json() == {"status": "failed"}
     job.refresh_from_db()
     assert "stopped reporting" in job.error and str(job.result_id) == body["result_id"]
+
+
+def test_a_refused_point_posted_again_is_refused_again(client, machine):
+    job = services.backup_start(machine=machine)
+    services.job_mark_started(job=job)
+    body = {
+        "status": "completed",
+        "recovery_point_id": "c0" * 16,  # no such manifest in the machine's container
+        "manifest_blob": "snapshots/" + "c0" * 16,
+        "result_id": str(uuid.uuid4()),
+    }
+    answers = [_post(client, machine, job, body) for _ in range(2)]
+    assert [a.status_code for a in answers] == [409, 409]
+    assert answers[0].json() == answers[1].json()
+    assert answers[0].json()["error"] == "point_refused"
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED and not RecoveryPoint.objects.filter(job=job).exists()
