@@ -262,7 +262,9 @@ def _finish(
                 )
         if swept and refused is None:
             error = _late_note(job, now) + (f" {error}" if error else "")
-        job.result_id = result_id or None
+        # A refused point keeps no result id: the same result again is checked, and refused,
+        # again (the same answer).
+        job.result_id = (result_id or None) if refused is None else None
         job = _save_final(
             job,
             status=status,
