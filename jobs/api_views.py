@@ -4,6 +4,8 @@ start, progress and the result. Every endpoint authenticates the machine
 
 from __future__ import annotations
 
+import uuid
+
 from django.conf import settings
 from django.http import JsonResponse
 from django.views.decorators.http import require_GET, require_POST
@@ -13,6 +15,7 @@ from agents.runtime.protocol import (
     MAX_API_BODY,
     MAX_ID_CHARS,
     MAX_SMALL_COUNT,
+    RESULT_ID,
     BadResult,
     JobResult,
     wire_count,
@@ -93,10 +96,14 @@ def job_result(request, job_id):
     job, error = _load(request, job_id)
     if error:
         return error
+    body = json_body(request, max_bytes=MAX_API_BODY)
     try:
-        result = JobResult.from_wire(json_body(request, max_bytes=MAX_API_BODY))
+        result = JobResult.from_wire(body)
     except BadResult as exc:
         return api_error(400, "bad_request", str(exc))
+    result_id = _result_id(body)
+    if result_id is None:
+        return api_error(400, "bad_request", f"{RESULT_ID} must be a UUID when it is sent.")
     try:
         job = services.job_finish(
             job=job,
@@ -108,13 +115,27 @@ def job_result(request, job_id):
             snapshot_id=result.recovery_point_id or "",
             manifest_blob=result.manifest_blob,
             pack_ids=result.pack_ids,
+            result_id=result_id,
         )
+    except services.ResultConflict as exc:
+        return api_error(409, "result_conflict", str(exc))
     except services.PointRefused as exc:
         # Logged by the service; the agent logs it too and does not send it again.
         return api_error(exc.status, "point_refused", exc.message)
     except services.PointUnverifiable as exc:
         return api_error(503, "storage_unavailable", str(exc))  # the agent retries
     return JsonResponse({"status": job.status})
+
+
+def _result_id(body: dict) -> str | None:
+    """The agent's id for the result ("" from agents that do not send one); None: not a UUID."""
+    value = body.get(RESULT_ID) or ""
+    if not value:
+        return ""
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        return None
 
 
 @machine_api

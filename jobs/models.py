@@ -175,6 +175,9 @@ class Job(models.Model):
     warning_count = models.PositiveIntegerField(default=0)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
     details = models.JSONField(default=dict, blank=True)  # operation-specific inputs
+    # The id of the agent's result that ended the job (protocol.RESULT_ID): the same result
+    # posted again gets the same answer, a different one is refused.
+    result_id = models.UUIDField(null=True, blank=True)
 
     objects = JobQuerySet.as_manager()
     subscription_path = "vault__subscription"

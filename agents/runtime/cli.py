@@ -18,6 +18,7 @@ from pathlib import Path
 from agents.runtime import checks, config, register
 from agents.runtime import passphrase as pp
 from agents.runtime.credentials import CredentialsError, parse
+from agents.runtime.jobs.outbox import outbox_for_cache
 from agents.runtime.jobs.policy import format_policy, load_policy
 from agents.runtime.passphrase import PassphraseError
 from agents.runtime.portal_api import PortalClient, PortalError, PortalRefused
@@ -247,8 +248,25 @@ def cmd_status(args) -> int:
             _out("Register with: haven-agent register --vault-credentials FILE")
         return 3
     view = registration.public_view()
+    outbox = outbox_for_cache(settings.cache_path)
+    waiting = [
+        {"job_id": e.job_id, "status": e.payload.get("status"), "state": e.state}
+        for e in outbox.entries()
+    ]
+    refused = [str(p) for p in outbox.refused()]
     if args.json:
-        _out(json.dumps({"registered": True, "agent_version": __version__, **view}, indent=2))
+        _out(
+            json.dumps(
+                {
+                    "registered": True,
+                    "agent_version": __version__,
+                    **view,
+                    "job_results_undelivered": waiting,
+                    "job_results_refused": refused,
+                },
+                indent=2,
+            )
+        )
         return 0
     _out(f"haven-agent {__version__}")
     _out(f"Registered to vault {registration.vault_name!r} on portal {registration.portal_url}")
@@ -259,6 +277,14 @@ def cmd_status(args) -> int:
     _out(f"  {'proxy:':24} {settings.proxy_url or 'none'}")
     _out(f"  {'bandwidth limit:':24} {config.format_bandwidth(settings.bandwidth_limit)}")
     _out(f"  {'passphrase file:':24} {settings.passphrase_file or 'none (typed when needed)'}")
+    for item in waiting:
+        what = "running or left unfinished" if item["state"] == "started" else item["status"]
+        _out(
+            f"  {'job result waiting:':24} job {item['job_id']} ({what}); posted when the "
+            "portal answers"
+        )
+    for path in refused:
+        _out(f"  {'job result refused:':24} {path} (the portal refused it; see the worker log)")
     return 0
 
 

@@ -110,6 +110,11 @@ PROGRESS_KEYS = (
 
 
 # -- a job's result ------------------------------------------------------------------------------
+# The agent's id for one result (a uuid, made when the result is written to its outbox and
+# sent with every attempt): the portal answers the same (job, result id) the same way.
+RESULT_ID = "result_id"
+
+
 class BadResult(ValueError):
     """A report from the other side (a job's result below, a policy confirmation) that does not
     have its shape; the message says what is wrong."""

@@ -14,7 +14,12 @@ Isolation rests on three things (RECIPES.md, "Redis and Celery"):
 - ``acks_late`` with a prefetch of one: a message is removed only after its task ran, so
   a broker restart or a killed worker loses nothing queued (it is delivered again).
 
-A daemon thread posts a heartbeat to the portal about once a minute.
+A pool of ``POOL_THREADS`` threads runs the tasks, so a long restore or backup (each
+acknowledged only when done) leaves slots for the Recover Data questions and a cancel.
+
+A daemon thread posts a heartbeat to the portal about once a minute; when the portal
+answers, it also posts the job results waiting in the outbox (``jobs.outbox``). When the
+worker starts, jobs a killed worker left unfinished are reported Failed through it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from kombu import Exchange, Queue
 
 from agents.runtime import redis_transport
 from agents.runtime.config import Registration, Settings, config_dir
+from agents.runtime.jobs.outbox import Outbox, outbox_for_cache
 from agents.runtime.portal_api import PortalClient, PortalError, PortalRefused
 from agents.runtime.storage_grant import renew_grant
 from agents.runtime.tasks import REGISTRY, AgentContext, load_task_modules
@@ -44,6 +50,7 @@ GRANT_RENEW_BEFORE = timedelta(hours=6)
 # With acks_late a task still running when this elapses is delivered again; backups may
 # run for hours, so be generous (a crashed worker's task comes back after this time).
 VISIBILITY_TIMEOUT = 6 * 3600
+POOL_THREADS = 4
 
 
 def is_redis(url: str) -> bool:
@@ -165,9 +172,11 @@ class Heartbeat(threading.Thread):
         portal: PortalClient,
         interval: float = HEARTBEAT_SECONDS,
         registration: Registration | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         super().__init__(name="haven-heartbeat", daemon=True)
         self.portal = portal
+        self.outbox = outbox
         self.registration = registration
         self.interval = interval
         self.stopped = threading.Event()
@@ -188,6 +197,8 @@ class Heartbeat(threading.Thread):
             self._last_problem = ""
         self.beats += 1
         self.renew_grant_if_due()
+        if self.outbox is not None:  # the portal answers: post the results kept meanwhile
+            self.outbox.flush(self.portal)
         return True
 
     def renew_grant_if_due(self) -> None:
@@ -223,9 +234,9 @@ def worker_argv(
         "--queues",
         registration.queue,
         "--pool",
-        "solo",
+        "threads",
         "--concurrency",
-        "1",
+        str(POOL_THREADS),
         "--hostname",
         f"{registration.machine_id}@haven-agent",
         "--without-gossip",
@@ -249,7 +260,9 @@ def run_worker(
         registration.portal_url, token=registration.token, proxies=settings.proxies()
     )
     app = make_app(registration, settings, portal=portal)
-    heartbeat = Heartbeat(portal, heartbeat_interval, registration)
+    outbox = outbox_for_cache(settings.cache_path)
+    outbox.recover_abandoned()  # jobs a killed worker left: reported Failed, with the reason
+    heartbeat = Heartbeat(portal, heartbeat_interval, registration, outbox)
     heartbeat.start()
     log.info(
         "haven-agent %s worker for machine %s (%s) on queue %s; portal %s",

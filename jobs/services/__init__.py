@@ -34,6 +34,7 @@ from jobs.services.alerts import (
 from jobs.services.jobs import (
     BackupAlreadyRunning,
     JobNotCancellable,
+    ResultConflict,
     backup_start,
     job_cancel,
     job_fail,
@@ -66,6 +67,7 @@ __all__ = [
     "JobNotCancellable",
     "PointRefused",
     "PointUnverifiable",
+    "ResultConflict",
     "adhoc_retention",
     "alert_email_send",
     "alert_raise",

@@ -36,6 +36,10 @@ class JobNotCancellable(Exception):
     pass
 
 
+class ResultConflict(Exception):
+    """A second, different result for a job that an agent's result already ended."""
+
+
 def backup_start(
     *,
     machine,
@@ -162,17 +166,22 @@ def job_finish(
     snapshot_id: str = "",
     manifest_blob: str = "",
     pack_ids: Iterable[str] = (),
+    result_id: str = "",
     now: datetime | None = None,
 ) -> Job:
     """The agent's final word on a job: status, warnings, and the recovery point it made.
 
     A point the portal refuses (``points.point_check``) is not recorded, and nothing else
     changes; an unfinished job then ends Failed with the reason, and ``PointRefused`` is
-    raised after that is saved. A result delivered again for a job that already recorded
-    its point changes nothing (idempotent)."""
+    raised after that is saved. The agent names each result (``result_id``, kept from its
+    outbox across retries and restarts): the same result again changes nothing and gets the
+    same answer; another one for a job an agent's result already ended raises
+    ``ResultConflict``. A successful result that arrives after the sweep failed the job
+    (its agent was silent, or the portal was away) is still recorded, with a note."""
     now = now or timezone.now()
     job, refused, point = _finish(
         job=job,
+        result_id=result_id,
         status=status,
         error=error,
         warnings=warnings,
@@ -191,7 +200,18 @@ def job_finish(
 
 
 def _finish(
-    *, job, status, error, warnings, warning_count, stats, snapshot_id, manifest_blob, pack_ids, now
+    *,
+    job,
+    result_id,
+    status,
+    error,
+    warnings,
+    warning_count,
+    stats,
+    snapshot_id,
+    manifest_blob,
+    pack_ids,
+    now,
 ):
     success = status in (Job.Status.COMPLETED, Job.Status.WARNING)
     # The machine's fence (pruning.repository_fence): the packs checked below cannot be
@@ -202,10 +222,18 @@ def _finish(
             .select_related("machine", "vault", "created_by")
             .get(pk=job.pk)
         )
-        if job.status in Job.FINISHED and not success:
+        if job.result_id is not None:
+            if result_id and str(job.result_id) == result_id:
+                return job, None, None  # the same result again: the same answer
+            if result_id:
+                log.warning("refused a second, different result for job %s", job.pk)
+                return job, ResultConflict("This job has finished; its result was recorded."), None
+        swept = job.status in Job.FINISHED  # ended by the portal, not by an agent's result
+        if swept and not success:
             # The portal ended the job already (the sweep failed it while the agent was
             # silent, then the agent came back and was told to stop): keep the portal's
             # reason. A late success is still recorded below, as its recovery point is real.
+            _keep_result_id(job, result_id)
             return job, None, None
         if job.status in (Job.Status.COMPLETED, Job.Status.WARNING):
             recorded = getattr(job, "recovery_point", None)
@@ -233,6 +261,11 @@ def _finish(
                     "No recovery point was recorded; back up again, and if this repeats, "
                     "check the machine (its agent reports what the portal cannot verify)."
                 )
+        if swept and refused is None:
+            error = _late_note(job, now) + (f" {error}" if error else "")
+        # A refused point keeps no result id: the same result again is checked, and refused,
+        # again (the same answer).
+        job.result_id = (result_id or None) if refused is None else None
         job = _save_final(
             job,
             status=status,
@@ -256,6 +289,22 @@ def _finish(
         job_notify_finished(job=job)
         job_publish(job)
     return job, refused, point
+
+
+def _keep_result_id(job: Job, result_id: str) -> None:
+    if result_id and job.result_id is None:
+        job.result_id = result_id
+        job.save(update_fields=["result_id"])
+
+
+def _late_note(job: Job, now: datetime) -> str:
+    ended = timezone.localtime(job.ended_at).strftime("%H:%M") if job.ended_at else "earlier"
+    return (
+        f"The agent's result arrived late (at {timezone.localtime(now).strftime('%H:%M')}): "
+        f"the portal had ended this job as {job.get_status_display()} at {ended} because it "
+        "had no word from the agent (the agent or the portal was away). The result the "
+        "agent kept is recorded."
+    )
 
 
 def _save_final(job, *, status, error, warnings, warning_count, stats, now) -> Job:

@@ -5,7 +5,9 @@ results, and shows them; this package is what carries a job out.)
 
 - ``runner``: ``run_job``, the one routine every job kind runs in: ask the portal whether the
   job is still wanted, start it, the progress sink, cancel registration (``RUNNING``,
-  ``cancel_job``), the words for a failure, and delivering the result (``deliver_result``).
+  ``cancel_job``), the words for a failure, and delivering the result (through ``outbox``).
+- ``outbox``: the result outbox in the cache: a job's journal while it runs, then its result
+  until the portal accepts it (across worker restarts); a killed worker's jobs become Failed.
 - ``sink``: ``PortalSink``, the engine's progress sink that posts to the portal at most a
   few times a second (in its own thread, so the engine never waits on the network), keeps
   posting a heartbeat while the engine is quiet, and turns the portal's ``{"cancel": true}``

@@ -14,6 +14,7 @@ from typing import Any
 from agents.runtime import checks, engine, protocol
 from agents.runtime.blobstore.base import BlobStore
 from agents.runtime.engine import layout
+from agents.runtime.jobs.outbox import Outbox, outbox_for_cache
 from agents.runtime.jobs.runner import JobAborted, JobRun, run_job
 from agents.runtime.protocol import JobResult
 
@@ -133,12 +134,14 @@ def run_backup_job(
     heartbeat: float = 2.0,
     sleep: Callable[[float], None] = time.sleep,
     pack_size: int | None = None,
+    outbox: Outbox | None = None,
 ) -> dict:
     """Run the portal's backup job ``job_id`` and report on it; returns the posted result.
 
     ``portal`` is a ``PortalClient`` (``get``/``post`` on ``/api/agent/``), ``open_store``
     gives the machine's ``BlobStore``; ``pack_size`` overrides the engine's (``pack_size_for``
-    a bandwidth limit).
+    a bandwidth limit); the result waits in ``outbox`` (the cache's by default) until the
+    portal has it.
     """
     return run_job(
         job_id,
@@ -146,6 +149,8 @@ def run_backup_job(
             open_store=open_store, passphrase=passphrase, cache_dir=cache_dir, pack_size=pack_size
         ),
         portal=portal,
+        outbox=outbox if outbox is not None else outbox_for_cache(Path(cache_dir)),
+        kind="backup",
         wrong_passphrase=WRONG_PASSPHRASE,
         max_per_second=max_per_second,
         heartbeat=heartbeat,

@@ -5,7 +5,11 @@ A job kind (backup, restore, download) supplies only its own work: a function th
 ``protocol.JobResult``. The runner owns the rest, the same for every kind: asking the portal
 whether the job is still wanted and telling it the job started, the progress sink, the
 registration that lets ``haven.agent.cancel`` reach the job, the words a person reads when the
-work fails, and the delivery of the result.
+work fails, and the delivery of the result: the job is journaled in the machine's result
+outbox (``jobs.outbox``) once the portal says it started, its result replaces the journal
+before the first attempt to post it, and it is posted until the portal accepts it, across
+worker restarts. A job whose process died leaves its journal, which the next worker turns
+into a Failed result that says what happened.
 """
 
 from __future__ import annotations
@@ -19,13 +23,11 @@ from dataclasses import dataclass
 from agents.runtime import protocol
 from agents.runtime.blobstore.base import StorageError
 from agents.runtime.engine.errors import WrongPassphrase
+from agents.runtime.jobs.outbox import JOURNAL_EVERY, TASK_PATIENCE, Outbox
 from agents.runtime.jobs.sink import PortalSink
-from agents.runtime.portal_api import PortalRefused
 from agents.runtime.protocol import JobResult
 
 log = logging.getLogger("haven.agent.jobs")
-
-RESULT_ATTEMPTS = 5
 
 # Jobs running in this process, so a ``haven.agent.cancel`` task can reach them.
 RUNNING: dict[str, threading.Event] = {}
@@ -54,13 +56,17 @@ def run_job(
     work: Work,
     *,
     portal,
+    outbox: Outbox,
+    kind: str,
     wrong_passphrase: str,
     max_per_second: float = 1.0,
     heartbeat: float = 2.0,
     sleep: Callable[[float], None] = time.sleep,
+    patience: float = TASK_PATIENCE,
 ) -> dict:
-    """Run the portal's job ``job_id`` with ``work``; returns the result as posted (or
-    ``{"status": "skipped"}`` when the portal no longer wants the job).
+    """Run the portal's job ``job_id`` with ``work``; returns the result as kept in the
+    outbox and posted (or ``{"status": "skipped"}`` when the portal no longer wants the
+    job). ``kind`` (backup, restore, download) words the failure of an abandoned journal.
 
     ``wrong_passphrase`` begins the job's failure message when the passphrase does not open
     the repository (what that means differs: nothing was backed up, nothing was restored).
@@ -69,9 +75,22 @@ def run_job(
     if begun is None:
         return {"status": protocol.SKIPPED}
     job, cancel = begun
+    outbox.started(job_id, kind)
     RUNNING[job_id] = cancel
+    journaled = {"at": 0.0}
+
+    def post_progress(event: dict) -> dict:
+        now = time.monotonic()
+        if now - journaled["at"] >= JOURNAL_EVERY:  # the files done, for an abandoned job
+            journaled["at"] = now
+            try:
+                outbox.progressed(job_id, int(event.get("files_done") or 0))
+            except (OSError, ValueError) as exc:
+                log.warning("could not journal the progress of job %s: %s", job_id, exc)
+        return portal.post(f"jobs/{job_id}/progress/", event)
+
     sink = PortalSink(
-        lambda event: portal.post(f"jobs/{job_id}/progress/", event),
+        post_progress,
         max_per_second=max_per_second,
         heartbeat=heartbeat,
         cancel=cancel,
@@ -87,9 +106,9 @@ def run_job(
     finally:
         sink.close()
         RUNNING.pop(job_id, None)
-    payload = result.to_wire()
-    deliver_result(portal, job_id, payload, sleep=sleep)
-    return payload
+    entry = outbox.put(job_id, result.to_wire())  # on disk before the first attempt
+    outbox.deliver(portal, entry, patience=patience, sleep=sleep)
+    return entry.wire()
 
 
 def _begin(portal, job_id: str) -> tuple[dict, threading.Event] | None:
@@ -118,24 +137,6 @@ def explain(exc: Exception, *, wrong_passphrase: str) -> str:
     if isinstance(exc, StorageError):
         return f"The vault's storage could not be used: {text}"
     return text[0].upper() + text[1:]
-
-
-def deliver_result(portal, job_id: str, payload: dict, *, sleep=time.sleep) -> dict | None:
-    """The result must arrive: retry a portal that is briefly away; a refusal is final."""
-    delay = 1.0
-    for attempt in range(RESULT_ATTEMPTS):
-        try:
-            return portal.post(f"jobs/{job_id}/result/", payload)
-        except PortalRefused as exc:
-            log.error("the portal refused the result of job %s: %s", job_id, exc)
-            return None
-        except Exception as exc:  # unreachable, a 5xx, a dropped connection: try again
-            log.warning(
-                "could not post the result of job %s (attempt %d): %s", job_id, attempt + 1, exc
-            )
-            sleep(delay)
-            delay = min(delay * 2, 30)
-    return None
 
 
 def cancel_job(job_id: str) -> bool:

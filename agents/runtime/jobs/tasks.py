@@ -59,8 +59,8 @@ def backup(ctx: AgentContext, *, job_id: str) -> dict:
 
 @agent_task(wire.CANCEL_TASK)
 def cancel(ctx: AgentContext, *, job_id: str) -> dict:
-    """Stop ``job_id`` if it runs in this process. (A busy solo worker gets the cancel from
-    the answer to its next progress report instead.)"""
+    """Stop ``job_id`` if it runs in this process (in another of the worker's pool threads);
+    the answer to the job's next progress report carries the cancel too."""
     return {"cancelled": cancel_job(job_id)}
 
 

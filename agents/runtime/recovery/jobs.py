@@ -11,6 +11,7 @@ from __future__ import annotations
 import tempfile
 
 from agents.runtime import engine, protocol
+from agents.runtime.jobs.outbox import outbox_of
 from agents.runtime.jobs.runner import JobRun, run_job
 from agents.runtime.protocol import JobResult
 from agents.runtime.recovery import ops
@@ -74,6 +75,8 @@ def run_restore_job(
         job_id,
         work,
         portal=ctx.require_portal(),
+        outbox=outbox_of(ctx),
+        kind="restore",
         wrong_passphrase=WRONG_PASSPHRASE,
         max_per_second=max_per_second,
         heartbeat=heartbeat,
@@ -113,4 +116,11 @@ def run_download_job(
             stats={"files": made["files"], "bytes": made["bytes"], "stored_bytes": size},
         )
 
-    return run_job(job_id, work, portal=ctx.require_portal(), wrong_passphrase=WRONG_PASSPHRASE)
+    return run_job(
+        job_id,
+        work,
+        portal=ctx.require_portal(),
+        outbox=outbox_of(ctx),
+        kind="download",
+        wrong_passphrase=WRONG_PASSPHRASE,
+    )

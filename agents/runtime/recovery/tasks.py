@@ -8,14 +8,16 @@ which the portal keeps in its cache for a minute or two and never in its databas
 question's task returns only ``{"ok": ...}``, so no file name lands in a result store.
 
 Restores and downloads are jobs (``job_id``, ``recovery.jobs``, run by the one job runner).
-A restore runs in a thread of its own, so this machine's (single) worker keeps answering
-questions meanwhile, and ``haven.agent.cancel`` reaches it.
+A restore runs in its task, which is acknowledged only when the restore is done: the worker
+has a few pool threads (``agents.runtime.worker``), so it keeps answering questions
+meanwhile and ``haven.agent.cancel`` reaches the restore. If the agent dies mid-restore, the
+job's journal in the result outbox makes the next worker report it Failed with what was
+kept (``jobs.outbox``); the message, already taken, is not run twice (tasks-seen.json).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 
 from agents.runtime import protocol as wire
 from agents.runtime.engine import WrongPassphrase
@@ -124,14 +126,6 @@ def versions(ctx: AgentContext, *, request_id: str, path: str, source_machine_id
 
 
 # -- jobs -------------------------------------------------------------------------------------
-def _in_background(ctx: AgentContext, name: str, func, **kwargs) -> dict:
-    if ctx.extra.get("inline"):
-        return func(ctx, **kwargs)
-    # Not a daemon: a worker asked to stop waits for the restore to finish its files.
-    threading.Thread(target=func, args=(ctx,), kwargs=kwargs, name=name).start()
-    return {"started": True}
-
-
 @agent_task(wire.RESTORE_TASK)
 def restore(
     ctx: AgentContext,
@@ -145,10 +139,8 @@ def restore(
     source_machine_id: str = "",
 ) -> dict:
     """Restore ``paths`` of ``recovery_point`` under ``target`` ("/" = original location)."""
-    return _in_background(
+    return run_restore_job(
         ctx,
-        f"haven-restore-{job_id[:8]}",
-        run_restore_job,
         job_id=job_id,
         recovery_point=recovery_point,
         paths=list(paths),
