@@ -1,0 +1,44 @@
+"""Bounded Redis connection pools for the portal's processes (docs/configuration.md,
+"Sizing connections").
+
+Redis' own pools open a new connection whenever none is free, without limit; the blocking
+pools here wait for one instead (up to their ``timeout``) once ``max_connections`` are open.
+
+- ``SharedBlockingConnectionPool``: Django's cache. Django keeps one cache object per
+  request context and each would build its own pool; this one is shared by every cache
+  object of the process with the same address and options.
+- ``BoundedRedisChannelLayer``: channels-redis with a blocking pool per event loop.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, ClassVar
+
+import redis
+from channels_redis.core import RedisChannelLayer
+from redis import asyncio as aioredis
+
+
+class SharedBlockingConnectionPool(redis.BlockingConnectionPool):
+    _shared: ClassVar[dict[tuple, redis.BlockingConnectionPool]] = {}
+    _lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> redis.BlockingConnectionPool:  # type: ignore[override]
+        key = (os.getpid(), url, tuple(sorted((name, repr(v)) for name, v in kwargs.items())))
+        with cls._lock:
+            pool = cls._shared.get(key)
+            if pool is None:
+                pool = cls._shared[key] = super().from_url(url, **kwargs)
+            return pool
+
+
+class BoundedRedisChannelLayer(RedisChannelLayer):
+    """Hosts as ``{"address": url, "max_connections": n, "timeout": seconds}``."""
+
+    def create_pool(self, index: int) -> aioredis.BlockingConnectionPool:
+        host = dict(self.hosts[index])
+        address = host.pop("address")
+        return aioredis.BlockingConnectionPool.from_url(address, **host)
