@@ -9,8 +9,9 @@ Two bounds (docs/configuration.md, "Sizing connections"):
   its turn up to ``HAVEN_PORTAL_QUEUE_SECONDS``, then is answered "busy". Websockets pass.
 - ``server_error``, Django's 500 handler: a request that could not get a database
   connection from the pool within ``HAVEN_DB_POOL_TIMEOUT`` (``psycopg_pool.PoolTimeout``,
-  which Django wraps in its ``OperationalError``) is answered "busy" too; any other error
-  stays Django's plain 500.
+  which Django wraps in its ``OperationalError``) or a Redis connection within
+  ``HAVEN_REDIS_POOL_TIMEOUT`` (``portal.redis_pools.RedisPoolTimeout``) is answered "busy"
+  too; any other error stays Django's plain 500.
 
 "Busy" is JSON for the agent API and the storage endpoint (``agents.runtime.portal_api``
 waits the ``Retry-After`` and tries again), a short page for people.
@@ -115,23 +116,32 @@ def limit(app: ASGIApp) -> Limiter:
     )
 
 
-def _pool_timed_out(exc: BaseException | None) -> bool:
-    try:
-        from psycopg_pool import PoolTimeout
-    except ImportError:  # no pool without the package (SQLite, embedded defaults)
-        return False
+def pool_timed_out(exc: BaseException | None) -> bool:
+    """Whether ``exc`` comes from a connection pool that had nothing free in time."""
+    from psycopg_pool import PoolTimeout
+
+    from portal.redis_pools import RedisPoolTimeout
+
     seen = 0
     while exc is not None and seen < 5:  # Django's OperationalError wraps the pool's
-        if isinstance(exc, PoolTimeout):
+        if isinstance(exc, PoolTimeout | RedisPoolTimeout):
             return True
         exc = exc.__cause__ or exc.__context__
         seen += 1
     return False
 
 
+class QuietPoolTimeouts(logging.Filter):
+    """Drops Django's "Service Unavailable" traceback for a pool timeout: the portal is
+    busy, not broken, and ``server_error`` logs one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and pool_timed_out(record.exc_info[1]))
+
+
 def server_error(request: HttpRequest) -> HttpResponse:
     """``handler500``: "busy" when the database pool had no connection in time."""
-    if _pool_timed_out(sys.exc_info()[1]):
+    if pool_timed_out(sys.exc_info()[1]):
         log.warning("no database connection free within the pool timeout: %s", request.path)
         content_type, body = busy_answer(request.path)
         response = HttpResponse(body, status=503, content_type=content_type)

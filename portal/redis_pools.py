@@ -13,12 +13,18 @@ pools here wait for one instead (up to their ``timeout``) once ``max_connections
 from __future__ import annotations
 
 import os
+import queue
 import threading
 from typing import Any, ClassVar
 
 import redis
 from channels_redis.core import RedisChannelLayer
 from redis import asyncio as aioredis
+
+
+class RedisPoolTimeout(redis.ConnectionError):
+    """No connection of the pool came free within its timeout (the portal is busy, Redis
+    itself may be fine): answered 503 with Retry-After (``portal.concurrency``)."""
 
 
 class SharedBlockingConnectionPool(redis.BlockingConnectionPool):
@@ -33,6 +39,15 @@ class SharedBlockingConnectionPool(redis.BlockingConnectionPool):
             if pool is None:
                 pool = cls._shared[key] = super().from_url(url, **kwargs)
             return pool
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().get_connection(*args, **kwargs)
+        except redis.ConnectionError as exc:
+            # redis-py raises its plain ConnectionError from the empty queue's exception.
+            if isinstance(exc.__context__, queue.Empty):
+                raise RedisPoolTimeout(f"no Redis connection free within {self.timeout} s") from exc
+            raise
 
 
 class BoundedRedisChannelLayer(RedisChannelLayer):

@@ -372,10 +372,12 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "filters": {"quiet_pool_timeouts": {"()": "portal.concurrency.QuietPoolTimeouts"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("HAVEN_LOG_LEVEL", "INFO")},
     "loggers": {
         "daphne": {"level": "WARNING"},
+        "django.request": {"filters": ["quiet_pool_timeouts"]},
         # The Azure SDK logs every request at INFO.
         "azure": {"level": "WARNING"},
     },
