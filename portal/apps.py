@@ -6,7 +6,8 @@ class PortalConfig(AppConfig):
     verbose_name = "Portal"
 
     def ready(self):
-        from portal import search, signals
+        from portal import pools, search, signals
 
+        pools.install_fork_hook()
         search.register_portal_kinds()
         signals.connect()

@@ -10,7 +10,7 @@ Two bounds (docs/configuration.md, "Sizing connections"):
 - ``server_error``, Django's 500 handler: a request that could not get a database
   connection from the pool within ``HAVEN_DB_POOL_TIMEOUT`` (``psycopg_pool.PoolTimeout``,
   which Django wraps in its ``OperationalError``) or a Redis connection within
-  ``HAVEN_REDIS_POOL_TIMEOUT`` (``portal.redis_pools.RedisPoolTimeout``) is answered "busy"
+  ``HAVEN_REDIS_POOL_TIMEOUT`` (``portal.pools.RedisPoolTimeout``) is answered "busy"
   too; any other error stays Django's plain 500.
 
 "Busy" is JSON for the agent API and the storage endpoint (``agents.runtime.portal_api``
@@ -120,7 +120,7 @@ def pool_timed_out(exc: BaseException | None) -> bool:
     """Whether ``exc`` comes from a connection pool that had nothing free in time."""
     from psycopg_pool import PoolTimeout
 
-    from portal.redis_pools import RedisPoolTimeout
+    from portal.pools import RedisPoolTimeout
 
     seen = 0
     while exc is not None and seen < 5:  # Django's OperationalError wraps the pool's

@@ -204,7 +204,7 @@ if REDIS_URL:
     }
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "portal.redis_pools.BoundedRedisChannelLayer",
+            "BACKEND": "portal.pools.BoundedRedisChannelLayer",
             "CONFIG": {
                 "hosts": [
                     {
@@ -221,7 +221,7 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "OPTIONS": {
-                "pool_class": "portal.redis_pools.SharedBlockingConnectionPool",
+                "pool_class": "portal.pools.SharedBlockingConnectionPool",
                 "max_connections": HAVEN_REDIS_POOL_SIZE,
                 "timeout": HAVEN_REDIS_POOL_TIMEOUT,
             },

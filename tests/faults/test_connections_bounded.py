@@ -358,3 +358,32 @@ def test_requests_past_the_bound_wait_their_turn_then_are_told_to_retry(settings
     assert json.loads(agent[2])["error"] == "busy"
     assert b"The portal is busy" in person[2]
     assert after[0] == 200  # the places came back
+
+
+def test_a_forked_process_does_not_talk_over_its_parents_pooled_connection(transactional_db):
+    """A Celery worker's children and the tests' live servers are forked from a process
+    that may have used the pool: sharing a pooled socket mixes two sessions' messages."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the pool is PostgreSQL's (the servers pass)")
+
+    def backend_pid() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            return cursor.fetchone()[0]
+
+    parent = backend_pid()
+    connection.close()  # back to the pool, idle: what a fork finds there
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            os.write(write, str(backend_pid()).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        reported = pipe.read()
+    os.waitpid(child, 0)
+
+    assert reported and int(reported) != parent
+    assert backend_pid() == parent  # and the parent's own session is intact

@@ -1,5 +1,10 @@
-"""Bounded Redis connection pools for the portal's processes (docs/configuration.md,
-"Sizing connections").
+"""Connection pools of the portal's processes (docs/configuration.md, "Sizing connections").
+
+PostgreSQL's is psycopg's, set up by Django from ``DATABASES[...]["OPTIONS"]["pool"]``. A
+process forked from one that used it (a Celery worker's child, a test's live server) must
+not take the parent's pooled connections: both would talk over the same sockets.
+``forget_inherited_pools`` runs in every forked child and sets them aside, unclosed
+(closing would end the parent's sessions too); the child opens its own.
 
 Redis' own pools open a new connection whenever none is free, without limit; the blocking
 pools here wait for one instead (up to their ``timeout``) once ``max_connections`` are open.
@@ -14,12 +19,28 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 from typing import Any, ClassVar
 
 import redis
 from channels_redis.core import RedisChannelLayer
 from redis import asyncio as aioredis
+
+_inherited: list[Any] = []  # the parent's pools, kept (never used, never closed) in a child
+
+
+def forget_inherited_pools() -> None:
+    backend = sys.modules.get("django.db.backends.postgresql.base")
+    if backend is None:  # the parent never used PostgreSQL
+        return
+    DatabaseWrapper = backend.DatabaseWrapper
+    _inherited.extend(DatabaseWrapper._connection_pools.values())
+    DatabaseWrapper._connection_pools.clear()
+
+
+def install_fork_hook() -> None:
+    os.register_at_fork(after_in_child=forget_inherited_pools)
 
 
 class RedisPoolTimeout(redis.ConnectionError):
