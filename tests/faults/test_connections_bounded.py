@@ -371,6 +371,8 @@ def test_a_forked_process_does_not_talk_over_its_parents_pooled_connection(trans
             cursor.execute("SELECT pg_backend_pid()")
             return cursor.fetchone()[0]
 
+    connection.close()
+    connection.close_pool()  # a fresh pool that will hold one connection: the parent's
     parent = backend_pid()
     connection.close()  # back to the pool, idle: what a fork finds there
     read, write = os.pipe()
