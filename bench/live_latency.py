@@ -192,9 +192,9 @@ def main() -> None:
         deadline = time.monotonic() + 30
         while True:
             try:
-                requests.get(base + "/signin/", timeout=1)
+                requests.get(base + "/signin/", timeout=5)
                 break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 if time.monotonic() > deadline:
                     raise SystemExit("the portal did not start") from None
                 time.sleep(0.2)
