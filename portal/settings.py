@@ -195,13 +195,10 @@ HAVEN_AGENT_BROKER_URL = env_url("HAVEN_AGENT_BROKER_URL", schemes=("redis", "re
 BROKER_DIR = DATA_DIR / "broker"
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
-    # The portal only publishes: at most this many broker connections, each with a bounded
-    # Redis pool of its own.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+    # Publishing threads share at most two broker connections (each publishes over one Redis
+    # connection at a time); a third waits for one to come back.
     CELERY_BROKER_POOL_LIMIT = 2
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "visibility_timeout": 3600,
-        "max_connections": HAVEN_REDIS_POOL_SIZE,
-    }
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "portal.pools.BoundedRedisChannelLayer",

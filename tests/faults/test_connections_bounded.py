@@ -37,8 +37,9 @@ REPO = Path(__file__).resolve().parents[2]
 POOL = 2
 CONCURRENCY = 3
 REDIS_POOL = 2
-# Per process: the cache's and the channel layer's pools, and the Celery producer's
-# (two broker connections of at most two Redis connections each): docs/configuration.md.
+# Per process: the cache's and the channel layer's pools, and the Celery producer's two
+# broker connections (one Redis connection each, one more for a pipeline at most):
+# docs/configuration.md, "Sizing connections".
 REDIS_BOUND = 2 * REDIS_POOL + 4
 BOUNDS = {
     "HAVEN_DB_POOL_SIZE": str(POOL),
