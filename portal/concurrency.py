@@ -74,7 +74,7 @@ class Limiter:
         self.app = app
         self.limit = limit
         self.wait = wait
-        self.inside = 0  # requests in the app now (read by tests and the bench)
+        self.inside = 0  # requests in the app now
         self.refused = 0
         self._semaphore: asyncio.Semaphore | None = None
 
@@ -140,9 +140,9 @@ class QuietPoolTimeouts(logging.Filter):
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
-    """``handler500``: "busy" when the database pool had no connection in time."""
+    """``handler500``: "busy" when a connection pool had nothing free in time."""
     if pool_timed_out(sys.exc_info()[1]):
-        log.warning("no database connection free within the pool timeout: %s", request.path)
+        log.warning("no connection free in a pool within its timeout: %s", request.path)
         content_type, body = busy_answer(request.path)
         response = HttpResponse(body, status=503, content_type=content_type)
         response["Retry-After"] = str(settings.HAVEN_PORTAL_RETRY_AFTER)
