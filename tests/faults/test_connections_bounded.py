@@ -30,10 +30,12 @@ from agents.api_auth import machine_token_issue
 from agents.runtime.portal_api import PortalBusy, PortalClient
 from jobs.models import Job
 from tests.support import builders
+from tests.support.faultproxy import FaultProxy
 from tests.support.procnet import tcp_connections_to
 from tests.support.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
+APPLICATION = ["portal.asgi:application"]
 POOL = 2
 CONCURRENCY = 3
 REDIS_POOL = 2
@@ -66,27 +68,20 @@ def _database_url() -> str:
     return f"postgres://{auth}@{params['HOST'] or '127.0.0.1'}:{params['PORT'] or 5432}/{params['NAME']}"
 
 
-@pytest.fixture
-def bounded_portal(transactional_db, tmp_path) -> Iterator[Portal]:
+@contextmanager
+def serving(tmp_path: Path, **extra_env: str) -> Iterator[Portal]:
     """daphne serving the test database with the small bounds above (from the environment,
-    as in production)."""
+    as in production), and ``extra_env``."""
     if connection.vendor != "postgresql":
         pytest.skip("connection bounds are PostgreSQL's (the servers pass)")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "AZURE_STORAGE_CONNECTION_STRING"}
     env.update(BOUNDS, DATABASE_URL=_database_url(), HAVEN_DATA_DIR=str(tmp_path / "data"))
-    log = (tmp_path / "daphne.log").open("wb")
+    env.update(extra_env)
+    log_path = tmp_path / f"daphne-{port}.log"
+    log = log_path.open("wb")
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "portal.asgi:application",
-        ],
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), *APPLICATION],
         cwd=REPO,
         env=env,
         stdout=log,
@@ -99,11 +94,11 @@ def bounded_portal(transactional_db, tmp_path) -> Iterator[Portal]:
             try:
                 requests.get(url + "/signin/", timeout=2)
                 break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 if time.monotonic() > deadline or server.poll() is not None:
-                    pytest.fail("daphne did not start: " + (tmp_path / "daphne.log").read_text())
+                    pytest.fail("daphne did not start: " + log_path.read_text())
                 time.sleep(0.2)
-        redis = os.environ.get("REDIS_URL")
+        redis = env.get("REDIS_URL")
         yield Portal(
             url,
             server.pid,
@@ -118,9 +113,14 @@ def bounded_portal(transactional_db, tmp_path) -> Iterator[Portal]:
             server.kill()
             server.wait(5)
         log.close()
-        assert b"Traceback" not in (tmp_path / "daphne.log").read_bytes(), (
-            tmp_path / "daphne.log"
-        ).read_text()
+    # A busy portal is not a broken one: no traceback in its log.
+    assert b"Traceback" not in log_path.read_bytes(), log_path.read_text()
+
+
+@pytest.fixture
+def bounded_portal(transactional_db, tmp_path) -> Iterator[Portal]:
+    with serving(tmp_path) as portal:
+        yield portal
 
 
 @pytest.fixture
@@ -390,3 +390,26 @@ def test_a_forked_process_does_not_talk_over_its_parents_pooled_connection(trans
 
     assert reported and int(reported) != parent
     assert backend_pid() == parent  # and the parent's own session is intact
+
+
+def test_a_request_that_finds_no_redis_connection_free_is_told_to_retry(
+    transactional_db, tmp_path, agents
+):
+    """Redis answers slowly (a proxy delays every packet); the cache's pool has one
+    connection and waits half a second for it."""
+    redis_url = os.environ.get("REDIS_URL")
+    if not redis_url:
+        pytest.skip("needs Redis (the servers pass)")
+    real = urlsplit(redis_url)
+    with FaultProxy(real.hostname or "127.0.0.1", real.port or 6379) as proxy:
+        slow = real._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()
+        env = {"REDIS_URL": slow, "HAVEN_REDIS_POOL_SIZE": "1", "HAVEN_REDIS_POOL_TIMEOUT": "0.5"}
+        with serving(tmp_path, **env) as portal:
+            proxy.delay = 1.5
+            threads, answers = in_threads([lambda a=a: job_detail(portal, *a) for a in agents[:2]])
+            for thread in threads:
+                thread.join(30)
+            proxy.delay = 0
+
+    assert sorted(a.status_code for a in answers) == [200, 503]
+    assert_busy(next(a for a in answers if a.status_code == 503))
