@@ -44,7 +44,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 def busy_answer(path: str) -> tuple[str, bytes]:
     """The content type and body of a "busy" answer for ``path``."""
     seconds = settings.HAVEN_PORTAL_RETRY_AFTER
-    message = f"The portal is busy. Try again in {seconds} seconds."
+    message = f"The portal is busy. Try again in {seconds} second{'' if seconds == 1 else 's'}."
     if path.startswith(MACHINE_PREFIXES):
         body = json.dumps({"error": BUSY_CODE, "message": message}).encode()
         return "application/json", body
