@@ -1,15 +1,26 @@
 """Live progress, end to end: agent progress POST → job page DOM update in Chromium.
 
     .venv/bin/python -m bench.live_latency [--jobs 50] [--watch 10] [--rate 2] [--seconds 20]
+        [--servers [--db-name haven_bench_latency]]
 
 A real portal (daphne, the project's ASGI app, embedded defaults in a throw-away data
 directory) receives progress events from ``--jobs`` simulated agents at once, each posting
 ``--rate`` events a second through the real agent API (token auth, JSON, Job update,
-fragment renders, group push). Chromium keeps ``--watch`` job pages open; a
+fragment renders, group push) with the agent's own client (``PortalClient``, which waits
+out a busy portal's Retry-After: an event it could not send is counted as deferred, and the
+next tick carries newer progress). Chromium keeps ``--watch`` job pages open; a
 MutationObserver in each page records when the event's marker (its current file) appears.
 It prints p50/p95/max latency from the agent's POST to the DOM update, the events lost
-(never shown), and the portal's CPU seconds per 1,000 events (from /proc). Target (issue 6):
-p95 under 1 s with 50 jobs.
+(accepted but never shown), the answers by status, the portal process's peak database and
+Redis connections and threads, and the portal's CPU seconds per 1,000 events (from /proc).
+Target (issue 6): p95 under 1 s with 50 jobs.
+
+``--servers`` keeps ``DATABASE_URL`` and ``REDIS_URL`` (both must be set) instead of the
+embedded defaults, with the database name replaced by ``--db-name``, created afresh on the
+same server and dropped at the end: the developer's own database is never touched. Redis
+keys are those of a portal (rate-limit counters, the channel layer's): give a Redis
+database you can spare in ``REDIS_URL``. The portal's own bounds come from the environment
+as in production (HAVEN_PORTAL_CONCURRENCY, HAVEN_DB_POOL_SIZE, ... docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -23,7 +34,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
@@ -65,6 +78,32 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _use_own_database(name: str) -> str:
+    """Point DATABASE_URL at a fresh database ``name`` on the same server; its URL."""
+    import psycopg
+
+    url = os.environ.get("DATABASE_URL", "")
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql") or not os.environ.get("REDIS_URL"):
+        raise SystemExit("--servers needs DATABASE_URL (PostgreSQL) and REDIS_URL set")
+    if parts.path.lstrip("/") == name:
+        raise SystemExit(f"DATABASE_URL already names {name}: pick another --db-name")
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    own = urlunsplit(parts._replace(path=f"/{name}"))
+    os.environ["DATABASE_URL"] = own
+    return admin
+
+
+def _drop_database(admin: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def _seed(jobs: int, password: str):
     """Users, a vault and ``jobs`` running backup jobs, each with its machine's token."""
     import django
@@ -82,6 +121,7 @@ def _seed(jobs: int, password: str):
     from vaults.models import Vault
 
     services._send_to_machine = lambda *a, **k: True  # the simulated agents need no task
+    services._enqueue = lambda *a, **k: None  # nor does the portal worker (not running)
     realtime.serving_pid = os.getpid()  # no portal is up yet: seeding pushes go nowhere
     User.objects.create_superuser(username="bench", password=password)
     sub = Subscription.objects.create(name="Bench")
@@ -97,6 +137,9 @@ def _seed(jobs: int, password: str):
         services.policy_save(machine=machine, spec=spec)
         job = services.backup_start(machine=machine)
         seeded.append((str(job.pk), machine_token_issue(machine=machine)))
+    from django.db import connections
+
+    connections.close_all()  # the portal's connections are the ones counted
     return seeded
 
 
@@ -106,12 +149,22 @@ def main() -> None:
     parser.add_argument("--watch", type=int, default=10, help="job pages Chromium keeps open")
     parser.add_argument("--rate", type=float, default=2.0, help="events per second per job")
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--servers",
+        action="store_true",
+        help="use DATABASE_URL (with --db-name) and REDIS_URL instead of embedded defaults",
+    )
+    parser.add_argument("--db-name", default="haven_bench_latency")
     args = parser.parse_args()
 
     data_dir = tempfile.mkdtemp(prefix="haven-latency-")
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    for name in ("DATABASE_URL", "REDIS_URL", "AZURE_STORAGE_CONNECTION_STRING"):
+    admin = _use_own_database(args.db_name) if args.servers else None
+    dropped = ["AZURE_STORAGE_CONNECTION_STRING"]
+    if not args.servers:
+        dropped += ["DATABASE_URL", "REDIS_URL"]
+    for name in dropped:
         os.environ.pop(name, None)
     os.environ.update(
         HAVEN_DATA_DIR=data_dir, HAVEN_PORT=str(port), DJANGO_SETTINGS_MODULE="portal.settings"
@@ -139,9 +192,9 @@ def main() -> None:
         deadline = time.monotonic() + 30
         while True:
             try:
-                requests.get(base + "/signin/", timeout=1)
+                requests.get(base + "/signin/", timeout=5)
                 break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 if time.monotonic() > deadline:
                     raise SystemExit("the portal did not start") from None
                 time.sleep(0.2)
@@ -149,15 +202,55 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(10)
+        if admin:
+            _drop_database(admin, args.db_name)
     print(json.dumps(result, indent=2))
+
+
+class _Peaks:
+    """Samples the portal process's connections to PostgreSQL and Redis and its threads."""
+
+    def __init__(self, pid: int):
+        from tests.support.procnet import tcp_connections_to, thread_count
+
+        self.pid = pid
+        self.count, self.threads = tcp_connections_to, thread_count
+        self.ports = {}
+        for name, default in (("DATABASE_URL", 5432), ("REDIS_URL", 6379)):
+            url = os.environ.get(name)
+            if url:
+                self.ports[name] = urlsplit(url).port or default
+        self.peak: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                for name, port in self.ports.items():
+                    self.peak[name] = max(self.peak[name], self.count(self.pid, port))
+                self.peak["threads"] = max(self.peak["threads"], self.threads(self.pid))
+            except OSError:
+                return
+
+    def __enter__(self) -> _Peaks:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
 
 
 def _measure(args, base, password, seeded, server_pid) -> dict:
     from playwright.sync_api import sync_playwright
 
+    from agents.runtime.portal_api import PortalBusy, PortalClient, PortalError, PortalRefused
+
     watched = seeded[: args.watch]
     sent: dict[tuple[str, int], float] = {}
     errors: list[str] = []
+    answers: Counter[str] = Counter()
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path="/usr/bin/chromium", headless=True, args=BROWSER_ARGS
@@ -182,12 +275,17 @@ def _measure(args, base, password, seeded, server_pid) -> dict:
         cpu_before = _cpu_seconds(server_pid)
 
         def agent(index: int, job_id: str, token: str) -> None:
-            session = requests.Session()
-            session.headers["Authorization"] = f"Bearer {token}"
+            client = PortalClient(base, token=token)
             seq = 0
             next_at = time.monotonic() + index / args.jobs / args.rate  # spread the starts
             while next_at < stop:
                 time.sleep(max(0.0, next_at - time.monotonic()))
+                client.wait_while_busy()  # as the agent does: nothing before Retry-After
+                while next_at < time.monotonic() - 1 / args.rate:
+                    next_at += 1 / args.rate  # like PortalSink: only the latest progress is sent
+                    answers["ticks skipped (agent still waiting)"] += 1
+                if next_at >= stop:
+                    break
                 seq += 1
                 event = {
                     "type": "progress",
@@ -201,22 +299,29 @@ def _measure(args, base, password, seeded, server_pid) -> dict:
                     "eta_s": 60,
                     "current": f"/data/marker-{index}-{seq}",
                 }
-                sent[(job_id, seq)] = time.time() * 1000
-                response = session.post(
-                    f"{base}/api/agent/jobs/{job_id}/progress/", json=event, timeout=30
-                )
-                if response.status_code != 200:
-                    errors.append(f"{response.status_code} {response.text[:200]}")
+                posted_at = time.time() * 1000
+                try:
+                    client.post(f"jobs/{job_id}/progress/", event)
+                except PortalBusy:
+                    answers["503 busy, Retry-After"] += 1
+                except (PortalRefused, PortalError) as exc:
+                    answers["error"] += 1
+                    errors.append(str(exc)[:200])
+                else:
+                    answers["200"] += 1
+                    sent[(job_id, seq)] = posted_at
                 next_at += 1 / args.rate
+            client.close()
 
         threads = [
             threading.Thread(target=agent, args=(i, job_id, token))
             for i, (job_id, token) in enumerate(seeded)
         ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        with _Peaks(server_pid) as peaks:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
         cpu = _cpu_seconds(server_pid) - cpu_before
         time.sleep(2)  # the last pushes
         latencies, lost = [], 0
@@ -234,11 +339,16 @@ def _measure(args, base, password, seeded, server_pid) -> dict:
     events = len(sent)
     return {
         "jobs": args.jobs,
+        "servers": bool(args.servers),
         "watched_pages": len(watched),
-        "events_sent": events,
+        "events_accepted": events,
         "events_per_second": round(events / args.seconds, 1),
+        "answers": dict(answers),
         "http_errors": len(errors),
         "first_error": errors[0] if errors else None,
+        "portal_peak_db_connections": peaks.peak.get("DATABASE_URL"),
+        "portal_peak_redis_connections": peaks.peak.get("REDIS_URL"),
+        "portal_peak_threads": peaks.peak["threads"],
         "latency_ms_p50": round(statistics.median(latencies), 1) if latencies else None,
         "latency_ms_p95": round(latencies[int(len(latencies) * 0.95) - 1], 1)
         if latencies

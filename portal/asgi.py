@@ -1,6 +1,8 @@
 """ASGI entry point: HTTP through Django, websockets through Channels. Agent API and
 storage requests pass ``portal.gate`` first, which refuses a body it should not read from
-the headers alone (under daphne, before daphne reads the body)."""
+the headers alone (under daphne, before daphne reads the body). ``portal.concurrency``
+lets a bounded number of HTTP requests into Django at once and answers the rest 503 with
+Retry-After once they have waited their turn too long."""
 
 import os
 
@@ -14,7 +16,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from portal import gate, realtime  # noqa: E402
+from portal import concurrency, gate, realtime  # noqa: E402
 from portal.routing import websocket_urlpatterns  # noqa: E402
 
 
@@ -34,7 +36,7 @@ gate.install_in_daphne()
 application = _mark_serving(
     ProtocolTypeRouter(
         {
-            "http": gate.gate(django_asgi_app),
+            "http": concurrency.limit(gate.gate(django_asgi_app)),
             "websocket": AllowedHostsOriginValidator(
                 AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
             ),

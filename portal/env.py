@@ -67,6 +67,23 @@ def env_int(name: str, default: int, *, minimum: int | None = None, environ=os.e
     return value
 
 
+def env_float(
+    name: str, default: float, *, minimum: float | None = None, environ=os.environ
+) -> float:
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise SettingError(name, f"expected a number of seconds, got {raw!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise SettingError(name, f"expected a number of seconds, got {raw!r}")
+    if minimum is not None and value < minimum:
+        raise SettingError(name, f"must be at least {minimum:g}, got {value:g}")
+    return value
+
+
 def env_list(name: str, default: list[str], *, environ=os.environ) -> list[str]:
     raw = environ.get(name)
     if raw is None:

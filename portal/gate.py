@@ -82,6 +82,7 @@ class Refusal:
     code: str
     message: str
     challenge: str | None = None  # WWW-Authenticate, on a 401
+    retry_after: int | None = None  # Retry-After, on a 503
 
     def body(self) -> bytes:
         return json.dumps({"error": self.code, "message": self.message}).encode()
@@ -94,6 +95,8 @@ class Refusal:
         ]
         if self.challenge:
             headers.append((b"www-authenticate", self.challenge.encode()))
+        if self.retry_after is not None:
+            headers.append((b"retry-after", str(self.retry_after).encode()))
         return headers
 
 
@@ -102,6 +105,18 @@ def too_large(rule: Rule) -> Refusal:
         413,
         rule.too_large_code,
         f"The request body is larger than this endpoint takes ({rule.limit} bytes at most).",
+    )
+
+
+def unavailable() -> Refusal:
+    """The check could not be made (a connection pool was empty, most often): retry."""
+    from django.conf import settings
+
+    return Refusal(
+        503,
+        "unavailable",
+        "The portal could not check the request; retry.",
+        retry_after=settings.HAVEN_PORTAL_RETRY_AFTER,
     )
 
 
@@ -191,9 +206,16 @@ def gate(app: ASGIApp) -> ASGIApp:
         if rule is None:
             await app(scope, receive, send)
             return
-        refusal = await refusal_for(
-            rule, scope["method"], scope["path"], _header_map(scope.get("headers", ()))
-        )
+        try:
+            refusal = await refusal_for(
+                rule, scope["method"], scope["path"], _header_map(scope.get("headers", ()))
+            )
+        except Exception as exc:
+            from portal.concurrency import pool_timed_out
+
+            if not pool_timed_out(exc):
+                raise
+            refusal = unavailable()
         if refusal is not None:
             await _send_refusal(send, refusal)
             return
@@ -227,7 +249,13 @@ def gate(app: ASGIApp) -> ASGIApp:
 
 # --- daphne ---------------------------------------------------------------------------------
 def _raw_response(refusal: Refusal) -> bytes:
-    reason = {400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 413: b"Too Large"}
+    reason = {
+        400: b"Bad Request",
+        401: b"Unauthorized",
+        403: b"Forbidden",
+        413: b"Too Large",
+        503: b"Service Unavailable",
+    }
     lines = [b"HTTP/1.1 %d %s" % (refusal.status, reason.get(refusal.status, b"Refused"))]
     lines += [name + b": " + value for name, value in refusal.headers()]
     return b"\r\n".join(lines) + b"\r\n\r\n" + refusal.body()
@@ -290,10 +318,13 @@ def _gated_request_class(base: type) -> type:
                 super().requestReceived(*self._gate_finished)
 
         def _gate_failed(self, failure: Any) -> None:
-            log.error("checking a request before its body failed: %s", failure.getTraceback())
-            self._gate_refuse(
-                Refusal(503, "unavailable", "The portal could not check the request; retry.")
-            )
+            from portal.concurrency import pool_timed_out
+
+            if pool_timed_out(failure.value):  # busy, not broken: no traceback
+                log.warning("no connection free to check a request before its body")
+            else:
+                log.error("checking a request before its body failed: %s", failure.getTraceback())
+            self._gate_refuse(unavailable())
 
         def _gate_refuse(self, refusal: Refusal) -> None:
             from twisted.internet import reactor

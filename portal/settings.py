@@ -20,6 +20,7 @@ from portal.env import (
     SettingError,
     azure_connection_string,
     env_bool,
+    env_float,
     env_int,
     env_list,
     env_networks,
@@ -145,13 +146,41 @@ TEMPLATES = [
     }
 ]
 
+# --- Bounds per portal process (docs/configuration.md, "Sizing connections") ------------
+# Requests inside Django at once: each runs on its own thread (asgiref gives every request
+# its own), holding at most one database connection. Past it a request waits up to
+# HAVEN_PORTAL_QUEUE_SECONDS, then is answered 503 with Retry-After (portal.concurrency).
+HAVEN_PORTAL_CONCURRENCY = env_int("HAVEN_PORTAL_CONCURRENCY", 16, minimum=1)
+HAVEN_PORTAL_QUEUE_SECONDS = env_float("HAVEN_PORTAL_QUEUE_SECONDS", 5.0, minimum=0)
+HAVEN_PORTAL_RETRY_AFTER = env_int("HAVEN_PORTAL_RETRY_AFTER", 5, minimum=1)
+# PostgreSQL connections per process (a psycopg pool): the requests above, the websockets'
+# thread and the agent API's token checks share it; a thread that finds it empty waits
+# HAVEN_DB_POOL_TIMEOUT seconds, then its request is answered 503 with Retry-After.
+HAVEN_DB_POOL_SIZE = env_int("HAVEN_DB_POOL_SIZE", 20, minimum=1)
+HAVEN_DB_POOL_MIN = env_int("HAVEN_DB_POOL_MIN", 0, minimum=0)
+if HAVEN_DB_POOL_MIN > HAVEN_DB_POOL_SIZE:
+    raise SettingError("HAVEN_DB_POOL_MIN", "cannot be larger than HAVEN_DB_POOL_SIZE")
+HAVEN_DB_POOL_TIMEOUT = env_float("HAVEN_DB_POOL_TIMEOUT", 10.0, minimum=0.1)
+# Redis connections per process, for each of the cache, the channel layer and the Celery
+# producer; a caller that finds its pool empty waits HAVEN_REDIS_POOL_TIMEOUT seconds.
+HAVEN_REDIS_POOL_SIZE = env_int("HAVEN_REDIS_POOL_SIZE", 10, minimum=1)
+HAVEN_REDIS_POOL_TIMEOUT = env_float("HAVEN_REDIS_POOL_TIMEOUT", 5.0, minimum=0.1)
+
 # --- Database -------------------------------------------------------------------------
 DATABASE_URL = env_url("DATABASE_URL", schemes=("postgres", "postgresql", "sqlite"))
 if DATABASE_URL:
     try:
-        DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+        DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
     except ValueError as exc:
         raise SettingError("DATABASE_URL", str(exc)) from exc
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # Not persistent connections (one per thread, and asgiref makes a thread per
+        # request): a bounded pool that each request borrows from and gives back.
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": HAVEN_DB_POOL_MIN,
+            "max_size": HAVEN_DB_POOL_SIZE,
+            "timeout": HAVEN_DB_POOL_TIMEOUT,
+        }
 else:
     DATABASES = {
         "default": {
@@ -178,14 +207,33 @@ BROKER_DIR = DATA_DIR / "broker"
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+    # Publishing threads share at most two broker connections (each publishes over one Redis
+    # connection at a time); a third waits for one to come back.
+    CELERY_BROKER_POOL_LIMIT = 2
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            "BACKEND": "portal.pools.BoundedRedisChannelLayer",
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "max_connections": HAVEN_REDIS_POOL_SIZE,
+                        "timeout": HAVEN_REDIS_POOL_TIMEOUT,
+                    }
+                ]
+            },
         }
     }
     CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {
+                "pool_class": "portal.pools.SharedBlockingConnectionPool",
+                "max_connections": HAVEN_REDIS_POOL_SIZE,
+                "timeout": HAVEN_REDIS_POOL_TIMEOUT,
+            },
+        }
     }
 else:
     for _sub in ("queue", "processed", "control"):
@@ -332,10 +380,12 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "filters": {"quiet_pool_timeouts": {"()": "portal.concurrency.QuietPoolTimeouts"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("HAVEN_LOG_LEVEL", "INFO")},
     "loggers": {
         "daphne": {"level": "WARNING"},
+        "django.request": {"filters": ["quiet_pool_timeouts"]},
         # The Azure SDK logs every request at INFO.
         "azure": {"level": "WARNING"},
     },

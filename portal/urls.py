@@ -16,3 +16,6 @@ urlpatterns = [
     path("storage/", include("vaults.storage.urls")),
     path("_internal/realtime/", internal.realtime_relay, name="realtime-relay"),
 ]
+
+# A database pool that had no connection in time answers 503 with Retry-After, not 500.
+handler500 = "portal.concurrency.server_error"

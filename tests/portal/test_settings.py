@@ -62,6 +62,12 @@ def manage(*args: str, env: dict[str, str], tmp_path: Path) -> subprocess.Comple
             "HAVEN_TRUSTED_PROXIES: expected IP addresses or networks like 10.0.0.0/8, got 'proxy.local'",
         ),
         ("EMAIL_PORT", "-1", None),
+        ("HAVEN_DB_POOL_SIZE", "0", "HAVEN_DB_POOL_SIZE: must be at least 1, got 0"),
+        ("HAVEN_DB_POOL_TIMEOUT", "soon", "HAVEN_DB_POOL_TIMEOUT: expected a number of seconds"),
+        ("HAVEN_PORTAL_QUEUE_SECONDS", "nan", "HAVEN_PORTAL_QUEUE_SECONDS: expected a number"),
+        ("HAVEN_PORTAL_CONCURRENCY", "-3", "HAVEN_PORTAL_CONCURRENCY: must be at least 1"),
+        ("HAVEN_REDIS_POOL_SIZE", "many", "HAVEN_REDIS_POOL_SIZE: expected a whole number"),
+        ("HAVEN_DB_POOL_MIN", "50", "HAVEN_DB_POOL_MIN: cannot be larger than HAVEN_DB_POOL_SIZE"),
     ],
 )
 def test_it_refuses_to_start_with_a_bad_value_and_names_the_variable(
@@ -124,3 +130,23 @@ def test_check_deploy_is_clean_in_production_mode(tmp_path):
     result = manage("check", "--deploy", "--fail-level", "WARNING", env=env, tmp_path=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+def test_postgresql_connections_come_from_a_bounded_pool_not_one_per_thread(tmp_path):
+    show = (
+        "from django.conf import settings; d = settings.DATABASES['default']; "
+        "print(d['CONN_MAX_AGE'], d['OPTIONS']['pool'], "
+        "settings.CACHES['default']['OPTIONS']['max_connections'], "
+        "settings.CHANNEL_LAYERS['default']['CONFIG']['hosts'][0]['max_connections'], "
+        "settings.CELERY_BROKER_POOL_LIMIT)"
+    )
+    env = {
+        "DATABASE_URL": "postgres://haven@db.example.com:5432/haven",
+        "REDIS_URL": "redis://redis.example.com:6379/0",
+        "HAVEN_DB_POOL_SIZE": "7",
+        "HAVEN_DB_POOL_TIMEOUT": "2.5",
+        "HAVEN_REDIS_POOL_SIZE": "3",
+    }
+    result = manage("shell", "--no-imports", "-c", show, env=env, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0 {'min_size': 0, 'max_size': 7, 'timeout': 2.5} 3 3 2"
