@@ -27,7 +27,7 @@ from agents.models import Machine
 from agents.runtime import protocol
 from agents.runtime.tasksig import verify_task
 from jobs.models import Job, RecoveryPoint
-from tests.support import builders, servers
+from tests.support import builders
 from tests.support.portals import PortalProcess, PortalProxy, WebSocket
 from vaults.storage import primary_account
 
@@ -38,7 +38,8 @@ CLOSE = {"Connection": "close"}  # each request opens a connection: the proxy ma
 def _database_url() -> str:
     db = connection.settings_dict
     if connection.vendor != "postgresql":
-        servers.unavailable("two portals need PostgreSQL (DATABASE_URL)")
+        # The embedded pass runs without servers on purpose; the servers pass has them.
+        pytest.skip("two portals share PostgreSQL (the servers pass)")
     auth = quote(db["USER"] or "postgres") + (f":{quote(db['PASSWORD'])}" if db["PASSWORD"] else "")
     return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
@@ -47,7 +48,7 @@ def _database_url() -> str:
 def portals(transactional_db, settings, tmp_path):
     """(proxy, [portal 1, portal 2]) serving the test database."""
     if not settings.REDIS_URL:
-        servers.unavailable("two portals need Redis (REDIS_URL)")
+        pytest.skip("two portals share Redis (the servers pass)")
     env = {
         "DATABASE_URL": _database_url(),
         "REDIS_URL": settings.REDIS_URL,
