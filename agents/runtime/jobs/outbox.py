@@ -178,6 +178,24 @@ class Outbox:
         finally:
             os.close(folder)
 
+    def _keep(self, entry: Entry, what: str) -> bool:
+        """Write ``entry``; a disk that refuses (full, read-only) is logged, not raised: the job
+        goes on and its result is still posted from memory, only without the restart-proof
+        copy on disk."""
+        try:
+            self._write(entry)
+        except OSError as exc:
+            log.error(
+                "could not keep the %s of job %s in %s (%s); it is delivered from memory and "
+                "will not survive a restart of the agent",
+                what,
+                entry.job_id,
+                self.folder,
+                exc.strerror or exc,
+            )
+            return False
+        return True
+
     def get(self, job_id: str) -> Entry | None:
         try:
             return Entry.from_json(json.loads(self._path(job_id).read_bytes()))
@@ -210,7 +228,7 @@ class Outbox:
     def started(self, job_id: str, kind: str) -> None:
         """Journal that ``job_id`` began in this process."""
         pid = os.getpid()
-        self._write(
+        self._keep(
             Entry(
                 job_id,
                 STARTED,
@@ -218,7 +236,8 @@ class Outbox:
                 pid=pid,
                 process=process_identity(pid),
                 written_at=time.time(),
-            )
+            ),
+            "journal",
         )
 
     def progressed(self, job_id: str, files_done: int) -> None:
@@ -226,7 +245,7 @@ class Outbox:
         if entry is None or entry.state != STARTED or entry.files_done == files_done:
             return
         entry.files_done = files_done
-        self._write(entry)
+        self._keep(entry, "journal")
 
     def put(self, job_id: str, payload: dict) -> Entry:
         """Keep the result of ``job_id`` until the portal has it (replaces its journal)."""
@@ -241,7 +260,7 @@ class Outbox:
             payload=dict(payload),
             written_at=time.time(),
         )
-        self._write(entry)
+        self._keep(entry, "result")
         return entry
 
     def recover_abandoned(self) -> list[Entry]:
