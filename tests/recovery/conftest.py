@@ -37,9 +37,12 @@ def _env(settings, tmp_path, monkeypatch):
 def sent(monkeypatch):
     """Agent tasks sent, as (machine name, task, kwargs)."""
     calls: list[tuple[str, str, dict]] = []
-    monkeypatch.setattr(
-        services, "_send", lambda machine, task, **kw: calls.append((machine.name, task, kw))
-    )
+
+    def record(machine, task, **kw):
+        calls.append((machine.name, task, kw))
+
+    monkeypatch.setattr(services, "_send", record)
+    monkeypatch.setattr(services, "_ask", record)
     return calls
 
 
