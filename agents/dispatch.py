@@ -193,7 +193,11 @@ def _send_first(pk: int) -> None:
     row = _pending().filter(pk=pk).first()
     if row is None:
         return
-    if _pending().filter(machine_id=row.machine_id, pk__lt=row.pk).exists():
+    older = _pending().filter(machine_id=row.machine_id, pk__lt=row.pk).order_by("-pk").first()
+    if older is not None:
+        if older.last_error:  # its job's page says what holds it up
+            words = f"behind an earlier message to this machine: {older.last_error}"
+            _pending().filter(pk=row.pk).update(last_error=words[:500])
         return
     if _claim(row, timezone.now()):
         _attempt(row, retry=False)
@@ -273,9 +277,11 @@ def outbox_send(*, now: datetime | None = None) -> dict:
 
 
 def _abandon_expired(now: datetime) -> int:
-    given_up = 0
-    expired = _pending().filter(Q(expires_at__lte=now) | Q(machine__unregistered_at__isnull=False))
-    for row in expired.order_by("id")[:BATCH]:
+    """Give up on messages the agent would refuse (expired) and on those to machines
+    unregistered since (their jobs end with the machine; nobody consumes the queue)."""
+    gone = _pending().filter(machine__unregistered_at__isnull=False)
+    given_up = gone.update(abandoned_at=now, last_error="the machine was unregistered")
+    for row in _pending().filter(expires_at__lte=now).order_by("id")[:BATCH]:
         if _pending().filter(pk=row.pk).update(abandoned_at=now):
             given_up += 1
             log.error(

@@ -136,7 +136,8 @@ _UNKNOWN = object()
 
 
 def _as_wait(message) -> BrokerWait | None:
-    if message is None or not message.attempts:  # not tried yet: nothing refused it
+    # Not tried yet, and not held back behind a refused one: nothing refused it.
+    if message is None or not (message.attempts or message.last_error):
         return None
     return BrokerWait(
         since=message.created_at, attempts=message.attempts, last_error=message.last_error

@@ -118,7 +118,7 @@ def test_a_send_failure_on_the_embedded_broker_is_kept_and_sent_by_the_outbox_pa
         assert [r.sent_at for r in rows] == [None, None]
         assert rows[0].attempts == 1 and rows[0].last_error
         # The second waits behind the first: a machine's messages go in order.
-        assert rows[1].attempts == 0
+        assert rows[1].attempts == 0 and rows[1].last_error.startswith("behind an earlier")
         assert f"could not send {protocol.PING_TASK} [{first}]" in caplog.text
         # A pass while the folder is still broken tries again, and keeps them.
         counts = dispatch.outbox_send(now=timezone.now() + timedelta(minutes=1))
@@ -212,6 +212,19 @@ def test_the_sweep_fails_a_job_whose_message_never_left_with_the_brokers_words(
     assert job.status == Job.Status.FAILED
     assert "could not reach the message broker" in job.error
     assert "did not pick up this job" not in job.error
+
+
+def test_messages_to_a_machine_unregistered_since_are_given_up(
+    machine, django_capture_on_commit_callbacks
+):
+    with broker_folder_broken(), django_capture_on_commit_callbacks(execute=True):
+        task_id = dispatch.send_after_commit(machine, protocol.PING_TASK)
+    machine.unregistered_at = timezone.now()
+    machine.save(update_fields=["unregistered_at"])
+    assert dispatch.outbox_send(now=timezone.now() + timedelta(minutes=1))["sent"] == 0
+    row = AgentMessage.objects.get(task_id=task_id)
+    assert row.abandoned_at is not None and row.last_error == "the machine was unregistered"
+    assert queued(machine.queue, wait=0.3) == []
 
 
 def test_old_sent_messages_are_forgotten(machine, django_capture_on_commit_callbacks):
