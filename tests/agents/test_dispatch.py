@@ -12,6 +12,7 @@ import time
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from django.conf import settings as django_settings
@@ -58,8 +59,6 @@ def queued(queue: str, *, wait: float = 2.0) -> list[tuple[str, str, dict]]:
 def broker_folder_broken():
     """The embedded broker's queue folder replaced by a file: every send fails (as root,
     a read-only folder would still be written)."""
-    if django_settings.REDIS_URL:
-        pytest.skip("the embedded filesystem broker only")
     folder = Path(django_settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_out"])
     aside = folder.with_name(folder.name + ".aside")
     folder.rename(aside)
@@ -69,6 +68,29 @@ def broker_folder_broken():
     finally:
         folder.unlink()
         aside.rename(folder)
+
+
+@pytest.fixture
+def broken_broker(settings, monkeypatch):
+    """``with broken_broker():`` the portal's broker refuses every message: the embedded
+    one's folder unwritable, or Redis (the servers pass) behind a cut FaultProxy."""
+    url = django_settings.CELERY_BROKER_URL
+    if url.startswith("filesystem"):
+        return broker_folder_broken
+
+    @contextmanager
+    def cut():
+        from tests.faults._agents import portal_broker_at
+        from tests.support.faultproxy import FaultProxy
+
+        target = urlsplit(url)
+        with FaultProxy(target.hostname or "127.0.0.1", target.port or 6379) as proxy:
+            via = url.replace(f":{target.port}", f":{proxy.port}", 1)
+            with portal_broker_at(settings, monkeypatch, via):
+                proxy.cut()
+                yield
+
+    return cut
 
 
 def test_the_signed_message_goes_to_the_machines_queue_after_commit(
@@ -108,9 +130,9 @@ def test_nothing_is_sent_to_an_unregistered_machine(
 
 
 def test_a_send_failure_on_the_embedded_broker_is_kept_and_sent_by_the_outbox_pass(
-    machine, caplog, django_capture_on_commit_callbacks
+    broken_broker, machine, caplog, django_capture_on_commit_callbacks
 ):
-    with broker_folder_broken():
+    with broken_broker():
         with caplog.at_level(logging.WARNING), django_capture_on_commit_callbacks(execute=True):
             first = dispatch.send_after_commit(machine, protocol.PING_TASK, note="one")
             second = dispatch.send_after_commit(machine, protocol.PING_TASK, note="two")
@@ -136,9 +158,9 @@ def test_a_send_failure_on_the_embedded_broker_is_kept_and_sent_by_the_outbox_pa
 
 
 def test_a_refused_message_is_not_tried_again_before_its_pause(
-    machine, django_capture_on_commit_callbacks
+    broken_broker, machine, django_capture_on_commit_callbacks
 ):
-    with broker_folder_broken():
+    with broken_broker():
         with django_capture_on_commit_callbacks(execute=True):
             task_id = dispatch.send_after_commit(machine, protocol.PING_TASK)
         row = AgentMessage.objects.get(task_id=task_id)
@@ -148,7 +170,7 @@ def test_a_refused_message_is_not_tried_again_before_its_pause(
 
 
 def test_a_job_whose_message_never_left_says_waiting_for_the_broker_then_runs_when_sent(
-    client, alice, machine, django_capture_on_commit_callbacks
+    broken_broker, client, alice, machine, django_capture_on_commit_callbacks
 ):
     from jobs import policy_rules
     from jobs.services import policy_save
@@ -157,7 +179,7 @@ def test_a_job_whose_message_never_left_says_waiting_for_the_broker_then_runs_wh
         policy_save(machine=machine, spec={**policy_rules.default_spec(), "items": ["/srv"]})
     queued(machine.queue)  # the policy's message went
     client.force_login(alice)
-    with broker_folder_broken():
+    with broken_broker():
         with django_capture_on_commit_callbacks(execute=True):
             response = client.post(reverse("jobs:backup_now", args=[machine.pk]))
         assert response.status_code == 302
@@ -175,11 +197,11 @@ def test_a_job_whose_message_never_left_says_waiting_for_the_broker_then_runs_wh
 
 
 def test_a_message_that_expires_unsent_fails_its_job_saying_the_broker_was_away(
-    machine, django_capture_on_commit_callbacks
+    broken_broker, machine, django_capture_on_commit_callbacks
 ):
     from jobs.services import backup_start
 
-    with broker_folder_broken():
+    with broken_broker():
         with django_capture_on_commit_callbacks(execute=True):
             job = backup_start(machine=machine)
         row = AgentMessage.objects.get(job_id=job.pk)
@@ -198,13 +220,13 @@ def test_a_message_that_expires_unsent_fails_its_job_saying_the_broker_was_away(
 
 
 def test_the_sweep_fails_a_job_whose_message_never_left_with_the_brokers_words(
-    machine, settings, django_capture_on_commit_callbacks
+    broken_broker, machine, settings, django_capture_on_commit_callbacks
 ):
     from jobs.services import backup_start, jobs_sweep
 
     machine.last_seen_at = None
     machine.save(update_fields=["last_seen_at"])
-    with broker_folder_broken(), django_capture_on_commit_callbacks(execute=True):
+    with broken_broker(), django_capture_on_commit_callbacks(execute=True):
         job = backup_start(machine=machine)
     assert job.status == Job.Status.WAITING
     jobs_sweep(now=timezone.now() + timedelta(minutes=settings.HAVEN_JOB_AGENT_WAIT_MINUTES + 1))
@@ -215,9 +237,9 @@ def test_the_sweep_fails_a_job_whose_message_never_left_with_the_brokers_words(
 
 
 def test_messages_to_a_machine_unregistered_since_are_given_up(
-    machine, django_capture_on_commit_callbacks
+    broken_broker, machine, django_capture_on_commit_callbacks
 ):
-    with broker_folder_broken(), django_capture_on_commit_callbacks(execute=True):
+    with broken_broker(), django_capture_on_commit_callbacks(execute=True):
         task_id = dispatch.send_after_commit(machine, protocol.PING_TASK)
     machine.unregistered_at = timezone.now()
     machine.save(update_fields=["unregistered_at"])
@@ -243,8 +265,8 @@ def test_the_outbox_runs_every_few_seconds_on_the_portal_queue():
     assert entry["options"]["queue"] == "portal"
 
 
-def test_a_question_the_broker_refuses_is_said_at_once(machine):
-    with broker_folder_broken(), pytest.raises(dispatch.BrokerUnreachable):
+def test_a_question_the_broker_refuses_is_said_at_once(broken_broker, machine):
+    with broken_broker(), pytest.raises(dispatch.BrokerUnreachable):
         dispatch.ask_now(machine, protocol.BROWSE_TASK, request_id="r", path="/")
     assert not AgentMessage.objects.exists()  # questions never wait in the outbox
 
