@@ -33,6 +33,7 @@ nobody.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -199,8 +200,33 @@ def _send_first(pk: int) -> None:
             words = f"behind an earlier message to this machine: {older.last_error}"
             _pending().filter(pk=row.pk).update(last_error=words[:500])
         return
+    refused = _recent_refusal()
+    if refused:  # don't make every request wait on a broker that just refused
+        words = f"not tried: the broker refused a message moments ago ({refused})"
+        _pending().filter(pk=row.pk).update(last_error=words[:500])
+        return
     if _claim(row, timezone.now()):
         _attempt(row, retry=False)
+
+
+# After a refusal, this process leaves new messages to the outbox for a few seconds (until
+# a send succeeds): a scheduler tick starting many jobs, or requests, do not each wait for
+# the broker's connect timeout while it is away.
+FAST_PATH_PAUSE = 10.0
+_refused: dict[str, object] = {"until": 0.0, "error": ""}
+
+
+def _recent_refusal() -> str:
+    if time.monotonic() < _refused["until"]:  # type: ignore[operator]
+        return str(_refused["error"])
+    return ""
+
+
+def _note_refusal(error: str | None) -> None:
+    if error is None:
+        _refused["until"] = 0.0
+    else:
+        _refused.update(until=time.monotonic() + FAST_PATH_PAUSE, error=error)
 
 
 def _claim(row: AgentMessage, now: datetime) -> bool:
@@ -230,12 +256,14 @@ def _attempt(row: AgentMessage, *, retry: bool) -> str | None:
             "could not send %s [%s] to %s (try %d, kept in the outbox): %s",
             row.task_name, row.task_id, row.machine_id, row.attempts + 1, error,
         )  # fmt: skip
+        _note_refusal(error)
         if not row.attempts:  # from now on its job's page says it waits for the broker
             _notify(_changed_handlers, row)
         return error
     AgentMessage.objects.filter(pk=row.pk).update(
         sent_at=now, attempts=F("attempts") + 1, last_attempt_at=now
     )
+    _note_refusal(None)
     if row.attempts:  # it had been waiting: the page said so, and may now stop saying it
         log.info("sent %s [%s] to %s after %d failed tries", row.task_name, row.task_id,
                  row.machine_id, row.attempts)  # fmt: skip

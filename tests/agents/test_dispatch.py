@@ -30,6 +30,14 @@ from tests.support import builders
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def _fresh_fast_path(monkeypatch):
+    """No refusal seen by an earlier test holds this one's messages back."""
+    from agents import dispatch
+
+    monkeypatch.setattr(dispatch, "_refused", {"until": 0.0, "error": ""})
+
+
 @pytest.fixture
 def machine(vault):
     return builders.make_machine(vault=vault, name="web-01", last_seen_at=timezone.now())
@@ -155,6 +163,22 @@ def test_a_send_failure_on_the_embedded_broker_is_kept_and_sent_by_the_outbox_pa
         (second, "two"),
     ]
     assert not AgentMessage.objects.filter(sent_at__isnull=True).exists()
+
+
+def test_after_a_refusal_new_messages_go_straight_to_the_outbox_for_a_few_seconds(
+    broken_broker, vault, machine, django_capture_on_commit_callbacks
+):
+    """A scheduler tick starting many backups while the broker is away does not wait for
+    the broker once per machine."""
+    other = builders.make_machine(vault=vault, name="web-02")
+    with broken_broker(), django_capture_on_commit_callbacks(execute=True):
+        first = dispatch.send_after_commit(machine, protocol.PING_TASK)
+        second = dispatch.send_after_commit(other, protocol.PING_TASK)
+    assert AgentMessage.objects.get(task_id=first).attempts == 1
+    held = AgentMessage.objects.get(task_id=second)
+    assert held.attempts == 0 and held.last_error.startswith("not tried: the broker refused")
+    assert dispatch.outbox_send(now=timezone.now() + timedelta(minutes=1))["sent"] == 2
+    assert [t for _, t, _ in queued(other.queue)] == [second]
 
 
 def test_a_refused_message_is_not_tried_again_before_its_pause(

@@ -36,6 +36,13 @@ def broker_broken(settings, monkeypatch):
             yield
 
 
+@pytest.fixture(autouse=True)
+def _fresh_fast_path(monkeypatch):
+    from agents import dispatch
+
+    monkeypatch.setattr(dispatch, "_refused", {"until": 0.0, "error": ""})
+
+
 def test_the_job_page_says_waiting_for_the_broker_until_the_message_goes(
     live_portal, portal_owner, page, settings, monkeypatch, tmp_path
 ):

@@ -31,6 +31,14 @@ from tests.support.faultproxy import FaultProxy
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_fast_path(monkeypatch):
+    """No refusal seen by an earlier test holds this one's messages back."""
+    from agents import dispatch
+
+    monkeypatch.setattr(dispatch, "_refused", {"until": 0.0, "error": ""})
+
+
 @pytest.fixture
 def cut_broker(agent_portal, settings, monkeypatch, redis_url):  # noqa: F811
     """A FaultProxy in front of Redis, as this process's broker."""
