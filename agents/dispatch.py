@@ -264,7 +264,7 @@ def _attempt(row: AgentMessage, *, retry: bool) -> str | None:
         sent_at=now, attempts=F("attempts") + 1, last_attempt_at=now
     )
     _note_refusal(None)
-    if row.attempts:  # it had been waiting: the page said so, and may now stop saying it
+    if row.attempts or row.last_error:  # the page said it waited; now it may stop
         log.info("sent %s [%s] to %s after %d failed tries", row.task_name, row.task_id,
                  row.machine_id, row.attempts)  # fmt: skip
         _notify(_changed_handlers, row)
