@@ -12,16 +12,21 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import math
 import secrets
+import threading
 import time
 
+import redis.exceptions
 from django.core.cache import cache
 from django.http import JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from agents.models import Machine, MachineToken
+
+log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "hvn_"
 RATE_LIMIT_PER_MINUTE = 600
@@ -79,16 +84,74 @@ def machine_from_request(request) -> Machine | None:
     return record.machine
 
 
-def _rate_limited(machine: Machine) -> bool:
-    window = int(time.time() // 60)
-    key = f"agent-api-rate:{machine.pk}:{window}"
-    cache.add(key, 0, timeout=120)
+# What the cache raises when its server is away: Redis's connection errors (Django's
+# RedisCache passes them through), and the file-based cache's OSError (folder gone, disk
+# full). Anything else is a bug and is not caught.
+CACHE_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OSError,
+)
+# While the cache is unreachable the limits are counted in this process instead (each
+# portal process then allows up to the limit: looser, never unlimited), and this is logged
+# at most once per LOG_EVERY seconds.
+LOG_EVERY = 60
+
+
+class _LocalCounter:
+    """Per-minute counters in this process: the limiter's fallback."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        self._window = -1
+        self._logged_at = float("-inf")
+
+    def incr(self, key: str, window: int) -> int:
+        with self._lock:
+            if window != self._window:  # a new minute: the old counters expire together
+                self._counts.clear()
+                self._window = window
+            self._counts[key] = self._counts.get(key, 0) + 1
+            return self._counts[key]
+
+    def should_log(self, now: float) -> bool:
+        with self._lock:
+            if now - self._logged_at < LOG_EVERY:
+                return False
+            self._logged_at = now
+            return True
+
+
+_local = _LocalCounter()
+
+
+def over_limit(scope: str, who: str, limit: int) -> bool:
+    """Count one request of ``who`` in this minute; whether it is over ``limit``. Counted
+    in the cache, shared by every portal process; when the cache is unreachable, in this
+    process (fails open to a local limit, with a log line), never a 500."""
+    now = time.time()
+    window = int(now // 60)
+    key = f"{scope}:{who}:{window}"
     try:
-        count = cache.incr(key)
-    except ValueError:
-        cache.set(key, 1, timeout=120)
-        count = 1
-    return count > RATE_LIMIT_PER_MINUTE
+        cache.add(key, 0, timeout=120)
+        try:
+            count = cache.incr(key)
+        except ValueError:  # expired between add and incr
+            cache.set(key, 1, timeout=120)
+            count = 1
+    except CACHE_ERRORS as exc:
+        if _local.should_log(now):
+            log.warning(
+                "rate limits are counted per process: the cache is unreachable (%s: %s)",
+                type(exc).__name__, exc,
+            )  # fmt: skip
+        count = _local.incr(key, window)
+    return count > limit
+
+
+def _rate_limited(machine: Machine) -> bool:
+    return over_limit("agent-api-rate", str(machine.pk), RATE_LIMIT_PER_MINUTE)
 
 
 def json_body(request, *, max_bytes: int) -> dict | None:

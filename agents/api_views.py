@@ -7,16 +7,13 @@ endpoint but ``identity`` and ``register`` needs the machine's bearer token
 
 from __future__ import annotations
 
-import time
-
-from django.core.cache import cache
 from django.http import JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from agents import services
-from agents.api_auth import api_error, json_body, machine_api
+from agents.api_auth import api_error, json_body, machine_api, over_limit
 from agents.runtime.protocol import MAX_AGENT_API_BODY as MAX_BODY
 from agents.runtime.version import __version__
 from portal import signing
@@ -46,13 +43,8 @@ def identity(request):
 
 
 def _register_rate_limited(request) -> bool:
-    window = int(time.time() // 60)
-    key = f"agent-register-rate:{request.META.get('REMOTE_ADDR', '?')}:{window}"
-    cache.add(key, 0, timeout=120)
-    try:
-        return cache.incr(key) > REGISTER_LIMIT_PER_MINUTE
-    except ValueError:
-        return False
+    who = request.META.get("REMOTE_ADDR", "?")
+    return over_limit("agent-register-rate", who, REGISTER_LIMIT_PER_MINUTE)
 
 
 @csrf_exempt

@@ -5,6 +5,7 @@ class AgentsConfig(AppConfig):
     name = "agents"
 
     def ready(self):
+        from agents.dispatch import OUTBOX_SECONDS
         from portal import live, search
         from portal.celery import register_periodic
 
@@ -12,6 +13,8 @@ class AgentsConfig(AppConfig):
         search.register("machine", find_machines, label="Machines", order=40)
         # Redis without an ACL file forgets the machines' users when it restarts.
         register_periodic("agents.broker_users_sync", "agents.broker_users_sync", 120)
+        # Agent messages the broker did not take when they were made (agents.dispatch).
+        register_periodic("agents.outbox_send", "agents.outbox_send", OUTBOX_SECONDS)
 
 
 def _machine_group(user, machine_id: str) -> str | None:

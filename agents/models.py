@@ -134,3 +134,52 @@ class SourceGrantAuthorisation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.target} may read {self.source} until {self.expires_at:%Y-%m-%d %H:%M}"
+
+
+class AgentMessage(models.Model):
+    """The outbox: one signed task for one machine's agent, written in the transaction that
+    made the work it carries (a Job row, a policy), and sent to the broker after commit by
+    ``agents.dispatch`` — at once when the broker takes it, else by the portal worker's
+    ``agents.outbox_send`` every few seconds until it does or the message expires.
+
+    ``kwargs`` is the message body exactly as signed (``agents.runtime.tasksig``), so a late
+    send carries the original issue time, expiry and task id: the agent still refuses it
+    once expired, and runs each id once, which makes sending twice harmless.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    machine = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="messages")
+    queue = models.CharField(max_length=100)
+    task_name = models.CharField(max_length=200)
+    task_id = models.CharField(max_length=64, unique=True)
+    kwargs = models.JSONField()
+    # The job the message starts or stops, if any (a plain id: jobs depend on agents).
+    job_id = models.UUIDField(null=True, blank=True, db_index=True)
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    # Not before then (backoff); a sender also moves it forward to claim the row.
+    next_attempt_at = models.DateTimeField()
+    sent_at = models.DateTimeField(null=True, blank=True)
+    # Given up: expired unsent (the agent would refuse it), or its machine unregistered.
+    abandoned_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at", "id"],
+                condition=models.Q(sent_at__isnull=True, abandoned_at__isnull=True),
+                name="agentmessage_unsent",
+            ),
+            models.Index(fields=["sent_at"], name="agentmessage_sent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_name} [{self.task_id}] for {self.machine_id}"
+
+    @property
+    def pending(self) -> bool:
+        return self.sent_at is None and self.abandoned_at is None

@@ -18,6 +18,15 @@ class JobsConfig(AppConfig):
         register_periodic("jobs.alerts_check", "jobs.alerts_check", HOUR)
         register_periodic("jobs.alerts_digest", "jobs.alerts_digest", HOUR)
         _register_vault_hooks()
+        _register_dispatch_hooks()
+
+
+def _register_dispatch_hooks() -> None:
+    from agents import dispatch
+    from jobs.services import outbox
+
+    dispatch.register_changed_handler(outbox.job_message_changed)
+    dispatch.register_undeliverable_handler(outbox.job_message_undeliverable)
 
 
 def _job_group(user, job_id: str) -> str | None:

@@ -13,6 +13,7 @@ from django.core.paginator import Paginator
 from django.db.models import Count, Max, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
 
+from agents import dispatch
 from agents.models import Machine
 from jobs.models import Alert, Job, RecoveryPoint
 from jobs.schedule import zone
@@ -115,7 +116,54 @@ def job_list(user, filters: JobFilters, *, page: int | str = 1, now: datetime | 
     qs = base.filter(status=filters.status) if filters.status else base
     qs = qs.select_related("machine", "vault").order_by("-created_at")
     paginator = Paginator(qs, PAGE_SIZE)
-    return paginator.get_page(page), counts
+    page_of_jobs = paginator.get_page(page)
+    broker_waits_attach(page_of_jobs.object_list)
+    return page_of_jobs, counts
+
+
+@dataclass(frozen=True)
+class BrokerWait:
+    """A job not started because the broker refused its agent message (the outbox keeps
+    trying): since when, how many tries, the broker's last answer."""
+
+    since: datetime
+    attempts: int
+    last_error: str
+
+
+_NOT_STARTED = (Job.Status.QUEUED, Job.Status.WAITING)
+_UNKNOWN = object()
+
+
+def _as_wait(message) -> BrokerWait | None:
+    # Not tried yet, and not held back behind a refused one: nothing refused it.
+    if message is None or not (message.attempts or message.last_error):
+        return None
+    return BrokerWait(
+        since=message.created_at, attempts=message.attempts, last_error=message.last_error
+    )
+
+
+def broker_waits_attach(jobs) -> list:
+    """Look up, in one query, which of ``jobs`` wait for the broker (for a list page)."""
+    jobs = list(jobs)
+    waiting = [job for job in jobs if job.status in _NOT_STARTED]
+    found = dispatch.pending_for_jobs([job.pk for job in waiting]) if waiting else {}
+    for job in jobs:
+        job._broker_wait = _as_wait(found.get(job.pk))
+    return jobs
+
+
+def broker_wait(job) -> BrokerWait | None:
+    """Whether ``job`` waits for the message broker (``agents.dispatch``'s outbox), read
+    from the database: its row says so after a reload as after a push."""
+    if job.status not in _NOT_STARTED:
+        return None
+    cached = getattr(job, "_broker_wait", _UNKNOWN)
+    if cached is _UNKNOWN:
+        broker_waits_attach([job])
+        cached = job._broker_wait
+    return cached  # type: ignore[return-value]
 
 
 def status_counts_labelled(counts: dict) -> list[tuple[str, str, int]]:

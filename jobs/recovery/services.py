@@ -35,6 +35,7 @@ from django.http import Http404
 from django.utils import timezone
 
 from agents import dispatch
+from agents.api_auth import CACHE_ERRORS
 from agents.models import Machine, SourceGrantAuthorisation
 from agents.runtime import protocol
 from agents.runtime.blobstore import BlobExists, BlobNotFound, StorageError
@@ -127,9 +128,12 @@ class Question:
     kind: str
 
 
-# Every agent task goes through agents.dispatch.send_after_commit (its docstring has the
-# rule for failures). Called through this name, which tests/recovery/conftest.py replaces.
+# Restore and download jobs go through agents.dispatch.send_after_commit (its outbox keeps
+# the message until the broker takes it); questions, which a person waits for, through
+# dispatch.ask_now (no outbox: a broker that refuses is said at once). Called through these
+# names, which tests/recovery/conftest.py replaces.
 _send = dispatch.send_after_commit
+_ask = dispatch.ask_now
 
 
 def question_ask(*, user, source: Machine, target: Machine, kind: str, **args) -> Question:
@@ -141,24 +145,38 @@ def question_ask(*, user, source: Machine, target: Machine, kind: str, **args) -
         user=user, source=source, target=target, lifetime=QUESTION_AUTHORISATION,
         request_id=request_id,
     )  # fmt: skip
-    cache.set(
-        f"recovery:req:{request_id}",
-        {
-            "user": user.pk,
-            "source": str(source.pk),
-            "target": str(target.pk),
-            "kind": kind,
-            "asked": time.time(),
-        },
-        REQUEST_TTL,
-    )
-    _send(
-        target,
-        AGENT_TASKS[kind],
-        request_id=request_id,
-        source_machine_id="" if source.pk == target.pk else str(source.pk),
-        **args,
-    )
+    try:
+        cache.set(
+            f"recovery:req:{request_id}",
+            {
+                "user": user.pk,
+                "source": str(source.pk),
+                "target": str(target.pk),
+                "kind": kind,
+                "asked": time.time(),
+            },
+            REQUEST_TTL,
+        )
+    except CACHE_ERRORS as exc:
+        raise RecoveryRefused(
+            f"The portal's cache is unreachable ({exc}), so it could not ask {target.name}. "
+            "Try again in a minute; if it keeps failing, check that Redis is running and "
+            "reachable from the portal."
+        ) from None
+    try:
+        _ask(
+            target,
+            AGENT_TASKS[kind],
+            request_id=request_id,
+            source_machine_id="" if source.pk == target.pk else str(source.pk),
+            **args,
+        )
+    except dispatch.BrokerUnreachable as exc:
+        raise RecoveryRefused(
+            f"The portal could not reach the message broker, so the question was not sent to "
+            f"{target.name} ({exc}). Try again in a minute; if it keeps failing, check that "
+            "Redis is running and reachable from the portal."
+        ) from None
     return Question(request_id, kind)
 
 

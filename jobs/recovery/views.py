@@ -189,9 +189,12 @@ def ask(request, source_id, target_id, kind):
             raise Http404("No such file")
     elif kind != "points":
         raise Http404("No such question")
-    question = services.question_ask(
-        user=request.user, source=source, target=target, kind=kind, **args
-    )
+    try:
+        question = services.question_ask(
+            user=request.user, source=source, target=target, kind=kind, **args
+        )
+    except services.RecoveryRefused as exc:
+        return _render(request, "recovery/_message.html", {"message": str(exc), "error": True})
     return _render(
         request,
         "recovery/_pending.html",

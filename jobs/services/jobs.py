@@ -15,11 +15,13 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from agents import dispatch
 from agents.runtime import protocol
 from jobs import selectors, services  # services: the package, for its seams
 from jobs.models import Job
 from jobs.services.alerts import alerts_after_job
 from jobs.services.live import job_notify_finished, job_publish
+from jobs.services.outbox import broker_failure_reason
 from jobs.services.points import PointRefused, point_check, recovery_point_create
 from jobs.services.pruning import repository_fence
 
@@ -390,9 +392,17 @@ def jobs_sweep(*, now: datetime | None = None) -> dict:
             counts["waiting"] += 1
     wait_minutes = settings.HAVEN_JOB_AGENT_WAIT_MINUTES
     deadline = now - timedelta(minutes=wait_minutes)
-    for job in Job.objects.filter(
-        status=Job.Status.WAITING, created_at__lte=deadline
-    ).select_related("machine"):
+    overdue = list(
+        Job.objects.filter(status=Job.Status.WAITING, created_at__lte=deadline).select_related(
+            "machine"
+        )
+    )
+    unsent = dispatch.pending_for_jobs([job.pk for job in overdue])
+    for job in overdue:
+        if job.pk in unsent:  # it never left the portal: the broker was away, not the agent
+            job_fail(job=job, reason=broker_failure_reason(job, unsent[job.pk], now=now), now=now)
+            counts["failed"] += 1
+            continue
         name = job.machine.name if job.machine else "the machine"
         again = (
             "press Back up now again"

@@ -113,3 +113,11 @@ def is_restore(job) -> bool:
 @register.filter
 def is_download(job) -> bool:
     return is_restore(job) and (getattr(job, "details", None) or {}).get("kind") == "download"
+
+
+@register.filter
+def broker_wait(job):
+    """The job's wait for the message broker, or None (``jobs.selectors.broker_wait``)."""
+    from jobs import selectors
+
+    return selectors.broker_wait(job)

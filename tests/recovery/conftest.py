@@ -50,9 +50,12 @@ def _empty_downloads() -> None:
 def sent(monkeypatch):
     """Agent tasks sent, as (machine name, task, kwargs)."""
     calls: list[tuple[str, str, dict]] = []
-    monkeypatch.setattr(
-        services, "_send", lambda machine, task, **kw: calls.append((machine.name, task, kw))
-    )
+
+    def record(machine, task, **kw):
+        calls.append((machine.name, task, kw))
+
+    monkeypatch.setattr(services, "_send", record)
+    monkeypatch.setattr(services, "_ask", record)
     return calls
 
 
