@@ -64,7 +64,7 @@ class _Sender:
     push costs the caller a queue put, not a thread and a loop of its own. Messages of one
     group keep their order (one lane per group); lanes let groups go side by side."""
 
-    LANES = 4
+    LANES = 16
 
     def __init__(self):
         self.pid = os.getpid()

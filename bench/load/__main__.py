@@ -179,7 +179,7 @@ def main() -> None:
     )
     os.environ.pop("AZURE_STORAGE_CONNECTION_STRING", None)
     try:
-        result = _run(args, base, port, redis_server, children)
+        result = _run(args, base, port, redis_server, children, postgres)
         print(json.dumps(result, indent=2))
     finally:
         for child in reversed(children):
@@ -199,7 +199,7 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _run(args, base: str, port: int, redis_server, children) -> dict:
+def _run(args, base: str, port: int, redis_server, children, postgres) -> dict:
     import django
 
     django.setup()
@@ -282,7 +282,8 @@ def _run(args, base: str, port: int, redis_server, children) -> dict:
     for proc in procs.values():
         proc.start()
     time.sleep(3)  # sockets open, agents logged in
-    cpu0 = _cpu_now(web.pid, worker.pid, redis_server.pid, args.database)
+    postmaster = postgres[0].pid if postgres else None
+    cpu0 = _cpu_now(web.pid, worker.pid, redis_server.pid, postmaster)
     t0 = time.monotonic()
     procs["http"] = ctx.Process(
         target=clients.http_agents,
@@ -291,7 +292,7 @@ def _run(args, base: str, port: int, redis_server, children) -> dict:
     procs["http"].start()
     pages = _time_pages(owner, seeded, until=t0 + args.duration)
     results = {name: queues[name].get(timeout=120) for name in ("http", "broker")}
-    cpu1 = _cpu_now(web.pid, worker.pid, redis_server.pid, args.database)
+    cpu1 = _cpu_now(web.pid, worker.pid, redis_server.pid, postmaster)
     wall = time.monotonic() - t0
     results["watchers"] = queues["watchers"].get(timeout=60)
     for proc in procs.values():
@@ -305,22 +306,19 @@ def _run(args, base: str, port: int, redis_server, children) -> dict:
     return summary
 
 
-def _cpu_now(web: int, worker: int, redis_pid: int, database: str) -> dict:
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            [database],
-        )
-        backends = [row[0] for row in cursor.fetchall()]
-    pg = {}
-    for pid in backends:
-        with contextlib.suppress(OSError):
-            pg[pid] = clients.cpu_seconds(pid)
+def _cpu_now(web: int, worker: int, redis_pid: int, postmaster: int | None) -> dict:
     worker_cpu = clients.cpu_seconds(worker)
     for child in _children(worker):
-        worker_cpu += clients.cpu_seconds(child)
+        with contextlib.suppress(OSError):
+            worker_cpu += clients.cpu_seconds(child)
+    pg = None
+    if postmaster is not None:
+        # Backends come and go (one per portal connection): the postmaster's reaped
+        # children's CPU plus the live ones'.
+        pg = clients.cpu_seconds(postmaster, children=True)
+        for child in _children(postmaster):
+            with contextlib.suppress(OSError):
+                pg += clients.cpu_seconds(child)
     return {
         "portal": clients.cpu_seconds(web),
         "worker": worker_cpu,
@@ -392,6 +390,7 @@ def _summary(args, seed_s, wall, pages, results, cpu0, cpu1, fleet, seeded) -> d
     latencies: list[float] = []
     lost = expected = 0
     socket_errors = []
+    drops = sum(w.get("drops", 0) for w in results["watchers"])
     for watcher in results["watchers"]:
         if "error" in watcher:
             socket_errors.append(watcher["error"])
@@ -409,7 +408,7 @@ def _summary(args, seed_s, wall, pages, results, cpu0, cpu1, fleet, seeded) -> d
         latencies.extend(heard[key] for key in mine if key in heard)
     progress_events = len(http["posted"])
     portal_cpu = cpu1["portal"] - cpu0["portal"]
-    pg_cpu = sum(v - cpu0["pg"].get(pid, 0.0) for pid, v in cpu1["pg"].items())
+    pg_cpu = None if cpu0["pg"] is None else round(cpu1["pg"] - cpu0["pg"], 2)
     return {
         "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()},
         "fleet": {
@@ -439,6 +438,7 @@ def _summary(args, seed_s, wall, pages, results, cpu0, cpu1, fleet, seeded) -> d
             "post_to_socket_p50_ms": _ms(_pct(latencies, 0.5)),
             "post_to_socket_p95_ms": _ms(_pct(latencies, 0.95)),
             "post_to_socket_max_ms": _ms(max(latencies) if latencies else None),
+            "socket_drops": drops,
             "socket_errors": socket_errors[:3],
         },
         "cpu": {
@@ -446,7 +446,7 @@ def _summary(args, seed_s, wall, pages, results, cpu0, cpu1, fleet, seeded) -> d
             "portal_ms_per_progress_event": round(portal_cpu / max(1, progress_events) * 1000, 2),
             "worker_s": round(cpu1["worker"] - cpu0["worker"], 2),
             "redis_s": round(cpu1["redis"] - cpu0["redis"], 2),
-            "postgresql_backends_s": round(pg_cpu, 2),
+            "postgresql_s": pg_cpu,
         },
     }
 

@@ -220,22 +220,38 @@ def watchers(ws_base: str, origin: str, watches: list[tuple[str, str]], duration
     """``watches``: (session cookie, query string) per watcher."""
 
     async def watcher(cookie: str, query: str, deadline: float):
+        """Listens until ``deadline``; reconnects after a drop (as htmx's ws extension does,
+        after which the page fetches its fragments again: reports pushed meanwhile are
+        counted lost)."""
         heard: dict[str, float] = {}
-        try:
-            reader, writer = await _ws_connect(f"{ws_base}/ws/live/?{query}", cookie, origin)
-        except (OSError, ConnectionError) as exc:
-            return {"query": query, "error": str(exc), "heard": heard}
+        drops = 0
+        error = None
 
-        async def listen():
+        async def listen(reader):
             async for text in _ws_messages(reader):
                 arrived = time.time()
                 for job, seq, sent in MARK.findall(text):
                     heard[f"{job}/{seq}"] = arrived - float(sent)
 
-        with contextlib.suppress(TimeoutError, asyncio.IncompleteReadError, OSError):
-            await asyncio.wait_for(listen(), timeout=max(1.0, deadline - time.monotonic()))
-        writer.close()
-        return {"query": query, "heard": heard}
+        while time.monotonic() < deadline:
+            try:
+                reader, writer = await _ws_connect(f"{ws_base}/ws/live/?{query}", cookie, origin)
+            except (OSError, ConnectionError) as exc:
+                error = str(exc)
+                await asyncio.sleep(1)
+                continue
+            with contextlib.suppress(TimeoutError, asyncio.IncompleteReadError, OSError):
+                await asyncio.wait_for(
+                    listen(reader), timeout=max(1.0, deadline - time.monotonic())
+                )
+            writer.close()
+            if time.monotonic() < deadline - 1:
+                drops += 1
+                await asyncio.sleep(1)
+        result = {"query": query, "heard": heard, "drops": drops}
+        if error and not heard:
+            result["error"] = error
+        return result
 
     async def main():
         deadline = time.monotonic() + duration
@@ -244,6 +260,10 @@ def watchers(ws_base: str, origin: str, watches: list[tuple[str, str]], duration
     out.put(asyncio.run(main()))
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """User + system CPU of ``pid`` (and of its reaped children, when asked)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
