@@ -10,6 +10,8 @@ page reload shows the same state.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import hashlib
 import hmac
 import json
@@ -56,7 +58,15 @@ def publish_now(group: str, html: str) -> None:
         except Exception:  # a push is best effort: the page shows the truth on reload
             log.warning("could not push to %s", group, exc_info=True)
         return
-    _sender().send(layer, group, message)
+    sent = _sender().send(layer, group, message)
+    # Wait for it (briefly): a busy portal then slows its callers instead of letting pushes
+    # queue up behind them, and the sending thread gets the interpreter while they wait.
+    with contextlib.suppress(concurrent.futures.TimeoutError):
+        sent.result(timeout=PUSH_WAIT_SECONDS)
+
+
+# How long a request waits for its push to leave before it answers anyway.
+PUSH_WAIT_SECONDS = 2.0
 
 
 class _Sender:
@@ -86,21 +96,25 @@ class _Sender:
 
     async def _drain(self, lane: asyncio.Queue):
         while True:
-            layer, group, message = await lane.get()
+            layer, group, message, sent = await lane.get()
             try:
                 await layer.group_send(group, message)
             except Exception:  # best effort: the page shows the truth on reload
                 log.warning("could not push to %s", group, exc_info=True)
             finally:
+                sent.set_result(None)
                 with self.idle:
                     self.pending -= 1
                     self.idle.notify_all()
 
-    def send(self, layer, group: str, message: dict) -> None:
+    def send(self, layer, group: str, message: dict) -> concurrent.futures.Future:
+        """Queue the push; the future is done once it has left (or failed, logged)."""
         with self.idle:
             self.pending += 1
+        sent: concurrent.futures.Future = concurrent.futures.Future()
         lane = self.lanes[zlib.crc32(group.encode()) % self.LANES]
-        self.loop.call_soon_threadsafe(lane.put_nowait, (layer, group, message))
+        self.loop.call_soon_threadsafe(lane.put_nowait, (layer, group, message, sent))
+        return sent
 
     def flush(self, timeout: float) -> bool:
         with self.idle:
@@ -136,7 +150,7 @@ def tell_user_sockets(user_id, message: dict) -> None:
         ):
             return
         if not isinstance(layer, InMemoryChannelLayer):
-            _sender().send(layer, group_for_user(user_id), message)
+            _sender().send(layer, group_for_user(user_id), message)  # not waited for
             return
         try:
             _group_send(layer, group_for_user(user_id), message)

@@ -196,8 +196,16 @@ async def _ws_connect(url: str, cookie: str, origin: str):
     return reader, writer
 
 
-async def _ws_messages(reader):
-    """Text messages from the server (unmasked frames; fragments joined)."""
+def _ws_frame(opcode: int, payload: bytes) -> bytes:
+    """A client frame (masked, as a client's must be), payload under 126 bytes."""
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
+
+
+async def _ws_messages(reader, writer):
+    """Text messages from the server (unmasked frames; fragments joined); pings answered,
+    as a browser does (daphne closes a socket that does not answer)."""
     parts: list[bytes] = []
     while True:
         head = await reader.readexactly(2)
@@ -209,6 +217,10 @@ async def _ws_messages(reader):
         payload = await reader.readexactly(size)
         if opcode == 8:
             return
+        if opcode == 9:
+            writer.write(_ws_frame(10, payload[:125]))
+            await writer.drain()
+            continue
         if opcode in (0, 1):
             parts.append(payload)
             if head[0] & 0x80:
@@ -227,8 +239,8 @@ def watchers(ws_base: str, origin: str, watches: list[tuple[str, str]], duration
         drops = 0
         error = None
 
-        async def listen(reader):
-            async for text in _ws_messages(reader):
+        async def listen(reader, writer):
+            async for text in _ws_messages(reader, writer):
                 arrived = time.time()
                 for job, seq, sent in MARK.findall(text):
                     heard[f"{job}/{seq}"] = arrived - float(sent)
@@ -242,7 +254,7 @@ def watchers(ws_base: str, origin: str, watches: list[tuple[str, str]], duration
                 continue
             with contextlib.suppress(TimeoutError, asyncio.IncompleteReadError, OSError):
                 await asyncio.wait_for(
-                    listen(reader), timeout=max(1.0, deadline - time.monotonic())
+                    listen(reader, writer), timeout=max(1.0, deadline - time.monotonic())
                 )
             writer.close()
             if time.monotonic() < deadline - 1:
