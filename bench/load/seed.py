@@ -140,6 +140,8 @@ def seed(*, agents: int, jobs: int, history: int, points: int) -> dict:
     )
     for i, job in enumerate(running):
         fleet[i]["job"] = str(job.pk)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")  # planner statistics, as a database in use has them
     return {
         "owner_id": owner.pk,
         "vaults": [str(v.pk) for v in vaults],
