@@ -30,11 +30,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=50)
     parser.add_argument("--events", type=int, default=1000)
+    parser.add_argument(
+        "--servers",
+        action="store_true",
+        help="use DATABASE_URL and REDIS_URL from the environment (a throw-away database!)",
+    )
+    parser.add_argument("--profile", type=int, default=0, help="print the top N functions")
     args = parser.parse_args()
 
     data_dir = tempfile.mkdtemp(prefix="haven-bench-")
-    for name in ("DATABASE_URL", "REDIS_URL"):
-        os.environ.pop(name, None)
+    if not args.servers:
+        for name in ("DATABASE_URL", "REDIS_URL"):
+            os.environ.pop(name, None)
     os.environ["HAVEN_DATA_DIR"] = data_dir
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
     import django
@@ -72,6 +79,12 @@ def main() -> None:
 
     client = Client(HTTP_HOST="127.0.0.1")
     timings = []
+    profiler = None
+    if args.profile:
+        import cProfile
+
+        profiler = cProfile.Profile(time.process_time)  # CPU, not waiting
+        profiler.enable()
     cpu_start = time.process_time()
     wall_start = time.perf_counter()
     for n in range(args.events):
@@ -99,6 +112,13 @@ def main() -> None:
         assert response.status_code == 200, response.content
     cpu = time.process_time() - cpu_start
     wall = time.perf_counter() - wall_start
+    if profiler is not None:
+        import pstats
+
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats(os.environ.get("BENCH_SORT", "cumulative")).print_stats(
+            args.profile
+        )
     timings.sort()
     result = {
         "jobs": args.jobs,

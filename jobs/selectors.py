@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from urllib.parse import urlencode
 
+from django.core.cache import cache
 from django.core.paginator import Paginator
 from django.db.models import Count, Max, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
@@ -164,6 +165,44 @@ def broker_wait(job) -> BrokerWait | None:
         broker_waits_attach([job])
         cached = job._broker_wait
     return cached  # type: ignore[return-value]
+
+
+# --- Live progress: the latest report of a running job, newer than its row ---------------
+
+
+def live_progress_key(job_id) -> str:
+    return f"job-progress:{job_id}"
+
+
+def live_progress(job: Job) -> dict | None:
+    """The last progress report of a running job when it is newer than the row: the fields
+    to show (and to write) instead of the row's. None when the row is current."""
+    if job.status != Job.Status.RUNNING:
+        return None
+    return _newer(job, cache.get(live_progress_key(job.pk)))
+
+
+def _newer(job: Job, cached: dict | None) -> dict | None:
+    if not cached:
+        return None
+    at = cached["last_report_at"]
+    if job.last_report_at is not None and at <= job.last_report_at:
+        return None
+    return cached
+
+
+def with_live_progress(jobs) -> list[Job]:
+    """``jobs`` with each running one showing its latest report (one cache round trip)."""
+    jobs = list(jobs)
+    running = [job for job in jobs if job.status == Job.Status.RUNNING]
+    if running:
+        found = cache.get_many([live_progress_key(job.pk) for job in running])
+        for job in running:
+            newer = _newer(job, found.get(live_progress_key(job.pk)))
+            if newer is not None:
+                for field, value in newer.items():
+                    setattr(job, field, value)
+    return jobs
 
 
 def status_counts_labelled(counts: dict) -> list[tuple[str, str, int]]:

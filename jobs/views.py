@@ -66,7 +66,7 @@ def job_list(request):
         "jobs/list.html",
         {
             "page": page,
-            "jobs": page.object_list,
+            "jobs": selectors.with_live_progress(page.object_list),
             "counts": selectors.status_counts_labelled(counts),
             "total": sum(counts.values()),
             "filters": filters,
@@ -92,7 +92,7 @@ def _job(request, job_id, role=Role.READER) -> Job:
 @login_required
 @require_GET
 def job_detail(request, job_id):
-    job = _job(request, job_id)
+    job = selectors.with_live_progress([_job(request, job_id)])[0]
     template = (
         "jobs/_job_live.html" if request.GET.get("fragment") == "live" else "jobs/detail.html"
     )
@@ -113,6 +113,7 @@ def job_cancel(request, job_id):
         else:
             messages.info(request, "Cancelling: the agent stops within a few seconds.")
     if request.htmx:
+        job = selectors.with_live_progress([job])[0]
         return render(request, "jobs/_job_live.html", {"job": job, "oob": False})
     return redirect("jobs:detail", job_id=job.pk)
 

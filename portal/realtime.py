@@ -10,12 +10,16 @@ page reload shows the same state.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import os
+import threading
 import urllib.request
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import async_to_sync
@@ -46,11 +50,92 @@ def publish_now(group: str, html: str) -> None:
     if isinstance(layer, InMemoryChannelLayer) and serving_pid != os.getpid():
         _relay(group, html)
         return
-    try:
-        # The group rides along so the consumer can check the user may still hear it.
-        _group_send(layer, group, {"type": "fragment", "html": html, "group": group})
-    except Exception:  # a push is best effort: the page shows the truth on reload
-        log.warning("could not push to %s", group, exc_info=True)
+    # The group rides along so the consumer can check the user may still hear it.
+    message = {"type": "fragment", "html": html, "group": group}
+    if isinstance(layer, InMemoryChannelLayer):
+        try:
+            _group_send(layer, group, message)
+        except Exception:  # a push is best effort: the page shows the truth on reload
+            log.warning("could not push to %s", group, exc_info=True)
+        return
+    sent = _sender().send(layer, group, message)
+    # Wait for it (briefly): a busy portal then slows its callers instead of letting pushes
+    # queue up behind them, and the sending thread gets the interpreter while they wait.
+    with contextlib.suppress(concurrent.futures.TimeoutError):
+        sent.result(timeout=PUSH_WAIT_SECONDS)
+
+
+# How long a request waits for its push to leave before it answers anyway.
+PUSH_WAIT_SECONDS = 2.0
+
+
+class _Sender:
+    """Sends to a shared layer (Redis) from one long-lived event loop per process, so a
+    push costs the caller a queue put, not a thread and a loop of its own. Messages of one
+    group keep their order (one lane per group); lanes let groups go side by side."""
+
+    LANES = 16
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.pending = 0
+        self.idle = threading.Condition()
+        thread = threading.Thread(target=self._run, name="haven-realtime", daemon=True)
+        thread.start()
+        self.ready.wait(5)
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+        self.lanes = [asyncio.Queue() for _ in range(self.LANES)]
+        for lane in self.lanes:
+            self.loop.create_task(self._drain(lane))
+        self.ready.set()
+        self.loop.run_forever()
+
+    async def _drain(self, lane: asyncio.Queue):
+        while True:
+            layer, group, message, sent = await lane.get()
+            try:
+                await layer.group_send(group, message)
+            except Exception:  # best effort: the page shows the truth on reload
+                log.warning("could not push to %s", group, exc_info=True)
+            finally:
+                sent.set_result(None)
+                with self.idle:
+                    self.pending -= 1
+                    self.idle.notify_all()
+
+    def send(self, layer, group: str, message: dict) -> concurrent.futures.Future:
+        """Queue the push; the future is done once it has left (or failed, logged)."""
+        with self.idle:
+            self.pending += 1
+        sent: concurrent.futures.Future = concurrent.futures.Future()
+        lane = self.lanes[zlib.crc32(group.encode()) % self.LANES]
+        self.loop.call_soon_threadsafe(lane.put_nowait, (layer, group, message, sent))
+        return sent
+
+    def flush(self, timeout: float) -> bool:
+        with self.idle:
+            return self.idle.wait_for(lambda: self.pending == 0, timeout)
+
+
+_sender_instance: _Sender | None = None
+_sender_lock = threading.Lock()
+
+
+def _sender() -> _Sender:
+    global _sender_instance
+    with _sender_lock:
+        if _sender_instance is None or _sender_instance.pid != os.getpid():
+            _sender_instance = _Sender()  # first push, or a forked worker process
+        return _sender_instance
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """Wait until the pushes queued by this process have left; whether they all did."""
+    return _sender_instance is None or _sender_instance.flush(timeout)
 
 
 def tell_user_sockets(user_id, message: dict) -> None:
@@ -63,6 +148,9 @@ def tell_user_sockets(user_id, message: dict) -> None:
         if layer is None or (
             isinstance(layer, InMemoryChannelLayer) and serving_pid != os.getpid()
         ):
+            return
+        if not isinstance(layer, InMemoryChannelLayer):
+            _sender().send(layer, group_for_user(user_id), message)  # not waited for
             return
         try:
             _group_send(layer, group_for_user(user_id), message)

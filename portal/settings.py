@@ -204,6 +204,9 @@ REDIS_URL = env_url("REDIS_URL", schemes=("redis", "rediss"))
 # The address agents on other machines use to reach Redis (host name rather than loopback).
 HAVEN_AGENT_BROKER_URL = env_url("HAVEN_AGENT_BROKER_URL", schemes=("redis", "rediss"))
 BROKER_DIR = DATA_DIR / "broker"
+# Pushes a socket may have waiting before more are dropped (Channels' default, 100, is half
+# a second of a vault with 200 live jobs): a few seconds of a busy vault.
+LIVE_SOCKET_CAPACITY = 2000
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
@@ -220,7 +223,8 @@ if REDIS_URL:
                         "max_connections": HAVEN_REDIS_POOL_SIZE,
                         "timeout": HAVEN_REDIS_POOL_TIMEOUT,
                     }
-                ]
+                ],
+                "capacity": LIVE_SOCKET_CAPACITY,
             },
         }
     }
@@ -247,7 +251,12 @@ else:
         "store_processed": False,
         "polling_interval": 0.05,
     }
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": LIVE_SOCKET_CAPACITY},
+        }
+    }
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",

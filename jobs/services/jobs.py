@@ -20,7 +20,12 @@ from agents.runtime import protocol
 from jobs import selectors, services  # services: the package, for its seams
 from jobs.models import Job
 from jobs.services.alerts import alerts_after_job
-from jobs.services.live import job_notify_finished, job_publish
+from jobs.services.live import (
+    job_notify_finished,
+    job_progress_publish,
+    job_publish,
+    progress_changes_shape,
+)
 from jobs.services.outbox import broker_failure_reason
 from jobs.services.points import PointRefused, point_check, recovery_point_create
 from jobs.services.pruning import repository_fence
@@ -123,23 +128,51 @@ def _mark_running(job: Job, now: datetime) -> bool:
     return True
 
 
+# A running job's row is written at least this often while its agent reports (and at each
+# phase change); below HAVEN_JOB_STALL_SECONDS' minimum, so the sweep never misreads it.
+PROGRESS_WRITE_SECONDS = 5.0
+
+
 def job_record_progress(*, job: Job, event: dict, now: datetime | None = None) -> bool:
-    """Store the latest progress and push it; returns whether the agent should stop."""
+    """Store the latest progress and push it; returns whether the agent should stop.
+
+    Every report goes to the cache (``selectors.live_progress``), which pages read before
+    the row; the Job row itself is written when the phase changes and otherwise at most
+    every ``PROGRESS_WRITE_SECONDS`` (docs/progress.md), and ``job_finish`` folds the
+    last report in. A report that changes only numbers is pushed as small JSON the page
+    applies to its fields; a start or a new phase re-renders the fragments."""
     now = now or timezone.now()
     if job.status not in Job.ACTIVE:
         return True
+    started = False
     if job.status != Job.Status.RUNNING:
         # A report before (or without) a start report starts the job: the one push below
         # shows both.
-        _start(job, now)
-    job.progress = _clean_progress(event)
-    job.bytes_transferred = int(job.progress.get("stored_bytes") or 0)
-    job.last_report_at = now
-    Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
-        progress=job.progress, bytes_transferred=job.bytes_transferred, last_report_at=now
+        started = _start(job, now)
+    before = job.progress or {}
+    progress = _clean_progress(event)
+    rerender = started or progress_changes_shape(before, progress)
+    due = (
+        rerender
+        or job.last_report_at is None
+        or (now - job.last_report_at).total_seconds() >= PROGRESS_WRITE_SECONDS
     )
-    job_publish(job)
+    job.progress = progress
+    job.bytes_transferred = int(progress.get("stored_bytes") or 0)
+    job.last_report_at = now
+    if due:
+        Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
+            progress=job.progress, bytes_transferred=job.bytes_transferred, last_report_at=now
+        )
+    job_progress_publish(job, rerender=rerender)
     return job.cancel_requested_at is not None
+
+
+def _progress_fold(job: Job) -> None:
+    """Write the last cached report into a running job's row (before its result)."""
+    cached = selectors.live_progress(job)
+    if cached is not None:
+        Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(**cached)
 
 
 def _clean_warnings(warnings: Iterable) -> list[dict]:
@@ -181,6 +214,7 @@ def job_finish(
     ``ResultConflict``. A successful result that arrives after the sweep failed the job
     (its agent was silent, or the portal was away) is still recorded, with a note."""
     now = now or timezone.now()
+    _progress_fold(job)
     job, refused, point = _finish(
         job=job,
         result_id=result_id,

@@ -5,6 +5,11 @@ leaves after commit (``portal.realtime.publish``); the page shows the same on re
 
 from __future__ import annotations
 
+import json
+
+from django.contrib.humanize.templatetags.humanize import intcomma
+from django.core.cache import cache
+from django.template.defaultfilters import filesizeformat
 from django.template.loader import render_to_string
 from django.urls import reverse
 
@@ -25,6 +30,76 @@ def job_publish(job: Job) -> None:
     context = {"job": job, "oob": True}
     realtime.publish(job_group(job.pk), render_to_string("jobs/_job_live.html", context))
     realtime.publish(group_for_vault(job.vault_id), render_to_string("jobs/_job_row.html", context))
+
+
+# Kept long enough to outlive any gap between reports; a finished job ignores it.
+LIVE_PROGRESS_TTL = 3600
+
+
+def progress_changes_shape(before: dict, after: dict) -> bool:
+    """Whether a report changes more than the numbers in place: the first report, a new
+    phase, or a percentage appearing or going (the bar turns (in)determinate)."""
+    from jobs.templatetags.jobs_tags import progress_percent  # imports jobs.services
+
+    return (
+        not before
+        or before.get("phase") != after.get("phase")
+        or (progress_percent(before) is None) != (progress_percent(after) is None)
+    )
+
+
+def job_progress_publish(job: Job, *, rerender: bool) -> None:
+    """Keep ``job``'s latest report where pages read it (``selectors.live_progress``) and
+    push it, after commit. A report that changes only numbers travels as one small JSON
+    message for both groups (``progress_fields``; static/js/jobs.js sets the fields);
+    otherwise (``rerender``, the row just written) the fragments are rendered afresh."""
+    cache.set(
+        selectors.live_progress_key(job.pk),
+        {
+            "progress": job.progress,
+            "bytes_transferred": job.bytes_transferred,
+            "last_report_at": job.last_report_at,
+        },
+        LIVE_PROGRESS_TTL,
+    )
+    if rerender:
+        job_publish(Job.objects.select_related("machine", "vault", "created_by").get(pk=job.pk))
+        return
+    message = json.dumps({"job_progress": str(job.pk), "fields": progress_fields(job)})
+    realtime.publish(job_group(job.pk), message)
+    realtime.publish(group_for_vault(job.vault_id), message)
+
+
+def progress_fields(job: Job) -> dict:
+    """The text of each ``data-field`` of a running job's fragments (``_job_live.html``,
+    ``_job_row.html``) that a progress report changes, formatted as the templates do."""
+    from jobs.templatetags.jobs_tags import (  # imports jobs.services
+        phase_label,
+        progress_percent,
+        rate,
+        seconds_human,
+    )
+
+    p = job.progress or {}
+    pct = progress_percent(p)
+    files = intcomma(p.get("files_done") or 0)
+    if p.get("files_total") is not None:
+        files += f" of {intcomma(p['files_total'])}"
+    data = filesizeformat(p.get("bytes_done") or 0)
+    if p.get("bytes_total") is not None:
+        data += f" of {filesizeformat(p['bytes_total'])}"
+    return {
+        "phase": phase_label(p.get("phase")),
+        "percent": f"{pct}%" if pct is not None else "",
+        "width": pct,
+        "files": files,
+        "bytes": data,
+        "rate": rate(p.get("rate_bps")),
+        "eta": seconds_human(p.get("eta_s")),
+        "current": p.get("current") or "—",
+        "duration": seconds_human(job.duration),
+        "transferred": filesizeformat(job.bytes_transferred),
+    }
 
 
 def alerts_publish(*, vault, counts: dict | None = None) -> None:
