@@ -12,6 +12,7 @@ import time
 
 import pytest
 import redis
+from django.conf import settings
 from django.db import transaction
 
 from agents import broker, dispatch
@@ -35,6 +36,10 @@ def ping(machine, note: str) -> str:
 def test_a_redis_that_lost_the_machines_broker_user_gets_it_back_and_the_agent_runs_again(
     redis_broker, vault, alice, agent_env, tmp_path
 ):
+    if not str(settings.CELERY_BROKER_URL).startswith("redis"):
+        # The portal sends through its own broker: Redis only in the servers pass (the
+        # embedded defaults use the filesystem transport, which the agent here does not read).
+        pytest.skip("the portal's broker is Redis in the servers pass")
     machine, registration = register_directly(vault, alice, "web-01")
     write_registration(registration, agent_env)
     admin = redis.Redis.from_url(redis_broker, decode_responses=True)
