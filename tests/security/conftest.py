@@ -13,3 +13,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tests/security/" in str(item.fspath):
             item.add_marker(pytest.mark.servers)
+
+
+@pytest.fixture
+def no_broker(monkeypatch):
+    """Agent tasks and portal tasks are recorded, not sent, and pushes dropped: for tests
+    about the portal's answer to a request, not its delivery."""
+    from jobs import services
+
+    monkeypatch.setattr(services, "_send_to_machine", lambda machine, task, **kw: None)
+    monkeypatch.setattr(services, "_enqueue", lambda name, *args: None)
+    monkeypatch.setattr("portal.realtime.publish_now", lambda group, html: None)
+
+
+@pytest.fixture
+def machine(vault):
+    from tests.support import builders
+
+    return builders.make_machine(vault=vault, name="web-01")

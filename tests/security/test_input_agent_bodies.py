@@ -11,21 +11,8 @@ from agents.api_auth import machine_token_issue
 from agents.runtime import protocol
 from jobs import policy_rules, services
 from jobs.models import Job
-from tests.support import builders
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _no_broker(monkeypatch):
-    monkeypatch.setattr(services, "_send_to_machine", lambda machine, task, **kw: None)
-    monkeypatch.setattr(services, "_enqueue", lambda name, *args: None)
-    monkeypatch.setattr("portal.realtime.publish_now", lambda group, html: None)
-
-
-@pytest.fixture
-def machine(vault):
-    return builders.make_machine(vault=vault, name="web-01")
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker")]
 
 
 @pytest.fixture

@@ -13,22 +13,8 @@ import pytest
 from agents.api_auth import machine_token_issue
 from jobs import policy_rules, services
 from jobs.models import BackupPolicy, Job, RecoveryPoint
-from tests.support import builders
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _no_broker(monkeypatch):
-    """Agent tasks and portal tasks are recorded, not sent: these tests are about the answer."""
-    monkeypatch.setattr(services, "_send_to_machine", lambda machine, task, **kw: None)
-    monkeypatch.setattr(services, "_enqueue", lambda name, *args: None)
-    monkeypatch.setattr("portal.realtime.publish_now", lambda group, html: None)
-
-
-@pytest.fixture
-def machine(vault):
-    return builders.make_machine(vault=vault, name="web-01")
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker")]
 
 
 @pytest.fixture
