@@ -39,6 +39,11 @@ class Machine(models.Model):
     broker_password_sha256 = models.CharField(max_length=64, blank=True, default="")
     # Which vault credentials file registered the machine.
     credential_id = models.UUIDField(null=True, blank=True)
+    # The registration that replaced this one (``register --replace``); set with
+    # ``unregistered_at``. Its data stays a source of Recover Data either way.
+    replaced_by = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replaced"
+    )
 
     subscription_path = "vault__subscription"
 
@@ -73,6 +78,23 @@ class Machine(models.Model):
         if self.unregistered_at is not None:
             return "Unregistered"
         return "Online" if self.is_online() else "Offline"
+
+    @property
+    def is_gone(self) -> bool:
+        """Unregistered or replaced: no agent answers for it, its backups stay readable."""
+        return self.unregistered_at is not None
+
+    @property
+    def gone_label(self) -> str:
+        """The words for a gone machine: "Unregistered on 2026-12-01", "Replaced by web-01 on
+        2026-12-01" ("" while registered).
+        (``replaced_by`` is read: select_related it for a list.)"""
+        if self.unregistered_at is None:
+            return ""
+        day = f"{self.unregistered_at:%Y-%m-%d}"
+        if self.replaced_by_id is not None and self.replaced_by is not None:
+            return f"Replaced by {self.replaced_by.name} on {day}"
+        return f"Unregistered on {day}"
 
     @property
     def agent_outdated(self) -> bool:

@@ -185,6 +185,8 @@ def machine_register(
             )
             machine.container = container_for(machine)
             machine.save()
+            if earlier:  # "Replaced by <name> on <date>" in Recover Data's source list
+                Machine.objects.filter(pk__in=[m.pk for m in earlier]).update(replaced_by=machine)
             VaultCredential.objects.filter(pk=credential.pk).update(
                 used_at=timezone.now(), used_by_machine=machine.pk
             )

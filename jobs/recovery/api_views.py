@@ -19,17 +19,29 @@ MAX_MACHINE_REF = 255  # a machine's id or name (Machine.name's length)
 @machine_api
 @require_POST
 def grant(request):
+    """``{"source_machine": NAME or ID}`` or ``{"source_machine_id": ID}``, optionally
+    ``"vault_credentials"``: a read-only grant to that machine's container, registered or
+    gone; the answer names the machine (``services.machine_summary``) and the other machines
+    the name could have meant (``other_machines``)."""
     data = json_body(request, max_bytes=MAX_RECOVERY_ANSWER)
-    source_ref = data.get("source_machine") if data is not None else None
-    if not isinstance(source_ref, str) or not 0 < len(source_ref) <= MAX_MACHINE_REF:
-        return api_error(400, "bad_request", "Name the source machine (source_machine).")
+    if data is None:
+        return api_error(400, "bad_request", "Send a JSON object.")
+    source_ref, source_id = data.get("source_machine"), data.get("source_machine_id")
+    refs = [ref for ref in (source_ref, source_id) if ref is not None]
+    if len(refs) != 1 or not isinstance(refs[0], str) or not 0 < len(refs[0]) <= MAX_MACHINE_REF:
+        return api_error(
+            400,
+            "bad_request",
+            "Name the source machine (source_machine) or give its id (source_machine_id).",
+        )
     credentials = data.get("vault_credentials")
     if credentials is not None and not isinstance(credentials, str):
         return api_error(400, "bad_request", "Send the vault credentials file's text.")
     try:
-        source, new_grant = services.source_grant(
+        found, new_grant = services.source_grant(
             machine=request.machine,
-            source_ref=source_ref,
+            source_ref=source_ref or "",
+            source_id=source_id or "",
             credentials=credentials.encode("utf-8") if credentials else None,
         )
     except services.SourceNotAuthorised as exc:
@@ -37,7 +49,11 @@ def grant(request):
     except services.RecoveryRefused as exc:
         return api_error(404, "not_found", str(exc))
     return JsonResponse(
-        {"grant": new_grant, "machine": {"id": str(source.pk), "name": source.name}}
+        {
+            "grant": new_grant,
+            "machine": services.machine_summary(found.machine),
+            "other_machines": [services.machine_summary(m) for m in found.others],
+        }
     )
 
 

@@ -42,7 +42,7 @@ from agents.runtime.blobstore import BlobExists, BlobNotFound, StorageError
 from agents.runtime.protocol import DOWNLOAD_MAX_BYTES
 from jobs.models import Job, RecoveryPoint
 from jobs.services import job_publish
-from portal.access import get_for_user, has_role
+from portal.access import for_user, get_for_user, has_role
 from portal.models import Role
 from vaults import storage
 
@@ -92,15 +92,35 @@ class SourceNotAuthorised(RecoveryRefused):
 
 
 # -- loading ----------------------------------------------------------------------------------
+# A machine's data outlives its registration: every machine that ever had a container in the
+# vault stays a *source* of Recover Data (registered, unregistered, or replaced by a newer
+# registration with ``register --replace``); only a registered machine is a *target*, since
+# its agent does the work.
+def _sources():
+    return Machine.objects.select_related("vault", "replaced_by").exclude(container="")
+
+
 def machine_for_user(user, machine_id, *, role: str = ROLE) -> Machine:
     """A registered machine the user may recover (404 for outsiders, 403 for Readers)."""
     qs = Machine.objects.select_related("vault").filter(unregistered_at__isnull=True)
     return get_for_user(user, qs, role=role, pk=machine_id)
 
 
+def source_for_user(user, machine_id, *, role: str = ROLE) -> Machine:
+    """A machine whose backups the user may recover, registered or gone (404 for
+    outsiders, 403 for Readers)."""
+    return get_for_user(user, _sources(), role=role, pk=machine_id)
+
+
 def pair_for_user(user, source_id, target_id) -> tuple[Machine, Machine]:
-    source = machine_for_user(user, source_id)
-    target = source if str(target_id) == str(source.pk) else machine_for_user(user, target_id)
+    source = source_for_user(user, source_id)
+    target = source if str(target_id) == str(source.pk) else source_for_user(user, target_id)
+    if target.is_gone:
+        raise RecoveryRefused(
+            f"{target.name} is no longer registered ({target.gone_label}): no agent runs "
+            f"there to do the work. Recover {source.name}'s data onto a registered machine of "
+            f"{source.vault.name}."
+        )
     if target.vault_id != source.vault_id:
         raise RecoveryRefused(
             f"{target.name} is registered to another vault; data can be recovered only onto "
@@ -110,9 +130,40 @@ def pair_for_user(user, source_id, target_id) -> tuple[Machine, Machine]:
 
 
 def targets_for(source: Machine):
-    """Machines data of ``source`` may be recovered onto: itself first, then its vault's."""
+    """Machines data of ``source`` may be recovered onto: itself first (while registered),
+    then its vault's other registered machines."""
     others = Machine.objects.filter(vault_id=source.vault_id, unregistered_at__isnull=True)
-    return [source, *others.exclude(pk=source.pk).order_by("name")]
+    mine = [] if source.is_gone else [source]
+    return [*mine, *others.exclude(pk=source.pk).order_by("name")]
+
+
+def sources_for_user(user) -> list[Machine]:
+    """The source list of Recover Data, per vault: the registered machines the user may
+    recover (by name), then the gone ones that still hold a recovery point (most recently
+    gone first), each marked with ``gone_label``."""
+    machines = (
+        for_user(user, _sources())
+        .filter(
+            models.Q(unregistered_at__isnull=True)
+            | models.Exists(
+                RecoveryPoint.objects.filter(machine=models.OuterRef("pk"), removed_at__isnull=True)
+            )
+        )
+        .order_by(
+            "vault__name",
+            models.F("unregistered_at").desc(nulls_first=True),
+            "name",
+        )
+    )
+    allowed: dict = {}
+    out = []
+    for m in machines:
+        sub = m.vault.subscription_id
+        if sub not in allowed:
+            allowed[sub] = has_role(user, sub, ROLE)
+        if allowed[sub]:
+            out.append(m)
+    return out
 
 
 def recovery_points(source: Machine):
@@ -291,17 +342,63 @@ def _live_authorisation(*, source: Machine, target: Machine) -> SourceGrantAutho
     return None
 
 
-def _find_source(machine: Machine, source_ref: str) -> Machine:
-    qs = Machine.objects.filter(vault_id=machine.vault_id, unregistered_at__isnull=True)
+@dataclass
+class SourceFound:
+    """Which machine a command line's ``--from-machine`` / ``--from-machine-id`` means, and
+    the other machines of that name it could have meant (docs/agent.md, "Which machine a
+    name means")."""
+
+    machine: Machine
+    others: list[Machine]
+
+
+def _find_source(machine: Machine, source_ref: str = "", *, source_id: str = "") -> SourceFound:
+    """The source a target names: by id (``source_id``, or a ``source_ref`` that is one of
+    the vault's machine ids), else by name among every machine of the vault that ever had a
+    container. A name means the machine that holds it now (registered), else the one that
+    held it last (most recently unregistered or replaced) — never the asking machine itself
+    while another machine of that name exists, so on a machine registered with ``--replace``
+    under its old name, the name means the old machine. The rest are ``others``."""
+    qs = _sources().filter(vault_id=machine.vault_id)
+    ref = source_id or source_ref
     try:
-        source = qs.filter(pk=source_ref).first()
+        source = qs.filter(pk=ref).first()
     except ValidationError:  # not a UUID: a name
         source = None
-    if source is None:
-        source = qs.filter(name__iexact=source_ref).first()
-    if source is None or not source.container:
-        raise RecoveryRefused(f"No machine {source_ref!r} is registered to this vault.")
-    return source
+    if source is not None:
+        return SourceFound(source, [])
+    if source_id:
+        raise RecoveryRefused(f"No machine with id {source_id!r} has storage in this vault.")
+    named = list(
+        qs.filter(name__iexact=source_ref).order_by(
+            models.F("unregistered_at").desc(nulls_first=True), "-registered_at"
+        )
+    )
+    others = [m for m in named if m.pk != machine.pk]
+    if not others:
+        if named:  # its own name, and no other machine ever had it
+            return SourceFound(named[0], [])
+        raise RecoveryRefused(
+            f"No machine named {source_ref!r} is or was registered to this vault."
+        )
+    return SourceFound(others[0], others[1:])
+
+
+def machine_summary(machine: Machine) -> dict:
+    """A source machine on the wire (the grant's answer): who it is and whether it is gone."""
+    latest = recovery_points(machine).values_list("created_at", flat=True).first()
+    return {
+        "id": str(machine.pk),
+        "name": machine.name,
+        "registered_at": machine.registered_at.isoformat(timespec="seconds"),
+        "unregistered_at": (
+            machine.unregistered_at.isoformat(timespec="seconds")
+            if machine.unregistered_at
+            else None
+        ),
+        "state": machine.gone_label or "Registered",
+        "latest_point": latest.isoformat(timespec="seconds") if latest else None,
+    }
 
 
 def _authorisation_for(
@@ -321,19 +418,25 @@ def _authorisation_for(
 
 
 def source_grant(
-    *, machine: Machine, source_ref: str, credentials: bytes | None = None
-) -> tuple[Machine, dict]:
-    """A read-and-list grant to ``source_ref``'s container (id or name, same vault).
+    *,
+    machine: Machine,
+    source_ref: str = "",
+    source_id: str = "",
+    credentials: bytes | None = None,
+) -> tuple[SourceFound, dict]:
+    """A read-and-list grant to the container of the source ``source_ref`` (id or name) or
+    ``source_id`` names in ``machine``'s vault — registered or gone (``_find_source``).
 
     Another machine's container only against a live ``SourceGrantAuthorisation`` (made now
     from ``credentials`` when given), the grant expiring no later than it; every grant
     issued is logged. Raises ``RecoveryRefused`` (no such machine) or
     ``SourceNotAuthorised``.
     """
-    source = _find_source(machine, source_ref)
+    found = _find_source(machine, source_ref, source_id=source_id)
+    source = found.machine
     expires_at = timezone.now() + SOURCE_GRANT_LIFETIME
     if source.pk == machine.pk:
-        return source, storage.primary_account().issue_grant(
+        return found, storage.primary_account().issue_grant(
             source.container, expires_at=expires_at, permissions="rl"
         )
     try:
@@ -352,12 +455,26 @@ def source_grant(
         source.container, expires_at=min(expires_at, row.expires_at), permissions="rl"
     )
     audit.info(
-        "read grant: machine %s (%s) may read the backups of %s (%s) in vault %s until %s, "
+        "read grant: machine %s (%s) may read the backups of %s (%s%s) in vault %s until %s, "
         "authorised by %s (%s, authorisation %s)",
-        machine.name, machine.pk, source.name, source.pk, machine.vault_id, grant["expires_at"],
-        row.authorised_by.get_username() if row.authorised_by else "?", row.via, row.pk,
+        machine.name, machine.pk, source.name, source.pk,
+        f", {source.gone_label.lower()}" if source.is_gone else "", machine.vault_id,
+        grant["expires_at"], row.authorised_by.get_username() if row.authorised_by else "?",
+        row.via, row.pk,
     )  # fmt: skip
-    return source, grant
+    return found, grant
+
+
+def cli_source_option(*, source: Machine, target: Machine) -> tuple[str, str]:
+    """The option naming ``source`` on ``target``'s command line: (``--from-machine``,
+    NAME) when the name means that machine there, else (``--from-machine-id``, ID)."""
+    try:
+        found = _find_source(target, source.name)
+    except RecoveryRefused:
+        found = None
+    if found is not None and found.machine.pk == source.pk:
+        return "--from-machine", source.name
+    return "--from-machine-id", str(source.pk)
 
 
 # -- restore and download jobs ----------------------------------------------------------------

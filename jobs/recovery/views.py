@@ -1,6 +1,7 @@
 """Recover Data pages: choose the machines, then the wizard (recovery point from a calendar,
 browse or search, select, options, recover), answers polled from the cache, file versions
-and downloads. Every machine loads through ``services.machine_for_user`` (Backup Operator
+and downloads. Every machine loads through ``services.source_for_user`` (the data's machine,
+registered or gone) or ``services.machine_for_user`` (a registered one: Backup Operator
 or higher); every htmx endpoint also renders as a full page."""
 
 from __future__ import annotations
@@ -21,41 +22,22 @@ from django.urls import reverse
 from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET, require_POST
 
-from agents.models import Machine
 from agents.runtime import protocol
 from jobs.recovery import services
 from jobs.schedule import zone
-from portal.access import for_user, get_for_user, has_role
+from portal.access import get_for_user
 from vaults.models import Vault
 
 NO_ANSWER_AFTER = 30  # seconds before "the agent has not answered"
 MONTHS_SHOWN = 12
 
 
-def _recoverable_machines(user):
-    """Registered machines on whose subscription the user is Backup Operator or higher."""
-    machines = (
-        for_user(user, Machine)
-        .filter(unregistered_at__isnull=True)
-        .select_related("vault")
-        .order_by("vault__name", "name")
-    )
-    allowed: dict = {}
-    out = []
-    for m in machines:
-        sub = m.vault.subscription_id
-        if sub not in allowed:
-            allowed[sub] = has_role(user, sub, services.ROLE)
-        if allowed[sub]:
-            out.append(m)
-    return out
-
-
 # -- step 1: machines -------------------------------------------------------------------------
 @login_required
 @require_GET
 def start(request):
-    """Choose the machine the data came from, then the one to recover onto.
+    """Choose the machine the data came from (registered, or gone: unregistered or
+    replaced), then the registered one to recover onto.
 
     ``?vault=<id>`` (the vault menu's Recover Data) offers that vault's machines only;
     ``?source=<id>`` (a machine page's Recover Data) starts at the second step.
@@ -66,13 +48,13 @@ def start(request):
             vault = get_for_user(request.user, Vault, pk=request.GET["vault"])
         except ValidationError:  # not a UUID
             raise Http404("No such vault") from None
-    machines = _recoverable_machines(request.user)
+    machines = services.sources_for_user(request.user)
     if vault is not None:
         machines = [m for m in machines if m.vault_id == vault.pk]
     source = None
     if request.GET.get("source"):
         try:
-            source = services.machine_for_user(request.user, request.GET["source"])
+            source = services.source_for_user(request.user, request.GET["source"])
         except ValidationError:
             raise Http404("No such machine") from None
         vault = source.vault
@@ -92,6 +74,7 @@ def start(request):
             "vault": vault,
             "source": source,
             "targets": services.targets_for(source) if source else [],
+            "gone": [m for m in machines if m.is_gone],
         },
     )
 
@@ -153,6 +136,7 @@ def wizard(request, source_id, target_id):
             "conflicts": services.CONFLICTS,
             "weekdays": ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"],
             "max_download": services.DOWNLOAD_MAX_BYTES,
+            "cli_option": services.cli_source_option(source=source, target=target),
         },
     )
 
@@ -220,7 +204,7 @@ def answer(request, request_id):
             "recovery/_message.html",
             {"message": "This answer has expired; ask again.", "error": True},
         )
-    source = services.machine_for_user(request.user, question["source"])
+    source = services.source_for_user(request.user, question["source"])
     target = services.machine_for_user(request.user, question["target"])
     body = services.answer_get(request_id)
     waited = time.time() - question["asked"]
@@ -238,6 +222,7 @@ def answer(request, request_id):
         )
     context = {"source": source, "target": target, "body": body, "kind": question["kind"]}
     if not body.get("ok"):
+        context["cli_option"] = services.cli_source_option(source=source, target=target)
         return _render(request, "recovery/_agent_error.html", context)
     result = _with_times(body.get("result") or {})
     context["result"] = result

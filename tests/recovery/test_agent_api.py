@@ -28,7 +28,8 @@ def test_a_machine_gets_a_read_only_grant_for_a_sibling_a_person_asked_about(
     )
     assert response.status_code == 200
     data = response.json()
-    assert data["machine"] == {"id": str(web01.pk), "name": "web-01"}
+    assert (data["machine"]["id"], data["machine"]["name"]) == (str(web01.pk), "web-01")
+    assert data["machine"]["unregistered_at"] is None and data["other_machines"] == []
     assert data["grant"]["container"] == web01.container
     assert data["grant"]["permissions"] == "rl"
 

@@ -98,6 +98,9 @@ def test_a_contributor_replaces_a_machine(client, web01, vault, member):
     assert response.json()["replaced"] == [str(web01.pk)]
     web01.refresh_from_db()
     assert web01.unregistered_at is not None
+    # Recover Data lists it as "Replaced by web-01 on <date>" (docs/restore.md)
+    assert str(web01.replaced_by_id) == response.json()["machine_id"]
+    assert web01.gone_label == f"Replaced by web-01 on {web01.unregistered_at:%Y-%m-%d}"
 
 
 def test_the_credentials_record_who_downloaded_them_and_as_what(vault, member):

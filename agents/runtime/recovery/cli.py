@@ -18,7 +18,7 @@ from pathlib import Path
 from agents.runtime import config, protocol
 from agents.runtime.blobstore.base import StorageError
 from agents.runtime.config import ConfigError
-from agents.runtime.engine import EngineError
+from agents.runtime.engine import EngineError, WrongPassphrase
 from agents.runtime.passphrase import PassphraseError, read_file
 from agents.runtime.portal_api import PortalClient, PortalError
 from agents.runtime.recovery import human, ops
@@ -71,14 +71,34 @@ def _resolve(args, registration, portal) -> src.Source:
         registration=registration,
         portal=portal,
         machine=getattr(args, "from_machine", None),
+        machine_id=getattr(args, "from_machine_id", None),
         vault_credentials=_vault_credentials(args),
     )
+    note = src.others_note(source)
+    if note:
+        _err(note)
     return source
 
 
+def _open(source, store, secret):
+    """The source's repository; a passphrase that does not open another machine's key is
+    said in its name, before anything is read (let alone written)."""
+    try:
+        return src.open_repository(store, secret)
+    except WrongPassphrase:
+        if source.own:
+            raise
+        raise src.RecoveryError(
+            f"the passphrase does not open the backups of {source.machine_name!r}"
+            f"{f' ({source.state})' if source.state else ''}: it must be the passphrase "
+            f"{source.machine_name!r} was registered with (or last changed to). Nothing was "
+            "restored or written. Check for typos and the keyboard layout."
+        ) from None
+
+
 def open_for(args):
-    """(repository, source) for a command's ``--from-machine`` / ``--vault-credentials`` /
-    ``--passphrase-file``."""
+    """(repository, source) for a command's ``--from-machine`` / ``--from-machine-id`` /
+    ``--vault-credentials`` / ``--passphrase-file``."""
     registration = config.require_registration()
     settings = config.load_settings()
     portal = _portal(registration, settings)
@@ -91,7 +111,12 @@ def open_for(args):
         portal.close()
     secret = _passphrase(args, source, settings)
     store = src.open_store(source, settings)
-    return src.open_repository(store, secret), source
+    return _open(source, store, secret), source
+
+
+def _whose(source) -> str:
+    """The machine as named in output: web-01, or web-01 (Unregistered on 2026-12-01)."""
+    return f"{source.machine_name} ({source.state})" if source.state else source.machine_name
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -99,17 +124,24 @@ def cmd_recovery_points(args) -> int:
     repo, source = open_for(args)
     points = ops.recovery_points(repo)
     if args.json:
-        _json({"machine": source.machine_name, "recovery_points": points})
+        _json(
+            {
+                "machine": source.machine_name,
+                "machine_id": source.machine_id,
+                "state": source.state or "Registered",
+                "recovery_points": points,
+            }
+        )
         return 0
     if not points:
-        _out(f"{source.machine_name} has no recovery points yet.")
+        _out(f"{_whose(source)} has no recovery points yet.")
         return 0
     rows = [
         [p["short_id"], human.when(p["time"]), str(p["files"] or 0), human.size(p["bytes"]),
          ", ".join(p["sources"])]
         for p in points
     ]  # fmt: skip
-    _out(f"Recovery points of {source.machine_name} (newest first):")
+    _out(f"Recovery points of {_whose(source)} (newest first):")
     _out(human.table(rows, ["ID", "TIME", "FILES", "SIZE", "SOURCES"], right=(2, 3)))
     return 0
 
@@ -283,10 +315,10 @@ def cmd_recovery_passphrase(args) -> int:
         secret = getpass.getpass(f"Encryption passphrase of {source.machine_name}: ")
     else:
         raise src.PassphraseNeeded("pass --passphrase-file FILE or run interactively")
-    src.open_repository(src.open_store(source, settings), secret)  # WrongPassphrase here
+    _open(source, src.open_store(source, settings), secret)  # a wrong one is refused here
     path = src.remember_passphrase(source, secret)
     _out(
-        f"The passphrase opens {source.machine_name}'s backups; saved in {path} (readable "
+        f"The passphrase opens {_whose(source)}'s backups; saved in {path} (readable "
         "only by you). The portal can now restore that machine's data onto this one."
     )
     return 0
@@ -318,18 +350,29 @@ def _guard(func):
 
 
 VAULT_CREDENTIALS_HELP = (
-    "with --from-machine: vault credentials downloaded for this (after this machine "
+    "with --from-machine(-id): vault credentials downloaded for this (after this machine "
     "registered) by a Backup Operator, Contributor or Owner; the portal lets this machine "
     "read the other's backups for an hour on their say-so"
 )
 
 
-def _common(p, *, json_flag: bool = True) -> None:
-    p.add_argument(
+def _from_machine(p, *, required: bool = False) -> None:
+    which = p.add_mutually_exclusive_group(required=required)
+    which.add_argument(
         "--from-machine",
         metavar="MACHINE",
-        help="another machine of this vault (name or id) whose backups to read",
+        help="another machine of this vault whose backups to read, registered or not: its "
+        "name (the machine that has it now, else the one that had it last) or its id",
     )
+    which.add_argument(
+        "--from-machine-id",
+        metavar="ID",
+        help="the same, by machine id (for a name that several machines have had)",
+    )
+
+
+def _common(p, *, json_flag: bool = True) -> None:
+    _from_machine(p)
     p.add_argument("--vault-credentials", metavar="FILE", help=VAULT_CREDENTIALS_HELP)
     p.add_argument("--passphrase-file", help="read the encryption passphrase from this file")
     if json_flag:
@@ -381,7 +424,7 @@ def add_commands(sub) -> None:
         "recovery-passphrase",
         help="type another machine's passphrase here, to restore its data onto this machine",
     )
-    p.add_argument("--from-machine", metavar="MACHINE", required=True)
+    _from_machine(p, required=True)
     p.add_argument("--vault-credentials", metavar="FILE", help=VAULT_CREDENTIALS_HELP)
     p.add_argument("--passphrase-file")
     p.set_defaults(func=_guard(cmd_recovery_passphrase))

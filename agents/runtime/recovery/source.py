@@ -14,7 +14,7 @@ the reference's "another server" recovery — needs two things:
   ``vault_credentials``) as the reference's *Recover Data › Another server* asks for them;
   and
 * the **source machine's passphrase**, typed on this machine (``haven-agent
-  recovery-passphrase --from-machine NAME``) and kept in the agent's private config directory
+  recovery-passphrase --from-machine NAME`` or ``--from-machine-id ID``) and kept in the agent's private config directory
   (``recovery-passphrases/<machine id>``, 0600), never sent anywhere. It is checked against the
   repository when typed, so a wrong one is refused at once.
 
@@ -32,7 +32,7 @@ from pathlib import Path
 from agents.runtime import config, protocol, storage_grant
 from agents.runtime import passphrase as pp
 from agents.runtime.engine import Repository
-from agents.runtime.portal_api import PortalRefused
+from agents.runtime.portal_api import PortalRefused, PortalUnreachable
 from agents.runtime.tasks import AgentContext
 
 PASSPHRASES_DIR = "recovery-passphrases"
@@ -54,41 +54,101 @@ class SourceRefused(RecoveryError):
 
 @dataclass
 class Source:
-    """The machine whose recovery points are read."""
+    """The machine whose recovery points are read. ``state`` is the portal's word for a
+    machine that is gone ("Unregistered on 2026-12-01", "Replaced by web-01 on …"; ""
+    while registered); ``others`` the other machines the name given could have meant
+    (the portal's summaries: id, name, state, latest_point)."""
 
     machine_id: str
     machine_name: str
     grant: dict = field(repr=False, default_factory=dict)
     own: bool = True
+    state: str = ""
+    others: list[dict] = field(default_factory=list)
+
+    @property
+    def option(self) -> str:
+        """The command-line option that names this machine without doubt: its name while it
+        is registered and the only one of that name, else its id."""
+        if self.state or self.others:
+            return f"--from-machine-id {self.machine_id}"
+        return f"--from-machine {self.machine_name!r}"
 
 
 def resolve_source(
-    *, registration, portal=None, machine: str | None = None, vault_credentials: bytes = b""
+    *,
+    registration,
+    portal=None,
+    machine: str | None = None,
+    machine_id: str | None = None,
+    vault_credentials: bytes = b"",
 ) -> Source:
-    """This machine (``machine`` empty, its id or its name) or another machine of the vault,
-    for which the portal hands out a read-only grant (as a person authorised: in the
-    portal, or by the ``vault_credentials`` file's text)."""
-    if not machine or machine in (registration.machine_id, registration.machine_name):
-        return Source(
-            registration.machine_id, registration.machine_name, registration.grant, own=True
-        )
+    """This machine (``machine`` and ``machine_id`` empty, or this machine's id) or another
+    machine of the vault — registered, unregistered or replaced — for which the portal hands
+    out a read-only grant (as a person authorised: in the portal, or by the
+    ``vault_credentials`` file's text).
+
+    A name goes to the portal even when it is this machine's own: on a machine registered
+    with ``--replace`` under its old name, the name means the old machine, whose backups are
+    in its own container (the portal's rule: jobs.recovery.services._find_source)."""
+    own = Source(registration.machine_id, registration.machine_name, registration.grant, own=True)
+    if not machine and not machine_id:
+        return own
+    if registration.machine_id in (machine, machine_id):
+        return own
     if portal is None:
+        if machine == registration.machine_name:
+            return own
         raise SourceRefused(
             "reading another machine's backups needs the portal (for a read-only storage grant)"
         )
-    payload = {"source_machine": machine}
+    payload = {"source_machine_id": machine_id} if machine_id else {"source_machine": machine}
     if vault_credentials:
         payload["vault_credentials"] = vault_credentials.decode("utf-8", "replace")
     try:
         answer = portal.post("recovery/grant/", payload)
     except PortalRefused as exc:
         raise SourceRefused(str(exc)) from None
+    except PortalUnreachable:
+        if machine == registration.machine_name:  # its own backups need no portal
+            return own
+        raise
     info = answer.get("machine") or {}
+    found_id = str(info.get("id") or machine_id or machine)
+    if found_id == registration.machine_id:
+        return own
+    gone = info.get("unregistered_at")
     return Source(
-        str(info.get("id") or machine),
+        found_id,
         str(info.get("name") or machine),
         dict(answer.get("grant") or {}),
         own=False,
+        state=str(info.get("state") or "") if gone else "",
+        others=[o for o in answer.get("other_machines") or [] if isinstance(o, dict)],
+    )
+
+
+def others_note(source: Source) -> str:
+    """When the name given could have meant other machines: which one this is, the others
+    and how to pick one ("" when there is no doubt)."""
+    if not source.others:
+        return ""
+
+    def line(info: dict) -> str:
+        latest = info.get("latest_point")
+        return (
+            f"  {info.get('id')}  {info.get('state') or 'Registered'}"
+            f"{f', latest recovery point {latest}' if latest else ', no recovery point'}"
+        )
+
+    return "\n".join(
+        [
+            f"note: {len(source.others) + 1} machines named {source.machine_name!r} backed up "
+            f"to this vault; this reads {source.machine_id} "
+            f"({source.state or 'registered now'}). The others:",
+            *(line(info) for info in source.others),
+            "Pick one with --from-machine-id ID.",
+        ]
     )
 
 
@@ -127,7 +187,7 @@ def passphrase_needed(source: Source) -> PassphraseNeeded:
         )
     return PassphraseNeeded(
         f"this machine does not know the passphrase of {source.machine_name!r}. On this "
-        f"machine, run: haven-agent recovery-passphrase --from-machine {source.machine_name!r} "
+        f"machine, run: haven-agent recovery-passphrase {source.option} "
         "(the passphrase is typed here and never leaves the machine; right after a request "
         "in the portal, or else with --vault-credentials FILE: freshly downloaded vault "
         "credentials)"
@@ -156,7 +216,7 @@ _opened_lock = threading.Lock()
 
 def _task_source(ctx: AgentContext, source_machine_id: str | None) -> Source:
     source = resolve_source(
-        registration=ctx.registration, portal=ctx.portal, machine=source_machine_id or None
+        registration=ctx.registration, portal=ctx.portal, machine_id=source_machine_id or None
     )
     if source.own and ctx.portal is not None and "open_store" not in ctx.extra:
         storage_grant.renew_grant(ctx.registration, ctx.portal, save=False)

@@ -40,6 +40,8 @@ class FakePortal:
     def __init__(self):
         self.calls: list[tuple[str, str, dict | None]] = []
         self.answers: dict[str, dict] = {}
+        # recovery/grant/ answers by the name or id asked for (else the two machines')
+        self.grant_answers: dict[str, dict] = {}
         self.uploads: dict[str, bytes] = {}
         self.cancel_after: int | None = None
         self.progress = 0
@@ -51,7 +53,12 @@ class FakePortal:
     def post(self, path: str, payload: dict | None = None) -> dict:
         self.calls.append(("POST", path, payload))
         if path == "recovery/grant/":
-            if payload["source_machine"] not in (OTHER_ID, "db-01"):
+            ref = payload.get("source_machine_id") or payload.get("source_machine")
+            if ref in self.grant_answers:
+                return self.grant_answers[ref]
+            if ref in (OWN_ID, "web-01"):
+                return {"grant": {"kind": "test"}, "machine": {"id": OWN_ID, "name": "web-01"}}
+            if ref not in (OTHER_ID, "db-01"):
                 from agents.runtime.portal_api import PortalRefused
 
                 raise PortalRefused(404, "not_found", "No such machine in this vault.")

@@ -255,7 +255,70 @@ def test_a_machine_outside_the_vault_is_refused(capsys):
     assert "No such machine in this vault" in capsys.readouterr().err
 
 
-def test_own_machine_by_name_needs_no_portal_grant(backed_up, portal, capsys):
-    run_json(capsys, "recovery-points", "--from-machine", "web-01")
+def test_own_machine_by_id_needs_no_portal_grant(backed_up, portal, capsys):
+    run_json(capsys, "recovery-points", "--from-machine", OWN_ID)
     assert not portal.posted("recovery/grant/")
-    assert OWN_ID  # the registration's own id is used
+
+
+def test_own_name_asks_the_portal_which_machine_it_means(backed_up, portal, capsys):
+    # The portal says web-01 is this machine (no other machine ever had the name): its own
+    # repository, with its own passphrase.
+    answer = run_json(capsys, "recovery-points", "--from-machine", "web-01")
+    assert portal.posted("recovery/grant/") == [{"source_machine": "web-01"}]
+    assert answer["machine_id"] == OWN_ID and len(answer["recovery_points"]) == 2
+
+
+def test_own_name_reads_its_own_backups_when_the_portal_is_unreachable(
+    backed_up, portal, monkeypatch, capsys
+):
+    from agents.runtime.portal_api import PortalUnreachable
+
+    def unreachable(path, payload=None):
+        raise PortalUnreachable("connection refused")
+
+    monkeypatch.setattr(portal, "post", unreachable)
+    monkeypatch.setattr(cli, "renew_grant", lambda registration, portal: None)
+    assert run_json(capsys, "recovery-points", "--from-machine", "web-01")["machine_id"] == OWN_ID
+
+
+def test_a_gone_machine_is_read_by_id_and_a_wrong_passphrase_writes_nothing(
+    other_repo, portal, tmp_path, capsys
+):
+    # db-01 was unregistered; its name has had two machines (the portal lists the other).
+    data = tmp_path / "db-data"
+    write_random(data / "dump.sql", 50_000, 9)
+    backup(other_repo, data, hostname="db-01")
+    earlier = {"id": "33333333-3333-3333-3333-333333333333", "state": "Unregistered on 2025-01-02"}
+    portal.grant_answers["db-01"] = {
+        "grant": {"kind": "test"},
+        "machine": {"id": OTHER_ID, "name": "db-01", "unregistered_at": "2026-12-01T10:00:00",
+                    "state": "Unregistered on 2026-12-01"},
+        "other_machines": [{**earlier, "name": "db-01", "latest_point": None}],
+    }  # fmt: skip
+    wrong = tmp_path / "wrong"
+    wrong.write_text("definitely the wrong one\n")
+    target = tmp_path / "here"
+    code = run("restore", "latest", data, "--from-machine", "db-01", "--passphrase-file", wrong,
+               "--target", target)  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and not target.exists()
+    assert "passphrase does not open the backups of 'db-01' (Unregistered on 2026-12-01)" in err
+    assert "Nothing was restored or written" in err
+    assert "2 machines named 'db-01'" in err and earlier["id"] in err
+    assert "--from-machine-id ID" in err
+
+    right = tmp_path / "right"
+    right.write_text(OTHER_PASSPHRASE + "\n")
+    listed = run_json(capsys, "recovery-points", "--from-machine-id", OTHER_ID,
+                      "--passphrase-file", right)  # fmt: skip
+    assert portal.posted("recovery/grant/")[-1] == {"source_machine_id": OTHER_ID}
+    assert listed["machine_id"] == OTHER_ID and len(listed["recovery_points"]) == 1
+    assert run("restore", "latest", data, "--from-machine-id", OTHER_ID, "--passphrase-file",
+               right, "--target", target) == 0  # fmt: skip
+    restored = target / (data / "dump.sql").relative_to("/")
+    assert restored.read_bytes() == (data / "dump.sql").read_bytes()
+
+
+def test_from_machine_and_from_machine_id_are_one_choice():
+    with pytest.raises(SystemExit):
+        run("recovery-points", "--from-machine", "db-01", "--from-machine-id", OTHER_ID)
