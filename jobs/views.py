@@ -294,7 +294,13 @@ def policy_preview(request, machine_id):
 @login_required
 @require_GET
 def recovery_points(request, machine_id):
-    machine = _machine(request, machine_id)
+    """A machine's kept recovery points; a gone machine's too (its data outlives it)."""
+    machine = get_for_user(
+        request.user,
+        Machine.objects.select_related("vault", "replaced_by"),
+        role=Role.READER,
+        pk=machine_id,
+    )
     points = list(selectors.live_points(machine)[:500])
     return render(
         request,
@@ -303,6 +309,7 @@ def recovery_points(request, machine_id):
             "machine": machine,
             "points": points,
             "latest": points[0] if points else None,
+            "keeps_last_point": services.keeps_last_point(machine),
             "storage_used": selectors.storage_used(machine=machine),
             "tz": machine.time_zone,
         },

@@ -55,6 +55,7 @@ from jobs.services.points import (
 from jobs.services.policies import policy_applied, policy_drift, policy_save
 from jobs.services.pruning import (
     backup_in_flight,
+    keeps_last_point,
     packs_collect,
     retention_apply,
     retention_apply_all,
@@ -87,6 +88,7 @@ __all__ = [
     "job_publish",
     "job_record_progress",
     "jobs_sweep",
+    "keeps_last_point",
     "packs_collect",
     "point_check",
     "policy_applied",

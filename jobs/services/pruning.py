@@ -83,28 +83,48 @@ def backup_in_flight(*, machine_id, now: datetime) -> Job | None:
     )
 
 
+def keeps_last_point(machine) -> bool:
+    """Does retention keep ``machine``'s latest recovery point whatever its age, with no
+    expiry at all? Yes for a machine that is gone (unregistered, or replaced by a new
+    registration): no backup will ever come after that point, so it is the last copy of the
+    machine's data, and the reference keeps an unavailable machine's last point for good.
+
+    (Every machine's newest point is kept while it is the newest — ``retention.expired`` —
+    but a protected machine's expires once newer ones exist; this rule takes the expiry
+    away, and the portal says so where the points are listed.) Other states that stop new
+    backups — protection stopped with data retained — belong here too.
+    """
+    return machine.unregistered_at is not None
+
+
 def retention_apply(*, machine, now: datetime | None = None, store=None) -> list[RecoveryPoint]:
     """Re-tag the machine's points under its current policy, remove the expired ones (never
-    the latest), delete their manifests, then collect the machine's unreferenced packs."""
+    the latest), delete their manifests, then collect the machine's unreferenced packs.
+    The last point of a machine that ``keeps_last_point`` loses its expiry."""
     now = now or timezone.now()
     policy = BackupPolicy.objects.filter(machine=machine).first()
     spec = policy.spec() if policy else None
     tz = zone(machine.time_zone)
     points = list(RecoveryPoint.objects.filter(machine=machine, removed_at__isnull=True))
+    last = max(points, key=lambda p: (p.created_at, str(p.pk))) if points else None
+    keep_last = keeps_last_point(machine)
     for point in points:
-        if spec is None:
-            continue
-        tagging = retention.tag_point(
-            spec,
-            tz,
-            adhoc=point.kind == RecoveryPoint.Kind.ADHOC,
-            tagged_for=point.tagged_for,
-            inherited_from=point.inherited_from,
-            retain_until=point.retain_until,
-        )
-        if list(tagging.tags) != point.retention_tags or tagging.expires_at != point.expires_at:
-            point.retention_tags = list(tagging.tags)
-            point.expires_at = tagging.expires_at
+        tags, expires_at = point.retention_tags, point.expires_at
+        if spec is not None:
+            tagging = retention.tag_point(
+                spec,
+                tz,
+                adhoc=point.kind == RecoveryPoint.Kind.ADHOC,
+                tagged_for=point.tagged_for,
+                inherited_from=point.inherited_from,
+                retain_until=point.retain_until,
+            )
+            tags, expires_at = list(tagging.tags), tagging.expires_at
+        if keep_last and point is last:
+            expires_at = None
+        if tags != point.retention_tags or expires_at != point.expires_at:
+            point.retention_tags = tags
+            point.expires_at = expires_at
             point.save(update_fields=["retention_tags", "expires_at"])
     doomed = retention.expired(
         [retention.Point(p.pk, p.created_at, p.expires_at) for p in points], now

@@ -87,3 +87,42 @@ def test_storage_used_sums_the_kept_points(machine, policy):
     point(machine, now + DAY, packs=[], snapshot="s2")
     assert selectors.storage_used(machine=machine) == 200
     assert selectors.storage_used(vault=machine.vault) == 200
+
+
+def test_a_gone_machines_last_point_is_kept_whatever_its_age_and_the_page_says_so(
+    machine, policy, store, client, member
+):
+    from django.urls import reverse
+    from django.utils import timezone
+
+    from agents.models import Machine
+    from jobs.services.pruning import keeps_last_point
+    from portal.models import Role
+
+    now = datetime(2024, 6, 20, 12, tzinfo=UTC)
+    point(machine, now - 30 * DAY, packs=["aa01"], snapshot="s1")
+    point(machine, now - 20 * DAY, packs=["bb03"], snapshot="s2")
+    # Registered: the latest point keeps its expiry (it goes once a newer point exists).
+    assert not keeps_last_point(machine)
+    services.retention_apply(machine=machine, now=now, store=store)
+    assert RecoveryPoint.objects.get(snapshot_id="s2").expires_at is not None
+
+    Machine.objects.filter(pk=machine.pk).update(unregistered_at=now - 25 * DAY)
+    machine.refresh_from_db()
+    assert keeps_last_point(machine)
+    removed = services.retention_apply(machine=machine, now=now, store=store)
+    assert [p.snapshot_id for p in removed] == []  # s1 went in the first run
+    last = RecoveryPoint.objects.get(snapshot_id="s2")
+    assert last.removed_at is None and last.expires_at is None
+    # Ten years on, still there, and its packs too.
+    later = now + 3650 * DAY
+    assert services.retention_apply(machine=machine, now=later, store=store) == []
+    assert store.exists("snapshots/s2") and store.exists(pack("bb03"))
+
+    # The recovery points page opens for the gone machine (a Reader sees it) and says why.
+    Machine.objects.filter(pk=machine.pk).update(unregistered_at=timezone.now())
+    client.force_login(member(Role.READER))
+    page = client.get(reverse("jobs:recovery_points", args=[machine.pk]))
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "Kept whatever its age" in text and "is unregistered" in text
