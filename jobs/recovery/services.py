@@ -140,15 +140,14 @@ def targets_for(source: Machine):
 def sources_for_user(user) -> list[Machine]:
     """The source list of Recover Data, per vault: the registered machines the user may
     recover (by name), then the gone ones that still hold a recovery point (most recently
-    gone first), each marked with ``gone_label``."""
+    gone first), each marked with ``gone_label``; ``latest_point_at`` on each."""
+    kept = RecoveryPoint.objects.filter(machine=models.OuterRef("pk"), removed_at__isnull=True)
     machines = (
         for_user(user, _sources())
-        .filter(
-            models.Q(unregistered_at__isnull=True)
-            | models.Exists(
-                RecoveryPoint.objects.filter(machine=models.OuterRef("pk"), removed_at__isnull=True)
-            )
+        .annotate(
+            latest_point_at=models.Subquery(kept.order_by("-created_at").values("created_at")[:1])
         )
+        .filter(models.Q(unregistered_at__isnull=True) | models.Q(latest_point_at__isnull=False))
         .order_by(
             "vault__name",
             models.F("unregistered_at").desc(nulls_first=True),

@@ -282,8 +282,12 @@ class AgentMachines:
         *,
         bandwidth_limit: str = "",
         start: bool = True,
+        home_name: str = "",
+        replace: bool = False,
     ) -> AgentMachine:
-        home = self.root / name
+        """``home_name`` when two machines have the same name (a new machine registered
+        under an old one's name, ``replace`` with ``--replace``)."""
+        home = self.root / (home_name or name)
         home.mkdir(parents=True)
         machine = AgentMachine(
             name=name,
@@ -305,6 +309,7 @@ class AgentMachines:
             name,
             "--generate-passphrase",
             machine.passphrase_file,
+            *(["--replace"] if replace else []),
         )
         registration = home / "haven-agent-config" / "registration.json"
         machine.machine_id = json.loads(registration.read_text())["machine_id"]

@@ -78,6 +78,8 @@ def test_the_source_list_shows_gone_machines_marked_so_and_only_registered_targe
     assert f"Replaced by web-01 on {day}" in page
     assert f"Unregistered on {dead.unregistered_at:%Y-%m-%d}" in page
     assert str(dead.pk) in page and str(old.pk) in page and str(silent.pk) not in page
+    latest = RecoveryPoint.objects.get(machine=dead).created_at
+    assert f"latest recovery point {latest:%Y-%m-%d %H:%M} UTC" in page
     # registered first (by name), then the gone ones, most recently gone first
     order = [str(m.pk) for m in services.sources_for_user(alice)]
     assert order == [str(new.pk), str(web02.pk), str(old.pk), str(dead.pk)]
