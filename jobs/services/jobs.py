@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from kombu.exceptions import KombuError
 
 from agents import dispatch
 from agents.runtime import protocol
@@ -324,7 +325,23 @@ def _finish(
         alerts_after_job(job=job, now=now)
         job_notify_finished(job=job)
         job_publish(job)
+        if point is not None and job.vault.replicated:
+            _replicate_soon(job.machine_id)
     return job, refused, point
+
+
+def _replicate_soon(machine_id) -> None:
+    """A new recovery point of a geo-redundant vault: copy it now rather than at the next
+    periodic pass (jobs.services.replication)."""
+    from jobs import tasks
+
+    def send() -> None:
+        try:
+            tasks.replicate_machine.apply_async(args=[str(machine_id)], queue="portal")
+        except KombuError as exc:  # the periodic pass copies it anyway
+            log.warning("could not queue replication of machine %s: %s", machine_id, exc)
+
+    transaction.on_commit(send)
 
 
 def _keep_result_id(job: Job, result_id: str) -> None:
@@ -454,9 +471,12 @@ def jobs_sweep(*, now: datetime | None = None) -> dict:
         )
         counts["failed"] += 1
     stall = now - timedelta(seconds=settings.HAVEN_JOB_STALL_SECONDS)
-    for job in Job.objects.filter(
-        status=Job.Status.RUNNING, last_report_at__lte=stall
-    ).select_related("machine"):
+    # Replicate jobs run on the portal's worker, not an agent: replication fails its own.
+    for job in (
+        Job.objects.filter(status=Job.Status.RUNNING, last_report_at__lte=stall)
+        .exclude(operation=Job.Operation.REPLICATE)
+        .select_related("machine")
+    ):
         name = job.machine.name if job.machine else "the machine"
         if job.cancel_requested_at is not None:
             if Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
