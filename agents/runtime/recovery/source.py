@@ -20,6 +20,12 @@ the reference's "another server" recovery — needs two things:
 
 Without the passphrase the grant gives only ciphertext, so the vault stays the trust boundary,
 as in the reference (vault credentials + passphrase recover anywhere).
+
+**Cross Region Restore** (``region`` = ``protocol.REGION_SECONDARY``, in the task message): the
+recovery reads the geo-redundant vault's secondary copy, through a read-only grant the portal
+issues for it (``region`` in the grant request) — for this machine's own backups too, since its
+saved grant opens only the primary. The primary storage is never touched, so a restore works
+while it is down.
 """
 
 from __future__ import annotations
@@ -60,23 +66,35 @@ class Source:
     machine_name: str
     grant: dict = field(repr=False, default_factory=dict)
     own: bool = True
+    region: str = protocol.REGION_PRIMARY
 
 
 def resolve_source(
-    *, registration, portal=None, machine: str | None = None, vault_credentials: bytes = b""
+    *,
+    registration,
+    portal=None,
+    machine: str | None = None,
+    vault_credentials: bytes = b"",
+    region: str = protocol.REGION_PRIMARY,
 ) -> Source:
     """This machine (``machine`` empty, its id or its name) or another machine of the vault,
     for which the portal hands out a read-only grant (as a person authorised: in the
-    portal, or by the ``vault_credentials`` file's text)."""
-    if not machine or machine in (registration.machine_id, registration.machine_name):
+    portal, or by the ``vault_credentials`` file's text). ``region`` secondary: the grant is
+    to the secondary copy, for this machine's own backups as well."""
+    own = not machine or machine in (registration.machine_id, registration.machine_name)
+    secondary = region == protocol.REGION_SECONDARY
+    if own and not secondary:
         return Source(
             registration.machine_id, registration.machine_name, registration.grant, own=True
         )
     if portal is None:
         raise SourceRefused(
-            "reading another machine's backups needs the portal (for a read-only storage grant)"
+            "reading another machine's backups, or the secondary copy, needs the portal (for "
+            "a read-only storage grant)"
         )
-    payload = {"source_machine": machine}
+    payload = {"source_machine": registration.machine_id if own else machine}
+    if secondary:
+        payload["region"] = protocol.REGION_SECONDARY
     if vault_credentials:
         payload["vault_credentials"] = vault_credentials.decode("utf-8", "replace")
     try:
@@ -84,11 +102,13 @@ def resolve_source(
     except PortalRefused as exc:
         raise SourceRefused(str(exc)) from None
     info = answer.get("machine") or {}
+    machine_id = str(info.get("id") or machine)
     return Source(
-        str(info.get("id") or machine),
+        machine_id,
         str(info.get("name") or machine),
         dict(answer.get("grant") or {}),
-        own=False,
+        own=machine_id == registration.machine_id,
+        region=protocol.REGION_SECONDARY if secondary else protocol.REGION_PRIMARY,
     )
 
 
@@ -154,10 +174,15 @@ _opened: dict[str, tuple[float, Repository]] = {}
 _opened_lock = threading.Lock()
 
 
-def _task_source(ctx: AgentContext, source_machine_id: str | None) -> Source:
+def _task_source(ctx: AgentContext, source_machine_id: str | None, region: str) -> Source:
     source = resolve_source(
-        registration=ctx.registration, portal=ctx.portal, machine=source_machine_id or None
+        registration=ctx.registration,
+        portal=ctx.portal,
+        machine=source_machine_id or None,
+        region=region or protocol.REGION_PRIMARY,
     )
+    if source.region != protocol.REGION_PRIMARY:
+        return source
     if source.own and ctx.portal is not None and "open_store" not in ctx.extra:
         storage_grant.renew_grant(ctx.registration, ctx.portal, save=False)
         source.grant = ctx.registration.grant
@@ -167,18 +192,23 @@ def _task_source(ctx: AgentContext, source_machine_id: str | None) -> Source:
 def _task_store(ctx: AgentContext, source: Source):
     if "open_store_for" in ctx.extra:
         return ctx.extra["open_store_for"](source.machine_id)
-    if source.own and "open_store" in ctx.extra:
+    if source.own and source.region == protocol.REGION_PRIMARY and "open_store" in ctx.extra:
         return ctx.extra["open_store"]()
     return open_store(source, ctx.settings)
 
 
 def open_for_task(
-    ctx: AgentContext, source_machine_id: str | None, *, cached: bool = True
+    ctx: AgentContext,
+    source_machine_id: str | None,
+    *,
+    cached: bool = True,
+    region: str = protocol.REGION_PRIMARY,
 ) -> tuple[Repository, Source]:
-    """The repository a task reads (this machine's, or ``source_machine_id``'s) and its
-    source; for browsing, an opened repository is kept ``REPO_TTL`` seconds."""
-    source = _task_source(ctx, source_machine_id)
-    key = source.machine_id
+    """The repository a task reads (this machine's, or ``source_machine_id``'s, in the
+    primary storage or the secondary copy) and its source; for browsing, an opened
+    repository is kept ``REPO_TTL`` seconds."""
+    source = _task_source(ctx, source_machine_id, region)
+    key = f"{source.machine_id}:{source.region}"
     if cached:
         with _opened_lock:
             hit = _opened.get(key)
