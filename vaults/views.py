@@ -218,6 +218,7 @@ def vault_create(request):
         "regions": settings.HAVEN_REGIONS,
         "tag_rows": tag_rows,
         "name_problems": [],
+        "redundancy_label": Vault.Redundancy(services.default_redundancy()).label,
     }
     return render(request, "vaults/create.html", context, status=status)
 
