@@ -14,7 +14,6 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
-from kombu.exceptions import KombuError
 
 from agents import dispatch
 from agents.runtime import protocol
@@ -326,22 +325,9 @@ def _finish(
         job_notify_finished(job=job)
         job_publish(job)
         if point is not None and job.vault.replicated:
-            _replicate_soon(job.machine_id)
+            # Copy the new point now rather than at the next periodic pass.
+            services._enqueue("replicate_machine", str(job.machine_id))
     return job, refused, point
-
-
-def _replicate_soon(machine_id) -> None:
-    """A new recovery point of a geo-redundant vault: copy it now rather than at the next
-    periodic pass (jobs.services.replication)."""
-    from jobs import tasks
-
-    def send() -> None:
-        try:
-            tasks.replicate_machine.apply_async(args=[str(machine_id)], queue="portal")
-        except KombuError as exc:  # the periodic pass copies it anyway
-            log.warning("could not queue replication of machine %s: %s", machine_id, exc)
-
-    transaction.on_commit(send)
 
 
 def _keep_result_id(job: Job, result_id: str) -> None:

@@ -276,3 +276,30 @@ def test_which_points_the_secondary_can_restore(web01):
     services.replicate_machine(machine=web01)
     assert services.point_replicated(point)
     assert services.replicated_manifests(web01) == {layout.manifest_blob(SNAPSHOT)}
+
+
+def test_a_recorded_point_of_a_geo_redundant_vault_starts_a_pass_at_once(web01, _jobs_env):
+    job = services.backup_start(machine=web01)
+    services.job_mark_started(job=job)
+    services.job_finish(
+        job=job,
+        status=Job.Status.COMPLETED,
+        snapshot_id=SNAPSHOT,
+        manifest_blob=layout.manifest_blob(SNAPSHOT),
+        pack_ids=PACKS,
+    )
+    assert ("replicate_machine", (str(web01.pk),)) in _jobs_env
+
+
+def test_deleting_a_machines_blobs_everywhere_for_other_callers(web01):
+    """The entry for code that removes a machine's data (retention's own path is above)."""
+    from vaults.storage.replicas import delete_blobs_everywhere
+
+    services.replicate_machine(machine=web01)
+    names = [layout.pack_blob(PACKS[0]), layout.pack_blob(PACKS[1]), "data/zz/absent"]
+    done = replication.delete_on_both_sides(machine=web01, names=names[:1])
+    assert done == names[:1]
+    result = delete_blobs_everywhere(vault=web01.vault, container=web01.container, names=names)
+    assert result.primary == names and not result.primary_failed and not result.secondary_failed
+    for side in (primary_blobs(web01), secondary_blobs(web01)):
+        assert not set(names) & set(side) and layout.pack_blob(PACKS[2]) in side

@@ -138,3 +138,20 @@ def test_only_a_contributor_turns_it_on(vault, settings, tmp_path, client, membe
     assert client.post(url, {"confirm": "enable"}).status_code == 403
     vault.refresh_from_db()
     assert not vault.cross_region_restore
+
+
+def test_unregistering_a_machine_stops_its_grants_to_the_secondary_too(
+    crr, client, web01, points, token_for
+):
+    from agents.runtime.blobstore import BlobForbidden
+    from agents.services import machine_unregister
+
+    copied(web01, points, 1)
+    data = grant(client, web01, token_for, source_machine="web-01", region="secondary").json()
+    machine_unregister(machine=web01)
+    if data["grant"]["kind"] == "azure-sas":
+        with pytest.raises(BlobForbidden), open_grant(data["grant"]) as store:
+            store.get(points[0].manifest_blob)
+    else:
+        generation = storage.secondary_account().generation(web01.container)
+        assert read_grant(data["grant"]["token"]).generation != generation
