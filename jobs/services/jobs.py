@@ -386,6 +386,11 @@ def job_cancel(*, job: Job, user=None, now: datetime | None = None) -> Job:
     """Cancel: a job the agent has not started ends at once; a running one is asked to stop
     (the answer to its next progress report says so) and ends when the agent confirms."""
     now = now or timezone.now()
+    if job.operation == Job.Operation.REPLICATE:
+        raise JobNotCancellable(
+            "Replication runs on the portal's worker and is not cancelled: a pass copies only "
+            "what the secondary lacks, and the next one resumes where it stopped."
+        )
     if job.status in (Job.Status.QUEUED, Job.Status.WAITING):
         updated = Job.objects.filter(
             pk=job.pk, status__in=(Job.Status.QUEUED, Job.Status.WAITING)

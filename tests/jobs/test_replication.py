@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.urls import reverse
 from django.utils import timezone
 
 from agents.runtime.blobstore import StorageUnavailable
@@ -303,3 +304,15 @@ def test_deleting_a_machines_blobs_everywhere_for_other_callers(web01):
     assert result.primary == names and not result.primary_failed and not result.secondary_failed
     for side in (primary_blobs(web01), secondary_blobs(web01)):
         assert not set(names) & set(side) and layout.pack_blob(PACKS[2]) in side
+
+
+def test_a_replicate_job_offers_no_cancel_the_portal_could_not_honour(web01, client, alice):
+    job = Job.objects.create(
+        vault=web01.vault, machine=web01, operation=Job.Operation.REPLICATE,
+        status=Job.Status.RUNNING, last_report_at=timezone.now(),
+    )  # fmt: skip
+    with pytest.raises(services.JobNotCancellable, match="not cancelled"):
+        services.job_cancel(job=job, user=alice)
+    client.force_login(alice)
+    body = client.get(reverse("jobs:detail", args=[job.pk])).content.decode()
+    assert 'data-action="cancel"' not in body and "Replicate" in body
