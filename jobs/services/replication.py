@@ -29,7 +29,7 @@ import time
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -68,9 +68,13 @@ def _order(blob: BlobInfo) -> tuple[int, str]:
 
 # -- the lease --------------------------------------------------------------------------------
 def _state_for(machine: Machine) -> ReplicaState:
-    state, _ = ReplicaState.objects.get_or_create(
-        machine=machine, defaults={"vault_id": machine.vault_id}
-    )
+    try:
+        with transaction.atomic():
+            state, _ = ReplicaState.objects.get_or_create(
+                machine=machine, defaults={"vault_id": machine.vault_id}
+            )
+    except IntegrityError:  # another worker made it first
+        state = ReplicaState.objects.get(machine=machine)
     return state
 
 
