@@ -155,3 +155,21 @@ def test_unregistering_a_machine_stops_its_grants_to_the_secondary_too(
     else:
         generation = storage.secondary_account().generation(web01.container)
         assert read_grant(data["grant"]["token"]).generation != generation
+
+
+def test_an_outsider_cannot_see_or_turn_it_on(crr, client, charlie):
+    client.force_login(charlie)
+    url = reverse("vaults:cross-region-restore", args=[crr.pk])
+    assert client.post(url, {"confirm": "enable"}).status_code == 404
+
+
+def test_an_unknown_region_in_the_wizard_is_said_not_a_500(crr, client, alice, web01, points):
+    client.force_login(alice)
+    url = reverse("recovery:wizard", args=[web01.pk, web01.pk])
+    response = client.get(url + "?region=moon")
+    assert response.status_code == 200
+    assert "Choose the primary or the secondary region" in response.content.decode()
+    restore = reverse("recovery:restore", args=[web01.pk, web01.pk])
+    form = {"rp": points[0].snapshot_id, "paths": ["/a"], "region": "moon"}
+    assert client.post(restore, form).status_code == 302
+    assert not Job.objects.filter(operation=Job.Operation.RESTORE).exists()
