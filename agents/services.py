@@ -276,10 +276,20 @@ def _cleanup(username: str, container: str, *, force: bool = False) -> None:
 def _revoke_outside_access(machine: Machine) -> None:
     broker.broker_user_delete(username=machine.broker_username)
     if machine.container:
-        from agents.runtime.blobstore import ContainerNotFound
+        from agents.runtime.blobstore import ContainerNotFound, StorageError
+        from vaults.storage.replicas import secondary_for
 
         with contextlib.suppress(ContainerNotFound):
             _storage().revoke_grants(machine.container)
+        # Read grants to the secondary copy (Cross Region Restore) stop too.
+        secondary = secondary_for(machine.vault)
+        if secondary is not None:
+            try:
+                secondary.revoke_grants(machine.container)
+            except ContainerNotFound:
+                pass  # nothing copied yet, so no grant to it either
+            except StorageError as exc:  # they expire within the hour (recovery grants)
+                log.warning("could not revoke secondary grants of %s: %s", machine.container, exc)
 
 
 def machine_unregister(*, machine: Machine) -> Machine:

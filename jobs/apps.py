@@ -17,6 +17,11 @@ class JobsConfig(AppConfig):
         register_periodic("jobs.retention_apply_all", "jobs.retention_apply_all", DAY)
         register_periodic("jobs.alerts_check", "jobs.alerts_check", HOUR)
         register_periodic("jobs.alerts_digest", "jobs.alerts_digest", HOUR)
+        from django.conf import settings
+
+        register_periodic(
+            "jobs.replicate_all", "jobs.replicate_all", settings.HAVEN_REPLICATION_INTERVAL_SECONDS
+        )
         _register_vault_hooks()
         _register_dispatch_hooks()
 
@@ -52,6 +57,8 @@ def _register_vault_hooks() -> None:
         selectors.register_delete_blocker(_points_block_delete)
     if hasattr(selectors, "register_protection_check"):
         selectors.register_protection_check(_points_lock_redundancy)
+    if hasattr(selectors, "register_replication_reader"):
+        selectors.register_replication_reader(job_selectors.vault_replication_status)
     from vaults import services as vault_services
 
     if hasattr(vault_services, "register_history_remover"):

@@ -277,6 +277,7 @@ class Alert(models.Model):
         RESTORE_FAILED = "restore_failed", "Restore failure"
         BACKUP_WARNINGS = "backup_warnings", "Backup completed with warnings"
         NO_RECENT_BACKUP = "no_recent_backup", "No recent backup"
+        REPLICATION_LAG = "replication_lag", "Replication lag"
 
     vault = models.ForeignKey("vaults.Vault", on_delete=models.PROTECT, related_name="alerts")
     machine = models.ForeignKey(
@@ -307,3 +308,34 @@ class Alert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_severity_display()}: {self.message[:60]}"
+
+
+class ReplicaState(models.Model):
+    """How far a machine's container is copied to the vault's secondary store (GRS), as the
+    last replication pass found it (jobs.services.replication). Blobs are write-once, so
+    "what is copied" is simply what the secondary holds; this row keeps the lag for pages
+    and alerts, the lease that keeps two passes from copying the same blob, and deletions
+    the secondary still owes."""
+
+    machine = models.OneToOneField(
+        "agents.Machine", on_delete=models.CASCADE, related_name="replica_state"
+    )
+    vault = models.ForeignKey("vaults.Vault", on_delete=models.CASCADE, related_name="+")
+    checked_at = models.DateTimeField(null=True, blank=True)
+    # The listing time of the last pass that left nothing behind: every blob the primary
+    # held then is on the secondary.
+    synced_through = models.DateTimeField(null=True, blank=True)
+    pending_blobs = models.PositiveIntegerField(default=0)
+    pending_bytes = models.BigIntegerField(default=0)
+    # The oldest blob not yet copied (its time on the primary); None when none is known.
+    oldest_pending_at = models.DateTimeField(null=True, blank=True)
+    copied_blobs = models.BigIntegerField(default=0)
+    copied_bytes = models.BigIntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+    lease_until = models.DateTimeField(null=True, blank=True)
+    pending_deletes = models.JSONField(default=list, blank=True)
+
+    subscription_path = "vault__subscription"
+
+    def __str__(self) -> str:
+        return f"replica of {self.machine}"

@@ -324,3 +324,38 @@ def vault_overview(vault) -> dict:
         },
         "active_alerts": Alert.objects.filter(vault=vault, resolved_at__isnull=True).count(),
     }
+
+
+def vault_replication_status(vault) -> dict:
+    """How far each machine container of a geo-redundant vault is copied to the secondary
+    (jobs.services.replication keeps ``ReplicaState``): the largest lag, what is pending,
+    when each was last checked, and whether a Replicate job is running."""
+    from jobs.models import ReplicaState
+    from jobs.services.replication import replication_lag
+
+    now = timezone.now()
+    rows = []
+    for state in ReplicaState.objects.filter(vault=vault).select_related("machine"):
+        rows.append(
+            {
+                "machine": state.machine,
+                "lag": replication_lag(state, now),
+                "pending_blobs": state.pending_blobs,
+                "pending_bytes": state.pending_bytes,
+                "checked_at": state.checked_at,
+                "synced_through": state.synced_through,
+                "copied_bytes": state.copied_bytes,
+                "error": state.error,
+            }
+        )
+    rows.sort(key=lambda row: row["machine"].name.lower())
+    lags = [row["lag"] for row in rows if row["lag"] is not None]
+    return {
+        "machines": rows,
+        "lag": max(lags) if lags else None,
+        "pending_blobs": sum(row["pending_blobs"] for row in rows),
+        "pending_bytes": sum(row["pending_bytes"] for row in rows),
+        "running": Job.objects.filter(
+            vault=vault, operation=Job.Operation.REPLICATE, status__in=Job.ACTIVE
+        ).exists(),
+    }

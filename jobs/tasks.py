@@ -39,3 +39,16 @@ def alerts_check() -> int:
 @shared_task(name="jobs.alerts_digest")
 def alerts_digest() -> int:
     return services.alerts_send_digest()
+
+
+@shared_task(name="jobs.replicate_all")
+def replicate_all() -> int:
+    return services.replicate_all()
+
+
+@shared_task(name="jobs.replicate_machine")
+def replicate_machine(machine_id: str) -> bool:
+    machine = Machine.objects.select_related("vault").filter(pk=machine_id).first()
+    if machine is None:
+        return False
+    return services.replicate_machine(machine=machine) is not None

@@ -278,10 +278,17 @@ CELERY_TASK_EAGER_PROPAGATES = True
 # --- Backup storage -------------------------------------------------------------------
 AZURE_STORAGE_CONNECTION_STRING = azure_connection_string("AZURE_STORAGE_CONNECTION_STRING")
 STORAGE_DIR = Path(env_str("HAVEN_STORAGE_DIR", str(DATA_DIR / "storage"))).expanduser().resolve()
-# The storage used for a vault's secondary (GRS) copy; empty means "same backend, suffixed".
-SECONDARY_STORAGE_DIR = Path(
-    env_str("HAVEN_SECONDARY_STORAGE_DIR", str(DATA_DIR / "storage-secondary"))
-).expanduser()
+# Where a geo-redundant vault's secondary copy goes (docs/storage-backends.md): a second
+# Azure account, or (local primary) a second directory; none at all leaves GRS unavailable.
+SECONDARY_STORAGE_CONNECTION_STRING = azure_connection_string(
+    "HAVEN_SECONDARY_STORAGE_CONNECTION_STRING"
+)
+_secondary_dir = env_str("HAVEN_SECONDARY_STORAGE_DIR", str(DATA_DIR / "storage-secondary"))
+SECONDARY_STORAGE_DIR = Path(_secondary_dir).expanduser() if _secondary_dir else None
+# Replication (jobs.services.replication): how often the worker looks for new blobs, and
+# the lag (oldest blob not yet copied) above which a vault gets a Warning alert.
+HAVEN_REPLICATION_INTERVAL_SECONDS = env_int("HAVEN_REPLICATION_INTERVAL_SECONDS", 60, minimum=10)
+HAVEN_REPLICATION_LAG_ALERT_MINUTES = env_int("HAVEN_REPLICATION_LAG_ALERT_MINUTES", 60, minimum=1)
 HAVEN_REGIONS = env_list(
     "HAVEN_REGIONS",
     ["West Europe", "North Europe", "East US", "West US 2", "UK South", "Southeast Asia"],

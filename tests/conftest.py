@@ -96,20 +96,45 @@ def azurite(tmp_path_factory) -> str:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def azurite_secondary(tmp_path_factory) -> str:
+    """A second Azurite, for a geo-redundant vault's secondary account (its own server, so
+    a test can stop one side)."""
+    configured = os.environ.get("HAVEN_TEST_AZURE_SECONDARY_CONNECTION_STRING")
+    if configured:
+        yield configured
+        return
+    server = servers.Azurite(tmp_path_factory.mktemp("azurite-secondary"))
+    server.start()
+    try:
+        yield server.connection_string
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _portal_storage_on_azurite(request):
-    """In the servers pass, the portal's own storage account is Azurite."""
+    """In the servers pass, the portal's own storage account is Azurite, and the secondary
+    account of geo-redundant vaults a second Azurite."""
     if os.environ.get("HAVEN_TEST_STORAGE") != "azurite":
         yield
         return
     from django.conf import settings
 
     connection_string = request.getfixturevalue("azurite")
-    previous = settings.AZURE_STORAGE_CONNECTION_STRING
+    secondary = request.getfixturevalue("azurite_secondary")
+    previous = (
+        settings.AZURE_STORAGE_CONNECTION_STRING,
+        settings.SECONDARY_STORAGE_CONNECTION_STRING,
+    )
     settings.AZURE_STORAGE_CONNECTION_STRING = connection_string
+    settings.SECONDARY_STORAGE_CONNECTION_STRING = secondary
     os.environ["AZURE_STORAGE_CONNECTION_STRING"] = connection_string
+    os.environ["HAVEN_SECONDARY_STORAGE_CONNECTION_STRING"] = secondary
     yield
-    settings.AZURE_STORAGE_CONNECTION_STRING = previous
+    settings.AZURE_STORAGE_CONNECTION_STRING, settings.SECONDARY_STORAGE_CONNECTION_STRING = (
+        previous
+    )
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,12 @@ class Vault(models.Model):
     container = models.CharField(max_length=63, blank=True, default="")
     # The container on the secondary account (GRS only, when one is configured).
     secondary_container = models.CharField(max_length=63, blank=True, default="")
+    # Cross Region Restore: Recover Data may read the secondary copy (GRS only; once on,
+    # it stays on, as in the reference).
+    cross_region_restore = models.BooleanField(default=False)
+    # The secondary storage as the replication worker last found it (jobs.services.replication).
+    secondary_checked_at = models.DateTimeField(null=True, blank=True)
+    secondary_error = models.TextField(blank=True, default="")
     deployed_at = models.DateTimeField(null=True, blank=True)
     tags = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -57,6 +63,11 @@ class Vault(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def replicated(self) -> bool:
+        """Whether the worker copies this vault's data to a secondary store."""
+        return self.redundancy == self.Redundancy.GEO and bool(self.secondary_container)
 
 
 class VaultCredential(models.Model):

@@ -41,6 +41,37 @@ ProtectionCheck = Callable[[Vault], str | None]
 _overview_counters: list[OverviewCounter] = []
 _delete_blockers: list[DeleteBlockerCheck] = []
 _protection_checks: list[ProtectionCheck] = []
+# The jobs app reads how far a geo-redundant vault's copy is (jobs.selectors).
+_replication_readers: list[Callable[[Vault], dict | None]] = []
+
+
+def register_replication_reader(fn: Callable[[Vault], dict | None]) -> None:
+    if fn not in _replication_readers:
+        _replication_readers.append(fn)
+
+
+def vault_replication(vault: Vault) -> dict | None:
+    """The replication card of a geo-redundant vault's overview (None for other vaults):
+    the secondary's state as the worker last found it, and the lag its readers report."""
+    if vault.redundancy != Vault.Redundancy.GEO:
+        return None
+    from vaults import storage
+
+    secondary = storage.secondary_account() if vault.secondary_container else None
+    info: dict = {
+        "configured": secondary is not None,
+        "unavailable_reason": storage.secondary_unavailable_reason() if secondary is None else "",
+        "secondary": secondary.describe() if secondary is not None else "",
+        "checked_at": vault.secondary_checked_at,
+        "error": vault.secondary_error,
+        "machines": [],
+        "lag": None,
+        "pending_blobs": 0,
+        "pending_bytes": 0,
+    }
+    for reader in _replication_readers:
+        info.update(reader(vault) or {})
+    return info
 
 
 def register_overview_counter(fn: OverviewCounter) -> None:

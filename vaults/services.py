@@ -206,6 +206,7 @@ def vault_create(
                     tags=tags,
                     created_by=created_by,
                     state=Vault.State.DEPLOYING,
+                    redundancy=default_redundancy(),
                 )
         except IntegrityError:
             raise ValidationError(
@@ -345,20 +346,46 @@ def _push_vault(vault: Vault) -> None:
 
 
 # --- redundancy -------------------------------------------------------------------------
-REDUNDANCY_ADVICE = {
-    Vault.Redundancy.GEO: (
-        "Recommended when this vault is your primary backup copy. Data is also copied to a "
-        "secondary location, so it survives the loss of a whole site."
-    ),
-    Vault.Redundancy.LOCAL: (
-        "Keeps all copies in one location. Choose it when this vault is not your primary "
-        "backup copy: it costs less storage."
-    ),
-    Vault.Redundancy.ZONE: (
-        "Copies across separate zones of the same region: survives a zone outage and keeps "
-        "the data in the region (data residency), at a cost between the two others."
-    ),
-}
+def default_redundancy() -> str:
+    """Geo-redundant where this portal has a secondary store, else locally redundant: a new
+    vault never starts with a choice the portal cannot honour."""
+    if storage.secondary_account() is not None:
+        return Vault.Redundancy.GEO
+    return Vault.Redundancy.LOCAL
+
+
+def redundancy_advice(value: str) -> str:
+    """What each choice copies where, in this portal's storage."""
+    primary = storage.primary_account().describe()
+    if value == Vault.Redundancy.GEO:
+        secondary = storage.secondary_account()
+        where = secondary.describe() if secondary is not None else "a secondary store"
+        return (
+            f"Recommended when this vault is your primary backup copy. Every backup is stored "
+            f"in {primary}, and the portal's worker copies each of its blobs (packs, indexes, "
+            f"keys, recovery points) to {where}, usually within minutes; the vault shows "
+            "how far behind the copy is. Enables Cross Region Restore."
+        )
+    if value == Vault.Redundancy.ZONE:
+        return (
+            f"Backups are stored once, in {primary}, an Azure account that itself keeps "
+            "copies in separate availability zones of its region: survives a zone outage and "
+            "keeps the data in the region. Haven copies nothing more."
+        )
+    return (
+        f"Backups are stored once, in {primary}, with whatever redundancy that storage has "
+        "of its own; nothing is copied elsewhere. Choose it when this vault is not your "
+        "primary backup copy: it costs less storage."
+    )
+
+
+def redundancy_unavailable_reason(value: str) -> str:
+    """Why a choice cannot be made on this portal ("" when it can)."""
+    if value == Vault.Redundancy.GEO:
+        return storage.secondary_unavailable_reason()
+    if value == Vault.Redundancy.ZONE:
+        return storage.zone_redundancy_reason()
+    return ""
 
 
 def vault_redundancy_set(*, vault: Vault, redundancy: str, user) -> Vault:
@@ -376,11 +403,23 @@ def vault_redundancy_set(*, vault: Vault, redundancy: str, user) -> Vault:
         reason = vault_redundancy_locked_reason(vault)
         if reason:
             raise ValidationError({"redundancy": [reason]})
+        if vault.cross_region_restore:
+            raise ValidationError(
+                {
+                    "redundancy": [
+                        "Cross Region Restore is enabled, and cannot be turned off: the vault "
+                        "stays geo-redundant."
+                    ]
+                }
+            )
+        unavailable = redundancy_unavailable_reason(redundancy)
+        if unavailable:
+            raise ValidationError({"redundancy": [unavailable]})
         secondary_container = vault.secondary_container
         try:
             if redundancy == Vault.Redundancy.GEO:
                 secondary = storage.secondary_account()
-                if secondary is not None:
+                if secondary is not None:  # (checked above)
                     secondary.ping()
                     secondary.create_container(vault.container)
                     secondary_container = vault.container
@@ -394,13 +433,47 @@ def vault_redundancy_set(*, vault: Vault, redundancy: str, user) -> Vault:
                 {"redundancy": [f"The secondary storage could not be changed: {exc}"]}
             ) from None
         Vault.objects.filter(pk=vault.pk).update(
-            redundancy=redundancy, secondary_container=secondary_container
+            redundancy=redundancy,
+            secondary_container=secondary_container,
         )
         vault.refresh_from_db()
         notification_publish(
             user=user,
             title="Backup configuration saved",
             body=f"Vault {vault.name} now uses {vault.get_redundancy_display()} storage.",
+            level=Notification.Level.SUCCESS,
+            link_url=reverse("vaults:properties", args=[vault.pk]),
+            link_label="Properties",
+        )
+    return vault
+
+
+def vault_cross_region_restore_enable(*, vault: Vault, user) -> Vault:
+    """Turn on Cross Region Restore: Recover Data may then read the secondary copy. Only for
+    a replicating geo-redundant vault; once on, it stays on (as in the reference)."""
+    with transaction.atomic():
+        vault = Vault.objects.select_for_update().get(pk=vault.pk)
+        if vault.cross_region_restore:
+            return vault
+        if not vault.replicated or storage.secondary_account() is None:
+            raise ValidationError(
+                {
+                    "cross_region_restore": [
+                        "Cross Region Restore needs geo-redundant storage with a secondary "
+                        "store: "
+                        + (
+                            storage.secondary_unavailable_reason()
+                            or "choose Geo-redundant under Backup Configuration first."
+                        )
+                    ]
+                }
+            )
+        Vault.objects.filter(pk=vault.pk).update(cross_region_restore=True)
+        vault.refresh_from_db()
+        notification_publish(
+            user=user,
+            title="Cross Region Restore enabled",
+            body=f"Recover Data in vault {vault.name} can now read the secondary copy.",
             level=Notification.Level.SUCCESS,
             link_url=reverse("vaults:properties", args=[vault.pk]),
             link_label="Properties",

@@ -18,6 +18,11 @@ urlpatterns = [
         views.backup_configuration,
         name="backup-configuration",
     ),
+    path(
+        "<uuid:vault_id>/properties/cross-region-restore/",
+        views.cross_region_restore,
+        name="cross-region-restore",
+    ),
     path("<uuid:vault_id>/backup/", views.backup_goal, name="backup"),
     path("<uuid:vault_id>/credentials/", views.credentials_list, name="credentials"),
     path(

@@ -218,6 +218,7 @@ def vault_create(request):
         "regions": settings.HAVEN_REGIONS,
         "tag_rows": tag_rows,
         "name_problems": [],
+        "redundancy_label": Vault.Redundancy(services.default_redundancy()).label,
     }
     return render(request, "vaults/create.html", context, status=status)
 
@@ -308,6 +309,7 @@ def overview(request, vault_id):
             "chart": usage_chart_svg(samples, now=now, days=30),
             "current_usage": selectors.vault_current_usage(vault),
             "has_samples": bool(samples),
+            "replication": selectors.vault_replication(vault),
         }
     )
     return render(request, "vaults/overview.html", context)
@@ -319,7 +321,34 @@ def properties(request, vault_id):
     vault = _load(request, vault_id)
     context = _vault_context(request, vault, "properties")
     context["locked_reason"] = selectors.vault_redundancy_locked_reason(vault)
+    context["crr_unavailable"] = _crr_unavailable(vault)
     return render(request, "vaults/properties.html", context)
+
+
+def _crr_unavailable(vault: Vault) -> str:
+    if vault.redundancy != Vault.Redundancy.GEO:
+        return "Cross Region Restore needs geo-redundant storage."
+    return services.redundancy_unavailable_reason(Vault.Redundancy.GEO) or (
+        "" if vault.secondary_container else "The vault has no secondary copy."
+    )
+
+
+@login_required
+@require_POST
+def cross_region_restore(request, vault_id):
+    """Properties › Cross Region Restore › Enable (Contributor; cannot be undone)."""
+    vault = _load(request, vault_id, role=Role.CONTRIBUTOR)
+    if request.POST.get("confirm") != "enable":
+        messages.error(request, "Confirm that Cross Region Restore cannot be turned off again.")
+        return redirect("vaults:properties", vault.pk)
+    try:
+        services.vault_cross_region_restore_enable(vault=vault, user=request.user)
+    except ValidationError as exc:
+        for message in exc.message_dict.get("cross_region_restore", exc.messages):
+            messages.error(request, message)
+    else:
+        messages.success(request, "Cross Region Restore is enabled.")
+    return redirect("vaults:properties", vault.pk)
 
 
 @login_required
@@ -345,9 +374,17 @@ def backup_configuration(request, vault_id):
             "vault": vault,
             "locked_reason": selectors.vault_redundancy_locked_reason(vault),
             "options": [
-                (value, label, services.REDUNDANCY_ADVICE[value])
+                (
+                    value,
+                    label,
+                    services.redundancy_advice(value),
+                    ""
+                    if vault.redundancy == value
+                    else services.redundancy_unavailable_reason(value),
+                )
                 for value, label in Vault.Redundancy.choices
             ],
+            "default_redundancy": services.default_redundancy(),
             "errors": errors,
         }
     )

@@ -72,6 +72,12 @@ CONFLICT_OVERWRITE = "overwrite"
 CONFLICT_SKIP = "skip"
 CONFLICT_CHOICES = (CONFLICT_COPY, CONFLICT_OVERWRITE, CONFLICT_SKIP)
 
+# Which copy a recovery reads (the tasks' ``source_region``, the grant request's ``region``):
+# the primary storage, or a geo-redundant vault's secondary copy (Cross Region Restore).
+REGION_PRIMARY = "primary"
+REGION_SECONDARY = "secondary"
+REGIONS = (REGION_PRIMARY, REGION_SECONDARY)
+
 # The ``code`` of a failed answer to a recovery question (the wizard words some of them).
 ANSWER_ERROR = "error"
 ANSWER_PASSPHRASE_NEEDED = "passphrase_needed"

@@ -1,5 +1,6 @@
 """The agent's side of Recover Data (``/api/agent/recovery/``): a read-only grant to another
-machine's backups (only as a person authorised: services.source_grant), answers to the wizard's questions, and download archives. Every endpoint
+machine's backups (only as a person authorised: services.source_grant), or to a secondary
+copy (``region``, Cross Region Restore), answers to the wizard's questions, and download archives. Every endpoint
 authenticates the machine (``machine_api``)."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from django.views.decorators.http import require_POST
 
 from agents.api_auth import api_error, json_body, machine_api
 from agents.runtime.blobstore import StorageError
-from agents.runtime.protocol import MAX_RECOVERY_ANSWER
+from agents.runtime.protocol import MAX_RECOVERY_ANSWER, REGION_PRIMARY, REGIONS
 from jobs.models import Job
 from jobs.recovery import services
 
@@ -37,17 +38,23 @@ def grant(request):
     credentials = data.get("vault_credentials")
     if credentials is not None and not isinstance(credentials, str):
         return api_error(400, "bad_request", "Send the vault credentials file's text.")
+    region = data.get("region", REGION_PRIMARY)
+    if region not in REGIONS:
+        return api_error(400, "bad_request", f"region is one of {', '.join(REGIONS)}.")
     try:
         found, new_grant = services.source_grant(
             machine=request.machine,
             source_ref=source_ref or "",
             source_id=source_id or "",
             credentials=credentials.encode("utf-8") if credentials else None,
+            region=region,
         )
     except services.SourceNotAuthorised as exc:
         return api_error(exc.status, exc.code, str(exc))
     except services.RecoveryRefused as exc:
         return api_error(404, "not_found", str(exc))
+    except StorageError as exc:
+        return api_error(503, "storage_unavailable", f"The storage cannot issue a grant: {exc}")
     return JsonResponse(
         {
             "grant": new_grant,

@@ -42,9 +42,11 @@ from agents.runtime.blobstore import BlobExists, BlobNotFound, StorageError
 from agents.runtime.protocol import DOWNLOAD_MAX_BYTES
 from jobs.models import Job, RecoveryPoint
 from jobs.services import job_publish
+from jobs.services.replication import point_replicated, replicated_manifests
 from portal.access import for_user, get_for_user, has_role
 from portal.models import Role
 from vaults import storage
+from vaults.storage.replicas import secondary_for
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("haven.audit")
@@ -171,6 +173,16 @@ def recovery_points(source: Machine):
     )
 
 
+def replicated_point_ids(source: Machine) -> set[str]:
+    """The snapshot ids of ``source``'s points on the secondary copy (one listing of its
+    manifests there); raises ``RecoveryRefused`` when the secondary cannot be read."""
+    try:
+        manifests = replicated_manifests(source)
+    except StorageError as exc:
+        raise RecoveryRefused(f"The secondary copy cannot be read now: {exc}") from None
+    return {name.rsplit("/", 1)[-1] for name in manifests}
+
+
 # -- questions and answers --------------------------------------------------------------------
 @dataclass
 class Question:
@@ -186,10 +198,22 @@ _send = dispatch.send_after_commit
 _ask = dispatch.ask_now
 
 
-def question_ask(*, user, source: Machine, target: Machine, kind: str, **args) -> Question:
-    """Ask ``target``'s agent about ``source``'s backups; the answer comes to the cache."""
+def question_ask(
+    *,
+    user,
+    source: Machine,
+    target: Machine,
+    kind: str,
+    region: str = protocol.REGION_PRIMARY,
+    **args,
+) -> Question:
+    """Ask ``target``'s agent about ``source``'s backups (in ``region``'s copy); the answer
+    comes to the cache."""
     if kind not in KINDS:
         raise ValueError(kind)
+    region = region_check(source.vault, region)
+    if region == protocol.REGION_SECONDARY:
+        args["source_region"] = region
     request_id = secrets.token_urlsafe(16)
     _authorise_from_portal(
         user=user, source=source, target=target, lifetime=QUESTION_AUTHORISATION,
@@ -416,28 +440,57 @@ def _authorisation_for(
     return row
 
 
+def region_check(vault, region: str) -> str:
+    """``region`` when ``vault`` may be recovered from it (``RecoveryRefused`` otherwise)."""
+    region = region or protocol.REGION_PRIMARY
+    if region not in protocol.REGIONS:
+        raise RecoveryRefused("Choose the primary or the secondary region.")
+    if region == protocol.REGION_SECONDARY:
+        if not vault.cross_region_restore:
+            raise RecoveryRefused(
+                f"Cross Region Restore is not enabled for vault {vault.name} (vault › "
+                "Properties › Cross Region Restore)."
+            )
+        if secondary_for(vault) is None:
+            raise RecoveryRefused(
+                "The vault's secondary copy is not available on this portal: "
+                + (storage.secondary_unavailable_reason() or "the vault has no secondary copy.")
+            )
+    return region
+
+
+def _grant_account(vault, region: str):
+    if region == protocol.REGION_SECONDARY:
+        account = secondary_for(vault)
+        if account is not None:
+            return account
+    return storage.primary_account()
+
+
 def source_grant(
     *,
     machine: Machine,
     source_ref: str = "",
     source_id: str = "",
     credentials: bytes | None = None,
+    region: str = protocol.REGION_PRIMARY,
 ) -> tuple[SourceFound, dict]:
     """A read-and-list grant to the container of the source ``source_ref`` (id or name) or
-    ``source_id`` names in ``machine``'s vault — registered or gone (``_find_source``).
+    ``source_id`` names in ``machine``'s vault — registered or gone (``_find_source``), in the
+    primary storage or (``region`` secondary, Cross Region Restore) the secondary copy.
 
     Another machine's container only against a live ``SourceGrantAuthorisation`` (made now
     from ``credentials`` when given), the grant expiring no later than it; every grant
-    issued is logged. Raises ``RecoveryRefused`` (no such machine) or
+    issued is logged. Raises ``RecoveryRefused`` (no such machine, region not allowed) or
     ``SourceNotAuthorised``.
     """
     found = _find_source(machine, source_ref, source_id=source_id)
     source = found.machine
+    region = region_check(machine.vault, region)
+    account = _grant_account(machine.vault, region)
     expires_at = timezone.now() + SOURCE_GRANT_LIFETIME
     if source.pk == machine.pk:
-        return found, storage.primary_account().issue_grant(
-            source.container, expires_at=expires_at, permissions="rl"
-        )
+        return found, account.issue_grant(source.container, expires_at=expires_at, permissions="rl")
     try:
         with transaction.atomic():
             row = _authorisation_for(source=source, target=machine, credentials=credentials)
@@ -450,14 +503,14 @@ def source_grant(
             machine.name, machine.pk, source.name, source.pk, exc.code,
         )  # fmt: skip
         raise
-    grant = storage.primary_account().issue_grant(
+    grant = account.issue_grant(
         source.container, expires_at=min(expires_at, row.expires_at), permissions="rl"
     )
     audit.info(
-        "read grant: machine %s (%s) may read the backups of %s (%s%s) in vault %s until %s, "
-        "authorised by %s (%s, authorisation %s)",
+        "read grant: machine %s (%s) may read the backups of %s (%s%s) in vault %s (%s copy) "
+        "until %s, authorised by %s (%s, authorisation %s)",
         machine.name, machine.pk, source.name, source.pk,
-        f", {source.gone_label.lower()}" if source.is_gone else "", machine.vault_id,
+        f", {source.gone_label.lower()}" if source.is_gone else "", machine.vault_id, region,
         grant["expires_at"], row.authorised_by.get_username() if row.authorised_by else "?",
         row.via, row.pk,
     )  # fmt: skip
@@ -496,6 +549,34 @@ def _check_point(source: Machine, recovery_point: str) -> RecoveryPoint:
     return point
 
 
+def _check_region_point(source: Machine, point: RecoveryPoint, region: str) -> str:
+    """``region`` if ``point`` can be read there: from the secondary, only once replication
+    copied its manifest (and so, in write order, everything it needs)."""
+    region = region_check(source.vault, region)
+    if region != protocol.REGION_SECONDARY:
+        return region
+    try:
+        copied = point_replicated(point)
+    except StorageError as exc:
+        raise RecoveryRefused(f"The secondary copy cannot be read now: {exc}") from None
+    if not copied:
+        raise RecoveryRefused(
+            f"The recovery point of {point.created_at:%Y-%m-%d %H:%M} UTC has not been copied "
+            "to the secondary region yet, so it cannot be restored from there. Restore it "
+            "from the primary region, or choose an older point (replication catches up "
+            "within minutes: see the lag on the vault's Overview)."
+        )
+    return region
+
+
+def _region_details(region: str) -> dict:
+    return {"region": region} if region == protocol.REGION_SECONDARY else {}
+
+
+def _region_args(region: str) -> dict:
+    return {"source_region": region} if region == protocol.REGION_SECONDARY else {}
+
+
 def _clean_paths(paths: list[str]) -> list[str]:
     out = []
     for p in paths:
@@ -519,9 +600,12 @@ def restore_start(
     folder: str = "",
     on_conflict: str = protocol.CONFLICT_COPY,
     restore_permissions: bool = False,
+    region: str = protocol.REGION_PRIMARY,
 ) -> Job:
-    """Queue a Restore job on ``target``: ``folder`` empty = the original location."""
+    """Queue a Restore job on ``target``: ``folder`` empty = the original location;
+    ``region`` secondary reads the secondary copy (Cross Region Restore)."""
     point = _check_point(source, recovery_point)
+    region = _check_region_point(source, point, region)
     paths = _clean_paths(paths)
     if on_conflict not in protocol.CONFLICT_CHOICES:
         raise RecoveryRefused("Choose what to do when an item already exists.")
@@ -540,6 +624,7 @@ def restore_start(
             "location": "another" if folder else "original",
             "on_conflict": on_conflict,
             "restore_permissions": bool(restore_permissions),
+            **_region_details(region),
         },
     )
     _authorise_from_portal(
@@ -555,15 +640,25 @@ def restore_start(
         on_conflict=on_conflict,
         restore_permissions=bool(restore_permissions),
         source_machine_id="" if source.pk == target.pk else str(source.pk),
+        **_region_args(region),
     )
     job_publish(job)
     return job
 
 
 @transaction.atomic
-def download_start(*, user, source: Machine, target: Machine, recovery_point: str, paths) -> Job:
+def download_start(
+    *,
+    user,
+    source: Machine,
+    target: Machine,
+    recovery_point: str,
+    paths,
+    region: str = protocol.REGION_PRIMARY,
+) -> Job:
     """Queue a download: ``target``'s agent reads the files and streams a small archive."""
     point = _check_point(source, recovery_point)
+    region = _check_region_point(source, point, region)
     paths = _clean_paths(paths)
     job = _new_job(
         user=user,
@@ -575,6 +670,7 @@ def download_start(*, user, source: Machine, target: Machine, recovery_point: st
             "recovery_point_time": point.created_at.isoformat(),
             "items": len(paths),
             "max_bytes": DOWNLOAD_MAX_BYTES,
+            **_region_details(region),
         },
     )
     _authorise_from_portal(
@@ -588,6 +684,7 @@ def download_start(*, user, source: Machine, target: Machine, recovery_point: st
         paths=paths,
         max_bytes=DOWNLOAD_MAX_BYTES,
         source_machine_id="" if source.pk == target.pk else str(source.pk),
+        **_region_args(region),
     )
     job_publish(job)
     audit.info(

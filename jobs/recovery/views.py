@@ -110,6 +110,25 @@ def _calendar(points, tz) -> list[dict]:
     return out
 
 
+def _wizard_region(request, source) -> tuple[str, str, set[str]]:
+    """The copy the wizard reads (``?region=``), why it cannot (shown), and for the secondary
+    the points already copied there."""
+    region = request.GET.get("region") or protocol.REGION_PRIMARY
+    if region == protocol.REGION_PRIMARY:
+        return region, "", set()
+    try:
+        region = services.region_check(source.vault, region)
+        return region, "", services.replicated_point_ids(source)
+    except services.RecoveryRefused as exc:
+        if region not in protocol.REGIONS:
+            region = protocol.REGION_PRIMARY
+        return region, str(exc), set()
+
+
+def _region(request) -> str:
+    return request.POST.get("region") or protocol.REGION_PRIMARY
+
+
 def _pair(request, source_id, target_id):
     try:
         return services.pair_for_user(request.user, source_id, target_id)
@@ -123,6 +142,10 @@ def wizard(request, source_id, target_id):
     source, target = _pair(request, source_id, target_id)
     tz = zone(source.time_zone)
     points = list(services.recovery_points(source))
+    region, region_error, replicated = _wizard_region(request, source)
+    if region == protocol.REGION_SECONDARY:
+        for point in points:
+            point.on_secondary = point.snapshot_id in replicated
     return render(
         request,
         "recovery/wizard.html",
@@ -130,6 +153,9 @@ def wizard(request, source_id, target_id):
             "source": source,
             "target": target,
             "same": source.pk == target.pk,
+            "region": region,
+            "region_error": region_error,
+            "secondary_region": protocol.REGION_SECONDARY,
             "points": points,
             "months": _calendar(points, tz),
             "tz": tz,
@@ -175,8 +201,9 @@ def ask(request, source_id, target_id, kind):
         raise Http404("No such question")
     try:
         question = services.question_ask(
-            user=request.user, source=source, target=target, kind=kind, **args
-        )
+            user=request.user, source=source, target=target, kind=kind, region=_region(request),
+            **args,
+        )  # fmt: skip
     except services.RecoveryRefused as exc:
         return _render(request, "recovery/_message.html", {"message": str(exc), "error": True})
     return _render(
@@ -277,10 +304,11 @@ def restore(request, source_id, target_id):
             folder=request.POST.get("folder", "") if location == "another" else "",
             on_conflict=request.POST.get("on_conflict", protocol.CONFLICT_COPY),
             restore_permissions=request.POST.get("restore_permissions") == "on",
+            region=_region(request),
         )
     except services.RecoveryRefused as exc:
         messages.error(request, str(exc))
-        return redirect("recovery:wizard", source.pk, target.pk)
+        return _back_to_wizard(request, source, target)
     messages.success(
         request,
         f"Recovery of {job.details['items']} item(s) of {source.name} onto {target.name} started.",
@@ -299,11 +327,19 @@ def download(request, source_id, target_id):
             target=target,
             recovery_point=request.POST.get("rp", ""),
             paths=_selection(request),
+            region=_region(request),
         )
     except services.RecoveryRefused as exc:
         messages.error(request, str(exc))
-        return redirect("recovery:wizard", source.pk, target.pk)
+        return _back_to_wizard(request, source, target)
     return redirect("recovery:download_status", job.pk)
+
+
+def _back_to_wizard(request, source, target):
+    url = wizard_url(source, target)
+    if _region(request) == protocol.REGION_SECONDARY:
+        url += f"?region={protocol.REGION_SECONDARY}"
+    return redirect(url)
 
 
 @login_required

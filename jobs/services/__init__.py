@@ -7,6 +7,8 @@ apps call them through this package: ``from jobs import services; services.backu
     scheduler  the once-a-minute tick that starts the scheduled backups that are due
     pruning    retention applied to a machine's points; unreferenced packs collected, fenced
                against backups; a deleted vault's history removed
+    replication  geo-redundant vaults: containers copied to the secondary store, the lag,
+               deletions on both sides, which points the secondary can restore
     alerts     Backup Alerts raised and resolved, the no-recent-backup check, their email
     live       pushes to open pages, and the notification when a job ends
 
@@ -61,6 +63,13 @@ from jobs.services.pruning import (
     retention_apply_all,
     vault_history_delete,
 )
+from jobs.services.replication import (
+    point_replicated,
+    replicate_all,
+    replicate_machine,
+    replicated_manifests,
+    replication_lag,
+)
 from jobs.services.scheduler import schedule_tick
 
 __all__ = [
@@ -91,10 +100,15 @@ __all__ = [
     "keeps_last_point",
     "packs_collect",
     "point_check",
+    "point_replicated",
     "policy_applied",
     "policy_drift",
     "policy_save",
     "recovery_point_create",
+    "replicate_all",
+    "replicate_machine",
+    "replicated_manifests",
+    "replication_lag",
     "retention_apply",
     "retention_apply_all",
     "retention_sentence",

@@ -324,6 +324,9 @@ def _finish(
         alerts_after_job(job=job, now=now)
         job_notify_finished(job=job)
         job_publish(job)
+        if point is not None and job.vault.replicated:
+            # Copy the new point now rather than at the next periodic pass.
+            services._enqueue("replicate_machine", str(job.machine_id))
     return job, refused, point
 
 
@@ -383,6 +386,11 @@ def job_cancel(*, job: Job, user=None, now: datetime | None = None) -> Job:
     """Cancel: a job the agent has not started ends at once; a running one is asked to stop
     (the answer to its next progress report says so) and ends when the agent confirms."""
     now = now or timezone.now()
+    if job.operation == Job.Operation.REPLICATE:
+        raise JobNotCancellable(
+            "Replication runs on the portal's worker and is not cancelled: a pass copies only "
+            "what the secondary lacks, and the next one resumes where it stopped."
+        )
     if job.status in (Job.Status.QUEUED, Job.Status.WAITING):
         updated = Job.objects.filter(
             pk=job.pk, status__in=(Job.Status.QUEUED, Job.Status.WAITING)
@@ -454,9 +462,12 @@ def jobs_sweep(*, now: datetime | None = None) -> dict:
         )
         counts["failed"] += 1
     stall = now - timedelta(seconds=settings.HAVEN_JOB_STALL_SECONDS)
-    for job in Job.objects.filter(
-        status=Job.Status.RUNNING, last_report_at__lte=stall
-    ).select_related("machine"):
+    # Replicate jobs run on the portal's worker, not an agent: replication fails its own.
+    for job in (
+        Job.objects.filter(status=Job.Status.RUNNING, last_report_at__lte=stall)
+        .exclude(operation=Job.Operation.REPLICATE)
+        .select_related("machine")
+    ):
         name = job.machine.name if job.machine else "the machine"
         if job.cancel_requested_at is not None:
             if Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(

@@ -1,7 +1,7 @@
 """Pruning a machine's repository: apply retention (re-tag the recovery points under the
 current policy, remove the expired ones and their manifests) and collect the packs no kept
 point references. The portal does this with the storage account key; the agent never
-deletes. Blob names are the engine's (``agents.runtime.engine.layout``).
+deletes. A geo-redundant vault's secondary copy loses the same blobs (``secondary_delete``). Blob names are the engine's (``agents.runtime.engine.layout``).
 
 Collection never races a backup. The engine lists ``data/`` when a backup starts and
 deduplicates against every pack it finds, those of interrupted runs included, so a pack
@@ -32,6 +32,7 @@ from agents.runtime.engine import layout
 from jobs import retention
 from jobs.models import Alert, BackupPolicy, Job, RecoveryPoint
 from jobs.schedule import zone
+from jobs.services.replication import secondary_delete
 from vaults import storage
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ def retention_apply(*, machine, now: datetime | None = None, store=None) -> list
     if not removed:
         return []
     store = store if store is not None else repository_store(machine)
+    manifests = []
     for point in removed:
         try:
             store.delete(point.manifest_blob)
@@ -141,7 +143,9 @@ def retention_apply(*, machine, now: datetime | None = None, store=None) -> list
         except StorageError as exc:
             log.warning("could not delete %s: %s", point.manifest_blob, exc)
             continue
+        manifests.append(point.manifest_blob)
         RecoveryPoint.objects.filter(pk=point.pk).update(removed_at=now)
+    secondary_delete(machine=machine, names=manifests)
     packs_collect(machine=machine, now=now, store=store)
     return removed
 
@@ -186,6 +190,7 @@ def packs_collect(*, machine, now: datetime | None = None, store=None) -> list[s
                 log.warning("could not delete pack %s: %s", blob.name, exc)
                 continue
         deleted.append(blob.name)
+    secondary_delete(machine=machine, names=deleted)
     if deleted:
         log.info("machine %s: deleted %d unreferenced packs", machine.pk, len(deleted))
     return deleted

@@ -47,6 +47,8 @@ def daphne(transactional_db, settings, tmp_path):
     from django.db import connections
 
     settings.AZURE_STORAGE_CONNECTION_STRING = None
+
+    settings.SECONDARY_STORAGE_CONNECTION_STRING = None
     settings.STORAGE_DIR = tmp_path / "storage"
     settings.SECONDARY_STORAGE_DIR = tmp_path / "storage-secondary"
     for connection in connections.all():

@@ -38,6 +38,7 @@ def test_another_user_cannot_read_blobs_a_machine_uploaded(
     settings, tmp_path, live_server, open_umask
 ):
     settings.AZURE_STORAGE_CONNECTION_STRING = None
+    settings.SECONDARY_STORAGE_CONNECTION_STRING = None
     settings.STORAGE_DIR = tmp_path / "storage"
     settings.HAVEN_PUBLIC_URL = live_server.url
     container = f"machine-{uuid.uuid4().hex}"

@@ -114,6 +114,7 @@ def storage(request, settings, tmp_path):
     """The portal's storage on one backend; yields the backend's name."""
     if request.param == "local":
         settings.AZURE_STORAGE_CONNECTION_STRING = None
+        settings.SECONDARY_STORAGE_CONNECTION_STRING = None
         settings.STORAGE_DIR = tmp_path / "storage"
         settings.SECONDARY_STORAGE_DIR = tmp_path / "storage-secondary"
         live_server = request.getfixturevalue("live_server")

@@ -1,4 +1,5 @@
-"""Storage redundancy: changeable until the first item is protected; GRS gets a secondary."""
+"""Storage redundancy: changeable until the first item is protected; GRS gets a secondary,
+and is offered only where the portal has one; ZRS only on a zone-redundant Azure account."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def test_switching_to_locally_redundant_removes_the_empty_secondary(deployed_vau
 
 def test_switching_back_to_geo_provisions_the_secondary(deployed_vault, alice):
     services.vault_redundancy_set(
-        vault=deployed_vault, redundancy=Vault.Redundancy.ZONE, user=alice
+        vault=deployed_vault, redundancy=Vault.Redundancy.LOCAL, user=alice
     )
     vault = services.vault_redundancy_set(
         vault=deployed_vault, redundancy=Vault.Redundancy.GEO, user=alice
@@ -66,6 +67,47 @@ def test_an_unknown_value_is_refused(deployed_vault, alice):
         services.vault_redundancy_set(vault=deployed_vault, redundancy="xyz", user=alice)
 
 
-def test_the_advice_follows_the_reference():
-    assert "primary backup" in services.REDUNDANCY_ADVICE[Vault.Redundancy.GEO]
-    assert "costs less" in services.REDUNDANCY_ADVICE[Vault.Redundancy.LOCAL]
+def test_the_advice_says_what_is_copied_where(vault_env):
+    geo = services.redundancy_advice(Vault.Redundancy.GEO)
+    assert "primary backup" in geo and storage.secondary_account().describe() in geo
+    local = services.redundancy_advice(Vault.Redundancy.LOCAL)
+    assert "costs less" in local and "nothing is copied elsewhere" in local
+
+
+def test_without_a_secondary_geo_is_refused_and_new_vaults_are_local(deployed_vault, alice):
+    services.vault_redundancy_set(
+        vault=deployed_vault, redundancy=Vault.Redundancy.LOCAL, user=alice
+    )
+    from django.conf import settings
+
+    settings.SECONDARY_STORAGE_DIR = None
+    settings.SECONDARY_STORAGE_CONNECTION_STRING = None
+    with pytest.raises(ValidationError) as caught:
+        services.vault_redundancy_set(
+            vault=deployed_vault, redundancy=Vault.Redundancy.GEO, user=alice
+        )
+    assert "No secondary storage" in caught.value.message_dict["redundancy"][0]
+    assert services.default_redundancy() == Vault.Redundancy.LOCAL
+
+
+def test_zone_redundancy_is_refused_on_storage_without_zones(deployed_vault, alice, monkeypatch):
+    monkeypatch.setattr(storage, "zone_redundancy_reason", lambda: "no zones here")
+    with pytest.raises(ValidationError, match="no zones here"):
+        services.vault_redundancy_set(
+            vault=deployed_vault, redundancy=Vault.Redundancy.ZONE, user=alice
+        )
+
+
+def test_cross_region_restore_stays_on_and_keeps_the_vault_geo_redundant(deployed_vault, alice):
+    vault = services.vault_cross_region_restore_enable(vault=deployed_vault, user=alice)
+    assert vault.cross_region_restore
+    with pytest.raises(ValidationError, match="cannot be turned off"):
+        services.vault_redundancy_set(vault=vault, redundancy=Vault.Redundancy.LOCAL, user=alice)
+
+
+def test_cross_region_restore_needs_geo_redundancy(deployed_vault, alice):
+    vault = services.vault_redundancy_set(
+        vault=deployed_vault, redundancy=Vault.Redundancy.LOCAL, user=alice
+    )
+    with pytest.raises(ValidationError, match="Cross Region Restore needs"):
+        services.vault_cross_region_restore_enable(vault=vault, user=alice)

@@ -338,6 +338,24 @@ def test_the_configuration_page_shows_the_advice(as_user, alice, deployed_vault)
     body = as_user(alice).get(url).content.decode()
     assert "Geo-redundant" in body and "Locally-redundant" in body and "Zone-redundant" in body
     assert "primary backup copy" in body
+    assert 'value="zrs" disabled' in body and "unavailable-zrs" in body  # no zones here
+
+
+def test_without_a_secondary_geo_is_disabled_with_the_reason_and_nothing_is_copied(
+    as_user, alice, deployed_vault, settings
+):
+    from vaults.models import Vault
+
+    Vault.objects.filter(pk=deployed_vault.pk).update(redundancy="lrs", secondary_container="")
+    settings.SECONDARY_STORAGE_DIR = None
+    settings.SECONDARY_STORAGE_CONNECTION_STRING = None
+    url = reverse("vaults:backup-configuration", args=[deployed_vault.pk])
+    body = as_user(alice).get(url).content.decode()
+    assert 'value="grs" disabled' in body and "No secondary storage" in body
+    Vault.objects.filter(pk=deployed_vault.pk).update(redundancy="grs")
+    overview = as_user(alice).get(reverse("vaults:overview", args=[deployed_vault.pk]))
+    assert 'id="replication-off"' in overview.content.decode()
+    assert "Nothing is being copied" in overview.content.decode()
 
 
 # --- prepare infrastructure and credentials ---------------------------------------------

@@ -9,7 +9,6 @@ The agent side of the same storage is ``agents.runtime.blobstore``.
 from vaults.storage.accounts import (
     AGENT_PERMISSIONS,
     DOWNLOADS_CONTAINER,
-    SECONDARY_SUFFIX,
     AzureStorageAccount,
     InvalidContainerName,
     LocalStorageAccount,
@@ -18,12 +17,13 @@ from vaults.storage.accounts import (
     downloads_store,
     primary_account,
     secondary_account,
+    secondary_unavailable_reason,
+    zone_redundancy_reason,
 )
 
 __all__ = [
     "AGENT_PERMISSIONS",
     "DOWNLOADS_CONTAINER",
-    "SECONDARY_SUFFIX",
     "AzureStorageAccount",
     "InvalidContainerName",
     "LocalStorageAccount",
@@ -32,4 +32,6 @@ __all__ = [
     "downloads_store",
     "primary_account",
     "secondary_account",
+    "secondary_unavailable_reason",
+    "zone_redundancy_reason",
 ]

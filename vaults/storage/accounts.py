@@ -1,9 +1,11 @@
 """Storage accounts: where vault containers live, and who may touch them.
 
 ``primary_account()`` is Azure Blob when ``AZURE_STORAGE_CONNECTION_STRING`` is set, else the
-local directory ``STORAGE_DIR``. ``secondary_account()`` holds the GRS copy: locally the
-directory ``SECONDARY_STORAGE_DIR`` (or, when that is empty, ``STORAGE_DIR`` with container
-names suffixed ``-secondary``); on Azure the same account with the ``-secondary`` suffix.
+local directory ``STORAGE_DIR``. ``secondary_account()`` holds the GRS copy, or is None when the
+operator configured none: a second Azure account when
+``HAVEN_SECONDARY_STORAGE_CONNECTION_STRING`` is set, else (local primary only) the directory
+``SECONDARY_STORAGE_DIR``. A secondary is always another place, never the primary's own
+account or directory under another name: a copy beside the original protects nothing.
 
 Container names are the logical names the rest of the portal uses (Azure's rules: 3–63
 lowercase letters, digits and single hyphens); an account maps them to physical ones.
@@ -48,7 +50,6 @@ from agents.runtime.blobstore.azure import (
 )
 from agents.runtime.blobstore.local import FILE_MODE, FOLDER_MODE, RESERVED, LocalDirectoryStore
 
-SECONDARY_SUFFIX = "-secondary"
 PERMISSIONS = "rcld"  # read, create, list, delete — in this order; never w (overwrite)
 AGENT_PERMISSIONS = "rcl"
 GENERATION_FILE = "grant-generation"
@@ -292,6 +293,16 @@ class AzureStorageAccount(StorageAccount):
     def describe(self) -> str:
         return f"Azure Storage at {self.endpoint} (account {self.service.account_name})"
 
+    def sku(self) -> str:
+        """The account's own replication SKU as Azure reports it (``Standard_ZRS`` …)."""
+        try:
+            info = self._ping_service.get_account_information()
+        except AzureError as exc:
+            raise translate_error(
+                exc, action="answer", container="(account)", endpoint=self.endpoint
+            ) from None
+        return str(info.get("sku_name") or "")
+
     def _error(self, exc: AzureError, action: str, name: str) -> StorageError:
         return translate_error(exc, action=action, container=name, endpoint=self.endpoint)
 
@@ -454,15 +465,56 @@ def primary_account() -> StorageAccount:
     return LocalStorageAccount(settings.STORAGE_DIR, role="primary")
 
 
-def secondary_account() -> StorageAccount:
-    """Where GRS copies go (see the module docstring)."""
-    connection_string = getattr(settings, "AZURE_STORAGE_CONNECTION_STRING", None)
+def secondary_account() -> StorageAccount | None:
+    """Where GRS copies go (see the module docstring); None when none is configured."""
+    connection_string = getattr(settings, "SECONDARY_STORAGE_CONNECTION_STRING", None)
     if connection_string:
-        return _azure_account(connection_string, "secondary", SECONDARY_SUFFIX)
+        return _azure_account(connection_string, "secondary", "")
+    if getattr(settings, "AZURE_STORAGE_CONNECTION_STRING", None):
+        return None  # an Azure primary needs a second Azure account
     folder = getattr(settings, "SECONDARY_STORAGE_DIR", None)
     if not folder or str(folder) in ("", "."):
-        return LocalStorageAccount(settings.STORAGE_DIR, role="secondary", suffix=SECONDARY_SUFFIX)
+        return None
+    if Path(folder).expanduser().resolve() == Path(settings.STORAGE_DIR).expanduser().resolve():
+        return None  # the primary's own directory is no second copy
     return LocalStorageAccount(folder, role="secondary")
+
+
+def secondary_unavailable_reason() -> str:
+    """Why geo-redundant storage cannot work on this portal ("" when it can)."""
+    if secondary_account() is not None:
+        return ""
+    if getattr(settings, "AZURE_STORAGE_CONNECTION_STRING", None):
+        return (
+            "No secondary storage account is configured on this portal: the operator sets "
+            "HAVEN_SECONDARY_STORAGE_CONNECTION_STRING to a second Azure storage account."
+        )
+    return (
+        "No secondary storage is configured on this portal: the operator sets "
+        "HAVEN_SECONDARY_STORAGE_DIR to a second directory (another disk) or "
+        "HAVEN_SECONDARY_STORAGE_CONNECTION_STRING to an Azure storage account."
+    )
+
+
+def zone_redundancy_reason() -> str:
+    """Why zone-redundant storage is not offered ("" when the primary account is itself
+    zone-redundant: Azure keeps three copies across zones; Haven copies nothing more)."""
+    account = primary_account()
+    if not isinstance(account, AzureStorageAccount):
+        return (
+            "The vault storage is a local directory, which has no availability zones. "
+            "Zone-redundant storage needs an Azure storage account whose own redundancy is ZRS."
+        )
+    try:
+        sku = account.sku()
+    except StorageError as exc:
+        return f"The storage account's redundancy could not be read: {exc}"
+    if "ZRS" in sku.upper():  # Standard_ZRS, Premium_ZRS, Standard_GZRS, Standard_RAGZRS
+        return ""
+    return (
+        f"The portal's storage account is {sku or 'of an unknown kind'}, not zone-redundant. "
+        "Zone-redundant storage needs an Azure storage account whose own redundancy is ZRS."
+    )
 
 
 # The portal's own scratch container for Recover Data downloads (jobs.recovery.services):
@@ -485,5 +537,8 @@ def account_for_role(role: str) -> StorageAccount:
     if role == "primary":
         return primary_account()
     if role == "secondary":
-        return secondary_account()
+        account = secondary_account()
+        if account is None:
+            raise ValueError("no secondary storage is configured on this portal")
+        return account
     raise ValueError(f"unknown storage account role {role!r}")

@@ -52,13 +52,16 @@ def run_restore_job(
     on_conflict: str,
     restore_permissions: bool,
     source_machine_id: str = "",
+    source_region: str = "",
     max_per_second: float = 1.0,
     heartbeat: float = 2.0,
 ) -> dict:
     """Run restore job ``job_id`` with live progress; returns the result posted."""
 
     def work(run: JobRun) -> JobResult:
-        repo, _ = open_for_task(ctx, source_machine_id, cached=False)  # before any write
+        repo, _ = open_for_task(
+            ctx, source_machine_id, cached=False, region=source_region
+        )  # before any write
         res = ops.restore(
             repo,
             recovery_point=recovery_point,
@@ -91,11 +94,12 @@ def run_download_job(
     paths: list[str],
     max_bytes: int = protocol.DOWNLOAD_MAX_BYTES,
     source_machine_id: str = "",
+    source_region: str = "",
 ) -> dict:
     """Build the archive of a few files and stream it to the portal for the browser."""
 
     def work(run: JobRun) -> JobResult:
-        repo, _ = open_for_task(ctx, source_machine_id)
+        repo, _ = open_for_task(ctx, source_machine_id, region=source_region)
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
             made = ops.download_archive(
                 repo,

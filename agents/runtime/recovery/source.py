@@ -20,6 +20,12 @@ the reference's "another server" recovery — needs two things:
 
 Without the passphrase the grant gives only ciphertext, so the vault stays the trust boundary,
 as in the reference (vault credentials + passphrase recover anywhere).
+
+**Cross Region Restore** (``region`` = ``protocol.REGION_SECONDARY``, in the task message): the
+recovery reads the geo-redundant vault's secondary copy, through a read-only grant the portal
+issues for it (``region`` in the grant request) — for this machine's own backups too, since its
+saved grant opens only the primary. The primary storage is never touched, so a restore works
+while it is down.
 """
 
 from __future__ import annotations
@@ -57,7 +63,8 @@ class Source:
     """The machine whose recovery points are read. ``state`` is the portal's word for a
     machine that is gone ("Unregistered on 2026-12-01", "Replaced by web-01 on …"; ""
     while registered); ``others`` the other machines the name given could have meant
-    (the portal's summaries: id, name, state, latest_point)."""
+    (the portal's summaries: id, name, state, latest_point); ``region`` which copy is read
+    (the secondary one for Cross Region Restore)."""
 
     machine_id: str
     machine_name: str
@@ -65,6 +72,7 @@ class Source:
     own: bool = True
     state: str = ""
     others: list[dict] = field(default_factory=list)
+    region: str = protocol.REGION_PRIMARY
 
     @property
     def option(self) -> str:
@@ -82,27 +90,37 @@ def resolve_source(
     machine: str | None = None,
     machine_id: str | None = None,
     vault_credentials: bytes = b"",
+    region: str = protocol.REGION_PRIMARY,
 ) -> Source:
     """This machine (``machine`` and ``machine_id`` empty, or this machine's id) or another
     machine of the vault — registered, unregistered or replaced — for which the portal hands
     out a read-only grant (as a person authorised: in the portal, or by the
-    ``vault_credentials`` file's text).
+    ``vault_credentials`` file's text). ``region`` secondary: the grant is to the secondary
+    copy, for this machine's own backups as well.
 
     A name goes to the portal even when it is this machine's own: on a machine registered
     with ``--replace`` under its old name, the name means the old machine, whose backups are
     in its own container (the portal's rule: jobs.recovery.services._find_source)."""
+    secondary = region == protocol.REGION_SECONDARY
     own = Source(registration.machine_id, registration.machine_name, registration.grant, own=True)
-    if not machine and not machine_id:
-        return own
-    if registration.machine_id in (machine, machine_id):
+    asks_own = (not machine and not machine_id) or registration.machine_id in (machine, machine_id)
+    if asks_own and not secondary:
         return own
     if portal is None:
-        if machine == registration.machine_name:
+        if machine == registration.machine_name and not secondary:
             return own
         raise SourceRefused(
-            "reading another machine's backups needs the portal (for a read-only storage grant)"
+            "reading another machine's backups, or the secondary copy, needs the portal (for "
+            "a read-only storage grant)"
         )
-    payload = {"source_machine_id": machine_id} if machine_id else {"source_machine": machine}
+    if asks_own:
+        payload = {"source_machine_id": registration.machine_id}
+    elif machine_id:
+        payload = {"source_machine_id": machine_id}
+    else:
+        payload = {"source_machine": machine}
+    if secondary:
+        payload["region"] = protocol.REGION_SECONDARY
     if vault_credentials:
         payload["vault_credentials"] = vault_credentials.decode("utf-8", "replace")
     try:
@@ -110,21 +128,23 @@ def resolve_source(
     except PortalRefused as exc:
         raise SourceRefused(str(exc)) from None
     except PortalUnreachable:
-        if machine == registration.machine_name:  # its own backups need no portal
+        if machine == registration.machine_name and not secondary:  # its own backups need no portal
             return own
         raise
     info = answer.get("machine") or {}
     found_id = str(info.get("id") or machine_id or machine)
-    if found_id == registration.machine_id:
+    region_read = protocol.REGION_SECONDARY if secondary else protocol.REGION_PRIMARY
+    if found_id == registration.machine_id and not secondary:
         return own
     gone = info.get("unregistered_at")
     return Source(
         found_id,
-        str(info.get("name") or machine),
+        str(info.get("name") or machine or registration.machine_name),
         dict(answer.get("grant") or {}),
-        own=False,
+        own=found_id == registration.machine_id,
         state=str(info.get("state") or "") if gone else "",
         others=[o for o in answer.get("other_machines") or [] if isinstance(o, dict)],
+        region=region_read,
     )
 
 
@@ -214,10 +234,15 @@ _opened: dict[str, tuple[float, Repository]] = {}
 _opened_lock = threading.Lock()
 
 
-def _task_source(ctx: AgentContext, source_machine_id: str | None) -> Source:
+def _task_source(ctx: AgentContext, source_machine_id: str | None, region: str) -> Source:
     source = resolve_source(
-        registration=ctx.registration, portal=ctx.portal, machine_id=source_machine_id or None
+        registration=ctx.registration,
+        portal=ctx.portal,
+        machine_id=source_machine_id or None,
+        region=region or protocol.REGION_PRIMARY,
     )
+    if source.region != protocol.REGION_PRIMARY:
+        return source
     if source.own and ctx.portal is not None and "open_store" not in ctx.extra:
         storage_grant.renew_grant(ctx.registration, ctx.portal, save=False)
         source.grant = ctx.registration.grant
@@ -227,18 +252,23 @@ def _task_source(ctx: AgentContext, source_machine_id: str | None) -> Source:
 def _task_store(ctx: AgentContext, source: Source):
     if "open_store_for" in ctx.extra:
         return ctx.extra["open_store_for"](source.machine_id)
-    if source.own and "open_store" in ctx.extra:
+    if source.own and source.region == protocol.REGION_PRIMARY and "open_store" in ctx.extra:
         return ctx.extra["open_store"]()
     return open_store(source, ctx.settings)
 
 
 def open_for_task(
-    ctx: AgentContext, source_machine_id: str | None, *, cached: bool = True
+    ctx: AgentContext,
+    source_machine_id: str | None,
+    *,
+    cached: bool = True,
+    region: str = protocol.REGION_PRIMARY,
 ) -> tuple[Repository, Source]:
-    """The repository a task reads (this machine's, or ``source_machine_id``'s) and its
-    source; for browsing, an opened repository is kept ``REPO_TTL`` seconds."""
-    source = _task_source(ctx, source_machine_id)
-    key = source.machine_id
+    """The repository a task reads (this machine's, or ``source_machine_id``'s, in the
+    primary storage or the secondary copy) and its source; for browsing, an opened
+    repository is kept ``REPO_TTL`` seconds."""
+    source = _task_source(ctx, source_machine_id, region)
+    key = f"{source.machine_id}:{source.region}"
     if cached:
         with _opened_lock:
             hit = _opened.get(key)

@@ -7,6 +7,9 @@ Questions (recovery points, a folder, a name search, a file's versions) carry a
 which the portal keeps in its cache for a minute or two and never in its database. A
 question's task returns only ``{"ok": ...}``, so no file name lands in a result store.
 
+``source_region`` (``protocol.REGIONS``; empty = primary) says which copy to read: the
+secondary one is Cross Region Restore (recovery.source).
+
 Restores and downloads are jobs (``job_id``, ``recovery.jobs``, run by the one job runner).
 A restore runs in its task, which is acknowledged only when the restore is done: the worker
 has a few pool threads (``agents.runtime.worker``), so it keeps answering questions
@@ -59,11 +62,13 @@ def _answer(ctx: AgentContext, request_id: str, compute) -> dict:
 
 
 @agent_task(wire.RECOVERY_POINTS_TASK)
-def points(ctx: AgentContext, *, request_id: str, source_machine_id: str = "") -> dict:
+def points(
+    ctx: AgentContext, *, request_id: str, source_machine_id: str = "", source_region: str = ""
+) -> dict:
     """The recovery points of ``source_machine_id`` (this machine when empty)."""
 
     def compute():
-        repo, source = open_for_task(ctx, source_machine_id)
+        repo, source = open_for_task(ctx, source_machine_id, region=source_region)
         return {"machine": source.machine_name, "recovery_points": ops.recovery_points(repo)}
 
     return _answer(ctx, request_id, compute)
@@ -77,11 +82,12 @@ def browse(
     recovery_point: str,
     path: str = "/",
     source_machine_id: str = "",
+    source_region: str = "",
 ) -> dict:
     """One folder of a recovery point."""
 
     def compute():
-        repo, _ = open_for_task(ctx, source_machine_id)
+        repo, _ = open_for_task(ctx, source_machine_id, region=source_region)
         listing = ops.ls(repo, recovery_point=recovery_point, path=path or "/")
         listing["truncated"] = len(listing["entries"]) > MAX_LISTED
         listing["entries"] = listing["entries"][:MAX_LISTED]
@@ -99,11 +105,12 @@ def search(
     recovery_points: list[str] | None = None,
     limit: int = ops.DEFAULT_FIND_LIMIT,
     source_machine_id: str = "",
+    source_region: str = "",
 ) -> dict:
     """File names matching ``pattern`` across recovery points."""
 
     def compute():
-        repo, _ = open_for_task(ctx, source_machine_id)
+        repo, _ = open_for_task(ctx, source_machine_id, region=source_region)
         return ops.find(
             repo,
             pattern=pattern,
@@ -115,11 +122,18 @@ def search(
 
 
 @agent_task(wire.VERSIONS_TASK)
-def versions(ctx: AgentContext, *, request_id: str, path: str, source_machine_id: str = "") -> dict:
+def versions(
+    ctx: AgentContext,
+    *,
+    request_id: str,
+    path: str,
+    source_machine_id: str = "",
+    source_region: str = "",
+) -> dict:
     """Every version of one file across recovery points."""
 
     def compute():
-        repo, _ = open_for_task(ctx, source_machine_id)
+        repo, _ = open_for_task(ctx, source_machine_id, region=source_region)
         return ops.versions(repo, path=path)
 
     return _answer(ctx, request_id, compute)
@@ -137,6 +151,7 @@ def restore(
     on_conflict: str = wire.CONFLICT_COPY,
     restore_permissions: bool = False,
     source_machine_id: str = "",
+    source_region: str = "",
 ) -> dict:
     """Restore ``paths`` of ``recovery_point`` under ``target`` ("/" = original location)."""
     return run_restore_job(
@@ -148,6 +163,7 @@ def restore(
         on_conflict=on_conflict,
         restore_permissions=bool(restore_permissions),
         source_machine_id=source_machine_id,
+        source_region=source_region,
     )
 
 
@@ -160,6 +176,7 @@ def download(
     paths: list[str],
     max_bytes: int = wire.DOWNLOAD_MAX_BYTES,
     source_machine_id: str = "",
+    source_region: str = "",
 ) -> dict:
     """A small archive of ``paths`` for the portal's Download button."""
     return run_download_job(
@@ -169,4 +186,5 @@ def download(
         paths=list(paths),
         max_bytes=max_bytes,
         source_machine_id=source_machine_id,
+        source_region=source_region,
     )

@@ -14,6 +14,7 @@ from vaults.storage import primary_account
 def local_storage(settings, tmp_path):
     """The local-directory backend, in temporary directories."""
     settings.AZURE_STORAGE_CONNECTION_STRING = None
+    settings.SECONDARY_STORAGE_CONNECTION_STRING = None
     settings.STORAGE_DIR = tmp_path / "storage"
     settings.SECONDARY_STORAGE_DIR = tmp_path / "storage-secondary"
     settings.HAVEN_PUBLIC_URL = "http://testserver"

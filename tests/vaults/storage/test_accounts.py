@@ -14,6 +14,8 @@ from vaults.storage import (
     LocalStorageAccount,
     primary_account,
     secondary_account,
+    secondary_unavailable_reason,
+    zone_redundancy_reason,
 )
 
 
@@ -26,19 +28,33 @@ def test_without_azure_the_accounts_are_local_directories(local_storage):
     assert secondary.role == "secondary"
 
 
-def test_an_empty_secondary_directory_means_suffixed_containers_beside_the_primary(local_storage):
-    local_storage.SECONDARY_STORAGE_DIR = ""
-    secondary = secondary_account()
-    assert secondary.root == local_storage.STORAGE_DIR
-    assert secondary.directory("vault-1").name == "vault-1-secondary"
+@pytest.mark.parametrize("folder", ["", None, "same"])
+def test_no_second_directory_means_no_secondary(local_storage, folder):
+    """Never a copy beside the original: an empty setting, or the primary's own directory."""
+    local_storage.SECONDARY_STORAGE_DIR = local_storage.STORAGE_DIR if folder == "same" else folder
+    assert secondary_account() is None
+    assert "HAVEN_SECONDARY_STORAGE_DIR" in secondary_unavailable_reason()
 
 
-def test_with_a_connection_string_the_accounts_are_azure(azure_storage):
+def test_with_a_connection_string_the_accounts_are_azure(azure_storage, azurite_secondary):
+    assert secondary_account() is None  # a second Azure account, or none
+    assert "HAVEN_SECONDARY_STORAGE_CONNECTION_STRING" in secondary_unavailable_reason()
+    azure_storage.SECONDARY_STORAGE_CONNECTION_STRING = azurite_secondary
     primary, secondary = primary_account(), secondary_account()
     assert isinstance(primary, AzureStorageAccount)
     assert isinstance(secondary, AzureStorageAccount)
-    assert secondary.physical_name("vault-1") == "vault-1-secondary"
+    assert secondary.endpoint != primary.endpoint and secondary.role == "secondary"
     assert primary_account() is primary  # one client (and connection pool) per process
+
+
+def test_zone_redundancy_is_offered_only_for_a_zone_redundant_azure_account(
+    local_storage, monkeypatch
+):
+    assert "local directory" in zone_redundancy_reason()
+    local_storage.AZURE_STORAGE_CONNECTION_STRING = azurite_connection_string(1)
+    for sku, offered in (("Standard_ZRS", True), ("Standard_GZRS", True), ("Standard_LRS", False)):
+        monkeypatch.setattr(AzureStorageAccount, "sku", lambda self, sku=sku: sku)
+        assert (zone_redundancy_reason() == "") is offered, sku
 
 
 @pytest.fixture(params=["local", "azure"])

@@ -11,7 +11,7 @@ from azure.storage.blob import AccessPolicy, generate_container_sas
 
 from agents.runtime.blobstore import BlobForbidden, GrantExpired, open_grant
 from agents.runtime.blobstore.azure import AzureBlobStore
-from vaults.storage import SECONDARY_SUFFIX, primary_account, secondary_account
+from vaults.storage import primary_account, secondary_account
 
 
 def in_an_hour() -> datetime:
@@ -104,12 +104,21 @@ def test_grants_with_other_permissions_get_their_own_policy(azure_container):
         reader.get("a")
 
 
-def test_secondary_containers_share_the_account_with_a_suffix(azure_storage, container_name):
+def test_without_a_second_account_an_azure_portal_has_no_secondary(azure_storage):
+    azure_storage.SECONDARY_STORAGE_CONNECTION_STRING = None
+    assert secondary_account() is None
+
+
+def test_secondary_containers_live_in_the_second_account(
+    azure_storage, azurite_secondary, container_name
+):
+    azure_storage.SECONDARY_STORAGE_CONNECTION_STRING = azurite_secondary
     account = secondary_account()
     account.create_container(container_name)
     try:
         grant = account.issue_grant(container_name, expires_at=in_an_hour())
-        assert grant["container_url"].endswith(f"/{container_name}{SECONDARY_SUFFIX}")
+        assert grant["container_url"].endswith(f"/{container_name}")
+        assert grant["container_url"].split("/")[2] != primary_account().endpoint
         assert grant["container"] == container_name
         with open_grant(grant) as store:
             store.put("replica", b"r")
