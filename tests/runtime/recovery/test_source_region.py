@@ -17,7 +17,7 @@ class Portal:
     def post(self, path, body):
         self.asked.append((path, body))
         return {"grant": {"kind": "haven-http", "permissions": "rl"}, "machine": {
-            "id": body["source_machine"], "name": "web-01"}}  # fmt: skip
+            "id": body.get("source_machine_id") or body["source_machine"], "name": "web-01"}}  # fmt: skip
 
 
 REGISTRATION = SimpleNamespace(machine_id="m1", machine_name="web-01", grant={"own": True})
@@ -35,7 +35,7 @@ def test_the_secondary_copy_is_asked_for_even_for_its_own_backups():
         registration=REGISTRATION, portal=portal, region=protocol.REGION_SECONDARY
     )
     assert portal.asked == [
-        ("recovery/grant/", {"source_machine": "m1", "region": protocol.REGION_SECONDARY})
+        ("recovery/grant/", {"source_machine_id": "m1", "region": protocol.REGION_SECONDARY})
     ]
     assert source.own and source.region == protocol.REGION_SECONDARY
     assert source.grant == {"kind": "haven-http", "permissions": "rl"}
