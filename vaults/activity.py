@@ -6,9 +6,13 @@ refusal is usually raised inside a transaction that rolls back, so record it aft
 exception left that transaction (``refusals_recorded`` does it), or the refusal would
 vanish with the rest.
 
-Who: the request's user (or ``user=``), their name kept as a snapshot; a machine's own call
+Who: ``user=``, or the request's user, their name kept as a snapshot; a machine's own call
 (registration, say) has no user and names the machine in ``username``. From where: the
 client address as ``portal.throttle.client_address`` sees it (``HAVEN_TRUSTED_PROXIES``).
+A service need not pass the request along: ``RequestMiddleware`` keeps the request being
+served in a context variable (as django-auditlog does), and ``record`` reads the address
+(and, when no ``user`` is given, the user or the calling machine) from it. Work done
+outside a request (the scheduler, a worker) has no address.
 On what: the subscription, the vault (id and name, kept after the vault is gone) and one
 resource (a machine, a policy, a job, a credentials file, a membership), as kind, id, name.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +38,23 @@ Operation = ActivityEntry.Operation
 Outcome = ActivityEntry.Outcome
 
 RESOURCE_NAME_MAX = 255
+
+_current_request: ContextVar = ContextVar("haven_activity_request", default=None)
+
+
+class RequestMiddleware:
+    """Keep the request being served where ``record`` finds it (settings.MIDDLEWARE, after
+    authentication)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        token = _current_request.set(request)
+        try:
+            return self.get_response(request)
+        finally:
+            _current_request.reset(token)
 
 
 @dataclass(frozen=True)
@@ -73,19 +95,26 @@ def record(
 ) -> ActivityEntry:
     """Store one entry and return it.
 
-    ``request`` gives the user (when ``user`` is not given) and the client address.
-    ``vault`` gives the subscription when ``subscription`` is not given. ``actor`` names
-    who acted when no person did (``"machine web-01"``). ``detail`` must be JSON: a
-    policy's diff, the redundancy before and after, a job's id.
+    ``request`` (by default the one being served) gives the user when ``user`` is not
+    given, and the client address. ``vault`` gives the subscription when ``subscription``
+    is not given. ``actor`` names who acted when no person did (``"machine web-01"``; by
+    default the machine whose token authenticated the request). ``detail`` is kept as
+    JSON: a policy's diff, the redundancy before and after, a job's id.
     """
     if operation not in Operation.values:
         raise ValueError(f"unknown activity operation {operation!r}")
     if outcome not in Outcome.values:
         raise ValueError(f"unknown activity outcome {outcome!r}")
+    if request is None:
+        request = _current_request.get()
     if user is None and request is not None:
         candidate = getattr(request, "user", None)
         if candidate is not None and candidate.is_authenticated:
             user = candidate
+    if user is None and not actor and request is not None:
+        machine = getattr(request, "machine", None)
+        if machine is not None:
+            actor = f"machine {machine.name}"
     if user is not None and not getattr(user, "is_authenticated", False):
         user = None
     subscription_id = subscription.pk if subscription is not None else None
@@ -134,15 +163,20 @@ def refusals_recorded(
     *,
     operation: str,
     refused: tuple[type[BaseException], ...] = (PermissionDenied, ValidationError),
+    failed: tuple[type[BaseException], ...] = (),
     **fields,
 ) -> Iterator[None]:
-    """Record a refused entry when the block raises one of ``refused``, then re-raise.
+    """Record a refused entry when the block raises one of ``refused`` (a failed one for
+    ``failed``), then re-raise.
 
     Use it outside the transaction that the refusal rolls back. ``fields`` are ``record``'s
-    (``request``, ``vault``, ``resource``, ``detail``...).
+    (``request``, ``user``, ``vault``, ``resource``, ``detail``...).
     """
     try:
         yield
+    except failed as exc:
+        record(operation=operation, outcome=Outcome.FAILED, reason=refusal_reason(exc), **fields)
+        raise
     except refused as exc:
         record(operation=operation, outcome=Outcome.REFUSED, reason=refusal_reason(exc), **fields)
         raise

@@ -22,9 +22,15 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from portal import access
 from portal.models import ResourceGroup, Role, Subscription
-from vaults import selectors, services
+from vaults import activity, selectors, services
+from vaults.activity import Operation
 from vaults.chart import usage_chart_svg
-from vaults.credentials import VALID_FOR, credentials_issue, credentials_revoke
+from vaults.credentials import (
+    VALID_FOR,
+    credential_resource,
+    credentials_issue,
+    credentials_revoke,
+)
 from vaults.models import Vault, VaultCredential
 
 AGENT_INSTALLER_URL = "/machines/agent/installer/"
@@ -329,7 +335,9 @@ def backup_configuration(request, vault_id):
     context = _vault_context(request, vault, "properties")
     errors: list[str] = []
     if request.method == "POST":
-        vault = _load(request, vault_id, role=Role.CONTRIBUTOR)
+        activity.require_role(
+            request, vault=vault, role=Role.CONTRIBUTOR, operation=Operation.REDUNDANCY_CHANGE
+        )
         try:
             services.vault_redundancy_set(
                 vault=vault, redundancy=request.POST.get("redundancy", ""), user=request.user
@@ -404,7 +412,10 @@ def credentials_list(request, vault_id):
 @login_required
 @require_POST
 def credentials_download(request, vault_id):
-    vault = _load(request, vault_id, role=Role.BACKUP_OPERATOR)
+    vault = _load(request, vault_id)
+    activity.require_role(
+        request, vault=vault, role=Role.BACKUP_OPERATOR, operation=Operation.CREDENTIALS_DOWNLOAD
+    )
     back = request.POST.get("next") or reverse("vaults:backup", args=[vault.pk])
     if not back.startswith("/"):
         back = reverse("vaults:backup", args=[vault.pk])
@@ -433,10 +444,17 @@ def credentials_download(request, vault_id):
 @login_required
 @require_POST
 def credentials_revoke_view(request, vault_id, credential_id):
-    vault = _load(request, vault_id, role=Role.BACKUP_OPERATOR)
+    vault = _load(request, vault_id)
     credential = VaultCredential.objects.filter(vault=vault, pk=credential_id).first()
     if credential is None:
         raise Http404("No such credentials")
+    activity.require_role(
+        request,
+        vault=vault,
+        role=Role.BACKUP_OPERATOR,
+        operation=Operation.CREDENTIALS_REVOKE,
+        resource=credential_resource(credential),
+    )
     credentials_revoke(credential=credential, user=request.user)
     messages.success(request, f"Credentials {str(credential.pk)[:8]} revoked.")
     return redirect("vaults:credentials", vault.pk)
@@ -450,7 +468,9 @@ def vault_delete(request, vault_id):
     context = _vault_context(request, vault, "overview")
     error = ""
     if request.method == "POST":
-        vault = _load(request, vault_id, role=Role.CONTRIBUTOR)
+        activity.require_role(
+            request, vault=vault, role=Role.CONTRIBUTOR, operation=Operation.VAULT_DELETE
+        )
         if request.POST.get("confirm_name", "").strip() != vault.name:
             error = f"Type the vault's name, {vault.name}, to confirm."
         else:
