@@ -20,10 +20,12 @@ resource (a machine, a policy, a job, a credentials file, a membership), as kind
 from __future__ import annotations
 
 import contextlib
+import json
 import uuid
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -197,3 +199,80 @@ def require_role(request, *, vault, role: str, operation: str, resource: Any = N
         resource=resource,
     ):
         access.check_role(request.user, vault.subscription_id, role)
+
+
+# --- reading it back: the page's Details column and the CSV export ---------------------------
+def _shown(value) -> str:
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(_shown(v) for v in value) or "none"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_shown(v)}" for k, v in value.items())
+    return str(value)
+
+
+def detail_lines(detail: dict) -> list[str]:
+    """``detail`` in words, one line per fact: "grs → lrs", "retention.daily.days: 7 → 30",
+    "Target: web-02"."""
+    lines = []
+    if "from" in detail and "to" in detail:
+        lines.append(f"{_shown(detail['from'])} → {_shown(detail['to'])}")
+    for key, value in detail.items():
+        if key in ("from", "to"):
+            continue
+        if key == "changes" and isinstance(value, dict):
+            for name, change in value.items():
+                if isinstance(change, dict):
+                    lines.append(
+                        f"{name}: {_shown(change.get('from'))} → {_shown(change.get('to'))}"
+                    )
+        else:
+            lines.append(f"{key.replace('_', ' ').capitalize()}: {_shown(value)}")
+    return lines
+
+
+CSV_HEADER = [
+    "Time (UTC)",
+    "Operation",
+    "Operation code",
+    "Outcome",
+    "Initiated by",
+    "Client address",
+    "Vault",
+    "Vault ID",
+    "Resource type",
+    "Resource ID",
+    "Resource",
+    "Reason",
+    "Details",
+]
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP's "CSV
+# injection"): such a cell is written with a leading apostrophe, which shows it as text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value) -> str:
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def csv_row(entry: ActivityEntry) -> list[str]:
+    cells = [
+        entry.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        entry.get_operation_display(),
+        entry.operation,
+        entry.get_outcome_display(),
+        entry.username,
+        entry.address,
+        entry.vault_name,
+        str(entry.vault_id) if entry.vault_id else "",
+        entry.resource_kind,
+        entry.resource_id,
+        entry.resource_name,
+        entry.reason,
+        json.dumps(entry.detail, ensure_ascii=False, sort_keys=True) if entry.detail else "",
+    ]
+    return [csv_safe(cell) for cell in cells]
