@@ -292,6 +292,15 @@ def activity_usernames(scope: QuerySet) -> list[str]:
     return sorted(names, key=str.lower)
 
 
+def activity_operations(scope: QuerySet) -> list[tuple[str, str]]:
+    """The operations ``scope`` holds, as (value, label) in the enum's order, for the
+    operation filter (one query): it offers only what the log can show."""
+    from vaults.models import ActivityEntry
+
+    present = set(scope.order_by().values_list("operation", flat=True).distinct())
+    return [(v, label) for v, label in ActivityEntry.Operation.choices if v in present]
+
+
 def activity_page(qs: QuerySet, page) -> Page:
     """One page of entries: two queries (the count and the rows) whatever the page size."""
     return Paginator(qs, ACTIVITY_PAGE_SIZE).get_page(page)

@@ -544,7 +544,7 @@ def subscription_activity_export(request, subscription_id):
 
 def _activity_context(request, scope) -> dict:
     """The filtered page of entries and the filter choices: four queries, whatever the
-    number of rows (the count, the page, the user names)."""
+    number of rows (the count, the page, the operations and the user names present)."""
     filters = selectors.ActivityFilters.from_query(request.GET)
     page = selectors.activity_page(
         selectors.activity_filtered(scope, filters), request.GET.get("page", 1)
@@ -557,7 +557,7 @@ def _activity_context(request, scope) -> dict:
         "page": page,
         "entries": entries,
         "query": filters.as_query(),
-        "operations": Operation.choices,
+        "operations": selectors.activity_operations(scope),
         "outcomes": activity.Outcome.choices,
         "ranges": [(key, label) for key, (label, _) in selectors.ACTIVITY_RANGES.items()],
         "usernames": selectors.activity_usernames(scope),

@@ -74,6 +74,9 @@ def test_filters_by_operation_user_outcome_and_time(client, vault, alice, member
     assert shown(operation=Operation.VAULT_DELETE) == [Operation.VAULT_DELETE]
     assert shown(user="bob") == sorted([Operation.VAULT_DELETE, Operation.CREDENTIALS_DOWNLOAD])
     assert shown(outcome="refused") == [Operation.VAULT_DELETE]
+    # The operation filter offers what the log holds, nothing it cannot show.
+    offered = client.get(url).content.decode()
+    assert ">Delete vault</option>" in offered and "Use security PIN" not in offered
     tomorrow = (timezone.localdate() + timedelta(days=1)).isoformat()
     assert shown(range="custom", start=tomorrow) == []
     assert shown(operation="nonsense", range="nonsense", start="x") == shown()
