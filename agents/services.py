@@ -21,6 +21,8 @@ from agents import broker
 from agents.api_auth import machine_token_issue, machine_tokens_revoke
 from agents.models import Machine, SourceGrantAuthorisation
 from portal.models import Role
+from vaults import activity
+from vaults.activity import Operation, Outcome
 from vaults.models import Vault, VaultCredential
 
 log = logging.getLogger(__name__)
@@ -121,8 +123,61 @@ def machine_register(
     replace: bool = False,
     replaces_machine_id: str = "",
 ) -> tuple[Machine, dict]:
-    """Register a machine with the vault the credentials name; returns (machine, answer)."""
+    """Register a machine with the vault the credentials name; returns (machine, answer).
+
+    The registration, and a refusal once the credentials are known to be the vault's, is
+    in the vault's activity log, by "machine NAME" with the credentials' downloader.
+    """
     credential = _credentials_verify(content)
+    try:
+        return _register(
+            credential,
+            machine_name=machine_name,
+            hostname=hostname,
+            os_name=os_name,
+            agent_version=agent_version,
+            time_zone=time_zone,
+            replace=replace,
+            replaces_machine_id=replaces_machine_id,
+        )
+    except MachineError as exc:
+        name = (machine_name or "").strip()[:63]
+        activity.record(
+            operation=Operation.MACHINE_REPLACE if replace else Operation.MACHINE_REGISTER,
+            vault=credential.vault,
+            actor=f"machine {name}",
+            resource=activity.Resource(kind="machine", name=name),
+            outcome=Outcome.FAILED if exc.status >= 500 else Outcome.REFUSED,
+            reason=exc.message,
+            detail=_registration_detail(credential, hostname=hostname),
+        )
+        raise
+
+
+def _registration_detail(credential: VaultCredential, *, hostname: str, replaced=()) -> dict:
+    detail = {
+        "hostname": hostname[:255],
+        "credentials": str(credential.pk)[:8],
+        "credentials_downloaded_by": (
+            credential.issued_by.get_username() if credential.issued_by else ""
+        ),
+    }
+    if replaced:
+        detail["replaced"] = [{"id": str(m.pk), "name": m.name} for m in replaced]
+    return detail
+
+
+def _register(
+    credential: VaultCredential,
+    *,
+    machine_name: str,
+    hostname: str,
+    os_name: str,
+    agent_version: str,
+    time_zone: str,
+    replace: bool,
+    replaces_machine_id: str,
+) -> tuple[Machine, dict]:
     vault = credential.vault
     if vault.state != Vault.State.READY:
         raise MachineError(
@@ -212,6 +267,13 @@ def machine_register(
                 broker_password_sha256=connection["broker_password_sha256"],
             )
             machine.broker_username = made_user
+            activity.record(
+                operation=Operation.MACHINE_REPLACE if earlier else Operation.MACHINE_REGISTER,
+                vault=vault,
+                actor=f"machine {machine.name}",
+                resource=machine,
+                detail=_registration_detail(credential, hostname=hostname, replaced=earlier),
+            )
             # Last, the earlier registrations' outside access goes (nothing can fail after).
             for old in earlier:
                 _revoke_outside_access(old)
@@ -292,14 +354,24 @@ def _revoke_outside_access(machine: Machine) -> None:
                 log.warning("could not revoke secondary grants of %s: %s", machine.container, exc)
 
 
-def machine_unregister(*, machine: Machine) -> Machine:
-    """Unregister: API tokens, broker user and storage grants stop working at once."""
+def machine_unregister(*, machine: Machine, user=None, detail: dict | None = None) -> Machine:
+    """Unregister: API tokens, broker user and storage grants stop working at once.
+
+    ``user`` is the person who asked (None when the machine itself did, through the API).
+    """
     with transaction.atomic():
         updated = Machine.objects.filter(pk=machine.pk, unregistered_at__isnull=True).update(
             unregistered_at=timezone.now()
         )
         machine_tokens_revoke(machine=machine)
         if updated:
+            activity.record(
+                operation=Operation.MACHINE_UNREGISTER,
+                user=user,
+                vault=machine.vault,
+                resource=machine,
+                detail=detail,
+            )
             try:
                 _revoke_outside_access(machine)
             except broker.BrokerUnavailable as exc:
@@ -358,7 +430,7 @@ def machine_registration_rollback(*, machine: Machine) -> None:
             409,
         )
     if machine.last_seen_at is not None:
-        machine_unregister(machine=machine)
+        machine_unregister(machine=machine, detail={"rollback": True})
         return
     with transaction.atomic():
         # Lock the row: a job queued for it now waits for this decision.
@@ -380,16 +452,26 @@ def machine_registration_rollback(*, machine: Machine) -> None:
             VaultCredential.objects.filter(
                 pk=machine.credential_id, used_by_machine=machine.pk
             ).update(used_at=None, used_by_machine=None)
+        deleted = True
         try:
             with transaction.atomic():
                 Machine.objects.filter(pk=machine.pk).delete()
         except ProtectedError:  # a record that must outlive it (a job, a point) names it
             Machine.objects.filter(pk=machine.pk).update(unregistered_at=timezone.now())
+            deleted = False
+        activity.record(
+            operation=Operation.MACHINE_UNREGISTER,
+            vault=machine.vault,
+            resource=machine,
+            detail={"rollback": True, "deleted": deleted},
+        )
+        if not deleted:
             return
     _cleanup("", machine.container)
 
 
-def machine_rename(*, machine: Machine, name: str) -> Machine:
+def machine_rename(*, machine: Machine, name: str, user=None) -> Machine:
+    old_name = machine.name
     name = (name or "").strip()
     problems = machine_name_problems(name)
     if problems:
@@ -406,6 +488,15 @@ def machine_rename(*, machine: Machine, name: str) -> Machine:
     try:
         with transaction.atomic():
             Machine.objects.filter(pk=machine.pk).update(name=name)
+            if name != old_name:
+                machine.name = name
+                activity.record(
+                    operation=Operation.MACHINE_RENAME,
+                    user=user,
+                    vault=machine.vault,
+                    resource=machine,
+                    detail={"from": old_name, "to": name},
+                )
     except IntegrityError:
         raise MachineError("name_taken", f"A machine named {name!r} exists already.", 409) from None
     machine.refresh_from_db()

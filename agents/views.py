@@ -19,6 +19,8 @@ from agents.models import OFFLINE_AFTER, Machine
 from agents.runtime.version import __version__
 from portal import access
 from portal.models import Role
+from vaults import activity
+from vaults.activity import Operation
 from vaults.models import Vault
 
 
@@ -112,18 +114,34 @@ def machine_status(request, machine_id):
     return render(request, "agents/_status.html", {"machine": machine})
 
 
+def _for_change(request, machine_id, operation: str) -> Machine:
+    """The machine, for a Contributor; a lower role's POST is refused into the activity log."""
+    machine = access.get_for_user(
+        request.user, Machine.objects.select_related("vault"), pk=machine_id
+    )
+    if request.method == "POST":
+        activity.require_role(
+            request,
+            vault=machine.vault,
+            role=Role.CONTRIBUTOR,
+            operation=operation,
+            resource=machine,
+        )
+    else:
+        access.check_role(request.user, machine.vault.subscription_id, Role.CONTRIBUTOR)
+    return machine
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 def machine_rename(request, machine_id):
-    machine = access.get_for_user(
-        request.user, Machine.objects.select_related("vault"), role=Role.CONTRIBUTOR, pk=machine_id
-    )
+    machine = _for_change(request, machine_id, Operation.MACHINE_RENAME)
     error = ""
     name = machine.name
     if request.method == "POST":
         name = request.POST.get("name", "")
         try:
-            services.machine_rename(machine=machine, name=name)
+            services.machine_rename(machine=machine, name=name, user=request.user)
         except services.MachineError as exc:
             error = exc.message
         else:
@@ -140,9 +158,7 @@ def machine_rename(request, machine_id):
 @login_required
 @require_http_methods(["GET", "POST"])
 def machine_unregister(request, machine_id):
-    machine = access.get_for_user(
-        request.user, Machine.objects.select_related("vault"), role=Role.CONTRIBUTOR, pk=machine_id
-    )
+    machine = _for_change(request, machine_id, Operation.MACHINE_UNREGISTER)
     error = ""
     if machine.unregistered_at is not None:
         messages.info(request, f"{machine.name} is unregistered already.")
@@ -152,7 +168,7 @@ def machine_unregister(request, machine_id):
             error = f"Type the machine name ({machine.name}) to confirm."
         else:
             try:
-                services.machine_unregister(machine=machine)
+                services.machine_unregister(machine=machine, user=request.user)
             except services.MachineError as exc:
                 error = exc.message
             else:

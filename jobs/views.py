@@ -19,8 +19,10 @@ from agents.models import Machine
 from jobs import policy_rules, retention, selectors, services
 from jobs.models import BackupPolicy, Job
 from jobs.schedule import Schedule, describe, next_run, zone
-from portal.access import for_user, get_for_user
+from portal.access import check_role, for_user, get_for_user
 from portal.models import Role
+from vaults import activity
+from vaults.activity import Operation
 from vaults.models import Vault
 
 WEEKDAYS = list(enumerate(("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")))
@@ -131,7 +133,17 @@ def _retain_until(raw) -> tuple[date | None, str]:
 @login_required
 @require_http_methods(["GET", "POST"])
 def backup_now(request, machine_id):
-    machine = _machine(request, machine_id, role=Role.BACKUP_OPERATOR)
+    machine = _machine(request, machine_id)
+    if request.method == "POST":
+        activity.require_role(
+            request,
+            vault=machine.vault,
+            role=Role.BACKUP_OPERATOR,
+            operation=Operation.BACKUP_NOW,
+            resource=machine,
+        )
+    else:
+        check_role(request.user, machine.vault.subscription_id, Role.BACKUP_OPERATOR)
     policy = BackupPolicy.objects.filter(machine=machine).first()
     data = request.POST if request.method == "POST" else request.GET
     retain_until, error = _retain_until(data.get("retain_until"))
@@ -264,7 +276,13 @@ def policy_edit(request, machine_id):
     if request.method == "GET":
         spec = policy.spec() if policy else policy_rules.default_spec()
         return render(request, "jobs/policy.html", _policy_context(machine, policy, spec, {}))
-    machine = _machine(request, machine_id, role=Role.CONTRIBUTOR)
+    activity.require_role(
+        request,
+        vault=machine.vault,
+        role=Role.CONTRIBUTOR,
+        operation=Operation.POLICY_CHANGE,
+        resource=activity.Resource(kind="backup policy", id=str(machine.pk), name=machine.name),
+    )
     spec, problems = policy_rules.parse_form(request.POST)
     values = _posted_values(request.POST)
     if not problems:

@@ -33,6 +33,8 @@ from django.utils import timezone
 from portal import signing
 from portal.access import has_role, role_in
 from portal.models import Role
+from vaults import activity
+from vaults.activity import Operation
 from vaults.models import Vault, VaultCredential
 
 FORMAT = "haven-vault-credentials/1"
@@ -131,6 +133,17 @@ def credentials_issue(
             single_use=bool(single_use),
             issued_at=now,
             expires_at=now + VALID_FOR,
+        )
+        activity.record(
+            operation=Operation.CREDENTIALS_DOWNLOAD,
+            user=issued_by,
+            vault=vault,
+            resource=credential_resource(record),
+            detail={
+                "role": role,
+                "single_use": record.single_use,
+                "expires_at": _iso(record.expires_at),
+            },
         )
     credentials = {
         "portal_url": settings.HAVEN_PUBLIC_URL,
@@ -289,11 +302,26 @@ def _uuid_or_none(value: str):
         ) from None
 
 
+def credential_resource(credential: VaultCredential) -> activity.Resource:
+    """A credentials file as the activity log names it (as the Credentials page does)."""
+    return activity.Resource(
+        kind="vault credentials", id=str(credential.pk), name=str(credential.pk)[:8]
+    )
+
+
 def credentials_revoke(*, credential: VaultCredential, user) -> VaultCredential:
     """Revoke one credentials file; machines already registered keep their own tokens."""
     if credential.revoked_at is None:
-        VaultCredential.objects.filter(pk=credential.pk, revoked_at__isnull=True).update(
-            revoked_at=timezone.now(), revoked_by=user
-        )
+        with transaction.atomic():
+            revoked = VaultCredential.objects.filter(
+                pk=credential.pk, revoked_at__isnull=True
+            ).update(revoked_at=timezone.now(), revoked_by=user)
+            if revoked:
+                activity.record(
+                    operation=Operation.CREDENTIALS_REVOKE,
+                    user=user,
+                    vault=credential.vault,
+                    resource=credential_resource(credential),
+                )
         credential.refresh_from_db()
     return credential

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, datetime, time, timedelta
+from urllib.parse import urlencode
 
+from django.core.paginator import Page, Paginator
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
@@ -212,3 +214,144 @@ def vaults_with_machine_counts(qs: QuerySet[Vault]) -> QuerySet[Vault]:
     return qs.annotate(
         machine_count=Count("machines", filter=Q(machines__unregistered_at__isnull=True))
     )
+
+
+# --- activity log -----------------------------------------------------------------------
+ACTIVITY_PAGE_SIZE = 50
+ACTIVITY_RANGES = {
+    "24h": ("Last 24 hours", timedelta(hours=24)),
+    "7d": ("Last 7 days", timedelta(days=7)),
+    "30d": ("Last 30 days", timedelta(days=30)),
+    "90d": ("Last 90 days", timedelta(days=90)),
+    "all": ("All time", None),
+}
+ACTIVITY_DEFAULT_RANGE = "30d"
+# The user picker lists at most this many names (the most recent first).
+ACTIVITY_USER_CHOICES = 200
+
+
+@dataclass
+class ActivityFilters:
+    """The activity log's filters, read from a query string; a value that cannot be one is
+    dropped (an unknown operation, a malformed date), never an error."""
+
+    operation: str = ""
+    user: str = ""
+    outcome: str = ""
+    range: str = ACTIVITY_DEFAULT_RANGE
+    start: date | None = None
+    end: date | None = None
+
+    @classmethod
+    def from_query(cls, query) -> ActivityFilters:
+        from vaults.models import ActivityEntry
+
+        operation = query.get("operation", "")
+        outcome = query.get("outcome", "")
+        chosen = query.get("range", ACTIVITY_DEFAULT_RANGE)
+        filters = cls(
+            operation=operation if operation in ActivityEntry.Operation.values else "",
+            user=query.get("user", "")[:150],
+            outcome=outcome if outcome in ActivityEntry.Outcome.values else "",
+            range=chosen if chosen in (*ACTIVITY_RANGES, "custom") else ACTIVITY_DEFAULT_RANGE,
+        )
+        if filters.range == "custom":
+            filters.start = _day(query.get("start"))
+            filters.end = _day(query.get("end"))
+        return filters
+
+    def as_query(self, **override) -> str:
+        values = {
+            "operation": self.operation,
+            "user": self.user,
+            "outcome": self.outcome,
+            "range": self.range,
+            "start": self.start.isoformat() if self.start else "",
+            "end": self.end.isoformat() if self.end else "",
+        }
+        values.update(override)
+        return urlencode({k: v for k, v in values.items() if v})
+
+
+def _day(value) -> date | None:
+    try:
+        return date.fromisoformat(str(value or "")[:10])
+    except ValueError:
+        return None
+
+
+def activity_scope(*, vault_id=None, subscription_id=None) -> QuerySet:
+    """Every entry of one vault (kept after the vault is gone) or of one subscription."""
+    from vaults.models import ActivityEntry
+
+    if vault_id is not None:
+        return ActivityEntry.objects.filter(vault_id=vault_id)
+    return ActivityEntry.objects.filter(subscription_id=subscription_id)
+
+
+def activity_filtered(scope: QuerySet, filters: ActivityFilters, *, now=None) -> QuerySet:
+    """The entries of ``scope`` that pass ``filters``, newest first."""
+    now = now or timezone.now()
+    qs = scope
+    if filters.operation:
+        qs = qs.filter(operation=filters.operation)
+    if filters.user:
+        qs = qs.filter(username=filters.user)
+    if filters.outcome:
+        qs = qs.filter(outcome=filters.outcome)
+    span = ACTIVITY_RANGES.get(filters.range, (None, None))[1]
+    if span is not None:
+        qs = qs.filter(at__gte=now - span)
+    if filters.range == "custom":
+        tz = timezone.get_current_timezone()
+        if filters.start:
+            qs = qs.filter(at__gte=datetime.combine(filters.start, time.min, tzinfo=tz))
+        if filters.end:
+            end = datetime.combine(filters.end + timedelta(days=1), time.min, tzinfo=tz)
+            qs = qs.filter(at__lt=end)
+    return qs.order_by("-at", "-id")
+
+
+def activity_usernames(scope: QuerySet) -> list[str]:
+    """The names in ``scope``, for the user filter (one query)."""
+    names = (
+        scope.exclude(username="")
+        .order_by()
+        .values_list("username", flat=True)
+        .distinct()[:ACTIVITY_USER_CHOICES]
+    )
+    return sorted(names, key=str.lower)
+
+
+def activity_operations(scope: QuerySet) -> list[tuple[str, str]]:
+    """The operations ``scope`` holds, as (value, label) in the enum's order, for the
+    operation filter (one query): it offers only what the log can show."""
+    from vaults.models import ActivityEntry
+
+    present = set(scope.order_by().values_list("operation", flat=True).distinct())
+    return [(v, label) for v, label in ActivityEntry.Operation.choices if v in present]
+
+
+def activity_page(qs: QuerySet, page) -> Page:
+    """One page of entries: two queries (the count and the rows) whatever the page size."""
+    return Paginator(qs, ACTIVITY_PAGE_SIZE).get_page(page)
+
+
+def activity_batches(qs: QuerySet, *, size: int = 500):
+    """``qs`` (ordered newest first) in lists of ``size``, by keyset: each batch is one query
+    that starts after the last row of the one before, so an export of any length holds one
+    batch in memory and never skips or repeats a row written meanwhile."""
+    after = None
+    while True:
+        batch = activity_batch(qs, after=after, size=size)
+        if not batch:
+            return
+        yield batch
+        after = (batch[-1].at, batch[-1].pk)
+
+
+def activity_batch(qs: QuerySet, *, after=None, size: int = 500) -> list:
+    if after is not None:
+        at, pk = after
+        qs = qs.filter(Q(at__lt=at) | Q(at=at, pk__lt=pk))
+    return list(qs[:size])

@@ -27,7 +27,8 @@ from agents.runtime.blobstore.base import StorageError
 from portal import realtime
 from portal.models import Notification, ResourceGroup, Subscription
 from portal.services import notification_publish, resource_group_create
-from vaults import storage
+from vaults import activity, storage
+from vaults.activity import Operation
 from vaults.models import Vault, VaultUsageSample
 from vaults.selectors import vault_delete_blockers, vault_redundancy_locked_reason
 
@@ -212,6 +213,16 @@ def vault_create(
             raise ValidationError(
                 {"name": [f"A vault named {name!r} already exists in subscription {subscription}."]}
             ) from None
+        activity.record(
+            operation=Operation.VAULT_CREATE,
+            user=created_by,
+            vault=vault,
+            detail={
+                "location": location,
+                "resource_group": resource_group.name,
+                "redundancy": vault.redundancy,
+            },
+        )
         _deployment_started(vault, user=created_by)
     return vault
 
@@ -392,8 +403,20 @@ def vault_redundancy_set(*, vault: Vault, redundancy: str, user) -> Vault:
     """Change the storage redundancy; allowed only until the first item is protected.
 
     Choosing geo-redundant provisions the secondary container (when a secondary account is
-    configured); leaving it removes an empty secondary container.
+    configured); leaving it removes an empty secondary container. A change, and a refused
+    one, is in the activity log.
     """
+    with activity.refusals_recorded(
+        operation=Operation.REDUNDANCY_CHANGE,
+        refused=(ValidationError,),
+        user=user,
+        vault=vault,
+        detail={"from": vault.redundancy, "to": redundancy},
+    ):
+        return _redundancy_set(vault=vault, redundancy=redundancy, user=user)
+
+
+def _redundancy_set(*, vault: Vault, redundancy: str, user) -> Vault:
     if redundancy not in Vault.Redundancy.values:
         raise ValidationError({"redundancy": ["Choose Geo-, Locally- or Zone-redundant."]})
     with transaction.atomic():
@@ -435,6 +458,12 @@ def vault_redundancy_set(*, vault: Vault, redundancy: str, user) -> Vault:
         Vault.objects.filter(pk=vault.pk).update(
             redundancy=redundancy,
             secondary_container=secondary_container,
+        )
+        activity.record(
+            operation=Operation.REDUNDANCY_CHANGE,
+            user=user,
+            vault=vault,
+            detail={"from": vault.redundancy, "to": redundancy},
         )
         vault.refresh_from_db()
         notification_publish(
@@ -535,8 +564,20 @@ def vault_delete(*, vault: Vault, user) -> None:
 
     Refused with ``VaultDeleteBlocked`` while anything remains (see
     ``vaults.selectors.vault_delete_blockers``). Storage goes first: if it cannot be
-    removed, the vault stays and ``VaultStorageError`` says why.
+    removed, the vault stays and ``VaultStorageError`` says why. The deletion, a refusal
+    and a failure are in the activity log, which keeps the vault's entries after it.
     """
+    with activity.refusals_recorded(
+        operation=Operation.VAULT_DELETE,
+        refused=(VaultDeleteBlocked,),
+        failed=(VaultStorageError,),
+        user=user,
+        vault=vault,
+    ):
+        _vault_delete(vault=vault, user=user)
+
+
+def _vault_delete(*, vault: Vault, user) -> None:
     with transaction.atomic():
         vault = Vault.objects.select_for_update().get(pk=vault.pk)
         blockers = vault_delete_blockers(vault)
@@ -558,6 +599,7 @@ def vault_delete(*, vault: Vault, user) -> None:
         for remove_history in _history_removers:
             remove_history(vault)
         vault.machines.filter(unregistered_at__isnull=False).delete()
+        activity.record(operation=Operation.VAULT_DELETE, user=user, vault=vault)
         vault.delete()
         notification_publish(
             user=user,

@@ -36,4 +36,16 @@ urlpatterns = [
         name="credentials-revoke",
     ),
     path("<uuid:vault_id>/delete/", views.vault_delete, name="delete"),
+    path("<uuid:vault_id>/activity/", views.activity_log, name="activity"),
+    path("<uuid:vault_id>/activity/export/", views.activity_export, name="activity-export"),
+    path(
+        "activity/subscription/<uuid:subscription_id>/",
+        views.subscription_activity_log,
+        name="subscription-activity",
+    ),
+    path(
+        "activity/subscription/<uuid:subscription_id>/export/",
+        views.subscription_activity_export,
+        name="subscription-activity-export",
+    ),
 ]

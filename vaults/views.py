@@ -9,22 +9,33 @@ storage redundancy.
 from __future__ import annotations
 
 import contextlib
+import csv
+from datetime import UTC
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import Http404, HttpResponse
+from django.core.handlers.asgi import ASGIRequest
+from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from portal import access
 from portal.models import ResourceGroup, Role, Subscription
-from vaults import selectors, services
+from vaults import activity, selectors, services
+from vaults.activity import Operation
 from vaults.chart import usage_chart_svg
-from vaults.credentials import VALID_FOR, credentials_issue, credentials_revoke
+from vaults.credentials import (
+    VALID_FOR,
+    credential_resource,
+    credentials_issue,
+    credentials_revoke,
+)
 from vaults.models import Vault, VaultCredential
 
 AGENT_INSTALLER_URL = "/machines/agent/installer/"
@@ -358,7 +369,9 @@ def backup_configuration(request, vault_id):
     context = _vault_context(request, vault, "properties")
     errors: list[str] = []
     if request.method == "POST":
-        vault = _load(request, vault_id, role=Role.CONTRIBUTOR)
+        activity.require_role(
+            request, vault=vault, role=Role.CONTRIBUTOR, operation=Operation.REDUNDANCY_CHANGE
+        )
         try:
             services.vault_redundancy_set(
                 vault=vault, redundancy=request.POST.get("redundancy", ""), user=request.user
@@ -441,7 +454,10 @@ def credentials_list(request, vault_id):
 @login_required
 @require_POST
 def credentials_download(request, vault_id):
-    vault = _load(request, vault_id, role=Role.BACKUP_OPERATOR)
+    vault = _load(request, vault_id)
+    activity.require_role(
+        request, vault=vault, role=Role.BACKUP_OPERATOR, operation=Operation.CREDENTIALS_DOWNLOAD
+    )
     back = request.POST.get("next") or reverse("vaults:backup", args=[vault.pk])
     if not back.startswith("/"):
         back = reverse("vaults:backup", args=[vault.pk])
@@ -470,10 +486,17 @@ def credentials_download(request, vault_id):
 @login_required
 @require_POST
 def credentials_revoke_view(request, vault_id, credential_id):
-    vault = _load(request, vault_id, role=Role.BACKUP_OPERATOR)
+    vault = _load(request, vault_id)
     credential = VaultCredential.objects.filter(vault=vault, pk=credential_id).first()
     if credential is None:
         raise Http404("No such credentials")
+    activity.require_role(
+        request,
+        vault=vault,
+        role=Role.BACKUP_OPERATOR,
+        operation=Operation.CREDENTIALS_REVOKE,
+        resource=credential_resource(credential),
+    )
     credentials_revoke(credential=credential, user=request.user)
     messages.success(request, f"Credentials {str(credential.pk)[:8]} revoked.")
     return redirect("vaults:credentials", vault.pk)
@@ -487,7 +510,9 @@ def vault_delete(request, vault_id):
     context = _vault_context(request, vault, "overview")
     error = ""
     if request.method == "POST":
-        vault = _load(request, vault_id, role=Role.CONTRIBUTOR)
+        activity.require_role(
+            request, vault=vault, role=Role.CONTRIBUTOR, operation=Operation.VAULT_DELETE
+        )
         if request.POST.get("confirm_name", "").strip() != vault.name:
             error = f"Type the vault's name, {vault.name}, to confirm."
         else:
@@ -502,3 +527,113 @@ def vault_delete(request, vault_id):
                 return redirect("vaults:list")
     context.update({"blockers": selectors.vault_delete_blockers(vault), "error": error})
     return render(request, "vaults/delete.html", context, status=400 if error else 200)
+
+
+# --- activity log -----------------------------------------------------------------------
+# Readers see it; nobody changes it: these views answer GET only (405 to anything else).
+@login_required
+@require_GET
+def activity_log(request, vault_id):
+    vault = _load(request, vault_id)
+    context = _vault_context(request, vault, "activity")
+    context.update(_activity_context(request, selectors.activity_scope(vault_id=vault.pk)))
+    context["export_url"] = reverse("vaults:activity-export", args=[vault.pk])
+    return render(request, "vaults/activity.html", context)
+
+
+@login_required
+@require_GET
+def activity_export(request, vault_id):
+    vault = _load(request, vault_id)
+    return _activity_csv(
+        request, selectors.activity_scope(vault_id=vault.pk), name=f"{vault.name}-activity"
+    )
+
+
+@login_required
+@require_GET
+def subscription_activity_log(request, subscription_id):
+    """The subscription-wide activity log: every vault's entries (deleted vaults' too) and
+    the subscription's own (role assignments)."""
+    subscription = access.subscription_for_user(request.user, subscription_id)
+    context = {
+        "subscription": subscription,
+        "tab": "activity",
+        "is_owner": access.role_in(request.user, subscription.pk) == Role.OWNER,
+        "export_url": reverse("vaults:subscription-activity-export", args=[subscription.pk]),
+    }
+    context.update(
+        _activity_context(request, selectors.activity_scope(subscription_id=subscription.pk))
+    )
+    return render(request, "vaults/subscription_activity.html", context)
+
+
+@login_required
+@require_GET
+def subscription_activity_export(request, subscription_id):
+    subscription = access.subscription_for_user(request.user, subscription_id)
+    return _activity_csv(
+        request,
+        selectors.activity_scope(subscription_id=subscription.pk),
+        name=f"{subscription.name}-activity",
+    )
+
+
+def _activity_context(request, scope) -> dict:
+    """The filtered page of entries and the filter choices: four queries, whatever the
+    number of rows (the count, the page, the operations and the user names present)."""
+    filters = selectors.ActivityFilters.from_query(request.GET)
+    page = selectors.activity_page(
+        selectors.activity_filtered(scope, filters), request.GET.get("page", 1)
+    )
+    entries = list(page.object_list)
+    for entry in entries:
+        entry.lines = activity.detail_lines(entry.detail)
+    return {
+        "filters": filters,
+        "page": page,
+        "entries": entries,
+        "query": filters.as_query(),
+        "operations": selectors.activity_operations(scope),
+        "outcomes": activity.Outcome.choices,
+        "ranges": [(key, label) for key, (label, _) in selectors.ACTIVITY_RANGES.items()],
+        "usernames": selectors.activity_usernames(scope),
+    }
+
+
+class _Line:
+    """A file-like object whose write returns the line (csv.writer into a stream)."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def _csv_text(rows) -> str:
+    writer = csv.writer(_Line())
+    return "".join(writer.writerow(row) for row in rows)
+
+
+def _activity_csv(request, scope, *, name: str) -> StreamingHttpResponse:
+    """The filtered entries as CSV, streamed a batch at a time (under ASGI an async
+    iterator, which Django sends as it goes; a sync one it would read whole first)."""
+    qs = selectors.activity_filtered(scope, selectors.ActivityFilters.from_query(request.GET))
+    header = _csv_text([activity.CSV_HEADER])
+
+    def rows():
+        yield header
+        for batch in selectors.activity_batches(qs):
+            yield _csv_text(activity.csv_row(entry) for entry in batch)
+
+    async def async_rows():
+        yield header
+        after = None
+        while batch := await sync_to_async(selectors.activity_batch)(qs, after=after):
+            yield _csv_text(activity.csv_row(entry) for entry in batch)
+            after = (batch[-1].at, batch[-1].pk)
+
+    content = async_rows() if isinstance(request, ASGIRequest) else rows()
+    response = StreamingHttpResponse(content, content_type="text/csv; charset=utf-8")
+    stamp = timezone.now().astimezone(UTC).strftime("%Y%m%d-%H%M")
+    response["Content-Disposition"] = content_disposition_header(True, f"{name}-{stamp}.csv")
+    response["Cache-Control"] = "no-store"
+    return response

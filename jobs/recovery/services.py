@@ -45,7 +45,8 @@ from jobs.services import job_publish
 from jobs.services.replication import point_replicated, replicated_manifests
 from portal.access import for_user, get_for_user, has_role
 from portal.models import Role
-from vaults import storage
+from vaults import activity, storage
+from vaults.activity import Operation, Outcome
 from vaults.storage.replicas import secondary_for
 
 log = logging.getLogger(__name__)
@@ -502,7 +503,31 @@ def source_grant(
             "read refused: machine %s (%s) asked for the backups of %s (%s): %s",
             machine.name, machine.pk, source.name, source.pk, exc.code,
         )  # fmt: skip
+        activity.record(
+            operation=Operation.RESTORE_START,
+            vault=machine.vault,
+            actor=f"machine {machine.name}",
+            resource=source,
+            outcome=Outcome.REFUSED,
+            reason=str(exc),
+            detail={"via": "command line", "target": machine.name},
+        )
         raise
+    if credentials:
+        # A new authorisation from vault credentials on the machine's command line: the
+        # start of a restore (or listing) of another machine's backups.
+        activity.record(
+            operation=Operation.RESTORE_START,
+            user=row.authorised_by,
+            vault=machine.vault,
+            actor=f"machine {machine.name}",
+            resource=source,
+            detail={
+                "via": "command line",
+                "target": machine.name,
+                "credentials": str(row.credential_id)[:8],
+            },
+        )
     grant = account.issue_grant(
         source.container, expires_at=min(expires_at, row.expires_at), permissions="rl"
     )
@@ -589,6 +614,24 @@ def _clean_paths(paths: list[str]) -> list[str]:
     return sorted(set(out))
 
 
+def _record_start(operation: str, *, user, source: Machine, target: Machine, job: Job) -> None:
+    """The activity log's entry for a restore or download: the resource is the machine whose
+    backups are read."""
+    activity.record(
+        operation=operation,
+        user=user,
+        vault=source.vault,
+        resource=source,
+        detail={
+            "job": str(job.pk),
+            "target": target.name,
+            "recovery_point": job.details["recovery_point"],
+            "recovery_point_time": job.details["recovery_point_time"],
+            "items": job.details["items"],
+        },
+    )
+
+
 @transaction.atomic
 def restore_start(
     *,
@@ -630,6 +673,7 @@ def restore_start(
     _authorise_from_portal(
         user=user, source=source, target=target, lifetime=JOB_AUTHORISATION, job=job
     )
+    _record_start(Operation.RESTORE_START, user=user, source=source, target=target, job=job)
     _send(
         target,
         AGENT_TASKS["restore"],
@@ -676,6 +720,7 @@ def download_start(
     _authorise_from_portal(
         user=user, source=source, target=target, lifetime=JOB_AUTHORISATION, job=job
     )
+    _record_start(Operation.DOWNLOAD_START, user=user, source=source, target=target, job=job)
     _send(
         target,
         AGENT_TASKS["download"],

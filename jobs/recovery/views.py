@@ -26,6 +26,9 @@ from agents.runtime import protocol
 from jobs.recovery import services
 from jobs.schedule import zone
 from portal.access import get_for_user
+from portal.models import Role
+from vaults import activity
+from vaults.activity import Operation
 from vaults.models import Vault
 
 NO_ANSWER_AFTER = 30  # seconds before "the agent has not answered"
@@ -134,6 +137,25 @@ def _pair(request, source_id, target_id):
         return services.pair_for_user(request.user, source_id, target_id)
     except services.RecoveryRefused as exc:
         raise PermissionDenied(str(exc)) from None
+
+
+def _pair_to_start(request, source_id, target_id, operation: str):
+    """The pair for a restore or download; a refusal (a Reader, a machine of another vault)
+    is recorded in the activity log of the vault the person can see."""
+    try:
+        return _pair(request, source_id, target_id)
+    except PermissionDenied as exc:
+        # An outsider gets 404 here: a vault they cannot see keeps no entry of theirs.
+        seen = services.machine_for_user(request.user, source_id, role=Role.READER)
+        activity.record(
+            operation=operation,
+            request=request,
+            vault=seen.vault,
+            resource=seen,
+            outcome=activity.Outcome.REFUSED,
+            reason=str(exc),
+        )
+        raise
 
 
 @login_required
@@ -292,7 +314,7 @@ def _selection(request) -> list[str]:
 @login_required
 @require_POST
 def restore(request, source_id, target_id):
-    source, target = _pair(request, source_id, target_id)
+    source, target = _pair_to_start(request, source_id, target_id, Operation.RESTORE_START)
     location = request.POST.get("location", "original")
     try:
         job = services.restore_start(
@@ -319,7 +341,7 @@ def restore(request, source_id, target_id):
 @login_required
 @require_POST
 def download(request, source_id, target_id):
-    source, target = _pair(request, source_id, target_id)
+    source, target = _pair_to_start(request, source_id, target_id, Operation.DOWNLOAD_START)
     try:
         job = services.download_start(
             user=request.user,

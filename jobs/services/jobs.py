@@ -29,6 +29,8 @@ from jobs.services.live import (
 from jobs.services.outbox import broker_failure_reason
 from jobs.services.points import PointRefused, point_check, recovery_point_create
 from jobs.services.pruning import repository_fence
+from vaults import activity
+from vaults.activity import Operation
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,17 @@ def backup_start(
                 retain_until=retain_until,
                 created_by=user,
             )
+            if trigger == Job.Trigger.ADHOC:
+                activity.record(
+                    operation=Operation.BACKUP_NOW,
+                    user=user,
+                    vault=machine.vault,
+                    resource=machine,
+                    detail={
+                        "job": str(job.pk),
+                        "retain_until": retain_until.isoformat() if retain_until else None,
+                    },
+                )
     except IntegrityError:
         running = Job.objects.active().filter(machine=machine, operation=Job.Operation.BACKUP)
         raise BackupAlreadyRunning(running.first()) from None

@@ -13,11 +13,15 @@ from django.utils import timezone
 from agents.runtime import protocol
 from jobs import policy_rules, services  # services: the package, for its dispatch seam
 from jobs.models import BackupPolicy
+from vaults import activity
+from vaults.activity import Operation
 
 
 @transaction.atomic
 def policy_save(*, machine, spec: dict, user=None, now: datetime | None = None) -> BackupPolicy:
-    """Create or change a machine's policy; raises ValidationError naming every broken rule."""
+    """Create or change a machine's policy; raises ValidationError naming every broken rule.
+
+    A change is in the activity log with its diff (``policy_diff``)."""
     now = now or timezone.now()
     problems = policy_rules.spec_problems(spec)
     if problems:
@@ -29,10 +33,18 @@ def policy_save(*, machine, spec: dict, user=None, now: datetime | None = None) 
     new_hash = policy_rules.spec_hash(spec)
     if new_hash == policy.spec_hash and policy.pk:
         return policy
+    before = policy.spec() if policy.pk else {}
     policy.set_spec(spec)
     policy.version += 1
     policy.updated_by = user
     policy.save()
+    activity.record(
+        operation=Operation.POLICY_CHANGE,
+        user=user,
+        vault=machine.vault,
+        resource=activity.Resource(kind="backup policy", id=str(machine.pk), name=machine.name),
+        detail={"version": policy.version, "changes": policy_diff(before, spec)},
+    )
     services._send_to_machine(
         machine,
         protocol.POLICY_TASK,
@@ -41,6 +53,27 @@ def policy_save(*, machine, spec: dict, user=None, now: datetime | None = None) 
         spec_hash=policy.spec_hash,
     )
     return policy
+
+
+def _flatten(spec: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in spec.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def policy_diff(before: dict, after: dict) -> dict:
+    """What changed between two specs, by dotted setting name: ``{"retention.daily.days":
+    {"from": 7, "to": 14}}`` (``from`` is None for a setting the old spec did not have)."""
+    old, new = _flatten(before), _flatten(after)
+    return {
+        key: {"from": old.get(key), "to": new.get(key)}
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key)
+    }
 
 
 def policy_applied(*, policy: BackupPolicy, version: int, spec_hash: str, error: str = "") -> None:

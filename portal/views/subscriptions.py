@@ -12,6 +12,8 @@ from django.views.decorators.http import require_POST
 
 from portal import access, services
 from portal.models import Membership, Role, Subscription
+from vaults import activity
+from vaults.activity import Operation, Outcome
 
 
 def _errors(exc: ValidationError) -> dict[str, list[str]]:
@@ -171,8 +173,8 @@ def subscription_access(request, subscription_id):
     form = {"username": "", "role": Role.READER}
     status = 200
     if request.method == "POST":
-        access.check_role(request.user, subscription.pk, Role.OWNER)
         form = {"username": request.POST.get("username", ""), "role": request.POST.get("role", "")}
+        _owner_only(request, subscription, Operation.ROLE_ADD, detail=dict(form))
         try:
             membership = services.membership_add(
                 subscription=subscription, username=form["username"], role=form["role"]
@@ -181,6 +183,13 @@ def subscription_access(request, subscription_id):
             errors = _errors(exc)
             status = 400
         else:
+            activity.record(
+                operation=Operation.ROLE_ADD,
+                request=request,
+                subscription=subscription,
+                resource=_assignment(membership),
+                detail={"user": membership.user.username, "role": membership.role},
+            )
             messages.success(
                 request,
                 f"{membership.user.username} is now {membership.get_role_display()} of "
@@ -209,28 +218,74 @@ def subscription_access(request, subscription_id):
     )
 
 
-def _membership(request, subscription_id, membership_id) -> Membership:
-    subscription = access.subscription_for_user(request.user, subscription_id, role=Role.OWNER)
+def _owner_only(request, subscription, operation: str, *, resource=None, detail=None) -> None:
+    """Changing role assignments needs the Owner role; a lower role's attempt is refused
+    into the subscription's activity log."""
+    with activity.refusals_recorded(
+        operation=operation,
+        refused=(PermissionDenied,),
+        request=request,
+        subscription=subscription,
+        resource=resource,
+        detail=detail,
+    ):
+        access.check_role(request.user, subscription.pk, Role.OWNER)
+
+
+def _assignment(membership: Membership) -> activity.Resource:
+    return activity.Resource(
+        kind="role assignment", id=str(membership.pk), name=membership.user.username
+    )
+
+
+def _membership(request, subscription_id, membership_id, operation: str) -> Membership:
+    subscription = access.subscription_for_user(request.user, subscription_id)
     try:
-        return Membership.objects.select_related("user", "subscription").get(
+        membership = Membership.objects.select_related("user", "subscription").get(
             pk=membership_id, subscription=subscription
         )
     except Membership.DoesNotExist:
         raise Http404("No such role assignment") from None
+    _owner_only(request, subscription, operation, resource=_assignment(membership))
+    return membership
+
+
+def _refused(request, membership, operation: str, exc: Exception, detail: dict) -> None:
+    activity.record(
+        operation=operation,
+        request=request,
+        subscription=membership.subscription,
+        resource=_assignment(membership),
+        outcome=Outcome.REFUSED,
+        reason=str(exc),
+        detail=detail,
+    )
 
 
 @login_required
 @require_POST
 def membership_role(request, subscription_id, membership_id):
-    membership = _membership(request, subscription_id, membership_id)
+    membership = _membership(request, subscription_id, membership_id, Operation.ROLE_CHANGE)
+    before = membership.role
+    wanted = request.POST.get("role", "")
+    change = {"user": membership.user.username, "from": before, "to": wanted}
     try:
-        services.membership_set_role(membership=membership, role=request.POST.get("role", ""))
+        services.membership_set_role(membership=membership, role=wanted)
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
     except services.Refused as exc:
+        _refused(request, membership, Operation.ROLE_CHANGE, exc, change)
         messages.error(request, str(exc))
     else:
         membership.refresh_from_db()
+        if membership.role != before:
+            activity.record(
+                operation=Operation.ROLE_CHANGE,
+                request=request,
+                subscription=membership.subscription,
+                resource=_assignment(membership),
+                detail=change,
+            )
         messages.success(
             request, f"{membership.user.username} is now {membership.get_role_display()}."
         )
@@ -240,12 +295,21 @@ def membership_role(request, subscription_id, membership_id):
 @login_required
 @require_POST
 def membership_remove(request, subscription_id, membership_id):
-    membership = _membership(request, subscription_id, membership_id)
+    membership = _membership(request, subscription_id, membership_id, Operation.ROLE_REMOVE)
+    removed = {"user": membership.user.username, "role": membership.role}
     try:
         services.membership_remove(membership=membership)
     except services.Refused as exc:
+        _refused(request, membership, Operation.ROLE_REMOVE, exc, removed)
         messages.error(request, str(exc))
     else:
+        activity.record(
+            operation=Operation.ROLE_REMOVE,
+            request=request,
+            subscription=membership.subscription,
+            resource=_assignment(membership),
+            detail=removed,
+        )
         messages.success(
             request,
             f"{membership.user.username} no longer has access to {membership.subscription}.",

@@ -63,6 +63,8 @@ def test_the_main_pages_break_no_rule_of_the_content_security_policy(
         "/vaults/create/",
         f"/vaults/{vault.pk}/",
         f"/vaults/{vault.pk}/backup/",
+        f"/vaults/{vault.pk}/activity/",
+        f"/vaults/activity/subscription/{sub.pk}/",
         "/machines/",
         f"/machines/{machine.pk}/",
         "/jobs/",

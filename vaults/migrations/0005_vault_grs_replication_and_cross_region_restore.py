@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('vaults', '0003_credential_role_and_single_use'),
+        ('vaults', '0004_activity_log'),
     ]
 
     operations = [

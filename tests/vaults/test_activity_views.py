@@ -1,0 +1,163 @@
+"""The activity log pages: the vault's and the subscription's, their filters, the CSV
+export, and who may see them (Readers, not outsiders; nobody may change them)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from portal.models import Role
+from tests.support import builders
+from vaults import activity
+from vaults.activity import Operation, Outcome
+from vaults.models import ActivityEntry
+
+pytestmark = pytest.mark.django_db
+
+
+def _log(vault, user, operation=Operation.BACKUP_NOW, **fields):
+    return activity.record(operation=operation, user=user, vault=vault, **fields)
+
+
+def _urls(vault):
+    """Every activity log URL that shows ``vault``'s entries."""
+    return [
+        reverse("vaults:activity", args=[vault.pk]),
+        reverse("vaults:activity-export", args=[vault.pk]),
+        reverse("vaults:subscription-activity", args=[vault.subscription_id]),
+        reverse("vaults:subscription-activity-export", args=[vault.subscription_id]),
+    ]
+
+
+def test_a_reader_sees_the_log_and_an_outsider_does_not(client, vault, alice, member, charlie):
+    _log(vault, alice, resource=activity.Resource("machine", "1", "web-01"))
+    client.force_login(member(Role.READER))
+    page = client.get(reverse("vaults:activity", args=[vault.pk]))
+    assert page.status_code == 200
+    assert "Back up now" in page.content.decode() and "web-01" in page.content.decode()
+    client.force_login(charlie)
+    for url in _urls(vault):
+        assert client.get(url).status_code == 404
+
+
+@pytest.mark.parametrize("method", ["post", "delete"])
+def test_nobody_can_change_the_log_through_the_pages(client, vault, alice, method):
+    entry = _log(vault, alice)
+    client.force_login(alice)  # the Owner
+    for url in _urls(vault):
+        assert getattr(client, method)(url).status_code == 405
+    assert ActivityEntry.objects.get().reason == entry.reason
+
+
+def test_filters_by_operation_user_outcome_and_time(client, vault, alice, member):
+    bob = member(Role.CONTRIBUTOR)
+    _log(vault, alice, Operation.VAULT_CREATE)
+    _log(vault, bob, Operation.VAULT_DELETE, outcome=Outcome.REFUSED, reason="1 machine")
+    _log(vault, bob, Operation.CREDENTIALS_DOWNLOAD)
+    client.force_login(alice)
+    url = reverse("vaults:activity", args=[vault.pk])
+
+    def shown(**query):
+        html = client.get(url, query).content.decode()
+        return sorted(op for op, _ in Operation.choices if f'data-operation="{op}"' in html)
+
+    assert shown() == sorted(
+        [Operation.VAULT_CREATE, Operation.VAULT_DELETE, Operation.CREDENTIALS_DOWNLOAD]
+    )
+    assert shown(operation=Operation.VAULT_DELETE) == [Operation.VAULT_DELETE]
+    assert shown(user="bob") == sorted([Operation.VAULT_DELETE, Operation.CREDENTIALS_DOWNLOAD])
+    assert shown(outcome="refused") == [Operation.VAULT_DELETE]
+    # The operation filter offers what the log holds, nothing it cannot show.
+    offered = client.get(url).content.decode()
+    assert ">Delete vault</option>" in offered and "Use security PIN" not in offered
+    tomorrow = (timezone.localdate() + timedelta(days=1)).isoformat()
+    assert shown(range="custom", start=tomorrow) == []
+    assert shown(operation="nonsense", range="nonsense", start="x") == shown()
+
+
+def test_the_page_costs_the_same_queries_for_3_or_60_entries(client, vault, alice):
+    client.force_login(alice)
+    url = reverse("vaults:activity", args=[vault.pk])
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as ctx:
+            assert client.get(url).status_code == 200
+        return len(ctx)
+
+    for _ in range(3):
+        _log(vault, alice)
+    few = queries()
+    for _ in range(57):
+        _log(vault, alice)
+    assert queries() == few
+
+
+def test_the_csv_export_is_filtered_and_safe_in_a_spreadsheet(client, vault, alice):
+    _log(vault, alice, Operation.VAULT_CREATE)
+    _log(
+        vault,
+        alice,
+        Operation.MACHINE_RENAME,
+        resource=activity.Resource("machine", "7", '=HYPERLINK("http://evil")'),
+        detail={"from": "web-01", "to": "@SUM(1)"},
+    )
+    client.force_login(alice)
+    response = client.get(
+        reverse("vaults:activity-export", args=[vault.pk]), {"operation": Operation.MACHINE_RENAME}
+    )
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/csv")
+    assert "attachment" in response["Content-Disposition"]
+    text = b"".join(response.streaming_content).decode()
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == activity.CSV_HEADER
+    assert len(rows) == 2
+    row = dict(zip(rows[0], rows[1], strict=True))
+    assert row["Operation"] == "Rename machine" and row["Initiated by"] == "alice"
+    assert row["Resource"] == '\'=HYPERLINK("http://evil")'
+    assert not any(cell.startswith(activity.FORMULA_STARTS) for cell in rows[1])
+
+
+def test_the_export_streams_every_row_in_batches(client, vault, alice, monkeypatch):
+    from vaults import selectors
+
+    for _ in range(7):
+        _log(vault, alice)
+    batch = selectors.activity_batch
+    monkeypatch.setattr(
+        selectors,
+        "activity_batch",
+        lambda qs, *, after=None, size=500: batch(qs, after=after, size=3),
+    )
+    client.force_login(alice)
+    response = client.get(reverse("vaults:activity-export", args=[vault.pk]))
+    rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert len(rows) == 1 + 7
+
+
+def test_the_subscription_log_keeps_a_deleted_vaults_entries_and_role_changes(
+    client, alice, subscription, resource_group
+):
+    gone = builders.make_vault(resource_group=resource_group, name="vault-gone")
+    _log(gone, alice, Operation.VAULT_DELETE)
+    gone_id = gone.pk
+    gone.delete()
+    activity.record(
+        operation=Operation.ROLE_ADD,
+        user=alice,
+        subscription=subscription,
+        resource=activity.Resource("role assignment", "3", "bob"),
+    )
+    client.force_login(alice)
+    html = client.get(
+        reverse("vaults:subscription-activity", args=[subscription.pk])
+    ).content.decode()
+    assert "vault-gone" in html and "Add role assignment" in html
+    assert ActivityEntry.objects.filter(vault_id=gone_id).exists()
