@@ -9,7 +9,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ('agents', '0007_agent_message_outbox'),
         ('jobs', '0003_job_result_id'),
-        ('vaults', '0004_vault_grs_replication_and_cross_region_restore'),
+        ('vaults', '0005_vault_grs_replication_and_cross_region_restore'),
     ]
 
     operations = [
