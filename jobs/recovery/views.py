@@ -146,7 +146,7 @@ def _pair_to_start(request, source_id, target_id, operation: str):
         return _pair(request, source_id, target_id)
     except PermissionDenied as exc:
         # An outsider gets 404 here: a vault they cannot see keeps no entry of theirs.
-        seen = services.machine_for_user(request.user, source_id, role=Role.READER)
+        seen = services.source_for_user(request.user, source_id, role=Role.READER)
         activity.record(
             operation=operation,
             request=request,
