@@ -39,3 +39,16 @@ def alerts_check() -> int:
 @shared_task(name="jobs.alerts_digest")
 def alerts_digest() -> int:
     return services.alerts_send_digest()
+
+
+@shared_task(name="jobs.protection_purge_due")
+def protection_purge_due() -> int:
+    return services.protection_purge_due()
+
+
+@shared_task(name="jobs.protection_purge_machine")
+def protection_purge_machine(machine_id: str) -> int:
+    machine = Machine.objects.select_related("vault").filter(pk=machine_id).first()
+    if machine is None:
+        return 0
+    return int(services.protection_purge(machine=machine) is not None)

@@ -22,6 +22,7 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from portal import access
+from portal.models import Membership, Role
 from vaults.models import Vault, VaultUsageSample
 
 
@@ -180,4 +181,19 @@ def vault_redundancy_locked_reason(vault: Vault) -> str | None:
 def vaults_with_machine_counts(qs: QuerySet[Vault]) -> QuerySet[Vault]:
     return qs.annotate(
         machine_count=Count("machines", filter=Q(machines__unregistered_at__isnull=True))
+    )
+
+
+def vault_alert_recipients(vault: Vault) -> list[str]:
+    """Who is emailed about the vault's alerts and critical operations: the e-mail
+    addresses of its subscription's Owners, Contributors and Backup Operators."""
+    return sorted(
+        {
+            email
+            for email in Membership.objects.filter(
+                subscription_id=vault.subscription_id,
+                role__in=[Role.OWNER, Role.CONTRIBUTOR, Role.BACKUP_OPERATOR],
+            ).values_list("user__email", flat=True)
+            if email
+        }
     )

@@ -331,6 +331,7 @@ def source_grant(
     ``SourceNotAuthorised``.
     """
     source = _find_source(machine, source_ref)
+    _refuse_deleted(source)
     expires_at = timezone.now() + SOURCE_GRANT_LIFETIME
     if source.pk == machine.pk:
         return source, storage.primary_account().issue_grant(
@@ -373,7 +374,17 @@ def _new_job(*, user, source, target, details: dict) -> Job:
     )
 
 
+def _refuse_deleted(source: Machine) -> None:
+    """A soft-deleted (or deleted) item's points are not restorable (docs/protection.md)."""
+    from jobs.services.protection import restore_refusal
+
+    refusal = restore_refusal(source)
+    if refusal:
+        raise SourceNotAuthorised(refusal, "soft_deleted", 409)
+
+
 def _check_point(source: Machine, recovery_point: str) -> RecoveryPoint:
+    _refuse_deleted(source)
     point = recovery_points(source).filter(snapshot_id=recovery_point).first()
     if point is None:
         raise RecoveryRefused("Choose a recovery point of this machine.")

@@ -9,6 +9,7 @@ apps call them through this package: ``from jobs import services; services.backu
                against backups; a deleted vault's history removed
     alerts     Backup Alerts raised and resolved, the no-recent-backup check, their email
     live       pushes to open pages, and the notification when a job ends
+    protection stop protection (retain or delete), resume, soft delete, undelete, the purge
 
 Reads are in ``jobs.selectors``; the pure rules in ``jobs.policy_rules``, ``jobs.retention``
 and ``jobs.schedule``; Recover Data (restore and download jobs) in ``jobs.recovery``.
@@ -34,6 +35,7 @@ from jobs.services.alerts import (
 from jobs.services.jobs import (
     BackupAlreadyRunning,
     JobNotCancellable,
+    ProtectionStopped,
     ResultConflict,
     backup_start,
     job_cancel,
@@ -53,6 +55,16 @@ from jobs.services.points import (
     retention_sentence,
 )
 from jobs.services.policies import policy_applied, policy_drift, policy_save
+from jobs.services.protection import (
+    ProtectionRefused,
+    protection_delete,
+    protection_purge,
+    protection_purge_due,
+    protection_resume,
+    protection_stop,
+    protection_undelete,
+    restore_refusal,
+)
 from jobs.services.pruning import (
     backup_in_flight,
     packs_collect,
@@ -67,6 +79,8 @@ __all__ = [
     "JobNotCancellable",
     "PointRefused",
     "PointUnverifiable",
+    "ProtectionRefused",
+    "ProtectionStopped",
     "ResultConflict",
     "adhoc_retention",
     "alert_email_send",
@@ -92,7 +106,14 @@ __all__ = [
     "policy_applied",
     "policy_drift",
     "policy_save",
+    "protection_delete",
+    "protection_purge",
+    "protection_purge_due",
+    "protection_resume",
+    "protection_stop",
+    "protection_undelete",
     "recovery_point_create",
+    "restore_refusal",
     "retention_apply",
     "retention_apply_all",
     "retention_sentence",

@@ -88,6 +88,8 @@ def retention_apply(*, machine, now: datetime | None = None, store=None) -> list
     the latest), delete their manifests, then collect the machine's unreferenced packs."""
     now = now or timezone.now()
     policy = BackupPolicy.objects.filter(machine=machine).first()
+    if policy is not None and not policy.applies_retention:
+        return []  # protection stopped keeping every point, or soft deleted: untouched
     spec = policy.spec() if policy else None
     tz = zone(machine.time_zone)
     points = list(RecoveryPoint.objects.filter(machine=machine, removed_at__isnull=True))
