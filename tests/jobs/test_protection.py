@@ -254,3 +254,40 @@ def test_lowering_retention_needs_a_pin_and_emails(
         saved = services.policy_save(machine=machine, spec=lower, user=alice, pin=pin)
     assert saved.retention["yearly"] is None
     assert "retention of web-01's policy lowered" in mail.outbox[0].subject
+
+
+# --- pages: who may do what ------------------------------------------------------------------
+def test_roles_on_the_stop_resume_and_undelete_pages(
+    client, alice, member, charlie, machine, policy
+):
+    """Outsider 404; Reader sees, changes nothing (403); Backup Operator stops with retain,
+    resumes and undeletes, but may not delete (403); Contributor deletes; bad input 400."""
+    stop = f"/jobs/machines/{machine.pk}/protection/stop/"
+    resume = f"/jobs/machines/{machine.pk}/protection/resume/"
+    undelete = f"/jobs/machines/{machine.pk}/protection/undelete/"
+    client.force_login(charlie)
+    assert client.get(stop).status_code == 404 and client.post(resume).status_code == 404
+    bob = member(Role.READER)
+    client.force_login(bob)
+    assert client.get(stop).status_code == 200
+    assert client.post(stop, {"choice": "retain", "retention": "forever"}).status_code == 403
+    assert client.post(resume).status_code == 403 and client.post(undelete).status_code == 403
+    member(Role.BACKUP_OPERATOR)
+    assert client.post(stop, {"choice": "retain", "retention": "bogus"}).status_code == 400
+    assert client.post(stop, {"choice": "retain", "retention": "forever"}).status_code == 302
+    pin = security_pin.generate(user=bob, vault=machine.vault)
+    form = {"choice": "delete", "confirm_name": "web-01", "reason": "gone", "security_pin": pin}
+    assert client.post(stop, form).status_code == 403
+    assert client.post(resume).status_code == 302
+    policy.refresh_from_db()
+    assert policy.is_protected
+    member(Role.CONTRIBUTOR)
+    refused = client.post(stop, {**form, "confirm_name": "web-02"})
+    assert refused.status_code == 400 and "Type the machine" in refused.content.decode()
+    assert client.post(stop, form).status_code == 302
+    page = client.get(f"/jobs/vaults/{machine.vault_id}/backup-items/").content.decode()
+    assert "Soft deleted" in page and "14 days left" in page
+    member(Role.BACKUP_OPERATOR)
+    assert client.post(undelete).status_code == 302
+    policy.refresh_from_db()
+    assert policy.protection == BackupPolicy.Protection.STOPPED
