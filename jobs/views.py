@@ -9,7 +9,7 @@ from datetime import date
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -20,9 +20,9 @@ from agents.models import Machine
 from jobs import policy_rules, retention, selectors, services
 from jobs.models import BackupPolicy, Job
 from jobs.schedule import Schedule, describe, next_run, zone
-from portal.access import for_user, get_for_user, get_with_role
+from portal.access import check_role, for_user, get_for_user, get_with_role
 from portal.models import Role
-from vaults import security_pin
+from vaults import activity, security_pin
 from vaults.models import Vault
 
 WEEKDAYS = list(enumerate(("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")))
@@ -406,28 +406,42 @@ def protection_stop(request, machine_id):
     if request.GET.get("choice") == "delete":
         choice = "delete"
     if request.method == "POST":
+        delete = choice == "delete"
+        operation = (
+            activity.Operation.PROTECTION_STOP_DELETE
+            if delete
+            else activity.Operation.PROTECTION_STOP_RETAIN
+        )
+        detail = (
+            {"reason": request.POST.get("reason", "")[:1000]}
+            if delete
+            else {"retention": request.POST.get("retention", "")[:20]}
+        )
+        fields = {"request": request, "vault": machine.vault, "resource": machine, "detail": detail}
         try:
-            if choice == "delete":
-                machine = _item(request, machine_id, role=Role.CONTRIBUTOR)
-                services.protection_delete(
-                    machine=machine,
-                    user=request.user,
-                    confirm_name=request.POST.get("confirm_name", ""),
-                    reason=request.POST.get("reason", ""),
-                    pin=request.POST.get("security_pin", ""),
-                )
-                done = f"Backup data of {machine.name} deleted."
-            else:
-                machine = _item(request, machine_id, role=Role.BACKUP_OPERATOR)
-                services.protection_stop(
-                    machine=machine,
-                    user=request.user,
-                    retention=request.POST.get("retention", ""),
-                )
-                done = f"Protection of {machine.name} stopped; its data is retained."
+            with activity.refusals_recorded(operation=operation, refused=_REFUSED, **fields):
+                if delete:
+                    check_role(request.user, machine.vault.subscription_id, Role.CONTRIBUTOR)
+                    services.protection_delete(
+                        machine=machine,
+                        user=request.user,
+                        confirm_name=request.POST.get("confirm_name", ""),
+                        reason=request.POST.get("reason", ""),
+                        pin=request.POST.get("security_pin", ""),
+                    )
+                    done = f"Backup data of {machine.name} deleted."
+                else:
+                    check_role(request.user, machine.vault.subscription_id, Role.BACKUP_OPERATOR)
+                    services.protection_stop(
+                        machine=machine,
+                        user=request.user,
+                        retention=request.POST.get("retention", ""),
+                    )
+                    done = f"Protection of {machine.name} stopped; its data is retained."
         except (services.ProtectionRefused, security_pin.PinRefused) as exc:
             error = str(exc)
         else:
+            activity.record(operation=operation, **fields)
             messages.success(request, done)
             return redirect(_back(request, machine))
     vault = machine.vault
@@ -448,29 +462,44 @@ def protection_stop(request, machine_id):
     return render(request, "jobs/protection_stop.html", context, status=400 if error else 200)
 
 
+_REFUSED = (PermissionDenied, services.ProtectionRefused, security_pin.PinRefused)
+
+
+def _simple_action(request, machine_id, *, operation, service, done: str):
+    """Resume backup and Undelete: one POST, Backup Operator, recorded either way."""
+    machine = _item(request, machine_id)
+    fields = {"request": request, "vault": machine.vault, "resource": machine}
+    try:
+        with activity.refusals_recorded(operation=operation, refused=_REFUSED, **fields):
+            check_role(request.user, machine.vault.subscription_id, Role.BACKUP_OPERATOR)
+            service(machine=machine, user=request.user)
+    except services.ProtectionRefused as exc:
+        messages.error(request, str(exc))
+    else:
+        activity.record(operation=operation, **fields)
+        messages.success(request, done.format(name=machine.name))
+    return redirect(_back(request, machine))
+
+
 @login_required
 @require_POST
 def protection_resume(request, machine_id):
-    machine = _item(request, machine_id, role=Role.BACKUP_OPERATOR)
-    try:
-        services.protection_resume(machine=machine, user=request.user)
-    except services.ProtectionRefused as exc:
-        messages.error(request, str(exc))
-        return redirect(_back(request, machine))
-    messages.success(request, f"Backup of {machine.name} resumed.")
-    return redirect(_back(request, machine))
+    return _simple_action(
+        request,
+        machine_id,
+        operation=activity.Operation.PROTECTION_RESUME,
+        service=services.protection_resume,
+        done="Backup of {name} resumed.",
+    )
 
 
 @login_required
 @require_POST
 def protection_undelete(request, machine_id):
-    machine = _item(request, machine_id, role=Role.BACKUP_OPERATOR)
-    try:
-        services.protection_undelete(machine=machine, user=request.user)
-    except services.ProtectionRefused as exc:
-        messages.error(request, str(exc))
-        return redirect(_back(request, machine))
-    messages.success(
-        request, f"Backup data of {machine.name} undeleted: protection stopped, data retained."
+    return _simple_action(
+        request,
+        machine_id,
+        operation=activity.Operation.UNDELETE,
+        service=services.protection_undelete,
+        done="Backup data of {name} undeleted: protection stopped, data retained.",
     )
-    return redirect(_back(request, machine))

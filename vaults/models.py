@@ -6,6 +6,7 @@ import uuid
 
 from django.db import models
 from django.db.models.functions import Lower
+from django.utils import timezone
 
 from portal.models import ResourceGroup, Role, Subscription
 
@@ -153,3 +154,124 @@ class SecurityPin(models.Model):
 
     def __str__(self) -> str:
         return f"security PIN {self.pk} of {self.user_id} for {self.vault}"
+
+
+class ActivityQuerySet(models.QuerySet):
+    """The activity log is append-only: a queryset refuses to change or remove rows.
+
+    One exception: deleting a user sets ``user`` to NULL on their entries (the username
+    snapshot stays), which Django's deletion collector does through ``update(user=None)``.
+    """
+
+    def update(self, **kwargs):
+        if set(kwargs) == {"user"} and kwargs["user"] is None:
+            return super().update(**kwargs)
+        raise ActivityEntry.AppendOnly("Activity log entries cannot be changed.")
+
+    def delete(self):
+        raise ActivityEntry.AppendOnly("Activity log entries cannot be deleted.")
+
+    update.queryset_only = True  # type: ignore[attr-defined]
+    delete.queryset_only = True  # type: ignore[attr-defined]
+
+
+class ActivityEntry(models.Model):
+    """One critical or security-relevant operation, attempted by a person or a machine:
+    who, what, on which resource, when, from which address, and how it ended.
+
+    Append-only: ``save()`` refuses to update a stored row, ``delete()`` refuses, the
+    queryset refuses ``update()``/``delete()``, and on PostgreSQL a trigger refuses UPDATE and
+    DELETE (migration 0004). The vault and the resource are kept as snapshots (id and
+    name, no foreign key), so an entry outlives the vault, machine or policy it names.
+    Written only through ``vaults.activity.record``.
+    """
+
+    class AppendOnly(Exception):
+        """Someone tried to change or delete an activity log entry."""
+
+    class Operation(models.TextChoices):
+        VAULT_CREATE = "vault.create", "Create vault"
+        VAULT_DELETE = "vault.delete", "Delete vault"
+        REDUNDANCY_CHANGE = "vault.redundancy", "Change storage redundancy"
+        CREDENTIALS_DOWNLOAD = "credentials.download", "Download vault credentials"
+        CREDENTIALS_REVOKE = "credentials.revoke", "Revoke vault credentials"
+        MACHINE_REGISTER = "machine.register", "Register machine"
+        MACHINE_REPLACE = "machine.replace", "Replace machine"
+        MACHINE_UNREGISTER = "machine.unregister", "Unregister machine"
+        MACHINE_RENAME = "machine.rename", "Rename machine"
+        POLICY_CHANGE = "policy.change", "Change backup policy"
+        BACKUP_NOW = "backup.now", "Back up now"
+        RESTORE_START = "restore.start", "Start restore"
+        DOWNLOAD_START = "download.start", "Start download"
+        ROLE_ADD = "role.add", "Add role assignment"
+        ROLE_CHANGE = "role.change", "Change role"
+        ROLE_REMOVE = "role.remove", "Remove role assignment"
+        PROTECTION_STOP_RETAIN = "protection.stop_retain", "Stop protection and retain data"
+        PROTECTION_STOP_DELETE = "protection.stop_delete", "Stop protection and delete data"
+        PROTECTION_RESUME = "protection.resume", "Resume backup"
+        UNDELETE = "protection.undelete", "Undelete"
+        SOFT_DELETE_SETTING = "vault.soft_delete", "Change soft delete settings"
+        PIN_GENERATE = "pin.generate", "Generate security PIN"
+        PIN_USE = "pin.use", "Use security PIN"
+        PIN_REFUSE = "pin.refuse", "Security PIN refused"
+        PASSPHRASE_CHANGE = "machine.passphrase", "Change passphrase"
+        IMMUTABILITY_CHANGE = "vault.immutability", "Change immutability"
+        SIGNIN_LOCKOUT = "signin.lockout", "Sign-in paused after failures"
+
+    class Outcome(models.TextChoices):
+        SUCCEEDED = "succeeded", "Succeeded"
+        REFUSED = "refused", "Refused"
+        FAILED = "failed", "Failed"
+
+    at = models.DateTimeField(default=timezone.now)
+    user = models.ForeignKey(
+        "portal.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Who, as shown: the user's name at the time, or "machine NAME" for an agent's call.
+    username = models.CharField(max_length=150, blank=True, default="")
+    operation = models.CharField(max_length=40, choices=Operation.choices)
+    # No constraint and no reverse relation: an entry neither blocks nor follows the
+    # deletion of its subscription (portal.services.contents_of does not count it).
+    subscription = models.ForeignKey(
+        Subscription,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+    )
+    vault_id = models.UUIDField(null=True, blank=True)
+    vault_name = models.CharField(max_length=50, blank=True, default="")
+    resource_kind = models.CharField(max_length=40, blank=True, default="")
+    resource_id = models.CharField(max_length=64, blank=True, default="")
+    resource_name = models.CharField(max_length=255, blank=True, default="")
+    outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.SUCCEEDED)
+    # Why it was refused or failed, in the words the person saw.
+    reason = models.TextField(blank=True, default="")
+    address = models.CharField(max_length=64, blank=True, default="")
+    detail = models.JSONField(default=dict, blank=True)
+
+    objects = ActivityQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name_plural = "activity entries"
+        indexes = [
+            models.Index(fields=["vault_id", "-at"], name="activity_vault_at"),
+            models.Index(fields=["vault_id", "operation", "-at"], name="activity_vault_op_at"),
+            models.Index(fields=["subscription", "-at"], name="activity_sub_at"),
+            models.Index(fields=["subscription", "operation", "-at"], name="activity_sub_op_at"),
+            models.Index(fields=["subscription", "username", "-at"], name="activity_sub_user_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.username or '-'} {self.operation} {self.outcome}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise self.AppendOnly("Activity log entries cannot be changed.")
+        kwargs["force_insert"] = True
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise self.AppendOnly("Activity log entries cannot be deleted.")

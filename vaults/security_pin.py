@@ -108,9 +108,19 @@ def consume(
     Call it outside any transaction, after the operation's own checks and just before it
     runs: the PIN is used up (or the wrong try counted) in a transaction of its own, so a
     refusal that rolls the operation back cannot undo the count of wrong tries."""
+    from vaults import activity
+
     now = now or timezone.now()
     with transaction.atomic():
         used, refusal = _consume(user, vault, (pin or "").strip(), operation, now)
+        activity.record(
+            operation=activity.Operation.PIN_REFUSE if refusal else activity.Operation.PIN_USE,
+            user=user,
+            vault=vault,
+            outcome=activity.Outcome.REFUSED if refusal else activity.Outcome.SUCCEEDED,
+            reason=str(refusal) if refusal else "",
+            detail={"for": operation.label, "refusal": type(refusal).__name__ if refusal else ""},
+        )
     if refusal is not None:
         raise refusal
     assert used is not None

@@ -22,7 +22,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from portal import access
 from portal.models import ResourceGroup, Role, Subscription
-from vaults import security_pin, selectors, services
+from vaults import activity, security_pin, selectors, services
 from vaults.chart import usage_chart_svg
 from vaults.credentials import VALID_FOR, credentials_issue, credentials_revoke
 from vaults.models import Vault, VaultCredential
@@ -369,22 +369,38 @@ def security_settings(request, vault_id):
     }
     status = 200
     if request.method == "POST":
-        vault = _load(request, vault_id, role=Role.CONTRIBUTOR)
         values = {
             "security_features": request.POST.get("security_features") == "on",
             "soft_delete_enabled": request.POST.get("soft_delete_enabled") == "on",
             "soft_delete_days": request.POST.get("soft_delete_days", "")[:10],
             "always_on": request.POST.get("always_on") == "on",
         }
+        before = {
+            "security_features": vault.security_features,
+            "soft_delete_enabled": vault.soft_delete_enabled,
+            "soft_delete_days": vault.soft_delete_days,
+            "always_on": vault.soft_delete_always_on,
+        }
+        fields = {"request": request, "vault": vault, "detail": {"before": before, "asked": values}}
         try:
-            services.vault_security_settings_set(
-                vault=vault, user=request.user, pin=request.POST.get("security_pin", ""), **values
-            )
+            with activity.refusals_recorded(
+                operation=activity.Operation.SOFT_DELETE_SETTING,
+                refused=(PermissionDenied, ValidationError, security_pin.PinRefused),
+                **fields,
+            ):
+                access.check_role(request.user, vault.subscription_id, Role.CONTRIBUTOR)
+                services.vault_security_settings_set(
+                    vault=vault,
+                    user=request.user,
+                    pin=request.POST.get("security_pin", ""),
+                    **values,
+                )
         except ValidationError as exc:
             errors = exc.message_dict
         except security_pin.PinRefused as exc:
             errors = {"security_pin": [str(exc)]}
         else:
+            activity.record(operation=activity.Operation.SOFT_DELETE_SETTING, **fields)
             messages.success(request, "Security settings saved.")
             return redirect("vaults:properties", vault.pk)
         status = 400
@@ -408,10 +424,13 @@ def security_pin_page(request, vault_id):
     context = _vault_context(request, vault, "properties")
     context.update({"pin": "", "minutes": security_pin.minutes_valid(), "expires_at": None})
     if request.method == "POST":
-        vault = _load(request, vault_id, role=Role.CONTRIBUTOR)
+        activity.require_role(
+            request, vault=vault, role=Role.CONTRIBUTOR, operation=activity.Operation.PIN_GENERATE
+        )
         now = timezone.now()
         context["pin"] = security_pin.generate(user=request.user, vault=vault, now=now)
         context["expires_at"] = now + security_pin.VALID_FOR
+        activity.record(operation=activity.Operation.PIN_GENERATE, request=request, vault=vault)
     response = render(request, "vaults/security_pin.html", context)
     response["Cache-Control"] = "no-store"
     return response

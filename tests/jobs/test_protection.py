@@ -16,7 +16,7 @@ from jobs.models import BackupPolicy, Job, RecoveryPoint
 from portal.models import Role
 from tests.jobs.conftest import make_machine, spec, stored_point
 from vaults import security_pin, selectors, storage
-from vaults.models import Vault
+from vaults.models import ActivityEntry, Vault
 
 pytestmark = pytest.mark.django_db
 DAY = timedelta(days=1)
@@ -291,3 +291,9 @@ def test_roles_on_the_stop_resume_and_undelete_pages(
     assert client.post(undelete).status_code == 302
     policy.refresh_from_db()
     assert policy.protection == BackupPolicy.Protection.STOPPED
+    entries = set(ActivityEntry.objects.values_list("operation", "outcome", "username"))
+    for operation in ("stop_retain", "stop_delete", "resume", "undelete"):
+        assert (f"protection.{operation}", "succeeded", "bob") in entries
+    for operation in ("stop_retain", "stop_delete", "resume", "undelete"):
+        assert (f"protection.{operation}", "refused", "bob") in entries  # as Reader
+    assert ("pin.use", "succeeded", "bob") in entries

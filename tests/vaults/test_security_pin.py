@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from portal.models import Role
 from vaults import security_pin, services
-from vaults.models import SecurityPin, Vault
+from vaults.models import ActivityEntry, SecurityPin, Vault
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("vault_env")]
 OP = security_pin.Operation.STOP_AND_DELETE
@@ -74,6 +74,8 @@ def test_wrong_pins_are_counted_and_five_void_the_live_one(alice, vault):
         use(alice, vault, pin)  # the right one no longer works either
     with pytest.raises(security_pin.PinMissing, match="Security PIN"):
         use(alice, vault, " ")
+    refusals = ActivityEntry.objects.filter(operation="pin.refuse", outcome="refused")
+    assert refusals.count() == security_pin.MAX_WRONG + 2
 
 
 # --- security settings ----------------------------------------------------------------------
@@ -151,6 +153,11 @@ def test_pin_page_generates_for_contributors_only_and_is_not_cached(
     assert response.status_code == 200 and response["Cache-Control"] == "no-store"
     pin = re.search(r'id="security-pin-value">(\d{8})<', response.content.decode()).group(1)
     assert use(alice, vault, pin)
+    generated = ActivityEntry.objects.filter(operation="pin.generate")
+    assert sorted(generated.values_list("username", "outcome")) == [
+        ("alice", "succeeded"),
+        ("bob", "refused"),
+    ]
 
 
 def test_settings_page_refuses_a_reader_and_shows_a_wrong_pin(client, alice, member, vault):

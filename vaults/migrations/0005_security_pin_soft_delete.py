@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('vaults', '0003_credential_role_and_single_use'),
+        ('vaults', '0004_activity_log'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
