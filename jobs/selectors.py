@@ -388,7 +388,7 @@ def backup_items(vault):
     return (
         Machine.objects.filter(vault=vault)
         .filter(Q(unregistered_at__isnull=True) | Exists(has_points))
-        .select_related("backup_policy")
+        .select_related("backup_policy", "backup_policy__deleted_by")
         .annotate(
             last_job_id=Subquery(last_job.values("id")[:1]),
             last_job_status=Subquery(last_job.values("status")[:1]),

@@ -140,6 +140,7 @@ def question_ask(*, user, source: Machine, target: Machine, kind: str, **args) -
     """Ask ``target``'s agent about ``source``'s backups; the answer comes to the cache."""
     if kind not in KINDS:
         raise ValueError(kind)
+    _refuse_deleted(source)
     request_id = secrets.token_urlsafe(16)
     _authorise_from_portal(
         user=user, source=source, target=target, lifetime=QUESTION_AUTHORISATION,

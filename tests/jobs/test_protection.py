@@ -145,6 +145,21 @@ def test_delete_soft_deletes_for_the_vault_period_and_emails_the_recipients(
         services.backup_start(machine=machine)
 
 
+def test_a_soft_deleted_items_points_cannot_be_read_until_undeleted(machine, policy, alice):
+    from jobs.recovery import services as recovery
+
+    point(machine, "s1", timezone.now() - DAY)
+    delete(machine, alice)
+    with pytest.raises(recovery.SourceNotAuthorised, match="until it is undeleted") as caught:
+        recovery.source_grant(machine=machine, source_ref=str(machine.pk))
+    assert (caught.value.code, caught.value.status) == ("soft_deleted", 409)
+    with pytest.raises(recovery.RecoveryRefused, match="soft deleted"):
+        recovery.question_ask(user=alice, source=machine, target=machine, kind="points")
+    services.protection_undelete(machine=machine, user=alice)
+    source, grant = recovery.source_grant(machine=machine, source_ref=str(machine.pk))
+    assert source == machine and grant
+
+
 def test_the_purge_removes_exactly_that_machines_blobs_after_the_period(
     machine, policy, alice, vault
 ):
@@ -297,3 +312,25 @@ def test_roles_on_the_stop_resume_and_undelete_pages(
     for operation in ("stop_retain", "stop_delete", "resume", "undelete"):
         assert (f"protection.{operation}", "refused", "bob") in entries  # as Reader
     assert ("pin.use", "succeeded", "bob") in entries
+
+
+def test_the_policy_form_asks_for_a_pin_to_lower_retention(client, alice, machine, policy):
+    client.force_login(alice)
+    url = f"/jobs/machines/{machine.pk}/policy/"
+    assert 'name="security_pin"' in client.get(url).content.decode()
+    form = {
+        "items": "/srv/data",
+        "frequency": "daily",
+        "times": ["00:00"],
+        "daily_enabled": "on",
+        "daily_days": "7",
+        "initial_backup": "online",
+    }
+    response = client.post(url, form)  # weekly, monthly and yearly turned off
+    page = response.content.decode()
+    assert response.status_code == 400 and "This change lowers retention" in page
+    assert "weekly retention turned off" in page
+    form["security_pin"] = security_pin.generate(user=alice, vault=machine.vault)
+    assert client.post(url, form).status_code == 302
+    policy.refresh_from_db()
+    assert policy.retention["weekly"] is None and policy.version == 2
