@@ -1,7 +1,8 @@
 """Stop protection, soft delete and the security PIN in Chromium, one walk: a PIN generated,
 protection stopped with the data retained and resumed, an expired PIN refused, the data
 deleted with a PIN, the typed name and a reason, shown as Soft deleted with the days left,
-undeleted, and the used PIN refused the second time."""
+undeleted, the used PIN refused the second time, and the vault's delete page naming the
+item that still holds data."""
 
 from __future__ import annotations
 
@@ -87,7 +88,13 @@ def test_stop_resume_delete_undelete_with_security_pins(
         page.get_by_label("Security PIN").fill(pin)
         page.locator("#stop-backup").click()
 
-    # A PIN, shown once on Properties › Security PIN.
+    # The vault's security settings, then a PIN, shown once on Properties › Security PIN.
+    page.goto(f"{live_portal}/vaults/{vault.pk}/properties/security-settings/")
+    expect(page.locator("#soft_delete_days")).to_have_value("14")
+    screenshot("protection-security-settings", full_page=True)
+    page.goto(f"{live_portal}/vaults/{vault.pk}/properties/")
+    expect(page.locator("#soft-delete-value")).to_contain_text("kept 14 days")
+    screenshot("protection-properties", full_page=True)
     first = generate_pin()
     screenshot("protection-security-pin")
 
@@ -142,3 +149,9 @@ def test_stop_resume_delete_undelete_with_security_pins(
     screenshot("protection-pin-reused")
     policy = BackupPolicy.objects.get(machine=machine)
     assert policy.protection == BackupPolicy.Protection.STOPPED
+
+    # The vault cannot be deleted while the item holds data; the page links to it.
+    page.goto(f"{live_portal}/vaults/{vault.pk}/delete/")
+    blockers = page.locator("#delete-blockers")
+    expect(blockers).to_contain_text("web-01: protection stopped, data retained (1 recovery point)")
+    screenshot("protection-vault-delete-blockers")
