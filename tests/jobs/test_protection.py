@@ -161,7 +161,7 @@ def test_a_soft_deleted_items_points_cannot_be_read_until_undeleted(machine, pol
 
 
 def test_the_purge_removes_exactly_that_machines_blobs_after_the_period(
-    machine, policy, alice, vault
+    machine, policy, alice, vault, client
 ):
     other = make_machine(vault, "db-01")
     services.policy_save(machine=other, spec=spec(), user=alice)
@@ -181,6 +181,11 @@ def test_the_purge_removes_exactly_that_machines_blobs_after_the_period(
     assert not RecoveryPoint.objects.filter(machine=machine, removed_at__isnull=True).exists()
     assert RecoveryPoint.objects.filter(machine=other, removed_at__isnull=True).count() == 1
     assert services.protection_purge_due(now=policy.purge_after + DAY) == 0  # once
+    client.force_login(alice)
+    page = client.get(f"/jobs/{job.pk}/").content.decode()
+    assert "Delete backup data" in page and "Completed" in page
+    page = client.get(f"/machines/{machine.pk}/").content.decode()
+    assert "Backup data deleted" in page and "register it again with --replace" in page
 
 
 def test_undelete_returns_the_item_to_stopped_with_its_data(machine, policy, alice):
