@@ -63,9 +63,11 @@ def test_stop_with_retain_sends_a_stopped_policy_and_refuses_every_backup(
     assert kwargs["policy"][protocol.POLICY_PROTECTION] == protocol.PROTECTION_STOPPED
     with pytest.raises(services.ProtectionStopped, match="Resume backup"):
         services.backup_start(machine=machine)
-    BackupPolicy.objects.filter(pk=policy.pk).update(scheduled_through=timezone.now() - 3 * DAY)
+    BackupPolicy.objects.filter(pk=policy.pk).update(scheduled_through=timezone.now() - 30 * DAY)
+    type(machine).objects.filter(pk=machine.pk).update(registered_at=timezone.now() - 30 * DAY)
     assert services.schedule_tick() == []
     assert not Job.objects.filter(operation=Job.Operation.BACKUP).exists()
+    assert services.alerts_check_stale() == 0  # stopped on purpose: no "no recent backup"
     with pytest.raises(services.ProtectionRefused, match="not on"):
         services.protection_stop(machine=machine, user=alice, retention="forever")
 
