@@ -203,6 +203,24 @@ def test_undelete_returns_the_item_to_stopped_with_its_data(machine, policy, ali
     services.protection_resume(machine=machine, user=alice)
 
 
+def test_an_unregistered_machines_data_is_listed_and_can_be_deleted(machine, policy, alice, sent):
+    from jobs import selectors as job_selectors
+
+    point(machine, "s1", timezone.now() - DAY)
+    type(machine).objects.filter(pk=machine.pk).update(unregistered_at=timezone.now())
+    machine.refresh_from_db()
+    (item,) = job_selectors.backup_items(machine.vault)
+    summary = job_selectors.protection_summary(item, policy)
+    assert (summary.state, summary.label) == ("unregistered", "Unregistered")
+    with pytest.raises(services.ProtectionRefused, match="unregistered"):
+        services.protection_stop(machine=machine, user=alice, retention="forever")
+    sent.clear()
+    delete(machine, alice)
+    assert sent == []  # nothing is sent to a machine that is gone
+    policy.refresh_from_db()
+    assert policy.protection == BackupPolicy.Protection.SOFT_DELETED
+
+
 def test_undelete_is_refused_once_the_period_has_ended(machine, policy, alice):
     delete(machine, alice)
     policy.refresh_from_db()
