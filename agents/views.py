@@ -96,9 +96,18 @@ def machine_detail(request, machine_id):
 def _backup_facts(machine: Machine) -> dict:
     """The policy, last backup job and recovery points the jobs app keeps for the machine
     (through reverse relations, so this page works before the jobs app is installed)."""
-    facts: dict = {"policy": None, "last_job": None, "point_count": 0, "latest_point": None}
+    facts: dict = {
+        "policy": None,
+        "last_job": None,
+        "point_count": 0,
+        "latest_point": None,
+        "protection": None,
+    }
     if hasattr(machine, "jobs"):
+        from jobs.selectors import protection_summary
+
         facts["policy"] = getattr(machine, "backup_policy", None)
+        facts["protection"] = protection_summary(machine, facts["policy"])
         facts["last_job"] = machine.jobs.filter(operation="backup").order_by("-created_at").first()
         points = machine.recovery_points.filter(removed_at__isnull=True).order_by("-created_at")
         facts["point_count"] = points.count()

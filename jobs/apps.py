@@ -22,6 +22,8 @@ class JobsConfig(AppConfig):
         register_periodic(
             "jobs.replicate_all", "jobs.replicate_all", settings.HAVEN_REPLICATION_INTERVAL_SECONDS
         )
+        # Soft-deleted data whose period has passed is removed within the hour.
+        register_periodic("jobs.protection_purge_due", "jobs.protection_purge_due", HOUR)
         _register_vault_hooks()
         _register_dispatch_hooks()
 
@@ -72,21 +74,56 @@ def _history_delete(vault) -> None:
 
 
 def _points_block_delete(vault):
+    """One blocker per backup item that still holds data (recovery points), with what to do
+    and a link to it: delete its backup data, or wait for (or shorten) its soft delete."""
+    from django.db.models import Count, Q
     from django.urls import reverse
 
-    from jobs.models import RecoveryPoint
+    from agents.models import Machine
+    from jobs.models import BackupPolicy
     from vaults.selectors import DeleteBlocker
 
-    count = RecoveryPoint.objects.filter(vault=vault, removed_at__isnull=True).count()
-    if not count:
-        return []
-    return [
-        DeleteBlocker(
-            what=f"{count} recovery point{'s' if count != 1 else ''}",
-            action="Stop protection and delete backup data under Backup items.",
-            link_url=reverse("jobs:backup_items", args=[vault.pk]),
+    machines = (
+        Machine.objects.filter(vault=vault)
+        .annotate(
+            live_points=Count("recovery_points", filter=Q(recovery_points__removed_at__isnull=True))
         )
-    ]
+        .filter(live_points__gt=0)
+        .select_related("backup_policy")
+        .order_by("name")
+    )
+    blockers = []
+    for machine in machines:
+        policy = getattr(machine, "backup_policy", None)
+        points = f"{machine.live_points} recovery point{'s' if machine.live_points != 1 else ''}"
+        if policy is not None and policy.protection == BackupPolicy.Protection.SOFT_DELETED:
+            when = f"{policy.purge_after:%Y-%m-%d %H:%M} UTC" if policy.purge_after else "soon"
+            action = f"Its data is removed for good on {when}; the vault can be deleted after."
+            if not vault.soft_delete_always_on:
+                action += (
+                    " To remove it sooner: Undelete it, turn soft delete off (Properties › "
+                    "Security settings), then delete its backup data again."
+                )
+            blockers.append(
+                DeleteBlocker(
+                    what=f"{machine.name}: soft deleted ({points})",
+                    action=action,
+                    link_url=reverse("agents:detail", args=[machine.pk]),
+                )
+            )
+            continue
+        state = policy.get_protection_display().lower() if policy else "not protected"
+        if policy is not None and policy.is_protected and machine.unregistered_at:
+            state = "unregistered"
+        blockers.append(
+            DeleteBlocker(
+                what=f"{machine.name}: {state} ({points})",
+                action="Stop protection and delete its backup data (Stop backup › Delete "
+                "backup data).",
+                link_url=reverse("jobs:protection_stop", args=[machine.pk]) + "?choice=delete",
+            )
+        )
+    return blockers
 
 
 def _points_lock_redundancy(vault):

@@ -9,7 +9,13 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from agents.runtime.protocol import ACTIVE_STATUSES, FINISHED_STATUSES, JobStatus
+from agents.runtime.protocol import (
+    ACTIVE_STATUSES,
+    FINISHED_STATUSES,
+    POLICY_PROTECTION,
+    PROTECTION_STOPPED,
+    JobStatus,
+)
 from jobs import policy_rules
 from jobs.schedule import DAILY, WEEKLY
 
@@ -28,6 +34,19 @@ class BackupPolicy(models.Model):
     class InitialBackup(models.TextChoices):
         ONLINE = "online", "Automatically over the network"
         OFFLINE = "offline", "Offline (seed from a disk)"
+
+    class Protection(models.TextChoices):
+        # The backup item's state (docs/protection.md); the policy row carries it because
+        # every machine that ever backed up has one, and the agent learns it with the
+        # policy (``spec()``).
+        PROTECTED = "protected", "Protected"
+        STOPPED = "stopped", "Protection stopped, data retained"
+        SOFT_DELETED = "soft_deleted", "Soft deleted"
+        DELETED = "deleted", "Backup data deleted"
+
+    class StopRetention(models.TextChoices):
+        FOREVER = "forever", "Keep all recovery points until deleted"
+        POLICY = "policy", "Keep applying the policy's retention"
 
     machine = models.OneToOneField(
         "agents.Machine", on_delete=models.CASCADE, related_name="backup_policy"
@@ -54,6 +73,25 @@ class BackupPolicy(models.Model):
     apply_error = models.TextField(blank=True, default="")
     # The scheduler has created runs for every scheduled time up to here.
     scheduled_through = models.DateTimeField(null=True, blank=True)
+    # Stop protection, soft delete and purge (jobs.services.protection).
+    protection = models.CharField(
+        max_length=12, choices=Protection.choices, default=Protection.PROTECTED
+    )
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    stopped_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    stop_retention = models.CharField(
+        max_length=10, choices=StopRetention.choices, blank=True, default=""
+    )
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    deleted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    delete_reason = models.TextField(blank=True, default="")
+    # Soft-deleted data is removed (the purge job) from then on.
+    purge_after = models.DateTimeField(null=True, blank=True)
+    purged_at = models.DateTimeField(null=True, blank=True)
 
     subscription_path = "machine__vault__subscription"
 
@@ -61,7 +99,7 @@ class BackupPolicy(models.Model):
         return f"policy of {self.machine}"
 
     def spec(self) -> dict:
-        return {
+        spec = {
             "items": self.items,
             "exclude_globs": self.exclude_globs,
             "exclude_types": self.exclude_types,
@@ -71,11 +109,30 @@ class BackupPolicy(models.Model):
             "retention": self.retention,
             "initial_backup": self.initial_backup,
         }
+        if self.protection != self.Protection.PROTECTED:
+            # The "stopped" policy the agent is sent: it runs no backup of it.
+            spec[POLICY_PROTECTION] = PROTECTION_STOPPED
+        return spec
+
+    @property
+    def is_protected(self) -> bool:
+        return self.protection == self.Protection.PROTECTED
+
+    @property
+    def applies_retention(self) -> bool:
+        """Retention removes expired points of a protected item, and of a stopped one only
+        when the person chose to keep applying it; a stopped-and-keep-all or soft-deleted
+        item keeps every point as it is."""
+        return self.protection == self.Protection.PROTECTED or (
+            self.protection == self.Protection.STOPPED
+            and self.stop_retention == self.StopRetention.POLICY
+        )
 
     def set_spec(self, spec: dict) -> None:
         for key, value in spec.items():
-            setattr(self, key, value)
-        self.spec_hash = policy_rules.spec_hash(spec)
+            if key != POLICY_PROTECTION:
+                setattr(self, key, value)
+        self.spec_hash = policy_rules.spec_hash(self.spec())
 
     @property
     def drifted(self) -> bool:
@@ -119,6 +176,7 @@ class Job(models.Model):
         IMPORT = "import", "Import"
         VERIFY = "verify", "Verify"
         CONFIGURE = "configure", "Configure backup"
+        PURGE = "purge", "Delete backup data"
 
     class Status(models.TextChoices):
         # The values are the wire's (agents.runtime.protocol.JobStatus); the labels are ours.

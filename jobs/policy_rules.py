@@ -329,6 +329,47 @@ def _count(add, rule: dict | None, unit: str, field: str, high: int) -> None:
         add(field, f"Keep backups for 1 to {high:,} {unit}.")
 
 
+# With a vault's security features on, no retention range may be shorter (the reference's
+# minimums): level -> (unit, minimum, the editor's field).
+SECURITY_MINIMUMS = {
+    "daily": ("days", 7, "daily_days"),
+    "weekly": ("weeks", 4, "weekly_weeks"),
+    "monthly": ("months", 3, "monthly_months"),
+    "yearly": ("years", 1, "yearly_years"),
+}
+
+
+def security_minimum_problems(spec: dict) -> Problems:
+    """The retention ranges shorter than the security features' minimums."""
+    problems: Problems = {}
+    retention = spec.get("retention", {})
+    for level, (unit, minimum, field) in SECURITY_MINIMUMS.items():
+        rule = retention.get(level)
+        value = rule.get(unit) if rule else None
+        if isinstance(value, int) and value < minimum:
+            problems[field] = [
+                f"With the vault's security features on, {level} backups are kept at least "
+                f"{minimum} {unit}."
+            ]
+    return problems
+
+
+def retention_lowered(before: dict, after: dict) -> list[str]:
+    """How ``after`` keeps recovery points for less time than ``before``: a retention range
+    turned off or shortened, in words ("daily 30 → 7 days"); empty when none is."""
+    lowered = []
+    old, new = before.get("retention", {}), after.get("retention", {})
+    for level, (unit, _, _) in SECURITY_MINIMUMS.items():
+        was, now = old.get(level), new.get(level)
+        if not was:
+            continue
+        if not now:
+            lowered.append(f"{level} retention turned off (was {was[unit]:,} {unit})")
+        elif isinstance(now.get(unit), int) and now[unit] < was[unit]:
+            lowered.append(f"{level} {was[unit]:,} → {now[unit]:,} {unit}")
+    return lowered
+
+
 def parse_times(spec: dict) -> list[time]:
     return [time(int(t[:2]), int(t[3:])) for t in spec.get("times", [])]
 

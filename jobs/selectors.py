@@ -11,12 +11,12 @@ from urllib.parse import urlencode
 
 from django.core.cache import cache
 from django.core.paginator import Paginator
-from django.db.models import Count, Max, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, Exists, Max, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
 
 from agents import dispatch
 from agents.models import Machine
-from jobs.models import Alert, Job, RecoveryPoint
+from jobs.models import Alert, BackupPolicy, Job, RecoveryPoint
 from jobs.schedule import zone
 from portal import access
 
@@ -215,6 +215,7 @@ class BackupBlockers:
 
     running: Job | None  # the machine's backup that is still queued, waiting or running
     retain_until: str  # what is wrong with the chosen "retain backup till" date, or ""
+    stopped: str = ""  # why the machine is not protected (protection stopped), or ""
 
 
 def machine_today(machine, *, now: datetime | None = None) -> date:
@@ -226,13 +227,29 @@ def backup_blockers(
     *, machine, retain_until: date | None = None, now: datetime | None = None
 ) -> BackupBlockers:
     """The rules ``backup_start`` enforces, for Back up now to show before anyone presses
-    the button: one backup per machine at a time, and a retain-until date not in the past
-    (where the machine is)."""
+    the button: no backup of a machine whose protection is stopped, one backup per machine
+    at a time, and a retain-until date not in the past (where the machine is)."""
     running = Job.objects.active().filter(machine=machine, operation=Job.Operation.BACKUP).first()
     problem = ""
     if retain_until is not None and retain_until < machine_today(machine, now=now):
         problem = "Choose today or a later date."
-    return BackupBlockers(running=running, retain_until=problem)
+    return BackupBlockers(running=running, retain_until=problem, stopped=stopped_reason(machine))
+
+
+def stopped_reason(machine) -> str:
+    """Why ``machine`` is backed up no more (its protection is stopped), or ""."""
+    policy = BackupPolicy.objects.filter(machine=machine).only("protection").first()
+    if policy is None or policy.is_protected:
+        return ""
+    if policy.protection == BackupPolicy.Protection.STOPPED:
+        return (
+            f"Protection of {machine.name} is stopped: no backups run until someone chooses "
+            "Resume backup."
+        )
+    return (
+        f"The backup data of {machine.name} is {policy.get_protection_display().lower()}: "
+        "no backups run."
+    )
 
 
 def live_points(machine):
@@ -277,14 +294,101 @@ def vault_alerts(vault, *, show: str = "active"):
     return qs.order_by("-last_raised_at")[:500]
 
 
+@dataclass(frozen=True)
+class ProtectionSummary:
+    """A backup item's state in words, for Backup items and the machine page."""
+
+    state: str  # BackupPolicy.Protection, or "none" (no policy) / "unregistered"
+    label: str
+    status_class: str
+    sentence: str  # what it means and what happens next
+    days_left: int | None = None  # soft deleted: whole days until the data is removed
+
+
+def protection_summary(machine, policy, *, now: datetime | None = None) -> ProtectionSummary:
+    now = now or timezone.now()
+    P = BackupPolicy.Protection
+    if policy is None:
+        return ProtectionSummary(
+            "none", "Not protected", "status-muted", "No backup policy yet: nothing is backed up."
+        )
+    when = "%Y-%m-%d %H:%M UTC"
+    if policy.protection == P.PROTECTED and machine.unregistered_at is not None:
+        return ProtectionSummary(
+            "unregistered",
+            "Unregistered",
+            "status-muted",
+            f"Unregistered on {machine.unregistered_at:{when}}: no backups run. Its recovery "
+            "points stay restorable; Stop backup › delete backup data removes them.",
+        )
+    if policy.protection == P.PROTECTED:
+        return ProtectionSummary(
+            P.PROTECTED,
+            "Protected",
+            "status-ok",
+            f"Backed up on the schedule of policy version {policy.version}.",
+        )
+    if policy.protection == P.STOPPED:
+        kept = (
+            "Expired recovery points are removed as the policy's retention says; the latest "
+            "one is always kept."
+            if policy.stop_retention == BackupPolicy.StopRetention.POLICY
+            else "Every recovery point is kept, whatever its age, until the backup data is deleted."
+        )
+        since = f" on {policy.stopped_at:{when}}" if policy.stopped_at else ""
+        return ProtectionSummary(
+            P.STOPPED,
+            "Protection stopped",
+            "status-warning",
+            f"Protection stopped{since}: no scheduled or ad hoc backups run. {kept} The "
+            "recovery points can be restored; Resume backup protects the machine again.",
+        )
+    if policy.protection == P.SOFT_DELETED:
+        by = f" by {policy.deleted_by.get_username()}" if policy.deleted_by else ""
+        reason = f" (reason: {policy.delete_reason})" if policy.delete_reason else ""
+        deleted = f"Backup data deleted on {policy.deleted_at:{when}}{by}{reason}."
+        if policy.purge_after is None or policy.purge_after <= now:
+            return ProtectionSummary(
+                P.SOFT_DELETED,
+                "Soft deleted",
+                "status-error",
+                f"{deleted} The soft-delete period has ended: the portal's worker is removing "
+                "the data, which can no longer be undeleted.",
+                0,
+            )
+        left = policy.purge_after - now
+        days = left.days + (1 if left.seconds or left.microseconds else 0)
+        return ProtectionSummary(
+            P.SOFT_DELETED,
+            "Soft deleted",
+            "status-error",
+            f"{deleted} It is kept {days} more day{'s' if days != 1 else ''}, until "
+            f"{policy.purge_after:{when}}, then removed for good. Its recovery points cannot "
+            "be restored until it is undeleted; Undelete returns it to protection stopped, "
+            "data retained.",
+            days,
+        )
+    purged = f" on {policy.purged_at:{when}}" if policy.purged_at else ""
+    return ProtectionSummary(
+        P.DELETED,
+        "Backup data deleted",
+        "status-muted",
+        f"The backup data was removed{purged}; nothing is left to restore. To back this "
+        "machine up again, register it again with --replace (a new repository).",
+    )
+
+
 def backup_items(vault):
-    """The vault's machines with their last backup, latest point and storage used."""
+    """The vault's machines with their last backup, latest point and storage used: every
+    registered machine, and an unregistered one while it still has recovery points."""
     last_job = Job.objects.filter(machine=OuterRef("pk"), operation=Job.Operation.BACKUP).order_by(
         "-created_at"
     )
+    has_points = RecoveryPoint.objects.filter(machine=OuterRef("pk"), removed_at__isnull=True)
     return (
-        Machine.objects.filter(vault=vault, unregistered_at__isnull=True)
-        .select_related("backup_policy")
+        Machine.objects.filter(vault=vault)
+        .filter(Q(unregistered_at__isnull=True) | Exists(has_points))
+        .select_related("backup_policy", "backup_policy__deleted_by")
         .annotate(
             last_job_id=Subquery(last_job.values("id")[:1]),
             last_job_status=Subquery(last_job.values("status")[:1]),

@@ -52,3 +52,16 @@ def replicate_machine(machine_id: str) -> bool:
     if machine is None:
         return False
     return services.replicate_machine(machine=machine) is not None
+
+
+@shared_task(name="jobs.protection_purge_due")
+def protection_purge_due() -> int:
+    return services.protection_purge_due()
+
+
+@shared_task(name="jobs.protection_purge_machine")
+def protection_purge_machine(machine_id: str) -> int:
+    machine = Machine.objects.select_related("vault").filter(pk=machine_id).first()
+    if machine is None:
+        return 0
+    return int(services.protection_purge(machine=machine) is not None)

@@ -16,6 +16,21 @@ urlpatterns = [
         views.recovery_points,
         name="recovery_points",
     ),
+    path(
+        "machines/<uuid:machine_id>/protection/stop/",
+        views.protection_stop,
+        name="protection_stop",
+    ),
+    path(
+        "machines/<uuid:machine_id>/protection/resume/",
+        views.protection_resume,
+        name="protection_resume",
+    ),
+    path(
+        "machines/<uuid:machine_id>/protection/undelete/",
+        views.protection_undelete,
+        name="protection_undelete",
+    ),
     path("vaults/<uuid:vault_id>/backup-items/", views.backup_items, name="backup_items"),
     path("vaults/<uuid:vault_id>/alerts/", views.vault_alerts, name="vault_alerts"),
 ]

@@ -9,9 +9,10 @@ from datetime import date
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -19,9 +20,9 @@ from agents.models import Machine
 from jobs import policy_rules, retention, selectors, services
 from jobs.models import BackupPolicy, Job
 from jobs.schedule import Schedule, describe, next_run, zone
-from portal.access import check_role, for_user, get_for_user
+from portal.access import check_role, for_user, get_for_user, get_with_role
 from portal.models import Role
-from vaults import activity
+from vaults import activity, security_pin
 from vaults.activity import Operation
 from vaults.models import Vault
 
@@ -151,7 +152,7 @@ def backup_now(request, machine_id):
     running = blockers.running
     error = error or blockers.retain_until
     status = 200
-    if request.method == "POST" and running is not None:
+    if request.method == "POST" and (running is not None or blockers.stopped):
         status = 409
     elif request.method == "POST" and not error and policy is not None:
         try:
@@ -160,6 +161,8 @@ def backup_now(request, machine_id):
             )
         except services.BackupAlreadyRunning as exc:
             running = exc.job
+            status = 409
+        except services.ProtectionStopped:
             status = 409
         except ValidationError as exc:
             error = " ".join(exc.message_dict.get("retain_until", exc.messages))
@@ -173,6 +176,7 @@ def backup_now(request, machine_id):
         "machine": machine,
         "policy": policy,
         "running": running,
+        "stopped": blockers.stopped,
         "retain_until": data.get("retain_until", ""),
         "retain_error": error,
         "today": selectors.machine_today(machine).isoformat(),
@@ -229,6 +233,8 @@ def _policy_context(machine, policy, spec, problems, values=None) -> dict:
         "month_days": [*range(1, 29), 0],
         "weeks": retention.WEEKS,
         "retention_lines": policy_rules.describe_retention(spec) if not problems else [],
+        "protection": selectors.protection_summary(machine, policy),
+        "security_features": machine.vault.security_features,
         "limits": {
             "days": policy_rules.MAX_DAYS,
             "weeks": policy_rules.MAX_WEEKS,
@@ -287,7 +293,12 @@ def policy_edit(request, machine_id):
     values = _posted_values(request.POST)
     if not problems:
         try:
-            policy = services.policy_save(machine=machine, spec=spec, user=request.user)
+            policy = services.policy_save(
+                machine=machine,
+                spec=spec,
+                user=request.user,
+                pin=request.POST.get("security_pin", ""),
+            )
         except ValidationError as exc:
             problems = exc.message_dict
         else:
@@ -330,6 +341,7 @@ def recovery_points(request, machine_id):
             "keeps_last_point": services.keeps_last_point(machine),
             "storage_used": selectors.storage_used(machine=machine),
             "tz": machine.time_zone,
+            "not_restorable": services.restore_refusal(machine),
         },
     )
 
@@ -341,14 +353,22 @@ def _vault(request, vault_id) -> Vault:
 @login_required
 @require_GET
 def backup_items(request, vault_id):
-    vault = _vault(request, vault_id)
+    vault, role = get_with_role(request.user, Vault, pk=vault_id)
+    now = timezone.now()
+    items = list(selectors.backup_items(vault))
+    for item in items:
+        item.protection = selectors.protection_summary(
+            item, getattr(item, "backup_policy", None), now=now
+        )
     return render(
         request,
         "jobs/backup_items.html",
         {
             "vault": vault,
             "section": "backup_items",
-            "items": selectors.backup_items(vault),
+            "items": items,
+            "can_operate": Role.rank(role) >= Role.rank(Role.BACKUP_OPERATOR),
+            "can_contribute": Role.rank(role) >= Role.rank(Role.CONTRIBUTOR),
             "storage_used": selectors.storage_used(vault=vault),
             "statuses": dict(Job.Status.choices),
             "status_classes": Job.STATUS_CLASS,
@@ -373,4 +393,137 @@ def vault_alerts(request, vault_id):
             "alert_counts": selectors.alert_counts(vault),
             "show": show,
         },
+    )
+
+
+# --- stop protection, resume, undelete --------------------------------------------------
+def _item(request, machine_id, role=Role.READER) -> Machine:
+    """A backup item: a registered machine, or an unregistered one with its data."""
+    return get_for_user(
+        request.user,
+        Machine.objects.select_related("vault", "vault__subscription"),
+        role=role,
+        pk=machine_id,
+    )
+
+
+def _back(request, machine, *, only_items: bool = False) -> str:
+    """Where a protection action returns: the vault's Backup items when it came from
+    there (the only other page allowed), else the machine's page."""
+    items = reverse("jobs:backup_items", args=[machine.vault_id])
+    if items in (request.POST.get("next"), request.GET.get("next")):
+        return items
+    return "" if only_items else reverse("agents:detail", args=[machine.pk])
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def protection_stop(request, machine_id):
+    """Stop backup: retain the data (Backup Operator), or delete it (Contributor, critical:
+    the machine's name typed, a reason and, with security features on, a security PIN)."""
+    machine, role = get_with_role(
+        request.user, Machine.objects.select_related("vault", "vault__subscription"), pk=machine_id
+    )
+    policy = BackupPolicy.objects.filter(machine=machine).first()
+    error = ""
+    choice = request.POST.get("choice", "retain") if request.method == "POST" else "retain"
+    if request.GET.get("choice") == "delete":
+        choice = "delete"
+    if request.method == "POST":
+        delete = choice == "delete"
+        operation = (
+            activity.Operation.PROTECTION_STOP_DELETE
+            if delete
+            else activity.Operation.PROTECTION_STOP_RETAIN
+        )
+        detail = (
+            {"reason": request.POST.get("reason", "")[:1000]}
+            if delete
+            else {"retention": request.POST.get("retention", "")[:20]}
+        )
+        fields = {"request": request, "vault": machine.vault, "resource": machine, "detail": detail}
+        try:
+            with activity.refusals_recorded(operation=operation, refused=_REFUSED, **fields):
+                if delete:
+                    check_role(request.user, machine.vault.subscription_id, Role.CONTRIBUTOR)
+                    services.protection_delete(
+                        machine=machine,
+                        user=request.user,
+                        confirm_name=request.POST.get("confirm_name", ""),
+                        reason=request.POST.get("reason", ""),
+                        pin=request.POST.get("security_pin", ""),
+                    )
+                    done = f"Backup data of {machine.name} deleted."
+                else:
+                    check_role(request.user, machine.vault.subscription_id, Role.BACKUP_OPERATOR)
+                    services.protection_stop(
+                        machine=machine,
+                        user=request.user,
+                        retention=request.POST.get("retention", ""),
+                    )
+                    done = f"Protection of {machine.name} stopped; its data is retained."
+        except (services.ProtectionRefused, security_pin.PinRefused) as exc:
+            error = str(exc)
+        else:
+            activity.record(operation=operation, **fields)
+            messages.success(request, done)
+            return redirect(_back(request, machine))
+    vault = machine.vault
+    context = {
+        "machine": machine,
+        "vault": vault,
+        "policy": policy,
+        "protection": selectors.protection_summary(machine, policy),
+        "choice": choice,
+        "error": error,
+        "posted": request.POST if request.method == "POST" else {},
+        "can_operate": Role.rank(role) >= Role.rank(Role.BACKUP_OPERATOR),
+        "can_contribute": Role.rank(role) >= Role.rank(Role.CONTRIBUTOR),
+        "retentions": BackupPolicy.StopRetention.choices,
+        "pin_minutes": security_pin.minutes_valid(),
+        "next": _back(request, machine, only_items=True),
+    }
+    return render(request, "jobs/protection_stop.html", context, status=400 if error else 200)
+
+
+_REFUSED = (PermissionDenied, services.ProtectionRefused, security_pin.PinRefused)
+
+
+def _simple_action(request, machine_id, *, operation, service, done: str):
+    """Resume backup and Undelete: one POST, Backup Operator, recorded either way."""
+    machine = _item(request, machine_id)
+    fields = {"request": request, "vault": machine.vault, "resource": machine}
+    try:
+        with activity.refusals_recorded(operation=operation, refused=_REFUSED, **fields):
+            check_role(request.user, machine.vault.subscription_id, Role.BACKUP_OPERATOR)
+            service(machine=machine, user=request.user)
+    except services.ProtectionRefused as exc:
+        messages.error(request, str(exc))
+    else:
+        activity.record(operation=operation, **fields)
+        messages.success(request, done.format(name=machine.name))
+    return redirect(_back(request, machine))
+
+
+@login_required
+@require_POST
+def protection_resume(request, machine_id):
+    return _simple_action(
+        request,
+        machine_id,
+        operation=activity.Operation.PROTECTION_RESUME,
+        service=services.protection_resume,
+        done="Backup of {name} resumed.",
+    )
+
+
+@login_required
+@require_POST
+def protection_undelete(request, machine_id):
+    return _simple_action(
+        request,
+        machine_id,
+        operation=activity.Operation.UNDELETE,
+        service=services.protection_undelete,
+        done="Backup data of {name} undeleted: protection stopped, data retained.",
     )

@@ -51,6 +51,16 @@ class Vault(models.Model):
     created_by = models.ForeignKey(
         "portal.User", null=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # Security settings (Properties › Security settings; docs/protection.md). Security
+    # features: critical operations need a security PIN and email the vault's alert
+    # recipients, and policies keep at least the minimum retention. On for new vaults.
+    security_features = models.BooleanField(default=True)
+    # Soft delete: backup data deleted with "Stop protection and delete backup data" is
+    # kept this many days, restorable by Undelete, before the portal's worker removes it.
+    soft_delete_enabled = models.BooleanField(default=True)
+    soft_delete_days = models.PositiveSmallIntegerField(default=14)
+    # Always-on soft delete cannot be turned off or shortened again (irreversible).
+    soft_delete_always_on = models.BooleanField(default=False)
 
     subscription_path = "subscription"
 
@@ -126,6 +136,35 @@ class VaultUsageSample(models.Model):
 
     def __str__(self) -> str:
         return f"{self.vault}: {self.bytes_used} B at {self.taken_at:%Y-%m-%d %H:%M}"
+
+
+class SecurityPin(models.Model):
+    """A security PIN (Properties › Security PIN): generated for one user and one vault,
+    valid a few minutes, used once (``vaults.security_pin``). Only a keyed hash of the PIN
+    is stored; the person saw it once."""
+
+    id = models.BigAutoField(primary_key=True)
+    vault = models.ForeignKey(Vault, on_delete=models.CASCADE, related_name="security_pins")
+    user = models.ForeignKey("portal.User", on_delete=models.CASCADE, related_name="+")
+    salt = models.CharField(max_length=32)
+    digest = models.CharField(max_length=64)
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+    used_for = models.CharField(max_length=100, blank=True, default="")
+    # Wrong PINs typed while this one was live; too many and it is void.
+    failed_attempts = models.PositiveSmallIntegerField(default=0)
+    # Replaced by a newer PIN, or void after too many wrong tries.
+    voided_at = models.DateTimeField(null=True, blank=True)
+
+    subscription_path = "vault__subscription"
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["vault", "user", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"security PIN {self.pk} of {self.user_id} for {self.vault}"
 
 
 class ActivityQuerySet(models.QuerySet):

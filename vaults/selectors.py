@@ -24,6 +24,7 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from portal import access
+from portal.models import Membership, Role
 from vaults.models import Vault, VaultUsageSample
 
 
@@ -355,3 +356,18 @@ def activity_batch(qs: QuerySet, *, after=None, size: int = 500) -> list:
         at, pk = after
         qs = qs.filter(Q(at__lt=at) | Q(at=at, pk__lt=pk))
     return list(qs[:size])
+
+
+def vault_alert_recipients(vault: Vault) -> list[str]:
+    """Who is emailed about the vault's alerts and critical operations: the e-mail
+    addresses of its subscription's Owners, Contributors and Backup Operators."""
+    return sorted(
+        {
+            email
+            for email in Membership.objects.filter(
+                subscription_id=vault.subscription_id,
+                role__in=[Role.OWNER, Role.CONTRIBUTOR, Role.BACKUP_OPERATOR],
+            ).values_list("user__email", flat=True)
+            if email
+        }
+    )

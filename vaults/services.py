@@ -18,6 +18,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -27,10 +28,14 @@ from agents.runtime.blobstore.base import StorageError
 from portal import realtime
 from portal.models import Notification, ResourceGroup, Subscription
 from portal.services import notification_publish, resource_group_create
-from vaults import activity, storage
+from vaults import activity, security_pin, storage
 from vaults.activity import Operation
 from vaults.models import Vault, VaultUsageSample
-from vaults.selectors import vault_delete_blockers, vault_redundancy_locked_reason
+from vaults.selectors import (
+    vault_alert_recipients,
+    vault_delete_blockers,
+    vault_redundancy_locked_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -507,6 +512,114 @@ def vault_cross_region_restore_enable(*, vault: Vault, user) -> Vault:
             link_url=reverse("vaults:properties", args=[vault.pk]),
             link_label="Properties",
         )
+    return vault
+
+
+# --- security settings ------------------------------------------------------------------
+SOFT_DELETE_MIN_DAYS, SOFT_DELETE_MAX_DAYS = 14, 180
+
+
+def critical_operation_email(*, vault: Vault, user, what: str, details: list[str]) -> None:
+    """E-mail the vault's alert recipients that a critical operation was done, after
+    commit (security features on: docs/protection.md). ``what`` names the operation."""
+    recipients = vault_alert_recipients(vault)
+    if not recipients:
+        return
+    who = user.get_username() if user is not None else "the portal"
+    link = settings.HAVEN_PUBLIC_URL + reverse("vaults:overview", args=[vault.pk])
+    body = "\n".join(
+        [
+            f"Critical operation on vault {vault.name}: {what}",
+            f"By: {who}",
+            f"At: {timezone.now():%Y-%m-%d %H:%M} UTC",
+            *details,
+            "",
+            "If you did not expect this, check the vault at once:",
+            link,
+        ]
+    )
+    subject = f"[Haven] Critical operation on {vault.name}: {what}"
+    transaction.on_commit(
+        lambda: send_mail(subject=subject, message=body, from_email=None, recipient_list=recipients)
+    )
+
+
+def vault_security_settings_set(
+    *,
+    vault: Vault,
+    user,
+    security_features: bool,
+    soft_delete_enabled: bool,
+    soft_delete_days,
+    always_on: bool,
+    pin: str = "",
+) -> Vault:
+    """Change the vault's security settings (Properties › Security settings).
+
+    Strengthening needs nothing more than the caller's Contributor role. Weakening (soft
+    delete turned off or shortened, security features turned off) needs the user's
+    security PIN while security features are on, and e-mails the alert recipients.
+    Always-on soft delete is irreversible: once on, soft delete cannot be turned off or
+    shortened, and always-on cannot be turned off. Raises ``ValidationError`` keyed by
+    field, or ``security_pin.PinRefused``."""
+    from jobs.policy_rules import whole_number
+
+    days = whole_number(soft_delete_days)
+    errors: dict[str, list[str]] = {}
+    if days is None or not SOFT_DELETE_MIN_DAYS <= days <= SOFT_DELETE_MAX_DAYS:
+        errors["soft_delete_days"] = [
+            f"Keep deleted backup data for {SOFT_DELETE_MIN_DAYS} to {SOFT_DELETE_MAX_DAYS} days."
+        ]
+        days = vault.soft_delete_days
+    if vault.soft_delete_always_on:
+        if not always_on:
+            errors.setdefault("always_on", []).append(
+                "Always-on soft delete is irreversible: it cannot be turned off."
+            )
+        if not soft_delete_enabled:
+            errors.setdefault("soft_delete_enabled", []).append(
+                "Soft delete is always on for this vault; it cannot be turned off."
+            )
+        if days < vault.soft_delete_days:
+            errors.setdefault("soft_delete_days", []).append(
+                f"Soft delete is always on for this vault; the period cannot be shortened "
+                f"below {vault.soft_delete_days} days."
+            )
+    if always_on and not soft_delete_enabled:
+        errors.setdefault("always_on", []).append(
+            "Always-on soft delete needs soft delete to be on."
+        )
+    if errors:
+        raise ValidationError(errors)
+    weakened = []
+    if vault.soft_delete_enabled and not soft_delete_enabled:
+        weakened.append("soft delete turned off")
+    elif soft_delete_enabled and days < vault.soft_delete_days:
+        weakened.append(f"soft delete shortened from {vault.soft_delete_days} to {days} days")
+    if vault.security_features and not security_features:
+        weakened.append("security features turned off")
+    if weakened and vault.security_features:
+        operation = (
+            security_pin.Operation.SECURITY_FEATURES_OFF
+            if not security_features
+            else security_pin.Operation.SOFT_DELETE_WEAKEN
+        )
+        security_pin.consume(user=user, vault=vault, pin=pin, operation=operation)
+    with transaction.atomic():
+        changed = Vault.objects.filter(pk=vault.pk).update(
+            security_features=security_features,
+            soft_delete_enabled=soft_delete_enabled,
+            soft_delete_days=days,
+            soft_delete_always_on=always_on or vault.soft_delete_always_on,
+        )
+        if weakened and vault.security_features and changed:
+            critical_operation_email(
+                vault=vault,
+                user=user,
+                what="security settings weakened",
+                details=[f"Change: {', '.join(weakened)}."],
+            )
+    vault.refresh_from_db()
     return vault
 
 

@@ -23,6 +23,12 @@ urlpatterns = [
         views.cross_region_restore,
         name="cross-region-restore",
     ),
+    path(
+        "<uuid:vault_id>/properties/security-settings/",
+        views.security_settings,
+        name="security-settings",
+    ),
+    path("<uuid:vault_id>/properties/security-pin/", views.security_pin_page, name="security-pin"),
     path("<uuid:vault_id>/backup/", views.backup_goal, name="backup"),
     path("<uuid:vault_id>/credentials/", views.credentials_list, name="credentials"),
     path(

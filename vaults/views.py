@@ -2,8 +2,8 @@
 ``vaults.services`` / ``vaults.selectors``; none saves a model itself.
 
 Roles: Reader sees everything here; Backup Operator downloads and revokes vault
-credentials; Contributor creates and deletes vaults, retries deployments and changes the
-storage redundancy.
+credentials; Contributor creates and deletes vaults, retries deployments, changes the
+storage redundancy and the security settings, and generates security PINs.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from portal import access
 from portal.models import ResourceGroup, Role, Subscription
-from vaults import activity, selectors, services
+from vaults import activity, security_pin, selectors, services
 from vaults.activity import Operation
 from vaults.chart import usage_chart_svg
 from vaults.credentials import (
@@ -402,6 +402,88 @@ def backup_configuration(request, vault_id):
         }
     )
     return render(request, "vaults/backup_configuration.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def security_settings(request, vault_id):
+    """Properties › Security settings: security features and soft delete."""
+    vault = _load(request, vault_id)
+    context = _vault_context(request, vault, "properties")
+    errors: dict[str, list[str]] = {}
+    values = {
+        "security_features": vault.security_features,
+        "soft_delete_enabled": vault.soft_delete_enabled,
+        "soft_delete_days": vault.soft_delete_days,
+        "always_on": vault.soft_delete_always_on,
+    }
+    status = 200
+    if request.method == "POST":
+        values = {
+            "security_features": request.POST.get("security_features") == "on",
+            "soft_delete_enabled": request.POST.get("soft_delete_enabled") == "on",
+            "soft_delete_days": request.POST.get("soft_delete_days", "")[:10],
+            "always_on": request.POST.get("always_on") == "on",
+        }
+        before = {
+            "security_features": vault.security_features,
+            "soft_delete_enabled": vault.soft_delete_enabled,
+            "soft_delete_days": vault.soft_delete_days,
+            "always_on": vault.soft_delete_always_on,
+        }
+        fields = {"request": request, "vault": vault, "detail": {"before": before, "asked": values}}
+        try:
+            with activity.refusals_recorded(
+                operation=activity.Operation.SOFT_DELETE_SETTING,
+                refused=(PermissionDenied, ValidationError, security_pin.PinRefused),
+                **fields,
+            ):
+                access.check_role(request.user, vault.subscription_id, Role.CONTRIBUTOR)
+                services.vault_security_settings_set(
+                    vault=vault,
+                    user=request.user,
+                    pin=request.POST.get("security_pin", ""),
+                    **values,
+                )
+        except ValidationError as exc:
+            errors = exc.message_dict
+        except security_pin.PinRefused as exc:
+            errors = {"security_pin": [str(exc)]}
+        else:
+            activity.record(operation=activity.Operation.SOFT_DELETE_SETTING, **fields)
+            messages.success(request, "Security settings saved.")
+            return redirect("vaults:properties", vault.pk)
+        status = 400
+    context.update(
+        {
+            "values": values,
+            "errors": errors,
+            "min_days": services.SOFT_DELETE_MIN_DAYS,
+            "max_days": services.SOFT_DELETE_MAX_DAYS,
+            "pin_minutes": security_pin.minutes_valid(),
+        }
+    )
+    return render(request, "vaults/security_settings.html", context, status=status)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def security_pin_page(request, vault_id):
+    """Properties › Security PIN: generate one (Contributor), shown once."""
+    vault = _load(request, vault_id)
+    context = _vault_context(request, vault, "properties")
+    context.update({"pin": "", "minutes": security_pin.minutes_valid(), "expires_at": None})
+    if request.method == "POST":
+        activity.require_role(
+            request, vault=vault, role=Role.CONTRIBUTOR, operation=activity.Operation.PIN_GENERATE
+        )
+        now = timezone.now()
+        context["pin"] = security_pin.generate(user=request.user, vault=vault, now=now)
+        context["expires_at"] = now + security_pin.VALID_FOR
+        activity.record(operation=activity.Operation.PIN_GENERATE, request=request, vault=vault)
+    response = render(request, "vaults/security_pin.html", context)
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 WORKLOADS = [("on_premises", "On-premises"), ("azure_vm", "Azure VM")]

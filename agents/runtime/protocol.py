@@ -27,6 +27,12 @@ RESTORE_TASK = "haven.agent.recovery.restore"
 DOWNLOAD_TASK = "haven.agent.recovery.download"
 TASK_PREFIX = "haven.agent."
 
+# A policy whose spec carries ``{POLICY_PROTECTION: PROTECTION_STOPPED}`` is a stopped one:
+# protection of the machine was stopped in the portal, and the agent runs no backup of it
+# (docs/protection.md). A protected machine's spec has no such key.
+POLICY_PROTECTION = "protection"
+PROTECTION_STOPPED = "stopped"
+
 
 # -- job statuses -------------------------------------------------------------------------------
 class JobStatus(enum.StrEnum):

@@ -212,6 +212,7 @@ def question_ask(
     comes to the cache."""
     if kind not in KINDS:
         raise ValueError(kind)
+    _refuse_deleted(source)
     region = region_check(source.vault, region)
     if region == protocol.REGION_SECONDARY:
         args["source_region"] = region
@@ -489,6 +490,7 @@ def source_grant(
     source = found.machine
     region = region_check(machine.vault, region)
     account = _grant_account(machine.vault, region)
+    _refuse_deleted(source)
     expires_at = timezone.now() + SOURCE_GRANT_LIFETIME
     if source.pk == machine.pk:
         return found, account.issue_grant(source.container, expires_at=expires_at, permissions="rl")
@@ -567,7 +569,17 @@ def _new_job(*, user, source, target, details: dict) -> Job:
     )
 
 
+def _refuse_deleted(source: Machine) -> None:
+    """A soft-deleted (or deleted) item's points are not restorable (docs/protection.md)."""
+    from jobs.services.protection import restore_refusal
+
+    refusal = restore_refusal(source)
+    if refusal:
+        raise SourceNotAuthorised(refusal, "soft_deleted", 409)
+
+
 def _check_point(source: Machine, recovery_point: str) -> RecoveryPoint:
+    _refuse_deleted(source)
     point = recovery_points(source).filter(snapshot_id=recovery_point).first()
     if point is None:
         raise RecoveryRefused("Choose a recovery point of this machine.")

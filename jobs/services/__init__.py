@@ -11,6 +11,7 @@ apps call them through this package: ``from jobs import services; services.backu
                deletions on both sides, which points the secondary can restore
     alerts     Backup Alerts raised and resolved, the no-recent-backup check, their email
     live       pushes to open pages, and the notification when a job ends
+    protection stop protection (retain or delete), resume, soft delete, undelete, the purge
 
 Reads are in ``jobs.selectors``; the pure rules in ``jobs.policy_rules``, ``jobs.retention``
 and ``jobs.schedule``; Recover Data (restore and download jobs) in ``jobs.recovery``.
@@ -36,6 +37,7 @@ from jobs.services.alerts import (
 from jobs.services.jobs import (
     BackupAlreadyRunning,
     JobNotCancellable,
+    ProtectionStopped,
     ResultConflict,
     backup_start,
     job_cancel,
@@ -55,6 +57,16 @@ from jobs.services.points import (
     retention_sentence,
 )
 from jobs.services.policies import policy_applied, policy_drift, policy_save
+from jobs.services.protection import (
+    ProtectionRefused,
+    protection_delete,
+    protection_purge,
+    protection_purge_due,
+    protection_resume,
+    protection_stop,
+    protection_undelete,
+    restore_refusal,
+)
 from jobs.services.pruning import (
     backup_in_flight,
     keeps_last_point,
@@ -77,6 +89,8 @@ __all__ = [
     "JobNotCancellable",
     "PointRefused",
     "PointUnverifiable",
+    "ProtectionRefused",
+    "ProtectionStopped",
     "ResultConflict",
     "adhoc_retention",
     "alert_email_send",
@@ -104,11 +118,18 @@ __all__ = [
     "policy_applied",
     "policy_drift",
     "policy_save",
+    "protection_delete",
+    "protection_purge",
+    "protection_purge_due",
+    "protection_resume",
+    "protection_stop",
+    "protection_undelete",
     "recovery_point_create",
     "replicate_all",
     "replicate_machine",
     "replicated_manifests",
     "replication_lag",
+    "restore_refusal",
     "retention_apply",
     "retention_apply_all",
     "retention_sentence",

@@ -17,7 +17,7 @@ from django.utils import timezone
 from jobs import selectors
 from jobs.models import Alert, BackupPolicy, Job
 from jobs.services.live import alerts_publish
-from portal.models import Membership, Role
+from vaults.selectors import vault_alert_recipients
 
 
 def alert_raise(
@@ -136,7 +136,9 @@ def alerts_check_stale(*, now: datetime | None = None) -> int:
         ended_at__gte=since,
     )
     policies = BackupPolicy.objects.select_related("machine", "machine__vault").filter(
-        ~Exists(backed_up), machine__unregistered_at__isnull=True
+        ~Exists(backed_up),
+        machine__unregistered_at__isnull=True,
+        protection=BackupPolicy.Protection.PROTECTED,
     )
     stale = [
         policy.machine
@@ -209,16 +211,7 @@ def _raise_no_recent_backup(machines: list, *, days: int, now: datetime) -> None
 
 
 def _alert_recipients(vault) -> list[str]:
-    return sorted(
-        {
-            email
-            for email in Membership.objects.filter(
-                subscription_id=vault.subscription_id,
-                role__in=[Role.OWNER, Role.CONTRIBUTOR, Role.BACKUP_OPERATOR],
-            ).values_list("user__email", flat=True)
-            if email
-        }
-    )
+    return vault_alert_recipients(vault)
 
 
 def alert_email_send(*, alert_ids: list[int]) -> int:

@@ -45,6 +45,10 @@ class JobNotCancellable(Exception):
     pass
 
 
+class ProtectionStopped(Exception):
+    """No backup of a machine whose protection is stopped (or whose data is deleted)."""
+
+
 class ResultConflict(Exception):
     """A second, different result for a job that an agent's result already ended."""
 
@@ -61,6 +65,8 @@ def backup_start(
     """Queue a backup of ``machine`` and send it to its agent; one per machine at a time."""
     now = now or timezone.now()
     blockers = selectors.backup_blockers(machine=machine, retain_until=retain_until, now=now)
+    if blockers.stopped:
+        raise ProtectionStopped(blockers.stopped)
     if blockers.retain_until:
         raise ValidationError({"retain_until": [blockers.retain_until]})
     if blockers.running is not None:

@@ -13,20 +13,63 @@ from django.utils import timezone
 from agents.runtime import protocol
 from jobs import policy_rules, services  # services: the package, for its dispatch seam
 from jobs.models import BackupPolicy
-from vaults import activity
+from vaults import activity, security_pin
 from vaults.activity import Operation
+from vaults.services import critical_operation_email
 
 
-@transaction.atomic
-def policy_save(*, machine, spec: dict, user=None, now: datetime | None = None) -> BackupPolicy:
+def policy_save(
+    *, machine, spec: dict, user=None, now: datetime | None = None, pin: str = ""
+) -> BackupPolicy:
     """Create or change a machine's policy; raises ValidationError naming every broken rule.
 
-    A change is in the activity log with its diff (``policy_diff``)."""
-    now = now or timezone.now()
+    With the vault's security features on, no retention range may be shorter than the
+    minimums (``policy_rules.SECURITY_MINIMUMS``), and a change that lowers any retention
+    needs ``user``'s security PIN (refusals under the ``security_pin`` key) and e-mails
+    the vault's alert recipients. A machine whose protection is stopped keeps its policy
+    until backup is resumed."""
+    vault = machine.vault
     problems = policy_rules.spec_problems(spec)
+    if vault.security_features:
+        for field, messages in policy_rules.security_minimum_problems(spec).items():
+            problems.setdefault(field, []).extend(messages)
     if problems:
         raise ValidationError(problems)
     spec = policy_rules.normalize(spec)
+    current = BackupPolicy.objects.filter(machine=machine).first()
+    if current is not None and not current.is_protected:
+        raise ValidationError(
+            {
+                "protection": [
+                    f"Protection of {machine.name} is stopped "
+                    f"({current.get_protection_display().lower()}); its policy cannot change "
+                    "until backup is resumed."
+                ]
+            }
+        )
+    lowered = policy_rules.retention_lowered(current.spec(), spec) if current else []
+    if lowered and vault.security_features:
+        try:
+            security_pin.consume(
+                user=user, vault=vault, pin=pin, operation=security_pin.Operation.RETENTION_LOWER
+            )
+        except security_pin.PinRefused as exc:
+            raise ValidationError(
+                {"security_pin": [f"This change lowers retention ({'; '.join(lowered)}). {exc}"]}
+            ) from None
+    with transaction.atomic():
+        policy = _policy_write(machine=machine, spec=spec, user=user, now=now or timezone.now())
+        if lowered and vault.security_features:
+            critical_operation_email(
+                vault=vault,
+                user=user,
+                what=f"retention of {machine.name}'s policy lowered",
+                details=[f"Machine: {machine.name}", f"Change: {'; '.join(lowered)}."],
+            )
+    return policy
+
+
+def _policy_write(*, machine, spec: dict, user, now: datetime) -> BackupPolicy:
     policy = BackupPolicy.objects.select_for_update().filter(machine=machine).first()
     if policy is None:
         policy = BackupPolicy(machine=machine, scheduled_through=now, version=0)

@@ -104,6 +104,8 @@ def retention_apply(*, machine, now: datetime | None = None, store=None) -> list
     The last point of a machine that ``keeps_last_point`` loses its expiry."""
     now = now or timezone.now()
     policy = BackupPolicy.objects.filter(machine=machine).first()
+    if policy is not None and not policy.applies_retention:
+        return []  # protection stopped keeping every point, or soft deleted: untouched
     spec = policy.spec() if policy else None
     tz = zone(machine.time_zone)
     points = list(RecoveryPoint.objects.filter(machine=machine, removed_at__isnull=True))

@@ -12,7 +12,7 @@ from django.utils import timezone
 from jobs import retention
 from jobs.models import BackupPolicy, Job, ScheduledRun
 from jobs.schedule import Schedule, occurrences, zone
-from jobs.services.jobs import BackupAlreadyRunning, backup_start
+from jobs.services.jobs import BackupAlreadyRunning, ProtectionStopped, backup_start
 from jobs.services.live import job_publish
 
 
@@ -25,8 +25,9 @@ def schedule_tick(*, now: datetime | None = None) -> list[Job]:
     """
     now = now or timezone.now()
     started = []
+    # A machine whose protection is stopped is skipped: its policy is a stopped one.
     policies = BackupPolicy.objects.select_related("machine", "machine__vault").filter(
-        machine__unregistered_at__isnull=True
+        machine__unregistered_at__isnull=True, protection=BackupPolicy.Protection.PROTECTED
     )
     for policy in policies:
         after = policy.scheduled_through or now
@@ -59,6 +60,8 @@ def _scheduled_run(policy: BackupPolicy, when: datetime, tz, *, now: datetime) -
             job = backup_start(
                 machine=machine, trigger=Job.Trigger.SCHEDULED, scheduled_for=when, now=now
             )
+    except ProtectionStopped:
+        return None  # stopped since this tick read the policy
     except BackupAlreadyRunning as exc:
         # Recorded as a failed scheduled backup, so the next ad hoc backup takes its place.
         job = Job.objects.create(

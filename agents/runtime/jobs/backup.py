@@ -59,6 +59,11 @@ def backup_work(
     def work(run: JobRun) -> JobResult:
         job = run.job
         policy = (job.get("policy") or {}).get("spec")
+        if policy and policy.get(protocol.POLICY_PROTECTION) == protocol.PROTECTION_STOPPED:
+            raise JobAborted(
+                "Protection of this machine is stopped in the portal: it runs no backups "
+                "until someone chooses Resume backup there."
+            )
         if not policy or not policy.get("items"):
             raise JobAborted(
                 "This machine has no backup policy with items to back up; set one in the "

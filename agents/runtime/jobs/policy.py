@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+from agents.runtime import protocol
 from agents.runtime.config import ensure_private_dir, write_private
 from agents.runtime.tasksig import TaskRefused
 
@@ -41,7 +42,10 @@ def format_policy(data: dict | None) -> str:
     if not data:
         return "No backup policy yet: set one in the portal (the machine's Backup policy)."
     spec = data["spec"]
-    lines = [f"Policy version {data['version']} ({data['spec_hash'][:12]})", "Items:"]
+    lines = [f"Policy version {data['version']} ({data['spec_hash'][:12]})"]
+    if spec.get(protocol.POLICY_PROTECTION) == protocol.PROTECTION_STOPPED:
+        lines.append("Protection stopped in the portal: no backups run until it is resumed there.")
+    lines.append("Items:")
     lines += [f"  {item}" for item in spec.get("items", [])]
     excludes = [*spec.get("exclude_globs", []), *spec.get("exclude_types", [])]
     if excludes:

@@ -98,6 +98,32 @@ def test_too_little_cache_space_fails_before_touching_storage(data, repo_store, 
     assert opened == []
 
 
+def test_a_stopped_policy_runs_no_backup_and_policy_show_says_so(data, repo_store, tmp_path):
+    """Protection stopped in the portal: the policy the agent holds says so, and a backup
+    message that still arrives (sent before the stop) fails without touching storage."""
+    from agents.runtime import protocol
+    from agents.runtime.jobs import policy
+
+    job = job_payload([str(data)])
+    job["policy"]["spec"][protocol.POLICY_PROTECTION] = protocol.PROTECTION_STOPPED
+    opened = []
+    result = backup.run_backup_job(
+        "job-1",
+        portal=FakePortal(job),
+        open_store=lambda: opened.append(1),
+        passphrase=PASSPHRASE,
+        cache_dir=tmp_path / "cache",
+        sleep=lambda s: None,
+    )
+    assert result["status"] == "failed" and opened == []
+    assert "Protection of this machine is stopped" in result["message"]
+    policy.apply_policy(
+        tmp_path / "cfg", FakePortal({}), policy=job["policy"]["spec"], version=2, spec_hash="s"
+    )
+    text = policy.format_policy(policy.load_policy(tmp_path / "cfg"))
+    assert "Protection stopped in the portal: no backups run" in text
+
+
 def test_a_job_cancelled_before_it_started_is_skipped(data, repo_store, tmp_path):
     portal = FakePortal(job_payload([str(data)], status="cancelled", cancel=True))
     assert run(portal, repo_store, tmp_path) == {"status": "skipped"}
