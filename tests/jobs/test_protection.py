@@ -158,8 +158,8 @@ def test_a_soft_deleted_items_points_cannot_be_read_until_undeleted(machine, pol
     with pytest.raises(recovery.RecoveryRefused, match="soft deleted"):
         recovery.question_ask(user=alice, source=machine, target=machine, kind="points")
     services.protection_undelete(machine=machine, user=alice)
-    source, grant = recovery.source_grant(machine=machine, source_ref=str(machine.pk))
-    assert source == machine and grant
+    found, grant = recovery.source_grant(machine=machine, source_ref=str(machine.pk))
+    assert found.machine == machine and grant
 
 
 def test_the_purge_removes_exactly_that_machines_blobs_after_the_period(
