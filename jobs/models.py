@@ -42,6 +42,9 @@ class BackupPolicy(models.Model):
     initial_backup = models.CharField(
         max_length=10, choices=InitialBackup.choices, default=InitialBackup.ONLINE
     )
+    # Network throttling on a schedule (agents.runtime.throttling); {}: never set, so a
+    # policy without one keeps the hash it had before throttling existed.
+    throttle = models.JSONField(default=dict, blank=True)
     version = models.PositiveIntegerField(default=1)
     spec_hash = models.CharField(max_length=64, default="")
     updated_at = models.DateTimeField(auto_now=True)
@@ -70,7 +73,7 @@ class BackupPolicy(models.Model):
             "weekdays": self.weekdays,
             "retention": self.retention,
             "initial_backup": self.initial_backup,
-        }
+        } | ({"throttle": self.throttle} if self.throttle else {})
 
     def set_spec(self, spec: dict) -> None:
         for key, value in spec.items():

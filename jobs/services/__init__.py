@@ -52,7 +52,12 @@ from jobs.services.points import (
     recovery_point_create,
     retention_sentence,
 )
-from jobs.services.policies import policy_applied, policy_drift, policy_save
+from jobs.services.policies import (
+    policy_applied,
+    policy_drift,
+    policy_save,
+    policy_throttle_save,
+)
 from jobs.services.pruning import (
     backup_in_flight,
     packs_collect,
@@ -92,6 +97,7 @@ __all__ = [
     "policy_applied",
     "policy_drift",
     "policy_save",
+    "policy_throttle_save",
     "recovery_point_create",
     "retention_apply",
     "retention_apply_all",
