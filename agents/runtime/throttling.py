@@ -17,10 +17,11 @@ network units (1 Kbps = 1,000 bits per second, 1 Mbps = 1,000 Kbps).
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 
 from agents.runtime.blobstore.base import BlobStore
@@ -31,6 +32,7 @@ MAX_KBPS = 1023 * 1000  # 1,023 Mbps
 KBPS, MBPS = "Kbps", "Mbps"
 UNITS = {KBPS: 1, MBPS: 1000}
 DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+RATE_RE = re.compile(r"[0-9]{1,7}(\.[0-9]{1,3})?\Z")  # ASCII digits; \Z: no trailing newline
 POLICY_KEY = "throttle"  # the key of the policy spec that carries the schedule
 
 Problems = dict[str, list[str]]
@@ -75,15 +77,10 @@ def format_hour(hour: int) -> str:
 def parse_rate(number: str, unit: str) -> int | None:
     """Kbps for an entered number and unit, or None when it is not a number."""
     text = (number or "").strip().replace(",", "")
-    if unit not in UNITS or not text or len(text) > 12:
+    # Plain decimals only: Decimal alone would take "1e999999999" and build a huge integer.
+    if unit not in UNITS or not RATE_RE.match(text):
         return None
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        return None
-    if not value.is_finite():
-        return None
-    return int((value * UNITS[unit]).to_integral_value())
+    return int((Decimal(text) * UNITS[unit]).to_integral_value())
 
 
 def number_in(raw, low: int, high: int) -> int | None:

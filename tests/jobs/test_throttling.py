@@ -94,6 +94,9 @@ def test_the_editor_saves_plain_units_and_shows_the_week_and_drift(client, alice
         ({"off_rate": "1024", "off_unit": "Mbps"}, "off_rate", "from 512 Kbps to 1,023 Mbps"),
         ({"off_rate": "fast"}, "off_rate", "Enter a bandwidth"),
         ({"off_rate": "NaN"}, "off_rate", "Enter a bandwidth"),
+        ({"off_rate": "1e999999999"}, "off_rate", "Enter a bandwidth"),
+        ({"off_rate": "-5"}, "off_rate", "Enter a bandwidth"),
+        ({"work_rate": "\u0663"}, "work_rate", "Enter a bandwidth"),  # an Arabic-Indic 3
         ({"work_unit": "Gbps"}, "work_rate", "Enter a bandwidth"),
         ({"work_end": "8"}, "work_end", "end after they start"),
         ({"work_start": "x"}, "work_start", "hour work starts"),
