@@ -9,6 +9,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from agents.runtime import throttling
 from agents.runtime.protocol import ACTIVE_STATUSES, FINISHED_STATUSES, JobStatus
 from jobs import policy_rules
 from jobs.schedule import DAILY, WEEKLY
@@ -79,6 +80,11 @@ class BackupPolicy(models.Model):
         for key, value in spec.items():
             setattr(self, key, value)
         self.spec_hash = policy_rules.spec_hash(spec)
+
+    @property
+    def throttle_summary(self) -> str:
+        """Its network throttling in a line ("off" or the rates, days and hours)."""
+        return throttling.describe(self.throttle)
 
     @property
     def drifted(self) -> bool:

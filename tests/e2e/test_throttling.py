@@ -1,36 +1,37 @@
-"""Machine > Properties > Throttling in Chromium: the week preview follows the form as it
-is edited, a rate out of range is named on its field, and the saved schedule is shown as a
-new policy version the agent has not applied yet."""
+"""Machine > Properties > Throttling in Chromium, with a real agent: the week preview
+follows the form as it is edited, a rate out of range is named on its field, the saved
+schedule goes out as a new policy version, the agent applies it (the drift clears) and
+``haven-agent status`` prints it."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 from playwright.sync_api import expect
 
 from tests.e2e.conftest import sign_in_with_cookie
 
-pytestmark = [pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-def test_the_throttling_editor_previews_the_week_and_saves_into_the_policy(
-    live_portal, portal_owner, page, screenshot, settings, tmp_path
+def test_the_throttling_editor_previews_the_week_and_the_agent_applies_it(
+    agent_portal, vault_owner, agent_machines, page, screenshot
 ):
     from jobs import policy_rules, services
     from jobs.models import BackupPolicy
-    from tests.support import builders
 
-    settings.STORAGE_DIR = tmp_path / "storage"
-    vault = builders.make_vault(resource_group=portal_owner.resource_group, name="vault-e2e")
-    machine = builders.make_machine(vault=vault, name="web-01", time_zone="Europe/Amsterdam")
-    spec = policy_rules.default_spec() | {"items": ["/srv/data"]}
-    services.policy_save(machine=machine, spec=spec, user=portal_owner.user)
-    sign_in_with_cookie(page, live_portal, portal_owner.user)
+    agent = agent_machines.register("web-01", vault_owner.credentials)
+    machine = agent.model
+    spec = policy_rules.default_spec() | {"items": [str(agent.home / "data")]}
+    services.policy_save(machine=machine, spec=spec, user=vault_owner.user)
+    sign_in_with_cookie(page, agent_portal, vault_owner.user)
     page.set_default_timeout(10_000)
-    page.goto(f"{live_portal}/machines/{machine.pk}/")
+    page.goto(f"{agent_portal}/machines/{machine.pk}/")
     page.get_by_role("navigation", name="Machine").get_by_role("link", name="Properties").click()
     preview = page.locator("#throttle-preview")
     expect(preview).to_contain_text("Throttling is off")
-    expect(page.get_by_text("machine's local time (Europe/Amsterdam)")).to_be_visible()
+    expect(page.get_by_text(f"machine's local time ({machine.time_zone})")).to_be_visible()
 
     page.locator("[data-field=enabled]").check()
     expect(preview.locator("td.work")).to_have_count(5 * 9)  # Mon-Fri 09:00-18:00
@@ -55,10 +56,10 @@ def test_the_throttling_editor_previews_the_week_and_saves_into_the_policy(
     expect(
         page.get_by_text("Network throttling of web-01 saved (backup policy version 2)")
     ).to_be_visible()
-    expect(page.locator("[data-field=drift]")).to_have_text("Not applied")
     expect(preview.locator("td.work")).to_have_count(4 * 8)
     screenshot("throttling-editor", viewport="desktop", full_page=True)
-    assert BackupPolicy.objects.get(machine=machine).throttle == {
+    policy = BackupPolicy.objects.get(machine=machine)
+    assert policy.throttle == {
         "enabled": True,
         "work_days": [0, 1, 2, 3],
         "work_start": 9,
@@ -66,3 +67,18 @@ def test_the_throttling_editor_previews_the_week_and_saves_into_the_policy(
         "work_kbps": 2000,
         "off_kbps": 50000,
     }
+    deadline = time.monotonic() + 30
+    while BackupPolicy.objects.get(pk=policy.pk).applied_version != 2:
+        assert time.monotonic() < deadline, agent.log_text()
+        time.sleep(0.2)
+    page.reload()
+    expect(page.get_by_text("Applied by the agent")).to_be_visible()
+    page.get_by_role("navigation", name="Machine").get_by_role("link", name="Overview").click()
+    expect(page.locator("[data-field=throttling]")).to_have_text(
+        "2 Mbps on Mon, Tue, Wed, Thu 09:00-17:00, 50 Mbps at other times (machine time)"
+    )
+    status = agent.ok("status")
+    assert (
+        "network throttling:      2 Mbps on Mon, Tue, Wed, Thu 09:00-17:00, "
+        "50 Mbps at other times (machine time)"
+    ) in status, status

@@ -83,6 +83,8 @@ def test_the_editor_saves_plain_units_and_shows_the_week_and_drift(client, alice
     assert 'data-field="work-rate">1.5 Mbps' in page and 'data-field="off-rate">512 Kbps' in page
     assert page.count('<td class="work"') == 5 * 9 and page.count('<td class="off"') == 168 - 45
     assert "Not applied" in page
+    overview = client.get(f"/machines/{machine.pk}/").content.decode()
+    assert "1.5 Mbps on Mon, Tue, Wed, Thu, Fri 09:00-18:00, 512 Kbps at other times" in overview
     preview = client.post(url(machine, "preview/"), FORM | {"work_end": "10"}).content.decode()
     assert preview.count('<td class="work"') == 5
 
