@@ -9,6 +9,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from agents.runtime import throttling
 from agents.runtime.protocol import (
     ACTIVE_STATUSES,
     FINISHED_STATUSES,
@@ -61,6 +62,9 @@ class BackupPolicy(models.Model):
     initial_backup = models.CharField(
         max_length=10, choices=InitialBackup.choices, default=InitialBackup.ONLINE
     )
+    # Network throttling on a schedule (agents.runtime.throttling); {}: never set, so a
+    # policy without one keeps the hash it had before throttling existed.
+    throttle = models.JSONField(default=dict, blank=True)
     version = models.PositiveIntegerField(default=1)
     spec_hash = models.CharField(max_length=64, default="")
     updated_at = models.DateTimeField(auto_now=True)
@@ -108,7 +112,7 @@ class BackupPolicy(models.Model):
             "weekdays": self.weekdays,
             "retention": self.retention,
             "initial_backup": self.initial_backup,
-        }
+        } | ({"throttle": self.throttle} if self.throttle else {})
         if self.protection != self.Protection.PROTECTED:
             # The "stopped" policy the agent is sent: it runs no backup of it.
             spec[POLICY_PROTECTION] = PROTECTION_STOPPED
@@ -133,6 +137,11 @@ class BackupPolicy(models.Model):
             if key != POLICY_PROTECTION:
                 setattr(self, key, value)
         self.spec_hash = policy_rules.spec_hash(self.spec())
+
+    @property
+    def throttle_summary(self) -> str:
+        """Its network throttling in a line ("off" or the rates, days and hours)."""
+        return throttling.describe(self.throttle)
 
     @property
     def drifted(self) -> bool:

@@ -11,7 +11,8 @@ The spec (what the portal stores, hashes, and sends to the agent)::
                                "weekdays": [5], "months": 12} | None,
                    "yearly": {"months": [3], "mode": ..., "days": ..., "week": ...,
                               "weekdays": ..., "years": 10} | None},
-     "initial_backup": "online" | "offline"}
+     "initial_backup": "online" | "offline",
+     "throttle": {...}}  # optional: agents.runtime.throttling's schedule
 
 Weekdays are 0 (Monday) to 6 (Sunday); in ``days`` 0 means the last day of the month.
 """
@@ -24,6 +25,7 @@ import re
 from collections.abc import Mapping
 from datetime import time
 
+from agents.runtime import throttling
 from jobs.retention import LAST_DAY, WEEKS
 from jobs.schedule import DAILY, WEEKDAY_NAMES, WEEKLY
 
@@ -316,6 +318,14 @@ def spec_problems(spec: dict) -> Problems:
             add("yearly_months", "Choose at least one month.")
     if spec.get("initial_backup") not in ("online", "offline"):
         add("initial_backup", "Choose online or offline for the initial backup.")
+    if throttling.POLICY_KEY in spec:
+        throttle = spec[throttling.POLICY_KEY]
+        if not isinstance(throttle, dict):
+            add("enabled", "Network throttling is not a schedule.")
+        else:
+            for field, messages in throttling.spec_problems(throttle).items():
+                for message in messages:
+                    add(field, message)
     return problems
 
 

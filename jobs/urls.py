@@ -10,6 +10,12 @@ urlpatterns = [
     path("<uuid:job_id>/cancel/", views.job_cancel, name="cancel"),
     path("machines/<uuid:machine_id>/policy/", views.policy_edit, name="policy"),
     path("machines/<uuid:machine_id>/policy/preview/", views.policy_preview, name="policy_preview"),
+    path("machines/<uuid:machine_id>/properties/throttling/", views.throttling, name="throttling"),
+    path(
+        "machines/<uuid:machine_id>/properties/throttling/preview/",
+        views.throttling_preview,
+        name="throttling_preview",
+    ),
     path("machines/<uuid:machine_id>/backup-now/", views.backup_now, name="backup_now"),
     path(
         "machines/<uuid:machine_id>/recovery-points/",

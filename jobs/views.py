@@ -17,10 +17,11 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from agents.models import Machine
+from agents.runtime import throttling as throttle_rules
 from jobs import policy_rules, retention, selectors, services
 from jobs.models import BackupPolicy, Job
 from jobs.schedule import Schedule, describe, next_run, zone
-from portal.access import check_role, for_user, get_for_user, get_with_role
+from portal.access import check_role, for_user, get_for_user, get_with_role, has_role
 from portal.models import Role
 from vaults import activity, security_pin
 from vaults.activity import Operation
@@ -317,6 +318,95 @@ def policy_preview(request, machine_id):
     spec, problems = policy_rules.parse_form(request.POST)
     context = _policy_context(machine, None, spec, problems, _posted_values(request.POST))
     return render(request, "jobs/_preview.html", context)
+
+
+# --- Properties > Throttling ------------------------------------------------------------
+def _throttle_values(spec: dict) -> dict:
+    values = dict(spec)
+    for key, field in (("work_kbps", "work"), ("off_kbps", "off")):
+        if isinstance(spec.get(key), int):
+            values[f"{field}_rate"], values[f"{field}_unit"] = throttle_rules.split_rate(spec[key])
+    return values
+
+
+def _throttling_context(request, machine, policy, spec, problems, values) -> dict:
+    preview = not problems and throttle_rules.spec_problems(spec) == {}
+    return {
+        "machine": machine,
+        "policy": policy,
+        "drift": services.policy_drift(policy),
+        "values": values,
+        "problems": problems,
+        "spec": spec,
+        "grid": throttle_rules.week_grid(spec) if preview else None,
+        "hours": [throttle_rules.format_hour(h) for h in range(25)],
+        "work_rate": throttle_rules.format_rate(spec["work_kbps"]) if preview else "",
+        "off_rate": throttle_rules.format_rate(spec["off_kbps"]) if preview else "",
+        "weekdays": WEEKDAYS,
+        "units": list(throttle_rules.UNITS),
+        "limits": (
+            throttle_rules.format_rate(throttle_rules.MIN_KBPS),
+            throttle_rules.format_rate(throttle_rules.MAX_KBPS),
+        ),
+        "can_edit": has_role(request.user, machine.vault.subscription_id, Role.CONTRIBUTOR),
+    }
+
+
+def _posted_throttle_values(post) -> dict:
+    values = {key: post.get(key, "") for key in post}
+    values["work_days"] = [
+        d
+        for d in (throttle_rules.number_in(v, 0, 6) for v in post.getlist("work_days"))
+        if d is not None
+    ]
+    values["enabled"] = "enabled" in post
+    for key in ("work_start", "work_end"):
+        values[key] = throttle_rules.number_in(post.get(key), 0, 24)
+    return values
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def throttling(request, machine_id):
+    """Machine > Properties > Throttling: saved into the policy (Contributor and up, as the
+    policy: the reference's Backup Operator may not change policies)."""
+    machine = _machine(request, machine_id)
+    policy = BackupPolicy.objects.filter(machine=machine).first()
+    if request.method == "GET":
+        spec = (policy.throttle if policy and policy.throttle else None) or (
+            throttle_rules.default_spec()
+        )
+        context = _throttling_context(request, machine, policy, spec, {}, _throttle_values(spec))
+        return render(request, "jobs/throttling.html", context)
+    machine = _machine(request, machine_id, role=Role.CONTRIBUTOR)
+    spec, problems = throttle_rules.parse_form(request.POST)
+    if not problems:
+        try:
+            policy = services.policy_throttle_save(
+                machine=machine, throttle=spec, user=request.user
+            )
+        except ValidationError as exc:
+            problems = exc.message_dict
+        else:
+            messages.success(
+                request,
+                f"Network throttling of {machine.name} saved "
+                f"(backup policy version {policy.version}).",
+            )
+            return redirect("jobs:throttling", machine_id=machine.pk)
+    values = _posted_throttle_values(request.POST)
+    context = _throttling_context(request, machine, policy, spec, problems, values)
+    return render(request, "jobs/throttling.html", context, status=400)
+
+
+@login_required
+@require_POST
+def throttling_preview(request, machine_id):
+    machine = _machine(request, machine_id)
+    spec, problems = throttle_rules.parse_form(request.POST)
+    values = _posted_throttle_values(request.POST)
+    context = _throttling_context(request, machine, None, spec, problems, values)
+    return render(request, "jobs/_throttle_preview.html", context)
 
 
 # --- recovery points, backup items, alerts ----------------------------------------------

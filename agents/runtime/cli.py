@@ -13,9 +13,10 @@ import json
 import logging
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 
-from agents.runtime import checks, config, register
+from agents.runtime import checks, config, register, throttling
 from agents.runtime import passphrase as pp
 from agents.runtime.credentials import CredentialsError, parse
 from agents.runtime.jobs.outbox import outbox_for_cache
@@ -254,6 +255,8 @@ def cmd_status(args) -> int:
         for e in outbox.entries()
     ]
     refused = [str(p) for p in outbox.refused()]
+    schedule = throttling.applied_schedule(config.config_dir(), config.POLICY_FILE)
+    now_kbps = throttling.kbps_at(schedule, datetime.now())
     if args.json:
         _out(
             json.dumps(
@@ -263,6 +266,7 @@ def cmd_status(args) -> int:
                     **view,
                     "job_results_undelivered": waiting,
                     "job_results_refused": refused,
+                    "throttling": {"schedule": schedule, "now_kbps": now_kbps},
                 },
                 indent=2,
             )
@@ -276,6 +280,9 @@ def cmd_status(args) -> int:
     _out(f"  {'cache location:':24} {settings.cache_path}")
     _out(f"  {'proxy:':24} {settings.proxy_url or 'none'}")
     _out(f"  {'bandwidth limit:':24} {config.format_bandwidth(settings.bandwidth_limit)}")
+    _out(f"  {'network throttling:':24} {throttling.describe(schedule)}")
+    if now_kbps:
+        _out(f"  {'throttled now to:':24} {throttling.format_rate(now_kbps)}")
     _out(f"  {'passphrase file:':24} {settings.passphrase_file or 'none (typed when needed)'}")
     for item in waiting:
         what = "running or left unfinished" if item["state"] == "started" else item["status"]

@@ -27,6 +27,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 SETTINGS_FILE = "settings.json"
 REGISTRATION_FILE = "registration.json"
+POLICY_FILE = "policy.json"  # the applied backup policy (agents.runtime.jobs.policy)
 
 
 class ConfigError(Exception):

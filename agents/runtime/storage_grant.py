@@ -10,10 +10,11 @@ one that has already expired.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from agents.runtime import config
+from agents.runtime import config, throttling
 from agents.runtime.blobstore import RetryingStore, ThrottledStore, open_grant
 from agents.runtime.blobstore.base import BlobStore, InvalidGrant
 from agents.runtime.blobstore.grants import grant_expiry
@@ -80,6 +81,24 @@ def open_store(
     return store
 
 
-def open_with_settings(grant: dict[str, Any], settings: config.Settings) -> BlobStore:
-    """``open_store`` through this machine's proxy and bandwidth limit (settings.json)."""
-    return open_store(grant, proxies=settings.proxies(), bandwidth_limit=settings.bandwidth_limit)
+def open_with_settings(
+    grant: dict[str, Any],
+    settings: config.Settings,
+    *,
+    now: Callable[[], datetime] = datetime.now,
+) -> BlobStore:
+    """``open_store`` through this machine's proxy and bandwidth limit: the throttling
+    schedule of the applied policy when it has one on (with the local limit of settings.json
+    as its ceiling), else the local limit alone. Backups and restores both open here;
+    ``now`` is the machine's local clock the schedule follows."""
+    schedule = throttling.applied_schedule(config.config_dir(), config.POLICY_FILE)
+    if schedule is None:
+        return open_store(
+            grant, proxies=settings.proxies(), bandwidth_limit=settings.bandwidth_limit
+        )
+    return throttling.ScheduledStore(
+        open_store(grant, proxies=settings.proxies()),
+        schedule,
+        ceiling=settings.bandwidth_limit,
+        now=now,
+    )

@@ -56,7 +56,12 @@ from jobs.services.points import (
     recovery_point_create,
     retention_sentence,
 )
-from jobs.services.policies import policy_applied, policy_drift, policy_save
+from jobs.services.policies import (
+    policy_applied,
+    policy_drift,
+    policy_save,
+    policy_throttle_save,
+)
 from jobs.services.protection import (
     ProtectionRefused,
     protection_delete,
@@ -118,6 +123,7 @@ __all__ = [
     "policy_applied",
     "policy_drift",
     "policy_save",
+    "policy_throttle_save",
     "protection_delete",
     "protection_purge",
     "protection_purge_due",

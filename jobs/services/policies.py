@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from agents.runtime import protocol
+from agents.runtime import protocol, throttling
 from jobs import policy_rules, services  # services: the package, for its dispatch seam
 from jobs.models import BackupPolicy
 from vaults import activity, security_pin
@@ -71,6 +71,8 @@ def policy_save(
 
 def _policy_write(*, machine, spec: dict, user, now: datetime) -> BackupPolicy:
     policy = BackupPolicy.objects.select_for_update().filter(machine=machine).first()
+    if policy is not None and policy.throttle and throttling.POLICY_KEY not in spec:
+        spec[throttling.POLICY_KEY] = policy.throttle  # the policy editor leaves it as it is
     if policy is None:
         policy = BackupPolicy(machine=machine, scheduled_through=now, version=0)
     new_hash = policy_rules.spec_hash(spec)
@@ -117,6 +119,22 @@ def policy_diff(before: dict, after: dict) -> dict:
         for key in sorted(old.keys() | new.keys())
         if old.get(key) != new.get(key)
     }
+
+
+def policy_throttle_save(*, machine, throttle: dict, user=None) -> BackupPolicy:
+    """Set the machine's network throttling (Machine > Properties > Throttling). It travels
+    in the policy, so it needs one; raises ValidationError naming every broken rule."""
+    problems = throttling.spec_problems(throttle)
+    if problems:
+        raise ValidationError(problems)
+    policy = BackupPolicy.objects.filter(machine=machine).first()
+    if policy is None:
+        raise ValidationError(
+            {"enabled": ["Set a backup policy first: throttling is sent to the agent with it."]}
+        )
+    return policy_save(
+        machine=machine, spec=policy.spec() | {throttling.POLICY_KEY: throttle}, user=user
+    )
 
 
 def policy_applied(*, policy: BackupPolicy, version: int, spec_hash: str, error: str = "") -> None:

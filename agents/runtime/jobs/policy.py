@@ -6,11 +6,10 @@ import json
 import logging
 from pathlib import Path
 
-from agents.runtime import protocol
-from agents.runtime.config import ensure_private_dir, write_private
+from agents.runtime import protocol, throttling
+from agents.runtime.config import POLICY_FILE, ensure_private_dir, write_private
 from agents.runtime.tasksig import TaskRefused
 
-POLICY_FILE = "policy.json"
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 log = logging.getLogger("haven.agent.policy")
@@ -67,6 +66,7 @@ def format_policy(data: dict | None) -> str:
         if rule:
             lines.append(f"Keep {level} points: {rule[unit]} {unit}")
     lines.append(f"Initial backup: {spec.get('initial_backup', 'online')}")
+    lines.append(f"Network throttling: {throttling.describe(spec.get(throttling.POLICY_KEY))}")
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agents.runtime import config, storage_grant
+from agents.runtime import config, storage_grant, throttling
 from agents.runtime import protocol as wire
 from agents.runtime.jobs import backup as backup_job
 from agents.runtime.jobs import policy as policy_store
@@ -44,6 +44,18 @@ def _cache_dir(ctx: AgentContext) -> Path:
     return Path(ctx.settings.cache_path)
 
 
+def _slowest_limit(ctx: AgentContext) -> int:
+    """The lowest bandwidth (bytes per second, 0: none) the backup may run at: packs hold
+    about a second of it, so a switch to the slower rate takes effect within a second."""
+    limits = [
+        getattr(ctx.settings, "bandwidth_limit", 0),
+        throttling.slowest_bytes_per_second(
+            throttling.applied_schedule(config.config_dir(), config.POLICY_FILE)
+        ),
+    ]
+    return min((limit for limit in limits if limit), default=0)
+
+
 @agent_task(wire.BACKUP_TASK)
 def backup(ctx: AgentContext, *, job_id: str) -> dict:
     """Back up this machine for portal job ``job_id`` (its policy comes from the portal)."""
@@ -53,7 +65,7 @@ def backup(ctx: AgentContext, *, job_id: str) -> dict:
         open_store=lambda: open_store(ctx),
         passphrase=lambda: passphrase_for(ctx),
         cache_dir=_cache_dir(ctx),
-        pack_size=backup_job.pack_size_for(getattr(ctx.settings, "bandwidth_limit", 0)),
+        pack_size=backup_job.pack_size_for(_slowest_limit(ctx)),
     )
 
 
