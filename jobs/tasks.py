@@ -39,3 +39,13 @@ def alerts_check() -> int:
 @shared_task(name="jobs.alerts_digest")
 def alerts_digest() -> int:
     return services.alerts_send_digest()
+
+
+@shared_task(name="jobs.seed_import")
+def seed_import(job_id: str) -> str:
+    from jobs.models import Job
+
+    job = Job.objects.select_related("machine", "vault").filter(pk=job_id).first()
+    if job is None:
+        return ""
+    return services.seed_import_run(job=job).status

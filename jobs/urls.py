@@ -11,6 +11,7 @@ urlpatterns = [
     path("machines/<uuid:machine_id>/policy/", views.policy_edit, name="policy"),
     path("machines/<uuid:machine_id>/policy/preview/", views.policy_preview, name="policy_preview"),
     path("machines/<uuid:machine_id>/backup-now/", views.backup_now, name="backup_now"),
+    path("machines/<uuid:machine_id>/seeding/", views.seed, name="seed"),
     path(
         "machines/<uuid:machine_id>/recovery-points/",
         views.recovery_points,

@@ -9,6 +9,7 @@ apps call them through this package: ``from jobs import services; services.backu
                against backups; a deleted vault's history removed
     alerts     Backup Alerts raised and resolved, the no-recent-backup check, their email
     live       pushes to open pages, and the notification when a job ends
+    seeding    offline seeding: a seed disk's import into the machine's container
 
 Reads are in ``jobs.selectors``; the pure rules in ``jobs.policy_rules``, ``jobs.retention``
 and ``jobs.schedule``; Recover Data (restore and download jobs) in ``jobs.recovery``.
@@ -35,6 +36,7 @@ from jobs.services.jobs import (
     BackupAlreadyRunning,
     JobNotCancellable,
     ResultConflict,
+    SeedPending,
     backup_start,
     job_cancel,
     job_fail,
@@ -61,6 +63,12 @@ from jobs.services.pruning import (
     vault_history_delete,
 )
 from jobs.services.scheduler import schedule_tick
+from jobs.services.seeding import (
+    SeedRefused,
+    seed_import_run,
+    seed_import_start,
+    seed_path_resolve,
+)
 
 __all__ = [
     "BackupAlreadyRunning",
@@ -68,6 +76,8 @@ __all__ = [
     "PointRefused",
     "PointUnverifiable",
     "ResultConflict",
+    "SeedPending",
+    "SeedRefused",
     "adhoc_retention",
     "alert_email_send",
     "alert_raise",
@@ -97,6 +107,9 @@ __all__ = [
     "retention_apply_all",
     "retention_sentence",
     "schedule_tick",
+    "seed_import_run",
+    "seed_import_start",
+    "seed_path_resolve",
     "vault_history_delete",
 ]
 

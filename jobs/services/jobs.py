@@ -39,6 +39,19 @@ class BackupAlreadyRunning(Exception):
         self.job = job
 
 
+class SeedPending(Exception):
+    """The machine's first backup is to come from a seed disk (policy: Offline)."""
+
+    MESSAGE = (
+        "This machine's policy makes the first backup offline: run haven-agent seed export "
+        "--to PATH on the machine, then import the seed on the machine's page (Seeding). "
+        "Backups go over the network once the seed is imported."
+    )
+
+    def __init__(self):
+        super().__init__(self.MESSAGE)
+
+
 class JobNotCancellable(Exception):
     pass
 
@@ -63,6 +76,8 @@ def backup_start(
         raise ValidationError({"retain_until": [blockers.retain_until]})
     if blockers.running is not None:
         raise BackupAlreadyRunning(blockers.running)
+    if blockers.seed_waiting:
+        raise SeedPending()
     status = Job.Status.QUEUED if machine.is_online(now) else Job.Status.WAITING
     try:
         with transaction.atomic():
