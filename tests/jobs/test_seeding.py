@@ -171,3 +171,34 @@ def test_a_header_naming_a_blob_outside_the_engine_layout_is_refused(machine, of
     (offline["folder"] / seed.SEED_HEADER).write_text(json.dumps(header))
     with pytest.raises(services.SeedRefused, match="not the engine's"):
         services.seed_import_start(machine=machine, folder=offline["folder"])
+
+
+def test_the_seeding_page_by_role_and_hostile_paths(
+    client, machine, offline, settings, member, charlie, alice
+):
+    """Reader sees the state, cannot import; a Contributor imports; an outsider sees nothing;
+    a path outside the import root is a 400 with the reason, never a 500."""
+    from portal.models import Role
+
+    settings.HAVEN_SEED_IMPORT_ROOT = str(offline["root"])
+    url = f"/jobs/machines/{machine.pk}/seeding/"
+    client.force_login(charlie)
+    assert client.get(url).status_code == 404
+    assert client.post(url, {"path": "web-01"}).status_code == 404
+    client.force_login(member(Role.READER))
+    page = client.get(url)
+    assert page.status_code == 200 and b"Waiting for the seed disk" in page.content
+    assert b'data-action="import-seed"' not in page.content
+    assert client.post(url, {"path": "web-01"}).status_code == 403
+    client.force_login(member(Role.CONTRIBUTOR))
+    for hostile in ("../../etc", "/etc", "web-01/../../x"):
+        answer = client.post(url, {"path": hostile})
+        assert answer.status_code == 400 and b"seed-error" in answer.content, hostile
+    assert not Job.objects.filter(operation=Job.Operation.IMPORT).exists()
+    answer = client.post(url, {"path": "web-01"})
+    job = Job.objects.get(machine=machine, operation=Job.Operation.IMPORT)
+    assert answer.status_code == 302 and answer["Location"] == f"/jobs/{job.pk}/"
+    seeding.seed_import_run(job=job)
+    client.force_login(alice)
+    page = client.get(f"/machines/{machine.pk}/")
+    assert b"Imported</span> on" in page.content, page.content.decode()[:3000]
