@@ -35,6 +35,9 @@ _BLOB_NAME = re.compile(
     r"|snapshots/[0-9a-f]{32}"
 )
 _HASH_CHUNK = 1 << 20
+# No engine blob comes near this (packs are 16 MiB plus at most one chunk); the import reads
+# a blob whole before it checks and stores it, so a larger one is refused.
+MAX_BLOB_BYTES = 64 << 20
 
 
 class SeedError(Exception):

@@ -452,6 +452,10 @@ def jobs_sweep(*, now: datetime | None = None) -> dict:
             job_fail(job=job, reason=broker_failure_reason(job, unsent[job.pk], now=now), now=now)
             counts["failed"] += 1
             continue
+        if job.operation == Job.Operation.IMPORT:
+            job_fail(job=job, reason=IMPORT_NOT_STARTED.format(minutes=wait_minutes), now=now)
+            counts["failed"] += 1
+            continue
         name = job.machine.name if job.machine else "the machine"
         again = (
             "press Back up now again"
@@ -489,7 +493,21 @@ def jobs_sweep(*, now: datetime | None = None) -> dict:
     return counts
 
 
+# A seed import runs on the portal's worker, not on an agent (jobs/services/seeding.py).
+IMPORT_NOT_STARTED = (
+    "The portal's worker did not start this seed import within {minutes} minutes: check that "
+    "the portal's Celery worker (queue portal) runs, then import the seed again; only what "
+    "is still missing is copied."
+)
+
+
 def _stall_reason(job: Job, name: str, seconds: int) -> str:
+    if job.operation == Job.Operation.IMPORT:
+        return (
+            f"The portal's worker stopped reporting on this seed import for more than "
+            f"{seconds} seconds. What was copied is complete; import the seed again to copy "
+            "the rest (manage.py seed_import PATH, or the machine's Seeding page)."
+        )
     lost = (
         f"The agent on {name} stopped reporting for more than {seconds} seconds, so the "
         f"{job.get_operation_display().lower()} was abandoned: the agent was stopped or the "

@@ -106,10 +106,13 @@ def _open_in(folder: Path, name: str) -> int:
         os.close(fd)
 
 
-def _read_in(folder: Path, name: str) -> bytes:
+def _read_in(folder: Path, name: str, *, limit: int = wire.MAX_BLOB_BYTES) -> bytes:
     fd = _open_in(folder, name)
     with os.fdopen(fd, "rb") as f:
-        return f.read()
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise SeedRefused(f"{name} on the seed disk is larger than any blob can be.")
+    return data
 
 
 # -- the header ---------------------------------------------------------------------------
@@ -153,6 +156,9 @@ def seed_header_read(folder: Path) -> dict:
     bad = sorted(n for n in names if not wire.blob_name_allowed(n))
     if bad:
         raise SeedRefused(f"The seed names a blob that is not the engine's: {bad[0][:100]!r}.")
+    big = [b["name"] for b in blobs if not 0 <= b["size"] <= wire.MAX_BLOB_BYTES]
+    if big:
+        raise SeedRefused(f"The seed names a blob of an impossible size: {big[0]}.")
     if len(names) != len(blobs):
         raise SeedRefused("The seed header names a blob twice.")
     if layout.manifest_blob(point) not in names or layout.CONFIG_BLOB not in names:

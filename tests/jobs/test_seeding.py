@@ -165,12 +165,31 @@ def test_a_path_outside_the_import_root_or_through_a_link_is_refused(offline, se
             services.seed_path_resolve(raw)
 
 
-def test_a_header_naming_a_blob_outside_the_engine_layout_is_refused(machine, offline):
-    header = json.loads((offline["folder"] / seed.SEED_HEADER).read_text())
-    header["blobs"].append({"name": "../../etc/passwd", "size": 1, "sha256": "0" * 64})
-    (offline["folder"] / seed.SEED_HEADER).write_text(json.dumps(header))
-    with pytest.raises(services.SeedRefused, match="not the engine's"):
-        services.seed_import_start(machine=machine, folder=offline["folder"])
+def test_a_header_naming_a_blob_outside_the_engine_layout_or_too_big_is_refused(machine, offline):
+    path = offline["folder"] / seed.SEED_HEADER
+    original = json.loads(path.read_text())
+    for extra, message in [
+        ({"name": "../../etc/passwd", "size": 1, "sha256": "0" * 64}, "not the engine's"),
+        ({"name": "index/" + "a" * 32, "size": 1 << 40, "sha256": "0" * 64}, "impossible size"),
+    ]:
+        path.write_text(json.dumps({**original, "blobs": [*original["blobs"], extra]}))
+        with pytest.raises(services.SeedRefused, match=message):
+            services.seed_import_start(machine=machine, folder=offline["folder"])
+    assert not Job.objects.filter(machine=machine).exists()
+
+
+def test_an_import_no_portal_worker_starts_fails_saying_so(machine, offline, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    job = services.seed_import_start(machine=machine, folder=offline["folder"])
+    later = timezone.now() + timedelta(minutes=settings.HAVEN_JOB_AGENT_WAIT_MINUTES + 1)
+    services.jobs_sweep(now=later)
+    services.jobs_sweep(now=later)
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED
+    assert job.error.startswith("The portal's worker did not start this seed import")
 
 
 def test_the_seeding_page_by_role_and_hostile_paths(
