@@ -209,6 +209,8 @@ def test_the_seeding_page_by_role_and_hostile_paths(
     assert page.status_code == 200 and b"Waiting for the seed disk" in page.content
     assert b'data-action="import-seed"' not in page.content
     assert client.post(url, {"path": "web-01"}).status_code == 403
+    client.force_login(member(Role.BACKUP_OPERATOR))
+    assert client.post(url, {"path": "web-01"}).status_code == 403
     client.force_login(member(Role.CONTRIBUTOR))
     for hostile in ("../../etc", "/etc", "web-01/../../x"):
         answer = client.post(url, {"path": hostile})
