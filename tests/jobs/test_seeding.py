@@ -224,3 +224,22 @@ def test_the_seeding_page_by_role_and_hostile_paths(
     client.force_login(alice)
     page = client.get(f"/machines/{machine.pk}/")
     assert b"Imported</span> on" in page.content, page.content.decode()[:3000]
+
+
+def test_manage_py_seed_import_imports_and_says_whose_an_unknown_seed_is(
+    machine, offline, tmp_path
+):
+    from django.core.management import CommandError, call_command
+
+    header_path = offline["folder"] / seed.SEED_HEADER
+    original = header_path.read_text()
+    stranger = json.loads(original)
+    stranger["machine"] = {"id": "00000000-0000-0000-0000-000000000000", "name": "far-away"}
+    header_path.write_text(json.dumps(stranger))
+    with pytest.raises(CommandError, match="machine 'far-away' in vault 'vault-one'"):
+        call_command("seed_import", str(offline["folder"]))
+    header_path.write_text(original)
+    call_command("seed_import", str(offline["folder"]))
+    job = Job.objects.get(machine=machine, operation=Job.Operation.IMPORT)
+    assert job.status == Job.Status.COMPLETED
+    assert RecoveryPoint.objects.filter(machine=machine, job=job).exists()
