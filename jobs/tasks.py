@@ -65,3 +65,13 @@ def protection_purge_machine(machine_id: str) -> int:
     if machine is None:
         return 0
     return int(services.protection_purge(machine=machine) is not None)
+
+
+@shared_task(name="jobs.seed_import")
+def seed_import(job_id: str) -> str:
+    from jobs.models import Job
+
+    job = Job.objects.select_related("machine", "vault").filter(pk=job_id).first()
+    if job is None:
+        return ""
+    return services.seed_import_run(job=job).status
