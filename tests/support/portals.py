@@ -6,6 +6,8 @@ that the test points at the portal of its choice, and a small websocket client.
             proxy.use(0)   # new connections go to the first portal ...
             proxy.use(1)   # ... and from now on to the second
 
+``kill()`` SIGKILLs a portal and ``start()`` serves again on the same port: a real restart.
+
 The proxy is connection-level (a browser or HTTP client that keeps a connection open stays
 on its portal until it opens a new one): send ``Connection: close`` to move every request.
 Each portal gets its own ``HAVEN_DATA_DIR``, so a test shows nothing is shared on disk.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -67,6 +70,15 @@ class PortalProcess:
             return self.log_path.read_text(errors="replace")[-4000:]
         except FileNotFoundError:
             return ""
+
+    def kill(self) -> None:
+        """SIGKILL to the portal and whatever it forked, as a crash or an OOM kill would;
+        ``start()`` then serves again on the same port."""
+        if self.process and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        self.process = None
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
