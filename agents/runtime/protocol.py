@@ -97,7 +97,8 @@ MAX_JSON_BODY = max(MAX_AGENT_API_BODY, MAX_API_BODY, MAX_RECOVERY_ANSWER)
 
 # -- "call again later" -----------------------------------------------------------------------
 # A busy portal (the agent API, the storage endpoint) answers 503, a machine over its rate
-# limit 429, both with Retry-After; the agent sends nothing more to that server before then.
+# limit 429, both with Retry-After; the agent waits that long before it calls again (its
+# portal client holds back every call meanwhile, its storage client the call it retries).
 RETRY_AFTER_STATUSES = (429, 503)
 
 
