@@ -29,8 +29,9 @@ from tests.support.portals import PortalProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-# 12 MiB at 1 MB/s: about 12 s of upload, long enough for a restart in the middle.
-FILES, SIZE, BANDWIDTH = 48, 256 * 1024, "1MB"
+# 16 MiB at 1 MB/s: about 16 s of upload, room for a restart in the middle and one more
+# kill before the end on a busy machine.
+FILES, SIZE, BANDWIDTH = 64, 256 * 1024, "1MB"
 
 
 def _database_url() -> str:
@@ -55,7 +56,7 @@ def restartable_portal(request, settings, tmp_path):
     if settings.AZURE_STORAGE_CONNECTION_STRING:
         env["AZURE_STORAGE_CONNECTION_STRING"] = settings.AZURE_STORAGE_CONNECTION_STRING
     portal = PortalProcess(env, data_dir=tmp_path / "restarted-portal", name="restarted-portal")
-    portal.start()
+    portal.launch()  # it starts while the machine registers (web01 waits for it)
     try:
         yield portal
     finally:
@@ -81,6 +82,7 @@ def web01(restartable_portal, vault_owner, machines):  # noqa: F811 - the import
         (data / f"file-{i:02}.bin").write_bytes(rng.randbytes(SIZE))
     spec = {**policy_rules.default_spec(), "items": [str(data)]}
     services.policy_save(machine=agent.model, spec=spec, user=vault_owner.user)
+    restartable_portal.wait_ready()
     agent.start_worker()  # its first heartbeat reached the restartable portal
     return agent
 
@@ -122,26 +124,27 @@ def test_a_portal_killed_mid_backup_and_at_its_end_shows_the_progress_and_gets_t
         [{"name": "sessionid", "value": signed_in.cookies["sessionid"].value, "url": portal.url}]
     )
     page.set_default_timeout(30_000)
+    wait = {"timeout": 30_000}  # a restart, a reconnect, the outbox's backoff
     job = services.backup_start(machine=agent.model, user=vault_owner.user)
     page.goto(f"{portal.url}/jobs/{job.pk}/")
     body, live = page.locator("body"), page.locator(f"#job-{job.pk}-live")
     files = live.locator("[data-field=files]")
-    expect(body).to_have_attribute("data-live", "open")
-    expect(files).to_contain_text(f"of {FILES}")  # the backup runs and the page shows it
+    expect(body).to_have_attribute("data-live", "open", **wait)
+    expect(files).to_contain_text(f"of {FILES}", **wait)  # the backup runs and the page shows it
 
     portal.kill()  # mid-backup
-    expect(body).to_have_attribute("data-live", "closed")
+    expect(body).to_have_attribute("data-live", "closed", **wait)
     shown = files.inner_text()
     portal.start()  # same port: the page's socket reconnects by itself
-    expect(body).to_have_attribute("data-live", "open")
-    expect(files).not_to_have_text(shown)  # the progress moves on
+    expect(body).to_have_attribute("data-live", "open", **wait)
+    expect(files).not_to_have_text(shown, **wait)  # the progress moves on
     assert Job.objects.get(pk=job.pk).status == Job.Status.RUNNING
 
     portal.kill()  # again, and it stays down until the backup has ended
     wait_for("the result in the outbox", lambda: result_waiting(agent.home / "cache"), agent)
     assert Job.objects.get(pk=job.pk).status == Job.Status.RUNNING  # not delivered yet
     portal.start()
-    expect(live.locator("[data-field=status]")).to_have_text("Completed")
+    expect(live.locator("[data-field=status]")).to_have_text("Completed", **wait)
     job.refresh_from_db()
     assert job.status == Job.Status.COMPLETED, job.error
     point = RecoveryPoint.objects.get(job=job)
