@@ -25,11 +25,13 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from agents.models import Machine, MachineToken
+from portal.pools import RedisPoolTimeout
 
 log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "hvn_"
 RATE_LIMIT_PER_MINUTE = 600
+RATE_WINDOW_SECONDS = 60  # rate limits count requests per minute of the clock
 LAST_USED_RESOLUTION_SECONDS = 60
 
 
@@ -86,7 +88,9 @@ def machine_from_request(request) -> Machine | None:
 
 # What the cache raises when its server is away: Redis's connection errors (Django's
 # RedisCache passes them through), and the file-based cache's OSError (folder gone, disk
-# full). Anything else is a bug and is not caught.
+# full). Anything else is a bug and is not caught. A pool that had no connection free in
+# time (``RedisPoolTimeout``, a ConnectionError too) is not an unreachable cache but a busy
+# process: it is let through, to be answered 503 with Retry-After (portal.concurrency).
 CACHE_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
@@ -126,12 +130,21 @@ class _LocalCounter:
 _local = _LocalCounter()
 
 
+def rate_limited(message: str) -> JsonResponse:
+    """429 with ``Retry-After``: the seconds until this minute's counters start again (the
+    agent's client sends nothing to the portal before then, agents.runtime.portal_api)."""
+    response = api_error(429, "rate_limited", message)
+    seconds_in = int(time.time() % RATE_WINDOW_SECONDS)
+    response["Retry-After"] = str(RATE_WINDOW_SECONDS - seconds_in)  # 1 to 60
+    return response
+
+
 def over_limit(scope: str, who: str, limit: int) -> bool:
     """Count one request of ``who`` in this minute; whether it is over ``limit``. Counted
     in the cache, shared by every portal process; when the cache is unreachable, in this
     process (fails open to a local limit, with a log line), never a 500."""
     now = time.time()
-    window = int(now // 60)
+    window = int(now // RATE_WINDOW_SECONDS)
     key = f"{scope}:{who}:{window}"
     try:
         cache.add(key, 0, timeout=120)
@@ -140,6 +153,8 @@ def over_limit(scope: str, who: str, limit: int) -> bool:
         except ValueError:  # expired between add and incr
             cache.set(key, 1, timeout=120)
             count = 1
+    except RedisPoolTimeout:
+        raise
     except CACHE_ERRORS as exc:
         if _local.should_log(now):
             log.warning(
@@ -222,7 +237,7 @@ def machine_api(view):
         if machine is None:
             return api_error(401, "unauthenticated", UNAUTHENTICATED)
         if _rate_limited(machine):
-            return api_error(429, "rate_limited", "Too many requests from this machine; slow down.")
+            return rate_limited("Too many requests from this machine; slow down.")
         request.machine = machine
         return view(request, *args, **kwargs)
 

@@ -13,7 +13,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from agents import services
-from agents.api_auth import api_error, json_body, machine_api, over_limit
+from agents.api_auth import api_error, json_body, machine_api, over_limit, rate_limited
 from agents.runtime.protocol import MAX_AGENT_API_BODY as MAX_BODY
 from agents.runtime.version import __version__
 from portal import signing
@@ -51,7 +51,7 @@ def _register_rate_limited(request) -> bool:
 @require_POST
 def register(request):
     if _register_rate_limited(request):
-        return api_error(429, "rate_limited", "Too many registrations from this address.")
+        return rate_limited("Too many registrations from this address.")
     data = json_body(request, max_bytes=MAX_BODY)
     if data is None or not isinstance(data.get("credentials"), str):
         return api_error(400, "malformed", "Send JSON with the vault credentials file's text.")

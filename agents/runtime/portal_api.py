@@ -16,10 +16,10 @@ from __future__ import annotations
 import random
 import threading
 import time
-from email.utils import parsedate_to_datetime
 
 import requests
 
+from agents.runtime import protocol
 from agents.runtime.version import __version__
 
 TIMEOUT = (10, 30)
@@ -47,21 +47,9 @@ class PortalBusy(PortalUnreachable):
 
 
 def retry_after_seconds(value: str | None) -> float | None:
-    """A ``Retry-After`` header (seconds, or an HTTP date) as seconds from now, capped at
-    ``MAX_RETRY_AFTER``; None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError, OverflowError):
-            return None
-    if seconds != seconds:  # NaN
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+    """A ``Retry-After`` header as seconds from now, capped at ``MAX_RETRY_AFTER``; None
+    when absent or unreadable."""
+    return protocol.retry_after_seconds(value, cap=MAX_RETRY_AFTER)
 
 
 class PortalRefused(PortalError):
@@ -175,7 +163,7 @@ class PortalClient:
         except ValueError:
             body = None
         retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-        if response.status_code in (429, 503) and retry_after is not None:
+        if response.status_code in protocol.RETRY_AFTER_STATUSES and retry_after is not None:
             wait = retry_after * random.uniform(1.0, 1.2)
             with self._busy_lock:
                 self.busy_until = max(self.busy_until, time.monotonic() + wait)

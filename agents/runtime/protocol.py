@@ -10,8 +10,11 @@ docs/jobs.md and docs/progress.md.
 from __future__ import annotations
 
 import enum
+import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 # -- agent task names (the functions behind them: agents/runtime/tasks.py's REGISTRY) ---------
@@ -103,6 +106,31 @@ MAX_BLOB_BYTES = 4 * 1024**3  # /storage/: one blob through the local storage en
 # Django's DATA_UPLOAD_MAX_MEMORY_SIZE: the largest of the bodies read whole (JSON), so that
 # Django never refuses one the endpoint's own limit allows. Downloads and blobs are streamed.
 MAX_JSON_BODY = max(MAX_AGENT_API_BODY, MAX_API_BODY, MAX_RECOVERY_ANSWER)
+
+# -- "call again later" -----------------------------------------------------------------------
+# A busy portal (the agent API, the storage endpoint) answers 503, a machine over its rate
+# limit 429, both with Retry-After; the agent waits that long before it calls again (its
+# portal client holds back every call meanwhile, its storage client the call it retries).
+RETRY_AFTER_STATUSES = (429, 503)
+
+
+def retry_after_seconds(value: str | None, *, cap: float) -> float | None:
+    """A ``Retry-After`` header (seconds, or an HTTP date) as seconds from now, at most
+    ``cap`` (a server cannot park an agent for a day); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, OverflowError):
+            return None
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), cap)
+
 
 # What the agent may put in a progress event that the portal keeps (docs/jobs.md); the portal
 # drops every other key.

@@ -44,6 +44,9 @@ def agent_env(settings, tmp_path, monkeypatch):
 
 
 ACL_BASELINE: set[str] = set()
+# The users the running test made (``redis_broker``): ACL users are the whole Redis
+# server's, so another suite on the same server may add its own at any moment.
+ACL_MADE: set[str] = set()
 
 
 @pytest.fixture
@@ -60,7 +63,8 @@ def redis_broker(agent_env, settings, redis_url, monkeypatch):
     # Users left on the shared Redis by earlier runs are not this test's doing.
     ACL_BASELINE.clear()
     ACL_BASELINE.update(before)
-    made: set[str] = set()
+    made = ACL_MADE
+    made.clear()
     create = broker.broker_user_create
 
     def recording(*, machine):

@@ -11,7 +11,7 @@ import pytest
 from agents.models import Machine, MachineToken
 from agents.runtime import cli
 from agents.runtime import config as agent_config
-from tests.agents.conftest import ACL_BASELINE, issue_credentials
+from tests.agents.conftest import ACL_BASELINE, ACL_MADE, issue_credentials
 from tests.support.servers import free_port
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("redis_broker")]
@@ -45,7 +45,7 @@ def acl_users(redis_url) -> set[str]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
         users = {u for u in client.acl_users() if u.startswith("haven-agent-")}
-        return users - ACL_BASELINE
+        return (users - ACL_BASELINE) & ACL_MADE  # not another suite's, on a shared Redis
     finally:
         client.close()
 

@@ -4,8 +4,9 @@ portal over HTTP, and the portal's rate limiter counts in the process while its 
 same Redis, is away), the portal recreates the machine's broker user (``broker_users_sync``), the agent
 logs in again by itself, and the next Back up now runs.
 
-A worker that tries to acknowledge while its user is still missing does not come back by
-itself yet (the strict xfail below says so, and what to do).
+A backup that ends while the user is still missing cannot be acknowledged then: the worker
+keeps the acknowledgement until it has logged in again, and makes it once the portal has put
+the user back; the next job runs.
 
 The Redis here is a private one on a free port (the portal's broker, cache and channel
 layer, and the agents' broker), so the test may stop and start it; the shared server is
@@ -14,6 +15,7 @@ never touched."""
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import subprocess
 import time
@@ -144,20 +146,16 @@ def test_redis_restarting_mid_backup_without_its_acl_users_loses_nothing(
     assert again.status == Job.Status.COMPLETED, again.error
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "agent-side, not fixed yet: a worker whose acknowledgement fails with "
-        'AuthenticationError (its broker user missing) logs "Couldn\'t ack" and then '
-        "consumes nothing, even after the portal recreated the user (seen in "
-        "kombu's Redis transport with the solo pool; not diagnosed further)"
-    ),
-)
 def test_an_agent_that_acked_while_its_broker_user_was_missing_runs_the_next_job(
     private_redis,
     vault_owner,  # noqa: F811
     machines,  # noqa: F811
 ):
+    """The backup's task ends (acks_late) while Redis has no user for the machine. Celery's
+    thread pool hands the acknowledgement to the consumer, which makes it once it has logged
+    in again: the message stays in the machine's ``unacked`` hash (kept by Redis through the
+    restart, in its AOF) until the portal recreates the user, then leaves it, so it is never
+    delivered again, and the worker takes the next job."""
     from agents import broker
     from jobs import services
     from jobs.models import Job
@@ -165,12 +163,29 @@ def test_an_agent_that_acked_while_its_broker_user_was_missing_runs_the_next_job
     agent, machine, job = start_backup_and_restart_redis(private_redis, vault_owner, machines)
     job = wait_for_job(job, agent, timeout=120)
     assert job.status == Job.Status.COMPLETED, job.error
-    deadline = time.monotonic() + 20
-    while "Couldn't ack" not in agent.log_text():  # the ack met the missing user
-        assert time.monotonic() < deadline, agent.log_text()[-3000:]
-        time.sleep(0.2)
+    # The worker tries to log in again after the task ended, and is refused: the
+    # acknowledgement is due while the user is missing.
+    deadline = time.monotonic() + 40
+    while True:
+        log = agent.log_text()
+        ended = re.search(r"haven\.agent\.backup\[[-0-9a-f]+\] succeeded", log)
+        if ended and "invalid username-password pair" in log[ended.end() :]:
+            break
+        assert time.monotonic() < deadline, log[-3000:]
+        time.sleep(0.5)
+    admin = redis.Redis.from_url(private_redis.url, decode_responses=True)
+    unacked = f"{machine.queue}.unacked"
+    try:
+        assert admin.hlen(unacked) == 1  # the backup's message, not acknowledged yet
 
-    assert broker.broker_users_sync() == 1
+        assert broker.broker_users_sync() == 1
 
-    again = wait_for_job(services.backup_start(machine=machine), agent, timeout=45)
-    assert again.status == Job.Status.COMPLETED, again.error
+        again = wait_for_job(services.backup_start(machine=machine), agent, timeout=60)
+        assert again.status == Job.Status.COMPLETED, again.error
+        deadline = time.monotonic() + 10
+        while admin.hlen(unacked):  # the next one's acknowledgement follows its result
+            assert time.monotonic() < deadline, admin.hgetall(unacked)
+            time.sleep(0.2)
+    finally:
+        admin.close()
+    assert "Couldn't ack" not in agent.log_text()

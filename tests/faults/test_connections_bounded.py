@@ -396,10 +396,6 @@ def test_a_forked_process_does_not_talk_over_its_parents_pooled_connection(trans
     assert backend_pid() == parent  # and the parent's own session is intact
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="fails in the full servers pass since the progress pushes moved to one event loop per process (issue 13, open): to be diagnosed",
-)
 def test_a_request_that_finds_no_redis_connection_free_is_told_to_retry(
     transactional_db, tmp_path, agents
 ):

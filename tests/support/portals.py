@@ -6,6 +6,8 @@ that the test points at the portal of its choice, and a small websocket client.
             proxy.use(0)   # new connections go to the first portal ...
             proxy.use(1)   # ... and from now on to the second
 
+``kill()`` SIGKILLs a portal and ``start()`` serves again on the same port: a real restart.
+
 The proxy is connection-level (a browser or HTTP client that keeps a connection open stays
 on its portal until it opens a new one): send ``Connection: close`` to move every request.
 Each portal gets its own ``HAVEN_DATA_DIR``, so a test shows nothing is shared on disk.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -44,6 +47,11 @@ class PortalProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60) -> None:
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to serve (``wait_ready`` does)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)]
@@ -55,6 +63,9 @@ class PortalProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        assert self.process is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while not port_open("127.0.0.1", self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -67,6 +78,15 @@ class PortalProcess:
             return self.log_path.read_text(errors="replace")[-4000:]
         except FileNotFoundError:
             return ""
+
+    def kill(self) -> None:
+        """SIGKILL to the portal and whatever it forked, as a crash or an OOM kill would;
+        ``start()`` then serves again on the same port."""
+        if self.process and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        self.process = None
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

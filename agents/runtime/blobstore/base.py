@@ -59,7 +59,12 @@ class InvalidGrant(StorageError, ValueError):
 
 
 class StorageUnavailable(StorageError):
-    """The storage could not be reached or answered with a server error."""
+    """The storage could not be reached or answered with a server error. ``retry_after``:
+    the seconds the server asked to be left alone (its ``Retry-After``), when it said."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)

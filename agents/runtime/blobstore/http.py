@@ -38,8 +38,10 @@ from agents.runtime.blobstore.base import (
     StorageError,
     StorageUnavailable,
 )
+from agents.runtime.protocol import RETRY_AFTER_STATUSES, retry_after_seconds
 
 AUTH_SCHEME = "HavenGrant"
+RETRY_AFTER_CAP = 3600.0  # as read; RetryingStore waits at most its own max_retry_after
 _MESSAGES = {
     "grant revoked": "the storage grant was revoked; ask the portal for a new one",
     "grant expired": "the storage grant has expired; ask the portal for a new one",
@@ -167,9 +169,16 @@ class HttpGrantStore(BlobStore):
         if status == 400 and code == "invalid name":
             return InvalidBlobName(message)
         if status in (408, 429) or status >= 500:
+            # A busy portal says when to come back; the retry wrapper bounds the wait.
+            retry_after = (
+                retry_after_seconds(response.headers.get("Retry-After"), cap=RETRY_AFTER_CAP)
+                if status in RETRY_AFTER_STATUSES
+                else None
+            )
             return StorageUnavailable(
                 f"the Haven portal storage at {self.endpoint} could not {action} {what} right now "
-                f"({status}{': ' + message if message else ''}); try again later"
+                f"({status}{': ' + message if message else ''}); try again later",
+                retry_after=retry_after,
             )
         return StorageError(
             f"the Haven portal storage refused to {action} {what}: {status} {message or response.reason}"

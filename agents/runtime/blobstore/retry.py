@@ -21,7 +21,10 @@ class RetryingStore(BlobStore):
     bad names — is an answer, not a hiccup, and is raised at once.
 
     ``attempts`` counts the first try: 6 attempts with the defaults wait at most
-    0.5 + 1 + 2 + 4 + 8 s (each a random fraction of that), under half a minute.
+    0.5 + 1 + 2 + 4 + 8 s (each a random fraction of that), under half a minute. A server
+    that says when to come back (``StorageUnavailable.retry_after``, from its
+    ``Retry-After``) is waited that long instead, plus up to a tenth more so that threads do
+    not return together, and never more than ``max_retry_after`` seconds.
     """
 
     def __init__(
@@ -31,6 +34,7 @@ class RetryingStore(BlobStore):
         attempts: int = 6,
         base_delay: float = 0.5,
         max_delay: float = 30.0,
+        max_retry_after: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ) -> None:
@@ -40,6 +44,7 @@ class RetryingStore(BlobStore):
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
+        self.max_retry_after = max_retry_after
         self._sleep = sleep
         self._rng = rng or random.Random()
 
@@ -47,8 +52,12 @@ class RetryingStore(BlobStore):
     def fork_safe_reads(self) -> bool:  # retrying shares nothing between processes
         return self.inner.fork_safe_reads
 
-    def delay(self, retry: int) -> float:
-        """The pause before retry number ``retry`` (0-based): uniform in [0, cap]."""
+    def delay(self, retry: int, exc: StorageUnavailable | None = None) -> float:
+        """The pause before retry number ``retry`` (0-based) after ``exc``: the server's
+        ``retry_after`` when it gave one, else uniform in [0, backoff cap]."""
+        if exc is not None and exc.retry_after is not None:
+            wanted = exc.retry_after * self._rng.uniform(1.0, 1.1)
+            return min(wanted, self.max_retry_after)
         cap = min(self.max_delay, self.base_delay * (2**retry))
         return self._rng.uniform(0, cap)
 
@@ -59,7 +68,7 @@ class RetryingStore(BlobStore):
             except StorageUnavailable as exc:
                 if retry == self.attempts - 1:
                     raise
-                pause = self.delay(retry)
+                pause = self.delay(retry, exc)
                 log.warning(
                     "%s failed (%s); retry %d of %d in %.1f s",
                     what,
@@ -105,7 +114,7 @@ class RetryingStore(BlobStore):
             except StorageUnavailable as exc:
                 if retry == self.attempts - 1:
                     raise
-                pause = self.delay(retry)
+                pause = self.delay(retry, exc)
                 log.warning("list %r failed (%s); retrying in %.1f s", prefix, exc, pause)
                 self._sleep(pause)
                 retry += 1

@@ -1,4 +1,5 @@
-"""RetryingStore retries transient failures only, with capped, jittered backoff."""
+"""RetryingStore retries transient failures only, with capped, jittered backoff, or after the
+time a busy server asked for (its Retry-After, bounded)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from agents.runtime.blobstore import (
     RetryingStore,
     StorageUnavailable,
 )
+from agents.runtime.blobstore.http import HttpGrantStore
+from tests.support.busyserver import BusyServer
 
 
 class FlakyStore(MemoryStore):
@@ -106,3 +109,33 @@ def test_a_listing_resumes_without_repeating_names():
     store, pauses = retrying(inner)
     assert [i.name for i in store.list()] == list("abcde")
     assert len(pauses) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "header", "low", "high"),
+    [
+        (503, "2", 2.0, 2.2),  # what the server asked, and up to a tenth more
+        (429, "7200", 60.0, 60.0),  # never more than max_retry_after
+        (503, None, 0.0, 0.5),  # no Retry-After: the usual backoff
+        (500, "2", 0.0, 0.5),  # Retry-After is read on 429 and 503 only
+    ],
+    ids=["503-retry-after", "429-capped", "503-no-header", "500-ignored"],
+)
+def test_a_busy_portal_storage_is_called_again_when_it_said(status, header, low, high):
+    server = BusyServer(1, status=status, retry_after=header)
+    store, pauses = retrying(HttpGrantStore(server.url + "/storage/vault-1/", "token"))
+    try:
+        store.put("packs/1", b"data")
+    finally:
+        store.close()
+        server.close()
+    assert [method for method, _, _ in server.seen] == ["PUT", "PUT"]
+    (pause,) = pauses
+    assert low <= pause <= high
+
+
+def test_the_wait_a_server_asks_for_replaces_the_backoff_and_is_bounded():
+    inner = FlakyStore(StorageUnavailable("busy", retry_after=5.0), failures=2)
+    store, pauses = retrying(inner, max_retry_after=5.2)
+    store.put("a", b"1")
+    assert len(pauses) == 2 and all(5.0 <= p <= 5.2 for p in pauses)
