@@ -179,7 +179,6 @@ async def progress(job_id: str, machine: LiveMachine, body: bytes) -> dict | Non
     )
     realtime.loop_batch().add(
         groups=[job_group(job_id), group_for_vault(job.vault_id)],
-        job_id=job_id,
         report={"job_progress": job_id, "fields": progress_fields(shown)},
         key=cache_key(selectors.live_progress_key(job_id)),
         value=_serializer.dumps(live),

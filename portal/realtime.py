@@ -79,20 +79,19 @@ class LoopBatch:
     in batches: every ``BATCH_SECONDS`` the cache writes leave in one Redis round trip and
     the pushes in another (``PubSubChannelLayer.group_send_many``), and a group that has
     several jobs' reports waiting gets them as one message,
-    ``{"job_progress_batch": [report, ...]}`` (each as ``jobs.services.live.
-    job_progress_publish`` sends one; static/js/jobs.js applies both). A newer report of a
-    job replaces one still waiting. A push is best effort, as above: a failed batch is
-    logged and the pages show the state on reload."""
+    ``{"job_progress_batch": [report, ...]}`` in the order they came (each as
+    ``jobs.services.live.job_progress_publish`` sends one; static/js/jobs.js applies both).
+    A push is best effort, as above: a failed batch is logged and the pages show the state
+    on reload."""
 
     def __init__(self) -> None:
-        self.pushes: dict[str, dict[str, dict]] = {}  # group -> job id -> report
+        self.pushes: dict[str, list[dict]] = {}  # group -> reports
         self.writes: dict[str, tuple[bytes, int]] = {}  # Redis key -> (value, seconds)
         self.scheduled = False
 
-    def add(self, *, groups: list[str], job_id: str, report: dict, key: str, value: bytes,
-            ttl: int) -> None:  # fmt: skip
+    def add(self, *, groups: list[str], report: dict, key: str, value: bytes, ttl: int) -> None:
         for group in groups:
-            self.pushes.setdefault(group, {})[job_id] = report
+            self.pushes.setdefault(group, []).append(report)
         self.writes[key] = (value, ttl)
         if not self.scheduled:
             self.scheduled = True
@@ -111,8 +110,7 @@ class LoopBatch:
                     pipe.set(key, value, ex=ttl)
                 await pipe.execute()
             messages = []
-            for group, reports in pushes.items():
-                batch = list(reports.values())
+            for group, batch in pushes.items():
                 html = json.dumps(batch[0] if len(batch) == 1 else {"job_progress_batch": batch})
                 messages.append((group, fragment_message(group, html)))
             if messages:
