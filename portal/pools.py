@@ -76,8 +76,8 @@ class PubSubChannelLayer(RedisPubSubChannelLayer):
     subscribed connection that hands what arrives to its own sockets. (Its list-based layer
     costs four round trips a push and four more for each message a process takes off its
     list, one at a time: at 200 reports a second the portal's sockets fell minutes behind.)
-    A socket that is not connected when a push is sent misses it, as with any push: the page
-    fetches its state when it connects.
+    A socket that is not connected when a push is sent misses it (as with any push, a reload
+    shows the state).
 
     Connections per event loop: one subscribed, one publishing (pushes wait their turn for
     it, under the layer's lock). ``group_send_many`` sends many pushes in one round trip
