@@ -20,6 +20,7 @@ import time
 
 import redis.exceptions
 from django.core.cache import cache
+from django.db import transaction
 from django.http import JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -47,9 +48,14 @@ def machine_token_issue(*, machine: Machine) -> str:
 
 
 def machine_tokens_revoke(*, machine: Machine) -> int:
-    return MachineToken.objects.filter(machine=machine, revoked_at__isnull=True).update(
+    from agents.live_auth import forget_tokens
+
+    revoked = MachineToken.objects.filter(machine=machine, revoked_at__isnull=True).update(
         revoked_at=timezone.now()
     )
+    # This process's token cache at once; other processes' within TOKEN_CACHE_SECONDS.
+    transaction.on_commit(forget_tokens)
+    return revoked
 
 
 def _live_token(authorization: str) -> MachineToken | None:
@@ -173,12 +179,15 @@ def json_body(request, *, max_bytes: int) -> dict | None:
     """The request's JSON object (``{}`` for no body), or None when it is larger than
     ``max_bytes``, not JSON (NaN and Infinity included), nested past Python's recursion
     limit, not an object, or holds a NUL in any text."""
-    if len(request.body) > max_bytes:
+    return json_object(request.body, max_bytes=max_bytes)
+
+
+def json_object(body: bytes, *, max_bytes: int) -> dict | None:
+    """``json_body`` of a body already read (``portal.hotpath``)."""
+    if len(body) > max_bytes:
         return None
     try:
-        data = json.loads(
-            request.body or b"{}", parse_constant=_no_constant, parse_float=_finite_float
-        )
+        data = json.loads(body or b"{}", parse_constant=_no_constant, parse_float=_finite_float)
     except (ValueError, RecursionError):  # UnicodeDecodeError included; [[[[... nested
         return None
     if _holds_nul(data):

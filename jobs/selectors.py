@@ -117,6 +117,8 @@ def job_list(user, filters: JobFilters, *, page: int | str = 1, now: datetime | 
     qs = base.filter(status=filters.status) if filters.status else base
     qs = qs.select_related("machine", "vault").order_by("-created_at")
     paginator = Paginator(qs, PAGE_SIZE)
+    # The counts by status already say how many jobs match: no second COUNT over them.
+    paginator.count = counts[filters.status] if filters.status else sum(counts.values())
     page_of_jobs = paginator.get_page(page)
     broker_waits_attach(page_of_jobs.object_list)
     return page_of_jobs, counts

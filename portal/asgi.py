@@ -1,8 +1,10 @@
 """ASGI entry point: HTTP through Django, websockets through Channels. Agent API and
 storage requests pass ``portal.gate`` first, which refuses a body it should not read from
-the headers alone (under daphne, before daphne reads the body). ``portal.concurrency``
-lets a bounded number of HTTP requests into Django at once and answers the rest 503 with
-Retry-After once they have waited their turn too long."""
+the headers alone (under daphne, before daphne reads the body). ``portal.hotpath`` then
+answers a running job's steady progress report on the event loop; everything else goes
+on to ``portal.concurrency``, which lets a bounded number of HTTP requests into Django at
+once and answers the rest 503 with Retry-After once they have waited their turn too
+long."""
 
 import os
 
@@ -16,7 +18,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from portal import concurrency, gate, realtime  # noqa: E402
+from portal import concurrency, gate, hotpath, realtime  # noqa: E402
 from portal.routing import websocket_urlpatterns  # noqa: E402
 
 
@@ -36,7 +38,7 @@ gate.install_in_daphne()
 application = _mark_serving(
     ProtocolTypeRouter(
         {
-            "http": concurrency.limit(gate.gate(django_asgi_app)),
+            "http": gate.gate(hotpath.serve(concurrency.limit(django_asgi_app))),
             "websocket": AllowedHostsOriginValidator(
                 AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
             ),

@@ -148,14 +148,12 @@ async def refusal_for(
         return None
     authorization = headers.get("authorization", "")
     if rule.credential == MACHINE:
-        from channels.db import database_sync_to_async
+        from agents.api_auth import UNAUTHENTICATED
+        from agents.live_auth import live_machine
 
-        from agents.api_auth import UNAUTHENTICATED, machine_token_is_live
-
-        # Not thread-sensitive: checks run side by side in the loop's executor, not queued
-        # behind one another on asgiref's single shared thread.
-        check = database_sync_to_async(machine_token_is_live, thread_sensitive=False)
-        if not await check(authorization):
+        # From the in-process token cache (a few seconds at most); a miss asks the database
+        # in the loop's executor, side by side, not queued on asgiref's one shared thread.
+        if await live_machine(authorization) is None:
             return Refusal(401, "unauthenticated", UNAUTHENTICATED, challenge="Bearer")
     elif rule.credential == GRANT:
         from agents.runtime.blobstore.http import AUTH_SCHEME

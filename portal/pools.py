@@ -12,7 +12,7 @@ pools here wait for one instead (up to their ``timeout``) once ``max_connections
 - ``SharedBlockingConnectionPool``: Django's cache. Django keeps one cache object per
   request context and each would build its own pool; this one is shared by every cache
   object of the process with the same address and options.
-- ``BoundedRedisChannelLayer``: channels-redis with a blocking pool per event loop.
+- ``PubSubChannelLayer``: channels-redis's pub/sub layer, two connections per event loop.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import os
 import queue
 import sys
 import threading
+import weakref
 from typing import Any, ClassVar
 
 import redis
-from channels_redis.core import RedisChannelLayer
-from redis import asyncio as aioredis
+from channels_redis.pubsub import RedisPubSubChannelLayer
 
 _inherited: list[Any] = []  # the parent's pools, kept (never used, never closed) in a child
 
@@ -71,10 +71,83 @@ class SharedBlockingConnectionPool(redis.BlockingConnectionPool):
             raise
 
 
-class BoundedRedisChannelLayer(RedisChannelLayer):
-    """Hosts as ``{"address": url, "max_connections": n, "timeout": seconds}``."""
+class PubSubChannelLayer(RedisPubSubChannelLayer):
+    """channels-redis's pub/sub layer: a push is one PUBLISH, and each process holds one
+    subscribed connection that hands what arrives to its own sockets. (Its list-based layer
+    costs four round trips a push and four more for each message a process takes off its
+    list, one at a time: at 200 reports a second the portal's sockets fell minutes behind.)
+    A socket that is not connected when a push is sent misses it (as with any push, a reload
+    shows the state).
 
-    def create_pool(self, index: int) -> aioredis.BlockingConnectionPool:
-        host = dict(self.hosts[index])
-        address = host.pop("address")
-        return aioredis.BlockingConnectionPool.from_url(address, **host)
+    Connections per event loop: one subscribed, one publishing (pushes wait their turn for
+    it, under the layer's lock). ``group_send_many`` sends many pushes in one round trip
+    (``portal.realtime.LoopBatch``); it uses the layer's shards as channels-redis 4.x
+    keeps them."""
+
+    async def group_send_many(self, messages: list[tuple[str, dict]]) -> None:
+        layer = self._get_layer()
+        by_shard: dict[Any, list[tuple[str, bytes]]] = {}
+        for group, message in messages:
+            channel = layer._get_group_channel_name(group)
+            shard = layer._get_shard(channel)
+            by_shard.setdefault(shard, []).append((channel, self.serialize(message)))
+        for shard, items in by_shard.items():
+            async with shard._lock:
+                shard._ensure_redis()
+                pipe = shard._redis.pipeline(transaction=False)
+                for channel, data in items:
+                    pipe.publish(channel, data)
+                await pipe.execute()
+
+
+# Per event loop, and gone with it (a new loop may reuse a dead one's id).
+_loop_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def loop_redis() -> Any:
+    """This event loop's Redis client (``portal.hotpath``), on a blocking pool of
+    ``HAVEN_REDIS_POOL_SIZE`` connections like the cache's."""
+    import asyncio
+
+    from django.conf import settings
+    from redis import asyncio as aioredis
+
+    loop = asyncio.get_running_loop()
+    client = _loop_clients.get(loop)
+    if client is None:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.REDIS_URL,
+            max_connections=settings.HAVEN_REDIS_POOL_SIZE,
+            timeout=settings.HAVEN_REDIS_POOL_TIMEOUT,
+        )
+        client = _loop_clients[loop] = aioredis.Redis(connection_pool=pool)
+    return client
+
+
+def cache_key(key: str) -> str:
+    """``key`` as Django's cache names it in Redis (its default key function)."""
+    from django.conf import settings
+
+    cache = settings.CACHES["default"]
+    return f"{cache.get('KEY_PREFIX', '')}:{cache.get('VERSION', 1)}:{key}"
+
+
+def db_in_executor(fn: Any) -> Any:
+    """``fn`` as a coroutine function that runs it on the event loop's executor (side by
+    side, not queued on asgiref's one shared thread), its database connection given back to
+    the pool afterwards. One thread hop: channels' ``database_sync_to_async`` makes a second
+    one just to close old connections first."""
+    import functools
+
+    from asgiref.sync import sync_to_async
+    from django.db import close_old_connections
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        close_old_connections()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            close_old_connections()
+
+    return sync_to_async(run, thread_sensitive=False)

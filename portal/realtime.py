@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import urllib.request
+import weakref
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -50,8 +51,7 @@ def publish_now(group: str, html: str) -> None:
     if isinstance(layer, InMemoryChannelLayer) and serving_pid != os.getpid():
         _relay(group, html)
         return
-    # The group rides along so the consumer can check the user may still hear it.
-    message = {"type": "fragment", "html": html, "group": group}
+    message = fragment_message(group, html)
     if isinstance(layer, InMemoryChannelLayer):
         try:
             _group_send(layer, group, message)
@@ -63,6 +63,74 @@ def publish_now(group: str, html: str) -> None:
     # queue up behind them, and the sending thread gets the interpreter while they wait.
     with contextlib.suppress(concurrent.futures.TimeoutError):
         sent.result(timeout=PUSH_WAIT_SECONDS)
+
+
+def fragment_message(group: str, html: str) -> dict:
+    # The group rides along so the consumer can check the user may still hear it.
+    return {"type": "fragment", "html": html, "group": group}
+
+
+# How long pushes made on the server's event loop wait to leave together (LoopBatch).
+BATCH_SECONDS = 0.2
+
+
+class LoopBatch:
+    """Running jobs' steady progress, pushed from the server's event loop (``portal.hotpath``)
+    in batches: every ``BATCH_SECONDS`` the cache writes leave in one Redis round trip and
+    the pushes in another (``PubSubChannelLayer.group_send_many``), and a group that has
+    several jobs' reports waiting gets them as one message,
+    ``{"job_progress_batch": [report, ...]}`` in the order they came (each as
+    ``jobs.services.live.job_progress_publish`` sends one; static/js/jobs.js applies both).
+    A push is best effort, as above: a failed batch is logged and the pages show the state
+    on reload."""
+
+    def __init__(self) -> None:
+        self.pushes: dict[str, list[dict]] = {}  # group -> reports
+        self.writes: dict[str, tuple[bytes, int]] = {}  # Redis key -> (value, seconds)
+        self.scheduled = False
+
+    def add(self, *, groups: list[str], report: dict, key: str, value: bytes, ttl: int) -> None:
+        for group in groups:
+            self.pushes.setdefault(group, []).append(report)
+        self.writes[key] = (value, ttl)
+        if not self.scheduled:
+            self.scheduled = True
+            loop = asyncio.get_running_loop()
+            loop.call_later(BATCH_SECONDS, lambda: loop.create_task(self.flush()))
+
+    async def flush(self) -> None:
+        from portal.pools import loop_redis
+
+        pushes, writes = self.pushes, self.writes
+        self.pushes, self.writes, self.scheduled = {}, {}, False
+        try:
+            if writes:
+                pipe = loop_redis().pipeline(transaction=False)
+                for key, (value, ttl) in writes.items():
+                    pipe.set(key, value, ex=ttl)
+                await pipe.execute()
+            messages = []
+            for group, batch in pushes.items():
+                html = json.dumps(batch[0] if len(batch) == 1 else {"job_progress_batch": batch})
+                messages.append((group, fragment_message(group, html)))
+            if messages:
+                await get_channel_layer().group_send_many(messages)  # type: ignore[union-attr]
+        except Exception:  # best effort: the page shows the truth on reload
+            log.warning("could not push %d groups' progress", len(pushes), exc_info=True)
+
+
+_batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopBatch] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def loop_batch() -> LoopBatch:
+    """This event loop's batch."""
+    key = asyncio.get_running_loop()
+    batch = _batches.get(key)
+    if batch is None:
+        batch = _batches[key] = LoopBatch()
+    return batch
 
 
 # How long a request waits for its push to leave before it answers anyway.

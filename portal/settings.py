@@ -206,8 +206,9 @@ REDIS_URL = env_url("REDIS_URL", schemes=("redis", "rediss"))
 # The address agents on other machines use to reach Redis (host name rather than loopback).
 HAVEN_AGENT_BROKER_URL = env_url("HAVEN_AGENT_BROKER_URL", schemes=("redis", "rediss"))
 BROKER_DIR = DATA_DIR / "broker"
-# Pushes a socket may have waiting before more are dropped (Channels' default, 100, is half
-# a second of a vault with 200 live jobs): a few seconds of a busy vault.
+# Pushes a socket may have waiting in the in-memory layer before more are dropped (Channels'
+# default, 100, is half a second of a vault with 200 live jobs): a few seconds of a busy
+# vault. (The Redis pub/sub layer keeps no backlog to bound.)
 LIVE_SOCKET_CAPACITY = 2000
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
@@ -217,17 +218,10 @@ if REDIS_URL:
     CELERY_BROKER_POOL_LIMIT = 2
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "portal.pools.BoundedRedisChannelLayer",
-            "CONFIG": {
-                "hosts": [
-                    {
-                        "address": REDIS_URL,
-                        "max_connections": HAVEN_REDIS_POOL_SIZE,
-                        "timeout": HAVEN_REDIS_POOL_TIMEOUT,
-                    }
-                ],
-                "capacity": LIVE_SOCKET_CAPACITY,
-            },
+            # Pub/sub: one PUBLISH a push, one subscribed connection per process
+            # (portal.pools.PubSubChannelLayer; two connections per event loop).
+            "BACKEND": "portal.pools.PubSubChannelLayer",
+            "CONFIG": {"hosts": [{"address": REDIS_URL}]},
         }
     }
     CACHES = {

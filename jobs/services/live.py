@@ -70,6 +70,35 @@ def job_progress_publish(job: Job, *, rerender: bool) -> None:
     realtime.publish(group_for_vault(job.vault_id), message)
 
 
+# Sizes shown, by what decides the text: filesizeformat shows a count of bytes below a KB,
+# else the unit and the value to one decimal (in the active language).
+_SIZE_UNITS = (1 << 50, 1 << 40, 1 << 30, 1 << 20, 1 << 10)
+_SIZE_TEXTS_KEPT = 10_000
+_size_texts: dict[tuple, str] = {}
+
+
+def _size(value) -> str:
+    """``filesizeformat(value)``, remembered by what it shows: a report's totals and rate
+    repeat, and Django's filter (its translation and number-format lookups) was the largest
+    part of a steady report's cost on the event loop."""
+    from django.utils.translation import get_language
+
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        return filesizeformat(value)
+    if count < 0:
+        return filesizeformat(count)
+    unit = next((u for u in _SIZE_UNITS if count >= u), 1)
+    key = (get_language(), unit, count if unit == 1 else round(count / unit, 1))
+    text = _size_texts.get(key)
+    if text is None:
+        if len(_size_texts) >= _SIZE_TEXTS_KEPT:
+            _size_texts.clear()
+        text = _size_texts[key] = filesizeformat(count)
+    return text
+
+
 def progress_fields(job: Job) -> dict:
     """The text of each ``data-field`` of a running job's fragments (``_job_live.html``,
     ``_job_row.html``) that a progress report changes, formatted as the templates do."""
@@ -85,20 +114,20 @@ def progress_fields(job: Job) -> dict:
     files = intcomma(p.get("files_done") or 0)
     if p.get("files_total") is not None:
         files += f" of {intcomma(p['files_total'])}"
-    data = filesizeformat(p.get("bytes_done") or 0)
+    data = _size(p.get("bytes_done") or 0)
     if p.get("bytes_total") is not None:
-        data += f" of {filesizeformat(p['bytes_total'])}"
+        data += f" of {_size(p['bytes_total'])}"
     return {
         "phase": phase_label(p.get("phase")),
         "percent": f"{pct}%" if pct is not None else "",
         "width": pct,
         "files": files,
         "bytes": data,
-        "rate": rate(p.get("rate_bps")),
+        "rate": f"{_size(p['rate_bps'])}/s" if p.get("rate_bps") else rate(None),
         "eta": seconds_human(p.get("eta_s")),
         "current": p.get("current") or "—",
         "duration": seconds_human(job.duration),
-        "transferred": filesizeformat(job.bytes_transferred),
+        "transferred": _size(job.bytes_transferred),
     }
 
 

@@ -11,7 +11,8 @@
   });
 
   // A progress report that changes only numbers arrives as JSON (jobs.services.live.
-  // job_progress_publish): {"job_progress": id, "fields": {name: text, width: n|null}}.
+  // job_progress_publish): {"job_progress": id, "fields": {name: text, width: n|null}}, or
+  // several of them as {"job_progress_batch": [...]}.
   // Its texts go into the [data-field] elements of the job's block and of its row.
   function applyProgress(message) {
     const roots = [
@@ -44,7 +45,14 @@
     if (typeof text !== "string" || text.charAt(0) !== "{") return;
     let message;
     try { message = JSON.parse(text); } catch (e) { return; }
-    if (!message || !message.job_progress) return;
+    if (!message) return;
+    if (message.job_progress_batch) {
+      // Several jobs' reports at once (portal.realtime.LoopBatch).
+      event.preventDefault();
+      message.job_progress_batch.forEach(applyProgress);
+      return;
+    }
+    if (!message.job_progress) return;
     event.preventDefault();
     applyProgress(message);
   });

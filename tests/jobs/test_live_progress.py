@@ -126,3 +126,15 @@ def test_the_last_report_is_in_the_row_at_the_end(job):
     job = Job.objects.get(pk=job.pk)
     assert job.status == Job.Status.FAILED
     assert job.progress["files_done"] == 999 and job.bytes_transferred == 999 * 400_000
+
+
+@pytest.mark.parametrize(
+    "value",
+    [0, 1, 1023, 1024, 1075, 1048575, 1048576, 1153433, 10**9, 1 << 40, (1 << 50) + 1, -5, "12"],
+)
+def test_a_pushed_size_reads_as_the_template_shows_it(value):
+    from django.template.defaultfilters import filesizeformat
+
+    from jobs.services.live import _size
+
+    assert _size(value) == _size(value) == filesizeformat(value)

@@ -1,0 +1,187 @@
+"""A running job's steady progress report, answered on the server's event loop.
+
+``POST /api/agent/jobs/<id>/progress/`` arrives once a second from every running job: the
+portal's busiest endpoint. ``portal.hotpath`` hands it here before Django. The common
+case — a running job of the calling machine whose report changes only numbers — is done
+without Django's request cycle, a thread, or a database connection:
+
+- the machine from its token (``agents.live_auth``: an in-process cache, 5 s at most) and
+  the per-machine rate limit (one Redis round trip);
+- the job from an in-process cache of running jobs (machine, vault, the shape of its last
+  report); a miss loads the row once, in the loop's executor;
+- the report to the cache where pages read it (``selectors.live_progress``, the same key
+  and encoding as ``jobs.services.live.job_progress_publish``) and pushed as the same
+  small JSON to the job's and the vault's groups;
+- the row written at most every ``PROGRESS_WRITE_SECONDS``, as the view does; that write
+  also re-reads the job's status and cancel request. **Bound**: a cancel reaches the agent
+  in the answer to a report at most ``PROGRESS_WRITE_SECONDS`` after it was asked (it is
+  also sent through the broker at once), and a job that ended stops being served here
+  at the next write.
+
+Everything else returns None and the request goes on to Django's view, which answers it
+as before: the first report, a new phase (the fragments are rendered again), a job not
+running or not the machine's, a malformed body, a machine over its rate limit, Redis
+unreachable.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.core.cache.backends.redis import RedisSerializer
+from django.db import connection
+from django.utils import timezone
+
+from agents.api_auth import RATE_LIMIT_PER_MINUTE, json_object
+from agents.live_auth import LiveMachine, rate_count
+from agents.runtime.protocol import MAX_API_BODY
+from jobs import selectors
+from jobs.models import Job
+from jobs.services.jobs import PROGRESS_WRITE_SECONDS, _clean_progress
+from jobs.services.live import (
+    LIVE_PROGRESS_TTL,
+    job_group,
+    progress_changes_shape,
+    progress_fields,
+)
+from portal import realtime
+from portal.pools import cache_key, db_in_executor
+from vaults.services import group_for_vault
+
+JOB_CACHE_ENTRIES = 20_000
+# A job not heard from for this long is dropped from the cache (loaded again if it is).
+JOB_IDLE_SECONDS = 60.0
+
+
+@dataclass
+class RunningJob:
+    machine_id: object
+    vault_id: object
+    operation: str
+    started_at: datetime | None
+    progress: dict  # the last report seen here: its shape decides a re-render
+    row_written_at: datetime  # the row's last_report_at
+    cancel: bool
+    seen: float = 0.0  # monotonic
+
+
+_jobs: dict[str, RunningJob] = {}
+_serializer = RedisSerializer()
+
+
+def forget_jobs() -> None:
+    _jobs.clear()
+
+
+def _load_running(job_id: str) -> RunningJob | None:
+    row = (
+        Job.objects.filter(pk=job_id, status=Job.Status.RUNNING)
+        .values_list(
+            "machine_id",
+            "vault_id",
+            "operation",
+            "started_at",
+            "progress",
+            "last_report_at",
+            "cancel_requested_at",
+        )
+        .first()
+    )
+    if row is None:
+        return None
+    machine_id, vault_id, operation, started_at, progress, last_report_at, cancel_at = row
+    return RunningJob(
+        machine_id=machine_id,
+        vault_id=vault_id,
+        operation=operation,
+        started_at=started_at,
+        progress=progress or {},
+        row_written_at=last_report_at or started_at or timezone.now(),
+        cancel=cancel_at is not None,
+    )
+
+
+def _write_row(job_id: str, progress: dict, bytes_transferred: int, now: datetime) -> bool | None:
+    """The row brought up to this report, in one statement that also says whether a cancel
+    was asked; None: the job is no longer running (Django's view answers that)."""
+    meta = Job._meta
+    quote = connection.ops.quote_name
+    field = meta.get_field
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {quote(meta.db_table)} SET progress = %s, bytes_transferred = %s, "
+            "last_report_at = %s WHERE id = %s AND status = %s RETURNING cancel_requested_at",
+            [
+                field("progress").get_db_prep_save(progress, connection),
+                bytes_transferred,
+                field("last_report_at").get_db_prep_save(now, connection),
+                field("id").get_db_prep_value(job_id, connection),
+                Job.Status.RUNNING.value,
+            ],
+        )
+        row = cursor.fetchone()
+    return None if row is None else row[0] is not None
+
+
+_load_running_async = db_in_executor(_load_running)
+_write_row_async = db_in_executor(_write_row)
+
+
+async def _running_job(job_id: str) -> RunningJob | None:
+    job = _jobs.get(job_id)
+    now = time.monotonic()
+    if job is None or now - job.seen > JOB_IDLE_SECONDS:
+        job = await _load_running_async(job_id)
+        if job is None:
+            _jobs.pop(job_id, None)
+            return None
+        if len(_jobs) >= JOB_CACHE_ENTRIES:
+            for key in list(_jobs)[: JOB_CACHE_ENTRIES // 2]:
+                del _jobs[key]
+        _jobs[job_id] = job
+    job.seen = now
+    return job
+
+
+async def progress(job_id: str, machine: LiveMachine, body: bytes) -> dict | None:
+    """The answer to a steady report, or None: Django's view answers this one."""
+    job = await _running_job(job_id)
+    if job is None or job.machine_id != machine.machine_id:
+        return None
+    event = json_object(body, max_bytes=MAX_API_BODY)
+    if event is None:
+        return None
+    if rate_count(machine.machine_id) > RATE_LIMIT_PER_MINUTE:
+        return None  # the view answers 429 (counting it once more, as a refusal does)
+    report = _clean_progress(event)
+    if progress_changes_shape(job.progress, report):
+        _jobs.pop(job_id, None)  # the view renders and writes it; load the row again
+        return None
+    now = timezone.now()
+    transferred = int(report.get("stored_bytes") or 0)
+    if (now - job.row_written_at).total_seconds() >= PROGRESS_WRITE_SECONDS:
+        cancel = await _write_row_async(job_id, report, transferred, now)
+        if cancel is None:
+            _jobs.pop(job_id, None)
+            return None
+        job.row_written_at, job.cancel = now, cancel
+    job.progress = report
+    live = {"progress": report, "bytes_transferred": transferred, "last_report_at": now}
+    shown = Job(
+        pk=job_id,
+        status=Job.Status.RUNNING,
+        operation=job.operation,
+        started_at=job.started_at,
+        progress=report,
+        bytes_transferred=transferred,
+    )
+    realtime.loop_batch().add(
+        groups=[job_group(job_id), group_for_vault(job.vault_id)],
+        report={"job_progress": job_id, "fields": progress_fields(shown)},
+        key=cache_key(selectors.live_progress_key(job_id)),
+        value=_serializer.dumps(live),
+        ttl=LIVE_PROGRESS_TTL,
+    )
+    return {"cancel": job.cancel}

@@ -1,0 +1,259 @@
+"""The agent API's hot path (portal.hotpath): a running job's steady progress and a machine's
+heart-beat answered on the event loop, everything else handed to Django's view with its
+body as it came, and the security bounds it keeps (a revoked token, a cancel). Real
+PostgreSQL and Redis: the hot path exists only with Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+
+import pytest
+from django.conf import settings
+from django.core.asgi import get_asgi_application
+from django.utils import timezone
+
+from agents.models import Machine, MachineToken
+from jobs import progress_api, selectors, services
+from jobs.models import Job
+from portal import hotpath, realtime
+from tests.jobs.conftest import make_machine, token_for
+from tests.jobs.test_live_progress import report
+
+pytestmark = [
+    pytest.mark.servers,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(not settings.REDIS_URL, reason="the hot path needs Redis"),
+]
+
+
+class Portal:
+    """The ASGI app as daphne serves it, minus the gate: the hot path in front of Django,
+    which records what reached it."""
+
+    def __init__(self):
+        self.django = get_asgi_application()
+        self.reached_django: list[tuple[str, bytes]] = []
+        self.app = hotpath.serve(self._django)
+
+    async def _django(self, scope, receive, send):
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.reached_django.append((scope["path"], body))
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                await asyncio.sleep(3600)
+            sent = True
+            return {"type": "http.request", "body": body}
+
+        await self.django(scope, replay, send)
+
+    async def post(self, path: str, token: str, body) -> tuple[int, dict]:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "headers": [
+                (b"authorization", f"Bearer {token}".encode()),
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(raw)).encode()),
+                (b"host", b"127.0.0.1"),
+            ],
+            "client": ("127.0.0.1", 5000),
+            "server": ("127.0.0.1", 80),
+            "scheme": "http",
+            "http_version": "1.1",
+            "asgi": {"version": "3.0"},
+        }
+        chunks = [{"type": "http.request", "body": raw, "more_body": False}]
+        answer: dict = {}
+
+        async def receive():
+            if chunks:
+                return chunks.pop(0)
+            await asyncio.sleep(3600)
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                answer["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                answer["body"] = answer.get("body", b"") + message.get("body", b"")
+
+        await self.app(scope, receive, send)
+        return answer["status"], json.loads(answer["body"] or b"{}")
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+@pytest.fixture
+def running(machine, policy):
+    job = services.backup_start(machine=machine)
+    services.job_mark_started(job=job)
+    services.job_record_progress(job=Job.objects.get(pk=job.pk), event=report(1))
+    return Job.objects.get(pk=job.pk)
+
+
+def test_a_steady_report_is_answered_on_the_loop_kept_where_pages_read_it_and_pushed(
+    machine, running
+):
+    token = token_for(machine)
+    portal = Portal()
+    path = f"/api/agent/jobs/{running.pk}/progress/"
+
+    async def scenario():
+        from channels.layers import get_channel_layer
+
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add(f"vault.{running.vault_id}", channel)
+        answer = await portal.post(path, token, report(420))
+        pushed = await asyncio.wait_for(layer.receive(channel), timeout=5)
+        await layer.group_discard(f"vault.{running.vault_id}", channel)
+        return answer, pushed
+
+    (status, body), pushed = run(scenario())
+    assert (status, body) == (200, {"cancel": False})
+    assert portal.reached_django == []
+    message = json.loads(pushed["html"])
+    assert message["job_progress"] == str(running.pk)
+    assert message["fields"]["files"] == "420 of 1,000"
+    # Within the few seconds, the row is not written; pages read the cache, as after the view.
+    row = Job.objects.get(pk=running.pk)
+    assert row.progress["files_done"] == 1
+    assert selectors.live_progress(row)["progress"]["files_done"] == 420
+
+
+def test_what_the_loop_does_not_answer_goes_to_the_view_with_its_body(machine, running, vault):
+    token = token_for(machine)
+    other = make_machine(vault, "web-02")
+    other_token = token_for(other)
+    portal = Portal()
+    path = f"/api/agent/jobs/{running.pk}/progress/"
+    cases = [
+        (other_token, report(2), 404),  # another machine's job
+        (token, b"{not json", 400),
+        (token, report(3, phase="finalizing"), 200),  # a new phase: the view re-renders
+        ("hvn_unknown", report(4), 401),
+    ]
+
+    async def scenario():
+        return [await portal.post(path, who, body) for who, body, _ in cases]
+
+    answers = run(scenario())
+    assert [status for status, _ in answers] == [status for _, _, status in cases]
+    sent = [body if isinstance(body, bytes) else json.dumps(body).encode() for _, body, _ in cases]
+    assert portal.reached_django == [(path, body) for body in sent]
+    assert Job.objects.get(pk=running.pk).progress["phase"] == "finalizing"
+
+
+def test_a_revoked_token_is_refused_at_once_here_and_within_the_cache_bound_elsewhere(
+    machine, running, monkeypatch
+):
+    from agents import live_auth
+    from agents.api_auth import machine_tokens_revoke
+
+    token = token_for(machine)
+    portal = Portal()
+    path = f"/api/agent/jobs/{running.pk}/progress/"
+    monkeypatch.setattr(live_auth, "TOKEN_CACHE_SECONDS", 0.5)
+
+    async def scenario():
+        first = await portal.post(path, token, report(5))
+        # Revoked by another process (a plain UPDATE: nothing tells this one).
+        await asyncio.to_thread(
+            lambda: MachineToken.objects.filter(machine=machine).update(revoked_at=timezone.now())
+        )
+        within_bound = await portal.post(path, token, report(6))
+        await asyncio.sleep(0.6)
+        after_bound = await portal.post(path, token, report(7))
+        return first, within_bound, after_bound
+
+    first, within_bound, after_bound = run(scenario())
+    assert first[0] == within_bound[0] == 200
+    assert after_bound[0] == 401
+
+    # Revoked in this process: refused at the next request.
+    token = token_for(machine)
+    assert run(portal.post(path, token, report(8)))[0] == 200
+    machine_tokens_revoke(machine=machine)
+    assert run(portal.post(path, token, report(9)))[0] == 401
+
+
+def test_a_cancel_reaches_the_agent_with_the_next_row_write(machine, running, monkeypatch):
+    token = token_for(machine)
+    portal = Portal()
+    path = f"/api/agent/jobs/{running.pk}/progress/"
+    assert run(portal.post(path, token, report(10))) == (200, {"cancel": False})
+    Job.objects.filter(pk=running.pk).update(cancel_requested_at=timezone.now())
+    monkeypatch.setattr(progress_api, "PROGRESS_WRITE_SECONDS", 0)  # the write is due
+    assert run(portal.post(path, token, report(11))) == (200, {"cancel": True})
+    assert Job.objects.get(pk=running.pk).progress["files_done"] == 11
+    assert portal.reached_django == []
+
+
+def test_a_heartbeat_is_one_update_while_online_and_the_view_s_when_it_comes_back(vault):
+    online = make_machine(vault, "web-01")
+    offline = make_machine(vault, "web-02", online=False)
+    portal = Portal()
+    beat = {"agent_version": "9.9.9", "hostname": "web-01.example.test"}
+
+    async def scenario():
+        return [
+            await portal.post("/api/agent/heartbeat/", token_for(online), beat),
+            await portal.post("/api/agent/heartbeat/", token_for(offline), beat),
+            await portal.post("/api/agent/heartbeat/", token_for(online), {"vault_id": "x"}),
+        ]
+
+    first, second, third = run(scenario())
+    assert first == (200, first[1]) and first[1]["machine_id"] == str(online.pk)
+    assert second[0] == 200 and third[0] == 404
+    # Only the machine coming back online and the wrong vault reached the view.
+    assert [path for path, _ in portal.reached_django] == ["/api/agent/heartbeat/"] * 2
+    online.refresh_from_db()
+    assert online.agent_version == "9.9.9" and online.hostname == "web-01.example.test"
+    assert timezone.now() - online.last_seen_at < timedelta(seconds=30)
+    assert Machine.objects.get(pk=offline.pk).is_online()
+
+
+def test_pushes_waiting_for_one_group_leave_as_one_message(vault):
+    async def scenario():
+        from channels.layers import get_channel_layer
+
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add("vault.batch-test", channel)
+        batch = realtime.loop_batch()
+        for n in range(3):
+            batch.add(
+                groups=["vault.batch-test"],
+                report={"job_progress": f"job-{n % 2}", "fields": {"n": n}},
+                key="test:hotpath-batch",
+                value=b"1",
+                ttl=5,
+            )
+        pushed = await asyncio.wait_for(layer.receive(channel), timeout=5)
+        await layer.group_discard("vault.batch-test", channel)
+        return json.loads(pushed["html"])
+
+    message = run(scenario())
+    # In the order they came, every one (a watcher counts each report it is shown).
+    assert message == {
+        "job_progress_batch": [
+            {"job_progress": "job-0", "fields": {"n": 0}},
+            {"job_progress": "job-1", "fields": {"n": 1}},
+            {"job_progress": "job-0", "fields": {"n": 2}},
+        ]
+    }
