@@ -13,6 +13,7 @@ from django.core.cache import cache
 from django.core.paginator import Paginator
 from django.db.models import Count, Exists, Max, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from agents import dispatch
 from agents.models import Machine
@@ -181,7 +182,11 @@ def live_progress(job: Job) -> dict | None:
     to show (and to write) instead of the row's. None when the row is current."""
     if job.status != Job.Status.RUNNING:
         return None
-    return _newer(job, cache.get(live_progress_key(job.pk)))
+    try:
+        cached = cache.get(live_progress_key(job.pk))
+    except RedisError:
+        return None  # the cache is away: the row holds the report (job_record_progress)
+    return _newer(job, cached)
 
 
 def _newer(job: Job, cached: dict | None) -> dict | None:
@@ -198,7 +203,10 @@ def with_live_progress(jobs) -> list[Job]:
     jobs = list(jobs)
     running = [job for job in jobs if job.status == Job.Status.RUNNING]
     if running:
-        found = cache.get_many([live_progress_key(job.pk) for job in running])
+        try:
+            found = cache.get_many([live_progress_key(job.pk) for job in running])
+        except RedisError:
+            found = {}  # the cache is away: the rows hold the reports
         for job in running:
             newer = _newer(job, found.get(live_progress_key(job.pk)))
             if newer is not None:

@@ -24,6 +24,7 @@ from jobs.services.live import (
     job_notify_finished,
     job_progress_publish,
     job_publish,
+    progress_cache_write,
     progress_changes_shape,
 )
 from jobs.services.outbox import broker_failure_reason
@@ -194,6 +195,8 @@ def job_record_progress(*, job: Job, event: dict, now: datetime | None = None) -
     job.progress = progress
     job.bytes_transferred = int(progress.get("stored_bytes") or 0)
     job.last_report_at = now
+    if not progress_cache_write(job):
+        due = True  # the cache is away: the row is where the report is kept
     if due:
         Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
             progress=job.progress, bytes_transferred=job.bytes_transferred, last_report_at=now

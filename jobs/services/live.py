@@ -6,12 +6,14 @@ leaves after commit (``portal.realtime.publish``); the page shows the same on re
 from __future__ import annotations
 
 import json
+import logging
 
 from django.contrib.humanize.templatetags.humanize import intcomma
 from django.core.cache import cache
 from django.template.defaultfilters import filesizeformat
 from django.template.loader import render_to_string
 from django.urls import reverse
+from redis.exceptions import RedisError
 
 from jobs import selectors
 from jobs.models import Job
@@ -19,6 +21,8 @@ from portal import realtime
 from portal.models import Notification
 from portal.services import notification_publish
 from vaults.services import group_for_vault
+
+log = logging.getLogger(__name__)
 
 
 def job_group(job_id) -> str:
@@ -48,20 +52,31 @@ def progress_changes_shape(before: dict, after: dict) -> bool:
     )
 
 
+def progress_cache_write(job: Job) -> bool:
+    """Keep ``job``'s latest report where pages read it (``selectors.live_progress``).
+    False when the cache (Redis) cannot be reached: the caller writes the row instead, so
+    the report is neither lost nor answered with an error."""
+    try:
+        cache.set(
+            selectors.live_progress_key(job.pk),
+            {
+                "progress": job.progress,
+                "bytes_transferred": job.bytes_transferred,
+                "last_report_at": job.last_report_at,
+            },
+            LIVE_PROGRESS_TTL,
+        )
+    except RedisError as exc:
+        log.warning("the cache is unreachable (%s): job %s's progress goes to its row", exc, job.pk)
+        return False
+    return True
+
+
 def job_progress_publish(job: Job, *, rerender: bool) -> None:
-    """Keep ``job``'s latest report where pages read it (``selectors.live_progress``) and
-    push it, after commit. A report that changes only numbers travels as one small JSON
-    message for both groups (``progress_fields``; static/js/jobs.js sets the fields);
-    otherwise (``rerender``, the row just written) the fragments are rendered afresh."""
-    cache.set(
-        selectors.live_progress_key(job.pk),
-        {
-            "progress": job.progress,
-            "bytes_transferred": job.bytes_transferred,
-            "last_report_at": job.last_report_at,
-        },
-        LIVE_PROGRESS_TTL,
-    )
+    """Push ``job``'s latest report, after commit. A report that changes only numbers
+    travels as one small JSON message for both groups (``progress_fields``;
+    static/js/jobs.js sets the fields); otherwise (``rerender``, the row just written) the
+    fragments are rendered afresh."""
     if rerender:
         job_publish(Job.objects.select_related("machine", "vault", "created_by").get(pk=job.pk))
         return

@@ -138,3 +138,28 @@ def test_a_pushed_size_reads_as_the_template_shows_it(value):
     from jobs.services.live import _size
 
     assert _size(value) == _size(value) == filesizeformat(value)
+
+
+def test_with_the_cache_away_a_report_goes_to_the_row_and_the_page_shows_it(
+    client, machine, job, alice, settings, django_capture_on_commit_callbacks
+):
+    # A real Redis client against a port nothing listens on: the cache is unreachable, as
+    # when Redis restarts. The report is answered, kept in the row, and the page shows it.
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"socket_connect_timeout": 0.2},
+        }
+    }
+    with django_capture_on_commit_callbacks(execute=True):
+        assert post(client, machine, job, report(10)).status_code == 200
+        assert post(client, machine, job, report(420)).status_code == 200
+    job.refresh_from_db()
+    assert job.progress["files_done"] == 420
+    client.force_login(alice)
+    page = client.get(f"/jobs/{job.pk}/")
+    assert page.status_code == 200
+    assert field(page.content.decode(), "files") == "420 of 1,000"
+    listed = client.get("/jobs/")
+    assert listed.status_code == 200 and field(listed.content.decode(), "percent") == "42%"
