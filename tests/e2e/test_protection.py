@@ -173,7 +173,12 @@ def test_stop_resume_delete_undelete_with_security_pins(
         "Vault vault-dr is an immutable vault (locked): deleting the backup data of web-01 "
         "is blocked"
     )
+    expect(page.locator("#delete-immutable")).to_contain_text(
+        "Blocked while the vault is immutable"
+    )
     screenshot("protection-immutable-delete-refused", full_page=True)
+    page.goto(f"{live_portal}/vaults/{vault.pk}/delete/")
+    expect(blockers).to_contain_text("its backup data cannot be deleted")
     assert BackupPolicy.objects.get(machine=machine).protection == policy.protection
     page.goto(f"{live_portal}/vaults/{vault.pk}/activity/")
     expect(

@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 from django.core import mail
 from django.core.exceptions import ValidationError
+from django.utils import timezone
 
 from jobs import services
-from jobs.models import BackupPolicy
+from jobs.models import BackupPolicy, RecoveryPoint
 from portal.models import Role
 from tests.jobs.conftest import spec
-from vaults import security_pin
+from vaults import security_pin, selectors
 from vaults.models import ActivityEntry, SecurityPin, Vault
 from vaults.services import vault_immutability_set, vault_security_settings_set
 
@@ -78,6 +79,17 @@ def test_it_blocks_stop_protection_with_delete(vault, machine, policy, alice):
     policy.refresh_from_db()
     assert policy.protection == BackupPolicy.Protection.PROTECTED and policy.deleted_at is None
     assert SecurityPin.objects.get(user=alice).used_at is None  # refused before the PIN
+    RecoveryPoint.objects.create(
+        machine=machine,
+        vault=vault,
+        snapshot_id="s1",
+        manifest_blob="snapshots/s1",
+        created_at=timezone.now(),
+        tagged_for=timezone.now(),
+        kind=RecoveryPoint.Kind.ADHOC,
+    )
+    actions = [b.action for b in selectors.vault_delete_blockers(machine.vault)]
+    assert any(a.startswith("Disable immutability (Properties › Immutable vault)") for a in actions)
     services.protection_stop(machine=machine, user=alice, retention="forever")  # allowed
 
 
@@ -159,7 +171,17 @@ def test_roles_on_the_immutable_vault_page(client, vault, alice, member, charlie
     assert vault.immutability == Immutability.ENABLED
     page = client.get(f"/vaults/{vault.pk}/properties/").content.decode()
     assert "Enabled: deleting backup data" in page
+    page = client.get(f"/vaults/{vault.pk}/properties/security-settings/").content.decode()
+    assert 'id="soft-delete-immutable"' in page
+    off = {"security_features": "on", "soft_delete_days": "14"}  # soft delete turned off
+    refused = client.post(f"/vaults/{vault.pk}/properties/security-settings/", off)
+    assert refused.status_code == 400 and "turning soft delete off is blocked" in (
+        refused.content.decode()
+    )
     refused = ActivityEntry.objects.filter(
         operation=ActivityEntry.Operation.IMMUTABILITY_CHANGE, outcome="refused", username="bob"
     )
     assert refused.count() == 3
+    assert ActivityEntry.objects.filter(
+        operation=ActivityEntry.Operation.SOFT_DELETE_SETTING, outcome="refused"
+    ).exists()
