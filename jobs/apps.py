@@ -81,6 +81,8 @@ def _points_block_delete(vault):
 
     from agents.models import Machine
     from jobs.models import BackupPolicy
+    from vaults.immutability import is_immutable
+    from vaults.models import Vault
     from vaults.selectors import DeleteBlocker
 
     machines = (
@@ -99,7 +101,7 @@ def _points_block_delete(vault):
         if policy is not None and policy.protection == BackupPolicy.Protection.SOFT_DELETED:
             when = f"{policy.purge_after:%Y-%m-%d %H:%M} UTC" if policy.purge_after else "soon"
             action = f"Its data is removed for good on {when}; the vault can be deleted after."
-            if not vault.soft_delete_always_on:
+            if not vault.soft_delete_always_on and not is_immutable(vault):
                 action += (
                     " To remove it sooner: Undelete it, turn soft delete off (Properties › "
                     "Security settings), then delete its backup data again."
@@ -115,11 +117,24 @@ def _points_block_delete(vault):
         state = policy.get_protection_display().lower() if policy else "not protected"
         if policy is not None and policy.is_protected and machine.unregistered_at:
             state = "unregistered"
+        if vault.immutability == Vault.Immutability.LOCKED:
+            action = (
+                "The vault is a locked immutable vault: its backup data cannot be deleted, "
+                "so the vault cannot be deleted while it holds any."
+            )
+        elif is_immutable(vault):
+            action = (
+                "Disable immutability (Properties › Immutable vault), then stop protection "
+                "and delete its backup data (Stop backup › Delete backup data)."
+            )
+        else:
+            action = (
+                "Stop protection and delete its backup data (Stop backup › Delete backup data)."
+            )
         blockers.append(
             DeleteBlocker(
                 what=f"{machine.name}: {state} ({points})",
-                action="Stop protection and delete its backup data (Stop backup › Delete "
-                "backup data).",
+                action=action,
                 link_url=reverse("jobs:protection_stop", args=[machine.pk]) + "?choice=delete",
             )
         )

@@ -62,6 +62,19 @@ class Vault(models.Model):
     # Always-on soft delete cannot be turned off or shortened again (irreversible).
     soft_delete_always_on = models.BooleanField(default=False)
 
+    class Immutability(models.TextChoices):
+        # Properties › Immutable vault (vaults.immutability; docs/protection.md).
+        DISABLED = "disabled", "Disabled"
+        ENABLED = "enabled", "Enabled"
+        LOCKED = "locked", "Locked"
+
+    # While enabled or locked, nothing that could lose recovery points is allowed: deleting
+    # backup data, lowering a policy's retention, turning soft delete off or shortening it.
+    # Enabled can be disabled again; locked cannot.
+    immutability = models.CharField(
+        max_length=10, choices=Immutability.choices, default=Immutability.DISABLED
+    )
+
     subscription_path = "subscription"
 
     class Meta:

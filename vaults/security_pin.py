@@ -10,7 +10,7 @@ person's own session).
 
 ``consume`` is the one door: the caller names the operation, and every refusal is a
 ``PinRefused`` subclass whose message a person can act on. Later operations (a machine's
-passphrase change, immutability) call it the same way with their own ``Operation``.
+passphrase change) call it the same way with their own ``Operation``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ class Operation(models.TextChoices):
     SOFT_DELETE_WEAKEN = "soft_delete_weaken", "Turn soft delete off or shorten it"
     SECURITY_FEATURES_OFF = "security_off", "Turn security features off"
     RETENTION_LOWER = "retention_lower", "Lower the retention of a backup policy"
+    IMMUTABILITY_LOCK = "immutability_lock", "Lock the immutable vault"
+    IMMUTABILITY_DISABLE = "immutability_disable", "Disable the immutable vault"
 
 
 class PinRefused(Exception):

@@ -28,7 +28,7 @@ from agents.runtime.blobstore.base import StorageError
 from portal import realtime
 from portal.models import Notification, ResourceGroup, Subscription
 from portal.services import notification_publish, resource_group_create
-from vaults import activity, security_pin, storage
+from vaults import activity, immutability, security_pin, storage
 from vaults.activity import Operation
 from vaults.models import Vault, VaultUsageSample
 from vaults.selectors import (
@@ -589,6 +589,14 @@ def vault_security_settings_set(
         errors.setdefault("always_on", []).append(
             "Always-on soft delete needs soft delete to be on."
         )
+    if vault.soft_delete_enabled and not soft_delete_enabled:
+        blocked = immutability.blocked_reason(vault, action="turning soft delete off")
+        if blocked:
+            errors.setdefault("soft_delete_enabled", []).append(blocked)
+    elif soft_delete_enabled and days < vault.soft_delete_days:
+        blocked = immutability.blocked_reason(vault, action="shortening soft delete")
+        if blocked:
+            errors.setdefault("soft_delete_days", []).append(blocked)
     if errors:
         raise ValidationError(errors)
     weakened = []
@@ -620,6 +628,94 @@ def vault_security_settings_set(
                 details=[f"Change: {', '.join(weakened)}."],
             )
     vault.refresh_from_db()
+    return vault
+
+
+# --- immutable vault --------------------------------------------------------------------
+def vault_immutability_set(
+    *, vault: Vault, user, state: str, confirm: str = "", pin: str = ""
+) -> Vault:
+    """Change the vault's immutability (Properties › Immutable vault; ``vaults.immutability``).
+
+    Disabled ⇄ Enabled freely, and either → Locked, which is irreversible: locking needs
+    ``confirm`` to be the vault's name typed, and while security features are on, the
+    person's security PIN, as does disabling. The change, or its refusal, is in the
+    activity log, and a change e-mails the alert recipients. Raises ``ValidationError``
+    keyed ``immutability`` or ``security_pin``."""
+    before = vault.immutability
+    with activity.refusals_recorded(
+        operation=Operation.IMMUTABILITY_CHANGE,
+        refused=(ValidationError,),
+        user=user,
+        vault=vault,
+        detail={"from": before, "to": state},
+    ):
+        vault = _immutability_set(vault=vault, user=user, state=state, confirm=confirm, pin=pin)
+    return vault
+
+
+def _immutability_set(*, vault: Vault, user, state: str, confirm: str, pin: str) -> Vault:
+    Immutability = Vault.Immutability
+    if state not in Immutability.values:
+        raise ValidationError({"immutability": ["Choose Disabled, Enabled or Locked."]})
+    before = vault.immutability
+    if state == before:
+        return vault
+    if before == Immutability.LOCKED:
+        raise ValidationError(
+            {
+                "immutability": [
+                    f"Vault {vault.name} is a locked immutable vault: immutability cannot be "
+                    "disabled or unlocked."
+                ]
+            }
+        )
+    operation = None
+    if state == Immutability.LOCKED:
+        if (confirm or "").strip() != vault.name:
+            raise ValidationError(
+                {
+                    "confirm": [
+                        f"Locking cannot be undone: type the vault's name, {vault.name}, "
+                        "to confirm."
+                    ]
+                }
+            )
+        operation = security_pin.Operation.IMMUTABILITY_LOCK
+    elif state == Immutability.DISABLED:
+        operation = security_pin.Operation.IMMUTABILITY_DISABLE
+    if operation is not None and vault.security_features:
+        try:
+            security_pin.consume(user=user, vault=vault, pin=pin, operation=operation)
+        except security_pin.PinRefused as exc:
+            raise ValidationError({"security_pin": [str(exc)]}) from None
+    with transaction.atomic():
+        changed = Vault.objects.filter(pk=vault.pk, immutability=before).update(immutability=state)
+        if not changed:  # someone changed it meanwhile: decide again on the new state
+            raise ValidationError(
+                {"immutability": ["The vault's immutability changed meanwhile; try again."]}
+            )
+        vault.refresh_from_db()
+        activity.record(
+            operation=Operation.IMMUTABILITY_CHANGE,
+            user=user,
+            vault=vault,
+            detail={"from": before, "to": state},
+        )
+        label = vault.get_immutability_display().lower()
+        critical_operation_email(
+            vault=vault,
+            user=user,
+            what=f"immutability {label}",
+            details=[
+                f"Immutability: {Immutability(before).label} → {Immutability(state).label}.",
+                *(
+                    ["Locked immutability cannot be undone."]
+                    if state == Immutability.LOCKED
+                    else []
+                ),
+            ],
+        )
     return vault
 
 

@@ -29,6 +29,11 @@ urlpatterns = [
         name="security-settings",
     ),
     path("<uuid:vault_id>/properties/security-pin/", views.security_pin_page, name="security-pin"),
+    path(
+        "<uuid:vault_id>/properties/immutable-vault/",
+        views.immutable_vault,
+        name="immutable-vault",
+    ),
     path("<uuid:vault_id>/backup/", views.backup_goal, name="backup"),
     path("<uuid:vault_id>/credentials/", views.credentials_list, name="credentials"),
     path(

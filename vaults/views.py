@@ -468,6 +468,51 @@ def security_settings(request, vault_id):
 
 @login_required
 @require_http_methods(["GET", "POST"])
+def immutable_vault(request, vault_id):
+    """Properties › Immutable vault: Disabled, Enabled (reversible), Locked (irreversible)."""
+    vault = _load(request, vault_id)
+    context = _vault_context(request, vault, "properties")
+    errors: dict[str, list[str]] = {}
+    chosen = vault.immutability
+    status = 200
+    if request.method == "POST":
+        chosen = request.POST.get("immutability", "")[:20]
+        activity.require_role(
+            request,
+            vault=vault,
+            role=Role.CONTRIBUTOR,
+            operation=Operation.IMMUTABILITY_CHANGE,
+        )
+        try:
+            services.vault_immutability_set(
+                vault=vault,
+                user=request.user,
+                state=chosen,
+                confirm=request.POST.get("confirm_name", ""),
+                pin=request.POST.get("security_pin", ""),
+            )
+        except ValidationError as exc:
+            errors = exc.message_dict
+            status = 400
+        else:
+            vault.refresh_from_db()
+            messages.success(
+                request, f"Immutability of {vault.name}: {vault.get_immutability_display()}."
+            )
+            return redirect("vaults:properties", vault.pk)
+    context.update(
+        {
+            "chosen": chosen,
+            "errors": errors,
+            "states": Vault.Immutability.choices,
+            "pin_minutes": security_pin.minutes_valid(),
+        }
+    )
+    return render(request, "vaults/immutable_vault.html", context, status=status)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
 def security_pin_page(request, vault_id):
     """Properties › Security PIN: generate one (Contributor), shown once."""
     vault = _load(request, vault_id)

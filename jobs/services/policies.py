@@ -13,7 +13,7 @@ from django.utils import timezone
 from agents.runtime import protocol, throttling
 from jobs import policy_rules, services  # services: the package, for its dispatch seam
 from jobs.models import BackupPolicy
-from vaults import activity, security_pin
+from vaults import activity, immutability, security_pin
 from vaults.activity import Operation
 from vaults.services import critical_operation_email
 
@@ -48,6 +48,23 @@ def policy_save(
             }
         )
     lowered = policy_rules.retention_lowered(current.spec(), spec) if current else []
+    blocked = (
+        immutability.blocked_reason(vault, action=f"lowering the retention of {machine.name}")
+        if lowered
+        else ""
+    )
+    if blocked:
+        blocked += f" This change lowers: {'; '.join(lowered)}."
+        activity.record(
+            operation=Operation.POLICY_CHANGE,
+            outcome=activity.Outcome.REFUSED,
+            reason=blocked,
+            user=user,
+            vault=vault,
+            resource=activity.Resource(kind="backup policy", id=str(machine.pk), name=machine.name),
+            detail={"changes": policy_diff(current.spec() if current else {}, spec)},
+        )
+        raise ValidationError({"immutability": [blocked]})
     if lowered and vault.security_features:
         try:
             security_pin.consume(

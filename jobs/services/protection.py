@@ -38,7 +38,7 @@ from jobs.services.live import job_publish
 from jobs.services.pruning import repository_store
 from portal.models import Notification
 from portal.services import notification_publish
-from vaults import security_pin
+from vaults import immutability, security_pin
 from vaults.services import critical_operation_email
 
 log = logging.getLogger(__name__)
@@ -228,6 +228,11 @@ def protection_delete(
 
 
 def _check_deletable(policy: BackupPolicy) -> None:
+    blocked = immutability.blocked_reason(
+        policy.machine.vault, action=f"deleting the backup data of {policy.machine.name}"
+    )
+    if blocked:
+        raise ProtectionRefused(blocked)
     if policy.protection not in (
         BackupPolicy.Protection.PROTECTED,
         BackupPolicy.Protection.STOPPED,

@@ -1,8 +1,9 @@
 """Stop protection, soft delete and the security PIN in Chromium, one walk: a PIN generated,
 protection stopped with the data retained and resumed, an expired PIN refused, the data
 deleted with a PIN, the typed name and a reason, shown as Soft deleted with the days left,
-undeleted, the used PIN refused the second time, and the vault's delete page naming the
-item that still holds data."""
+undeleted, the used PIN refused the second time, the vault's delete page naming the item
+that still holds data, and the vault locked immutable: deleting the data refused with the
+reason, the lock and the refusal in the activity log."""
 
 from __future__ import annotations
 
@@ -155,3 +156,34 @@ def test_stop_resume_delete_undelete_with_security_pins(
     blockers = page.locator("#delete-blockers")
     expect(blockers).to_contain_text("web-01: protection stopped, data retained (1 recovery point)")
     screenshot("protection-vault-delete-blockers")
+
+    # Lock the vault immutable (the name typed and a PIN), then deleting is refused.
+    third = generate_pin()
+    page.goto(f"{live_portal}/vaults/{vault.pk}/properties/")
+    page.locator("#update-immutable-vault").click()
+    page.locator("[data-option=locked] input").check()
+    page.get_by_label("To lock, type the vault's name").fill("vault-dr")
+    page.locator("#security_pin").fill(third)
+    screenshot("protection-immutable-lock", full_page=True)
+    page.locator("#save-immutability").click()
+    expect(page.locator("#immutability-value")).to_contain_text("Locked:")
+    screenshot("protection-immutable-locked", full_page=True)
+    delete_with(generate_pin())
+    expect(page.locator("#stop-error")).to_contain_text(
+        "Vault vault-dr is an immutable vault (locked): deleting the backup data of web-01 "
+        "is blocked"
+    )
+    expect(page.locator("#delete-immutable")).to_contain_text(
+        "Blocked while the vault is immutable"
+    )
+    screenshot("protection-immutable-delete-refused", full_page=True)
+    page.goto(f"{live_portal}/vaults/{vault.pk}/delete/")
+    expect(blockers).to_contain_text("its backup data cannot be deleted")
+    assert BackupPolicy.objects.get(machine=machine).protection == policy.protection
+    page.goto(f"{live_portal}/vaults/{vault.pk}/activity/")
+    expect(
+        page.locator("tr[data-operation='vault.immutability'][data-outcome=succeeded]")
+    ).to_contain_text("disabled → locked")
+    refusal = page.locator("tr[data-operation='protection.stop_delete'][data-outcome=refused]")
+    expect(refusal.first).to_contain_text("immutable vault (locked)")
+    screenshot("protection-immutable-activity", full_page=True)
