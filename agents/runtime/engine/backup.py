@@ -104,9 +104,10 @@ def run_backup(
 ) -> BackupResult:
     """Back up ``sources`` (absolute paths) into a new recovery point of ``repo``.
 
-    ``check_space(data_bytes)`` is called with the previous recovery point's size (0 for a
-    first backup) before a file is read; it raises to stop the backup (a cache location
-    too small for that much data).
+    ``check_space(data_bytes)`` is called with the previous recovery point's size before a
+    file is read, and for a first backup with the running total of the data counted beside
+    the walk; it raises to stop the backup (a cache location too small for that much
+    data), and the backup raises that.
 
     ``walk``: a ``WalkAhead`` started earlier, e.g. before ``Repository.open`` so the walk
     overlaps the key derivation; its sources and exclusions are the backup's then."""
@@ -143,6 +144,7 @@ class _Backup:
     def __init__(self, repo: Repository, **kw):
         self.repo = repo
         self.__dict__.update(kw)
+        self.space_refusal: Exception | None = None  # check_space's, from the count
         self.warnings: list[dict] = []
         self.pending: deque[_Pending] = deque()
         self.inflight: dict[int, _Pending] = {}
@@ -207,6 +209,8 @@ class _Backup:
                     cancelled = self.cancel.is_set()
             except Cancelled:  # waiting for an upload slot (see Packer)
                 cancelled = True
+            if cancelled and self.space_refusal is not None:
+                raise self.space_refusal
             if cancelled:
                 self.pool.stop(kill=True)
                 self.packer.close(abandon=True)
@@ -255,8 +259,19 @@ class _Backup:
         self.reporter.emit()
 
     def _count(self) -> None:
+        """A first backup's totals, counted beside the walk; with ``check_space``, the
+        running total is the estimate the cache location's room is checked against (an
+        incremental backup checks the previous point's size before it starts)."""
         for files, size in count_tree(self.sources, self.excluder, self.cancel.is_set):
             self.reporter.files_total, self.reporter.bytes_total = files, size
+            if self.check_space is None:
+                continue
+            try:
+                self.check_space(size)
+            except Exception as exc:  # the caller's refusal, raised again by the backup
+                self.space_refusal = exc
+                self.cancel.set()
+                return
 
     def _previous(self) -> RecoveryPoint | None:
         rps = [

@@ -31,7 +31,8 @@ CANCELLED = "Cancelled on request; no recovery point was made."
 
 def check_cache(cache_dir: Path, data_bytes: int, *, minimum: int) -> None:
     """The cache location's free space: 5% of the data to back up (``data_bytes``, from the
-    previous recovery point; 0 before the first) and never less than the portal's
+    previous recovery point, or for a first backup the running count beside its walk) and
+    never less than the portal's
     ``minimum``. A job that would fill the disk fails before it reads a file."""
     try:
         checks.check_cache_space(cache_dir, data_bytes, minimum=minimum)

@@ -119,3 +119,32 @@ def test_a_storage_failure_fails_the_backup_with_the_storage_error_and_keeps_the
     reopened = Repository.open(memory_store, PASSPHRASE)
     assert [rp.id for rp in reopened.list_recovery_points()] == [first.recovery_point]
     assert backup(reopened, src).status == "completed"
+
+
+class CacheTooSmall(Exception):
+    pass
+
+
+def test_a_first_backup_checks_the_cache_against_the_data_counted_beside_the_walk(
+    repo, memory_store, tmp_path
+):
+    # No previous point to size the cache check by: the running count of the first backup
+    # is the estimate, and a refusal from check_space stops the backup with that refusal.
+    src = tmp_path / "src"
+    for i in range(200):
+        write_random(src / f"f{i:03}", 200_000, i)
+    asked: list[int] = []
+
+    def check_space(data_bytes: int) -> None:
+        asked.append(data_bytes)
+        if data_bytes > 1_000_000:
+            raise CacheTooSmall(f"backing up {data_bytes} bytes needs more cache room")
+
+    with pytest.raises(CacheTooSmall, match="needs more cache room"):
+        backup(repo, src, check_space=check_space)
+    assert asked[0] == 0 and max(asked) == 200 * 200_000
+    reopened = Repository.open(memory_store, PASSPHRASE)
+    assert reopened.list_recovery_points() == []
+    # With room enough, the same first backup completes.
+    done = backup(reopened, src, check_space=lambda data_bytes: None)
+    assert done.status == "completed"
