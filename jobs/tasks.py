@@ -65,3 +65,8 @@ def protection_purge_machine(machine_id: str) -> int:
     if machine is None:
         return 0
     return int(services.protection_purge(machine=machine) is not None)
+
+
+@shared_task(name="jobs.passphrase_keys_retire_due")
+def passphrase_keys_retire_due() -> int:
+    return services.passphrase_keys_retire_due()

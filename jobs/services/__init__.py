@@ -12,6 +12,7 @@ apps call them through this package: ``from jobs import services; services.backu
     alerts     Backup Alerts raised and resolved, the no-recent-backup check, their email
     live       pushes to open pages, and the notification when a job ends
     protection stop protection (retain or delete), resume, soft delete, undelete, the purge
+    passphrase a machine's passphrase change: the PIN, the new key, the old keys retired
 
 Reads are in ``jobs.selectors``; the pure rules in ``jobs.policy_rules``, ``jobs.retention``
 and ``jobs.schedule``; Recover Data (restore and download jobs) in ``jobs.recovery``.
@@ -48,6 +49,12 @@ from jobs.services.jobs import (
     jobs_sweep,
 )
 from jobs.services.live import alerts_publish, job_group, job_notify_finished, job_publish
+from jobs.services.passphrase import (
+    PassphraseChangeRefused,
+    passphrase_change_authorize,
+    passphrase_change_complete,
+    passphrase_keys_retire_due,
+)
 from jobs.services.points import (
     PointRefused,
     PointUnverifiable,
@@ -92,6 +99,7 @@ from jobs.services.scheduler import schedule_tick
 __all__ = [
     "BackupAlreadyRunning",
     "JobNotCancellable",
+    "PassphraseChangeRefused",
     "PointRefused",
     "PointUnverifiable",
     "ProtectionRefused",
@@ -118,6 +126,9 @@ __all__ = [
     "jobs_sweep",
     "keeps_last_point",
     "packs_collect",
+    "passphrase_change_authorize",
+    "passphrase_change_complete",
+    "passphrase_keys_retire_due",
     "point_check",
     "point_replicated",
     "policy_applied",
