@@ -115,6 +115,22 @@ def _backup_facts(machine: Machine) -> dict:
         points = machine.recovery_points.filter(removed_at__isnull=True).order_by("-created_at")
         facts["point_count"] = points.count()
         facts["latest_point"] = points.first()
+        # Offline seeding (jobs/seed.html, docs/seeding.md): where it stands.
+        policy = facts["policy"]
+        imports = list(machine.jobs.filter(operation="import").order_by("-created_at")[:1])
+        facts["seeding"] = {
+            "policy": policy,
+            "imports": imports,
+            "imported": machine.jobs.filter(operation="import", status="completed")
+            .order_by("-ended_at")
+            .first(),
+            "waiting": policy is not None
+            and policy.initial_backup == "offline"
+            and not machine.recovery_points.exists(),
+        }
+        facts["seeding"]["shown"] = bool(
+            (policy is not None and policy.initial_backup == "offline") or imports
+        )
     return facts
 
 

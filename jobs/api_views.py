@@ -25,9 +25,13 @@ from jobs import services
 from jobs.models import BackupPolicy, Job
 from vaults.security_pin import PinRefused
 
+# Jobs the portal runs itself (a seed's import, jobs/services/seeding.py) are no agent's:
+# the machine's agent may not start, report on or finish them.
+_AGENT_JOBS = Job.objects.exclude(operation=Job.Operation.IMPORT)
+
 
 def _load(request, job_id):
-    job = Job.objects.select_related("machine", "vault", "created_by").filter(pk=job_id).first()
+    job = _AGENT_JOBS.select_related("machine", "vault", "created_by").filter(pk=job_id).first()
     if job is None:
         return None, api_error(404, "not_found", "No such job for this machine.")
     refused = require_own(request, job.machine_id)
@@ -97,7 +101,7 @@ PROGRESS_FIELDS = (
 @machine_api
 @require_POST
 def job_progress(request, job_id):
-    job = Job.objects.only(*PROGRESS_FIELDS).filter(pk=job_id).order_by().first()
+    job = _AGENT_JOBS.only(*PROGRESS_FIELDS).filter(pk=job_id).order_by().first()
     if job is None:
         return api_error(404, "not_found", "No such job for this machine.")
     error = require_own(request, job.machine_id)

@@ -211,11 +211,28 @@ def status_counts_labelled(counts: dict) -> list[tuple[str, str, int]]:
 
 @dataclass(frozen=True)
 class BackupBlockers:
-    """What stops a backup of a machine starting now; nothing does when both are empty."""
+    """What stops a backup of a machine starting now; nothing does when all are empty."""
 
     running: Job | None  # the machine's backup that is still queued, waiting or running
     retain_until: str  # what is wrong with the chosen "retain backup till" date, or ""
     stopped: str = ""  # why the machine is not protected (protection stopped), or ""
+    seed_waiting: bool = False  # the first backup is to come from a seed disk
+
+
+def seed_waiting(machine) -> bool:
+    """The machine's policy seeds the first backup offline and no point exists yet (the
+    seed's import records the first): no backup goes over the network until then."""
+    policy = BackupPolicy.objects.filter(machine=machine).only("initial_backup").first()
+    if policy is None or policy.initial_backup != BackupPolicy.InitialBackup.OFFLINE:
+        return False
+    return not RecoveryPoint.objects.filter(machine=machine).exists()
+
+
+def seed_imports(machine):
+    """The machine's seed imports, newest first."""
+    return Job.objects.filter(machine=machine, operation=Job.Operation.IMPORT).order_by(
+        "-created_at"
+    )
 
 
 def machine_today(machine, *, now: datetime | None = None) -> date:
@@ -233,7 +250,12 @@ def backup_blockers(
     problem = ""
     if retain_until is not None and retain_until < machine_today(machine, now=now):
         problem = "Choose today or a later date."
-    return BackupBlockers(running=running, retain_until=problem, stopped=stopped_reason(machine))
+    return BackupBlockers(
+        running=running,
+        retain_until=problem,
+        stopped=stopped_reason(machine),
+        seed_waiting=seed_waiting(machine),
+    )
 
 
 def stopped_reason(machine) -> str:

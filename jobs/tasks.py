@@ -70,3 +70,13 @@ def protection_purge_machine(machine_id: str) -> int:
 @shared_task(name="jobs.passphrase_keys_retire_due")
 def passphrase_keys_retire_due() -> int:
     return services.passphrase_keys_retire_due()
+
+
+@shared_task(name="jobs.seed_import")
+def seed_import(job_id: str) -> str:
+    from jobs.models import Job
+
+    job = Job.objects.select_related("machine", "vault").filter(pk=job_id).first()
+    if job is None:
+        return ""
+    return services.seed_import_run(job=job).status

@@ -122,6 +122,47 @@ def job_cancel(request, job_id):
     return redirect("jobs:detail", job_id=job.pk)
 
 
+# --- Seeding ----------------------------------------------------------------------------
+@login_required
+@require_http_methods(["GET", "POST"])
+def seed(request, machine_id):
+    """Where the machine's offline seeding stands, and the import of a seed disk mounted on
+    the portal's host (Contributor or higher; inside HAVEN_SEED_IMPORT_ROOT only)."""
+    machine, role = get_with_role(
+        request.user,
+        Machine.objects.select_related("vault").filter(unregistered_at__isnull=True),
+        pk=machine_id,
+    )
+    can_import = Role.rank(role) >= Role.rank(Role.CONTRIBUTOR)
+    error, path, status = "", "", 200
+    if request.method == "POST":
+        path = request.POST.get("path", "")[:1000]
+        if not can_import:
+            raise PermissionDenied("Importing a seed needs the Contributor role or higher.")
+        try:
+            folder = services.seed_path_resolve(path)
+            job = services.seed_import_start(machine=machine, folder=folder, user=request.user)
+        except services.SeedRefused as exc:
+            error, status = exc.message, 400
+        else:
+            messages.success(request, f"Import of the seed of {machine.name} started.")
+            return redirect("jobs:detail", job_id=job.pk)
+    policy = BackupPolicy.objects.filter(machine=machine).first()
+    imports = list(selectors.seed_imports(machine)[:5])
+    context = {
+        "machine": machine,
+        "policy": policy,
+        "waiting": selectors.seed_waiting(machine),
+        "imports": imports,
+        "imported": next((j for j in imports if j.status == Job.Status.COMPLETED), None),
+        "can_import": can_import,
+        "import_root": services.seeding.import_root(),
+        "path": path,
+        "error": error,
+    }
+    return render(request, "jobs/seed.html", context, status=status)
+
+
 # --- Back up now ------------------------------------------------------------------------
 def _retain_until(raw) -> tuple[date | None, str]:
     if not raw:
@@ -153,7 +194,9 @@ def backup_now(request, machine_id):
     running = blockers.running
     error = error or blockers.retain_until
     status = 200
-    if request.method == "POST" and (running is not None or blockers.stopped):
+    if request.method == "POST" and (
+        running is not None or blockers.stopped or blockers.seed_waiting
+    ):
         status = 409
     elif request.method == "POST" and not error and policy is not None:
         try:
@@ -178,6 +221,7 @@ def backup_now(request, machine_id):
         "policy": policy,
         "running": running,
         "stopped": blockers.stopped,
+        "seed_waiting": blockers.seed_waiting,
         "retain_until": data.get("retain_until", ""),
         "retain_error": error,
         "today": selectors.machine_today(machine).isoformat(),

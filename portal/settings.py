@@ -303,6 +303,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = protocol.MAX_JSON_BODY
 HAVEN_JOB_PICKUP_SECONDS = env_int("HAVEN_JOB_PICKUP_SECONDS", 60, minimum=1)
 HAVEN_JOB_AGENT_WAIT_MINUTES = env_int("HAVEN_JOB_AGENT_WAIT_MINUTES", 60, minimum=1)
 HAVEN_JOB_STALL_SECONDS = env_int("HAVEN_JOB_STALL_SECONDS", 120, minimum=10)
+# Offline seeding (docs/seeding.md): the folder on the portal's host under which the portal's
+# Import seed page may read seeds; empty: only manage.py seed_import imports.
+HAVEN_SEED_IMPORT_ROOT = env_str("HAVEN_SEED_IMPORT_ROOT", "")
 HAVEN_ALERT_NO_BACKUP_DAYS = env_int("HAVEN_ALERT_NO_BACKUP_DAYS", 3, minimum=1)
 HAVEN_ALERT_EMAIL = env_str("HAVEN_ALERT_EMAIL", "each")
 if HAVEN_ALERT_EMAIL not in ("each", "digest", "off"):

@@ -1,5 +1,5 @@
 """``haven-agent``: configure, check, register, status, worker, install-service, unregister,
-change-passphrase.
+policy show, seed export, change-passphrase.
 
 Every failure is printed as one ``error: ...`` line that says what to do, and the command
 exits non-zero; no tracebacks for expected failures.
@@ -18,11 +18,12 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from agents.runtime import checks, config, register, throttling
+from agents.runtime import checks, config, register, seed, throttling
 from agents.runtime import passphrase as pp
 from agents.runtime.blobstore.base import StorageError
 from agents.runtime.credentials import CredentialsError, parse
 from agents.runtime.engine import Repository, WrongPassphrase
+from agents.runtime.engine.errors import EngineError
 from agents.runtime.jobs.outbox import outbox_for_cache
 from agents.runtime.jobs.policy import format_policy, load_policy
 from agents.runtime.passphrase import PassphraseError
@@ -304,6 +305,61 @@ def cmd_policy_show(args) -> int:
     return 0
 
 
+# --- seed export ------------------------------------------------------------------------------
+def cmd_seed_export(args) -> int:
+    registration = config.require_registration()
+    settings = config.load_settings()
+    policy = load_policy(config.config_dir())
+    spec = (policy or {}).get("spec") or {}
+    if args.passphrase_file:
+        secret = pp.read_file(Path(args.passphrase_file).expanduser())
+    else:
+        secret = pp.saved_passphrase(settings) or ""
+    if not secret:
+        raise UsageError(
+            "no saved passphrase on this machine: pass --passphrase-file FILE with the "
+            "machine's encryption passphrase"
+        )
+    client = PortalClient(
+        registration.portal_url, token=registration.token, proxies=settings.proxies()
+    )
+    try:
+        renew_grant(registration, client)
+    finally:
+        client.close()
+    target = Path(args.to).expanduser().absolute()
+    _out(f"Writing the first backup of {registration.machine_name} to {target} ...")
+    try:
+        result, header = seed.seed_export(
+            container=open_with_settings(registration.grant, settings),
+            staging=target,
+            passphrase=secret,
+            items=list(spec.get("items") or []),
+            excludes=[*spec.get("exclude_globs", []), *spec.get("exclude_types", [])],
+            identity={
+                "vault_id": registration.vault_id,
+                "vault_name": registration.vault_name,
+                "machine_id": registration.machine_id,
+                "machine_name": registration.machine_name,
+            },
+            cache_dir=settings.cache_path,
+        )
+    except (seed.SeedError, EngineError, StorageError) as exc:
+        raise UsageError(f"seed export: {exc}") from None
+    size = sum(b["size"] for b in header["blobs"])
+    _out(
+        f"Seed written: recovery point {header['recovery_point_id'][:8]}, "
+        f"{result.files} files, {size} bytes in {len(header['blobs'])} blobs."
+    )
+    for warning in result.warnings[:20]:
+        _out(f"  warning: {warning.get('path', '')}: {warning.get('reason', '')}")
+    _out(
+        "Next: take the disk to the portal's host and import it (the machine's page in the "
+        f"portal, Import seed, or manage.py seed_import {target})."
+    )
+    return 0
+
+
 # --- worker, service, unregister ------------------------------------------------------------
 def cmd_worker(args) -> int:
     registration = config.require_registration()
@@ -500,6 +556,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("policy", help="the backup policy the portal applied to this machine")
     policy_sub = p.add_subparsers(dest="policy_command", required=True)
     policy_sub.add_parser("show", help="show the applied policy").set_defaults(func=cmd_policy_show)
+
+    p = sub.add_parser("seed", help="offline seeding: the first backup to a disk")
+    seed_sub = p.add_subparsers(dest="seed_command", required=True)
+    p = seed_sub.add_parser("export", help="write the first backup to a folder or mounted disk")
+    p.add_argument("--to", required=True, metavar="PATH", help="an empty folder on the disk")
+    p.add_argument("--passphrase-file", help="the machine's passphrase, if it is not saved")
+    p.set_defaults(func=cmd_seed_export)
 
     p = sub.add_parser(
         "change-passphrase", help="re-wrap the backups' key with a new encryption passphrase"

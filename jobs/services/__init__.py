@@ -12,6 +12,7 @@ apps call them through this package: ``from jobs import services; services.backu
     alerts     Backup Alerts raised and resolved, the no-recent-backup check, their email
     live       pushes to open pages, and the notification when a job ends
     protection stop protection (retain or delete), resume, soft delete, undelete, the purge
+    seeding    offline seeding: a seed disk's import into the machine's container
     passphrase a machine's passphrase change: the PIN, the new key, the old keys retired
 
 Reads are in ``jobs.selectors``; the pure rules in ``jobs.policy_rules``, ``jobs.retention``
@@ -40,6 +41,7 @@ from jobs.services.jobs import (
     JobNotCancellable,
     ProtectionStopped,
     ResultConflict,
+    SeedPending,
     backup_start,
     job_cancel,
     job_fail,
@@ -95,6 +97,12 @@ from jobs.services.replication import (
     replication_lag,
 )
 from jobs.services.scheduler import schedule_tick
+from jobs.services.seeding import (
+    SeedRefused,
+    seed_import_run,
+    seed_import_start,
+    seed_path_resolve,
+)
 
 __all__ = [
     "BackupAlreadyRunning",
@@ -105,6 +113,8 @@ __all__ = [
     "ProtectionRefused",
     "ProtectionStopped",
     "ResultConflict",
+    "SeedPending",
+    "SeedRefused",
     "adhoc_retention",
     "alert_email_send",
     "alert_raise",
@@ -151,6 +161,9 @@ __all__ = [
     "retention_apply_all",
     "retention_sentence",
     "schedule_tick",
+    "seed_import_run",
+    "seed_import_start",
+    "seed_path_resolve",
     "vault_history_delete",
 ]
 

@@ -41,6 +41,19 @@ class BackupAlreadyRunning(Exception):
         self.job = job
 
 
+class SeedPending(Exception):
+    """The machine's first backup is to come from a seed disk (policy: Offline)."""
+
+    MESSAGE = (
+        "This machine's policy makes the first backup offline: run haven-agent seed export "
+        "--to PATH on the machine, then import the seed on the machine's page (Seeding). "
+        "Backups go over the network once the seed is imported."
+    )
+
+    def __init__(self):
+        super().__init__(self.MESSAGE)
+
+
 class JobNotCancellable(Exception):
     pass
 
@@ -71,6 +84,8 @@ def backup_start(
         raise ValidationError({"retain_until": [blockers.retain_until]})
     if blockers.running is not None:
         raise BackupAlreadyRunning(blockers.running)
+    if blockers.seed_waiting:
+        raise SeedPending()
     status = Job.Status.QUEUED if machine.is_online(now) else Job.Status.WAITING
     try:
         with transaction.atomic():
@@ -464,6 +479,10 @@ def jobs_sweep(*, now: datetime | None = None) -> dict:
             job_fail(job=job, reason=broker_failure_reason(job, unsent[job.pk], now=now), now=now)
             counts["failed"] += 1
             continue
+        if job.operation == Job.Operation.IMPORT:
+            job_fail(job=job, reason=IMPORT_NOT_STARTED.format(minutes=wait_minutes), now=now)
+            counts["failed"] += 1
+            continue
         name = job.machine.name if job.machine else "the machine"
         again = (
             "press Back up now again"
@@ -504,7 +523,21 @@ def jobs_sweep(*, now: datetime | None = None) -> dict:
     return counts
 
 
+# A seed import runs on the portal's worker, not on an agent (jobs/services/seeding.py).
+IMPORT_NOT_STARTED = (
+    "The portal's worker did not start this seed import within {minutes} minutes: check that "
+    "the portal's Celery worker (queue portal) runs, then import the seed again; only what "
+    "is still missing is copied."
+)
+
+
 def _stall_reason(job: Job, name: str, seconds: int) -> str:
+    if job.operation == Job.Operation.IMPORT:
+        return (
+            f"The portal's worker stopped reporting on this seed import for more than "
+            f"{seconds} seconds. What was copied is complete; import the seed again to copy "
+            "the rest (manage.py seed_import PATH, or the machine's Seeding page)."
+        )
     lost = (
         f"The agent on {name} stopped reporting for more than {seconds} seconds, so the "
         f"{job.get_operation_display().lower()} was abandoned: the agent was stopped or the "

@@ -108,15 +108,18 @@ def point_check(
     """The manifest blob and sorted pack ids of the point ``job``'s result reports, once the
     portal has checked it may record them; ``PointRefused`` (logged) otherwise.
 
-    Checked: the job is a backup of a machine; the id, the manifest name and every pack id
+    Checked: the job is a backup (or a seed's import) of a machine; the id, the manifest name and every pack id
     are the engine's names (a manifest under ``snapshots/``, never ``config``, a key or a
     pack, which retention would later delete); no other machine has a point with that id and
     no other job recorded it; the manifest and every pack exist in the machine's container
     (listed once). ``PointUnverifiable`` when that storage does not answer.
     """
-    if job.operation != Job.Operation.BACKUP or job.machine_id is None:
+    # An import (jobs.services.seeding) records the point a backup wrote to a seed disk.
+    if job.operation not in (Job.Operation.BACKUP, Job.Operation.IMPORT) or job.machine_id is None:
         raise _refuse(
-            job, f"Only a backup job makes a recovery point; this is a {job.operation} job."
+            job,
+            f"Only a backup or seed import job makes a recovery point; this is a "
+            f"{job.operation} job.",
         )
     if not _ENGINE_ID.fullmatch(snapshot_id):
         raise _refuse(job, "recovery_point_id must be 32 lower-case hex digits.", status=400)

@@ -9,7 +9,7 @@ from datetime import datetime
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from jobs import retention
+from jobs import retention, selectors
 from jobs.models import BackupPolicy, Job, ScheduledRun
 from jobs.schedule import Schedule, occurrences, zone
 from jobs.services.jobs import BackupAlreadyRunning, ProtectionStopped, backup_start
@@ -46,6 +46,10 @@ def schedule_tick(*, now: datetime | None = None) -> list[Job]:
 
 
 def _scheduled_run(policy: BackupPolicy, when: datetime, tz, *, now: datetime) -> Job | None:
+    if selectors.seed_waiting(policy.machine):
+        # No scheduled backup goes over the network before the seed's import
+        # (docs/seeding.md); the machine's page says it waits for the seed disk.
+        return None
     tags = sorted(retention.long_term_tags(policy.retention, when.astimezone(tz)))
     try:
         with transaction.atomic():

@@ -1,10 +1,10 @@
 // Render first, then stream: the page shows the job as stored; the socket swaps newer
-// fragments in (hx-swap-oob). After a reconnect we may have missed pushes, so each live
-// block fetches its own fragment again.
+// fragments in (hx-swap-oob). Whenever the socket opens we may have missed pushes — after a
+// reconnect, and on the first open too (a job that ended between the page's render and the
+// socket's open, like a seed import of a second), so each live block fetches its own
+// fragment again.
 (function () {
-  let opened = false;
   document.addEventListener("htmx:wsOpen", function () {
-    if (!opened) { opened = true; return; }
     document.querySelectorAll("[data-live-src]").forEach(function (el) {
       htmx.ajax("GET", el.dataset.liveSrc, { target: el, swap: "outerHTML" });
     });

@@ -146,7 +146,7 @@ def test_a_restore_job_cannot_make_a_recovery_point(client, machine, policy):
         client, machine, restore, recovery_point_id="c0" * 16, pack_ids=[ATTACKER_PACK]
     )
     assert answer.status_code == 409
-    assert "Only a backup job" in answer.json()["message"]
+    assert "Only a backup or seed import job" in answer.json()["message"]
     assert not RecoveryPoint.objects.exists()
 
 
