@@ -102,9 +102,12 @@ def _backup_facts(machine: Machine) -> dict:
         "point_count": 0,
         "latest_point": None,
         "protection": None,
+        "passphrase_changed_at": None,
     }
     if hasattr(machine, "jobs"):
-        from jobs.selectors import protection_summary
+        from jobs.selectors import passphrase_changed_at, protection_summary
+
+        facts["passphrase_changed_at"] = passphrase_changed_at(machine)
 
         facts["policy"] = getattr(machine, "backup_policy", None)
         facts["protection"] = protection_summary(machine, facts["policy"])

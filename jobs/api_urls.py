@@ -9,6 +9,12 @@ app_name = "jobs_api"
 urlpatterns = [
     path("policy/", api_views.policy_detail, name="policy"),
     path("policy/applied/", api_views.policy_applied, name="policy_applied"),
+    path("passphrase/", api_views.passphrase_authorize, name="passphrase_authorize"),
+    path(
+        "passphrase/<uuid:change_id>/complete/",
+        api_views.passphrase_complete,
+        name="passphrase_complete",
+    ),
     path("<uuid:job_id>/", api_views.job_detail, name="detail"),
     path("<uuid:job_id>/start/", api_views.job_start, name="start"),
     path("<uuid:job_id>/progress/", api_views.job_progress, name="progress"),

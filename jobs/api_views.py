@@ -23,6 +23,7 @@ from agents.runtime.protocol import (
 )
 from jobs import services
 from jobs.models import BackupPolicy, Job
+from vaults.security_pin import PinRefused
 
 # Jobs the portal runs itself (a seed's import, jobs/services/seeding.py) are no agent's:
 # the machine's agent may not start, report on or finish them.
@@ -185,3 +186,41 @@ def policy_applied(request):
         return api_error(404, "not_found", "This machine has no backup policy.")
     services.policy_applied(policy=policy, version=version, spec_hash=spec_hash, error=error)
     return JsonResponse({"ok": True})
+
+
+@machine_api
+@require_POST
+def passphrase_authorize(request):
+    """``{"security_pin": PIN}`` -> ``{"change_id", "old_keys"}``, before the machine
+    uploads its new key (docs/agent.md, change-passphrase)."""
+    data = json_body(request, max_bytes=MAX_API_BODY)
+    if data is None or not isinstance(data.get("security_pin", ""), str):
+        return api_error(400, "malformed", "Send JSON with the security PIN.")
+    try:
+        change = services.passphrase_change_authorize(
+            machine=request.machine, pin=data.get("security_pin", "")[:MAX_ID_CHARS]
+        )
+    except PinRefused as exc:
+        return api_error(403, "pin_refused", str(exc))
+    except services.PassphraseChangeRefused as exc:
+        return api_error(exc.status, exc.code, str(exc))
+    return JsonResponse({"change_id": str(change.pk), "old_keys": change.old_keys}, status=201)
+
+
+@machine_api
+@require_POST
+def passphrase_complete(request, change_id):
+    """``{"key": NAME}`` once ``keys/NAME`` is uploaded -> when the old keys go."""
+    data = json_body(request, max_bytes=MAX_API_BODY)
+    if data is None or not isinstance(data.get("key"), str):
+        return api_error(400, "malformed", "Send JSON with the new key's name.")
+    try:
+        change = services.passphrase_change_complete(
+            machine=request.machine, change_id=change_id, key_name=data["key"][:MAX_ID_CHARS]
+        )
+    except services.PassphraseChangeRefused as exc:
+        return api_error(exc.status, exc.code, str(exc))
+    assert change.retire_after is not None
+    return JsonResponse(
+        {"change_id": str(change.pk), "old_keys_removed_after": change.retire_after.isoformat()}
+    )

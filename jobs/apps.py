@@ -24,6 +24,10 @@ class JobsConfig(AppConfig):
         )
         # Soft-deleted data whose period has passed is removed within the hour.
         register_periodic("jobs.protection_purge_due", "jobs.protection_purge_due", HOUR)
+        # Old key blobs of a changed passphrase go within the hour after their period.
+        register_periodic(
+            "jobs.passphrase_keys_retire_due", "jobs.passphrase_keys_retire_due", HOUR
+        )
         _register_vault_hooks()
         _register_dispatch_hooks()
 

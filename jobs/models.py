@@ -406,3 +406,38 @@ class ReplicaState(models.Model):
 
     def __str__(self) -> str:
         return f"replica of {self.machine}"
+
+
+class PassphraseChange(models.Model):
+    """One ``haven-agent change-passphrase`` (jobs.services.passphrase, docs/protection.md).
+
+    The portal authorises it (a security PIN) and lists the key blobs the repository holds
+    then (``old_keys``); the machine uploads a new key blob (``new_key``) and reports it;
+    once ``retire_after`` (the vault's soft-delete period later) has passed, the portal's
+    worker deletes ``old_keys`` and sets ``retired_at``. The machine's SAS cannot delete,
+    so nothing it does can remove an old key sooner."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    machine = models.ForeignKey(
+        "agents.Machine", on_delete=models.CASCADE, related_name="passphrase_changes"
+    )
+    vault = models.ForeignKey("vaults.Vault", on_delete=models.CASCADE, related_name="+")
+    # The person who generated the security PIN typed on the machine.
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    authorized_at = models.DateTimeField(default=timezone.now)
+    old_keys = models.JSONField(default=list, blank=True)
+    new_key = models.CharField(max_length=64, blank=True, default="")
+    completed_at = models.DateTimeField(null=True, blank=True)
+    retire_after = models.DateTimeField(null=True, blank=True)
+    retired_at = models.DateTimeField(null=True, blank=True)
+
+    subscription_path = "vault__subscription"
+
+    class Meta:
+        ordering = ["-authorized_at"]
+        indexes = [models.Index(fields=["retire_after"], name="jobs_ppchange_retire_idx")]
+
+    def __str__(self) -> str:
+        return f"passphrase change of {self.machine}"

@@ -495,3 +495,15 @@ def vault_replication_status(vault) -> dict:
             vault=vault, operation=Job.Operation.REPLICATE, status__in=Job.ACTIVE
         ).exists(),
     }
+
+
+def passphrase_changed_at(machine):
+    """When ``machine``'s encryption passphrase was last changed, or None."""
+    from jobs.models import PassphraseChange
+
+    return (
+        PassphraseChange.objects.filter(machine=machine, completed_at__isnull=False)
+        .order_by("-completed_at")
+        .values_list("completed_at", flat=True)
+        .first()
+    )

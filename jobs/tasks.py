@@ -67,6 +67,11 @@ def protection_purge_machine(machine_id: str) -> int:
     return int(services.protection_purge(machine=machine) is not None)
 
 
+@shared_task(name="jobs.passphrase_keys_retire_due")
+def passphrase_keys_retire_due() -> int:
+    return services.passphrase_keys_retire_due()
+
+
 @shared_task(name="jobs.seed_import")
 def seed_import(job_id: str) -> str:
     from jobs.models import Job

@@ -8,9 +8,15 @@ person's earlier unused one; ``MAX_WRONG`` wrong PINs in a row void the live one
 PIN cannot be guessed (one in 10**8 per try, five tries per PIN, each new PIN needing the
 person's own session).
 
-``consume`` is the one door: the caller names the operation, and every refusal is a
-``PinRefused`` subclass whose message a person can act on. Later operations (a machine's
-passphrase change) call it the same way with their own ``Operation``.
+``consume`` is the one door for a person in the portal: the caller names the operation,
+and every refusal is a ``PinRefused`` subclass whose message a person can act on.
+
+``consume_for_vault`` is the door for a PIN typed on a machine (``haven-agent
+change-passphrase --security-pin PIN``), where no portal user is signed in: the PIN is
+looked up among the vault's live PINs by its keyed hash, and the person who generated it
+is the one the operation is recorded for (they must still hold Contributor or more on the
+vault). A wrong PIN counts as a wrong try against every live PIN of the vault, so a machine
+cannot guess its way in either (``MAX_WRONG`` tries void them).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ class Operation(models.TextChoices):
     RETENTION_LOWER = "retention_lower", "Lower the retention of a backup policy"
     IMMUTABILITY_LOCK = "immutability_lock", "Lock the immutable vault"
     IMMUTABILITY_DISABLE = "immutability_disable", "Disable the immutable vault"
+    PASSPHRASE_CHANGE = "passphrase_change", "Change a machine's encryption passphrase"
 
 
 class PinRefused(Exception):
@@ -179,6 +186,83 @@ def _consume(user, vault, pin, operation, now):
         SecurityPin.objects.filter(pk=live.pk).update(**fields)
         if attempts >= MAX_WRONG:
             return None, PinTooManyWrong(_too_many_message())
+    return None, PinWrong(
+        "The security PIN is wrong. Check it, or generate a new one under the vault's "
+        "Properties › Security PIN."
+    )
+
+
+def consume_for_vault(
+    *, vault: Vault, pin: str, operation: Operation, now: datetime | None = None
+) -> SecurityPin:
+    """Use the vault's live PIN that ``pin`` is, whoever generated it, or raise
+    ``PinRefused``; the returned row's ``user`` is the person the operation is theirs. Same
+    transaction rule as ``consume``."""
+    from vaults import activity
+
+    now = now or timezone.now()
+    with transaction.atomic():
+        used, refusal = _consume_for_vault(vault, (pin or "").strip(), operation, now)
+        activity.record(
+            operation=activity.Operation.PIN_REFUSE if refusal else activity.Operation.PIN_USE,
+            user=used.user if used is not None else None,
+            vault=vault,
+            outcome=activity.Outcome.REFUSED if refusal else activity.Outcome.SUCCEEDED,
+            reason=str(refusal) if refusal else "",
+            detail={"for": operation.label, "refusal": type(refusal).__name__ if refusal else ""},
+        )
+    if refusal is not None:
+        raise refusal
+    assert used is not None
+    return used
+
+
+def _consume_for_vault(vault, pin, operation, now):
+    from portal import access
+    from portal.models import Role
+
+    minutes = minutes_valid()
+    if not pin:
+        return None, PinMissing(
+            f"{operation.label} needs a security PIN. A Contributor of the vault generates "
+            f"one under its Properties › Security PIN; it is valid for {minutes} minutes."
+        )
+    recent = list(
+        SecurityPin.objects.select_for_update()
+        .select_related("user")
+        .filter(vault=vault, created_at__gte=now - RECOGNISED_FOR)
+        .order_by("-created_at")
+    )
+    live = [p for p in recent if p.used_at is None and p.voided_at is None and p.expires_at > now]
+    match = next((p for p in live if _matches(p, pin)), None)
+    if match is not None:
+        if not access.has_role(match.user, vault.subscription_id, Role.CONTRIBUTOR):
+            return None, PinOfAnotherUser(
+                "The person who generated this security PIN is no longer a Contributor of "
+                "the vault; a Contributor must generate a new one."
+            )
+        SecurityPin.objects.filter(pk=match.pk).update(used_at=now, used_for=operation.value)
+        match.used_at, match.used_for = now, operation.value
+        return match, None
+    for row in recent:
+        if not _matches(row, pin):
+            continue
+        if row.used_at is not None:
+            return None, PinAlreadyUsed(
+                "This security PIN was already used; each PIN works once. Generate a new one."
+            )
+        if row.failed_attempts >= MAX_WRONG:
+            return None, PinTooManyWrong(_too_many_message())
+        return None, PinExpired(
+            f"This security PIN expired or was replaced (PINs are valid for {minutes} "
+            "minutes). Generate a new one."
+        )
+    for row in live:
+        attempts = row.failed_attempts + 1
+        fields: dict = {"failed_attempts": attempts}
+        if attempts >= MAX_WRONG:
+            fields["voided_at"] = now
+        SecurityPin.objects.filter(pk=row.pk).update(**fields)
     return None, PinWrong(
         "The security PIN is wrong. Check it, or generate a new one under the vault's "
         "Properties › Security PIN."

@@ -1,5 +1,5 @@
 """``haven-agent``: configure, check, register, status, worker, install-service, unregister,
-policy show, seed export.
+policy show, seed export, change-passphrase.
 
 Every failure is printed as one ``error: ...`` line that says what to do, and the command
 exits non-zero; no tracebacks for expected failures.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import hmac
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from agents.runtime import checks, config, register, seed, throttling
 from agents.runtime import passphrase as pp
 from agents.runtime.blobstore.base import StorageError
 from agents.runtime.credentials import CredentialsError, parse
+from agents.runtime.engine import Repository, WrongPassphrase
 from agents.runtime.engine.errors import EngineError
 from agents.runtime.jobs.outbox import outbox_for_cache
 from agents.runtime.jobs.policy import format_policy, load_policy
@@ -410,6 +412,92 @@ def cmd_unregister(args) -> int:
     return 0
 
 
+# --- change-passphrase ----------------------------------------------------------------------
+def _current_passphrase(args, settings) -> str:
+    """The passphrase typed (or in --passphrase-file); when this machine has its passphrase
+    saved, it must be that one: the current, not an earlier one still in its period."""
+    if args.passphrase_file:
+        typed = pp.read_file(Path(args.passphrase_file))
+    elif _interactive():
+        typed = getpass.getpass("Current encryption passphrase: ")
+    else:
+        raise UsageError(
+            "pass --passphrase-file FILE (the current passphrase) or run interactively"
+        )
+    path = pp.saved_path(settings)
+    if path is not None and not hmac.compare_digest(typed.encode(), pp.read_file(path).encode()):
+        raise UsageError(
+            f"that is not this machine's current passphrase (the one saved in {path}). "
+            "Nothing was changed."
+        )
+    return typed
+
+
+def _new_passphrase(args, current: str) -> str:
+    if args.new_passphrase_file:
+        new = pp.read_file(Path(args.new_passphrase_file))
+    elif _interactive():
+        new = pp.prompt_twice(getpass.getpass, _out)
+    else:
+        raise UsageError("pass --new-passphrase-file FILE or run interactively")
+    if new == current:
+        raise UsageError("the new passphrase is the current one. Nothing was changed.")
+    return new
+
+
+def cmd_change_passphrase(args) -> int:
+    """Re-wrap the master keys with a new passphrase (docs/agent.md): the current one must
+    open the repository, the portal must accept the security PIN, and only then the new key
+    blob is uploaded; the old key stays in the vault for its soft-delete period."""
+    registration = config.require_registration()
+    settings = config.load_settings()
+    portal = PortalClient(
+        registration.portal_url, token=registration.token, proxies=settings.proxies()
+    )
+    try:
+        renew_grant(registration, portal)
+        store = open_with_settings(registration.grant, settings)
+        current = _current_passphrase(args, settings)
+        try:
+            repo = Repository.open(store, current)
+        except WrongPassphrase:
+            raise UsageError(
+                "the current passphrase does not open this machine's backups. Nothing was changed."
+            ) from None
+        new = _new_passphrase(args, current)
+        change = portal.post("jobs/passphrase/", {"security_pin": args.security_pin})
+        try:
+            key = repo.add_key(new)
+        except StorageError as exc:
+            raise UsageError(
+                f"the new key could not be uploaded ({exc}); the passphrase is unchanged. "
+                "Run the command again with a new security PIN."
+            ) from None
+        saved = pp.saved_path(settings)
+        if saved is not None:
+            pp.replace_file(new, saved)
+        try:
+            done = portal.post(f"jobs/passphrase/{change['change_id']}/complete/", {"key": key})
+        except PortalError as exc:
+            raise UsageError(
+                f"the new passphrase works, but the portal did not record the change ({exc}); "
+                "the old passphrase keeps working too. Run the command again (with the new "
+                "passphrase as the current one) to record it."
+            ) from None
+    finally:
+        portal.close()
+    _out(f"The encryption passphrase of {registration.machine_name!r} is changed.")
+    if saved is not None:
+        _out(f"The new passphrase is saved in {saved}; scheduled backups use it.")
+    _out(
+        "Until "
+        f"{done['old_keys_removed_after'][:16].replace('T', ' ')} UTC the old passphrase "
+        "still opens the backups; after that only the new one does."
+    )
+    _out("Remember: " + pp.LOSS_WARNING)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="haven-agent", description="Haven backup agent for this machine."
@@ -475,6 +563,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, metavar="PATH", help="an empty folder on the disk")
     p.add_argument("--passphrase-file", help="the machine's passphrase, if it is not saved")
     p.set_defaults(func=cmd_seed_export)
+
+    p = sub.add_parser(
+        "change-passphrase", help="re-wrap the backups' key with a new encryption passphrase"
+    )
+    p.add_argument(
+        "--security-pin", required=True, help="the PIN a Contributor generated in the portal"
+    )
+    p.add_argument("--passphrase-file", help="file holding the current passphrase")
+    p.add_argument("--new-passphrase-file", help="file holding the new passphrase")
+    p.set_defaults(func=cmd_change_passphrase)
 
     add_recovery_commands(sub)  # recovery-points, ls, find, versions, restore
     return parser

@@ -66,13 +66,19 @@ def saved_passphrase(settings, extra: Mapping | None = None) -> str | None:
     then ``passphrase`` in the agent's config directory."""
     if extra and extra.get("passphrase"):
         return extra["passphrase"]
+    path = saved_path(settings)
+    return read_file(path) if path is not None else None
+
+
+def saved_path(settings) -> Path | None:
+    """The file ``saved_passphrase`` reads this machine's passphrase from, or None."""
     for candidate in (
         getattr(settings, "passphrase_file", ""),
         os.environ.get(PASSPHRASE_FILE_ENV, ""),
         str(config.config_dir() / SAVED_NAME),
     ):
         if candidate and Path(candidate).exists():
-            return read_file(Path(candidate))
+            return Path(candidate)
     return None
 
 
@@ -110,6 +116,24 @@ def save(passphrase: str, path: Path) -> Path:
     with os.fdopen(fd, "w", encoding="ascii") as handle:
         handle.write(passphrase + "\n")
     os.chmod(path, 0o600)
+    return path
+
+
+def replace_file(passphrase: str, path: Path) -> Path:
+    """Overwrite the saved passphrase in ``path`` (a changed passphrase): written to a new
+    0600 file beside it, then renamed over it, so a crash leaves the old or the new one."""
+    path = Path(path).expanduser()
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(validate(passphrase) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise PassphraseFileError(
+            f"cannot write the passphrase to {path}: {exc.strerror}"
+        ) from None
     return path
 
 

@@ -13,6 +13,7 @@ apps call them through this package: ``from jobs import services; services.backu
     live       pushes to open pages, and the notification when a job ends
     protection stop protection (retain or delete), resume, soft delete, undelete, the purge
     seeding    offline seeding: a seed disk's import into the machine's container
+    passphrase a machine's passphrase change: the PIN, the new key, the old keys retired
 
 Reads are in ``jobs.selectors``; the pure rules in ``jobs.policy_rules``, ``jobs.retention``
 and ``jobs.schedule``; Recover Data (restore and download jobs) in ``jobs.recovery``.
@@ -50,6 +51,12 @@ from jobs.services.jobs import (
     jobs_sweep,
 )
 from jobs.services.live import alerts_publish, job_group, job_notify_finished, job_publish
+from jobs.services.passphrase import (
+    PassphraseChangeRefused,
+    passphrase_change_authorize,
+    passphrase_change_complete,
+    passphrase_keys_retire_due,
+)
 from jobs.services.points import (
     PointRefused,
     PointUnverifiable,
@@ -100,6 +107,7 @@ from jobs.services.seeding import (
 __all__ = [
     "BackupAlreadyRunning",
     "JobNotCancellable",
+    "PassphraseChangeRefused",
     "PointRefused",
     "PointUnverifiable",
     "ProtectionRefused",
@@ -128,6 +136,9 @@ __all__ = [
     "jobs_sweep",
     "keeps_last_point",
     "packs_collect",
+    "passphrase_change_authorize",
+    "passphrase_change_complete",
+    "passphrase_keys_retire_due",
     "point_check",
     "point_replicated",
     "policy_applied",

@@ -194,6 +194,18 @@ class Repository:
         assert last_error is not None
         raise last_error
 
+    def add_key(self, passphrase: str | bytes, *, kdf: dict | None = None) -> str:
+        """Wrap the same master keys with another passphrase, as a new ``keys/<name>``
+        blob (blobs are write-once: the old key blob stays until the portal removes it).
+        Returns the new key's name. Nothing else in the repository changes."""
+        params = {k: v for k, v in self.kdf_params().items() if k in ("n", "r", "p")}
+        key_name = os.urandom(8).hex()
+        self.store.put(
+            key_blob(key_name),
+            wrap_keys(self.keys, passphrase, kdf or params or DEFAULT_KDF, key_name=key_name),
+        )
+        return key_name
+
     def kdf_params(self) -> dict:
         return json.loads(self.store.get(key_blob(self.key_name)))["kdf"]
 
