@@ -532,7 +532,9 @@ def security_pin_page(request, vault_id):
 
 
 WORKLOADS = [("on_premises", "On-premises"), ("azure_vm", "Azure VM")]
-BACKUP_ITEMS = [("files", "Files and folders"), ("system_state", "System State")]
+# System State is not offered: the agent collects none yet (docs/system-state.md), and the
+# portal must not show a protection it does not give.
+BACKUP_ITEMS = [("files", "Files and folders")]
 
 
 @login_required

@@ -144,7 +144,8 @@ def test_create_deploy_configure_and_download_credentials(
     # Getting started › Backup › Prepare infrastructure, then the credentials.
     page.get_by_role("link", name="Backup", exact=True).click()
     page.get_by_label("Where is your workload running?").select_option("On-premises")
-    page.get_by_label("System State").check()
+    expect(page.get_by_label("Files and folders")).to_be_checked()
+    expect(page.get_by_label("System State")).to_have_count(0)  # not collected: not offered
     page.get_by_role("button", name="Prepare infrastructure").click()
     prepare = page.locator("#prepare")
     expect(prepare).to_be_visible()

@@ -365,14 +365,28 @@ def test_prepare_infrastructure_links_the_agent_and_gates_credentials(
     url = reverse("vaults:backup", args=[deployed_vault.pk])
     body = (
         as_user(alice)
-        .get(url, {"workload": "on_premises", "items": ["files", "system_state"], "prepare": "1"})
+        .get(url, {"workload": "on_premises", "items": ["files"], "prepare": "1"})
         .content.decode()
     )
     assert "Prepare infrastructure" in body
     assert 'href="/machines/agent/installer/"' in body
     assert "Already downloaded or using the latest Haven agent" in body
     assert 'id="download-credentials" disabled' in body
-    assert "dpkg --get-selections" in body  # System State explained
+
+
+def test_system_state_is_not_offered_while_the_agent_collects_none(as_user, alice, deployed_vault):
+    url = reverse("vaults:backup", args=[deployed_vault.pk])
+    goal = as_user(alice).get(url).content.decode()
+    assert 'value="files"' in goal
+    assert "System State" not in goal and "system_state" not in goal
+    # a hand-made link asking for it alone prepares nothing and promises nothing
+    body = (
+        as_user(alice)
+        .get(url, {"workload": "on_premises", "items": ["system_state"], "prepare": "1"})
+        .content.decode()
+    )
+    assert "Choose at least one thing to back up." in body and 'id="prepare"' not in body
+    assert "System State" not in body
 
 
 def test_prepare_needs_something_to_back_up(as_user, alice, deployed_vault):
