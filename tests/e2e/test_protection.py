@@ -186,4 +186,16 @@ def test_stop_resume_delete_undelete_with_security_pins(
     ).to_contain_text("disabled → locked")
     refusal = page.locator("tr[data-operation='protection.stop_delete'][data-outcome=refused]")
     expect(refusal.first).to_contain_text("immutable vault (locked)")
+    # ... and every step of the walk before it, each once at least, with its outcome.
+    for operation, outcome in (
+        ("pin.generate", "succeeded"),
+        ("pin.use", "succeeded"),
+        ("pin.refuse", "refused"),
+        ("protection.stop_retain", "succeeded"),
+        ("protection.resume", "succeeded"),
+        ("protection.stop_delete", "succeeded"),
+        ("protection.undelete", "succeeded"),
+    ):
+        row = page.locator(f"tr[data-operation='{operation}'][data-outcome={outcome}]")
+        expect(row.first).to_be_visible()
     screenshot("protection-immutable-activity", full_page=True)

@@ -33,8 +33,8 @@ def vault(azurite):
     made.delete()
 
 
-def back_up(vault, data, cache, *, minimum=0) -> tuple[dict, FakePortal]:
-    portal = FakePortal(job_payload([str(data)], min_cache_free_bytes=minimum))
+def back_up(vault, data, cache, *, minimum=0, portal=None) -> tuple[dict, FakePortal]:
+    portal = portal or FakePortal(job_payload([str(data)], min_cache_free_bytes=minimum))
     result = backup.run_backup_job(
         "job-1",
         portal=portal,
@@ -81,10 +81,9 @@ def test_a_cache_disk_that_fills_during_a_backup_keeps_the_recovery_point(vault,
     data = tmp_path / "data"
     seed_tree(data / "docs", files=20, size=64 << 10)
     cache = tmp_path / "cache"
-    with small_disk(cache, "64k") as grow:
-        # Something else fills the disk: the index cache (written after the point is
-        # committed) cannot be saved.
-        filler = cache / "filler"
+    filler = cache / "filler"
+
+    def fill_the_disk() -> None:
         fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             while os.write(fd, b"\0" * 4096):
@@ -93,9 +92,27 @@ def test_a_cache_disk_that_fills_during_a_backup_keeps_the_recovery_point(vault,
             assert exc.errno == errno.ENOSPC
         finally:
             os.close(fd)
-        result, _ = back_up(vault, data, cache)
+
+    class FillsTheDiskAtTheEnd(FakePortal):
+        """Something else fills the disk while the backup finishes (after the walk, and so
+        after the cache check against the data it counted): the index cache, written after
+        the point is committed, cannot be saved."""
+
+        def post(self, path: str, payload: dict | None = None) -> dict:
+            finishing = (payload or {}).get("phase") == "finalizing"
+            if path.endswith("/progress/") and finishing and not filler.exists():
+                fill_the_disk()
+            return super().post(path, payload)
+
+    with small_disk(cache, "256k") as grow:
+        portal = FillsTheDiskAtTheEnd(job_payload([str(data)], min_cache_free_bytes=0))
+        result, _ = back_up(vault, data, cache, portal=portal)
+        assert filler.exists(), "the backup reported its last phase"
         assert result["status"] == "warning", result
         assert result["recovery_point_id"], result
+        # the disk could not keep the result, but the portal has it (from memory), and no
+        # "started" journal is left to be reported abandoned after a restart
+        assert portal.result is not None and portal.result["status"] == "warning"
         reasons = [w["reason"] for w in result["warnings"]]
         assert any(
             f"the index cache could not be saved in the cache location {cache}" in r

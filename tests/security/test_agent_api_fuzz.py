@@ -123,6 +123,8 @@ def _examples(cast) -> dict[str, tuple[str, object]]:
                 "pack_ids": ["aa" * 16],
             },
         ),
+        "jobs/passphrase/": ("POST", {"security_pin": "12345678"}),
+        "jobs/passphrase/<uuid:change_id>/complete/": ("POST", {"key": "ab" * 16}),
         "recovery/grant/": ("POST", {"source_machine": machine.name}),
         "recovery/answers/<str:request_id>/": (
             "POST",
@@ -133,7 +135,11 @@ def _examples(cast) -> dict[str, tuple[str, object]]:
 
 
 def _url(route: str, cast) -> str:
-    values = {"job_id": str(cast["job"].pk), "request_id": cast["request_id"]}
+    values = {
+        "job_id": str(cast["job"].pk),
+        "request_id": cast["request_id"],
+        "change_id": "0f0e0d0c-0b0a-4908-8706-050403020100",  # no such change: refused
+    }
     return "/" + PREFIX + re.sub(r"<(?:\w+:)?(\w+)>", lambda m: values[m.group(1)], route)
 
 

@@ -150,6 +150,8 @@ class Outbox:
         self.clock = clock
         self._lock = _SENDING
         self._due: dict[str, tuple[float, float]] = {}  # job id -> (next try, backoff)
+        # Results the disk refused to keep (full, read-only): delivered from here instead.
+        self._in_memory: dict[str, Entry] = {}
 
     # -- files ----------------------------------------------------------------------------
     def _path(self, job_id: str) -> Path:
@@ -260,7 +262,13 @@ class Outbox:
             payload=dict(payload),
             written_at=time.time(),
         )
-        self._keep(entry, "result")
+        if not self._keep(entry, "result"):
+            # The journal on disk would say "started" and, after a restart, report the job
+            # abandoned although its result was delivered: it goes (removing needs no room),
+            # and the result is delivered from memory.
+            with contextlib.suppress(OSError):
+                self._path(job_id).unlink(missing_ok=True)
+            self._in_memory[job_id] = entry
         return entry
 
     def recover_abandoned(self) -> list[Entry]:
@@ -279,7 +287,7 @@ class Outbox:
         """One attempt. The portal's answer once accepted (the file is gone); None after a
         refusal (the file is kept as refused). ``PortalError`` when it should be tried again."""
         with self._lock:
-            current = self.get(entry.job_id)
+            current = self.get(entry.job_id) or self._in_memory.get(entry.job_id)
             if current is None or current.state != RESULT:
                 return {"status": entry.payload.get("status"), "delivered": "already"}
             try:
@@ -294,12 +302,14 @@ class Outbox:
                     exc,
                     self.folder / f"{entry.job_id}{REFUSED_SUFFIX}",
                 )
-                os.replace(
-                    self._path(entry.job_id), self.folder / f"{entry.job_id}{REFUSED_SUFFIX}"
-                )
+                if self._in_memory.pop(entry.job_id, None) is None:
+                    os.replace(
+                        self._path(entry.job_id), self.folder / f"{entry.job_id}{REFUSED_SUFFIX}"
+                    )
                 self._due.pop(entry.job_id, None)
                 return None
             self._path(entry.job_id).unlink(missing_ok=True)
+            self._in_memory.pop(entry.job_id, None)
             self._due.pop(entry.job_id, None)
             return answer
 
