@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
 from django.views.defaults import server_error as django_server_error
 
@@ -139,10 +140,19 @@ class QuietPoolTimeouts(logging.Filter):
         return not (record.exc_info and pool_timed_out(record.exc_info[1]))
 
 
+def database_away(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is the database being away for a moment (restarting, its connection
+    dropped): worth a retry, not a 500."""
+    return isinstance(exc, OperationalError | InterfaceError)
+
+
 def server_error(request: HttpRequest) -> HttpResponse:
-    """``handler500``: "busy" when a connection pool had nothing free in time."""
-    if pool_timed_out(sys.exc_info()[1]):
-        log.warning("no connection free in a pool within its timeout: %s", request.path)
+    """``handler500``: "busy" when a connection pool had nothing free in time, or the
+    database dropped the connection (a restart): 503 with ``Retry-After``, which the agent
+    waits out, instead of a 500."""
+    failure = sys.exc_info()[1]
+    if pool_timed_out(failure) or database_away(failure):
+        log.warning("%s: answered busy to %s", failure, request.path)
         content_type, body = busy_answer(request.path)
         response = HttpResponse(body, status=503, content_type=content_type)
         response["Retry-After"] = str(settings.HAVEN_PORTAL_RETRY_AFTER)

@@ -97,9 +97,11 @@ def test_postgresql_restarting_during_a_backup_loses_nothing(
     job.refresh_from_db()
     log = agent.log_text()
     assert job.status == Job.Status.COMPLETED, (job.status, job.error, log)
-    # The agent met the outage and went on: the portal's gate, the first to need the
-    # database, answers its error 503 with Retry-After, which the agent's client waits out.
-    assert f"is busy and asked to try jobs/{job.pk}/progress/ again" in log, log
+    # The portal met the outage (its pool reconnected through the proxy afterwards); a
+    # report that needed the database then was answered 503 with Retry-After, which the
+    # agent waits out (tests/portal/test_database_away.py), or did not need it (steady
+    # reports go to the cache): either way the backup went on, and nothing was lost.
+    assert "answered 500" not in log, log
     assert proxy.connections > before, "the portal connected again after the restart"
     point = RecoveryPoint.objects.get(job=job)
     assert point.file_count == FILES and point.logical_bytes == FILES * SIZE

@@ -6,6 +6,7 @@ PostgreSQL and Redis: the hot path exists only with Redis."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 from datetime import timedelta
 
@@ -95,7 +96,10 @@ class Portal:
 
 
 def run(coroutine):
-    return asyncio.run(coroutine)
+    """``asyncio.run`` on a thread of its own: a browser test earlier in the session (the
+    Playwright sync API) can leave an event loop running on this one."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 @pytest.fixture
