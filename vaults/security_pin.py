@@ -117,23 +117,28 @@ def consume(
     Call it outside any transaction, after the operation's own checks and just before it
     runs: the PIN is used up (or the wrong try counted) in a transaction of its own, so a
     refusal that rolls the operation back cannot undo the count of wrong tries."""
-    from vaults import activity
-
     now = now or timezone.now()
     with transaction.atomic():
         used, refusal = _consume(user, vault, (pin or "").strip(), operation, now)
-        activity.record(
-            operation=activity.Operation.PIN_REFUSE if refusal else activity.Operation.PIN_USE,
-            user=user,
-            vault=vault,
-            outcome=activity.Outcome.REFUSED if refusal else activity.Outcome.SUCCEEDED,
-            reason=str(refusal) if refusal else "",
-            detail={"for": operation.label, "refusal": type(refusal).__name__ if refusal else ""},
-        )
+        _record_use(vault=vault, user=user, operation=operation, refusal=refusal)
     if refusal is not None:
         raise refusal
     assert used is not None
     return used
+
+
+def _record_use(*, vault: Vault, user, operation: Operation, refusal) -> None:
+    """The activity log's entry for one use of a PIN, allowed or refused."""
+    from vaults import activity
+
+    activity.record(
+        operation=activity.Operation.PIN_REFUSE if refusal else activity.Operation.PIN_USE,
+        user=user,
+        vault=vault,
+        outcome=activity.Outcome.REFUSED if refusal else activity.Outcome.SUCCEEDED,
+        reason=str(refusal) if refusal else "",
+        detail={"for": operation.label, "refusal": type(refusal).__name__ if refusal else ""},
+    )
 
 
 def _consume(user, vault, pin, operation, now):
@@ -198,18 +203,14 @@ def consume_for_vault(
     """Use the vault's live PIN that ``pin`` is, whoever generated it, or raise
     ``PinRefused``; the returned row's ``user`` is the person the operation is theirs. Same
     transaction rule as ``consume``."""
-    from vaults import activity
-
     now = now or timezone.now()
     with transaction.atomic():
         used, refusal = _consume_for_vault(vault, (pin or "").strip(), operation, now)
-        activity.record(
-            operation=activity.Operation.PIN_REFUSE if refusal else activity.Operation.PIN_USE,
-            user=used.user if used is not None else None,
+        _record_use(
             vault=vault,
-            outcome=activity.Outcome.REFUSED if refusal else activity.Outcome.SUCCEEDED,
-            reason=str(refusal) if refusal else "",
-            detail={"for": operation.label, "refusal": type(refusal).__name__ if refusal else ""},
+            user=used.user if used is not None else None,
+            operation=operation,
+            refusal=refusal,
         )
     if refusal is not None:
         raise refusal

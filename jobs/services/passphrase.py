@@ -69,20 +69,7 @@ def passphrase_change_authorize(
             f"The backup data of {machine.name} is deleted or soft deleted; there is no "
             "passphrase to change."
         )
-    opened = None
-    try:
-        if store is None:
-            store = opened = repository_store(machine)
-        old_keys = _key_names(store)
-    except StorageError as exc:
-        raise PassphraseChangeRefused(
-            f"The vault's storage cannot be read now ({exc}); try again later.",
-            status=503,
-            code="storage_unavailable",
-        ) from None
-    finally:
-        if opened is not None:
-            opened.close()
+    old_keys = _with_store(machine, store, _key_names)
     if not old_keys:
         raise PassphraseChangeRefused(
             f"{machine.name} has no backups yet, so no key to re-wrap: its first backup "
@@ -146,20 +133,7 @@ def passphrase_change_complete(
             status=400,
             code="malformed",
         )
-    opened = None
-    try:
-        if store is None:
-            store = opened = repository_store(machine)
-        _check_key_blob(store, key_name)
-    except StorageError as exc:
-        raise PassphraseChangeRefused(
-            f"The vault's storage cannot be read now ({exc}); try again later.",
-            status=503,
-            code="storage_unavailable",
-        ) from None
-    finally:
-        if opened is not None:
-            opened.close()
+    _with_store(machine, store, lambda opened: _check_key_blob(opened, key_name))
     vault = machine.vault
     with transaction.atomic():
         updated = PassphraseChange.objects.filter(pk=change.pk, completed_at__isnull=True).update(
@@ -220,3 +194,22 @@ def passphrase_keys_retire_due(*, now: datetime | None = None) -> int:
         PassphraseChange.objects.filter(pk=change.pk).update(retired_at=now)
         count += 1
     return count
+
+
+def _with_store(machine, store, read):
+    """``read(store)`` on ``store``, or on the machine's store opened (and closed) for it; a
+    storage that cannot answer is a 503 refusal the agent retries."""
+    opened = None
+    try:
+        if store is None:
+            store = opened = repository_store(machine)
+        return read(store)
+    except StorageError as exc:
+        raise PassphraseChangeRefused(
+            f"The vault's storage cannot be read now ({exc}); try again later.",
+            status=503,
+            code="storage_unavailable",
+        ) from None
+    finally:
+        if opened is not None:
+            opened.close()
