@@ -47,6 +47,8 @@ def seed(*, agents: int, jobs: int, history: int, points: int) -> dict:
                 vault=vaults[i % VAULTS],
                 name=f"host-{i:04}",
                 hostname=f"host-{i:04}.fleet.test",
+                # Registered machines have a container (Recover Data lists only those).
+                container=f"m-host-{i:04}",
                 last_seen_at=now,
             )
             for i in range(agents)
