@@ -131,6 +131,9 @@ def _backup_facts(machine: Machine) -> dict:
         facts["seeding"]["shown"] = bool(
             (policy is not None and policy.initial_backup == "offline") or imports
         )
+        from jobs.services import verify_summary
+
+        facts["verify"] = verify_summary(machine)
     return facts
 
 

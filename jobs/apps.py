@@ -14,6 +14,7 @@ class JobsConfig(AppConfig):
         live.register("job", _job_group)
         register_periodic("jobs.schedule_tick", "jobs.schedule_tick", MINUTE)
         register_periodic("jobs.sweep", "jobs.sweep", MINUTE)
+        register_periodic("jobs.verify_tick", "jobs.verify_tick", HOUR)
         register_periodic("jobs.retention_apply_all", "jobs.retention_apply_all", DAY)
         register_periodic("jobs.alerts_check", "jobs.alerts_check", HOUR)
         register_periodic("jobs.alerts_digest", "jobs.alerts_digest", HOUR)

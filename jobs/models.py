@@ -96,6 +96,12 @@ class BackupPolicy(models.Model):
     # Soft-deleted data is removed (the purge job) from then on.
     purge_after = models.DateTimeField(null=True, blank=True)
     purged_at = models.DateTimeField(null=True, blank=True)
+    # Verify jobs (jobs.services.verify, docs/verify.md): weekly, each reads one slice of
+    # the packs, so every pack is read once every ``verify_weeks`` weeks; not part of the
+    # spec (the agent learns its slice from the job).
+    verify_weeks = models.PositiveSmallIntegerField(default=4)
+    verify_slice = models.PositiveSmallIntegerField(default=0)  # the next slice to read
+    verify_due_at = models.DateTimeField(null=True, blank=True)  # the next scheduled verify
 
     subscription_path = "machine__vault__subscription"
 
@@ -313,6 +319,10 @@ class RecoveryPoint(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     pack_ids = models.JSONField(default=list, blank=True)
     removed_at = models.DateTimeField(null=True, blank=True)
+    # A verify job found data this point needs damaged (jobs.services.verify): when, and
+    # {"job", "packs", "reasons", "files"} (files: a sample of the paths affected).
+    verify_damaged_at = models.DateTimeField(null=True, blank=True)
+    verify_damage = models.JSONField(default=dict, blank=True)
 
     subscription_path = "vault__subscription"
 
@@ -333,6 +343,10 @@ class RecoveryPoint(models.Model):
     def __str__(self) -> str:
         return f"{self.machine} at {self.created_at:%Y-%m-%d %H:%M}"
 
+    @property
+    def is_damaged(self) -> bool:
+        return self.verify_damaged_at is not None
+
 
 class Alert(models.Model):
     class Severity(models.TextChoices):
@@ -345,6 +359,8 @@ class Alert(models.Model):
         BACKUP_WARNINGS = "backup_warnings", "Backup completed with warnings"
         NO_RECENT_BACKUP = "no_recent_backup", "No recent backup"
         REPLICATION_LAG = "replication_lag", "Replication lag"
+        VERIFY_DAMAGE = "verify_damage", "Verify found damage"
+        VERIFY_FAILED = "verify_failed", "Verify failure"
 
     vault = models.ForeignKey("vaults.Vault", on_delete=models.PROTECT, related_name="alerts")
     machine = models.ForeignKey(

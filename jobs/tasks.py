@@ -13,6 +13,11 @@ def schedule_tick() -> int:
     return len(services.schedule_tick())
 
 
+@shared_task(name="jobs.verify_tick")
+def verify_tick() -> int:
+    return len(services.verify_schedule_tick())
+
+
 @shared_task(name="jobs.sweep")
 def sweep() -> dict:
     return services.jobs_sweep()

@@ -27,6 +27,7 @@ from vaults import activity, security_pin
 from vaults.activity import Operation
 from vaults.models import Vault
 
+VERIFY_WEEKS_DEFAULT = BackupPolicy._meta.get_field("verify_weeks").default
 WEEKDAYS = list(enumerate(("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")))
 MONTHS = list(enumerate(policy_rules.MONTH_NAMES, start=1))
 
@@ -236,6 +237,28 @@ def backup_now(request, machine_id):
     return render(request, "jobs/backup_now.html", context, status=status)
 
 
+# --- Verify now -------------------------------------------------------------------------
+@login_required
+@require_POST
+def verify_now(request, machine_id):
+    """Start a verify of every pack of the machine (docs/verify.md); Backup Operator and up."""
+    machine = _machine(request, machine_id)
+    activity.require_role(
+        request,
+        vault=machine.vault,
+        role=Role.BACKUP_OPERATOR,
+        operation=Operation.VERIFY_NOW,
+        resource=machine,
+    )
+    try:
+        job = services.verify_start(machine=machine, user=request.user)
+    except services.VerifyRefused as exc:
+        messages.error(request, exc.message)
+        return redirect("agents:detail", machine_id=machine.pk)
+    messages.success(request, f"Verify of {machine.name} started.")
+    return redirect("jobs:detail", job_id=job.pk)
+
+
 # --- Backup policy ----------------------------------------------------------------------
 def _form_values(spec: dict) -> dict:
     """Flatten a spec into the editor's field values."""
@@ -265,10 +288,12 @@ def _policy_context(machine, policy, spec, problems, values=None) -> dict:
     if not problems:
         preview = retention.preview(spec, tz, timezone.now())
     upcoming = next_run(Schedule.from_spec(spec), tz, timezone.now()) if not problems else None
+    values = values or _form_values(spec)
+    values.setdefault("verify_weeks", policy.verify_weeks if policy else VERIFY_WEEKS_DEFAULT)
     return {
         "machine": machine,
         "policy": policy,
-        "values": values or _form_values(spec),
+        "values": values,
         "problems": problems,
         "preview": preview,
         "upcoming": upcoming,
@@ -280,6 +305,7 @@ def _policy_context(machine, policy, spec, problems, values=None) -> dict:
         "retention_lines": policy_rules.describe_retention(spec) if not problems else [],
         "protection": selectors.protection_summary(machine, policy),
         "security_features": machine.vault.security_features,
+        "verify_limits": {"min": services.verify.MIN_WEEKS, "max": services.verify.MAX_WEEKS},
         "limits": {
             "days": policy_rules.MAX_DAYS,
             "weeks": policy_rules.MAX_WEEKS,
@@ -336,6 +362,11 @@ def policy_edit(request, machine_id):
     )
     spec, problems = policy_rules.parse_form(request.POST)
     values = _posted_values(request.POST)
+    verify_weeks, verify_problem = services.verify_weeks_check(
+        request.POST.get("verify_weeks", VERIFY_WEEKS_DEFAULT)
+    )
+    if verify_problem:
+        problems = {**problems, "verify_weeks": [verify_problem]}
     if not problems:
         try:
             policy = services.policy_save(
@@ -347,6 +378,8 @@ def policy_edit(request, machine_id):
         except ValidationError as exc:
             problems = exc.message_dict
         else:
+            assert verify_weeks is not None
+            services.verify_weeks_set(policy=policy, weeks=verify_weeks)
             messages.success(
                 request, f"Backup policy of {machine.name} saved (version {policy.version})."
             )
@@ -472,6 +505,7 @@ def recovery_points(request, machine_id):
             "machine": machine,
             "points": points,
             "latest": points[0] if points else None,
+            "damaged": [p for p in points if p.is_damaged],
             "keeps_last_point": services.keeps_last_point(machine),
             "storage_used": selectors.storage_used(machine=machine),
             "tz": machine.time_zone,

@@ -1,5 +1,5 @@
 """``haven-agent``: configure, check, register, status, worker, install-service, unregister,
-policy show, seed export, change-passphrase.
+policy show, seed export, verify, change-passphrase.
 
 Every failure is printed as one ``error: ...`` line that says what to do, and the command
 exits non-zero; no tracebacks for expected failures.
@@ -24,8 +24,11 @@ from agents.runtime.blobstore.base import StorageError
 from agents.runtime.credentials import CredentialsError, parse
 from agents.runtime.engine import Repository, WrongPassphrase
 from agents.runtime.engine.errors import EngineError
+from agents.runtime.engine.progress import Event, ProgressSink, ThrottledSink
+from agents.runtime.engine.verify import run_verify
 from agents.runtime.jobs.outbox import outbox_for_cache
 from agents.runtime.jobs.policy import format_policy, load_policy
+from agents.runtime.jobs.verify import damage_of
 from agents.runtime.passphrase import PassphraseError
 from agents.runtime.portal_api import PortalClient, PortalError, PortalRefused
 from agents.runtime.recovery.cli import add_commands as add_recovery_commands
@@ -360,6 +363,79 @@ def cmd_seed_export(args) -> int:
     return 0
 
 
+# --- verify -------------------------------------------------------------------------------------
+# The exit code when damage was found (1: the command could not run, 2: usage).
+EXIT_DAMAGED = 4
+
+
+class _VerifyLines(ProgressSink):
+    """Progress as plain lines (a log or a terminal alike): packs and bytes read so far."""
+
+    def emit(self, event: Event) -> None:
+        if event.get("type") != "progress":
+            return
+        total = event.get("files_total") or 0
+        _out(
+            f"verifying: {event.get('files_done', 0)} of {total} packs, "
+            f"{(event.get('bytes_done') or 0) / 1e6:.1f} of {(event.get('bytes_total') or 0) / 1e6:.1f} MB"
+        )
+
+
+def cmd_verify(args) -> int:
+    if not 0 < args.fraction <= 1:
+        raise UsageError("--fraction must be more than 0 and at most 1 (1 reads every pack)")
+    registration = config.require_registration()
+    settings = config.load_settings()
+    if args.passphrase_file:
+        secret = pp.read_file(Path(args.passphrase_file).expanduser())
+    else:
+        secret = pp.saved_passphrase(settings) or ""
+    if not secret:
+        raise UsageError(
+            "no saved passphrase on this machine: pass --passphrase-file FILE with the "
+            "machine's encryption passphrase"
+        )
+    client = PortalClient(
+        registration.portal_url, token=registration.token, proxies=settings.proxies()
+    )
+    try:
+        _renew_grant_if_expired(registration, client)
+    finally:
+        client.close()
+    share = "every pack" if args.fraction >= 1 else f"{args.fraction:.0%} of the packs"
+    _out(f"Verifying the backup data of {registration.machine_name}: {share} and every manifest")
+    try:
+        repo = Repository.open(open_with_settings(registration.grant, settings), secret)
+        report = run_verify(
+            repo, fraction=args.fraction, sink=ThrottledSink(_VerifyLines(), max_per_second=1)
+        )
+    except WrongPassphrase as exc:
+        raise UsageError(f"the passphrase does not open this vault's backup data: {exc}") from None
+    except (EngineError, StorageError) as exc:
+        raise UsageError(f"verify: {exc}") from None
+    _out(
+        f"Read {report.packs_checked} of {report.packs_total} packs "
+        f"({report.bytes_checked / 1e6:.1f} MB, {report.chunks_checked} chunks) and "
+        f"{report.recovery_points_checked} recovery points in {report.duration_s:.1f} s."
+    )
+    if report.ok:
+        _out("No damage found.")
+        return 0
+    for entry in damage_of(report):
+        what = f"pack {entry['pack']}" if entry["pack"] else "repository"
+        print(f"DAMAGED {what}: {entry['reason']}", file=sys.stderr)
+        if entry["recovery_points"]:
+            print(f"  recovery points: {', '.join(entry['recovery_points'])}", file=sys.stderr)
+        for f in entry["files"]:
+            print(f"  file {f['path']} (recovery point {f['recovery_point']})", file=sys.stderr)
+    print(
+        "error: damage found. Restore the files named from an older recovery point, and back "
+        "up again so that the next recovery point holds a fresh copy.",
+        file=sys.stderr,
+    )
+    return EXIT_DAMAGED
+
+
 # --- worker, service, unregister ------------------------------------------------------------
 def cmd_worker(args) -> int:
     registration = config.require_registration()
@@ -563,6 +639,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, metavar="PATH", help="an empty folder on the disk")
     p.add_argument("--passphrase-file", help="the machine's passphrase, if it is not saved")
     p.set_defaults(func=cmd_seed_export)
+
+    p = sub.add_parser(
+        "verify", help="read back and authenticate this machine's backup data in the vault"
+    )
+    p.add_argument(
+        "--fraction",
+        type=float,
+        default=1.0,
+        help="share of the packs to read, chosen at random (default 1: all); manifests are "
+        "always read",
+    )
+    p.add_argument("--passphrase-file", help="the machine's passphrase, if it is not saved")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(
         "change-passphrase", help="re-wrap the backups' key with a new encryption passphrase"

@@ -28,6 +28,7 @@ SEARCH_TASK = "haven.agent.recovery.search"
 VERSIONS_TASK = "haven.agent.recovery.versions"
 RESTORE_TASK = "haven.agent.recovery.restore"
 DOWNLOAD_TASK = "haven.agent.recovery.download"
+VERIFY_TASK = "haven.agent.verify"
 TASK_PREFIX = "haven.agent."
 
 # A policy whose spec carries ``{POLICY_PROTECTION: PROTECTION_STOPPED}`` is a stopped one:
@@ -168,6 +169,14 @@ MAX_SMALL_COUNT = 2**31 - 1
 MAX_ID_CHARS = 64
 MAX_BLOB_NAME_CHARS = 200
 MAX_STATS = 64
+# A verify job's damage report (``JobResult.damage``): at most this many entries (a damaged
+# pack, a manifest that does not open, files whose data is missing), each naming at most
+# MAX_DAMAGE_FILES files and MAX_DAMAGE_POINTS recovery points.
+MAX_DAMAGE_ENTRIES = 200
+MAX_DAMAGE_FILES = 50
+MAX_DAMAGE_POINTS = 1000
+MAX_PATH_CHARS = 1000
+MAX_REASON_CHARS = 500
 
 
 def wire_count(value: object, name: str, *, high: int = MAX_COUNT) -> int:
@@ -210,6 +219,8 @@ class JobResult:
     recovery_point_id: str | None = None
     manifest_blob: str = ""
     pack_ids: list[str] = field(default_factory=list)
+    # A verify job's findings (``verify_damage``'s shape); empty for every other kind.
+    damage: list[dict] = field(default_factory=list)
 
     @classmethod
     def failed(cls, message: str) -> JobResult:
@@ -226,6 +237,7 @@ class JobResult:
             "recovery_point_id": self.recovery_point_id,
             "manifest_blob": self.manifest_blob,
             "pack_ids": list(self.pack_ids),
+            "damage": list(self.damage),
         }
 
     @classmethod
@@ -276,4 +288,59 @@ class JobResult:
                 for p in packs
                 if p is not None
             ],
+            damage=verify_damage(data.get("damage")),
         )
+
+
+def _hex_id(value: object, name: str) -> str:
+    text = wire_text(value, name, max_chars=MAX_ID_CHARS)
+    if text and not all(c in "0123456789abcdef" for c in text):
+        raise BadResult(f"{name} must be a lowercase hex id (got {_shown(value)}).")
+    return text
+
+
+def verify_damage(value: object) -> list[dict]:
+    """A verify job's damage report, checked: a list of at most ``MAX_DAMAGE_ENTRIES``
+    ``{"pack": hex id or "", "reason": text, "recovery_points": [hex ids], "files":
+    [{"recovery_point": hex id, "path": text}]}``; ``BadResult`` says what is wrong."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_DAMAGE_ENTRIES:
+        raise BadResult(f"damage must be a list of at most {MAX_DAMAGE_ENTRIES} entries.")
+    entries = []
+    for item in value:
+        if not isinstance(item, dict):
+            raise BadResult("each damage entry must be an object.")
+        points = item.get("recovery_points") or []
+        files = item.get("files") or []
+        if not isinstance(points, list) or len(points) > MAX_DAMAGE_POINTS:
+            raise BadResult(
+                f"damage.recovery_points must be a list of at most {MAX_DAMAGE_POINTS} ids."
+            )
+        if not isinstance(files, list) or len(files) > MAX_DAMAGE_FILES:
+            raise BadResult(f"damage.files must be a list of at most {MAX_DAMAGE_FILES} files.")
+        checked_files = []
+        for f in files:
+            if not isinstance(f, dict):
+                raise BadResult("each of damage.files must be an object.")
+            checked_files.append(
+                {
+                    "recovery_point": _hex_id(
+                        f.get("recovery_point"), "damage.files.recovery_point"
+                    ),
+                    "path": wire_text(f.get("path"), "damage.files.path", max_chars=MAX_PATH_CHARS),
+                }
+            )
+        entries.append(
+            {
+                "pack": _hex_id(item.get("pack"), "damage.pack"),
+                "reason": wire_text(
+                    item.get("reason"), "damage.reason", max_chars=MAX_REASON_CHARS
+                ),
+                "recovery_points": sorted(
+                    {_hex_id(p, "each of damage.recovery_points") for p in points} - {""}
+                ),
+                "files": checked_files,
+            }
+        )
+    return entries

@@ -14,6 +14,8 @@ apps call them through this package: ``from jobs import services; services.backu
     protection stop protection (retain or delete), resume, soft delete, undelete, the purge
     seeding    offline seeding: a seed disk's import into the machine's container
     passphrase a machine's passphrase change: the PIN, the new key, the old keys retired
+    verify     verify jobs: Verify now, the weekly slice, the agent's damage report checked,
+               recovery points marked Damaged
 
 Reads are in ``jobs.selectors``; the pure rules in ``jobs.policy_rules``, ``jobs.retention``
 and ``jobs.schedule``; Recover Data (restore and download jobs) in ``jobs.recovery``.
@@ -103,6 +105,16 @@ from jobs.services.seeding import (
     seed_import_start,
     seed_path_resolve,
 )
+from jobs.services.verify import (
+    VerifyRefused,
+    VerifyReportRefused,
+    verify_refusal,
+    verify_schedule_tick,
+    verify_start,
+    verify_summary,
+    verify_weeks_check,
+    verify_weeks_set,
+)
 
 __all__ = [
     "BackupAlreadyRunning",
@@ -115,6 +127,8 @@ __all__ = [
     "ResultConflict",
     "SeedPending",
     "SeedRefused",
+    "VerifyRefused",
+    "VerifyReportRefused",
     "adhoc_retention",
     "alert_email_send",
     "alert_raise",
@@ -165,6 +179,12 @@ __all__ = [
     "seed_import_start",
     "seed_path_resolve",
     "vault_history_delete",
+    "verify_refusal",
+    "verify_schedule_tick",
+    "verify_start",
+    "verify_summary",
+    "verify_weeks_check",
+    "verify_weeks_set",
 ]
 
 log = logging.getLogger(__name__)

@@ -117,6 +117,39 @@ def alerts_after_job(*, job: Job, now: datetime) -> None:
             )
         elif job.status in (Job.Status.COMPLETED, Job.Status.WARNING):
             alerts_resolve(machine=job.machine, kinds=[Alert.Kind.RESTORE_FAILED], now=now)
+    elif job.operation == Job.Operation.VERIFY:
+        _alerts_after_verify(job=job, name=name, now=now)
+
+
+def _alerts_after_verify(*, job: Job, name: str, now: datetime) -> None:
+    """Damage is Critical; a verify that could not run is a Warning (the data may be fine).
+    The damage alert goes only with the Damaged marks (a verify of every pack that finds
+    nothing, ``verify_result_record``)."""
+    if job.status == Job.Status.FAILED and (job.details or {}).get("damage"):
+        alert_raise(
+            vault=job.vault,
+            machine=job.machine,
+            job=job,
+            kind=Alert.Kind.VERIFY_DAMAGE,
+            severity=Alert.Severity.CRITICAL,
+            message=f"Verify of {name} found damaged backup data: {job.error}",
+            now=now,
+        )
+    elif job.status == Job.Status.FAILED:
+        alert_raise(
+            vault=job.vault,
+            machine=job.machine,
+            job=job,
+            kind=Alert.Kind.VERIFY_FAILED,
+            severity=Alert.Severity.WARNING,
+            message=f"Verify of {name} did not finish: {job.error or 'no reason given'}",
+            now=now,
+        )
+    elif job.status in (Job.Status.COMPLETED, Job.Status.WARNING):
+        kinds = [Alert.Kind.VERIFY_FAILED]
+        if not job.machine.recovery_points.filter(verify_damaged_at__isnull=False).exists():
+            kinds.append(Alert.Kind.VERIFY_DAMAGE)
+        alerts_resolve(machine=job.machine, kinds=kinds, now=now)
 
 
 def alerts_check_stale(*, now: datetime | None = None) -> int:

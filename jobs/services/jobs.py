@@ -30,6 +30,7 @@ from jobs.services.live import (
 from jobs.services.outbox import broker_failure_reason
 from jobs.services.points import PointRefused, point_check, recovery_point_create
 from jobs.services.pruning import repository_fence
+from jobs.services.verify import VerifyReportRefused, verify_result_check, verify_result_record
 from vaults import activity
 from vaults.activity import Operation
 
@@ -239,6 +240,7 @@ def job_finish(
     manifest_blob: str = "",
     pack_ids: Iterable[str] = (),
     result_id: str = "",
+    damage: list[dict] | None = None,
     now: datetime | None = None,
 ) -> Job:
     """The agent's final word on a job: status, warnings, and the recovery point it made.
@@ -263,6 +265,7 @@ def job_finish(
         snapshot_id=snapshot_id,
         manifest_blob=manifest_blob,
         pack_ids=list(pack_ids),
+        damage=damage or [],
         now=now,
     )
     if refused is not None:
@@ -284,6 +287,7 @@ def _finish(
     snapshot_id,
     manifest_blob,
     pack_ids,
+    damage,
     now,
 ):
     success = status in (Job.Status.COMPLETED, Job.Status.WARNING)
@@ -334,6 +338,17 @@ def _finish(
                     "No recovery point was recorded; back up again, and if this repeats, "
                     "check the machine (its agent reports what the portal cannot verify)."
                 )
+        try:
+            status = verify_result_check(job=job, status=status, damage=damage, stats=stats)
+        except VerifyReportRefused as exc:
+            if job.status in Job.FINISHED:
+                return job, exc, None
+            refused, damage, status = exc, [], Job.Status.FAILED
+            error = (
+                f"The portal refused the verify report of the agent: {exc.message} Nothing "
+                "was marked; check the machine (its agent reports what the portal cannot "
+                "accept) and verify again."
+            )
         if swept and refused is None:
             error = _late_note(job, now) + (f" {error}" if error else "")
         # A refused point keeps no result id: the same result again is checked, and refused,
@@ -348,6 +363,8 @@ def _finish(
             stats=stats,
             now=now,
         )
+        if job.operation == Job.Operation.VERIFY and refused is None:
+            verify_result_record(job=job, damage=damage, stats=stats, now=now)
         point = None
         if refused is None and success and snapshot_id:
             point = recovery_point_create(
@@ -487,11 +504,10 @@ def jobs_sweep(*, now: datetime | None = None) -> dict:
             counts["failed"] += 1
             continue
         name = job.machine.name if job.machine else "the machine"
-        again = (
-            "press Back up now again"
-            if job.operation == Job.Operation.BACKUP
-            else "start the recovery again (Recover Data)"
-        )
+        again = {
+            Job.Operation.BACKUP: "press Back up now again",
+            Job.Operation.VERIFY: "press Verify now again (or let the next weekly verify run)",
+        }.get(job.operation, "start the recovery again (Recover Data)")
         job_fail(
             job=job,
             reason=(
@@ -550,6 +566,11 @@ def _stall_reason(job: Job, name: str, seconds: int) -> str:
         return lost + (
             "No recovery point was made; the data uploaded so far is reused by the next "
             "backup. Check the agent on the machine (haven-agent status) and back up again."
+        )
+    if job.operation == Job.Operation.VERIFY:
+        return lost + (
+            "Nothing in the vault was changed. Check the agent on the machine (haven-agent "
+            "status) and press Verify now again."
         )
     return lost + (
         "Files it finished are complete; the one being written may be missing. Check the "

@@ -26,6 +26,12 @@
     if (count) count.textContent = String(paths.length);
     var label = f.querySelector("[data-field=point-label]");
     if (label) label.textContent = point ? point.getAttribute("data-label") : "none chosen";
+    var damaged = f.querySelector("[data-field=damaged-warning]");
+    if (damaged) {
+      var files = point ? point.getAttribute("data-damaged") : null;
+      damaged.hidden = !files;
+      damaged.querySelector("[data-field=damaged-files]").textContent = files || "";
+    }
     var ready = paths.length > 0 && !!point;
     f.querySelectorAll("[data-action=recover], [data-action=download]").forEach(function (b) {
       b.disabled = !ready;

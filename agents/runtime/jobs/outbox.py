@@ -65,6 +65,11 @@ ABANDONED = {
         "The agent stopped while building the download (it was killed, restarted or the "
         "machine went down); nothing was downloaded. Start the download again."
     ),
+    "verify": (
+        "The agent stopped while verifying (it was killed, restarted or the machine went "
+        "down), so the check did not finish; nothing in the vault was changed. Start Verify "
+        "now again, or let the next scheduled verify read this slice."
+    ),
 }
 
 

@@ -14,6 +14,7 @@ from agents.runtime import config, storage_grant, throttling
 from agents.runtime import protocol as wire
 from agents.runtime.jobs import backup as backup_job
 from agents.runtime.jobs import policy as policy_store
+from agents.runtime.jobs import verify as verify_job
 from agents.runtime.jobs.runner import JobAborted, cancel_job
 from agents.runtime.passphrase import saved_passphrase
 from agents.runtime.tasks import AgentContext, agent_task
@@ -66,6 +67,18 @@ def backup(ctx: AgentContext, *, job_id: str) -> dict:
         passphrase=lambda: passphrase_for(ctx),
         cache_dir=_cache_dir(ctx),
         pack_size=backup_job.pack_size_for(_slowest_limit(ctx)),
+    )
+
+
+@agent_task(wire.VERIFY_TASK)
+def verify(ctx: AgentContext, *, job_id: str) -> dict:
+    """Read back and authenticate this machine's backup data for portal job ``job_id``."""
+    return verify_job.run_verify_job(
+        job_id,
+        portal=ctx.require_portal(),
+        open_store=lambda: open_store(ctx),
+        passphrase=lambda: passphrase_for(ctx),
+        cache_dir=_cache_dir(ctx),
     )
 
 
