@@ -19,6 +19,7 @@ _jobs_env, pushes, sent = jobs_conftest._jobs_env, jobs_conftest.pushes, jobs_co
 VICTIM_POINT = "a0" * 16
 OWN_POINT = "c0" * 16
 PACK = "b1" * 16
+MANY_FILE = {"recovery_point": OWN_POINT, "path": "p"}
 
 
 def _point(machine, snapshot):
@@ -55,8 +56,8 @@ def post(client, machine, job, **result):
 
 
 def damage(*points, files=None):
-    return [{"pack": PACK, "reason": "chunk does not authenticate", "recovery_points": list(points),
-             "files": files or []}]  # fmt: skip
+    entry = {"pack": PACK, "reason": "chunk does not authenticate"}
+    return [{**entry, "recovery_points": list(points), "files": files or []}]
 
 
 def test_a_report_naming_another_machines_point_marks_nothing(client, victim_point, attacker):
@@ -86,8 +87,7 @@ def test_a_foreign_point_hidden_in_the_file_list_is_refused_too(client, victim_p
     ("change", "words"),
     [
         ({"damage": [{"pack": PACK, "reason": "x"}] * 201}, "at most 200"),
-        ({"damage": damage(OWN_POINT, files=[{"recovery_point": OWN_POINT, "path": "p"}] * 51)},
-         "at most 50"),  # fmt: skip
+        ({"damage": damage(OWN_POINT, files=[MANY_FILE] * 51)}, "at most 50"),
         ({"damage": [{"pack": "../../etc", "reason": "x"}]}, "hex id"),
         ({"damage": [{"pack": PACK, "reason": "x" * 501}]}, "at most 500"),
         ({"damage": "everything"}, "damage must be a list"),
