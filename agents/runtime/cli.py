@@ -429,8 +429,9 @@ def cmd_verify(args) -> int:
         for f in entry["files"]:
             print(f"  file {f['path']} (recovery point {f['recovery_point']})", file=sys.stderr)
     print(
-        "error: damage found. Restore the files named from an older recovery point, and back "
-        "up again so that the next recovery point holds a fresh copy.",
+        "error: damage found. Restore the files named from an older recovery point that does "
+        "not need the damaged packs; a new backup reuses the stored data and does not repair "
+        "it (docs/verify.md).",
         file=sys.stderr,
     )
     return EXIT_DAMAGED

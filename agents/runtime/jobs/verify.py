@@ -91,8 +91,8 @@ def describe_damage(damage: list[dict]) -> str:
         f"Damage found: {'; '.join(parts)}. "
         f"Recovery points affected: {', '.join(p[:8] for p in points) or 'none'}; they are "
         "marked Damaged. Files in them that need the damaged data cannot be restored from "
-        "them: restore those files from an older point, and back up again so that the next "
-        "recovery point holds a fresh copy."
+        "them: restore those files from an older point that is not marked Damaged. A new "
+        "backup reuses the stored data and does not repair it (docs/verify.md)."
     )
 
 
