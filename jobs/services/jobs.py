@@ -310,8 +310,13 @@ def _finish(
             # The portal ended the job already (the sweep failed it while the agent was
             # silent, then the agent came back and was told to stop): keep the portal's
             # reason. A late success is still recorded below, as its recovery point is real.
-            _keep_result_id(job, result_id)
-            return job, None, None
+            # So is the damage a late verify report names.
+            late = None
+            if damage and job.operation == Job.Operation.VERIFY:
+                late = _late_damage(job, error, damage, stats, now)
+            if late is None:
+                _keep_result_id(job, result_id)
+            return job, late, None
         if job.status in (Job.Status.COMPLETED, Job.Status.WARNING):
             recorded = getattr(job, "recovery_point", None)
             if snapshot_id and (recorded is None or recorded.snapshot_id != snapshot_id):
@@ -382,6 +387,21 @@ def _finish(
             # Copy the new point now rather than at the next periodic pass.
             services._enqueue("replicate_machine", str(job.machine_id))
     return job, refused, point
+
+
+def _late_damage(job: Job, error: str, damage: list, stats: dict, now: datetime):
+    """A verify the sweep ended whose agent then reported damage: the damage is real, so
+    the points are marked and the alert raised; returns the refusal of a forged report."""
+    try:
+        verify_result_check(job=job, status=job.status, damage=damage, stats=stats)
+    except VerifyReportRefused as exc:
+        return exc
+    job.error = f"{job.error} The agent's report arrived later and found damage: {error}"[:4000]
+    job.save(update_fields=["error"])
+    verify_result_record(job=job, damage=damage, stats=stats, now=now)
+    alerts_after_job(job=job, now=now)
+    job_publish(job)
+    return None
 
 
 def _keep_result_id(job: Job, result_id: str) -> None:

@@ -109,6 +109,11 @@ def test_verify_now_completes_then_finds_a_flipped_byte(
     expect(alert).to_contain_text("Verify found damage")
     assert Alert.objects.get(kind=Alert.Kind.VERIFY_DAMAGE).severity == "critical"
 
+    page.goto(f"{agent_portal}/machines/{machine.pk}/")
+    expect(page.locator("[data-field=verify]")).to_contain_text("every 4 weeks")
+    expect(page.locator("[data-field=damaged-points]")).to_have_text("1 damaged recovery point")
+    screenshot("verify-machine-page")
+
     page.goto(f"{agent_portal}/recover/{machine.pk}/to/{machine.pk}/")
     page.locator(".calendar-day.has-points").first.click()
     choice = page.locator(f"input[name=rp][value='{point.snapshot_id}']")

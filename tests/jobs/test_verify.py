@@ -134,6 +134,17 @@ def test_a_verify_that_cannot_run_is_a_warning_and_marks_nothing(client, machine
     assert not RecoveryPoint.objects.filter(verify_damaged_at__isnull=False).exists()
 
 
+def test_damage_reported_after_the_sweep_failed_the_job_is_still_marked(client, machine, points):
+    job = services.verify_start(machine=machine)
+    services.job_fail(job=job, reason="The agent stopped reporting.")
+    body = {"status": "failed", "message": "Damage found: pack a1.", "damage": damage_report()}
+    assert result(client, job, **body).status_code == 200
+    job.refresh_from_db()
+    assert job.error.startswith("The agent stopped reporting.") and "found damage" in job.error
+    assert RecoveryPoint.objects.get(snapshot_id=POINT).is_damaged
+    assert Alert.objects.get(kind=Alert.Kind.VERIFY_DAMAGE).severity == Alert.Severity.CRITICAL
+
+
 def test_the_weekly_rotation_reads_the_next_slice_only_once_the_last_was_read(
     client, machine, points, sent
 ):
