@@ -2,7 +2,8 @@
 on real Redis): a clean vault verifies to Completed on the live job page; after one byte of
 a pack is flipped in storage, the next verify fails naming the pack, the recovery point is
 shown Damaged (recovery points and the Recover Data wizard, which warns), and the vault's
-Backup Alerts show a Critical alert."""
+Backup Alerts show a Critical alert; ``haven-agent verify`` on the machine exits 4 naming
+the same pack, recovery point and files."""
 
 from __future__ import annotations
 
@@ -96,6 +97,12 @@ def test_verify_now_completes_then_finds_a_flipped_byte(
     expect(live.locator("[data-field=error]")).to_contain_text(f"pack {pack}")
     expect(live.locator("[data-field=error]")).to_contain_text(point.snapshot_id[:8])
     screenshot("verify-failed")
+    # the same check on the machine, from the command line
+    done = agent.run("verify")
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert f"of {len(point.pack_ids)} packs" in done.stdout
+    assert f"DAMAGED pack {pack}" in done.stderr and point.snapshot_id in done.stderr
+    assert str(data / "file-") in done.stderr
 
     page.goto(f"{agent_portal}/jobs/machines/{machine.pk}/recovery-points/")
     row = page.locator(f"tr[data-point='{point.snapshot_id}']")
