@@ -92,7 +92,6 @@ def test_nothing_to_verify_before_the_first_point(as_alice, machine, policy):
     assert not Job.objects.filter(operation=Job.Operation.VERIFY).exists()
 
 
-@pytest.mark.servers  # the result's row lock and the JSON marks on PostgreSQL
 def test_damage_marks_the_points_raises_a_critical_alert_and_shows(
     client, as_alice, machine, points
 ):
@@ -146,7 +145,6 @@ def test_damage_reported_after_the_sweep_failed_the_job_is_still_marked(client, 
     assert Alert.objects.get(kind=Alert.Kind.VERIFY_DAMAGE).severity == Alert.Severity.CRITICAL
 
 
-@pytest.mark.servers  # the due time's compare-and-set and the DISTINCT join on PostgreSQL
 def test_the_weekly_rotation_reads_the_next_slice_only_once_the_last_was_read(
     client, machine, points, sent
 ):
