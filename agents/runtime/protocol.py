@@ -177,6 +177,9 @@ MAX_DAMAGE_FILES = 50
 MAX_DAMAGE_POINTS = 1000
 MAX_PATH_CHARS = 1000
 MAX_REASON_CHARS = 500
+# A verify job reads slice ``details.slice`` of ``details.slices`` (1: every pack); the policy's
+# "every N weeks" is the number of slices, at most this.
+MAX_VERIFY_SLICES = 52
 
 
 def wire_count(value: object, name: str, *, high: int = MAX_COUNT) -> int:

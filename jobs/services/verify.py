@@ -28,7 +28,7 @@ from vaults.activity import Operation
 log = logging.getLogger(__name__)
 
 VERIFY_EVERY = timedelta(days=7)
-MIN_WEEKS, MAX_WEEKS = 1, 52
+MIN_WEEKS, MAX_WEEKS = 1, protocol.MAX_VERIFY_SLICES
 # Paths kept per damaged point for its badge and the wizard's warning.
 FILES_KEPT = 20
 

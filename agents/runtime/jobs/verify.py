@@ -35,7 +35,7 @@ def job_slice(job: dict) -> tuple[int, int]:
     if (
         not isinstance(slices, int)
         or not isinstance(slice_no, int)
-        or not 1 <= slices <= 520
+        or not 1 <= slices <= protocol.MAX_VERIFY_SLICES
         or not 0 <= slice_no < slices
     ):
         raise JobAborted(f"The portal asked for slice {slice_no!r} of {slices!r}, which is none.")
