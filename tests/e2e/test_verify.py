@@ -120,6 +120,9 @@ def test_verify_now_completes_then_finds_a_flipped_byte(
     expect(page.locator("[data-field=verify]")).to_contain_text("every 4 weeks")
     expect(page.locator("[data-field=damaged-points]")).to_have_text("1 damaged recovery point")
     screenshot("verify-machine-page")
+    page.goto(f"{agent_portal}/jobs/machines/{machine.pk}/policy/")
+    expect(page.locator("#verify_weeks")).to_have_value("4")
+    screenshot("verify-policy-editor", target=page.locator("#policy-verify"))
 
     page.goto(f"{agent_portal}/recover/{machine.pk}/to/{machine.pk}/")
     page.locator(".calendar-day.has-points").first.click()
