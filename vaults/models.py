@@ -227,6 +227,7 @@ class ActivityEntry(models.Model):
         BACKUP_NOW = "backup.now", "Back up now"
         RESTORE_START = "restore.start", "Start restore"
         DOWNLOAD_START = "download.start", "Start download"
+        DRILL_START = "drill.start", "Start restore drill"
         ROLE_ADD = "role.add", "Add role assignment"
         ROLE_CHANGE = "role.change", "Change role"
         ROLE_REMOVE = "role.remove", "Remove role assignment"

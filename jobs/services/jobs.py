@@ -20,6 +20,7 @@ from agents.runtime import protocol
 from jobs import selectors, services  # services: the package, for its seams
 from jobs.models import Job
 from jobs.services.alerts import alerts_after_job
+from jobs.services.drills import DrillEvidenceRefused, drill_evidence_check
 from jobs.services.live import (
     job_notify_finished,
     job_progress_publish,
@@ -334,6 +335,10 @@ def _finish(
                     "No recovery point was recorded; back up again, and if this repeats, "
                     "check the machine (its agent reports what the portal cannot verify)."
                 )
+        if job.operation == Job.Operation.DRILL and refused is None:
+            refused, status, error = _drill_evidence(job, status, error, stats, snapshot_id)
+            if refused is not None and job.status in Job.FINISHED:
+                return job, refused, None
         if swept and refused is None:
             error = _late_note(job, now) + (f" {error}" if error else "")
         # A refused point keeps no result id: the same result again is checked, and refused,
@@ -365,6 +370,26 @@ def _finish(
             # Copy the new point now rather than at the next periodic pass.
             services._enqueue("replicate_machine", str(job.machine_id))
     return job, refused, point
+
+
+def _drill_evidence(job: Job, status: str, error: str, stats: dict, snapshot_id: str):
+    """A drill's result: its evidence kept on the job, or refused (the job then fails)."""
+    try:
+        evidence = drill_evidence_check(
+            job=job, status=status, stats=stats, snapshot_id=snapshot_id
+        )
+    except DrillEvidenceRefused as exc:
+        log.warning("refused the evidence of drill %s from machine %s: %s", job.pk,
+                    job.machine_id, exc.message)  # fmt: skip
+        return (
+            exc,
+            Job.Status.FAILED,
+            f"The portal refused this drill's evidence: {exc.message}. Nothing was proven; "
+            "run the drill again, and if this repeats, check the machine that ran it.",
+        )
+    if evidence:
+        job.details = {**job.details, "evidence": evidence}
+    return None, status, error
 
 
 def _keep_result_id(job: Job, result_id: str) -> None:
@@ -487,11 +512,10 @@ def jobs_sweep(*, now: datetime | None = None) -> dict:
             counts["failed"] += 1
             continue
         name = job.machine.name if job.machine else "the machine"
-        again = (
-            "press Back up now again"
-            if job.operation == Job.Operation.BACKUP
-            else "start the recovery again (Recover Data)"
-        )
+        again = {
+            Job.Operation.BACKUP: "press Back up now again",
+            Job.Operation.DRILL: "run the restore drill again (Run restore drill)",
+        }.get(job.operation, "start the recovery again (Recover Data)")
         job_fail(
             job=job,
             reason=(
@@ -546,6 +570,12 @@ def _stall_reason(job: Job, name: str, seconds: int) -> str:
         f"{job.get_operation_display().lower()} was abandoned: the agent was stopped or the "
         "machine lost its connection. "
     )
+    if job.operation == Job.Operation.DRILL:
+        return lost + (
+            "Nothing was proven; its copy may be left in the scratch folder, in a folder "
+            "named haven-drill-<this job's id>. Check the agent on the machine (haven-agent "
+            "status) and run the drill again."
+        )
     if job.operation == Job.Operation.BACKUP:
         return lost + (
             "No recovery point was made; the data uploaded so far is reused by the next "

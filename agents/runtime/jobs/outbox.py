@@ -65,6 +65,11 @@ ABANDONED = {
         "The agent stopped while building the download (it was killed, restarted or the "
         "machine went down); nothing was downloaded. Start the download again."
     ),
+    "drill": (
+        "The agent stopped during the restore drill (it was killed, restarted or the machine "
+        "went down), so nothing was proven. Its copy may be left in the scratch folder, in a "
+        "folder named haven-drill-<this job's id>: delete it, then run the drill again."
+    ),
 }
 
 
