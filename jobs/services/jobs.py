@@ -320,6 +320,12 @@ def _finish(
                 return job, PointRefused("This job has finished; its result was recorded."), None
             return job, None, None  # the same result delivered again
         refused = None
+        if job.operation == Job.Operation.DRILL:
+            # A drill names the point it restored: evidence, not a new point.
+            refused, status, error = _drill_evidence(job, status, error, stats, snapshot_id)
+            if refused is not None and job.status in Job.FINISHED:
+                return job, refused, None  # a late result: the portal's reason stays
+            snapshot_id = ""
         if success and snapshot_id:
             try:
                 manifest_blob, pack_ids = point_check(
@@ -335,10 +341,6 @@ def _finish(
                     "No recovery point was recorded; back up again, and if this repeats, "
                     "check the machine (its agent reports what the portal cannot verify)."
                 )
-        if job.operation == Job.Operation.DRILL and refused is None:
-            refused, status, error = _drill_evidence(job, status, error, stats, snapshot_id)
-            if refused is not None and job.status in Job.FINISHED:
-                return job, refused, None
         if swept and refused is None:
             error = _late_note(job, now) + (f" {error}" if error else "")
         # A refused point keeps no result id: the same result again is checked, and refused,
