@@ -391,6 +391,7 @@ def _drill_evidence(job: Job, status: str, error: str, stats: dict, snapshot_id:
         )
     if evidence:
         job.details = {**job.details, "evidence": evidence}
+        stats["stored_bytes"] = evidence["bytes"]  # the job's Data transferred
     return None, status, error
 
 

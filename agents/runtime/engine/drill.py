@@ -280,7 +280,7 @@ def run_drill(
         finally:
             writer.close()
     finally:
-        rep.set_phase("cleaning up")
+        rep.set_phase("cleaning_up")
         shutil.rmtree(folder, ignore_errors=True)
     status = "cancelled" if report.cancelled else "completed"
     rep.finish(status, message=f"{len(report.mismatches)} mismatch(es)")

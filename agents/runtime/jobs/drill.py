@@ -49,6 +49,7 @@ def drill_result(report: DrillReport) -> JobResult:
         "point_files": report.point_files,
         "point_bytes": report.point_bytes,
         "over_cap": report.over_cap,
+        "stored_bytes": report.bytes,  # read from the vault: the job's Data transferred
     }
     if report.cancelled:
         status, message = protocol.JobStatus.CANCELLED, "The restore drill was cancelled."
