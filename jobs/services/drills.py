@@ -23,7 +23,7 @@ from agents.models import Machine
 from agents.runtime import protocol
 from jobs import selectors, services  # services: the package, for its seams
 from jobs.models import Alert, BackupPolicy, Job, RecoveryPoint
-from jobs.services.alerts import alert_raise
+from jobs.services.alerts import alert_raise, alerts_after_job
 from jobs.services.live import job_publish
 from jobs.services.points import PointRefused
 from portal.access import has_role
@@ -206,12 +206,14 @@ def drill_start(
     authoriser = None
     if runner.pk != machine.pk:
         authoriser = policy.drill_authorised_by if policy else None
-        if authoriser is None or not has_role(
-            authoriser, machine.vault.subscription_id, DRILL_MACHINE_ROLE
+        if (
+            authoriser is None
+            or not authoriser.is_active
+            or not has_role(authoriser, machine.vault.subscription_id, DRILL_MACHINE_ROLE)
         ):
             raise DrillRefused(
                 f"No Contributor or Owner stands behind {runner.name} reading {machine.name}'s "
-                "backups (the person who chose it no longer has the role): save the backup "
+                "backups (the person who chose it no longer has the role or the account): save the backup "
                 "policy's drill settings again."
             )
     with transaction.atomic():
@@ -299,14 +301,24 @@ def drills_schedule(*, now: datetime | None = None) -> list[Job]:
                 drill_start(machine=policy.machine, trigger=Job.Trigger.SCHEDULED, now=now)
             )
         except DrillRefused as exc:
-            alert_raise(
-                vault=policy.machine.vault,
-                machine=policy.machine,
-                kind=Alert.Kind.DRILL_FAILED,
-                severity=Alert.Severity.CRITICAL,
-                message=f"The scheduled restore drill of {policy.machine.name} did not start: {exc}",
-                now=now,
-            )
+            # Recorded as a failed scheduled drill (so the next tick does not try again
+            # before the period is over), with its alert.
+            machine = policy.machine
+            job = Job.objects.create(
+                vault_id=machine.vault_id,
+                machine=machine,
+                operation=Job.Operation.DRILL,
+                status=Job.Status.FAILED,
+                trigger=Job.Trigger.SCHEDULED,
+                scheduled_for=now,
+                started_at=now,
+                ended_at=now,
+                error=f"The scheduled restore drill did not start: {exc}",
+                details={"kind": "drill", "source_machine": str(machine.pk),
+                         "source_name": machine.name},
+            )  # fmt: skip
+            alerts_after_job(job=job, now=now)
+            job_publish(job)
     return started
 
 

@@ -51,6 +51,10 @@ def test_run_restore_drill_proves_the_machine_restorable(
     expect(proven).to_contain_text("(8 files,")
     expect(proven.locator("[data-field=drill-full]")).to_contain_text("to restore")
     screenshot("drill-machine-proven")
+    page.goto(f"{agent_portal}/jobs/machines/{web01.model.pk}/policy/")
+    section = page.locator("#drill-settings")
+    expect(section.get_by_label("Every month")).to_be_checked()
+    screenshot("drill-policy-settings", target=section)
     # The copy is gone from the scratch folder (the agent's cache by default).
     scratch = web01.home / "cache" / "drills"
     assert not scratch.exists() or list(scratch.iterdir()) == []

@@ -240,6 +240,19 @@ def test_the_scheduler_starts_a_monthly_drill_once(backed_up, sent):
     assert len(services.drills_schedule()) == 1  # a month later, the next one
 
 
+def test_a_scheduled_drill_that_cannot_start_fails_once_with_its_alert(backed_up, vault, alice):
+    other = make_machine(vault, "restore-box")
+    found, _ = services.drill_settings_parse({"drill_machine": str(other.pk)}, machine=backed_up)
+    services.drill_settings_save(policy=backed_up.backup_policy, found=found, user=alice)
+    alice.is_active = False  # no longer anyone's say-so
+    alice.save()
+    assert services.drills_schedule() == [] and services.drills_schedule() == []
+    (job,) = Job.objects.filter(operation=Job.Operation.DRILL)
+    assert job.status == Job.Status.FAILED and "did not start" in job.error
+    alert = Alert.objects.get(machine=backed_up, kind=Alert.Kind.DRILL_FAILED)
+    assert alert.occurrences == 1 and "save the backup policy" in alert.message
+
+
 # -- the button ---------------------------------------------------------------------------------------
 def test_run_restore_drill_needs_a_backup_operator(client, backed_up, member, charlie):
     url = reverse("jobs:drill_run", args=[backed_up.pk])
@@ -275,5 +288,8 @@ def test_the_policy_editor_keeps_the_drill_settings(client, machine, alice):
         "weekly", "whole", 2.5
     )  # fmt: skip
     assert (policy.drill_cap_mb, policy.drill_scratch) == (200, "/var/tmp/drills")
+    shown = client.get(url).content.decode()
+    assert 'name="drill_frequency" value="weekly" checked' in shown
+    assert 'value="/var/tmp/drills"' in shown
     bad = client.post(url, form | {"drill_scratch": "tmp"})
     assert bad.status_code == 400 and "absolute path" in bad.content.decode()

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agents.runtime.engine.errors import Cancelled, EngineError, UnsafePath
+from agents.runtime.engine.errors import Cancelled, EngineError, IntegrityError, UnsafePath
 from agents.runtime.engine.file_writer import FileWriter
 from agents.runtime.engine.format import FILE, HOLE_ID, Entry
 from agents.runtime.engine.progress import ProgressSink, Reporter, display_path
@@ -303,6 +303,8 @@ def _restore(entries, writer: FileWriter, rep: Reporter, report: DrillReport, ca
         done = writer.report()
         rep.bytes_done += done["progress"][0]
         rep.files_done += done["progress"][1]
+        if done["failed"]:
+            _storage_check(writer.reader, e)
         for path, reason in done["failed"]:
             report.mismatches.append({"path": display_path(path), "reason": reason})
         if done["files"]:
@@ -312,6 +314,19 @@ def _restore(entries, writer: FileWriter, rep: Reporter, report: DrillReport, ca
         rep.emit()
     report.restore_s = round(time.monotonic() - started, 3)
     return restored
+
+
+def _storage_check(reader: ChunkReader, e: Entry) -> None:
+    """A file that did not restore is a mismatch when its data is damaged or missing, but
+    the vault's storage not answering proves nothing: that ``StorageError`` stops the drill
+    (the job says the storage could not be used)."""
+    for cid, _ in e.content:
+        if cid != HOLE_ID:
+            try:
+                reader.read(cid)
+            except IntegrityError:
+                return  # damaged or missing data (PackDamaged): the mismatch stands
+            return
 
 
 def _size(n: int) -> str:

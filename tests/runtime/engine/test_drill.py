@@ -10,6 +10,7 @@ from collections import namedtuple
 
 import pytest
 
+from agents.runtime.blobstore.base import StorageUnavailable
 from agents.runtime.engine import drill
 from agents.runtime.engine.drill import ScratchTooSmall, choose_sample, compare_file, run_drill
 from agents.runtime.engine.file_writer import FileWriter
@@ -168,3 +169,21 @@ def test_a_drill_refuses_to_start_when_the_scratch_disk_lacks_the_space(
     assert "5.2 MB free" in str(refused.value) and "needs" in str(refused.value)
     assert os.listdir(scratch) == []  # nothing was restored
     monkeypatch.setattr(drill.shutil, "disk_usage", shutil.disk_usage)
+
+
+def test_storage_gone_mid_drill_stops_it_instead_of_blaming_the_files(repo, backed_up, tmp_path):
+    src, point = backed_up
+    gone = pack_blob(pack_of_file(repo, src / "d0" / "f27.bin"))
+    backend = repo.store.backend
+
+    class Outage(type(backend)):  # the storage stops answering for the packs of that file
+        def get_range(self, name, offset, length):
+            if name == gone:
+                raise StorageUnavailable("the storage account did not answer")
+            return super().get_range(name, offset, length)
+
+    backend.__class__ = Outage
+    scratch = tmp_path / "scratch"
+    with pytest.raises(StorageUnavailable):
+        run_drill(repo, recovery_point=point, scratch=scratch, seed=1)
+    assert os.listdir(scratch) == []
