@@ -374,8 +374,8 @@ def drill_evidence_check(*, job: Job, status: str, stats: dict, snapshot_id: str
     """The evidence of a drill result, or ``DrillEvidenceRefused``: the point is the one the
     portal asked for, of the machine the job is about, and the figures hold together (no more
     files or bytes than the point holds, no more than the cap, no faster than a disk)."""
-    if status == Job.Status.CANCELLED and not stats:
-        return {}
+    if status != Job.Status.COMPLETED and not stats and not snapshot_id:
+        return {}  # a drill that failed or stopped before any evidence: its reason stands
     asked = job.details.get("recovery_point")
     if snapshot_id != asked:
         raise DrillEvidenceRefused(

@@ -186,6 +186,19 @@ def test_a_compromised_machine_cannot_post_absurd_evidence(
     assert Job.objects.filter(operation="drill", status="completed").count() == 0
 
 
+def test_a_drill_that_failed_before_any_evidence_keeps_its_reason(client, running, backed_up):
+    why = "The restore drill did not start: the scratch folder /srv has 5.2 MB free"
+    answer = post_result(client, backed_up, running, status="failed", point=None, stats={},
+                         message=why)  # fmt: skip
+    assert answer.status_code == 200
+    running.refresh_from_db()
+    assert running.status == Job.Status.FAILED and running.error == why
+    assert Alert.objects.get(machine=backed_up, kind=Alert.Kind.DRILL_FAILED).message.endswith(why)
+    answer = post_result(client, backed_up, services.drill_start(machine=backed_up),
+                         stats={})  # fmt: skip
+    assert answer.status_code == 409  # "Completed" with no evidence proves nothing
+
+
 def test_another_machine_cannot_post_evidence_for_this_one(client, running, vault):
     intruder = make_machine(vault, "intruder")
     answer = post_result(client, intruder, running)
