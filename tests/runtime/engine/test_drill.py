@@ -122,9 +122,8 @@ def chunk(repo, tmp_path):
     return entry.content
 
 
-@pytest.mark.parametrize(
-    "path", [b"/../escape", b"/a/../../escape", b"relative/escape", b"//escape", b"/a/./b"]
-)
+# (every unsafe form is tried on the restore itself: test_restore.py)
+@pytest.mark.parametrize("path", [b"/a/../../escape", b"relative/escape"])
 def test_a_hostile_manifest_path_is_refused_and_nothing_lands_outside(repo, chunk, tmp_path, path):
     point = craft_recovery_point(repo, [Entry(path=path, kind=FILE, mode=0o644, size=5,
                                               content=chunk)])  # fmt: skip
