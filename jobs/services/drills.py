@@ -182,6 +182,7 @@ def drill_start(
 ) -> Job:
     """Queue a restore drill of ``machine``'s latest recovery point and send it to the
     machine that runs it; ``DrillRefused`` says why not."""
+    # Both import this package (jobs.services): a cycle at import time.
     from jobs.recovery.services import JOB_AUTHORISATION, _authorise_from_portal
     from jobs.services.protection import restore_refusal
 
