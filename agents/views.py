@@ -103,15 +103,22 @@ def _backup_facts(machine: Machine) -> dict:
         "latest_point": None,
         "protection": None,
         "passphrase_changed_at": None,
+        "drill": None,
     }
     if hasattr(machine, "jobs"):
-        from jobs.selectors import passphrase_changed_at, protection_summary
+        from jobs.selectors import (
+            drill_last_proven,
+            drill_latest,
+            passphrase_changed_at,
+            protection_summary,
+        )
 
         facts["passphrase_changed_at"] = passphrase_changed_at(machine)
 
         facts["policy"] = getattr(machine, "backup_policy", None)
         facts["protection"] = protection_summary(machine, facts["policy"])
         facts["last_job"] = machine.jobs.filter(operation="backup").order_by("-created_at").first()
+        facts["drill"] = {"proven": drill_last_proven(machine), "latest": drill_latest(machine)}
         points = machine.recovery_points.filter(removed_at__isnull=True).order_by("-created_at")
         facts["point_count"] = points.count()
         facts["latest_point"] = points.first()

@@ -12,6 +12,10 @@ from django.utils import timezone
 from agents.runtime import throttling
 from agents.runtime.protocol import (
     ACTIVE_STATUSES,
+    DRILL_DEFAULT_CAP_MB,
+    DRILL_DEFAULT_PERCENT,
+    DRILL_SAMPLE,
+    DRILL_WHOLE,
     FINISHED_STATUSES,
     POLICY_PROTECTION,
     PROTECTION_STOPPED,
@@ -48,6 +52,15 @@ class BackupPolicy(models.Model):
     class StopRetention(models.TextChoices):
         FOREVER = "forever", "Keep all recovery points until deleted"
         POLICY = "policy", "Keep applying the policy's retention"
+
+    class DrillFrequency(models.TextChoices):
+        MONTHLY = "monthly", "Every month"
+        WEEKLY = "weekly", "Every week"
+        OFF = "off", "Never (on demand only)"
+
+    class DrillSample(models.TextChoices):
+        SAMPLE = DRILL_SAMPLE, "A sample of the files"
+        WHOLE = DRILL_WHOLE, "The whole recovery point"
 
     machine = models.OneToOneField(
         "agents.Machine", on_delete=models.CASCADE, related_name="backup_policy"
@@ -102,6 +115,29 @@ class BackupPolicy(models.Model):
     verify_weeks = models.PositiveSmallIntegerField(default=4)
     verify_slice = models.PositiveSmallIntegerField(default=0)  # the next slice to read
     verify_due_at = models.DateTimeField(null=True, blank=True)  # the next scheduled verify
+    # Restore drills (jobs.services.drills, docs/drills.md): how often, what is restored,
+    # where. Not part of ``spec()``: the agent gets a drill's settings with the drill.
+    drill_frequency = models.CharField(
+        max_length=10, choices=DrillFrequency.choices, default=DrillFrequency.MONTHLY
+    )
+    drill_sample = models.CharField(
+        max_length=10, choices=DrillSample.choices, default=DrillSample.SAMPLE
+    )
+    drill_percent = models.FloatField(default=DRILL_DEFAULT_PERCENT)
+    drill_cap_mb = models.PositiveIntegerField(default=DRILL_DEFAULT_CAP_MB)
+    # The machine the drill restores on (None: this machine) and the folder it writes in
+    # (empty: the agent's cache folder).
+    drill_machine = models.ForeignKey(
+        "agents.Machine", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    drill_scratch = models.CharField(max_length=500, blank=True, default="")
+    # Who chose another machine for the drills: the authorisation that machine's read of
+    # this one's backups stands on (a Contributor or Owner, checked again at each drill).
+    drill_authorised_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Drills are judged (missed or not) from here: the policy's first drill settings.
+    drill_since = models.DateTimeField(default=timezone.now)
 
     subscription_path = "machine__vault__subscription"
 
@@ -192,6 +228,7 @@ class Job(models.Model):
         VERIFY = "verify", "Verify"
         CONFIGURE = "configure", "Configure backup"
         PURGE = "purge", "Delete backup data"
+        DRILL = "drill", "Restore drill"
 
     class Status(models.TextChoices):
         # The values are the wire's (agents.runtime.protocol.JobStatus); the labels are ours.
@@ -361,6 +398,8 @@ class Alert(models.Model):
         REPLICATION_LAG = "replication_lag", "Replication lag"
         VERIFY_DAMAGE = "verify_damage", "Verify found damage"
         VERIFY_FAILED = "verify_failed", "Verify failure"
+        DRILL_FAILED = "drill_failed", "Restore drill failed"
+        DRILL_MISSED = "drill_missed", "Restore drill missed"
 
     vault = models.ForeignKey("vaults.Vault", on_delete=models.PROTECT, related_name="alerts")
     machine = models.ForeignKey(

@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 from django.core.cache import cache
 from django.core.paginator import Paginator
-from django.db.models import Count, Exists, Max, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, Exists, Max, OuterRef, Q, QuerySet, Subquery, Sum
 from django.utils import timezone
 from redis.exceptions import RedisError
 
@@ -505,5 +505,46 @@ def passphrase_changed_at(machine):
         PassphraseChange.objects.filter(machine=machine, completed_at__isnull=False)
         .order_by("-completed_at")
         .values_list("completed_at", flat=True)
+        .first()
+    )
+
+
+# -- restore drills (jobs.services.drills, docs/drills.md) ------------------------------------
+def drills_proven(machine_id) -> QuerySet[Job]:
+    """The drills that proved ``machine_id``'s backups restore (wherever they ran)."""
+    return Job.objects.filter(
+        operation=Job.Operation.DRILL,
+        status=Job.Status.COMPLETED,
+        details__source_machine=str(machine_id),
+    )
+
+
+def drill_evidence(job: Job) -> dict | None:
+    """A drill job's evidence with the figures people read (None when it has none)."""
+    ev = (job.details or {}).get("evidence")
+    if not ev:
+        return None
+    seconds = ev["restore_ms"] / 1000
+    rate = ev["bytes"] / seconds if seconds > 0 else 0.0
+    return {
+        **ev,
+        "seconds": seconds,
+        "rate_mbps": rate / 1e6,
+        "full_seconds": ev["point_bytes"] / rate if rate > 0 else None,
+        "job": job,
+        "at": job.ended_at,
+    }
+
+
+def drill_last_proven(machine: Machine) -> dict | None:
+    """The evidence of the last drill that proved ``machine``'s backups restore."""
+    job = drills_proven(machine.pk).order_by("-ended_at").first()
+    return drill_evidence(job) if job is not None else None
+
+
+def drill_latest(machine: Machine) -> Job | None:
+    return (
+        Job.objects.filter(operation=Job.Operation.DRILL, details__source_machine=str(machine.pk))
+        .order_by("-created_at")
         .first()
     )

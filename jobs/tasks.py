@@ -38,7 +38,7 @@ def retention_apply_all() -> int:
 
 @shared_task(name="jobs.alerts_check")
 def alerts_check() -> int:
-    return services.alerts_check_stale()
+    return services.alerts_check_stale() + services.drills_check_missed()
 
 
 @shared_task(name="jobs.alerts_digest")

@@ -10,6 +10,7 @@ from datetime import date
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -18,6 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from agents.models import Machine
 from agents.runtime import throttling as throttle_rules
+from agents.runtime.protocol import DRILL_LARGEST
 from jobs import policy_rules, retention, selectors, services
 from jobs.models import BackupPolicy, Job
 from jobs.schedule import Schedule, describe, next_run, zone
@@ -282,7 +284,28 @@ def _form_values(spec: dict) -> dict:
     return values
 
 
-def _policy_context(machine, policy, spec, problems, values=None) -> dict:
+def _drill_context(machine, policy, found=None) -> dict:
+    """The editor's Restore drills section (jobs/_drill_policy.html)."""
+    found = found or services.DrillSettings.of(policy)
+    return {
+        "values": {
+            "frequency": found.frequency,
+            "sample": found.sample,
+            "percent": f"{found.percent:g}",
+            "cap_mb": found.cap_mb,
+            "machine_id": found.machine.pk if found.machine else machine.pk,
+            "scratch": found.scratch,
+        },
+        "frequencies": BackupPolicy.DrillFrequency.choices,
+        "samples": BackupPolicy.DrillSample.choices,
+        "largest": DRILL_LARGEST,
+        "machines": Machine.objects.filter(
+            vault_id=machine.vault_id, unregistered_at__isnull=True
+        ).order_by("name"),
+    }
+
+
+def _policy_context(machine, policy, spec, problems, values=None, drill=None) -> dict:
     tz = zone(machine.time_zone)
     preview = None
     if not problems:
@@ -304,6 +327,7 @@ def _policy_context(machine, policy, spec, problems, values=None) -> dict:
         "weeks": retention.WEEKS,
         "retention_lines": policy_rules.describe_retention(spec) if not problems else [],
         "protection": selectors.protection_summary(machine, policy),
+        "drill": _drill_context(machine, policy, drill),
         "security_features": machine.vault.security_features,
         "verify_limits": {"min": services.verify.MIN_WEEKS, "max": services.verify.MAX_WEEKS},
         "limits": {
@@ -361,6 +385,8 @@ def policy_edit(request, machine_id):
         resource=activity.Resource(kind="backup policy", id=str(machine.pk), name=machine.name),
     )
     spec, problems = policy_rules.parse_form(request.POST)
+    drill, drill_problems = services.drill_settings_parse(request.POST, machine=machine)
+    problems = {**problems, **drill_problems}
     values = _posted_values(request.POST)
     verify_weeks, verify_problem = services.verify_weeks_check(
         request.POST.get("verify_weeks", VERIFY_WEEKS_DEFAULT)
@@ -369,14 +395,18 @@ def policy_edit(request, machine_id):
         problems = {**problems, "verify_weeks": [verify_problem]}
     if not problems:
         try:
-            policy = services.policy_save(
-                machine=machine,
-                spec=spec,
-                user=request.user,
-                pin=request.POST.get("security_pin", ""),
-            )
+            with transaction.atomic():
+                policy = services.policy_save(
+                    machine=machine,
+                    spec=spec,
+                    user=request.user,
+                    pin=request.POST.get("security_pin", ""),
+                )
+                services.drill_settings_save(policy=policy, found=drill, user=request.user)
         except ValidationError as exc:
             problems = exc.message_dict
+        except services.DrillRefused as exc:
+            problems = {"drill_machine": [str(exc)]}
         else:
             assert verify_weeks is not None
             services.verify_weeks_set(policy=policy, weeks=verify_weeks)
@@ -384,7 +414,7 @@ def policy_edit(request, machine_id):
                 request, f"Backup policy of {machine.name} saved (version {policy.version})."
             )
             return redirect("jobs:policy", machine_id=machine.pk)
-    context = _policy_context(machine, policy, spec, problems, values)
+    context = _policy_context(machine, policy, spec, problems, values, drill)
     return render(request, "jobs/policy.html", context, status=400)
 
 
@@ -695,3 +725,25 @@ def protection_undelete(request, machine_id):
         service=services.protection_undelete,
         done="Backup data of {name} undeleted: protection stopped, data retained.",
     )
+
+
+# --- restore drills (docs/drills.md) ------------------------------------------------------
+@login_required
+@require_POST
+def drill_run(request, machine_id):
+    """Run restore drill: one POST from the machine's page, Backup Operator and up."""
+    machine = _item(request, machine_id)
+    activity.require_role(
+        request,
+        vault=machine.vault,
+        role=Role.BACKUP_OPERATOR,
+        operation=Operation.DRILL_START,
+        resource=machine,
+    )
+    try:
+        job = services.drill_start(machine=machine, user=request.user)
+    except services.DrillRefused as exc:
+        messages.error(request, str(exc))
+        return redirect("agents:detail", machine_id=machine.pk)
+    messages.success(request, f"Restore drill of {machine.name} started.")
+    return redirect("jobs:detail", job_id=job.pk)

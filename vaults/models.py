@@ -228,6 +228,7 @@ class ActivityEntry(models.Model):
         VERIFY_NOW = "verify.now", "Verify now"
         RESTORE_START = "restore.start", "Start restore"
         DOWNLOAD_START = "download.start", "Start download"
+        DRILL_START = "drill.start", "Start restore drill"
         ROLE_ADD = "role.add", "Add role assignment"
         ROLE_CHANGE = "role.change", "Change role"
         ROLE_REMOVE = "role.remove", "Remove role assignment"

@@ -29,6 +29,7 @@ VERSIONS_TASK = "haven.agent.recovery.versions"
 RESTORE_TASK = "haven.agent.recovery.restore"
 DOWNLOAD_TASK = "haven.agent.recovery.download"
 VERIFY_TASK = "haven.agent.verify"
+DRILL_TASK = "haven.agent.drill"
 TASK_PREFIX = "haven.agent."
 
 # A policy whose spec carries ``{POLICY_PROTECTION: PROTECTION_STOPPED}`` is a stopped one:
@@ -93,6 +94,27 @@ ANSWER_ERROR = "error"
 ANSWER_PASSPHRASE_NEEDED = "passphrase_needed"
 ANSWER_WRONG_PASSPHRASE = "wrong_passphrase"
 ANSWER_SOURCE_REFUSED = "source_refused"
+
+# -- restore drills (docs/drills.md) ------------------------------------------------------------
+# What a drill restores: a sample of the latest point, or all of it.
+DRILL_SAMPLE = "sample"
+DRILL_WHOLE = "whole"
+DRILL_LARGEST = 20  # a sample holds at least the 20 largest files (and a random set)
+DRILL_DEFAULT_PERCENT = 1.0
+DRILL_DEFAULT_CAP_MB = 1024
+# The counts a drill's result carries in ``stats`` (the evidence the portal checks and keeps).
+DRILL_STATS = (
+    "files",  # restored and read back
+    "bytes",
+    "restore_ms",  # the restore alone (the rate is bytes / restore_ms)
+    "verify_ms",
+    "mismatches",
+    "point_files",  # the whole point, for the time a full restore would take
+    "point_bytes",
+    "over_cap",  # sampled files left out by the cap
+)
+# Faster than this is not a restore a disk did (the portal refuses such evidence).
+DRILL_MAX_BYTES_PER_SECOND = 20 * 1000**3
 
 # -- limits ---------------------------------------------------------------------------------------
 DOWNLOAD_MAX_BYTES = 64 * 1024 * 1024  # a Download from the wizard; more is a restore

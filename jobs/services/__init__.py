@@ -5,6 +5,8 @@ apps call them through this package: ``from jobs import services; services.backu
     points     a new recovery point and its retention tags; what an ad hoc backup would get
     jobs       backup start, the agent's start/progress/result reports, cancel, the sweep
     scheduler  the once-a-minute tick that starts the scheduled backups that are due
+    drills     restore drills: started on demand or on schedule, their evidence checked, the
+               missed-drill alert
     pruning    retention applied to a machine's points; unreferenced packs collected, fenced
                against backups; a deleted vault's history removed
     replication  geo-redundant vaults: containers copied to the secondary store, the lag,
@@ -37,6 +39,16 @@ from jobs.services.alerts import (
     alerts_check_stale,
     alerts_resolve,
     alerts_send_digest,
+)
+from jobs.services.drills import (
+    DrillEvidenceRefused,
+    DrillRefused,
+    DrillSettings,
+    drill_settings_parse,
+    drill_settings_save,
+    drill_start,
+    drills_check_missed,
+    drills_schedule,
 )
 from jobs.services.jobs import (
     BackupAlreadyRunning,
@@ -118,6 +130,9 @@ from jobs.services.verify import (
 
 __all__ = [
     "BackupAlreadyRunning",
+    "DrillEvidenceRefused",
+    "DrillRefused",
+    "DrillSettings",
     "JobNotCancellable",
     "PassphraseChangeRefused",
     "PointRefused",
@@ -139,6 +154,11 @@ __all__ = [
     "alerts_send_digest",
     "backup_in_flight",
     "backup_start",
+    "drill_settings_parse",
+    "drill_settings_save",
+    "drill_start",
+    "drills_check_missed",
+    "drills_schedule",
     "job_cancel",
     "job_fail",
     "job_finish",

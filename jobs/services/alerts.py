@@ -14,6 +14,7 @@ from django.db.models import Exists, OuterRef
 from django.urls import reverse
 from django.utils import timezone
 
+from agents.models import Machine
 from jobs import selectors
 from jobs.models import Alert, BackupPolicy, Job
 from jobs.services.live import alerts_publish
@@ -63,6 +64,9 @@ def alerts_resolve(*, machine, kinds: Iterable[str], now=None) -> int:
 
 def alerts_after_job(*, job: Job, now: datetime) -> None:
     if job.machine is None:
+        return
+    if job.operation == Job.Operation.DRILL:
+        _alerts_after_drill(job=job, now=now)
         return
     name = job.machine.name
     if job.operation == Job.Operation.BACKUP:
@@ -150,6 +154,28 @@ def _alerts_after_verify(*, job: Job, name: str, now: datetime) -> None:
         if not job.machine.recovery_points.filter(verify_damaged_at__isnull=False).exists():
             kinds.append(Alert.Kind.VERIFY_DAMAGE)
         alerts_resolve(machine=job.machine, kinds=kinds, now=now)
+
+
+def _alerts_after_drill(*, job: Job, now: datetime) -> None:
+    """A failed drill raises a Critical alert on the machine whose backups it tried to
+    prove (which may not be the one it ran on); a passed drill resolves its alerts."""
+    source = Machine.objects.filter(pk=(job.details or {}).get("source_machine")).first()
+    if source is None:
+        return
+    if job.status == Job.Status.FAILED:
+        alert_raise(
+            vault=job.vault,
+            machine=source,
+            job=job,
+            kind=Alert.Kind.DRILL_FAILED,
+            severity=Alert.Severity.CRITICAL,
+            message=f"Restore drill of {source.name} failed: {job.error or 'no reason given'}",
+            now=now,
+        )
+    elif job.status == Job.Status.COMPLETED:
+        alerts_resolve(
+            machine=source, kinds=[Alert.Kind.DRILL_FAILED, Alert.Kind.DRILL_MISSED], now=now
+        )
 
 
 def alerts_check_stale(*, now: datetime | None = None) -> int:

@@ -20,6 +20,7 @@ from agents.runtime import protocol
 from jobs import selectors, services  # services: the package, for its seams
 from jobs.models import Job
 from jobs.services.alerts import alerts_after_job
+from jobs.services.drills import DrillEvidenceRefused, drill_evidence_check
 from jobs.services.live import (
     job_notify_finished,
     job_progress_publish,
@@ -328,6 +329,12 @@ def _finish(
                 return job, PointRefused("This job has finished; its result was recorded."), None
             return job, None, None  # the same result delivered again
         refused = None
+        if job.operation == Job.Operation.DRILL:
+            # A drill names the point it restored: evidence, not a new point.
+            refused, status, error = _drill_evidence(job, status, error, stats, snapshot_id)
+            if refused is not None and job.status in Job.FINISHED:
+                return job, refused, None  # a late result: the portal's reason stays
+            snapshot_id = ""
         if success and snapshot_id:
             try:
                 manifest_blob, pack_ids = point_check(
@@ -402,6 +409,25 @@ def _late_damage(job: Job, error: str, damage: list, stats: dict, now: datetime)
     alerts_after_job(job=job, now=now)
     job_publish(job)
     return None
+def _drill_evidence(job: Job, status: str, error: str, stats: dict, snapshot_id: str):
+    """A drill's result: its evidence kept on the job, or refused (the job then fails)."""
+    try:
+        evidence = drill_evidence_check(
+            job=job, status=status, stats=stats, snapshot_id=snapshot_id
+        )
+    except DrillEvidenceRefused as exc:
+        log.warning("refused the evidence of drill %s from machine %s: %s", job.pk,
+                    job.machine_id, exc.message)  # fmt: skip
+        return (
+            exc,
+            Job.Status.FAILED,
+            f"The portal refused this drill's evidence: {exc.message}. Nothing was proven; "
+            "run the drill again, and if this repeats, check the machine that ran it.",
+        )
+    if evidence:
+        job.details = {**job.details, "evidence": evidence}
+        stats["stored_bytes"] = evidence["bytes"]  # the job's Data transferred
+    return None, status, error
 
 
 def _keep_result_id(job: Job, result_id: str) -> None:
@@ -527,6 +553,7 @@ def jobs_sweep(*, now: datetime | None = None) -> dict:
         again = {
             Job.Operation.BACKUP: "press Back up now again",
             Job.Operation.VERIFY: "press Verify now again (or let the next weekly verify run)",
+            Job.Operation.DRILL: "run the restore drill again (Run restore drill)",
         }.get(job.operation, "start the recovery again (Recover Data)")
         job_fail(
             job=job,
@@ -582,6 +609,12 @@ def _stall_reason(job: Job, name: str, seconds: int) -> str:
         f"{job.get_operation_display().lower()} was abandoned: the agent was stopped or the "
         "machine lost its connection. "
     )
+    if job.operation == Job.Operation.DRILL:
+        return lost + (
+            "Nothing was proven; its copy may be left in the scratch folder, in a folder "
+            "named haven-drill-<this job's id>. Check the agent on the machine (haven-agent "
+            "status) and run the drill again."
+        )
     if job.operation == Job.Operation.BACKUP:
         return lost + (
             "No recovery point was made; the data uploaded so far is reused by the next "

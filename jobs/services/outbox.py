@@ -17,11 +17,10 @@ def broker_failure_reason(job: Job, message, *, now: datetime | None = None) -> 
     now = now or timezone.now()
     minutes = max(1, round((now - message.created_at).total_seconds() / 60))
     name = job.machine.name if job.machine else "the machine"
-    again = (
-        "start the backup again (Back up now)"
-        if job.operation == Job.Operation.BACKUP
-        else "start the recovery again (Recover Data)"
-    )
+    again = {
+        Job.Operation.BACKUP: "start the backup again (Back up now)",
+        Job.Operation.DRILL: "run the restore drill again (Run restore drill)",
+    }.get(job.operation, "start the recovery again (Recover Data)")
     last = f" The broker's last answer: {message.last_error}." if message.last_error else ""
     return (
         f"The portal could not reach the message broker for {minutes} minute"

@@ -1,5 +1,6 @@
 """The scheduler: once a minute, start the backups each policy has due, once each, in the
-machine's time zone (``jobs.schedule`` computes the times).
+machine's time zone (``jobs.schedule`` computes the times), then the restore drills that are
+due (``drills.drills_schedule``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from django.utils import timezone
 from jobs import retention, selectors
 from jobs.models import BackupPolicy, Job, ScheduledRun
 from jobs.schedule import Schedule, occurrences, zone
+from jobs.services.drills import drills_schedule
 from jobs.services.jobs import BackupAlreadyRunning, ProtectionStopped, backup_start
 from jobs.services.live import job_publish
 
@@ -42,6 +44,7 @@ def schedule_tick(*, now: datetime | None = None) -> list[Job]:
         BackupPolicy.objects.filter(
             pk=policy.pk, scheduled_through=policy.scheduled_through
         ).update(scheduled_through=now)
+    started += drills_schedule(now=now)
     return started
 
 

@@ -39,6 +39,14 @@ def rate(value) -> str:
 
 
 @register.filter
+def drill_mbps(evidence) -> str:
+    """A drill's restore rate in MB/s (its bytes over its restore time)."""
+    if not evidence or not evidence.get("restore_ms"):
+        return "—"
+    return f"{evidence['bytes'] / evidence['restore_ms'] / 1000:.1f} MB/s"
+
+
+@register.filter
 def bytes_or_dash(value) -> str:
     return "—" if value is None else filesizeformat(value)
 
@@ -63,6 +71,7 @@ def phase_label(phase) -> str:
         "finalizing": "Finalizing",
         "restoring": "Restoring",
         "verifying": "Verifying",
+        "sampling": "Choosing the sample",
     }.get(phase or "", (phase or "Starting").replace("_", " ").capitalize())
 
 

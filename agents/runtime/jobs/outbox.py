@@ -70,6 +70,11 @@ ABANDONED = {
         "down), so the check did not finish; nothing in the vault was changed. Start Verify "
         "now again, or let the next scheduled verify read this slice."
     ),
+    "drill": (
+        "The agent stopped during the restore drill (it was killed, restarted or the machine "
+        "went down), so nothing was proven. Its copy may be left in the scratch folder, in a "
+        "folder named haven-drill-<this job's id>: delete it, then run the drill again."
+    ),
 }
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from agents.runtime import config, storage_grant, throttling
 from agents.runtime import protocol as wire
 from agents.runtime.jobs import backup as backup_job
+from agents.runtime.jobs import drill as drill_job
 from agents.runtime.jobs import policy as policy_store
 from agents.runtime.jobs import verify as verify_job
 from agents.runtime.jobs.runner import JobAborted, cancel_job
@@ -79,6 +80,32 @@ def verify(ctx: AgentContext, *, job_id: str) -> dict:
         open_store=lambda: open_store(ctx),
         passphrase=lambda: passphrase_for(ctx),
         cache_dir=_cache_dir(ctx),
+    )
+
+
+@agent_task(wire.DRILL_TASK)
+def drill(
+    ctx: AgentContext,
+    *,
+    job_id: str,
+    recovery_point: str,
+    source_machine_id: str = "",
+    sample: str = wire.DRILL_SAMPLE,
+    percent: float = wire.DRILL_DEFAULT_PERCENT,
+    cap_bytes: int = wire.DRILL_DEFAULT_CAP_MB * 1024 * 1024,
+    scratch: str = "",
+) -> dict:
+    """Restore drill ``job_id``: restore a sample of ``recovery_point`` (of
+    ``source_machine_id``'s backups, or this machine's) into ``scratch``, compare, delete."""
+    return drill_job.run_drill_job(
+        ctx,
+        job_id=job_id,
+        recovery_point=recovery_point,
+        source_machine_id=source_machine_id,
+        sample=sample,
+        percent=percent,
+        cap_bytes=cap_bytes,
+        scratch=scratch,
     )
 
 
