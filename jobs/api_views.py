@@ -140,13 +140,14 @@ def job_result(request, job_id):
             manifest_blob=result.manifest_blob,
             pack_ids=result.pack_ids,
             result_id=result_id,
+            compaction=result.compaction,
         )
     except services.ResultConflict as exc:
         return api_error(409, "result_conflict", str(exc))
     except services.PointRefused as exc:
         # Logged by the service; the agent logs it too and does not send it again.
         return api_error(exc.status, "point_refused", exc.message)
-    except services.PointUnverifiable as exc:
+    except (services.PointUnverifiable, services.CompactionUnverifiable) as exc:
         return api_error(503, "storage_unavailable", str(exc))  # the agent retries
     return JsonResponse({"status": job.status})
 

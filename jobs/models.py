@@ -186,6 +186,7 @@ class Job(models.Model):
         VERIFY = "verify", "Verify"
         CONFIGURE = "configure", "Configure backup"
         PURGE = "purge", "Delete backup data"
+        COMPACT = "compact", "Compact"
 
     class Status(models.TextChoices):
         # The values are the wire's (agents.runtime.protocol.JobStatus); the labels are ours.

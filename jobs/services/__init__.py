@@ -7,6 +7,8 @@ apps call them through this package: ``from jobs import services; services.backu
     scheduler  the once-a-minute tick that starts the scheduled backups that are due
     pruning    retention applied to a machine's points; unreferenced packs collected, fenced
                against backups; a deleted vault's history removed
+    compaction Compact jobs: the agent rewrites wasteful packs, the portal checks its report
+               against storage, moves the references and deletes the old packs
     replication  geo-redundant vaults: containers copied to the secondary store, the lag,
                deletions on both sides, which points the secondary can restore
     alerts     Backup Alerts raised and resolved, the no-recent-backup check, their email
@@ -35,6 +37,14 @@ from jobs.services.alerts import (
     alerts_check_stale,
     alerts_resolve,
     alerts_send_digest,
+)
+from jobs.services.compaction import (
+    CompactAlreadyRunning,
+    CompactionRefused,
+    CompactionUnverifiable,
+    compact_all,
+    compact_start,
+    compaction_apply,
 )
 from jobs.services.jobs import (
     BackupAlreadyRunning,
@@ -106,6 +116,9 @@ from jobs.services.seeding import (
 
 __all__ = [
     "BackupAlreadyRunning",
+    "CompactAlreadyRunning",
+    "CompactionRefused",
+    "CompactionUnverifiable",
     "JobNotCancellable",
     "PassphraseChangeRefused",
     "PointRefused",
@@ -125,6 +138,9 @@ __all__ = [
     "alerts_send_digest",
     "backup_in_flight",
     "backup_start",
+    "compact_all",
+    "compact_start",
+    "compaction_apply",
     "job_cancel",
     "job_fail",
     "job_finish",

@@ -17,9 +17,15 @@ from django.utils import timezone
 
 from agents import dispatch
 from agents.runtime import protocol
+from agents.runtime.protocol import CompactReport
 from jobs import selectors, services  # services: the package, for its seams
 from jobs.models import Job
 from jobs.services.alerts import alerts_after_job
+from jobs.services.compaction import (
+    CompactionRefused,
+    compact_mark_started,
+    compaction_apply,
+)
 from jobs.services.live import (
     job_notify_finished,
     job_progress_publish,
@@ -145,12 +151,17 @@ def _start(job: Job, now: datetime) -> bool:
     The agent touches the repository only once the portal has answered its start (or
     first progress) report, so a backup becomes Running under the machine's fence: it
     waits for a pack deletion in progress, and collection deletes nothing more once it is
-    Running (``jobs.services.pruning``)."""
-    if job.operation != Job.Operation.BACKUP or job.machine_id is None:
+    Running (``jobs.services.pruning``). A compaction notes there which points it may move
+    (``compaction.compact_mark_started``)."""
+    fenced = (Job.Operation.BACKUP, Job.Operation.COMPACT)
+    if job.operation not in fenced or job.machine_id is None:
         return _mark_running(job, now)
     with repository_fence(job.machine_id):
-        job.refresh_from_db(fields=["status", "started_at", "last_report_at"])
-        return _mark_running(job, now)
+        job.refresh_from_db(fields=["status", "started_at", "last_report_at", "details"])
+        started = _mark_running(job, now)
+        if started and job.operation == Job.Operation.COMPACT:
+            compact_mark_started(job)
+        return started
 
 
 def _mark_running(job: Job, now: datetime) -> bool:
@@ -239,6 +250,7 @@ def job_finish(
     manifest_blob: str = "",
     pack_ids: Iterable[str] = (),
     result_id: str = "",
+    compaction: CompactReport | None = None,
     now: datetime | None = None,
 ) -> Job:
     """The agent's final word on a job: status, warnings, and the recovery point it made.
@@ -252,6 +264,25 @@ def job_finish(
     (its agent was silent, or the portal was away) is still recorded, with a note."""
     now = now or timezone.now()
     _progress_fold(job)
+    if (
+        compaction is not None
+        and job.operation == Job.Operation.COMPACT
+        and status == Job.Status.COMPLETED
+        and job.status in Job.ACTIVE
+    ):
+        # Checked and applied before the job ends (CompactionUnverifiable: the agent sends
+        # the result again later); the same result again finds the job ended and skips this.
+        try:
+            outcome = compaction_apply(job=job, report=compaction, now=now)
+            error = f"{error} {outcome.message}".strip()
+        except CompactionRefused as exc:
+            log.warning("refused the compaction report of job %s: %s", job.pk, exc)
+            status = Job.Status.FAILED
+            error = (
+                f"The portal refused this compaction's report: {exc}. Nothing was deleted "
+                "and every recovery point is as before; if this repeats, check the machine "
+                "(its agent reports what the portal cannot verify)."
+            )
     job, refused, point = _finish(
         job=job,
         result_id=result_id,

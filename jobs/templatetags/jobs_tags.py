@@ -63,6 +63,7 @@ def phase_label(phase) -> str:
         "finalizing": "Finalizing",
         "restoring": "Restoring",
         "verifying": "Verifying",
+        "compacting": "Rewriting packs",
     }.get(phase or "", (phase or "Starting").replace("_", " ").capitalize())
 
 

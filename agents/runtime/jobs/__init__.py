@@ -14,8 +14,10 @@ results, and shows them; this package is what carries a job out.)
   answer into the engine's cancel event.
 - ``backup``: the backup kind's work: the policy from the job, the cache check, opening the
   repository, running the engine, the result with the recovery point and its packs.
+- ``compact``: the compact kind's work: the engine's compaction and the report of what it
+  rewrote, which the portal checks before it deletes the old packs.
 - ``policy``: the applied policy on disk (``haven-agent policy show``) and its report.
-- ``tasks``: the ``haven.agent.backup`` / ``.cancel`` / ``.policy`` agent tasks.
+- ``tasks``: the ``haven.agent.backup`` / ``.compact`` / ``.cancel`` / ``.policy`` agent tasks.
 
 No Django here: the portal is reached over its agent API only. The names and shapes both
 sides share are in ``agents.runtime.protocol``; the message schema in docs/jobs.md.

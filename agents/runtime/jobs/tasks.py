@@ -13,6 +13,7 @@ from pathlib import Path
 from agents.runtime import config, storage_grant, throttling
 from agents.runtime import protocol as wire
 from agents.runtime.jobs import backup as backup_job
+from agents.runtime.jobs import compact as compact_job
 from agents.runtime.jobs import policy as policy_store
 from agents.runtime.jobs.runner import JobAborted, cancel_job
 from agents.runtime.passphrase import saved_passphrase
@@ -60,6 +61,20 @@ def _slowest_limit(ctx: AgentContext) -> int:
 def backup(ctx: AgentContext, *, job_id: str) -> dict:
     """Back up this machine for portal job ``job_id`` (its policy comes from the portal)."""
     return backup_job.run_backup_job(
+        job_id,
+        portal=ctx.require_portal(),
+        open_store=lambda: open_store(ctx),
+        passphrase=lambda: passphrase_for(ctx),
+        cache_dir=_cache_dir(ctx),
+        pack_size=backup_job.pack_size_for(_slowest_limit(ctx)),
+    )
+
+
+@agent_task(wire.COMPACT_TASK)
+def compact(ctx: AgentContext, *, job_id: str) -> dict:
+    """Compact this machine's repository for portal job ``job_id``: rewrite the live chunks
+    of wasteful packs into new ones and report them (the portal deletes the old packs)."""
+    return compact_job.run_compact_job(
         job_id,
         portal=ctx.require_portal(),
         open_store=lambda: open_store(ctx),

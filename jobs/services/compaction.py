@@ -1,0 +1,295 @@
+"""Compaction: the portal's half of a Compact job (docs/storage-format.md, "Garbage
+collection"; the agent's half is ``agents.runtime.engine.compact``).
+
+Pack collection (``pruning.packs_collect``) deletes only packs no kept recovery point
+references; the chunks a pack holds for expired points alone stay as long as one live chunk
+does. A Compact job asks the machine's agent, which can decrypt, to copy the live chunk
+objects of such packs (and of small packs) into new packs. Its result names every object of
+every pack it rewrote and where each live one went. The portal trusts none of it blindly
+(``compaction_apply``), and deletes nothing until:
+
+* the report's shape is sound, every new pack it names is stored with the size it says and
+  is not one of the packs it replaces;
+* each old pack is stored with the size it says, and the objects listed cover its chunk area
+  exactly: as many as its sealed header's length says it holds, back to back from offset 0
+  to the header (the portal reads the pack's trailer);
+* every object the report says it moved is the same bytes in the new pack (the portal reads
+  both: a chunk object is sealed with its chunk id, not its pack's, so a copy is verbatim).
+
+Anything else refuses the whole report: nothing is changed or deleted, the job fails with
+the reason. Then, under the machine's fence (``pruning.repository_fence``), the references
+change: each kept point recorded before the job started that names an old pack names,
+instead, the new packs its objects went to (points recorded since, by a backup that ran
+meanwhile, keep theirs). Last, still under the fence and only while no backup is in
+flight, each old pack that such a point referenced and that no kept point references any
+more is deleted; one still referenced (a point recorded since names it) stays, and the next
+run deals with it.
+
+What the portal cannot check is which chunks are dead: it cannot read the manifests. A
+machine's report that calls a live object dead removes that object; the checks above bound
+what a lying report can do to the objects it names in packs of its own repository, and a
+report that claims copies it did not make deletes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.conf import settings
+from django.utils import timezone
+
+from agents.models import Machine
+from agents.runtime import protocol
+from agents.runtime.blobstore import BlobNotFound, StorageError
+from agents.runtime.engine import layout
+from agents.runtime.engine.crypto import OVERHEAD
+from agents.runtime.engine.format import PACK_ROW, TRAILER
+from agents.runtime.protocol import CompactReport
+from jobs import services  # the package, for its seams
+from jobs.models import Job, RecoveryPoint
+from jobs.services.live import job_publish
+from jobs.services.pruning import backup_in_flight, repository_fence, repository_store
+from jobs.services.replication import secondary_delete
+
+log = logging.getLogger(__name__)
+
+POINTS_BEFORE = "points_before"  # a compact job's details: the last point when it started
+NEW_PACK_WINDOW = 4  # new packs the check keeps in memory at once (they are filled in order)
+
+
+class CompactAlreadyRunning(Exception):
+    def __init__(self, job: Job):
+        super().__init__(f"A compaction of {job.machine} is already running.")
+        self.job = job
+
+
+class CompactionRefused(Exception):
+    """The report does not hold up against storage; the message says why."""
+
+
+class CompactionUnverifiable(Exception):
+    """Storage could not be read to check the report; the agent sends it again later."""
+
+
+@dataclass
+class CompactionOutcome:
+    deleted: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # old packs still referenced, or fenced
+    bytes_deleted: int = 0
+    points_updated: int = 0
+    message: str = ""
+
+
+def compact_start(
+    *, machine, user=None, trigger: str = Job.Trigger.ADHOC, now: datetime | None = None
+) -> Job:
+    """Queue a Compact job for ``machine`` and send it to its agent; one at a time."""
+    now = now or timezone.now()
+    running = Job.objects.active().filter(machine=machine, operation=Job.Operation.COMPACT)
+    if running.exists():
+        raise CompactAlreadyRunning(running.first())
+    status = Job.Status.QUEUED if machine.is_online(now) else Job.Status.WAITING
+    job = Job.objects.create(
+        vault_id=machine.vault_id,
+        machine=machine,
+        operation=Job.Operation.COMPACT,
+        status=status,
+        trigger=trigger,
+        created_by=user,
+        details={
+            protocol.COMPACT_THRESHOLD: settings.HAVEN_COMPACT_THRESHOLD_PERCENT / 100,
+        },
+    )
+    services._send_to_machine(machine, protocol.COMPACT_TASK, job_id=str(job.pk))
+    job_publish(job)
+    return job
+
+
+def compact_mark_started(job: Job) -> None:
+    """At the job's start, under the machine's fence: the last point recorded so far. Only
+    points up to it have their references moved (``compaction_apply``); the agent lists the
+    manifests after this, so it has seen each of theirs."""
+    last = (
+        RecoveryPoint.objects.filter(machine_id=job.machine_id)
+        .order_by("-pk")
+        .values_list("pk", flat=True)
+        .first()
+    )
+    job.details = {**(job.details or {}), POINTS_BEFORE: last or 0}
+    job.save(update_fields=["details"])
+
+
+def compact_all(*, now: datetime | None = None) -> int:
+    """After the daily retention: a Compact job for every enrolled machine with recovery
+    points and none running."""
+    now = now or timezone.now()
+    machine_ids = (
+        RecoveryPoint.objects.filter(removed_at__isnull=True)
+        .values_list("machine_id", flat=True)
+        .distinct()
+    )
+    count = 0
+    machines = Machine.objects.filter(pk__in=list(machine_ids), unregistered_at__isnull=True)
+    for machine in machines.select_related("vault"):
+        try:
+            compact_start(machine=machine, trigger=Job.Trigger.SCHEDULED, now=now)
+        except CompactAlreadyRunning:
+            continue
+        count += 1
+    return count
+
+
+def _tail_objects(store, name: str, size: int) -> tuple[int, int]:
+    """(number of chunk objects, where the header starts) from a pack's trailer."""
+    if size < TRAILER.size:
+        raise CompactionRefused(f"pack {name} is too short to be a pack")
+    (hlen,) = TRAILER.unpack(store.get_range(name, size - TRAILER.size, TRAILER.size))
+    rows, rest = divmod(hlen - OVERHEAD, PACK_ROW.size)
+    if hlen < OVERHEAD or rest or hlen + TRAILER.size > size:
+        raise CompactionRefused(f"pack {name} does not end in a pack header")
+    return rows, size - TRAILER.size - hlen
+
+
+def compaction_check(*, job: Job, report: CompactReport, store) -> None:
+    """Check ``report`` against storage (module docstring); ``CompactionRefused`` says
+    what does not hold, ``CompactionUnverifiable`` that storage could not be read."""
+    try:
+        stored = {blob.name: blob for blob in store.list(layout.DATA_PREFIX)}
+        olds = {p.pack for p in report.packs}
+        if len(olds) != len(report.packs):
+            raise CompactionRefused("the report names a pack twice")
+        new_names = []
+        for pack, size in report.new_packs:
+            name = layout.pack_blob(pack)
+            blob = stored.get(name)
+            if pack in olds or blob is None or blob.size != size:
+                raise CompactionRefused(f"new pack {pack} is not stored as reported")
+            new_names.append(name)
+        if len(set(new_names)) != len(new_names):
+            raise CompactionRefused("the report names a new pack twice")
+        cache: OrderedDict[str, bytes] = OrderedDict()
+
+        def new_bytes(index: int) -> bytes:
+            name = new_names[index]
+            if name not in cache:
+                cache[name] = store.get(name)
+                while len(cache) > NEW_PACK_WINDOW:
+                    cache.popitem(last=False)
+            return cache[name]
+
+        for old in report.packs:
+            name = layout.pack_blob(old.pack)
+            blob = stored.get(name)
+            if blob is None or blob.size != old.size:
+                raise CompactionRefused(f"pack {old.pack} is not stored as reported")
+            count, end = _tail_objects(store, name, old.size)
+            if len(old.objects) != count:
+                raise CompactionRefused(
+                    f"pack {old.pack} holds {count} chunk objects, the report lists "
+                    f"{len(old.objects)}"
+                )
+            pos = 0
+            moved = [obj for obj in old.objects if len(obj) == 4]
+            for obj in old.objects:
+                if obj[0] != pos or obj[1] <= 0:
+                    raise CompactionRefused(f"the objects listed do not cover pack {old.pack}")
+                pos += obj[1]
+            if pos != end:
+                raise CompactionRefused(f"the objects listed do not cover pack {old.pack}")
+            if not moved:
+                continue
+            data = store.get(name)
+            for off, length, index, new_off in moved:
+                target = new_bytes(index)
+                if target[new_off : new_off + length] != data[off : off + length]:
+                    raise CompactionRefused(
+                        f"an object of pack {old.pack} is not in new pack "
+                        f"{report.new_packs[index][0]} where the report says"
+                    )
+    except (BlobNotFound, StorageError) as exc:
+        raise CompactionUnverifiable(
+            f"The vault's storage could not be read to check the compaction: {exc}"
+        ) from exc
+
+
+def compaction_apply(
+    *, job: Job, report: CompactReport, now: datetime | None = None, store=None
+) -> CompactionOutcome:
+    """Check the agent's report, move the references, delete the old packs (module
+    docstring). Raises ``CompactionRefused`` (nothing changed) or ``CompactionUnverifiable``."""
+    now = now or timezone.now()
+    machine = job.machine
+    store = store if store is not None else repository_store(machine)
+    compaction_check(job=job, report=report, store=store)
+    outcome = CompactionOutcome()
+    if not report.packs:
+        outcome.message = "No pack needed compacting."
+        return outcome
+    last_point = int((job.details or {}).get(POINTS_BEFORE) or 0)
+    dest: dict[str, set[str]] = {}
+    for old in report.packs:
+        dest[old.pack] = {report.new_packs[obj[2]][0] for obj in old.objects if len(obj) == 4}
+    swapped: set[str] = set()
+    with repository_fence(machine.pk):
+        points = RecoveryPoint.objects.filter(
+            machine=machine, removed_at__isnull=True, pk__lte=last_point
+        )
+        for point in points.select_for_update():
+            named = [p for p in point.pack_ids if p in dest]
+            if not named:
+                continue
+            kept = [p for p in point.pack_ids if p not in dest]
+            added = sorted(set().union(*(dest[p] for p in named)) - set(kept))
+            point.pack_ids = kept + added
+            point.save(update_fields=["pack_ids"])
+            swapped.update(named)
+            outcome.points_updated += 1
+    sizes = {old.pack: old.size for old in report.packs}
+    with repository_fence(machine.pk):
+        busy = backup_in_flight(machine_id=machine.pk, now=now)
+        referenced: set[str] = set()
+        for ids in RecoveryPoint.objects.filter(
+            machine=machine, removed_at__isnull=True
+        ).values_list("pack_ids", flat=True):
+            referenced.update(ids)
+        for pack in sorted(dest):
+            if pack not in swapped and pack not in referenced:
+                continue  # no point of this job's time named it: pack collection's to delete
+            if busy is not None or pack in referenced:
+                outcome.kept.append(pack)
+                continue
+            try:
+                store.delete(layout.pack_blob(pack))
+            except BlobNotFound:
+                pass  # gone already, which is what we want
+            except StorageError as exc:
+                log.warning("could not delete pack %s: %s", pack, exc)
+                outcome.kept.append(pack)
+                continue
+            outcome.deleted.append(layout.pack_blob(pack))
+            outcome.bytes_deleted += sizes[pack]
+    secondary_delete(machine=machine, names=outcome.deleted)
+    outcome.message = (
+        f"The portal checked the report and deleted {len(outcome.deleted)} old packs "
+        f"({outcome.bytes_deleted:,} bytes)."
+    )
+    if outcome.kept:
+        why = (
+            "a backup was running"
+            if busy is not None
+            else "a recovery point recorded meanwhile still uses them"
+        )
+        outcome.message += (
+            f" {len(outcome.kept)} old packs were kept because {why}; pack collection or "
+            "the next compaction removes them."
+        )
+    log.info(
+        "machine %s: compaction deleted %d packs, kept %d",
+        machine.pk,
+        len(outcome.deleted),
+        len(outcome.kept),
+    )
+    return outcome
