@@ -34,10 +34,19 @@ class Crash(BaseException):
     posted (the runner catches ``Exception`` only), and the job's journal stays."""
 
 
-def compact(client, machine, tmp_path, *, crash=None, on_progress=None) -> Job:
+def compact(client, machine, tmp_path, *, crash=None, while_rewriting=None) -> Job:
+    """One Compact job as the agent runs it; ``while_rewriting`` runs once the agent has
+    read every manifest and rewrites packs (its first ``compacting`` progress report)."""
     job = services.compact_start(machine=machine)
     portal = ApiPortal(client, machine)
-    portal.on_progress = on_progress
+
+    def hook(event):
+        if event.get("phase") != "compacting":
+            portal.on_progress = hook  # not yet: wait for the next report
+            return
+        while_rewriting(event)
+
+    portal.on_progress = hook if while_rewriting is not None else None
     account = storage.primary_account()
     run_compact_job(
         str(job.pk),
@@ -62,12 +71,12 @@ def stored_bytes(machine) -> int:
 
 @pytest.fixture
 def history(client, machine, data, tmp_path, settings) -> dict[str, dict]:
-    """Four backups of a tree that changes each time, then retention removes two points
+    """Three backups of a tree that changes each time, then retention removes the first
     and collection the packs no kept point references: the packs left are partly dead.
     Returns the kept points' snapshot ids -> the tree each holds."""
     rng = random.Random(5)
     trees = {}
-    for _round in range(4):
+    for _round in range(3):
         for n in range(3):
             data.joinpath(f"f{n}.bin").write_bytes(rng.randbytes(90 * KiB))
         data.joinpath("stable.bin").write_bytes(random.Random(1).randbytes(150 * KiB))
@@ -77,12 +86,20 @@ def history(client, machine, data, tmp_path, settings) -> dict[str, dict]:
             p.name: p.read_bytes() for p in sorted(data.iterdir())
         }
     with storage.primary_account().store(machine.container) as store:
-        for point in RecoveryPoint.objects.filter(machine=machine).order_by("pk")[:2]:
+        for point in RecoveryPoint.objects.filter(machine=machine).order_by("pk")[:1]:
             store.delete(point.manifest_blob)
             RecoveryPoint.objects.filter(pk=point.pk).update(removed_at=later(settings))
             del trees[point.snapshot_id]
     services.packs_collect(machine=machine, now=later(settings))
     return trees
+
+
+def sum_unreferenced(machine) -> int:
+    keep = referenced(machine)
+    with storage.primary_account().store(machine.container) as store:
+        return sum(
+            b.size for b in store.list(layout.DATA_PREFIX) if layout.pack_id_of(b.name) not in keep
+        )
 
 
 def restore_every_point(machine, trees, data: Path, target: Path, cache: Path | None) -> None:
@@ -100,31 +117,7 @@ def restore_every_point(machine, trees, data: Path, target: Path, cache: Path | 
         assert set(point.pack_ids) <= present, f"point {point.snapshot_id} lost packs"
 
 
-def test_a_compact_job_deletes_the_dead_share_and_every_point_restores(
-    client,
-    machine,
-    data,
-    history,
-    tmp_path,
-):
-    before, packs_before = stored_bytes(machine), packs_in(machine)
-    job = compact(client, machine, tmp_path)
-
-    assert job.status == Job.Status.COMPLETED, job.error
-    assert job.operation == Job.Operation.COMPACT
-    assert "deleted" in job.error and "old packs" in job.error
-    assert job.progress.get("phase") == "compacting"
-    assert stored_bytes(machine) < before
-    gone = packs_before - packs_in(machine)
-    assert gone and not gone & referenced(machine)
-    restore_every_point(machine, history, data, tmp_path / "cached", tmp_path / "agent-cache")
-    restore_every_point(machine, history, data, tmp_path / "elsewhere", None)
-    # the work is done: the next run rewrites nothing
-    again = compact(client, machine, tmp_path)
-    assert again.status == Job.Status.COMPLETED and "No pack needs compacting" in again.error
-
-
-def test_a_compaction_that_dies_before_its_report_leaves_every_point_restorable(
+def test_a_compaction_that_dies_before_its_report_and_the_next_that_finishes(
     client,
     machine,
     data,
@@ -133,10 +126,11 @@ def test_a_compaction_that_dies_before_its_report_leaves_every_point_restorable(
 ):
     """The agent dies after its new packs are uploaded and indexed, before its report: the
     repository holds two copies of every moved chunk and the portal deleted nothing; every
-    kept point restores, and the next job finishes the work. (The engine's tests kill the
-    agent's process with SIGKILL at each of the kill points: tests/runtime/engine/
-    test_compact.py.)"""
-    packs_before = packs_in(machine)
+    kept point restores. The next Compact job finishes the work: the dead share is deleted,
+    and every kept point restores byte for byte, with the agent's index cache and without
+    it. (The engine's tests kill the agent's process with SIGKILL at each kill point:
+    tests/runtime/engine/test_compact.py.)"""
+    before, packs_before = stored_bytes(machine), packs_in(machine)
 
     def die(at: str) -> None:
         if at == "after_index":
@@ -144,14 +138,20 @@ def test_a_compaction_that_dies_before_its_report_leaves_every_point_restorable(
 
     with pytest.raises(Crash):
         compact(client, machine, tmp_path, crash=die)
-    assert packs_before <= packs_in(machine)  # nothing deleted
+    assert packs_before < packs_in(machine)  # new packs, and nothing deleted
     restore_every_point(machine, history, data, tmp_path / "killed", tmp_path / "agent-cache")
 
     Job.objects.filter(operation=Job.Operation.COMPACT).update(status=Job.Status.FAILED)
     job = compact(client, machine, tmp_path)
     assert job.status == Job.Status.COMPLETED, job.error
-    assert packs_before - packs_in(machine), "the next run deleted no old pack"
-    restore_every_point(machine, history, data, tmp_path / "rerun", tmp_path / "agent-cache")
+    assert job.operation == Job.Operation.COMPACT
+    assert "deleted" in job.error and "old packs" in job.error
+    assert job.progress.get("phase") == "compacting"
+    gone = packs_before - packs_in(machine)
+    assert gone and not gone & referenced(machine)
+    # the killed run's copies are referenced by no point: collection takes them later
+    assert stored_bytes(machine) - sum_unreferenced(machine) < before
+    restore_every_point(machine, history, data, tmp_path / "cached", tmp_path / "agent-cache")
     restore_every_point(machine, history, data, tmp_path / "elsewhere", None)
 
 
@@ -163,15 +163,19 @@ def test_a_backup_during_the_compaction_keeps_the_packs_it_uses(
     tmp_path,
     settings,
 ):
-    """A backup runs while the agent compacts: it deduplicates against the packs being
-    rewritten and records its point before the compaction's report arrives. The packs its
-    point names stay; the next compaction moves its references and deletes them."""
+    """A backup runs while the agent rewrites packs, after it read every manifest: a file of
+    an expired point comes back, so the backup reuses chunks the compaction judged dead and
+    did not copy, and records its point before the compaction's report arrives. The packs
+    its point names stay (deleting them would lose that file); every point restores."""
     made: list[Job] = []
 
     def backup_meanwhile(event):
+        # a file of the expired point comes back: its chunks are dead, still stored in a
+        # pack being compacted, and the backup reuses them
+        data.joinpath("back.bin").write_bytes(random.Random(5).randbytes(90 * KiB))
         made.append(back_up(client, machine, tmp_path))
 
-    job = compact(client, machine, tmp_path, on_progress=backup_meanwhile)
+    job = compact(client, machine, tmp_path, while_rewriting=backup_meanwhile)
     (backup,) = made
     assert backup.status == Job.Status.COMPLETED, backup.error
     assert job.status == Job.Status.COMPLETED, job.error
