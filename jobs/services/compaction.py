@@ -6,7 +6,7 @@ references; the chunks a pack holds for expired points alone stay as long as one
 does. A Compact job asks the machine's agent, which can decrypt, to copy the live chunk
 objects of such packs (and of small packs) into new packs. Its result names every object of
 every pack it rewrote and where each live one went. The portal trusts none of it blindly
-(``compaction_apply``), and deletes nothing until:
+(``compaction_apply``), and deletes nothing until (``jobs.compaction_check``):
 
 * the report's shape is sound, every new pack it names is stored with the size it says and
   is not one of the packs it replaces;
@@ -34,7 +34,6 @@ report that claims copies it did not make deletes nothing.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -45,10 +44,13 @@ from agents.models import Machine
 from agents.runtime import protocol
 from agents.runtime.blobstore import BlobNotFound, StorageError
 from agents.runtime.engine import layout
-from agents.runtime.engine.crypto import OVERHEAD
-from agents.runtime.engine.format import PACK_ROW, TRAILER
 from agents.runtime.protocol import CompactReport
 from jobs import services  # the package, for its seams
+from jobs.compaction_check import (  # noqa: F401  (re-exported through jobs.services)
+    CompactionRefused,
+    CompactionUnverifiable,
+    compaction_check,
+)
 from jobs.models import Job, RecoveryPoint
 from jobs.services.live import job_publish
 from jobs.services.pruning import backup_in_flight, repository_fence, repository_store
@@ -57,21 +59,12 @@ from jobs.services.replication import secondary_delete
 log = logging.getLogger(__name__)
 
 POINTS_BEFORE = "points_before"  # a compact job's details: the last point when it started
-NEW_PACK_WINDOW = 4  # new packs the check keeps in memory at once (they are filled in order)
 
 
 class CompactAlreadyRunning(Exception):
     def __init__(self, job: Job):
         super().__init__(f"A compaction of {job.machine} is already running.")
         self.job = job
-
-
-class CompactionRefused(Exception):
-    """The report does not hold up against storage; the message says why."""
-
-
-class CompactionUnverifiable(Exception):
-    """Storage could not be read to check the report; the agent sends it again later."""
 
 
 @dataclass
@@ -142,79 +135,6 @@ def compact_all(*, now: datetime | None = None) -> int:
     return count
 
 
-def _tail_objects(store, name: str, size: int) -> tuple[int, int]:
-    """(number of chunk objects, where the header starts) from a pack's trailer."""
-    if size < TRAILER.size:
-        raise CompactionRefused(f"pack {name} is too short to be a pack")
-    (hlen,) = TRAILER.unpack(store.get_range(name, size - TRAILER.size, TRAILER.size))
-    rows, rest = divmod(hlen - OVERHEAD, PACK_ROW.size)
-    if hlen < OVERHEAD or rest or hlen + TRAILER.size > size:
-        raise CompactionRefused(f"pack {name} does not end in a pack header")
-    return rows, size - TRAILER.size - hlen
-
-
-def compaction_check(*, job: Job, report: CompactReport, store) -> None:
-    """Check ``report`` against storage (module docstring); ``CompactionRefused`` says
-    what does not hold, ``CompactionUnverifiable`` that storage could not be read."""
-    try:
-        stored = {blob.name: blob for blob in store.list(layout.DATA_PREFIX)}
-        olds = {p.pack for p in report.packs}
-        if len(olds) != len(report.packs):
-            raise CompactionRefused("the report names a pack twice")
-        new_names = []
-        for pack, size in report.new_packs:
-            name = layout.pack_blob(pack)
-            blob = stored.get(name)
-            if pack in olds or blob is None or blob.size != size:
-                raise CompactionRefused(f"new pack {pack} is not stored as reported")
-            new_names.append(name)
-        if len(set(new_names)) != len(new_names):
-            raise CompactionRefused("the report names a new pack twice")
-        cache: OrderedDict[str, bytes] = OrderedDict()
-
-        def new_bytes(index: int) -> bytes:
-            name = new_names[index]
-            if name not in cache:
-                cache[name] = store.get(name)
-                while len(cache) > NEW_PACK_WINDOW:
-                    cache.popitem(last=False)
-            return cache[name]
-
-        for old in report.packs:
-            name = layout.pack_blob(old.pack)
-            blob = stored.get(name)
-            if blob is None or blob.size != old.size:
-                raise CompactionRefused(f"pack {old.pack} is not stored as reported")
-            count, end = _tail_objects(store, name, old.size)
-            if len(old.objects) != count:
-                raise CompactionRefused(
-                    f"pack {old.pack} holds {count} chunk objects, the report lists "
-                    f"{len(old.objects)}"
-                )
-            pos = 0
-            moved = [obj for obj in old.objects if len(obj) == 4]
-            for obj in old.objects:
-                if obj[0] != pos or obj[1] <= 0:
-                    raise CompactionRefused(f"the objects listed do not cover pack {old.pack}")
-                pos += obj[1]
-            if pos != end:
-                raise CompactionRefused(f"the objects listed do not cover pack {old.pack}")
-            if not moved:
-                continue
-            data = store.get(name)
-            for off, length, index, new_off in moved:
-                target = new_bytes(index)
-                if target[new_off : new_off + length] != data[off : off + length]:
-                    raise CompactionRefused(
-                        f"an object of pack {old.pack} is not in new pack "
-                        f"{report.new_packs[index][0]} where the report says"
-                    )
-    except (BlobNotFound, StorageError) as exc:
-        raise CompactionUnverifiable(
-            f"The vault's storage could not be read to check the compaction: {exc}"
-        ) from exc
-
-
 def compaction_apply(
     *, job: Job, report: CompactReport, now: datetime | None = None, store=None
 ) -> CompactionOutcome:
@@ -223,7 +143,7 @@ def compaction_apply(
     now = now or timezone.now()
     machine = job.machine
     store = store if store is not None else repository_store(machine)
-    compaction_check(job=job, report=report, store=store)
+    compaction_check(report=report, store=store)
     outcome = CompactionOutcome()
     if not report.packs:
         outcome.message = "No pack needed compacting."
