@@ -17,6 +17,7 @@ urlpatterns = [
         name="throttling_preview",
     ),
     path("machines/<uuid:machine_id>/backup-now/", views.backup_now, name="backup_now"),
+    path("machines/<uuid:machine_id>/compact/", views.compact_now, name="compact_now"),
     path("machines/<uuid:machine_id>/seeding/", views.seed, name="seed"),
     path(
         "machines/<uuid:machine_id>/recovery-points/",

@@ -225,6 +225,7 @@ class ActivityEntry(models.Model):
         MACHINE_RENAME = "machine.rename", "Rename machine"
         POLICY_CHANGE = "policy.change", "Change backup policy"
         BACKUP_NOW = "backup.now", "Back up now"
+        COMPACT_NOW = "compact.now", "Compact now"
         RESTORE_START = "restore.start", "Start restore"
         DOWNLOAD_START = "download.start", "Start download"
         ROLE_ADD = "role.add", "Add role assignment"

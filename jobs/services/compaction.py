@@ -51,7 +51,7 @@ from jobs.compaction_check import (  # noqa: F401  (re-exported through jobs.ser
     CompactionUnverifiable,
     compaction_check,
 )
-from jobs.models import Job, RecoveryPoint
+from jobs.models import BackupPolicy, Job, RecoveryPoint
 from jobs.services.live import job_publish
 from jobs.services.pruning import backup_in_flight, repository_fence, repository_store
 from jobs.services.replication import secondary_delete
@@ -116,8 +116,9 @@ def compact_mark_started(job: Job) -> None:
 
 
 def compact_all(*, now: datetime | None = None) -> int:
-    """After the daily retention: a Compact job for every enrolled machine with recovery
-    points and none running."""
+    """After the daily retention: a Compact job for every enrolled, online machine with
+    recovery points whose retention runs, and none running (an offline machine's job would
+    only wait and fail; tomorrow's run finds it online)."""
     now = now or timezone.now()
     machine_ids = (
         RecoveryPoint.objects.filter(removed_at__isnull=True)
@@ -127,6 +128,9 @@ def compact_all(*, now: datetime | None = None) -> int:
     count = 0
     machines = Machine.objects.filter(pk__in=list(machine_ids), unregistered_at__isnull=True)
     for machine in machines.select_related("vault"):
+        policy = BackupPolicy.objects.filter(machine=machine).first()
+        if not machine.is_online(now) or (policy is not None and not policy.applies_retention):
+            continue
         try:
             compact_start(machine=machine, trigger=Job.Trigger.SCHEDULED, now=now)
         except CompactAlreadyRunning:

@@ -518,11 +518,10 @@ def jobs_sweep(*, now: datetime | None = None) -> dict:
             counts["failed"] += 1
             continue
         name = job.machine.name if job.machine else "the machine"
-        again = (
-            "press Back up now again"
-            if job.operation == Job.Operation.BACKUP
-            else "start the recovery again (Recover Data)"
-        )
+        again = {
+            Job.Operation.BACKUP: "press Back up now again",
+            Job.Operation.COMPACT: "start it again (Compact now on the machine's page)",
+        }.get(job.operation, "start the recovery again (Recover Data)")
         job_fail(
             job=job,
             reason=(
@@ -581,6 +580,12 @@ def _stall_reason(job: Job, name: str, seconds: int) -> str:
         return lost + (
             "No recovery point was made; the data uploaded so far is reused by the next "
             "backup. Check the agent on the machine (haven-agent status) and back up again."
+        )
+    if job.operation == Job.Operation.COMPACT:
+        return lost + (
+            "Nothing was deleted and every recovery point is as restorable as before; the "
+            "next Compact job finishes the work. Check the agent on the machine "
+            "(haven-agent status)."
         )
     return lost + (
         "Files it finished are complete; the one being written may be missing. Check the "
