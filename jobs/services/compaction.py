@@ -76,6 +76,10 @@ class CompactionOutcome:
     message: str = ""
 
 
+def _packs(count: int, word: str) -> str:
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
 def compact_start(
     *, machine, user=None, trigger: str = Job.Trigger.ADHOC, now: datetime | None = None
 ) -> Job:
@@ -197,7 +201,7 @@ def compaction_apply(
             outcome.bytes_deleted += sizes[pack]
     secondary_delete(machine=machine, names=outcome.deleted)
     outcome.message = (
-        f"The portal checked the report and deleted {len(outcome.deleted)} old packs "
+        f"The portal checked the report and deleted {_packs(len(outcome.deleted), 'old pack')} "
         f"({outcome.bytes_deleted:,} bytes)."
     )
     if outcome.kept:
@@ -207,8 +211,8 @@ def compaction_apply(
             else "a recovery point recorded meanwhile still uses them"
         )
         outcome.message += (
-            f" {len(outcome.kept)} old packs were kept because {why}; pack collection or "
-            "the next compaction removes them."
+            f" {_packs(len(outcome.kept), 'old pack')} kept because {why}; pack collection "
+            "or the next compaction removes them."
         )
     log.info(
         "machine %s: compaction deleted %d packs, kept %d",

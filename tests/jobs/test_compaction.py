@@ -145,7 +145,7 @@ def test_a_compaction_that_dies_before_its_report_and_the_next_that_finishes(
     job = compact(client, machine, tmp_path)
     assert job.status == Job.Status.COMPLETED, job.error
     assert job.operation == Job.Operation.COMPACT
-    assert "deleted" in job.error and "old packs" in job.error
+    assert "deleted" in job.error and "old pack" in job.error
     assert job.progress.get("phase") == "compacting"
     gone = packs_before - packs_in(machine)
     assert gone and not gone & referenced(machine)

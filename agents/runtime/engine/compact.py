@@ -104,6 +104,10 @@ def live_chunks(repo: Repository, cancel: threading.Event | None = None) -> set[
     return live
 
 
+def _packs(count: int, word: str = "pack") -> str:
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
 def header_dead(rows: list) -> list[tuple[int, ...]]:
     return [(off, length) for _cid, off, length, _raw in rows]
 
@@ -157,7 +161,7 @@ def run_compact(
         objects += len(rows_of[pack_id])
     if not chosen:
         result.duration_s = round(time.monotonic() - started, 3)
-        result.message = f"No pack needs compacting ({len(present)} packs checked)."
+        result.message = f"No pack needs compacting ({_packs(len(present))} checked)."
         rep.finish("completed", message=result.message)
         return result
 
@@ -248,15 +252,15 @@ def run_compact(
     result.status = "completed"
     result.duration_s = round(time.monotonic() - started, 3)
     result.message = (
-        f"Rewrote {result.packs_rewritten} of {result.packs_total} packs "
-        f"({result.bytes_rewritten:,} bytes) into {len(new_packs)} new packs "
+        f"Rewrote {result.packs_rewritten} of {_packs(result.packs_total)} "
+        f"({result.bytes_rewritten:,} bytes) into {_packs(len(new_packs), 'new pack')} "
         f"({result.bytes_written:,} bytes)."
     )
     if result.packs_left:
-        result.message += f" {result.packs_left} more packs wait for the next run."
+        result.message += f" {_packs(result.packs_left)} more wait for the next run."
     if result.damaged:
         result.message += (
-            f" {len(result.damaged)} damaged packs were left as they are: "
+            f" {_packs(len(result.damaged), 'damaged pack')} left as they are: "
             + "; ".join(result.damaged[:5])
             + ". Run a verify job to see the files they hold."
         )
