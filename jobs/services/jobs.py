@@ -268,10 +268,12 @@ def job_finish(
         compaction is not None
         and job.operation == Job.Operation.COMPACT
         and status == Job.Status.COMPLETED
-        and job.status in Job.ACTIVE
+        and job.result_id is None
     ):
         # Checked and applied before the job ends (CompactionUnverifiable: the agent sends
-        # the result again later); the same result again finds the job ended and skips this.
+        # the result again later), also when it comes late for a job the sweep failed; the
+        # same result again finds its id recorded and skips this (a copy racing it is
+        # refused here, the old packs being gone, and then answered as the same result).
         try:
             outcome = compaction_apply(job=job, report=compaction, now=now)
             error = f"{error} {outcome.message}".strip()
