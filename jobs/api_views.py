@@ -141,6 +141,7 @@ def job_result(request, job_id):
             pack_ids=result.pack_ids,
             result_id=result_id,
             damage=result.damage,
+            compaction=result.compaction,
         )
     except services.ResultConflict as exc:
         return api_error(409, "result_conflict", str(exc))
@@ -149,7 +150,7 @@ def job_result(request, job_id):
         return api_error(exc.status, "point_refused", exc.message)
     except services.VerifyReportRefused as exc:
         return api_error(exc.status, "report_refused", exc.message)
-    except services.PointUnverifiable as exc:
+    except (services.PointUnverifiable, services.CompactionUnverifiable) as exc:
         return api_error(503, "storage_unavailable", str(exc))  # the agent retries
     return JsonResponse({"status": job.status})
 

@@ -229,6 +229,7 @@ class Job(models.Model):
         CONFIGURE = "configure", "Configure backup"
         PURGE = "purge", "Delete backup data"
         DRILL = "drill", "Restore drill"
+        COMPACT = "compact", "Compact"
 
     class Status(models.TextChoices):
         # The values are the wire's (agents.runtime.protocol.JobStatus); the labels are ours.

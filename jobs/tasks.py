@@ -33,7 +33,11 @@ def retention_apply_machine(machine_id: str) -> int:
 
 @shared_task(name="jobs.retention_apply_all")
 def retention_apply_all() -> int:
-    return services.retention_apply_all()
+    """Daily: retention for every machine, then a Compact job for each (compaction follows
+    retention, which is what leaves chunks dead)."""
+    count = services.retention_apply_all()
+    services.compact_all()
+    return count
 
 
 @shared_task(name="jobs.alerts_check")

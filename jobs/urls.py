@@ -18,6 +18,7 @@ urlpatterns = [
     ),
     path("machines/<uuid:machine_id>/backup-now/", views.backup_now, name="backup_now"),
     path("machines/<uuid:machine_id>/verify-now/", views.verify_now, name="verify_now"),
+    path("machines/<uuid:machine_id>/compact/", views.compact_now, name="compact_now"),
     path("machines/<uuid:machine_id>/seeding/", views.seed, name="seed"),
     path("machines/<uuid:machine_id>/drill/", views.drill_run, name="drill_run"),
     path(

@@ -261,6 +261,36 @@ def verify_now(request, machine_id):
     return redirect("jobs:detail", job_id=job.pk)
 
 
+# --- Compact now ------------------------------------------------------------------------
+@login_required
+@require_POST
+def compact_now(request, machine_id):
+    """Start a Compact job of the machine (Backup Operator); one already running is shown.
+    An unregistered machine has no agent to do it (``_machine``: 404)."""
+    machine = _machine(request, machine_id)
+    activity.require_role(
+        request,
+        vault=machine.vault,
+        role=Role.BACKUP_OPERATOR,
+        operation=Operation.COMPACT_NOW,
+        resource=machine,
+    )
+    try:
+        job = services.compact_start(machine=machine, user=request.user)
+    except services.CompactAlreadyRunning as exc:
+        messages.info(request, f"A compaction of {machine.name} is already running.")
+        return redirect("jobs:detail", job_id=exc.job.pk)
+    activity.record(
+        operation=Operation.COMPACT_NOW,
+        user=request.user,
+        vault=machine.vault,
+        resource=machine,
+        detail={"job": str(job.pk)},
+    )
+    messages.success(request, f"Compaction of {machine.name} started.")
+    return redirect("jobs:detail", job_id=job.pk)
+
+
 # --- Backup policy ----------------------------------------------------------------------
 def _form_values(spec: dict) -> dict:
     """Flatten a spec into the editor's field values."""

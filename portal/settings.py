@@ -308,6 +308,14 @@ if HAVEN_ALERT_EMAIL not in ("each", "digest", "off"):
     )
 # A shorter grace could collect the packs of a backup the portal lost track of.
 HAVEN_GC_GRACE_HOURS = env_int("HAVEN_GC_GRACE_HOURS", 24, minimum=24)
+# Compaction (jobs/services/compaction.py): a pack whose dead share is above this percentage
+# is rewritten (and small packs are merged).
+HAVEN_COMPACT_THRESHOLD_PERCENT = env_int("HAVEN_COMPACT_THRESHOLD_PERCENT", 20, minimum=1)
+if HAVEN_COMPACT_THRESHOLD_PERCENT > 95:
+    raise SettingError(
+        "HAVEN_COMPACT_THRESHOLD_PERCENT",
+        f"must be at most 95, got {HAVEN_COMPACT_THRESHOLD_PERCENT}",
+    )
 HAVEN_AGENT_MIN_CACHE_FREE_MB = env_int("HAVEN_AGENT_MIN_CACHE_FREE_MB", 256, minimum=0)
 HAVEN_AGENT_OFFLINE_SECONDS = env_int("HAVEN_AGENT_OFFLINE_SECONDS", 180, minimum=30)
 

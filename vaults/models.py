@@ -226,6 +226,7 @@ class ActivityEntry(models.Model):
         POLICY_CHANGE = "policy.change", "Change backup policy"
         BACKUP_NOW = "backup.now", "Back up now"
         VERIFY_NOW = "verify.now", "Verify now"
+        COMPACT_NOW = "compact.now", "Compact now"
         RESTORE_START = "restore.start", "Start restore"
         DOWNLOAD_START = "download.start", "Start download"
         DRILL_START = "drill.start", "Start restore drill"

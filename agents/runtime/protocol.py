@@ -30,6 +30,7 @@ RESTORE_TASK = "haven.agent.recovery.restore"
 DOWNLOAD_TASK = "haven.agent.recovery.download"
 VERIFY_TASK = "haven.agent.verify"
 DRILL_TASK = "haven.agent.drill"
+COMPACT_TASK = "haven.agent.compact"
 TASK_PREFIX = "haven.agent."
 
 # A policy whose spec carries ``{POLICY_PROTECTION: PROTECTION_STOPPED}`` is a stopped one:
@@ -202,6 +203,12 @@ MAX_REASON_CHARS = 500
 # A verify job reads slice ``details.slice`` of ``details.slices`` (1: every pack); the policy's
 # "every N weeks" is the number of slices, at most this.
 MAX_VERIFY_SLICES = 52
+PACK_ID_CHARS = 32  # a pack id in hex (agents.runtime.engine.layout)
+# A compaction report describes at most this many chunk objects (its JSON stays well under
+# MAX_API_BODY); the agent leaves the packs beyond for its next run.
+COMPACT_MAX_OBJECTS = 30_000
+# A compact job's ``details`` key: the dead share (0..1) above which a pack is rewritten.
+COMPACT_THRESHOLD = "threshold"
 
 
 def wire_count(value: object, name: str, *, high: int = MAX_COUNT) -> int:
@@ -227,13 +234,98 @@ def _shown(value: object) -> str:
 
 
 @dataclass
+class CompactedPack:
+    """One pack a compaction rewrote: every chunk object of it, in offset order, as
+    ``(offset, length)`` (dead: not copied) or ``(offset, length, new, new_offset)``: copied
+    byte for byte to ``new_offset`` of ``CompactReport.new_packs[new]``."""
+
+    pack: str
+    size: int
+    objects: list[tuple[int, ...]]
+
+
+@dataclass
+class CompactReport:
+    """What a compaction wrote (``new_packs``: pack id, size) and where every object of the
+    packs it rewrote went; the portal checks it against storage before it deletes a pack
+    (docs/jobs.md, "Compact")."""
+
+    packs: list[CompactedPack] = field(default_factory=list)
+    new_packs: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def object_count(self) -> int:
+        return sum(len(p.objects) for p in self.packs)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "packs": [
+                {"pack": p.pack, "size": p.size, "objects": [list(o) for o in p.objects]}
+                for p in self.packs
+            ],
+            "new_packs": [{"pack": pack, "size": size} for pack, size in self.new_packs],
+        }
+
+    @classmethod
+    def from_wire(cls, data: object) -> CompactReport:
+        """Parse a report's shape (not its truth: the portal checks that against storage);
+        ``BadResult`` says what is wrong."""
+        if not isinstance(data, dict):
+            raise BadResult("compaction must be an object.")
+        packs, new = data.get("packs"), data.get("new_packs")
+        if not isinstance(packs, list) or not isinstance(new, list):
+            raise BadResult("compaction.packs and compaction.new_packs must be lists.")
+        report = cls()
+        for item in new:
+            if not isinstance(item, dict):
+                raise BadResult("each of compaction.new_packs must be an object.")
+            report.new_packs.append(
+                (_pack_id(item.get("pack")), wire_count(item.get("size"), "a new pack's size"))
+            )
+        count = 0
+        for item in packs:
+            if not isinstance(item, dict) or not isinstance(item.get("objects"), list):
+                raise BadResult("each of compaction.packs must be an object with objects.")
+            objects = []
+            for obj in item["objects"]:
+                count += 1
+                if count > COMPACT_MAX_OBJECTS:
+                    raise BadResult(
+                        f"a compaction report describes at most {COMPACT_MAX_OBJECTS} objects."
+                    )
+                if not isinstance(obj, list) or len(obj) not in (2, 4):
+                    raise BadResult(
+                        "each object is [offset, length] or [offset, length, new, new offset]."
+                    )
+                values = tuple(wire_count(v, "an object's offset or length") for v in obj)
+                if len(values) == 4 and values[2] >= len(report.new_packs):
+                    raise BadResult("an object names a new pack the report does not list.")
+                objects.append(values)
+            report.packs.append(
+                CompactedPack(
+                    pack=_pack_id(item.get("pack")),
+                    size=wire_count(item.get("size"), "a pack's size"),
+                    objects=objects,
+                )
+            )
+        return report
+
+
+def _pack_id(value: object) -> str:
+    if not isinstance(value, str) or len(value) != PACK_ID_CHARS or value.strip("0123456789abcdef"):
+        raise BadResult(f"a pack id must be {PACK_ID_CHARS} lowercase hex digits.")
+    return value
+
+
+@dataclass
 class JobResult:
     """The agent's final word on a job, the same shape for backup, restore and download.
 
     ``message`` is for the person reading the job page: why it failed, why it was cancelled,
     or a summary of what went wrong in part; empty for a clean success. A backup that made a
     recovery point names it (``recovery_point_id``, ``manifest_blob``) with the pack ids it
-    references, which the portal needs for garbage collection.
+    references, which the portal needs for garbage collection; a compaction says what it
+    rewrote (``compaction``).
     """
 
     status: str
@@ -246,6 +338,7 @@ class JobResult:
     pack_ids: list[str] = field(default_factory=list)
     # A verify job's findings (``verify_damage``'s shape); empty for every other kind.
     damage: list[dict] = field(default_factory=list)
+    compaction: CompactReport | None = None
 
     @classmethod
     def failed(cls, message: str) -> JobResult:
@@ -263,6 +356,7 @@ class JobResult:
             "manifest_blob": self.manifest_blob,
             "pack_ids": list(self.pack_ids),
             "damage": list(self.damage),
+            "compaction": self.compaction.to_wire() if self.compaction is not None else None,
         }
 
     @classmethod
@@ -296,6 +390,7 @@ class JobResult:
         if message is not None and not isinstance(message, str):
             raise BadResult("message must be text.")
         point = data.get("recovery_point_id") or None
+        compaction = data.get("compaction")
         return cls(
             status=JobStatus(status),
             message=message or "",
@@ -314,6 +409,7 @@ class JobResult:
                 if p is not None
             ],
             damage=verify_damage(data.get("damage")),
+            compaction=None if compaction is None else CompactReport.from_wire(compaction),
         )
 
 

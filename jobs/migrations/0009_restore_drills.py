@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('agents', '0008_machine_replaced_by'),
-        ('jobs', '0007_passphrase_change'),
+        ('jobs', '0008_verify'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -9,6 +9,8 @@ apps call them through this package: ``from jobs import services; services.backu
                missed-drill alert
     pruning    retention applied to a machine's points; unreferenced packs collected, fenced
                against backups; a deleted vault's history removed
+    compaction Compact jobs: the agent rewrites wasteful packs, the portal checks its report
+               against storage, moves the references and deletes the old packs
     replication  geo-redundant vaults: containers copied to the secondary store, the lag,
                deletions on both sides, which points the secondary can restore
     alerts     Backup Alerts raised and resolved, the no-recent-backup check, their email
@@ -39,6 +41,14 @@ from jobs.services.alerts import (
     alerts_check_stale,
     alerts_resolve,
     alerts_send_digest,
+)
+from jobs.services.compaction import (
+    CompactAlreadyRunning,
+    CompactionRefused,
+    CompactionUnverifiable,
+    compact_all,
+    compact_start,
+    compaction_apply,
 )
 from jobs.services.drills import (
     DrillEvidenceRefused,
@@ -130,6 +140,9 @@ from jobs.services.verify import (
 
 __all__ = [
     "BackupAlreadyRunning",
+    "CompactAlreadyRunning",
+    "CompactionRefused",
+    "CompactionUnverifiable",
     "DrillEvidenceRefused",
     "DrillRefused",
     "DrillSettings",
@@ -154,6 +167,9 @@ __all__ = [
     "alerts_send_digest",
     "backup_in_flight",
     "backup_start",
+    "compact_all",
+    "compact_start",
+    "compaction_apply",
     "drill_settings_parse",
     "drill_settings_save",
     "drill_start",

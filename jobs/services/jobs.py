@@ -17,9 +17,15 @@ from django.utils import timezone
 
 from agents import dispatch
 from agents.runtime import protocol
+from agents.runtime.protocol import CompactReport
 from jobs import selectors, services  # services: the package, for its seams
 from jobs.models import Job
 from jobs.services.alerts import alerts_after_job
+from jobs.services.compaction import (
+    CompactionRefused,
+    compact_mark_started,
+    compaction_apply,
+)
 from jobs.services.drills import DrillEvidenceRefused, drill_evidence_check
 from jobs.services.live import (
     job_notify_finished,
@@ -147,12 +153,17 @@ def _start(job: Job, now: datetime) -> bool:
     The agent touches the repository only once the portal has answered its start (or
     first progress) report, so a backup becomes Running under the machine's fence: it
     waits for a pack deletion in progress, and collection deletes nothing more once it is
-    Running (``jobs.services.pruning``)."""
-    if job.operation != Job.Operation.BACKUP or job.machine_id is None:
+    Running (``jobs.services.pruning``). A compaction notes there which points it may move
+    (``compaction.compact_mark_started``)."""
+    fenced = (Job.Operation.BACKUP, Job.Operation.COMPACT)
+    if job.operation not in fenced or job.machine_id is None:
         return _mark_running(job, now)
     with repository_fence(job.machine_id):
-        job.refresh_from_db(fields=["status", "started_at", "last_report_at"])
-        return _mark_running(job, now)
+        job.refresh_from_db(fields=["status", "started_at", "last_report_at", "details"])
+        started = _mark_running(job, now)
+        if started and job.operation == Job.Operation.COMPACT:
+            compact_mark_started(job)
+        return started
 
 
 def _mark_running(job: Job, now: datetime) -> bool:
@@ -242,6 +253,7 @@ def job_finish(
     pack_ids: Iterable[str] = (),
     result_id: str = "",
     damage: list[dict] | None = None,
+    compaction: CompactReport | None = None,
     now: datetime | None = None,
 ) -> Job:
     """The agent's final word on a job: status, warnings, and the recovery point it made.
@@ -255,6 +267,27 @@ def job_finish(
     (its agent was silent, or the portal was away) is still recorded, with a note."""
     now = now or timezone.now()
     _progress_fold(job)
+    if (
+        compaction is not None
+        and job.operation == Job.Operation.COMPACT
+        and status == Job.Status.COMPLETED
+        and job.result_id is None
+    ):
+        # Checked and applied before the job ends (CompactionUnverifiable: the agent sends
+        # the result again later), also when it comes late for a job the sweep failed; the
+        # same result again finds its id recorded and skips this (a copy racing it is
+        # refused here, the old packs being gone, and then answered as the same result).
+        try:
+            outcome = compaction_apply(job=job, report=compaction, now=now)
+            error = f"{error} {outcome.message}".strip()
+        except CompactionRefused as exc:
+            log.warning("refused the compaction report of job %s: %s", job.pk, exc)
+            status = Job.Status.FAILED
+            error = (
+                f"The portal refused this compaction's report: {exc}. Nothing was deleted "
+                "and every recovery point is as before; if this repeats, check the machine "
+                "(its agent reports what the portal cannot verify)."
+            )
     job, refused, point = _finish(
         job=job,
         result_id=result_id,
@@ -409,6 +442,8 @@ def _late_damage(job: Job, error: str, damage: list, stats: dict, now: datetime)
     alerts_after_job(job=job, now=now)
     job_publish(job)
     return None
+
+
 def _drill_evidence(job: Job, status: str, error: str, stats: dict, snapshot_id: str):
     """A drill's result: its evidence kept on the job, or refused (the job then fails)."""
     try:
@@ -554,6 +589,7 @@ def jobs_sweep(*, now: datetime | None = None) -> dict:
             Job.Operation.BACKUP: "press Back up now again",
             Job.Operation.VERIFY: "press Verify now again (or let the next weekly verify run)",
             Job.Operation.DRILL: "run the restore drill again (Run restore drill)",
+            Job.Operation.COMPACT: "start it again (Compact now on the machine's page)",
         }.get(job.operation, "start the recovery again (Recover Data)")
         job_fail(
             job=job,
@@ -624,6 +660,12 @@ def _stall_reason(job: Job, name: str, seconds: int) -> str:
         return lost + (
             "Nothing in the vault was changed. Check the agent on the machine (haven-agent "
             "status) and press Verify now again."
+        )
+    if job.operation == Job.Operation.COMPACT:
+        return lost + (
+            "Nothing was deleted and every recovery point is as restorable as before; the "
+            "next Compact job finishes the work. Check the agent on the machine "
+            "(haven-agent status)."
         )
     return lost + (
         "Files it finished are complete; the one being written may be missing. Check the "

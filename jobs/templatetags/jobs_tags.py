@@ -72,6 +72,7 @@ def phase_label(phase) -> str:
         "restoring": "Restoring",
         "verifying": "Verifying",
         "sampling": "Choosing the sample",
+        "compacting": "Rewriting packs",
     }.get(phase or "", (phase or "Starting").replace("_", " ").capitalize())
 
 

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('vaults', '0007_vault_immutability'),
+        ('vaults', '0008_activity_verify_now'),
     ]
 
     operations = [

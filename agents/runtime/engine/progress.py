@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 SCHEMA = 1
-PHASES = ("scanning", "backing_up", "finalizing", "restoring", "verifying")
+PHASES = ("scanning", "backing_up", "finalizing", "restoring", "verifying", "compacting")
 
 Event = dict[str, Any]
 

@@ -244,6 +244,17 @@ class Repository:
         # deltas, and the first merged wins (names are random): packs no longer stored are
         # dead before any delta merges, so the live copy is the one kept.
         stored = self._stored_pack_ids()
+        gone = [
+            no
+            for no, pack_id in enumerate(self.index.pack_ids)
+            if pack_id not in stored and not self.index.is_dead(no)
+        ]
+        if gone and self._index_names:
+            # The cache keeps one copy of each chunk. A pack deleted since it was saved may
+            # have held the copy it kept while another stored pack holds the chunk too
+            # (compaction copied it there, and the portal then deleted the old pack): only
+            # the deltas name the other copy, so read them all again.
+            self.index, self._index_names = ChunkIndex(), set()
         for no, pack_id in enumerate(self.index.pack_ids):
             if pack_id not in stored:
                 self.index.mark_dead(no)
@@ -336,7 +347,7 @@ class Repository:
             if self.index.has_pack(pack_id) and not self.index.is_dead(self.index.pack_no(pack_id)):
                 continue
             try:
-                rows = self._read_pack_header(pack_id, size)
+                rows = self.read_pack_header(pack_id, size)
             except Exception:  # a truncated or foreign blob: leave it to garbage collection
                 continue
             self._add_pack_rows(pack_id, size, rows)
@@ -345,7 +356,11 @@ class Repository:
             self.write_index(recovered)
         return [p for p, _, _ in recovered]
 
-    def _read_pack_header(self, pack_id: bytes, size: int):
+    def parse_pack(self, blob: bytes, pack_id: bytes) -> list[tuple[bytes, int, int, int]]:
+        """The rows of a whole pack read into memory (its sealed header, authenticated)."""
+        return parse_pack_header(blob, self.sealer, pack_id)
+
+    def read_pack_header(self, pack_id: bytes, size: int):
         name = pack_blob(pack_id)
         want = min(size, 256 * 1024)
         tail = self.store.get_range(name, size - want, want)

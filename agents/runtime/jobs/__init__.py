@@ -16,8 +16,11 @@ results, and shows them; this package is what carries a job out.)
   repository, running the engine, the result with the recovery point and its packs.
 - ``verify``: the verify kind's work (read back and authenticate a slice of the packs and
   every manifest; the damage it finds, named by pack, file and recovery point).
+- ``compact``: the compact kind's work: the engine's compaction and the report of what it
+  rewrote, which the portal checks before it deletes the old packs.
 - ``policy``: the applied policy on disk (``haven-agent policy show``) and its report.
-- ``tasks``: the ``haven.agent.backup`` / ``.verify`` / ``.cancel`` / ``.policy`` agent tasks.
+- ``tasks``: the ``haven.agent.backup`` / ``.verify`` / ``.drill`` / ``.compact`` / ``.cancel`` /
+  ``.policy`` agent tasks.
 
 No Django here: the portal is reached over its agent API only. The names and shapes both
 sides share are in ``agents.runtime.protocol``; the message schema in docs/jobs.md.

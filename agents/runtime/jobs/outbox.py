@@ -61,6 +61,11 @@ ABANDONED = {
         "written may be incomplete. Start the restore again: files already there are skipped or "
         "replaced as the conflict choice says."
     ),
+    "compact": (
+        "The agent stopped while compacting (it was killed, restarted or the machine went "
+        "down). Nothing was deleted, every recovery point is as restorable as before, and "
+        "the next compact job finishes the work."
+    ),
     "download": (
         "The agent stopped while building the download (it was killed, restarted or the "
         "machine went down); nothing was downloaded. Start the download again."

@@ -13,6 +13,7 @@ from pathlib import Path
 from agents.runtime import config, storage_grant, throttling
 from agents.runtime import protocol as wire
 from agents.runtime.jobs import backup as backup_job
+from agents.runtime.jobs import compact as compact_job
 from agents.runtime.jobs import drill as drill_job
 from agents.runtime.jobs import policy as policy_store
 from agents.runtime.jobs import verify as verify_job
@@ -80,6 +81,20 @@ def verify(ctx: AgentContext, *, job_id: str) -> dict:
         open_store=lambda: open_store(ctx),
         passphrase=lambda: passphrase_for(ctx),
         cache_dir=_cache_dir(ctx),
+    )
+
+
+@agent_task(wire.COMPACT_TASK)
+def compact(ctx: AgentContext, *, job_id: str) -> dict:
+    """Compact this machine's repository for portal job ``job_id``: rewrite the live chunks
+    of wasteful packs into new ones and report them (the portal deletes the old packs)."""
+    return compact_job.run_compact_job(
+        job_id,
+        portal=ctx.require_portal(),
+        open_store=lambda: open_store(ctx),
+        passphrase=lambda: passphrase_for(ctx),
+        cache_dir=_cache_dir(ctx),
+        pack_size=backup_job.pack_size_for(_slowest_limit(ctx)),
     )
 
 
