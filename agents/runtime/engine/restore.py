@@ -41,7 +41,13 @@ from agents.runtime.engine.file_writer import (
 )
 from agents.runtime.engine.format import DIR, FILE, HARDLINK, SYMLINK, Entry, encode_entry
 from agents.runtime.engine.owners import owner_of
-from agents.runtime.engine.paths import absolute_paths, is_inside, is_selected, past_all_selections
+from agents.runtime.engine.paths import (
+    is_inside,
+    is_reserved,
+    is_selected,
+    past_all_selections,
+    stored_paths,
+)
 from agents.runtime.engine.progress import ProgressSink, Reporter
 from agents.runtime.engine.repository import ChunkReader, RecoveryPoint, Repository
 from agents.runtime.engine.target import TargetTree, is_dir, lstat_at, safe_components
@@ -174,8 +180,13 @@ class _Restore:
 
     def _selected_entries(self):
         """The entries to restore, in tree order; reading stops past the last selection."""
+        # Everything (None) leaves out a reserved part (System State): that is restored only
+        # when selected by name, so it never lands in / on a restore to the original place.
         for e in self.repo.iter_entries(self.rp, ChunkReader(self.repo)):
-            if self.paths is None or is_selected(e.path, self.paths):
+            if self.paths is None:
+                if not is_reserved(e.path):
+                    yield e  # (a hostile relative path is refused by safe_components)
+            elif is_selected(e.path, self.paths):
                 yield e
             elif past_all_selections(e.path, self.paths):
                 return
@@ -384,7 +395,7 @@ def run_restore(
     started = time.monotonic()
     repo.load_index()
     rp = repo.recovery_point(recovery_point)
-    selections = None if paths is None else absolute_paths(paths, what="restore path")
+    selections = None if paths is None else stored_paths(paths, what="restore path")
     job = _Restore(
         repo,
         rp,
