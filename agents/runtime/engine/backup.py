@@ -102,12 +102,15 @@ def run_backup(
     upload_threads: int = 2,
     check_space: Callable[[int], None] | None = None,
     mapped: dict | None = None,
+    warnings: Iterable[dict] = (),
 ) -> BackupResult:
     """Back up ``sources`` (absolute paths) into a new recovery point of ``repo``.
 
     ``mapped`` (stored prefix -> disk folder, e.g. ``{"system-state": staging}``): folders
     stored under a reserved relative path instead of their own (``paths.PathMap``); they
     are matched with the previous point by stored path, so unchanged files are not read.
+    ``warnings`` (``{"path", "reason"}``): raised before the backup by whoever staged a
+    mapped folder; reported and counted as the backup's own.
 
     ``check_space(data_bytes)`` is called with the previous recovery point's size before a
     file is read, and for a first backup with the running total of the data counted beside
@@ -144,6 +147,8 @@ def run_backup(
             upload_threads=upload_threads,
             check_space=check_space,
         )
+        for warning in warnings:
+            job.warn(warning.get("path"), warning["reason"])
         return job.run()
     finally:
         walk.close()

@@ -6,12 +6,13 @@ and say what it made: the recovery point, its manifest and the packs it referenc
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agents.runtime import checks, engine, protocol
+from agents.runtime import checks, engine, protocol, sysstate
 from agents.runtime.blobstore.base import BlobStore
 from agents.runtime.engine import layout
 from agents.runtime.jobs.outbox import Outbox, outbox_for_cache
@@ -27,6 +28,7 @@ WRONG_PASSPHRASE = (
     "The encryption passphrase configured on this machine does not open the vault's backup data"
 )
 CANCELLED = "Cancelled on request; no recovery point was made."
+SYSTEM_STATE_STAGING = "system-state"  # in the cache: the collection, kept between backups
 
 
 def check_cache(cache_dir: Path, data_bytes: int, *, minimum: int) -> None:
@@ -39,6 +41,18 @@ def check_cache(cache_dir: Path, data_bytes: int, *, minimum: int) -> None:
     except checks.CacheTooSmall as exc:
         text = str(exc)
         raise JobAborted(text[:1].upper() + text[1:]) from None
+
+
+def system_state(policy: dict, cache_dir: Path) -> tuple[dict | None, list[dict]]:
+    """With System State in the policy, collect it into the cache's staging folder before
+    the walk: the engine's mapping (stored prefix -> that folder) and the collection's
+    warnings; without it, nothing (and an earlier collection's folder is removed)."""
+    staging = cache_dir / SYSTEM_STATE_STAGING
+    if not policy.get(protocol.POLICY_SYSTEM_STATE):
+        shutil.rmtree(staging, ignore_errors=True)  # it holds /etc's secrets: none left over
+        return None, []
+    collection = sysstate.collect(staging)
+    return {protocol.SYSTEM_STATE_PATH: staging}, collection.warnings
 
 
 def pack_size_for(bandwidth_limit: int) -> int | None:
@@ -75,10 +89,12 @@ def backup_work(
         options: dict[str, Any] = {"pack_size": pack_size} if pack_size else {}
         store = open_store()
         secret = passphrase() if callable(passphrase) else passphrase
+        mapped, collected = system_state(policy, Path(cache_dir))
         # the walk starts while the passphrase's key is derived
         walk = engine.WalkAhead(
             policy["items"],
             [*policy.get("exclude_globs", []), *policy.get("exclude_types", [])],
+            mapped=mapped,
         )
         try:
             repo = engine.Repository.open(store, secret)
@@ -92,6 +108,7 @@ def backup_work(
             sink=run.sink,
             cancel=run.cancel,
             tags=job.get("tags") or [],
+            warnings=collected,
             check_space=lambda data_bytes: check_cache(
                 Path(cache_dir), data_bytes, minimum=minimum
             ),
