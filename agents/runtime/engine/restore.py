@@ -42,6 +42,7 @@ from agents.runtime.engine.file_writer import (
 from agents.runtime.engine.format import DIR, FILE, HARDLINK, SYMLINK, Entry, encode_entry
 from agents.runtime.engine.owners import owner_of
 from agents.runtime.engine.paths import (
+    RESERVED_ROOTS,
     is_inside,
     is_reserved,
     is_selected,
@@ -106,6 +107,8 @@ class _Restore:
         self.batch_id = 0
         self.outstanding = 0
         self.full_files = 0  # files not written because the target's disk is full
+        # selections not met yet (a reserved part is only ever chosen by its root's name)
+        self.unmatched: set[bytes] = {p for p in self.paths or () if p in RESERVED_ROOTS}
 
     def warn(self, path: bytes, reason: str, *, failed: bool = False) -> None:
         w = self.reporter.warn(path, reason)
@@ -153,6 +156,9 @@ class _Restore:
                 rep.emit()
             self._send()
             self._wait_writers()
+            for missing in sorted(self.unmatched):
+                self.warn(missing, "not in this recovery point: it holds no System State (the "
+                          "machine's policy did not include System State when it was made)")  # fmt: skip
             if not (self.cancelled or self.cancel.is_set() or self.full_files):
                 self._make_links()
                 self._apply_dir_metadata()
@@ -187,6 +193,8 @@ class _Restore:
                 if not is_reserved(e.path):
                     yield e  # (a hostile relative path is refused by safe_components)
             elif is_selected(e.path, self.paths):
+                if e.path in self.unmatched:
+                    self.unmatched.discard(e.path)
                 yield e
             elif past_all_selections(e.path, self.paths):
                 return

@@ -95,3 +95,12 @@ def test_reserved_paths_cannot_escape_or_be_made_up():
         stored_path("system-state/../../etc/passwd")
     with pytest.raises(InvalidArgument):
         stored_path("etc/passwd")  # relative, and not a reserved part
+
+
+def test_restoring_system_state_from_a_point_without_it_says_so(repo, tmp_path):
+    src = tmp_path / "src"
+    write_random(src / "a.bin", 10_000, 6)
+    run_backup(repo, sources=[src], hostname="test-host")
+    result = run_restore(repo, recovery_point="latest", target=tmp_path / "out", paths=[STATE])
+    assert result.status == "completed_with_warnings" and result.files == 0
+    assert "it holds no System State" in result.warnings[0]["reason"]
