@@ -110,7 +110,13 @@
     var day = event.target.closest(".calendar-day.has-points");
     if (day) { showDay(day.getAttribute("data-day")); return; }
     var remove = event.target.closest("[data-remove]");
-    if (remove) { drop(remove.getAttribute("data-remove")); refresh(); return; }
+    if (remove) {
+      drop(remove.getAttribute("data-remove"));
+      var files = form().querySelector("input[name=recover_mode][value=files]");
+      if (files && !selected().some(isSystemState)) files.checked = true;  // back to browsing
+      refresh();
+      return;
+    }
     var version = event.target.closest("[data-use-version]");
     if (version) {
       if (choosePoint(version.getAttribute("data-rp"))) {
