@@ -104,3 +104,11 @@ def test_restoring_system_state_from_a_point_without_it_says_so(repo, tmp_path):
     result = run_restore(repo, recovery_point="latest", target=tmp_path / "out", paths=[STATE])
     assert result.status == "completed_with_warnings" and result.files == 0
     assert "it holds no System State" in result.warnings[0]["reason"]
+
+
+def test_the_agent_refuses_to_restore_system_state_over_root_or_etc(repo, tmp_path):
+    from agents.runtime.recovery import ops
+
+    for target in ("/", "/etc", "/etc/../etc/ssh"):
+        with pytest.raises(InvalidArgument, match="System State cannot be restored into"):
+            ops.restore(repo, recovery_point="latest", paths=[STATE], target=target)
