@@ -112,3 +112,27 @@ def test_the_agent_refuses_to_restore_system_state_over_root_or_etc(repo, tmp_pa
     for target in ("/", "/etc", "/etc/../etc/ssh"):
         with pytest.raises(InvalidArgument, match="System State cannot be restored into"):
             ops.restore(repo, recovery_point="latest", paths=[STATE], target=target)
+
+
+@pytest.mark.parametrize(
+    "path", [b"system-state/../../escape", b"system-state/a/../../../escape", b"system-state//x"]
+)
+def test_a_hostile_system_state_path_is_refused_and_nothing_escapes(repo, tmp_path, path):
+    from agents.runtime.engine.format import DIR, FILE, Entry
+    from tests.runtime.engine.helpers import craft_recovery_point
+
+    data = b"pwned"
+    cid = repo.chunk_id(data)
+    rp = craft_recovery_point(
+        repo,
+        [
+            Entry(path=b"system-state", kind=DIR, mode=0o700),
+            Entry(path=path, kind=FILE, mode=0o644, size=5, content=[(cid, 5)]),
+        ],
+        chunks=[data],
+    )
+    target = tmp_path / "t" / "target"
+    result = run_restore(repo, recovery_point=rp, target=target, paths=[STATE])
+    assert result.files == 0
+    assert len(result.failed) == 1 and "refusing" in result.failed[0]["reason"]
+    assert not list((tmp_path / "t").rglob("escape")) and not (tmp_path / "escape").exists()
