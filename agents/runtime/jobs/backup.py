@@ -51,7 +51,12 @@ def system_state(policy: dict, cache_dir: Path) -> tuple[dict | None, list[dict]
     if not policy.get(protocol.POLICY_SYSTEM_STATE):
         shutil.rmtree(staging, ignore_errors=True)  # it holds /etc's secrets: none left over
         return None, []
-    collection = sysstate.collect(staging)
+    try:
+        collection = sysstate.collect(staging)
+    except OSError as exc:  # the staging folder itself (a full or read-only cache disk)
+        return None, [{"path": "System State", "reason": (
+            f"not collected: the staging folder {staging} could not be written "
+            f"({exc.strerror or exc}); this recovery point holds no System State")}]  # fmt: skip
     return {protocol.SYSTEM_STATE_PATH: staging}, collection.warnings
 
 

@@ -237,3 +237,20 @@ def test_a_policy_with_system_state_collects_it_into_the_point_and_warns_of_what
     repo.load_index()
     top = list_dir(repo, recovery_point="latest", path="/")
     assert b"system-state" not in [e.path for e in top]
+
+
+def test_a_staging_folder_that_cannot_be_written_is_a_warning_not_a_failed_backup(
+    data, repo_store, tmp_path
+):
+    from agents.runtime import protocol
+
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / backup.SYSTEM_STATE_STAGING).write_text("a file where a folder goes")
+    payload = job_payload([str(data)])
+    payload["policy"]["spec"][protocol.POLICY_SYSTEM_STATE] = True
+    result = run(FakePortal(payload), repo_store, tmp_path)
+    assert result["status"] == "warning" and result["recovery_point_id"], result
+    (warning,) = [w for w in result["warnings"] if w["path"] == "System State"]
+    assert (
+        "could not be written" in warning["reason"] and "holds no System State" in warning["reason"]
+    )
