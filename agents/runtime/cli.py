@@ -336,7 +336,8 @@ def cmd_seed_export(args) -> int:
         )
     target = Path(folder).expanduser().absolute()
     _out(f"Writing the first backup of {registration.machine_name} to {target} ...")
-    mapped, collected = system_state(spec, settings.cache_path)
+    mapped, ready = system_state(spec, settings.cache_path)
+    collected = ready() if ready is not None else []
     try:
         result, header = seed.seed_export(
             container=open_with_settings(registration.grant, settings),

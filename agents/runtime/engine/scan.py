@@ -209,14 +209,19 @@ class WalkAhead:
     ``(path, None, reason)`` for each warning, in walk order.
 
     ``mapped`` (stored prefix -> disk folder, ``PathMap``) adds staged folders after the
-    sources, under their stored paths; ``mapping.disk`` says where each is read from."""
+    sources, under their stored paths; ``mapping.disk`` says where each is read from.
+    ``mapped_ready()``, when given, is called on the walk's thread before the staged folders
+    are walked (it may wait for them to be filled, while the sources are walked and read)
+    and returns warnings (``{"path", "reason"}``) to report in walk order."""
 
     BATCH = 256
 
     def __init__(self, sources: Iterable[str | bytes | os.PathLike], excludes: Iterable[str] = (),
-                 *, depth: int = 32, mapped: dict | None = None):  # fmt: skip
+                 *, depth: int = 32, mapped: dict | None = None,
+                 mapped_ready: Callable[[], Iterable[dict]] | None = None):  # fmt: skip
         self.sources = normalize_sources(sources)
         self.mapping = PathMap(mapped)
+        self._mapped_ready = mapped_ready
         self.excluder = Excluder(excludes)
         self._queue: queue.Queue = queue.Queue(depth)
         self._stop = threading.Event()
@@ -231,7 +236,7 @@ class WalkAhead:
 
         try:
             for path, st in itertools.chain(
-                walk(self.sources, self.excluder, warn), walk_mapped(self.mapping, warn)
+                walk(self.sources, self.excluder, warn), self._walk_mapped(warn)
             ):
                 batch.append((path, st, None))
                 if len(batch) >= self.BATCH:
@@ -242,6 +247,12 @@ class WalkAhead:
                 self._put(None)
         except BaseException as exc:  # handed to the reader, raised there
             self._put(exc)
+
+    def _walk_mapped(self, warn: Warn) -> Iterator[tuple[bytes, os.stat_result]]:
+        if self._mapped_ready is not None:
+            for warning in self._mapped_ready():
+                warn(warning["path"], warning["reason"])
+        yield from walk_mapped(self.mapping, warn)
 
     def _put(self, item) -> bool:
         while not self._stop.is_set():

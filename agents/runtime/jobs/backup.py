@@ -7,6 +7,7 @@ and say what it made: the recovery point, its manifest and the packs it referenc
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,21 +44,36 @@ def check_cache(cache_dir: Path, data_bytes: int, *, minimum: int) -> None:
         raise JobAborted(text[:1].upper() + text[1:]) from None
 
 
-def system_state(policy: dict, cache_dir: Path) -> tuple[dict | None, list[dict]]:
-    """With System State in the policy, collect it into the cache's staging folder before
-    the walk: the engine's mapping (stored prefix -> that folder) and the collection's
-    warnings; without it, nothing (and an earlier collection's folder is removed)."""
+def system_state(
+    policy: dict, cache_dir: Path
+) -> tuple[dict | None, Callable[[], list[dict]] | None]:
+    """With System State in the policy, start collecting it into the cache's staging folder
+    (on a thread: it overlaps the key derivation and the files' backup; the walk waits for
+    it before the staged folder): the engine's mapping (stored prefix -> that folder) and
+    the wait, which gives the collection's warnings. Without it, nothing (and an earlier
+    collection's folder is removed)."""
     staging = cache_dir / SYSTEM_STATE_STAGING
     if not policy.get(protocol.POLICY_SYSTEM_STATE):
         shutil.rmtree(staging, ignore_errors=True)  # it holds /etc's secrets: none left over
-        return None, []
-    try:
-        collection = sysstate.collect(staging)
-    except OSError as exc:  # the staging folder itself (a full or read-only cache disk)
-        return None, [{"path": "System State", "reason": (
-            f"not collected: the staging folder {staging} could not be written "
-            f"({exc.strerror or exc}); this recovery point holds no System State")}]  # fmt: skip
-    return {protocol.SYSTEM_STATE_PATH: staging}, collection.warnings
+        return None, None
+    warnings: list[dict] = []
+
+    def collect() -> None:
+        try:
+            warnings.extend(sysstate.collect(staging).warnings)
+        except OSError as exc:  # the staging folder itself (a full or read-only cache disk)
+            warnings.append({"path": "System State", "reason": (
+                f"not collected: the staging folder {staging} could not be written "
+                f"({exc.strerror or exc}); this recovery point holds no System State")})  # fmt: skip
+
+    worker = threading.Thread(target=collect, daemon=True, name="haven-system-state")
+    worker.start()
+
+    def ready() -> list[dict]:
+        worker.join()
+        return warnings
+
+    return {protocol.SYSTEM_STATE_PATH: staging}, ready
 
 
 def pack_size_for(bandwidth_limit: int) -> int | None:
@@ -100,6 +116,7 @@ def backup_work(
             policy["items"],
             [*policy.get("exclude_globs", []), *policy.get("exclude_types", [])],
             mapped=mapped,
+            mapped_ready=collected,
         )
         try:
             repo = engine.Repository.open(store, secret)
@@ -113,7 +130,6 @@ def backup_work(
             sink=run.sink,
             cancel=run.cancel,
             tags=job.get("tags") or [],
-            warnings=collected,
             check_space=lambda data_bytes: check_cache(
                 Path(cache_dir), data_bytes, minimum=minimum
             ),

@@ -251,6 +251,7 @@ def test_a_staging_folder_that_cannot_be_written_is_a_warning_not_a_failed_backu
     result = run(FakePortal(payload), repo_store, tmp_path)
     assert result["status"] == "warning" and result["recovery_point_id"], result
     (warning,) = [w for w in result["warnings"] if w["path"] == "System State"]
+    assert any(w["path"] == "system-state" for w in result["warnings"])  # and nothing staged
     assert (
         "could not be written" in warning["reason"] and "holds no System State" in warning["reason"]
     )
