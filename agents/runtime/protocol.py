@@ -37,7 +37,7 @@ POLICY_PROTECTION = "protection"
 PROTECTION_STOPPED = "stopped"
 
 # System State (docs/system-state.md): a policy spec with ``{POLICY_SYSTEM_STATE: True}``
-# has the agent collect the machine's configuration before the file walk; the collection is
+# has the agent collect the machine's configuration at the start of a backup; the collection is
 # stored in the recovery point under the reserved relative path ``SYSTEM_STATE_PATH`` (every
 # file's stored path is absolute, so it can never meet one), and Recover Data restores it
 # by selecting that path.

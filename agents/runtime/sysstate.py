@@ -1,5 +1,6 @@
 """System State on Linux: what it takes to rebuild a machine's configuration on a fresh install
-of the same distribution, collected into a staging folder before the file walk.
+of the same distribution, collected into a staging folder at the start of a backup (on a
+thread of its own: ``jobs.backup.system_state``; the walk takes the folder last).
 
 ``collect(staging)`` fills the folder with
 
