@@ -18,6 +18,8 @@ from agents.runtime.protocol import (
     DRILL_WHOLE,
     FINISHED_STATUSES,
     POLICY_PROTECTION,
+    POLICY_SEED_STAGING,
+    POLICY_SYSTEM_STATE,
     PROTECTION_STOPPED,
     JobStatus,
 )
@@ -78,6 +80,11 @@ class BackupPolicy(models.Model):
     # Network throttling on a schedule (agents.runtime.throttling); {}: never set, so a
     # policy without one keeps the hash it had before throttling existed.
     throttle = models.JSONField(default=dict, blank=True)
+    # System State collected before each backup (docs/system-state.md), and the offline
+    # seed's staging folder (docs/seeding.md); in the spec only when set, so a policy
+    # without them keeps the hash it had before they existed.
+    system_state = models.BooleanField(default=False)
+    seed_staging = models.CharField(max_length=400, blank=True, default="")
     version = models.PositiveIntegerField(default=1)
     spec_hash = models.CharField(max_length=64, default="")
     updated_at = models.DateTimeField(auto_now=True)
@@ -155,6 +162,10 @@ class BackupPolicy(models.Model):
             "retention": self.retention,
             "initial_backup": self.initial_backup,
         } | ({"throttle": self.throttle} if self.throttle else {})
+        if self.system_state:
+            spec[POLICY_SYSTEM_STATE] = True
+        if self.seed_staging:
+            spec[POLICY_SEED_STAGING] = self.seed_staging
         if self.protection != self.Protection.PROTECTED:
             # The "stopped" policy the agent is sent: it runs no backup of it.
             spec[POLICY_PROTECTION] = PROTECTION_STOPPED
@@ -175,6 +186,9 @@ class BackupPolicy(models.Model):
         )
 
     def set_spec(self, spec: dict) -> None:
+        # present only when set: a spec without them turns them off
+        self.system_state = bool(spec.get(POLICY_SYSTEM_STATE))
+        self.seed_staging = spec.get(POLICY_SEED_STAGING) or ""
         for key, value in spec.items():
             if key != POLICY_PROTECTION:
                 setattr(self, key, value)

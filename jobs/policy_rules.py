@@ -12,6 +12,8 @@ The spec (what the portal stores, hashes, and sends to the agent)::
                    "yearly": {"months": [3], "mode": ..., "days": ..., "week": ...,
                               "weekdays": ..., "years": 10} | None},
      "initial_backup": "online" | "offline",
+     "system_state": True,            # optional: System State collected before each backup
+     "seed_staging": "/mnt/seed/web",  # optional, Offline only: the seed's staging folder
      "throttle": {...}}  # optional: agents.runtime.throttling's schedule
 
 Weekdays are 0 (Monday) to 6 (Sunday); in ``days`` 0 means the last day of the month.
@@ -26,6 +28,7 @@ from collections.abc import Mapping
 from datetime import time
 
 from agents.runtime import throttling
+from agents.runtime.protocol import POLICY_SEED_STAGING, POLICY_SYSTEM_STATE
 from jobs.retention import LAST_DAY, WEEKS
 from jobs.schedule import DAILY, WEEKDAY_NAMES, WEEKLY
 
@@ -51,6 +54,7 @@ MONTH_NAMES = (
 TIME_RE = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])\Z")
 TYPE_RE = re.compile(r"\.?[A-Za-z0-9_+-]{1,20}\Z")
 WHOLE_NUMBER_RE = re.compile(r"-?[0-9]{1,9}\Z")
+SEED_STAGING_RE = re.compile(r"/[^\x00-\x1f\x7f]{0,399}\Z")
 
 Problems = dict[str, list[str]]
 
@@ -200,6 +204,11 @@ def parse_form(data: Mapping) -> tuple[dict, Problems]:
         "retention": retention,
         "initial_backup": data.get("initial_backup", "online"),
     }
+    if _on(data, POLICY_SYSTEM_STATE):
+        spec[POLICY_SYSTEM_STATE] = True
+    staging = str(data.get(POLICY_SEED_STAGING) or "").strip()
+    if staging:
+        spec[POLICY_SEED_STAGING] = staging
     for field, messages in spec_problems(spec).items():
         for message in messages:
             if message not in problems.get(field, []):
@@ -318,6 +327,22 @@ def spec_problems(spec: dict) -> Problems:
             add("yearly_months", "Choose at least one month.")
     if spec.get("initial_backup") not in ("online", "offline"):
         add("initial_backup", "Choose online or offline for the initial backup.")
+    if POLICY_SYSTEM_STATE in spec and spec[POLICY_SYSTEM_STATE] is not True:
+        add(POLICY_SYSTEM_STATE, "System State is either included or left out of the policy.")
+    if POLICY_SEED_STAGING in spec:
+        staging = spec[POLICY_SEED_STAGING]
+        if not isinstance(staging, str) or not SEED_STAGING_RE.match(staging):
+            add(
+                POLICY_SEED_STAGING,
+                "Type the seed staging folder as an absolute path on the machine, like "
+                "/mnt/seed-disk/web-01 (at most 400 characters, no line breaks).",
+            )
+        elif staging.rstrip("/") == "" or ".." in staging.split("/"):
+            add(POLICY_SEED_STAGING, "Choose a folder of its own for the seed, not / or a path "
+                "with .. in it.")  # fmt: skip
+        elif spec.get("initial_backup") != "offline":
+            add(POLICY_SEED_STAGING, "A seed staging folder is used only by an Offline initial "
+                "backup: choose Offline, or clear the folder.")  # fmt: skip
     if throttling.POLICY_KEY in spec:
         throttle = spec[throttling.POLICY_KEY]
         if not isinstance(throttle, dict):

@@ -18,6 +18,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from agents.models import Machine
+from agents.runtime import protocol
 from agents.runtime import throttling as throttle_rules
 from agents.runtime.protocol import DRILL_LARGEST
 from jobs import policy_rules, retention, selectors, services
@@ -304,6 +305,8 @@ def _form_values(spec: dict) -> dict:
         "times": list(spec.get("times", [])) + [""] * (3 - len(spec.get("times", []))),
         "weekdays": spec.get("weekdays", []),
         "initial_backup": spec.get("initial_backup", "online"),
+        "system_state": bool(spec.get(protocol.POLICY_SYSTEM_STATE)),
+        "seed_staging": spec.get(protocol.POLICY_SEED_STAGING, ""),
     }
     for level in ("daily", "weekly", "monthly", "yearly"):
         rule = r.get(level)
@@ -396,6 +399,7 @@ def _posted_values(post) -> dict:
         values[key] = [n for n in numbers if n is not None]
     for level in ("daily", "weekly", "monthly", "yearly"):
         values[f"{level}_enabled"] = post.get(f"{level}_enabled") == "on"
+    values["system_state"] = post.get(protocol.POLICY_SYSTEM_STATE) == "on"
     return values
 
 

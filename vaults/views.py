@@ -532,9 +532,9 @@ def security_pin_page(request, vault_id):
 
 
 WORKLOADS = [("on_premises", "On-premises"), ("azure_vm", "Azure VM")]
-# System State is not offered: the agent collects none yet (docs/system-state.md), and the
-# portal must not show a protection it does not give.
-BACKUP_ITEMS = [("files", "Files and folders")]
+# What the agent backs up: files and folders, and System State (docs/system-state.md), which
+# each machine's policy turns on.
+BACKUP_ITEMS = [("files", "Files and folders"), ("system_state", "System State")]
 
 
 @login_required

@@ -18,7 +18,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from agents.runtime import checks, config, register, seed, throttling
+from agents.runtime import checks, config, protocol, register, seed, throttling
 from agents.runtime import passphrase as pp
 from agents.runtime.blobstore.base import StorageError
 from agents.runtime.credentials import CredentialsError, parse
@@ -26,6 +26,7 @@ from agents.runtime.engine import Repository, WrongPassphrase
 from agents.runtime.engine.errors import EngineError
 from agents.runtime.engine.progress import Event, ProgressSink, ThrottledSink
 from agents.runtime.engine.verify import run_verify
+from agents.runtime.jobs.backup import system_state
 from agents.runtime.jobs.outbox import outbox_for_cache
 from agents.runtime.jobs.policy import format_policy, load_policy
 from agents.runtime.jobs.verify import damage_of
@@ -330,8 +331,16 @@ def cmd_seed_export(args) -> int:
         renew_grant(registration, client)
     finally:
         client.close()
-    target = Path(args.to).expanduser().absolute()
+    folder = args.to or spec.get(protocol.POLICY_SEED_STAGING) or ""
+    if not folder:
+        raise UsageError(
+            "seed export: name the folder with --to PATH, or set the seed staging folder in "
+            "the machine's backup policy in the portal (Initial backup: Offline)"
+        )
+    target = Path(folder).expanduser().absolute()
     _out(f"Writing the first backup of {registration.machine_name} to {target} ...")
+    mapped, ready = system_state(spec, settings.cache_path)
+    collected = ready() if ready is not None else []
     try:
         result, header = seed.seed_export(
             container=open_with_settings(registration.grant, settings),
@@ -346,6 +355,8 @@ def cmd_seed_export(args) -> int:
                 "machine_name": registration.machine_name,
             },
             cache_dir=settings.cache_path,
+            mapped=mapped,
+            warnings=collected,
         )
     except (seed.SeedError, EngineError, StorageError) as exc:
         raise UsageError(f"seed export: {exc}") from None
@@ -637,7 +648,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("seed", help="offline seeding: the first backup to a disk")
     seed_sub = p.add_subparsers(dest="seed_command", required=True)
     p = seed_sub.add_parser("export", help="write the first backup to a folder or mounted disk")
-    p.add_argument("--to", required=True, metavar="PATH", help="an empty folder on the disk")
+    p.add_argument(
+        "--to",
+        metavar="PATH",
+        help="an empty folder on the disk (default: the policy's seed staging folder)",
+    )
     p.add_argument("--passphrase-file", help="the machine's passphrase, if it is not saved")
     p.set_defaults(func=cmd_seed_export)
 

@@ -39,6 +39,17 @@ TASK_PREFIX = "haven.agent."
 POLICY_PROTECTION = "protection"
 PROTECTION_STOPPED = "stopped"
 
+# System State (docs/system-state.md): a policy spec with ``{POLICY_SYSTEM_STATE: True}``
+# has the agent collect the machine's configuration at the start of a backup; the collection is
+# stored in the recovery point under the reserved relative path ``SYSTEM_STATE_PATH`` (every
+# file's stored path is absolute, so it can never meet one), and Recover Data restores it
+# by selecting that path.
+POLICY_SYSTEM_STATE = "system_state"
+SYSTEM_STATE_PATH = "system-state"
+# The offline seed's staging folder named in the policy (docs/seeding.md): where the first
+# backup of an Offline policy is written when ``haven-agent seed export`` gets no ``--to``.
+POLICY_SEED_STAGING = "seed_staging"
+
 
 # -- job statuses -------------------------------------------------------------------------------
 class JobStatus(enum.StrEnum):

@@ -134,6 +134,8 @@ def seed_export(
     cache_dir: Path | None = None,
     sink=None,
     cancel=None,
+    mapped: dict | None = None,
+    warnings: list[dict] | None = None,
 ):
     """Back up ``items`` into ``staging`` as a seed of the repository in ``container``;
     returns ``(BackupResult, header)``. Nothing but ``config`` and the keys is read from
@@ -150,7 +152,14 @@ def seed_export(
     repo_id = copy_repository_identity(container, target)
     repo = engine.Repository.open(target, passphrase)
     result = engine.run_backup(
-        repo, sources=items, excludes=excludes, cache_dir=cache_dir, sink=sink, cancel=cancel
+        repo,
+        sources=items,
+        excludes=excludes,
+        cache_dir=cache_dir,
+        sink=sink,
+        cancel=cancel,
+        mapped=mapped,  # System State, when the policy includes it (jobs.backup.system_state)
+        warnings=warnings or (),
     )
     if not result.recovery_point:
         raise SeedError(result.message or "the backup to the seed folder made no recovery point")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import posixpath
 import secrets
 import time
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from agents.api_auth import CACHE_ERRORS
 from agents.models import Machine, SourceGrantAuthorisation
 from agents.runtime import protocol
 from agents.runtime.blobstore import BlobExists, BlobNotFound, StorageError
-from agents.runtime.protocol import DOWNLOAD_MAX_BYTES
+from agents.runtime.protocol import DOWNLOAD_MAX_BYTES, SYSTEM_STATE_PATH
 from jobs.models import Job, RecoveryPoint
 from jobs.services import job_publish
 from jobs.services.replication import point_replicated, replicated_manifests
@@ -63,6 +64,7 @@ SOURCE_GRANT_LIFETIME = timedelta(hours=1)
 QUESTION_AUTHORISATION = timedelta(minutes=15)
 JOB_AUTHORISATION = timedelta(hours=24)
 COMMAND_AUTHORISATION = timedelta(hours=1)
+SYSTEM_STATE = SYSTEM_STATE_PATH  # the recovery point's System State part, chosen by name
 ROLE = Role.BACKUP_OPERATOR  # file names are as sensitive as the data: not for Readers
 # The wizard's words for the restore's conflict choices (the choices are the wire's).
 CONFLICTS = {
@@ -614,16 +616,40 @@ def _region_args(region: str) -> dict:
     return {"source_region": region} if region == protocol.REGION_SECONDARY else {}
 
 
+def is_system_state(path: str) -> bool:
+    """``path`` is the System State part of a recovery point, or inside it."""
+    return path == SYSTEM_STATE or path.startswith(SYSTEM_STATE + "/")
+
+
 def _clean_paths(paths: list[str]) -> list[str]:
+    """Absolute paths as backed up, or the System State part (``system-state``)."""
     out = []
     for p in paths:
         p = (p or "").strip()
-        if not p.startswith("/") or "\0" in p:
+        if not (p.startswith("/") or is_system_state(p)) or "\0" in p:
             raise RecoveryRefused("Choose the files and folders to recover.")
         out.append(p)
     if not out:
         raise RecoveryRefused("Choose at least one file or folder to recover.")
     return sorted(set(out))
+
+
+def _system_state_folder(folder: str) -> str:
+    """The folder System State is restored into: named, and never / or /etc (the restore
+    writes FOLDER/system-state/...; laid over a running system it would do harm)."""
+    if not folder:
+        raise RecoveryRefused(
+            "System State is restored to a folder you name, never over the running system: "
+            "choose Another location and type a folder, like /srv/restored."
+        )
+    normal = posixpath.normpath(folder)
+    if normal in ("/", "//") or normal == "/etc" or normal.startswith("/etc/"):
+        raise RecoveryRefused(
+            f"System State cannot be restored into {folder}: choose an empty folder outside "
+            "/ and /etc, like /srv/restored, and copy back from there what you need "
+            "(its README.md says how)."
+        )
+    return folder
 
 
 def _record_start(operation: str, *, user, source: Machine, target: Machine, job: Job) -> None:
@@ -667,6 +693,9 @@ def restore_start(
     folder = (folder or "").strip()
     if folder and (not folder.startswith("/") or "\0" in folder):
         raise RecoveryRefused("Type the folder as an absolute path, like /srv/restored.")
+    system_state = any(is_system_state(p) for p in paths)
+    if system_state:
+        folder = _system_state_folder(folder)
     job = _new_job(
         user=user,
         source=source,
@@ -680,6 +709,7 @@ def restore_start(
             "on_conflict": on_conflict,
             "restore_permissions": bool(restore_permissions),
             **_region_details(region),
+            **({"system_state": True} if system_state else {}),
         },
     )
     _authorise_from_portal(

@@ -113,10 +113,10 @@ def _calendar(points, tz) -> list[dict]:
     return out
 
 
-def _wizard_region(request, source) -> tuple[str, str, set[str]]:
+def _wizard_region(region: str, source) -> tuple[str, str, set[str]]:
     """The copy the wizard reads (``?region=``), why it cannot (shown), and for the secondary
     the points already copied there."""
-    region = request.GET.get("region") or protocol.REGION_PRIMARY
+    region = region or protocol.REGION_PRIMARY
     if region == protocol.REGION_PRIMARY:
         return region, "", set()
     try:
@@ -162,9 +162,13 @@ def _pair_to_start(request, source_id, target_id, operation: str):
 @require_GET
 def wizard(request, source_id, target_id):
     source, target = _pair(request, source_id, target_id)
+    return _wizard_page(request, source, target, region=request.GET.get("region", ""))
+
+
+def _wizard_page(request, source, target, *, region: str, status: int = 200):
     tz = zone(source.time_zone)
     points = list(services.recovery_points(source))
-    region, region_error, replicated = _wizard_region(request, source)
+    region, region_error, replicated = _wizard_region(region, source)
     if region == protocol.REGION_SECONDARY:
         for point in points:
             point.on_secondary = point.snapshot_id in replicated
@@ -185,7 +189,9 @@ def wizard(request, source_id, target_id):
             "weekdays": ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"],
             "max_download": services.DOWNLOAD_MAX_BYTES,
             "cli_option": services.cli_source_option(source=source, target=target),
+            "system_state_path": services.SYSTEM_STATE,
         },
+        status=status,
     )
 
 
@@ -217,7 +223,7 @@ def ask(request, source_id, target_id, kind):
             args["recovery_points"] = [data["rp"]]
     elif kind == "versions":
         args = {"path": data.get("path", "")}
-        if not args["path"].startswith("/"):
+        if not (args["path"].startswith("/") or services.is_system_state(args["path"])):
             raise Http404("No such file")
     elif kind != "points":
         raise Http404("No such question")
@@ -277,12 +283,10 @@ def answer(request, request_id):
     context["result"] = result
     if question["kind"] == "browse":
         path = result.get("path") or "/"
-        crumbs, acc = [], ""
-        for part in [p for p in path.split("/") if p]:
-            acc += "/" + part
-            crumbs.append({"name": part, "path": acc})
-        context["crumbs"] = crumbs
-        context["parent"] = path.rsplit("/", 1)[0] or "/"
+        context["crumbs"] = _crumbs(path)
+        head, sep, _ = path.rpartition("/")
+        context["parent"] = (head or "/") if sep else "/"  # system-state's parent is /
+        context["system_state_path"] = services.SYSTEM_STATE
     template = {
         "points": "recovery/_points.html",
         "browse": "recovery/_browse.html",
@@ -290,6 +294,18 @@ def answer(request, request_id):
         "versions": "recovery/_versions.html",
     }[question["kind"]]
     return _render(request, template, context)
+
+
+def _crumbs(path: str) -> list[dict]:
+    """The folder's crumbs; the System State part (``system-state/...``) starts with its
+    own name instead of a folder of /."""
+    crumbs, acc = [], ""
+    state = not path.startswith("/")
+    for part in [p for p in path.split("/") if p]:
+        acc = part if state and not acc else f"{acc}/{part}"
+        name = "System State" if state and acc == services.SYSTEM_STATE else part
+        crumbs.append({"name": name, "path": acc})
+    return crumbs
 
 
 def _with_times(value):
@@ -329,12 +345,15 @@ def restore(request, source_id, target_id):
             region=_region(request),
         )
     except services.RecoveryRefused as exc:
+        # 400 with the wizard and the reason (the form's choices are the person's to fix)
         messages.error(request, str(exc))
-        return _back_to_wizard(request, source, target)
-    messages.success(
-        request,
-        f"Recovery of {job.details['items']} item(s) of {source.name} onto {target.name} started.",
+        return _wizard_page(request, source, target, region=_region(request), status=400)
+    what = (
+        "System State"
+        if job.details.get("system_state") and job.details["items"] == 1
+        else f"{job.details['items']} item(s)"
     )
+    messages.success(request, f"Recovery of {what} of {source.name} onto {target.name} started.")
     return redirect("jobs:detail", job.pk)
 
 

@@ -55,7 +55,8 @@ class SeedPending(Exception):
 
     MESSAGE = (
         "This machine's policy makes the first backup offline: run haven-agent seed export "
-        "--to PATH on the machine, then import the seed on the machine's page (Seeding). "
+        "on the machine (--to PATH, or the policy's seed staging folder), then import the "
+        "seed on the machine's page (Seeding). "
         "Backups go over the network once the seed is imported."
     )
 

@@ -17,10 +17,33 @@
     return f ? f.querySelector("input[name=rp]:checked") : null;
   }
 
+  var SYSTEM_STATE = "system-state";  // the recovery point's System State part (protocol)
+
+  function isSystemState(path) {
+    return path === SYSTEM_STATE || path.indexOf(SYSTEM_STATE + "/") === 0;
+  }
+
+  // System State goes to a folder the person names, never to the original location.
+  function refreshLocation(f, paths) {
+    var state = paths.some(isSystemState);
+    var original = f.querySelector("input[name=location][value=original]");
+    var another = f.querySelector("input[name=location][value=another]");
+    if (original) {
+      original.disabled = state;
+      if (state && original.checked && another) another.checked = true;
+    }
+    var note = document.getElementById("system-state-note");
+    if (note) note.hidden = !state;
+    var files = f.querySelector(".recovery-files");
+    var mode = f.querySelector("input[name=recover_mode]:checked");
+    if (files) files.hidden = !!mode && mode.value === "system_state";
+  }
+
   function refresh() {
     var f = form();
     if (!f) return;
     var paths = selected();
+    refreshLocation(f, paths);
     var point = chosenPoint();
     var count = f.querySelector("[data-field=selected-count]");
     if (count) count.textContent = String(paths.length);
@@ -54,11 +77,12 @@
     var input = document.createElement("input");
     input.type = "hidden"; input.name = "paths"; input.value = path;
     var name = document.createElement("span");
-    name.className = "mono"; name.textContent = path;
+    name.className = path === SYSTEM_STATE ? "" : "mono";
+    name.textContent = path === SYSTEM_STATE ? "System State" : path;
     var remove = document.createElement("button");
     remove.type = "button"; remove.className = "link"; remove.textContent = "Remove";
     remove.setAttribute("data-remove", path);
-    remove.setAttribute("aria-label", "Remove " + path);
+    remove.setAttribute("aria-label", "Remove " + name.textContent);
     li.appendChild(input); li.appendChild(name); li.appendChild(document.createTextNode(" "));
     li.appendChild(remove);
     document.getElementById("selection").appendChild(li);
@@ -92,7 +116,13 @@
     var day = event.target.closest(".calendar-day.has-points");
     if (day) { showDay(day.getAttribute("data-day")); return; }
     var remove = event.target.closest("[data-remove]");
-    if (remove) { drop(remove.getAttribute("data-remove")); refresh(); return; }
+    if (remove) {
+      drop(remove.getAttribute("data-remove"));
+      var files = form().querySelector("input[name=recover_mode][value=files]");
+      if (files && !selected().some(isSystemState)) files.checked = true;  // back to browsing
+      refresh();
+      return;
+    }
     var version = event.target.closest("[data-use-version]");
     if (version) {
       if (choosePoint(version.getAttribute("data-rp"))) {
@@ -117,8 +147,16 @@
       return;
     }
     if (event.target.name === "rp") {
-      selected().forEach(drop);  // items belong to one recovery point
+      var keep = selected().filter(function (p) { return p === SYSTEM_STATE; });
+      selected().forEach(drop);  // items belong to one recovery point (System State: to each)
+      keep.forEach(add);
       refresh();
+    }
+    if (event.target.name === "recover_mode") {
+      selected().forEach(drop);
+      if (event.target.value === "system_state") add(event.target.getAttribute("data-path"));
+      refresh();
+      return;
     }
     if (event.target.name === "folder") {
       var another = form().querySelector("input[name=location][value=another]");

@@ -66,7 +66,10 @@ def test_an_offline_seeded_machine_backs_up_online_uploading_almost_nothing(
     data = agent.home / "data"
     _write_files(data)
     spec = policy_rules.default_spec()
-    spec.update(items=[str(data)], initial_backup="offline")
+    # the seed's folder named in the policy: `seed export` needs no --to
+    spec.update(
+        items=[str(data)], initial_backup="offline", seed_staging=str(seed_disks / "web-01")
+    )
     policy = services.policy_save(machine=machine, spec=spec, user=vault_owner.user)
     _until(
         lambda: BackupPolicy.objects.get(pk=policy.pk).applied_hash == policy.spec_hash,
@@ -78,7 +81,8 @@ def test_an_offline_seeded_machine_backs_up_online_uploading_almost_nothing(
     expect(page.locator("[data-field=seed-state]")).to_contain_text("Waiting for the seed disk")
     screenshot("seed-machine-waiting")
 
-    agent.ok("seed", "export", "--to", seed_disks / "web-01", timeout=180)
+    exported = agent.ok("seed", "export", timeout=180)
+    assert f"to {seed_disks / 'web-01'} ..." in exported
     monkeypatch.setenv("REDIS_URL", redis_url)  # the worker consumes where the portal sends
     worker = PortalWorker(agent_portal, settings, tmp_path / "portal-worker.log")
     worker.start()

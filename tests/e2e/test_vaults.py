@@ -145,7 +145,7 @@ def test_create_deploy_configure_and_download_credentials(
     page.get_by_role("link", name="Backup", exact=True).click()
     page.get_by_label("Where is your workload running?").select_option("On-premises")
     expect(page.get_by_label("Files and folders")).to_be_checked()
-    expect(page.get_by_label("System State")).to_have_count(0)  # not collected: not offered
+    expect(page.get_by_label("System State")).not_to_be_checked()  # offered, not preselected
     page.get_by_role("button", name="Prepare infrastructure").click()
     prepare = page.locator("#prepare")
     expect(prepare).to_be_visible()

@@ -198,3 +198,73 @@ def test_a_reader_cannot_start_a_restore(client, member, web01, points, sent):
         {"rp": points[0].snapshot_id, "paths": ["/home"]},
     )
     assert response.status_code == 403 and not Job.objects.exists()
+
+
+def test_system_state_is_restored_only_to_a_folder_that_is_not_root_or_etc(
+    client, alice, web01, web02, points, sent
+):
+    client.force_login(alice)
+    url = reverse("recovery:restore", args=[web01.pk, web02.pk])
+    form = {"rp": points[0].snapshot_id, "paths": ["system-state"]}
+    for extra, message in (
+        ({"location": "original"}, "never over the running system"),
+        ({"location": "another", "folder": ""}, "never over the running system"),
+        ({"location": "another", "folder": "/"}, "cannot be restored into /:"),
+        ({"location": "another", "folder": "/etc/"}, "cannot be restored into /etc/:"),
+        ({"location": "another", "folder": "/srv/../etc/x"}, "cannot be restored into"),
+        ({"location": "another", "folder": "srv"}, "absolute path"),
+    ):
+        response = client.post(url, {**form, **extra})
+        assert response.status_code == 400, extra
+        assert message in response.content.decode(), extra
+    bad = client.post(url, {**form, "paths": ["system-state-x"], "location": "another",
+                            "folder": "/srv/r"})  # fmt: skip
+    assert bad.status_code == 400 and "Choose the files and folders" in bad.content.decode()
+    assert not Job.objects.exists() and not sent
+
+    response = client.post(url, {**form, "location": "another", "folder": "/srv/restored"})
+    job = Job.objects.get()
+    assert response.status_code == 302 and job.details["system_state"] is True
+    assert sent[-1][2]["paths"] == ["system-state"] and sent[-1][2]["target"] == "/srv/restored"
+    page = client.get(reverse("jobs:detail", args=[job.pk])).content.decode()
+    assert '<dd data-field="items">System State</dd>' in page
+
+
+def test_a_reader_cannot_restore_system_state(client, member, web01, points, sent):
+    client.force_login(member(Role.READER))
+    response = client.post(
+        reverse("recovery:restore", args=[web01.pk, web01.pk]),
+        {"rp": points[0].snapshot_id, "paths": ["system-state"], "location": "another",
+         "folder": "/srv/restored"},
+    )  # fmt: skip
+    assert response.status_code == 403 and not Job.objects.exists() and not sent
+
+
+def test_browsing_shows_system_state_as_its_own_top_level_item(client, alice, web01, points, sent):
+    client.force_login(alice)
+    page = client.get(wizard_url(web01, web01)).content.decode()
+    assert 'name="recover_mode" value="system_state" data-path="system-state"' in page
+    client.post(
+        reverse("recovery:ask", args=[web01.pk, web01.pk, "browse"]),
+        {"rp": points[0].snapshot_id, "path": "system-state/etc"},
+    )
+    request_id = sent[-1][2]["request_id"]
+    assert sent[-1][2]["path"] == "system-state/etc"
+    entry = {"kind": "file", "size": 3, "mtime": "2025-01-02T03:04:05+00:00"}
+    services.answer_store(machine=web01, request_id=request_id, body={"ok": True, "result": {
+        "recovery_point": {"id": points[0].snapshot_id}, "path": "system-state/etc",
+        "entries": [{**entry, "name": "hosts", "path": "system-state/etc/hosts"}]}})  # fmt: skip
+    page = client.get(reverse("recovery:answer", args=[request_id])).content.decode()
+    assert '"path": "system\\u002Dstate"}\' hx-target="#browser">System State</a>' in page  # crumb
+    assert 'value="system-state/etc/hosts"' in page
+    client.post(
+        reverse("recovery:ask", args=[web01.pk, web01.pk, "browse"]),
+        {"rp": points[0].snapshot_id, "path": "/"},
+    )
+    request_id = sent[-1][2]["request_id"]
+    services.answer_store(machine=web01, request_id=request_id, body={"ok": True, "result": {
+        "recovery_point": {"id": points[0].snapshot_id}, "path": "/", "entries": [
+            {**entry, "kind": "dir", "name": "etc", "path": "/etc"},
+            {**entry, "kind": "dir", "name": "system-state", "path": "system-state"}]}})  # fmt: skip
+    page = client.get(reverse("recovery:answer", args=[request_id])).content.decode()
+    assert 'aria-label="Select System State"' in page and 'aria-label="Select etc"' in page

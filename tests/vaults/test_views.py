@@ -374,19 +374,23 @@ def test_prepare_infrastructure_links_the_agent_and_gates_credentials(
     assert 'id="download-credentials" disabled' in body
 
 
-def test_system_state_is_not_offered_while_the_agent_collects_none(as_user, alice, deployed_vault):
+def test_system_state_is_offered_beside_files_and_says_where_it_is_turned_on(
+    as_user, alice, deployed_vault
+):
     url = reverse("vaults:backup", args=[deployed_vault.pk])
     goal = as_user(alice).get(url).content.decode()
-    assert 'value="files"' in goal
-    assert "System State" not in goal and "system_state" not in goal
-    # a hand-made link asking for it alone prepares nothing and promises nothing
+    assert 'value="files"' in goal and 'value="system_state"' in goal
     body = (
         as_user(alice)
         .get(url, {"workload": "on_premises", "items": ["system_state"], "prepare": "1"})
         .content.decode()
     )
+    assert 'id="prepare"' in body
+    assert "Protect the System State of a Linux machine" in body
+    assert "open the machine's Backup policy and check <strong>System State</strong>" in body
+    # an item the agent does not back up prepares nothing
+    body = as_user(alice).get(url, {"items": ["volume"], "prepare": "1"}).content.decode()
     assert "Choose at least one thing to back up." in body and 'id="prepare"' not in body
-    assert "System State" not in body
 
 
 def test_prepare_needs_something_to_back_up(as_user, alice, deployed_vault):

@@ -101,8 +101,16 @@ def run_backup(
     pack_size: int = DEFAULT_PACK_SIZE,
     upload_threads: int = 2,
     check_space: Callable[[int], None] | None = None,
+    mapped: dict | None = None,
+    warnings: Iterable[dict] = (),
 ) -> BackupResult:
     """Back up ``sources`` (absolute paths) into a new recovery point of ``repo``.
+
+    ``mapped`` (stored prefix -> disk folder, e.g. ``{"system-state": staging}``): folders
+    stored under a reserved relative path instead of their own (``paths.PathMap``); they
+    are matched with the previous point by stored path, so unchanged files are not read.
+    ``warnings`` (``{"path", "reason"}``): raised before the backup by whoever staged a
+    mapped folder; reported and counted as the backup's own.
 
     ``check_space(data_bytes)`` is called with the previous recovery point's size before a
     file is read, and for a first backup with the running total of the data counted beside
@@ -114,7 +122,10 @@ def run_backup(
     if walk is None:
         if sources is None:
             raise InvalidArgument("no sources selected")
-        walk = WalkAhead(sources, excludes)
+        walk = WalkAhead(sources, excludes, mapped=mapped)
+    elif mapped is not None:
+        walk.close()
+        raise InvalidArgument("give the mapped folders to the walk started for them")
     elif sources is not None and normalize_sources(sources) != walk.sources:
         walk.close()
         raise InvalidArgument("the sources differ from those of the walk started for them")
@@ -124,6 +135,7 @@ def run_backup(
             sources=walk.sources,
             excluder=walk.excluder,
             walker=walk,
+            disk_of=walk.mapping.disk,
             cache_dir=Path(cache_dir) if cache_dir is not None else None,
             reporter=Reporter(sink, "backup"),
             cancel=cancel or threading.Event(),
@@ -135,6 +147,8 @@ def run_backup(
             upload_threads=upload_threads,
             check_space=check_space,
         )
+        for warning in warnings:
+            job.warn(warning.get("path"), warning["reason"])
         return job.run()
     finally:
         walk.close()
@@ -356,7 +370,9 @@ class _Backup:
         return True
 
     def _changed(self, path: bytes, st: os.stat_result, prev: Entry | None) -> None:
-        """A new or changed item (or a hard link): build its entry anew."""
+        """A new or changed item (or a hard link): build its entry anew. ``path`` is the
+        stored path; a mapped one is read from its disk folder."""
+        disk = path if path[:1] == b"/" else self.disk_of(path)
         mode = st.st_mode
         entry = Entry(
             path=path,
@@ -372,11 +388,11 @@ class _Backup:
             group=self.names.group(st.st_gid),
         )
         if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-            entry.xattrs = self._xattrs(path)
+            entry.xattrs = self._xattrs(path, disk)
         if stat.S_ISREG(mode):
             entry.kind = FILE
             entry.size = st.st_size
-            self._file(entry, st, prev)
+            self._file(entry, st, prev, disk)
         elif stat.S_ISDIR(mode):
             entry.kind = DIR
             self.result.dirs += 1
@@ -384,7 +400,7 @@ class _Backup:
         elif stat.S_ISLNK(mode):
             entry.kind = SYMLINK
             try:
-                entry.target = os.readlink(path)
+                entry.target = os.readlink(disk)
             except OSError as exc:
                 self.warn(path, f"cannot read symbolic link: {exc.strerror}")
                 return
@@ -399,15 +415,15 @@ class _Backup:
             )  # fmt: skip
             self.warn(path, f"skipped: a {what} is not backed up")
 
-    def _xattrs(self, path: bytes) -> list[tuple[bytes, bytes]]:
+    def _xattrs(self, path: bytes, disk: bytes) -> list[tuple[bytes, bytes]]:
         """Extended attributes (POSIX ACLs included), sorted by name; a file system without
         them gives none, one that refuses to show them gives a warning."""
         try:
-            names = os.listxattr(path, follow_symlinks=False)
+            names = os.listxattr(disk, follow_symlinks=False)
             if not names:
                 return []
             return sorted(
-                (os.fsencode(name), os.getxattr(path, name, follow_symlinks=False))
+                (os.fsencode(name), os.getxattr(disk, name, follow_symlinks=False))
                 for name in names
             )
         except OSError as exc:
@@ -416,7 +432,7 @@ class _Backup:
             self.warn(path, f"extended attributes not backed up: {exc.strerror}")
             return []
 
-    def _file(self, entry: Entry, st: os.stat_result, prev: Entry | None) -> None:
+    def _file(self, entry: Entry, st: os.stat_result, prev: Entry | None, disk: bytes) -> None:
         rep = self.reporter
         if st.st_nlink > 1:
             first = self.links.get((st.st_dev, st.st_ino))
@@ -448,7 +464,7 @@ class _Backup:
             self.inflight[self.seq] = p
             if not self.batch:
                 self.batch_tick = self.tick
-            self.batch.append((self.seq, entry.path, entry.size, entry.mtime_ns))
+            self.batch.append((self.seq, disk, entry.size, entry.mtime_ns))
             self.batch_bytes += entry.size
             self.result.files_read += 1
         if st.st_nlink > 1:

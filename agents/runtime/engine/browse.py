@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import blake3
 
 from agents.runtime.engine.format import FILE, HARDLINK, Entry
-from agents.runtime.engine.paths import absolute_path
+from agents.runtime.engine.paths import is_reserved, stored_path
 from agents.runtime.engine.repository import RecoveryPoint, Repository
 
 
@@ -23,10 +23,11 @@ def list_recovery_points(repo: Repository) -> list[RecoveryPoint]:
 def list_dir(
     repo: Repository, *, recovery_point: str | RecoveryPoint, path: str | bytes = "/"
 ) -> list[Entry]:
-    """The direct children of ``path`` in a recovery point (empty if it has none)."""
+    """The direct children of ``path`` in a recovery point (empty if it has none). ``/``
+    lists the top folders and a reserved part's root (``system-state``) beside them."""
     rp = repo.recovery_point(recovery_point)
-    want = absolute_path(path)
-    key = want.split(b"/")
+    want = stored_path(path)
+    key = want.split(b"/") if want != b"/" else [b""]
     out = []
     seen_subtree = False
     for e in repo.iter_entries(rp):
@@ -34,6 +35,8 @@ def list_dir(
             out.append(e)
             seen_subtree = True
         elif seen_subtree and e.path.split(b"/")[: len(key)] != key:
+            if want == b"/" and is_reserved(e.path):
+                continue  # the reserved parts come last, after every disk path
             break  # tree order: the folder's subtree is contiguous and now behind us
     return out
 
@@ -77,7 +80,7 @@ class FileVersion:
 
 def file_versions(repo: Repository, *, path: str | bytes) -> list[FileVersion]:
     """The item at ``path`` in every recovery point that has it, oldest first."""
-    want = absolute_path(path)
+    want = stored_path(path)
     key = want.split(b"/")
     out: list[FileVersion] = []
     last = None

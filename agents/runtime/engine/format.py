@@ -205,8 +205,10 @@ class Entry:
 
     @property
     def parent(self) -> bytes:
-        head = self.path.rstrip(b"/").rsplit(b"/", 1)[0]
-        return head or b"/"
+        """The folder holding it; a reserved (relative) root such as ``system-state`` sits
+        at the top, beside ``/``'s folders."""
+        head, sep, _ = self.path.rstrip(b"/").rpartition(b"/")
+        return head or b"/" if sep else b"/"
 
 
 XATTRS = 0x80  # in the kind byte: an extended-attribute block follows the chunk refs

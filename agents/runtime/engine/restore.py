@@ -41,7 +41,14 @@ from agents.runtime.engine.file_writer import (
 )
 from agents.runtime.engine.format import DIR, FILE, HARDLINK, SYMLINK, Entry, encode_entry
 from agents.runtime.engine.owners import owner_of
-from agents.runtime.engine.paths import absolute_paths, is_inside, is_selected, past_all_selections
+from agents.runtime.engine.paths import (
+    RESERVED_ROOTS,
+    is_inside,
+    is_reserved,
+    is_selected,
+    past_all_selections,
+    stored_paths,
+)
 from agents.runtime.engine.progress import ProgressSink, Reporter
 from agents.runtime.engine.repository import ChunkReader, RecoveryPoint, Repository
 from agents.runtime.engine.target import TargetTree, is_dir, lstat_at, safe_components
@@ -100,6 +107,8 @@ class _Restore:
         self.batch_id = 0
         self.outstanding = 0
         self.full_files = 0  # files not written because the target's disk is full
+        # selections not met yet (a reserved part is only ever chosen by its root's name)
+        self.unmatched: set[bytes] = {p for p in self.paths or () if p in RESERVED_ROOTS}
 
     def warn(self, path: bytes, reason: str, *, failed: bool = False) -> None:
         w = self.reporter.warn(path, reason)
@@ -147,6 +156,9 @@ class _Restore:
                 rep.emit()
             self._send()
             self._wait_writers()
+            for missing in sorted(self.unmatched):
+                self.warn(missing, "not in this recovery point: it holds no System State (the "
+                          "machine's policy did not include System State when it was made)")  # fmt: skip
             if not (self.cancelled or self.cancel.is_set() or self.full_files):
                 self._make_links()
                 self._apply_dir_metadata()
@@ -174,8 +186,15 @@ class _Restore:
 
     def _selected_entries(self):
         """The entries to restore, in tree order; reading stops past the last selection."""
+        # Everything (None) leaves out a reserved part (System State): that is restored only
+        # when selected by name, so it never lands in / on a restore to the original place.
         for e in self.repo.iter_entries(self.rp, ChunkReader(self.repo)):
-            if self.paths is None or is_selected(e.path, self.paths):
+            if self.paths is None:
+                if not is_reserved(e.path):
+                    yield e  # (a hostile relative path is refused by safe_components)
+            elif is_selected(e.path, self.paths):
+                if e.path in self.unmatched:
+                    self.unmatched.discard(e.path)
                 yield e
             elif past_all_selections(e.path, self.paths):
                 return
@@ -384,7 +403,7 @@ def run_restore(
     started = time.monotonic()
     repo.load_index()
     rp = repo.recovery_point(recovery_point)
-    selections = None if paths is None else absolute_paths(paths, what="restore path")
+    selections = None if paths is None else stored_paths(paths, what="restore path")
     job = _Restore(
         repo,
         rp,

@@ -9,6 +9,7 @@ previous one while streaming.
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import os
 import queue
 import re
@@ -17,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 
 from agents.runtime.engine.errors import InvalidArgument
-from agents.runtime.engine.paths import absolute_paths, is_selected
+from agents.runtime.engine.paths import PathMap, absolute_paths, is_selected
 
 Warn = Callable[[bytes, str], None]
 
@@ -136,6 +137,27 @@ def walk(
         yield from _walk_tree(src, st, exclude, warn, pseudo)
 
 
+def walk_mapped(mapping: PathMap, warn: Warn) -> Iterator[tuple[bytes, os.stat_result]]:
+    """(stored path, lstat) for everything in the mapped folders, after the disk paths in
+    tree order (a stored prefix is relative). No exclusions apply: the folder is staged."""
+    pseudo = pseudo_devices()
+    for prefix, folder in mapping.items():
+
+        def stored_warn(path: bytes, reason: str, prefix=prefix) -> None:
+            warn(mapping.stored(prefix, path), reason)
+
+        try:
+            st = os.lstat(folder)
+        except OSError as exc:
+            warn(prefix, f"cannot read the staged folder {os.fsdecode(folder)}: {exc.strerror}")
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            warn(prefix, f"the staged folder {os.fsdecode(folder)} is not a folder")
+            continue
+        for path, pst in _walk_tree(folder, st, Excluder(()), stored_warn, pseudo):
+            yield mapping.stored(prefix, path), pst
+
+
 def _listdir(path: bytes, warn: Warn) -> list[bytes]:
     try:
         return sorted(os.listdir(path))
@@ -184,13 +206,22 @@ class WalkAhead:
     reader's work (reading the previous recovery point, comparing entries) and with the key
     derivation when it starts before the repository is opened. Memory is bounded (at most
     ``depth`` batches wait). Iterating yields ``(path, lstat, None)`` for each item and
-    ``(path, None, reason)`` for each warning, in walk order."""
+    ``(path, None, reason)`` for each warning, in walk order.
+
+    ``mapped`` (stored prefix -> disk folder, ``PathMap``) adds staged folders after the
+    sources, under their stored paths; ``mapping.disk`` says where each is read from.
+    ``mapped_ready()``, when given, is called on the walk's thread before the staged folders
+    are walked (it may wait for them to be filled, while the sources are walked and read)
+    and returns warnings (``{"path", "reason"}``) to report in walk order."""
 
     BATCH = 256
 
     def __init__(self, sources: Iterable[str | bytes | os.PathLike], excludes: Iterable[str] = (),
-                 *, depth: int = 32):  # fmt: skip
+                 *, depth: int = 32, mapped: dict | None = None,
+                 mapped_ready: Callable[[], Iterable[dict]] | None = None):  # fmt: skip
         self.sources = normalize_sources(sources)
+        self.mapping = PathMap(mapped)
+        self._mapped_ready = mapped_ready
         self.excluder = Excluder(excludes)
         self._queue: queue.Queue = queue.Queue(depth)
         self._stop = threading.Event()
@@ -204,7 +235,9 @@ class WalkAhead:
             batch.append((path, None, reason))
 
         try:
-            for path, st in walk(self.sources, self.excluder, warn):
+            for path, st in itertools.chain(
+                walk(self.sources, self.excluder, warn), self._walk_mapped(warn)
+            ):
                 batch.append((path, st, None))
                 if len(batch) >= self.BATCH:
                     if not self._put(batch):
@@ -214,6 +247,12 @@ class WalkAhead:
                 self._put(None)
         except BaseException as exc:  # handed to the reader, raised there
             self._put(exc)
+
+    def _walk_mapped(self, warn: Warn) -> Iterator[tuple[bytes, os.stat_result]]:
+        if self._mapped_ready is not None:
+            for warning in self._mapped_ready():
+                warn(warning["path"], warning["reason"])
+        yield from walk_mapped(self.mapping, warn)
 
     def _put(self, item) -> bool:
         while not self._stop.is_set():

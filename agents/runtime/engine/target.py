@@ -12,6 +12,7 @@ import stat
 from pathlib import Path
 
 from agents.runtime.engine.errors import UnsafePath
+from agents.runtime.engine.paths import is_reserved
 from agents.runtime.engine.progress import display_path
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -19,12 +20,16 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 def safe_components(path: bytes) -> list[bytes]:
     """The components of manifest path ``path``, each safe to create under the target;
-    ``UnsafePath`` for a relative path or an empty, ``.``, ``..`` or NUL-holding component."""
-    if not path.startswith(b"/"):
+    ``UnsafePath`` for a relative path (but a reserved one, ``system-state/...``, which goes
+    to ``<target>/system-state/...``) or an empty, ``.``, ``..`` or NUL-holding component."""
+    if is_reserved(path):
+        parts = path.split(b"/")
+    elif not path.startswith(b"/"):
         raise UnsafePath(f"refusing {display_path(path)!r}: manifest paths must be absolute")
-    if path == b"/":
+    elif path == b"/":
         return []
-    parts = path[1:].split(b"/")
+    else:
+        parts = path[1:].split(b"/")
     for c in parts:
         if c in (b"", b".", b"..") or b"\0" in c:
             raise UnsafePath(f"refusing {display_path(path)!r}: unsafe path component {c!r}")

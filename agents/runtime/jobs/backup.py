@@ -6,12 +6,14 @@ and say what it made: the recovery point, its manifest and the packs it referenc
 
 from __future__ import annotations
 
+import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agents.runtime import checks, engine, protocol
+from agents.runtime import checks, engine, protocol, sysstate
 from agents.runtime.blobstore.base import BlobStore
 from agents.runtime.engine import layout
 from agents.runtime.jobs.outbox import Outbox, outbox_for_cache
@@ -27,6 +29,7 @@ WRONG_PASSPHRASE = (
     "The encryption passphrase configured on this machine does not open the vault's backup data"
 )
 CANCELLED = "Cancelled on request; no recovery point was made."
+SYSTEM_STATE_STAGING = "system-state"  # in the cache: the collection, kept between backups
 
 
 def check_cache(cache_dir: Path, data_bytes: int, *, minimum: int) -> None:
@@ -39,6 +42,38 @@ def check_cache(cache_dir: Path, data_bytes: int, *, minimum: int) -> None:
     except checks.CacheTooSmall as exc:
         text = str(exc)
         raise JobAborted(text[:1].upper() + text[1:]) from None
+
+
+def system_state(
+    policy: dict, cache_dir: Path
+) -> tuple[dict | None, Callable[[], list[dict]] | None]:
+    """With System State in the policy, start collecting it into the cache's staging folder
+    (on a thread: it overlaps the key derivation and the files' backup; the walk waits for
+    it before the staged folder): the engine's mapping (stored prefix -> that folder) and
+    the wait, which gives the collection's warnings. Without it, nothing (and an earlier
+    collection's folder is removed)."""
+    staging = cache_dir / SYSTEM_STATE_STAGING
+    if not policy.get(protocol.POLICY_SYSTEM_STATE):
+        shutil.rmtree(staging, ignore_errors=True)  # it holds /etc's secrets: none left over
+        return None, None
+    warnings: list[dict] = []
+
+    def collect() -> None:
+        try:
+            warnings.extend(sysstate.collect(staging).warnings)
+        except OSError as exc:  # the staging folder itself (a full or read-only cache disk)
+            warnings.append({"path": "System State", "reason": (
+                f"not collected: the staging folder {staging} could not be written "
+                f"({exc.strerror or exc}); this recovery point holds no System State")})  # fmt: skip
+
+    worker = threading.Thread(target=collect, daemon=True, name="haven-system-state")
+    worker.start()
+
+    def ready() -> list[dict]:
+        worker.join()
+        return warnings
+
+    return {protocol.SYSTEM_STATE_PATH: staging}, ready
 
 
 def pack_size_for(bandwidth_limit: int) -> int | None:
@@ -75,10 +110,13 @@ def backup_work(
         options: dict[str, Any] = {"pack_size": pack_size} if pack_size else {}
         store = open_store()
         secret = passphrase() if callable(passphrase) else passphrase
+        mapped, collected = system_state(policy, Path(cache_dir))
         # the walk starts while the passphrase's key is derived
         walk = engine.WalkAhead(
             policy["items"],
             [*policy.get("exclude_globs", []), *policy.get("exclude_types", [])],
+            mapped=mapped,
+            mapped_ready=collected,
         )
         try:
             repo = engine.Repository.open(store, secret)

@@ -65,7 +65,19 @@ def format_policy(data: dict | None) -> str:
         rule = retention.get(level)
         if rule:
             lines.append(f"Keep {level} points: {rule[unit]} {unit}")
-    lines.append(f"Initial backup: {spec.get('initial_backup', 'online')}")
+    lines.append(
+        "System State: "
+        + (
+            "collected before each backup"
+            if spec.get(protocol.POLICY_SYSTEM_STATE)
+            else "not included"
+        )
+    )
+    initial = spec.get("initial_backup", "online")
+    staging = spec.get(protocol.POLICY_SEED_STAGING)
+    if initial == "offline" and staging:
+        initial += f" (seed staging folder {staging}: haven-agent seed export writes there)"
+    lines.append(f"Initial backup: {initial}")
     lines.append(f"Network throttling: {throttling.describe(spec.get(throttling.POLICY_KEY))}")
     return "\n".join(lines)
 

@@ -405,7 +405,12 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("restore", help="restore files and folders of a recovery point")
     p.add_argument("recovery_point", metavar="RP", help="id, id prefix or 'latest'")
-    p.add_argument("paths", metavar="PATHS", nargs="+", help="absolute paths as backed up")
+    p.add_argument(
+        "paths",
+        metavar="PATHS",
+        nargs="+",
+        help="absolute paths as backed up, or system-state (never restored into / or /etc)",
+    )
     p.add_argument(
         "--target", required=True, help="folder to restore under ('/' = original location)"
     )

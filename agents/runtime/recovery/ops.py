@@ -18,7 +18,7 @@ from pathlib import Path
 from agents.runtime import engine
 from agents.runtime.engine.errors import UnsafePath
 from agents.runtime.engine.format import DIR, FILE, HARDLINK, HOLE_ID, SYMLINK, Entry
-from agents.runtime.engine.paths import absolute_path, absolute_paths, is_selected
+from agents.runtime.engine.paths import is_reserved, is_selected, stored_path, stored_paths
 from agents.runtime.engine.progress import display_path
 from agents.runtime.engine.repository import ChunkReader
 from agents.runtime.engine.target import safe_components
@@ -89,7 +89,7 @@ def ls(repo, *, recovery_point: str, path: str = "/") -> dict:
     entries.sort(key=lambda e: (e.kind != DIR, e.name.lower()))
     return {
         "recovery_point": point_dict(rp),
-        "path": os.fsdecode(absolute_path(path)) if path else "/",
+        "path": os.fsdecode(stored_path(path)) if path else "/",
         "entries": [entry_dict(e) for e in entries],
     }
 
@@ -175,6 +175,15 @@ def restore(
     """
     if on_conflict not in CONFLICT_CHOICES:
         raise engine.InvalidArgument(f"on_conflict must be one of {', '.join(CONFLICT_CHOICES)}")
+    folder = os.path.normpath(os.path.abspath(target))
+    if any(is_reserved(p) for p in stored_paths(paths or [])) and (
+        folder == "/" or folder == "/etc" or folder.startswith("/etc/")
+    ):
+        # (the portal refuses it too): laid over a running system it would do harm
+        raise engine.InvalidArgument(
+            f"System State cannot be restored into {folder}: choose an empty folder outside / "
+            "and /etc, and copy back from there what you need (its README.md says how)"
+        )
     return engine.run_restore(
         repo,
         recovery_point=recovery_point,
@@ -208,7 +217,7 @@ def result_dict(result: engine.RestoreResult, *, target: str | os.PathLike) -> d
 def _download_selection(paths: list[str]) -> list[bytes]:
     if not paths:
         raise engine.InvalidArgument("choose at least one file to download")
-    return absolute_paths(paths)
+    return stored_paths(paths)
 
 
 def download_archive(

@@ -200,3 +200,58 @@ def test_the_pack_size_reaches_the_engine(data, tmp_path):
     assert big["status"] == small["status"] == "completed"
     # one pack per worker and one of metadata at the default size; many at 64 KiB
     assert len(big["pack_ids"]) <= 3 < len(small["pack_ids"])
+
+
+def test_a_policy_with_system_state_collects_it_into_the_point_and_warns_of_what_failed(
+    data, repo_store, tmp_path, monkeypatch
+):
+    from agents.runtime import protocol, sysstate
+    from agents.runtime.engine import Repository, list_dir
+
+    etc = tmp_path / "machine-etc"
+    (etc / "ssh").mkdir(parents=True)
+    (etc / "ssh" / "sshd_config").write_text("PermitRootLogin no\n")
+    places = sysstate.Places(etc=etc, cron=tmp_path / "no-cron", fstab=etc / "fstab",
+                             shadow=etc / "shadow", os_release=etc / "os-release")  # fmt: skip
+    monkeypatch.setattr(sysstate, "Places", lambda: places)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no command exists here
+    payload = job_payload([str(data)])
+    payload["policy"]["spec"][protocol.POLICY_SYSTEM_STATE] = True
+    result = run(FakePortal(payload), repo_store, tmp_path)
+    assert result["status"] == "warning", result  # "Completed with warnings", not failed
+    reasons = [w["reason"] for w in result["warnings"]]
+    assert any("`dpkg" not in r and "neither dpkg nor rpm is installed" in r for r in reasons)
+    assert any(r.startswith("`getent passwd` not run: getent is not installed") for r in reasons)
+    repo = Repository.open(repo_store, PASSPHRASE)
+    repo.load_index()
+    top = list_dir(repo, recovery_point=result["recovery_point_id"], path="/")
+    assert top[-1].path == b"system-state"
+    staged = list_dir(repo, recovery_point="latest", path="system-state/etc/ssh")
+    assert [e.name for e in staged] == [b"sshd_config"]
+
+    # System State taken out of the policy: no collection, and the staged copy is gone
+    result = run(FakePortal(job_payload([str(data)])), repo_store, tmp_path)
+    assert result["status"] == "completed"
+    assert not (tmp_path / "cache" / backup.SYSTEM_STATE_STAGING).exists()
+    repo = Repository.open(repo_store, PASSPHRASE)
+    repo.load_index()
+    top = list_dir(repo, recovery_point="latest", path="/")
+    assert b"system-state" not in [e.path for e in top]
+
+
+def test_a_staging_folder_that_cannot_be_written_is_a_warning_not_a_failed_backup(
+    data, repo_store, tmp_path
+):
+    from agents.runtime import protocol
+
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / backup.SYSTEM_STATE_STAGING).write_text("a file where a folder goes")
+    payload = job_payload([str(data)])
+    payload["policy"]["spec"][protocol.POLICY_SYSTEM_STATE] = True
+    result = run(FakePortal(payload), repo_store, tmp_path)
+    assert result["status"] == "warning" and result["recovery_point_id"], result
+    (warning,) = [w for w in result["warnings"] if w["path"] == "System State"]
+    assert any(w["path"] == "system-state" for w in result["warnings"])  # and nothing staged
+    assert (
+        "could not be written" in warning["reason"] and "holds no System State" in warning["reason"]
+    )
