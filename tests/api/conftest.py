@@ -85,3 +85,74 @@ def api():
         return ApiClient(token, **client)
 
     return make
+
+
+def policy_spec(**changes) -> dict:
+    from jobs import policy_rules
+
+    spec = policy_rules.default_spec()
+    spec["items"] = ["/srv/data"]
+    spec.update(changes)
+    return spec
+
+
+def make_point(machine, snapshot_id: str = "snap-1", *, at=None):
+    from django.utils import timezone
+
+    from jobs.models import RecoveryPoint
+
+    at = at or timezone.now()
+    return RecoveryPoint.objects.create(
+        machine=machine,
+        vault=machine.vault,
+        snapshot_id=snapshot_id,
+        manifest_blob=f"manifests/{snapshot_id}",
+        created_at=at,
+        tagged_for=at,
+        kind=RecoveryPoint.Kind.ADHOC,
+        file_count=3,
+        logical_bytes=3000,
+    )
+
+
+class World:
+    """alice's Contoso: vault-one with machine web-01 (online, a policy, a recovery point,
+    a queued restore job and an open alert) and the empty vault-two; charlie's Fabrikam
+    with vault-far and machine far-01."""
+
+
+@pytest.fixture
+def world(alice, charlie, subscription, resource_group, vault):
+    from django.utils import timezone
+
+    from jobs import services as job_services
+    from jobs.models import Alert, Job
+    from portal.models import Subscription
+    from tests.support import builders
+
+    w = World()
+    w.subscription, w.resource_group, w.vault = subscription, resource_group, vault
+    w.machine = builders.make_machine(
+        vault=vault, last_seen_at=timezone.now(), container="m-web-01"
+    )
+    w.policy = job_services.policy_save(machine=w.machine, spec=policy_spec(), user=alice)
+    w.point = make_point(w.machine)
+    w.job = Job.objects.create(
+        vault=vault, machine=w.machine, operation=Job.Operation.RESTORE, created_by=alice
+    )
+    w.alert = Alert.objects.create(
+        vault=vault,
+        machine=w.machine,
+        severity=Alert.Severity.CRITICAL,
+        kind=Alert.Kind.BACKUP_FAILED,
+        message="Backup of web-01 failed: the disk is full.",
+    )
+    w.empty_vault = builders.make_vault(resource_group=resource_group, name="vault-two")
+    fabrikam = Subscription.objects.get(name="Fabrikam")
+    far_group = builders.make_resource_group(subscription=fabrikam, name="far-rg")
+    w.far_vault = builders.make_vault(resource_group=far_group, name="vault-far")
+    w.far_machine = builders.make_machine(
+        vault=w.far_vault, name="far-01", last_seen_at=timezone.now(), container="m-far-01"
+    )
+    make_point(w.far_machine, "far-snap")
+    return w
