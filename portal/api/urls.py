@@ -3,7 +3,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from portal.api import views  # schema: registers the security schemes
+from portal.api import views
 
 app_name = "api"
 
