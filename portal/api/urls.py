@@ -1,7 +1,7 @@
 """/api/v1/: the REST API for people, its OpenAPI schema and the interactive page."""
 
 from django.urls import path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
+from drf_spectacular.views import SpectacularSwaggerSplitView
 
 from portal.api import views
 
@@ -39,6 +39,6 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/cancel/", views.job_cancel, name="job-cancel"),
     path("alerts/", views.AlertList.as_view(), name="alerts"),
     path("activity/", views.ActivityList.as_view(), name="activity"),
-    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("schema/", views.SchemaView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api:schema"), name="docs"),
 ]

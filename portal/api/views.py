@@ -9,6 +9,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import OuterRef, Subquery, Value
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.views import SpectacularAPIView
 from rest_framework import generics, status
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
@@ -502,3 +503,21 @@ class ActivityList(generics.ListAPIView):
             if name in filters:
                 qs = qs.filter(**{name: filters[name]})
         return qs.order_by("-at", "-id")
+
+
+# --- the schema ---------------------------------------------------------------------------------
+class SchemaView(SpectacularAPIView):
+    """The OpenAPI schema, generated once per process: it depends on the code alone, and
+    generating it takes a good part of a second that every visit to the docs page would pay."""
+
+    _generated: dict | None = None
+
+    def _get_schema_response(self, request):
+        if SchemaView._generated is None:
+            generator = self.generator_class(urlconf=self.urlconf, patterns=self.patterns)
+            SchemaView._generated = generator.get_schema(request=request, public=True)
+        filename = self._get_filename(request, None)
+        return Response(
+            data=SchemaView._generated,
+            headers={"Content-Disposition": f'inline; filename="{filename}"'},
+        )

@@ -218,10 +218,11 @@ def test_every_list_takes_the_same_queries_for_1_and_20_rows(api, alice, world):
     assert rows["next"]
 
 
-def test_the_schema_is_valid_openapi_and_drf_spectacular_needs_no_guess(tmp_path):
+def test_drf_spectacular_describes_every_endpoint_without_a_guess(tmp_path):
     from django.core.management import call_command
 
     target = tmp_path / "schema.yaml"
-    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(target))
+    # (openapi-core validates the document itself when the API tests load it: conftest.py)
+    call_command("spectacular", "--fail-on-warn", "--file", str(target))
     text = target.read_text()
     assert "bearer" in text and "/api/v1/machines/{machine_id}/restore/" in text
