@@ -9,9 +9,13 @@ at. Every authenticated user is held to ``HAVEN_API_RATE_PER_MINUTE`` requests a
 
 from __future__ import annotations
 
+import time
+
 from django.conf import settings
 from rest_framework import authentication, exceptions, throttling
 
+from agents import api_auth
+from agents.api_auth import RATE_WINDOW_SECONDS
 from portal import throttle, tokens
 
 
@@ -56,14 +60,15 @@ class SessionAuthentication(authentication.SessionAuthentication):
         return found
 
 
-class UserRateThrottle(throttling.UserRateThrottle):
-    """Requests per minute per user (per address before sign-in), from the setting read at
-    each request, so an operator's change needs no restart of this class's cache."""
-
-    def get_rate(self):
-        return f"{settings.HAVEN_API_RATE_PER_MINUTE}/min"
+class UserRateThrottle(throttling.BaseThrottle):
+    """``HAVEN_API_RATE_PER_MINUTE`` requests a minute per user (per address before
+    authentication), counted by the agent API's limiter: in the cache, shared by every
+    portal process, and in this process while the cache is unreachable (never a 500)."""
 
     def allow_request(self, request, view):
-        self.rate = self.get_rate()
-        self.num_requests, self.duration = self.parse_rate(self.rate)
-        return super().allow_request(request, view)
+        user = request.user
+        who = f"user-{user.pk}" if user.is_authenticated else throttle.client_address(request)
+        return not api_auth.over_limit("people-api-rate", who, settings.HAVEN_API_RATE_PER_MINUTE)
+
+    def wait(self):
+        return RATE_WINDOW_SECONDS - time.time() % RATE_WINDOW_SECONDS

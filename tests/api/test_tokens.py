@@ -126,3 +126,19 @@ def test_a_user_who_must_change_the_password_gets_no_session_api(alice):
     browser = Client()
     browser.force_login(user)
     assert browser.get("/api/v1/me/").status_code == 403
+
+
+def test_with_the_cache_server_gone_the_api_still_answers(alice, world, api, settings):
+    """Redis away: the rate limit counts in the process, a job's live progress comes from
+    the database; no 500."""
+    client = api(alice)
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:9/0",  # nothing listens on the discard port
+        }
+    }
+    assert client.get("/api/v1/me/").status_code == 200
+    detail = client.get(f"/api/v1/jobs/{world.job.pk}/")
+    assert (detail.status_code, detail.json()["status"]) == (200, "queued")
+    assert client.post(f"/api/v1/machines/{world.machine.pk}/backup/", {}).status_code == 202
