@@ -5,10 +5,11 @@ Content-Security-Policy."""
 from __future__ import annotations
 
 from django.conf import settings
-from django.http import HttpResponse, HttpResponseBadRequest
+from django.http import HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect
 from django.urls import reverse
 
+API_PREFIX = "/api/v1/"
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 # Everything a browser may still do with a one-time password: replace it, or sign out.
@@ -33,6 +34,11 @@ class PasswordChangeRequiredMiddleware:
             and not self._exempt(request.path_info)
         ):
             target = reverse("portal:password-change")
+            if request.path_info.startswith(API_PREFIX):
+                # The REST API answers in JSON, as its schema says (portal/api).
+                return JsonResponse(
+                    {"detail": "Change your one-time password in the portal first."}, status=403
+                )
             if getattr(request, "htmx", False) or request.headers.get("Accept", "").startswith(
                 "application/json"
             ):

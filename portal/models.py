@@ -162,3 +162,35 @@ class PortalKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.origin}, {self.created_at:%Y-%m-%d})"
+
+
+class PersonalAccessToken(models.Model):
+    """A person's token for the REST API (``portal.tokens``): named, expiring, revocable,
+    acting with its owner's roles. Only a SHA-256 digest of the token is stored (the token
+    is 256 random bits, so no slow hash is needed); the person saw the token once. The
+    ``prefix`` (the token's first characters) is kept in clear so the page can tell tokens
+    apart and a leaked token can be recognised."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=80)
+    prefix = models.CharField(max_length=16)
+    digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…) of {self.user}"
+
+    def status(self, now) -> str:
+        if self.revoked_at:
+            return "revoked"
+        if self.expires_at <= now:
+            return "expired"
+        return "active"

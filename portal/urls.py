@@ -10,6 +10,7 @@ urlpatterns = [
     path("machines/", include("agents.urls")),
     path("jobs/", include("jobs.urls")),
     path("recover/", include("jobs.recovery.urls")),
+    path("api/v1/", include("portal.api.urls")),
     path("api/agent/jobs/", include("jobs.api_urls")),
     path("api/agent/recovery/", include("jobs.recovery.api_urls")),
     path("api/agent/", include("agents.api_urls")),

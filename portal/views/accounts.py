@@ -1,4 +1,4 @@
-"""Your own password, and user management for Owners and administrators."""
+"""Your own password and access tokens, and user management for Owners and administrators."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import PasswordChangeForm
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Prefetch
+from django.http import Http404
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from portal import access, services
-from portal.models import Membership, Role
+from portal import access, services, tokens
+from portal.models import Membership, PersonalAccessToken, Role
 
 
 @login_required
@@ -133,3 +135,49 @@ def user_reset_password(request, user_id):
         "portal/user_password_shown.html",
         {"target": target, "password": password, "created": False},
     )
+
+
+# --- Personal access tokens (the REST API, docs/api.md) --------------------------------------
+@login_required
+def token_list(request):
+    """Your access tokens: create one (shown once, on this response only) and revoke."""
+    data = {"name": request.POST.get("name", "")[:200], "days": request.POST.get("days", "")}
+    errors: dict[str, list[str]] = {}
+    created = None
+    if request.method == "POST":
+        try:
+            created = tokens.token_create(user=request.user, name=data["name"], days=data["days"])
+        except ValidationError as exc:
+            errors = exc.message_dict
+        else:
+            data = {"name": "", "days": ""}
+    now = timezone.now()
+    rows = [(token, token.status(now)) for token in tokens.tokens_of(request.user)]
+    response = render(
+        request,
+        "portal/account_tokens.html",
+        {
+            "rows": rows,
+            "data": data,
+            "errors": errors,
+            "created": created[0] if created else None,
+            "secret": created[1] if created else "",
+            "day_choices": tokens.DAY_CHOICES,
+            "default_days": tokens.DEFAULT_DAYS,
+        },
+        status=400 if errors else 200,
+    )
+    # The token is on this page once: no cache may keep a copy.
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@login_required
+@require_POST
+def token_revoke(request, token_id):
+    try:
+        token = tokens.token_revoke(user=request.user, token_id=token_id)
+    except PersonalAccessToken.DoesNotExist:
+        raise Http404("No such token") from None
+    messages.success(request, f"Token {token.name!r} is revoked: it no longer works.")
+    return redirect("portal:tokens")
