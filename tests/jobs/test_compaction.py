@@ -7,9 +7,11 @@ each, every kept point restores byte for byte, with the agent's index cache and 
 from __future__ import annotations
 
 import random
+import threading
 from pathlib import Path
 
 import pytest
+from django.db import connection
 
 from agents.runtime import engine
 from agents.runtime.engine import layout
@@ -29,6 +31,19 @@ machine, data = gc_fence.machine, gc_fence.data
 KiB = 1024
 
 
+class Portal(ApiPortal):
+    """The agent API as the agent calls it, from the job's thread and its progress sink's;
+    a call from another thread than the test's closes that thread's database connection
+    (left open, it keeps the test database from being dropped)."""
+
+    def post(self, path: str, payload: dict | None = None) -> dict:
+        try:
+            return super().post(path, payload)
+        finally:
+            if threading.current_thread() is not threading.main_thread():
+                connection.close()
+
+
 class Crash(BaseException):
     """The agent's process ending at a kill point: nothing after it runs, no result is
     posted (the runner catches ``Exception`` only), and the job's journal stays."""
@@ -38,7 +53,7 @@ def compact(client, machine, tmp_path, *, crash=None, while_rewriting=None) -> J
     """One Compact job as the agent runs it; ``while_rewriting`` runs once the agent has
     read every manifest and rewrites packs (its first ``compacting`` progress report)."""
     job = services.compact_start(machine=machine)
-    portal = ApiPortal(client, machine)
+    portal = Portal(client, machine)
 
     def hook(event):
         if event.get("phase") != "compacting":
