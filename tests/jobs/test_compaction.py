@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from agents.runtime import engine
 from agents.runtime.engine import layout
@@ -85,26 +86,42 @@ def stored_bytes(machine) -> int:
 
 
 @pytest.fixture
-def history(client, machine, data, tmp_path, settings) -> dict[str, dict]:
-    """Three backups of a tree that changes each time, then retention removes the first
-    and collection the packs no kept point references: the packs left are partly dead.
-    Returns the kept points' snapshot ids -> the tree each holds."""
+def history(machine, data, tmp_path, settings) -> dict[str, dict]:
+    """Three backups of a tree that changes each time (the engine's, recorded as the portal
+    records a backup's point), then retention removes the first and collection the packs no
+    kept point references: the packs left are partly dead. Returns the kept points'
+    snapshot ids -> the tree each holds."""
     rng = random.Random(5)
     trees = {}
-    for _round in range(3):
-        for n in range(3):
-            data.joinpath(f"f{n}.bin").write_bytes(rng.randbytes(90 * KiB))
-        data.joinpath("stable.bin").write_bytes(random.Random(1).randbytes(150 * KiB))
-        job = back_up(client, machine, tmp_path)
-        assert job.status == Job.Status.COMPLETED, job.error
-        trees[job.recovery_point.snapshot_id] = {
-            p.name: p.read_bytes() for p in sorted(data.iterdir())
-        }
     with storage.primary_account().store(machine.container) as store:
-        for point in RecoveryPoint.objects.filter(machine=machine).order_by("pk")[:1]:
-            store.delete(point.manifest_blob)
-            RecoveryPoint.objects.filter(pk=point.pk).update(removed_at=later(settings))
-            del trees[point.snapshot_id]
+        repo = engine.Repository.open(store, PASSPHRASE)
+        for _round in range(3):
+            for n in range(3):
+                data.joinpath(f"f{n}.bin").write_bytes(rng.randbytes(90 * KiB))
+            data.joinpath("stable.bin").write_bytes(random.Random(1).randbytes(150 * KiB))
+            made = engine.run_backup(
+                repo,
+                sources=[data],
+                cache_dir=tmp_path / "agent-cache",
+                pack_size=1024 * KiB,  # a backup's files share a pack: partly dead later
+                workers=1,
+            )
+            now = timezone.now()
+            RecoveryPoint.objects.create(
+                machine=machine,
+                vault=machine.vault,
+                snapshot_id=made.recovery_point,
+                manifest_blob=layout.manifest_blob(made.recovery_point),
+                created_at=now,
+                tagged_for=now,
+                kind=RecoveryPoint.Kind.ADHOC,
+                pack_ids=made.packs,
+            )
+            trees[made.recovery_point] = {p.name: p.read_bytes() for p in sorted(data.iterdir())}
+        first = RecoveryPoint.objects.filter(machine=machine).order_by("pk").first()
+        store.delete(first.manifest_blob)
+    RecoveryPoint.objects.filter(pk=first.pk).update(removed_at=later(settings))
+    del trees[first.snapshot_id]
     services.packs_collect(machine=machine, now=later(settings))
     return trees
 
