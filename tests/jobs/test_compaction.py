@@ -7,9 +7,12 @@ each, every kept point restores byte for byte, with the agent's index cache and 
 from __future__ import annotations
 
 import random
+import threading
 from pathlib import Path
 
 import pytest
+from django.db import connection
+from django.utils import timezone
 
 from agents.runtime import engine
 from agents.runtime.engine import layout
@@ -29,6 +32,19 @@ machine, data = gc_fence.machine, gc_fence.data
 KiB = 1024
 
 
+class Portal(ApiPortal):
+    """The agent API as the agent calls it, from the job's thread and its progress sink's;
+    a call from another thread than the test's closes that thread's database connection
+    (left open, it keeps the test database from being dropped)."""
+
+    def post(self, path: str, payload: dict | None = None) -> dict:
+        try:
+            return super().post(path, payload)
+        finally:
+            if threading.current_thread() is not threading.main_thread():
+                connection.close()
+
+
 class Crash(BaseException):
     """The agent's process ending at a kill point: nothing after it runs, no result is
     posted (the runner catches ``Exception`` only), and the job's journal stays."""
@@ -38,7 +54,7 @@ def compact(client, machine, tmp_path, *, crash=None, while_rewriting=None) -> J
     """One Compact job as the agent runs it; ``while_rewriting`` runs once the agent has
     read every manifest and rewrites packs (its first ``compacting`` progress report)."""
     job = services.compact_start(machine=machine)
-    portal = ApiPortal(client, machine)
+    portal = Portal(client, machine)
 
     def hook(event):
         if event.get("phase") != "compacting":
@@ -70,26 +86,42 @@ def stored_bytes(machine) -> int:
 
 
 @pytest.fixture
-def history(client, machine, data, tmp_path, settings) -> dict[str, dict]:
-    """Three backups of a tree that changes each time, then retention removes the first
-    and collection the packs no kept point references: the packs left are partly dead.
-    Returns the kept points' snapshot ids -> the tree each holds."""
+def history(machine, data, tmp_path, settings) -> dict[str, dict]:
+    """Three backups of a tree that changes each time (the engine's, recorded as the portal
+    records a backup's point), then retention removes the first and collection the packs no
+    kept point references: the packs left are partly dead. Returns the kept points'
+    snapshot ids -> the tree each holds."""
     rng = random.Random(5)
     trees = {}
-    for _round in range(3):
-        for n in range(3):
-            data.joinpath(f"f{n}.bin").write_bytes(rng.randbytes(90 * KiB))
-        data.joinpath("stable.bin").write_bytes(random.Random(1).randbytes(150 * KiB))
-        job = back_up(client, machine, tmp_path)
-        assert job.status == Job.Status.COMPLETED, job.error
-        trees[job.recovery_point.snapshot_id] = {
-            p.name: p.read_bytes() for p in sorted(data.iterdir())
-        }
     with storage.primary_account().store(machine.container) as store:
-        for point in RecoveryPoint.objects.filter(machine=machine).order_by("pk")[:1]:
-            store.delete(point.manifest_blob)
-            RecoveryPoint.objects.filter(pk=point.pk).update(removed_at=later(settings))
-            del trees[point.snapshot_id]
+        repo = engine.Repository.open(store, PASSPHRASE)
+        for _round in range(3):
+            for n in range(3):
+                data.joinpath(f"f{n}.bin").write_bytes(rng.randbytes(90 * KiB))
+            data.joinpath("stable.bin").write_bytes(random.Random(1).randbytes(150 * KiB))
+            made = engine.run_backup(
+                repo,
+                sources=[data],
+                cache_dir=tmp_path / "agent-cache",
+                pack_size=1024 * KiB,  # a backup's files share a pack: partly dead later
+                workers=1,
+            )
+            now = timezone.now()
+            RecoveryPoint.objects.create(
+                machine=machine,
+                vault=machine.vault,
+                snapshot_id=made.recovery_point,
+                manifest_blob=layout.manifest_blob(made.recovery_point),
+                created_at=now,
+                tagged_for=now,
+                kind=RecoveryPoint.Kind.ADHOC,
+                pack_ids=made.packs,
+            )
+            trees[made.recovery_point] = {p.name: p.read_bytes() for p in sorted(data.iterdir())}
+        first = RecoveryPoint.objects.filter(machine=machine).order_by("pk").first()
+        store.delete(first.manifest_blob)
+    RecoveryPoint.objects.filter(pk=first.pk).update(removed_at=later(settings))
+    del trees[first.snapshot_id]
     services.packs_collect(machine=machine, now=later(settings))
     return trees
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 from pathlib import Path
 
@@ -23,38 +24,50 @@ from tests.runtime.engine.helpers import GuardedStore
 PACK = 256 * 1024
 
 
-def _points(repo, src: Path, cache: Path, rounds: int) -> dict[str, dict]:
-    """``rounds`` backups of a tree that changes each time; returns point id -> tree."""
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """Four backups of a tree that changes each time, then retention (the portal's) removes
+    the first and the third point: built once, each test works on a copy."""
+    root = tmp_path_factory.mktemp("compact")
+    src, cache = root / "src", root / "cache"
+    src.mkdir()
+    store = LocalDirectoryStore(root / "store", create=True)
+    repo = Repository.init(store, PASSPHRASE, kdf={"n": 2**10, "r": 8, "p": 1})
     rng = random.Random(7)
     trees = {}
-    for i in range(rounds):
+    for i in range(4):
         for n in range(4):
             src.joinpath(f"f{n}.bin").write_bytes(rng.randbytes(60_000 + 1000 * i))
         src.joinpath("stable.bin").write_bytes(random.Random(1).randbytes(200_000))
         res = run_backup(repo, sources=[src], cache_dir=cache, pack_size=PACK, workers=1)
         trees[res.recovery_point] = tree_snapshot(src)
-    return trees
+    for point in list(trees)[::2]:
+        store.delete(manifest_blob(point))
+        del trees[point]
+    return root, trees
+
+
+@pytest.fixture
+def copy(made, tmp_path):
+    """(store, kept points' trees, the source folder, the agent's cache) of a fresh copy."""
+    root, trees = made
+    for name in ("store", "cache"):
+        shutil.copytree(root / name, tmp_path / name)
+    store = GuardedStore(LocalDirectoryStore(tmp_path / "store"))
+    return store, dict(trees), root / "src", tmp_path / "cache"
 
 
 def _stored(store) -> int:
     return sum(b.size for b in store.list(DATA_PREFIX))
 
 
-def test_compaction_moves_live_chunks_and_every_kept_point_restores(memory_store, tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    cache = tmp_path / "cache"
-    repo = Repository.init(memory_store, PASSPHRASE, kdf={"n": 2**10, "r": 8, "p": 1})
-    trees = _points(repo, src, cache, 6)
-    # retention (the portal's): every other point goes, and the packs no point names
-    for point in list(trees)[::2]:
-        memory_store.backend.delete(manifest_blob(point))
-        del trees[point]
-    before = _stored(memory_store)
+def test_compaction_moves_live_chunks_and_every_kept_point_restores(copy, tmp_path):
+    store, trees, src, cache = copy
+    before = _stored(store)
 
     sink = ListSink()
     result = run_compact(
-        Repository.open(memory_store, PASSPHRASE), pack_size=PACK, sink=sink, cache_dir=cache
+        Repository.open(store, PASSPHRASE), pack_size=PACK, sink=sink, cache_dir=cache
     )
 
     assert result.status == "completed" and result.packs_rewritten > 0
@@ -64,16 +77,16 @@ def test_compaction_moves_live_chunks_and_every_kept_point_restores(memory_store
     # every object of an old pack is in the report, and a moved one is the same bytes
     new_packs = [pack for pack, _size in result.report.new_packs]
     for old in result.report.packs:
-        blob = memory_store.get(pack_blob(old.pack))
+        blob = store.get(pack_blob(old.pack))
         for obj in old.objects:
             if len(obj) == 4:
                 off, length, new, new_off = obj
-                moved = memory_store.get_range(pack_blob(new_packs[new]), new_off, length)
+                moved = store.get_range(pack_blob(new_packs[new]), new_off, length)
                 assert moved == blob[off : off + length]
     # a backup between the compaction and the deletion keeps an index cache that covers the
     # compaction's delta but holds each chunk's old copy
     res = run_backup(
-        Repository.open(memory_store, PASSPHRASE),
+        Repository.open(store, PASSPHRASE),
         sources=[src],
         cache_dir=cache,
         pack_size=PACK,
@@ -82,11 +95,11 @@ def test_compaction_moves_live_chunks_and_every_kept_point_restores(memory_store
     trees[res.recovery_point] = tree_snapshot(src)
     # the portal's part: the old packs go
     for old in result.report.packs:
-        memory_store.backend.delete(pack_blob(old.pack))
-    assert _stored(memory_store) < before
+        store.backend.delete(pack_blob(old.pack))
+    assert _stored(store) < before
 
     for use_cache in (True, False):
-        reader = Repository.open(memory_store, PASSPHRASE)
+        reader = Repository.open(store, PASSPHRASE)
         reader.load_index(cache if use_cache else None)
         for point, tree in trees.items():
             target = tmp_path / f"restore-{use_cache}-{point}"
@@ -94,7 +107,7 @@ def test_compaction_moves_live_chunks_and_every_kept_point_restores(memory_store
             assert tree_snapshot(target / str(src).lstrip("/")) == tree
 
     # nothing left to do: a second run finds no pack worth rewriting
-    again = run_compact(Repository.open(memory_store, PASSPHRASE), pack_size=PACK)
+    again = run_compact(Repository.open(store, PASSPHRASE), pack_size=PACK)
     assert again.status == "nothing"
 
 
@@ -114,18 +127,11 @@ def _restore_all(store, trees: dict, src: Path, target: Path, cache: Path | None
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
-def test_compaction_killed_at_each_point_leaves_every_point_restorable(tmp_path, point):
+def test_compaction_killed_at_each_point_leaves_every_point_restorable(copy, tmp_path, point):
     """The agent is killed (SIGKILL, a real kill) before the new packs are uploaded, after
     the upload and before the index delta, or after the delta and before its report: every
     kept point restores byte for byte, and the next run finishes the work."""
-    store = GuardedStore(LocalDirectoryStore(tmp_path / "store", create=True))
-    src, cache = tmp_path / "src", tmp_path / "cache"
-    src.mkdir()
-    repo = Repository.init(store, PASSPHRASE, kdf={"n": 2**10, "r": 8, "p": 1})
-    trees = _points(repo, src, cache, 3)
-    for gone in list(trees)[:1]:
-        store.backend.delete(manifest_blob(gone))
-        del trees[gone]
+    store, trees, src, cache = copy
 
     def kill(at: str) -> None:
         if at == point:
@@ -144,5 +150,4 @@ def test_compaction_killed_at_each_point_leaves_every_point_restorable(tmp_path,
     again = run_compact(Repository.open(store, PASSPHRASE), pack_size=PACK, cache_dir=cache)
     assert again.status == "completed" and again.packs_rewritten
     _apply(store, again.report)
-    _restore_all(store, trees, src, tmp_path / "after-rerun", cache)
     _restore_all(store, trees, src, tmp_path / "elsewhere", None)
