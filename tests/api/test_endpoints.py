@@ -234,3 +234,11 @@ def test_drf_spectacular_describes_every_endpoint_without_a_guess(tmp_path):
     assert served.status_code == 200
     assert "/api/v1/jobs/{job_id}/cancel/" in served.json()["paths"]
     assert b"openapi: 3" in Client().get("/api/v1/schema/").content
+
+
+def test_an_endpoint_that_does_not_exist_is_a_json_404(api, alice):
+    client = api(alice).client
+    answer = client.get("/api/v1/nothing-here/")
+    assert answer.status_code == 404
+    assert "/api/v1/docs/" in answer.json()["detail"]
+    assert "text/html" in client.get("/nothing-here/")["Content-Type"]
