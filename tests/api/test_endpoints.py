@@ -4,6 +4,7 @@ in a constant number of queries, and ids from another subscription refused."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -242,3 +243,24 @@ def test_an_endpoint_that_does_not_exist_is_a_json_404(api, alice):
     assert answer.status_code == 404
     assert "/api/v1/docs/" in answer.json()["detail"]
     assert "text/html" in client.get("/nothing-here/")["Content-Type"]
+
+
+def test_the_database_going_away_is_a_json_503_and_a_bug_a_json_500(settings):
+    from django.db import OperationalError
+    from django.test import RequestFactory
+
+    from portal.concurrency import server_error
+
+    request = RequestFactory().get("/api/v1/jobs/")
+    try:
+        raise OperationalError("server closed the connection unexpectedly")
+    except OperationalError:
+        busy = server_error(request)
+    assert busy.status_code == 503
+    assert json.loads(busy.content)["detail"].startswith("The portal is busy")
+    assert busy["Retry-After"] == str(settings.HAVEN_PORTAL_RETRY_AFTER)
+    try:
+        raise ValueError("a bug")
+    except ValueError:
+        broken = server_error(request)
+    assert (broken.status_code, broken["Content-Type"]) == (500, "application/json")
