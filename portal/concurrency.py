@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 BUSY_CODE = "busy"
 MACHINE_PREFIXES = ("/api/agent/", "/storage/")
+# The REST API for people answers every error as ``{"detail": ...}`` (portal/api/errors.py).
+PEOPLE_API_PREFIX = "/api/v1/"
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -49,6 +51,8 @@ def busy_answer(path: str) -> tuple[str, bytes]:
     if path.startswith(MACHINE_PREFIXES):
         body = json.dumps({"error": BUSY_CODE, "message": message}).encode()
         return "application/json", body
+    if path.startswith(PEOPLE_API_PREFIX):
+        return "application/json", json.dumps({"detail": message}).encode()
     page = (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         "<title>Busy - Haven</title></head><body><main>"
@@ -158,4 +162,7 @@ def server_error(request: HttpRequest) -> HttpResponse:
         response["Retry-After"] = str(settings.HAVEN_PORTAL_RETRY_AFTER)
         response["Cache-Control"] = "no-store"
         return response
+    if request.path.startswith(PEOPLE_API_PREFIX):
+        body = json.dumps({"detail": "Server error: the portal's log has the details."})
+        return HttpResponse(body, status=500, content_type="application/json")
     return django_server_error(request)

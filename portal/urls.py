@@ -20,3 +20,5 @@ urlpatterns = [
 
 # A database pool that had no connection in time answers 503 with Retry-After, not 500.
 handler500 = "portal.concurrency.server_error"
+# A URL under /api/v1/ that names no endpoint is answered in JSON, as the API's other errors.
+handler404 = "portal.api.errors.not_found"

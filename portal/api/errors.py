@@ -5,6 +5,8 @@ portal's forms show it) becomes a 400 here, so views need not translate it."""
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError
+from django.http import JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -31,3 +33,13 @@ def exception_handler(exc, context):
     if isinstance(exc, ValidationError):
         return Response(field_errors(exc), status=status.HTTP_400_BAD_REQUEST)
     return drf_exception_handler(exc, context)
+
+
+def not_found(request, exception):
+    """The URL root's 404: JSON under /api/v1/ (an endpoint that does not exist), the
+    portal's page elsewhere."""
+    if request.path_info.startswith("/api/v1/"):
+        return JsonResponse(
+            {"detail": "No such endpoint; the list is at /api/v1/docs/."}, status=404
+        )
+    return defaults.page_not_found(request, exception)

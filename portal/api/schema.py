@@ -25,6 +25,7 @@ ERRORS = {
     "409": ("The resource's state refuses the request now.", DETAIL),
     "415": ("Send JSON (Content-Type: application/json).", DETAIL),
     "429": ("Too many requests (or wrong tokens); retry after Retry-After seconds.", DETAIL),
+    "503": ("The portal is busy (or its database restarting); retry after Retry-After.", DETAIL),
 }
 
 

@@ -10,6 +10,7 @@ from rest_framework import serializers
 
 from agents.models import Machine
 from agents.runtime import protocol
+from jobs import services as job_services
 from jobs.models import Alert, BackupPolicy, Job, RecoveryPoint
 from portal.models import PersonalAccessToken, ResourceGroup, Role, Subscription
 from vaults.models import ActivityEntry, Vault
@@ -171,9 +172,7 @@ class PolicySerializer(serializers.Serializer):
         return spec
 
     def get_drift(self, policy) -> str | None:
-        from jobs import services
-
-        return services.policy_drift(policy)
+        return job_services.policy_drift(policy)
 
 
 class PolicyWrite(serializers.Serializer):

@@ -5,6 +5,7 @@ naming the parameter) and are paginated in a constant number of queries."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db.models import OuterRef, Subquery, Value
 from drf_spectacular.types import OpenApiTypes
@@ -123,8 +124,6 @@ class ResourceGroupList(generics.ListCreateAPIView):
         subscription = access.subscription_for_user(
             request.user, data["subscription"], role=Role.CONTRIBUTOR
         )
-        from django.conf import settings
-
         if data["location"] not in settings.HAVEN_REGIONS:
             return Response({"location": ["Choose one of the regions."]}, status=400)
         group = portal_services.resource_group_create(

@@ -4,10 +4,12 @@ in a constant number of queries, and ids from another subscription refused."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -180,14 +182,17 @@ def _queries(client, path) -> int:
 
 
 def _grow(world, alice, n: int) -> None:
-    """n more rows of every kind the lists show."""
-    from jobs import services as job_services
+    """n more rows of every kind the lists show (policy rows written directly: only their
+    presence matters here)."""
+    from jobs.models import BackupPolicy
 
     for i in range(n):
         group = builders.make_resource_group(subscription=world.subscription, name=f"rg-{i}")
         vault = builders.make_vault(resource_group=group, name=f"vault-{i}")
         machine = builders.make_machine(vault=vault, name=f"m-{i}")
-        job_services.policy_save(machine=machine, spec=policy_spec(), user=alice)
+        policy = BackupPolicy(machine=machine)
+        policy.set_spec(policy_spec())
+        policy.save()
         Job.objects.create(vault=vault, machine=machine, operation=Job.Operation.BACKUP)
         make_point(world.machine, f"snap-extra-{i}")
         Alert.objects.create(
@@ -226,3 +231,36 @@ def test_drf_spectacular_describes_every_endpoint_without_a_guess(tmp_path):
     call_command("spectacular", "--fail-on-warn", "--file", str(target))
     text = target.read_text()
     assert "bearer" in text and "/api/v1/machines/{machine_id}/restore/" in text
+    served = Client().get("/api/v1/schema/", {"format": "json"})
+    assert served.status_code == 200
+    assert "/api/v1/jobs/{job_id}/cancel/" in served.json()["paths"]
+    assert b"openapi: 3" in Client().get("/api/v1/schema/").content
+
+
+def test_an_endpoint_that_does_not_exist_is_a_json_404(api, alice):
+    client = api(alice).client
+    answer = client.get("/api/v1/nothing-here/")
+    assert answer.status_code == 404
+    assert "/api/v1/docs/" in answer.json()["detail"]
+    assert "text/html" in client.get("/nothing-here/")["Content-Type"]
+
+
+def test_the_database_going_away_is_a_json_503_and_a_bug_a_json_500(settings):
+    from django.db import OperationalError
+    from django.test import RequestFactory
+
+    from portal.concurrency import server_error
+
+    request = RequestFactory().get("/api/v1/jobs/")
+    try:
+        raise OperationalError("server closed the connection unexpectedly")
+    except OperationalError:
+        busy = server_error(request)
+    assert busy.status_code == 503
+    assert json.loads(busy.content)["detail"].startswith("The portal is busy")
+    assert busy["Retry-After"] == str(settings.HAVEN_PORTAL_RETRY_AFTER)
+    try:
+        raise ValueError("a bug")
+    except ValueError:
+        broken = server_error(request)
+    assert (broken.status_code, broken["Content-Type"]) == (500, "application/json")

@@ -29,10 +29,11 @@ def test_a_token_is_created_shown_once_used_and_revoked(signed_in_page, live_por
     )
     assert (me.status_code, me.json()["username"]) == (200, "alice")
 
-    page.reload()  # a reload is a GET: the token is not shown again
+    page.goto(live_portal + "/account/tokens/")  # the page again: the token is not shown
     expect(page.locator("#new-token")).to_have_count(0)
     assert token not in page.content()
     row = page.locator("#tokens tr", has_text="backup-scripts")
+    expect(row).to_have_count(1)
     expect(row).to_contain_text("Active")
     expect(row).to_contain_text(token[:10])
     row.get_by_role("button", name="Revoke").click()
