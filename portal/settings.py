@@ -203,6 +203,17 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: broker, channel layer, cache ------------------------------------------------
 REDIS_URL = env_url("REDIS_URL", schemes=("redis", "rediss"))
+# Web server processes on the portal's port (portal.serve; manage.py haven_run). Several
+# need Redis: the in-memory channel layer reaches only its own process's sockets.
+HAVEN_PORTAL_PROCESSES = env_int(
+    "HAVEN_PORTAL_PROCESSES", (os.cpu_count() or 1) if REDIS_URL else 1, minimum=1
+)
+if HAVEN_PORTAL_PROCESSES > 1 and not REDIS_URL:
+    raise SettingError(
+        "HAVEN_PORTAL_PROCESSES",
+        "more than one web process needs REDIS_URL (without Redis live updates reach only "
+        "the process that serves the page)",
+    )
 # The address agents on other machines use to reach Redis (host name rather than loopback).
 HAVEN_AGENT_BROKER_URL = env_url("HAVEN_AGENT_BROKER_URL", schemes=("redis", "rediss"))
 BROKER_DIR = DATA_DIR / "broker"
