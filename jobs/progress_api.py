@@ -22,14 +22,26 @@ Everything else returns None and the request goes on to Django's view, which ans
 as before: the first report, a new phase (the fragments are rendered again), a job not
 running or not the machine's, a malformed body, a machine over its rate limit, Redis
 unreachable.
+
+``POST /api/agent/jobs/<id>/start/`` of a queued or waiting job of the calling machine is
+done here too (``start``): when a schedule fires, every machine on it starts at once, and
+200 starts through Django's request cycle (two ORM token checks, the middleware) queued
+behind its request limit for seconds. The job is marked running exactly as the view does
+(``jobs.services.job_mark_started``, under the machine's repository fence) on one of
+``START_THREADS`` threads of its own — so a burst of starts never holds up the executor
+the steady reports' database work runs on — and its fragments are pushed from the loop.
+Any other start (a job already running or ended, another machine's) goes to the view.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
+from channels.layers import get_channel_layer
 from django.core.cache.backends.redis import RedisSerializer
 from django.db import connection
 from django.utils import timezone
@@ -39,9 +51,10 @@ from agents.live_auth import LiveMachine, rate_count
 from agents.runtime.protocol import MAX_API_BODY
 from jobs import selectors
 from jobs.models import Job
-from jobs.services.jobs import PROGRESS_WRITE_SECONDS, _clean_progress
+from jobs.services.jobs import PROGRESS_WRITE_SECONDS, _clean_progress, job_mark_started
 from jobs.services.live import (
     LIVE_PROGRESS_TTL,
+    job_fragments,
     job_group,
     progress_changes_shape,
     progress_fields,
@@ -49,6 +62,8 @@ from jobs.services.live import (
 from portal import realtime
 from portal.pools import cache_key, db_in_executor
 from vaults.services import group_for_vault
+
+log = logging.getLogger(__name__)
 
 JOB_CACHE_ENTRIES = 20_000
 # A job not heard from for this long is dropped from the cache (loaded again if it is).
@@ -185,3 +200,46 @@ async def progress(job_id: str, machine: LiveMachine, body: bytes) -> dict | Non
         ttl=LIVE_PROGRESS_TTL,
     )
     return {"cancel": job.cancel}
+
+
+# Threads (each with at most one database connection) that starts run on, per process.
+START_THREADS = 2
+_start_threads = ThreadPoolExecutor(max_workers=START_THREADS, thread_name_prefix="haven-start")
+
+
+def _start_job(job_id: str, machine_id) -> tuple[dict, list[tuple[str, str]]] | None:
+    """Mark a queued or waiting job of ``machine_id`` running, as the view does; the answer
+    and the fragments to push, or None (the view answers)."""
+    job = (
+        Job.objects.exclude(operation=Job.Operation.IMPORT)
+        .select_related("machine", "vault", "created_by")
+        .filter(
+            pk=job_id, machine_id=machine_id, status__in=(Job.Status.QUEUED, Job.Status.WAITING)
+        )
+        .first()
+    )
+    if job is None or not job_mark_started(job=job, publish=False):
+        return None
+    answer = {"cancel": job.cancel_requested_at is not None, "status": job.status}
+    return answer, job_fragments(job)
+
+
+_start_job_async = db_in_executor(_start_job, _start_threads)
+
+
+async def start(job_id: str, machine: LiveMachine) -> dict | None:
+    """The answer to a start, or None: Django's view answers this one."""
+    if rate_count(machine.machine_id) > RATE_LIMIT_PER_MINUTE:
+        return None  # the view answers 429
+    done = await _start_job_async(job_id, machine.machine_id)
+    if done is None:
+        return None
+    answer, fragments = done
+    layer = get_channel_layer()
+    try:
+        await layer.group_send_many(  # type: ignore[union-attr]
+            [(group, realtime.fragment_message(group, html)) for group, html in fragments]
+        )
+    except Exception:  # best effort, as every push: the page shows the truth on reload
+        log.warning("could not push job %s's start", job_id, exc_info=True)
+    return answer

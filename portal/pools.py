@@ -132,11 +132,12 @@ def cache_key(key: str) -> str:
     return f"{cache.get('KEY_PREFIX', '')}:{cache.get('VERSION', 1)}:{key}"
 
 
-def db_in_executor(fn: Any) -> Any:
+def db_in_executor(fn: Any, executor: Any = None) -> Any:
     """``fn`` as a coroutine function that runs it on the event loop's executor (side by
-    side, not queued on asgiref's one shared thread), its database connection given back to
-    the pool afterwards. One thread hop: channels' ``database_sync_to_async`` makes a second
-    one just to close old connections first."""
+    side, not queued on asgiref's one shared thread), or on ``executor`` (a
+    ``ThreadPoolExecutor``), its database connection given back to the pool afterwards.
+    One thread hop: channels' ``database_sync_to_async`` makes a second one just to close
+    old connections first."""
     import functools
 
     from asgiref.sync import sync_to_async
@@ -150,4 +151,4 @@ def db_in_executor(fn: Any) -> Any:
         finally:
             close_old_connections()
 
-    return sync_to_async(run, thread_sensitive=False)
+    return sync_to_async(run, thread_sensitive=False, executor=executor)

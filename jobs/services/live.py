@@ -33,11 +33,19 @@ def job_group(job_id) -> str:
     return f"job.{job_id}"
 
 
+def job_fragments(job: Job) -> list[tuple[str, str]]:
+    """The job's fragments, each with the group it goes to: its page's and its vault's."""
+    context = {"job": job, "oob": True}
+    return [
+        (job_group(job.pk), render_to_string("jobs/_job_live.html", context)),
+        (group_for_vault(job.vault_id), render_to_string("jobs/_job_row.html", context)),
+    ]
+
+
 def job_publish(job: Job) -> None:
     """Push the job's fragments to its page and to its vault's pages, after commit."""
-    context = {"job": job, "oob": True}
-    realtime.publish(job_group(job.pk), render_to_string("jobs/_job_live.html", context))
-    realtime.publish(group_for_vault(job.vault_id), render_to_string("jobs/_job_row.html", context))
+    for group, html in job_fragments(job):
+        realtime.publish(group, html)
 
 
 # Kept long enough to outlive any gap between reports; a finished job ignores it.

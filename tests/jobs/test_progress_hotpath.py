@@ -208,6 +208,57 @@ def test_a_cancel_reaches_the_agent_with_the_next_row_write(machine, running, mo
     assert portal.reached_django == []
 
 
+def test_a_start_is_done_on_the_loop_and_any_other_goes_to_the_view(
+    machine, policy, vault, alice, monkeypatch
+):
+    from django.db import OperationalError
+
+    from tests.jobs.conftest import spec
+
+    job = services.backup_start(machine=machine)
+    other = make_machine(vault, "web-02")
+    services.policy_save(machine=other, spec=spec(), user=alice)
+    others_job = services.backup_start(machine=other)
+    token, other_token = token_for(machine), token_for(other)
+    portal = Portal()
+    path = f"/api/agent/jobs/{job.pk}/start/"
+
+    def database_gone(*args):
+        raise OperationalError("the database went away")
+
+    async def scenario():
+        from channels.layers import get_channel_layer
+
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add(f"vault.{vault.pk}", channel)
+        answers = [await portal.post(path, other_token, {})]  # another machine's job
+        answers.append(await portal.post(path, token, {}))  # on the loop
+        pushed = await asyncio.wait_for(layer.receive(channel), timeout=5)
+        await layer.group_discard(f"vault.{vault.pk}", channel)
+        answers.append(await portal.post(path, token, {}))  # running already: the view's
+        with monkeypatch.context() as patched:
+            patched.setattr(progress_api, "_start_job_async", database_gone)
+            answers.append(
+                await portal.post(f"/api/agent/jobs/{others_job.pk}/start/", other_token, {})
+            )
+        return answers, pushed
+
+    answers, pushed = run(scenario())
+    running = {"cancel": False, "status": "running"}
+    assert [status for status, _ in answers] == [404, 200, 200, 200]
+    assert answers[1][1] == answers[2][1] == answers[3][1] == running
+    assert [p for p, _ in portal.reached_django] == [
+        path,
+        path,
+        f"/api/agent/jobs/{others_job.pk}/start/",
+    ]
+    row = Job.objects.get(pk=job.pk)
+    assert row.status == Job.Status.RUNNING and row.started_at is not None
+    assert f'id="job-row-{job.pk}"' in pushed["html"] and ">In progress<" in pushed["html"]
+    assert Job.objects.get(pk=others_job.pk).status == Job.Status.RUNNING
+
+
 def test_a_heartbeat_is_one_update_while_online_and_the_view_s_when_it_comes_back(vault):
     online = make_machine(vault, "web-01")
     offline = make_machine(vault, "web-02", online=False)
