@@ -18,10 +18,11 @@ without Django's request cycle, a thread, or a database connection:
   also sent through the broker at once), and a job that ended stops being served here
   at the next write.
 
-Everything else returns None and the request goes on to Django's view, which answers it
-as before: the first report, a new phase (the fragments are rendered again), a job not
-running or not the machine's, a malformed body, a machine over its rate limit, Redis
-unreachable.
+A running job's report that changes the fragments' shape (the first, a new phase) is
+recorded as the view records it (row written, fragments rendered and pushed), on the
+start threads below. Everything else returns None and the request goes on to Django's
+view, which answers it as before: a job not running or not the machine's, a malformed
+body, a machine over its rate limit, Redis or the database unreachable.
 
 ``POST /api/agent/jobs/<id>/start/`` of a queued or waiting job of the calling machine is
 done here too (``start``): when a schedule fires, every machine on it starts at once, and
@@ -50,8 +51,14 @@ from agents.api_auth import RATE_LIMIT_PER_MINUTE, json_object
 from agents.live_auth import LiveMachine, rate_count
 from agents.runtime.protocol import MAX_API_BODY
 from jobs import selectors
+from jobs.api_views import PROGRESS_FIELDS
 from jobs.models import Job
-from jobs.services.jobs import PROGRESS_WRITE_SECONDS, _clean_progress, job_mark_started
+from jobs.services.jobs import (
+    PROGRESS_WRITE_SECONDS,
+    _clean_progress,
+    job_mark_started,
+    job_record_progress,
+)
 from jobs.services.live import (
     LIVE_PROGRESS_TTL,
     job_fragments,
@@ -172,8 +179,9 @@ async def progress(job_id: str, machine: LiveMachine, body: bytes) -> dict | Non
         return None  # the view answers 429 (counting it once more, as a refusal does)
     report = _clean_progress(event)
     if progress_changes_shape(job.progress, report):
-        _jobs.pop(job_id, None)  # the view renders and writes it; load the row again
-        return None
+        _jobs.pop(job_id, None)  # rendered and written below; the row loaded again next
+        cancel = await _record_reshaped_async(job_id, machine.machine_id, event)
+        return None if cancel is None else {"cancel": cancel}
     now = timezone.now()
     transferred = int(report.get("stored_bytes") or 0)
     if (now - job.row_written_at).total_seconds() >= PROGRESS_WRITE_SECONDS:
@@ -202,7 +210,8 @@ async def progress(job_id: str, machine: LiveMachine, body: bytes) -> dict | Non
     return {"cancel": job.cancel}
 
 
-# Threads (each with at most one database connection) that starts run on, per process.
+# Threads (each with at most one database connection) that starts and re-rendering reports
+# run on, per process.
 START_THREADS = 2
 _start_threads = ThreadPoolExecutor(max_workers=START_THREADS, thread_name_prefix="haven-start")
 
@@ -225,6 +234,24 @@ def _start_job(job_id: str, machine_id) -> tuple[dict, list[tuple[str, str]]] | 
 
 
 _start_job_async = db_in_executor(_start_job, _start_threads)
+
+
+def _record_reshaped(job_id: str, machine_id, event: dict) -> bool | None:
+    """A report that changes the fragments' shape (the first, a new phase), recorded as the
+    view records it (``jobs.services.job_record_progress``: the row written, the fragments
+    rendered and pushed); whether the agent should stop, or None (the view answers)."""
+    job = (
+        Job.objects.exclude(operation=Job.Operation.IMPORT)
+        .only(*PROGRESS_FIELDS)
+        .filter(pk=job_id, machine_id=machine_id, status=Job.Status.RUNNING)
+        .first()
+    )
+    if job is None:
+        return None
+    return job_record_progress(job=job, event=event)
+
+
+_record_reshaped_async = db_in_executor(_record_reshaped, _start_threads)
 
 
 async def start(job_id: str, machine: LiveMachine) -> dict | None:

@@ -140,7 +140,9 @@ def test_a_steady_report_is_answered_on_the_loop_kept_where_pages_read_it_and_pu
     assert selectors.live_progress(row)["progress"]["files_done"] == 420
 
 
-def test_what_the_loop_does_not_answer_goes_to_the_view_with_its_body(machine, running, vault):
+def test_what_the_loop_does_not_answer_goes_to_the_view_with_its_body(
+    machine, running, vault, pushes
+):
     token = token_for(machine)
     other = make_machine(vault, "web-02")
     other_token = token_for(other)
@@ -149,18 +151,23 @@ def test_what_the_loop_does_not_answer_goes_to_the_view_with_its_body(machine, r
     cases = [
         (other_token, report(2), 404),  # another machine's job
         (token, b"{not json", 400),
-        (token, report(3, phase="finalizing"), 200),  # a new phase: the view re-renders
         ("hvn_unknown", report(4), 401),
     ]
 
     async def scenario():
-        return [await portal.post(path, who, body) for who, body, _ in cases]
+        answers = [await portal.post(path, who, body) for who, body, _ in cases]
+        # A new phase is answered here too, recorded and re-rendered as the view does.
+        pushes.clear()
+        answers.append(await portal.post(path, token, report(3, phase="finalizing")))
+        return answers
 
     answers = run(scenario())
-    assert [status for status, _ in answers] == [status for _, _, status in cases]
+    assert [status for status, _ in answers] == [status for _, _, status in cases] + [200]
     sent = [body if isinstance(body, bytes) else json.dumps(body).encode() for _, body, _ in cases]
     assert portal.reached_django == [(path, body) for body in sent]
     assert Job.objects.get(pk=running.pk).progress["phase"] == "finalizing"
+    page = dict(pushes)[f"job.{running.pk}"]
+    assert "Finalizing" in page and not page.startswith("{")  # the fragment, not numbers
 
 
 def test_a_revoked_token_is_refused_at_once_here_and_within_the_cache_bound_elsewhere(
