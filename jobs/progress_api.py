@@ -216,9 +216,9 @@ START_THREADS = 2
 _start_threads = ThreadPoolExecutor(max_workers=START_THREADS, thread_name_prefix="haven-start")
 
 
-def _start_job(job_id: str, machine_id) -> tuple[dict, list[tuple[str, str]]] | None:
+def _start_job(job_id: str, machine_id) -> tuple[dict, Job] | None:
     """Mark a queued or waiting job of ``machine_id`` running, as the view does; the answer
-    and the fragments to push, or None (the view answers)."""
+    and the job, or None (the view answers)."""
     job = (
         Job.objects.exclude(operation=Job.Operation.IMPORT)
         .select_related("machine", "vault", "created_by")
@@ -229,11 +229,41 @@ def _start_job(job_id: str, machine_id) -> tuple[dict, list[tuple[str, str]]] | 
     )
     if job is None or not job_mark_started(job=job, publish=False):
         return None
-    answer = {"cancel": job.cancel_requested_at is not None, "status": job.status}
-    return answer, job_fragments(job)
+    return {"cancel": job.cancel_requested_at is not None, "status": job.status}, job
+
+
+def _fragments(job: Job, groups: set[str]) -> list[tuple[str, str]]:
+    return [(group, html) for group, html in job_fragments(job, only=groups)]
 
 
 _start_job_async = db_in_executor(_start_job, _start_threads)
+_fragments_async = db_in_executor(_fragments, _start_threads)
+
+
+async def start(job_id: str, machine: LiveMachine) -> dict | None:
+    """The answer to a start, or None: Django's view answers this one. The fragments are
+    rendered only for the groups some socket hears after the start committed (a page
+    opened later renders the job running itself; when a schedule starts a whole fleet,
+    most job pages are not open)."""
+    if rate_count(machine.machine_id) > RATE_LIMIT_PER_MINUTE:
+        return None  # the view answers 429
+    done = await _start_job_async(job_id, machine.machine_id)
+    if done is None:
+        return None
+    answer, job = done
+    layer = get_channel_layer()
+    try:
+        heard = await layer.groups_heard(  # type: ignore[union-attr]
+            [job_group(job.pk), group_for_vault(job.vault_id)]
+        )
+        if heard:
+            fragments = await _fragments_async(job, heard)
+            await layer.group_send_many(  # type: ignore[union-attr]
+                [(group, realtime.fragment_message(group, html)) for group, html in fragments]
+            )
+    except Exception:  # best effort, as every push: the page shows the truth on reload
+        log.warning("could not push job %s's start", job_id, exc_info=True)
+    return answer
 
 
 def _record_reshaped(job_id: str, machine_id, event: dict) -> bool | None:
@@ -252,21 +282,3 @@ def _record_reshaped(job_id: str, machine_id, event: dict) -> bool | None:
 
 
 _record_reshaped_async = db_in_executor(_record_reshaped, _start_threads)
-
-
-async def start(job_id: str, machine: LiveMachine) -> dict | None:
-    """The answer to a start, or None: Django's view answers this one."""
-    if rate_count(machine.machine_id) > RATE_LIMIT_PER_MINUTE:
-        return None  # the view answers 429
-    done = await _start_job_async(job_id, machine.machine_id)
-    if done is None:
-        return None
-    answer, fragments = done
-    layer = get_channel_layer()
-    try:
-        await layer.group_send_many(  # type: ignore[union-attr]
-            [(group, realtime.fragment_message(group, html)) for group, html in fragments]
-        )
-    except Exception:  # best effort, as every push: the page shows the truth on reload
-        log.warning("could not push job %s's start", job_id, exc_info=True)
-    return answer

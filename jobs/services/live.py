@@ -33,12 +33,18 @@ def job_group(job_id) -> str:
     return f"job.{job_id}"
 
 
-def job_fragments(job: Job) -> list[tuple[str, str]]:
-    """The job's fragments, each with the group it goes to: its page's and its vault's."""
+def job_fragments(job: Job, *, only: set[str] | None = None) -> list[tuple[str, str]]:
+    """The job's fragments, each with the group it goes to: its page's and its vault's
+    (``only`` those groups, when given)."""
     context = {"job": job, "oob": True}
+    templates = [
+        (job_group(job.pk), "jobs/_job_live.html"),
+        (group_for_vault(job.vault_id), "jobs/_job_row.html"),
+    ]
     return [
-        (job_group(job.pk), render_to_string("jobs/_job_live.html", context)),
-        (group_for_vault(job.vault_id), render_to_string("jobs/_job_row.html", context)),
+        (group, render_to_string(template, context))
+        for group, template in templates
+        if only is None or group in only
     ]
 
 
