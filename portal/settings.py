@@ -158,7 +158,7 @@ HAVEN_PORTAL_RETRY_AFTER = env_int("HAVEN_PORTAL_RETRY_AFTER", 5, minimum=1)
 # PostgreSQL connections per process (a psycopg pool): the requests above, the websockets'
 # thread and the agent API's token checks share it; a thread that finds it empty waits
 # HAVEN_DB_POOL_TIMEOUT seconds, then its request is answered 503 with Retry-After.
-HAVEN_DB_POOL_SIZE = env_int("HAVEN_DB_POOL_SIZE", 20, minimum=1)
+HAVEN_DB_POOL_SIZE = env_int("HAVEN_DB_POOL_SIZE", 22, minimum=1)
 HAVEN_DB_POOL_MIN = env_int("HAVEN_DB_POOL_MIN", 0, minimum=0)
 if HAVEN_DB_POOL_MIN > HAVEN_DB_POOL_SIZE:
     raise SettingError("HAVEN_DB_POOL_MIN", "cannot be larger than HAVEN_DB_POOL_SIZE")

@@ -5,16 +5,18 @@
 
 It creates its own PostgreSQL database (``--database``, dropped at the end unless
 ``--keep``) on ``--pg`` and starts its own Redis (a private ``redis-server`` on a free
-port: the agents' ACL users, broker, channel layer and cache), then the portal (daphne) and
-its worker. Seeded: the fleet (tokens and ACL users as registration makes them), the
+port: the agents' ACL users, broker, channel layer and cache), then the portal as ``make
+run`` starts it (``HAVEN_PORTAL_PROCESSES`` daphne processes on one port, one per core by
+default; ``--web-processes N`` to choose) and its worker. Seeded: the fleet (tokens and ACL users as registration makes them), the
 running backups, and the history (``bulk_create``). Then for ``--duration`` seconds:
 every agent heart-beats once a minute and waits on its queue as its ACL user; ``--jobs``
 agents post progress once a second; ``--watchers`` websocket clients watch vaults and jobs;
 the harness itself times each portal page in-process (with its query count).
 
 Printed (JSON): page p50/p95 and queries, agent API p95 per endpoint, POST→socket
-latency p50/p95/max and events lost, the portal's CPU per progress event (daphne's CPU
-over the run / reports posted: heart-beats and sockets included), and the CPU of Redis and
+latency p50/p95/max and events lost, the portal's CPU per progress event (all its daphne
+processes' CPU over the run / reports posted: heart-beats, starts and sockets included) and
+the cores it used, and the CPU of Redis and
 of the database's PostgreSQL backends over the run. Targets: docs/benchmarks.md ("Load").
 """
 
