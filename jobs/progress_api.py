@@ -30,7 +30,8 @@ done here too (``start``): when a schedule fires, every machine on it starts at 
 behind its request limit for seconds. The job is marked running exactly as the view does
 (``jobs.services.job_mark_started``, under the machine's repository fence) on one of
 ``START_THREADS`` threads of its own — so a burst of starts never holds up the executor
-the steady reports' database work runs on — and its fragments are pushed from the loop.
+the steady reports' database work runs on — and its fragments are rendered for the
+groups some socket hears and pushed from the loop.
 Any other start (a job already running or ended, another machine's) goes to the view.
 """
 
@@ -42,9 +43,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
+import redis.exceptions
 from channels.layers import get_channel_layer
 from django.core.cache.backends.redis import RedisSerializer
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from agents.api_auth import RATE_LIMIT_PER_MINUTE, json_object
@@ -210,6 +212,8 @@ async def progress(job_id: str, machine: LiveMachine, body: bytes) -> dict | Non
     return {"cancel": job.cancel}
 
 
+# What a start's push may meet: Redis away, or the database while its fragments render.
+PUSH_ERRORS = (redis.exceptions.RedisError, OSError, DatabaseError)
 # Threads (each with at most one database connection) that starts and re-rendering reports
 # run on, per process.
 START_THREADS = 2
@@ -233,7 +237,7 @@ def _start_job(job_id: str, machine_id) -> tuple[dict, Job] | None:
 
 
 def _fragments(job: Job, groups: set[str]) -> list[tuple[str, str]]:
-    return [(group, html) for group, html in job_fragments(job, only=groups)]
+    return job_fragments(job, only=groups)
 
 
 _start_job_async = db_in_executor(_start_job, _start_threads)
@@ -249,7 +253,7 @@ async def start(job_id: str, machine: LiveMachine) -> dict | None:
         return None  # the view answers 429
     done = await _start_job_async(job_id, machine.machine_id)
     if done is None:
-        return None
+        return None  # the view answers (and counts the request once more: a rare start)
     answer, job = done
     layer = get_channel_layer()
     try:
@@ -261,7 +265,7 @@ async def start(job_id: str, machine: LiveMachine) -> dict | None:
             await layer.group_send_many(  # type: ignore[union-attr]
                 [(group, realtime.fragment_message(group, html)) for group, html in fragments]
             )
-    except Exception:  # best effort, as every push: the page shows the truth on reload
+    except PUSH_ERRORS:  # best effort, as every push: the page shows the truth on reload
         log.warning("could not push job %s's start", job_id, exc_info=True)
     return answer
 
