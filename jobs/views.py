@@ -589,9 +589,10 @@ def backup_items(request, vault_id):
     now = timezone.now()
     items = list(selectors.backup_items(vault))
     for item in items:
-        item.protection = selectors.protection_summary(
-            item, getattr(item, "backup_policy", None), now=now
-        )
+        # Read once here: a machine without a policy raises on ``backup_policy``, and the
+        # template's lookup of a missing attribute lists all of a model's (dir()) per row.
+        item.policy = getattr(item, "backup_policy", None)
+        item.protection = selectors.protection_summary(item, item.policy, now=now)
     return render(
         request,
         "jobs/backup_items.html",

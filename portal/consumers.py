@@ -2,18 +2,72 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from portal import live, realtime
+from portal.pools import db_in_executor
 
 # How long a "still allowed" answer is trusted before a push asks the database again.
 # Changes to access also arrive at once as an "access.changed" message (portal.signals).
 RECHECK_SECONDS = 5.0
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
+
+_still_allowed = db_in_executor(live.still_allowed)
+# The process's latest answers, by (user, the groups asked about): the sockets of one user
+# watching the same things (a vault open in several tabs, the many watchers of one fleet)
+# share one query every RECHECK_SECONDS, and one still under way is awaited, not repeated.
+_answers: dict[tuple, tuple[float, set[str] | None]] = {}  # key -> (asked at, answer)
+_asking: dict[tuple, asyncio.Future] = {}
+ANSWERS_KEPT = 10_000
+
+
+async def still_allowed(
+    user_id, watches: dict, *, fresh: bool = False
+) -> tuple[float, set[str] | None]:
+    """``live.still_allowed`` on the event loop's executor (side by side, not queued on
+    asgiref's one shared thread behind every socket's database work), with the time it was
+    asked (monotonic). The last answer to the same question is given again while it is
+    under ``RECHECK_SECONDS`` old, so no socket trusts one older than that; ``fresh``
+    (access changed) always asks the database."""
+    key = (user_id, frozenset(watches))
+    if not fresh:
+        known = _answers.get(key)
+        if known is not None and time.monotonic() - known[0] <= RECHECK_SECONDS:
+            return known
+        under_way = _asking.get(key)
+        if under_way is not None:
+            return await asyncio.shield(under_way)
+    asked = time.monotonic()
+    future = asyncio.get_running_loop().create_future()
+    _asking[key] = future
+    try:
+        answer = (asked, await _still_allowed(user_id, dict(watches)))
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
+    except Exception as exc:
+        future.set_exception(exc)
+        future.exception()  # retrieved: no "never retrieved" warning when nobody waited
+        raise
+    finally:
+        if _asking.get(key) is future:
+            del _asking[key]
+    if len(_answers) >= ANSWERS_KEPT:
+        _answers.clear()
+    _answers[key] = answer
+    future.set_result(answer)
+    return answer
+
+
+def forget_answers(user_id=None) -> None:
+    """Drop the remembered answers (of one user, or all)."""
+    for key in [k for k in _answers if user_id is None or k[0] == user_id]:
+        del _answers[key]
 
 
 class LiveConsumer(AsyncWebsocketConsumer):
@@ -61,7 +115,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
 
     async def access_changed(self, event):
         """The user's roles or account changed (portal.signals): check every watch now."""
-        await self._recheck()
+        forget_answers(self.user_id)
+        await self._recheck(fresh=True)
 
     async def session_ended(self, event):
         """The user signed out (this session, or all of them when no key is given)."""
@@ -69,9 +124,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
         if key is None or key == self.session_key:
             await self._end()
 
-    async def _recheck(self):
-        allowed = await database_sync_to_async(live.still_allowed)(self.user_id, self.watches)
-        self.checked_at = time.monotonic()
+    async def _recheck(self, *, fresh: bool = False):
+        self.checked_at, allowed = await still_allowed(self.user_id, self.watches, fresh=fresh)
         if allowed is None:
             await self._end()
             return

@@ -37,6 +37,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"  # Django's <uuid:>
 PROGRESS = re.compile(rf"^/api/agent/jobs/({UUID})/progress/$")
+START = re.compile(rf"^/api/agent/jobs/({UUID})/start/$")
 HEARTBEAT = "/api/agent/heartbeat/"
 
 # Left to Django, which has its own answer to each (a busy pool included).
@@ -103,7 +104,8 @@ def serve(app: ASGIApp) -> ASGIApp:
         path = scope.get("path", "")
         hot = scope["type"] == "http" and scope.get("method") == "POST"
         match = PROGRESS.match(path) if hot else None
-        if match is None and not (hot and path == HEARTBEAT):
+        starting = START.match(path) if hot and match is None else None
+        if match is None and starting is None and not (hot and path == HEARTBEAT):
             await app(scope, receive, send)
             return
         from agents import heartbeat_api
@@ -124,6 +126,8 @@ def serve(app: ASGIApp) -> ASGIApp:
                 messages, body, whole = await _read_body(receive, limit)
                 if whole and match:
                     answer = await progress_api.progress(match.group(1), machine, body)
+                elif whole and starting:
+                    answer = await progress_api.start(starting.group(1), machine)
                 elif whole:
                     answer = await heartbeat_api.heartbeat(machine, body)
         except FALL_THROUGH_ERRORS as exc:

@@ -84,6 +84,25 @@ class PubSubChannelLayer(RedisPubSubChannelLayer):
     (``portal.realtime.LoopBatch``); it uses the layer's shards as channels-redis 4.x
     keeps them."""
 
+    async def groups_heard(self, groups: list[str]) -> set[str]:
+        """Those of ``groups`` some socket listens to now, on any portal process (one
+        ``PUBSUB NUMSUB`` a shard): a push nobody hears need not be rendered."""
+        layer = self._get_layer()
+        by_shard: dict[Any, dict[str, str]] = {}
+        for group in groups:
+            channel = layer._get_group_channel_name(group)
+            by_shard.setdefault(layer._get_shard(channel), {})[channel] = group
+        heard = set()
+        for shard, channels in by_shard.items():
+            async with shard._lock:
+                shard._ensure_redis()
+                counts = await shard._redis.pubsub_numsub(*channels)
+            for channel, count in counts:
+                name = channel.decode() if isinstance(channel, bytes) else channel
+                if count and name in channels:
+                    heard.add(channels[name])
+        return heard
+
     async def group_send_many(self, messages: list[tuple[str, dict]]) -> None:
         layer = self._get_layer()
         by_shard: dict[Any, list[tuple[str, bytes]]] = {}
@@ -132,11 +151,12 @@ def cache_key(key: str) -> str:
     return f"{cache.get('KEY_PREFIX', '')}:{cache.get('VERSION', 1)}:{key}"
 
 
-def db_in_executor(fn: Any) -> Any:
+def db_in_executor(fn: Any, executor: Any = None) -> Any:
     """``fn`` as a coroutine function that runs it on the event loop's executor (side by
-    side, not queued on asgiref's one shared thread), its database connection given back to
-    the pool afterwards. One thread hop: channels' ``database_sync_to_async`` makes a second
-    one just to close old connections first."""
+    side, not queued on asgiref's one shared thread), or on ``executor`` (a
+    ``ThreadPoolExecutor``), its database connection given back to the pool afterwards.
+    One thread hop: channels' ``database_sync_to_async`` makes a second one just to close
+    old connections first."""
     import functools
 
     from asgiref.sync import sync_to_async
@@ -150,4 +170,4 @@ def db_in_executor(fn: Any) -> Any:
         finally:
             close_old_connections()
 
-    return sync_to_async(run, thread_sensitive=False)
+    return sync_to_async(run, thread_sensitive=False, executor=executor)

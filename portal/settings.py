@@ -161,7 +161,7 @@ HAVEN_PORTAL_RETRY_AFTER = env_int("HAVEN_PORTAL_RETRY_AFTER", 5, minimum=1)
 # PostgreSQL connections per process (a psycopg pool): the requests above, the websockets'
 # thread and the agent API's token checks share it; a thread that finds it empty waits
 # HAVEN_DB_POOL_TIMEOUT seconds, then its request is answered 503 with Retry-After.
-HAVEN_DB_POOL_SIZE = env_int("HAVEN_DB_POOL_SIZE", 20, minimum=1)
+HAVEN_DB_POOL_SIZE = env_int("HAVEN_DB_POOL_SIZE", 22, minimum=1)
 HAVEN_DB_POOL_MIN = env_int("HAVEN_DB_POOL_MIN", 0, minimum=0)
 if HAVEN_DB_POOL_MIN > HAVEN_DB_POOL_SIZE:
     raise SettingError("HAVEN_DB_POOL_MIN", "cannot be larger than HAVEN_DB_POOL_SIZE")
@@ -206,6 +206,17 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: broker, channel layer, cache ------------------------------------------------
 REDIS_URL = env_url("REDIS_URL", schemes=("redis", "rediss"))
+# Web server processes on the portal's port (portal.serve; manage.py haven_run). Several
+# need Redis: the in-memory channel layer reaches only its own process's sockets.
+HAVEN_PORTAL_PROCESSES = env_int(
+    "HAVEN_PORTAL_PROCESSES", (os.cpu_count() or 1) if REDIS_URL else 1, minimum=1
+)
+if HAVEN_PORTAL_PROCESSES > 1 and not REDIS_URL:
+    raise SettingError(
+        "HAVEN_PORTAL_PROCESSES",
+        "more than one web process needs REDIS_URL (without Redis live updates reach only "
+        "the process that serves the page)",
+    )
 # The address agents on other machines use to reach Redis (host name rather than loopback).
 HAVEN_AGENT_BROKER_URL = env_url("HAVEN_AGENT_BROKER_URL", schemes=("redis", "rediss"))
 BROKER_DIR = DATA_DIR / "broker"

@@ -5,16 +5,18 @@
 
 It creates its own PostgreSQL database (``--database``, dropped at the end unless
 ``--keep``) on ``--pg`` and starts its own Redis (a private ``redis-server`` on a free
-port: the agents' ACL users, broker, channel layer and cache), then the portal (daphne) and
-its worker. Seeded: the fleet (tokens and ACL users as registration makes them), the
+port: the agents' ACL users, broker, channel layer and cache), then the portal as ``make
+run`` starts it (``HAVEN_PORTAL_PROCESSES`` daphne processes on one port, one per core by
+default; ``--web-processes N`` to choose) and its worker. Seeded: the fleet (tokens and ACL users as registration makes them), the
 running backups, and the history (``bulk_create``). Then for ``--duration`` seconds:
 every agent heart-beats once a minute and waits on its queue as its ACL user; ``--jobs``
 agents post progress once a second; ``--watchers`` websocket clients watch vaults and jobs;
 the harness itself times each portal page in-process (with its query count).
 
 Printed (JSON): page p50/p95 and queries, agent API p95 per endpoint, POST→socket
-latency p50/p95/max and events lost, the portal's CPU per progress event (daphne's CPU
-over the run / reports posted: heart-beats and sockets included), and the CPU of Redis and
+latency p50/p95/max and events lost, the portal's CPU per progress event (all its daphne
+processes' CPU over the run / reports posted: heart-beats, starts and sockets included) and
+the cores it used, and the CPU of Redis and
 of the database's PostgreSQL backends over the run. Targets: docs/benchmarks.md ("Load").
 """
 
@@ -133,6 +135,13 @@ def main() -> None:
         "of its own on a free port, so the portal's connections never crowd a shared one",
     )
     parser.add_argument("--database", default="haven_load_bench")
+    parser.add_argument(
+        "--web-processes",
+        type=int,
+        default=0,
+        help="daphne processes on the portal's port (default: HAVEN_PORTAL_PROCESSES, "
+        "which is the number of cores with Redis)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     parser.add_argument("--log", default="/tmp/haven-load-portal.log", help="the portal's log")
     args = parser.parse_args()
@@ -217,12 +226,16 @@ def _run(args, base: str, port: int, redis_server, children, postgres) -> dict:
     env = os.environ.copy()
     python = sys.executable
     log = open(args.log, "w")  # noqa: SIM115 (closed with the process)
-    web = subprocess.Popen(
-        [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
-        cwd=REPO, env=env, stdout=log, stderr=log,
-        start_new_session=True,
-    )  # fmt: skip
-    children.append(web)
+    from django.conf import settings
+
+    from portal import serve
+
+    # As manage.py haven_run starts it: HAVEN_PORTAL_PROCESSES daphne processes on one port.
+    processes = args.web_processes or settings.HAVEN_PORTAL_PROCESSES
+    sock = serve.listening_socket("127.0.0.1", port)
+    web = serve.start_web(sock, processes, env=env, stdout=log, stderr=log)
+    sock.close()
+    children.extend(web)
     worker = subprocess.Popen(
         [python, "-m", "celery", "-A", "portal", "worker", "-Q", "portal", "-c", "2",
          "--loglevel", "WARNING"],
@@ -235,14 +248,14 @@ def _run(args, base: str, port: int, redis_server, children, postgres) -> dict:
     deadline = time.monotonic() + 60
     while True:
         try:
-            requests.get(base + "/signin/", timeout=2)
+            requests.get(base + "/signin/", timeout=5)
             break
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # the port is open before
+            # the processes serve it: a first request waits in its queue meanwhile
             if time.monotonic() > deadline:
                 raise SystemExit("the portal did not start") from None
             time.sleep(0.3)
 
-    from django.conf import settings
     from django.test import Client
 
     from portal.models import User
@@ -283,7 +296,8 @@ def _run(args, base: str, port: int, redis_server, children, postgres) -> dict:
         proc.start()
     time.sleep(3)  # sockets open, agents logged in
     postmaster = postgres[0].pid if postgres else None
-    cpu0 = _cpu_now(web.pid, worker.pid, redis_server.pid, postmaster)
+    webs = [w.pid for w in web]
+    cpu0 = _cpu_now(webs, worker.pid, redis_server.pid, postmaster)
     t0 = time.monotonic()
     procs["http"] = ctx.Process(
         target=clients.http_agents,
@@ -292,12 +306,13 @@ def _run(args, base: str, port: int, redis_server, children, postgres) -> dict:
     procs["http"].start()
     pages = _time_pages(owner, seeded, until=t0 + args.duration)
     results = {name: queues[name].get(timeout=120) for name in ("http", "broker")}
-    cpu1 = _cpu_now(web.pid, worker.pid, redis_server.pid, postmaster)
+    cpu1 = _cpu_now(webs, worker.pid, redis_server.pid, postmaster)
     wall = time.monotonic() - t0
     results["watchers"] = queues["watchers"].get(timeout=60)
     for proc in procs.values():
         proc.join(10)
     summary = _summary(args, seed_s, wall, pages, results, cpu0, cpu1, fleet, seeded)
+    summary["fleet"]["portal_processes"] = len(web)
     pg_log = Path(os.environ["HAVEN_DATA_DIR"]).parent / "postgres.log"
     if pg_log.exists():  # the private server logs each connection it accepts
         summary["cpu"]["postgresql_connections_opened"] = pg_log.read_text().count(
@@ -306,7 +321,7 @@ def _run(args, base: str, port: int, redis_server, children, postgres) -> dict:
     return summary
 
 
-def _cpu_now(web: int, worker: int, redis_pid: int, postmaster: int | None) -> dict:
+def _cpu_now(web: list[int], worker: int, redis_pid: int, postmaster: int | None) -> dict:
     worker_cpu = clients.cpu_seconds(worker)
     for child in _children(worker):
         with contextlib.suppress(OSError):
@@ -320,7 +335,7 @@ def _cpu_now(web: int, worker: int, redis_pid: int, postmaster: int | None) -> d
             with contextlib.suppress(OSError):
                 pg += clients.cpu_seconds(child)
     return {
-        "portal": clients.cpu_seconds(web),
+        "portal": sum(clients.cpu_seconds(pid) for pid in web),
         "worker": worker_cpu,
         "redis": clients.cpu_seconds(redis_pid),
         "pg": pg,
@@ -444,6 +459,7 @@ def _summary(args, seed_s, wall, pages, results, cpu0, cpu1, fleet, seeded) -> d
         "cpu": {
             "portal_s": round(portal_cpu, 2),
             "portal_ms_per_progress_event": round(portal_cpu / max(1, progress_events) * 1000, 2),
+            "portal_cores_used": round(portal_cpu / max(wall, 0.001), 2),
             "worker_s": round(cpu1["worker"] - cpu0["worker"], 2),
             "redis_s": round(cpu1["redis"] - cpu0["redis"], 2),
             "postgresql_s": pg_cpu,

@@ -142,10 +142,13 @@ def _clean_progress(event: dict) -> dict:
     return progress
 
 
-def job_mark_started(*, job: Job, now: datetime | None = None) -> Job:
-    if _start(job, now or timezone.now()):
+def job_mark_started(*, job: Job, now: datetime | None = None, publish: bool = True) -> bool:
+    """A queued or waiting job becomes running, its fragments pushed (unless the caller
+    pushes them itself: ``publish=False``); returns whether it changed."""
+    started = _start(job, now or timezone.now())
+    if started and publish:
         job_publish(job)
-    return job
+    return started
 
 
 def _start(job: Job, now: datetime) -> bool:

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 
 from django.contrib.humanize.templatetags.humanize import intcomma
 from django.core.cache import cache
 from django.template.defaultfilters import filesizeformat
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils.formats import number_format
+from django.utils.html import avoid_wrapping
+from django.utils.translation import get_language, gettext
 from redis.exceptions import RedisError
 
 from jobs import selectors
@@ -29,11 +33,25 @@ def job_group(job_id) -> str:
     return f"job.{job_id}"
 
 
+def job_fragments(job: Job, *, only: set[str] | None = None) -> list[tuple[str, str]]:
+    """The job's fragments, each with the group it goes to: its page's and its vault's
+    (``only`` those groups, when given)."""
+    context = {"job": job, "oob": True}
+    templates = [
+        (job_group(job.pk), "jobs/_job_live.html"),
+        (group_for_vault(job.vault_id), "jobs/_job_row.html"),
+    ]
+    return [
+        (group, render_to_string(template, context))
+        for group, template in templates
+        if only is None or group in only
+    ]
+
+
 def job_publish(job: Job) -> None:
     """Push the job's fragments to its page and to its vault's pages, after commit."""
-    context = {"job": job, "oob": True}
-    realtime.publish(job_group(job.pk), render_to_string("jobs/_job_live.html", context))
-    realtime.publish(group_for_vault(job.vault_id), render_to_string("jobs/_job_row.html", context))
+    for group, html in job_fragments(job):
+        realtime.publish(group, html)
 
 
 # Kept long enough to outlive any gap between reports; a finished job ignores it.
@@ -85,33 +103,105 @@ def job_progress_publish(job: Job, *, rerender: bool) -> None:
     realtime.publish(group_for_vault(job.vault_id), message)
 
 
-# Sizes shown, by what decides the text: filesizeformat shows a count of bytes below a KB,
-# else the unit and the value to one decimal (in the active language).
+# A steady report's texts, formatted without Django's filters: ``filesizeformat`` and
+# ``intcomma`` look up the active language's translations and number formats on every
+# call, and were about 40% of a report's cost on the event loop. The separators and unit
+# texts are taken from Django once per language and checked against it
+# (``_number_style``); a language whose numbers these rules do not give falls back to
+# Django's filters. The text is the same either way (tests/jobs/test_progress_format.py).
 _SIZE_UNITS = (1 << 50, 1 << 40, 1 << 30, 1 << 20, 1 << 10)
-_SIZE_TEXTS_KEPT = 10_000
-_size_texts: dict[tuple, str] = {}
+_SIZE_NAMES = {
+    1 << 50: "%s PB",
+    1 << 40: "%s TB",
+    1 << 30: "%s GB",
+    1 << 20: "%s MB",
+    1 << 10: "%s KB",
+}
+_FAST_SIZE_BELOW = 1 << 60  # past it Django formats in scientific notation
 
 
-def _size(value) -> str:
-    """``filesizeformat(value)``, remembered by what it shows: a report's totals and rate
-    repeat, and Django's filter (its translation and number-format lookups) was the largest
-    part of a steady report's cost on the event loop."""
-    from django.utils.translation import get_language
+@dataclass(frozen=True)
+class _NumberStyle:
+    thousands: str
+    decimal: str
+    units: dict[int, str]  # unit -> "%s KB" in the language, spaces kept unbreakable
 
+
+def _make_style() -> _NumberStyle | None:
+    """The active language's separators and unit texts, if its numbers group by threes and
+    its sizes show one decimal without grouping (then the fast formatters give Django's
+    text); None otherwise."""
+    one_and_half = number_format(1.5, 1)
+    if len(one_and_half) < 3 or not one_and_half.startswith("1") or not one_and_half.endswith("5"):
+        return None
+    style = _NumberStyle(
+        thousands=intcomma(1000)[1:-3],
+        decimal=one_and_half[1:-1],
+        units={unit: gettext(name) for unit, name in _SIZE_NAMES.items()},
+    )
+    probes = (0, 7, 999, 1000, 1234567, -1234567, 10**15 + 5)
+    if any(_count_text(n, style) != intcomma(n) for n in probes):
+        return None
+    sizes = (1024, 1535, 10**6, 1023 * 1024 + 1000, 10**12 + 7, 1 << 50, 3 << 55)
+    if any(_size_text(n, style) != filesizeformat(n) for n in sizes):
+        return None
+    return style
+
+
+_styles: dict[str | None, _NumberStyle | None] = {}
+
+
+def _number_style(language: str | None) -> _NumberStyle | None:
+    """The style of ``language``, the active one (looking it up costs more than the
+    formatting: callers look it up once)."""
+    if language not in _styles:
+        _styles[language] = _make_style()
+    return _styles[language]
+
+
+def _count_text(count: int, style: _NumberStyle) -> str:
+    text = f"{count:,}"
+    return text if style.thousands == "," else text.replace(",", style.thousands)
+
+
+def _size_text(count: int, style: _NumberStyle) -> str:
+    negative = count < 0
+    count = -count if negative else count
+    unit = next(u for u in _SIZE_UNITS if count >= u)
+    number = f"{round(count / unit, 1):.1f}"
+    if style.decimal != ".":
+        number = number.replace(".", style.decimal)
+    text = style.units[unit] % number
+    return avoid_wrapping(f"-{text}" if negative else text)
+
+
+def _count(value, style: _NumberStyle | None) -> str:
+    """``intcomma(value)``."""
+    if style is None or type(value) is not int:
+        return intcomma(value)
+    return _count_text(value, style)
+
+
+_byte_texts: dict[tuple, str] = {}
+
+
+def _size(value, style: _NumberStyle | None, language: str | None) -> str:
+    """``filesizeformat(value)``."""
     try:
         count = int(value)
     except (TypeError, ValueError):
         return filesizeformat(value)
-    if count < 0:
+    if style is None or abs(count) >= _FAST_SIZE_BELOW:
         return filesizeformat(count)
-    unit = next((u for u in _SIZE_UNITS if count >= u), 1)
-    key = (get_language(), unit, count if unit == 1 else round(count / unit, 1))
-    text = _size_texts.get(key)
-    if text is None:
-        if len(_size_texts) >= _SIZE_TEXTS_KEPT:
-            _size_texts.clear()
-        text = _size_texts[key] = filesizeformat(count)
-    return text
+    if abs(count) < 1024:  # "1 byte", "7 bytes": a plural form per count, remembered
+        key = (language, count)
+        text = _byte_texts.get(key)
+        if text is None:
+            if len(_byte_texts) > 10_000:
+                _byte_texts.clear()
+            text = _byte_texts[key] = filesizeformat(count)
+        return text
+    return _size_text(count, style)
 
 
 def progress_fields(job: Job) -> dict:
@@ -125,24 +215,27 @@ def progress_fields(job: Job) -> dict:
     )
 
     p = job.progress or {}
+    language = get_language()
+    style = _number_style(language)
     pct = progress_percent(p)
-    files = intcomma(p.get("files_done") or 0)
+    files = _count(p.get("files_done") or 0, style)
     if p.get("files_total") is not None:
-        files += f" of {intcomma(p['files_total'])}"
-    data = _size(p.get("bytes_done") or 0)
+        files += f" of {_count(p['files_total'], style)}"
+    data = _size(p.get("bytes_done") or 0, style, language)
     if p.get("bytes_total") is not None:
-        data += f" of {_size(p['bytes_total'])}"
+        data += f" of {_size(p['bytes_total'], style, language)}"
+    rate_bps = p.get("rate_bps")
     return {
         "phase": phase_label(p.get("phase")),
         "percent": f"{pct}%" if pct is not None else "",
         "width": pct,
         "files": files,
         "bytes": data,
-        "rate": f"{_size(p['rate_bps'])}/s" if p.get("rate_bps") else rate(None),
+        "rate": f"{_size(rate_bps, style, language)}/s" if rate_bps else rate(None),
         "eta": seconds_human(p.get("eta_s")),
         "current": p.get("current") or "—",
         "duration": seconds_human(job.duration),
-        "transferred": _size(job.bytes_transferred),
+        "transferred": _size(job.bytes_transferred, style, language),
     }
 
 

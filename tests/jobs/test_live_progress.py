@@ -134,10 +134,13 @@ def test_the_last_report_is_in_the_row_at_the_end(job):
 )
 def test_a_pushed_size_reads_as_the_template_shows_it(value):
     from django.template.defaultfilters import filesizeformat
+    from django.utils.translation import get_language
 
-    from jobs.services.live import _size
+    from jobs.services.live import _number_style, _size
 
-    assert _size(value) == _size(value) == filesizeformat(value)
+    language = get_language()
+    style = _number_style(language)
+    assert _size(value, style, language) == _size(value, style, language) == filesizeformat(value)
 
 
 def test_with_the_cache_away_a_report_goes_to_the_row_and_the_page_shows_it(

@@ -140,7 +140,9 @@ def test_a_steady_report_is_answered_on_the_loop_kept_where_pages_read_it_and_pu
     assert selectors.live_progress(row)["progress"]["files_done"] == 420
 
 
-def test_what_the_loop_does_not_answer_goes_to_the_view_with_its_body(machine, running, vault):
+def test_what_the_loop_does_not_answer_goes_to_the_view_with_its_body(
+    machine, running, vault, pushes
+):
     token = token_for(machine)
     other = make_machine(vault, "web-02")
     other_token = token_for(other)
@@ -149,18 +151,23 @@ def test_what_the_loop_does_not_answer_goes_to_the_view_with_its_body(machine, r
     cases = [
         (other_token, report(2), 404),  # another machine's job
         (token, b"{not json", 400),
-        (token, report(3, phase="finalizing"), 200),  # a new phase: the view re-renders
         ("hvn_unknown", report(4), 401),
     ]
 
     async def scenario():
-        return [await portal.post(path, who, body) for who, body, _ in cases]
+        answers = [await portal.post(path, who, body) for who, body, _ in cases]
+        # A new phase is answered here too, recorded and re-rendered as the view does.
+        pushes.clear()
+        answers.append(await portal.post(path, token, report(3, phase="finalizing")))
+        return answers
 
     answers = run(scenario())
-    assert [status for status, _ in answers] == [status for _, _, status in cases]
+    assert [status for status, _ in answers] == [status for _, _, status in cases] + [200]
     sent = [body if isinstance(body, bytes) else json.dumps(body).encode() for _, body, _ in cases]
     assert portal.reached_django == [(path, body) for body in sent]
     assert Job.objects.get(pk=running.pk).progress["phase"] == "finalizing"
+    page = dict(pushes)[f"job.{running.pk}"]
+    assert "Finalizing" in page and not page.startswith("{")  # the fragment, not numbers
 
 
 def test_a_revoked_token_is_refused_at_once_here_and_within_the_cache_bound_elsewhere(
@@ -206,6 +213,57 @@ def test_a_cancel_reaches_the_agent_with_the_next_row_write(machine, running, mo
     assert run(portal.post(path, token, report(11))) == (200, {"cancel": True})
     assert Job.objects.get(pk=running.pk).progress["files_done"] == 11
     assert portal.reached_django == []
+
+
+def test_a_start_is_done_on_the_loop_and_any_other_goes_to_the_view(
+    machine, policy, vault, alice, monkeypatch
+):
+    from django.db import OperationalError
+
+    from tests.jobs.conftest import spec
+
+    job = services.backup_start(machine=machine)
+    other = make_machine(vault, "web-02")
+    services.policy_save(machine=other, spec=spec(), user=alice)
+    others_job = services.backup_start(machine=other)
+    token, other_token = token_for(machine), token_for(other)
+    portal = Portal()
+    path = f"/api/agent/jobs/{job.pk}/start/"
+
+    def database_gone(*args):
+        raise OperationalError("the database went away")
+
+    async def scenario():
+        from channels.layers import get_channel_layer
+
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add(f"vault.{vault.pk}", channel)
+        answers = [await portal.post(path, other_token, {})]  # another machine's job
+        answers.append(await portal.post(path, token, {}))  # on the loop
+        pushed = await asyncio.wait_for(layer.receive(channel), timeout=5)
+        await layer.group_discard(f"vault.{vault.pk}", channel)
+        answers.append(await portal.post(path, token, {}))  # running already: the view's
+        with monkeypatch.context() as patched:
+            patched.setattr(progress_api, "_start_job_async", database_gone)
+            answers.append(
+                await portal.post(f"/api/agent/jobs/{others_job.pk}/start/", other_token, {})
+            )
+        return answers, pushed
+
+    answers, pushed = run(scenario())
+    running = {"cancel": False, "status": "running"}
+    assert [status for status, _ in answers] == [404, 200, 200, 200]
+    assert answers[1][1] == answers[2][1] == answers[3][1] == running
+    assert [p for p, _ in portal.reached_django] == [
+        path,
+        path,
+        f"/api/agent/jobs/{others_job.pk}/start/",
+    ]
+    row = Job.objects.get(pk=job.pk)
+    assert row.status == Job.Status.RUNNING and row.started_at is not None
+    assert f'id="job-row-{job.pk}"' in pushed["html"] and ">In progress<" in pushed["html"]
+    assert Job.objects.get(pk=others_job.pk).status == Job.Status.RUNNING
 
 
 def test_a_heartbeat_is_one_update_while_online_and_the_view_s_when_it_comes_back(vault):

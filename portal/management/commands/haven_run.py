@@ -1,6 +1,8 @@
 """Run the whole portal in the foreground: web server (ASGI), Celery worker and beat.
 
-Ctrl-C (or SIGTERM) stops all three and waits for them, so no process is left behind.
+The web server is ``HAVEN_PORTAL_PROCESSES`` daphne processes sharing the port
+(``portal.serve``: one with the embedded defaults, one per core with Redis).
+Ctrl-C (or SIGTERM) stops them all and waits for them, so no process is left behind.
 Each child runs in its own process group so that its own children (Celery's pool) are
 stopped with it.
 """
@@ -15,8 +17,9 @@ import sys
 import time
 
 from django.conf import settings
-from django.core.management import BaseCommand, call_command
+from django.core.management import BaseCommand, CommandError, call_command
 
+from portal import serve
 from portal.services import first_admin_create
 
 STOP_GRACE_SECONDS = 15
@@ -29,8 +32,16 @@ class Command(BaseCommand):
         parser.add_argument("--bind", default=os.environ.get("HAVEN_BIND", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=settings.HAVEN_PORT)
         parser.add_argument("--worker-concurrency", type=int, default=2)
+        parser.add_argument(
+            "--web-processes",
+            type=int,
+            default=settings.HAVEN_PORTAL_PROCESSES,
+            help="daphne processes serving the port (default: HAVEN_PORTAL_PROCESSES)",
+        )
 
-    def handle(self, *args, bind, port, worker_concurrency, **options):
+    def handle(self, *args, bind, port, worker_concurrency, web_processes, **options):
+        if web_processes > 1 and not settings.REDIS_URL:
+            raise CommandError("more than one web process needs REDIS_URL (docs/configuration.md)")
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)
         password = first_admin_create()
@@ -38,7 +49,6 @@ class Command(BaseCommand):
         python = sys.executable
         celery = [python, "-m", "celery", "-A", "portal"]
         commands = {
-            "web": [python, "-m", "daphne", "-b", bind, "-p", str(port), "portal.asgi:application"],
             "worker": [
                 *celery,
                 "worker",
@@ -61,10 +71,17 @@ class Command(BaseCommand):
             ],
         }
         env = {**os.environ, "HAVEN_INTERNAL_URL": f"http://127.0.0.1:{port}"}
-        children = {
-            name: subprocess.Popen(cmd, env=env, start_new_session=True)
+        try:
+            sock = serve.listening_socket(bind, port)
+        except OSError as exc:
+            raise CommandError(f"cannot listen on {bind}:{port}: {exc.strerror}") from exc
+        web = serve.start_web(sock, max(1, web_processes), env=env)
+        sock.close()  # the web processes hold it
+        children = {f"web {n + 1}" if len(web) > 1 else "web": child for n, child in enumerate(web)}
+        children.update(
+            (name, subprocess.Popen(cmd, env=env, start_new_session=True))
             for name, cmd in commands.items()
-        }
+        )
 
         stopping = False
 
