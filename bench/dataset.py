@@ -190,7 +190,7 @@ def build_tree(target: Path, *, files: int, seed: int = 16) -> dict:
         finally:
             os.close(dfd)
         leaf += 1
-    info = {"params": wanted, "bytes": total, "files": count, "folders": leaf,
+    info = {"params": wanted, "bytes": total, "files": count, "leaf_folders": leaf,
             "path": str(data)}  # fmt: skip
     marker.write_text(json.dumps(info))
     return info
