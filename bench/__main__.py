@@ -5,6 +5,9 @@ initial backup, no-change backup, backup after changing 1% of the files, full re
 fresh folder, single-file restore; ``cp -a`` of the same data is the floor for restores.
 Each command runs as a child; wall time, CPU time (user+sys, children included) and peak RSS
 (largest single process, from ``wait4``) are recorded; stored size is ``du`` of the repository.
+
+``--files`` of ``TREE_FROM`` or more (or ``--tree``) uses the many-small-files tree of
+``bench.dataset.build_tree`` instead of the installed-files set (``bench/run --files 1000000``).
 """
 
 from __future__ import annotations
@@ -14,16 +17,18 @@ import json
 import os
 import random
 import shutil
+import stat
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.dataset import build
+from bench.dataset import build, build_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
+TREE_FROM = 100_000  # the installed-files set has fewer files than this
 
 
 @dataclass
@@ -157,14 +162,21 @@ TOOLS = {"haven": Haven, "restic": Restic, "borg-lz4": BorgLz4, "borg-zstd3": Bo
 
 def change_one_percent(src: Path, seed: int = 42) -> int:
     """Rewrite 1% of the files: a changed block in the middle, same name."""
-    files = sorted(p for p in src.rglob("*") if p.is_file() and not p.is_symlink())
+    files = sorted(
+        os.path.join(d, f)
+        for d, _dirs, names in os.walk(src)
+        for f in names
+        if not os.path.islink(os.path.join(d, f))
+    )
     rng = random.Random(seed)
     chosen = rng.sample(files, max(1, len(files) // 100))
     for p in chosen:
-        data = bytearray(p.read_bytes())
+        with open(p, "rb") as f:
+            data = bytearray(f.read())
         mid = len(data) // 2
         data[mid : mid + 64] = rng.randbytes(64)
-        p.write_bytes(bytes(data))
+        with open(p, "wb") as f:
+            f.write(data)
     return len(chosen)
 
 
@@ -182,36 +194,56 @@ def warm(src: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(prog="bench/run")
     ap.add_argument("--size", type=float, default=2.1e9, help="data set bytes (default ~2 GB)")
-    ap.add_argument("--files", type=int, default=52_000)
+    ap.add_argument(
+        "--files",
+        type=int,
+        default=52_000,
+        help=f"file count; {TREE_FROM:,} or more: the many-small-files tree",
+    )
+    ap.add_argument(
+        "--tree", action="store_true", help="the many-small-files tree whatever --files is"
+    )
     ap.add_argument("--scratch", default="/work/benchdata", help="scratch folder (data cached)")
     ap.add_argument("--tools", default=",".join(TOOLS))
-    ap.add_argument("--repeat", type=int, default=2, help="rounds; the fastest of each is kept")
+    ap.add_argument(
+        "--repeat", type=int, help="rounds; the fastest of each is kept (default 2; 1 for the tree)"
+    )
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
 
     ensure_tools()
     scratch = Path(args.scratch)
-    name = "full" if args.size >= 2e9 else f"size-{int(args.size)}"
-    info = build(scratch / name, size=int(args.size), files=args.files)
-    print(f"data set: {info['files']} files, {info['bytes'] / 1e9:.2f} GB", flush=True)
+    tree = args.tree or args.files >= TREE_FROM
+    if tree:
+        name = f"tree-{args.files}"
+        info = build_tree(scratch / name, files=args.files)
+    else:
+        name = "full" if args.size >= 2e9 else f"size-{int(args.size)}"
+        info = build(scratch / name, size=int(args.size), files=args.files)
+    repeat = args.repeat or (1 if tree else 2)
+    print(f"data set: {info['files']} files, {info['bytes'] / 1e9:.2f} GB; "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
     results: dict[str, dict[str, dict]] = {}
 
     def record(tool: str, stage: str, s: Sample, **extra) -> None:
         print(f"{tool:11} {stage:15} wall {s.wall:7.2f} s  cpu {s.cpu:7.2f} s  "
-              f"rss {s.rss_mb:7.0f} MB  {extra or ''}", flush=True)  # fmt: skip
+              f"rss {s.rss_mb:7.0f} MB  load {os.getloadavg()[0]:4.1f}  {extra or ''}",
+              flush=True)  # fmt: skip
         best = results.setdefault(tool, {}).get(stage)
         if best is None or s.wall < best["wall"]:
             results[tool][stage] = {**s.__dict__, **extra}
 
-    for rnd in range(args.repeat):
-        print(f"-- round {rnd + 1} of {args.repeat}", flush=True)
-        one_round(scratch / f"run-{name}", info, args.tools.split(","), record)
+    for rnd in range(repeat):
+        print(f"-- round {rnd + 1} of {repeat}", flush=True)
+        one_round(scratch / f"run-{name}", info, args.tools.split(","), record, tree=tree)
     print_table(results)
     if args.json:
         Path(args.json).write_text(json.dumps({"data": info, "results": results}, indent=1))
 
 
-def one_round(work: Path, info: dict, tool_names: list[str], record) -> None:
+def one_round(work: Path, info: dict, tool_names: list[str], record, *, tree: bool) -> None:
+    """One round of every stage. ``tree``: the many-small-files set, where the changed files
+    are still in the page cache (no second warm-up) and no single-file restore is timed."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     src = work / "src"
@@ -226,7 +258,8 @@ def one_round(work: Path, info: dict, tool_names: list[str], record) -> None:
         record(t.name, "no-change", t.backup("nochange"))
     changed = change_one_percent(src)
     print(f"changed {changed} files", flush=True)
-    warm(src)
+    if not tree:
+        warm(src)
     for t in tools:
         record(t.name, "1%-change", t.backup("change"), stored=t.stored())
     restore_root = work / "restores"
@@ -234,13 +267,27 @@ def one_round(work: Path, info: dict, tool_names: list[str], record) -> None:
     record("cp -a", "restore-floor", run(["cp", "-a", str(src), str(restore_root / "cp")]))
     for t in tools:
         record(t.name, "restore", t.restore(restore_root / t.name))
-    single = max(
-        (p for p in src.rglob("*.so*") if p.is_file() and not p.is_symlink()),
-        key=lambda p: p.stat().st_size,
-    )
-    for t in tools:
-        record(t.name, "restore-1-file", t.restore(restore_root / f"{t.name}-one", single))
+    if not tree:
+        single = largest_file(src)
+        for t in tools:
+            record(t.name, "restore-1-file", t.restore(restore_root / f"{t.name}-one", single))
     shutil.rmtree(work, ignore_errors=True)
+
+
+def largest_file(src: Path) -> Path:
+    """The single-file restore's file: the largest shared library, or the largest file."""
+    best, best_so, size, size_so = "", "", -1, -1
+    for d, _dirs, names in os.walk(src):
+        for name in names:
+            p = os.path.join(d, name)
+            st = os.lstat(p)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            if st.st_size > size:
+                best, size = p, st.st_size
+            if ".so" in name and st.st_size > size_so:
+                best_so, size_so = p, st.st_size
+    return Path(best_so or best)
 
 
 def print_table(results: dict) -> None:

@@ -21,7 +21,6 @@ and the one being filled.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import stat
 import threading
@@ -40,7 +39,7 @@ from agents.runtime.engine.packer import Packer
 from agents.runtime.engine.previous import PreviousCursor
 from agents.runtime.engine.progress import ProgressSink, Reporter
 from agents.runtime.engine.repository import RecoveryPoint, Repository, default_hostname, now
-from agents.runtime.engine.scan import WalkAhead, count_tree, normalize_sources
+from agents.runtime.engine.scan import WalkAhead, count_tree, normalize_sources, read_xattrs
 
 DEFAULT_PACK_SIZE = 16 << 20
 BATCH_FILES = 512
@@ -387,9 +386,9 @@ class _Backup:
             user=self.names.user(st.st_uid),
             group=self.names.group(st.st_gid),
         )
-        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        if stat.S_ISDIR(mode):
             entry.xattrs = self._xattrs(path, disk)
-        if stat.S_ISREG(mode):
+        if stat.S_ISREG(mode):  # (a file's are read by the worker that reads it, or in _file)
             entry.kind = FILE
             entry.size = st.st_size
             self._file(entry, st, prev, disk)
@@ -416,27 +415,19 @@ class _Backup:
             self.warn(path, f"skipped: a {what} is not backed up")
 
     def _xattrs(self, path: bytes, disk: bytes) -> list[tuple[bytes, bytes]]:
-        """Extended attributes (POSIX ACLs included), sorted by name; a file system without
-        them gives none, one that refuses to show them gives a warning."""
-        try:
-            names = os.listxattr(disk, follow_symlinks=False)
-            if not names:
-                return []
-            return sorted(
-                (os.fsencode(name), os.getxattr(disk, name, follow_symlinks=False))
-                for name in names
-            )
-        except OSError as exc:
-            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOENT, errno.ENODATA):
-                return []  # no support, or gone meanwhile (the read will say so)
-            self.warn(path, f"extended attributes not backed up: {exc.strerror}")
-            return []
+        """Extended attributes of ``disk`` (``scan.read_xattrs``); a refusal to show them is a
+        warning naming ``path``, the stored path."""
+        pairs, problem = read_xattrs(disk)
+        if problem:
+            self.warn(path, problem)
+        return pairs
 
     def _file(self, entry: Entry, st: os.stat_result, prev: Entry | None, disk: bytes) -> None:
         rep = self.reporter
         if st.st_nlink > 1:
             first = self.links.get((st.st_dev, st.st_ino))
             if first is not None:
+                entry.xattrs = self._xattrs(entry.path, disk)
                 entry.kind = HARDLINK
                 entry.target = first.entry.path
                 p = _Pending(entry, True)
@@ -444,6 +435,7 @@ class _Backup:
                 self.pending.append(p)
                 return
         self.result.files += 1
+        packs = None  # where the previous content is, when it can be reused unread
         if (
             prev is not None
             and prev.kind in (FILE, HARDLINK)
@@ -451,8 +443,11 @@ class _Backup:
             and prev.mtime_ns == entry.mtime_ns
             and prev.ctime_ns == entry.ctime_ns
             and prev.ino == entry.ino
-            and all(cid == HOLE_ID or cid in self.repo.index for cid, _ in prev.content)
         ):
+            packs = self.repo.index.packs_of(prev.content)
+        if packs is not None:
+            entry.xattrs = self._xattrs(entry.path, disk)
+            self.referenced.update(packs)
             p = _Pending(entry, True)
             p.content = prev.content
             self.result.files_unchanged += 1
@@ -543,20 +538,26 @@ class _Backup:
         for seq, records, status in files:
             p = self.inflight[seq]
             for cid, raw_len, new in records:
-                if new:
-                    packer.sealed_raw += raw_len  # packed by the worker, not uploaded yet
+                if new:  # packed by the worker, not uploaded yet; its pack is referenced
+                    packer.sealed_raw += raw_len
+                elif cid != HOLE_ID:
+                    self._reference(cid)
                 p.content.append((cid, raw_len))
                 rep.bytes_done += raw_len
             if status is not None:
                 p.done = True
                 del self.inflight[seq]
                 rep.files_done += 1
-                state, reason = status
+                state, reason, xattrs, xattr_problem = status
                 if state == "skip":
                     p.drop = True
                     self.result.files -= 1
                     self.warn(p.entry.path, reason)
-                elif state == "warn":
+                    continue
+                p.entry.xattrs = xattrs
+                if xattr_problem:
+                    self.warn(p.entry.path, xattr_problem)
+                if state == "warn":
                     self.warn(p.entry.path, reason)
         if kind == "done":
             self.outstanding -= 1
@@ -565,9 +566,13 @@ class _Backup:
 
     def _handle_pack(self, _wid: int, buf_no: int, length: int, pack_id: bytes, rows) -> None:
         buffers = self.pool.buffers
-        self.packer.add_pack(
+        pack_no = self.packer.add_pack(
             pack_id, buffers.view(buf_no, length), rows, lambda: buffers.release(buf_no)
         )
+        # Every chunk a worker packs was new to a file it read: the pack is referenced
+        # (a chunk another worker packed first, or of a file dropped later, only costs space
+        # until compaction).
+        self.referenced.add(pack_no)
         if self.unresolved:
             unresolved = self.unresolved
             for row in rows:
@@ -601,13 +606,10 @@ class _Backup:
                 e.size = p.link_to.entry.size
             elif p.drop:
                 continue
-            elif e.kind == FILE:
+            elif e.kind == FILE:  # (its chunks were referenced as they came: _handle, _file)
                 e.content = p.content
                 e.size = sum(n for _, n in p.content)
                 res.logical_bytes += e.size
-            for cid, _ in e.content:
-                if cid != HOLE_ID:
-                    self._reference(cid)
             meta.add(e)
         if same:
             meta.add_encoded(b"".join(same))

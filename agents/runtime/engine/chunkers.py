@@ -44,6 +44,7 @@ from agents.runtime.engine.format import (
 )
 from agents.runtime.engine.index import ChunkIndex
 from agents.runtime.engine.repository import Repository
+from agents.runtime.engine.scan import read_xattrs
 
 FLUSH_BYTES = 2 << 20  # send file records at least every 2 MiB read (progress granularity)
 SPARSE_MIN = 1 << 20
@@ -87,15 +88,17 @@ class PackBuffers:
 class ClaimTable:
     """Which new chunks some worker has already taken on in this run, shared by all workers
     (an open-addressing table of 16-byte id prefixes in anonymous shared memory, under one
-    lock), so a chunk two workers meet is compressed and stored once. When the table is 70%
-    full ``claim`` answers None and each worker falls back to what it has seen itself (a
-    chunk may then be stored twice: space, never correctness). A wrong "already claimed"
+    lock), so a chunk two workers meet, or one worker meets twice, is compressed and stored
+    once; it is the workers' only memory of the run's new chunks (16 MiB for ~730,000 of
+    them, no per-chunk Python object). When the table is 70% full ``claim`` answers None and
+    each worker falls back to a set of the ids it packed itself (a chunk may then be stored
+    twice: space, never correctness). A wrong "already claimed"
     would need two ids sharing 128 bits, and the backup checks at its end that every chunk it
     references was packed."""
 
     SLOT = 16
 
-    def __init__(self, ctx, slots: int = 1 << 19):
+    def __init__(self, ctx, slots: int = 1 << 20):
         self.mask = slots - 1
         self.limit = int(slots * 0.7)
         self.map = mmap.mmap(-1, slots * self.SLOT + 8)
@@ -239,56 +242,87 @@ class FileProcessor:
         self.index = index
         self.seen: set[bytes] = set()
         self.buf = bytearray(max(2 * self.params.max_size, 8 << 20))
+        self.mv = memoryview(self.buf)
+        self.small = self.params.min_size
         self.opens = 0
 
     def process(self, path: bytes, scan_size: int, scan_mtime: int):
         """Yields (records, status) pieces; status is None until the last piece, then
-        ``("ok", None)``, ``("warn", reason)`` (stored, but read while changing) or
-        ``("skip", reason)`` (not stored)."""
+        ``(state, reason, xattrs, xattr warning)``: state ``"ok"``, ``"warn"`` (stored, but
+        read while changing) or ``"skip"`` (not stored: nothing else is set)."""
         try:
             fd = self._open(path)
         except FileNotFoundError:
-            yield [], ("skip", "vanished before it could be read")
+            yield [], ("skip", "vanished before it could be read", None, None)
             return
         except PermissionError:
-            yield [], ("skip", "permission denied")
+            yield [], ("skip", "permission denied", None, None)
             return
         except OSError as exc:
-            yield [], ("skip", f"cannot open: {exc.strerror}")
+            yield [], ("skip", f"cannot open: {exc.strerror}", None, None)
             return
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                yield [], ("skip", "was replaced by something that is not a regular file")
+                yield [], ("skip", "was replaced by something that is not a regular file",
+                           None, None)  # fmt: skip
                 return
-            total = 0
+            xattrs, xattr_problem = read_xattrs(fd)
             records: list[tuple[bytes, int, bool]] = []
-            pending = 0
-            for start, end in self._regions(fd, st):
-                if start > total:
-                    records.append((HOLE_ID, start - total, False))
-                    total = start
-                sent = self.writer.sent
-                for rec in self._chunks(fd, start, end):
-                    records.append(rec)
-                    total += rec[1]
-                    pending += rec[1]
-                    if pending >= FLUSH_BYTES or self.writer.sent != sent:
-                        yield records, None
-                        records, pending, sent = [], 0, self.writer.sent
-            end_size = os.fstat(fd).st_size
-            if end_size > total and st.st_blocks * 512 < end_size:
-                records.append((HOLE_ID, end_size - total, False))  # trailing hole
-                total = end_size
+            total = -1
+            if st.st_size < self.small:
+                # At most one chunk (no content-defined cut falls before ``min_size``): one
+                # read, no chunker. A file that grew meanwhile takes the general path.
+                mv = self.mv
+                n = os.preadv(fd, [mv[: self.small]], 0)
+                if n == st.st_size:
+                    if n:
+                        records.append(self._chunk(mv[:n]))
+                    total = n
+            if total < 0:
+                total = 0
+                pending = 0
+                for start, end in self._regions(fd, st):
+                    if start > total:
+                        records.append((HOLE_ID, start - total, False))
+                        total = start
+                    sent = self.writer.sent
+                    for rec in self._chunks(fd, start, end):
+                        records.append(rec)
+                        total += rec[1]
+                        pending += rec[1]
+                        if pending >= FLUSH_BYTES or self.writer.sent != sent:
+                            yield records, None
+                            records, pending, sent = [], 0, self.writer.sent
+                end_size = os.fstat(fd).st_size
+                if end_size > total and st.st_blocks * 512 < end_size:
+                    records.append((HOLE_ID, end_size - total, False))  # trailing hole
+                    total = end_size
             after = os.fstat(fd)
             if after.st_mtime_ns != scan_mtime or total != scan_size or after.st_size != total:
-                yield records, ("warn", "changed while it was being read; stored as read")
+                yield records, ("warn", "changed while it was being read; stored as read",
+                                xattrs, xattr_problem)  # fmt: skip
             else:
-                yield records, ("ok", None)
+                yield records, ("ok", None, xattrs, xattr_problem)
         except OSError as exc:
-            yield [], ("skip", f"read error: {exc.strerror}")
+            yield [], ("skip", f"read error: {exc.strerror}", None, None)
         finally:
             os.close(fd)
+
+    def _chunk(self, data: memoryview) -> tuple[bytes, int, bool]:
+        """One chunk's record; a new one is compressed, sealed and packed."""
+        cid = self.hash(data)
+        if cid in self.index:
+            return cid, len(data), False
+        claimed = self.claims.claim(cid)
+        if claimed is False:
+            return cid, len(data), False  # this worker or another packs it
+        if claimed is None:  # the claim table is full: this worker's own memory decides
+            if cid in self.seen:
+                return cid, len(data), False
+            self.seen.add(cid)
+        self.writer.add(cid, chunk_payload(data, self.cctx, self.scratch), len(data))
+        return cid, len(data), True
 
     def _open(self, path: bytes) -> int:
         self.opens += 1
@@ -324,7 +358,6 @@ class FileProcessor:
         mv = memoryview(buf)
         max_size = self.params.max_size
         pos, carry = start, 0
-        index, seen, hasher = self.index, self.seen, self.hash
         while True:
             room = len(buf) - carry
             if end is not None:
@@ -339,18 +372,8 @@ class FileProcessor:
             for c in self.cdc.cut_buf(mv[:fill]):
                 if not eof and c.offset + max_size > fill:
                     break  # not enough look-ahead for a content-defined cut
-                data = mv[c.offset : c.offset + c.length]
-                cid = hasher(data)
                 consumed = c.offset + c.length
-                if cid in seen or cid in index:
-                    yield cid, c.length, False
-                    continue
-                seen.add(cid)
-                if self.claims.claim(cid) is False:
-                    yield cid, c.length, False  # another worker packs it
-                    continue
-                self.writer.add(cid, chunk_payload(data, self.cctx, self.scratch), c.length)
-                yield cid, c.length, True
+                yield self._chunk(mv[c.offset : consumed])
             if eof:
                 return
             carry = fill - consumed

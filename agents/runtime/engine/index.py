@@ -13,13 +13,24 @@ from __future__ import annotations
 
 import struct
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
+
+from agents.runtime.engine.crypto import OVERHEAD
 
 REC = struct.Struct("<32sIIII")
 RECSIZE = REC.size  # 48
 MAX_LOAD = 0.6
 DEAD_SIZE = 2**64 - 1
 HOLE = bytes(32)  # format.HOLE_ID: a sparse-file hole, never stored
+CACHE_MAGIC = b"HVC2"
+FRAME = 4 << 20
+FRAME_LEN = struct.Struct("<I")
+LAST_FRAME = 1 << 31
+
+
+def _frame_ad(no: int, last: bool) -> bytes:
+    return b"frame\0" + struct.pack("<QB", no, last)
 
 
 class ChunkIndex:
@@ -143,6 +154,27 @@ class ChunkIndex:
             self._grow()
         return True
 
+    def add_rows(self, pack_no: int, rows) -> int:
+        """``add`` for each (id, offset, stored length, plain length) row of one pack, in one
+        call (a pack of small files has thousands); returns the plain bytes newly indexed."""
+        pack, find, recs = REC.pack, self._find, self._recs
+        added = 0
+        for cid, off, length, raw_len in rows:
+            h, s = find(cid)
+            if s:
+                o = (s - 1) * RECSIZE
+                if int.from_bytes(recs[o + 32 : o + 36], "little") not in self._dead:
+                    continue
+                recs[o : o + RECSIZE] = pack(cid, pack_no, off, length, raw_len)
+            else:
+                recs += pack(cid, pack_no, off, length, raw_len)
+                self._n += 1
+                self._slots[h] = self._n
+                if self._n > MAX_LOAD * len(self._slots):
+                    self._grow()
+            added += raw_len
+        return added
+
     def _grow(self) -> None:
         size = len(self._slots) * 2
         slots = array("I", bytes(4 * size))
@@ -168,12 +200,92 @@ class ChunkIndex:
 
     # -- cache file ----------------------------------------------------------------------
     def dump(self) -> bytes:
+        return b"".join(self.cache_frames())
+
+    def cache_frames(self) -> Iterator[bytes | memoryview]:
+        """The cache form in pieces of at most ``FRAME`` bytes, no copy of the tables: what
+        ``save_frames`` seals one at a time (``dump`` joins them for the tests)."""
         head = struct.pack("<QQQ", self._n, len(self._slots), len(self.pack_ids))
         sizes = [DEAD_SIZE if no in self._dead else s for no, s in enumerate(self.pack_sizes)]
         packs = b"".join(
             p + struct.pack("<Q", s) for p, s in zip(self.pack_ids, sizes, strict=False)
         )
-        return head + packs + bytes(self._slots) + bytes(self._recs)
+        yield head
+        for table in (packs, memoryview(self._slots).cast("B"), memoryview(self._recs)):
+            view = memoryview(table)
+            for start in range(0, len(view), FRAME):
+                yield view[start : start + FRAME]
+
+    def cache_size(self) -> int:
+        """What ``save_frames`` writes, in bytes."""
+        frames = list(self.cache_frames())
+        return len(CACHE_MAGIC) + sum(len(fr) + OVERHEAD + FRAME_LEN.size for fr in frames)
+
+    def save_frames(self, f: BinaryIO, seal: Callable[[bytes | memoryview, bytes], bytes]) -> int:
+        """Write the cache form to ``f`` as sealed frames (``seal(plaintext, ad)``), each
+        bound to its place and the last marked, so a cut or reordered file fails to load.
+        Memory: one frame, not a copy of the index. Returns the bytes written."""
+        frames = list(self.cache_frames())
+        written = f.write(CACHE_MAGIC)
+        for no, frame in enumerate(frames):
+            last = no == len(frames) - 1
+            sealed = seal(frame, _frame_ad(no, last))
+            written += f.write(FRAME_LEN.pack(len(sealed) | (LAST_FRAME if last else 0)))
+            written += f.write(sealed)
+        return written
+
+    @classmethod
+    def load_frames(cls, f: BinaryIO, unseal: Callable[[bytes, bytes], bytes]) -> ChunkIndex:
+        """Read what ``save_frames`` wrote (``unseal(sealed, ad)`` raises on tampering);
+        ValueError when it is not that, is cut short or runs on. The tables are filled in
+        place: no copy of the file, nor of the index, is ever held whole."""
+        if f.read(len(CACHE_MAGIC)) != CACHE_MAGIC:
+            raise ValueError("not an index cache of this version")
+        no = 0
+        last = False
+
+        def frame() -> bytes:
+            nonlocal no, last
+            if last:
+                raise ValueError("index cache ends early")
+            raw = f.read(FRAME_LEN.size)
+            if len(raw) != FRAME_LEN.size:
+                raise ValueError("truncated index cache")
+            (length,) = FRAME_LEN.unpack(raw)
+            last = bool(length & LAST_FRAME)  # (sealed into the frame's associated data)
+            sealed = f.read(length & ~LAST_FRAME)
+            if len(sealed) != length & ~LAST_FRAME:
+                raise ValueError("truncated index cache")
+            plain = unseal(sealed, _frame_ad(no, last))
+            no += 1
+            return plain
+
+        def fill(into: bytearray | memoryview, size: int) -> None:
+            pos = 0
+            while pos < size:
+                piece = frame()
+                if not piece or pos + len(piece) > size:
+                    raise ValueError("malformed index cache")
+                into[pos : pos + len(piece)] = piece
+                pos += len(piece)
+
+        idx = cls()
+        n, nslots, npacks = struct.unpack("<QQQ", frame())
+        if nslots < 1024 or nslots & (nslots - 1) or n > MAX_LOAD * nslots + 1:
+            raise ValueError("malformed index cache")
+        packs = bytearray(24 * npacks)
+        fill(packs, len(packs))
+        for pos in range(0, len(packs), 24):
+            idx.add_pack(bytes(packs[pos : pos + 16]), struct.unpack_from("<Q", packs, pos + 16)[0])
+        idx._slots = array("I", bytes(4 * nslots))
+        fill(memoryview(idx._slots).cast("B"), 4 * nslots)
+        idx._recs = bytearray(n * RECSIZE)
+        fill(idx._recs, n * RECSIZE)
+        if not last or f.read(1):
+            raise ValueError("index cache runs on past its tables")
+        idx._n, idx._mask = n, nslots - 1
+        idx._dead = {no for no, size in enumerate(idx.pack_sizes) if size == DEAD_SIZE}
+        return idx
 
     @classmethod
     def load(cls, raw: bytes) -> ChunkIndex:

@@ -98,11 +98,8 @@ class Packer:
         Returns its pack number."""
         index = self.repo.index
         pack_no = index.add_pack(pack_id, len(data))
-        raw = 0
-        for cid, off, length, raw_len in rows:
-            raw += raw_len
-            if index.add(cid, pack_no, off, length, raw_len):
-                self.new_bytes += raw_len
+        raw = sum(row[3] for row in rows)
+        self.new_bytes += index.add_rows(pack_no, rows)
         fut = self.pool.submit(self._upload, pack_id, data, raw, release, False)
         self.inflight.append((fut, pack_id, pack_no, rows))
         self.reap(block=False)

@@ -234,9 +234,8 @@ class Repository:
             try:
                 covered = set(json.loads(json_path.read_text())["names"])
                 if covered <= names:
-                    self.index = ChunkIndex.load(
-                        self.sealer.open(bin_path.read_bytes(), b"index-cache\0" + self.id.encode())
-                    )
+                    with open(bin_path, "rb") as f:
+                        self.index = ChunkIndex.load_frames(f, self._cache_unseal)
                     self._index_names = covered
             except (OSError, ValueError, KeyError, IntegrityError):
                 self.index, self._index_names = ChunkIndex(), set()
@@ -293,14 +292,15 @@ class Repository:
         if cache_dir is None:
             return None
         bin_path, json_path = self._cache_paths(cache_dir)
-        # Sealed: the cache sits on the machine, but it names every chunk id.
-        sealed = self.sealer.seal(self.index.dump(), b"index-cache\0" + self.id.encode())
         tmp, tmpj = bin_path.with_suffix(".tmp"), json_path.with_suffix(".tmp")
         try:
             bin_path.parent.mkdir(parents=True, exist_ok=True)
             # the names go first: a cache whose names are gone is never trusted
             json_path.unlink(missing_ok=True)
-            tmp.write_bytes(sealed)
+            # Sealed (the cache sits on the machine, but it names every chunk id), a frame
+            # at a time: a copy of a large index would double the backup's peak memory.
+            with open(tmp, "wb") as f:
+                self.index.save_frames(f, self._cache_seal)
             os.replace(tmp, bin_path)
             tmpj.write_text(json.dumps({"names": sorted(self._index_names)}))
             os.replace(tmpj, json_path)
@@ -313,11 +313,17 @@ class Repository:
                 free = f", {shutil.disk_usage(cache_dir).free:,} bytes free"
             return (
                 f"the index cache could not be saved in the cache location {cache_dir} "
-                f"({exc.strerror or exc}; it needs {len(sealed):,} bytes{free}): the next "
+                f"({exc.strerror or exc}; it needs {self.index.cache_size():,} bytes{free}): the next "
                 "backup reads the index from storage instead. Free some space there or "
                 "move the cache with haven-agent configure --cache-dir DIR."
             )
         return None
+
+    def _cache_seal(self, plaintext: bytes | memoryview, ad: bytes) -> bytes:
+        return self.sealer.seal(plaintext, b"index-cache\0" + self.id.encode() + ad)
+
+    def _cache_unseal(self, sealed: bytes, ad: bytes) -> bytes:
+        return self.sealer.open(sealed, b"index-cache\0" + self.id.encode() + ad)
 
     def write_index(self, packs: list[tuple[bytes, int, list[tuple[bytes, int, int, int]]]]) -> str:
         name = index_blob(os.urandom(16).hex())

@@ -8,6 +8,7 @@ previous one while streaming.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import itertools
 import os
@@ -21,6 +22,31 @@ from agents.runtime.engine.errors import InvalidArgument
 from agents.runtime.engine.paths import PathMap, absolute_paths, is_selected
 
 Warn = Callable[[bytes, str], None]
+
+
+XATTR_ABSENT = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOENT, errno.ENODATA)
+
+
+def read_xattrs(target: bytes | int) -> tuple[list[tuple[bytes, bytes]], str | None]:
+    """Extended attributes (POSIX ACLs included) of a path (not followed) or an open file
+    descriptor, sorted by name, and a warning when the file system refuses to show them (a
+    file system without them gives none and no warning)."""
+    try:
+        if isinstance(target, int):
+            names = os.listxattr(target)
+            if not names:
+                return [], None
+            return sorted((os.fsencode(n), os.getxattr(target, n)) for n in names), None
+        names = os.listxattr(target, follow_symlinks=False)
+        if not names:
+            return [], None
+        return sorted(
+            (os.fsencode(n), os.getxattr(target, n, follow_symlinks=False)) for n in names
+        ), None
+    except OSError as exc:
+        if exc.errno in XATTR_ABSENT:
+            return [], None  # no support, or gone meanwhile (the read will say so)
+        return [], f"extended attributes not backed up: {exc.strerror}"
 
 
 class Excluder:

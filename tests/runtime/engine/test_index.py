@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
 
+import pytest
+
+from agents.runtime.engine import index as index_module
+from agents.runtime.engine.crypto import Sealer
+from agents.runtime.engine.errors import IntegrityError
 from agents.runtime.engine.index import ChunkIndex
 
 
@@ -52,3 +58,53 @@ def test_a_chunk_of_a_dead_pack_can_be_stored_again():
     q = idx.add_pack(b"b" * 16, 10)
     assert idx.add(cid, q, 4, 5, 6)
     assert idx.get(cid) == (q, 4, 5, 6)
+
+
+def _index_of(chunks: int) -> tuple[ChunkIndex, list[bytes]]:
+    idx = ChunkIndex()
+    p = idx.add_pack(b"a" * 16, 10)
+    q = idx.add_pack(b"b" * 16, 20)
+    ids = [os.urandom(32) for _ in range(chunks)]
+    for i, cid in enumerate(ids):
+        idx.add(cid, p if i % 2 else q, i, 1, 1)
+    idx.mark_dead(q)
+    return idx, ids
+
+
+@pytest.fixture
+def small_frames(monkeypatch):
+    monkeypatch.setattr(index_module, "FRAME", 4096)  # many frames from a small index
+
+
+def test_its_cache_file_is_sealed_frames_that_load_back_in_place(small_frames):
+    idx, ids = _index_of(3000)
+    sealer = Sealer(os.urandom(32))
+    f = io.BytesIO()
+    written = idx.save_frames(f, sealer.seal)
+    assert written == len(f.getvalue()) == idx.cache_size()
+    f.seek(0)
+    again = ChunkIndex.load_frames(f, sealer.open)
+    assert len(again) == 3000
+    assert again.get(ids[1]) == idx.get(ids[1]) == (0, 1, 1, 1)
+    assert again.get(ids[0]) is None  # in the dead pack
+    assert again.pack_ids == [b"a" * 16, b"b" * 16]
+
+
+def test_a_cut_extended_or_tampered_cache_file_is_refused(small_frames):
+    idx, _ = _index_of(3000)
+    sealer = Sealer(os.urandom(32))
+    f = io.BytesIO()
+    idx.save_frames(f, sealer.seal)
+    raw = f.getvalue()
+    for bad in (raw[: len(raw) // 2], raw[:-1], raw + raw[4:200]):
+        with pytest.raises(ValueError):
+            ChunkIndex.load_frames(io.BytesIO(bad), sealer.open)
+    flipped = bytearray(raw)
+    flipped[len(raw) // 2] ^= 1
+    with pytest.raises(IntegrityError):
+        ChunkIndex.load_frames(io.BytesIO(bytes(flipped)), sealer.open)
+    # the first frame's length word says "last": its associated data no longer matches
+    marked = bytearray(raw)
+    marked[7] |= 0x80
+    with pytest.raises((IntegrityError, ValueError)):
+        ChunkIndex.load_frames(io.BytesIO(bytes(marked)), sealer.open)
