@@ -43,6 +43,17 @@ def pytest_sessionstart(session):
     servers.check_database_url()
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """pytest-xdist (``-n 2``): before a worker process sets up Django, give it its own data
+    directory and Redis database (``servers.worker_environment``). The worker is a fresh
+    interpreter started from this one; this runs in it before pytest does."""
+    index = int(node.gateway.id.removeprefix("gw"))
+    channel = node.gateway.remote_exec("import os\nos.environ.update(channel.receive())")
+    channel.send(servers.worker_environment(index))
+    channel.waitclose(60)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests that touch the database or a browser also run in the real-servers pass."""
     for item in items:
