@@ -19,7 +19,6 @@ left behind.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import pytest
 import requests
+
+from tests.support import workers
 
 REPO = Path(__file__).resolve().parents[2]
 # Installs reuse this pip cache across runs (the autouse fixture moves HOME per test).
@@ -160,13 +161,10 @@ def installed_agent(tmp_path_factory) -> Path:
     """``haven-agent`` installed by the portal's installer into a fresh virtualenv: once per
     run, shared by pytest-xdist's workers (the first to get here installs, under a lock, and
     the others use its installation; the tests only run it)."""
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # the run's temporary directory, the workers' is below it
+    root = workers.run_dir(tmp_path_factory)
     where = root / "haven-agent-install"
     agent = where / "agent" / "bin" / "haven-agent"
-    with open(root / "haven-agent-install.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with workers.exclusive(root / "haven-agent-install.lock"):
         if not (where / "installed").exists():
             shutil.rmtree(where, ignore_errors=True)  # a worker's failed attempt
             _install_agent(where)
