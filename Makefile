@@ -4,7 +4,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PG_URL ?= postgres://postgres@127.0.0.1:5432/haven
-TEST_REDIS_URL ?= redis://127.0.0.1:6379/14
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/13
+# Each pass runs on TEST_WORKERS pytest-xdist workers (two: CI has two cores, and most of the
+# suite's time is spent waiting on agents, daphne, Chromium and the servers, which the other
+# worker fills). Worker n uses the Redis database of TEST_REDIS_URL minus n (pass 1: 15 and
+# 14, pass 2: 13 and 12, so no pass meets the other's leftovers), and its own data directory
+# below HAVEN_DATA_DIR (tests/support/servers.py). TEST_WORKERS=0: one process, as before.
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS)$(if $(filter-out 0,$(TEST_WORKERS)), --dist worksteal)
 
 .PHONY: run test lint audit format bench venv tools
 
@@ -20,11 +27,11 @@ test: venv tools  ## Lint, type-check and audit the dependencies, then the whole
 	@echo "== pass 1/2: embedded defaults (SQLite, filesystem broker, in-memory layer, local storage)"
 	env -u DATABASE_URL -u REDIS_URL -u AZURE_STORAGE_CONNECTION_STRING \
 	  HAVEN_REQUIRE_SERVERS=1 HAVEN_DATA_DIR=$(CURDIR)/var/test-embedded \
-	  $(BIN)/pytest -q $(PYTEST_ARGS)
+	  $(BIN)/pytest -q $(XDIST) $(PYTEST_ARGS)
 	@echo "== pass 2/2: PostgreSQL + Redis + Azurite"
 	HAVEN_REQUIRE_SERVERS=1 HAVEN_DATA_DIR=$(CURDIR)/var/test-servers HAVEN_TEST_STORAGE=azurite \
 	  DATABASE_URL=$(PG_URL) REDIS_URL=$(TEST_REDIS_URL) \
-	  $(BIN)/pytest -q -m servers $(PYTEST_ARGS)
+	  $(BIN)/pytest -q -m servers $(XDIST) $(PYTEST_ARGS)
 
 lint: venv  ## ruff, the import contracts and mypy (the files it checks: [tool.mypy] in pyproject.toml).
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports && $(BIN)/mypy

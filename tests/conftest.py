@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.support import builders, servers
+from tests.support import builders, servers, workers
 
 if TYPE_CHECKING:
     from portal.models import ResourceGroup, Subscription, User
@@ -41,6 +41,17 @@ BROWSER_ARGS = [
 
 def pytest_sessionstart(session):
     servers.check_database_url()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """pytest-xdist (``-n 2``): before a worker process sets up Django, give it its own data
+    directory and Redis database (``servers.worker_environment``). The worker is a fresh
+    interpreter started from this one; this runs in it before pytest does."""
+    index = int(node.gateway.id.removeprefix("gw"))
+    channel = node.gateway.remote_exec("import os\nos.environ.update(channel.receive())")
+    channel.send(servers.worker_environment(index))
+    channel.waitclose(60)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -79,6 +90,18 @@ def _isolated_home(tmp_path, monkeypatch):
     # As root the agent's default config lives in /etc/haven-agent: never let a test write
     # the machine's real agent configuration.
     monkeypatch.setenv("HAVEN_AGENT_CONFIG_DIR", str(home / "haven-agent-config"))
+
+
+@pytest.fixture(autouse=True)
+def _alone_when_marked(request, tmp_path_factory):
+    """A test marked ``alone`` (its timing is its assertion) runs with no other test beside
+    it: under pytest-xdist the other workers wait for it (``workers.turn``)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    alone = request.node.get_closest_marker("alone") is not None
+    with workers.turn(workers.run_dir(tmp_path_factory), alone=alone):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +31,8 @@ from pathlib import Path
 
 import pytest
 import requests
+
+from tests.support import workers
 
 REPO = Path(__file__).resolve().parents[2]
 # Installs reuse this pip cache across runs (the autouse fixture moves HOME per test).
@@ -155,10 +158,24 @@ def machine_env(home: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def installed_agent(tmp_path_factory) -> Path:
-    """``haven-agent`` installed by the portal's installer into a fresh virtualenv."""
+    """``haven-agent`` installed by the portal's installer into a fresh virtualenv: once per
+    run, shared by pytest-xdist's workers (the first to get here installs, under a lock, and
+    the others use its installation; the tests only run it)."""
+    root = workers.run_dir(tmp_path_factory)
+    where = root / "haven-agent-install"
+    agent = where / "agent" / "bin" / "haven-agent"
+    with workers.exclusive(root / "haven-agent-install.lock"):
+        if not (where / "installed").exists():
+            shutil.rmtree(where, ignore_errors=True)  # a worker's failed attempt
+            _install_agent(where)
+            (where / "installed").touch()
+    return agent
+
+
+def _install_agent(where: Path) -> None:
     from agents.installer import build_installer
 
-    where = tmp_path_factory.mktemp("haven-agent-install")
+    where.mkdir()
     script = where / "haven-agent-install.sh"
     script.write_bytes(build_installer(portal_url="http://127.0.0.1"))
     home = where / "home"
@@ -171,7 +188,6 @@ def installed_agent(tmp_path_factory) -> Path:
         timeout=600,
     )
     assert installed.returncode == 0, installed.stdout + installed.stderr
-    return prefix / "bin" / "haven-agent"
 
 
 @dataclass

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from playwright.sync_api import expect
 
 
+# The first pause is one second: a slow sixth attempt would come after it has passed.
+@pytest.mark.alone
 def test_repeated_wrong_passwords_show_the_pause_and_it_passes(page, live_portal, portal_owner):
     page.set_default_timeout(10_000)
     page.goto(live_portal + "/signin/")

@@ -25,7 +25,11 @@ from agents.runtime.engine.format import FILE, Entry
 from tests.runtime.engine.conftest import FAST_KDF, PASSPHRASE, SMALL_CHUNKS, restored
 from tests.runtime.engine.helpers import GuardedStore, backup, craft_recovery_point, restore
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: gives files to users")
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: gives files to users"),
+    # The agent's engine on local files: no database, no server, no portal setting.
+    pytest.mark.serverless,
+]
 
 USER = 4321  # an ordinary user of the backed-up machine (no name here: kept by number)
 # security.capability, revision 2, effective: CAP_NET_BIND_SERVICE (10) permitted

@@ -12,7 +12,7 @@ import subprocess
 import time
 from contextlib import closing
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -112,6 +112,37 @@ def redis_url() -> str:
     if not port_open(parts.hostname or "127.0.0.1", parts.port or 6379):
         unavailable(f"Redis is not reachable at {parts.hostname}:{parts.port or 6379}")
     return url
+
+
+def worker_environment(index: int, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """What pytest-xdist's worker ``index`` changes in its environment before Django reads
+    its settings, so that workers share nothing but the servers themselves: its own data
+    directory (SQLite test database, filesystem broker, cache, local storage) and its own
+    Redis database, counted down from the one given (worker 1 of ``redis://…/14`` uses 13:
+    the portal's Celery queue, cache and channel layer are per database). PostgreSQL test
+    databases are per worker already (pytest-django suffixes them ``_gw0``, ``_gw1``…);
+    Azurite, Chromium and live servers are session fixtures, so each worker starts its own
+    on a free port."""
+    environ = dict(os.environ if environ is None else environ)
+    data_dir = Path(environ.get("HAVEN_DATA_DIR") or REPO / "var")
+    changed = {"HAVEN_DATA_DIR": str(data_dir / f"worker-{index}")}
+    # The test Redis of the embedded pass (``redis_url()``) too: agent tests use it there.
+    environ.setdefault("HAVEN_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    for name in ("REDIS_URL", "HAVEN_TEST_REDIS_URL", "HAVEN_AGENT_BROKER_URL"):
+        if environ.get(name):
+            changed[name] = _redis_database_counted_down(environ[name], index, name)
+    return changed
+
+
+def _redis_database_counted_down(url: str, index: int, name: str) -> str:
+    parts = urlsplit(url)
+    base = int(parts.path.strip("/") or 0)
+    if base - index < 0:
+        raise ValueError(
+            f"{name}={url} leaves no Redis database for test worker {index}: "
+            f"give it a database number of at least {index} (worker n uses the number minus n)"
+        )
+    return urlunsplit(parts._replace(path=f"/{base - index}"))
 
 
 def check_database_url() -> None:

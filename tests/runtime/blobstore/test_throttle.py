@@ -13,6 +13,7 @@ from agents.runtime.blobstore.throttle import TokenBucket
 KiB = 1024
 
 
+@pytest.mark.alone
 def test_uploads_are_held_to_the_limit():
     limit = 1024 * KiB  # bytes per second
     store = ThrottledStore(MemoryStore(), upload_bytes_per_second=limit, burst_bytes=64 * KiB)
@@ -26,6 +27,7 @@ def test_uploads_are_held_to_the_limit():
     assert 16 * 64 * KiB / elapsed <= limit * 1.1
 
 
+@pytest.mark.alone
 def test_threads_share_one_limit():
     limit = 2048 * KiB
     store = ThrottledStore(MemoryStore(), upload_bytes_per_second=limit, burst_bytes=64 * KiB)
@@ -46,6 +48,7 @@ def test_threads_share_one_limit():
     assert (total - 64 * KiB) / limit * 0.95 <= elapsed < 2.0
 
 
+@pytest.mark.alone
 def test_downloads_have_their_own_limit_and_uploads_stay_free():
     inner = MemoryStore()
     inner.put("big", b"z" * (256 * KiB))

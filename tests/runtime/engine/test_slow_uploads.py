@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from agents.runtime.blobstore.memory import MemoryStore
 from agents.runtime.engine import ListSink, Repository, run_verify
 from agents.runtime.engine.layout import DATA_PREFIX
@@ -49,6 +51,7 @@ class TimedSink(ListSink):
         super().emit({**event, "at": time.monotonic()})
 
 
+@pytest.mark.alone
 def test_cancel_returns_quickly_while_uploads_are_stalled(tmp_path):
     store = StallingStore()
     repo = Repository.init(store, PASSPHRASE, kdf=FAST_KDF, chunker=SMALL_CHUNKS)

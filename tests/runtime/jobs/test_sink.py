@@ -6,6 +6,8 @@ import itertools
 import threading
 import time
 
+import pytest
+
 from agents.runtime.jobs.sink import PortalSink
 
 
@@ -13,6 +15,7 @@ def progress(n: int) -> dict:
     return {"type": "progress", "phase": "backing_up", "files_done": n}
 
 
+@pytest.mark.alone
 def test_it_posts_at_most_four_times_a_second_and_always_the_last_state():
     posted = []
     sink = PortalSink(
@@ -32,6 +35,7 @@ def test_it_posts_at_most_four_times_a_second_and_always_the_last_state():
     assert all(gap >= 0.24 for gap in gaps)
 
 
+@pytest.mark.alone
 def test_it_sends_a_heartbeat_while_the_engine_is_quiet():
     posted = []
     sink = PortalSink(lambda e: posted.append(e) or {}, heartbeat=0.1, max_per_second=20).start()
