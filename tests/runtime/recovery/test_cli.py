@@ -6,6 +6,7 @@ import _thread
 import argparse
 import json
 import os
+import signal
 import stat
 
 import pytest
@@ -205,7 +206,19 @@ def test_a_flipped_byte_fails_only_the_files_that_need_it_and_names_them(
     assert not (target / (data / "a.bin").relative_to("/")).exists()
 
 
-def test_ctrl_c_cancels_and_keeps_the_finished_files(repo, tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def python_sigint():
+    """A person's Ctrl-C reaches a fresh CLI process, where Python's own handler raises
+    KeyboardInterrupt; ``interrupt_main`` does nothing when an earlier test in this process
+    left SIGINT ignored or handled otherwise (a whole run failed so once)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_cancels_and_keeps_the_finished_files(
+    repo, tmp_path, monkeypatch, capsys, python_sigint
+):
     data = tmp_path / "many"
     for i in range(20):
         write_random(data / f"f{i:02}", 100_000, i)
