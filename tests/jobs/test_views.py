@@ -207,11 +207,12 @@ def count_queries(client, url) -> int:
     return len(queries)
 
 
-@pytest.mark.slow
-def test_the_jobs_list_renders_100000_jobs_in_constant_queries(as_alice, machine, vault):
+def test_the_jobs_list_renders_in_queries_constant_in_its_jobs(as_alice, machine, vault):
+    # (The query count is what a row more would change; bench.load times the list with
+    # 100,000 jobs: docs/benchmarks.md.)
     make_jobs(vault, machine, 30)
     few = count_queries(as_alice, "/jobs/?range=all")
-    make_jobs(vault, machine, 100_000 - 30)
+    make_jobs(vault, machine, 4_000 - 30)
     many = count_queries(as_alice, "/jobs/?range=all")
     assert many == few
-    assert count_queries(as_alice, "/jobs/?range=all&page=1500&status=failed") == few
+    assert count_queries(as_alice, "/jobs/?range=all&page=15&status=failed") == few
