@@ -17,7 +17,7 @@ from agents.runtime import checks, engine, protocol, sysstate
 from agents.runtime.blobstore.base import BlobStore
 from agents.runtime.engine import layout
 from agents.runtime.jobs.outbox import Outbox, outbox_for_cache
-from agents.runtime.jobs.runner import JobAborted, JobRun, run_job
+from agents.runtime.jobs.runner import JobAborted, JobRun, passphrase_text, run_job
 from agents.runtime.protocol import JobResult
 
 # With a bandwidth limit, packs hold about a second of upload: the engine waits for a
@@ -109,7 +109,7 @@ def backup_work(
         check_cache(Path(cache_dir), 0, minimum=minimum)
         options: dict[str, Any] = {"pack_size": pack_size} if pack_size else {}
         store = open_store()
-        secret = passphrase() if callable(passphrase) else passphrase
+        secret = passphrase_text(passphrase)
         mapped, collected = system_state(policy, Path(cache_dir))
         # the walk starts while the passphrase's key is derived
         walk = engine.WalkAhead(

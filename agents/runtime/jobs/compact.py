@@ -16,7 +16,7 @@ from agents.runtime.blobstore.base import BlobStore
 from agents.runtime.engine import Repository
 from agents.runtime.engine.compact import DEFAULT_THRESHOLD, run_compact
 from agents.runtime.jobs.outbox import Outbox, outbox_for_cache
-from agents.runtime.jobs.runner import JobRun, run_job
+from agents.runtime.jobs.runner import JobRun, passphrase_text, run_job
 from agents.runtime.protocol import JobResult
 
 WRONG_PASSPHRASE = (
@@ -39,7 +39,7 @@ def compact_work(
         threshold = details.get(protocol.COMPACT_THRESHOLD)
         if not isinstance(threshold, int | float) or not 0 < threshold < 1:
             threshold = DEFAULT_THRESHOLD
-        secret = passphrase() if callable(passphrase) else passphrase
+        secret = passphrase_text(passphrase)
         repo = Repository.open(open_store(), secret)
         options = {"pack_size": pack_size} if pack_size else {}
         result = run_compact(

@@ -33,6 +33,12 @@ log = logging.getLogger("haven.agent.jobs")
 RUNNING: dict[str, threading.Event] = {}
 
 
+def passphrase_text(passphrase: Callable[[], str] | str) -> str:
+    """A job's passphrase: given, or read (the saved one) only when the job opens the
+    repository."""
+    return passphrase() if callable(passphrase) else passphrase
+
+
 class JobAborted(Exception):
     """The job cannot run; the message says why, for the person reading the job page."""
 

@@ -16,7 +16,7 @@ from agents.runtime import engine, protocol
 from agents.runtime.blobstore.base import BlobStore
 from agents.runtime.engine.verify import VerifyReport, run_verify
 from agents.runtime.jobs.outbox import Outbox, outbox_for_cache
-from agents.runtime.jobs.runner import JobAborted, JobRun, run_job
+from agents.runtime.jobs.runner import JobAborted, JobRun, passphrase_text, run_job
 from agents.runtime.protocol import JobResult
 
 WRONG_PASSPHRASE = (
@@ -123,7 +123,7 @@ def verify_work(
     def work(run: JobRun) -> JobResult:
         slices, slice_no = job_slice(run.job)
         store = open_store()
-        secret = passphrase() if callable(passphrase) else passphrase
+        secret = passphrase_text(passphrase)
         repo = engine.Repository.open(store, secret)
         report = run_verify(
             repo, sink=run.sink, cancel=run.cancel, slices=slices, slice_no=slice_no
