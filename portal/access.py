@@ -20,8 +20,11 @@ _BAD_ID = (ValueError, TypeError, ValidationError)
 
 
 def role_in(user, subscription_id) -> str | None:
-    """The user's role on a subscription, or None. Superusers are Owners everywhere."""
-    if not user.is_authenticated:
+    """The user's role on a subscription, or None. Superusers are Owners everywhere. A
+    deactivated account has no role anywhere: an authorisation a person gave (a cross-machine
+    read, vault credentials they downloaded) ends when their account is deactivated, as it
+    does when their role is taken away."""
+    if not user.is_authenticated or not user.is_active:
         return None
     if user.is_superuser:
         return Role.OWNER

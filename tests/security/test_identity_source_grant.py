@@ -131,6 +131,22 @@ def test_an_authorisation_ends_when_its_person_loses_the_role(client, member, we
     assert ask_grant(client, web02).status_code == 403
 
 
+def test_an_authorisation_ends_when_its_persons_account_is_deactivated(
+    client, vault, member, web01, web02, point
+):
+    bob = member(Role.BACKUP_OPERATOR)
+    services.download_start(
+        user=bob, source=web01, target=web02, recovery_point=point.snapshot_id, paths=["/a"]
+    )
+    content, _ = fresh_credentials(vault, bob)
+    assert ask_grant(client, web02).status_code == 200
+    type(bob).objects.filter(pk=bob.pk).update(is_active=False)
+    assert ask_grant(client, web02).status_code == 403
+    refused = ask_grant(client, web02, credentials=content)
+    assert refused.status_code == 403
+    assert "no longer has that role" in refused.json()["message"]
+
+
 def test_the_credentials_a_machine_registered_with_cannot_open_a_siblings_container(
     client, vault, alice, web01
 ):
