@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import posixpath
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -54,6 +55,9 @@ log = logging.getLogger(__name__)
 audit = logging.getLogger("haven.audit")
 
 REQUEST_TTL = 300
+# What question_ask's request ids look like (secrets.token_urlsafe(16)); anything else in a
+# URL is no request of ours, answered without a cache round trip.
+REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{22}")
 ANSWER_TTL = 120
 DOWNLOAD_TTL = 15 * 60
 SOURCE_GRANT_LIFETIME = timedelta(hours=1)
@@ -258,7 +262,13 @@ def question_ask(
     return Question(request_id, kind)
 
 
+def _request_key(request_id: str) -> str | None:
+    return f"recovery:req:{request_id}" if REQUEST_ID.fullmatch(request_id) else None
+
+
 def question_for_user(user, request_id: str) -> dict | None:
+    if _request_key(request_id) is None:
+        return None
     request = cache.get(f"recovery:req:{request_id}")
     if request is None or request["user"] != user.pk:
         return None
@@ -267,6 +277,8 @@ def question_for_user(user, request_id: str) -> dict | None:
 
 def answer_store(*, machine: Machine, request_id: str, body: dict) -> bool:
     """The agent's answer to one of its own machine's requests; False when unknown."""
+    if _request_key(request_id) is None:
+        return False
     request = cache.get(f"recovery:req:{request_id}")
     if request is None or request["target"] != str(machine.pk):
         return False
@@ -275,6 +287,8 @@ def answer_store(*, machine: Machine, request_id: str, body: dict) -> bool:
 
 
 def answer_get(request_id: str) -> dict | None:
+    if _request_key(request_id) is None:
+        return None
     return cache.get(f"recovery:answer:{request_id}")
 
 

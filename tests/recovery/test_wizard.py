@@ -113,6 +113,14 @@ def test_an_answer_is_only_for_the_person_who_asked(client, alice, member, web01
     assert "expired" in page
 
 
+def test_a_request_id_we_never_made_is_no_request_and_reaches_no_cache(client, alice, web01):
+    client.force_login(alice)
+    for junk in ("9" * 5000, "a" * 21, "bad id with spaces and ÿ"):
+        page = client.get(reverse("recovery:answer", args=[junk]))
+        assert page.status_code == 200 and "expired" in page.content.decode()
+        assert services.answer_store(machine=web01, request_id=junk, body={"ok": True}) is False
+
+
 def test_an_agent_error_says_what_to_do(client, alice, web01, web02, sent):
     client.force_login(alice)
     client.post(reverse("recovery:ask", args=[web01.pk, web02.pk, "versions"]), {"path": "/x"})

@@ -241,7 +241,7 @@ def _state(machine: Machine) -> dict:
             )
         ),
         "points": RecoveryPoint.objects.count(),
-        "answer": cache.get("recovery:answer:fuzz-request"),
+        "answer": cache.get("recovery:answer:fuzz-request-000000000"),
     }
 
 
@@ -262,17 +262,19 @@ def cast(alice, vault, monkeypatch):
     # The result's example names a point whose manifest and pack are really stored, so the
     # example is accepted and only the fuzzed fields are refused.
     stored_point(machine, "ef" * 16, ["aa" * 16])
-    cache.set("recovery:req:fuzz-request", {"target": str(machine.pk)}, 600)
-    cache.delete("recovery:answer:fuzz-request")
+    cache.set("recovery:req:fuzz-request-000000000", {"target": str(machine.pk)}, 600)
+    cache.delete("recovery:answer:fuzz-request-000000000")
     token = machine_token_issue(machine=machine)
     yield {
         "machine": machine,
         "policy": policy,
         "job": job,
         "token": token,
-        "request_id": "fuzz-request",
+        "request_id": "fuzz-request-000000000",
     }
-    cache.delete_many(["recovery:req:fuzz-request", "recovery:answer:fuzz-request"])
+    cache.delete_many(
+        ["recovery:req:fuzz-request-000000000", "recovery:answer:fuzz-request-000000000"]
+    )
     # The registrations sent here count against the test client's address in the shared
     # cache; later tests that register must not find the limit reached.
     window = int(time.time() // 60)
@@ -310,7 +312,7 @@ def test_a_hostile_agent_body_is_a_json_4xx_and_changes_nothing(route, cast):
             # after a 500 the savepoint may be unusable: only its status is reported
             after = _state(cast["machine"]) if answer.status_code < 500 else before
             transaction.set_rollback(True)
-        cache.delete("recovery:answer:fuzz-request")
+        cache.delete("recovery:answer:fuzz-request-000000000")
         seen = f"{route} with {body!r:.200} -> {answer.status_code} {answer.content[:100]!r}"
         assert answer.status_code < 500, seen
         if answer.status_code >= 400:
