@@ -23,8 +23,10 @@ TICKS = 4
 AXIS_LABEL = {"count": "Jobs", "bytes": "Bytes", "seconds": "Duration"}
 
 
-def format_value(value: int, unit: str) -> str:
+def format_value(value: int | None, unit: str) -> str:
     """A figure as the table view and the marks' titles show it."""
+    if value is None:
+        return "—"
     if unit == "bytes":
         return filesizeformat(value)
     if unit == "seconds":
@@ -76,7 +78,7 @@ def chart_svg(chart: Chart, *, zone_name: str) -> SafeString:
     if chart.kind == "stacked":
         top_value = max((sum(s.values[i] for s in chart.series) for i in range(n)), default=0)
     else:
-        top_value = max((v for s in chart.series for v in s.values), default=0)
+        top_value = max((v for s in chart.series for v in s.values if v is not None), default=0)
     step = _step(top_value, chart.unit)
     if chart.unit == "count" and step * TICKS < top_value:
         step += 1
@@ -133,7 +135,15 @@ def chart_svg(chart: Chart, *, zone_name: str) -> SafeString:
                 base += value
     else:
         for s in chart.series:
-            points = [(LEFT + slot * (i + 0.5), y(value)) for i, value in enumerate(s.values)]
+            # A line starts at the series' first known value (a vault before its first
+            # measurement has none: drawn as nothing, not as zero).
+            points = [
+                (LEFT + slot * (i + 0.5), y(value))
+                for i, value in enumerate(s.values)
+                if value is not None
+            ]
+            if not points:
+                continue
             line = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
             dashed = " projected" if s.projected else ""
             parts.append(

@@ -19,6 +19,12 @@ from portal.access import for_user
 from vaults.models import Vault
 
 UNIT_HEADER = {"count": "jobs", "bytes": "bytes", "seconds": "seconds"}
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(text: str) -> str:
+    """A name as a CSV cell a spreadsheet will not run as a formula (OWASP CSV injection)."""
+    return f"'{text}" if text.startswith(FORMULA_START) else text
 
 
 class ReportFilters(forms.Form):
@@ -129,7 +135,7 @@ def report_csv(request, chart: str):
     )
     writer = csv.writer(response)
     unit = UNIT_HEADER[found.unit]
-    writer.writerow(["day", *(f"{s.name} ({unit})" for s in found.series)])
+    writer.writerow(["day", *(_cell(f"{s.name} ({unit})") for s in found.series)])
     for day, *values in found.rows():
         writer.writerow([day.isoformat(), *values])
     return response

@@ -40,7 +40,7 @@ OUTCOMES = (
 @dataclass(frozen=True)
 class Series:
     name: str
-    values: list[int]
+    values: list[int | None]  # None: not known that day (before a vault's first measurement)
     projected: bool = False  # drawn dashed: an expectation, not a measurement
     color: int = 0  # index into the chart palette; a projection shares its machine's
     key: object = None  # the machine or vault drawn (None: a sum or an outcome)
@@ -134,19 +134,20 @@ def _top(totals: dict, names: dict, limit: int = MAX_SERIES) -> tuple[list, set]
 def _series_by_key(per_day: dict, days: list[date], names: dict, *, others: str) -> list[Series]:
     """``per_day``: {key: {day: value}} → one series per top key, the rest summed."""
     index = {day: i for i, day in enumerate(days)}
-    totals = {k: sum(v.values()) for k, v in per_day.items()}
+    totals = {k: sum(x or 0 for x in v.values()) for k, v in per_day.items()}
     top, rest = _top(totals, names)
     series = []
     for color, key in enumerate(top):
-        values = [0] * len(days)
+        values: list[int | None] = [0] * len(days)
         for day, value in per_day[key].items():
             values[index[day]] = value
         series.append(Series(names.get(key, str(key)), values, color=color, key=key))
     if rest:
-        values = [0] * len(days)
+        summed = [0] * len(days)
         for key in rest:
             for day, value in per_day[key].items():
-                values[index[day]] += value
+                summed[index[day]] += value or 0
+        values = list(summed)
         series.append(Series(f"{others} ({len(rest)})", values, color=len(top)))
     return series
 
@@ -244,8 +245,8 @@ def backup_activity(scope: Scope, names: dict) -> tuple[Chart, Chart]:
 
 
 # --- storage ----------------------------------------------------------------------------
-def _carry(values_by_day: dict, days: list[date], start: int) -> list[int]:
-    """A value per day: the day's own, or the last one before it."""
+def _carry(values_by_day: dict, days: list[date], start: int | None) -> list[int | None]:
+    """A value per day: the day's own, or the last one before it (None before the first)."""
     out, current = [], start
     for day in days:
         current = values_by_day.get(day, current)
@@ -286,7 +287,7 @@ def vault_storage(scope: Scope) -> Chart:
             else:
                 found[vault_id][timezone.localtime(at, scope.tz).date()] = used
     per_day = {
-        v: dict(zip(days, _carry(found.get(v, {}), days, start.get(v, 0)), strict=True))
+        v: dict(zip(days, _carry(found.get(v, {}), days, start.get(v)), strict=True))
         for v in {*found, *start}
     }
     return Chart(

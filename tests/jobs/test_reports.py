@@ -175,7 +175,9 @@ def test_no_projection_without_a_policy_or_a_backup(vault, web, db01, today):
     }
 
 
-def test_vault_storage_takes_each_days_last_sample_and_carries_it(vault, today):
+def test_vault_storage_takes_each_days_last_sample_and_carries_it(vault, today, resource_group):
+    newer = builders.make_vault(resource_group=resource_group, name="vault-two")
+    VaultUsageSample.objects.create(vault=newer, taken_at=local(today, 1), bytes_used=5)
     VaultUsageSample.objects.create(
         vault=vault, taken_at=local(today - timedelta(days=50), 9), bytes_used=10
     )
@@ -186,11 +188,13 @@ def test_vault_storage_takes_each_days_last_sample_and_carries_it(vault, today):
         vault=vault, taken_at=local(today - timedelta(days=2), 23), bytes_used=25
     )
 
-    chart = reports.vault_storage(scope([vault.pk]))
+    chart = reports.vault_storage(scope([vault.pk, newer.pk]))
 
-    (line,) = chart.series
+    line, new = chart.series
     assert line.values[0] == 10 and line.values[-4] == 10
     assert line.values[-3:] == [25, 25, 25]
+    # Before a vault's first measurement its storage is unknown, not zero.
+    assert new.name == "vault-two" and new.values[:-1] == [None] * 29 and new.values[-1] == 5
 
 
 def test_an_empty_report_says_what_to_do(vault):
@@ -261,6 +265,14 @@ def test_bad_filters_are_a_400_naming_the_field(client, alice, vault, bad):
     field = next(iter(bad))
     assert page.status_code == 400 and f"<b>{field}</b>" in page.content.decode()
     assert export.status_code == 400 and export.content.decode().startswith(f"{field}:")
+
+
+def test_a_name_cannot_become_a_spreadsheet_formula(client, alice, vault, today):
+    machine = builders.make_machine(vault=vault, name="=HYPERLINK(1)")
+    job(machine, ended_at=timezone.now(), sent=MB)
+    client.force_login(alice)
+    response = client.get(reverse("jobs:report_csv", args=["transferred"]))
+    assert response.content.decode().splitlines()[0] == "day,'=HYPERLINK(1) (bytes)"
 
 
 def test_an_unknown_chart_is_a_404(client, alice, vault):
