@@ -66,11 +66,15 @@ def _history(owner) -> None:
 
 def test_reports_switch_to_90_days_table_view_and_csv(signed_in_page, live_portal, portal_owner):
     SHOTS.mkdir(exist_ok=True)
-    _history(portal_owner)
     page = signed_in_page
 
     page.get_by_role("link", name="Reports").click()
     expect(page.locator("h1")).to_have_text("Reports")
+    expect(page.locator("#report-outcomes")).to_contain_text("No jobs finished in the last 30 days")
+    page.screenshot(path=str(SHOTS / "reports-empty.png"), full_page=True)
+
+    _history(portal_owner)
+    page.reload()
     expect(page.locator("#report-outcomes svg title").first).to_contain_text("Job outcomes")
     assert page.locator("#report-outcomes svg rect").count() > 0
 
@@ -99,6 +103,10 @@ def test_reports_switch_to_90_days_table_view_and_csv(signed_in_page, live_porta
     # The table view's last row is the CSV's last row, as the page formats it.
     last_cells = table.locator("tbody tr").last.locator("td")
     expect(last_cells.first).to_have_text(_size(int(rows[-1][1])))
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.reload()
+    page.locator("#report-machine-storage").screenshot(path=str(SHOTS / "reports-phone.png"))
 
 
 def _size(value: int) -> str:
