@@ -29,6 +29,7 @@ from vaults.models import Vault, VaultUsageSample
 
 PERIODS = (30, 90)
 MAX_SERIES = 6  # more machines or vaults than this are summed into "Others"
+SAMPLE_BATCH = 400  # (vault, moment) pairs per query for the vaults' end-of-day samples
 OUTCOMES = (
     (Job.Status.COMPLETED, "Completed"),
     (Job.Status.WARNING, "Completed with warnings"),
@@ -272,12 +273,14 @@ def vault_storage(scope: Scope) -> Chart:
         .annotate(at=Max("taken_at"))
         .values_list("vault_id", "at")
     )
-    wanted = [(v, at) for v, at in [*before.items(), *last]]
+    wanted = [*before.items(), *last]
     found: dict = defaultdict(dict)
     start: dict = {}
-    if wanted:
+    # At most one sample per vault per day: batched so that many vaults stay under the
+    # database's limit on query parameters (SQLite's is the lowest).
+    for offset in range(0, len(wanted), SAMPLE_BATCH):
         lookup = Q()
-        for vault_id, at in wanted:
+        for vault_id, at in wanted[offset : offset + SAMPLE_BATCH]:
             lookup |= Q(vault_id=vault_id, taken_at=at)
         for vault_id, at, used in samples.filter(lookup).values_list(
             "vault_id", "taken_at", "bytes_used"
