@@ -178,7 +178,7 @@ def test_no_projection_without_a_policy_or_a_backup(vault, web, db01, today):
 def test_vault_storage_takes_each_days_last_sample_and_carries_it(
     vault, today, resource_group, monkeypatch
 ):
-    monkeypatch.setattr(reports, "SAMPLE_BATCH", 2)  # the samples are read in three batches
+    monkeypatch.setattr(reports, "SAMPLE_BATCH", 2)  # three (vault, moment) pairs: two batches
     newer = builders.make_vault(resource_group=resource_group, name="vault-two")
     VaultUsageSample.objects.create(vault=newer, taken_at=local(today, 1), bytes_used=5)
     VaultUsageSample.objects.create(
