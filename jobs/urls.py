@@ -1,11 +1,13 @@
 from django.urls import path
 
-from jobs import views
+from jobs import report_views, views
 
 app_name = "jobs"
 
 urlpatterns = [
     path("", views.job_list, name="list"),
+    path("reports/", report_views.report_page, name="reports"),
+    path("reports/<slug:chart>.csv", report_views.report_csv, name="report_csv"),
     path("<uuid:job_id>/", views.job_detail, name="detail"),
     path("<uuid:job_id>/cancel/", views.job_cancel, name="cancel"),
     path("machines/<uuid:machine_id>/policy/", views.policy_edit, name="policy"),
