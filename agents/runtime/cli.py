@@ -26,7 +26,6 @@ from agents.runtime.blobstore.base import StorageError
 from agents.runtime.credentials import CredentialsError, parse
 from agents.runtime.engine import Repository, WrongPassphrase
 from agents.runtime.engine.errors import EngineError
-from agents.runtime.engine.progress import ThrottledSink
 from agents.runtime.engine.verify import run_verify
 from agents.runtime.jobs.backup import system_state
 from agents.runtime.jobs.outbox import outbox_for_cache
@@ -431,7 +430,7 @@ def cmd_verify(args) -> int:
         report = run_verify(
             repo,
             fraction=args.fraction,
-            sink=ThrottledSink(output.EventSink(progress), max_per_second=2),
+            sink=output.EventSink(progress),
         )
     except WrongPassphrase as exc:
         raise UsageError(f"the passphrase does not open this vault's backup data: {exc}") from None

@@ -22,8 +22,11 @@ from tqdm import tqdm
 
 from agents.runtime.engine.progress import Event, ProgressSink
 
-# A plain progress line at most this often (seconds): a log stays readable.
+# A plain progress line at most this often (seconds): a log stays readable; a JSON line at
+# most once a second. The engine's events come ten times a second: each kind throttles
+# itself, and shows the last figures when the operation ends.
 PLAIN_INTERVAL_S = 5.0
+JSON_INTERVAL_S = 1.0
 
 
 def human_size(n: float) -> str:
@@ -209,7 +212,13 @@ class PlainProgress(Progress):
 
 
 class JsonProgress(Progress):
-    """One JSON object per update on stderr (stdout keeps the one document)."""
+    """A JSON object a second at most on stderr (stdout keeps the one document), and the
+    last figures when the operation ends."""
+
+    def __init__(self, out: Output, label: str, count_unit: str) -> None:
+        super().__init__(out, label, count_unit)
+        self.last = 0.0
+        self.pending: dict | None = None
 
     def update(
         self, *, done, total=None, count=None, count_total=None, rate_bps=None, eta_s=None, phase=""
@@ -227,6 +236,19 @@ class JsonProgress(Progress):
             "rate_bps": round(rate),
             "eta_s": None if eta is None else round(eta, 1),
         }
+        now = time.monotonic()
+        if now - self.last >= JSON_INTERVAL_S:
+            self.last, self.pending = now, None
+            self._print(event)
+        else:
+            self.pending = event
+
+    def close(self) -> None:
+        if self.pending is not None:
+            self._print(self.pending)
+            self.pending = None
+
+    def _print(self, event: dict) -> None:
         print(json.dumps(event), file=self.out.stderr, flush=True)
 
 

@@ -18,7 +18,6 @@ from agents.runtime import config, output, protocol
 from agents.runtime.blobstore.base import StorageError
 from agents.runtime.config import ConfigError
 from agents.runtime.engine import EngineError, WrongPassphrase
-from agents.runtime.engine.progress import ThrottledSink
 from agents.runtime.passphrase import PassphraseError, read_file
 from agents.runtime.portal_api import PortalClient, PortalError
 from agents.runtime.recovery import human, ops
@@ -232,7 +231,7 @@ def cmd_restore(args) -> int:
                 target=args.target,
                 on_conflict=args.on_conflict,
                 restore_permissions=args.restore_permissions,
-                sink=ThrottledSink(output.EventSink(progress), max_per_second=2),
+                sink=output.EventSink(progress),
                 cancel=cancel,
             )
         except BaseException as exc:  # handed to the main thread
