@@ -504,12 +504,17 @@ def cmd_backup(args) -> int:
         )
         url = registration.portal_url.rstrip("/") + job["path"]
         _result({"job_id": job["id"], "url": url, "status": job["status"]})
-        _out(f"Backup of {registration.machine_name} started: job {job['id']}")
-        _out(f"  {url}")
-        if not args.wait:
-            _out("The worker on this machine runs it; follow it in the portal, or use --wait.")
-            return 0
-        return _wait_for(client, job["id"], url)
+        try:
+            _out(f"Backup of {registration.machine_name} started: job {job['id']}")
+            _out(f"  {url}")
+            if not args.wait:
+                _out("The worker on this machine runs it; follow it in the portal, or use --wait.")
+                return 0
+            return _wait_for(client, job["id"], url)
+        except KeyboardInterrupt:  # the job exists: only the waiting stops
+            _out(f"Stopped waiting. The backup goes on in this machine's worker: {url}")
+            _result({"waiting": "stopped"})
+            return EXIT_STOPPED_WAITING
     finally:
         client.close()
 
@@ -538,14 +543,11 @@ def _wait_for(client: PortalClient, job_id: str, url: str) -> int:
             if status in protocol.FINISHED_STATUSES:
                 break
             time.sleep(WAIT_POLL_S)
-    except KeyboardInterrupt:
+    finally:
         if progress is not None:
             progress.close()
-        _out(f"Stopped waiting. The backup goes on in this machine's worker: {url}")
-        _result({"status": seen, "waiting": "stopped"})
-        return EXIT_STOPPED_WAITING
-    if progress is not None:
-        progress.close()
+        if seen:
+            _result({"status": seen})
     _result(
         {
             "status": status,

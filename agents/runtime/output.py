@@ -163,7 +163,8 @@ class BarProgress(Progress):
         if total is not None and total != self.bar.total:
             self.bar.total = max(total, done)
         counted = self._counted(count, count_total)
-        postfix = ", ".join(p for p in (phase.replace("_", " "), counted) if p)
+        shown = phase.replace("_", " ")
+        postfix = ", ".join(p for p in (shown if shown != self.label else "", counted) if p)
         if postfix != getattr(self, "_postfix", None):
             self._postfix = postfix
             self.bar.set_postfix_str(postfix, refresh=False)

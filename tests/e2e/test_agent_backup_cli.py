@@ -2,12 +2,15 @@
 portal's installer, registered, its worker on real Redis. The portal refuses a machine
 without a policy in its own words; with one, the command follows the job the worker runs
 (plain lines: its stdout is not a terminal), the portal records the recovery point, and the
-job shows in the portal's job list as started on the machine."""
+job shows in the portal's job list as started on the machine. Ctrl-C stops the waiting,
+not the backup."""
 
 from __future__ import annotations
 
 import json
 import random
+import signal
+import subprocess
 
 import pytest
 
@@ -63,3 +66,24 @@ def test_haven_agent_backup_wait_runs_a_backup_the_portal_records(
     assert page.status_code == 200
     assert f"/jobs/{job.pk}/" in page.text and f"/jobs/{doc['job_id']}/" in page.text
     assert page.text.count("(started on the machine)") == 2
+
+    # Ctrl-C while waiting stops the waiting only; the job stays for the worker.
+    agent.stop()
+    waiting = subprocess.Popen(
+        [str(agent.agent), "backup", "--wait"],
+        env=agent.env,
+        cwd=agent.home,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert waiting.stdout is not None
+    assert waiting.stdout.readline().startswith("Backup of web-01 started: job ")
+    assert waiting.stdout.readline().startswith(f"  {agent_portal}/jobs/")
+    assert waiting.stdout.readline().startswith(("Backup queued", "Backup waiting"))
+    waiting.send_signal(signal.SIGINT)
+    out, err = waiting.communicate(timeout=30)
+    assert waiting.returncode == 130, out + err
+    assert "Stopped waiting. The backup goes on in this machine's worker" in out
+    left = Job.objects.filter(machine=agent.model).order_by("-created_at").first()
+    assert left is not None and left.is_active
