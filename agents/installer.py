@@ -36,6 +36,7 @@ DEPENDENCIES = [
     "pyfastcdc>=0.3",
     "blake3>=1.0",
     "zstandard>=0.23",
+    "tqdm>=4.70",
 ]
 EXCLUDED_PARTS = {"__pycache__", "tests", ".pytest_cache", ".mypy_cache"}
 EXCLUDED_SUFFIXES = {".pyc", ".pyo", ".so", ".orig", ".rej", ".swp"}

@@ -15,6 +15,7 @@ urlpatterns = [
         api_views.passphrase_complete,
         name="passphrase_complete",
     ),
+    path("backup/", api_views.backup_now, name="backup_now"),
     path("<uuid:job_id>/", api_views.job_detail, name="detail"),
     path("<uuid:job_id>/start/", api_views.job_start, name="start"),
     path("<uuid:job_id>/progress/", api_views.job_progress, name="progress"),

@@ -1,13 +1,16 @@
-"""The agent's side of jobs (``/api/agent/jobs/``): fetch a job and the policy, report
-start, progress and the result. Every endpoint authenticates the machine
+"""The agent's side of jobs (``/api/agent/jobs/``): Back up now from the machine, fetch a
+job and the policy, report start, progress and the result. Every endpoint authenticates the machine
 (``machine_api``) and answers 404 for a job of another machine. Schema: docs/jobs.md."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import date
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.http import JsonResponse
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from agents.api_auth import api_error, json_body, machine_api, require_own
@@ -47,6 +50,57 @@ def _policy_payload(policy: BackupPolicy | None) -> dict | None:
 
 
 @machine_api
+@require_POST
+def backup_now(request):
+    """``{"retain_until": "YYYY-MM-DD" | null}`` -> 201 ``{"id", "status", "path"}``: Back
+    up now of the calling machine (``haven-agent backup``), by the portal's rules and with
+    its words when it refuses (409). A body naming another machine or vault is refused."""
+    data = json_body(request, max_bytes=MAX_API_BODY)
+    if data is None:
+        return api_error(400, "bad_request", "Send a JSON object.")
+    for key, own in (("machine_id", request.machine.pk), ("vault_id", request.machine.vault_id)):
+        if data.get(key) and str(data[key]) != str(own):
+            return api_error(404, "not_found", "A machine can start a backup of itself only.")
+    raw = data.get("retain_until")
+    retain_until = None
+    if raw:
+        try:
+            retain_until = date.fromisoformat(str(raw)[:MAX_ID_CHARS])
+        except ValueError:
+            return api_error(400, "bad_request", "retain_until: enter a date like 2030-12-31.")
+    try:
+        job = services.backup_now(
+            machine=request.machine, retain_until=retain_until, started_on_machine=True
+        )
+    except services.NoPolicy as exc:
+        return api_error(409, "no_policy", str(exc))
+    except services.ProtectionStopped as exc:
+        return api_error(409, "protection_stopped", str(exc))
+    except services.SeedPending as exc:
+        return api_error(409, "seed_pending", str(exc))
+    except services.BackupAlreadyRunning as exc:
+        return JsonResponse(
+            {
+                "error": "backup_running",
+                "message": str(exc),
+                "job_id": str(exc.job.pk) if exc.job is not None else None,
+            },
+            status=409,
+        )
+    except ValidationError as exc:
+        words = " ".join(exc.message_dict.get("retain_until", exc.messages))
+        return api_error(400, "bad_request", f"retain_until: {words}")
+    return JsonResponse(
+        {
+            "id": str(job.pk),
+            "status": job.status,
+            "path": reverse("jobs:detail", args=[job.pk]),
+        },
+        status=201,
+    )
+
+
+@machine_api
 @require_GET
 def job_detail(request, job_id):
     job, error = _load(request, job_id)
@@ -63,6 +117,13 @@ def job_detail(request, job_id):
             "retain_until": job.retain_until.isoformat() if job.retain_until else None,
             "cancel": job.cancel_requested_at is not None or job.status not in Job.ACTIVE,
             "details": job.details,
+            # For ``haven-agent backup --wait``: how far the job is, and how it ended.
+            "progress": job.progress,
+            "error": job.error,
+            "warning_count": job.warning_count,
+            "started_at": job.started_at.isoformat() if job.started_at else None,
+            "ended_at": job.ended_at.isoformat() if job.ended_at else None,
+            "path": reverse("jobs:detail", args=[job.pk]),
             "policy": _policy_payload(policy),
             "tags": [job.trigger, f"job:{job.pk}"],
             "min_cache_free_bytes": settings.HAVEN_AGENT_MIN_CACHE_FREE_MB * 1024 * 1024,

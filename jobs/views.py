@@ -204,9 +204,7 @@ def backup_now(request, machine_id):
         status = 409
     elif request.method == "POST" and not error and policy is not None:
         try:
-            job = services.backup_start(
-                machine=machine, user=request.user, retain_until=retain_until
-            )
+            job = services.backup_now(machine=machine, user=request.user, retain_until=retain_until)
         except services.BackupAlreadyRunning as exc:
             running = exc.job
             status = 409

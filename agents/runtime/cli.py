@@ -1,37 +1,38 @@
 """``haven-agent``: configure, check, register, status, worker, install-service, unregister,
-policy show, seed export, verify, change-passphrase.
+policy show, seed export, verify, backup, change-passphrase.
 
 Every failure is printed as one ``error: ...`` line that says what to do, and the command
-exits non-zero; no tracebacks for expected failures.
+exits non-zero; no tracebacks for expected failures. Every command takes ``--json``: what it
+prints then is one JSON document (``agents.runtime.output``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import getpass
 import hmac
-import json
 import logging
 import os
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
-from agents.runtime import checks, config, protocol, register, seed, throttling
+from agents.runtime import checks, config, output, protocol, register, seed, throttling
 from agents.runtime import passphrase as pp
 from agents.runtime.blobstore.base import StorageError
 from agents.runtime.credentials import CredentialsError, parse
 from agents.runtime.engine import Repository, WrongPassphrase
 from agents.runtime.engine.errors import EngineError
-from agents.runtime.engine.progress import Event, ProgressSink, ThrottledSink
 from agents.runtime.engine.verify import run_verify
 from agents.runtime.jobs.backup import system_state
 from agents.runtime.jobs.outbox import outbox_for_cache
 from agents.runtime.jobs.policy import format_policy, load_policy
 from agents.runtime.jobs.verify import damage_of
 from agents.runtime.passphrase import PassphraseError
-from agents.runtime.portal_api import PortalClient, PortalError, PortalRefused
+from agents.runtime.portal_api import PortalClient, PortalError, PortalRefused, PortalUnreachable
 from agents.runtime.recovery.cli import add_commands as add_recovery_commands
 from agents.runtime.register import RegistrationError, read_credentials_file
 from agents.runtime.service import install_service
@@ -45,7 +46,11 @@ class UsageError(Exception):
 
 
 def _out(text: str = "") -> None:
-    print(text, flush=True)
+    output.current().say(text)
+
+
+def _result(data: dict) -> None:
+    output.current().result(data)
 
 
 def _interactive() -> bool:
@@ -95,6 +100,15 @@ def cmd_configure(args) -> int:
         )
     )
     _out(f"  bandwidth limit:  {config.format_bandwidth(settings.bandwidth_limit)}")
+    _result(
+        {
+            "settings_file": str(path),
+            "install_dir": settings.install_dir or str(config.default_install_dir()),
+            "cache_dir": str(settings.cache_path),
+            "proxy": settings.proxy_url or None,
+            "bandwidth_limit": settings.bandwidth_limit,
+        }
+    )
     return 0
 
 
@@ -154,6 +168,7 @@ def cmd_check(args) -> int:
     for result in results:
         _out(result.line())
     failed = [r for r in results if not r.ok]
+    _result({"checks": [dataclasses.asdict(r) for r in results]})
     _out(
         "All checks passed."
         if not failed
@@ -243,6 +258,7 @@ def cmd_register(args) -> int:
         )
     _out("Next: haven-agent install-service (or run haven-agent worker).")
     _out("Remember: " + pp.LOSS_WARNING)
+    _result({"registered": True, **registration.public_view()})
     return 0
 
 
@@ -251,11 +267,9 @@ def cmd_status(args) -> int:
     registration = config.load_registration()
     settings = config.load_settings()
     if registration is None:
-        if args.json:
-            _out(json.dumps({"registered": False, "agent_version": __version__}))
-        else:
-            _out(f"haven-agent {__version__}: this machine is not registered to any vault.")
-            _out("Register with: haven-agent register --vault-credentials FILE")
+        _result({"registered": False, "agent_version": __version__})
+        _out(f"haven-agent {__version__}: this machine is not registered to any vault.")
+        _out("Register with: haven-agent register --vault-credentials FILE")
         return 3
     view = registration.public_view()
     outbox = outbox_for_cache(settings.cache_path)
@@ -266,21 +280,16 @@ def cmd_status(args) -> int:
     refused = [str(p) for p in outbox.refused()]
     schedule = throttling.applied_schedule(config.config_dir(), config.POLICY_FILE)
     now_kbps = throttling.kbps_at(schedule, datetime.now())
-    if args.json:
-        _out(
-            json.dumps(
-                {
-                    "registered": True,
-                    "agent_version": __version__,
-                    **view,
-                    "job_results_undelivered": waiting,
-                    "job_results_refused": refused,
-                    "throttling": {"schedule": schedule, "now_kbps": now_kbps},
-                },
-                indent=2,
-            )
-        )
-        return 0
+    _result(
+        {
+            "registered": True,
+            "agent_version": __version__,
+            **view,
+            "job_results_undelivered": waiting,
+            "job_results_refused": refused,
+            "throttling": {"schedule": schedule, "now_kbps": now_kbps},
+        }
+    )
     _out(f"haven-agent {__version__}")
     _out(f"Registered to vault {registration.vault_name!r} on portal {registration.portal_url}")
     for key, value in view.items():
@@ -305,7 +314,10 @@ def cmd_status(args) -> int:
 
 
 def cmd_policy_show(args) -> int:
-    _out(format_policy(load_policy(config.config_dir())))
+    policy = load_policy(config.config_dir())
+    _result({"policy": policy})
+    for line in format_policy(policy).splitlines():
+        _out(line)
     return 0
 
 
@@ -367,6 +379,16 @@ def cmd_seed_export(args) -> int:
     )
     for warning in result.warnings[:20]:
         _out(f"  warning: {warning.get('path', '')}: {warning.get('reason', '')}")
+    _result(
+        {
+            "folder": str(target),
+            "recovery_point_id": header["recovery_point_id"],
+            "files": result.files,
+            "bytes": size,
+            "blobs": len(header["blobs"]),
+            "warnings": result.warnings,
+        }
+    )
     _out(
         "Next: take the disk to the portal's host and import it (the machine's page in the "
         f"portal, Import seed, or manage.py seed_import {target})."
@@ -377,19 +399,6 @@ def cmd_seed_export(args) -> int:
 # --- verify -------------------------------------------------------------------------------------
 # The exit code when damage was found (1: the command could not run, 2: usage).
 EXIT_DAMAGED = 4
-
-
-class _VerifyLines(ProgressSink):
-    """Progress as plain lines (a log or a terminal alike): packs and bytes read so far."""
-
-    def emit(self, event: Event) -> None:
-        if event.get("type") != "progress":
-            return
-        total = event.get("files_total") or 0
-        _out(
-            f"verifying: {event.get('files_done', 0)} of {total} packs, "
-            f"{(event.get('bytes_done') or 0) / 1e6:.1f} of {(event.get('bytes_total') or 0) / 1e6:.1f} MB"
-        )
 
 
 def cmd_verify(args) -> int:
@@ -415,15 +424,33 @@ def cmd_verify(args) -> int:
         client.close()
     share = "every pack" if args.fraction >= 1 else f"{args.fraction:.0%} of the packs"
     _out(f"Verifying the backup data of {registration.machine_name}: {share} and every manifest")
+    progress = output.current().progress("verifying", count_unit="packs")
     try:
         repo = Repository.open(open_with_settings(registration.grant, settings), secret)
         report = run_verify(
-            repo, fraction=args.fraction, sink=ThrottledSink(_VerifyLines(), max_per_second=1)
+            repo,
+            fraction=args.fraction,
+            sink=output.EventSink(progress),
         )
     except WrongPassphrase as exc:
         raise UsageError(f"the passphrase does not open this vault's backup data: {exc}") from None
     except (EngineError, StorageError) as exc:
         raise UsageError(f"verify: {exc}") from None
+    finally:
+        progress.close()
+    damage = damage_of(report)
+    _result(
+        {
+            "damaged": not report.ok,
+            "packs_checked": report.packs_checked,
+            "packs_total": report.packs_total,
+            "bytes_checked": report.bytes_checked,
+            "chunks_checked": report.chunks_checked,
+            "recovery_points_checked": report.recovery_points_checked,
+            "duration_s": report.duration_s,
+            "damage": damage,
+        }
+    )
     _out(
         f"Read {report.packs_checked} of {report.packs_total} packs "
         f"({report.bytes_checked / 1e6:.1f} MB, {report.chunks_checked} chunks) and "
@@ -432,20 +459,113 @@ def cmd_verify(args) -> int:
     if report.ok:
         _out("No damage found.")
         return 0
-    for entry in damage_of(report):
+    out = output.current()
+    for entry in damage:
         what = f"pack {entry['pack']}" if entry["pack"] else "repository"
-        print(f"DAMAGED {what}: {entry['reason']}", file=sys.stderr)
+        out.note(f"DAMAGED {what}: {entry['reason']}")
         if entry["recovery_points"]:
-            print(f"  recovery points: {', '.join(entry['recovery_points'])}", file=sys.stderr)
+            out.note(f"  recovery points: {', '.join(entry['recovery_points'])}")
         for f in entry["files"]:
-            print(f"  file {f['path']} (recovery point {f['recovery_point']})", file=sys.stderr)
-    print(
-        "error: damage found. Restore the files named from an older recovery point that does "
+            out.note(f"  file {f['path']} (recovery point {f['recovery_point']})")
+    out.error(
+        "damage found. Restore the files named from an older recovery point that does "
         "not need the damaged packs; a new backup reuses the stored data and does not repair "
-        "it (docs/verify.md).",
-        file=sys.stderr,
+        "it (docs/verify.md)."
     )
     return EXIT_DAMAGED
+
+
+# --- backup: Back up now from the machine ---------------------------------------------------
+# Exit codes of ``backup --wait`` besides 0 and 1 (failed or cancelled): completed with
+# warnings (like a restore that left some files out), and stopped waiting with Ctrl-C.
+EXIT_WARNINGS, EXIT_STOPPED_WAITING = 3, 130
+WAIT_POLL_S = 1.0
+_STATUS_WORDS = {
+    protocol.JobStatus.QUEUED: "queued: sent to this machine's worker",
+    protocol.JobStatus.WAITING: (
+        "waiting for this machine's worker (is haven-agent worker or its service running?)"
+    ),
+    protocol.JobStatus.RUNNING: "running",
+}
+
+
+def cmd_backup(args) -> int:
+    """Back up now, asked for on the machine: the portal queues the job by its own rules
+    (the policy, protection, a seed pending, one backup at a time) and the worker runs it."""
+    registration = config.require_registration()
+    client = PortalClient(
+        registration.portal_url,
+        token=registration.token,
+        proxies=config.load_settings().proxies(),
+    )
+    try:
+        job = client.post(
+            "jobs/backup/", {"retain_until": args.retain_until} if args.retain_until else {}
+        )
+        url = registration.portal_url.rstrip("/") + job["path"]
+        _result({"job_id": job["id"], "url": url, "status": job["status"]})
+        try:
+            _out(f"Backup of {registration.machine_name} started: job {job['id']}")
+            _out(f"  {url}")
+            if not args.wait:
+                _out("The worker on this machine runs it; follow it in the portal, or use --wait.")
+                return 0
+            return _wait_for(client, job["id"], url)
+        except KeyboardInterrupt:  # the job exists: only the waiting stops
+            _out(f"Stopped waiting. The backup goes on in this machine's worker: {url}")
+            _result({"waiting": "stopped"})
+            return EXIT_STOPPED_WAITING
+    finally:
+        client.close()
+
+
+def _wait_for(client: PortalClient, job_id: str, url: str) -> int:
+    """Follow the job until it ends: its status as it changes, its progress as a bar."""
+    out = output.current()
+    progress: output.Progress | None = None
+    seen = ""
+    try:
+        while True:
+            try:
+                job = client.get(f"jobs/{job_id}/")
+            except PortalUnreachable as exc:  # a portal restarting: keep following
+                out.note(f"note: {exc}")
+                time.sleep(WAIT_POLL_S * 5)
+                continue
+            status = job["status"]
+            if status != seen:
+                seen = status
+                if status in _STATUS_WORDS:
+                    _out(f"Backup {_STATUS_WORDS[protocol.JobStatus(status)]}.")
+            if status == protocol.JobStatus.RUNNING and job.get("progress"):
+                progress = progress or out.progress("backing up")
+                output.show(progress, job["progress"])
+            if status in protocol.FINISHED_STATUSES:
+                break
+            time.sleep(WAIT_POLL_S)
+    finally:
+        if progress is not None:
+            progress.close()
+        if seen:
+            _result({"status": seen})
+    _result(
+        {
+            "status": status,
+            "error": job.get("error") or None,
+            "warning_count": job.get("warning_count", 0),
+            "started_at": job.get("started_at"),
+            "ended_at": job.get("ended_at"),
+        }
+    )
+    if status == protocol.JobStatus.COMPLETED:
+        _out("Backup completed.")
+        return 0
+    if status == protocol.JobStatus.WARNING:
+        _out(f"Backup completed with {job.get('warning_count', 0)} warning(s): see {url}")
+        return EXIT_WARNINGS
+    what = "was cancelled" if status == protocol.JobStatus.CANCELLED else "failed"
+    out.error(f"the backup {what}: {job.get('error') or 'no reason given'} ({url})")
+    return 1
 
 
 # --- worker, service, unregister ------------------------------------------------------------
@@ -624,7 +744,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_register)
 
     p = sub.add_parser("status", help="which portal and vault this machine is registered to")
-    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("worker", help="run the worker for this machine's queue")
@@ -670,6 +789,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(
+        "backup", help="back up this machine now (a Back up now job the portal shows live)"
+    )
+    p.add_argument(
+        "--wait", action="store_true", help="follow the job until it ends, with its progress"
+    )
+    p.add_argument(
+        "--retain-until",
+        metavar="YYYY-MM-DD",
+        help="keep this recovery point until this date (default: the policy's retention for "
+        "ad hoc backups)",
+    )
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser(
         "change-passphrase", help="re-wrap the backups' key with a new encryption passphrase"
     )
     p.add_argument(
@@ -680,23 +813,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_change_passphrase)
 
     add_recovery_commands(sub)  # recovery-points, ls, find, versions, restore
+    _add_json_flag(sub)
     return parser
+
+
+def _add_json_flag(sub) -> None:
+    """``--json`` on every command (and every sub-command of policy and seed) that does
+    not have it yet."""
+    for p in sub.choices.values():
+        nested = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            _add_json_flag(nested[0])
+            continue
+        if "--json" in p._option_string_actions:
+            continue
+        p.add_argument(
+            "--json",
+            action="store_true",
+            help="print one JSON document (progress: JSON lines on stderr)",
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    output.begin(args)
+    # A command may begin its own output (the recovery commands do); the current one ends.
     try:
-        return args.func(args)
+        code = args.func(args)
     except CredentialsError as exc:
-        print(f"error: vault credentials refused ({exc.code}): {exc}", file=sys.stderr)
+        output.current().error(f"vault credentials refused ({exc.code}): {exc}")
+        code = 1
     except PassphraseError as exc:
-        print(f"error: passphrase: {exc}", file=sys.stderr)
+        output.current().error(f"passphrase: {exc}")
+        code = 1
     except (PortalError, RegistrationError, config.ConfigError, UsageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        output.current().error(str(exc))
+        code = 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 1
+        output.current().error("interrupted")
+        code = 130
+    return output.current().finish(code)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ apps call them through this package: ``from jobs import services; services.backu
 
     policies   a machine's backup policy: saved, sent to its agent, applied, drift explained
     points     a new recovery point and its retention tags; what an ad hoc backup would get
-    jobs       backup start, the agent's start/progress/result reports, cancel, the sweep
+    jobs       backup start (Back up now: from the portal or the machine), the agent's start/progress/result reports, cancel, the sweep
     scheduler  the once-a-minute tick that starts the scheduled backups that are due
     drills     restore drills: started on demand or on schedule, their evidence checked, the
                missed-drill alert
@@ -63,9 +63,11 @@ from jobs.services.drills import (
 from jobs.services.jobs import (
     BackupAlreadyRunning,
     JobNotCancellable,
+    NoPolicy,
     ProtectionStopped,
     ResultConflict,
     SeedPending,
+    backup_now,
     backup_start,
     job_cancel,
     job_fail,
@@ -147,6 +149,7 @@ __all__ = [
     "DrillRefused",
     "DrillSettings",
     "JobNotCancellable",
+    "NoPolicy",
     "PassphraseChangeRefused",
     "PointRefused",
     "PointUnverifiable",
@@ -166,6 +169,7 @@ __all__ = [
     "alerts_resolve",
     "alerts_send_digest",
     "backup_in_flight",
+    "backup_now",
     "backup_start",
     "compact_all",
     "compact_start",

@@ -19,7 +19,7 @@ from agents import dispatch
 from agents.runtime import protocol
 from agents.runtime.protocol import CompactReport
 from jobs import selectors, services  # services: the package, for its seams
-from jobs.models import Job
+from jobs.models import BackupPolicy, Job
 from jobs.services.alerts import alerts_after_job
 from jobs.services.compaction import (
     CompactionRefused,
@@ -76,6 +76,39 @@ class ResultConflict(Exception):
     """A second, different result for a job that an agent's result already ended."""
 
 
+class NoPolicy(Exception):
+    """Back up now of a machine that has no backup policy yet: nothing to back up."""
+
+    def __init__(self, machine):
+        super().__init__(
+            f"{machine.name} has no backup policy: choose what to back up first (the "
+            "machine's page in the portal, Set the backup policy)."
+        )
+
+
+def backup_now(
+    *,
+    machine,
+    user=None,
+    retain_until: date | None = None,
+    started_on_machine: bool = False,
+    now: datetime | None = None,
+) -> Job:
+    """Back up now, from the portal or from the machine (``haven-agent backup``): the
+    rules of ``backup_start`` and a policy to back up by. Refusals: ``NoPolicy``,
+    ``ProtectionStopped``, ``SeedPending``, ``BackupAlreadyRunning``, and a
+    ``ValidationError`` for a retain-until date in the past."""
+    if not BackupPolicy.objects.filter(machine=machine).exists():
+        raise NoPolicy(machine)
+    return backup_start(
+        machine=machine,
+        user=user,
+        retain_until=retain_until,
+        started_on_machine=started_on_machine,
+        now=now,
+    )
+
+
 def backup_start(
     *,
     machine,
@@ -83,6 +116,7 @@ def backup_start(
     retain_until: date | None = None,
     trigger: str = Job.Trigger.ADHOC,
     scheduled_for: datetime | None = None,
+    started_on_machine: bool = False,
     now: datetime | None = None,
 ) -> Job:
     """Queue a backup of ``machine`` and send it to its agent; one per machine at a time."""
@@ -108,6 +142,7 @@ def backup_start(
                 scheduled_for=scheduled_for,
                 retain_until=retain_until,
                 created_by=user,
+                started_on_machine=started_on_machine,
             )
             if trigger == Job.Trigger.ADHOC:
                 activity.record(
@@ -118,6 +153,7 @@ def backup_start(
                     detail={
                         "job": str(job.pk),
                         "retain_until": retain_until.isoformat() if retain_until else None,
+                        "started_on_machine": started_on_machine,
                     },
                 )
     except IntegrityError:

@@ -3,19 +3,18 @@ recovery-passphrase (for restoring another machine's data here).
 
 Register them with ``add_commands(subparsers)`` from ``agents/runtime/cli.py``. Each command
 handles its own failures: one ``error: ...`` line on stderr and a non-zero exit code
-(1 failure; 3 restore finished but some items could not be restored; 130 cancelled).
+(1 failure; 3 restore finished but some items could not be restored; 130 cancelled). What
+they print goes through ``agents.runtime.output`` (``--json``: one JSON document).
 """
 
 from __future__ import annotations
 
 import getpass
-import json
 import sys
 import threading
-import time
 from pathlib import Path
 
-from agents.runtime import config, protocol
+from agents.runtime import config, output, protocol
 from agents.runtime.blobstore.base import StorageError
 from agents.runtime.config import ConfigError
 from agents.runtime.engine import EngineError, WrongPassphrase
@@ -29,15 +28,15 @@ EXIT_FAILED, EXIT_PARTIAL, EXIT_CANCELLED = 1, 3, 130
 
 
 def _out(text: str = "") -> None:
-    print(text, flush=True)
+    output.current().say(text)
 
 
 def _err(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    output.current().note(text)
 
 
 def _json(data) -> None:
-    _out(json.dumps(data, indent=2, ensure_ascii=False))
+    output.current().result(data)
 
 
 # -- opening the repository ------------------------------------------------------------------
@@ -217,30 +216,11 @@ def cmd_versions(args) -> int:
     return 0
 
 
-class _ConsoleSink:
-    """Progress on one stderr line (only on a terminal)."""
-
-    def __init__(self) -> None:
-        self.last = 0.0
-
-    def emit(self, event: dict) -> None:
-        if event.get("type") != "progress" or time.monotonic() - self.last < 0.5:
-            return
-        self.last = time.monotonic()
-        done, total = event.get("bytes_done") or 0, event.get("bytes_total")
-        pct = f" ({100 * done // total}%)" if total else ""
-        sys.stderr.write(
-            f"\r  {event.get('files_done') or 0} files, {human.size(done)}"
-            f"{' of ' + human.size(total) if total else ''}{pct}, "
-            f"{human.size(event.get('rate_bps') or 0)}/s   "
-        )
-        sys.stderr.flush()
-
-
 def cmd_restore(args) -> int:
     repo, _ = open_for(args)
     cancel, done = threading.Event(), threading.Event()
     box: dict = {}
+    progress = output.current().progress("restoring")
 
     def work() -> None:
         try:
@@ -251,7 +231,7 @@ def cmd_restore(args) -> int:
                 target=args.target,
                 on_conflict=args.on_conflict,
                 restore_permissions=args.restore_permissions,
-                sink=_ConsoleSink() if sys.stderr.isatty() and not args.json else None,
+                sink=output.EventSink(progress),
                 cancel=cancel,
             )
         except BaseException as exc:  # handed to the main thread
@@ -271,11 +251,10 @@ def cmd_restore(args) -> int:
                 _err("\ncancelling: finishing the current file…")
             cancel.set()
     thread.join()
+    progress.close()
     if "error" in box:
         raise box["error"]
     res = ops.result_dict(box["result"], target=args.target)
-    if sys.stderr.isatty() and not args.json:
-        sys.stderr.write("\n")
     if args.json:
         _json(res)
     else:
@@ -329,8 +308,9 @@ def _guard(func):
     """Run a command; expected failures become one ``error:`` line and exit code 1."""
 
     def run(args) -> int:
+        out = output.begin(args)
         try:
-            return func(args)
+            return out.finish(func(args))
         except (
             src.RecoveryError,
             EngineError,
@@ -339,10 +319,10 @@ def _guard(func):
             ConfigError,
             PassphraseError,
         ) as exc:
-            _err(f"error: {exc}")
+            out.error(str(exc))
         except OSError as exc:
-            _err(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
-        return EXIT_FAILED
+            out.error(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+        return out.finish(EXIT_FAILED)
 
     run.__name__ = func.__name__
     run.__doc__ = func.__doc__
@@ -371,12 +351,11 @@ def _from_machine(p, *, required: bool = False) -> None:
     )
 
 
-def _common(p, *, json_flag: bool = True) -> None:
+def _common(p) -> None:
     _from_machine(p)
     p.add_argument("--vault-credentials", metavar="FILE", help=VAULT_CREDENTIALS_HELP)
     p.add_argument("--passphrase-file", help="read the encryption passphrase from this file")
-    if json_flag:
-        p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
 
 
 def add_commands(sub) -> None:
@@ -432,4 +411,5 @@ def add_commands(sub) -> None:
     _from_machine(p, required=True)
     p.add_argument("--vault-credentials", metavar="FILE", help=VAULT_CREDENTIALS_HELP)
     p.add_argument("--passphrase-file")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=_guard(cmd_recovery_passphrase))

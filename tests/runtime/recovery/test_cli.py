@@ -105,6 +105,17 @@ def test_restore_a_folder_into_another_folder(backed_up, tree, tmp_path, capsys)
     assert (got / "cat.jpg").read_bytes() == (tree / "photos" / "cat.jpg").read_bytes()
     assert (got / "2024" / "dog.jpg").read_bytes() == (tree / "photos/2024/dog.jpg").read_bytes()
     assert not _restored(target, tree / "docs").exists()
+    # Not a terminal: the progress is plain lines, the last with the final figures.
+    progress = [line for line in out.splitlines() if line.startswith("restoring: ")]
+    assert progress and "2 of 2 files" in progress[-1] and "(100%)" in progress[-1]
+    assert "ETA" in progress[-1] and "\r" not in out
+    # --json: one document on stdout, progress as JSON lines on stderr.
+    assert run("restore", "latest", tree / "photos", "--target", tmp_path / "again", "--json") == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["ok"] is True and doc["files"] == 2 and doc["status"] == "completed"
+    events = [json.loads(line) for line in captured.err.splitlines()]
+    assert events and events[-1]["type"] == "progress" and events[-1]["count_done"] == 2
 
 
 @pytest.fixture
