@@ -27,6 +27,8 @@ import redis.exceptions
 from django.conf import settings
 from django.db import DatabaseError
 
+from portal.pools import PubSubChannelLayer
+
 log = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
@@ -95,9 +97,18 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
     return replayed
 
 
+def _pubsub_layer() -> bool:
+    """Whether live pushes go through the Redis pub/sub layer, whose batch sends and
+    listener counts the hot path uses (``portal.pools.PubSubChannelLayer``)."""
+    backend = settings.CHANNEL_LAYERS.get("default", {}).get("BACKEND", "")
+    return backend == f"{PubSubChannelLayer.__module__}.{PubSubChannelLayer.__qualname__}"
+
+
 def serve(app: ASGIApp) -> ASGIApp:
-    """``app`` with the hot path in front (only with Redis)."""
-    if not settings.REDIS_URL:
+    """``app`` with the hot path in front (only with Redis, and its pub/sub channel layer:
+    a process whose settings name Redis but keep the in-memory layer, as a test's portal
+    may, is served by the views alone)."""
+    if not settings.REDIS_URL or not _pubsub_layer():
         return app
 
     async def hot(scope: Scope, receive: Receive, send: Send) -> None:
