@@ -319,13 +319,20 @@ def _attempt(row: WebhookDelivery, *, now: datetime, timeout: float = TIMEOUT_SE
     status: int | None = None
     error = ""
     try:
-        # No redirects: a receiver must not send the portal somewhere else.
-        response = requests.post(
-            hook.url, data=data, headers=headers, timeout=timeout, allow_redirects=False
-        )
-        status = response.status_code
+        # No redirects: a receiver must not send the portal somewhere else. The answer's
+        # body is never read (stream, then close): only its status matters.
+        with requests.post(
+            hook.url,
+            data=data,
+            headers=headers,
+            timeout=timeout,
+            allow_redirects=False,
+            stream=True,
+        ) as response:
+            status = response.status_code
+            reason = response.reason or ""
         if not 200 <= status < 300:
-            error = f"HTTP {status} {response.reason or ''}".strip()
+            error = f"HTTP {status} {reason}".strip()
     except requests.RequestException as exc:
         error = (str(exc).strip() or type(exc).__name__)[:500]
     attempts = row.attempts + 1
