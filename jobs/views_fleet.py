@@ -19,7 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from jobs.models import Alert, Webhook
 from jobs.services import fleet, webhooks
-from portal.access import check_role, get_with_role, role_in
+from portal.access import check_role, get_with_role
 from portal.models import Role
 from vaults import activity
 from vaults.activity import Operation
@@ -38,12 +38,7 @@ def backup_center(request):
     vaults, filters = _filters(request, request.user)
     machines = fleet.fleet_machines(request.user, filters)
     alerts = fleet.fleet_alerts(request.user, filters)
-    ranks: dict = {}
-    operator_vaults = {
-        str(v.pk)
-        for v in vaults
-        if _rank(request.user, v, ranks) >= Role.rank(Role.BACKUP_OPERATOR)
-    }
+    operator_vaults = fleet.vaults_with_role(request.user, vaults, Role.BACKUP_OPERATOR)
     context = {
         "filters": filters,
         "vaults": vaults,
@@ -62,14 +57,6 @@ def backup_center(request):
     if request.htmx and not request.htmx.history_restore_request:
         template += "#results"
     return render(request, template, context)
-
-
-def _rank(user, vault, cache: dict) -> int:
-    """The user's role rank on the vault's subscription (one query per subscription)."""
-    if vault.subscription_id not in cache:
-        role = role_in(user, vault.subscription_id)
-        cache[vault.subscription_id] = Role.rank(role) if role else -1
-    return cache[vault.subscription_id]
 
 
 @login_required

@@ -23,6 +23,7 @@ from jobs.models import Alert, BackupPolicy, Job, WebhookDelivery
 from jobs.services import webhooks
 from jobs.services.live import alerts_publish
 from portal.access import for_user
+from portal.models import Membership, Role
 from vaults import activity
 from vaults.activity import Operation, csv_safe
 from vaults.models import Vault
@@ -136,6 +137,20 @@ class MachineRow:
 
 def visible_vaults(user) -> list[Vault]:
     return list(for_user(user, Vault).order_by("name").only("id", "name", "subscription_id"))
+
+
+def vaults_with_role(user, vaults: list[Vault], role: str) -> set[str]:
+    """The ids (as text) of ``vaults`` where the user holds ``role`` or higher: one query
+    however many subscriptions they span."""
+    if user.is_superuser:
+        return {str(v.pk) for v in vaults}
+    allowed = [r for r in Role.values if Role.rank(r) >= Role.rank(role)]
+    subscriptions = set(
+        Membership.objects.filter(user=user, role__in=allowed).values_list(
+            "subscription_id", flat=True
+        )
+    )
+    return {str(v.pk) for v in vaults if v.subscription_id in subscriptions}
 
 
 def _machines(user, filters: Filters) -> QuerySet[Machine]:

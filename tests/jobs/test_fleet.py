@@ -173,17 +173,25 @@ def _count_queries(client) -> int:
     return len(queries)
 
 
-def test_the_page_takes_the_same_queries_for_2_or_8_machines(client, alice, vault):
-    client.force_login(alice)
+def test_the_page_takes_the_same_queries_for_2_or_8_machines(client, member, alice, vault):
+    """bob, Backup Operator on two subscriptions, sees the buttons in both."""
+    bob = member(Role.BACKUP_OPERATOR)
+    client.force_login(bob)
     for index in range(2):
         _alert(_machine(vault, f"a-{index}", last=Job.Status.FAILED))
     few = _count_queries(client)
-    other = builders.make_vault(resource_group=vault.resource_group, name="vault-two")
+    second = builders.make_subscription(
+        owner=alice, name="Northwind", members={bob: Role.BACKUP_OPERATOR}
+    )
+    group = builders.make_resource_group(subscription=second, name="nw-rg")
+    other = builders.make_vault(resource_group=group, name="vault-two")
     for index in range(6):
-        machine = _machine(other, f"b-{index}", last=Job.Status.FAILED)
+        machine = _machine(other if index % 2 else vault, f"b-{index}", last=Job.Status.FAILED)
         alert = _alert(machine)
         fleet.alert_acknowledge(alert=alert, user=alice)
     assert _count_queries(client) == few
+    page = client.get(URL, {"vault": str(other.pk)}).content.decode()
+    assert page.count("Close</button>") == 3
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,7 @@ class Receiver:
 @contextmanager
 def running_receiver() -> Iterator[Receiver]:
     found = Receiver()
-    thread = threading.Thread(target=found.server.serve_forever, daemon=True)
+    thread = threading.Thread(target=found.server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield found
