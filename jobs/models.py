@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import models
@@ -565,6 +566,18 @@ class Webhook(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).netloc
+
+    @property
+    def masked_url(self) -> str:
+        """The URL without its path and query, which for chat tools is the credential
+        (``https://hooks.slack.com/…``): what those who may not configure it see."""
+        parts = urlsplit(self.url)
+        rest = "…" if (parts.path not in ("", "/") or parts.query) else ""
+        return f"{parts.scheme}://{parts.netloc}/{rest}"
 
 
 class WebhookDelivery(models.Model):

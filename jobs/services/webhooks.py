@@ -107,7 +107,8 @@ def webhook_add(*, vault, user, name: str, url: str, format: str, secret: str = 
             user=user,
             vault=vault,
             resource=hook,
-            detail={"url": hook.url, "format": hook.format, "signed": bool(hook.secret)},
+            # The host only: a chat tool's URL is its credential, and Readers see the log.
+            detail={"host": hook.host, "format": hook.format, "signed": bool(hook.secret)},
         )
     return hook
 
@@ -119,7 +120,7 @@ def webhook_delete(*, webhook: Webhook, user) -> None:
             user=user,
             vault=webhook.vault,
             resource=webhook,
-            detail={"url": webhook.url},
+            detail={"host": webhook.host},
         )
         webhook.delete()
 
@@ -334,7 +335,7 @@ def _attempt(row: WebhookDelivery, *, now: datetime, timeout: float = TIMEOUT_SE
         if not 200 <= status < 300:
             error = f"HTTP {status} {reason}".strip()
     except requests.RequestException as exc:
-        error = (str(exc).strip() or type(exc).__name__)[:500]
+        error = _failure(exc, hook, timeout)
     attempts = row.attempts + 1
     tried = {"at": now.isoformat(), "attempt": attempts, "status": status, "error": error}
     fields: dict = {
@@ -351,6 +352,19 @@ def _attempt(row: WebhookDelivery, *, now: datetime, timeout: float = TIMEOUT_SE
         fields["next_attempt_at"] = now + backoff(attempts)
     WebhookDelivery.objects.filter(pk=row.pk).update(**fields)
     return 0 if error else 1
+
+
+def _failure(exc: requests.RequestException, hook: Webhook, timeout: float) -> str:
+    """Why a try failed, in words that never repeat the URL's path or query (the secret
+    part of a chat tool's URL; everyone who sees the vault sees the deliveries)."""
+    host = hook.host
+    if isinstance(exc, requests.Timeout):
+        return f"No answer from {host} within {timeout:g} s."
+    if isinstance(exc, requests.exceptions.SSLError):
+        return f"The TLS handshake with {host} failed (certificate or protocol)."
+    if isinstance(exc, requests.ConnectionError):
+        return f"Could not connect to {host}."
+    return f"The request to {host} failed ({type(exc).__name__})."
 
 
 def webhook_deliveries(webhook_ids, *, limit: int = 50):

@@ -175,14 +175,30 @@ def test_a_delivery_is_given_up_after_max_attempts(vault, machine, receiver, ali
 
 def test_an_unreachable_receiver_is_an_error_not_a_500(client, alice, vault):
     hook = webhooks.webhook_add(
-        vault=vault, user=alice, name="gone", url="http://127.0.0.1:9/", format="generic"
+        vault=vault, user=alice, name="gone", url="http://127.0.0.1:9/t/SECRET", format="generic"
     )
     client.force_login(alice)
     response = client.post(f"/backup-center/webhooks/{hook.pk}/test/", follow=True)
     assert response.status_code == 200
     row = WebhookDelivery.objects.get()
-    assert row.attempts == 1 and row.last_error and row.delivered_at is None
-    assert "failed" in response.content.decode()
+    assert row.attempts == 1 and row.delivered_at is None
+    assert row.last_error == "Could not connect to 127.0.0.1:9."
+    assert "failed: Could not connect to 127.0.0.1:9." in response.content.decode()
+
+
+def test_those_who_cannot_configure_never_see_a_webhooks_path(client, member, alice, vault):
+    """A chat tool's webhook URL is its credential: a Reader sees the host only, on the page
+    and in the activity log."""
+    url = "https://hooks.slack.example/services/T000/B000/SECRETTOKEN"
+    webhooks.webhook_add(vault=vault, user=alice, name="chat", url=url, format="slack")
+    client.force_login(member(Role.READER))
+    page = client.get(f"/backup-center/vaults/{vault.pk}/webhooks/").content.decode()
+    assert "https://hooks.slack.example/…" in page and "SECRETTOKEN" not in page
+    log = client.get(f"/vaults/{vault.pk}/activity/").content.decode()
+    assert "Add alert webhook" in log and "SECRETTOKEN" not in log
+    client.force_login(alice)
+    page = client.get(f"/backup-center/vaults/{vault.pk}/webhooks/").content.decode()
+    assert "SECRETTOKEN" in page
 
 
 @pytest.mark.parametrize(
