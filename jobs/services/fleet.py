@@ -239,7 +239,8 @@ def fleet_machines(user, filters: Filters, *, now: datetime | None = None) -> di
     for row in rows:
         counts[row.state] += 1
     shown = [row for row in rows if not filters.state or row.state == filters.state]
-    return {"rows": shown, "counts": counts, "total": len(rows)}
+    tiles = [(value, label, counts[value]) for value, label in MachineState.choices]
+    return {"rows": shown, "counts": counts, "tiles": tiles, "total": len(rows)}
 
 
 def fleet_alerts(user, filters: Filters, *, limit: int | None = ALERTS_SHOWN) -> list[Alert]:

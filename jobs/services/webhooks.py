@@ -25,8 +25,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
-from kombu.exceptions import KombuError
 
+from agents import dispatch
 from jobs import tasks
 from jobs.models import Alert, Webhook, WebhookDelivery
 from vaults import activity
@@ -168,8 +168,9 @@ def webhook_test(*, webhook: Webhook, user) -> WebhookDelivery:
 
 def _send_soon(ids: list[int]) -> None:
     try:
-        tasks.webhooks_send.delay(ids)
-    except KombuError:  # the broker is away: the periodic pass sends them
+        # One try at the broker: the request that changed the alert must not wait on it.
+        tasks.webhooks_send.apply_async(args=[ids], retry=False)
+    except dispatch.SEND_ERRORS:  # the broker is away: the periodic pass sends them
         log.warning("could not enqueue webhooks_send for %s", ids, exc_info=True)
 
 

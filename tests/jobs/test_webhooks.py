@@ -223,7 +223,9 @@ def test_send_test_and_delete_need_contributor(
 def test_the_commit_hands_the_deliveries_to_the_worker(
     vault, machine, receiver, alice, monkeypatch, django_capture_on_commit_callbacks
 ):
-    monkeypatch.setattr(tasks.webhooks_send, "delay", lambda ids: tasks.webhooks_send(ids))
+    monkeypatch.setattr(
+        tasks.webhooks_send, "apply_async", lambda args, retry: tasks.webhooks_send(*args)
+    )
     webhooks.webhook_add(vault=vault, user=alice, name="ops", url=receiver.url, format="generic")
     with django_capture_on_commit_callbacks(execute=True):
         _raise(machine)
