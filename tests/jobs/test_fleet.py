@@ -267,3 +267,15 @@ def test_an_acknowledged_alert_raised_again_stays_acknowledged_and_a_closed_one_
     fresh = _alert(machine)
     assert fresh.pk != alert.pk and fresh.state == Alert.State.ACTIVE
     assert ActivityEntry.objects.filter(operation="alert.acknowledge").count() == 1
+
+
+def test_the_api_lists_who_acknowledged_an_alert(client, alice, vault):
+    alert = _alert(_machine(vault, "web-01", last=Job.Status.FAILED))
+    fleet.alert_acknowledge(alert=alert, user=alice)
+    client.force_login(alice)
+    (row,) = client.get("/api/v1/alerts/").json()["results"]
+    assert (row["alert_state"], row["acknowledged_by"], row["closed_by"]) == (
+        "acknowledged",
+        "alice",
+        None,
+    )
