@@ -116,6 +116,10 @@ def test_backup_center_acknowledge_and_webhook_delivery(
         ack_row = page.locator('#webhook-deliveries tr[data-event="alert.acknowledged"]')
         expect(ack_row).to_contain_text("Delivered")
         shots.append(screenshot("alert-webhooks", full_page=True))
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.goto(f"{live_portal}/backup-center/?show=all")
+        expect(page.locator("#fleet-machines tbody tr")).to_have_count(3)
+        shots.append(screenshot("backup-center-phone", full_page=True))
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     for shot in shots:
