@@ -20,6 +20,7 @@ from portal.models import Role
 from tests.support import builders
 from tests.support.activity import one_entry
 from tests.support.webhook_receiver import Receiver, running_receiver
+from vaults.services import vault_delete
 
 pytestmark = pytest.mark.django_db
 
@@ -232,3 +233,15 @@ def test_the_commit_hands_the_deliveries_to_the_worker(
         assert receiver.got == []  # nothing leaves before the commit
     assert len(receiver.got) == 1
     assert WebhookDelivery.objects.get().outcome == "Delivered"
+
+
+def test_deleting_an_emptied_vault_takes_its_webhooks_and_deliveries(alice, resource_group):
+    gone = builders.make_vault(resource_group=resource_group, name="vault-gone")
+    machine = builders.make_machine(vault=gone, name="old-01", unregistered_at=timezone.now())
+    webhooks.webhook_add(
+        vault=gone, user=alice, name="ops", url="https://x.test/", format="generic"
+    )
+    _raise(machine)
+    assert WebhookDelivery.objects.count() == 1
+    vault_delete(vault=gone, user=alice)
+    assert not Webhook.objects.exists() and not WebhookDelivery.objects.exists()
