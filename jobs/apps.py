@@ -29,6 +29,8 @@ class JobsConfig(AppConfig):
         register_periodic(
             "jobs.passphrase_keys_retire_due", "jobs.passphrase_keys_retire_due", HOUR
         )
+        # Alert webhooks that failed are retried once their backoff (30 s and up) has passed.
+        register_periodic("jobs.webhooks_send_due", "jobs.webhooks_send_due", 30)
         _register_vault_hooks()
         _register_dispatch_hooks()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import models
@@ -418,6 +419,11 @@ class Alert(models.Model):
         DRILL_FAILED = "drill_failed", "Restore drill failed"
         DRILL_MISSED = "drill_missed", "Restore drill missed"
 
+    class State(models.TextChoices):
+        ACTIVE = "active", "Active"
+        ACKNOWLEDGED = "acknowledged", "Acknowledged"
+        CLOSED = "closed", "Closed"
+
     vault = models.ForeignKey("vaults.Vault", on_delete=models.PROTECT, related_name="alerts")
     machine = models.ForeignKey(
         "agents.Machine", null=True, blank=True, on_delete=models.PROTECT, related_name="alerts"
@@ -431,6 +437,16 @@ class Alert(models.Model):
     occurrences = models.PositiveIntegerField(default=1)
     resolved_at = models.DateTimeField(null=True, blank=True)
     notified_at = models.DateTimeField(null=True, blank=True)
+    # Azure's alert states (docs/monitoring.md): Active, Acknowledged (someone is on it; a
+    # repeat keeps it so), Closed (``resolved_at``: by the portal when the condition clears,
+    # or by a person, ``closed_by``).
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    closed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     subscription_path = "vault__subscription"
 
@@ -447,6 +463,17 @@ class Alert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_severity_display()}: {self.message[:60]}"
+
+    @property
+    def state(self) -> str:
+        if self.resolved_at is not None:
+            return self.State.CLOSED
+        if self.acknowledged_at is not None:
+            return self.State.ACKNOWLEDGED
+        return self.State.ACTIVE
+
+    def get_state_display(self) -> str:
+        return self.State(self.state).label
 
 
 class ReplicaState(models.Model):
@@ -513,3 +540,96 @@ class PassphraseChange(models.Model):
 
     def __str__(self) -> str:
         return f"passphrase change of {self.machine}"
+
+
+class Webhook(models.Model):
+    """Where a vault's alert events are POSTed (jobs.services.webhooks, docs/monitoring.md)."""
+
+    class Format(models.TextChoices):
+        GENERIC = "generic", "Generic JSON"
+        SLACK = "slack", "Slack-compatible"
+        TEAMS = "teams", "Microsoft Teams"
+
+    vault = models.ForeignKey("vaults.Vault", on_delete=models.CASCADE, related_name="webhooks")
+    name = models.CharField(max_length=80)
+    url = models.URLField(max_length=500)
+    format = models.CharField(max_length=10, choices=Format.choices, default=Format.GENERIC)
+    # Signs each body (HMAC-SHA256) when set; kept as given, since signing needs it.
+    secret = models.CharField(max_length=200, blank=True, default="")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    subscription_path = "vault__subscription"
+
+    class Meta:
+        ordering = ["name", "id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).netloc
+
+    @property
+    def masked_url(self) -> str:
+        """The URL without its path and query, which for chat tools is the credential
+        (``https://hooks.slack.com/…``): what those who may not configure it see."""
+        parts = urlsplit(self.url)
+        rest = "…" if (parts.path not in ("", "/") or parts.query) else ""
+        return f"{parts.scheme}://{parts.netloc}/{rest}"
+
+
+class WebhookDelivery(models.Model):
+    """The webhook outbox: one alert event for one webhook, written in the transaction that
+    changed the alert and POSTed by the portal worker after commit, retried with backoff
+    (``jobs.services.webhooks``). ``body`` is built at the event, so a late try still says
+    what happened then; ``tries`` keeps each attempt (time, HTTP status, error)."""
+
+    class Event(models.TextChoices):
+        RAISED = "alert.raised", "Alert raised"
+        ACKNOWLEDGED = "alert.acknowledged", "Alert acknowledged"
+        CLOSED = "alert.closed", "Alert closed"
+        TEST = "test", "Test"
+
+    id = models.BigAutoField(primary_key=True)
+    webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="deliveries")
+    alert = models.ForeignKey(
+        Alert, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    event = models.CharField(max_length=20, choices=Event.choices)
+    body = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now)
+    attempts = models.PositiveIntegerField(default=0)
+    tries = models.JSONField(default=list, blank=True)
+    # Not before then (backoff); a sender moves it forward to claim the row.
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    abandoned_at = models.DateTimeField(null=True, blank=True)
+
+    subscription_path = "webhook__vault__subscription"
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at", "id"],
+                condition=Q(delivered_at__isnull=True, abandoned_at__isnull=True),
+                name="webhookdelivery_pending",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} to {self.webhook_id}"
+
+    @property
+    def outcome(self) -> str:
+        if self.delivered_at is not None:
+            return "Delivered"
+        if self.abandoned_at is not None:
+            return "Failed"
+        return "Retrying" if self.attempts else "Pending"

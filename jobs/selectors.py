@@ -318,7 +318,9 @@ def alert_counts_by_vault(vault_ids) -> dict:
 
 
 def vault_alerts(vault, *, show: str = "active"):
-    qs = Alert.objects.filter(vault=vault).select_related("machine", "job")
+    qs = Alert.objects.filter(vault=vault).select_related(
+        "machine", "job", "acknowledged_by", "closed_by"
+    )
     if show == "active":
         qs = qs.filter(resolved_at__isnull=True)
     elif show == "resolved":

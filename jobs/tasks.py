@@ -89,3 +89,15 @@ def seed_import(job_id: str) -> str:
     if job is None:
         return ""
     return services.seed_import_run(job=job).status
+
+
+@shared_task(name="jobs.webhooks_send")
+def webhooks_send(ids: list[int]) -> int:
+    """The first try of new alert webhook deliveries, right after their commit."""
+    return services.webhooks.webhooks_send(ids=ids)
+
+
+@shared_task(name="jobs.webhooks_send_due")
+def webhooks_send_due() -> dict:
+    """Retry the alert webhook deliveries whose backoff has passed."""
+    return services.webhooks.webhooks_send_due()

@@ -20,6 +20,7 @@ def shell(request):
 # Longest prefix first: a vault's Backup items live under /jobs/ but belong to the vault.
 NAV_AREAS = (
     ("/jobs/vaults/", "vaults"),
+    ("/backup-center/vaults/", "vaults"),
     ("/jobs/machines/", "machines"),
     ("/machines/vault/", "vaults"),
     ("/resource-groups/", "resource_groups"),
@@ -30,6 +31,7 @@ NAV_AREAS = (
     ("/vaults/", "vaults"),
     ("/users/", "users"),
     ("/jobs/", "jobs"),
+    ("/backup-center/", "backup_center"),
 )
 
 

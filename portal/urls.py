@@ -9,6 +9,7 @@ urlpatterns = [
     path("vaults/", include("vaults.urls")),
     path("machines/", include("agents.urls")),
     path("jobs/", include("jobs.urls")),
+    path("backup-center/", include("jobs.urls_fleet")),
     path("recover/", include("jobs.recovery.urls")),
     path("api/v1/", include("portal.api.urls")),
     path("api/agent/jobs/", include("jobs.api_urls")),

@@ -244,6 +244,10 @@ class ActivityEntry(models.Model):
         PASSPHRASE_CHANGE = "machine.passphrase", "Change passphrase"
         IMMUTABILITY_CHANGE = "vault.immutability", "Change immutability"
         SIGNIN_LOCKOUT = "signin.lockout", "Sign-in paused after failures"
+        ALERT_ACKNOWLEDGE = "alert.acknowledge", "Acknowledge alert"
+        ALERT_CLOSE = "alert.close", "Close alert"
+        WEBHOOK_ADD = "webhook.add", "Add alert webhook"
+        WEBHOOK_DELETE = "webhook.delete", "Delete alert webhook"
 
     class Outcome(models.TextChoices):
         SUCCEEDED = "succeeded", "Succeeded"

@@ -16,7 +16,8 @@ from django.utils import timezone
 
 from agents.models import Machine
 from jobs import selectors
-from jobs.models import Alert, BackupPolicy, Job
+from jobs.models import Alert, BackupPolicy, Job, WebhookDelivery
+from jobs.services import webhooks
 from jobs.services.live import alerts_publish
 from vaults.selectors import vault_alert_recipients
 
@@ -43,6 +44,7 @@ def alert_raise(
             if settings.HAVEN_ALERT_EMAIL == "each":
                 alert_id = alert.pk
                 transaction.on_commit(lambda: alert_email_send(alert_ids=[alert_id]))
+            webhooks.alert_event(alert=alert, event=WebhookDelivery.Event.RAISED)
             alerts_publish(vault=vault)
             return alert
     Alert.objects.filter(pk=alert.pk).update(
@@ -54,9 +56,18 @@ def alert_raise(
 
 def alerts_resolve(*, machine, kinds: Iterable[str], now=None) -> int:
     now = now or timezone.now()
+    # Read first (one query, as the update alone was): the webhooks say which closed.
+    closing = list(
+        Alert.objects.filter(machine=machine, kind__in=list(kinds), resolved_at__isnull=True)
+    )
+    if not closing:
+        return 0
     count = Alert.objects.filter(
-        machine=machine, kind__in=list(kinds), resolved_at__isnull=True
+        pk__in=[alert.pk for alert in closing], resolved_at__isnull=True
     ).update(resolved_at=now)
+    for alert in closing:
+        alert.resolved_at = now
+    webhooks.alerts_event(alerts=closing, event=WebhookDelivery.Event.CLOSED)
     if count:
         alerts_publish(vault=machine.vault)
     return count
@@ -260,6 +271,7 @@ def _raise_no_recent_backup(machines: list, *, days: int, now: datetime) -> None
         Alert.objects.bulk_update(again, ["occurrences", "last_raised_at", "message", "job"])
     if new:
         created = Alert.objects.bulk_create(new)
+        webhooks.alerts_event(alerts=created, event=WebhookDelivery.Event.RAISED)
         if settings.HAVEN_ALERT_EMAIL == "each":
             alert_ids = [alert.pk for alert in created]
             transaction.on_commit(lambda: alert_email_send(alert_ids=alert_ids))

@@ -316,6 +316,14 @@ class AlertSerializer(serializers.ModelSerializer):
     vault_name = serializers.CharField(source="vault.name")
     machine_name = serializers.CharField(source="machine.name", default=None)
     active = serializers.SerializerMethodField()
+    # Active, acknowledged or closed (docs/monitoring.md); who acknowledged or closed it.
+    alert_state = serializers.CharField(source="state", read_only=True)
+    acknowledged_by = serializers.CharField(
+        source="acknowledged_by.username", default=None, allow_null=True, read_only=True
+    )
+    closed_by = serializers.CharField(
+        source="closed_by.username", default=None, allow_null=True, read_only=True
+    )
 
     class Meta:
         model = Alert
@@ -334,6 +342,10 @@ class AlertSerializer(serializers.ModelSerializer):
             "last_raised_at",
             "occurrences",
             "resolved_at",
+            "alert_state",
+            "acknowledged_at",
+            "acknowledged_by",
+            "closed_by",
         ]
 
     def get_active(self, alert) -> bool:

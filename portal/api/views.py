@@ -474,7 +474,9 @@ class AlertList(generics.ListAPIView):
 
     def get_queryset(self):
         filters = _filters(self.request, s.AlertFilters)
-        qs = access.for_user(self.request.user, Alert).select_related("vault", "machine")
+        qs = access.for_user(self.request.user, Alert).select_related(
+            "vault", "machine", "acknowledged_by", "closed_by"
+        )
         if "vault" in filters:
             qs = qs.filter(vault_id=filters["vault"])
         if filters["state"] == "active":

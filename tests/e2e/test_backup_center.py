@@ -1,0 +1,126 @@
+"""The Backup center and alert webhooks in Chromium: an Owner adds a webhook to a vault and
+sends a test that a real local receiver takes, opens Backup center from the left nav,
+filters it by vault (htmx), acknowledges an alert and sees who did it; the worker's pass
+then delivers the acknowledgement to the receiver, and the webhook page lists both."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+from playwright.sync_api import expect
+
+from agents.models import Machine
+from jobs import services
+from jobs.models import Alert, Job
+from jobs.services import webhooks
+from tests.support.webhook_receiver import running_receiver
+from vaults.models import Vault
+
+pytestmark = pytest.mark.slow
+
+SHOTS = Path("/tmp/shots-fleet")
+
+
+def _vault(owner, name: str) -> Vault:
+    return Vault.objects.create(
+        subscription=owner.subscription,
+        resource_group=owner.resource_group,
+        name=name,
+        location="West Europe",
+        state=Vault.State.READY,
+    )
+
+
+def _failed_machine(vault: Vault, name: str) -> Alert:
+    machine = Machine.objects.create(vault=vault, name=name, last_seen_at=timezone.now())
+    Job.objects.create(
+        vault=vault, machine=machine, operation=Job.Operation.BACKUP, status=Job.Status.FAILED
+    )
+    return services.alert_raise(
+        vault=vault,
+        machine=machine,
+        kind=Alert.Kind.BACKUP_FAILED,
+        severity=Alert.Severity.CRITICAL,
+        message=f"Backup of {name} failed: disk full",
+    )
+
+
+def test_backup_center_acknowledge_and_webhook_delivery(
+    signed_in_page, live_portal, portal_owner, screenshot
+):
+    page = signed_in_page
+    prod = _vault(portal_owner, "vault-prod")
+    dev = _vault(portal_owner, "vault-dev")
+    alert = _failed_machine(prod, "web-01")
+    _failed_machine(dev, "build-01")
+    Machine.objects.create(vault=dev, name="idle-01")  # offline, no policy
+
+    with running_receiver() as receiver:
+        # The vault's Alert webhooks: add one, Send test, the delivery is listed.
+        page.goto(f"{live_portal}/vaults/{prod.pk}/")
+        page.get_by_role("navigation", name="Vault menu").get_by_role(
+            "link", name="Alert webhooks"
+        ).click()
+        page.get_by_label("Name").fill("ops-receiver")
+        page.get_by_label("URL").fill(receiver.url)
+        page.get_by_label("Format").select_option(label="Generic JSON")
+        page.get_by_label("Signing secret (optional)").fill("s3cret")
+        page.get_by_role("button", name="Add webhook").click()
+        expect(page.locator('tr[data-webhook="ops-receiver"]')).to_contain_text("HMAC-SHA256")
+        page.locator('tr[data-webhook="ops-receiver"]').get_by_role(
+            "button", name="Send test"
+        ).click()
+        test_row = page.locator('#webhook-deliveries tr[data-event="test"]')
+        expect(test_row).to_contain_text("Delivered")
+        expect(test_row).to_contain_text("200")
+        assert json.loads(receiver.got[0]["body"])["event"] == "test"
+        assert receiver.got[0]["headers"]["X-Haven-Signature"].startswith("sha256=")
+
+        # Backup center from the left nav: every vault's machines and alerts.
+        page.get_by_role("navigation", name="Main").get_by_role(
+            "link", name="Backup center"
+        ).click()
+        expect(page.get_by_role("heading", name="Backup center")).to_be_visible()
+        machines = page.locator("#fleet-machines tbody tr")
+        expect(machines).to_have_count(3)
+        expect(page.locator('li[data-state="failed"] .tile-count')).to_have_text("2")
+        expect(page.locator('li[data-state="offline"] .tile-count')).to_have_text("1")
+
+        # Filter by vault: htmx swaps the results and keeps the URL.
+        page.get_by_label("Vault").select_option(label="vault-prod")
+        expect(machines).to_have_count(1)
+        expect(machines.first).to_contain_text("web-01")
+        expect(page).to_have_url(re.compile(rf"/backup-center/\?.*vault={prod.pk}"))
+        row = page.locator(f'#fleet-alerts tr[data-alert="{alert.pk}"]')
+        expect(row).to_contain_text("Active")
+        shots = [screenshot("backup-center", full_page=True)]
+
+        # Acknowledge: the row says who, and the filter stays.
+        row.get_by_role("button", name="Acknowledge").click()
+        expect(row).to_have_attribute("data-alert-state", "acknowledged")
+        expect(row.locator(".alert-state")).to_contain_text("Acknowledged by alice")
+        expect(machines).to_have_count(1)
+        shots.append(screenshot("backup-center-acknowledged", full_page=True))
+
+        # The worker's pass sends the acknowledgement; the webhook page lists it.
+        assert webhooks.webhooks_send_due()["sent"] == 1
+        body = json.loads(receiver.got[-1]["body"])
+        assert body["event"] == "alert.acknowledged"
+        assert body["alert"]["acknowledged_by"] == "alice"
+        page.goto(f"{live_portal}/backup-center/vaults/{prod.pk}/webhooks/")
+        ack_row = page.locator('#webhook-deliveries tr[data-event="alert.acknowledged"]')
+        expect(ack_row).to_contain_text("Delivered")
+        shots.append(screenshot("alert-webhooks", full_page=True))
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.goto(f"{live_portal}/backup-center/?show=all")
+        expect(page.locator("#fleet-machines tbody tr")).to_have_count(3)
+        shots.append(screenshot("backup-center-phone", full_page=True))
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    for shot in shots:
+        shutil.copy(shot, SHOTS / shot.name)
