@@ -64,7 +64,9 @@ def test_the_job_writes_the_seed_to_the_folder_and_uploads_nothing(data, repo_st
     (data / "docs" / "new.bin").write_bytes(os.urandom(5000))
     _, again = run(repo_store, folder, data, tmp_path)
     header2 = json.loads((folder / seed.SEED_HEADER).read_text())
-    assert again["status"] == "completed" and again["recovery_point_id"] != header["recovery_point_id"]
+    assert (
+        again["status"] == "completed" and again["recovery_point_id"] != header["recovery_point_id"]
+    )
     assert packs < {b["name"] for b in header2["blobs"] if b["name"].startswith("data/")}
 
 
@@ -94,8 +96,9 @@ def test_a_folder_with_other_files_or_another_repositorys_seed_is_refused(
     assert run(other, folder, data, tmp_path)[1]["status"] == "completed"
     _, result = run(repo_store, folder, data, tmp_path)
     assert result["status"] == "failed"
-    assert f"The seed staging folder {folder} holds the seed of another repository" in (
-        result["message"]
+    assert (
+        f"The seed staging folder {folder} holds the seed of another repository"
+        in (result["message"])
     )
 
 
