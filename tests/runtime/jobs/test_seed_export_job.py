@@ -9,8 +9,6 @@ import os
 import shutil
 from collections import namedtuple
 
-import pytest
-
 from agents.runtime import seed
 from agents.runtime.blobstore.memory import MemoryStore
 from agents.runtime.engine import Repository
@@ -102,14 +100,18 @@ def test_a_folder_with_other_files_or_another_repositorys_seed_is_refused(
     )
 
 
-def test_a_read_only_folder_fails_saying_so(data, repo_store, tmp_path):
+def test_a_read_only_folder_fails_saying_so(data, repo_store, tmp_path, monkeypatch):
     folder = tmp_path / "disk"
     folder.mkdir(mode=0o555)
-    if os.access(folder, os.W_OK):
-        pytest.skip("running as root: permissions are not enforced")
+    if os.access(folder, os.W_OK):  # root: the mode is not enforced, so the check is told
+        real = os.access
+        monkeypatch.setattr(
+            seed.os, "access", lambda p, mode: False if p == folder else real(p, mode)
+        )
     _, result = run(repo_store, folder, data, tmp_path)
     assert result["status"] == "failed"
-    assert f"{folder} is not writable" in result["message"]
+    assert f"{folder} is not writable by the Haven agent's user" in result["message"]
+    assert not (folder / "config").exists()
 
 
 def test_too_little_space_fails_naming_the_folder_and_the_space_needed(
