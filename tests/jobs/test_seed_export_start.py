@@ -131,3 +131,13 @@ def test_the_schedule_writes_the_seed_once_and_then_waits_for_the_import(machine
     # The seed is on its way: the next scheduled time starts nothing.
     assert _tick(policy, datetime(2024, 10, 27, 23, 30, tzinfo=UTC)) == []
     assert Job.objects.filter(machine=machine).count() == 1
+
+
+def test_stopping_protection_cancels_a_queued_offline_backup(machine, alice):
+    _offline(machine, alice, seed_staging=FOLDER)
+    job = services.backup_start(machine=machine)
+    services.protection_stop(machine=machine, user=alice, retention="forever")
+    job.refresh_from_db()
+    assert job.status == Job.Status.CANCELLED
+    with pytest.raises(services.ProtectionStopped):
+        services.backup_start(machine=machine)
