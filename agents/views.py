@@ -134,6 +134,11 @@ def _backup_facts(machine: Machine) -> dict:
             "waiting": policy is not None
             and policy.initial_backup == "offline"
             and not machine.recovery_points.exists(),
+            "written": machine.jobs.filter(
+                operation="seed_export", status__in=("completed", "warning")
+            )
+            .order_by("-ended_at")
+            .first(),
         }
         facts["seeding"]["shown"] = bool(
             (policy is not None and policy.initial_backup == "offline") or imports

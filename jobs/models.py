@@ -245,6 +245,9 @@ class Job(models.Model):
         PURGE = "purge", "Delete backup data"
         DRILL = "drill", "Restore drill"
         COMPACT = "compact", "Compact"
+        # An Offline policy's first backup, written by the agent to the seed staging folder
+        # (docs/seeding.md); a backup for the one-at-a-time rule.
+        SEED_EXPORT = "seed_export", "Offline backup to disk"
 
     class Status(models.TextChoices):
         # The values are the wire's (agents.runtime.protocol.JobStatus); the labels are ours.
@@ -322,7 +325,10 @@ class Job(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["machine"],
-                condition=Q(operation="backup", status__in=[s.value for s in ACTIVE_STATUSES]),
+                condition=Q(
+                    operation__in=["backup", "seed_export"],
+                    status__in=[s.value for s in ACTIVE_STATUSES],
+                ),
                 name="one_active_backup_per_machine",
             )
         ]

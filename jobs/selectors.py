@@ -227,6 +227,9 @@ class BackupBlockers:
     retain_until: str  # what is wrong with the chosen "retain backup till" date, or ""
     stopped: str = ""  # why the machine is not protected (protection stopped), or ""
     seed_waiting: bool = False  # the first backup is to come from a seed disk
+    # with seed_waiting: the policy's seed staging folder, where Back up now has the agent
+    # write the first backup ("": none named, so the portal cannot start it)
+    seed_folder: str = ""
 
 
 def seed_waiting(machine) -> bool:
@@ -236,6 +239,29 @@ def seed_waiting(machine) -> bool:
     if policy is None or policy.initial_backup != BackupPolicy.InitialBackup.OFFLINE:
         return False
     return not RecoveryPoint.objects.filter(machine=machine).exists()
+
+
+def seed_folder(machine) -> str:
+    """The seed staging folder the machine's policy names, or ""."""
+    policy = BackupPolicy.objects.filter(machine=machine).only("seed_staging").first()
+    return policy.seed_staging if policy is not None else ""
+
+
+def seed_exports(machine):
+    """The machine's offline backups to disk, newest first."""
+    return Job.objects.filter(machine=machine, operation=Job.Operation.SEED_EXPORT).order_by(
+        "-created_at"
+    )
+
+
+def seed_written(machine) -> Job | None:
+    """The latest offline backup to disk that wrote a seed, while the seed is awaited."""
+    return (
+        seed_exports(machine)
+        .filter(status__in=(Job.Status.COMPLETED, Job.Status.WARNING))
+        .select_related("machine")
+        .first()
+    )
 
 
 def seed_imports(machine):
@@ -256,15 +282,21 @@ def backup_blockers(
     """The rules ``backup_start`` enforces, for Back up now to show before anyone presses
     the button: no backup of a machine whose protection is stopped, one backup per machine
     at a time, and a retain-until date not in the past (where the machine is)."""
-    running = Job.objects.active().filter(machine=machine, operation=Job.Operation.BACKUP).first()
+    running = (
+        Job.objects.active()
+        .filter(machine=machine, operation__in=(Job.Operation.BACKUP, Job.Operation.SEED_EXPORT))
+        .first()
+    )
     problem = ""
     if retain_until is not None and retain_until < machine_today(machine, now=now):
         problem = "Choose today or a later date."
+    waiting = seed_waiting(machine)
     return BackupBlockers(
         running=running,
         retain_until=problem,
         stopped=stopped_reason(machine),
-        seed_waiting=seed_waiting(machine),
+        seed_waiting=waiting,
+        seed_folder=seed_folder(machine) if waiting else "",
     )
 
 

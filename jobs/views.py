@@ -153,11 +153,14 @@ def seed(request, machine_id):
             return redirect("jobs:detail", job_id=job.pk)
     policy = BackupPolicy.objects.filter(machine=machine).first()
     imports = list(selectors.seed_imports(machine)[:5])
+    exports = list(selectors.seed_exports(machine)[:5])
     context = {
         "machine": machine,
         "policy": policy,
         "waiting": selectors.seed_waiting(machine),
         "imports": imports,
+        "exports": exports,
+        "written": selectors.seed_written(machine),
         "imported": next((j for j in imports if j.status == Job.Status.COMPLETED), None),
         "can_import": can_import,
         "import_root": services.seeding.import_root(),
@@ -199,7 +202,9 @@ def backup_now(request, machine_id):
     error = error or blockers.retain_until
     status = 200
     if request.method == "POST" and (
-        running is not None or blockers.stopped or blockers.seed_waiting
+        running is not None
+        or blockers.stopped
+        or (blockers.seed_waiting and not blockers.seed_folder)
     ):
         status = 409
     elif request.method == "POST" and not error and policy is not None:
@@ -213,7 +218,13 @@ def backup_now(request, machine_id):
         except ValidationError as exc:
             error = " ".join(exc.message_dict.get("retain_until", exc.messages))
         else:
-            messages.success(request, f"Backup of {machine.name} started.")
+            if job.operation == Job.Operation.SEED_EXPORT:
+                messages.success(
+                    request,
+                    f"Offline backup of {machine.name} to {blockers.seed_folder} started.",
+                )
+            else:
+                messages.success(request, f"Backup of {machine.name} started.")
             return redirect("jobs:detail", job_id=job.pk)
     tagging, inherited = services.adhoc_retention(
         machine=machine, retain_until=None if error else retain_until
@@ -224,6 +235,8 @@ def backup_now(request, machine_id):
         "running": running,
         "stopped": blockers.stopped,
         "seed_waiting": blockers.seed_waiting,
+        "seed_folder": blockers.seed_folder,
+        "seed_written": selectors.seed_written(machine) if blockers.seed_waiting else None,
         "retain_until": data.get("retain_until", ""),
         "retain_error": error,
         "today": selectors.machine_today(machine).isoformat(),

@@ -46,7 +46,8 @@ class CacheTooSmall(Exception):
     """The cache location has less free space than 5% of the data to back up."""
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
+    """A byte count for people: 512 B, 3.2 GiB."""
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if value < 1024 or unit == "TiB":
@@ -78,12 +79,12 @@ def check_cache_space(
     needed = max(share, minimum)
     if free < needed:
         why = (
-            f"backing up {_size(data_bytes)} needs at least {_size(needed)} (5% of the data)"
+            f"backing up {size_text(data_bytes)} needs at least {size_text(needed)} (5% of the data)"
             if share >= minimum
-            else f"a backup needs at least {_size(needed)} there"
+            else f"a backup needs at least {size_text(needed)} there"
         )
         raise CacheTooSmall(
-            f"the cache location {path} has {_size(free)} free, but {why}. Free some "
+            f"the cache location {path} has {size_text(free)} free, but {why}. Free some "
             "space there, or move the cache to a larger disk with "
             "haven-agent configure --cache-dir DIR, then run the backup again."
         )
@@ -265,7 +266,7 @@ def check_cache(settings: Settings) -> CheckResult:
         writable, free = False, 0
         detail = f"{path}: {exc.strerror}"
     else:
-        detail = f"{path} has {_size(free)} free"
+        detail = f"{path} has {size_text(free)} free"
     if not writable:
         return CheckResult(
             "cache location",
@@ -276,5 +277,5 @@ def check_cache(settings: Settings) -> CheckResult:
     return CheckResult(
         "cache location",
         True,
-        detail + f" (enough for backing up {_size(int(free / CACHE_FRACTION))})",
+        detail + f" (enough for backing up {size_text(int(free / CACHE_FRACTION))})",
     )

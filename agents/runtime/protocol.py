@@ -31,6 +31,10 @@ DOWNLOAD_TASK = "haven.agent.recovery.download"
 VERIFY_TASK = "haven.agent.verify"
 DRILL_TASK = "haven.agent.drill"
 COMPACT_TASK = "haven.agent.compact"
+# The first backup of an Offline policy, written by the agent into the staging folder the
+# portal's job names (docs/seeding.md); the job's details carry the folder under this key.
+SEED_EXPORT_TASK = "haven.agent.seed.export"
+SEED_FOLDER = "folder"
 TASK_PREFIX = "haven.agent."
 
 # A policy whose spec carries ``{POLICY_PROTECTION: PROTECTION_STOPPED}`` is a stopped one:

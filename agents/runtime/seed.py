@@ -17,12 +17,14 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable
+import shutil
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from agents.runtime.blobstore.base import BlobNotFound, BlobStore
 from agents.runtime.blobstore.local import RESERVED, LocalDirectoryStore
+from agents.runtime.checks import size_text
 from agents.runtime.engine import layout
 
 SEED_HEADER = "haven-seed.json"
@@ -42,6 +44,14 @@ MAX_BLOB_BYTES = 64 << 20
 
 class SeedError(Exception):
     """A seed cannot be written; the message says what to do."""
+
+
+class ForeignSeed(SeedError):
+    """The staging folder holds the seed of another repository."""
+
+
+class StagingTooSmall(SeedError):
+    """The staging folder's disk has too little free space for the data to back up."""
 
 
 def blob_name_allowed(name: str) -> bool:
@@ -69,7 +79,7 @@ def copy_repository_identity(source: BlobStore, staging: BlobStore) -> str:
     if staging.exists(layout.CONFIG_BLOB):
         theirs = json.loads(staging.get(layout.CONFIG_BLOB)).get("id")
         if theirs != repo_id:
-            raise SeedError(
+            raise ForeignSeed(
                 "the staging folder holds another repository's seed; choose an empty folder"
             )
     else:
@@ -78,6 +88,58 @@ def copy_repository_identity(source: BlobStore, staging: BlobStore) -> str:
         if not staging.exists(blob.name):
             staging.put(blob.name, source.get(blob.name))
     return repo_id
+
+
+def staging_check(folder: Path) -> int:
+    """Before the portal's offline backup writes to ``folder``: it must exist (the disk is
+    mounted: a missing folder is not created, so a seed never lands on the machine's own
+    disk by mistake), be a writable folder, and hold nothing but a seed (of any repository:
+    ``copy_repository_identity`` refuses another's). Returns the bytes of packs it already
+    holds (a seed written earlier, which the backup reuses)."""
+    if not folder.is_absolute():
+        raise SeedError(f"the seed staging folder {folder} is not an absolute path")
+    if not folder.exists():
+        raise SeedError(
+            f"the seed staging folder {folder} does not exist on this machine: mount the "
+            "seed disk there (or create the folder), then back up again"
+        )
+    if not folder.is_dir():
+        raise SeedError(f"the seed staging folder {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SeedError(
+            f"the seed staging folder {folder} is not writable by the Haven agent's user: "
+            "give it write access there, then back up again"
+        )
+    staged = 0
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name in (SEED_HEADER, f".{SEED_HEADER}.tmp", RESERVED, *_TOP_LEVEL):
+            continue
+        raise SeedError(
+            f"the seed staging folder {folder} holds {entry.name!r}, which is not part of a "
+            "seed: choose an empty folder (or empty this one), then back up again"
+        )
+    data = folder / layout.DATA_PREFIX.rstrip("/")
+    if data.is_dir():
+        staged = sum(b.size for b in LocalDirectoryStore(folder).list(layout.DATA_PREFIX))
+    return staged
+
+
+# What a seed folder holds at its top: the engine's blobs (docs/storage-format.md).
+_TOP_LEVEL = ("config", "keys", "data", "index", "snapshots")
+
+
+def staging_space_check(folder: Path, data_bytes: int, *, staged: int = 0) -> None:
+    """Raise ``StagingTooSmall`` unless ``folder``'s disk can take ``data_bytes`` (the data
+    counted so far, before compression) less what the folder holds already."""
+    needed = max(0, data_bytes - staged)
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise StagingTooSmall(
+            f"the seed staging folder {folder} has {size_text(free)} free, but the data to back "
+            f"up is {size_text(data_bytes)} (counted so far, before compression): it needs about "
+            f"{size_text(needed)} there. Mount a larger disk at {folder} or free space on it, "
+            "then back up again"
+        )
 
 
 def staged_blobs(root: Path) -> list[dict]:
@@ -136,6 +198,7 @@ def seed_export(
     cancel=None,
     mapped: dict | None = None,
     warnings: list[dict] | None = None,
+    check_space: Callable[[int], None] | None = None,
 ):
     """Back up ``items`` into ``staging`` as a seed of the repository in ``container``;
     returns ``(BackupResult, header)``. Nothing but ``config`` and the keys is read from
@@ -160,6 +223,7 @@ def seed_export(
         cancel=cancel,
         mapped=mapped,  # System State, when the policy includes it (jobs.backup.system_state)
         warnings=warnings or (),
+        check_space=check_space,
     )
     if not result.recovery_point:
         raise SeedError(result.message or "the backup to the seed folder made no recovery point")

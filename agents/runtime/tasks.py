@@ -34,7 +34,8 @@ PING = protocol.PING_TASK
 
 # Modules with more ``@agent_task`` functions, imported by the worker before it starts.
 TASK_MODULES: list[str] = [
-    "agents.runtime.jobs.tasks",  # haven.agent.backup / .verify / .drill / .compact / .cancel / .policy
+    "agents.runtime.jobs.tasks",  # haven.agent.backup / .seed.export / .verify / .drill / .compact
+    # / .cancel / .policy
     "agents.runtime.recovery.tasks",  # haven.agent.recovery.*
 ]
 

@@ -51,13 +51,15 @@ class BackupAlreadyRunning(Exception):
 
 
 class SeedPending(Exception):
-    """The machine's first backup is to come from a seed disk (policy: Offline)."""
+    """The machine's first backup is to come from a seed disk (policy: Offline) and the
+    policy names no staging folder, so the portal cannot have the agent write it."""
 
     MESSAGE = (
-        "This machine's policy makes the first backup offline: run haven-agent seed export "
-        "on the machine (--to PATH, or the policy's seed staging folder), then import the "
-        "seed on the machine's page (Seeding). "
-        "Backups go over the network once the seed is imported."
+        "This machine's policy makes the first backup offline, to a disk, and names no seed "
+        "staging folder. Either name one in the backup policy (Initial backup: Offline), "
+        "and Back up now has the agent write the first backup there; or run haven-agent "
+        "seed export --to PATH on the machine. Then import the seed on the machine's "
+        "Seeding page. Backups go over the network once the seed is imported."
     )
 
     def __init__(self):
@@ -119,7 +121,12 @@ def backup_start(
     started_on_machine: bool = False,
     now: datetime | None = None,
 ) -> Job:
-    """Queue a backup of ``machine`` and send it to its agent; one per machine at a time."""
+    """Queue a backup of ``machine`` and send it to its agent; one per machine at a time.
+
+    While the machine's first backup is to come from a seed disk (``selectors.seed_waiting``)
+    that backup is an offline backup to disk (``Job.Operation.SEED_EXPORT``): the agent
+    writes it into the policy's seed staging folder and uploads nothing; without a staging
+    folder, ``SeedPending``."""
     now = now or timezone.now()
     blockers = selectors.backup_blockers(machine=machine, retain_until=retain_until, now=now)
     if blockers.stopped:
@@ -128,21 +135,27 @@ def backup_start(
         raise ValidationError({"retain_until": [blockers.retain_until]})
     if blockers.running is not None:
         raise BackupAlreadyRunning(blockers.running)
-    if blockers.seed_waiting:
+    if blockers.seed_waiting and not blockers.seed_folder:
         raise SeedPending()
+    operation, task, details = Job.Operation.BACKUP, protocol.BACKUP_TASK, {}
+    if blockers.seed_waiting:
+        operation, task = Job.Operation.SEED_EXPORT, protocol.SEED_EXPORT_TASK
+        details = {protocol.SEED_FOLDER: blockers.seed_folder}
     status = Job.Status.QUEUED if machine.is_online(now) else Job.Status.WAITING
     try:
         with transaction.atomic():
             job = Job.objects.create(
                 vault_id=machine.vault_id,
                 machine=machine,
-                operation=Job.Operation.BACKUP,
+                operation=operation,
                 status=status,
                 trigger=trigger,
                 scheduled_for=scheduled_for,
-                retain_until=retain_until,
+                # an offline backup records no point (the import does): nothing to retain
+                retain_until=None if details else retain_until,
                 created_by=user,
                 started_on_machine=started_on_machine,
+                details=details,
             )
             if trigger == Job.Trigger.ADHOC:
                 activity.record(
@@ -157,9 +170,11 @@ def backup_start(
                     },
                 )
     except IntegrityError:
-        running = Job.objects.active().filter(machine=machine, operation=Job.Operation.BACKUP)
+        running = Job.objects.active().filter(
+            machine=machine, operation__in=(Job.Operation.BACKUP, Job.Operation.SEED_EXPORT)
+        )
         raise BackupAlreadyRunning(running.first()) from None
-    services._send_to_machine(machine, protocol.BACKUP_TASK, job_id=str(job.pk))
+    services._send_to_machine(machine, task, job_id=str(job.pk))
     job_publish(job)
     return job
 
@@ -408,6 +423,12 @@ def _finish(
             if refused is not None and job.status in Job.FINISHED:
                 return job, refused, None  # a late result: the portal's reason stays
             snapshot_id = ""
+        if job.operation == Job.Operation.SEED_EXPORT:
+            # The seed's point lives on the disk, not in the container: it is recorded by
+            # the import (seeding.py); the job keeps what was written, for its pages.
+            if success:
+                _seed_written(job, snapshot_id, stats)
+            snapshot_id = ""
         if success and snapshot_id:
             try:
                 manifest_blob, pack_ids = point_check(
@@ -503,6 +524,23 @@ def _drill_evidence(job: Job, status: str, error: str, stats: dict, snapshot_id:
         job.details = {**job.details, "evidence": evidence}
         stats["stored_bytes"] = evidence["bytes"]  # the job's Data transferred
     return None, status, error
+
+
+def _seed_written(job: Job, snapshot_id: str, stats: dict) -> None:
+    """Keep an offline backup's account of its seed (what the agent reports; the import
+    checks the seed itself) on the job."""
+    point = snapshot_id if len(snapshot_id) == 32 and set(snapshot_id) <= _HEX else ""
+    job.details = {
+        **job.details,
+        "seed": {
+            "recovery_point_id": point,
+            **{key: int(stats.get(key) or 0) for key in _SEED_STATS},
+        },
+    }
+
+
+_HEX = frozenset("0123456789abcdef")
+_SEED_STATS = ("files", "logical_bytes", "stored_bytes", "blobs")
 
 
 def _keep_result_id(job: Job, result_id: str) -> None:
@@ -627,6 +665,7 @@ def jobs_sweep(*, now: datetime | None = None) -> dict:
         name = job.machine.name if job.machine else "the machine"
         again = {
             Job.Operation.BACKUP: "press Back up now again",
+            Job.Operation.SEED_EXPORT: "press Back up now again",
             Job.Operation.VERIFY: "press Verify now again (or let the next weekly verify run)",
             Job.Operation.DRILL: "run the restore drill again (Run restore drill)",
             Job.Operation.COMPACT: "start it again (Compact now on the machine's page)",
@@ -695,6 +734,11 @@ def _stall_reason(job: Job, name: str, seconds: int) -> str:
         return lost + (
             "No recovery point was made; the data uploaded so far is reused by the next "
             "backup. Check the agent on the machine (haven-agent status) and back up again."
+        )
+    if job.operation == Job.Operation.SEED_EXPORT:
+        return lost + (
+            "The seed is incomplete; what was written to the staging folder stays and is "
+            "reused. Check the agent on the machine (haven-agent status) and back up again."
         )
     if job.operation == Job.Operation.VERIFY:
         return lost + (

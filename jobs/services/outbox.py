@@ -19,6 +19,7 @@ def broker_failure_reason(job: Job, message, *, now: datetime | None = None) -> 
     name = job.machine.name if job.machine else "the machine"
     again = {
         Job.Operation.BACKUP: "start the backup again (Back up now)",
+        Job.Operation.SEED_EXPORT: "start the offline backup again (Back up now)",
         Job.Operation.DRILL: "run the restore drill again (Run restore drill)",
     }.get(job.operation, "start the recovery again (Recover Data)")
     last = f" The broker's last answer: {message.last_error}." if message.last_error else ""

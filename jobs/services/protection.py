@@ -80,7 +80,9 @@ def _push(policy: BackupPolicy) -> None:
 
 
 def _cancel_backups(machine, user) -> None:
-    for job in Job.objects.active().filter(machine=machine, operation=Job.Operation.BACKUP):
+    for job in Job.objects.active().filter(
+        machine=machine, operation__in=(Job.Operation.BACKUP, Job.Operation.SEED_EXPORT)
+    ):
         with contextlib.suppress(JobNotCancellable):  # it ended meanwhile
             job_cancel(job=job, user=user)
 

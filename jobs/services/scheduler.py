@@ -49,9 +49,14 @@ def schedule_tick(*, now: datetime | None = None) -> list[Job]:
 
 
 def _scheduled_run(policy: BackupPolicy, when: datetime, tz, *, now: datetime) -> Job | None:
-    if selectors.seed_waiting(policy.machine):
+    if selectors.seed_waiting(policy.machine) and (
+        not policy.seed_staging or selectors.seed_written(policy.machine) is not None
+    ):
         # No scheduled backup goes over the network before the seed's import
-        # (docs/seeding.md); the machine's page says it waits for the seed disk.
+        # (docs/seeding.md). With a staging folder the schedule's first run writes the seed
+        # there (backup_start: an offline backup to disk) once; after that the seed is on
+        # its way and the schedule waits for the import, so a disk taken away for shipping
+        # is not filled again (Back up now still adds to the folder on purpose).
         return None
     tags = sorted(retention.long_term_tags(policy.retention, when.astimezone(tz)))
     try:

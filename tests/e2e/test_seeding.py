@@ -1,11 +1,13 @@
 """Offline seeding in Chromium with a real agent and a real portal worker: a machine whose
-policy says Offline waits for its seed disk; ``haven-agent seed export`` writes the first
-backup to a folder; the owner imports it on the machine's Seeding page (an Import job the
-portal's worker runs, shown live); then Back up now goes over the network and uploads
-under 1% of the data, because the seeded packs are reused."""
+policy says Offline, with a seed staging folder, waits for its seed disk; Back up now has the
+agent write the first backup to that folder (an Offline backup to disk job: nothing is
+uploaded); the owner imports it on the machine's Seeding page (an Import job the portal's
+worker runs, shown live); then Back up now goes over the network and uploads under 1% of
+the data, because the seeded packs are reused."""
 
 from __future__ import annotations
 
+import json
 import random
 import time
 
@@ -38,10 +40,13 @@ def _write_files(root) -> None:
         (folder / f"file-{i:02}.bin").write_bytes(rng.randbytes(DATA_BYTES // 16))
 
 
-def _until(condition, what: str, timeout: float = 60) -> None:
+def _until(condition, what, timeout: float = 60) -> None:
+    """Wait for ``condition``; ``what`` (text, or a function giving it at the timeout, e.g.
+    with a log) says what for."""
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
         time.sleep(0.2)
 
 
@@ -66,7 +71,7 @@ def test_an_offline_seeded_machine_backs_up_online_uploading_almost_nothing(
     data = agent.home / "data"
     _write_files(data)
     spec = policy_rules.default_spec()
-    # the seed's folder named in the policy: `seed export` needs no --to
+    # the seed staging folder named in the policy: Back up now has the agent write there
     spec.update(
         items=[str(data)], initial_backup="offline", seed_staging=str(seed_disks / "web-01")
     )
@@ -81,8 +86,35 @@ def test_an_offline_seeded_machine_backs_up_online_uploading_almost_nothing(
     expect(page.locator("[data-field=seed-state]")).to_contain_text("Waiting for the seed disk")
     screenshot("seed-machine-waiting")
 
-    exported = agent.ok("seed", "export", timeout=180)
-    assert f"to {seed_disks / 'web-01'} ..." in exported
+    # Back up now: the agent writes the first backup to the staging folder (the disk,
+    # mounted on the machine), uploading nothing.
+    staging = seed_disks / "web-01"
+    staging.mkdir()
+    page.goto(f"{agent_portal}/jobs/machines/{machine.pk}/backup-now/")
+    expect(page.locator("[data-field=seed-folder]")).to_have_text(str(staging))
+    screenshot("seed-backup-now")
+    page.locator("[data-action=back-up]").click()
+    page.wait_for_url("**/jobs/*/")
+    export = Job.objects.get(machine=machine, operation=Job.Operation.SEED_EXPORT)
+    _until(
+        lambda: Job.objects.filter(pk=export.pk, status__in=Job.FINISHED).exists(),
+        lambda: f"the offline backup to end:\n{agent.log_text()[-4000:]}",
+        timeout=120,
+    )
+    written = page.locator(f"#job-{export.pk}-live [data-field=seed-written]")
+    expect(written).to_contain_text(f"Seed written to {staging} on web-01 at")
+    expect(written).to_contain_text("ship the disk and import it")
+    screenshot("seed-export-job")
+    export.refresh_from_db()
+    assert export.status == Job.Status.COMPLETED, export.error
+    header = json.loads((staging / "haven-seed.json").read_text())
+    assert export.details["seed"]["recovery_point_id"] == header["recovery_point_id"]
+    assert export.details["seed"]["logical_bytes"] == DATA_BYTES
+    with repository_store(machine) as store:  # nothing went to the vault's storage
+        held = {b.name for b in store.list("")}
+    assert held and all(n == "config" or n.startswith("keys/") for n in held), held
+    page.goto(f"{agent_portal}/jobs/machines/{machine.pk}/seeding/")
+    expect(page.locator("[data-field=seed-state]")).to_contain_text("Seed written")
     monkeypatch.setenv("REDIS_URL", redis_url)  # the worker consumes where the portal sends
     worker = PortalWorker(agent_portal, settings, tmp_path / "portal-worker.log")
     worker.start()
@@ -125,7 +157,10 @@ def test_an_offline_seeded_machine_backs_up_online_uploading_almost_nothing(
     expect(page.locator(f"#job-{backup.pk}-live [data-field=status]")).to_have_text(
         "Completed", timeout=90_000
     )
+    screenshot("seed-online-backup")
     with repository_store(machine) as store:
         uploaded = sum(b.size for b in store.list("") if b.name not in before)
     assert uploaded < 0.01 * DATA_BYTES, uploaded
+    backup.refresh_from_db()
+    assert backup.bytes_transferred < 0.01 * DATA_BYTES, backup.bytes_transferred
     assert RecoveryPoint.objects.filter(machine=machine).count() == 2

@@ -61,6 +61,11 @@ ABANDONED = {
         "written may be incomplete. Start the restore again: files already there are skipped or "
         "replaced as the conflict choice says."
     ),
+    "seed": (
+        "The agent stopped while writing the seed (it was killed, restarted or the machine "
+        "went down). What is in the staging folder is kept and reused: start the offline "
+        "backup again (Back up now) and it finishes the seed."
+    ),
     "compact": (
         "The agent stopped while compacting (it was killed, restarted or the machine went "
         "down). Nothing was deleted, every recovery point is as restorable as before, and "

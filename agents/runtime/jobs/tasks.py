@@ -16,6 +16,7 @@ from agents.runtime.jobs import backup as backup_job
 from agents.runtime.jobs import compact as compact_job
 from agents.runtime.jobs import drill as drill_job
 from agents.runtime.jobs import policy as policy_store
+from agents.runtime.jobs import seed_export as seed_export_job
 from agents.runtime.jobs import verify as verify_job
 from agents.runtime.jobs.runner import JobAborted, cancel_job
 from agents.runtime.passphrase import saved_passphrase
@@ -69,6 +70,26 @@ def backup(ctx: AgentContext, *, job_id: str) -> dict:
         passphrase=lambda: passphrase_for(ctx),
         cache_dir=_cache_dir(ctx),
         pack_size=backup_job.pack_size_for(_slowest_limit(ctx)),
+    )
+
+
+@agent_task(wire.SEED_EXPORT_TASK)
+def seed_export(ctx: AgentContext, *, job_id: str) -> dict:
+    """Write this machine's first backup into the seed staging folder for portal job
+    ``job_id`` (an Offline policy's offline backup to disk; nothing is uploaded)."""
+    registration = ctx.registration
+    return seed_export_job.run_seed_export_job(
+        job_id,
+        portal=ctx.require_portal(),
+        open_store=lambda: open_store(ctx),
+        passphrase=lambda: passphrase_for(ctx),
+        cache_dir=_cache_dir(ctx),
+        identity={
+            "vault_id": registration.vault_id,
+            "vault_name": registration.vault_name,
+            "machine_id": registration.machine_id,
+            "machine_name": registration.machine_name,
+        },
     )
 
 
