@@ -27,10 +27,10 @@ from tests.e2e._agent_support import (  # noqa: F401 - fixtures
     installed_agent,
     vault_owner,
 )
+from tests.support.screenshots import DESKTOP, copy_to_docs
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "var" / "screenshots"
-DESKTOP = {"width": 1440, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
 
@@ -148,6 +148,7 @@ def screenshot(page):
             subject.screenshot(path=str(path), full_page=True)
         else:
             subject.screenshot(path=str(path))
+        copy_to_docs(name, path)
         return path
 
     return take
