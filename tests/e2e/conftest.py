@@ -135,8 +135,9 @@ def signed_in_page(page, live_portal, portal_owner):
 def screenshot(page):
     """``screenshot("home-desktop")`` saves the page to var/screenshots/home-desktop.png.
 
-    Pass ``viewport="phone"`` (390×844) or ``"desktop"`` (1440×900) to resize first, and
-    ``target=`` another page or a locator to capture that instead."""
+    Pass ``viewport="phone"`` (390×844) or ``"desktop"`` (1440×900; 1280×800 when taking
+    the docs pictures) to resize first, and ``target=`` another page or a locator to capture
+    that instead."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
     def take(name: str, *, target=None, viewport: str | None = None, full_page: bool = False):
