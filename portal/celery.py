@@ -6,6 +6,8 @@ import warnings
 from celery import Celery
 from celery.exceptions import SecurityWarning
 
+from portal import embedded_broker  # noqa: F401 - registers the embedded broker's scheme
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
 # Celery warns at every worker start when it runs as root (a fresh container or VM often
