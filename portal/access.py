@@ -147,6 +147,33 @@ def can_create_subscriptions(user) -> bool:
     return can_manage_users(user)
 
 
+def owners_to_ask(user, *, role: str) -> list[tuple[Subscription, str, list[str]]]:
+    """For each subscription where the user is below ``role``: the subscription, the user's
+    role there, and the user names of its Owners, whom the user can ask for more.
+
+    Only subscriptions the user is already a member of (whose Owners they can already see
+    on its overview): an outsider learns no one's name."""
+    if not user.is_authenticated or user.is_superuser:
+        return []
+    allowed = [r for r in Role.values if Role.rank(r) >= Role.rank(role)]
+    below = list(
+        Membership.objects.filter(user=user)
+        .exclude(role__in=allowed)
+        .select_related("subscription")
+        .order_by("subscription__name")
+    )
+    owners: dict = {}
+    for subscription_id, username in (
+        Membership.objects.filter(
+            subscription_id__in=[m.subscription_id for m in below], role=Role.OWNER
+        )
+        .order_by("user__username")
+        .values_list("subscription_id", "user__username")
+    ):
+        owners.setdefault(subscription_id, []).append(username)
+    return [(m.subscription, m.role, owners.get(m.subscription_id, [])) for m in below]
+
+
 def require_user_manager(user) -> None:
     if not can_manage_users(user):
         raise PermissionDenied("Managing users needs the Owner role on a subscription.")

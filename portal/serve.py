@@ -34,20 +34,27 @@ def listening_socket(bind: str, port: int) -> socket.socket:
     return sock
 
 
-def daphne_command(fd: int, *, python: str = sys.executable) -> list[str]:
-    return [python, "-m", "daphne", "--fd", str(fd), "portal.asgi:application"]
+def daphne_command(fd: int, *, python: str = sys.executable, access_log: bool = True) -> list[str]:
+    """daphne serving ``fd``; without ``access_log`` it prints no line per request
+    (``--verbosity 0``: its own warnings and errors still show)."""
+    quiet = [] if access_log else ["--verbosity", "0"]
+    return [python, "-m", "daphne", *quiet, "--fd", str(fd), "portal.asgi:application"]
 
 
 def start_web(
-    sock: socket.socket, processes: int, *, env: Mapping[str, str], **popen: Any
+    sock: socket.socket,
+    processes: int,
+    *,
+    env: Mapping[str, str],
+    access_log: bool = True,
+    **popen: Any,
 ) -> list[subprocess.Popen]:
     """``processes`` daphne processes serving ``sock`` (each its own session, so that its
     own children are stopped with it)."""
     fd = sock.fileno()
     popen.setdefault("cwd", REPO)
+    command = daphne_command(fd, access_log=access_log)
     return [
-        subprocess.Popen(
-            daphne_command(fd), env=dict(env), pass_fds=(fd,), start_new_session=True, **popen
-        )
+        subprocess.Popen(command, env=dict(env), pass_fds=(fd,), start_new_session=True, **popen)
         for _ in range(processes)
     ]

@@ -252,7 +252,10 @@ if REDIS_URL:
 else:
     for _sub in ("queue", "processed", "control"):
         (BROKER_DIR / _sub).mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_URL = "filesystem://"
+    # kombu's filesystem transport, writing each message whole before it appears
+    # (portal.embedded_broker). The host is meaningless to it; naming it spares every
+    # process kombu's "No hostname was supplied" warning at start-up.
+    CELERY_BROKER_URL = "haven-filesystem://localhost//"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR / "queue"),
         "data_folder_out": str(BROKER_DIR / "queue"),

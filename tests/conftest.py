@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.support import builders, servers, workers
+from tests.support import builders, screenshots, servers, workers
 
 if TYPE_CHECKING:
     from portal.models import ResourceGroup, Subscription, User
@@ -177,7 +177,7 @@ def browser_type_launch_args(browser_type_launch_args):
 
 @pytest.fixture(scope="session")
 def browser_context_args(browser_context_args):
-    return {**browser_context_args, "viewport": {"width": 1440, "height": 900}}
+    return {**browser_context_args, "viewport": screenshots.DESKTOP}
 
 
 @pytest.fixture

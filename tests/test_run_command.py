@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -77,6 +78,16 @@ def test_it_serves_the_portal_and_stops_everything_on_ctrl_c(tmp_path):
         output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output
     assert "user name  admin" in output
+    # Nothing a newcomer cannot act on: no warnings (Celery's about root, kombu's about a
+    # host name), no banners, no line per request or per task (those need --verbose).
+    noise = [
+        line
+        for line in output.splitlines()
+        if re.search(r"warn|celery beat v|\[tasks\]|GET /|WSCONNECT", line, re.IGNORECASE)
+    ]
+    assert noise == [], "\n".join(noise)
+    if os.geteuid() == 0:
+        assert "You are running Haven as root" in output
     password_line = next(line for line in output.splitlines() if "password   " in line)
     assert len(password_line.split()[-1]) >= 16
     time.sleep(0.5)

@@ -27,6 +27,8 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from portal import access
 from portal.models import ResourceGroup, Role, Subscription
+from portal.services import SUBSCRIPTION_NAME_RULE
+from portal.views.subscriptions import RETURN_TO_VAULT_CREATE
 from vaults import activity, security_pin, selectors, services
 from vaults.activity import Operation
 from vaults.chart import usage_chart_svg
@@ -230,6 +232,13 @@ def vault_create(request):
         "tag_rows": tag_rows,
         "name_problems": [],
         "redundancy_label": Vault.Redundancy(services.default_redundancy()).label,
+        # A newcomer without a subscription creates one here (or learns whom to ask).
+        "can_create_subscription": access.can_create_subscriptions(request.user),
+        "owners_to_ask": []
+        if subscriptions
+        else access.owners_to_ask(request.user, role=Role.CONTRIBUTOR),
+        "subscription_return_to": RETURN_TO_VAULT_CREATE,
+        "subscription_name_rule": SUBSCRIPTION_NAME_RULE,
     }
     return render(request, "vaults/create.html", context, status=status)
 
@@ -279,11 +288,11 @@ def deployment(request, vault_id):
     vault = access.get_for_user(
         request.user, Vault.objects.select_related("subscription", "resource_group"), pk=vault_id
     )
-    return render(
-        request,
-        "vaults/deployment.html",
-        {"vault": vault, "can_contribute": _can(request.user, vault, Role.CONTRIBUTOR)},
-    )
+    context = {"vault": vault, "can_contribute": _can(request.user, vault, Role.CONTRIBUTOR)}
+    if request.htmx:
+        # The live block fetches itself again when the socket opens (static/js/shell.js).
+        return render(request, "vaults/_deployment_status.html", context)
+    return render(request, "vaults/deployment.html", context)
 
 
 @login_required

@@ -8,6 +8,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from portal import access, services
@@ -47,13 +48,21 @@ def subscription_list(request):
     )
 
 
+# The vault create page sends a newcomer here with ``return_to=vault-create``; once the
+# subscription exists they go back to the vault form with it selected. A fixed name, not a
+# URL, so this can never redirect anywhere else.
+RETURN_TO_VAULT_CREATE = "vault-create"
+
+
 @login_required
 def subscription_create(request):
     if not access.can_create_subscriptions(request.user):
         raise PermissionDenied(
             "Creating subscriptions needs the Owner role on a subscription, or an administrator."
         )
+    source = request.POST if request.method == "POST" else request.GET
     name = request.POST.get("name", "") if request.method == "POST" else ""
+    return_to = RETURN_TO_VAULT_CREATE if source.get("return_to") == RETURN_TO_VAULT_CREATE else ""
     errors: dict[str, list[str]] = {}
     if request.method == "POST":
         if request.htmx and request.POST.get("_validate") == "name":
@@ -69,11 +78,18 @@ def subscription_create(request):
             errors = _errors(exc)
         else:
             messages.success(request, f"Subscription '{subscription.name}' created.")
+            if return_to:
+                return redirect(f"{reverse('vaults:create')}?subscription={subscription.pk}")
             return redirect("portal:subscription", subscription.pk)
     return render(
         request,
         "portal/subscription_create.html",
-        {"name": name, "errors": errors, "rule": services.SUBSCRIPTION_NAME_RULE},
+        {
+            "name": name,
+            "errors": errors,
+            "rule": services.SUBSCRIPTION_NAME_RULE,
+            "return_to": return_to,
+        },
         status=400 if errors else 200,
     )
 

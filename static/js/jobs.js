@@ -1,15 +1,7 @@
 // Render first, then stream: the page shows the job as stored; the socket swaps newer
-// fragments in (hx-swap-oob). Whenever the socket opens we may have missed pushes — after a
-// reconnect, and on the first open too (a job that ended between the page's render and the
-// socket's open, like a seed import of a second), so each live block fetches its own
-// fragment again.
+// fragments in (hx-swap-oob). Each live block ([data-live-src]) fetches its own fragment
+// again whenever the socket opens: shell.js does that for every page.
 (function () {
-  document.addEventListener("htmx:wsOpen", function () {
-    document.querySelectorAll("[data-live-src]").forEach(function (el) {
-      htmx.ajax("GET", el.dataset.liveSrc, { target: el, swap: "outerHTML" });
-    });
-  });
-
   // A progress report that changes only numbers arrives as JSON (jobs.services.live.
   // job_progress_publish): {"job_progress": id, "fields": {name: text, width: n|null}}, or
   // several of them as {"job_progress_batch": [...]}.

@@ -104,6 +104,17 @@
     });
   });
 
+  // Render first, then stream: whenever the socket opens we may have missed pushes — after a
+  // reconnect, and on the first open too (a job or a vault deployment that ended between the
+  // page's render and the socket's open), so each live block ([data-live-src]) fetches its
+  // own fragment again.
+  document.addEventListener("htmx:wsOpen", function () {
+    if (!window.htmx) return;
+    document.querySelectorAll("[data-live-src]").forEach(function (el) {
+      window.htmx.ajax("GET", el.dataset.liveSrc, { target: el, swap: "outerHTML" });
+    });
+  });
+
   // The socket is a push, never the only copy: after a reconnect, fetch the bell again so
   // whatever was published while the socket was down shows up.
   var opened = 0;

@@ -83,7 +83,7 @@ def broken_broker(settings, monkeypatch):
     """``with broken_broker():`` the portal's broker refuses every message: the embedded
     one's folder unwritable, or Redis (the servers pass) behind a cut FaultProxy."""
     url = django_settings.CELERY_BROKER_URL
-    if url.startswith("filesystem"):
+    if not url.startswith("redis"):
         return broker_folder_broken
 
     @contextmanager

@@ -27,10 +27,10 @@ from tests.e2e._agent_support import (  # noqa: F401 - fixtures
     installed_agent,
     vault_owner,
 )
+from tests.support.screenshots import DESKTOP, copy_to_docs
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "var" / "screenshots"
-DESKTOP = {"width": 1440, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
 
@@ -135,8 +135,9 @@ def signed_in_page(page, live_portal, portal_owner):
 def screenshot(page):
     """``screenshot("home-desktop")`` saves the page to var/screenshots/home-desktop.png.
 
-    Pass ``viewport="phone"`` (390×844) or ``"desktop"`` (1440×900) to resize first, and
-    ``target=`` another page or a locator to capture that instead."""
+    Pass ``viewport="phone"`` (390×844) or ``"desktop"`` (1440×900; 1280×800 when taking
+    the docs pictures) to resize first, and ``target=`` another page or a locator to capture
+    that instead."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
     def take(name: str, *, target=None, viewport: str | None = None, full_page: bool = False):
@@ -148,6 +149,7 @@ def screenshot(page):
             subject.screenshot(path=str(path), full_page=True)
         else:
             subject.screenshot(path=str(path))
+        copy_to_docs(name, path)
         return path
 
     return take

@@ -127,6 +127,9 @@ def test_restore_a_folder_onto_another_machine_of_the_vault(
         assert all(w["path"].startswith("System State: ") for w in backup.warnings), backup.warnings
     staged = web01.home / "cache" / SYSTEM_STATE_STAGING
     assert (staged / "README.md").exists() and (staged / "etc" / "hostname").exists()
+    page.goto(f"{agent_portal}/jobs/machines/{web01.model.pk}/recovery-points/")
+    expect(page.locator("tr[data-point]")).to_have_count(1)
+    screenshot("recovery-points")
 
     # On web-02: web-01's passphrase, typed there (here: from a copy of web-01's file), with
     # vault credentials alice downloads for it: her say-so lets web-02 read web-01's backups.

@@ -33,13 +33,19 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=settings.HAVEN_PORT)
         parser.add_argument("--worker-concurrency", type=int, default=2)
         parser.add_argument(
+            "--verbose",
+            action="store_true",
+            help="also print each HTTP request, Celery's banners and each task run "
+            "(by default only warnings and errors)",
+        )
+        parser.add_argument(
             "--web-processes",
             type=int,
             default=settings.HAVEN_PORTAL_PROCESSES,
             help="daphne processes serving the port (default: HAVEN_PORTAL_PROCESSES)",
         )
 
-    def handle(self, *args, bind, port, worker_concurrency, web_processes, **options):
+    def handle(self, *args, bind, port, worker_concurrency, web_processes, verbose, **options):
         if web_processes > 1 and not settings.REDIS_URL:
             raise CommandError("more than one web process needs REDIS_URL (docs/configuration.md)")
         call_command("migrate", interactive=False, verbosity=0)
@@ -47,7 +53,11 @@ class Command(BaseCommand):
         password = first_admin_create()
 
         python = sys.executable
-        celery = [python, "-m", "celery", "-A", "portal"]
+        # A newcomer reads the banner below, then nothing until something needs them: Celery's
+        # start-up banners and a line per task (every few seconds, from beat) only with
+        # --verbose. Warnings and errors always show.
+        celery = [python, "-m", "celery", "-A", "portal", *([] if verbose else ["--quiet"])]
+        log_level = "INFO" if verbose else "WARNING"
         commands = {
             "worker": [
                 *celery,
@@ -59,13 +69,13 @@ class Command(BaseCommand):
                 "-c",
                 str(worker_concurrency),
                 "--loglevel",
-                "INFO",
+                log_level,
             ],
             "beat": [
                 *celery,
                 "beat",
                 "--loglevel",
-                "INFO",
+                log_level,
                 "-s",
                 settings.CELERY_BEAT_SCHEDULE_FILENAME,
             ],
@@ -75,7 +85,7 @@ class Command(BaseCommand):
             sock = serve.listening_socket(bind, port)
         except OSError as exc:
             raise CommandError(f"cannot listen on {bind}:{port}: {exc.strerror}") from exc
-        web = serve.start_web(sock, max(1, web_processes), env=env)
+        web = serve.start_web(sock, max(1, web_processes), env=env, access_log=verbose)
         sock.close()  # the web processes hold it
         children = {f"web {n + 1}" if len(web) > 1 else "web": child for n, child in enumerate(web)}
         children.update(
@@ -125,8 +135,14 @@ class Command(BaseCommand):
                 "  This password is shown only now. Change it after signing in (user menu › Change password).",
             ]
         else:
-            lines.append("  Sign in with your account. Press Ctrl-C to stop.")
+            lines.append("  Sign in with your account.")
         lines.append(f"  Data directory: {settings.DATA_DIR}")
+        if os.geteuid() == 0:
+            lines += [
+                "  You are running Haven as root: fine for trying it out. For a lasting",
+                "  installation run it as an ordinary user (docs/configuration.md, Running as root).",
+            ]
+        lines.append("  Press Ctrl-C to stop. (--verbose prints each request and task.)")
         lines.append("")
         self.stdout.write("\n".join(lines))
 
