@@ -47,7 +47,7 @@ def test_system_state_and_the_seed_folder_are_saved_and_sent_to_the_agent(
     assert 'name="system_state" checked' in page and 'value="/mnt/seed-disk/web-01"' in page
     # the pages that say how to seed name the folder, and the command needs no --to
     waiting = client.get(f"/jobs/machines/{machine.pk}/backup-now/").content.decode()
-    assert '<code data-field="seed-staging">/mnt/seed-disk/web-01</code>' in waiting
+    assert '<dd class="mono" data-field="seed-folder">/mnt/seed-disk/web-01</dd>' in waiting
     assert "--to PATH" not in waiting
     seeding = client.get(f"/jobs/machines/{machine.pk}/seeding/").content.decode()
     assert "Seed staging folder" in seeding and "/mnt/seed-disk/web-01" in seeding
