@@ -244,6 +244,8 @@ class ActivityEntry(models.Model):
         PASSPHRASE_CHANGE = "machine.passphrase", "Change passphrase"
         IMMUTABILITY_CHANGE = "vault.immutability", "Change immutability"
         SIGNIN_LOCKOUT = "signin.lockout", "Sign-in paused after failures"
+        TWO_FACTOR_REQUIRE = "subscription.two_factor", "Change two-factor requirement"
+        TWO_FACTOR_RESET = "user.two_factor_reset", "Reset two-factor sign-in"
 
     class Outcome(models.TextChoices):
         SUCCEEDED = "succeeded", "Succeeded"
