@@ -147,12 +147,17 @@ def user_reset_two_factor(request, user_id):
     they sign in with the password alone and enrol again. Audited in each subscription."""
     target = access.user_for_manager(request.user, user_id)
     two_factor.reset(user=target)
-    for membership in target.memberships.select_related("subscription"):
+    resource = activity.Resource(kind="user", id=str(target.pk), name=target.username)
+    # In each of the user's subscriptions (an administrator's reset of a user with none:
+    # one entry outside any subscription).
+    for subscription in [
+        m.subscription for m in target.memberships.select_related("subscription")
+    ] or [None]:
         activity.record(
             operation=Operation.TWO_FACTOR_RESET,
             request=request,
-            subscription=membership.subscription,
-            resource=activity.Resource(kind="user", id=str(target.pk), name=target.username),
+            subscription=subscription,
+            resource=resource,
         )
     messages.success(
         request,

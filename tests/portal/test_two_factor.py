@@ -249,6 +249,14 @@ def test_a_member_cannot_reset_the_owners_second_factor(alice, subscription, bob
 
 def test_the_administrator_resets_anyones_second_factor(alice, subscription):
     admin = make_user("root", is_superuser=True, is_staff=True)
+    loner = make_user("dave")
     enrol(alice)
-    client_for(admin).post(reverse("portal:user-reset-two-factor", args=[alice.pk]))
-    assert not two_factor.is_enrolled(alice)
+    enrol(loner)
+    for user in (alice, loner):
+        client_for(admin).post(reverse("portal:user-reset-two-factor", args=[user.pk]))
+        assert not two_factor.is_enrolled(user)
+    entries = ActivityEntry.objects.filter(operation=Operation.TWO_FACTOR_RESET)
+    assert sorted((e.resource_name, e.subscription_id is None) for e in entries) == [
+        ("alice", False),
+        ("dave", True),
+    ]
