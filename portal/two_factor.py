@@ -28,7 +28,9 @@ from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp import login as otp_login
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from portal import realtime
 from portal.models import Membership, RecoveryCodes, Subscription, User, recovery_code_digest
+from portal.signals import SESSION_ENDED
 
 RECOVERY_CODE_COUNT = 10
 APP_DEVICE_NAME = "Authenticator app"
@@ -133,6 +135,9 @@ def enrolment_confirm(*, request, device: TOTPDevice, code: str) -> list[str]:
     device.confirmed = True
     device.save(update_fields=["confirmed"])
     otp_login(request, device)
+    # The user's other sessions gave no code: their open sockets close (after commit) and
+    # may not reopen; this session's page reconnects, verified.
+    realtime.tell_user_sockets(device.user_id, {"type": SESSION_ENDED, "session_key": None})
     return recovery_codes_regenerate(user=device.user)
 
 

@@ -6,6 +6,7 @@ not skip the code."""
 from __future__ import annotations
 
 import pytest
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.test import Client
 from django.urls import reverse
@@ -94,30 +95,48 @@ def test_an_owners_password_reset_does_not_skip_the_code(alice, subscription):
     assert after["Location"] == reverse("portal:password-change")
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_password_only_session_gets_no_live_socket_until_the_code(alice, stolen):
-    session = stolen.cookies[settings.SESSION_COOKIE_NAME].value
-
-    async def refused():
-        connected, code = await _socket(session, "/ws/live/").connect()
-        assert connected is False
-        assert code == consumers.CLOSE_FORBIDDEN
-
-    run(refused)
-    device = TOTPDevice.objects.get(user=alice)
-    assert stolen.post(CODE_PAGE, {"code": code_for(device)}).status_code == 302
-    verified = stolen.cookies[settings.SESSION_COOKIE_NAME].value  # the key was cycled
-
-    async def accepted():
-        socket = _socket(verified, "/ws/live/")
-        assert (await socket.connect())[0]
-        await socket.disconnect()
-
-    run(accepted)
-
-
 @pytest.mark.django_db
 def test_hostile_codes_are_refused_with_a_400(stolen):
     for code in ("²²²²²²", "1" * 5000, "' OR 1=1 --", "<script>", "\u0663" * 6):
         response = stolen.post(CODE_PAGE, {"code": code, "next": "²"})
         assert response.status_code in (400, 429)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_session_that_gave_no_code_has_no_live_socket_until_it_does(alice, subscription):
+    """A session opened with the password before alice set up her app loses its open socket
+    when she does, may not open another, and gets one once it gives a code. (One test: each
+    transactional test costs a database flush.)"""
+    other = Client()
+    other.force_login(alice, backend="django.contrib.auth.backends.ModelBackend")
+    own = Client()
+    own.force_login(alice, backend="django.contrib.auth.backends.ModelBackend")
+    page = reverse("portal:two-factor")
+
+    def enrol():
+        own.post(page, {"action": "start"})
+        device = two_factor.enrolment_pending(alice)
+        assert own.post(page, {"action": "confirm", "code": code_for(device)}).status_code == 200
+
+    def give_code():
+        device = TOTPDevice.objects.get(user=alice)
+        response = other.post(CODE_PAGE, {"code": code_for(device, steps_ahead=1)})
+        assert response.status_code == 302
+        return other.cookies[settings.SESSION_COOKIE_NAME].value  # the key was cycled
+
+    async def scenario():
+        pending = other.cookies[settings.SESSION_COOKIE_NAME].value
+        socket = _socket(pending, "/ws/live/")
+        assert (await socket.connect())[0]
+        await database_sync_to_async(enrol)()
+        output = await socket.receive_output(timeout=5)
+        assert output["type"] == "websocket.close"
+        assert output.get("code") == consumers.CLOSE_FORBIDDEN
+        connected, code = await _socket(pending, "/ws/live/").connect()
+        assert (connected, code) == (False, consumers.CLOSE_FORBIDDEN)
+        verified = await database_sync_to_async(give_code)()
+        again = _socket(verified, "/ws/live/")
+        assert (await again.connect())[0]
+        await again.disconnect()
+
+    run(scenario)
