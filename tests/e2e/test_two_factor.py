@@ -8,6 +8,7 @@ from playwright.sync_api import expect
 
 from portal.models import Role
 from tests.e2e.conftest import make_user, sign_in_with_cookie
+from tests.e2e.test_csp import _watch_for_violations
 from tests.support.builders import give_role
 from tests.support.totp import code_for_key, key_from_secret_text
 
@@ -29,6 +30,7 @@ def test_enrol_then_sign_in_with_a_code_and_with_a_recovery_code(
     page, live_portal, portal_owner, screenshot
 ):
     page.set_default_timeout(10_000)
+    problems = _watch_for_violations(page)  # the inline QR code SVG included
     sign_in_with_cookie(page, live_portal, portal_owner.user)
     page.goto(live_portal + "/")
     page.get_by_label("Account menu").click()
@@ -83,3 +85,4 @@ def test_enrol_then_sign_in_with_a_code_and_with_a_recovery_code(
         "Contoso Production requires it of every member"
     )
     screenshot("two-factor-required-member", full_page=True)
+    assert problems == []
