@@ -8,7 +8,7 @@ import time
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from portal import live, realtime
+from portal import live, realtime, two_factor
 from portal.pools import db_in_executor
 
 # How long a "still allowed" answer is trusted before a push asks the database again.
@@ -83,11 +83,14 @@ class LiveConsumer(AsyncWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        if not live.may_listen(user):
+        session = self.scope.get("session")
+        if not live.may_listen(user) or await database_sync_to_async(two_factor.pending_step)(
+            user, session
+        ):
+            # Signed in with the password but not the second factor: nothing live either.
             await self.close(code=CLOSE_FORBIDDEN)
             return
         self.user_id = user.pk
-        session = self.scope.get("session")
         self.session_key = getattr(session, "session_key", None)
         self.watches = await database_sync_to_async(live.resolve_watches)(
             user, self.scope.get("query_string", b"")

@@ -1,6 +1,6 @@
 """Request-wide rules of the portal, checked before any view runs: a NUL character is a 400,
-a one-time password is changed before anything else, and every response carries the
-Content-Security-Policy."""
+a session that still owes its second factor reaches only the code page, a one-time password
+is changed before anything else, and every response carries the Content-Security-Policy."""
 
 from __future__ import annotations
 
@@ -9,11 +9,78 @@ from django.http import HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect
 from django.urls import reverse
 
+from portal import two_factor
+
 API_PREFIX = "/api/v1/"
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 # Everything a browser may still do with a one-time password: replace it, or sign out.
-_PASSWORD_CHANGE_EXEMPT = ("portal:password-change", "portal:logout", "portal:login")
+_PASSWORD_CHANGE_EXEMPT = (
+    "portal:password-change",
+    "portal:logout",
+    "portal:login",
+    "portal:signin-code",
+)
+# Everything a session that owes its second factor may do: give the code, or sign out. One
+# that must enrol may also replace a one-time password first (that page comes first).
+_TWO_FACTOR_EXEMPT = {
+    two_factor.Step.CODE: ("portal:signin-code", "portal:logout", "portal:login"),
+    two_factor.Step.ENROL: (
+        "portal:two-factor",
+        "portal:password-change",
+        "portal:logout",
+        "portal:login",
+    ),
+}
+
+
+def _refuse(request, target: str, message: str):
+    """Send a browser to ``target``; tell the API and fragments in their own terms."""
+    if request.path_info.startswith(API_PREFIX):
+        # The REST API answers in JSON, as its schema says (portal/api).
+        return JsonResponse({"detail": message}, status=403)
+    if getattr(request, "htmx", False) or request.headers.get("Accept", "").startswith(
+        "application/json"
+    ):
+        response = HttpResponse(message, status=403, content_type="text/plain")
+        response["HX-Redirect"] = target
+        return response
+    return redirect(target)
+
+
+class TwoFactorMiddleware:
+    """A session signed in with the password alone reaches nothing until the code is given
+    (``portal.two_factor``): every page, download, fragment and API call answers with the
+    way to the code page, or, where a subscription requires two-factor sign-in and the
+    user has not enrolled, to enrolment (websockets are refused in ``portal.consumers``)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        user = getattr(request, "user", None)
+        if user is None or not user.is_authenticated or _static(request.path_info):
+            return self.get_response(request)
+        step = two_factor.pending_step(user, request.session)
+        # Pages shown to a pending session open no live socket (it would be refused).
+        request.two_factor_step = step
+        if step and request.path_info not in {reverse(n) for n in _TWO_FACTOR_EXEMPT[step]}:
+            if step == two_factor.Step.CODE:
+                return _refuse(
+                    request,
+                    reverse("portal:signin-code"),
+                    "Enter your two-factor sign-in code in the portal first.",
+                )
+            return _refuse(
+                request,
+                reverse("portal:two-factor"),
+                "Set up two-factor sign-in in the portal first: a subscription requires it.",
+            )
+        return self.get_response(request)
+
+
+def _static(path: str) -> bool:
+    return path.startswith(settings.STATIC_URL)
 
 
 class PasswordChangeRequiredMiddleware:
@@ -33,28 +100,16 @@ class PasswordChangeRequiredMiddleware:
             and user.password_change_required
             and not self._exempt(request.path_info)
         ):
-            target = reverse("portal:password-change")
-            if request.path_info.startswith(API_PREFIX):
-                # The REST API answers in JSON, as its schema says (portal/api).
-                return JsonResponse(
-                    {"detail": "Change your one-time password in the portal first."}, status=403
-                )
-            if getattr(request, "htmx", False) or request.headers.get("Accept", "").startswith(
-                "application/json"
-            ):
-                response = HttpResponse(
-                    "Change your one-time password first.", status=403, content_type="text/plain"
-                )
-                response["HX-Redirect"] = target
-                return response
-            return redirect(target)
+            return _refuse(
+                request,
+                reverse("portal:password-change"),
+                "Change your one-time password in the portal first.",
+            )
         return self.get_response(request)
 
     @staticmethod
     def _exempt(path: str) -> bool:
-        if path.startswith(settings.STATIC_URL):
-            return True
-        return path in {reverse(name) for name in _PASSWORD_CHANGE_EXEMPT}
+        return _static(path) or path in {reverse(name) for name in _PASSWORD_CHANGE_EXEMPT}
 
 
 class ContentSecurityPolicyMiddleware:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
-from django.db import models
+from django.db import models, transaction
 from django.db.models.functions import Lower
+from django_otp.models import Device
 
 
 class User(AbstractUser):
@@ -45,6 +47,8 @@ class Subscription(models.Model):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # Set by an Owner: every member must sign in with a second factor (portal.two_factor).
+    require_two_factor = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["name"]
@@ -194,3 +198,31 @@ class PersonalAccessToken(models.Model):
         if self.expires_at <= now:
             return "expired"
         return "active"
+
+
+class RecoveryCodes(Device):
+    """A user's one-time recovery codes, a second factor for a lost authenticator app.
+
+    Only SHA-256 digests are kept (django-otp's own static device stores the codes as
+    typed): each code carries 50 random bits, so a fast hash is as good as a slow one.
+    A code is crossed off when it is used (``portal.two_factor``)."""
+
+    digests = models.JSONField(default=list)
+
+    def verify_token(self, token) -> bool:
+        """Cross the code off if it is one of ours; a second use of it fails."""
+        digest = recovery_code_digest(str(token))
+        with transaction.atomic():
+            row = RecoveryCodes.objects.select_for_update().filter(pk=self.pk).first()
+            if row is None or digest not in row.digests:
+                return False
+            row.digests.remove(digest)
+            row.save(update_fields=["digests"])
+        self.digests = row.digests
+        return True
+
+
+def recovery_code_digest(code: str) -> str:
+    """Codes are compared without case, spaces or dashes, as people copy them."""
+    normal = "".join(ch for ch in code.casefold() if ch.isalnum())
+    return hashlib.sha256(normal.encode()).hexdigest()

@@ -7,7 +7,9 @@ app_name = "portal"
 urlpatterns = [
     path("", home.home, name="home"),
     path("signin/", auth.signin, name="login"),
+    path("signin/code/", auth.signin_code, name="signin-code"),
     path("signout/", auth.signout, name="logout"),
+    path("account/two-factor/", accounts.two_factor_page, name="two-factor"),
     path("account/password/", accounts.password_change, name="password-change"),
     path("account/tokens/", accounts.token_list, name="tokens"),
     path("account/tokens/<int:token_id>/revoke/", accounts.token_revoke, name="token-revoke"),
@@ -37,6 +39,11 @@ urlpatterns = [
         "subscriptions/<uuid:subscription_id>/access/",
         subscriptions.subscription_access,
         name="subscription-access",
+    ),
+    path(
+        "subscriptions/<uuid:subscription_id>/access/two-factor/",
+        subscriptions.subscription_two_factor,
+        name="subscription-two-factor",
     ),
     path(
         "subscriptions/<uuid:subscription_id>/access/<int:membership_id>/role/",
@@ -73,6 +80,11 @@ urlpatterns = [
     path("users/create/", accounts.user_create, name="user-create"),
     path("users/<int:user_id>/deactivate/", accounts.user_deactivate, name="user-deactivate"),
     path("users/<int:user_id>/activate/", accounts.user_activate, name="user-activate"),
+    path(
+        "users/<int:user_id>/reset-two-factor/",
+        accounts.user_reset_two_factor,
+        name="user-reset-two-factor",
+    ),
     path(
         "users/<int:user_id>/reset-password/",
         accounts.user_reset_password,

@@ -104,6 +104,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     "portal",
     "vaults",
     "agents",
@@ -125,6 +127,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # The second factor before the one-time password: its page is the only one it leaves.
+    "portal.middleware.TwoFactorMiddleware",
     "portal.middleware.PasswordChangeRequiredMiddleware",
 ]
 
@@ -358,6 +362,11 @@ AUTH_PASSWORD_VALIDATORS = [
 # --- REST API for people (/api/v1/; portal/api, docs/api.md) ---------------------------
 # Requests per minute one user (token or session) may make; past it, 429 with Retry-After.
 HAVEN_API_RATE_PER_MINUTE = env_int("HAVEN_API_RATE_PER_MINUTE", 600, minimum=1)
+# Two-factor sign-in (portal.two_factor). Failed codes are counted by portal.throttle, with
+# the same limits and message as passwords, so django-otp's own per-device delay is off.
+OTP_TOTP_ISSUER = "Haven"
+OTP_TOTP_THROTTLE_FACTOR = 0
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "portal.api.auth.TokenAuthentication",

@@ -248,6 +248,8 @@ class ActivityEntry(models.Model):
         ALERT_CLOSE = "alert.close", "Close alert"
         WEBHOOK_ADD = "webhook.add", "Add alert webhook"
         WEBHOOK_DELETE = "webhook.delete", "Delete alert webhook"
+        TWO_FACTOR_REQUIRE = "subscription.two_factor", "Change two-factor requirement"
+        TWO_FACTOR_RESET = "user.two_factor_reset", "Reset two-factor sign-in"
 
     class Outcome(models.TextChoices):
         SUCCEEDED = "succeeded", "Succeeded"

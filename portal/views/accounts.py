@@ -13,8 +13,10 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from portal import access, services, tokens
+from portal import access, services, tokens, two_factor
 from portal.models import Membership, PersonalAccessToken, Role
+from vaults import activity
+from vaults.activity import Operation
 
 
 @login_required
@@ -48,6 +50,7 @@ def user_list(request):
                 ),
             )
         )
+        .annotate(two_factor=two_factor.enrolled_exists("pk"))
         .order_by("username")
     )
     return render(request, "portal/user_list.html", {"users": users})
@@ -135,6 +138,92 @@ def user_reset_password(request, user_id):
         "portal/user_password_shown.html",
         {"target": target, "password": password, "created": False},
     )
+
+
+@login_required
+@require_POST
+def user_reset_two_factor(request, user_id):
+    """A lost phone: the Owner (or an administrator) removes the user's second factors, so
+    they sign in with the password alone and enrol again. Audited in each subscription."""
+    target = access.user_for_manager(request.user, user_id)
+    two_factor.reset(user=target)
+    resource = activity.Resource(kind="user", id=str(target.pk), name=target.username)
+    # In each of the user's subscriptions (an administrator's reset of a user with none:
+    # one entry outside any subscription).
+    for subscription in [
+        m.subscription for m in target.memberships.select_related("subscription")
+    ] or [None]:
+        activity.record(
+            operation=Operation.TWO_FACTOR_RESET,
+            request=request,
+            subscription=subscription,
+            resource=resource,
+        )
+    messages.success(
+        request,
+        f"Two-factor sign-in of {target.username} is reset: they sign in with the password "
+        "and set it up again.",
+    )
+    return redirect("portal:users")
+
+
+# --- Two-factor sign-in (portal.two_factor) ------------------------------------------------
+@login_required
+def two_factor_page(request):
+    """Set up, confirm, regenerate recovery codes, or turn off two-factor sign-in. The
+    recovery codes are on the confirming (or regenerating) response only."""
+    user = request.user
+    action = request.POST.get("action", "") if request.method == "POST" else ""
+    errors: dict[str, list[str]] = {}
+    codes: list[str] = []
+    if action == "start" and not two_factor.is_enrolled(user):
+        two_factor.enrolment_start(user=user)
+    elif action == "confirm":
+        device = two_factor.enrolment_pending(user)
+        if device is None:
+            errors["code"] = ["Start the set-up again: it was finished or cancelled."]
+        else:
+            try:
+                codes = two_factor.enrolment_confirm(
+                    request=request, device=device, code=request.POST.get("code", "")
+                )
+            except two_factor.CodeRefused as exc:
+                errors["code"] = [str(exc)]
+    elif action == "regenerate" and two_factor.is_enrolled(user):
+        codes = two_factor.recovery_codes_regenerate(user=user)
+    elif action == "disable" and two_factor.is_enrolled(user):
+        try:
+            two_factor.disable(
+                user=user,
+                code=request.POST.get("code", ""),
+                password=request.POST.get("password", ""),
+            )
+        except ValidationError as exc:
+            errors = exc.message_dict
+        else:
+            messages.success(request, "Two-factor sign-in is off.")
+            return redirect("portal:two-factor")
+    elif action and action not in ("start", "regenerate", "disable"):
+        errors["__all__"] = ["Unknown action."]
+    enrolled = two_factor.is_enrolled(user)
+    pending = None if enrolled else two_factor.enrolment_pending(user)
+    context = {
+        "enrolled": enrolled,
+        "pending": pending,
+        "secret": two_factor.secret_text(pending) if pending else "",
+        "qr": two_factor.qr_svg(pending) if pending else "",
+        "codes": codes,
+        "codes_left": two_factor.recovery_codes_left(user) if enrolled else 0,
+        "required_by": list(two_factor.requiring_subscriptions(user).order_by("name")),
+        "errors": errors,
+        "general_errors": errors.get("__all__", []),
+    }
+    response = render(
+        request, "portal/account_two_factor.html", context, status=400 if errors else 200
+    )
+    # The secret and the recovery codes are on this page: no cache may keep a copy.
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 # --- Personal access tokens (the REST API, docs/api.md) --------------------------------------

@@ -11,7 +11,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from portal import access, services
+from portal import access, services, two_factor
 from portal.models import Membership, Role, Subscription
 from vaults import activity
 from vaults.activity import Operation, Outcome
@@ -215,6 +215,7 @@ def subscription_access(request, subscription_id):
     members = (
         Membership.objects.filter(subscription=subscription)
         .select_related("user")
+        .annotate(two_factor=two_factor.enrolled_exists("user"))
         .order_by("user__username")
     )
     return render(
@@ -232,6 +233,38 @@ def subscription_access(request, subscription_id):
         },
         status=status,
     )
+
+
+@login_required
+@require_POST
+def subscription_two_factor(request, subscription_id):
+    """The Owner requires (or stops requiring) two-factor sign-in of every member."""
+    subscription = access.subscription_for_user(request.user, subscription_id)
+    required = request.POST.get("require") == "on"
+    _owner_only(request, subscription, Operation.TWO_FACTOR_REQUIRE, detail={"required": required})
+    try:
+        changed = two_factor.subscription_require_set(
+            subscription=subscription, required=required, by=request.user
+        )
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        return redirect("portal:subscription-access", subscription.pk)
+    if changed:
+        activity.record(
+            operation=Operation.TWO_FACTOR_REQUIRE,
+            request=request,
+            subscription=subscription,
+            resource=subscription,
+            detail={"required": required},
+        )
+    messages.success(
+        request,
+        f"Members of {subscription} must now sign in with a second factor; those who have "
+        "not set one up are taken to set-up at their next page."
+        if required
+        else f"Members of {subscription} may sign in with the password alone again.",
+    )
+    return redirect("portal:subscription-access", subscription.pk)
 
 
 def _owner_only(request, subscription, operation: str, *, resource=None, detail=None) -> None:
