@@ -68,7 +68,9 @@ def job_list(request):
     if filters.vault:
         with contextlib.suppress(ValidationError):
             vault = for_user(request.user, Vault).filter(pk=filters.vault).first()
-    machine_name = next((m["name"] for m in machines if str(m["id"]) == filters.machine), "")
+    machine_name = ""
+    if filters.machine:
+        machine_name = next((m["name"] for m in machines if str(m["id"]) == filters.machine), "")
     return render(
         request,
         "jobs/list.html",

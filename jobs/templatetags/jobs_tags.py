@@ -3,10 +3,12 @@ words of a restore's details."""
 
 from __future__ import annotations
 
+import html
 from datetime import datetime, timedelta
 
 from django import template
 from django.template.defaultfilters import filesizeformat
+from django.utils.safestring import mark_safe
 
 from jobs.recovery.services import CONFLICTS
 from jobs.schedule import WEEKDAY_NAMES
@@ -123,6 +125,20 @@ def is_restore(job) -> bool:
 @register.filter
 def is_download(job) -> bool:
     return is_restore(job) and (getattr(job, "details", None) or {}).get("kind") == "download"
+
+
+@register.simple_tag
+def machine_options(machines, selected) -> str:
+    """The ``<option>`` of each machine (``{"id", "name"}``), ``selected`` (an id's text)
+    marked: a fleet has thousands, and a template loop (or Django's ``format_html`` per
+    option) cost the jobs list more than its rows. Names are escaped as Django escapes
+    (``html.escape``, quotes included); ids are UUIDs."""
+    options = []
+    for m in machines:
+        value = str(m["id"])
+        mark = " selected" if value == selected else ""
+        options.append(f'<option value="{value}"{mark}>{html.escape(m["name"])}</option>')
+    return mark_safe("".join(options))  # every value above is escaped
 
 
 @register.filter
