@@ -123,6 +123,8 @@ def _examples(cast) -> dict[str, tuple[str, object]]:
                 "pack_ids": ["aa" * 16],
             },
         ),
+        # (the cast's backup is running: the example is answered 409 backup_running)
+        "jobs/backup/": ("POST", {"retain_until": "2099-12-31"}),
         "jobs/passphrase/": ("POST", {"security_pin": "12345678"}),
         "jobs/passphrase/<uuid:change_id>/complete/": ("POST", {"key": "ab" * 16}),
         "recovery/grant/": ("POST", {"source_machine": machine.name}),
