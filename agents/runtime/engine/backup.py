@@ -43,6 +43,7 @@ from agents.runtime.engine.format import (
     XATTRS,
     Entry,
     EntryRef,
+    encode_entry,
     entry_at,
 )
 from agents.runtime.engine.metadata import MetadataWriter
@@ -606,19 +607,18 @@ class _Backup:
 
     # -- entries out, in tree order ------------------------------------------------------------
     def _flush_ready(self) -> None:
-        pending, meta, res = self.pending, self.meta, self.result
-        same: list[bytes] = []  # unchanged items, queued as the bytes they were read as
+        """Entries whose items are done go to the metadata stream, in tree order, encoded
+        and joined into one ``add_encoded`` call per flush."""
+        pending, res = self.pending, self.result
+        out: list[bytes] = []  # (an unchanged item is queued as the bytes it was read as)
         while pending:
             p = pending[0]
             if isinstance(p, bytes):
                 pending.popleft()
-                same.append(p)  # counted and referenced when it was queued
+                out.append(p)  # counted and referenced when it was queued
                 continue
             if not p.done:
                 break
-            if same:
-                meta.add_encoded(b"".join(same))
-                same = []
             pending.popleft()
             e = p.entry
             if p.link_to is not None:
@@ -630,12 +630,12 @@ class _Backup:
             elif p.drop:
                 continue
             elif e.kind == FILE:  # (its chunks were referenced as they came: _handle, _file)
-                e.content = p.content
-                e.size = sum(n for _, n in p.content)
+                content = e.content = p.content
+                e.size = content[0][1] if len(content) == 1 else sum(n for _, n in content)
                 res.logical_bytes += e.size
-            meta.add(e)
-        if same:
-            meta.add_encoded(b"".join(same))
+            out.append(encode_entry(e))
+        if out:
+            self.meta.add_encoded(b"".join(out))
 
     def _reference(self, cid: bytes) -> None:
         pack_no = self.repo.index.pack_of(cid)

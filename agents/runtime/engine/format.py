@@ -222,7 +222,9 @@ def encode_entry(e: Entry) -> bytes:
         len(e.content),
     )  # fmt: skip
     parts = [head, e.path, e.target, e.user, e.group]
-    parts.extend(REF.pack(cid, n) for cid, n in e.content)
+    pack_ref = REF.pack
+    for cid, n in e.content:
+        parts.append(pack_ref(cid, n))
     if e.xattrs:
         parts.append(struct.pack("<H", len(e.xattrs)))
         for name, value in e.xattrs:
