@@ -372,7 +372,9 @@ class _Backup:
             p += lu + lg
             rsize = REF.size
             packs = self.repo.index.packs_of_ids(
-                [buf[o : o + 32] for o in range(p, p + nc * rsize, rsize)]
+                [buf[p : p + 32]]
+                if nc == 1
+                else [buf[o : o + 32] for o in range(p, p + nc * rsize, rsize)]
             )
             if packs is None:
                 return False

@@ -49,6 +49,10 @@ class PreviousCursor:
                 cur = self._cur
             if cur is not None and cur[0] != path:
                 return None  # new since then
-        if cur is not None:
-            self._advance()  # a match is never asked for again
+        if cur is not None:  # a match is never asked for again: move on
+            i = self._i + 1
+            if i < len(self._refs):
+                self._i, self._cur = i, self._refs[i]
+            else:
+                self._advance()
         return cur
