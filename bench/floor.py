@@ -34,8 +34,8 @@ BATCH = 256  # files per task (a backup sends at most 1,024 walked entries betwe
 class _FloorRepo:
     """What ``ChunkerPool`` reads from a repository: the keys and an (empty) chunk index."""
 
-    def __init__(self) -> None:
-        self.keys = MasterKeys.generate(ChunkerParams())
+    def __init__(self, keys: MasterKeys) -> None:
+        self.keys = keys
         self.index = ChunkIndex()
 
 
@@ -50,9 +50,20 @@ def regular_files(root: str):
                     yield e.path
 
 
-def run_floor(src: str, out: str, *, workers: int, level: int = 3, uploads: int = 2) -> dict:
+def run_floor(
+    src: str,
+    out: str,
+    *,
+    workers: int,
+    level: int = 3,
+    uploads: int = 2,
+    keys: MasterKeys | None = None,
+) -> dict:
+    """The pipeline over every regular file under ``src``, packs into the folder ``out``;
+    ``keys``: fresh ones (new-repository chunker parameters) unless given."""
     store = LocalDirectoryStore(out, create=True)
-    pool = ChunkerPool(_FloorRepo(), workers, level, DEFAULT_PACK_SIZE, uploads)  # type: ignore[arg-type]
+    repo = _FloorRepo(keys or MasterKeys.generate(ChunkerParams()))
+    pool = ChunkerPool(repo, workers, level, DEFAULT_PACK_SIZE, uploads)  # type: ignore[arg-type]
     pool.start()
     assert pool.tasks is not None and pool.buffers is not None
     buffers = pool.buffers
