@@ -32,7 +32,20 @@ from pathlib import Path
 
 from agents.runtime.engine.chunkers import ChunkerPool
 from agents.runtime.engine.errors import Cancelled, EngineError, InvalidArgument
-from agents.runtime.engine.format import DIR, FILE, HARDLINK, HOLE_ID, SYMLINK, Entry
+from agents.runtime.engine.format import (
+    DIR,
+    ENTRY,
+    FILE,
+    HARDLINK,
+    HOLE_ID,
+    REF,
+    SYMLINK,
+    XATTRS,
+    Entry,
+    EntryRef,
+    encode_entry,
+    entry_at,
+)
 from agents.runtime.engine.metadata import MetadataWriter
 from agents.runtime.engine.owners import OwnerNames
 from agents.runtime.engine.packer import Packer
@@ -71,7 +84,7 @@ class BackupResult:
 
 class _Pending:
     """A new or changed item on its way to the manifest (an unchanged one waits in the queue
-    as its previous ``Entry``)."""
+    as its previous entry's encoded bytes)."""
 
     __slots__ = ("content", "done", "drop", "entry", "link_to", "warning")
 
@@ -159,7 +172,7 @@ class _Backup:
         self.__dict__.update(kw)
         self.space_refusal: Exception | None = None  # check_space's, from the count
         self.warnings: list[dict] = []
-        self.pending: deque[_Pending] = deque()
+        self.pending: deque[_Pending | bytes] = deque()
         self.inflight: dict[int, _Pending] = {}
         self.links: dict[tuple[int, int], _Pending] = {}
         self.batch: list = []
@@ -192,7 +205,7 @@ class _Backup:
             rep.bytes_total = prev.stats.get("logical_bytes")
         else:
             threading.Thread(target=self._count, daemon=True, name="haven-count").start()
-        self.cursor = PreviousCursor(self.repo.iter_entries(prev) if prev else None)
+        self.cursor = PreviousCursor(self.repo.iter_entry_refs(prev) if prev else None)
         self.packer = Packer(
             self.repo, self.pack_size, self.upload_threads, self.cancel, self._upload_wait
         )
@@ -306,7 +319,7 @@ class _Backup:
                 continue
             prev = self.cursor.find(path)
             if not self._unchanged(st, prev):
-                self._changed(path, st, prev)
+                self._changed(path, st, entry_at(prev) if prev is not None else None)
             rep.current = path
             tick += 1
             self.tick = tick
@@ -324,48 +337,61 @@ class _Backup:
             rep.emit()
         return False
 
-    def _unchanged(self, st: os.stat_result, prev: Entry | None) -> bool:
-        """The item is exactly as in the previous recovery point: queue its old entry.
+    def _unchanged(self, st: os.stat_result, prev: EntryRef | None) -> bool:
+        """The item is exactly as in the previous recovery point: queue its old entry's bytes.
 
         Same inode, change time and modification time mean nothing was written, chmod-ed,
         chown-ed or replaced (any of those moves the ctime); size, mode and owner are compared
         too. A file counts only when every chunk it needs is still stored. Hard-linked files
-        take the ordinary path (their link set is rebuilt each time)."""
+        take the ordinary path (their link set is rebuilt each time). ``prev`` is compared
+        where it lies in the manifest buffer (``format.scan_entries``): no ``Entry`` is built."""
+        if prev is None:
+            return False
+        _path, head, start, end, buf = prev
+        kind, mode, uid, gid, nlink, mt, ct, ino, size, lu, lg, lp, lt, nc = head
         if (
-            prev is None
-            or prev.ctime_ns != st.st_ctime_ns
-            or prev.mtime_ns != st.st_mtime_ns
-            or prev.ino != st.st_ino
-            or prev.mode != stat.S_IMODE(st.st_mode)
-            or prev.uid != st.st_uid
-            or prev.gid != st.st_gid
-            or not prev.encoded
-            or prev.user != (self.names.users.get(st.st_uid) or self.names.user(st.st_uid))
-            or prev.group != (self.names.groups.get(st.st_gid) or self.names.group(st.st_gid))
+            ct != st.st_ctime_ns
+            or mt != st.st_mtime_ns
+            or ino != st.st_ino
+            or mode != stat.S_IMODE(st.st_mode)
+            or uid != st.st_uid
+            or gid != st.st_gid
         ):
             return False
+        names = self.names
+        p = start + ENTRY.size + lp + lt  # the user name, then the group name, then the refs
+        if buf[p : p + lu] != (names.users.get(uid) or names.user(uid)) or buf[
+            p + lu : p + lu + lg
+        ] != (names.groups.get(gid) or names.group(gid)):
+            return False
         mode, res = st.st_mode, self.result
-        kind = prev.kind
+        kind &= ~XATTRS
         if kind == FILE and stat.S_ISREG(mode):
-            if st.st_nlink != 1 or prev.nlink != 1 or prev.size != st.st_size:
+            if st.st_nlink != 1 or nlink != 1 or size != st.st_size:
                 return False
-            packs = self.repo.index.packs_of(prev.content)
+            p += lu + lg
+            rsize = REF.size
+            packs = self.repo.index.packs_of_ids(
+                [buf[p : p + 32]]
+                if nc == 1
+                else [buf[o : o + 32] for o in range(p, p + nc * rsize, rsize)]
+            )
             if packs is None:
                 return False
             self.referenced.update(packs)
             res.files += 1
             res.files_unchanged += 1
-            res.logical_bytes += prev.size
+            res.logical_bytes += size
             rep = self.reporter
             rep.files_done += 1
-            rep.bytes_done += prev.size
+            rep.bytes_done += size
         elif kind == DIR and stat.S_ISDIR(mode):
             res.dirs += 1
-        elif kind == SYMLINK and stat.S_ISLNK(mode) and len(prev.target) == st.st_size:
+        elif kind == SYMLINK and stat.S_ISLNK(mode) and lt == st.st_size:
             res.symlinks += 1  # (a link's target cannot change in place)
         else:
             return False
-        self.pending.append(prev)  # an Entry itself: written back as it was read
+        self.pending.append(buf[start:end])  # written back as it was read
         return True
 
     def _changed(self, path: bytes, st: os.stat_result, prev: Entry | None) -> None:
@@ -583,19 +609,18 @@ class _Backup:
 
     # -- entries out, in tree order ------------------------------------------------------------
     def _flush_ready(self) -> None:
-        pending, meta, res = self.pending, self.meta, self.result
-        same: list[bytes] = []  # unchanged items (queued as their old Entry): bytes as read
+        """Entries whose items are done go to the metadata stream, in tree order, encoded
+        and joined into one ``add_encoded`` call per flush."""
+        pending, res = self.pending, self.result
+        out: list[bytes] = []  # (an unchanged item is queued as the bytes it was read as)
         while pending:
             p = pending[0]
-            if type(p) is Entry:
+            if isinstance(p, bytes):
                 pending.popleft()
-                same.append(p.encoded)  # counted and referenced when it was queued
+                out.append(p)  # counted and referenced when it was queued
                 continue
             if not p.done:
                 break
-            if same:
-                meta.add_encoded(b"".join(same))
-                same = []
             pending.popleft()
             e = p.entry
             if p.link_to is not None:
@@ -607,12 +632,12 @@ class _Backup:
             elif p.drop:
                 continue
             elif e.kind == FILE:  # (its chunks were referenced as they came: _handle, _file)
-                e.content = p.content
-                e.size = sum(n for _, n in p.content)
+                content = e.content = p.content
+                e.size = content[0][1] if len(content) == 1 else sum(n for _, n in content)
                 res.logical_bytes += e.size
-            meta.add(e)
-        if same:
-            meta.add_encoded(b"".join(same))
+            out.append(encode_entry(e))
+        if out:
+            self.meta.add_encoded(b"".join(out))
 
     def _reference(self, cid: bytes) -> None:
         pack_no = self.repo.index.pack_of(cid)

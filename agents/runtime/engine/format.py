@@ -222,7 +222,9 @@ def encode_entry(e: Entry) -> bytes:
         len(e.content),
     )  # fmt: skip
     parts = [head, e.path, e.target, e.user, e.group]
-    parts.extend(REF.pack(cid, n) for cid, n in e.content)
+    pack_ref = REF.pack
+    for cid, n in e.content:
+        parts.append(pack_ref(cid, n))
     if e.xattrs:
         parts.append(struct.pack("<H", len(e.xattrs)))
         for name, value in e.xattrs:
@@ -284,3 +286,43 @@ def decode_entries(buf: bytes | bytearray, pos: int = 0) -> tuple[list[Entry], i
         )  # fmt: skip
         pos = end
     return out, pos
+
+
+# An entry located in a decoded manifest buffer without building it:
+# (path, ENTRY's fields (kind with its XATTRS flag), start, end, the buffer).
+EntryRef = tuple[bytes, tuple, int, int, bytes]
+
+
+def scan_entries(buf: bytes, pos: int = 0) -> tuple[list[EntryRef], int]:
+    """``decode_entries`` without the ``Entry`` objects: each complete entry's path, fixed
+    fields and byte range in ``buf`` (what a backup's merge-join with the previous recovery
+    point compares; ``entry_at`` builds the whole entry when one is needed)."""
+    out: list[EntryRef] = []
+    n = len(buf)
+    unpack, hsize, rsize = ENTRY.unpack_from, ENTRY.size, REF.size
+    while pos + hsize <= n:
+        head = unpack(buf, pos)
+        lp = head[11]
+        end = pos + hsize + lp + head[12] + head[9] + head[10] + head[13] * rsize
+        if end > n:
+            break
+        if head[0] & XATTRS:
+            found = _xattrs_end(buf, end, n)
+            if found is None:
+                break
+            end = found[1]
+        out.append((buf[pos + hsize : pos + hsize + lp], head, pos, end, buf))
+        pos = end
+    return out, pos
+
+
+def entry_at(ref: EntryRef) -> Entry:
+    """The whole ``Entry`` that ``scan_entries`` located."""
+    _path, _head, start, end, buf = ref
+    return decode_entries(buf[start:end])[0][0]
+
+
+def entry_refs_offset(ref: EntryRef) -> int:
+    """Where the chunk references of a located entry start in its buffer."""
+    _kind, *_, lu, lg, lp, lt, _nc = ref[1]
+    return ref[2] + ENTRY.size + lp + lt + lu + lg

@@ -101,9 +101,13 @@ class ChunkIndex:
     def packs_of(self, content) -> list[int] | None:
         """Pack numbers of the chunks of ``content`` ((id, length) pairs; holes skipped), or
         None as soon as one is not stored: ``pack_of`` for a whole file in one call."""
+        return self.packs_of_ids([chunk_id for chunk_id, _ in content])
+
+    def packs_of_ids(self, ids: list[bytes]) -> list[int] | None:
+        """``packs_of`` given the chunk ids alone."""
         recs, slots, mask, dead = self._recs, self._slots, self._mask, self._dead
         out = []
-        for chunk_id, _ in content:
+        for chunk_id in ids:
             if chunk_id == HOLE:
                 continue
             h = int.from_bytes(chunk_id[:8], "little") & mask

@@ -48,11 +48,13 @@ from agents.runtime.engine.errors import (
 from agents.runtime.engine.format import (
     TRAILER,
     Entry,
+    EntryRef,
     decode_chunk,
     decode_entries,
     decode_index,
     encode_index,
     parse_pack_header,
+    scan_entries,
 )
 from agents.runtime.engine.index import ChunkIndex
 from agents.runtime.engine.layout import (
@@ -412,6 +414,21 @@ class Repository:
             buf += reader.read(bytes.fromhex(hex_id))
             entries, pos = decode_entries(buf)
             yield from entries
+            buf = buf[pos:]
+        if buf:
+            raise IntegrityError(f"recovery point {rp.id} ends in a truncated entry")
+
+    def iter_entry_refs(self, rp: RecoveryPoint) -> Iterator[list[EntryRef]]:
+        """``iter_entries`` located, not built: per metadata chunk, the ``scan_entries`` of
+        the entries it completes (what a backup compares with the tree it walks)."""
+        self.load_index()
+        reader = ChunkReader(self)
+        buf = b""
+        for hex_id in rp.meta:
+            buf += reader.read(bytes.fromhex(hex_id))
+            refs, pos = scan_entries(buf)
+            if refs:
+                yield refs
             buf = buf[pos:]
         if buf:
             raise IntegrityError(f"recovery point {rp.id} ends in a truncated entry")

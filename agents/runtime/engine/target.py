@@ -44,18 +44,26 @@ class TargetTree:
         # The target itself may be a symlink (the caller chose it); nothing below it is followed.
         self.root = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.stack: list[tuple[bytes, int]] = []
+        self._last: tuple[list[bytes] | None, int] = (None, self.root)  # the last answer
 
     def dir_fd(self, comps: list[bytes]) -> int:
+        """The open folder ``comps`` under the target, made when missing; the folders of the
+        previous call stay open while they are a prefix of the path asked for."""
+        if comps == self._last[0]:  # (a folder's files come one after another)
+            return self._last[1]
         stack = self.stack
         i = 0
         while i < len(stack) and i < len(comps) and stack[i][0] == comps[i]:
             i += 1
         while len(stack) > i:
             os.close(stack.pop()[1])
+        self._last = (None, self.root)
         for c in comps[i:]:
             parent = stack[-1][1] if stack else self.root
             stack.append((c, self._open_dir(parent, c, comps)))
-        return stack[-1][1] if stack else self.root
+        fd = stack[-1][1] if stack else self.root
+        self._last = (list(comps), fd)
+        return fd
 
     def _open_dir(self, parent: int, name: bytes, comps: list[bytes]) -> int:
         for _ in range(2):
@@ -85,6 +93,7 @@ class TargetTree:
         return fd
 
     def close(self) -> None:
+        self._last = (None, -1)
         while self.stack:
             os.close(self.stack.pop()[1])
         os.close(self.root)

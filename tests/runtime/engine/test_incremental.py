@@ -9,6 +9,17 @@ import pytest
 
 from agents.runtime.engine import Repository
 from agents.runtime.engine import backup as backup_module
+from agents.runtime.engine.format import (
+    DIR,
+    FILE,
+    HARDLINK,
+    SYMLINK,
+    Entry,
+    decode_entries,
+    encode_entry,
+    entry_at,
+    scan_entries,
+)
 from agents.runtime.engine.layout import DATA_PREFIX, pack_blob
 from tests.runtime.engine.conftest import (
     FAST_KDF,
@@ -150,3 +161,61 @@ def test_many_unchanged_files_behind_a_changed_one_do_not_stall_the_backup(
     second = backup(repo, src)
     assert second.status == "completed"
     assert second.files_read == 3 and second.files_unchanged == 37
+
+
+def test_the_previous_point_is_located_as_decoded_and_copied_through_unchanged(
+    repo, source, tmp_path
+):
+    """A backup compares the previous point where its entries lie (``scan_entries``): the
+    same entries, boundaries and bytes as ``decode_entries``, a partial entry left for the
+    next chunk; and a no-change backup writes every item back byte for byte."""
+    entries = [
+        Entry(b"/d", DIR, 0o755, 1, 2, 10, 11, 12, user=b"u", group=b"g"),
+        Entry(
+            b"/d/f",
+            FILE,
+            0o644,
+            1,
+            2,
+            20,
+            21,
+            22,
+            9,
+            content=[(b"a" * 32, 4), (b"b" * 32, 5)],
+            xattrs=[(b"user.k", b"v")],
+        ),
+        Entry(b"/d/l", SYMLINK, 0o777, 0, 0, 30, 31, 32, target=b"f"),
+        Entry(
+            b"/d/h",
+            HARDLINK,
+            0o644,
+            3,
+            4,
+            40,
+            41,
+            42,
+            9,
+            2,
+            target=b"/d/f",
+            content=[(b"a" * 32, 4)],
+        ),
+    ]
+    buf = b"".join(encode_entry(e) for e in entries)
+    for cut in (len(buf), len(buf) - 3):
+        decoded, end = decode_entries(buf[:cut])
+        refs, scanned_end = scan_entries(buf[:cut])
+        assert scanned_end == end
+        assert [r[0] for r in refs] == [e.path for e in decoded]
+        assert [r[4][r[2] : r[3]] for r in refs] == [e.encoded for e in decoded]
+        assert [entry_at(r) for r in refs] == decoded
+    assert decode_entries(buf)[0] == entries
+
+    first = backup(repo, source)
+    second = backup(repo, source)
+    assert second.files_unchanged == first.files_read
+    points = repo.list_recovery_points()
+    old, new = (
+        [e.encoded for e in repo.iter_entries(rp) if e.path.startswith(bytes(source))]
+        for rp in points[-2:]
+    )
+    assert new == old and len(new) > 4
