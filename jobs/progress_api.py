@@ -65,7 +65,6 @@ from jobs.services.live import (
     LIVE_PROGRESS_TTL,
     job_fragments,
     job_group,
-    job_publish,
     progress_changes_shape,
     progress_fields,
 )
@@ -243,7 +242,6 @@ def _fragments(job: Job, groups: set[str]) -> list[tuple[str, str]]:
 
 _start_job_async = db_in_executor(_start_job, _start_threads)
 _fragments_async = db_in_executor(_fragments, _start_threads)
-_publish_async = db_in_executor(job_publish, _start_threads)
 
 
 async def start(job_id: str, machine: LiveMachine) -> dict | None:
@@ -258,15 +256,6 @@ async def start(job_id: str, machine: LiveMachine) -> dict | None:
         return None  # the view answers (and counts the request once more: a rare start)
     answer, job = done
     layer = get_channel_layer()
-    if not hasattr(layer, "groups_heard"):
-        # The in-memory layer of a one-process portal (the embedded set-up, with Redis as
-        # the agents' broker only): it cannot say who listens, so the start is pushed as
-        # the view pushes it.
-        try:
-            await _publish_async(job)
-        except PUSH_ERRORS:
-            log.warning("could not push job %s's start", job_id, exc_info=True)
-        return answer
     try:
         heard = await layer.groups_heard(  # type: ignore[union-attr]
             [job_group(job.pk), group_for_vault(job.vault_id)]
