@@ -259,19 +259,30 @@ def backup_now(request, machine_id):
 def verify_now(request, machine_id):
     """Start a verify of every pack of the machine (docs/verify.md); Backup Operator and up."""
     machine = _machine(request, machine_id)
-    activity.require_role(
+    return _start_on_machine(
         request,
-        vault=machine.vault,
-        role=Role.BACKUP_OPERATOR,
+        machine,
         operation=Operation.VERIFY_NOW,
-        resource=machine,
+        start=services.verify_start,
+        refused=services.VerifyRefused,
+        started=f"Verify of {machine.name} started.",
     )
+
+
+def _start_on_machine(request, machine, *, operation, start, refused, started: str):
+    """A Backup Operator's one-POST job on a machine (Verify now, Run restore drill): the
+    role checked (a refusal logged as ``operation``), the job started by the service
+    ``start``, whose ``refused`` exception is shown on the machine's page."""
+    activity.require_role(
+        request, vault=machine.vault, role=Role.BACKUP_OPERATOR, operation=operation,
+        resource=machine,
+    )  # fmt: skip
     try:
-        job = services.verify_start(machine=machine, user=request.user)
-    except services.VerifyRefused as exc:
-        messages.error(request, exc.message)
+        job = start(machine=machine, user=request.user)
+    except refused as exc:
+        messages.error(request, str(exc))
         return redirect("agents:detail", machine_id=machine.pk)
-    messages.success(request, f"Verify of {machine.name} started.")
+    messages.success(request, started)
     return redirect("jobs:detail", job_id=job.pk)
 
 
@@ -781,17 +792,11 @@ def protection_undelete(request, machine_id):
 def drill_run(request, machine_id):
     """Run restore drill: one POST from the machine's page, Backup Operator and up."""
     machine = _item(request, machine_id)
-    activity.require_role(
+    return _start_on_machine(
         request,
-        vault=machine.vault,
-        role=Role.BACKUP_OPERATOR,
+        machine,
         operation=Operation.DRILL_START,
-        resource=machine,
+        start=services.drill_start,
+        refused=services.DrillRefused,
+        started=f"Restore drill of {machine.name} started.",
     )
-    try:
-        job = services.drill_start(machine=machine, user=request.user)
-    except services.DrillRefused as exc:
-        messages.error(request, str(exc))
-        return redirect("agents:detail", machine_id=machine.pk)
-    messages.success(request, f"Restore drill of {machine.name} started.")
-    return redirect("jobs:detail", job_id=job.pk)

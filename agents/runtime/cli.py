@@ -182,6 +182,21 @@ def _renew_grant_if_expired(registration, client) -> None:
         renew_grant(registration, client)
 
 
+def _machine_passphrase(args, settings) -> str:
+    """The machine's encryption passphrase for a command that reads its backups:
+    ``--passphrase-file`` or the one saved on the machine."""
+    if args.passphrase_file:
+        secret = pp.read_file(Path(args.passphrase_file).expanduser())
+    else:
+        secret = pp.saved_passphrase(settings) or ""
+    if not secret:
+        raise UsageError(
+            "no saved passphrase on this machine: pass --passphrase-file FILE with the "
+            "machine's encryption passphrase"
+        )
+    return secret
+
+
 # --- register -----------------------------------------------------------------------------
 def _passphrase_for(args) -> str:
     if args.passphrase_file and args.generate_passphrase:
@@ -327,15 +342,7 @@ def cmd_seed_export(args) -> int:
     settings = config.load_settings()
     policy = load_policy(config.config_dir())
     spec = (policy or {}).get("spec") or {}
-    if args.passphrase_file:
-        secret = pp.read_file(Path(args.passphrase_file).expanduser())
-    else:
-        secret = pp.saved_passphrase(settings) or ""
-    if not secret:
-        raise UsageError(
-            "no saved passphrase on this machine: pass --passphrase-file FILE with the "
-            "machine's encryption passphrase"
-        )
+    secret = _machine_passphrase(args, settings)
     client = PortalClient(
         registration.portal_url, token=registration.token, proxies=settings.proxies()
     )
@@ -406,15 +413,7 @@ def cmd_verify(args) -> int:
         raise UsageError("--fraction must be more than 0 and at most 1 (1 reads every pack)")
     registration = config.require_registration()
     settings = config.load_settings()
-    if args.passphrase_file:
-        secret = pp.read_file(Path(args.passphrase_file).expanduser())
-    else:
-        secret = pp.saved_passphrase(settings) or ""
-    if not secret:
-        raise UsageError(
-            "no saved passphrase on this machine: pass --passphrase-file FILE with the "
-            "machine's encryption passphrase"
-        )
+    secret = _machine_passphrase(args, settings)
     client = PortalClient(
         registration.portal_url, token=registration.token, proxies=settings.proxies()
     )

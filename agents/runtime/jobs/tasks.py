@@ -48,6 +48,17 @@ def _cache_dir(ctx: AgentContext) -> Path:
     return Path(ctx.settings.cache_path)
 
 
+def _job_context(ctx: AgentContext) -> dict:
+    """What every job kind that reads or writes this machine's repository is run with: the
+    portal client, the storage, the passphrase (read when the job needs it), the cache."""
+    return {
+        "portal": ctx.require_portal(),
+        "open_store": lambda: open_store(ctx),
+        "passphrase": lambda: passphrase_for(ctx),
+        "cache_dir": _cache_dir(ctx),
+    }
+
+
 def _slowest_limit(ctx: AgentContext) -> int:
     """The lowest bandwidth (bytes per second, 0: none) the backup may run at: packs hold
     about a second of it, so a switch to the slower rate takes effect within a second."""
@@ -65,10 +76,7 @@ def backup(ctx: AgentContext, *, job_id: str) -> dict:
     """Back up this machine for portal job ``job_id`` (its policy comes from the portal)."""
     return backup_job.run_backup_job(
         job_id,
-        portal=ctx.require_portal(),
-        open_store=lambda: open_store(ctx),
-        passphrase=lambda: passphrase_for(ctx),
-        cache_dir=_cache_dir(ctx),
+        **_job_context(ctx),
         pack_size=backup_job.pack_size_for(_slowest_limit(ctx)),
     )
 
@@ -80,10 +88,7 @@ def seed_export(ctx: AgentContext, *, job_id: str) -> dict:
     registration = ctx.registration
     return seed_export_job.run_seed_export_job(
         job_id,
-        portal=ctx.require_portal(),
-        open_store=lambda: open_store(ctx),
-        passphrase=lambda: passphrase_for(ctx),
-        cache_dir=_cache_dir(ctx),
+        **_job_context(ctx),
         identity={
             "vault_id": registration.vault_id,
             "vault_name": registration.vault_name,
@@ -98,10 +103,7 @@ def verify(ctx: AgentContext, *, job_id: str) -> dict:
     """Read back and authenticate this machine's backup data for portal job ``job_id``."""
     return verify_job.run_verify_job(
         job_id,
-        portal=ctx.require_portal(),
-        open_store=lambda: open_store(ctx),
-        passphrase=lambda: passphrase_for(ctx),
-        cache_dir=_cache_dir(ctx),
+        **_job_context(ctx),
     )
 
 
@@ -111,10 +113,7 @@ def compact(ctx: AgentContext, *, job_id: str) -> dict:
     of wasteful packs into new ones and report them (the portal deletes the old packs)."""
     return compact_job.run_compact_job(
         job_id,
-        portal=ctx.require_portal(),
-        open_store=lambda: open_store(ctx),
-        passphrase=lambda: passphrase_for(ctx),
-        cache_dir=_cache_dir(ctx),
+        **_job_context(ctx),
         pack_size=backup_job.pack_size_for(_slowest_limit(ctx)),
     )
 
