@@ -189,8 +189,6 @@ def webhook_test(request, webhook_id):
     if row.delivered_at:
         messages.success(request, f"Test delivered to {hook.name} (HTTP {row.status_code}).")
     else:
-        messages.error(
-            request,
-            f"Test to {hook.name} failed: {row.last_error}. The portal's worker tries again.",
-        )
+        then = "" if row.abandoned_at else " The portal's worker tries again."
+        messages.error(request, f"Test to {hook.name} failed: {row.last_error}.{then}")
     return redirect("fleet:vault_webhooks", vault_id=hook.vault_id)
