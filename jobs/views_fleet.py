@@ -93,7 +93,7 @@ def _alert_action(request, alert_id, *, operation: str, action) -> HttpResponse:
     activity.require_role(
         request,
         vault=alert.vault,
-        role=Role.BACKUP_OPERATOR,
+        role=fleet.ALERT_ACTION_ROLE,
         operation=operation,
         resource=activity.Resource("alert", str(alert.pk), str(alert.get_kind_display())),
     )
