@@ -189,6 +189,7 @@ def webhook_test(request, webhook_id):
     if row.delivered_at:
         messages.success(request, f"Test delivered to {hook.name} (HTTP {row.status_code}).")
     else:
+        said = row.last_error if row.last_error.endswith(".") else f"{row.last_error}."
         then = "" if row.abandoned_at else " The portal's worker tries again."
-        messages.error(request, f"Test to {hook.name} failed: {row.last_error}.{then}")
+        messages.error(request, f"Test to {hook.name} failed: {said}{then}")
     return redirect("fleet:vault_webhooks", vault_id=hook.vault_id)

@@ -281,3 +281,67 @@ def test_https_to_the_checked_address_keeps_the_name_for_sni_and_the_certificate
     with pytest.raises(requests.exceptions.SSLError):
         egress.post(f"https://127.0.0.1:{port}/hook", data=b"{}", headers={}, timeout=5)
     assert len(receiver.got) == 1
+
+
+def test_an_allowed_ipv6_network_is_posted_to_and_v4_mapped_loopback_is_not(settings):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    got: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            got.append(self.headers["Host"])
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    class Server6(ThreadingHTTPServer):
+        address_family = socket.AF_INET6
+
+    try:
+        server = Server6(("::1", 0), Handler)
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    import threading
+
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        url = f"http://[::1]:{server.server_port}/hook"
+        with pytest.raises(egress.DestinationRefused):
+            egress.post(url, data=b"{}", headers={}, timeout=5)
+        _allow(settings, "::1/128")
+        with egress.post(url, data=b"{}", headers={}, timeout=5) as answer:
+            assert answer.status_code == 204
+        assert got == [f"[::1]:{server.server_port}"]
+        # ::1 allowed does not open 127.0.0.1 written as an IPv6 address.
+        with pytest.raises(
+            egress.DestinationRefused, match=r"resolves to 127\.0\.0\.1, a loopback"
+        ):
+            egress.post(
+                f"http://[::ffff:127.0.0.1]:{server.server_port}/", data=b"", headers={}, timeout=5
+            )
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_through_a_proxy_the_proxy_connects_and_literal_private_hosts_are_still_refused(
+    monkeypatch, receiver
+):
+    """HTTP_PROXY set: a name the portal cannot resolve goes to the proxy (here the receiver
+    stands in for it and gets the absolute URL); a private literal never leaves."""
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{receiver.server.server_port}")
+    with egress.post(
+        "http://hooks.example.test/services/x", data=b"{}", headers={}, timeout=5
+    ) as answer:
+        assert answer.status_code == 200
+    assert receiver.got[0]["path"] == "http://hooks.example.test/services/x"
+    with pytest.raises(egress.DestinationRefused, match=r"10\.1\.2\.3 is a private address"):
+        egress.post("http://10.1.2.3/hook", data=b"{}", headers={}, timeout=5)
+    assert len(receiver.got) == 1
