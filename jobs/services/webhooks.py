@@ -7,6 +7,8 @@ The same outbox as the agents' messages (``agents.dispatch``): the event's rows
 that raised or acknowledged it never waits on a receiver; after commit the portal worker
 sends them (``webhooks_send``), and its periodic pass (``webhooks_send_due``) retries the
 failed ones with exponential backoff, up to ``MAX_ATTEMPTS``. Each try is kept on the row.
+Where a webhook may POST (public addresses unless an admin allows a network) is
+``jobs.services.egress``'s to say, when the webhook is saved and at every send.
 """
 
 from __future__ import annotations
