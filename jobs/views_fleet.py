@@ -93,7 +93,7 @@ def _alert_action(request, alert_id, *, operation: str, action) -> HttpResponse:
     activity.require_role(
         request,
         vault=alert.vault,
-        role=Role.BACKUP_OPERATOR,
+        role=fleet.ALERT_ACTION_ROLE,
         operation=operation,
         resource=activity.Resource("alert", str(alert.pk), str(alert.get_kind_display())),
     )
@@ -189,8 +189,7 @@ def webhook_test(request, webhook_id):
     if row.delivered_at:
         messages.success(request, f"Test delivered to {hook.name} (HTTP {row.status_code}).")
     else:
-        messages.error(
-            request,
-            f"Test to {hook.name} failed: {row.last_error}. The portal's worker tries again.",
-        )
+        said = row.last_error if row.last_error.endswith(".") else f"{row.last_error}."
+        then = "" if row.abandoned_at else " The portal's worker tries again."
+        messages.error(request, f"Test to {hook.name} failed: {said}{then}")
     return redirect("fleet:vault_webhooks", vault_id=hook.vault_id)

@@ -327,6 +327,8 @@ if HAVEN_ALERT_EMAIL not in ("each", "digest", "off"):
     raise SettingError(
         "HAVEN_ALERT_EMAIL", f"expected each, digest or off, got {HAVEN_ALERT_EMAIL!r}"
     )
+# Alert webhooks POST only to public addresses, and to these networks (jobs.services.egress).
+HAVEN_WEBHOOK_ALLOWED_NETWORKS = env_networks("HAVEN_WEBHOOK_ALLOWED_NETWORKS")
 # A shorter grace could collect the packs of a backup the portal lost track of.
 HAVEN_GC_GRACE_HOURS = env_int("HAVEN_GC_GRACE_HOURS", 24, minimum=24)
 # Compaction (jobs/services/compaction.py): a pack whose dead share is above this percentage

@@ -20,6 +20,10 @@ apps call them through this package: ``from jobs import services; services.backu
     passphrase a machine's passphrase change: the PIN, the new key, the old keys retired
     verify     verify jobs: Verify now, the weekly slice, the agent's damage report checked,
                recovery points marked Damaged
+    fleet      the Backup center's machines and alerts; an alert's Acknowledge and Close
+    webhooks   alert webhooks: configured, their deliveries queued with the alert change, sent
+    egress     where a webhook may POST: public addresses and the allowed networks, checked
+               when saved and at every send, connecting to the address that was checked
 
 Reads are in ``jobs.selectors``; the pure rules in ``jobs.policy_rules``, ``jobs.retention``
 and ``jobs.schedule``; Recover Data (restore and download jobs) in ``jobs.recovery``.

@@ -68,6 +68,10 @@ class AlertClosed(Exception):
     """Acknowledge or Close of an alert that is already closed."""
 
 
+# Who may Acknowledge and Close an alert, on the page and through the API (docs/monitoring.md).
+ALERT_ACTION_ROLE = Role.BACKUP_OPERATOR
+
+
 @dataclass
 class Filters:
     vault: str = ""

@@ -7,6 +7,8 @@ The same outbox as the agents' messages (``agents.dispatch``): the event's rows
 that raised or acknowledged it never waits on a receiver; after commit the portal worker
 sends them (``webhooks_send``), and its periodic pass (``webhooks_send_due``) retries the
 failed ones with exponential backoff, up to ``MAX_ATTEMPTS``. Each try is kept on the row.
+Where a webhook may POST (public addresses unless an admin allows a network) is
+``jobs.services.egress``'s to say, when the webhook is saved and at every send.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from django.utils import timezone
 from agents import dispatch
 from jobs import tasks
 from jobs.models import Alert, Webhook, WebhookDelivery
+from jobs.services import egress
 from vaults import activity
 from vaults.activity import Operation
 
@@ -93,7 +96,7 @@ def _url_problem(url: str) -> str:
         return "Put no user name or password in the URL; use the signing secret instead."
     if any(c.isspace() for c in url):
         return "The URL contains spaces."
-    return ""
+    return egress.url_problem(url)
 
 
 def webhook_add(*, vault, user, name: str, url: str, format: str, secret: str = "") -> Webhook:
@@ -305,7 +308,8 @@ def _claim(row: WebhookDelivery, now: datetime, timeout: float) -> bool:
 
 def _attempt(row: WebhookDelivery, *, now: datetime, timeout: float = TIMEOUT_SECONDS) -> int:
     """One POST; 1 when the receiver took it (2xx), else 0 with the try recorded and the next
-    one scheduled (or, after ``MAX_ATTEMPTS``, the delivery given up)."""
+    one scheduled (or the delivery given up: after ``MAX_ATTEMPTS``, or at once when the
+    destination is refused, since that answer will not change by itself)."""
     if not _claim(row, now, timeout):
         return 0
     hook = row.webhook
@@ -320,21 +324,20 @@ def _attempt(row: WebhookDelivery, *, now: datetime, timeout: float = TIMEOUT_SE
         headers[SIGNATURE_HEADER] = signature(hook.secret, data)
     status: int | None = None
     error = ""
+    refused = False
     try:
         # No redirects: a receiver must not send the portal somewhere else. The answer's
-        # body is never read (stream, then close): only its status matters.
-        with requests.post(
-            hook.url,
-            data=data,
-            headers=headers,
-            timeout=timeout,
-            allow_redirects=False,
-            stream=True,
-        ) as response:
+        # body is never read (streamed, then closed): only its status matters.
+        with egress.post(hook.url, data=data, headers=headers, timeout=timeout) as response:
             status = response.status_code
             reason = response.reason or ""
         if not 200 <= status < 300:
             error = f"HTTP {status} {reason}".strip()
+    except egress.DestinationRefused as exc:
+        # The same answer on every try until an admin allows the network: no retries.
+        error, refused = str(exc), True
+    except egress.HostUnresolved as exc:
+        error = str(exc)
     except requests.RequestException as exc:
         error = _failure(exc, hook, timeout)
     attempts = row.attempts + 1
@@ -347,7 +350,7 @@ def _attempt(row: WebhookDelivery, *, now: datetime, timeout: float = TIMEOUT_SE
     }
     if not error:
         fields["delivered_at"] = now
-    elif attempts >= MAX_ATTEMPTS:
+    elif refused or attempts >= MAX_ATTEMPTS:
         fields["abandoned_at"] = now
     else:
         fields["next_attempt_at"] = now + backoff(attempts)

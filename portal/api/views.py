@@ -20,6 +20,7 @@ from jobs import selectors as job_selectors
 from jobs import services as job_services
 from jobs.models import Alert, BackupPolicy, Job
 from jobs.recovery import services as recovery
+from jobs.services import fleet
 from portal import access
 from portal import services as portal_services
 from portal.api import serializers as s
@@ -484,6 +485,60 @@ class AlertList(generics.ListAPIView):
         elif filters["state"] == "resolved":
             qs = qs.filter(resolved_at__isnull=False)
         return qs.order_by("-last_raised_at", "-id")
+
+
+def _alert_for_action(request, alert_id, operation: str) -> Alert:
+    """The alert, for a Backup Operator or higher on its vault (as the Backup center's
+    buttons): an outsider gets 404, a Reader 403, logged as refused."""
+    alert = access.get_for_user(
+        request.user, Alert.objects.select_related("vault", "machine"), pk=alert_id
+    )
+    activity.require_role(
+        request,
+        vault=alert.vault,
+        role=fleet.ALERT_ACTION_ROLE,
+        operation=operation,
+        resource=activity.Resource("alert", str(alert.pk), str(alert.get_kind_display())),
+    )
+    return alert
+
+
+def _alert_data(alert: Alert) -> dict:
+    alert = Alert.objects.select_related("vault", "machine", "acknowledged_by", "closed_by").get(
+        pk=alert.pk
+    )
+    return s.AlertSerializer(alert).data
+
+
+@extend_schema(tags=["alerts"], request=None, responses=s.AlertSerializer)
+@api_view(["POST"])
+def alert_acknowledge(request, alert_id):
+    """Acknowledge (Backup Operator): you are on it. The alert stays open, and stays
+    acknowledged if raised again, until its condition clears or someone closes it; who and
+    when are kept. Acknowledging twice changes nothing; a closed alert is a 409."""
+    alert = _alert_for_action(request, alert_id, Operation.ALERT_ACKNOWLEDGE)
+    try:
+        fleet.alert_acknowledge(alert=alert, user=request.user)
+    except fleet.AlertClosed as exc:
+        raise Conflict(str(exc)) from None
+    return Response(_alert_data(alert))
+
+
+@extend_schema(tags=["alerts"], request=None, responses=s.AlertSerializer)
+@api_view(["POST"])
+def alert_close(request, alert_id):
+    """Close (Backup Operator): the alert leaves the open list; Closed is final, and if its
+    condition comes back a new alert is raised. An alert already closed is a 409."""
+    alert = _alert_for_action(request, alert_id, Operation.ALERT_CLOSE)
+    if not fleet.alert_close(alert=alert, user=request.user):
+        alert.refresh_from_db()
+        closer = alert.closed_by.get_username() if alert.closed_by_id else None
+        how = f"by {closer}" if closer else "by the portal: its condition cleared"
+        raise Conflict(
+            f"This alert is already closed ({how}); closed is final, and if the condition "
+            "comes back a new alert is raised."
+        )
+    return Response(_alert_data(alert))
 
 
 @extend_schema(tags=["activity"], parameters=[s.ActivityFilters])

@@ -14,7 +14,9 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from jobs import policy_rules
-from jobs.models import Alert, Job
+from jobs.models import Alert, Job, WebhookDelivery
+from jobs.services import webhooks
+from portal.models import Role
 from tests.api.conftest import make_point, policy_spec
 from tests.support import builders
 from vaults import selectors
@@ -173,6 +175,84 @@ def test_alerts_show_active_resolved_or_all(api, alice, world):
         for s in ("active", "resolved", "all")
     }
     assert counts == {"active": 1, "resolved": 1, "all": 2}
+
+
+def test_a_backup_operator_acknowledges_then_closes_an_alert_through_the_pages_service(
+    api, alice, member, world
+):
+    webhooks.webhook_add(
+        vault=world.vault,
+        user=alice,
+        name="chat",
+        url="https://hooks.example.test/x",
+        format="slack",
+    )
+    client = api(member(Role.BACKUP_OPERATOR))
+    url = f"/api/v1/alerts/{world.alert.pk}"
+    answer = client.post(f"{url}/acknowledge/")
+    assert answer.status_code == 200
+    assert (answer.json()["alert_state"], answer.json()["acknowledged_by"]) == (
+        "acknowledged",
+        "bob",
+    )
+    world.alert.refresh_from_db()
+    assert world.alert.acknowledged_by.username == "bob" and world.alert.resolved_at is None
+    # Twice changes nothing and logs nothing the second time.
+    assert client.post(f"{url}/acknowledge/").status_code == 200
+    acks = ActivityEntry.objects.filter(operation=ActivityEntry.Operation.ALERT_ACKNOWLEDGE)
+    assert [(e.username, e.outcome, e.address) for e in acks] == [
+        ("bob", ActivityEntry.Outcome.SUCCEEDED, "127.0.0.1")
+    ]
+
+    answer = client.post(f"{url}/close/")
+    assert answer.status_code == 200
+    assert (answer.json()["alert_state"], answer.json()["closed_by"]) == ("closed", "bob")
+    assert answer.json()["active"] is False and answer.json()["resolved_at"]
+    world.alert.refresh_from_db()
+    assert world.alert.closed_by.username == "bob" and world.alert.resolved_at is not None
+
+    # Closed is final: closing again or acknowledging is a 409 that says why.
+    again = client.post(f"{url}/close/")
+    assert again.status_code == 409
+    assert again.json()["detail"].startswith("This alert is already closed (by bob)")
+    late = client.post(f"{url}/acknowledge/")
+    assert late.status_code == 409
+    assert late.json()["detail"] == "This alert is closed; there is nothing to acknowledge."
+    closes = ActivityEntry.objects.filter(operation=ActivityEntry.Operation.ALERT_CLOSE)
+    assert closes.count() == 1
+    # The same events as the Backup center's buttons send to the vault's webhooks.
+    events = WebhookDelivery.objects.filter(alert=world.alert).order_by("id")
+    assert [d.event for d in events] == ["alert.acknowledged", "alert.closed"]
+
+
+def test_a_reader_gets_403_and_another_subscriptions_alert_is_404(
+    api, alice, member, charlie, world
+):
+    reader = api(member(Role.READER))
+    for action in ("acknowledge", "close"):
+        answer = reader.post(f"/api/v1/alerts/{world.alert.pk}/{action}/")
+        assert answer.status_code == 403
+        assert answer.json()["detail"]
+    world.alert.refresh_from_db()
+    assert world.alert.acknowledged_at is None and world.alert.resolved_at is None
+    refused = ActivityEntry.objects.filter(outcome=ActivityEntry.Outcome.REFUSED, username="bob")
+    assert sorted(e.operation for e in refused) == ["alert.acknowledge", "alert.close"]
+
+    far = Alert.objects.create(
+        vault=world.far_vault,
+        machine=world.far_machine,
+        severity=Alert.Severity.WARNING,
+        kind=Alert.Kind.NO_RECENT_BACKUP,
+        message="No backup in 3 days.",
+    )
+    owner, outsider = api(alice), api(charlie)
+    for action in ("acknowledge", "close"):
+        assert owner.post(f"/api/v1/alerts/{far.pk}/{action}/").status_code == 404
+        assert outsider.post(f"/api/v1/alerts/{world.alert.pk}/{action}/").status_code == 404
+        assert owner.post(f"/api/v1/alerts/99999999999999/{action}/").status_code == 404
+    far.refresh_from_db()
+    assert far.acknowledged_at is None and far.resolved_at is None
+    assert not ActivityEntry.objects.filter(vault_id=world.far_vault.pk).exists()
 
 
 def _queries(client, path) -> int:

@@ -107,6 +107,13 @@ def test_each_endpoint_answers_each_role_as_its_rank_allows(role, api, world, me
     restores = Job.objects.filter(machine=w.machine, operation=Job.Operation.RESTORE)
     assert restores.count() == (2 if answer.status_code == 202 else 1)
 
+    answer = client.post(f"/api/v1/alerts/{w.alert.pk}/acknowledge/")
+    assert answer.status_code == _needs(role, Role.BACKUP_OPERATOR, 200)
+    answer = client.post(f"/api/v1/alerts/{w.alert.pk}/close/")
+    assert answer.status_code == _needs(role, Role.BACKUP_OPERATOR, 200)
+    w.alert.refresh_from_db()
+    assert (w.alert.resolved_at is not None) == (answer.status_code == 200)
+
     # A member refused for their role leaves a refused entry in the vault's activity log;
     # an outsider leaves none in a vault they cannot see.
     refused = ActivityEntry.objects.filter(

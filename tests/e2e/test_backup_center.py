@@ -5,6 +5,7 @@ then delivers the acknowledgement to the receiver, and the webhook page lists bo
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shutil
@@ -24,6 +25,13 @@ from vaults.models import Vault
 pytestmark = pytest.mark.slow
 
 SHOTS = Path("/tmp/shots-fleet")
+
+
+@pytest.fixture(autouse=True)
+def _receiver_allowed(settings):
+    """The receiver listens on 127.0.0.1, which the portal refuses unless allowed; set before
+    the live portal starts (its process inherits the settings)."""
+    settings.HAVEN_WEBHOOK_ALLOWED_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"),)
 
 
 def _vault(owner, name: str) -> Vault:

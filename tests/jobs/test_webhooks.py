@@ -1,11 +1,15 @@
 """Alert webhooks (jobs.services.webhooks): configuration and its checks per role, the outbox
 row written with the alert change, delivery to a real HTTP receiver in this process with a
-retry after a 500 and the HMAC signature, the formats, and giving up after MAX_ATTEMPTS."""
+retry after a 500 and the HMAC signature, the formats, and giving up after MAX_ATTEMPTS.
+
+The receiver listens on 127.0.0.1, which the portal refuses by default (jobs.services.egress;
+tests/jobs/test_webhook_egress.py): the tests that use it allow 127.0.0.0/8 explicitly."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 from collections.abc import Iterator
 from datetime import timedelta
@@ -26,7 +30,12 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
+def loopback_allowed(settings):
+    settings.HAVEN_WEBHOOK_ALLOWED_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"),)
+
+
+@pytest.fixture
+def receiver(loopback_allowed) -> Iterator[Receiver]:
     with running_receiver() as found:
         yield found
 
@@ -174,7 +183,7 @@ def test_a_delivery_is_given_up_after_max_attempts(vault, machine, receiver, ali
     assert len(receiver.got) == webhooks.MAX_ATTEMPTS
 
 
-def test_an_unreachable_receiver_is_an_error_not_a_500(client, alice, vault):
+def test_an_unreachable_receiver_is_an_error_not_a_500(client, alice, vault, loopback_allowed):
     hook = webhooks.webhook_add(
         vault=vault, user=alice, name="gone", url="http://127.0.0.1:9/t/SECRET", format="generic"
     )
