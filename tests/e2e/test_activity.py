@@ -1,5 +1,5 @@
 """The activity log in Chromium: an Owner revokes vault credentials, opens the vault's
-Activity log from the vault menu, filters it by operation, exports the filtered log as CSV
+Activity log from the vault menu (a Reader's repeated refusal is one entry with its count), filters it by operation, exports the filtered log as CSV
 and checks the file, then gives a user a role and finds it in the subscription-wide log."""
 
 from __future__ import annotations
@@ -35,13 +35,15 @@ def test_filter_and_export_the_vault_activity_log(
     make_user("bob")
     # What came before: a download, a refused attempt by a Reader, a policy change.
     _name, _content, credential = credentials_issue(vault=vault, issued_by=alice)
-    activity.record(
-        operation=Operation.VAULT_DELETE,
-        user=make_user("mallory"),
-        vault=vault,
-        outcome=Outcome.REFUSED,
-        reason="This needs the Contributor role or higher; you are Reader.",
-    )
+    mallory = make_user("mallory")
+    for _ in range(12):  # a Reader's loop: one entry, counted
+        activity.record(
+            operation=Operation.VAULT_DELETE,
+            user=mallory,
+            vault=vault,
+            outcome=Outcome.REFUSED,
+            reason="This needs the Contributor role or higher; you are Reader.",
+        )
     activity.record(
         operation=Operation.POLICY_CHANGE,
         user=alice,
@@ -68,6 +70,7 @@ def test_filter_and_export_the_vault_activity_log(
     expect(rows.first).to_contain_text("alice")
     expect(rows.first).to_contain_text(str(credential.pk)[:8])
     expect(page.locator('tr[data-operation="vault.delete"]')).to_contain_text("Refused")
+    expect(page.locator('tr[data-operation="vault.delete"]')).to_contain_text("12 times, last at")
     expect(page.locator('tr[data-operation="policy.change"]')).to_contain_text(
         "retention.daily.days: 7 → 30"
     )
