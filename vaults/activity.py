@@ -246,6 +246,43 @@ def refusals_recorded(
         raise
 
 
+def signin_pause_record(*, username: str, address: str, failure) -> None:
+    """A run of failed sign-ins (passwords, codes, access tokens) started a pause of
+    ``failure.pause`` seconds for (``username``, ``address``): one refused *Sign-in paused
+    after failures* entry in each subscription of the account of that name, so its Owners
+    see it in the subscription's activity log; one without a subscription when no such
+    account exists or it belongs to none. Nothing the person signing in sees changes, so
+    the pause still does not tell whether the account exists."""
+    from portal.models import Membership
+
+    if not failure.pause:
+        return
+    tried = username.strip()[:150]
+    # One query whether or not the account exists (the same work either way, as far as
+    # the account's number of subscriptions allows).
+    where: list[tuple[Subscription | None, str]] = [
+        (m.subscription, str(m.user_id))
+        for m in Membership.objects.filter(user__username__iexact=tried).select_related(
+            "subscription"
+        )
+    ] or [(None, "")]
+    seconds = failure.pause
+    paused = f"{seconds} second{'s' if seconds != 1 else ''}"
+    for subscription, account_id in where:
+        record(
+            operation=Operation.SIGNIN_LOCKOUT,
+            subscription=subscription,
+            outcome=Outcome.REFUSED,
+            actor="anonymous",
+            resource=Resource(kind="user account", id=account_id, name=tried),
+            reason=(
+                f"{failure.failures} failed sign-ins in a row as {tried!r} from {address}: "
+                f"sign-in paused for {paused}."
+            ),
+            detail={"user_name_tried": tried, "paused_for": paused},
+        )
+
+
 def require_role(request, *, vault, role: str, operation: str, resource: Any = None) -> None:
     """Check that the request's user has ``role`` on the vault's subscription; if the role
     is too low, record the refused attempt and raise PermissionDenied (403).

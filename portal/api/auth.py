@@ -18,6 +18,7 @@ from rest_framework import authentication, exceptions, throttling
 from agents import api_auth
 from agents.api_auth import RATE_WINDOW_SECONDS
 from portal import throttle, tokens, two_factor
+from vaults import activity
 
 
 class TokenThrottled(exceptions.Throttled):
@@ -42,7 +43,10 @@ class TokenAuthentication(authentication.BaseAuthentication):
         try:
             user, row = tokens.token_authenticate(token)
         except tokens.TokenRefused as exc:
-            throttle.signin_failed(username=tokens.THROTTLE_ACCOUNT, address=address)
+            failure = throttle.signin_failed(username=tokens.THROTTLE_ACCOUNT, address=address)
+            activity.signin_pause_record(
+                username=tokens.THROTTLE_ACCOUNT, address=address, failure=failure
+            )
             raise exceptions.AuthenticationFailed(str(exc)) from None
         # A subscription that requires two-factor sign-in is out of this token's reach
         # while its owner has not enrolled (portal.access refuses it, 403).
