@@ -81,12 +81,12 @@ def visible_subscription_ids(user):
     """A queryset of subscription ids the user may see (any role)."""
     barred = list(two_factor_barred(user))
     if user.is_superuser:
-        return Subscription.objects.exclude(id__in=barred).values("id")
-    return (
-        Membership.objects.filter(user=user)
-        .exclude(subscription_id__in=barred)
-        .values("subscription_id")
-    )
+        subscriptions = Subscription.objects.all()
+        return (subscriptions.exclude(id__in=barred) if barred else subscriptions).values("id")
+    memberships = Membership.objects.filter(user=user)
+    if barred:
+        memberships = memberships.exclude(subscription_id__in=barred)
+    return memberships.values("subscription_id")
 
 
 def for_user(user, queryset_or_model, *, subscription_path: str | None = None):

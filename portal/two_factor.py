@@ -104,14 +104,17 @@ def requiring_subscriptions(user):
 
 def barred_subscriptions(user) -> dict[str, str]:
     """The user's subscriptions that require two-factor sign-in, while the user has no
-    confirmed authenticator app (one query): a personal access token of theirs reaches none
+    confirmed authenticator app: a personal access token of theirs reaches none
     of them (``portal.access.two_factor_barred``) until they enrol."""
-    return {
-        str(pk): name
-        for pk, name in requiring_subscriptions(user)
-        .exclude(Exists(TOTPDevice.objects.filter(user=user, confirmed=True)))
-        .values_list("pk", "name")
-    }
+    # One plain query in the common case (no subscription requires it); the enrolment is
+    # looked up only when one does. Every token request pays this.
+    required = Membership.objects.filter(
+        user_id=user.pk, subscription__require_two_factor=True
+    ).values_list("subscription_id", "subscription__name")
+    barred = {str(pk): name for pk, name in required}
+    if barred and is_enrolled(user):
+        return {}
+    return barred
 
 
 def recovery_codes_left(user) -> int:
