@@ -246,9 +246,9 @@ def refusals_recorded(
         raise
 
 
-def signin_pause_record(*, username: str, address: str, failure) -> None:
+def signin_pause_record(*, username: str, failure) -> None:
     """A run of failed sign-ins (passwords, codes, access tokens) started a pause of
-    ``failure.pause`` seconds for (``username``, ``address``): one refused *Sign-in paused
+    ``failure.pause`` seconds for ``username`` and the request's address: one refused *Sign-in paused
     after failures* entry in each subscription of the account of that name, so its Owners
     see it in the subscription's activity log; one without a subscription when no such
     account exists or it belongs to none. Nothing the person signing in sees changes, so
@@ -275,11 +275,8 @@ def signin_pause_record(*, username: str, address: str, failure) -> None:
             outcome=Outcome.REFUSED,
             actor="anonymous",
             resource=Resource(kind="user account", id=account_id, name=tried),
-            reason=(
-                f"{failure.failures} failed sign-ins in a row as {tried!r} from {address}: "
-                f"sign-in paused for {paused}."
-            ),
-            detail={"user_name_tried": tried, "paused_for": paused},
+            reason=f"Sign-in paused for {paused} after {failure.failures} failures in a row.",
+            detail={"user_name_tried": tried},
         )
 
 

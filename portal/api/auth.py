@@ -44,9 +44,7 @@ class TokenAuthentication(authentication.BaseAuthentication):
             user, row = tokens.token_authenticate(token)
         except tokens.TokenRefused as exc:
             failure = throttle.signin_failed(username=tokens.THROTTLE_ACCOUNT, address=address)
-            activity.signin_pause_record(
-                username=tokens.THROTTLE_ACCOUNT, address=address, failure=failure
-            )
+            activity.signin_pause_record(username=tokens.THROTTLE_ACCOUNT, failure=failure)
             raise exceptions.AuthenticationFailed(str(exc)) from None
         # A subscription that requires two-factor sign-in is out of this token's reach
         # while its owner has not enrolled (portal.access refuses it, 403).

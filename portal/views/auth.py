@@ -114,7 +114,7 @@ def signin_code(request):
 def _failed(*, username: str, address: str) -> None:
     """Count the pair's failure; a pause it starts goes in the activity log."""
     failure = throttle.signin_failed(username=username, address=address)
-    activity.signin_pause_record(username=username, address=address, failure=failure)
+    activity.signin_pause_record(username=username, failure=failure)
 
 
 def _duration(seconds: int) -> str:
