@@ -178,7 +178,8 @@ def _refusal_counted(entry: ActivityEntry) -> ActivityEntry:
     """Insert the refusal, or, when the same one is already in its window, count it there:
     one INSERT … ON CONFLICT (coalesce_key) DO UPDATE … RETURNING (PostgreSQL and SQLite),
     on the key's unique index, so concurrent repeats neither scan the log nor make two
-    rows. The first of a window is always a row of its own, at once."""
+    rows. The first of a window is always a row of its own, at once. Concurrent repeats
+    may arrive out of their order: the last time only moves forward."""
     entry.last_at = entry.at
     entry.coalesce_key = coalesce_key(entry)
     connection = connections[router.db_for_write(ActivityEntry)]
@@ -191,7 +192,8 @@ def _refusal_counted(entry: ActivityEntry) -> ActivityEntry:
     sql = (
         f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(fields))}) "
         f"ON CONFLICT ({connection.ops.quote_name('coalesce_key')}) DO UPDATE SET "
-        f"{count} = {table}.{count} + 1, {last} = EXCLUDED.{last} "
+        f"{count} = {table}.{count} + 1, {last} = CASE WHEN EXCLUDED.{last} > {table}.{last} "
+        f"THEN EXCLUDED.{last} ELSE {table}.{last} END "
         f"RETURNING {connection.ops.quote_name('id')}, {count}"
     )
     with connection.cursor() as cursor:

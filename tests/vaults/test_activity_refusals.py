@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -185,3 +186,26 @@ def test_postgresql_lets_a_count_go_up_and_nothing_else_change(alice, vault):
     )
     assert ActivityEntry.objects.get(pk=refused.pk).repeat_count == 2
     assert ActivityEntry.objects.get(pk=done.pk).repeat_count == 1
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="concurrent writers: PostgreSQL (SQLite serialises its one writer)",
+)
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_repeats_are_one_entry_with_every_try_counted(alice, vault):
+    """Eight portal threads refusing the same request at once: no second row, no lost count."""
+
+    def loop():
+        try:
+            for _ in range(10):
+                activity.record(
+                    operation=Operation.BACKUP_NOW, user=alice, vault=vault, outcome=Outcome.REFUSED
+                )
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for future in [pool.submit(loop) for _ in range(8)]:
+            future.result(timeout=60)
+    assert list(ActivityEntry.objects.values_list("repeat_count", flat=True)) == [80]
