@@ -250,11 +250,11 @@ def refusals_recorded(
 
 def signin_pause_record(*, username: str, failure) -> None:
     """A run of failed sign-ins (passwords, codes, access tokens) started a pause of
-    ``failure.pause`` seconds for ``username`` and the request's address: one refused *Sign-in paused
-    after failures* entry in each subscription of the account of that name, so its Owners
-    see it in the subscription's activity log; one without a subscription when no such
-    account exists or it belongs to none. Nothing the person signing in sees changes, so
-    the pause still does not tell whether the account exists."""
+    ``failure.pause`` seconds for ``username`` and the request's address: one refused
+    *Sign-in paused after failures* entry in each subscription of the account of that name,
+    so its Owners see it in the subscription's activity log; one without a subscription when
+    no such account exists or it belongs to none. Nothing the person signing in sees
+    changes, so the pause still does not tell whether the account exists."""
     from portal.models import Membership
 
     if not failure.pause:
@@ -269,7 +269,11 @@ def signin_pause_record(*, username: str, failure) -> None:
         )
     ] or [(None, "")]
     seconds = failure.pause
-    paused = f"{seconds} second{'s' if seconds != 1 else ''}"
+    paused = (
+        f"{seconds} second{'s' if seconds != 1 else ''}"
+        if seconds < 90
+        else f"{-(-seconds // 60)} minutes"
+    )
     for subscription, account_id in where:
         record(
             operation=Operation.SIGNIN_LOCKOUT,

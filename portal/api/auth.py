@@ -4,8 +4,10 @@ or the browser's session, which must carry the CSRF token for anything but a rea
 A wrong, revoked or expired token is a failure of the sign-in throttle for the client
 address (``portal.throttle``): after ``HAVEN_SIGNIN_FAILURE_LIMIT`` of them the address
 is answered 429 with ``Retry-After`` until the pause ends, without the token being looked
-at. A token whose owner has not enrolled in two-factor sign-in reaches nothing of a
-subscription that requires it (``portal.two_factor.barred_subscriptions``). Every authenticated user is held to ``HAVEN_API_RATE_PER_MINUTE`` requests a minute.
+at; each pause it starts is an activity log entry. A token whose owner has not enrolled in
+two-factor sign-in reaches nothing of a subscription that requires it
+(``portal.two_factor.barred_subscriptions``). Every authenticated user is held to
+``HAVEN_API_RATE_PER_MINUTE`` requests a minute.
 """
 
 from __future__ import annotations
