@@ -19,7 +19,7 @@ resource (a machine, a policy, a job, a credentials file, a membership), as kind
 Refusals are counted, not repeated: the same actor refused the same operation on the same
 target for the same reason within ``COALESCE_WINDOW`` (10 minutes of the clock) is one row
 whose ``repeat_count`` and ``last_at`` go up ("refused 312 times, last at 16:40"); the
-address shown is the first try's. The first refusal of a window is a row at once.
+address and the detail shown are the first try's. The first refusal of a window is a row at once.
 """
 
 from __future__ import annotations
@@ -156,8 +156,10 @@ def record(
 
 def coalesce_key(entry: ActivityEntry) -> str:
     """Who (the user, or the machine's name), what (operation, subscription, vault,
-    resource, the detail of what was asked), why (the reason) and the window of the clock it
-    falls in, as a digest. Only the time and the address may differ between repeats."""
+    resource), why (the reason) and the window of the clock it falls in, as a digest. Not
+    the detail: it may hold what the person typed (a reason for deleting, say), and a loop
+    that changed it on each try would flood the log again; the entry keeps the first try's
+    detail and address."""
     window = int(entry.at.timestamp() // COALESCE_WINDOW.total_seconds())
     parts = [
         str(entry.user_id) if entry.user_id is not None else f"name:{entry.username}",
@@ -168,7 +170,6 @@ def coalesce_key(entry: ActivityEntry) -> str:
         entry.resource_kind,
         entry.resource_id,
         entry.reason,
-        entry.detail,
         window,
     ]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()

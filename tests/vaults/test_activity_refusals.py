@@ -91,7 +91,7 @@ def test_a_stolen_tokens_loop_shows_its_count_in_the_api(vault, member, alice):
     assert entry["last_at"] >= entry["at"]
 
 
-def test_another_reason_target_actor_operation_or_request_is_its_own_entry(vault, member, charlie):
+def test_another_reason_target_actor_or_operation_is_its_own_entry(vault, member, charlie):
     bob = member(Role.READER)
     other = builders.make_vault(resource_group=vault.resource_group, name="vault-two")
     machine = builders.make_machine(vault=vault, name="web-01")
@@ -111,8 +111,13 @@ def test_another_reason_target_actor_operation_or_request_is_its_own_entry(vault
         refuse(resource=machine)
         refuse(operation=Operation.VERIFY_NOW)
         refuse(user=charlie)
-        refuse(detail={"to": "lrs"})
-    assert sorted(ActivityEntry.objects.values_list("repeat_count", flat=True)) == [3] * 7
+    assert sorted(ActivityEntry.objects.values_list("repeat_count", flat=True)) == [3] * 6
+    # What the person typed (the detail) does not make a try new: a loop that changes it on
+    # each try is still one entry, keeping the first try's detail.
+    for n in range(5):
+        refuse(reason="typed", detail={"reason": f"try {n}"})
+    typed = ActivityEntry.objects.get(reason="typed")
+    assert (typed.repeat_count, typed.detail) == (5, {"reason": "try 0"})
     # Succeeded (and failed) entries are never counted together.
     for _ in range(2):
         activity.record(operation=Operation.BACKUP_NOW, user=bob, vault=vault)
