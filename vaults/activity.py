@@ -281,7 +281,13 @@ def signin_pause_record(*, username: str, failure) -> None:
             subscription=subscription,
             outcome=Outcome.REFUSED,
             actor="anonymous",
-            resource=Resource(kind="user account", id=account_id, name=tried),
+            # A name with no account is not named in the resource, only in the detail,
+            # which is not part of what makes a refusal the same: a guesser cycling made-up
+            # names adds to one counted entry per pause length and 10 minutes, not a row
+            # per name (those entries are on no page).
+            resource=Resource(
+                kind="user account", id=account_id, name=tried if subscription else ""
+            ),
             reason=f"Sign-in paused for {paused} after {failure.failures} failures in a row.",
             detail={"user_name_tried": tried},
         )

@@ -15,12 +15,18 @@ from django.urls import reverse
 
 from portal.models import Role
 from tests.support import builders
+from tests.support.activity import clear_of_a_window_edge
 from vaults.activity import Operation
 from vaults.models import ActivityEntry
 
 pytestmark = pytest.mark.django_db
 
 GUESSER = "203.0.113.5"
+
+
+@pytest.fixture(autouse=True)
+def _clear_of_a_window_edge():
+    clear_of_a_window_edge(seconds=30)
 
 
 def _guess(username: str, *, address: str = GUESSER, password: str = "guess"):
@@ -81,7 +87,7 @@ def test_the_guesser_sees_the_same_whether_or_not_the_account_exists(alice, subs
     assert [r.get("Retry-After") for r in real] == [r.get("Retry-After") for r in made_up]
     assert [_words(r) for r in real] == [_words(r) for r in made_up]
     # Both pauses are recorded; the made-up name's belongs to no subscription.
-    nobody = _pauses().get(resource_name="nobody")
+    nobody = _pauses().get(detail={"user_name_tried": "nobody"})
     assert (nobody.subscription_id, nobody.address, nobody.resource_id) == (
         None,
         "203.0.113.6",
@@ -90,14 +96,27 @@ def test_the_guesser_sees_the_same_whether_or_not_the_account_exists(alice, subs
     assert _pauses().get(resource_name="alice").subscription_id == subscription.pk
 
 
+def test_a_guesser_cycling_made_up_names_adds_to_one_entry(db):
+    limit = settings.HAVEN_SIGNIN_FAILURE_LIMIT
+    for n in range(6):
+        for _ in range(limit):
+            _guess(f"made-up-{n}")
+    [entry] = _pauses()
+    assert (entry.repeat_count, entry.subscription_id, entry.detail) == (
+        6,
+        None,
+        {"user_name_tried": "made-up-0"},
+    )
+
+
 def test_guessing_access_tokens_records_the_addresss_pause(db):
     limit = settings.HAVEN_SIGNIN_FAILURE_LIMIT
     client = Client(HTTP_AUTHORIZATION="Bearer hvn_guess", REMOTE_ADDR=GUESSER)
     answers = [client.get("/api/v1/me/").status_code for _ in range(limit + 3)]
     assert answers[:limit] == [401] * limit and answers[-1] == 429
     entry = _pauses().get()
-    assert (entry.resource_name, entry.address, entry.subscription_id) == (
-        "api token",
+    assert (entry.detail, entry.address, entry.subscription_id) == (
+        {"user_name_tried": "api token"},
         GUESSER,
         None,
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -19,6 +18,7 @@ from django.urls import reverse
 from portal import tokens
 from portal.models import Role
 from tests.support import builders
+from tests.support.activity import clear_of_a_window_edge
 from vaults import activity
 from vaults.activity import Operation, Outcome
 from vaults.models import ActivityEntry
@@ -28,12 +28,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture(autouse=True)
 def _clear_of_a_window_edge():
-    """A loop that straddled two windows of the clock would rightly be two entries: start
-    each test with at least 15 seconds of its window left."""
-    window = activity.COALESCE_WINDOW.total_seconds()
-    left = window - time.time() % window
-    if left < 15:
-        time.sleep(left + 0.1)
+    clear_of_a_window_edge()
 
 
 def test_fifty_refused_posts_are_one_entry_counted_fifty_times(client, vault, member):
