@@ -19,6 +19,27 @@ from portal.models import Membership, Role, Subscription
 _BAD_ID = (ValueError, TypeError, ValidationError)
 
 
+class TwoFactorRequired(PermissionDenied):
+    """The subscription requires two-factor sign-in and this request's user has not enrolled
+    (a personal access token's request: a session is sent to enrolment before it gets here)."""
+
+
+def two_factor_barred(user) -> dict[str, str]:
+    """The subscriptions (id as text: name) this request may not reach until its user enrols
+    in two-factor sign-in. Token authentication (``portal.api.auth``) sets them on the user it
+    loads; a session never carries any (``TwoFactorMiddleware`` refuses it everything)."""
+    return getattr(user, "two_factor_barred", None) or {}
+
+
+def _refuse_barred(user, subscription_id) -> None:
+    name = two_factor_barred(user).get(str(subscription_id))
+    if name is not None:
+        raise TwoFactorRequired(
+            f"{name} requires two-factor sign-in: enrol at /account/two-factor/, then this "
+            "token works again."
+        )
+
+
 def role_in(user, subscription_id) -> str | None:
     """The user's role on a subscription, or None. Superusers are Owners everywhere. A
     deactivated account has no role anywhere: an authorisation a person gave (a cross-machine
@@ -36,15 +57,19 @@ def role_in(user, subscription_id) -> str | None:
 
 
 def has_role(user, subscription_id, role: str) -> bool:
+    if str(subscription_id) in two_factor_barred(user):
+        return False
     current = role_in(user, subscription_id)
     return current is not None and Role.rank(current) >= Role.rank(role)
 
 
 def check_role(user, subscription_id, role: str) -> str:
-    """Raise Http404 for outsiders and PermissionDenied for too low a role; return the role."""
+    """Raise Http404 for outsiders and PermissionDenied for too low a role (or, for a token,
+    a subscription that requires two-factor sign-in its user has not set up); return the role."""
     current = role_in(user, subscription_id)
     if current is None:
         raise Http404("No such resource")
+    _refuse_barred(user, subscription_id)
     if Role.rank(current) < Role.rank(role):
         raise PermissionDenied(
             f"This needs the {Role(role).label} role or higher; you are {Role(current).label}."
@@ -54,9 +79,14 @@ def check_role(user, subscription_id, role: str) -> str:
 
 def visible_subscription_ids(user):
     """A queryset of subscription ids the user may see (any role)."""
+    barred = list(two_factor_barred(user))
     if user.is_superuser:
-        return Subscription.objects.values("id")
-    return Membership.objects.filter(user=user).values("subscription_id")
+        subscriptions = Subscription.objects.all()
+        return (subscriptions.exclude(id__in=barred) if barred else subscriptions).values("id")
+    memberships = Membership.objects.filter(user=user)
+    if barred:
+        memberships = memberships.exclude(subscription_id__in=barred)
+    return memberships.values("subscription_id")
 
 
 def for_user(user, queryset_or_model, *, subscription_path: str | None = None):
@@ -71,7 +101,7 @@ def for_user(user, queryset_or_model, *, subscription_path: str | None = None):
         lookup = f"{path}__in"
     if not user.is_authenticated:
         return qs.none()
-    if user.is_superuser:
+    if user.is_superuser and not two_factor_barred(user):
         return qs
     return qs.filter(**{lookup: visible_subscription_ids(user)})
 

@@ -59,11 +59,13 @@ def resolve_watches(user, query_string: bytes) -> dict[str, Watch]:
 
 def still_allowed(user_id, watches: dict[str, Watch]) -> set[str] | None:
     """The groups of ``watches`` the user may still hear, or None when the user may no
-    longer hold a socket at all (deleted, deactivated, one-time password)."""
+    longer hold a socket at all (deleted, deactivated, one-time password, or a subscription
+    of theirs now requires two-factor sign-in that they have not set up)."""
+    from portal import two_factor
     from portal.models import User
 
     user = User.objects.filter(pk=user_id).first()
-    if not may_listen(user):
+    if not may_listen(user) or two_factor.barred_subscriptions(user):
         return None
     return {
         group for group, (kind, object_id) in watches.items() if _resolve(user, kind, object_id)

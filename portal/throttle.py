@@ -8,7 +8,9 @@ further one doubles it, up to ``HAVEN_SIGNIN_COOLOFF_MINUTES``. While a pair is 
 attempts are answered without checking the password, so guessing gains nothing; a
 success clears the pair, an Owner's password reset clears every pair of the account, and
 failures are forgotten after a day without one. The counts are rows
-(``portal.models.SignInThrottle``), which every portal process shares.
+(``portal.models.SignInThrottle``), which every portal process shares. Each pause that
+starts is one *Sign-in paused after failures* entry of the activity log (the callers:
+``vaults.activity.signin_pause_record``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from datetime import timedelta
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import transaction
@@ -78,9 +81,15 @@ def signin_wait(*, username: str, address: str) -> int:
     return math.ceil(remaining) if remaining > 0 else 0
 
 
+class Failure(NamedTuple):
+    pause: int  # whole seconds of the pause this failure starts (0: none)
+    failures: int  # failures of the pair in a row, this one included
+
+
 @transaction.atomic
-def signin_failed(*, username: str, address: str) -> int:
-    """Count a failure; returns the seconds of pause it starts."""
+def signin_failed(*, username: str, address: str) -> Failure:
+    """Count a failure; returns the pause it starts (each failure from the limit on starts
+    one: the tries during a pause are not checked, so not counted) and the count."""
     now = timezone.now()
     SignInThrottle.objects.filter(last_failure__lt=now - FORGET_AFTER).delete()
     row, _ = SignInThrottle.objects.select_for_update().get_or_create(
@@ -93,7 +102,7 @@ def signin_failed(*, username: str, address: str) -> int:
     row.last_failure = now
     row.paused_until = now + timedelta(seconds=pause)
     row.save(update_fields=["failures", "last_failure", "paused_until"])
-    return math.ceil(pause)
+    return Failure(math.ceil(pause), row.failures)
 
 
 def signin_succeeded(*, username: str, address: str) -> None:

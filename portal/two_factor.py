@@ -10,7 +10,11 @@ enrolled to enrolment instead. Failed codes count in the sign-in throttle
 time step was already used, so an overheard code cannot be replayed.
 
 Personal access tokens are not sessions: they are created in a verified session and
-authenticate API calls on their own (docs/security.md).
+authenticate API calls on their own (docs/security.md). But a token of a member who has not
+enrolled reaches nothing of a subscription that requires two-factor sign-in (403 naming the
+subscription; ``barred_subscriptions``), whenever the token was made; the member's other
+subscriptions are unaffected. Machines' credentials and agent tokens are machine
+identities, not a person's sign-in, and are not affected.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from portal import realtime
 from portal.models import Membership, RecoveryCodes, Subscription, User, recovery_code_digest
-from portal.signals import SESSION_ENDED
+from portal.signals import ACCESS_CHANGED, SESSION_ENDED
 
 RECOVERY_CODE_COUNT = 10
 APP_DEVICE_NAME = "Authenticator app"
@@ -96,6 +100,21 @@ def is_enrolled(user) -> bool:
 def requiring_subscriptions(user):
     """The user's subscriptions whose Owner requires two-factor sign-in."""
     return Subscription.objects.filter(memberships__user=user, require_two_factor=True)
+
+
+def barred_subscriptions(user) -> dict[str, str]:
+    """The user's subscriptions that require two-factor sign-in, while the user has no
+    confirmed authenticator app: a personal access token of theirs reaches none
+    of them (``portal.access.two_factor_barred``) until they enrol."""
+    # One plain query in the common case (no subscription requires it); the enrolment is
+    # looked up only when one does. Every token request pays this.
+    required = Membership.objects.filter(
+        user_id=user.pk, subscription__require_two_factor=True
+    ).values_list("subscription_id", "subscription__name")
+    barred = {str(pk): name for pk, name in required}
+    if barred and is_enrolled(user):
+        return {}
+    return barred
 
 
 def recovery_codes_left(user) -> int:
@@ -235,4 +254,13 @@ def subscription_require_set(*, subscription: Subscription, required: bool, by) 
     if changed:
         subscription.require_two_factor = required
         subscription.save(update_fields=["require_two_factor"])
+    if changed and required:
+        # Members who have not enrolled lose their open sockets now (after commit): each
+        # socket's re-check finds the requirement (portal.live.still_allowed).
+        for user_id in (
+            Membership.objects.filter(subscription=subscription)
+            .exclude(enrolled_exists("user"))
+            .values_list("user_id", flat=True)
+        ):
+            realtime.tell_user_sockets(user_id, {"type": ACCESS_CHANGED})
     return changed

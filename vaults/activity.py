@@ -15,21 +15,27 @@ served in a context variable (as django-auditlog does), and ``record`` reads the
 outside a request (the scheduler, a worker) has no address.
 On what: the subscription, the vault (id and name, kept after the vault is gone) and one
 resource (a machine, a policy, a job, a credentials file, a membership), as kind, id, name.
+
+Refusals are counted, not repeated: the same actor refused the same operation on the same
+target for the same reason within ``COALESCE_WINDOW`` (10 minutes of the clock) is one row
+whose ``repeat_count`` and ``last_at`` go up ("refused 312 times, last at 16:40"); the
+address and the detail shown are the first try's. The first refusal of a window is a row at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import uuid
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, timedelta
 from typing import Any
 
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import models
+from django.db import connections, models, router
 
 from portal import access
 from portal.models import Subscription
@@ -40,6 +46,10 @@ Operation = ActivityEntry.Operation
 Outcome = ActivityEntry.Outcome
 
 RESOURCE_NAME_MAX = 255
+# A refusal repeated within this window of the clock (same actor, operation, target and
+# reason) is counted on the window's first row instead of adding rows: a Reader or a stolen
+# token looping on a refused POST cannot flood the log.
+COALESCE_WINDOW = timedelta(minutes=10)
 
 _current_request: ContextVar = ContextVar("haven_activity_request", default=None)
 
@@ -123,7 +133,7 @@ def record(
     if subscription_id is None and vault is not None:
         subscription_id = vault.subscription_id
     res = resource_of(resource) if resource is not None else Resource(kind="")
-    return ActivityEntry.objects.create(
+    entry = ActivityEntry(
         user=user,
         username=(user.get_username() if user is not None else actor)[:150],
         operation=operation,
@@ -138,6 +148,61 @@ def record(
         address=client_address(request) if request is not None else "",
         detail=_jsonable(detail or {}),
     )
+    if outcome != Outcome.REFUSED:
+        entry.save()
+        return entry
+    return _refusal_counted(entry)
+
+
+def coalesce_key(entry: ActivityEntry) -> str:
+    """Who (the user, or the machine's name), what (operation, subscription, vault,
+    resource), why (the reason) and the window of the clock it falls in, as a digest. Not
+    the detail: it may hold what the person typed (a reason for deleting, say), and a loop
+    that changed it on each try would flood the log again; the entry keeps the first try's
+    detail and address."""
+    window = int(entry.at.timestamp() // COALESCE_WINDOW.total_seconds())
+    parts = [
+        str(entry.user_id) if entry.user_id is not None else f"name:{entry.username}",
+        entry.operation,
+        entry.outcome,
+        str(entry.subscription_id or ""),
+        str(entry.vault_id or ""),
+        entry.resource_kind,
+        entry.resource_id,
+        entry.reason,
+        window,
+    ]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _refusal_counted(entry: ActivityEntry) -> ActivityEntry:
+    """Insert the refusal, or, when the same one is already in its window, count it there:
+    one INSERT … ON CONFLICT (coalesce_key) DO UPDATE … RETURNING (PostgreSQL and SQLite),
+    on the key's unique index, so concurrent repeats neither scan the log nor make two
+    rows. The first of a window is always a row of its own, at once. Concurrent repeats
+    may arrive out of their order: the last time only moves forward."""
+    entry.last_at = entry.at
+    entry.coalesce_key = coalesce_key(entry)
+    connection = connections[router.db_for_write(ActivityEntry)]
+    fields = [f for f in ActivityEntry._meta.concrete_fields if not f.primary_key]
+    table = connection.ops.quote_name(ActivityEntry._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    values = [f.get_db_prep_save(getattr(entry, f.attname), connection) for f in fields]
+    count = connection.ops.quote_name("repeat_count")
+    last = connection.ops.quote_name("last_at")
+    sql = (
+        f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(fields))}) "
+        f"ON CONFLICT ({connection.ops.quote_name('coalesce_key')}) DO UPDATE SET "
+        f"{count} = {table}.{count} + 1, {last} = CASE WHEN EXCLUDED.{last} > {table}.{last} "
+        f"THEN EXCLUDED.{last} ELSE {table}.{last} END "
+        f"RETURNING {connection.ops.quote_name('id')}, {count}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        entry.pk, entry.repeat_count = cursor.fetchone()
+    entry._state.adding = False
+    entry._state.db = connection.alias
+    return entry
 
 
 def _jsonable(value):
@@ -182,6 +247,50 @@ def refusals_recorded(
     except refused as exc:
         record(operation=operation, outcome=Outcome.REFUSED, reason=refusal_reason(exc), **fields)
         raise
+
+
+def signin_pause_record(*, username: str, failure) -> None:
+    """A run of failed sign-ins (passwords, codes, access tokens) started a pause of
+    ``failure.pause`` seconds for ``username`` and the request's address: one refused
+    *Sign-in paused after failures* entry in each subscription of the account of that name,
+    so its Owners see it in the subscription's activity log; one without a subscription when
+    no such account exists or it belongs to none. Nothing the person signing in sees
+    changes, so the pause still does not tell whether the account exists."""
+    from portal.models import Membership
+
+    if not failure.pause:
+        return
+    tried = username.strip()[:150]
+    # One query whether or not the account exists (the same work either way, as far as
+    # the account's number of subscriptions allows).
+    where: list[tuple[Subscription | None, str]] = [
+        (m.subscription, str(m.user_id))
+        for m in Membership.objects.filter(user__username__iexact=tried).select_related(
+            "subscription"
+        )
+    ] or [(None, "")]
+    seconds = failure.pause
+    paused = (
+        f"{seconds} second{'s' if seconds != 1 else ''}"
+        if seconds < 90
+        else f"{-(-seconds // 60)} minutes"
+    )
+    for subscription, account_id in where:
+        record(
+            operation=Operation.SIGNIN_LOCKOUT,
+            subscription=subscription,
+            outcome=Outcome.REFUSED,
+            actor="anonymous",
+            # A name with no account is not named in the resource, only in the detail,
+            # which is not part of what makes a refusal the same: a guesser cycling made-up
+            # names adds to one counted entry per pause length and 10 minutes, not a row
+            # per name (those entries are on no page).
+            resource=Resource(
+                kind="user account", id=account_id, name=tried if subscription else ""
+            ),
+            reason=f"Sign-in paused for {paused} after {failure.failures} failures in a row.",
+            detail={"user_name_tried": tried},
+        )
 
 
 def require_role(request, *, vault, role: str, operation: str, resource: Any = None) -> None:
@@ -248,6 +357,8 @@ CSV_HEADER = [
     "Resource",
     "Reason",
     "Details",
+    "Times",
+    "Last time (UTC)",
 ]
 # A spreadsheet runs a cell that starts with one of these as a formula (OWASP's "CSV
 # injection"): such a cell is written with a leading apostrophe, which shows it as text.
@@ -274,5 +385,9 @@ def csv_row(entry: ActivityEntry) -> list[str]:
         entry.resource_name,
         entry.reason,
         json.dumps(entry.detail, ensure_ascii=False, sort_keys=True) if entry.detail else "",
+        str(entry.repeat_count),
+        entry.last_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        if entry.repeat_count > 1 and entry.last_at
+        else "",
     ]
     return [csv_safe(cell) for cell in cells]

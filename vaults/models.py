@@ -205,7 +205,8 @@ class ActivityEntry(models.Model):
 
     Append-only: ``save()`` refuses to update a stored row, ``delete()`` refuses, the
     queryset refuses ``update()``/``delete()``, and on PostgreSQL a trigger refuses UPDATE and
-    DELETE (migration 0004). The vault and the resource are kept as snapshots (id and
+    DELETE (migration 0004), except a repeated refusal's count and last time going up
+    (migration 0015). The vault and the resource are kept as snapshots (id and
     name, no foreign key), so an entry outlives the vault, machine or policy it names.
     Written only through ``vaults.activity.record``.
     """
@@ -283,6 +284,14 @@ class ActivityEntry(models.Model):
     reason = models.TextField(blank=True, default="")
     address = models.CharField(max_length=64, blank=True, default="")
     detail = models.JSONField(default=dict, blank=True)
+    # A refusal repeated by the same actor (same operation, target and reason) within one
+    # window of ``vaults.activity.COALESCE_WINDOW`` is this one row, counted: ``at`` is the
+    # first try, ``last_at`` the latest. ``coalesce_key`` names the actor, what was refused
+    # and the window (NULL for everything else); its unique index is what the upsert of
+    # ``vaults.activity.record`` conflicts on, so a repeat costs one indexed statement.
+    repeat_count = models.PositiveIntegerField(default=1)
+    last_at = models.DateTimeField(null=True, blank=True)
+    coalesce_key = models.CharField(max_length=64, null=True, blank=True, unique=True)
 
     objects = ActivityQuerySet.as_manager()
 

@@ -4,7 +4,10 @@ or the browser's session, which must carry the CSRF token for anything but a rea
 A wrong, revoked or expired token is a failure of the sign-in throttle for the client
 address (``portal.throttle``): after ``HAVEN_SIGNIN_FAILURE_LIMIT`` of them the address
 is answered 429 with ``Retry-After`` until the pause ends, without the token being looked
-at. Every authenticated user is held to ``HAVEN_API_RATE_PER_MINUTE`` requests a minute.
+at; each pause it starts is an activity log entry. A token whose owner has not enrolled in
+two-factor sign-in reaches nothing of a subscription that requires it
+(``portal.two_factor.barred_subscriptions``). Every authenticated user is held to
+``HAVEN_API_RATE_PER_MINUTE`` requests a minute.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from rest_framework import authentication, exceptions, throttling
 
 from agents import api_auth
 from agents.api_auth import RATE_WINDOW_SECONDS
-from portal import throttle, tokens
+from portal import throttle, tokens, two_factor
+from vaults import activity
 
 
 class TokenThrottled(exceptions.Throttled):
@@ -41,8 +45,12 @@ class TokenAuthentication(authentication.BaseAuthentication):
         try:
             user, row = tokens.token_authenticate(token)
         except tokens.TokenRefused as exc:
-            throttle.signin_failed(username=tokens.THROTTLE_ACCOUNT, address=address)
+            failure = throttle.signin_failed(username=tokens.THROTTLE_ACCOUNT, address=address)
+            activity.signin_pause_record(username=tokens.THROTTLE_ACCOUNT, failure=failure)
             raise exceptions.AuthenticationFailed(str(exc)) from None
+        # A subscription that requires two-factor sign-in is out of this token's reach
+        # while its owner has not enrolled (portal.access refuses it, 403).
+        user.two_factor_barred = two_factor.barred_subscriptions(user)
         return user, row
 
     def authenticate_header(self, request):

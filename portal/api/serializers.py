@@ -375,7 +375,16 @@ class ActivitySerializer(serializers.ModelSerializer):
             "resource_name",
             "reason",
             "detail",
+            "repeat_count",
+            "last_at",
         ]
+        extra_kwargs = {
+            "repeat_count": {
+                "help_text": "How many times this was refused: the same person or machine, "
+                "operation, target and reason within 10 minutes are one entry."
+            },
+            "last_at": {"help_text": "When the last of those tries was (the first is `at`)."},
+        }
 
 
 class ActivityFilters(serializers.Serializer):

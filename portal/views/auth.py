@@ -14,6 +14,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from portal import throttle, two_factor
+from vaults import activity
 
 
 class SignInForm(AuthenticationForm):
@@ -41,7 +42,7 @@ class SignInView(auth_views.LoginView):
 
     def form_invalid(self, form):
         if any(e.code in ("invalid_login", "inactive") for e in form.non_field_errors().data):
-            throttle.signin_failed(**self.pair)
+            _failed(**self.pair)
         return super().form_invalid(form)
 
     def form_valid(self, form):
@@ -94,7 +95,7 @@ def signin_code(request):
         try:
             two_factor.verify(request=request, code=request.POST.get("code", ""))
         except two_factor.CodeRefused as exc:
-            throttle.signin_failed(**pair)
+            _failed(**pair)
             error = str(exc)
         else:
             throttle.signin_succeeded(**pair)
@@ -108,6 +109,12 @@ def signin_code(request):
         {"error": error, "next": wanted, "bare_page": True},
         status=400 if error else 200,
     )
+
+
+def _failed(*, username: str, address: str) -> None:
+    """Count the pair's failure; a pause it starts goes in the activity log."""
+    failure = throttle.signin_failed(username=username, address=address)
+    activity.signin_pause_record(username=username, failure=failure)
 
 
 def _duration(seconds: int) -> str:

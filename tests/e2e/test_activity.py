@@ -1,6 +1,7 @@
 """The activity log in Chromium: an Owner revokes vault credentials, opens the vault's
-Activity log from the vault menu, filters it by operation, exports the filtered log as CSV
-and checks the file, then gives a user a role and finds it in the subscription-wide log."""
+Activity log from the vault menu (a Reader's repeated refusal is one entry with its count), filters it by operation, exports the filtered log as CSV
+and checks the file, then gives a user a role and finds it in the subscription-wide log, beside the pause of a
+stranger guessing that user's password."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ pytestmark = pytest.mark.slow
 def test_filter_and_export_the_vault_activity_log(
     signed_in_page, live_portal, portal_owner, screenshot, tmp_path
 ):
+    from django.conf import settings
+    from django.test import Client
+    from django.urls import reverse
+
     from tests.e2e.conftest import make_user
     from vaults import activity
     from vaults.activity import Operation, Outcome
@@ -35,13 +40,15 @@ def test_filter_and_export_the_vault_activity_log(
     make_user("bob")
     # What came before: a download, a refused attempt by a Reader, a policy change.
     _name, _content, credential = credentials_issue(vault=vault, issued_by=alice)
-    activity.record(
-        operation=Operation.VAULT_DELETE,
-        user=make_user("mallory"),
-        vault=vault,
-        outcome=Outcome.REFUSED,
-        reason="This needs the Contributor role or higher; you are Reader.",
-    )
+    mallory = make_user("mallory")
+    for _ in range(12):  # a Reader's loop: one entry, counted
+        activity.record(
+            operation=Operation.VAULT_DELETE,
+            user=mallory,
+            vault=vault,
+            outcome=Outcome.REFUSED,
+            reason="This needs the Contributor role or higher; you are Reader.",
+        )
     activity.record(
         operation=Operation.POLICY_CHANGE,
         user=alice,
@@ -68,6 +75,7 @@ def test_filter_and_export_the_vault_activity_log(
     expect(rows.first).to_contain_text("alice")
     expect(rows.first).to_contain_text(str(credential.pk)[:8])
     expect(page.locator('tr[data-operation="vault.delete"]')).to_contain_text("Refused")
+    expect(page.locator('tr[data-operation="vault.delete"]')).to_contain_text("12 times, last at")
     expect(page.locator('tr[data-operation="policy.change"]')).to_contain_text(
         "retention.daily.days: 7 → 30"
     )
@@ -98,13 +106,23 @@ def test_filter_and_export_the_vault_activity_log(
     page.get_by_label("Role", exact=True).select_option(label="Reader")
     page.get_by_role("button", name="Add", exact=True).click()
     expect(page.locator("#members")).to_contain_text("bob")
+    # Someone guesses bob's password from one address until sign-in pauses: one entry.
+    for _ in range(settings.HAVEN_SIGNIN_FAILURE_LIMIT + 3):
+        Client().post(
+            reverse("portal:login"),
+            {"username": "bob", "password": "guess"},
+            REMOTE_ADDR="203.0.113.5",
+        )
     page.get_by_role("navigation", name="Subscription menu").get_by_role(
         "link", name="Activity log"
     ).click()
     expect(page.get_by_role("heading", name="Contoso Production | Activity log")).to_be_visible()
     rows = page.locator("#activity-log tbody tr")
-    expect(rows).to_have_count(5)
-    expect(rows.first).to_contain_text("Add role assignment")
-    expect(rows.first).to_contain_text("Subscription")
-    expect(rows.nth(1)).to_contain_text("Vault vault-prod")
+    expect(rows).to_have_count(6)
+    expect(rows.first).to_contain_text("Sign-in paused after failures")
+    expect(rows.first).to_contain_text("User account bob")
+    expect(rows.first).to_contain_text("203.0.113.5")
+    expect(rows.nth(1)).to_contain_text("Add role assignment")
+    expect(rows.nth(1)).to_contain_text("Subscription")
+    expect(rows.nth(2)).to_contain_text("Vault vault-prod")
     screenshot("activity-log-subscription", full_page=True)

@@ -63,7 +63,13 @@ def test_enabled_is_reversible_and_locked_is_not(
     with pytest.raises(ValidationError, match="Choose Disabled"):
         set_state(vault, alice, "frozen")
     outcomes = [outcome for outcome, _ in entries(ActivityEntry.Operation.IMMUTABILITY_CHANGE)]
-    assert outcomes.count("succeeded") == 3 and outcomes.count("refused") == 5
+    assert outcomes.count("succeeded") == 3
+    # Five refusals; the two "locked immutable vault" ones (to enabled, to disabled) have the
+    # same reason within minutes: one entry counted twice (vaults.activity).
+    refusals = ActivityEntry.objects.filter(
+        operation=ActivityEntry.Operation.IMMUTABILITY_CHANGE, outcome="refused"
+    ).values_list("repeat_count", flat=True)
+    assert sorted(refusals) == [1, 1, 1, 2]
 
 
 def test_it_blocks_stop_protection_with_delete(vault, machine, policy, alice):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
+from vaults import activity
 from vaults.models import ActivityEntry
 
 
@@ -13,3 +16,12 @@ def one_entry(*, operation: str, **expected) -> ActivityEntry:
     got = {name: getattr(entry, name) for name in expected}
     assert got == expected
     return entry
+
+
+def clear_of_a_window_edge(seconds: float = 15) -> None:
+    """Refusals that straddle two windows of the clock are rightly two entries: a test that
+    counts a loop's tries as one entry first waits until its window has ``seconds`` left."""
+    window = activity.COALESCE_WINDOW.total_seconds()
+    left = window - time.time() % window
+    if left < seconds:
+        time.sleep(left + 0.1)
