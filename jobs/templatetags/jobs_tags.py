@@ -7,11 +7,14 @@ import html
 from datetime import datetime, timedelta
 
 from django import template
-from django.template.defaultfilters import filesizeformat
+from django.template.defaultfilters import filesizeformat, urlencode
+from django.template.defaulttags import CsrfTokenNode
 from django.utils.safestring import mark_safe
+from django.utils.timezone import template_localtime
 
 from jobs.recovery.services import CONFLICTS
 from jobs.schedule import WEEKDAY_NAMES
+from portal.templatetags.haven import ID_PLACEHOLDER, id_url, id_url_pattern, row_time
 
 register = template.Library()
 
@@ -147,3 +150,102 @@ def broker_wait(job):
     from jobs import selectors
 
     return selectors.broker_wait(job)
+
+
+@register.simple_tag(takes_context=True)
+def protection_actions(context, machine, protection, *, small=False, next="") -> str:
+    """The actions a backup item's state allows (Back up now, Stop backup or Delete backup
+    data, Resume backup, Undelete), with ``can_operate``/``can_contribute`` from the page;
+    ``next`` returns there after. Built here rather than by an include per row: Backup items
+    lists every machine of a vault, and the include cost a sixth of the page's render."""
+    state = protection.state
+    can_operate = context.get("can_operate")
+    can_contribute = context.get("can_contribute")
+    size = " small" if small else ""
+    pk = machine.pk
+    parts = []
+    if can_operate and state in ("protected", "none"):
+        parts.append(
+            f'<a class="button{size}" href="{id_url("jobs:backup_now", pk)}" '
+            'data-action="backup-now">Back up now</a>'
+        )
+    if (state == "protected" and can_operate) or (
+        state in ("stopped", "unregistered") and can_contribute
+    ):
+        query = f"?next={urlencode(next)}" if next else ""
+        label = "Stop backup" if state == "protected" else "Delete backup data"
+        parts.append(
+            f'<a class="button{size}" href="{id_url("jobs:protection_stop", pk)}{query}" '
+            f'data-action="stop-backup">{label}</a>'
+        )
+    forms = []
+    if state == "stopped" and can_operate and not machine.unregistered_at:
+        forms.append(("jobs:protection_resume", "resume-backup", "Resume backup"))
+    if state == "soft_deleted" and can_operate and protection.days_left:
+        forms.append(("jobs:protection_undelete", "undelete", "Undelete"))
+    for url_name, action, label in forms:
+        hidden = f'<input type="hidden" name="next" value="{html.escape(next)}">' if next else ""
+        parts.append(
+            f'<form method="post" action="{id_url(url_name, pk)}" class="inline-form">'
+            f"{CsrfTokenNode().render(context)}{hidden}"
+            f'<button class="button{size}" type="submit" data-action="{action}">{label}'
+            "</button></form>"
+        )
+    # Every value above is a fixed word, an escaped text, a URL of ids or Django's token.
+    return mark_safe("\n".join(parts))
+
+
+@register.simple_tag(takes_context=True)
+def backup_item_rows(context, items) -> str:
+    """The ``<tr>`` of each backup item (``jobs.views.backup_items`` prepares them): a vault
+    may hold hundreds of machines, and the rows written as a template loop were most of the
+    page's cost (Django's template engine costs microseconds per node, and a row had over
+    forty). The same HTML as that loop; texts escaped as Django escapes them."""
+    from jobs.services.live import size_texts  # imports jobs.services
+
+    next_path = context["request"].path
+    sizes = size_texts(item.stored or 0 for item in items)
+    urls = {
+        name: id_url_pattern(name)
+        for name in ("agents:detail", "jobs:policy", "jobs:detail", "jobs:recovery_points")
+    }
+
+    def url(name, pk) -> str:
+        return urls[name].replace(ID_PLACEHOLDER, str(pk))
+
+    rows = []
+    for item, stored in zip(items, sizes, strict=True):
+        pk = item.pk
+        protection = item.protection
+        note = ""
+        if protection.days_left is not None:
+            days = protection.days_left
+            note = (
+                f'<div class="protection-note"><span class="days-left">{days} '
+                f"day{'' if days == 1 else 's'} left</span> before the data is removed</div>"
+            )
+        policy = f"Version {item.policy.version}" if item.policy else "Set policy"
+        if item.last_job_id:
+            last_job = (
+                f'<a href="{url("jobs:detail", item.last_job_id)}"><span class="status '
+                f'{item.last_job_class}">{item.last_job_label}</span></a>'
+            )
+        else:
+            last_job = "—"
+        latest = row_time(template_localtime(item.latest_point_at)) or "—"
+        actions = protection_actions(context, item, protection, small=True, next=next_path)
+        rows.append(
+            f'<tr data-machine="{pk}">\n'
+            f'    <td><a href="{url("agents:detail", pk)}">{html.escape(item.name)}</a></td>\n'
+            f'    <td data-field="protection"><span class="status {protection.status_class}" '
+            f'title="{html.escape(protection.sentence)}">{protection.label}</span>{note}</td>\n'
+            f'    <td><a href="{url("jobs:policy", pk)}">{policy}</a></td>\n'
+            f"    <td>{last_job}</td>\n"
+            f"    <td>{latest}</td>\n"
+            f'    <td><a href="{url("jobs:recovery_points", pk)}">{item.points}</a></td>\n'
+            f"    <td>{stored}</td>\n"
+            f'    <td class="actions-col">{actions}</td>\n'
+            "  </tr>"
+        )
+    # Names and sentences are escaped above; the rest are fixed words, numbers and ids.
+    return mark_safe("\n  ".join(rows))
