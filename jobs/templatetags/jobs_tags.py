@@ -12,6 +12,7 @@ from django.template.defaulttags import CsrfTokenNode
 from django.utils.safestring import mark_safe
 from django.utils.timezone import template_localtime
 
+from jobs.models import Job
 from jobs.recovery.services import CONFLICTS
 from jobs.schedule import WEEKDAY_NAMES
 from portal.templatetags.haven import ID_PLACEHOLDER, id_url, id_url_pattern, row_time
@@ -249,3 +250,94 @@ def backup_item_rows(context, items) -> str:
         )
     # Names and sentences are escaped above; the rest are fixed words, numbers and ids.
     return mark_safe("\n  ".join(rows))
+
+
+def _labels() -> tuple[dict, dict]:
+    """The operations' and statuses' labels in the active language (each lazy label looks
+    the language up again: a list takes them once)."""
+    return (
+        {value: str(label) for value, label in Job.Operation.choices},
+        {value: str(label) for value, label in Job.Status.choices},
+    )
+
+
+def _job_row(job, *, oob: bool, detail_url: str, size: str, labels: tuple[dict, dict]) -> str:
+    """``_job_row.html``'s ``<tr>`` for ``job`` (``size``: its bytes transferred as text)."""
+    operations, statuses = labels
+    machine = job.machine if job.machine_id else None
+    item = html.escape((machine.name if machine else "") or job.vault.name)
+    operation = "Download" if is_download(job) else operations.get(job.operation, job.operation)
+    if job.trigger == "scheduled":
+        operation += ' <span class="muted">(scheduled)</span>'
+    elif job.started_on_machine:
+        operation += ' <span class="muted">(started on the machine)</span>'
+    status = (
+        f'<span class="status {job.status_class}">{statuses.get(job.status, job.status)}</span>'
+    )
+    if job.status == "running":
+        pct = progress_percent(job.progress)
+        shown = f"{pct}%" if pct is not None else ""
+        status += f' <span class="job-row-percent" data-field="percent">{shown}</span>'
+    wait = broker_wait(job)
+    if wait:
+        since = f"{template_localtime(wait.since):%H:%M}"
+        attempts = f"{wait.attempts} attempt{'' if wait.attempts == 1 else 's'}"
+        status += (
+            ' <span class="muted" data-field="broker-wait" title="Waiting for the message broker '
+            f'(since {since}; {attempts}: {html.escape(wait.last_error)})">waiting for the '
+            f"message broker since {since}</span>"
+        )
+    created = template_localtime(job.created_at)
+    swap = ' hx-swap-oob="true"' if oob else ""
+    return (
+        f'<tr id="job-row-{job.pk}"{swap}>\n'
+        f'  <td><a href="{detail_url}">{item}</a></td>\n'
+        f"  <td>{operation}</td>\n"
+        f"  <td>{status}</td>\n"
+        f"  <td>{html.escape(job.vault.name)}</td>\n"
+        f'  <td><time datetime="{created.isoformat()}">{row_time(created)}</time></td>\n'
+        f'  <td data-field="duration">{seconds_human(job.duration)}</td>\n'
+        f'  <td data-field="transferred">{size}</td>\n'
+        "</tr>"
+    )
+
+
+@register.simple_tag
+def job_row(job, oob=False) -> str:
+    """One job's row of the jobs list (``_job_row.html``, the fragment pushed to a vault's
+    watchers). Built in Python with ``job_rows``: the list's template loop cost more than
+    the rest of the page."""
+    from jobs.services.live import size_texts  # imports jobs.services
+
+    url = id_url("jobs:detail", job.pk)
+    # Names and the broker's error are escaped; the rest are fixed words, numbers, ids.
+    return mark_safe(
+        _job_row(
+            job,
+            oob=oob,
+            detail_url=url,
+            size=size_texts([job.bytes_transferred])[0],
+            labels=_labels(),
+        )
+    )
+
+
+@register.simple_tag
+def job_rows(jobs) -> str:
+    """``job_row`` of each of ``jobs``, each followed by a newline as the include gave."""
+    from jobs.services.live import size_texts  # imports jobs.services
+
+    pattern = id_url_pattern("jobs:detail")
+    sizes = size_texts(job.bytes_transferred for job in jobs)
+    labels = _labels()
+    rows = [
+        _job_row(
+            job,
+            oob=False,
+            detail_url=pattern.replace(ID_PLACEHOLDER, str(job.pk)),
+            size=size,
+            labels=labels,
+        )
+        for job, size in zip(jobs, sizes, strict=True)
+    ]
+    return mark_safe("".join(f"{row}\n" for row in rows))  # escaped in _job_row

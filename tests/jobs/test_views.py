@@ -276,3 +276,24 @@ def test_backup_items_renders_in_queries_constant_in_its_machines(as_alice, vaul
     page = as_alice.get(url).content.decode()
     assert page.count("<tr data-machine=") == 9 and page.count(">Failed</span>") == 8
     assert count_queries(as_alice, url) == few
+
+
+def test_a_jobs_list_row_is_the_row_its_vault_watchers_are_pushed(as_alice, vault, policy):
+    from jobs.services import live
+    from tests.jobs.conftest import make_machine
+
+    machine = make_machine(vault, 'db<1>&"x"')
+    job = services.backup_start(machine=machine)
+    services.job_mark_started(job=job)
+    services.job_record_progress(
+        job=job, event={"phase": "backing_up", "bytes_done": 1024, "bytes_total": 4096}
+    )
+    page = as_alice.get("/jobs/").content.decode()
+    start = page.index(f'<tr id="job-row-{job.pk}">')
+    row = page[start : page.index("</tr>", start) + 5]
+    assert 'data-field="percent">25%</span>' in row and ">In progress</span>" in row
+    assert "db&lt;1&gt;&amp;&quot;x&quot;" in row and "db<1>" not in page
+    assert f'<a href="/jobs/{job.pk}/">' in row and "(scheduled)" not in row
+    job.refresh_from_db()
+    pushed = dict(live.job_fragments(job))[live.group_for_vault(vault.pk)]
+    assert pushed.strip() == row.replace(">", ' hx-swap-oob="true">', 1)
