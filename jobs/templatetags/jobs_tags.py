@@ -10,9 +10,9 @@ from django import template
 from django.template.defaultfilters import filesizeformat, urlencode
 from django.template.defaulttags import CsrfTokenNode
 from django.utils.safestring import mark_safe
-from django.utils.timezone import template_localtime
+from django.utils.timezone import get_current_timezone, template_localtime
 
-from jobs.models import Job
+from jobs.models import Job, RecoveryPoint
 from jobs.recovery.services import CONFLICTS
 from jobs.schedule import WEEKDAY_NAMES
 from portal.templatetags.haven import ID_PLACEHOLDER, id_url, id_url_pattern, row_time
@@ -341,3 +341,73 @@ def job_rows(jobs) -> str:
         for job, size in zip(jobs, sizes, strict=True)
     ]
     return mark_safe("".join(f"{row}\n" for row in rows))  # escaped in _job_row
+
+
+@register.simple_tag
+def recovery_times(months, *, browse_url: str, secondary: bool) -> str:
+    """Recover Data's times: a ``fieldset.times`` for each day of the calendar holding
+    recovery points, a radio for each point (``secondary``: the wizard reads the secondary
+    copy, where a point not yet copied cannot be chosen). Built here rather than by a
+    template loop: a machine backed up hourly shows about 8,760 points in the calendar's
+    twelve months, and the loop with a ``{% url %}`` and three ``date`` filters per point
+    took about two seconds. The same HTML as that loop, but whitespace; times in the
+    current time zone as the ``date`` filter gives them."""
+    from django.template.loader import get_template
+    from django.utils.dates import MONTHS_3, WEEKDAYS_ABBR
+
+    from jobs.services.live import size_texts  # imports jobs.services
+
+    weekdays = [str(WEEKDAYS_ABBR[d]) for d in range(7)]
+    month_names = {m: str(MONTHS_3[m]).title() for m in range(1, 13)}
+    kinds = {value: str(label) for value, label in RecoveryPoint.Kind.choices}
+    current = get_current_timezone()  # as the date filter converts (template_localtime)
+    badge = None
+    days = [day for month in months for week in month["weeks"] for day in week if day["points"]]
+    sizes = iter(size_texts(item["point"].logical_bytes for day in days for item in day["points"]))
+    out = []
+    for day in days:
+        d = day["date"]
+        out.append(
+            f'<fieldset class="times" data-day="{d:%Y-%m-%d}" hidden>\n'
+            f"  <legend>Times on {weekdays[d.weekday()]} {d:%d} {month_names[d.month]} "
+            f"{d:%Y}</legend>\n"
+        )
+        for item in day["points"]:
+            point = item["point"]
+            size = next(sizes)
+            when = item["time"].astimezone(current)
+            hhmm = f"{when:%H:%M}"
+            snapshot = html.escape(point.snapshot_id)
+            if secondary and not getattr(point, "on_secondary", False):
+                out.append(
+                    f'  <label class="recovery-choice not-replicated" data-point="{snapshot}">'
+                    f'<input type="radio" name="rp" value="{snapshot}" disabled>\n'
+                    f'    {hhmm} <span class="muted">Not yet copied to the secondary region: '
+                    "restore it from the primary region, or wait for replication</span>"
+                    "</label>\n"
+                )
+                continue
+            label = (
+                f"{weekdays[when.weekday()]} {when:%d} {month_names[when.month]} {when:%Y} {hhmm}"
+            )
+            damaged = ""
+            badge_html = ""
+            if point.is_damaged:
+                files = ", ".join(str(f) for f in (point.verify_damage or {}).get("files") or [])
+                damaged = (
+                    f' data-damaged="'
+                    f'{html.escape(files or "files whose data a verify found damaged")}"'
+                )
+                badge = badge or get_template("jobs/_damaged_badge.html")
+                badge_html = " " + badge.render({"point": point}).strip()
+            out.append(
+                f'  <label class="recovery-choice"><input type="radio" name="rp" '
+                f'value="{snapshot}" data-label="{label}"{damaged}\n'
+                f'    hx-post="{browse_url}" hx-vals=\'{{"path": "/"}}\' hx-trigger="change" '
+                'hx-target="#browser" hx-swap="innerHTML">\n'
+                f'    {hhmm} <span class="muted">{kinds.get(point.kind, point.kind)} · {size} · '
+                f"{point.file_count} files</span>{badge_html}</label>\n"
+            )
+        out.append("</fieldset>\n")
+    # Snapshot ids and damaged files are escaped; the rest are dates, numbers, fixed words.
+    return mark_safe("".join(out))
