@@ -21,6 +21,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--renders", type=int, default=15)
     parser.add_argument("--page", default="", help="only the pages whose name contains this")
+    parser.add_argument("--machine", default="", help="the machine (name) of the machine pages")
     args = parser.parse_args()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
     import django
@@ -36,7 +37,8 @@ def main() -> None:
     from portal.models import User
 
     owner = User.objects.get(username="owner")
-    machine = Machine.objects.order_by("name").first()
+    machines = Machine.objects.order_by("name")
+    machine = (machines.filter(name=args.machine) if args.machine else machines).first()
     assert machine is not None, "seed the database with bench.load first (--keep)"
     job = Job.objects.filter(status=Job.Status.QUEUED).order_by("created_at").first() or (
         Job.objects.first()
