@@ -113,7 +113,8 @@ def job_list(user, filters: JobFilters, *, page: int | str = 1, now: datetime | 
                 setattr(filters, name, "")
     base = _visible_jobs(user, filters, now=now)
     counts = dict.fromkeys(Job.Status.values, 0)
-    for row in base.order_by().values("status").annotate(n=Count("id")):
+    # COUNT(*), not COUNT(id): the count then reads only the covering index's columns.
+    for row in base.order_by().values("status").annotate(n=Count("*")):
         counts[row["status"]] = row["n"]
     qs = base.filter(status=filters.status) if filters.status else base
     qs = qs.select_related("machine", "vault").order_by("-created_at")

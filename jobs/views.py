@@ -612,11 +612,14 @@ def backup_items(request, vault_id):
     vault, role = get_with_role(request.user, Vault, pk=vault_id)
     now = timezone.now()
     items = list(selectors.backup_items(vault))
+    statuses = dict(Job.Status.choices)
     for item in items:
         # Read once here: a machine without a policy raises on ``backup_policy``, and the
         # template's lookup of a missing attribute lists all of a model's (dir()) per row.
         item.policy = getattr(item, "backup_policy", None)
         item.protection = selectors.protection_summary(item, item.policy, now=now)
+        item.last_job_label = statuses.get(item.last_job_status)
+        item.last_job_class = Job.STATUS_CLASS.get(item.last_job_status)
     return render(
         request,
         "jobs/backup_items.html",
@@ -627,8 +630,6 @@ def backup_items(request, vault_id):
             "can_operate": Role.rank(role) >= Role.rank(Role.BACKUP_OPERATOR),
             "can_contribute": Role.rank(role) >= Role.rank(Role.CONTRIBUTOR),
             "storage_used": selectors.storage_used(vault=vault),
-            "statuses": dict(Job.Status.choices),
-            "status_classes": Job.STATUS_CLASS,
         },
     )
 

@@ -180,6 +180,36 @@ def recovery_points(source: Machine):
     )
 
 
+def recovery_points_recent(source: Machine, *, months: int, tz) -> list[RecoveryPoint]:
+    """``source``'s points in the newest ``months`` months (in ``tz``) that hold any, the
+    columns the wizard shows: a machine backed up hourly for years has tens of thousands,
+    and the wizard's calendar shows only those months. Two queries."""
+    from django.db.models.functions import TruncMonth
+
+    starts = list(
+        recovery_points(source)
+        .annotate(month=TruncMonth("created_at", tzinfo=tz))
+        .order_by("-month")
+        .values_list("month", flat=True)
+        .distinct()[:months]
+    )
+    if not starts:
+        return []
+    return list(
+        recovery_points(source)
+        .filter(created_at__gte=starts[-1])
+        .only(
+            "snapshot_id",
+            "created_at",
+            "kind",
+            "logical_bytes",
+            "file_count",
+            "verify_damaged_at",
+            "verify_damage",
+        )
+    )
+
+
 def replicated_point_ids(source: Machine) -> set[str]:
     """The snapshot ids of ``source``'s points on the secondary copy (one listing of its
     manifests there); raises ``RecoveryRefused`` when the secondary cannot be read."""

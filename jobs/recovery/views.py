@@ -167,7 +167,7 @@ def wizard(request, source_id, target_id):
 
 def _wizard_page(request, source, target, *, region: str, status: int = 200):
     tz = zone(source.time_zone)
-    points = list(services.recovery_points(source))
+    points = services.recovery_points_recent(source, months=MONTHS_SHOWN, tz=tz)
     region, region_error, replicated = _wizard_region(region, source)
     if region == protocol.REGION_SECONDARY:
         for point in points:
@@ -182,8 +182,10 @@ def _wizard_page(request, source, target, *, region: str, status: int = 200):
             "region": region,
             "region_error": region_error,
             "secondary_region": protocol.REGION_SECONDARY,
+            "reads_secondary": region == protocol.REGION_SECONDARY,
             "points": points,
             "months": _calendar(points, tz),
+            "browse_url": reverse("recovery:ask", args=[source.pk, target.pk, "browse"]),
             "tz": tz,
             "conflicts": services.CONFLICTS,
             "weekdays": ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"],

@@ -204,6 +204,14 @@ def _size(value, style: _NumberStyle | None, language: str | None) -> str:
     return _size_text(count, style)
 
 
+def size_texts(values) -> list[str]:
+    """``filesizeformat`` of each of ``values`` (a long list's column), the active language
+    looked up once for them all."""
+    language = get_language()
+    style = _number_style(language)
+    return [_size(value, style, language) for value in values]
+
+
 def progress_fields(job: Job) -> dict:
     """The text of each ``data-field`` of a running job's fragments (``_job_live.html``,
     ``_job_row.html``) that a progress report changes, formatted as the templates do."""

@@ -43,7 +43,7 @@ def ago(value) -> str:
 
 
 # A UUID no object has: reversed in its place once, then replaced by each row's id.
-_ID_PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
+ID_PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
 
 
 @register.simple_tag
@@ -52,6 +52,12 @@ def id_url(name: str, pk) -> str:
     costs about as much as the rest of a row, so each (URL name, script prefix) is reversed
     once, with a placeholder, and the row's id put in its place. The same URL as the url
     tag (tests/portal/test_templatetags.py)."""
+    return id_url_pattern(name).replace(ID_PLACEHOLDER, str(pk))
+
+
+def id_url_pattern(name: str) -> str:
+    """The URL of ``name`` with ``ID_PLACEHOLDER`` for its id: a list built in Python looks
+    it up once per page (finding the script prefix and URLconf costs more than the rest)."""
     from django.urls import get_script_prefix, get_urlconf
 
     key = (name, get_script_prefix(), get_urlconf())
@@ -59,8 +65,8 @@ def id_url(name: str, pk) -> str:
     if pattern is None:
         from django.urls import reverse
 
-        pattern = _id_urls[key] = reverse(name, args=[_ID_PLACEHOLDER])
-    return pattern.replace(_ID_PLACEHOLDER, str(pk))
+        pattern = _id_urls[key] = reverse(name, args=[ID_PLACEHOLDER])
+    return pattern
 
 
 _id_urls: dict[tuple, str] = {}

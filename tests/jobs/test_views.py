@@ -216,3 +216,84 @@ def test_the_jobs_list_renders_in_queries_constant_in_its_jobs(as_alice, machine
     many = count_queries(as_alice, "/jobs/?range=all")
     assert many == few
     assert count_queries(as_alice, "/jobs/?range=all&page=15&status=failed") == few
+
+
+def _item_row(page: str, machine) -> str:
+    start = page.index(f'<tr data-machine="{machine.pk}">')
+    return page[start : page.index("</tr>", start)]
+
+
+def test_backup_items_rows_offer_the_actions_each_state_allows(
+    client, alice, member, vault, machine, policy
+):
+    from tests.jobs.conftest import make_machine, spec
+
+    now = timezone.now()
+    stopped, deleted, bare = (
+        make_machine(vault, name) for name in ("db-01", "files-01", 'a<b>&"c"')
+    )
+    for m in (stopped, deleted):
+        services.policy_save(machine=m, spec=spec(), user=alice)
+    P = BackupPolicy.Protection
+    BackupPolicy.objects.filter(machine=stopped).update(protection=P.STOPPED, stopped_at=now)
+    BackupPolicy.objects.filter(machine=deleted).update(
+        protection=P.SOFT_DELETED, deleted_at=now, purge_after=now + timedelta(days=10)
+    )
+    url = f"/jobs/vaults/{vault.pk}/backup-items/"
+    client.force_login(alice)
+    page = client.get(url).content.decode()
+    back = f"?next={url}"
+
+    row = _item_row(page, machine)  # protected
+    assert f'href="/jobs/machines/{machine.pk}/backup-now/" data-action="backup-now"' in row
+    assert f'href="/jobs/machines/{machine.pk}/protection/stop/{back}"' in row
+    assert ">Stop backup</a>" in row and f">Version {policy.version}</a>" in row
+    row = _item_row(page, stopped)
+    assert "backup-now" not in row and ">Delete backup data</a>" in row
+    assert f'action="/jobs/machines/{stopped.pk}/protection/resume/"' in row
+    assert 'name="csrfmiddlewaretoken"' in row and f'name="next" value="{url}"' in row
+    row = _item_row(page, deleted)
+    assert "10 days left</span> before the data is removed" in row
+    assert f'action="/jobs/machines/{deleted.pk}/protection/undelete/"' in row
+    assert "stop-backup" not in row and "backup-now" not in row
+    row = _item_row(page, bare)  # no policy; its name escaped
+    assert "a&lt;b&gt;&amp;&quot;c&quot;" in row and 'a<b>&"c"' not in page
+    assert ">Set policy</a>" in row and 'data-action="backup-now"' in row
+
+    client.force_login(member(Role.READER))
+    page = client.get(url).content.decode()
+    assert "data-action=" not in page and "csrfmiddlewaretoken" not in page.split("<tbody>")[1]
+
+
+def test_backup_items_renders_in_queries_constant_in_its_machines(as_alice, vault, machine):
+    from tests.jobs.conftest import make_machine
+
+    url = f"/jobs/vaults/{vault.pk}/backup-items/"
+    few = count_queries(as_alice, url)
+    for n in range(8):
+        m = make_machine(vault, f"host-{n}")
+        services.job_finish(job=services.backup_start(machine=m), status="failed")
+    page = as_alice.get(url).content.decode()
+    assert page.count("<tr data-machine=") == 9 and page.count(">Failed</span>") == 8
+    assert count_queries(as_alice, url) == few
+
+
+def test_a_jobs_list_row_is_the_row_its_vault_watchers_are_pushed(as_alice, vault, policy):
+    from jobs.services import live
+    from tests.jobs.conftest import make_machine
+
+    machine = make_machine(vault, 'db<1>&"x"')
+    job = services.backup_start(machine=machine)
+    services.job_mark_started(job=job)
+    services.job_record_progress(
+        job=job, event={"phase": "backing_up", "bytes_done": 1024, "bytes_total": 4096}
+    )
+    page = as_alice.get("/jobs/").content.decode()
+    start = page.index(f'<tr id="job-row-{job.pk}">')
+    row = page[start : page.index("</tr>", start) + 5]
+    assert 'data-field="percent">25%</span>' in row and ">In progress</span>" in row
+    assert "db&lt;1&gt;&amp;&quot;x&quot;" in row and "db<1>" not in page
+    assert f'<a href="/jobs/{job.pk}/">' in row and "(scheduled)" not in row
+    job.refresh_from_db()
+    pushed = dict(live.job_fragments(job))[live.group_for_vault(vault.pk)]
+    assert pushed.strip() == row.replace(">", ' hx-swap-oob="true">', 1)

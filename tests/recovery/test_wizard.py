@@ -4,12 +4,17 @@ answers (from the cache, never the database), starting a restore."""
 from __future__ import annotations
 
 import json
+import re
+from datetime import timedelta
 
 import pytest
 from django.core.cache import cache
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
-from jobs.models import Job
+from jobs.models import Job, RecoveryPoint
 from jobs.recovery import services
 from portal.models import Role
 from tests.recovery.conftest import make_machine, make_vault
@@ -276,3 +281,43 @@ def test_browsing_shows_system_state_as_its_own_top_level_item(client, alice, we
             {**entry, "kind": "dir", "name": "system-state", "path": "system-state"}]}})  # fmt: skip
     page = client.get(reverse("recovery:answer", args=[request_id])).content.decode()
     assert 'aria-label="Select System State"' in page and 'aria-label="Select etc"' in page
+
+
+def test_the_calendar_shows_the_newest_twelve_months_in_queries_constant_in_points(
+    client, alice, web01, points
+):
+    client.force_login(alice)
+
+    def render() -> tuple[str, int]:
+        with CaptureQueriesContext(connection) as queries:
+            page = client.get(wizard_url(web01, web01)).content.decode()
+        return page, len(queries)
+
+    _, few = render()
+    # Two points a week for three years: only the newest twelve months that hold points
+    # are in the calendar, each of their points a choice.
+    now = timezone.now().replace(microsecond=0)
+    RecoveryPoint.objects.bulk_create(
+        RecoveryPoint(
+            machine=web01, vault=web01.vault, snapshot_id=f"{i + 100:032x}",
+            manifest_blob=f"snapshots/{i + 100:032x}", created_at=now - timedelta(days=3.5 * i + 5),
+            tagged_for=now, kind=RecoveryPoint.Kind.SCHEDULED, logical_bytes=2048, file_count=1,
+        )
+        for i in range(312)
+    )  # fmt: skip
+    page, many = render()
+    assert many == few
+    assert page.count('<table class="calendar"') == 12
+    shown = RecoveryPoint.objects.filter(machine=web01, snapshot_id__in=_values(page, "rp"))
+    assert shown.count() == page.count('name="rp"')
+    oldest_shown = min(p.created_at for p in shown)
+    assert (
+        not RecoveryPoint.objects.filter(machine=web01, created_at__gt=oldest_shown)
+        .exclude(pk__in=shown)
+        .exists()
+    )  # every point of the months shown is a choice
+    assert "Scheduled · 2.0\xa0KB · 1 files" in page and "hx-post=" in page
+
+
+def _values(page: str, name: str) -> list[str]:
+    return re.findall(rf'name="{name}" value="([0-9a-f]+)"', page)
