@@ -3,13 +3,19 @@
 Pipeline (designed for 2 cores)::
 
     main process: walk ─▶ unchanged? (merge-join with the previous manifest, no read)
-                   │ changed/new files, in batches
+                   │ changed/new files, in batches (runs of files consecutive in tree order)
                    ▼
-    worker processes (fork): read ─ chunk ─ hash ─ compress ─ seal   (bounded result pipe)
-                   │ sealed chunks, in order per file
+    worker processes (fork): read ─ chunk ─ hash ─ compress ─ seal ─ pack (shared memory)
+                             ─ encode each file's manifest entry       (bounded result pipe)
+                   │ per run: the entries' bytes; per pack: its rows; ids of chunks stored before
                    ▼
-    main process: dedup against the index ─ pack builder ─▶ upload thread pool
-                  entries in tree order ─▶ metadata chunks ─▶ packs ─▶ index deltas ─▶ manifest
+    main process: index the packs' rows ─▶ upload thread pool
+                  entries joined in tree order ─▶ metadata chunks ─▶ packs ─▶ index deltas
+                  ─▶ manifest
+
+Folders, symbolic links, unchanged items, files whose content is reused unread and the later
+paths of a hard-link set are encoded in the main process; every file a worker reads is
+encoded there, so a first backup's main process does little per file beyond its ``lstat``.
 
 Write order (packs, then index deltas, then the manifest) makes every moment crash-consistent:
 a recovery point exists only once its manifest is stored. Uploaded packs that never made it

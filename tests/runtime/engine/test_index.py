@@ -36,9 +36,7 @@ def test_a_workers_pack_header_is_indexed_in_one_call():
     rng = random.Random(8)
     first = [(rng.randbytes(32), i * 100, 90, 1000 + i) for i in range(30_000)]
     a = idx.add_pack(b"a" * 16, 1)
-    assert idx.add_packed(a, _header(first), sum(r[3] for r in first)) == sum(
-        r[3] for r in first
-    )
+    assert idx.add_packed(a, _header(first), sum(r[3] for r in first)) == sum(r[3] for r in first)
     assert len(idx) == 30_000
     assert all(idx.get(cid) == (a, off, n, raw) for cid, off, n, raw in first)
     fresh = [(rng.randbytes(32), 7, 8, 9)]
