@@ -358,8 +358,8 @@ class _Backup:
                 continue
             prev = None if fresh else find(path)
             if prev is None and isreg(st.st_mode) and st.st_nlink == 1 and path[:1] == b"/":
-                # A new file (all of a first backup's): a worker reads it and encodes its
-                # entry; all that happens here is this.
+                # A new file (nearly all of a first backup's items): a worker reads it and
+                # encodes its entry; all that happens here is this.
                 run = self.open_run or self._open_run()
                 run.jobs.append((path, st.st_size, st.st_mtime_ns))
                 self.batch_files += 1
