@@ -83,28 +83,26 @@ def run_floor(
         nonlocal open_tasks, read, packs, files
         kind = msg[0]
         if kind == "pack":
-            _, _wid, buf_no, length, pack_id, _rows = msg
+            _, _wid, buf_no, length, pack_id, _rows, _raw = msg
             inflight.append(uploader.submit(upload, pack_id, buf_no, length))
             packs += 1
-        elif kind in ("part", "done"):
-            for _seq, records, status in msg[2]:
-                read += sum(r[1] for r in records)
-                if status is not None:
-                    files += 1
+        elif kind in ("part", "done"):  # (chunkers.run_task)
+            read += msg[2]
+            files += msg[5]
             if kind == "done":
                 open_tasks -= 1
 
     batch: list = []
     task_no = 0
     for path in regular_files(src):
-        batch.append((len(batch), path, -1, -1))  # no lstat: the size/mtime check just warns
+        batch.append((path, -1, -1))  # no lstat: the size/mtime check just warns
         if len(batch) == BATCH:
-            pool.tasks.put((task_no, batch))
+            pool.tasks.put((task_no, [batch], False))  # False: no manifest entries
             task_no, open_tasks, batch = task_no + 1, open_tasks + 1, []
             while open_tasks >= 2 * workers:  # as a backup: at most two tasks per worker queued
                 handle(pool.get(1.0) or ("idle",))
     if batch:
-        pool.tasks.put((task_no, batch))
+        pool.tasks.put((task_no, [batch], False))
         open_tasks += 1
     pool.ask_to_finish()
     exited = 0

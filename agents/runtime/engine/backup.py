@@ -3,13 +3,19 @@
 Pipeline (designed for 2 cores)::
 
     main process: walk ─▶ unchanged? (merge-join with the previous manifest, no read)
-                   │ changed/new files, in batches
+                   │ changed/new files, in batches (runs of files consecutive in tree order)
                    ▼
-    worker processes (fork): read ─ chunk ─ hash ─ compress ─ seal   (bounded result pipe)
-                   │ sealed chunks, in order per file
+    worker processes (fork): read ─ chunk ─ hash ─ compress ─ seal ─ pack (shared memory)
+                             ─ encode each file's manifest entry       (bounded result pipe)
+                   │ per run: the entries' bytes; per pack: its rows; ids of chunks stored before
                    ▼
-    main process: dedup against the index ─ pack builder ─▶ upload thread pool
-                  entries in tree order ─▶ metadata chunks ─▶ packs ─▶ index deltas ─▶ manifest
+    main process: index the packs' rows ─▶ upload thread pool
+                  entries joined in tree order ─▶ metadata chunks ─▶ packs ─▶ index deltas
+                  ─▶ manifest
+
+Folders, symbolic links, unchanged items, files whose content is reused unread and the later
+paths of a hard-link set are encoded in the main process; every file a worker reads is
+encoded there, so a first backup's main process does little per file beyond its ``lstat``.
 
 Write order (packs, then index deltas, then the manifest) makes every moment crash-consistent:
 a recovery point exists only once its manifest is stored. Uploaded packs that never made it
@@ -37,7 +43,7 @@ from agents.runtime.engine.format import (
     ENTRY,
     FILE,
     HARDLINK,
-    HOLE_ID,
+    PACK_ROW,
     REF,
     SYMLINK,
     XATTRS,
@@ -82,19 +88,39 @@ class BackupResult:
     message: str = ""
 
 
-class _Pending:
-    """A new or changed item on its way to the manifest (an unchanged one waits in the queue
-    as its previous entry's encoded bytes)."""
+class _Run:
+    """Files that follow one another in tree order, read and encoded by one chunking process:
+    ``data`` is their entries' bytes once its task is done."""
 
-    __slots__ = ("content", "done", "drop", "entry", "link_to", "warning")
+    __slots__ = ("data", "jobs")
 
-    def __init__(self, entry: Entry, done: bool):
-        self.entry = entry
-        self.done = done
+    def __init__(self) -> None:
+        self.jobs: list[tuple] = []  # (sent with the task, then dropped)
+        self.data: bytes | None = None
+
+
+class _Link:
+    """The first file of a hard-link set, as its later paths' entries need it."""
+
+    __slots__ = ("content", "done", "drop", "path", "size")
+
+    def __init__(self, path: bytes) -> None:
+        self.path = path
+        self.done = False
         self.drop = False
         self.content: list[tuple[bytes, int]] = []
-        self.link_to: _Pending | None = None
-        self.warning: str | None = None
+        self.size = 0
+
+
+class _Pending:
+    """A later path of a hard-link set, on its way to the manifest: its entry waits for the
+    content of the set's first file."""
+
+    __slots__ = ("entry", "link_to")
+
+    def __init__(self, entry: Entry, link_to: _Link):
+        self.entry = entry
+        self.link_to = link_to
 
 
 def run_backup(
@@ -172,20 +198,26 @@ class _Backup:
         self.__dict__.update(kw)
         self.space_refusal: Exception | None = None  # check_space's, from the count
         self.warnings: list[dict] = []
-        self.pending: deque[_Pending | bytes] = deque()
-        self.inflight: dict[int, _Pending] = {}
-        self.links: dict[tuple[int, int], _Pending] = {}
-        self.batch: list = []
+        # in tree order: encoded entries, runs of files being read, later hard-link paths
+        self.pending: deque[bytes | _Run | _Pending] = deque()
+        self.open_run: _Run | None = None  # the last of ``pending``, still taking files
+        self.batch: list[_Run] = []  # the runs of the task being gathered
+        self.batch_files = 0
         self.batch_bytes = 0
         self.batch_tick = 0
+        self.task_runs: dict[int, list[_Run]] = {}  # tasks sent, not done
+        self.links: dict[tuple[int, int], _Link] = {}  # (dev, inode) -> first path of a set
+        self.link_jobs: dict[int, _Link] = {}  # the worker's key for a set's first file
+        self.link_seq = 0
         self.tick = 0
         self.outstanding = 0
-        self.seq = 0
         self.task_id = 0
         self.names = OwnerNames()
         self.referenced: set[int] = set()
         self.unresolved: set[bytes] = set()  # referenced chunks whose pack has not arrived
         self.exited = 0
+        self.base_chunks = 0
+        self.expected_chunks = 0  # set by a first backup's count when it is complete
         self.result = BackupResult(status="completed", recovery_point=None)
 
     def warn(self, path: bytes | None, reason: str) -> None:
@@ -197,6 +229,7 @@ class _Backup:
         rep.set_phase("scanning")
         self.repo.load_index(self.cache_dir)
         self.repo.sync_packs()
+        self.base_chunks = len(self.repo.index)
         prev = self._previous()
         if self.check_space is not None:
             self.check_space(int(prev.stats.get("logical_bytes") or 0) if prev else 0)
@@ -206,6 +239,7 @@ class _Backup:
         else:
             threading.Thread(target=self._count, daemon=True, name="haven-count").start()
         self.cursor = PreviousCursor(self.repo.iter_entry_refs(prev) if prev else None)
+        self.fresh = prev is None  # nothing to merge-join with
         self.packer = Packer(
             self.repo, self.pack_size, self.upload_threads, self.cancel, self._upload_wait
         )
@@ -288,6 +322,7 @@ class _Backup:
         """A first backup's totals, counted beside the walk; with ``check_space``, the
         running total is the estimate the cache location's room is checked against (an
         incremental backup checks the previous point's size before it starts)."""
+        files = 0
         for files, size in count_tree(self.sources, self.excluder, self.cancel.is_set):
             self.reporter.files_total, self.reporter.bytes_total = files, size
             if self.check_space is None:
@@ -298,6 +333,9 @@ class _Backup:
                 self.space_refusal = exc
                 self.cancel.set()
                 return
+        # Small files are a chunk each: the main process sizes the chunk index for them in
+        # one step (``ChunkIndex.reserve``) rather than rehashing it at every doubling.
+        self.expected_chunks = self.base_chunks + files
 
     def _previous(self) -> RecoveryPoint | None:
         rps = [
@@ -309,7 +347,8 @@ class _Backup:
 
     # -- the walk --------------------------------------------------------------------------
     def _walk(self) -> bool:
-        rep, cancel = self.reporter, self.cancel
+        rep, cancel, res = self.reporter, self.cancel, self.result
+        find, fresh, isreg = self.cursor.find, self.fresh, stat.S_ISREG
         tick = 0  # (mirrored in self.tick for the batches' age)
         for path, st, problem in self.walker:
             if not tick & 63 and cancel.is_set():
@@ -317,14 +356,23 @@ class _Backup:
             if st is None:
                 self.warn(path, problem)
                 continue
-            prev = self.cursor.find(path)
-            if not self._unchanged(st, prev):
-                self._changed(path, st, entry_at(prev) if prev is not None else None)
+            prev = None if fresh else find(path)
+            if prev is None and isreg(st.st_mode) and st.st_nlink == 1 and path[:1] == b"/":
+                # A new file (nearly all of a first backup's items): a worker reads it and
+                # encodes its entry; all that happens here is this.
+                run = self.open_run or self._open_run()
+                run.jobs.append((path, st.st_size, st.st_mtime_ns))
+                self.batch_files += 1
+                self.batch_bytes += st.st_size
+                res.files += 1
+                res.files_read += 1
+            elif not self._unchanged(st, prev):
+                self._changed(path, st, prev)
             rep.current = path
             tick += 1
             self.tick = tick
             if (
-                len(self.batch) >= BATCH_FILES
+                self.batch_files >= BATCH_FILES
                 or self.batch_bytes >= BATCH_BYTES
                 or (self.batch and tick - self.batch_tick >= BATCH_AGE)
             ):
@@ -336,6 +384,19 @@ class _Backup:
             self._flush_ready()
             rep.emit()
         return False
+
+    def _queue(self, item: bytes | _Pending) -> None:
+        """An item after the files queued so far: the next file starts a new run."""
+        self.pending.append(item)
+        self.open_run = None
+
+    def _open_run(self) -> _Run:
+        run = self.open_run = _Run()
+        self.pending.append(run)
+        if not self.batch:
+            self.batch_tick = self.tick
+        self.batch.append(run)
+        return run
 
     def _unchanged(self, st: os.stat_result, prev: EntryRef | None) -> bool:
         """The item is exactly as in the previous recovery point: queue its old entry's bytes.
@@ -392,36 +453,24 @@ class _Backup:
         else:
             return False
         self.pending.append(buf[start:end])  # written back as it was read
+        self.open_run = None
         return True
 
-    def _changed(self, path: bytes, st: os.stat_result, prev: Entry | None) -> None:
-        """A new or changed item (or a hard link): build its entry anew. ``path`` is the
-        stored path; a mapped one is read from its disk folder."""
+    def _changed(self, path: bytes, st: os.stat_result, prev: EntryRef | None) -> None:
+        """A new or changed item (or a hard link): build its entry anew, or have a worker
+        build it (a file it reads). ``path`` is the stored path; a mapped one is read from its
+        disk folder."""
         disk = path if path[:1] == b"/" else self.disk_of(path)
         mode = st.st_mode
-        entry = Entry(
-            path=path,
-            kind=0,
-            mode=stat.S_IMODE(mode),
-            uid=st.st_uid,
-            gid=st.st_gid,
-            mtime_ns=st.st_mtime_ns,
-            ctime_ns=st.st_ctime_ns,
-            ino=st.st_ino,
-            nlink=st.st_nlink if stat.S_ISREG(mode) else 1,
-            user=self.names.user(st.st_uid),
-            group=self.names.group(st.st_gid),
-        )
+        if stat.S_ISREG(mode):
+            self._file(path, st, prev, disk)
+            return
+        entry = self._entry(path, st, 0)
         if stat.S_ISDIR(mode):
-            entry.xattrs = self._xattrs(path, disk)
-        if stat.S_ISREG(mode):  # (a file's are read by the worker that reads it, or in _file)
-            entry.kind = FILE
-            entry.size = st.st_size
-            self._file(entry, st, prev, disk)
-        elif stat.S_ISDIR(mode):
             entry.kind = DIR
+            entry.xattrs = self._xattrs(path, disk)
             self.result.dirs += 1
-            self.pending.append(_Pending(entry, True))
+            self._queue(encode_entry(entry))
         elif stat.S_ISLNK(mode):
             entry.kind = SYMLINK
             try:
@@ -430,7 +479,7 @@ class _Backup:
                 self.warn(path, f"cannot read symbolic link: {exc.strerror}")
                 return
             self.result.symlinks += 1
-            self.pending.append(_Pending(entry, True))
+            self._queue(encode_entry(entry))
         else:
             what = (
                 "socket" if stat.S_ISSOCK(mode)
@@ -440,6 +489,21 @@ class _Backup:
             )  # fmt: skip
             self.warn(path, f"skipped: a {what} is not backed up")
 
+    def _entry(self, path: bytes, st: os.stat_result, kind: int) -> Entry:
+        return Entry(
+            path=path,
+            kind=kind,
+            mode=stat.S_IMODE(st.st_mode),
+            uid=st.st_uid,
+            gid=st.st_gid,
+            mtime_ns=st.st_mtime_ns,
+            ctime_ns=st.st_ctime_ns,
+            ino=st.st_ino,
+            nlink=st.st_nlink if stat.S_ISREG(st.st_mode) else 1,
+            user=self.names.user(st.st_uid),
+            group=self.names.group(st.st_gid),
+        )
+
     def _xattrs(self, path: bytes, disk: bytes) -> list[tuple[bytes, bytes]]:
         """Extended attributes of ``disk`` (``scan.read_xattrs``); a refusal to show them is a
         warning naming ``path``, the stored path."""
@@ -448,49 +512,72 @@ class _Backup:
             self.warn(path, problem)
         return pairs
 
-    def _file(self, entry: Entry, st: os.stat_result, prev: Entry | None, disk: bytes) -> None:
-        rep = self.reporter
-        if st.st_nlink > 1:
-            first = self.links.get((st.st_dev, st.st_ino))
+    def _file(self, path: bytes, st: os.stat_result, prev: EntryRef | None, disk: bytes) -> None:
+        """A file that is not exactly as in the previous point: a later path of a hard-link
+        set (its entry waits for the first's content), one whose content can be reused
+        unread, or one for a worker to read."""
+        res, rep = self.result, self.reporter
+        nlink = st.st_nlink
+        key = (st.st_dev, st.st_ino)
+        if nlink > 1:
+            first = self.links.get(key)
             if first is not None:
-                entry.xattrs = self._xattrs(entry.path, disk)
-                entry.kind = HARDLINK
-                entry.target = first.entry.path
-                p = _Pending(entry, True)
-                p.link_to = first
-                self.pending.append(p)
+                entry = self._entry(path, st, HARDLINK)
+                entry.xattrs = self._xattrs(path, disk)
+                entry.target = first.path
+                self._queue(_Pending(entry, first))
                 return
-        self.result.files += 1
-        packs = None  # where the previous content is, when it can be reused unread
-        if (
-            prev is not None
-            and prev.kind in (FILE, HARDLINK)
-            and prev.size == entry.size
-            and prev.mtime_ns == entry.mtime_ns
-            and prev.ctime_ns == entry.ctime_ns
-            and prev.ino == entry.ino
-        ):
-            packs = self.repo.index.packs_of(prev.content)
-        if packs is not None:
-            entry.xattrs = self._xattrs(entry.path, disk)
-            self.referenced.update(packs)
-            p = _Pending(entry, True)
-            p.content = prev.content
-            self.result.files_unchanged += 1
+        res.files += 1
+        content = self._reusable(st, prev)
+        if content is not None:  # (its packs are referenced)
+            entry = self._entry(path, st, FILE)
+            entry.xattrs = self._xattrs(path, disk)
+            entry.content = content
+            entry.size = content[0][1] if len(content) == 1 else sum(n for _, n in content)
+            res.files_unchanged += 1
+            res.logical_bytes += entry.size
             rep.files_done += 1
-            rep.bytes_done += entry.size
+            rep.bytes_done += st.st_size
+            self._queue(encode_entry(entry))
+            if nlink > 1:
+                link = self.links[key] = _Link(path)
+                link.done, link.content, link.size = True, content, entry.size
+            return
+        if nlink > 1:
+            link = self.links[key] = _Link(path)
+            self.link_seq += 1
+            self.link_jobs[self.link_seq] = link
+            job: tuple = (path, st.st_size, st.st_mtime_ns, disk, nlink, self.link_seq)
+        elif disk != path:
+            job = (path, st.st_size, st.st_mtime_ns, disk, 1, None)
         else:
-            p = _Pending(entry, False)
-            self.seq += 1
-            self.inflight[self.seq] = p
-            if not self.batch:
-                self.batch_tick = self.tick
-            self.batch.append((self.seq, disk, entry.size, entry.mtime_ns))
-            self.batch_bytes += entry.size
-            self.result.files_read += 1
-        if st.st_nlink > 1:
-            self.links[(st.st_dev, st.st_ino)] = p
-        self.pending.append(p)
+            job = (path, st.st_size, st.st_mtime_ns)
+        run = self.open_run or self._open_run()
+        run.jobs.append(job)
+        self.batch_files += 1
+        self.batch_bytes += st.st_size
+        res.files_read += 1
+
+    def _reusable(self, st: os.stat_result, prev: EntryRef | None) -> list | None:
+        """The previous entry's content when its file is the same (inode, times and size)
+        and every chunk of it is stored (its packs are then referenced), else None."""
+        if prev is None:
+            return None
+        kind, _mode, _uid, _gid, _nlink, mt, ct, ino, size = prev[1][:9]
+        if (
+            kind & ~XATTRS not in (FILE, HARDLINK)
+            or size != st.st_size
+            or mt != st.st_mtime_ns
+            or ct != st.st_ctime_ns
+            or ino != st.st_ino
+        ):
+            return None
+        content = entry_at(prev).content
+        packs = self.repo.index.packs_of(content)
+        if packs is None:
+            return None
+        self.referenced.update(packs)
+        return content
 
     # -- workers ---------------------------------------------------------------------------
     def _submit(self) -> None:
@@ -498,9 +585,11 @@ class _Backup:
             return
         self.pool.start()
         self.task_id += 1
-        self.pool.tasks.put((self.task_id, self.batch))
+        self.pool.tasks.put((self.task_id, [run.jobs for run in self.batch], True))
+        self.task_runs[self.task_id] = self.batch
         self.outstanding += 1
-        self.batch, self.batch_bytes = [], 0
+        self.batch, self.batch_files, self.batch_bytes = [], 0, 0
+        self.open_run = None
 
     def _drain(self, *, until_idle: bool) -> bool:
         """Handle worker results; block while too much is in flight (or until idle).
@@ -552,6 +641,7 @@ class _Backup:
         return False
 
     def _handle(self, msg) -> None:
+        """A worker's message (``chunkers.run_task`` describes them)."""
         kind = msg[0]
         if kind == "pack":
             self._handle_pack(*msg[1:])
@@ -559,41 +649,37 @@ class _Backup:
         if kind == "exit":
             self.exited += 1
             return
-        _kind, _task, files = msg
-        rep, packer = self.reporter, self.packer
-        for seq, records, status in files:
-            p = self.inflight[seq]
-            for cid, raw_len, new in records:
-                if new:  # packed by the worker, not uploaded yet; its pack is referenced
-                    packer.sealed_raw += raw_len
-                elif cid != HOLE_ID:
-                    self._reference(cid)
-                p.content.append((cid, raw_len))
-                rep.bytes_done += raw_len
-            if status is not None:
-                p.done = True
-                del self.inflight[seq]
-                rep.files_done += 1
-                state, reason, xattrs, xattr_problem = status
-                if state == "skip":
-                    p.drop = True
-                    self.result.files -= 1
-                    self.warn(p.entry.path, reason)
-                    continue
-                p.entry.xattrs = xattrs
-                if xattr_problem:
-                    self.warn(p.entry.path, xattr_problem)
-                if state == "warn":
-                    self.warn(p.entry.path, reason)
+        _kind, task, read, new_raw, refs, files, warnings = msg[:7]
+        rep, packer, res = self.reporter, self.packer, self.result
+        packer.sealed_raw += new_raw  # packed by the worker, not uploaded yet (referenced)
+        for cid in refs:
+            self._reference(cid)
+        rep.bytes_done += read
+        rep.files_done += files
+        for path, reason in warnings:
+            self.warn(path, reason)
         if kind == "done":
+            blobs, links, logical, skipped = msg[7:]
+            for run, blob in zip(self.task_runs.pop(task), blobs, strict=True):
+                run.data, run.jobs = blob, []
+            for key, content, size, dropped in links:
+                link = self.link_jobs.pop(key)
+                link.done, link.drop, link.content, link.size = True, dropped, content, size
+            res.logical_bytes += logical
+            res.files -= skipped
             self.outstanding -= 1
         packer.reap(block=False)
         self._progress()
 
-    def _handle_pack(self, _wid: int, buf_no: int, length: int, pack_id: bytes, rows) -> None:
-        buffers = self.pool.buffers
+    def _handle_pack(
+        self, _wid: int, buf_no: int, length: int, pack_id: bytes, rows: bytes, raw: int
+    ) -> None:
+        buffers, index = self.pool.buffers, self.repo.index
+        if self.expected_chunks:  # a first backup's count is done: size the index once
+            index.reserve(self.expected_chunks)
+            self.expected_chunks = 0
         pack_no = self.packer.add_pack(
-            pack_id, buffers.view(buf_no, length), rows, lambda: buffers.release(buf_no)
+            pack_id, buffers.view(buf_no, length), rows, raw, lambda: buffers.release(buf_no)
         )
         # Every chunk a worker packs was new to a file it read: the pack is referenced
         # (a chunk another worker packed first, or of a file dropped later, only costs space
@@ -601,41 +687,37 @@ class _Backup:
         self.referenced.add(pack_no)
         if self.unresolved:
             unresolved = self.unresolved
-            for row in rows:
-                if row[0] in unresolved:
-                    unresolved.discard(row[0])
-                    self._reference(row[0])
+            for o in range(0, len(rows), PACK_ROW.size):
+                cid = rows[o : o + 32]
+                if cid in unresolved:
+                    unresolved.discard(cid)
+                    self._reference(cid)
         self._progress()
 
     # -- entries out, in tree order ------------------------------------------------------------
     def _flush_ready(self) -> None:
-        """Entries whose items are done go to the metadata stream, in tree order, encoded
-        and joined into one ``add_encoded`` call per flush."""
-        pending, res = self.pending, self.result
-        out: list[bytes] = []  # (an unchanged item is queued as the bytes it was read as)
+        """Entries whose items are done go to the metadata stream, in tree order, joined
+        into one ``add_encoded`` call per flush."""
+        pending = self.pending
+        out: list[bytes] = []
         while pending:
             p = pending[0]
-            if isinstance(p, bytes):
-                pending.popleft()
-                out.append(p)  # counted and referenced when it was queued
-                continue
-            if not p.done:
-                break
+            if isinstance(p, bytes):  # counted and referenced when it was queued
+                out.append(p)
+            elif isinstance(p, _Run):
+                if p.data is None:
+                    break
+                out.append(p.data)
+            else:  # a later path of a hard-link set
+                link = p.link_to
+                if not link.done:
+                    break
+                if link.drop:
+                    self.warn(p.entry.path, "hard link to a file that could not be read; skipped")
+                else:
+                    p.entry.content, p.entry.size = link.content, link.size
+                    out.append(encode_entry(p.entry))
             pending.popleft()
-            e = p.entry
-            if p.link_to is not None:
-                if p.link_to.drop:
-                    self.warn(e.path, "hard link to a file that could not be read; skipped")
-                    continue
-                e.content = p.link_to.content
-                e.size = p.link_to.entry.size
-            elif p.drop:
-                continue
-            elif e.kind == FILE:  # (its chunks were referenced as they came: _handle, _file)
-                content = e.content = p.content
-                e.size = content[0][1] if len(content) == 1 else sum(n for _, n in content)
-                res.logical_bytes += e.size
-            out.append(encode_entry(e))
         if out:
             self.meta.add_encoded(b"".join(out))
 

@@ -9,11 +9,13 @@ of the chunk index (chunks already stored are not compressed again).
 Each worker seals new chunks straight into a pack buffer of its own, taken from ``PackBuffers``
 (anonymous shared memory made before the fork), and hands the full pack to the main process,
 which uploads it from that same memory and gives the buffer back: the stored bytes never travel
-through a pipe. Per file and in order, the worker also sends small records
-``(chunk id, plain length, new)``: ``new`` says this worker packed the chunk (the main process
-learns where when the pack arrives); ``HOLE_ID`` marks an unstored run of zeros (sparse hole).
-Messages on the result queue: ``("part" | "done", task, files)``, ``("pack", worker, buffer,
-length, pack id, rows)`` and, after the stop sentinel and the last pack, ``("exit", worker)``.
+through a pipe, and its rows travel as the header stores them (``PACK_ROW``, back to back). The
+worker also encodes the manifest entry of every file it reads (``run_task``): the main process
+gets, per run of files, their entries as one ``bytes`` to join in tree order, and per message
+only counts, warnings and the ids of the chunks it must find the packs of. Messages on the
+result queue: ``("part" | "done", task, ...)`` (``run_task``), ``("pack", worker, buffer,
+length, pack id, rows, plain bytes)`` and, after the stop sentinel and the last pack,
+``("exit", worker)``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import os
 import queue
 import stat
 import struct
-from typing import Any
 
 import zstandard
 from pyfastcdc.cy import FastCDC  # the compiled chunker: never the 100x slower pure-Python one
@@ -35,14 +36,18 @@ from agents.runtime.engine.crypto import ChunkerParams, MasterKeys, Sealer, chun
 from agents.runtime.engine.errors import EngineError
 from agents.runtime.engine.forked import die_with_parent
 from agents.runtime.engine.format import (
+    FILE,
     HOLE_ID,
+    PACK_ROW,
     chunk_ad,
     chunk_payload,
+    encode_fields,
     pack_tail,
     pack_tail_size,
     sealed_size,
 )
 from agents.runtime.engine.index import ChunkIndex
+from agents.runtime.engine.owners import OwnerNames
 from agents.runtime.engine.repository import Repository
 from agents.runtime.engine.scan import read_xattrs
 
@@ -144,34 +149,40 @@ class PackWriter:
         self.no: int | None = None
         self.view = memoryview(b"")
         self.used = 0
-        self.rows: list[tuple[bytes, int, int, int]] = []
+        self.rows = bytearray()  # the header: PACK_ROW rows back to back
+        self.count = 0
+        self.raw = 0
         self.parent = os.getppid()
         self.sent = 0  # packs sent so far: the file records are sent right after each
 
     def add(self, chunk_id: bytes, payload: memoryview, raw_len: int) -> None:
         need = sealed_size(len(payload))
-        if self.rows and self.used + need + pack_tail_size(len(self.rows) + 1) > len(self.view):
+        if self.count and self.used + need + pack_tail_size(self.count + 1) > len(self.view):
             self.flush()
         if self.no is None:
             self._take()
         n = self.sealer.seal_into(
             payload, chunk_ad(chunk_id), self.view[self.used : self.used + need]
         )
-        self.rows.append((chunk_id, self.used, n, raw_len))
+        self.rows += PACK_ROW.pack(chunk_id, self.used, n, raw_len)
+        self.count += 1
+        self.raw += raw_len
         self.used += n
         if self.used >= self.pack_size:
             self.flush()
 
     def flush(self) -> None:
-        if not self.rows:
+        if not self.count:
             return
         pack_id = os.urandom(16)
-        tail = pack_tail(self.rows, self.sealer, pack_id)
+        rows = bytes(self.rows)
+        tail = pack_tail(rows, self.sealer, pack_id)
         self.view[self.used : self.used + len(tail)] = tail
         length = self.used + len(tail)
-        self.result_q.put(("pack", self.wid, self.no, length, pack_id, self.rows))
+        self.result_q.put(("pack", self.wid, self.no, length, pack_id, rows, self.raw))
         self.sent += 1
-        self.no, self.view, self.used, self.rows = None, memoryview(b""), 0, []
+        self.no, self.view, self.used = None, memoryview(b""), 0
+        self.rows, self.count, self.raw = bytearray(), 0, 0
 
     def _take(self) -> None:
         while True:
@@ -199,6 +210,7 @@ def worker_main(
     parent = os.getppid()
     writer = PackWriter(wid, buffers, result_q, Sealer(keys.data_key), pack_size)
     proc = FileProcessor(keys, index, level, writer, claims)
+    names = OwnerNames()
     while True:
         try:
             task = task_q.get(timeout=1.0)
@@ -210,17 +222,94 @@ def worker_main(
             writer.flush()
             result_q.put(("exit", wid))
             return
-        task_id, files = task
-        out: list[Any] = []
-        size, sent = 0, writer.sent
-        for seq, path, scan_size, scan_mtime in files:
-            for records, status in proc.process(path, scan_size, scan_mtime):
-                out.append((seq, records, status))
-                size += sum(r[1] for r in records)
-                if size >= FLUSH_BYTES or writer.sent != sent:
-                    result_q.put(("part", task_id, out))
-                    out, size, sent = [], 0, writer.sent
-        result_q.put(("done", task_id, out))
+        run_task(task, proc, names, result_q)
+
+
+def run_task(task, proc: FileProcessor, names: OwnerNames, result_q) -> None:
+    """Read the files of one task and send what the main process needs of them.
+
+    A task is ``(task id, runs, encode)``: each run a list of files that follow one another
+    in tree order, each ``(stored path, size, mtime_ns)`` as the walk saw it, or
+    ``(stored path, size, mtime_ns, disk path, nlink, key)`` for a file read from elsewhere
+    (a mapped folder) or one of a hard-link set (``key``: the main process's name for it).
+    With ``encode``, each file's whole manifest entry is encoded here (``format.
+    encode_fields``, its fields from the ``fstat`` of the open file) and each run's entries
+    come back as one ``bytes``: the main process only joins them in tree order.
+
+    Messages: ``("part", task, read, new_raw, refs, files, warnings)`` while the task runs
+    (every ``FLUSH_BYTES`` read and after each pack sent) and ``("done", task, read, new_raw,
+    refs, files, warnings, blobs, links, logical, skipped)`` at its end, each with the counts
+    since the previous message: plain bytes read, plain bytes of the chunks this worker
+    packed, the ids of the other chunks (stored before, or packed by another worker: the
+    main process references their packs), files finished, and ``(path, reason)`` warnings.
+    ``blobs``: one per run; ``links``: ``(key, content, size, dropped)`` of each file of a
+    hard-link set; ``logical``: the sizes of the files stored; ``skipped``: files not stored.
+    """
+    task_id, runs, encode = task
+    writer = proc.writer
+    read = new_raw = files = logical = skipped = pending = 0
+    refs: list[bytes] = []
+    warnings: list[tuple[bytes, str]] = []
+    blobs: list[bytes] = []
+    links: list = []
+    sent = writer.sent
+    user, group = names.user, names.group
+    for jobs in runs:
+        parts: list[bytes] = []
+        for job in jobs:
+            path = job[0]
+            if len(job) == 3:
+                disk, nlink, key = path, 1, None
+            else:
+                disk, nlink, key = job[3], job[4], job[5]
+            content: list[tuple[bytes, int]] = []
+            status = None
+            for records, status in proc.process(disk, job[1], job[2]):
+                for cid, n, new in records:
+                    content.append((cid, n))
+                    read += n
+                    pending += n
+                    if new:
+                        new_raw += n
+                    elif cid != HOLE_ID:
+                        refs.append(cid)
+                if status is None and (pending >= FLUSH_BYTES or writer.sent != sent):
+                    result_q.put(("part", task_id, read, new_raw, refs, files, warnings))
+                    read = new_raw = files = pending = 0
+                    refs, warnings, sent = [], [], writer.sent
+            assert status is not None
+            state, reason, xattrs, xattr_problem, st, size = status
+            files += 1
+            if xattr_problem:
+                warnings.append((path, xattr_problem))
+            if state == "skip":
+                warnings.append((path, reason))
+                skipped += 1
+                if key is not None:
+                    links.append((key, None, 0, True))
+                continue
+            if state == "warn":
+                warnings.append((path, reason))
+            logical += size
+            if key is not None:
+                links.append((key, content, size, False))
+            if encode:
+                uid, gid = st.st_uid, st.st_gid
+                parts.append(
+                    encode_fields(
+                        FILE, st.st_mode & 0o7777, uid, gid, nlink, st.st_mtime_ns,
+                        st.st_ctime_ns, st.st_ino, size, names.users.get(uid) or user(uid),
+                        names.groups.get(gid) or group(gid), path, b"", content, xattrs,
+                    )
+                )  # fmt: skip
+        blobs.append(b"".join(parts))
+        if pending >= FLUSH_BYTES or writer.sent != sent:
+            result_q.put(("part", task_id, read, new_raw, refs, files, warnings))
+            read = new_raw = files = pending = 0
+            refs, warnings, sent = [], [], writer.sent
+    result_q.put(
+        ("done", task_id, read, new_raw, refs, files, warnings, blobs, links, logical, skipped)
+    )
 
 
 class FileProcessor:
@@ -248,24 +337,26 @@ class FileProcessor:
 
     def process(self, path: bytes, scan_size: int, scan_mtime: int):
         """Yields (records, status) pieces; status is None until the last piece, then
-        ``(state, reason, xattrs, xattr warning)``: state ``"ok"``, ``"warn"`` (stored, but
-        read while changing) or ``"skip"`` (not stored: nothing else is set)."""
+        ``(state, reason, xattrs, xattr warning, fstat, size)``: state ``"ok"``, ``"warn"``
+        (stored, but read while changing) or ``"skip"`` (not stored: nothing else is set);
+        ``fstat`` is the open file's before the read, ``size`` the bytes stored (holes
+        included)."""
         try:
             fd = self._open(path)
         except FileNotFoundError:
-            yield [], ("skip", "vanished before it could be read", None, None)
+            yield [], ("skip", "vanished before it could be read", None, None, None, 0)
             return
         except PermissionError:
-            yield [], ("skip", "permission denied", None, None)
+            yield [], ("skip", "permission denied", None, None, None, 0)
             return
         except OSError as exc:
-            yield [], ("skip", f"cannot open: {exc.strerror}", None, None)
+            yield [], ("skip", f"cannot open: {exc.strerror}", None, None, None, 0)
             return
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 yield [], ("skip", "was replaced by something that is not a regular file",
-                           None, None)  # fmt: skip
+                           None, None, None, 0)  # fmt: skip
                 return
             xattrs, xattr_problem = read_xattrs(fd)
             records: list[tuple[bytes, int, bool]] = []
@@ -301,11 +392,11 @@ class FileProcessor:
             after = os.fstat(fd)
             if after.st_mtime_ns != scan_mtime or total != scan_size or after.st_size != total:
                 yield records, ("warn", "changed while it was being read; stored as read",
-                                xattrs, xattr_problem)  # fmt: skip
+                                xattrs, xattr_problem, st, total)  # fmt: skip
             else:
-                yield records, ("ok", None, xattrs, xattr_problem)
+                yield records, ("ok", None, xattrs, xattr_problem, st, total)
         except OSError as exc:
-            yield [], ("skip", f"read error: {exc.strerror}", None, None)
+            yield [], ("skip", f"read error: {exc.strerror}", None, None, None, 0)
         finally:
             os.close(fd)
 

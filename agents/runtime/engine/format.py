@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import zstandard
@@ -118,9 +118,12 @@ class PackBuilder:
         return memoryview(self.buf)  # no copy: 16 MiB less per pack in flight
 
 
-def pack_tail(rows: list[tuple[bytes, int, int, int]], sealer: Sealer, pack_id: bytes) -> bytes:
-    """What follows a pack's chunks: the sealed header, then its length."""
-    header = b"".join(PACK_ROW.pack(*row) for row in rows)
+def pack_tail(
+    rows: list[tuple[bytes, int, int, int]] | bytes, sealer: Sealer, pack_id: bytes
+) -> bytes:
+    """What follows a pack's chunks: the sealed header, then its length. ``rows``: tuples,
+    or already packed back to back (``PACK_ROW``)."""
+    header = rows if isinstance(rows, bytes) else b"".join(PACK_ROW.pack(*row) for row in rows)
     sealed = sealer.seal(header, b"pack\0" + pack_id)
     return sealed + TRAILER.pack(len(sealed))
 
@@ -145,9 +148,15 @@ def parse_pack_header(
     return [PACK_ROW.unpack_from(header, o) for o in range(0, len(header), PACK_ROW.size)]
 
 
-def encode_index(packs: list[tuple[bytes, int, list[tuple[bytes, int, int, int]]]]) -> bytes:
+def encode_index(
+    packs: Sequence[tuple[bytes, int, list[tuple[bytes, int, int, int]] | bytes]],
+) -> bytes:
+    """``rows`` of a pack: tuples, or already packed back to back (``PACK_ROW``)."""
     parts = [b"HVI1"]
     for pack_id, size, rows in packs:
+        if isinstance(rows, bytes):
+            parts += (pack_id + struct.pack("<QI", size, len(rows) // PACK_ROW.size), rows)
+            continue
         parts.append(pack_id + struct.pack("<QI", size, len(rows)))
         parts.extend(PACK_ROW.pack(*row) for row in rows)
     return zstandard.ZstdCompressor(level=3).compress(b"".join(parts))
@@ -216,18 +225,33 @@ XATTR = struct.Struct("<HI")
 
 
 def encode_entry(e: Entry) -> bytes:
-    head = ENTRY.pack(
-        e.kind | (XATTRS if e.xattrs else 0), e.mode, e.uid, e.gid, e.nlink, e.mtime_ns,
-        e.ctime_ns, e.ino, e.size, len(e.user), len(e.group), len(e.path), len(e.target),
-        len(e.content),
+    return encode_fields(
+        e.kind, e.mode, e.uid, e.gid, e.nlink, e.mtime_ns, e.ctime_ns, e.ino, e.size, e.user,
+        e.group, e.path, e.target, e.content, e.xattrs,
     )  # fmt: skip
-    parts = [head, e.path, e.target, e.user, e.group]
+
+
+def encode_fields(
+    kind: int, mode: int, uid: int, gid: int, nlink: int, mtime_ns: int, ctime_ns: int,
+    ino: int, size: int, user: bytes, group: bytes, path: bytes, target: bytes,
+    content: list[tuple[bytes, int]], xattrs: list[tuple[bytes, bytes]],
+) -> bytes:  # fmt: skip
+    """One entry's bytes from its fields, without an ``Entry`` (a chunking process encodes
+    each file it reads this way, and the backup's main process only joins the bytes)."""
+    head = ENTRY.pack(
+        kind | (XATTRS if xattrs else 0), mode, uid, gid, nlink, mtime_ns, ctime_ns, ino, size,
+        len(user), len(group), len(path), len(target), len(content),
+    )  # fmt: skip
+    if len(content) == 1 and not xattrs:  # a small file: one chunk
+        cid, n = content[0]
+        return b"".join((head, path, target, user, group, REF.pack(cid, n)))
+    parts = [head, path, target, user, group]
     pack_ref = REF.pack
-    for cid, n in e.content:
+    for cid, n in content:
         parts.append(pack_ref(cid, n))
-    if e.xattrs:
-        parts.append(struct.pack("<H", len(e.xattrs)))
-        for name, value in e.xattrs:
+    if xattrs:
+        parts.append(struct.pack("<H", len(xattrs)))
+        for name, value in xattrs:
             parts += (XATTR.pack(len(name), len(value)), name, value)
     return b"".join(parts)
 

@@ -11,9 +11,11 @@ Forked worker processes inherit the table copy-on-write; reading it does not tou
 
 from __future__ import annotations
 
+import contextlib
 import struct
+import sys
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
 from agents.runtime.engine.crypto import OVERHEAD
@@ -27,6 +29,21 @@ CACHE_MAGIC = b"HVC2"
 FRAME = 4 << 20
 FRAME_LEN = struct.Struct("<I")
 LAST_FRAME = 1 << 31
+
+
+ROWSIZE = 44  # format.PACK_ROW.size: a pack header's row
+
+
+@contextlib.contextmanager
+def _heads(table: bytes | bytearray, stride: int) -> Iterator[Iterable[int]]:
+    """The low 32 bits of the hash of each ``stride``-byte row of ``table`` (its first 8
+    bytes, little-endian: all a slot mask uses, the slot table being far below 2^32 slots),
+    read in C without a slice per row."""
+    if sys.byteorder != "little" or stride % 4:
+        yield [int.from_bytes(table[o : o + 4], "little") for o in range(0, len(table), stride)]
+        return
+    with memoryview(table) as view, view.cast("I") as words, words[:: stride // 4] as heads:
+        yield heads
 
 
 def _frame_ad(no: int, last: bool) -> bytes:
@@ -158,38 +175,80 @@ class ChunkIndex:
             self._grow()
         return True
 
-    def add_rows(self, pack_no: int, rows) -> int:
-        """``add`` for each (id, offset, stored length, plain length) row of one pack, in one
-        call (a pack of small files has thousands); returns the plain bytes newly indexed."""
-        pack, find, recs = REC.pack, self._find, self._recs
-        added = 0
-        for cid, off, length, raw_len in rows:
-            h, s = find(cid)
-            if s:
-                o = (s - 1) * RECSIZE
-                if int.from_bytes(recs[o + 32 : o + 36], "little") not in self._dead:
-                    continue
-                recs[o : o + RECSIZE] = pack(cid, pack_no, off, length, raw_len)
-            else:
-                recs += pack(cid, pack_no, off, length, raw_len)
-                self._n += 1
-                self._slots[h] = self._n
-                if self._n > MAX_LOAD * len(self._slots):
-                    self._grow()
-            added += raw_len
-        return added
+    def add_packed(self, pack_no: int, rows: bytes, raw: int) -> int:
+        """``add`` for every row of one pack's header as it is stored (``format.PACK_ROW``:
+        id, offset, stored length, plain length, back to back), in one call: a chunking
+        process's pack of small files arrives so, thousands of rows. ``raw``: their plain
+        bytes. Returns the plain bytes newly indexed."""
+        count = len(rows) // ROWSIZE
+        self.reserve(self._n + count)  # (no growth below)
+        recs, slots, mask, dead = self._recs, self._slots, self._mask, self._dead
+        n = self._n
+        pno = pack_no.to_bytes(4, "little")
+        found: list[int] = []  # offsets of the rows whose id is indexed already
+        o = 0
+        with _heads(rows, ROWSIZE) as heads:
+            for h in heads:
+                h &= mask
+                s = slots[h]
+                while s:
+                    ro = (s - 1) * RECSIZE
+                    if recs[ro : ro + 32] == rows[o : o + 32]:
+                        break
+                    h = (h + 1) & mask
+                    s = slots[h]
+                if s:
+                    found.append(o)
+                    ro = (s - 1) * RECSIZE
+                    if int.from_bytes(recs[ro + 32 : ro + 36], "little") in dead:
+                        recs[ro : ro + RECSIZE] = rows[o : o + 32] + pno + rows[o + 32 : o + 44]
+                    else:  # in a live pack: this copy stays unindexed
+                        raw -= int.from_bytes(rows[o + 40 : o + 44], "little")
+                else:
+                    n += 1  # its row number: the new rows are appended in this order
+                    slots[h] = n
+                o += ROWSIZE
+        if not found:
+            # every row is new: the records are the rows with the pack number put in
+            out = bytearray(count * RECSIZE)
+            for k in range(32):
+                out[k::RECSIZE] = rows[k::ROWSIZE]
+            for k in range(4):
+                out[32 + k :: RECSIZE] = pno[k : k + 1] * count
+            for k in range(12):
+                out[36 + k :: RECSIZE] = rows[32 + k :: ROWSIZE]
+            recs += out
+        else:
+            skip = set(found)
+            for o in range(0, len(rows), ROWSIZE):
+                if o not in skip:
+                    recs += rows[o : o + 32] + pno + rows[o + 32 : o + 44]
+        self._n = n
+        return raw
+
+    def reserve(self, total: int) -> None:
+        """Room for ``total`` chunks in all without growing: one rehash to the size the
+        table would reach doubling as they came, instead of one per doubling."""
+        size = len(self._slots)
+        while total > MAX_LOAD * size:
+            size *= 2
+        if size != len(self._slots):
+            self._resize(size)
 
     def _grow(self) -> None:
-        size = len(self._slots) * 2
+        self._resize(len(self._slots) * 2)
+
+    def _resize(self, size: int) -> None:
         slots = array("I", bytes(4 * size))
         mask = size - 1
-        recs = self._recs
-        for row in range(self._n):
-            o = row * RECSIZE
-            h = int.from_bytes(recs[o : o + 8], "little") & mask
-            while slots[h]:
-                h = (h + 1) & mask
-            slots[h] = row + 1
+        row = 0
+        with _heads(self._recs, RECSIZE) as heads:
+            for h in heads:
+                h &= mask
+                row += 1
+                while slots[h]:
+                    h = (h + 1) & mask
+                slots[h] = row
         self._slots, self._mask = slots, mask
 
     def items(self) -> Iterator[tuple[bytes, int, int, int, int]]:

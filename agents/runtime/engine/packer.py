@@ -90,16 +90,16 @@ class Packer:
         self.sealed_raw += raw
         self._submit(pack_id, pack_no, data, raw, builder.rows)
 
-    def add_pack(self, pack_id: bytes, data: memoryview, rows: list, release) -> int:
+    def add_pack(self, pack_id: bytes, data: memoryview, rows: bytes, raw: int, release) -> int:
         """A pack a worker built in shared memory (its chunks counted in ``sealed_raw`` as
-        their records arrived): index it and queue its upload; ``release()`` once it is stored
-        or given up. Never waits: the workers' fixed set of pack buffers is what holds them
-        back when uploads lag. Chunks another worker packed first stay in it unreferenced.
-        Returns its pack number."""
+        their records arrived; ``rows``: its header's rows as stored, ``raw``: their plain
+        bytes): index it and queue its upload; ``release()`` once it is stored or given up.
+        Never waits: the workers' fixed set of pack buffers is what holds them back when
+        uploads lag. Chunks another worker packed first stay in it unreferenced. Returns its
+        pack number."""
         index = self.repo.index
         pack_no = index.add_pack(pack_id, len(data))
-        raw = sum(row[3] for row in rows)
-        self.new_bytes += index.add_rows(pack_no, rows)
+        self.new_bytes += index.add_packed(pack_no, rows, raw)
         fut = self.pool.submit(self._upload, pack_id, data, raw, release, False)
         self.inflight.append((fut, pack_id, pack_no, rows))
         self.reap(block=False)

@@ -20,7 +20,7 @@ import os
 import shutil
 import socket
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -327,7 +327,9 @@ class Repository:
     def _cache_unseal(self, sealed: bytes, ad: bytes) -> bytes:
         return self.sealer.open(sealed, b"index-cache\0" + self.id.encode() + ad)
 
-    def write_index(self, packs: list[tuple[bytes, int, list[tuple[bytes, int, int, int]]]]) -> str:
+    def write_index(
+        self, packs: Sequence[tuple[bytes, int, list[tuple[bytes, int, int, int]] | bytes]]
+    ) -> str:
         name = index_blob(os.urandom(16).hex())
         self.put_sealed(name, encode_index(packs))
         self._index_names.add(name)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import os
+import random
 
 import pytest
 
 from agents.runtime.engine import index as index_module
 from agents.runtime.engine.crypto import Sealer
 from agents.runtime.engine.errors import IntegrityError
+from agents.runtime.engine.format import PACK_ROW
 from agents.runtime.engine.index import ChunkIndex
 
 
@@ -24,6 +26,36 @@ def test_it_finds_what_it_stored_and_grows():
     assert idx.get(ids[5]) == (p, 5, 6, 7)
     assert all(cid in idx for cid in ids)
     assert os.urandom(32) not in idx
+
+
+def test_a_workers_pack_header_is_indexed_in_one_call():
+    """``add_packed`` takes the rows as the pack header stores them: every chunk is found
+    where the header says, one already in a live pack is neither re-indexed nor counted as
+    new, one in a pack gone from storage is indexed anew; growing on the way loses nothing."""
+    idx = ChunkIndex()
+    rng = random.Random(8)
+    first = [(rng.randbytes(32), i * 100, 90, 1000 + i) for i in range(30_000)]
+    a = idx.add_pack(b"a" * 16, 1)
+    assert idx.add_packed(a, _header(first), sum(r[3] for r in first)) == sum(r[3] for r in first)
+    assert len(idx) == 30_000
+    assert all(idx.get(cid) == (a, off, n, raw) for cid, off, n, raw in first)
+    fresh = [(rng.randbytes(32), 7, 8, 9)]
+    again = first[:3] + fresh  # three chunks another worker packed first
+    b = idx.add_pack(b"b" * 16, 1)
+    assert idx.add_packed(b, _header(again), sum(r[3] for r in again)) == 9
+    assert len(idx) == 30_001
+    assert idx.get(first[0][0])[0] == a and idx.get(fresh[0][0]) == (b, 7, 8, 9)
+    idx.mark_dead(a)
+    c = idx.add_pack(b"c" * 16, 1)
+    assert idx.add_packed(c, _header(first[:2]), first[0][3] + first[1][3]) == 2001
+    assert idx.get(first[1][0]) == (c, 100, 90, 1001) and first[2][0] not in idx
+    assert len(idx) == 30_001
+    back = ChunkIndex.load(idx.dump())
+    assert back.get(fresh[0][0]) == (b, 7, 8, 9) and back.get(first[0][0])[0] == c
+
+
+def _header(rows) -> bytes:
+    return b"".join(PACK_ROW.pack(*row) for row in rows)
 
 
 def test_it_costs_at_most_61_bytes_per_chunk():
