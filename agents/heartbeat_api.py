@@ -7,9 +7,22 @@ them), with no read first: the UPDATE itself only matches a registered machine s
 ``OFFLINE_AFTER``. Anything else returns None and Django's view answers it as before: a
 machine coming back online (its pages are told), a body naming another vault, a
 malformed body, a machine over its rate limit.
+
+The UPDATEs run on one thread of their own per process (``beat_many``), so a heart-beat
+never queues behind the token checks, job loads and row writes on the loop's executor,
+nor behind the starts; the heart-beats that arrive while one batch is being written go
+together in the next, as one statement on PostgreSQL. That statement takes the machines'
+rows in the order of their ids and skips a row someone else holds (a start or a pack
+deletion under the machine's fence): that heart-beat goes to the view, which waits its
+turn. It never waits for a lock itself, so it cannot hold up a start nor deadlock with one.
 """
 
 from __future__ import annotations
+
+import asyncio
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 
 from django.db import connection
 from django.utils import timezone
@@ -50,7 +63,108 @@ def beat(machine_id, reported: dict[str, str], now) -> bool:
         return cursor.rowcount == 1
 
 
-_beat = db_in_executor(beat)
+# A batch holds at most this many heart-beats (the rest wait for the next).
+BEAT_BATCH_MAX = 500
+
+
+def beat_many(beats: list[tuple[object, dict[str, str], datetime]]) -> list[bool]:
+    """``beat`` for each of ``beats`` (machine id, reported fields, time), in one
+    statement on PostgreSQL; whether each was recorded. The rows are taken in the order
+    of their ids and a row another transaction holds is skipped (``SKIP LOCKED``: that
+    heart-beat is not recorded here), so this never waits for a lock."""
+    if connection.vendor != "postgresql":
+        return [beat(machine_id, reported, now) for machine_id, reported, now in beats]
+    latest: dict[object, tuple[dict[str, str], datetime]] = {}
+    for machine_id, reported, now in beats:  # a machine twice in a batch: its latest
+        latest[machine_id] = (reported, now)
+    ids = sorted(latest, key=str)
+    meta = Machine._meta
+    quote = connection.ops.quote_name
+    table, pk = quote(meta.db_table), quote(meta.pk.column)  # type: ignore[union-attr]
+    seen = quote(meta.get_field("last_seen_at").column)
+    unregistered = quote(meta.get_field("unregistered_at").column)
+    columns = {name: quote(meta.get_field(name).column) for name in REPORTED}
+    sets = ", ".join(
+        [f"{seen} = b.seen"]
+        + [f"{col} = COALESCE(b.{name}, m.{col})" for name, col in columns.items()]
+    )
+    arrays = [
+        [str(machine_id) for machine_id in ids],
+        [latest[machine_id][1] for machine_id in ids],
+        [latest[machine_id][1] - OFFLINE_AFTER for machine_id in ids],
+    ] + [[latest[machine_id][0].get(name) for machine_id in ids] for name in REPORTED]
+    casts = ", ".join(
+        ["%s::uuid[]", "%s::timestamptz[]", "%s::timestamptz[]"] + ["%s::text[]"] * len(REPORTED)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH b(id, seen, since, {', '.join(REPORTED)}) AS (SELECT * FROM unnest({casts})), "
+            f"locked AS (SELECT m.{pk} FROM {table} m JOIN b ON b.id = m.{pk} "
+            f"WHERE m.{unregistered} IS NULL AND m.{seen} > b.since "
+            f"ORDER BY m.{pk} FOR UPDATE OF m SKIP LOCKED) "
+            f"UPDATE {table} m SET {sets} FROM b, locked "
+            f"WHERE m.{pk} = locked.{pk} AND b.id = m.{pk} RETURNING m.{pk}",
+            arrays,
+        )
+        recorded = {str(row[0]) for row in cursor.fetchall()}
+    return [str(machine_id) in recorded for machine_id, _, _ in beats]
+
+
+_beat_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="haven-heartbeat")
+_beat_many = db_in_executor(beat_many, _beat_thread)
+
+
+class _BeatQueue:
+    """The heart-beats waiting to be written on one event loop. A batch leaves as soon as
+    the heart-beat thread is free (no timer: alone at a quiet time, together at a busy
+    one)."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[tuple[object, dict[str, str], datetime], asyncio.Future]] = []
+        self.draining = False
+        self.task: asyncio.Task | None = None  # the drain under way (kept from the GC)
+
+    def add(self, machine_id, reported: dict[str, str], now: datetime) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.waiting.append(((machine_id, reported, now), future))
+        if not self.draining:
+            self.draining = True
+            self.task = loop.create_task(self.drain())
+        return future
+
+    async def drain(self) -> None:
+        try:
+            while self.waiting:
+                batch = self.waiting[:BEAT_BATCH_MAX]
+                del self.waiting[:BEAT_BATCH_MAX]
+                try:
+                    recorded = await _beat_many([item for item, _ in batch])
+                except BaseException as exc:  # each heart-beat goes to the view
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for (_, future), done in zip(batch, recorded, strict=True):
+                    if not future.done():
+                        future.set_result(done)
+        finally:
+            self.draining = False
+
+
+_queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _BeatQueue] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _beat(machine_id, reported: dict[str, str], now: datetime) -> bool:
+    loop = asyncio.get_running_loop()
+    queue = _queues.get(loop)
+    if queue is None:
+        queue = _queues[loop] = _BeatQueue()
+    return await queue.add(machine_id, reported, now)
 
 
 async def heartbeat(machine: LiveMachine, body: bytes) -> dict | None:

@@ -37,8 +37,10 @@ Any other start (a job already running or ended, another machine's) goes to the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -46,11 +48,12 @@ from datetime import datetime
 import redis.exceptions
 from channels.layers import get_channel_layer
 from django.core.cache.backends.redis import RedisSerializer
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from agents.api_auth import RATE_LIMIT_PER_MINUTE, json_object
 from agents.live_auth import LiveMachine, rate_count
+from agents.models import Machine
 from agents.runtime.protocol import MAX_API_BODY
 from jobs import selectors
 from jobs.api_views import PROGRESS_FIELDS
@@ -181,8 +184,13 @@ async def progress(job_id: str, machine: LiveMachine, body: bytes) -> dict | Non
         return None  # the view answers 429 (counting it once more, as a refusal does)
     report = _clean_progress(event)
     if progress_changes_shape(job.progress, report):
+        push = _start_pushes.get(job_id)
+        if push is not None and push.task and push.task.get_loop() is asyncio.get_running_loop():
+            push.superseded = True  # this report's fragments show the start too
+            await asyncio.shield(push.task)  # and leave after the start's, if it had begun
         _jobs.pop(job_id, None)  # rendered and written below; the row loaded again next
-        cancel = await _record_reshaped_async(job_id, machine.machine_id, event)
+        heard = await _groups_heard(job_id, job.vault_id)
+        cancel = await _record_reshaped_async(job_id, machine.machine_id, event, heard)
         return None if cancel is None else {"cancel": cancel}
     now = timezone.now()
     transferred = int(report.get("stored_bytes") or 0)
@@ -214,18 +222,121 @@ async def progress(job_id: str, machine: LiveMachine, body: bytes) -> dict | Non
 
 # What a start's push may meet: Redis away, or the database while its fragments render.
 PUSH_ERRORS = (redis.exceptions.RedisError, OSError, DatabaseError)
-# Threads (each with at most one database connection) that starts and re-rendering reports
-# run on, per process.
+# Threads (each with at most one database connection) that re-rendering reports, the
+# starts' renders and the starts the batch leaves run on, per process.
 START_THREADS = 2
 _start_threads = ThreadPoolExecutor(max_workers=START_THREADS, thread_name_prefix="haven-start")
+# The one thread per process that commits batches of starts: a burst of starts never waits
+# behind renders (nor the steady reports' database work on the loop's executor).
+_batch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="haven-start-batch")
+# At most this many starts in one transaction (the rest wait for the next).
+START_BATCH_MAX = 100
+# Operations whose start the batch leaves to ``job_mark_started`` (a compaction notes
+# which points it may move as it starts) and the import, which agents do not start.
+BATCH_EXCLUDED = (Job.Operation.COMPACT, Job.Operation.IMPORT)
 
 
-def _start_job(job_id: str, machine_id) -> tuple[dict, Job] | None:
-    """Mark a queued or waiting job of ``machine_id`` running, as the view does; the answer
-    and the job, or None (the view answers)."""
+def start_batch(pairs: list[tuple[str, object]], now: datetime) -> dict[str, tuple[bool, object]]:
+    """Mark running, in one transaction, those of ``pairs`` (job id, machine id) that are
+    queued or waiting jobs of that machine, as ``jobs.services.job_mark_started`` does:
+    each under its machine's fence (``pruning.repository_fence``: the machine's row locked,
+    the job's status read again under it). ``{job id: (cancel asked, vault id)}`` of those
+    started; any other (not the machine's, not queued or waiting, a compaction, or its
+    machine's or job's row locked by someone else right now) is left to the caller.
+
+    The rows are locked in one order (machines, then jobs, each by id) and never waited
+    for (``SKIP LOCKED``): a pack deletion holding one machine's fence holds up that
+    machine's start alone, and the batch cannot deadlock with a fence or a heart-beat."""
+    machine_of = {str(job_id): machine_id for job_id, machine_id in pairs}
+    with transaction.atomic():
+        locked = set(
+            Machine.objects.select_for_update(skip_locked=True)
+            .filter(pk__in={machine_id for _, machine_id in pairs})
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        rows = list(
+            Job.objects.select_for_update(skip_locked=True)
+            .filter(
+                pk__in=[job_id for job_id, machine_id in pairs if machine_id in locked],
+                status__in=(Job.Status.QUEUED, Job.Status.WAITING),
+            )
+            .exclude(operation__in=BATCH_EXCLUDED)
+            .order_by("pk")
+            .values_list("pk", "machine_id", "cancel_requested_at", "vault_id")
+        )
+        started = {
+            str(pk): (cancel_at is not None, vault_id)
+            for pk, machine_id, cancel_at, vault_id in rows
+            if machine_of.get(str(pk)) == machine_id
+        }
+        if started:
+            Job.objects.filter(pk__in=list(started)).update(
+                status=Job.Status.RUNNING, started_at=now, last_report_at=now
+            )
+    return started
+
+
+_start_batch_async = db_in_executor(start_batch, _batch_thread)
+
+
+class _StartQueue:
+    """The starts waiting for a batch on one event loop. A batch leaves as soon as the
+    batch thread is free: one start alone at a quiet time, every start that came while
+    the previous batch committed at a busy one (no timer: nothing waits for a batch to
+    fill)."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[str, object, asyncio.Future]] = []
+        self.draining = False
+        self.task: asyncio.Task | None = None  # the drain under way (kept from the GC)
+
+    def add(self, job_id: str, machine_id) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append((job_id, machine_id, future))
+        if not self.draining:
+            self.draining = True
+            self.task = asyncio.get_running_loop().create_task(self.drain())
+        return future
+
+    async def drain(self) -> None:
+        try:
+            while self.waiting:
+                batch = self.waiting[:START_BATCH_MAX]
+                del self.waiting[:START_BATCH_MAX]
+                try:
+                    started = await _start_batch_async(
+                        [(job_id, machine_id) for job_id, machine_id, _ in batch], timezone.now()
+                    )
+                except BaseException as exc:  # each start falls through to the view
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for job_id, _, future in batch:
+                    if not future.done():
+                        future.set_result(started.get(job_id))
+        finally:
+            self.draining = False
+
+
+# Per event loop (a test's loop ends with its test), and a start's push per job: the job's
+# first report, if it re-renders, waits for it so the pages never get them out of order.
+_start_queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _StartQueue] = (
+    weakref.WeakKeyDictionary()
+)
+_start_pushes: dict[str, _StartPush] = {}
+
+
+def _start_job(job_id: str, machine_id) -> tuple[bool, object] | None:
+    """A start the batch left, as the view does it (``job_mark_started``, under the
+    machine's fence, waiting for it): a compaction, or a row someone else held. As
+    ``start_batch`` answers, or None (the view answers: not a queued or waiting job of the
+    machine)."""
     job = (
         Job.objects.exclude(operation=Job.Operation.IMPORT)
-        .select_related("machine", "vault", "created_by")
         .filter(
             pk=job_id, machine_id=machine_id, status__in=(Job.Status.QUEUED, Job.Status.WAITING)
         )
@@ -233,44 +344,84 @@ def _start_job(job_id: str, machine_id) -> tuple[dict, Job] | None:
     )
     if job is None or not job_mark_started(job=job, publish=False):
         return None
-    return {"cancel": job.cancel_requested_at is not None, "status": job.status}, job
+    return job.cancel_requested_at is not None, job.vault_id
 
 
-def _fragments(job: Job, groups: set[str]) -> list[tuple[str, str]]:
-    return job_fragments(job, only=groups)
+@dataclass
+class _StartPush:
+    task: asyncio.Task | None = None
+    # Set by the job's first report when it re-renders the same fragments: this one need
+    # not be rendered if it has not begun (in a fleet's burst of starts, most have not).
+    superseded: bool = False
+
+
+def _fragments(job_id: str, groups: set[str], push: _StartPush) -> list[tuple[str, str]]:
+    if push.superseded:
+        return []
+    job = Job.objects.select_related("machine", "vault", "created_by").filter(pk=job_id).first()
+    return [] if job is None else job_fragments(job, only=groups)
 
 
 _start_job_async = db_in_executor(_start_job, _start_threads)
 _fragments_async = db_in_executor(_fragments, _start_threads)
 
 
-async def start(job_id: str, machine: LiveMachine) -> dict | None:
-    """The answer to a start, or None: Django's view answers this one. The fragments are
-    rendered only for the groups some socket hears after the start committed (a page
+async def _groups_heard(job_id: str, vault_id) -> set[str] | None:
+    """Those of the job's groups some socket hears now; None (render for both, as the
+    view does) when Redis cannot say."""
+    try:
+        return await get_channel_layer().groups_heard(  # type: ignore[union-attr]
+            [job_group(job_id), group_for_vault(vault_id)]
+        )
+    except PUSH_ERRORS:
+        return None
+
+
+async def _push_start(job_id: str, vault_id, push: _StartPush) -> None:
+    """The started job's fragments, rendered for the groups some socket hears (a page
     opened later renders the job running itself; when a schedule starts a whole fleet,
-    most job pages are not open)."""
-    if rate_count(machine.machine_id) > RATE_LIMIT_PER_MINUTE:
-        return None  # the view answers 429
-    done = await _start_job_async(job_id, machine.machine_id)
-    if done is None:
-        return None  # the view answers (and counts the request once more: a rare start)
-    answer, job = done
+    most job pages are not open), after the agent has its answer."""
     layer = get_channel_layer()
     try:
         heard = await layer.groups_heard(  # type: ignore[union-attr]
-            [job_group(job.pk), group_for_vault(job.vault_id)]
+            [job_group(job_id), group_for_vault(vault_id)]
         )
         if heard:
-            fragments = await _fragments_async(job, heard)
+            fragments = await _fragments_async(job_id, heard, push)
             await layer.group_send_many(  # type: ignore[union-attr]
                 [(group, realtime.fragment_message(group, html)) for group, html in fragments]
             )
     except PUSH_ERRORS:  # best effort, as every push: the page shows the truth on reload
         log.warning("could not push job %s's start", job_id, exc_info=True)
-    return answer
+    finally:
+        if _start_pushes.get(job_id) is push:
+            del _start_pushes[job_id]
 
 
-def _record_reshaped(job_id: str, machine_id, event: dict) -> bool | None:
+async def start(job_id: str, machine: LiveMachine) -> dict | None:
+    """The answer to a start, or None: Django's view answers this one. The start is
+    committed with the others waiting (``start_batch``) and answered at once; its
+    fragments are pushed afterwards (``_push_start``)."""
+    if rate_count(machine.machine_id) > RATE_LIMIT_PER_MINUTE:
+        return None  # the view answers 429
+    loop = asyncio.get_running_loop()
+    queue = _start_queues.get(loop)
+    if queue is None:
+        queue = _start_queues[loop] = _StartQueue()
+    started = await queue.add(job_id, machine.machine_id)
+    if started is None:
+        # Left by the batch: done alone (or refused: the view answers, and counts the
+        # request once more, as for any rare start).
+        started = await _start_job_async(job_id, machine.machine_id)
+        if started is None:
+            return None
+    cancel, vault_id = started
+    push = _start_pushes[job_id] = _StartPush()
+    push.task = loop.create_task(_push_start(job_id, vault_id, push))
+    return {"cancel": cancel, "status": Job.Status.RUNNING.value}
+
+
+def _record_reshaped(job_id: str, machine_id, event: dict, heard: set[str] | None) -> bool | None:
     """A report that changes the fragments' shape (the first, a new phase), recorded as the
     view records it (``jobs.services.job_record_progress``: the row written, the fragments
     rendered and pushed); whether the agent should stop, or None (the view answers)."""
@@ -282,7 +433,7 @@ def _record_reshaped(job_id: str, machine_id, event: dict) -> bool | None:
     )
     if job is None:
         return None
-    return job_record_progress(job=job, event=event)
+    return job_record_progress(job=job, event=event, heard=heard)
 
 
 _record_reshaped_async = db_in_executor(_record_reshaped, _start_threads)
