@@ -19,9 +19,6 @@ turn. It never waits for a lock itself, so it cannot hold up a start nor deadloc
 
 from __future__ import annotations
 
-import asyncio
-import weakref
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 from django.db import connection
@@ -32,7 +29,7 @@ from agents.live_auth import LiveMachine, rate_count
 from agents.models import OFFLINE_AFTER, Machine
 from agents.runtime.protocol import MAX_AGENT_API_BODY
 from agents.runtime.version import __version__
-from portal.pools import db_in_executor
+from portal.pools import LoopBatches, ProcessThreads, db_in_executor
 
 # What machine_heartbeat keeps of each reported field.
 REPORTED = {"agent_version": 40, "hostname": 255, "os_name": 255}
@@ -110,61 +107,12 @@ def beat_many(beats: list[tuple[object, dict[str, str], datetime]]) -> list[bool
     return [str(machine_id) in recorded for machine_id, _, _ in beats]
 
 
-_beat_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="haven-heartbeat")
+_beat_thread = ProcessThreads(max_workers=1, thread_name_prefix="haven-heartbeat")
 _beat_many = db_in_executor(beat_many, _beat_thread)
 
 
-class _BeatQueue:
-    """The heart-beats waiting to be written on one event loop. A batch leaves as soon as
-    the heart-beat thread is free (no timer: alone at a quiet time, together at a busy
-    one)."""
-
-    def __init__(self) -> None:
-        self.waiting: list[tuple[tuple[object, dict[str, str], datetime], asyncio.Future]] = []
-        self.draining = False
-        self.task: asyncio.Task | None = None  # the drain under way (kept from the GC)
-
-    def add(self, machine_id, reported: dict[str, str], now: datetime) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self.waiting.append(((machine_id, reported, now), future))
-        if not self.draining:
-            self.draining = True
-            self.task = loop.create_task(self.drain())
-        return future
-
-    async def drain(self) -> None:
-        try:
-            while self.waiting:
-                batch = self.waiting[:BEAT_BATCH_MAX]
-                del self.waiting[:BEAT_BATCH_MAX]
-                try:
-                    recorded = await _beat_many([item for item, _ in batch])
-                except BaseException as exc:  # each heart-beat goes to the view
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise
-                    continue
-                for (_, future), done in zip(batch, recorded, strict=True):
-                    if not future.done():
-                        future.set_result(done)
-        finally:
-            self.draining = False
-
-
-_queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _BeatQueue] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-async def _beat(machine_id, reported: dict[str, str], now: datetime) -> bool:
-    loop = asyncio.get_running_loop()
-    queue = _queues.get(loop)
-    if queue is None:
-        queue = _queues[loop] = _BeatQueue()
-    return await queue.add(machine_id, reported, now)
+# The heart-beats that come while a batch is written go together in the next.
+_beats = LoopBatches(_beat_many, BEAT_BATCH_MAX)
 
 
 async def heartbeat(machine: LiveMachine, body: bytes) -> dict | None:
@@ -184,7 +132,7 @@ async def heartbeat(machine: LiveMachine, body: bytes) -> dict | None:
             for name, limit in REPORTED.items()
             if str(data.get(name, ""))
         }
-        if not await _beat(machine.machine_id, reported, now):
+        if not await _beats((machine.machine_id, reported, now)):
             return None
     return {
         "machine_id": str(machine.machine_id),

@@ -19,20 +19,24 @@ without Django's request cycle, a thread, or a database connection:
   at the next write.
 
 A running job's report that changes the fragments' shape (the first, a new phase) is
-recorded as the view records it (row written, fragments rendered and pushed), on the
-start threads below. Everything else returns None and the request goes on to Django's
+recorded as the view records it (row written, fragments rendered and pushed — only for
+the groups some socket hears), on the start threads below. Everything else returns None and the request goes on to Django's
 view, which answers it as before: a job not running or not the machine's, a malformed
 body, a machine over its rate limit, Redis or the database unreachable.
 
 ``POST /api/agent/jobs/<id>/start/`` of a queued or waiting job of the calling machine is
 done here too (``start``): when a schedule fires, every machine on it starts at once, and
 200 starts through Django's request cycle (two ORM token checks, the middleware) queued
-behind its request limit for seconds. The job is marked running exactly as the view does
-(``jobs.services.job_mark_started``, under the machine's repository fence) on one of
-``START_THREADS`` threads of its own — so a burst of starts never holds up the executor
-the steady reports' database work runs on — and its fragments are rendered for the
-groups some socket hears and pushed from the loop.
-Any other start (a job already running or ended, another machine's) goes to the view.
+behind its request limit for seconds. The job is marked running as the view does (as
+``jobs.services.job_mark_started``, under the machine's repository fence), the starts
+that come while one batch commits together in the next (``start_batch``, one
+transaction, on a thread of its own: a burst never waits behind renders or the steady
+reports' database work). The agent is answered then; the fragments are rendered
+afterwards for the groups some socket hears and pushed from the loop (``_push_start``;
+the job's first report, which re-renders them anyway, takes the place of a render not
+yet begun). A start the batch leaves — a compaction, a machine whose fence someone
+holds — is done alone as the view does it, waiting for the fence. Any other start (a job
+already running or ended, another machine's) goes to the view.
 """
 
 from __future__ import annotations
@@ -40,8 +44,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -72,7 +74,7 @@ from jobs.services.live import (
     progress_fields,
 )
 from portal import realtime
-from portal.pools import cache_key, db_in_executor
+from portal.pools import LoopBatches, ProcessThreads, cache_key, db_in_executor
 from vaults.services import group_for_vault
 
 log = logging.getLogger(__name__)
@@ -225,10 +227,10 @@ PUSH_ERRORS = (redis.exceptions.RedisError, OSError, DatabaseError)
 # Threads (each with at most one database connection) that re-rendering reports, the
 # starts' renders and the starts the batch leaves run on, per process.
 START_THREADS = 2
-_start_threads = ThreadPoolExecutor(max_workers=START_THREADS, thread_name_prefix="haven-start")
+_start_threads = ProcessThreads(max_workers=START_THREADS, thread_name_prefix="haven-start")
 # The one thread per process that commits batches of starts: a burst of starts never waits
 # behind renders (nor the steady reports' database work on the loop's executor).
-_batch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="haven-start-batch")
+_batch_thread = ProcessThreads(max_workers=1, thread_name_prefix="haven-start-batch")
 # At most this many starts in one transaction (the rest wait for the next).
 START_BATCH_MAX = 100
 # Operations whose start the batch leaves to ``job_mark_started`` (a compaction notes
@@ -280,53 +282,17 @@ def start_batch(pairs: list[tuple[str, object]], now: datetime) -> dict[str, tup
 _start_batch_async = db_in_executor(start_batch, _batch_thread)
 
 
-class _StartQueue:
-    """The starts waiting for a batch on one event loop. A batch leaves as soon as the
-    batch thread is free: one start alone at a quiet time, every start that came while
-    the previous batch committed at a busy one (no timer: nothing waits for a batch to
-    fill)."""
-
-    def __init__(self) -> None:
-        self.waiting: list[tuple[str, object, asyncio.Future]] = []
-        self.draining = False
-        self.task: asyncio.Task | None = None  # the drain under way (kept from the GC)
-
-    def add(self, job_id: str, machine_id) -> asyncio.Future:
-        future = asyncio.get_running_loop().create_future()
-        self.waiting.append((job_id, machine_id, future))
-        if not self.draining:
-            self.draining = True
-            self.task = asyncio.get_running_loop().create_task(self.drain())
-        return future
-
-    async def drain(self) -> None:
-        try:
-            while self.waiting:
-                batch = self.waiting[:START_BATCH_MAX]
-                del self.waiting[:START_BATCH_MAX]
-                try:
-                    started = await _start_batch_async(
-                        [(job_id, machine_id) for job_id, machine_id, _ in batch], timezone.now()
-                    )
-                except BaseException as exc:  # each start falls through to the view
-                    for _, _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise
-                    continue
-                for job_id, _, future in batch:
-                    if not future.done():
-                        future.set_result(started.get(job_id))
-        finally:
-            self.draining = False
+async def _start_together(pairs: list[tuple[str, object]]) -> list[tuple[bool, object] | None]:
+    started = await _start_batch_async(pairs, timezone.now())
+    return [started.get(job_id) for job_id, _ in pairs]
 
 
-# Per event loop (a test's loop ends with its test), and a start's push per job: the job's
-# first report, if it re-renders, waits for it so the pages never get them out of order.
-_start_queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _StartQueue] = (
-    weakref.WeakKeyDictionary()
-)
+# The starts that come while a batch commits go together in the next.
+_starts = LoopBatches(_start_together, START_BATCH_MAX)
+
+
+# A start's push per job: the job's first report, if it re-renders, waits for it so the
+# pages never get them out of order.
 _start_pushes: dict[str, _StartPush] = {}
 
 
@@ -404,11 +370,7 @@ async def start(job_id: str, machine: LiveMachine) -> dict | None:
     fragments are pushed afterwards (``_push_start``)."""
     if rate_count(machine.machine_id) > RATE_LIMIT_PER_MINUTE:
         return None  # the view answers 429
-    loop = asyncio.get_running_loop()
-    queue = _start_queues.get(loop)
-    if queue is None:
-        queue = _start_queues[loop] = _StartQueue()
-    started = await queue.add(job_id, machine.machine_id)
+    started = await _starts((job_id, machine.machine_id))
     if started is None:
         # Left by the batch: done alone (or refused: the view answers, and counts the
         # request once more, as for any rare start).
@@ -417,7 +379,7 @@ async def start(job_id: str, machine: LiveMachine) -> dict | None:
             return None
     cancel, vault_id = started
     push = _start_pushes[job_id] = _StartPush()
-    push.task = loop.create_task(_push_start(job_id, vault_id, push))
+    push.task = asyncio.get_running_loop().create_task(_push_start(job_id, vault_id, push))
     return {"cancel": cancel, "status": Job.Status.RUNNING.value}
 
 
