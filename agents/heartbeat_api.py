@@ -107,12 +107,13 @@ def beat_many(beats: list[tuple[object, dict[str, str], datetime]]) -> list[bool
     return [str(machine_id) in recorded for machine_id, _, _ in beats]
 
 
-_beat_thread = ProcessThreads(max_workers=1, thread_name_prefix="haven-heartbeat")
-_beat_many = db_in_executor(beat_many, _beat_thread)
+BEAT_THREADS = 2
+_beat_threads = ProcessThreads(max_workers=BEAT_THREADS, thread_name_prefix="haven-heartbeat")
+_beat_many = db_in_executor(beat_many, _beat_threads)
 
 
 # The heart-beats that come while a batch is written go together in the next.
-_beats = LoopBatches(_beat_many, BEAT_BATCH_MAX)
+_beats = LoopBatches(_beat_many, BEAT_BATCH_MAX, parallel=BEAT_THREADS)
 
 
 async def heartbeat(machine: LiveMachine, body: bytes) -> dict | None:

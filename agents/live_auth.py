@@ -128,10 +128,18 @@ def load_machines(digests: list[str]) -> list[LiveMachine | None]:
             due.append(pk)
     if due:
         field = MachineToken._meta.get_field
+        pk_column = quote(field("id").column)
+        rows = f"{pk_column} IN ({', '.join(['%s'] * len(due))})"
+        if connection.vendor == "postgresql":
+            # Two of these at once (two threads) never wait for each other: a row the other
+            # is writing is skipped, in id order.
+            rows = (
+                f"{pk_column} IN (SELECT {pk_column} FROM {tokens} WHERE {rows} "
+                f"ORDER BY {pk_column} FOR UPDATE SKIP LOCKED)"
+            )
         with connection.cursor() as cursor:
             cursor.execute(
-                f"UPDATE {tokens} SET {quote(field('last_used_at').column)} = %s "
-                f"WHERE {quote(field('id').column)} IN ({', '.join(['%s'] * len(due))})",
+                f"UPDATE {tokens} SET {quote(field('last_used_at').column)} = %s WHERE {rows}",
                 [field("last_used_at").get_db_prep_value(now, connection), *due],
             )
     return [found.get(digest) for digest in digests]
@@ -154,8 +162,11 @@ def _aware(value):
 # The tokens asked for while one query runs go together in the next, on a thread of their
 # own (every heart-beat, once a minute per machine, is a miss; a fleet's starts are 200).
 TOKEN_BATCH_MAX = 500
-_token_thread = ProcessThreads(max_workers=1, thread_name_prefix="haven-tokens")
-_load = LoopBatches(db_in_executor(load_machines, _token_thread), TOKEN_BATCH_MAX)
+TOKEN_THREADS = 2
+_token_threads = ProcessThreads(max_workers=TOKEN_THREADS, thread_name_prefix="haven-tokens")
+_load = LoopBatches(
+    db_in_executor(load_machines, _token_threads), TOKEN_BATCH_MAX, parallel=TOKEN_THREADS
+)
 
 
 async def live_machine(authorization: str) -> LiveMachine | None:

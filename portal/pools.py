@@ -209,13 +209,15 @@ class LoopBatches:
     function whose list of results matches its items one for one), the items that are
     waiting on the event loop gathered into one call.
 
-    A call leaves as soon as the previous one has finished: an item alone at a quiet time,
-    every item that came meanwhile (at most ``max_items`` a call) at a busy one. No timer:
-    nothing waits for a batch to fill. An exception of ``run`` is each of its items'."""
+    A call leaves as soon as one of ``parallel`` calls is free: an item alone at a quiet
+    time, every item that came meanwhile (at most ``max_items`` a call) at a busy one. No
+    timer: nothing waits for a batch to fill. An exception of ``run`` is each of its
+    items'."""
 
-    def __init__(self, run: Any, max_items: int) -> None:
+    def __init__(self, run: Any, max_items: int, parallel: int = 1) -> None:
         self.run = run
         self.max_items = max_items
+        self.parallel = parallel
         self._loops: weakref.WeakKeyDictionary[Any, _LoopQueue] = weakref.WeakKeyDictionary()
 
     async def __call__(self, item: Any) -> Any:
@@ -227,32 +229,31 @@ class LoopBatches:
             queue = self._loops[loop] = _LoopQueue()
         future = loop.create_future()
         queue.waiting.append((item, future))
-        if queue.task is None:
-            queue.task = loop.create_task(self._drain(queue))
+        if len(queue.tasks) < self.parallel:
+            task = loop.create_task(self._drain(queue))
+            queue.tasks.add(task)
+            task.add_done_callback(queue.tasks.discard)
         return await future
 
     async def _drain(self, queue: _LoopQueue) -> None:
-        try:
-            while queue.waiting:
-                batch = queue.waiting[: self.max_items]
-                del queue.waiting[: self.max_items]
-                try:
-                    results = await self.run([item for item, _ in batch])
-                except BaseException as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise
-                    continue
-                for (_, future), result in zip(batch, results, strict=True):
+        while queue.waiting:
+            batch = queue.waiting[: self.max_items]
+            del queue.waiting[: self.max_items]
+            try:
+                results = await self.run([item for item, _ in batch])
+            except BaseException as exc:
+                for _, future in batch:
                     if not future.done():
-                        future.set_result(result)
-        finally:
-            queue.task = None
+                        future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
 
 
 class _LoopQueue:
     def __init__(self) -> None:
         self.waiting: list[tuple[Any, Any]] = []
-        self.task: Any = None  # the drain under way (a reference keeps it from the GC)
+        self.tasks: set[Any] = set()  # the drains under way (a reference keeps them from the GC)
