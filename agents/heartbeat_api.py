@@ -8,10 +8,10 @@ them), with no read first: the UPDATE itself only matches a registered machine s
 machine coming back online (its pages are told), a body naming another vault, a
 malformed body, a machine over its rate limit.
 
-The UPDATEs run on one thread of their own per process (``beat_many``), so a heart-beat
+The UPDATEs run on two threads of their own per process (``beat_many``), so a heart-beat
 never queues behind the token checks, job loads and row writes on the loop's executor,
-nor behind the starts; the heart-beats that arrive while one batch is being written go
-together in the next, as one statement on PostgreSQL. That statement takes the machines'
+nor behind the starts; the heart-beats that arrive while both are writing go together
+in the next batch, one statement on PostgreSQL. That statement takes the machines'
 rows in the order of their ids and skips a row someone else holds (a start or a pack
 deletion under the machine's fence): that heart-beat goes to the view, which waits its
 turn. It never waits for a lock itself, so it cannot hold up a start nor deadlock with one.

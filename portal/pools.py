@@ -15,7 +15,7 @@ pools here wait for one instead (up to their ``timeout``) once ``max_connections
 - ``PubSubChannelLayer``: channels-redis's pub/sub layer, two connections per event loop.
 
 ``LoopBatches`` gathers the hot path's database work that comes together (starts,
-heart-beats, token checks) into one call on a thread of its own.
+heart-beats, token checks) into one call on threads of their own.
 """
 
 from __future__ import annotations
