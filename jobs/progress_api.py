@@ -19,38 +19,43 @@ without Django's request cycle, a thread, or a database connection:
   at the next write.
 
 A running job's report that changes the fragments' shape (the first, a new phase) is
-recorded as the view records it (row written, fragments rendered and pushed), on the
-start threads below. Everything else returns None and the request goes on to Django's
+recorded as the view records it (row written, fragments rendered and pushed — only for
+the groups some socket hears), on the start threads below. Everything else returns None and the request goes on to Django's
 view, which answers it as before: a job not running or not the machine's, a malformed
 body, a machine over its rate limit, Redis or the database unreachable.
 
 ``POST /api/agent/jobs/<id>/start/`` of a queued or waiting job of the calling machine is
 done here too (``start``): when a schedule fires, every machine on it starts at once, and
 200 starts through Django's request cycle (two ORM token checks, the middleware) queued
-behind its request limit for seconds. The job is marked running exactly as the view does
-(``jobs.services.job_mark_started``, under the machine's repository fence) on one of
-``START_THREADS`` threads of its own — so a burst of starts never holds up the executor
-the steady reports' database work runs on — and its fragments are rendered for the
-groups some socket hears and pushed from the loop.
-Any other start (a job already running or ended, another machine's) goes to the view.
+behind its request limit for seconds. The job is marked running as the view does (as
+``jobs.services.job_mark_started``, under the machine's repository fence), the starts
+that come while one batch commits together in the next (``start_batch``, one
+transaction, on a thread of its own: a burst never waits behind renders or the steady
+reports' database work). The agent is answered then; the fragments are rendered
+afterwards for the groups some socket hears and pushed from the loop (``_push_start``;
+the job's first report, which re-renders them anyway, takes the place of a render not
+yet begun). A start the batch leaves — a compaction, a machine whose fence someone
+holds — is done alone as the view does it, waiting for the fence. Any other start (a job
+already running or ended, another machine's) goes to the view.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
 import redis.exceptions
 from channels.layers import get_channel_layer
 from django.core.cache.backends.redis import RedisSerializer
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from agents.api_auth import RATE_LIMIT_PER_MINUTE, json_object
 from agents.live_auth import LiveMachine, rate_count
+from agents.models import Machine
 from agents.runtime.protocol import MAX_API_BODY
 from jobs import selectors
 from jobs.api_views import PROGRESS_FIELDS
@@ -69,7 +74,7 @@ from jobs.services.live import (
     progress_fields,
 )
 from portal import realtime
-from portal.pools import cache_key, db_in_executor
+from portal.pools import LoopBatches, ProcessThreads, cache_key, db_in_executor
 from vaults.services import group_for_vault
 
 log = logging.getLogger(__name__)
@@ -181,8 +186,13 @@ async def progress(job_id: str, machine: LiveMachine, body: bytes) -> dict | Non
         return None  # the view answers 429 (counting it once more, as a refusal does)
     report = _clean_progress(event)
     if progress_changes_shape(job.progress, report):
+        push = _start_pushes.get(job_id)
+        if push is not None and push.task and push.task.get_loop() is asyncio.get_running_loop():
+            push.superseded = True  # this report's fragments show the start too
+            await asyncio.shield(push.task)  # and leave after the start's, if it had begun
         _jobs.pop(job_id, None)  # rendered and written below; the row loaded again next
-        cancel = await _record_reshaped_async(job_id, machine.machine_id, event)
+        heard = await _groups_heard(job_id, job.vault_id)
+        cancel = await _record_reshaped_async(job_id, machine.machine_id, event, heard)
         return None if cancel is None else {"cancel": cancel}
     now = timezone.now()
     transferred = int(report.get("stored_bytes") or 0)
@@ -214,18 +224,85 @@ async def progress(job_id: str, machine: LiveMachine, body: bytes) -> dict | Non
 
 # What a start's push may meet: Redis away, or the database while its fragments render.
 PUSH_ERRORS = (redis.exceptions.RedisError, OSError, DatabaseError)
-# Threads (each with at most one database connection) that starts and re-rendering reports
-# run on, per process.
+# Threads (each with at most one database connection) that re-rendering reports, the
+# starts' renders and the starts the batch leaves run on, per process.
 START_THREADS = 2
-_start_threads = ThreadPoolExecutor(max_workers=START_THREADS, thread_name_prefix="haven-start")
+_start_threads = ProcessThreads(max_workers=START_THREADS, thread_name_prefix="haven-start")
+# The one thread per process that commits batches of starts: a burst of starts never waits
+# behind renders (nor the steady reports' database work on the loop's executor).
+_batch_thread = ProcessThreads(max_workers=1, thread_name_prefix="haven-start-batch")
+# At most this many starts in one transaction (the rest wait for the next).
+START_BATCH_MAX = 100
+# Operations whose start the batch leaves to ``job_mark_started`` (a compaction notes
+# which points it may move as it starts) and the import, which agents do not start.
+BATCH_EXCLUDED = (Job.Operation.COMPACT, Job.Operation.IMPORT)
 
 
-def _start_job(job_id: str, machine_id) -> tuple[dict, Job] | None:
-    """Mark a queued or waiting job of ``machine_id`` running, as the view does; the answer
-    and the job, or None (the view answers)."""
+def start_batch(pairs: list[tuple[str, object]], now: datetime) -> dict[str, tuple[bool, object]]:
+    """Mark running, in one transaction, those of ``pairs`` (job id, machine id) that are
+    queued or waiting jobs of that machine, as ``jobs.services.job_mark_started`` does:
+    each under its machine's fence (``pruning.repository_fence``: the machine's row locked,
+    the job's status read again under it). ``{job id: (cancel asked, vault id)}`` of those
+    started; any other (not the machine's, not queued or waiting, a compaction, or its
+    machine's or job's row locked by someone else right now) is left to the caller.
+
+    The rows are locked in one order (machines, then jobs, each by id) and never waited
+    for (``SKIP LOCKED``): a pack deletion holding one machine's fence holds up that
+    machine's start alone, and the batch cannot deadlock with a fence or a heart-beat."""
+    machine_of = {str(job_id): machine_id for job_id, machine_id in pairs}
+    with transaction.atomic():
+        locked = set(
+            Machine.objects.select_for_update(skip_locked=True)
+            .filter(pk__in={machine_id for _, machine_id in pairs})
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        rows = list(
+            Job.objects.select_for_update(skip_locked=True)
+            .filter(
+                pk__in=[job_id for job_id, machine_id in pairs if machine_id in locked],
+                status__in=(Job.Status.QUEUED, Job.Status.WAITING),
+            )
+            .exclude(operation__in=BATCH_EXCLUDED)
+            .order_by("pk")
+            .values_list("pk", "machine_id", "cancel_requested_at", "vault_id")
+        )
+        started = {
+            str(pk): (cancel_at is not None, vault_id)
+            for pk, machine_id, cancel_at, vault_id in rows
+            if machine_of.get(str(pk)) == machine_id
+        }
+        if started:
+            Job.objects.filter(pk__in=list(started)).update(
+                status=Job.Status.RUNNING, started_at=now, last_report_at=now
+            )
+    return started
+
+
+_start_batch_async = db_in_executor(start_batch, _batch_thread)
+
+
+async def _start_together(pairs: list[tuple[str, object]]) -> list[tuple[bool, object] | None]:
+    started = await _start_batch_async(pairs, timezone.now())
+    return [started.get(job_id) for job_id, _ in pairs]
+
+
+# The starts that come while a batch commits go together in the next.
+_starts = LoopBatches(_start_together, START_BATCH_MAX)
+
+
+# A start's push per job: the job's first report, if it re-renders, waits for it so the
+# pages never get them out of order.
+_start_pushes: dict[str, _StartPush] = {}
+
+
+def _start_job(job_id: str, machine_id) -> tuple[bool, object] | None:
+    """A start the batch left, as the view does it (``job_mark_started``, under the
+    machine's fence, waiting for it): a compaction, or a row someone else held. As
+    ``start_batch`` answers, or None (the view answers: not a queued or waiting job of the
+    machine)."""
     job = (
         Job.objects.exclude(operation=Job.Operation.IMPORT)
-        .select_related("machine", "vault", "created_by")
         .filter(
             pk=job_id, machine_id=machine_id, status__in=(Job.Status.QUEUED, Job.Status.WAITING)
         )
@@ -233,44 +310,80 @@ def _start_job(job_id: str, machine_id) -> tuple[dict, Job] | None:
     )
     if job is None or not job_mark_started(job=job, publish=False):
         return None
-    return {"cancel": job.cancel_requested_at is not None, "status": job.status}, job
+    return job.cancel_requested_at is not None, job.vault_id
 
 
-def _fragments(job: Job, groups: set[str]) -> list[tuple[str, str]]:
-    return job_fragments(job, only=groups)
+@dataclass
+class _StartPush:
+    task: asyncio.Task | None = None
+    # Set by the job's first report when it re-renders the same fragments: this one need
+    # not be rendered if it has not begun (in a fleet's burst of starts, most have not).
+    superseded: bool = False
+
+
+def _fragments(job_id: str, groups: set[str], push: _StartPush) -> list[tuple[str, str]]:
+    if push.superseded:
+        return []
+    job = Job.objects.select_related("machine", "vault", "created_by").filter(pk=job_id).first()
+    return [] if job is None else job_fragments(job, only=groups)
 
 
 _start_job_async = db_in_executor(_start_job, _start_threads)
 _fragments_async = db_in_executor(_fragments, _start_threads)
 
 
-async def start(job_id: str, machine: LiveMachine) -> dict | None:
-    """The answer to a start, or None: Django's view answers this one. The fragments are
-    rendered only for the groups some socket hears after the start committed (a page
+async def _groups_heard(job_id: str, vault_id) -> set[str] | None:
+    """Those of the job's groups some socket hears now; None (render for both, as the
+    view does) when Redis cannot say."""
+    try:
+        return await get_channel_layer().groups_heard(  # type: ignore[union-attr]
+            [job_group(job_id), group_for_vault(vault_id)]
+        )
+    except PUSH_ERRORS:
+        return None
+
+
+async def _push_start(job_id: str, vault_id, push: _StartPush) -> None:
+    """The started job's fragments, rendered for the groups some socket hears (a page
     opened later renders the job running itself; when a schedule starts a whole fleet,
-    most job pages are not open)."""
-    if rate_count(machine.machine_id) > RATE_LIMIT_PER_MINUTE:
-        return None  # the view answers 429
-    done = await _start_job_async(job_id, machine.machine_id)
-    if done is None:
-        return None  # the view answers (and counts the request once more: a rare start)
-    answer, job = done
+    most job pages are not open), after the agent has its answer."""
     layer = get_channel_layer()
     try:
         heard = await layer.groups_heard(  # type: ignore[union-attr]
-            [job_group(job.pk), group_for_vault(job.vault_id)]
+            [job_group(job_id), group_for_vault(vault_id)]
         )
         if heard:
-            fragments = await _fragments_async(job, heard)
+            fragments = await _fragments_async(job_id, heard, push)
             await layer.group_send_many(  # type: ignore[union-attr]
                 [(group, realtime.fragment_message(group, html)) for group, html in fragments]
             )
     except PUSH_ERRORS:  # best effort, as every push: the page shows the truth on reload
         log.warning("could not push job %s's start", job_id, exc_info=True)
-    return answer
+    finally:
+        if _start_pushes.get(job_id) is push:
+            del _start_pushes[job_id]
 
 
-def _record_reshaped(job_id: str, machine_id, event: dict) -> bool | None:
+async def start(job_id: str, machine: LiveMachine) -> dict | None:
+    """The answer to a start, or None: Django's view answers this one. The start is
+    committed with the others waiting (``start_batch``) and answered at once; its
+    fragments are pushed afterwards (``_push_start``)."""
+    if rate_count(machine.machine_id) > RATE_LIMIT_PER_MINUTE:
+        return None  # the view answers 429
+    started = await _starts((job_id, machine.machine_id))
+    if started is None:
+        # Left by the batch: done alone (or refused: the view answers, and counts the
+        # request once more, as for any rare start).
+        started = await _start_job_async(job_id, machine.machine_id)
+        if started is None:
+            return None
+    cancel, vault_id = started
+    push = _start_pushes[job_id] = _StartPush()
+    push.task = asyncio.get_running_loop().create_task(_push_start(job_id, vault_id, push))
+    return {"cancel": cancel, "status": Job.Status.RUNNING.value}
+
+
+def _record_reshaped(job_id: str, machine_id, event: dict, heard: set[str] | None) -> bool | None:
     """A report that changes the fragments' shape (the first, a new phase), recorded as the
     view records it (``jobs.services.job_record_progress``: the row written, the fragments
     rendered and pushed); whether the agent should stop, or None (the view answers)."""
@@ -282,7 +395,7 @@ def _record_reshaped(job_id: str, machine_id, event: dict) -> bool | None:
     )
     if job is None:
         return None
-    return job_record_progress(job=job, event=event)
+    return job_record_progress(job=job, event=event, heard=heard)
 
 
 _record_reshaped_async = db_in_executor(_record_reshaped, _start_threads)

@@ -13,6 +13,9 @@ pools here wait for one instead (up to their ``timeout``) once ``max_connections
   request context and each would build its own pool; this one is shared by every cache
   object of the process with the same address and options.
 - ``PubSubChannelLayer``: channels-redis's pub/sub layer, two connections per event loop.
+
+``LoopBatches`` gathers the hot path's database work that comes together (starts,
+heart-beats, token checks) into one call on threads of their own.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import queue
 import sys
 import threading
 import weakref
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import redis
@@ -151,6 +155,33 @@ def cache_key(key: str) -> str:
     return f"{cache.get('KEY_PREFIX', '')}:{cache.get('VERSION', 1)}:{key}"
 
 
+class ProcessThreads(Executor):
+    """A ``ThreadPoolExecutor`` of this process: one made in a process that forks (a test's
+    live server, a worker's child) is no use in the child — its threads are not there, yet
+    it believes one idle and never starts another, so the work waits for ever. Made anew
+    in each process that submits to it."""
+
+    def __init__(self, max_workers: int, thread_name_prefix: str) -> None:
+        self.max_workers, self.thread_name_prefix = max_workers, thread_name_prefix
+        self._pid = -1
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def _here(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._pool = ThreadPoolExecutor(self.max_workers, self.thread_name_prefix)
+            return self._pool
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        return self._here().submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if self._pool is not None and self._pid == os.getpid():
+            self._pool.shutdown(wait, cancel_futures=cancel_futures)
+
+
 def db_in_executor(fn: Any, executor: Any = None) -> Any:
     """``fn`` as a coroutine function that runs it on the event loop's executor (side by
     side, not queued on asgiref's one shared thread), or on ``executor`` (a
@@ -171,3 +202,58 @@ def db_in_executor(fn: Any, executor: Any = None) -> Any:
             close_old_connections()
 
     return sync_to_async(run, thread_sensitive=False, executor=executor)
+
+
+class LoopBatches:
+    """``await batches(item)``: the result for ``item`` of ``run(items)`` (a coroutine
+    function whose list of results matches its items one for one), the items that are
+    waiting on the event loop gathered into one call.
+
+    A call leaves as soon as one of ``parallel`` calls is free: an item alone at a quiet
+    time, every item that came meanwhile (at most ``max_items`` a call) at a busy one. No
+    timer: nothing waits for a batch to fill. An exception of ``run`` is each of its
+    items'."""
+
+    def __init__(self, run: Any, max_items: int, parallel: int = 1) -> None:
+        self.run = run
+        self.max_items = max_items
+        self.parallel = parallel
+        self._loops: weakref.WeakKeyDictionary[Any, _LoopQueue] = weakref.WeakKeyDictionary()
+
+    async def __call__(self, item: Any) -> Any:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        queue = self._loops.get(loop)
+        if queue is None:
+            queue = self._loops[loop] = _LoopQueue()
+        future = loop.create_future()
+        queue.waiting.append((item, future))
+        if len(queue.tasks) < self.parallel:
+            task = loop.create_task(self._drain(queue))
+            queue.tasks.add(task)
+            task.add_done_callback(queue.tasks.discard)
+        return await future
+
+    async def _drain(self, queue: _LoopQueue) -> None:
+        while queue.waiting:
+            batch = queue.waiting[: self.max_items]
+            del queue.waiting[: self.max_items]
+            try:
+                results = await self.run([item for item, _ in batch])
+            except BaseException as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+
+class _LoopQueue:
+    def __init__(self) -> None:
+        self.waiting: list[tuple[Any, Any]] = []
+        self.tasks: set[Any] = set()  # the drains under way (a reference keeps them from the GC)

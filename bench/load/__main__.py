@@ -441,6 +441,17 @@ def _summary(args, seed_s, wall, pages, results, cpu0, cpu1, fleet, seeded) -> d
                 "count": len(values),
                 "p50_ms": _ms(_pct(values, 0.5)),
                 "p95_ms": _ms(_pct(values, 0.95)),
+                # Past the fleet's burst of starts and first reports (the run's first 10 s).
+                "p95_after_10s_ms": _ms(
+                    _pct(
+                        [
+                            value
+                            for value, at in zip(values, http["sent_at"][endpoint], strict=True)
+                            if at >= 10
+                        ],
+                        0.95,
+                    )
+                ),
             }
             for endpoint, values in http["latency"].items()
         },

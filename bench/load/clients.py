@@ -58,11 +58,13 @@ def http_agents(base: str, fleet: list[dict], jobs: int, duration: float, out) -
     deadline = time.monotonic() + duration
     lock = threading.Lock()
     latency: dict[str, list[float]] = {"heartbeat": [], "start": [], "progress": []}
+    sent_at: dict[str, list[float]] = {name: [] for name in latency}  # seconds into the run
+    began = deadline - duration
     errors: dict[str, int] = {}
     posted: list[tuple[str, int]] = []
 
     def call(session, endpoint, url, token, body):
-        started = time.perf_counter()
+        started = time.monotonic()
         try:
             response = session.post(
                 url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30
@@ -71,9 +73,10 @@ def http_agents(base: str, fleet: list[dict], jobs: int, duration: float, out) -
             key = str(response.status_code)
         except requests.RequestException as exc:
             ok, key = False, type(exc).__name__
-        elapsed = time.perf_counter() - started
+        elapsed = time.monotonic() - started
         with lock:
             latency[endpoint].append(elapsed)
+            sent_at[endpoint].append(started - began)
             if not ok:
                 errors[f"{endpoint}:{key}"] = errors.get(f"{endpoint}:{key}", 0) + 1
         return ok
@@ -123,7 +126,7 @@ def http_agents(base: str, fleet: list[dict], jobs: int, duration: float, out) -
         thread.start()
     for thread in threads:
         thread.join(timeout=max(1.0, deadline - time.monotonic() + 35))
-    out.put({"latency": latency, "errors": errors, "posted": posted})
+    out.put({"latency": latency, "sent_at": sent_at, "errors": errors, "posted": posted})
 
 
 async def _resp(reader, writer, *args: str):

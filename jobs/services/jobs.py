@@ -236,14 +236,17 @@ def _mark_running(job: Job, now: datetime) -> bool:
 PROGRESS_WRITE_SECONDS = 5.0
 
 
-def job_record_progress(*, job: Job, event: dict, now: datetime | None = None) -> bool:
+def job_record_progress(
+    *, job: Job, event: dict, now: datetime | None = None, heard: set[str] | None = None
+) -> bool:
     """Store the latest progress and push it; returns whether the agent should stop.
 
     Every report goes to the cache (``selectors.live_progress``), which pages read before
     the row; the Job row itself is written when the phase changes and otherwise at most
     every ``PROGRESS_WRITE_SECONDS`` (docs/progress.md), and ``job_finish`` folds the
     last report in. A report that changes only numbers is pushed as small JSON the page
-    applies to its fields; a start or a new phase re-renders the fragments."""
+    applies to its fields; a start or a new phase re-renders the fragments (only for the
+    groups in ``heard``, when the caller has asked which some socket hears)."""
     now = now or timezone.now()
     if job.status not in Job.ACTIVE:
         return True
@@ -269,7 +272,7 @@ def job_record_progress(*, job: Job, event: dict, now: datetime | None = None) -
         Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
             progress=job.progress, bytes_transferred=job.bytes_transferred, last_report_at=now
         )
-    job_progress_publish(job, rerender=rerender)
+    job_progress_publish(job, rerender=rerender, heard=heard)
     return job.cancel_requested_at is not None
 
 

@@ -48,9 +48,10 @@ def job_fragments(job: Job, *, only: set[str] | None = None) -> list[tuple[str, 
     ]
 
 
-def job_publish(job: Job) -> None:
-    """Push the job's fragments to its page and to its vault's pages, after commit."""
-    for group, html in job_fragments(job):
+def job_publish(job: Job, *, only: set[str] | None = None) -> None:
+    """Push the job's fragments to its page and to its vault's pages (``only`` those
+    groups, when given: the ones some socket hears), after commit."""
+    for group, html in job_fragments(job, only=only):
         realtime.publish(group, html)
 
 
@@ -90,13 +91,19 @@ def progress_cache_write(job: Job) -> bool:
     return True
 
 
-def job_progress_publish(job: Job, *, rerender: bool) -> None:
+def job_progress_publish(job: Job, *, rerender: bool, heard: set[str] | None = None) -> None:
     """Push ``job``'s latest report, after commit. A report that changes only numbers
     travels as one small JSON message for both groups (``progress_fields``;
     static/js/jobs.js sets the fields); otherwise (``rerender``, the row just written) the
-    fragments are rendered afresh."""
+    fragments are rendered afresh (only for the groups in ``heard``, when the caller knows
+    which some socket hears)."""
     if rerender:
-        job_publish(Job.objects.select_related("machine", "vault", "created_by").get(pk=job.pk))
+        if heard is not None and not heard:
+            return
+        job_publish(
+            Job.objects.select_related("machine", "vault", "created_by").get(pk=job.pk),
+            only=heard,
+        )
         return
     message = json.dumps({"job_progress": str(job.pk), "fields": progress_fields(job)})
     realtime.publish(job_group(job.pk), message)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import time
 from datetime import timedelta
 
 import pytest
@@ -155,10 +156,17 @@ def test_what_the_loop_does_not_answer_goes_to_the_view_with_its_body(
     ]
 
     async def scenario():
+        from channels.layers import get_channel_layer
+
         answers = [await portal.post(path, who, body) for who, body, _ in cases]
-        # A new phase is answered here too, recorded and re-rendered as the view does.
+        # A new phase is answered here too, recorded and re-rendered as the view does, for
+        # the groups some socket hears (the job's page here, no vault page).
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add(f"job.{running.pk}", channel)
         pushes.clear()
         answers.append(await portal.post(path, token, report(3, phase="finalizing")))
+        await layer.group_discard(f"job.{running.pk}", channel)
         return answers
 
     answers = run(scenario())
@@ -168,6 +176,7 @@ def test_what_the_loop_does_not_answer_goes_to_the_view_with_its_body(
     assert Job.objects.get(pk=running.pk).progress["phase"] == "finalizing"
     page = dict(pushes)[f"job.{running.pk}"]
     assert "Finalizing" in page and not page.startswith("{")  # the fragment, not numbers
+    assert [group for group, _ in pushes] == [f"job.{running.pk}"]  # nobody on the vault's
 
 
 def test_a_revoked_token_is_refused_at_once_here_and_within_the_cache_bound_elsewhere(
@@ -245,7 +254,7 @@ def test_a_start_is_done_on_the_loop_and_any_other_goes_to_the_view(
         await layer.group_discard(f"vault.{vault.pk}", channel)
         answers.append(await portal.post(path, token, {}))  # running already: the view's
         with monkeypatch.context() as patched:
-            patched.setattr(progress_api, "_start_job_async", database_gone)
+            patched.setattr(progress_api, "_start_batch_async", database_gone)
             answers.append(
                 await portal.post(f"/api/agent/jobs/{others_job.pk}/start/", other_token, {})
             )
@@ -334,3 +343,127 @@ def test_a_start_on_the_loop_with_the_in_memory_channel_layer_is_answered(
     assert (status, answer) == (200, {"cancel": False, "status": "running"})
     assert portal.reached_django == [(f"/api/agent/jobs/{job.pk}/start/", b"{}")]
     assert Job.objects.get(pk=job.pk).status == Job.Status.RUNNING
+
+
+class FenceHeld:
+    """A machine's fence (``pruning.repository_fence``: its row locked, as a pack deletion
+    holds it) held on a thread of its own until ``release``."""
+
+    def __init__(self, machine):
+        import threading
+
+        self.held, self.released = threading.Event(), threading.Event()
+        self.released_at = None
+        self.thread = threading.Thread(target=self._hold, args=(machine.pk,))
+
+    def _hold(self, machine_id):
+        from django.db import connection
+
+        from jobs.services.pruning import repository_fence
+
+        try:
+            with repository_fence(machine_id):
+                self.held.set()
+                self.released.wait(30)
+                self.released_at = timezone.now()
+        finally:
+            connection.close()
+
+    def __enter__(self):
+        self.thread.start()
+        assert self.held.wait(10)
+        return self
+
+    async def release_after(self, seconds: float):
+        await asyncio.sleep(seconds)
+        self.released.set()
+
+    def __exit__(self, *exc):
+        self.released.set()
+        self.thread.join(10)
+
+
+def test_starts_that_come_together_are_marked_running_together_and_refused_as_alone(vault, alice):
+    """A fleet's schedule fires: its starts are committed together (``start_batch``), each
+    under its machine's fence, and each refused exactly as the view refuses it alone: a
+    cancelled job, another machine's job. A start whose machine's fence is held (a pack
+    deletion) waits for it, without holding up the others."""
+    from tests.jobs.conftest import spec
+
+    machines = [make_machine(vault, f"web-{n:02}") for n in range(6)]
+    for machine in machines:
+        services.policy_save(machine=machine, spec=spec(), user=alice)
+    jobs = [services.backup_start(machine=machine) for machine in machines]
+    services.job_cancel(job=jobs[4], user=alice)
+    tokens = [token_for(machine) for machine in machines]
+    portal = Portal()
+    posts = [
+        (f"/api/agent/jobs/{job.pk}/start/", token) for job, token in zip(jobs, tokens, strict=True)
+    ]
+    posts[5] = (posts[5][0], tokens[0])  # machine 0 starting machine 5's job
+
+    with FenceHeld(machines[3]) as fence:
+
+        async def timed(path, token):
+            answer = await portal.post(path, token, {})
+            return answer, time.monotonic()
+
+        async def scenario():
+            answers = asyncio.gather(*(timed(path, token) for path, token in posts))
+            await fence.release_after(1.0)
+            released = time.monotonic()
+            return [answer for answer, _ in await answers], [
+                at > released for _, at in await answers
+            ]
+
+        answers, after_release = run(scenario())
+
+    running = (200, {"cancel": False, "status": "running"})
+    assert answers[:5] == [running] * 4 + [(200, {"cancel": True, "status": "cancelled"})]
+    assert answers[5][0] == 404
+    # Only the refusals reached the view.
+    assert sorted(path for path, _ in portal.reached_django) == sorted([posts[4][0], posts[5][0]])
+    rows = [Job.objects.get(pk=job.pk) for job in jobs]
+    assert [row.status for row in rows] == [Job.Status.RUNNING] * 4 + [
+        Job.Status.CANCELLED,
+        Job.Status.QUEUED,
+    ]
+    assert all(row.started_at == row.last_report_at for row in rows[:4])
+    # The fenced machine's start waited for the fence; the others did not.
+    assert after_release[:4] == [False, False, False, True]
+
+
+def test_heartbeats_that_come_together_are_one_statement_and_never_wait_for_a_fence(vault):
+    """Heart-beats arriving together are written together; a machine whose row is held
+    under its fence is not waited for there: its heart-beat goes to the view (which waits
+    its turn) and is recorded all the same."""
+    machines = [make_machine(vault, f"web-{n:02}") for n in range(5)]
+    Machine.objects.filter(pk=machines[0].pk).update(hostname="kept.example.test")
+    portal = Portal()
+    beats = [{"agent_version": "9.9.9", "hostname": f"web-{n:02}.example.test"} for n in range(5)]
+    beats[0] = {"agent_version": "9.9.9"}  # no hostname: the one it had is kept
+    tokens = [token_for(machine) for machine in machines]  # (a new token waits for the fence)
+    before = timezone.now()
+
+    with FenceHeld(machines[2]) as fence:
+
+        async def scenario():
+            answers = asyncio.gather(
+                *(
+                    portal.post("/api/agent/heartbeat/", token, beat)
+                    for token, beat in zip(tokens, beats, strict=True)
+                )
+            )
+            await fence.release_after(0.5)
+            return await answers
+
+        answers = run(scenario())
+
+    assert [status for status, _ in answers] == [200] * 5
+    assert [answer["machine_id"] for _, answer in answers] == [str(m.pk) for m in machines]
+    assert portal.reached_django == [("/api/agent/heartbeat/", json.dumps(beats[2]).encode())]
+    rows = [Machine.objects.get(pk=machine.pk) for machine in machines]
+    assert all(row.last_seen_at > before and row.agent_version == "9.9.9" for row in rows)
+    assert [row.hostname for row in rows] == ["kept.example.test"] + [
+        f"web-{n:02}.example.test" for n in range(1, 5)
+    ]
