@@ -344,14 +344,14 @@ def job_rows(jobs) -> str:
 
 
 @register.simple_tag
-def recovery_times(months, *, browse_url: str, secondary: bool) -> str:
-    """Recover Data's times: a ``fieldset.times`` for each day of the calendar holding
-    recovery points, a radio for each point (``secondary``: the wizard reads the secondary
-    copy, where a point not yet copied cannot be chosen). Built here rather than by a
-    template loop: a machine backed up hourly shows about 8,760 points in the calendar's
-    twelve months, and the loop with a ``{% url %}`` and three ``date`` filters per point
-    took about two seconds. The same HTML as that loop, but whitespace; times in the
-    current time zone as the ``date`` filter gives them."""
+def recovery_times(days, *, browse_url: str, secondary: bool, shown: bool = False) -> str:
+    """Recover Data's times: a ``fieldset.times`` for each of ``days`` (``{"date",
+    "points"}``, the wizard shows one day at a time and loads another when it is chosen), a
+    radio for each point (``secondary``: the wizard reads the secondary copy, where a point
+    not yet copied cannot be chosen); ``shown``: not hidden. Built here rather than by a
+    template loop (a ``{% url %}`` and three ``date`` filters per point cost the most when
+    the wizard showed a year of points). Times in the current time zone as the ``date``
+    filter gives them."""
     from django.template.loader import get_template
     from django.utils.dates import MONTHS_3, WEEKDAYS_ABBR
 
@@ -362,16 +362,18 @@ def recovery_times(months, *, browse_url: str, secondary: bool) -> str:
     kinds = {value: str(label) for value, label in RecoveryPoint.Kind.choices}
     current = get_current_timezone()  # as the date filter converts (template_localtime)
     badge = None
-    days = [day for month in months for week in month["weeks"] for day in week if day["points"]]
+    days = [day for day in days if day]
     sizes = iter(size_texts(item["point"].logical_bytes for day in days for item in day["points"]))
     out = []
     for day in days:
         d = day["date"]
         out.append(
-            f'<fieldset class="times" data-day="{d:%Y-%m-%d}" hidden>\n'
+            f'<fieldset class="times" data-day="{d:%Y-%m-%d}"{"" if shown else " hidden"}>\n'
             f"  <legend>Times on {weekdays[d.weekday()]} {d:%d} {month_names[d.month]} "
             f"{d:%Y}</legend>\n"
         )
+        if not day["points"]:
+            out.append('  <p class="muted">No recovery points on this day.</p>\n')
         for item in day["points"]:
             point = item["point"]
             size = next(sizes)
