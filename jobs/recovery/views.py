@@ -222,10 +222,31 @@ def times(request, source_id, target_id):
 
 
 def _wizard_page(
-    request, source, target, *, region: str, day: date | None = None, status: int = 200
+    request,
+    source,
+    target,
+    *,
+    region: str,
+    day: date | None = None,
+    point: str = "",
+    status: int = 200,
 ):
+    """The wizard with ``day``'s times (default: the newest day holding points), or those of
+    the day of ``point`` (a refused restore's), that point chosen."""
     tz = zone(source.time_zone)
     days = services.recovery_days(source, months=MONTHS_SHOWN, tz=tz)
+    at = (
+        services.recovery_points(source)
+        .filter(snapshot_id=point)
+        .values_list("created_at", flat=True)
+        .first()
+        if POINT_ID.fullmatch(point)
+        else None
+    )
+    if at is None:
+        point = ""
+    else:
+        day = at.astimezone(tz).date()
     chosen = day or (days[-1][0] if days else None)
     region, region_error, replicated = _wizard_region(region, source)
     return render(
@@ -241,6 +262,7 @@ def _wizard_page(
             "reads_secondary": region == protocol.REGION_SECONDARY,
             "days": days,
             "months": _calendar(days, chosen),
+            "chosen_point": point,
             "chosen_days": [_times_day(source, chosen, tz, region=region, replicated=replicated)]
             if chosen
             else [],
@@ -409,7 +431,14 @@ def restore(request, source_id, target_id):
     except services.RecoveryRefused as exc:
         # 400 with the wizard and the reason (the form's choices are the person's to fix)
         messages.error(request, str(exc))
-        return _wizard_page(request, source, target, region=_region(request), status=400)
+        return _wizard_page(
+            request,
+            source,
+            target,
+            region=_region(request),
+            point=request.POST.get("rp", ""),
+            status=400,
+        )
     what = (
         "System State"
         if job.details.get("system_state") and job.details["items"] == 1

@@ -344,11 +344,14 @@ def job_rows(jobs) -> str:
 
 
 @register.simple_tag
-def recovery_times(days, *, browse_url: str, secondary: bool, shown: bool = False) -> str:
+def recovery_times(
+    days, *, browse_url: str, secondary: bool, shown: bool = False, checked: str = ""
+) -> str:
     """Recover Data's times: a ``fieldset.times`` for each of ``days`` (``{"date",
     "points"}``, the wizard shows one day at a time and loads another when it is chosen), a
     radio for each point (``secondary``: the wizard reads the secondary copy, where a point
-    not yet copied cannot be chosen); ``shown``: not hidden. Built here rather than by a
+    not yet copied cannot be chosen); ``shown``: not hidden; ``checked``: the snapshot id of
+    the point chosen (a refused restore's). Built here rather than by a
     template loop (a ``{% url %}`` and three ``date`` filters per point cost the most when
     the wizard showed a year of points). Times in the current time zone as the ``date``
     filter gives them."""
@@ -402,9 +405,10 @@ def recovery_times(days, *, browse_url: str, secondary: bool, shown: bool = Fals
                 )
                 badge = badge or get_template("jobs/_damaged_badge.html")
                 badge_html = " " + badge.render({"point": point}).strip()
+            on = " checked" if checked and point.snapshot_id == checked else ""
             out.append(
                 f'  <label class="recovery-choice"><input type="radio" name="rp" '
-                f'value="{snapshot}" data-label="{label}"{damaged}\n'
+                f'value="{snapshot}"{on} data-label="{label}"{damaged}\n'
                 f'    hx-post="{browse_url}" hx-vals=\'{{"path": "/"}}\' hx-trigger="change" '
                 'hx-target="#browser" hx-swap="innerHTML">\n'
                 f'    {hhmm} <span class="muted">{kinds.get(point.kind, point.kind)} · {size} · '

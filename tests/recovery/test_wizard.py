@@ -296,6 +296,20 @@ def test_recover_refuses_an_incomplete_form(client, alice, web01, points, sent, 
     assert not Job.objects.exists() and not sent
 
 
+def test_a_refused_restore_shows_the_chosen_points_day_with_it_chosen(
+    client, alice, web01, points, sent
+):
+    client.force_login(alice)
+    oldest = points[0]
+    response = client.post(
+        reverse("recovery:restore", args=[web01.pk, web01.pk]), {"rp": oldest.snapshot_id}
+    )
+    page = response.content.decode()
+    assert response.status_code == 400 and "Choose at least one file or folder" in page
+    assert f'data-day="{local_day(oldest)}" aria-current="date"' in page
+    assert f'name="rp" value="{oldest.snapshot_id}" checked' in page
+
+
 def test_a_reader_cannot_start_a_restore(client, member, web01, points, sent):
     client.force_login(member(Role.READER))
     response = client.post(
