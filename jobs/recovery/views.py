@@ -19,6 +19,7 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import Http404, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.cache import patch_vary_headers
 from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET, require_POST
 
@@ -208,9 +209,13 @@ def times(request, source_id, target_id):
                 content_type="text/plain; charset=utf-8",
             )
     if not request.htmx:
-        return _wizard_page(request, source, target, region=request.GET.get("region", ""), day=day)
+        response = _wizard_page(
+            request, source, target, region=request.GET.get("region", ""), day=day
+        )
+        patch_vary_headers(response, ["HX-Request"])
+        return response
     region, _, replicated = _wizard_region(request.GET.get("region", ""), source)
-    return render(
+    response = render(
         request,
         "recovery/_times.html",
         {
@@ -219,6 +224,8 @@ def times(request, source_id, target_id):
             "reads_secondary": region == protocol.REGION_SECONDARY,
         },
     )
+    patch_vary_headers(response, ["HX-Request"])  # the same URL is the full page without it
+    return response
 
 
 def _wizard_page(

@@ -156,16 +156,19 @@
     });
   }
 
-  function chooseDay(day) {
+  function chooseDay(link) {
+    var day = link.getAttribute("data-day");
     if (document.querySelector("fieldset.times[data-day='" + day + "']")) showDay(day);
-    else loadTimes("day", day).then(function () { showDay(day); });
+    else loadTimes("day", day).then(function () { showDay(day); }, function () {
+      window.location.href = link.href;  // the page with that day chosen says what is wrong
+    });
   }
 
   document.addEventListener("click", function (event) {
     var day = event.target.closest(".calendar-day.has-points");
     if (day) {
       event.preventDefault();  // the link re-renders the page with that day (no script)
-      chooseDay(day.getAttribute("data-day"));
+      chooseDay(day);
       return;
     }
     var remove = event.target.closest("[data-remove]");

@@ -83,6 +83,7 @@ def test_choosing_a_day_loads_that_days_times_only(client, alice, web01, points)
             times_url(web01, web01), {"day": local_day(point)}, HTTP_HX_REQUEST="true"
         )
         assert response.status_code == 200
+        assert "HX-Request" in response["Vary"]  # the full page has the same URL
         fragment = response.content.decode()
         assert fragment.lstrip().startswith(
             f'<fieldset class="times" data-day="{local_day(point)}"'
