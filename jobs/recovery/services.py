@@ -28,7 +28,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
@@ -180,11 +180,12 @@ def recovery_points(source: Machine):
     )
 
 
-def recovery_points_recent(source: Machine, *, months: int, tz) -> list[RecoveryPoint]:
-    """``source``'s points in the newest ``months`` months (in ``tz``) that hold any, the
-    columns the wizard shows: a machine backed up hourly for years has tens of thousands,
-    and the wizard's calendar shows only those months. Two queries."""
-    from django.db.models.functions import TruncMonth
+def recovery_days(source: Machine, *, months: int, tz) -> list[tuple[date, int]]:
+    """The days (in ``tz``, oldest first) of the newest ``months`` months that hold any of
+    ``source``'s points, with how many each holds: the wizard's calendar. A machine backed
+    up hourly for years has tens of thousands of points; this is a row a day, at most
+    ``months`` months of days. Two queries."""
+    from django.db.models.functions import TruncDate, TruncMonth
 
     starts = list(
         recovery_points(source)
@@ -198,6 +199,24 @@ def recovery_points_recent(source: Machine, *, months: int, tz) -> list[Recovery
     return list(
         recovery_points(source)
         .filter(created_at__gte=starts[-1])
+        .annotate(day=TruncDate("created_at", tzinfo=tz))
+        .order_by("day")
+        .values("day")
+        .annotate(n=models.Count("pk"))
+        .values_list("day", "n")
+    )
+
+
+def recovery_points_on(source: Machine, *, day: date, tz) -> list[RecoveryPoint]:
+    """``source``'s points of ``day`` in ``tz`` (oldest first), the columns the wizard's
+    times show. One query."""
+    after = day + timedelta(days=1)
+    start = datetime(day.year, day.month, day.day, tzinfo=tz)
+    end = datetime(after.year, after.month, after.day, tzinfo=tz)
+    return list(
+        recovery_points(source)
+        .filter(created_at__gte=start, created_at__lt=end)
+        .order_by("created_at")
         .only(
             "snapshot_id",
             "created_at",

@@ -9,6 +9,7 @@ app_name = "recovery"
 urlpatterns = [
     path("", views.start, name="start"),
     path("<uuid:source_id>/to/<uuid:target_id>/", views.wizard, name="wizard"),
+    path("<uuid:source_id>/to/<uuid:target_id>/times/", views.times, name="times"),
     path("<uuid:source_id>/to/<uuid:target_id>/ask/<str:kind>/", views.ask, name="ask"),
     path("<uuid:source_id>/to/<uuid:target_id>/restore/", views.restore, name="restore"),
     path("<uuid:source_id>/to/<uuid:target_id>/download/", views.download, name="download"),

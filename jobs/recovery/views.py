@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import re
 import time
-from collections import defaultdict
-from datetime import datetime
+from datetime import date, datetime
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.handlers.asgi import ASGIRequest
-from django.http import Http404, StreamingHttpResponse
+from django.http import Http404, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.cache import patch_vary_headers
 from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET, require_POST
 
@@ -83,34 +84,41 @@ def start(request):
 
 
 # -- step 2..4: the wizard ----------------------------------------------------------------------
-def _calendar(points, tz) -> list[dict]:
-    """Months (newest first) with their weeks; days holding recovery points list them."""
-    by_day: dict = defaultdict(list)
-    for p in points:
-        local = p.created_at.astimezone(tz)
-        by_day[local.date()].append({"point": p, "time": local})
-    months = sorted({(d.year, d.month) for d in by_day}, reverse=True)[:MONTHS_SHOWN]
+def _calendar(days: list[tuple[date, int]], chosen: date | None) -> list[dict]:
+    """Months (newest first) with their weeks; a day holding recovery points says how many
+    (``count``), and the ``chosen`` one is marked."""
+    counts = dict(days)
+    months = sorted({(d.year, d.month) for d in counts}, reverse=True)[:MONTHS_SHOWN]
     cal = calendar.Calendar(firstweekday=0)
     out = []
     for year, month in months:
-        weeks = []
-        for week in cal.monthdatescalendar(year, month):
-            weeks.append(
-                [
-                    {
-                        "date": d,
-                        "in_month": d.month == month,
-                        "points": sorted(by_day.get(d, []), key=lambda x: x["time"])
-                        if d.month == month
-                        else [],
-                    }
-                    for d in week
-                ]
-            )
+        weeks = [
+            [
+                {
+                    "date": d,
+                    "in_month": d.month == month,
+                    "count": counts.get(d, 0) if d.month == month else 0,
+                    "chosen": d == chosen and d.month == month,
+                }
+                for d in week
+            ]
+            for week in cal.monthdatescalendar(year, month)
+        ]
         out.append(
             {"year": year, "month": month, "name": calendar.month_name[month], "weeks": weeks}
         )
     return out
+
+
+def _times_day(source, day: date, tz, *, region: str, replicated: set[str]) -> dict:
+    """``day``'s recovery points (the times shown for it) as ``recovery_times`` takes them;
+    on the secondary, each point says whether it was copied there (``replicated``)."""
+    points = services.recovery_points_on(source, day=day, tz=tz)
+    if region == protocol.REGION_SECONDARY:
+        for point in points:
+            point.on_secondary = point.snapshot_id in replicated
+    times = [{"point": p, "time": p.created_at.astimezone(tz)} for p in points]
+    return {"date": day, "points": times}
 
 
 def _wizard_region(region: str, source) -> tuple[str, str, set[str]]:
@@ -165,13 +173,89 @@ def wizard(request, source_id, target_id):
     return _wizard_page(request, source, target, region=request.GET.get("region", ""))
 
 
-def _wizard_page(request, source, target, *, region: str, status: int = 200):
+DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+POINT_ID = re.compile(r"[0-9a-f]{1,64}")
+
+
+@login_required
+@require_GET
+def times(request, source_id, target_id):
+    """One day's recovery times, ``?day=YYYY-MM-DD`` (or the day of the point ``?rp=``, for
+    a version or search result whose day is not loaded yet): the fragment htmx adds when a
+    day of the calendar is chosen; without htmx, the wizard with that day chosen. The same
+    checks as the wizard (``_pair``)."""
+    source, target = _pair(request, source_id, target_id)
     tz = zone(source.time_zone)
-    points = services.recovery_points_recent(source, months=MONTHS_SHOWN, tz=tz)
+    rp = request.GET.get("rp", "")
+    if rp:
+        point = (
+            services.recovery_points(source).filter(snapshot_id=rp).only("created_at").first()
+            if POINT_ID.fullmatch(rp)
+            else None
+        )
+        if point is None:
+            raise Http404("No such recovery point of this machine")
+        day = point.created_at.astimezone(tz).date()
+    else:
+        text = request.GET.get("day", "")
+        try:
+            day = date.fromisoformat(text) if DAY.fullmatch(text) else None
+        except ValueError:  # 2026-02-30
+            day = None
+        if day is None:
+            return HttpResponseBadRequest(
+                "Choose a day of the calendar: the day is given as YYYY-MM-DD "
+                "(for example 2026-12-06).",
+                content_type="text/plain; charset=utf-8",
+            )
+    if not request.htmx:
+        response = _wizard_page(
+            request, source, target, region=request.GET.get("region", ""), day=day
+        )
+        patch_vary_headers(response, ["HX-Request"])
+        return response
+    region, _, replicated = _wizard_region(request.GET.get("region", ""), source)
+    response = render(
+        request,
+        "recovery/_times.html",
+        {
+            "days": [_times_day(source, day, tz, region=region, replicated=replicated)],
+            "browse_url": reverse("recovery:ask", args=[source.pk, target.pk, "browse"]),
+            "reads_secondary": region == protocol.REGION_SECONDARY,
+        },
+    )
+    patch_vary_headers(response, ["HX-Request"])  # the same URL is the full page without it
+    return response
+
+
+def _wizard_page(
+    request,
+    source,
+    target,
+    *,
+    region: str,
+    day: date | None = None,
+    point: str = "",
+    status: int = 200,
+):
+    """The wizard with ``day``'s times (default: the newest day holding points), or those of
+    the day of ``point`` (a refused restore's), that point chosen."""
+    tz = zone(source.time_zone)
+    days = services.recovery_days(source, months=MONTHS_SHOWN, tz=tz)
+    at = (
+        services.recovery_points(source)
+        .filter(snapshot_id=point)
+        .values_list("created_at", flat=True)
+        .first()
+        if POINT_ID.fullmatch(point)
+        else None
+    )
+    if at is None:
+        point = ""
+    else:
+        day = at.astimezone(tz).date()
+    chosen = day or (days[-1][0] if days else None)
     region, region_error, replicated = _wizard_region(region, source)
-    if region == protocol.REGION_SECONDARY:
-        for point in points:
-            point.on_secondary = point.snapshot_id in replicated
     return render(
         request,
         "recovery/wizard.html",
@@ -183,12 +267,17 @@ def _wizard_page(request, source, target, *, region: str, status: int = 200):
             "region_error": region_error,
             "secondary_region": protocol.REGION_SECONDARY,
             "reads_secondary": region == protocol.REGION_SECONDARY,
-            "points": points,
-            "months": _calendar(points, tz),
+            "days": days,
+            "months": _calendar(days, chosen),
+            "chosen_point": point,
+            "chosen_days": [_times_day(source, chosen, tz, region=region, replicated=replicated)]
+            if chosen
+            else [],
             "browse_url": reverse("recovery:ask", args=[source.pk, target.pk, "browse"]),
+            "times_url": reverse("recovery:times", args=[source.pk, target.pk]),
+            "region_query": f"&region={region}" if region == protocol.REGION_SECONDARY else "",
             "tz": tz,
             "conflicts": services.CONFLICTS,
-            "weekdays": ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"],
             "max_download": services.DOWNLOAD_MAX_BYTES,
             "cli_option": services.cli_source_option(source=source, target=target),
             "system_state_path": services.SYSTEM_STATE,
@@ -349,7 +438,14 @@ def restore(request, source_id, target_id):
     except services.RecoveryRefused as exc:
         # 400 with the wizard and the reason (the form's choices are the person's to fix)
         messages.error(request, str(exc))
-        return _wizard_page(request, source, target, region=_region(request), status=400)
+        return _wizard_page(
+            request,
+            source,
+            target,
+            region=_region(request),
+            point=request.POST.get("rp", ""),
+            status=400,
+        )
     what = (
         "System State"
         if job.details.get("system_state") and job.details["items"] == 1

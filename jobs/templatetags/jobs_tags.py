@@ -344,14 +344,17 @@ def job_rows(jobs) -> str:
 
 
 @register.simple_tag
-def recovery_times(months, *, browse_url: str, secondary: bool) -> str:
-    """Recover Data's times: a ``fieldset.times`` for each day of the calendar holding
-    recovery points, a radio for each point (``secondary``: the wizard reads the secondary
-    copy, where a point not yet copied cannot be chosen). Built here rather than by a
-    template loop: a machine backed up hourly shows about 8,760 points in the calendar's
-    twelve months, and the loop with a ``{% url %}`` and three ``date`` filters per point
-    took about two seconds. The same HTML as that loop, but whitespace; times in the
-    current time zone as the ``date`` filter gives them."""
+def recovery_times(
+    days, *, browse_url: str, secondary: bool, shown: bool = False, checked: str = ""
+) -> str:
+    """Recover Data's times: a ``fieldset.times`` for each of ``days`` (``{"date",
+    "points"}``, the wizard shows one day at a time and loads another when it is chosen), a
+    radio for each point (``secondary``: the wizard reads the secondary copy, where a point
+    not yet copied cannot be chosen); ``shown``: not hidden; ``checked``: the snapshot id of
+    the point chosen (a refused restore's). Built here rather than by a
+    template loop (a ``{% url %}`` and three ``date`` filters per point cost the most when
+    the wizard showed a year of points). Times in the current time zone as the ``date``
+    filter gives them."""
     from django.template.loader import get_template
     from django.utils.dates import MONTHS_3, WEEKDAYS_ABBR
 
@@ -362,16 +365,18 @@ def recovery_times(months, *, browse_url: str, secondary: bool) -> str:
     kinds = {value: str(label) for value, label in RecoveryPoint.Kind.choices}
     current = get_current_timezone()  # as the date filter converts (template_localtime)
     badge = None
-    days = [day for month in months for week in month["weeks"] for day in week if day["points"]]
+    days = [day for day in days if day]
     sizes = iter(size_texts(item["point"].logical_bytes for day in days for item in day["points"]))
     out = []
     for day in days:
         d = day["date"]
         out.append(
-            f'<fieldset class="times" data-day="{d:%Y-%m-%d}" hidden>\n'
+            f'<fieldset class="times" data-day="{d:%Y-%m-%d}"{"" if shown else " hidden"}>\n'
             f"  <legend>Times on {weekdays[d.weekday()]} {d:%d} {month_names[d.month]} "
             f"{d:%Y}</legend>\n"
         )
+        if not day["points"]:
+            out.append('  <p class="muted">No recovery points on this day.</p>\n')
         for item in day["points"]:
             point = item["point"]
             size = next(sizes)
@@ -400,9 +405,10 @@ def recovery_times(months, *, browse_url: str, secondary: bool) -> str:
                 )
                 badge = badge or get_template("jobs/_damaged_badge.html")
                 badge_html = " " + badge.render({"point": point}).strip()
+            on = " checked" if checked and point.snapshot_id == checked else ""
             out.append(
                 f'  <label class="recovery-choice"><input type="radio" name="rp" '
-                f'value="{snapshot}" data-label="{label}"{damaged}\n'
+                f'value="{snapshot}"{on} data-label="{label}"{damaged}\n'
                 f'    hx-post="{browse_url}" hx-vals=\'{{"path": "/"}}\' hx-trigger="change" '
                 'hx-target="#browser" hx-swap="innerHTML">\n'
                 f'    {hhmm} <span class="muted">{kinds.get(point.kind, point.kind)} · {size} · '
@@ -410,4 +416,49 @@ def recovery_times(months, *, browse_url: str, secondary: bool) -> str:
             )
         out.append("</fieldset>\n")
     # Snapshot ids and damaged files are escaped; the rest are dates, numbers, fixed words.
+    return mark_safe("".join(out))
+
+
+@register.simple_tag
+def recovery_calendar(months, *, times_url: str, region_query: str = "") -> str:
+    """Recover Data's calendar: a table for each of ``months`` (``views._calendar``), a day
+    holding points a link to its times (``?day=``, plus ``region_query``: ``&region=…``)
+    marked with how many, the chosen day ``aria-current``. Built here for the same reason
+    as ``recovery_times``: twelve months of cells through the template loop, 365 of them
+    links with three ``date`` filters each, were most of the page's CPU for a machine
+    backed up every day. The same HTML as that loop, but whitespace."""
+    from django.utils.dates import MONTHS, WEEKDAYS_ABBR
+
+    head = "".join(f'<th scope="col">{WEEKDAYS_ABBR[d]}</th>' for d in range(7))
+    extra = html.escape(region_query)
+    out = []
+    for month in months:
+        out.append(
+            f'<table class="calendar" data-month="{month["year"]}-{month["month"]}">\n'
+            f"  <caption>{month['name']} {month['year']}</caption>\n"
+            f"  <thead><tr>{head}</tr></thead>\n  <tbody>\n"
+        )
+        for week in month["weeks"]:
+            cells = []
+            for day in week:
+                d = day["date"]
+                if not day["in_month"]:
+                    cells.append('<td class="other-month"></td>')
+                elif day["count"]:
+                    n = day["count"]
+                    selected, current = (
+                        (" selected", ' aria-current="date"') if day["chosen"] else ("", "")
+                    )
+                    cells.append(
+                        f'<td class=""><a class="calendar-day has-points'
+                        f'{selected}" href="{times_url}?day={d:%Y-%m-%d}'
+                        f'{extra}" data-day="{d:%Y-%m-%d}"{current} aria-label="{d:%d} '
+                        f'{MONTHS[d.month]} {d:%Y}, {n} recovery point{"" if n == 1 else "s"}">'
+                        f"{d.day}</a></td>"
+                    )
+                else:
+                    cells.append(f'<td class=""><span class="calendar-day">{d.day}</span></td>')
+            out.append(f"  <tr>{''.join(cells)}</tr>\n")
+        out.append("  </tbody>\n</table>\n")
+    # Dates, numbers and fixed words; the URL is reversed from UUIDs, the query escaped.
     return mark_safe("".join(out))

@@ -1,4 +1,6 @@
-// Recover Data wizard: the calendar's days show their times, the selection survives
+// Recover Data wizard: the calendar's days show their times (a day's fieldset is loaded
+// from the server the first time it is chosen, and kept: a point chosen on one day stays
+// chosen while another day is shown), the selection survives
 // browsing between folders (hidden inputs "paths"), and a version or search result picks
 // its recovery point. The server does the rest; this only keeps the form in step.
 (function () {
@@ -94,12 +96,52 @@
     });
   }
 
-  function choosePoint(id) {
-    var radio = form().querySelector("input[name=rp][value='" + id + "']");
-    if (!radio) return false;
-    radio.checked = true;  // no change event: the listing in view stays
-    showDay(radio.closest("fieldset.times").getAttribute("data-day"));
-    return true;
+  // GET one day's times (?day=) or the day of a point (?rp=) and add its fieldset; resolves
+  // with the fieldset (the one already there if two loads crossed).
+  var loading = {};
+  function loadTimes(param, value) {
+    var key = param + "=" + value;
+    if (loading[key]) return loading[key];
+    var f = form();
+    var query = new URLSearchParams();
+    query.set(param, value);
+    var region = f.querySelector("input[name=region]");
+    if (region) query.set("region", region.value);
+    var box = f.querySelector(".recovery-times");
+    loading[key] = fetch(f.getAttribute("data-times") + "?" + query.toString(), {
+      credentials: "same-origin", headers: {"HX-Request": "true"}
+    }).then(function (response) {
+      if (!response.ok) throw new Error("times " + response.status);
+      return response.text();
+    }).then(function (html) {
+      var holder = document.createElement("template");
+      holder.innerHTML = html;
+      var fs = holder.content.querySelector("fieldset.times");
+      var day = fs.getAttribute("data-day");
+      var there = box.querySelector("fieldset.times[data-day='" + day + "']");
+      if (there) return there;
+      box.appendChild(fs);
+      htmx.process(fs);  // its radios browse the point they choose
+      return fs;
+    }).finally(function () { delete loading[key]; });
+    return loading[key];
+  }
+
+  function pointRadio(id) {
+    return form().querySelector("input[name=rp][value='" + id + "']");
+  }
+
+  // Choose the point ``id`` (loading its day first when it is not on the page), then ``done``.
+  function choosePoint(id, done) {
+    var take = function () {
+      var radio = pointRadio(id);
+      if (!radio) return;
+      radio.checked = true;  // no change event: the listing in view stays
+      showDay(radio.closest("fieldset.times").getAttribute("data-day"));
+      if (done) done();
+    };
+    if (pointRadio(id)) take();
+    else loadTimes("rp", id).then(take);
   }
 
   function showDay(day) {
@@ -107,14 +149,28 @@
       fs.hidden = fs.getAttribute("data-day") !== day;
     });
     document.querySelectorAll(".calendar-day.has-points").forEach(function (b) {
-      b.classList.toggle("selected", b.getAttribute("data-day") === day);
-      b.setAttribute("aria-pressed", b.getAttribute("data-day") === day ? "true" : "false");
+      var chosen = b.getAttribute("data-day") === day;
+      b.classList.toggle("selected", chosen);
+      if (chosen) b.setAttribute("aria-current", "date");
+      else b.removeAttribute("aria-current");
+    });
+  }
+
+  function chooseDay(link) {
+    var day = link.getAttribute("data-day");
+    if (document.querySelector("fieldset.times[data-day='" + day + "']")) showDay(day);
+    else loadTimes("day", day).then(function () { showDay(day); }, function () {
+      window.location.href = link.href;  // the page with that day chosen says what is wrong
     });
   }
 
   document.addEventListener("click", function (event) {
     var day = event.target.closest(".calendar-day.has-points");
-    if (day) { showDay(day.getAttribute("data-day")); return; }
+    if (day) {
+      event.preventDefault();  // the link re-renders the page with that day (no script)
+      chooseDay(day);
+      return;
+    }
     var remove = event.target.closest("[data-remove]");
     if (remove) {
       drop(remove.getAttribute("data-remove"));
@@ -125,12 +181,12 @@
     }
     var version = event.target.closest("[data-use-version]");
     if (version) {
-      if (choosePoint(version.getAttribute("data-rp"))) {
+      choosePoint(version.getAttribute("data-rp"), function () {
         selected().forEach(drop);
         add(version.getAttribute("data-path"));
         refresh();
         document.getElementById("step-options").scrollIntoView({behavior: "smooth"});
-      }
+      });
     }
   });
 
@@ -138,7 +194,9 @@
     var box = event.target.closest("input[data-select]");
     if (box) {
       if (box.checked) {
-        if (box.getAttribute("data-rp") && !chosenPoint()) choosePoint(box.getAttribute("data-rp"));
+        if (box.getAttribute("data-rp") && !chosenPoint()) {
+          choosePoint(box.getAttribute("data-rp"), refresh);
+        }
         add(box.value);
       } else {
         drop(box.value);
@@ -173,9 +231,5 @@
   });
 
   document.addEventListener("htmx:afterSwap", refresh);
-  document.addEventListener("DOMContentLoaded", function () {
-    var days = document.querySelectorAll(".calendar-day.has-points");
-    if (days.length) showDay(days[days.length - 1].getAttribute("data-day"));
-    refresh();
-  });
+  document.addEventListener("DOMContentLoaded", refresh);  // the server shows the chosen day
 })();

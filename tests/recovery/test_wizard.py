@@ -16,7 +16,8 @@ from django.utils import timezone
 
 from jobs.models import Job, RecoveryPoint
 from jobs.recovery import services
-from portal.models import Role
+from jobs.schedule import zone
+from portal.models import Role, Subscription
 from tests.recovery.conftest import make_machine, make_vault
 
 pytestmark = pytest.mark.django_db
@@ -56,12 +57,104 @@ def test_a_machine_of_another_vault_is_not_a_target(client, alice, subscription,
     assert client.get(wizard_url(web01, elsewhere)).status_code == 403
 
 
-def test_the_calendar_shows_each_day_with_recovery_points(client, alice, web01, points):
+def test_the_calendar_marks_each_day_with_points_and_shows_the_newest_days_times(
+    client, alice, web01, points
+):
     client.force_login(alice)
     page = client.get(wizard_url(web01, web01)).content.decode()
-    assert page.count('class="calendar-day has-points"') == 3
-    for p in points:
-        assert f'value="{p.snapshot_id}"' in page
+    assert page.count('class="calendar-day has-points') == 3
+    newest = points[-1].created_at.astimezone(zone(web01.time_zone))
+    assert f'data-day="{newest:%Y-%m-%d}" aria-current="date"' in page
+    assert _values(page, "rp") == [points[-1].snapshot_id]  # the latest: no extra click
+
+
+def times_url(source, target) -> str:
+    return reverse("recovery:times", args=[source.pk, target.pk])
+
+
+def local_day(point) -> str:
+    return f"{point.created_at.astimezone(zone(point.machine.time_zone)):%Y-%m-%d}"
+
+
+def test_choosing_a_day_loads_that_days_times_only(client, alice, web01, points):
+    client.force_login(alice)
+    for point in points:
+        response = client.get(
+            times_url(web01, web01), {"day": local_day(point)}, HTTP_HX_REQUEST="true"
+        )
+        assert response.status_code == 200
+        assert "HX-Request" in response["Vary"]  # the full page has the same URL
+        fragment = response.content.decode()
+        assert fragment.lstrip().startswith(
+            f'<fieldset class="times" data-day="{local_day(point)}"'
+        )
+        assert _values(fragment, "rp") == [point.snapshot_id]
+        assert "<html" not in fragment and "hx-post=" in fragment
+    empty = client.get(times_url(web01, web01), {"day": "2001-01-01"}, HTTP_HX_REQUEST="true")
+    assert "No recovery points on this day." in empty.content.decode()
+
+
+def test_without_script_a_days_link_shows_the_wizard_with_that_day_chosen(
+    client, alice, web01, points
+):
+    client.force_login(alice)
+    page = client.get(wizard_url(web01, web01)).content.decode()
+    oldest = points[0]
+    link = f'href="{times_url(web01, web01)}?day={local_day(oldest)}"'
+    assert link in page
+    chosen = client.get(times_url(web01, web01), {"day": local_day(oldest)}).content.decode()
+    assert "<html" in chosen and _values(chosen, "rp") == [oldest.snapshot_id]
+    assert f'data-day="{local_day(oldest)}" aria-current="date"' in chosen
+
+
+def test_a_points_id_loads_its_day_for_recover_this_version(client, alice, web01, points):
+    client.force_login(alice)
+    oldest = points[0]
+    fragment = client.get(
+        times_url(web01, web01), {"rp": oldest.snapshot_id}, HTTP_HX_REQUEST="true"
+    ).content.decode()
+    assert f'data-day="{local_day(oldest)}"' in fragment
+    assert _values(fragment, "rp") == [oldest.snapshot_id]
+    for unknown in ("f" * 32, "not-an-id", "0" * 65):
+        assert client.get(times_url(web01, web01), {"rp": unknown}).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "day",
+    [
+        "yesterday",
+        "2026-02-30",
+        "2026-1-1",
+        "20261206",
+        "\u0662\u0660\u0662\u0666-01-01",
+        "",
+    ],
+)
+def test_a_day_that_is_not_a_date_is_refused_in_words(client, alice, web01, points, day):
+    client.force_login(alice)
+    response = client.get(times_url(web01, web01), {"day": day}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 400
+    assert "YYYY-MM-DD" in response.content.decode()
+
+
+def test_the_times_have_the_wizards_access_checks(
+    client, alice, member, charlie, subscription, web01, points
+):
+    day = {"day": local_day(points[0])}
+    client.force_login(charlie)
+    assert client.get(times_url(web01, web01), day).status_code == 404
+    theirs = make_machine(make_vault(Subscription.objects.get(name="Fabrikam"), "theirs"), "x-01")
+    assert client.get(times_url(theirs, theirs), day).status_code == 200  # their own
+    client.force_login(alice)
+    assert client.get(times_url(theirs, theirs), day).status_code == 404
+    assert client.get(times_url(web01, theirs), day).status_code == 404
+    elsewhere = make_machine(make_vault(subscription, "vault-two"), "far-01")
+    assert client.get(times_url(web01, elsewhere), day).status_code == 403
+    client.force_login(member(Role.READER))
+    assert client.get(wizard_url(web01, web01)).status_code == 403
+    assert client.get(times_url(web01, web01), day).status_code == 403
+    client.force_login(member(Role.BACKUP_OPERATOR))
+    assert client.get(times_url(web01, web01), day, HTTP_HX_REQUEST="true").status_code == 200
 
 
 def test_browsing_asks_the_target_agent_and_shows_its_answer(
@@ -204,6 +297,20 @@ def test_recover_refuses_an_incomplete_form(client, alice, web01, points, sent, 
     assert not Job.objects.exists() and not sent
 
 
+def test_a_refused_restore_shows_the_chosen_points_day_with_it_chosen(
+    client, alice, web01, points, sent
+):
+    client.force_login(alice)
+    oldest = points[0]
+    response = client.post(
+        reverse("recovery:restore", args=[web01.pk, web01.pk]), {"rp": oldest.snapshot_id}
+    )
+    page = response.content.decode()
+    assert response.status_code == 400 and "Choose at least one file or folder" in page
+    assert f'data-day="{local_day(oldest)}" aria-current="date"' in page
+    assert f'name="rp" value="{oldest.snapshot_id}" checked' in page
+
+
 def test_a_reader_cannot_start_a_restore(client, member, web01, points, sent):
     client.force_login(member(Role.READER))
     response = client.post(
@@ -288,35 +395,53 @@ def test_the_calendar_shows_the_newest_twelve_months_in_queries_constant_in_poin
 ):
     client.force_login(alice)
 
-    def render() -> tuple[str, int]:
+    def render(url=None, **params) -> tuple[str, int]:
+        headers = {"HTTP_HX_REQUEST": "true"} if url else {}
         with CaptureQueriesContext(connection) as queries:
-            page = client.get(wizard_url(web01, web01)).content.decode()
+            page = client.get(url or wizard_url(web01, web01), params, **headers).content.decode()
         return page, len(queries)
 
     _, few = render()
-    # Two points a week for three years: only the newest twelve months that hold points
-    # are in the calendar, each of their points a choice.
+    _, few_times = render(times_url(web01, web01), day=local_day(points[0]))
+    # Two points a week for three years, and 48 on the newest day: only the newest twelve
+    # months that hold points are in the calendar, and only the newest day's points are
+    # choices (the page grows with days, not points).
     now = timezone.now().replace(microsecond=0)
+    zone_ = zone(web01.time_zone)
+    start_of_today = now.astimezone(zone_).replace(hour=0, minute=0, second=0)
     RecoveryPoint.objects.bulk_create(
-        RecoveryPoint(
+        [RecoveryPoint(
             machine=web01, vault=web01.vault, snapshot_id=f"{i + 100:032x}",
             manifest_blob=f"snapshots/{i + 100:032x}", created_at=now - timedelta(days=3.5 * i + 5),
             tagged_for=now, kind=RecoveryPoint.Kind.SCHEDULED, logical_bytes=2048, file_count=1,
-        )
-        for i in range(312)
+        ) for i in range(312)]
+        + [RecoveryPoint(
+            machine=web01, vault=web01.vault, snapshot_id=f"{i + 1000:032x}",
+            manifest_blob=f"snapshots/{i + 1000:032x}",
+            created_at=start_of_today + timedelta(days=1, minutes=30 * i), tagged_for=now,
+            kind=RecoveryPoint.Kind.SCHEDULED, logical_bytes=2048, file_count=1,
+        ) for i in range(48)]
     )  # fmt: skip
     page, many = render()
     assert many == few
     assert page.count('<table class="calendar"') == 12
+    tomorrow = f"{start_of_today + timedelta(days=1):%Y-%m-%d}"
+    assert f'data-day="{tomorrow}" aria-current="date"' in page
     shown = RecoveryPoint.objects.filter(machine=web01, snapshot_id__in=_values(page, "rp"))
-    assert shown.count() == page.count('name="rp"')
-    oldest_shown = min(p.created_at for p in shown)
-    assert (
-        not RecoveryPoint.objects.filter(machine=web01, created_at__gt=oldest_shown)
-        .exclude(pk__in=shown)
-        .exists()
-    )  # every point of the months shown is a choice
+    assert page.count('name="rp"') == shown.count() == 48
+    assert {f"{p.created_at.astimezone(zone_):%Y-%m-%d}" for p in shown} == {tomorrow}
+    in_calendar = set(
+        re.findall(r'class="calendar-day has-points[^"]*" href="[^"]*" data-day="([0-9-]+)"', page)
+    )
+    oldest_day = min(in_calendar)
+    assert {
+        f"{p.created_at.astimezone(zone_):%Y-%m-%d}"
+        for p in RecoveryPoint.objects.filter(machine=web01)
+        if f"{p.created_at.astimezone(zone_):%Y-%m}" >= oldest_day[:7]
+    } == in_calendar  # every day of the months shown holding points is marked
     assert "Scheduled · 2.0\xa0KB · 1 files" in page and "hx-post=" in page
+    fragment, many_times = render(times_url(web01, web01), day=tomorrow)
+    assert many_times == few_times and fragment.count('name="rp"') == 48
 
 
 def _values(page: str, name: str) -> list[str]:

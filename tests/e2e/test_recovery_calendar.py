@@ -1,0 +1,101 @@
+"""Recover Data's calendar in Chromium: the newest day's times are there on arrival; an older
+day's times load when it is chosen; a point chosen on one day stays chosen while another day
+is shown, and the restore started is of that point; "Recover this version" of a point whose
+day is not loaded loads it and chooses the point. No agent: the points are rows."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from playwright.sync_api import expect
+
+from jobs.models import Job, RecoveryPoint
+from jobs.schedule import zone
+from tests.e2e.conftest import sign_in_with_cookie
+from tests.support import builders
+
+pytestmark = pytest.mark.slow
+
+
+def _point(machine, at, n: int) -> RecoveryPoint:
+    return RecoveryPoint.objects.create(
+        machine=machine, vault=machine.vault, snapshot_id=f"{n:032x}",
+        manifest_blob=f"snapshots/{n:032x}", created_at=at, tagged_for=at,
+        kind=RecoveryPoint.Kind.SCHEDULED, logical_bytes=4096 * (n + 1), file_count=10 + n,
+    )  # fmt: skip
+
+
+def test_choose_an_older_day_then_a_time_and_recover_it(
+    live_portal, portal_owner, page, screenshot
+):
+    vault = builders.make_vault(resource_group=portal_owner.resource_group, container="v1")
+    web01 = builders.make_machine(
+        vault=vault, name="web-01", container="m-web-01", time_zone="Europe/Amsterdam",
+        last_seen_at=timezone.now(),
+    )  # fmt: skip
+    tz = zone(web01.time_zone)
+    today = timezone.now().astimezone(tz).replace(hour=9, minute=0, second=0, microsecond=0)
+    older = today - timedelta(days=40)  # another month of the calendar
+    latest = [_point(web01, today - timedelta(hours=h), n) for n, h in enumerate((0, 3))]
+    old = [_point(web01, older + timedelta(hours=h), 10 + n) for n, h in enumerate((1, 7, 13))]
+    for n in range(30):  # hourly for a few days between: their times are not in the page
+        _point(web01, today - timedelta(days=3, hours=n), 100 + n)
+
+    page.set_default_timeout(10_000)
+    sign_in_with_cookie(page, live_portal, portal_owner.user)
+    page.goto(f"{live_portal}/recover/{web01.pk}/to/{web01.pk}/")
+    times = page.locator("fieldset.times:visible")
+    expect(times).to_have_count(1)
+    expect(times).to_have_attribute("data-day", f"{today:%Y-%m-%d}")
+    expect(times.locator("input[name=rp]")).to_have_count(2)  # the latest: no extra click
+    assert page.locator("input[name=rp]").count() == 2  # one day's points in the page
+
+    old_day = page.locator(f".calendar-day.has-points[data-day='{older:%Y-%m-%d}']")
+    old_day.click()
+    expect(times).to_have_attribute("data-day", f"{older:%Y-%m-%d}")
+    expect(times.locator("input[name=rp]")).to_have_count(3)
+    expect(old_day).to_have_attribute("aria-current", "date")
+    expect(times).to_contain_text(f"{timezone.localtime(older + timedelta(hours=7)):%H:%M}")
+    times.locator(f"input[value='{old[1].snapshot_id}']").check()
+    expect(page.locator("[data-field=point-label]")).to_contain_text(f"{older:%d}")
+
+    # Another day shown: the chosen point stays chosen.
+    page.locator(f".calendar-day.has-points[data-day='{today:%Y-%m-%d}']").click()
+    expect(times).to_have_attribute("data-day", f"{today:%Y-%m-%d}")
+    expect(page.locator("input[name=rp]:checked")).to_have_value(old[1].snapshot_id)
+    expect(page.locator(".wizard-steps [data-step=point]")).to_have_class("done")
+
+    # Continue: System State, into a folder; the step looks finished.
+    page.locator("input[name=recover_mode][value=system_state]").check()
+    expect(page.locator("[data-field=selected-count]")).to_have_text("1")
+    page.locator("input[name=folder]").fill("/srv/restored")
+    page.locator(f".calendar-day.has-points[data-day='{older:%Y-%m-%d}']").click()
+    expect(page.locator("[data-action=recover]")).to_be_enabled()
+    screenshot("recovery-wizard-older-day", full_page=True)
+
+    # "Recover this version" of a point on a day not loaded yet (the markup _versions.html
+    # gives, as the agent's answer would put it in #versions).
+    page.locator("input[name=recover_mode][value=files]").check()
+    page.evaluate(
+        """([rp]) => { document.getElementById("versions").innerHTML =
+        '<button type="button" class="button" data-use-version data-rp="' + rp +
+        '" data-path="/etc/hosts">Recover this version</button>'; }""",
+        [latest[1].snapshot_id],
+    )
+    page.get_by_role("button", name="Recover this version").click()
+    expect(page.locator("input[name=rp]:checked")).to_have_value(latest[1].snapshot_id)
+    expect(times).to_have_attribute("data-day", f"{today:%Y-%m-%d}")
+    expect(page.locator("#selection")).to_contain_text("/etc/hosts")
+
+    # Back to the older day's point, System State again, and recover it.
+    page.locator(f".calendar-day.has-points[data-day='{older:%Y-%m-%d}']").click()
+    times.locator(f"input[value='{old[2].snapshot_id}']").check()
+    page.locator("input[name=recover_mode][value=files]").check()
+    page.locator("input[name=recover_mode][value=system_state]").check()
+    page.locator("input[name=folder]").fill("/srv/restored")
+    page.locator("[data-action=recover]").click()
+    page.wait_for_url("**/jobs/*/")
+    job = Job.objects.get(operation=Job.Operation.RESTORE)
+    assert job.details["recovery_point"] == old[2].snapshot_id
