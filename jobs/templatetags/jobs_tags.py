@@ -10,7 +10,7 @@ from django import template
 from django.template.defaultfilters import filesizeformat, urlencode
 from django.template.defaulttags import CsrfTokenNode
 from django.utils.safestring import mark_safe
-from django.utils.timezone import get_current_timezone, template_localtime
+from django.utils.timezone import template_localtime
 
 from jobs.models import Job, RecoveryPoint
 from jobs.recovery.services import CONFLICTS
@@ -353,8 +353,8 @@ def recovery_times(
     not yet copied cannot be chosen); ``shown``: not hidden; ``checked``: the snapshot id of
     the point chosen (a refused restore's). Built here rather than by a
     template loop (a ``{% url %}`` and three ``date`` filters per point cost the most when
-    the wizard showed a year of points). Times in the current time zone as the ``date``
-    filter gives them."""
+    the wizard showed a year of points). Each ``time`` is shown as given: in the source
+    machine's time zone, the zone its calendar's days are in."""
     from django.template.loader import get_template
     from django.utils.dates import MONTHS_3, WEEKDAYS_ABBR
 
@@ -363,7 +363,6 @@ def recovery_times(
     weekdays = [str(WEEKDAYS_ABBR[d]) for d in range(7)]
     month_names = {m: str(MONTHS_3[m]).title() for m in range(1, 13)}
     kinds = {value: str(label) for value, label in RecoveryPoint.Kind.choices}
-    current = get_current_timezone()  # as the date filter converts (template_localtime)
     badge = None
     days = [day for day in days if day]
     sizes = iter(size_texts(item["point"].logical_bytes for day in days for item in day["points"]))
@@ -380,7 +379,7 @@ def recovery_times(
         for item in day["points"]:
             point = item["point"]
             size = next(sizes)
-            when = item["time"].astimezone(current)
+            when = item["time"]
             hhmm = f"{when:%H:%M}"
             snapshot = html.escape(point.snapshot_id)
             if secondary and not getattr(point, "on_secondary", False):

@@ -94,6 +94,29 @@ def test_choosing_a_day_loads_that_days_times_only(client, alice, web01, points)
     assert "No recovery points on this day." in empty.content.decode()
 
 
+def test_a_days_times_are_in_the_machines_time_zone_like_its_calendar(client, alice, web01):
+    """A point made at 23:30 UTC on a machine in Amsterdam was made at 00:30 the next day
+    there: it is under that day, at 00:30, and so is the label step 3 repeats."""
+    web01.time_zone = "Europe/Amsterdam"
+    web01.save(update_fields=["time_zone"])
+    at = timezone.now().replace(hour=23, minute=30, second=0, microsecond=0) - timedelta(days=2)
+    point = RecoveryPoint.objects.create(
+        machine=web01, vault=web01.vault, snapshot_id="ab" * 16, manifest_blob="snapshots/ab",
+        created_at=at, tagged_for=at, kind=RecoveryPoint.Kind.ADHOC, logical_bytes=10,
+        file_count=1,
+    )  # fmt: skip
+    local = at.astimezone(zone("Europe/Amsterdam"))
+    assert local.date() != at.date()  # the next day there (UTC+1 or +2)
+    client.force_login(alice)
+    page = client.get(wizard_url(web01, web01)).content.decode()
+    assert f'data-day="{local:%Y-%m-%d}" aria-current="date"' in page
+    assert _values(page, "rp") == [point.snapshot_id]
+    times = page[page.index('<fieldset class="times"') :]
+    assert f"{local:%H:%M} <span" in times and 'data-label="' in times
+    assert f"{local:%d} " in times.split('data-label="', 1)[1].split('"', 1)[0]
+    assert f"{at:%H:%M} <span" not in times  # not the UTC time
+
+
 def test_without_script_a_days_link_shows_the_wizard_with_that_day_chosen(
     client, alice, web01, points
 ):
