@@ -1,0 +1,62 @@
+"""A process forked from one that already ran thread-pooled work (a test's live portal,
+forked from the test process; a worker's child) gets threads of its own: work it hands to
+an executor runs, instead of waiting for ever on a thread that stayed in the parent.
+
+Each test runs the work once here, forks, and has the child run it again within a few
+seconds; the child's exit status is the answer (0 done, 3 still waiting, 4 failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+
+from asgiref.sync import sync_to_async
+
+from portal.pools import ProcessThreadPool
+
+CHILD_SECONDS = 10
+
+
+def _in_child(work) -> int:
+    """The exit status of a forked child that runs ``work`` (a coroutine function)."""
+    pid = os.fork()
+    if pid == 0:  # the child: never back into pytest
+        status = 4
+        try:
+            asyncio.run(asyncio.wait_for(work(), CHILD_SECONDS))
+            status = 0
+        except TimeoutError:
+            status = 3
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_a_forked_child_runs_what_it_submits_to_a_process_thread_pool():
+    pool = ProcessThreadPool(max_workers=2, thread_name_prefix="test-fork")
+    run = sync_to_async(threading.current_thread, thread_sensitive=False, executor=pool)
+    assert asyncio.run(run()).name.startswith("test-fork")  # its threads exist, here
+
+    async def work():
+        await run()
+
+    try:
+        assert _in_child(work) == 0
+        assert asyncio.run(run()).name.startswith("test-fork")  # the parent's still serve
+    finally:
+        pool.shutdown()
+
+
+def test_a_forked_child_runs_thread_sensitive_code_outside_a_request():
+    # What a websocket consumer's database check does (channels' database_sync_to_async):
+    # outside any request it runs on asgiref's one single-thread executor.
+    run = sync_to_async(threading.get_ident, thread_sensitive=True)
+    asyncio.run(run())
+
+    async def work():
+        await run()
+
+    assert _in_child(work) == 0
