@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -69,7 +68,7 @@ from jobs.services.live import (
     progress_fields,
 )
 from portal import realtime
-from portal.pools import cache_key, db_in_executor
+from portal.pools import ProcessThreadPool, cache_key, db_in_executor
 from vaults.services import group_for_vault
 
 log = logging.getLogger(__name__)
@@ -215,9 +214,9 @@ async def progress(job_id: str, machine: LiveMachine, body: bytes) -> dict | Non
 # What a start's push may meet: Redis away, or the database while its fragments render.
 PUSH_ERRORS = (redis.exceptions.RedisError, OSError, DatabaseError)
 # Threads (each with at most one database connection) that starts and re-rendering reports
-# run on, per process.
+# run on, per process (a forked process makes its own: the parent's are not in it).
 START_THREADS = 2
-_start_threads = ThreadPoolExecutor(max_workers=START_THREADS, thread_name_prefix="haven-start")
+_start_threads = ProcessThreadPool(max_workers=START_THREADS, thread_name_prefix="haven-start")
 
 
 def _start_job(job_id: str, machine_id) -> tuple[dict, Job] | None:
