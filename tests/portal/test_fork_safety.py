@@ -60,3 +60,25 @@ def test_a_forked_child_runs_thread_sensitive_code_outside_a_request():
         await run()
 
     assert _in_child(work) == 0
+
+
+def test_no_portal_module_keeps_a_thread_pool_a_fork_would_break():
+    # The next module-level pool, caught before a forked portal hangs on it.
+    import importlib
+    import pkgutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    found = []
+    for package in ("portal", "vaults", "agents", "jobs"):
+        for module in pkgutil.walk_packages(
+            importlib.import_module(package).__path__, prefix=f"{package}."
+        ):
+            if ".migrations" in module.name or module.name.startswith("agents.runtime"):
+                continue  # the agent's own processes are not the portal's
+            names = vars(importlib.import_module(module.name))
+            found += [
+                f"{module.name}.{name}"
+                for name, value in names.items()
+                if isinstance(value, ThreadPoolExecutor)
+            ]
+    assert found == []
