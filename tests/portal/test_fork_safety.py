@@ -19,13 +19,32 @@ from portal.pools import ProcessThreadPool
 CHILD_SECONDS = 10
 
 
+def _run(work):
+    """``work()`` (a coroutine function) run to its end on a new event loop, in a thread of
+    its own (this one may already run a loop: a browser test's, earlier in the session)."""
+    outcome: list = []
+
+    def main():
+        try:
+            outcome.append(asyncio.run(asyncio.wait_for(work(), CHILD_SECONDS)))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=main)
+    thread.start()
+    thread.join()
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
 def _in_child(work) -> int:
     """The exit status of a forked child that runs ``work`` (a coroutine function)."""
     pid = os.fork()
     if pid == 0:  # the child: never back into pytest
         status = 4
         try:
-            asyncio.run(asyncio.wait_for(work(), CHILD_SECONDS))
+            _run(work)
             status = 0
         except TimeoutError:
             status = 3
@@ -38,14 +57,14 @@ def _in_child(work) -> int:
 def test_a_forked_child_runs_what_it_submits_to_a_process_thread_pool():
     pool = ProcessThreadPool(max_workers=2, thread_name_prefix="test-fork")
     run = sync_to_async(threading.current_thread, thread_sensitive=False, executor=pool)
-    assert asyncio.run(run()).name.startswith("test-fork")  # its threads exist, here
+    assert _run(run).name.startswith("test-fork")  # its threads exist, here
 
     async def work():
         await run()
 
     try:
         assert _in_child(work) == 0
-        assert asyncio.run(run()).name.startswith("test-fork")  # the parent's still serve
+        assert _run(run).name.startswith("test-fork")  # the parent's still serve
     finally:
         pool.shutdown()
 
@@ -54,7 +73,7 @@ def test_a_forked_child_runs_thread_sensitive_code_outside_a_request():
     # What a websocket consumer's database check does (channels' database_sync_to_async):
     # outside any request it runs on asgiref's one single-thread executor.
     run = sync_to_async(threading.get_ident, thread_sensitive=True)
-    asyncio.run(run())
+    _run(run)
 
     async def work():
         await run()
