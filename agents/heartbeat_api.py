@@ -29,7 +29,7 @@ from agents.live_auth import LiveMachine, rate_count
 from agents.models import OFFLINE_AFTER, Machine
 from agents.runtime.protocol import MAX_AGENT_API_BODY
 from agents.runtime.version import __version__
-from portal.pools import LoopBatches, ProcessThreads, db_in_executor
+from portal.pools import LoopBatches, ProcessThreadPool, db_in_executor
 
 # What machine_heartbeat keeps of each reported field.
 REPORTED = {"agent_version": 40, "hostname": 255, "os_name": 255}
@@ -108,7 +108,7 @@ def beat_many(beats: list[tuple[object, dict[str, str], datetime]]) -> list[bool
 
 
 BEAT_THREADS = 2
-_beat_threads = ProcessThreads(max_workers=BEAT_THREADS, thread_name_prefix="haven-heartbeat")
+_beat_threads = ProcessThreadPool(max_workers=BEAT_THREADS, thread_name_prefix="haven-heartbeat")
 _beat_many = db_in_executor(beat_many, _beat_threads)
 
 

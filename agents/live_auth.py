@@ -34,7 +34,7 @@ from django.db import connection
 from django.utils import timezone
 
 from agents.api_auth import LAST_USED_RESOLUTION_SECONDS, TOKEN_PREFIX, token_hash
-from portal.pools import LoopBatches, ProcessThreads, cache_key, db_in_executor, loop_redis
+from portal.pools import LoopBatches, ProcessThreadPool, cache_key, db_in_executor, loop_redis
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def _aware(value):
 # own (every heart-beat, once a minute per machine, is a miss; a fleet's starts are 200).
 TOKEN_BATCH_MAX = 500
 TOKEN_THREADS = 2
-_token_threads = ProcessThreads(max_workers=TOKEN_THREADS, thread_name_prefix="haven-tokens")
+_token_threads = ProcessThreadPool(max_workers=TOKEN_THREADS, thread_name_prefix="haven-tokens")
 _load = LoopBatches(
     db_in_executor(load_machines, _token_threads), TOKEN_BATCH_MAX, parallel=TOKEN_THREADS
 )

@@ -74,7 +74,7 @@ from jobs.services.live import (
     progress_fields,
 )
 from portal import realtime
-from portal.pools import LoopBatches, ProcessThreads, cache_key, db_in_executor
+from portal.pools import LoopBatches, ProcessThreadPool, cache_key, db_in_executor
 from vaults.services import group_for_vault
 
 log = logging.getLogger(__name__)
@@ -225,12 +225,13 @@ async def progress(job_id: str, machine: LiveMachine, body: bytes) -> dict | Non
 # What a start's push may meet: Redis away, or the database while its fragments render.
 PUSH_ERRORS = (redis.exceptions.RedisError, OSError, DatabaseError)
 # Threads (each with at most one database connection) that re-rendering reports, the
-# starts' renders and the starts the batch leaves run on, per process.
+# starts' renders and the starts the batch leaves run on, per process (a forked process
+# makes its own: the parent's are not in it).
 START_THREADS = 2
-_start_threads = ProcessThreads(max_workers=START_THREADS, thread_name_prefix="haven-start")
+_start_threads = ProcessThreadPool(max_workers=START_THREADS, thread_name_prefix="haven-start")
 # The one thread per process that commits batches of starts: a burst of starts never waits
 # behind renders (nor the steady reports' database work on the loop's executor).
-_batch_thread = ProcessThreads(max_workers=1, thread_name_prefix="haven-start-batch")
+_batch_thread = ProcessThreadPool(max_workers=1, thread_name_prefix="haven-start-batch")
 # At most this many starts in one transaction (the rest wait for the next).
 START_BATCH_MAX = 100
 # Operations whose start the batch leaves to ``job_mark_started`` (a compaction notes

@@ -6,6 +6,13 @@ not take the parent's pooled connections: both would talk over the same sockets.
 ``forget_inherited_pools`` runs in every forked child and sets them aside, unclosed
 (closing would end the parent's sessions too); the child opens its own.
 
+Threads do not survive a fork either. A ``ThreadPoolExecutor`` created before the fork
+believes, in the child, that its idle worker still waits for work: nothing ever runs what
+is submitted to it, and whoever awaits the answer waits for ever. ``ProcessThreadPool`` is
+an executor the child builds afresh; the hook also gives the child a new asgiref
+single-thread executor (the one ``sync_to_async`` uses for thread-sensitive code outside
+any request, e.g. a websocket consumer's database check).
+
 Redis' own pools open a new connection whenever none is free, without limit; the blocking
 pools here wait for one instead (up to their ``timeout``) once ``max_connections`` are open.
 
@@ -20,12 +27,12 @@ heart-beats, token checks) into one call on threads of their own.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import queue
 import sys
 import threading
 import weakref
-from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import redis
@@ -43,8 +50,59 @@ def forget_inherited_pools() -> None:
     DatabaseWrapper._connection_pools.clear()
 
 
+def forget_inherited_threads() -> None:
+    """The executors of a forked child start with no thread, as a new process's do."""
+    from asgiref.sync import SyncToAsync
+
+    # The parent's instance is dropped, not shut down: its shutdown would wait on a
+    # thread that is not in this process.
+    SyncToAsync.single_thread_executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    for pool in list(_thread_pools):
+        pool._forget()
+
+
+_hooked = False
+
+
 def install_fork_hook() -> None:
-    os.register_at_fork(after_in_child=forget_inherited_pools)
+    global _hooked
+    if not _hooked:
+        _hooked = True
+        os.register_at_fork(after_in_child=forget_inherited_pools)
+        os.register_at_fork(after_in_child=forget_inherited_threads)
+
+
+class ProcessThreadPool(concurrent.futures.Executor):
+    """A ``ThreadPoolExecutor`` of the process that uses it: made at the first submit, and
+    made again in a forked child (whose parent's threads are not there)."""
+
+    def __init__(self, *, max_workers: int, thread_name_prefix: str = "") -> None:
+        self._options = {"max_workers": max_workers, "thread_name_prefix": thread_name_prefix}
+        self._lock = threading.Lock()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        _thread_pools.add(self)
+
+    def _forget(self) -> None:
+        # In the child, right after the fork: no other thread runs, the lock may be held by
+        # one that is gone.
+        self._lock = threading.Lock()
+        self._pool = None
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        with self._lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(**self._options)
+            pool = self._pool
+        return pool.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+_thread_pools: weakref.WeakSet[ProcessThreadPool] = weakref.WeakSet()
 
 
 class RedisPoolTimeout(redis.ConnectionError):
@@ -153,33 +211,6 @@ def cache_key(key: str) -> str:
 
     cache = settings.CACHES["default"]
     return f"{cache.get('KEY_PREFIX', '')}:{cache.get('VERSION', 1)}:{key}"
-
-
-class ProcessThreads(Executor):
-    """A ``ThreadPoolExecutor`` of this process: one made in a process that forks (a test's
-    live server, a worker's child) is no use in the child — its threads are not there, yet
-    it believes one idle and never starts another, so the work waits for ever. Made anew
-    in each process that submits to it."""
-
-    def __init__(self, max_workers: int, thread_name_prefix: str) -> None:
-        self.max_workers, self.thread_name_prefix = max_workers, thread_name_prefix
-        self._pid = -1
-        self._pool: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
-
-    def _here(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None or self._pid != os.getpid():
-                self._pid = os.getpid()
-                self._pool = ThreadPoolExecutor(self.max_workers, self.thread_name_prefix)
-            return self._pool
-
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        return self._here().submit(fn, *args, **kwargs)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        if self._pool is not None and self._pid == os.getpid():
-            self._pool.shutdown(wait, cancel_futures=cancel_futures)
 
 
 def db_in_executor(fn: Any, executor: Any = None) -> Any:
