@@ -90,13 +90,7 @@ def _alert_action(request, alert_id, *, operation: str, action) -> HttpResponse:
     alert, _role = get_with_role(
         request.user, Alert.objects.select_related("vault", "machine"), pk=alert_id
     )
-    activity.require_role(
-        request,
-        vault=alert.vault,
-        role=fleet.ALERT_ACTION_ROLE,
-        operation=operation,
-        resource=activity.Resource("alert", str(alert.pk), str(alert.get_kind_display())),
-    )
+    fleet.require_alert_action(request, alert, operation)
     try:
         action(alert=alert, user=request.user)
     except fleet.AlertClosed as exc:

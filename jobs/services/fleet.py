@@ -72,6 +72,18 @@ class AlertClosed(Exception):
 ALERT_ACTION_ROLE = Role.BACKUP_OPERATOR
 
 
+def require_alert_action(request, alert: Alert, operation: str) -> None:
+    """Acknowledge and Close need ``ALERT_ACTION_ROLE`` on the alert's vault (the page's
+    buttons and the API alike): a lower role is refused 403 and logged as refused."""
+    activity.require_role(
+        request,
+        vault=alert.vault,
+        role=ALERT_ACTION_ROLE,
+        operation=operation,
+        resource=activity.Resource("alert", str(alert.pk), str(alert.get_kind_display())),
+    )
+
+
 @dataclass
 class Filters:
     vault: str = ""

@@ -493,13 +493,7 @@ def _alert_for_action(request, alert_id, operation: str) -> Alert:
     alert = access.get_for_user(
         request.user, Alert.objects.select_related("vault", "machine"), pk=alert_id
     )
-    activity.require_role(
-        request,
-        vault=alert.vault,
-        role=fleet.ALERT_ACTION_ROLE,
-        operation=operation,
-        resource=activity.Resource("alert", str(alert.pk), str(alert.get_kind_display())),
-    )
+    fleet.require_alert_action(request, alert, operation)
     return alert
 
 
