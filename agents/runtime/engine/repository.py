@@ -278,14 +278,11 @@ class Repository:
             no = self.index.add_pack(pack_id, size)
             if pack_id not in stored:
                 self.index.mark_dead(no)
-            for cid, off, length, raw in rows:
-                self.index.add(cid, no, off, length, raw)
+            self.index.add_rows(no, rows)
         self._index_names.add(name)
 
     def _add_pack_rows(self, pack_id: bytes, size: int, rows) -> None:
-        no = self.index.add_pack(pack_id, size)
-        for cid, off, length, raw in rows:
-            self.index.add(cid, no, off, length, raw)
+        self.index.add_rows(self.index.add_pack(pack_id, size), rows)
 
     def save_index_cache(self, cache_dir: Path | None) -> str | None:
         """Keep the index on this machine for the next backup. A cache that cannot be
