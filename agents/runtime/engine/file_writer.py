@@ -51,7 +51,8 @@ class FileWriter:
         umask = os.umask(0o022)
         os.umask(umask)
         self.umask = umask
-        self._sgid: dict[tuple[bytes, ...], bool] = {}
+        self._sgid: dict[bytes, bool] = {}  # folder's manifest path -> set-group-id
+        self._modes: dict[int, tuple[int, bool]] = {}  # ``_create_mode``'s answers
         self._xattr_failures: set[tuple[bytes, int]] = set()
         self._clear()
 
@@ -89,17 +90,19 @@ class FileWriter:
         """Restore one file entry; problems become ``failed`` (never an exception, but for
         ``Cancelled``)."""
         try:
-            comps = safe_components(e.path)
-            dfd = self.tree.dir_fd(comps[:-1])
+            dfd, name = self.tree.parent_fd(e.path)
             mode, chmod = self._create_mode(e.mode)
-            placed = self.place(
-                e, comps[-1], dfd, lambda n: os.open(n, _NEW_FLAGS, mode, dir_fd=dfd)
-            )
-            if placed is None:
-                return
-            fd, created, final = placed
-            if self._write(e, fd, created, dfd, comps, chmod) and created != final:
-                os.rename(created, final, src_dir_fd=dfd, dst_dir_fd=dfd)
+            try:  # the usual case, without ``place``'s conflict policy: nothing there yet
+                fd, created = os.open(name, _NEW_FLAGS, mode, dir_fd=dfd), name
+            except FileExistsError:
+                placed = self.place(
+                    e, name, dfd, lambda n: os.open(n, _NEW_FLAGS, mode, dir_fd=dfd)
+                )
+                if placed is None:
+                    return
+                fd, created, name = placed
+            if self._write(e, fd, created, dfd, chmod) and created != name:
+                os.rename(created, name, src_dir_fd=dfd, dst_dir_fd=dfd)
         except UnsafePath as exc:
             self.failed.append((e.path, str(exc)))
         except OSError as exc:
@@ -136,9 +139,13 @@ class FileWriter:
         """The mode to create with, and whether a ``fchmod`` must follow: none when the
         plain permission bits survive the umask (special bits always need one, after the
         owner is set)."""
-        if mode & 0o7000 == 0 and mode & ~self.umask & 0o777 == mode:
-            return mode, False
-        return 0o600, True
+        found = self._modes.get(mode)
+        if found is None:
+            if mode & 0o7000 == 0 and mode & ~self.umask & 0o777 == mode:
+                found = self._modes[mode] = (mode, False)
+            else:
+                found = self._modes[mode] = (0o600, True)
+        return found
 
     def place(self, e: Entry, name: bytes, dfd: int, make):
         """Create ``name`` with ``make`` under the conflict policy: (made, created, final)
@@ -169,7 +176,7 @@ class FileWriter:
         tmp = b".%s.haven-%s" % (name[:200], os.urandom(4).hex().encode())
         return make(tmp), tmp, name
 
-    def _write(self, e: Entry, fd: int, name: bytes, dfd: int, comps, chmod: bool) -> bool:
+    def _write(self, e: Entry, fd: int, name: bytes, dfd: int, chmod: bool) -> bool:
         reader = self.reader
         try:
             pos = 0
@@ -189,7 +196,7 @@ class FileWriter:
                     self.send_progress()
             if e.content and e.content[-1][0] == HOLE_ID:
                 os.ftruncate(fd, pos)
-            self._meta(fd, e, comps, chmod)
+            self._meta(fd, e, dfd, chmod)
         except (IntegrityError, StorageError) as exc:
             os.close(fd)
             os.unlink(name, dir_fd=dfd)
@@ -205,7 +212,7 @@ class FileWriter:
         self.bytes += pos
         return True
 
-    def _meta(self, fd: int, e: Entry, comps, chmod: bool) -> None:
+    def _meta(self, fd: int, e: Entry, dfd: int, chmod: bool) -> None:
         # Set-id bits and permission attributes only on a file its recorded owner owns: given
         # to them here, or theirs already (they are this process, and the folder is not
         # set-group-id). Without set-id bits and permissions to restore, nothing to decide.
@@ -216,7 +223,7 @@ class FileWriter:
             if NO_ID in (uid, gid):
                 if self.restore_owner:
                     self.warnings.append((e.path, f"owner not restored: invalid owner {uid}:{gid}"))
-            elif uid == self.euid and gid == self.egid and not self._setgid_dir(comps):
+            elif uid == self.euid and gid == self.egid and not self._setgid_dir(e.path, dfd):
                 owned = True
             elif self.restore_owner:
                 try:
@@ -232,14 +239,13 @@ class FileWriter:
                 self.warnings.append((path, reason))
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
 
-    def _setgid_dir(self, comps) -> bool:
-        """Is the file's folder set-group-id (new files then take its group, not ours)?"""
-        key = tuple(comps[:-1])
+    def _setgid_dir(self, path: bytes, dfd: int) -> bool:
+        """Is the folder ``dfd`` of ``path`` set-group-id (new files then take its group,
+        not ours)?"""
+        key = path.rpartition(b"/")[0]
         flag = self._sgid.get(key)
         if flag is None:
-            flag = self._sgid[key] = bool(
-                os.fstat(self.tree.dir_fd(comps[:-1])).st_mode & stat.S_ISGID
-            )
+            flag = self._sgid[key] = bool(os.fstat(dfd).st_mode & stat.S_ISGID)
         return flag
 
 

@@ -171,8 +171,11 @@ def decode_index(raw: bytes) -> Iterator[tuple[bytes, int, list[tuple[bytes, int
         pack_id = data[pos : pos + 16]
         size, count = struct.unpack_from("<QI", data, pos + 16)
         pos += 28
-        rows = [PACK_ROW.unpack_from(data, pos + i * PACK_ROW.size) for i in range(count)]
-        pos += count * PACK_ROW.size
+        end = pos + count * PACK_ROW.size
+        if end > len(data):
+            raise IntegrityError("index blob is truncated")
+        rows = list(PACK_ROW.iter_unpack(memoryview(data)[pos:end]))
+        pos = end
         yield pack_id, size, rows
 
 

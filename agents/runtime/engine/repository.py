@@ -278,14 +278,11 @@ class Repository:
             no = self.index.add_pack(pack_id, size)
             if pack_id not in stored:
                 self.index.mark_dead(no)
-            for cid, off, length, raw in rows:
-                self.index.add(cid, no, off, length, raw)
+            self.index.add_rows(no, rows)
         self._index_names.add(name)
 
     def _add_pack_rows(self, pack_id: bytes, size: int, rows) -> None:
-        no = self.index.add_pack(pack_id, size)
-        for cid, off, length, raw in rows:
-            self.index.add(cid, no, off, length, raw)
+        self.index.add_rows(self.index.add_pack(pack_id, size), rows)
 
     def save_index_cache(self, cache_dir: Path | None) -> str | None:
         """Keep the index on this machine for the next backup. A cache that cannot be
@@ -456,6 +453,7 @@ class ChunkReader:
         self.window = window
         self.slots = slots
         self._cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._hot: tuple[int, int, memoryview] = (-1, 0, memoryview(b""))  # the last window used
         self.bytes_read = 0
 
     def locate(self, chunk_id: bytes) -> tuple[int, int, int, int]:
@@ -478,10 +476,14 @@ class ChunkReader:
             raise PackDamaged(pack_id, str(exc)) from None
 
     def _range(self, pno: int, pack_id: bytes, off: int, length: int) -> memoryview | bytes:
+        hot_pno, hot_start, hot = self._hot  # (chunks read one after another share a window)
+        if hot_pno == pno and hot_start <= off and off + length <= hot_start + len(hot):
+            return hot[off - hot_start : off - hot_start + length]
         for (cpno, start), data in self._cache.items():
             if cpno == pno and start <= off and off + length <= start + len(data):
                 self._cache.move_to_end((cpno, start))
-                return memoryview(data)[off - start : off - start + length]
+                self._hot = (pno, start, memoryview(data))
+                return self._hot[2][off - start : off - start + length]
         name = pack_blob(pack_id)
         try:
             if length >= self.window:
@@ -497,4 +499,5 @@ class ChunkReader:
         self._cache[(pno, off)] = data
         while len(self._cache) > self.slots:
             self._cache.popitem(last=False)
-        return memoryview(data)[:length]
+        self._hot = (pno, off, memoryview(data))
+        return self._hot[2][:length]

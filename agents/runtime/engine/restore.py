@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +40,17 @@ from agents.runtime.engine.file_writer import (
     set_xattrs,
     unprivileged,
 )
-from agents.runtime.engine.format import DIR, FILE, HARDLINK, SYMLINK, Entry, encode_entry
+from agents.runtime.engine.format import (
+    DIR,
+    FILE,
+    HARDLINK,
+    SYMLINK,
+    XATTRS,
+    Entry,
+    EntryRef,
+    encode_entry,
+    entry_at,
+)
 from agents.runtime.engine.owners import owner_of
 from agents.runtime.engine.paths import (
     RESERVED_ROOTS,
@@ -50,7 +61,7 @@ from agents.runtime.engine.paths import (
     stored_paths,
 )
 from agents.runtime.engine.progress import ProgressSink, Reporter
-from agents.runtime.engine.repository import ChunkReader, RecoveryPoint, Repository
+from agents.runtime.engine.repository import RecoveryPoint, Repository
 from agents.runtime.engine.target import TargetTree, is_dir, lstat_at, safe_components
 from agents.runtime.engine.writer_pool import WriterPool
 from agents.runtime.protocol import (
@@ -128,31 +139,42 @@ class _Restore:
             rep.bytes_total = self.rp.stats.get("logical_bytes")
         else:
             files = size = 0
-            for e in self._selected_entries():
-                if e.kind == FILE:
-                    files, size = files + 1, size + e.size
+            for _path, head, *_ in self._selected_refs():
+                if head[0] & ~XATTRS == FILE:
+                    files, size = files + 1, size + head[8]
             rep.files_total, rep.bytes_total = files, size
         self.tree = TargetTree(self.target)
         try:
-            for e in self._selected_entries():
+            for ref in self._selected_refs():
                 if self.cancel.is_set():
                     self.cancelled = True
                     break
                 if self.full_files:
                     break  # the rest would fail the same way; finished files are kept
-                if self.skip_under and any(is_inside(e.path, s) for s in self.skip_under):
+                path, head, start, end, buf = ref
+                if self.skip_under and any(is_inside(path, s) for s in self.skip_under):
                     continue
-                rep.current = e.path
                 try:
-                    comps = safe_components(e.path)
+                    if head[0] & ~XATTRS == FILE and head[4] <= 1 and path != b"/":
+                        # The usual item, a file that is not a hard link: checked, its folder
+                        # made, and handed to a writer as the bytes it was stored as.
+                        self.tree.parent_fd(path)
+                        self.batch.append(buf[start:end])
+                        self.batch_bytes += head[8]
+                        if len(self.batch) >= BATCH_FILES or self.batch_bytes >= BATCH_BYTES:
+                            rep.current = path
+                            self._send()
+                        continue
+                    rep.current = path
+                    comps = safe_components(path)
                     if not comps:
                         continue  # the root itself: the target is its stand-in
-                    self._entry(e, comps)
+                    self._entry(entry_at(ref), comps)
                 except UnsafePath as exc:
-                    self.warn(e.path, str(exc), failed=True)
+                    self.warn(path, str(exc), failed=True)
                 except OSError as exc:
                     self.full_files += exc.errno in DISK_FULL
-                    self.warn(e.path, f"cannot restore: {exc.strerror or exc}", failed=True)
+                    self.warn(path, f"cannot restore: {exc.strerror or exc}", failed=True)
                 rep.emit()
             self._send()
             self._wait_writers()
@@ -184,20 +206,23 @@ class _Restore:
             )
         return res
 
-    def _selected_entries(self):
-        """The entries to restore, in tree order; reading stops past the last selection."""
+    def _selected_refs(self) -> Iterator[EntryRef]:
+        """The entries to restore, located (``format.scan_entries``), in tree order; reading
+        stops past the last selection."""
         # Everything (None) leaves out a reserved part (System State): that is restored only
         # when selected by name, so it never lands in / on a restore to the original place.
-        for e in self.repo.iter_entries(self.rp, ChunkReader(self.repo)):
-            if self.paths is None:
-                if not is_reserved(e.path):
-                    yield e  # (a hostile relative path is refused by safe_components)
-            elif is_selected(e.path, self.paths):
-                if e.path in self.unmatched:
-                    self.unmatched.discard(e.path)
-                yield e
-            elif past_all_selections(e.path, self.paths):
-                return
+        for refs in self.repo.iter_entry_refs(self.rp):
+            for ref in refs:
+                path = ref[0]
+                if self.paths is None:
+                    if not is_reserved(path):
+                        yield ref  # (a hostile relative path is refused by safe_components)
+                elif is_selected(path, self.paths):
+                    if path in self.unmatched:
+                        self.unmatched.discard(path)
+                    yield ref
+                elif past_all_selections(path, self.paths):
+                    return
 
     def _entry(self, e: Entry, comps: list[bytes]) -> None:
         dfd = self.tree.dir_fd(comps[:-1])  # (the writers find the folder made)

@@ -45,12 +45,35 @@ class TargetTree:
         self.root = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.stack: list[tuple[bytes, int]] = []
         self._last: tuple[list[bytes] | None, int] = (None, self.root)  # the last answer
+        self._last_parent: bytes | None = None  # the manifest path of ``_last``'s folder
+
+    def parent_fd(self, path: bytes) -> tuple[int, bytes]:
+        """The open folder of manifest path ``path`` (made when missing, like ``dir_fd``) and
+        the name to create in it, checked as ``safe_components`` checks every component.
+        ``UnsafePath`` for the root itself (it has no folder: the target stands in for it).
+        A folder's files come one after another: when the folder is the last one asked for,
+        only the name is checked (its folder's path was checked when it was opened)."""
+        parent, _, name = path.rpartition(b"/")
+        if (
+            parent == self._last_parent
+            and (parent or path[:1] == b"/")  # ("x" is relative: refused below)
+            and name not in (b"", b".", b"..")
+            and b"\0" not in name
+        ):
+            return self._last[1], name
+        comps = safe_components(path)
+        if not comps:
+            raise UnsafePath("the root has no folder in the target")
+        fd = self.dir_fd(comps[:-1])
+        self._last_parent = parent
+        return fd, comps[-1]
 
     def dir_fd(self, comps: list[bytes]) -> int:
         """The open folder ``comps`` under the target, made when missing; the folders of the
         previous call stay open while they are a prefix of the path asked for."""
         if comps == self._last[0]:  # (a folder's files come one after another)
             return self._last[1]
+        self._last_parent = None
         stack = self.stack
         i = 0
         while i < len(stack) and i < len(comps) and stack[i][0] == comps[i]:
@@ -93,7 +116,7 @@ class TargetTree:
         return fd
 
     def close(self) -> None:
-        self._last = (None, -1)
+        self._last, self._last_parent = (None, -1), None
         while self.stack:
             os.close(self.stack.pop()[1])
         os.close(self.root)

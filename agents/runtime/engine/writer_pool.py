@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import queue
 import threading
@@ -41,6 +42,22 @@ def writer_main(tasks, results, make_writer, cancel, forked: bool) -> None:
         results.put(("exit", None))
 
 
+class SharedFlag:
+    """``threading.Event``'s ``set``/``is_set`` over one byte of shared memory, for forked
+    writers: they look at it between files and between chunks, and a
+    ``multiprocessing.Event`` takes a lock on every look (a tenth of a writer's time in small
+    files)."""
+
+    def __init__(self, ctx) -> None:
+        self._value = ctx.RawValue(ctypes.c_bool, False)
+
+    def set(self) -> None:
+        self._value.value = True
+
+    def is_set(self) -> bool:
+        return self._value.value
+
+
 class WriterPool:
     """The writers: forked processes when the store can be read from several processes
     (local storage; no GIL hand-offs around every system call), else threads."""
@@ -50,11 +67,8 @@ class WriterPool:
         self.processes = processes
         if processes:
             ctx = multiprocessing.get_context("fork")
-            self.tasks, self.results, self.cancel = (
-                ctx.SimpleQueue(),
-                ctx.SimpleQueue(),
-                ctx.Event(),
-            )
+            self.tasks, self.results = ctx.SimpleQueue(), ctx.SimpleQueue()
+            self.cancel: SharedFlag | threading.Event = SharedFlag(ctx)
             self.procs = [
                 ctx.Process(target=writer_main, daemon=True,
                             args=(self.tasks, self.results, make_writer, self.cancel, True))

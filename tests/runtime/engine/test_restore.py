@@ -53,6 +53,32 @@ def test_it_refuses_manifest_paths_that_could_escape_the_target(repo, chunk, tmp
     assert not (tmp_path / "t" / "escape").exists() and not (tmp_path / "escape").exists()
 
 
+def test_a_hostile_name_is_refused_after_a_safe_file_of_the_same_folder(repo, chunk, tmp_path):
+    """Files of one folder come one after another and only the first has its whole path
+    checked; every later name is still checked, in the calling process and the writers."""
+    hostile = [b"/a/..", b"/a/", b"/a/.", b"/a/nul\0x"]
+    rp = craft_recovery_point(
+        repo,
+        [
+            Entry(path=b"/a", kind=DIR, mode=0o755),
+            Entry(path=b"/a/ok", kind=FILE, mode=0o644, size=5, content=chunk),
+            *[Entry(path=p, kind=FILE, mode=0o644, size=5, content=chunk) for p in hostile],
+            Entry(path=b"/top", kind=FILE, mode=0o644, size=5, content=chunk),
+            Entry(path=b"escape", kind=FILE, mode=0o644, size=5, content=chunk),  # relative
+        ],
+    )
+    target = tmp_path / "t" / "target"
+    res = run_restore(repo, recovery_point=rp, target=target)
+    assert res.files == 2
+    assert (target / "a" / "ok").read_bytes() == b"pwned"
+    assert (target / "top").read_bytes() == b"pwned"
+    refused = sorted(f["path"] for f in res.failed if "refusing" in f["reason"])
+    assert len(refused) == len(hostile) + 1, res.failed
+    assert sorted(os.listdir(target)) == ["a", "top"]
+    assert os.listdir(target / "a") == ["ok"]
+    assert sorted(os.listdir(tmp_path / "t")) == ["target"]
+
+
 def test_it_never_follows_a_symlinked_parent_inside_the_target(repo, chunk, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
