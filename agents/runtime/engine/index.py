@@ -175,6 +175,28 @@ class ChunkIndex:
             self._grow()
         return True
 
+    def add_rows(self, pack_no: int, rows) -> int:
+        """``add`` for each (id, offset, stored length, plain length) row of one pack, in one
+        call (an index blob's packs, as ``format.decode_index`` reads them); returns the
+        plain bytes newly indexed."""
+        pack, find, recs = REC.pack, self._find, self._recs
+        added = 0
+        for cid, off, length, raw_len in rows:
+            h, s = find(cid)
+            if s:
+                o = (s - 1) * RECSIZE
+                if int.from_bytes(recs[o + 32 : o + 36], "little") not in self._dead:
+                    continue
+                recs[o : o + RECSIZE] = pack(cid, pack_no, off, length, raw_len)
+            else:
+                recs += pack(cid, pack_no, off, length, raw_len)
+                self._n += 1
+                self._slots[h] = self._n
+                if self._n > MAX_LOAD * len(self._slots):
+                    self._grow()
+            added += raw_len
+        return added
+
     def add_packed(self, pack_no: int, rows: bytes, raw: int) -> int:
         """``add`` for every row of one pack's header as it is stored (``format.PACK_ROW``:
         id, offset, stored length, plain length, back to back), in one call: a chunking
