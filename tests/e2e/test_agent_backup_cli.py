@@ -76,6 +76,9 @@ def test_haven_agent_backup_wait_runs_a_backup_the_portal_records(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as at a terminal: a suite started in the background (``make test &``)
+        # has SIGINT ignored, and a child would inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert waiting.stdout is not None
     assert waiting.stdout.readline().startswith("Backup of web-01 started: job ")

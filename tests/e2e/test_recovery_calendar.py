@@ -57,7 +57,7 @@ def test_choose_an_older_day_then_a_time_and_recover_it(
     expect(times).to_have_attribute("data-day", f"{older:%Y-%m-%d}")
     expect(times.locator("input[name=rp]")).to_have_count(3)
     expect(old_day).to_have_attribute("aria-current", "date")
-    expect(times).to_contain_text(f"{timezone.localtime(older + timedelta(hours=7)):%H:%M}")
+    expect(times).to_contain_text(f"{older + timedelta(hours=7):%H:%M}")  # the machine's time
     times.locator(f"input[value='{old[1].snapshot_id}']").check()
     expect(page.locator("[data-field=point-label]")).to_contain_text(f"{older:%d}")
 
