@@ -93,15 +93,10 @@ def _bearer(authorization: str) -> str | None:
     return token
 
 
-def load_machine(digest: str) -> LiveMachine | None:
-    """The database's answer for a token hash (``agents.api_auth._live_token``'s rule), and
-    the token's ``last_used_at`` kept to the minute as ``machine_from_request`` does."""
-    return load_machines([digest])[0]
-
-
 def load_machines(digests: list[str]) -> list[LiveMachine | None]:
-    """``load_machine`` for each of ``digests``, in one query (and one UPDATE of the
-    tokens whose ``last_used_at`` is due). Plain SQL: the ORM's query compilation cost
+    """The database's answer for each token hash of ``digests`` (``agents.api_auth.
+    _live_token``'s rule), in one query, and the tokens' ``last_used_at`` kept to the minute
+    as ``machine_from_request`` does (one UPDATE of those due). Plain SQL: the ORM's query compilation cost
     more than the query."""
     from agents.models import Machine, MachineToken
 

@@ -27,6 +27,7 @@ heart-beats, token checks) into one call on threads of their own.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import os
 import queue
@@ -188,7 +189,6 @@ _loop_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 def loop_redis() -> Any:
     """This event loop's Redis client (``portal.hotpath``), on a blocking pool of
     ``HAVEN_REDIS_POOL_SIZE`` connections like the cache's."""
-    import asyncio
 
     from django.conf import settings
     from redis import asyncio as aioredis
@@ -252,8 +252,6 @@ class LoopBatches:
         self._loops: weakref.WeakKeyDictionary[Any, _LoopQueue] = weakref.WeakKeyDictionary()
 
     async def __call__(self, item: Any) -> Any:
-        import asyncio
-
         loop = asyncio.get_running_loop()
         queue = self._loops.get(loop)
         if queue is None:

@@ -177,6 +177,20 @@ DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 POINT_ID = re.compile(r"[0-9a-f]{1,64}")
 
 
+def _point_day(source, snapshot_id: str, tz) -> date | None:
+    """The day (in ``tz``) of ``source``'s recovery point ``snapshot_id``, or None when it
+    has no such point (or the id is not one)."""
+    if not POINT_ID.fullmatch(snapshot_id):
+        return None
+    at = (
+        services.recovery_points(source)
+        .filter(snapshot_id=snapshot_id)
+        .values_list("created_at", flat=True)
+        .first()
+    )
+    return None if at is None else at.astimezone(tz).date()
+
+
 @login_required
 @require_GET
 def times(request, source_id, target_id):
@@ -188,14 +202,9 @@ def times(request, source_id, target_id):
     tz = zone(source.time_zone)
     rp = request.GET.get("rp", "")
     if rp:
-        point = (
-            services.recovery_points(source).filter(snapshot_id=rp).only("created_at").first()
-            if POINT_ID.fullmatch(rp)
-            else None
-        )
-        if point is None:
+        day = _point_day(source, rp, tz)
+        if day is None:
             raise Http404("No such recovery point of this machine")
-        day = point.created_at.astimezone(tz).date()
     else:
         text = request.GET.get("day", "")
         try:
@@ -242,18 +251,11 @@ def _wizard_page(
     the day of ``point`` (a refused restore's), that point chosen."""
     tz = zone(source.time_zone)
     days = services.recovery_days(source, months=MONTHS_SHOWN, tz=tz)
-    at = (
-        services.recovery_points(source)
-        .filter(snapshot_id=point)
-        .values_list("created_at", flat=True)
-        .first()
-        if POINT_ID.fullmatch(point)
-        else None
-    )
-    if at is None:
+    point_day = _point_day(source, point, tz)
+    if point_day is None:
         point = ""
     else:
-        day = at.astimezone(tz).date()
+        day = point_day
     chosen = day or (days[-1][0] if days else None)
     region, region_error, replicated = _wizard_region(region, source)
     return render(

@@ -452,8 +452,7 @@ class _Backup:
             res.symlinks += 1  # (a link's target cannot change in place)
         else:
             return False
-        self.pending.append(buf[start:end])  # written back as it was read
-        self.open_run = None
+        self._queue(buf[start:end])  # written back as it was read
         return True
 
     def _changed(self, path: bytes, st: os.stat_result, prev: EntryRef | None) -> None:
