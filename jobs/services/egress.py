@@ -216,6 +216,7 @@ def post(url: str, *, data: bytes, headers: dict, timeout: float) -> requests.Re
         )
         parts = urlsplit(prepared.url)
         hostname = parts.hostname or ""
+        # (stream=True, the third argument: the answer's body is never read)
         env = session.merge_environment_settings(prepared.url, {}, True, None, None)
         send = {"timeout": timeout, "allow_redirects": False, **env}
         try:

@@ -345,3 +345,46 @@ def test_through_a_proxy_the_proxy_connects_and_literal_private_hosts_are_still_
     with pytest.raises(egress.DestinationRefused, match=r"10\.1\.2\.3 is a private address"):
         egress.post("http://10.1.2.3/hook", data=b"{}", headers={}, timeout=5)
     assert len(receiver.got) == 1
+
+
+def test_a_receiver_that_never_ends_its_answer_holds_the_sender_no_longer_than_its_status(
+    settings,
+):
+    """A receiver of the Contributor's own answers 200 and then drips a body that never
+    ends (a byte every 0.2 s, each within the read timeout): the sender takes the status
+    and closes, never reading the body into the worker's memory or time."""
+    import threading
+    import time
+
+    _allow(settings, "127.0.0.0/8")
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n")
+            deadline = time.monotonic() + 30
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    conn.sendall(b"x")
+                except OSError:  # the sender closed: what it should do
+                    return
+                time.sleep(0.2)
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    try:
+        with egress.post(
+            f"http://127.0.0.1:{port}/hook", data=b"{}", headers={}, timeout=2
+        ) as response:
+            status = response.status_code
+        assert status == 200
+        assert time.monotonic() - started < 5
+    finally:
+        stop.set()
+        server.close()
+        thread.join(5)
