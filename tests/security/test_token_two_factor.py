@@ -121,3 +121,24 @@ def test_a_socket_open_before_the_requirement_closes_when_it_is_turned_on(alice,
 
     run(scenario)
     assert reverse("portal:two-factor") == "/account/two-factor/"
+
+
+@pytest.mark.django_db
+def test_a_barred_token_cannot_acknowledge_or_close_that_subscriptions_alerts(bobs_token, vault):
+    from jobs import services
+    from jobs.models import Alert
+
+    alert = services.alert_raise(
+        vault=vault,
+        machine=None,
+        kind=Alert.Kind.BACKUP_FAILED,
+        severity=Alert.Severity.CRITICAL,
+        message="Backup failed: disk full",
+    )
+    api = _api(bobs_token)
+    for action in ("acknowledge", "close"):
+        response = api.post(f"/api/v1/alerts/{alert.pk}/{action}/")
+        assert response.status_code == 403
+        assert response.json() == {"detail": REFUSAL}
+    alert.refresh_from_db()
+    assert alert.acknowledged_at is None and alert.resolved_at is None
