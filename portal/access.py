@@ -204,6 +204,13 @@ def owners_to_ask(user, *, role: str) -> list[tuple[Subscription, str, list[str]
     return [(m.subscription, m.role, owners.get(m.subscription_id, [])) for m in below]
 
 
+def require_superuser(user) -> None:
+    """The portal's own administration: anyone else gets the 404 an outsider gets, so the
+    page's existence tells them nothing."""
+    if not (user.is_authenticated and user.is_superuser):
+        raise Http404
+
+
 def require_user_manager(user) -> None:
     if not can_manage_users(user):
         raise PermissionDenied("Managing users needs the Owner role on a subscription.")

@@ -29,6 +29,7 @@ NAV_AREAS = (
     ("/machines/", "machines"),
     ("/recover/", "recover"),
     ("/vaults/", "vaults"),
+    ("/users/sign-in-activity/", "signin_activity"),
     ("/users/", "users"),
     ("/jobs/", "jobs"),
     ("/backup-center/", "backup_center"),

@@ -78,6 +78,7 @@ urlpatterns = [
     ),
     path("users/", accounts.user_list, name="users"),
     path("users/create/", accounts.user_create, name="user-create"),
+    path("users/sign-in-activity/", accounts.signin_activity, name="signin-activity"),
     path("users/<int:user_id>/deactivate/", accounts.user_deactivate, name="user-deactivate"),
     path("users/<int:user_id>/activate/", accounts.user_activate, name="user-activate"),
     path(

@@ -16,10 +16,10 @@ outside a request (the scheduler, a worker) has no address.
 On what: the subscription, the vault (id and name, kept after the vault is gone) and one
 resource (a machine, a policy, a job, a credentials file, a membership), as kind, id, name.
 
-Refusals are counted, not repeated: the same actor refused the same operation on the same
-target for the same reason within ``COALESCE_WINDOW`` (10 minutes of the clock) is one row
-whose ``repeat_count`` and ``last_at`` go up ("refused 312 times, last at 16:40"); the
-address and the detail shown are the first try's. The first refusal of a window is a row at once.
+Refusals are counted, not repeated: the same actor from the same address refused the same
+operation on the same target for the same reason within ``COALESCE_WINDOW`` (10 minutes of
+the clock) is one row whose ``repeat_count`` and ``last_at`` go up ("refused 312 times, last
+at 16:40"); the detail shown is the first try's. The first refusal of a window is a row at once.
 """
 
 from __future__ import annotations
@@ -155,14 +155,17 @@ def record(
 
 
 def coalesce_key(entry: ActivityEntry) -> str:
-    """Who (the user, or the machine's name), what (operation, subscription, vault,
-    resource), why (the reason) and the window of the clock it falls in, as a digest. Not
-    the detail: it may hold what the person typed (a reason for deleting, say), and a loop
-    that changed it on each try would flood the log again; the entry keeps the first try's
-    detail and address."""
+    """Who (the user, or the machine's name) from where (the client address), what
+    (operation, subscription, vault, resource), why (the reason) and the window of the clock
+    it falls in, as a digest. The address is part of it so that the address an entry shows
+    is every try's: tries from another address are an entry of their own (a guesser from a
+    thousand addresses is a thousand entries, each counted). Not the detail: it may hold
+    what the person typed (a reason for deleting, say), and a loop that changed it on each
+    try would flood the log again; the entry keeps the first try's detail."""
     window = int(entry.at.timestamp() // COALESCE_WINDOW.total_seconds())
     parts = [
         str(entry.user_id) if entry.user_id is not None else f"name:{entry.username}",
+        entry.address,
         entry.operation,
         entry.outcome,
         str(entry.subscription_id or ""),
@@ -254,7 +257,8 @@ def signin_pause_record(*, username: str, failure) -> None:
     ``failure.pause`` seconds for ``username`` and the request's address: one refused
     *Sign-in paused after failures* entry in each subscription of the account of that name,
     so its Owners see it in the subscription's activity log; one without a subscription when
-    no such account exists or it belongs to none. Nothing the person signing in sees
+    no such account exists or it belongs to none. The portal's administrators see them all
+    on *Sign-in activity* (``portal.views.accounts.signin_activity``). Nothing the person signing in sees
     changes, so the pause still does not tell whether the account exists."""
     from portal.models import Membership
 
@@ -284,7 +288,7 @@ def signin_pause_record(*, username: str, failure) -> None:
             # A name with no account is not named in the resource, only in the detail,
             # which is not part of what makes a refusal the same: a guesser cycling made-up
             # names adds to one counted entry per pause length and 10 minutes, not a row
-            # per name (those entries are on no page).
+            # per name (those entries are on the administrators' Sign-in activity only).
             resource=Resource(
                 kind="user account", id=account_id, name=tried if subscription else ""
             ),

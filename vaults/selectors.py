@@ -333,6 +333,17 @@ def activity_operations(scope: QuerySet) -> list[tuple[str, str]]:
     return [(v, label) for v, label in ActivityEntry.Operation.choices if v in present]
 
 
+def signin_pauses() -> QuerySet:
+    """Every *Sign-in paused after failures* entry of the portal, whichever subscription it
+    is in or none (a name with no account, an account in no subscription, guessed access
+    tokens), with the subscription's name (one query with the page's rows)."""
+    from vaults.models import ActivityEntry
+
+    return ActivityEntry.objects.filter(
+        operation=ActivityEntry.Operation.SIGNIN_LOCKOUT
+    ).select_related("subscription")
+
+
 def activity_page(qs: QuerySet, page) -> Page:
     """One page of entries: two queries (the count and the rows) whatever the page size."""
     return Paginator(qs, ACTIVITY_PAGE_SIZE).get_page(page)

@@ -11,11 +11,11 @@ from django.db.models import Prefetch
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.utils import timezone
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
 
 from portal import access, services, tokens, two_factor
 from portal.models import Membership, PersonalAccessToken, Role
-from vaults import activity
+from vaults import activity, selectors
 from vaults.activity import Operation
 
 
@@ -54,6 +54,31 @@ def user_list(request):
         .order_by("username")
     )
     return render(request, "portal/user_list.html", {"users": users})
+
+
+@login_required
+@require_GET
+def signin_activity(request):
+    """Every sign-in pause of the portal, for its administrators: those of names with no
+    account and of guessed access tokens belong to no subscription, so no Owner sees them
+    in a subscription's log. Anyone else gets 404."""
+    access.require_superuser(request.user)
+    filters = selectors.ActivityFilters.from_query(request.GET)
+    page = selectors.activity_page(
+        selectors.activity_filtered(selectors.signin_pauses(), filters),
+        request.GET.get("page", 1),
+    )
+    return render(
+        request,
+        "portal/signin_activity.html",
+        {
+            "page": page,
+            "filters": filters,
+            "query": filters.as_query(),
+            "ranges": [(key, label) for key, (label, _) in selectors.ACTIVITY_RANGES.items()],
+            "api_token_name": tokens.THROTTLE_ACCOUNT,
+        },
+    )
 
 
 @login_required

@@ -120,3 +120,50 @@ def test_guessing_access_tokens_records_the_addresss_pause(db):
         GUESSER,
         None,
     )
+
+
+def test_a_guesser_from_two_addresses_is_an_entry_for_each_address(db):
+    # Pauses alike (same name, length, failures) are one counted entry only from one
+    # address: the address an entry shows is every one of its tries'.
+    limit = settings.HAVEN_SIGNIN_FAILURE_LIMIT
+    for n, address in enumerate((GUESSER, "203.0.113.6", GUESSER)):
+        for _ in range(limit):
+            _guess(f"made-up-{n}", address=address)
+    entries = {e.address: e.repeat_count for e in _pauses()}
+    assert entries == {GUESSER: 2, "203.0.113.6": 1}
+
+
+def test_the_administrator_sees_every_pause_on_sign_in_activity(alice, subscription):
+    limit = settings.HAVEN_SIGNIN_FAILURE_LIMIT
+    for _ in range(limit):
+        _guess("nobody-here")
+    tokens = Client(HTTP_AUTHORIZATION="Bearer hvn_guess", REMOTE_ADDR="203.0.113.9")
+    for _ in range(limit):
+        tokens.get("/api/v1/me/")
+    for _ in range(limit):
+        _guess("alice", address="203.0.113.7")
+    url = reverse("portal:signin-activity")
+
+    admin = Client()
+    admin.force_login(builders.make_user(username="root", is_superuser=True, is_staff=True))
+    page = admin.get(url)
+    assert page.status_code == 200
+    rows = re.findall(r"<tr>(.*?)</tr>", page.content.decode().split("<tbody>")[1], re.S)
+    assert len(rows) == 3
+    text = " ".join(re.sub(r"<[^>]+>", " ", row) for row in rows)
+    # The name with no account and the guessed tokens, which no subscription's log shows.
+    assert "nobody-here" in text and GUESSER in text
+    assert "Access tokens (API)" in text and "203.0.113.9" in text
+    assert "alice" in text and "203.0.113.7" in text and "Contoso" in text
+    assert f"Sign-in paused for 1 second after {limit} failures in a row." in text
+    # The administrator finds it from the Users page and the left navigation.
+    assert url in admin.get(reverse("portal:users")).content.decode()
+
+    # Nobody else knows it is there: the subscription's Owner, a member, anyone signed in.
+    owner = Client()
+    owner.force_login(alice)
+    assert owner.get(url).status_code == 404
+    assert url not in owner.get(reverse("portal:users")).content.decode()
+    assert Client().get(url).status_code == 302  # to the sign-in page
+    # Read only.
+    assert admin.post(url).status_code == 405
