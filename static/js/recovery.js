@@ -111,12 +111,19 @@
     loading[key] = fetch(f.getAttribute("data-times") + "?" + query.toString(), {
       credentials: "same-origin", headers: {"HX-Request": "true"}
     }).then(function (response) {
-      if (!response.ok) throw new Error("times " + response.status);
-      return response.text();
+      if (response.redirected) throw new TimesError("signed-out");  // to the sign-in page
+      if (response.ok) return response.text();
+      var plain = (response.headers.get("Content-Type") || "").indexOf("text/plain") === 0;
+      return (plain ? response.text() : Promise.resolve("")).then(function (text) {
+        throw new TimesError(response.status, text);
+      });
+    }, function () {
+      throw new TimesError("unreachable");  // no answer at all: the portal or the network
     }).then(function (html) {
       var holder = document.createElement("template");
       holder.innerHTML = html;
       var fs = holder.content.querySelector("fieldset.times");
+      if (!fs) throw new TimesError("signed-out");
       var day = fs.getAttribute("data-day");
       var there = box.querySelector("fieldset.times[data-day='" + day + "']");
       if (there) return there;
@@ -125,6 +132,60 @@
       return fs;
     }).finally(function () { delete loading[key]; });
     return loading[key];
+  }
+
+  // Why a day's times did not load, in words a person can act on (``what``: "the times of
+  // 06 December 2026" or "that recovery point's times").
+  function TimesError(status, text) { this.status = status; this.text = text || ""; }
+
+  function timesMessage(error, what) {
+    var status = error instanceof TimesError ? error.status : "script";
+    if (status === "unreachable") {
+      return "The portal did not answer, so " + what + " could not be loaded. Check that " +
+        "you are still connected to it, then try again.";
+    }
+    if (status === "signed-out") {
+      return "Your sign-in has ended, so " + what + " could not be loaded. Reload the page " +
+        "and sign in again.";
+    }
+    if (status === 400 && error.text) return error.text;
+    if (status === 403) {
+      return "You may no longer recover from this machine (your role changed). Reload the " +
+        "page to see what you can do now.";
+    }
+    if (status === 404) {
+      return what.indexOf("recovery point") !== -1
+        ? "That recovery point is no longer there (it may have expired or been deleted). " +
+          "Reload the page to see the recovery points there are now."
+        : "This machine or its recovery points are no longer there for you. Reload the page.";
+    }
+    if (status === 429 || (typeof status === "number" && status >= 500)) {
+      return "The portal could not load " + what + " just now (error " + status + "). " +
+        "Try again in a moment.";
+    }
+    return "Something went wrong, so " + what + " could not be loaded (" + status + "). " +
+      "Reload the page.";
+  }
+
+  // Show why the times did not load in place of the times, with a way to try again.
+  function showTimesError(error, what, retry) {
+    var box = form().querySelector(".recovery-times");
+    box.querySelectorAll("fieldset.times").forEach(function (fs) { fs.hidden = true; });
+    clearTimesError();
+    var note = document.createElement("div");
+    note.className = "callout warning recovery-times-error";
+    note.setAttribute("role", "alert");
+    var words = document.createElement("p");
+    words.textContent = timesMessage(error, what);
+    var again = document.createElement("button");
+    again.type = "button"; again.className = "button"; again.textContent = "Try again";
+    again.addEventListener("click", function () { clearTimesError(); retry(); });
+    note.appendChild(words); note.appendChild(again);
+    box.appendChild(note);
+  }
+
+  function clearTimesError() {
+    document.querySelectorAll(".recovery-times-error").forEach(function (n) { n.remove(); });
   }
 
   function pointRadio(id) {
@@ -141,13 +202,20 @@
       if (done) done();
     };
     if (pointRadio(id)) take();
-    else loadTimes("rp", id).then(take);
+    else loadTimes("rp", id).then(take, function (error) {
+      showTimesError(error, "that recovery point's times", function () { choosePoint(id, done); });
+    });
   }
 
   function showDay(day) {
+    clearTimesError();
     document.querySelectorAll("fieldset.times").forEach(function (fs) {
       fs.hidden = fs.getAttribute("data-day") !== day;
     });
+    markDay(day);
+  }
+
+  function markDay(day) {
     document.querySelectorAll(".calendar-day.has-points").forEach(function (b) {
       var chosen = b.getAttribute("data-day") === day;
       b.classList.toggle("selected", chosen);
@@ -159,8 +227,10 @@
   function chooseDay(link) {
     var day = link.getAttribute("data-day");
     if (document.querySelector("fieldset.times[data-day='" + day + "']")) showDay(day);
-    else loadTimes("day", day).then(function () { showDay(day); }, function () {
-      window.location.href = link.href;  // the page with that day chosen says what is wrong
+    else loadTimes("day", day).then(function () { showDay(day); }, function (error) {
+      markDay(day);  // the day chosen, its times replaced by why they are not there
+      var label = (link.getAttribute("aria-label") || day).split(",")[0];
+      showTimesError(error, "the times of " + label, function () { chooseDay(link); });
     });
   }
 

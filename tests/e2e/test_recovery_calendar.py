@@ -99,3 +99,60 @@ def test_choose_an_older_day_then_a_time_and_recover_it(
     page.wait_for_url("**/jobs/*/")
     job = Job.objects.get(operation=Job.Operation.RESTORE)
     assert job.details["recovery_point"] == old[2].snapshot_id
+
+
+def test_a_days_times_that_cannot_load_say_why_in_their_place(
+    live_portal, portal_owner, page, screenshot
+):
+    vault = builders.make_vault(resource_group=portal_owner.resource_group, container="v1")
+    web01 = builders.make_machine(
+        vault=vault, name="web-01", container="m-web-01", time_zone="UTC",
+        last_seen_at=timezone.now(),
+    )  # fmt: skip
+    today = timezone.now().replace(hour=9, minute=0, second=0, microsecond=0)
+    days = [today - timedelta(days=n) for n in (0, 5, 9, 12)]
+    points = [_point(web01, day, n) for n, day in enumerate(days)]
+
+    page.set_default_timeout(10_000)
+    sign_in_with_cookie(page, live_portal, portal_owner.user)
+    page.goto(f"{live_portal}/recover/{web01.pk}/to/{web01.pk}/")
+    times = page.locator("fieldset.times:visible")
+    expect(times).to_have_attribute("data-day", f"{today:%Y-%m-%d}")
+    error = page.locator(".recovery-times [role=alert]")
+
+    # The portal out of reach: the day is chosen, and its times' place says so.
+    page.context.set_offline(True)
+    day = page.locator(f".calendar-day.has-points[data-day='{days[1]:%Y-%m-%d}']")
+    day.click()
+    expect(error).to_contain_text(
+        f"The portal did not answer, so the times of {days[1]:%d %B %Y} could not be loaded."
+    )
+    expect(times).to_have_count(0)
+    expect(day).to_have_attribute("aria-current", "date")
+    assert page.url.endswith(f"/recover/{web01.pk}/to/{web01.pk}/")  # still the wizard
+    screenshot("recovery-times-unreachable", full_page=True)
+    # Back in reach: Try again shows them.
+    page.context.set_offline(False)
+    error.get_by_role("button", name="Try again").click()
+    expect(times).to_have_attribute("data-day", f"{days[1]:%Y-%m-%d}")
+    expect(error).to_have_count(0)
+
+    # A recovery point gone meanwhile (404), asked for by "Recover this version".
+    points[2].delete()
+    page.evaluate(
+        """([rp]) => { document.getElementById("versions").innerHTML =
+        '<button type="button" class="button" data-use-version data-rp="' + rp +
+        '" data-path="/etc/hosts">Recover this version</button>'; }""",
+        [points[2].snapshot_id],
+    )
+    page.get_by_role("button", name="Recover this version").click()
+    expect(error).to_contain_text("That recovery point is no longer there")
+    expect(times).to_have_count(0)
+
+    # The person's access gone meanwhile (404, as for any outsider).
+    portal_owner.user.memberships.all().delete()
+    page.locator(f".calendar-day.has-points[data-day='{days[3]:%Y-%m-%d}']").click()
+    expect(error).to_contain_text(
+        "This machine or its recovery points are no longer there for you. Reload the page."
+    )
+    expect(error).to_have_count(1)
