@@ -329,6 +329,8 @@ if HAVEN_ALERT_EMAIL not in ("each", "digest", "off"):
     )
 # Alert webhooks POST only to public addresses, and to these networks (jobs.services.egress).
 HAVEN_WEBHOOK_ALLOWED_NETWORKS = env_networks("HAVEN_WEBHOOK_ALLOWED_NETWORKS")
+# How long a webhook's host name lookup may take, when it is saved and at each send.
+HAVEN_WEBHOOK_RESOLVE_SECONDS = env_float("HAVEN_WEBHOOK_RESOLVE_SECONDS", 3.0, minimum=0.1)
 # A shorter grace could collect the packs of a backup the portal lost track of.
 HAVEN_GC_GRACE_HOURS = env_int("HAVEN_GC_GRACE_HOURS", 24, minimum=24)
 # Compaction (jobs/services/compaction.py): a pack whose dead share is above this percentage

@@ -8,6 +8,12 @@ services listen), multicast, unspecified, reserved and shared (carrier-grade NAT
 IPv4 and IPv6 alike, with the IPv4 address inside a v4-mapped, 6to4, Teredo or NAT64 IPv6
 address checked too. ``HAVEN_WEBHOOK_ALLOWED_NETWORKS`` lets an admin allow networks.
 
+Each lookup waits at most ``HAVEN_WEBHOOK_RESOLVE_SECONDS``: a resolver that hangs cannot hold
+a webhook's form (and the thread serving it) for as long as it takes. The system's
+``getaddrinfo`` cannot be interrupted, so it runs in a small pool of threads (``_LOOKUP_THREADS``)
+and the caller stops waiting: lookups that hang hold at most that many threads, and while
+they do, later lookups wait in the pool's queue and time out too.
+
 The check runs when a webhook is saved and again at every send, since a name may resolve
 differently later (DNS rebinding): the sender resolves the name once, checks every address,
 and connects to a checked address itself (``_PinnedAdapter``), with the URL's host name kept
@@ -19,8 +25,11 @@ is the proxy's rule.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
+import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import requests
@@ -44,6 +53,27 @@ class DestinationRefused(Exception):
 
 class HostUnresolved(Exception):
     """The host name does not resolve (now): a send may succeed later."""
+
+
+class ResolveTimedOut(HostUnresolved):
+    """The resolver did not answer within ``HAVEN_WEBHOOK_RESOLVE_SECONDS``: nothing is known
+    about the host, so a webhook is not saved with it (a send tries again later)."""
+
+
+_LOOKUP_THREADS = 4
+_lookups: tuple[int, ThreadPoolExecutor] | None = None
+_lookups_lock = threading.Lock()
+
+
+def _lookup_pool() -> ThreadPoolExecutor:
+    """This process's lookup threads (a forked worker starts its own: threads do not
+    survive a fork)."""
+    global _lookups
+    with _lookups_lock:
+        if _lookups is None or _lookups[0] != os.getpid():
+            pool = ThreadPoolExecutor(_LOOKUP_THREADS, thread_name_prefix="haven-resolve")
+            _lookups = (os.getpid(), pool)
+        return _lookups[1]
 
 
 def _allowed_networks() -> tuple[IPNetwork, ...]:
@@ -130,8 +160,16 @@ def _sentence(host: str, ip: IPAddress, problem: str) -> str:
 def resolve(host: str, port: int) -> list[IPAddress]:
     """The addresses ``host`` resolves to (a literal, in any form the system's resolver
     reads, such as ``2130706433`` or ``0177.0.0.1``, included), in the resolver's order."""
+    seconds = settings.HAVEN_WEBHOOK_RESOLVE_SECONDS
+    lookup = _lookup_pool().submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
     try:
-        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        found = lookup.result(timeout=seconds)
+    except TimeoutError:
+        lookup.cancel()  # still queued behind hung lookups: it never runs
+        raise ResolveTimedOut(
+            f"Could not resolve {host} in time: the portal's DNS resolver did not answer "
+            f"within {seconds:g} seconds. Check the name, or try again in a moment."
+        ) from None
     except (socket.gaierror, UnicodeError, ValueError) as exc:
         raise HostUnresolved(f"Could not resolve {host}.") from exc
     addresses: list[IPAddress] = []
@@ -166,11 +204,13 @@ def _port(parts) -> int:
 
 def url_problem(url: str) -> str:
     """The save-time check of a well-formed http(s) URL: why its host is refused, or ''.
-    A name that does not resolve now is accepted: every send checks it again."""
+    A name that does not resolve now is accepted: every send checks it again. A lookup the
+    resolver did not answer in time is refused: the name may well resolve to a forbidden
+    address, and the person is waiting."""
     parts = urlsplit(url)
     try:
         checked_addresses(parts.hostname or "", _port(parts))
-    except DestinationRefused as exc:
+    except (DestinationRefused, ResolveTimedOut) as exc:
         return str(exc)
     except HostUnresolved:
         return ""

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -388,3 +390,59 @@ def test_a_receiver_that_never_ends_its_answer_holds_the_sender_no_longer_than_i
         stop.set()
         server.close()
         thread.join(5)
+
+
+@pytest.fixture
+def hanging_resolver(settings, monkeypatch) -> Iterator[str]:
+    """A resolver that never answers for one name (until the test ends), with the lookup
+    bound at half a second: the system's real resolver for every other name."""
+    settings.HAVEN_WEBHOOK_RESOLVE_SECONDS = 0.5
+    real = socket.getaddrinfo
+    release = threading.Event()
+
+    def hanging(host, port, *args, **kwargs):
+        if host != "slow-dns.example.test":
+            return real(host, port, *args, **kwargs)
+        release.wait(10)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging)
+    try:
+        yield "slow-dns.example.test"
+    finally:
+        release.set()
+
+
+def test_a_resolver_that_hangs_holds_the_webhook_form_no_longer_than_the_bound(
+    client, alice, vault, hanging_resolver
+):
+    client.force_login(alice)
+    started = time.monotonic()
+    response = client.post(
+        f"/backup-center/vaults/{vault.pk}/webhooks/",
+        {"name": "slow", "url": f"https://{hanging_resolver}/hook", "format": "generic"},
+    )
+    took = time.monotonic() - started
+    assert response.status_code == 400
+    assert f"Could not resolve {hanging_resolver} in time" in response.content.decode()
+    assert 0.5 <= took < 2.5, took
+    assert not Webhook.objects.exists()
+    # A name that is merely unknown is still accepted at once (every send checks it).
+    webhooks.webhook_validate(
+        name="ops", url="https://hooks.example.test/x", format="generic", secret=""
+    )
+
+
+def test_a_resolver_that_hangs_at_send_fails_the_try_in_words_within_the_bound(
+    alice, vault, hanging_resolver
+):
+    hook = Webhook.objects.create(
+        vault=vault, created_by=alice, name="slow", url=f"https://{hanging_resolver}/hook"
+    )
+    _alert(vault)
+    started = time.monotonic()
+    assert webhooks.webhooks_send_due(now=timezone.now())["failed"] == 1
+    assert time.monotonic() - started < 2.5
+    row = WebhookDelivery.objects.get(webhook=hook)
+    assert row.last_error.startswith(f"Could not resolve {hanging_resolver} in time")
+    assert row.outcome != "Delivered"
