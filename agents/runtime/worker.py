@@ -25,13 +25,16 @@ worker starts, jobs a killed worker left unfinished are reported Failed through 
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import socket
 import threading
 import time
+import warnings
 from datetime import UTC, datetime, timedelta
 
 from celery import Celery, Task
+from celery.exceptions import SecurityWarning
 from kombu import Exchange, Queue
 
 from agents.runtime import redis_transport
@@ -138,7 +141,9 @@ def _make_runner(agent_task, context: AgentContext):
 
 def make_app(registration: Registration, settings: Settings, portal=None) -> Celery:
     load_task_modules()
-    app = Celery(f"haven-agent-{registration.machine_id}", set_as_current=True)
+    # No fix-ups: Celery's Django fix-up would import Django (and the portal's apps) when
+    # the environment names a settings module, as a portal's host or a test run does.
+    app = Celery(f"haven-agent-{registration.machine_id}", set_as_current=True, fixups=[])
     app.conf.update(celery_config(registration))
     context = AgentContext(registration=registration, settings=settings, portal=portal)
     seen = SeenTasks(config_dir() / SEEN_TASKS_FILE)
@@ -226,6 +231,25 @@ class Heartbeat(threading.Thread):
         self.stopped.set()
 
 
+# Celery's warning at a worker's start as root. What it warns of is a broker message that
+# runs code as root: pickle. This worker accepts JSON only, and runs a task only when the
+# portal signed it (agents.runtime.tasksig); with pickle accepted Celery refuses to start as
+# root at all, and that refusal is left alone.
+ROOT_WARNING = "You're running the worker with superuser privileges"
+
+
+def root_warning_answered(app: Celery) -> bool:
+    """Drop Celery's root warning, and only that one, when ``app`` accepts JSON alone;
+    True when it did. The agent runs as root on purpose: to read every file it backs up and
+    restore files with their owners (docs/agent.md, "Why the agent runs as root")."""
+    if set(app.conf.accept_content) != {"json"}:
+        return False
+    warnings.filterwarnings(
+        "ignore", message=ROOT_WARNING, category=SecurityWarning, module="celery.platforms"
+    )
+    return True
+
+
 def worker_argv(
     registration: Registration, loglevel: str = "INFO", logfile: str | None = None
 ) -> list[str]:
@@ -272,6 +296,11 @@ def run_worker(
         registration.queue,
         registration.portal_url,
     )
+    if root_warning_answered(app) and os.geteuid() == 0:
+        log.info(
+            "running as root, to read every file it backs up and restore owners; it accepts "
+            "only JSON task messages the portal signed"
+        )
     try:
         app.worker_main(worker_argv(registration, loglevel, logfile))
     finally:

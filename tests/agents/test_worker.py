@@ -13,13 +13,16 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import pytest
 import redis
-from celery import Celery
+from celery import Celery, platforms
+from celery.exceptions import SecurityError, SecurityWarning
 
 from agents.dispatch import deliver, signed_message
+from agents.runtime import worker as worker_module
 from agents.runtime.tasks import PING
 from agents.runtime.tasksig import AUTH_KWARG
 from tests.agents.conftest import register_directly, write_registration
@@ -125,6 +128,60 @@ def test_it_runs_signed_tasks_including_those_queued_while_it_was_down(
     assert result["result"]["machine_id"] == str(machine.pk)
     later = send_signed(sender, machine, registration, note="live")
     assert result_of(redis_broker, registration, later)["result"]["note"] == "live"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="Celery warns only when the worker runs as root")
+def test_as_root_it_starts_without_celerys_root_warning_and_says_why_it_runs_so(
+    machine, worker, sender, redis_broker
+):
+    machine, registration = machine
+    worker.start()
+    task_id = send_signed(sender, machine, registration, note="as root")
+    assert result_of(redis_broker, registration, task_id)["status"] == "SUCCESS"
+    said = worker.text() + worker.log.with_suffix(".stderr").read_text()
+    assert "superuser privileges" not in said and "SecurityWarning" not in said
+    assert "running as root, to read every file it backs up and restore owners" in said
+
+
+def test_the_worker_imports_no_django_whatever_the_environment_names(agent_env):
+    # A portal's host (or a test run) has DJANGO_SETTINGS_MODULE set; Celery's Django fix-up
+    # would then import Django and the portal's apps into the agent.
+    code = (
+        "import sys\n"
+        "from agents.runtime.worker import make_app\n"
+        "from agents.runtime.config import Registration\n"
+        "fields = dict.fromkeys(Registration.__dataclass_fields__, '')\n"
+        "fields.update(broker_transport_options={}, grant={}, machine_id='m1', queue='agent.m1')\n"
+        "fields['broker_url'] = 'redis://127.0.0.1:6379/4'\n"
+        "make_app(Registration(**fields), None)\n"
+        # (kombu's JSON imports django.utils.functional when Django is installed: not Django's
+        # set-up, which is what the fix-up does)
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('portal', 'vaults', 'jobs')"
+        " or m.startswith(('django.apps', 'django.conf', 'celery.fixups'))))\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings"}
+    shown = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == "[]"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="Celery warns only when the worker runs as root")
+def test_only_celerys_root_warning_is_dropped_and_only_for_json(monkeypatch):
+    monkeypatch.delenv("C_FORCE_ROOT", raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        app = Celery("json-only", accept_content=["json"])
+        assert worker_module.root_warning_answered(app)
+        platforms.check_privileges(app.conf.accept_content)
+        warnings.warn(SecurityWarning("another security warning"), stacklevel=1)
+    assert [str(w.message) for w in caught] == ["another security warning"]
+    # Pickle accepted: nothing dropped, and Celery still refuses to start as root.
+    pickle = Celery("pickle", accept_content=["json", "pickle"])
+    assert not worker_module.root_warning_answered(pickle)
+    with pytest.raises(SecurityError):
+        platforms.check_privileges(pickle.conf.accept_content)
 
 
 def test_it_refuses_and_logs_unsigned_and_forged_tasks(machine, worker, sender, redis_broker):
