@@ -530,3 +530,4 @@ def _push_status(machine: Machine) -> None:
 
     html = render_to_string("agents/_status_push.html", {"machine": machine})
     realtime.publish(f"machine.{machine.pk}", html)
+    realtime.fleet_changed(machine.vault.subscription_id)

@@ -12,6 +12,7 @@ class JobsConfig(AppConfig):
 
         # The "vault" kind (group vault.<id>) is the vaults app's; job rows are pushed there.
         live.register("job", _job_group)
+        live.register("fleet", _fleet_group)
         register_periodic("jobs.schedule_tick", "jobs.schedule_tick", MINUTE)
         register_periodic("jobs.sweep", "jobs.sweep", MINUTE)
         register_periodic("jobs.verify_tick", "jobs.verify_tick", HOUR)
@@ -41,6 +42,14 @@ def _register_dispatch_hooks() -> None:
 
     dispatch.register_changed_handler(outbox.job_message_changed)
     dispatch.register_undeliverable_handler(outbox.job_message_undeliverable)
+
+
+def _fleet_group(user, subscription_id: str) -> str | None:
+    """The Backup center watches each subscription it shows (``?watch=fleet:<id>``)."""
+    from portal import access, realtime
+
+    subscription = access.subscription_for_user(user, subscription_id)
+    return realtime.group_for_fleet(subscription.pk)
 
 
 def _job_group(user, job_id: str) -> str | None:

@@ -52,6 +52,7 @@ def backup_center(request):
         "query": filters.query(),
         "query_no_state": filters.query(state=""),
         "next": request.get_full_path(),
+        "live_subscriptions": fleet.fleet_subscriptions(request.user),
     }
     template = "jobs/backup_center.html"
     if request.htmx and not request.htmx.history_restore_request:

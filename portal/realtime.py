@@ -39,6 +39,24 @@ def group_for_user(user_id) -> str:
     return f"user.{user_id}"
 
 
+def group_for_fleet(subscription_id) -> str:
+    """The Backup center's group for one subscription (``?watch=fleet:<id>``)."""
+    return f"fleet.{subscription_id}"
+
+
+# What the Backup center hears: only that something it shows may have changed. Its rows
+# and counts are one filtered, aggregated query over every vault the reader can see, so the
+# page fetches its results again with its own filters (static/js/fleet.js), rather than
+# each change rendering a fragment for every filter of every reader.
+FLEET_CHANGED = '<div id="fleet-changed" hx-swap-oob="true" hidden></div>'
+
+
+def fleet_changed(subscription_id) -> None:
+    """Tell the open Backup centers of the subscription that a machine's state, a job or
+    an alert there changed (after commit)."""
+    publish(group_for_fleet(subscription_id), FLEET_CHANGED)
+
+
 def publish(group: str, html: str) -> None:
     """Send an htmx out-of-band fragment to every socket in ``group`` after commit."""
     transaction.on_commit(lambda: publish_now(group, html))

@@ -22,7 +22,8 @@ from agents.models import Machine
 from jobs.models import Alert, BackupPolicy, Job, WebhookDelivery
 from jobs.services import webhooks
 from jobs.services.live import alerts_publish
-from portal.access import for_user
+from portal import live
+from portal.access import for_user, subscriptions_with_role
 from portal.models import Membership, Role
 from vaults import activity
 from vaults.activity import Operation, csv_safe
@@ -149,6 +150,17 @@ class MachineRow:
         if self.last_backup_status is None:
             return "No backup yet"
         return Job.Status(self.last_backup_status).label
+
+
+def fleet_subscriptions(user) -> list:
+    """The ids of the subscriptions whose changes the user's Backup center hears live (a
+    socket watches at most ``live.MAX_WATCHES`` groups: an administrator of more
+    subscriptions than that hears the first by name, and the rest on Refresh)."""
+    return list(
+        subscriptions_with_role(user, Role.READER)
+        .order_by("name")
+        .values_list("pk", flat=True)[: live.MAX_WATCHES]
+    )
 
 
 def visible_vaults(user) -> list[Vault]:

@@ -53,6 +53,8 @@ def job_publish(job: Job, *, only: set[str] | None = None) -> None:
     groups, when given: the ones some socket hears), after commit."""
     for group, html in job_fragments(job, only=only):
         realtime.publish(group, html)
+    if only is None:  # a state change, not a running job's new phase
+        realtime.fleet_changed(job.vault.subscription_id)
 
 
 # Kept long enough to outlive any gap between reports; a finished job ignores it.
@@ -261,6 +263,7 @@ def alerts_publish(*, vault, counts: dict | None = None) -> None:
         "jobs/_alert_summary.html", {"vault": vault, "alert_counts": counts, "oob": True}
     )
     realtime.publish(group_for_vault(vault.pk), html)
+    realtime.fleet_changed(vault.subscription_id)
 
 
 def job_notify_finished(*, job: Job) -> None:

@@ -132,3 +132,51 @@ def test_backup_center_acknowledge_and_webhook_delivery(
     SHOTS.mkdir(parents=True, exist_ok=True)
     for shot in shots:
         shutil.copy(shot, SHOTS / shot.name)
+
+
+def test_the_backup_center_shows_changes_as_they_happen_without_a_reload(
+    signed_in_page, live_portal, portal_owner
+):
+    from agents import services as agent_services
+
+    page = signed_in_page
+    shown, other = _vault(portal_owner, "vault-live"), _vault(portal_owner, "vault-other")
+    web01 = Machine.objects.create(vault=shown, name="web-01", last_seen_at=timezone.now())
+    Job.objects.create(
+        vault=shown, machine=web01, operation=Job.Operation.BACKUP, status=Job.Status.COMPLETED
+    )
+    app01 = Machine.objects.create(vault=shown, name="app-01")  # never seen: Offline
+    Machine.objects.create(vault=other, name="other-01", last_seen_at=timezone.now())
+
+    page.goto(f"{live_portal}/backup-center/?vault={shown.pk}")
+    expect(page.locator("body")).to_have_attribute("data-live", "open")
+    rows = page.locator("#fleet-machines tbody tr")
+    expect(rows).to_have_count(2)
+    expect(rows.filter(has_text="web-01")).to_have_attribute("data-state", "warning")  # no policy
+    expect(rows.filter(has_text="app-01")).to_have_attribute("data-state", "offline")
+    page.evaluate("window.notReloaded = true")
+
+    # A backup fails and raises its alert (the portal's worker would): the row, the tiles
+    # and the alerts change in place.
+    Job.objects.create(
+        vault=shown, machine=web01, operation=Job.Operation.BACKUP, status=Job.Status.FAILED
+    )
+    services.alert_raise(
+        vault=shown,
+        machine=web01,
+        kind=Alert.Kind.BACKUP_FAILED,
+        severity=Alert.Severity.CRITICAL,
+        message="Backup of web-01 failed: disk full",
+    )
+    expect(rows.filter(has_text="web-01")).to_have_attribute("data-state", "failed")
+    expect(page.locator("#fleet-alerts")).to_contain_text("Backup of web-01 failed: disk full")
+    expect(page.locator(".tile[data-state=failed] .tile-count")).to_have_text("1")
+
+    # A machine comes online (its first heart-beat): Offline no longer.
+    agent_services.machine_heartbeat(machine=app01)
+    expect(rows.filter(has_text="app-01")).not_to_have_attribute("data-state", "offline")
+
+    # Still the same page, with its filter: the other vault's machine is not listed.
+    assert page.evaluate("window.notReloaded") is True
+    expect(rows).to_have_count(2)
+    assert page.url.endswith(f"/backup-center/?vault={shown.pk}")

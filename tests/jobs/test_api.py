@@ -86,7 +86,11 @@ def test_the_first_progress_report_is_pushed_once(
     with django_capture_on_commit_callbacks(execute=True):
         agent.post(f"{job.pk}/progress/", {"phase": "backing_up", "files_done": 3})
     groups = [group for group, _ in pushes]
-    assert sorted(groups) == sorted([f"job.{job.pk}", f"vault.{job.vault_id}"])
+    # The job's page, its vault's pages, and the Backup centers of its subscription (the
+    # machine's last backup is now Running there).
+    assert sorted(groups) == sorted(
+        [f"job.{job.pk}", f"vault.{job.vault_id}", f"fleet.{job.vault.subscription_id}"]
+    )
     # That one push shows the job running, with the progress.
     html = dict(pushes)[f"job.{job.pk}"]
     assert 'data-status="running"' in html and 'data-field="files">3<' in html

@@ -1,0 +1,33 @@
+// Backup center, live: the page's socket watches the subscriptions it shows (fleet.<id>).
+// A push says only that something there changed (#fleet-changed, portal.realtime
+// FLEET_CHANGED); the page then fetches its results again through its filter form, so with
+// the filters as they are now, at most once a second however many changes arrive together.
+// The form's requests replace each other (hx-sync): a filter just chosen and a refresh never
+// land out of order. Whenever the socket opens (a push may have been missed) it refreshes too.
+(function () {
+  "use strict";
+
+  var GAP_MS = 1000;
+  var timer = null;
+  var last = 0;
+
+  function refresh() {
+    timer = null;
+    last = Date.now();
+    var form = document.getElementById("backup-center-filters");
+    if (!form || !window.htmx) return;
+    window.htmx.ajax("GET", form.getAttribute("hx-get"), {
+      source: form, target: "#backup-center-results", swap: "outerHTML", push: "false"
+    });
+  }
+
+  function soon() {
+    if (!timer) timer = setTimeout(refresh, Math.max(0, last + GAP_MS - Date.now()));
+  }
+
+  document.addEventListener("htmx:oobAfterSwap", function (event) {
+    var target = event.detail && event.detail.target;
+    if (target && target.id === "fleet-changed") soon();
+  });
+  document.addEventListener("htmx:wsOpen", soon);
+})();
