@@ -10,9 +10,10 @@ address checked too. ``HAVEN_WEBHOOK_ALLOWED_NETWORKS`` lets an admin allow netw
 
 Each lookup waits at most ``HAVEN_WEBHOOK_RESOLVE_SECONDS``: a resolver that hangs cannot hold
 a webhook's form (and the thread serving it) for as long as it takes. The system's
-``getaddrinfo`` cannot be interrupted, so it runs in a small pool of threads (``_LOOKUP_THREADS``)
-and the caller stops waiting: lookups that hang hold at most that many threads, and while
-they do, later lookups wait in the pool's queue and time out too.
+``getaddrinfo`` cannot be interrupted, so it runs in a daemon thread and the caller stops
+waiting: at most ``_LOOKUP_THREADS`` lookups run at once in a process, so lookups that hang
+hold at most that many threads (never the process's exit), and while they do, later lookups
+wait for a free one within the same bound and time out too.
 
 The check runs when a webhook is saved and again at every send, since a name may resolve
 differently later (DNS rebinding): the sender resolves the name once, checks every address,
@@ -28,8 +29,8 @@ import ipaddress
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import requests
@@ -60,20 +61,46 @@ class ResolveTimedOut(HostUnresolved):
     about the host, so a webhook is not saved with it (a send tries again later)."""
 
 
+# At most this many lookups at once in a process; each runs in a daemon thread of its own,
+# so one that never returns holds neither the caller nor the process's exit.
 _LOOKUP_THREADS = 4
-_lookups: tuple[int, ThreadPoolExecutor] | None = None
-_lookups_lock = threading.Lock()
+_lookup_slots = threading.BoundedSemaphore(_LOOKUP_THREADS)
 
 
-def _lookup_pool() -> ThreadPoolExecutor:
-    """This process's lookup threads (a forked worker starts its own: threads do not
-    survive a fork)."""
-    global _lookups
-    with _lookups_lock:
-        if _lookups is None or _lookups[0] != os.getpid():
-            pool = ThreadPoolExecutor(_LOOKUP_THREADS, thread_name_prefix="haven-resolve")
-            _lookups = (os.getpid(), pool)
-        return _lookups[1]
+def _new_slots() -> None:
+    """A forked child starts with every slot free (the parent's lookup threads are not in it)."""
+    global _lookup_slots
+    _lookup_slots = threading.BoundedSemaphore(_LOOKUP_THREADS)
+
+
+os.register_at_fork(after_in_child=_new_slots)
+
+
+def _getaddrinfo_within(host: str, port: int, seconds: float) -> list:
+    """``socket.getaddrinfo(host, port)`` if it answers within ``seconds``, waiting first
+    for a free slot within the same time; ResolveTimedOut otherwise."""
+    deadline = time.monotonic() + seconds
+    slots = _lookup_slots
+    if not slots.acquire(timeout=seconds):
+        raise ResolveTimedOut
+    answer: dict = {}
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            answer["found"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except BaseException as exc:  # handed to the caller, who raises it
+            answer["error"] = exc
+        finally:
+            slots.release()
+            done.set()
+
+    threading.Thread(target=lookup, name="haven-resolve", daemon=True).start()
+    if not done.wait(max(0.0, deadline - time.monotonic())):
+        raise ResolveTimedOut
+    if "error" in answer:
+        raise answer["error"]
+    return answer["found"]
 
 
 def _allowed_networks() -> tuple[IPNetwork, ...]:
@@ -161,11 +188,9 @@ def resolve(host: str, port: int) -> list[IPAddress]:
     """The addresses ``host`` resolves to (a literal, in any form the system's resolver
     reads, such as ``2130706433`` or ``0177.0.0.1``, included), in the resolver's order."""
     seconds = settings.HAVEN_WEBHOOK_RESOLVE_SECONDS
-    lookup = _lookup_pool().submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
     try:
-        found = lookup.result(timeout=seconds)
-    except TimeoutError:
-        lookup.cancel()  # still queued behind hung lookups: it never runs
+        found = _getaddrinfo_within(host, port, seconds)
+    except ResolveTimedOut:
         raise ResolveTimedOut(
             f"Could not resolve {host} in time: the portal's DNS resolver did not answer "
             f"within {seconds:g} seconds. Check the name, or try again in a moment."

@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -446,3 +447,19 @@ def test_a_resolver_that_hangs_at_send_fails_the_try_in_words_within_the_bound(
     row = WebhookDelivery.objects.get(webhook=hook)
     assert row.last_error.startswith(f"Could not resolve {hanging_resolver} in time")
     assert row.outcome != "Delivered"
+
+
+def test_lookups_that_hang_hold_at_most_four_threads_and_later_ones_time_out_too(
+    hanging_resolver,
+):
+    def lookup(_):
+        started = time.monotonic()
+        with pytest.raises(egress.ResolveTimedOut):
+            egress.resolve(hanging_resolver, 443)
+        return time.monotonic() - started
+
+    with ThreadPoolExecutor(6) as callers:
+        waited = list(callers.map(lookup, range(6)))
+    assert all(w < 2.0 for w in waited), waited
+    hung = [t for t in threading.enumerate() if t.name == "haven-resolve"]
+    assert len(hung) == 4 and all(t.daemon for t in hung)
