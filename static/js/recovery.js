@@ -111,19 +111,19 @@
     loading[key] = fetch(f.getAttribute("data-times") + "?" + query.toString(), {
       credentials: "same-origin", headers: {"HX-Request": "true"}
     }).then(function (response) {
-      if (response.redirected) throw new TimesError("signed-out");  // to the sign-in page
+      if (response.redirected) throw new LoadError("signed-out");  // to the sign-in page
       if (response.ok) return response.text();
       var plain = (response.headers.get("Content-Type") || "").indexOf("text/plain") === 0;
       return (plain ? response.text() : Promise.resolve("")).then(function (text) {
-        throw new TimesError(response.status, text);
+        throw new LoadError(response.status, text);
       });
     }, function () {
-      throw new TimesError("unreachable");  // no answer at all: the portal or the network
+      throw new LoadError("unreachable");  // no answer at all: the portal or the network
     }).then(function (html) {
       var holder = document.createElement("template");
       holder.innerHTML = html;
       var fs = holder.content.querySelector("fieldset.times");
-      if (!fs) throw new TimesError("signed-out");
+      if (!fs) throw new LoadError("signed-out");
       var day = fs.getAttribute("data-day");
       var there = box.querySelector("fieldset.times[data-day='" + day + "']");
       if (there) return there;
@@ -134,12 +134,12 @@
     return loading[key];
   }
 
-  // Why a day's times did not load, in words a person can act on (``what``: "the times of
-  // 06 December 2026" or "that recovery point's times").
-  function TimesError(status, text) { this.status = status; this.text = text || ""; }
+  // Why something the wizard asked the portal for did not load, in words a person can act on
+  // (``what``: "the times of 06 December 2026", "that recovery point's times", "the folder").
+  function LoadError(status, text) { this.status = status; this.text = text || ""; }
 
-  function timesMessage(error, what) {
-    var status = error instanceof TimesError ? error.status : "script";
+  function loadMessage(error, what) {
+    var status = error instanceof LoadError ? error.status : "script";
     if (status === "unreachable") {
       return "The portal did not answer, so " + what + " could not be loaded. Check that " +
         "you are still connected to it, then try again.";
@@ -167,26 +167,68 @@
       "Reload the page.";
   }
 
-  // Show why the times did not load in place of the times, with a way to try again.
+  // Say in ``place`` why ``what`` did not load, with a way to try again (``retry``).
+  function showLoadError(place, error, what, retry) {
+    clearLoadError(place);
+    var note = document.createElement("div");
+    note.className = "callout warning load-error";
+    note.setAttribute("role", "alert");
+    var words = document.createElement("p");
+    words.textContent = loadMessage(error, what);
+    var again = document.createElement("button");
+    again.type = "button"; again.className = "button"; again.textContent = "Try again";
+    again.addEventListener("click", function () { clearLoadError(place); retry(); });
+    note.appendChild(words); note.appendChild(again);
+    place.appendChild(note);
+  }
+
+  function clearLoadError(place) {
+    place.querySelectorAll(".load-error").forEach(function (n) { n.remove(); });
+  }
+
+  // The times did not load: why, in place of the times (those loaded stay, hidden).
   function showTimesError(error, what, retry) {
     var box = form().querySelector(".recovery-times");
     box.querySelectorAll("fieldset.times").forEach(function (fs) { fs.hidden = true; });
-    clearTimesError();
-    var note = document.createElement("div");
-    note.className = "callout warning recovery-times-error";
-    note.setAttribute("role", "alert");
-    var words = document.createElement("p");
-    words.textContent = timesMessage(error, what);
-    var again = document.createElement("button");
-    again.type = "button"; again.className = "button"; again.textContent = "Try again";
-    again.addEventListener("click", function () { clearTimesError(); retry(); });
-    note.appendChild(words); note.appendChild(again);
-    box.appendChild(note);
+    showLoadError(box, error, what, retry);
   }
 
-  function clearTimesError() {
-    document.querySelectorAll(".recovery-times-error").forEach(function (n) { n.remove(); });
+  // What a folder, search or versions question asks for, by the word in its URL.
+  var ASKED = {browse: "the folder", search: "the search results", versions: "the file's versions"};
+
+  // A browse, search or versions question, or the poll for its answer, that failed on the
+  // network or with a 4xx/5xx (htmx swaps neither): why, in its place (#browser or
+  // #versions; a spinner left there would wait for ever), and Try again sends the same
+  // request again (its values kept: the link that sent it may be gone with the listing).
+  function showAskError(event, error) {
+    var detail = event.detail;
+    var place = detail.target && detail.target.closest("#browser, #versions");
+    if (!place || !form() || !form().contains(place)) return;
+    var config = detail.requestConfig;
+    var asked = /\/ask\/([a-z]+)\/$/.exec(config.path.split("?")[0]);
+    var what = asked ? ASKED[asked[1]] || "the answer" : "the agent's answer";
+    var values = {};
+    if (config.verb !== "get" && config.formData) {
+      config.formData.forEach(function (value, key) {
+        (values[key] = values[key] || []).push(value);
+      });
+    }
+    place.textContent = "";
+    showLoadError(place, error, what, function () {
+      place.textContent = "";
+      htmx.ajax(config.verb.toUpperCase(), config.path,
+        {source: place, target: place, swap: "innerHTML", values: values});
+    });
   }
+
+  document.addEventListener("htmx:sendError", function (event) {
+    showAskError(event, new LoadError("unreachable"));
+  });
+  document.addEventListener("htmx:responseError", function (event) {
+    var xhr = event.detail.xhr;
+    var plain = (xhr.getResponseHeader("Content-Type") || "").indexOf("text/plain") === 0;
+    showAskError(event, new LoadError(xhr.status, plain ? xhr.responseText : ""));
+  });
 
   function pointRadio(id) {
     return form().querySelector("input[name=rp][value='" + id + "']");
@@ -208,7 +250,7 @@
   }
 
   function showDay(day) {
-    clearTimesError();
+    clearLoadError(form().querySelector(".recovery-times"));
     document.querySelectorAll("fieldset.times").forEach(function (fs) {
       fs.hidden = fs.getAttribute("data-day") !== day;
     });

@@ -1,7 +1,8 @@
 """Recover Data's calendar in Chromium: the newest day's times are there on arrival; an older
 day's times load when it is chosen; a point chosen on one day stays chosen while another day
 is shown, and the restore started is of that point; "Recover this version" of a point whose
-day is not loaded loads it and chooses the point. No agent: the points are rows."""
+day is not loaded loads it and chooses the point; times, folders and answers that cannot load
+say why in their place. No agent: the points are rows (a question stays unanswered)."""
 
 from __future__ import annotations
 
@@ -155,4 +156,65 @@ def test_a_days_times_that_cannot_load_say_why_in_their_place(
     expect(error).to_contain_text(
         "This machine or its recovery points are no longer there for you. Reload the page."
     )
+    expect(error).to_have_count(1)
+
+
+def test_a_browse_that_cannot_load_says_why_in_its_place(
+    live_portal, portal_owner, page, screenshot
+):
+    vault = builders.make_vault(resource_group=portal_owner.resource_group, container="v1")
+    web01 = builders.make_machine(
+        vault=vault, name="web-01", container="m-web-01", time_zone="UTC",
+        last_seen_at=timezone.now(),
+    )  # fmt: skip
+    point = _point(web01, timezone.now() - timedelta(hours=1), 1)
+
+    page.set_default_timeout(10_000)
+    sign_in_with_cookie(page, live_portal, portal_owner.user)
+    page.goto(f"{live_portal}/recover/{web01.pk}/to/{web01.pk}/")
+    browser = page.locator("#browser")
+    error = browser.locator("[role=alert]")
+    asking = browser.locator(".recovery-pending")
+
+    # The portal out of reach when a time is chosen: the folder's place says so, no spinner.
+    page.context.set_offline(True)
+    page.locator(f"input[name=rp][value='{point.snapshot_id}']").check()
+    expect(error).to_contain_text("The portal did not answer, so the folder could not be loaded.")
+    expect(asking).to_have_count(0)
+    screenshot("recovery-browse-unreachable", full_page=True)
+    # Back in reach: Try again asks the agent again (the same point and folder).
+    page.context.set_offline(False)
+    with page.expect_request("**/ask/browse/") as asked:
+        error.get_by_role("button", name="Try again").click()
+    assert f"rp={point.snapshot_id}" in asked.value.post_data
+    assert "path=%2F" in asked.value.post_data
+    expect(asking).to_contain_text("Asking web-01's agent")
+    expect(error).to_have_count(0)
+
+    # The poll for the answer failing on the network says so too, and Try again polls again.
+    page.context.set_offline(True)
+    expect(error).to_contain_text(
+        "The portal did not answer, so the agent's answer could not be loaded."
+    )
+    page.context.set_offline(False)
+    error.get_by_role("button", name="Try again").click()
+    expect(asking).to_contain_text("Asking web-01's agent")
+
+    # A 502 from a reverse proxy in front of the portal (a restart): "try again in a moment".
+    page.route("**/ask/search/", lambda route: route.fulfill(status=502, body="Bad Gateway"))
+    page.get_by_label("Search file names").fill("report")
+    page.get_by_role("button", name="Search").click()
+    expect(error).to_contain_text(
+        "The portal could not load the search results just now (error 502). Try again in a moment."
+    )
+    page.unroute("**/ask/search/")
+    error.get_by_role("button", name="Try again").click()
+    expect(asking).to_contain_text("Asking web-01's agent")
+
+    # The person's access gone while the answer is awaited: the portal's real 404.
+    portal_owner.user.memberships.all().delete()
+    expect(error).to_contain_text(
+        "This machine or its recovery points are no longer there for you. Reload the page."
+    )
+    expect(asking).to_have_count(0)
     expect(error).to_have_count(1)
