@@ -6,6 +6,7 @@ class AgentsConfig(AppConfig):
 
     def ready(self):
         from agents.dispatch import OUTBOX_SECONDS
+        from agents.services import OFFLINE_SWEEP_SECONDS
         from portal import live, search
         from portal.celery import register_periodic
 
@@ -15,6 +16,10 @@ class AgentsConfig(AppConfig):
         register_periodic("agents.broker_users_sync", "agents.broker_users_sync", 120)
         # Agent messages the broker did not take when they were made (agents.dispatch).
         register_periodic("agents.outbox_send", "agents.outbox_send", OUTBOX_SECONDS)
+        # A machine going Offline is only missed heartbeats: open Backup centers hear of it.
+        register_periodic(
+            "agents.offline_announce", "agents.offline_announce", OFFLINE_SWEEP_SECONDS
+        )
 
 
 def _machine_group(user, machine_id: str) -> str | None:

@@ -11,15 +11,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import ProtectedError, Q
 from django.utils import timezone
 
 from agents import broker
 from agents.api_auth import machine_token_issue, machine_tokens_revoke
-from agents.models import Machine, SourceGrantAuthorisation
+from agents.models import OFFLINE_AFTER, Machine, SourceGrantAuthorisation
+from portal import realtime
 from portal.models import Role
 from vaults import activity
 from vaults.activity import Operation, Outcome
@@ -531,3 +533,41 @@ def _push_status(machine: Machine) -> None:
     html = render_to_string("agents/_status_push.html", {"machine": machine})
     realtime.publish(f"machine.{machine.pk}", html)
     realtime.fleet_changed(machine.vault.subscription_id)
+
+
+# How often the portal looks for machines that went Offline (agents.offline_announce), and
+# where it keeps when it last looked (the cache: every worker's, so any one may run it).
+OFFLINE_SWEEP_SECONDS = 30
+OFFLINE_SWEPT_KEY = "agents.offline_swept_at"
+
+
+def machines_offline_announce(*, now: datetime | None = None) -> list:
+    """Tell the open Backup centers of each subscription where a machine went Offline since
+    the last sweep (``portal.realtime.fleet_changed``). Nothing is written when a machine
+    goes Offline: it is Offline once its last heartbeat is ``OFFLINE_AFTER`` old, so this
+    finds the heartbeats that aged past that between the last sweep and ``now``. One query
+    and one message per subscription, however many machines there are (a first sweep, or
+    one after the cache was lost, looks back one period). Returns the subscriptions told."""
+    now = now or timezone.now()
+    swept = cache.get(OFFLINE_SWEPT_KEY)
+    since = (
+        datetime.fromtimestamp(swept, UTC)
+        if isinstance(swept, float)
+        else now - timedelta(seconds=OFFLINE_SWEEP_SECONDS)
+    )
+    cache.set(OFFLINE_SWEPT_KEY, now.timestamp(), timeout=None)
+    # Online while now - last_seen_at < OFFLINE_AFTER: crossed when last_seen_at is in
+    # (since - OFFLINE_AFTER, now - OFFLINE_AFTER].
+    subscriptions = list(
+        Machine.objects.filter(
+            unregistered_at__isnull=True,
+            last_seen_at__gt=since - OFFLINE_AFTER,
+            last_seen_at__lte=now - OFFLINE_AFTER,
+        )
+        .values_list("vault__subscription_id", flat=True)
+        .order_by()  # the model's ordering would make each machine distinct
+        .distinct()
+    )
+    for subscription_id in subscriptions:
+        realtime.fleet_changed(subscription_id)
+    return subscriptions

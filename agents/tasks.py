@@ -3,7 +3,7 @@
 from celery import shared_task
 from celery.signals import worker_ready
 
-from agents import broker, dispatch
+from agents import broker, dispatch, services
 
 
 @shared_task(name="agents.broker_users_sync")
@@ -25,3 +25,9 @@ def _outbox_at_start(sender=None, **kwargs) -> None:
 
     if sender is not None and getattr(sender, "app", None) is app:
         outbox_send.delay()
+
+
+@shared_task(name="agents.offline_announce")
+def offline_announce() -> int:
+    """Open Backup centers hear of machines that went Offline (``services``)."""
+    return len(services.machines_offline_announce())

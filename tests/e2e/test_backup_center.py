@@ -9,13 +9,15 @@ import ipaddress
 import json
 import re
 import shutil
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.core.cache import cache
 from django.utils import timezone
 from playwright.sync_api import expect
 
-from agents.models import Machine
+from agents.models import OFFLINE_AFTER, Machine
 from jobs import services
 from jobs.models import Alert, Job
 from jobs.services import webhooks
@@ -175,6 +177,16 @@ def test_the_backup_center_shows_changes_as_they_happen_without_a_reload(
     # A machine comes online (its first heart-beat): Offline no longer.
     agent_services.machine_heartbeat(machine=app01)
     expect(rows.filter(has_text="app-01")).not_to_have_attribute("data-state", "offline")
+
+    expect(rows.filter(has_text="app-01")).to_have_attribute("data-state", "warning")
+
+    # It stops reporting: nothing is written; the worker's sweep (every 30 s) finds that its
+    # last heart-beat grew older than OFFLINE_AFTER, and the page shows it Offline again.
+    cache.delete(agent_services.OFFLINE_SWEPT_KEY)  # a first sweep: it looks back one period
+    quiet = timezone.now() - OFFLINE_AFTER - timedelta(seconds=5)
+    Machine.objects.filter(pk=app01.pk).update(last_seen_at=quiet)
+    assert agent_services.machines_offline_announce() == [shown.subscription_id]
+    expect(rows.filter(has_text="app-01")).to_have_attribute("data-state", "offline")
 
     # Still the same page, with its filter: the other vault's machine is not listed.
     assert page.evaluate("window.notReloaded") is True
