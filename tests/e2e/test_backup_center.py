@@ -17,6 +17,7 @@ from django.core.cache import cache
 from django.utils import timezone
 from playwright.sync_api import expect
 
+from agents import services as agent_services
 from agents.models import OFFLINE_AFTER, Machine
 from jobs import services
 from jobs.models import Alert, Job
@@ -139,8 +140,6 @@ def test_backup_center_acknowledge_and_webhook_delivery(
 def test_the_backup_center_shows_changes_as_they_happen_without_a_reload(
     signed_in_page, live_portal, portal_owner
 ):
-    from agents import services as agent_services
-
     page = signed_in_page
     shown, other = _vault(portal_owner, "vault-live"), _vault(portal_owner, "vault-other")
     web01 = Machine.objects.create(vault=shown, name="web-01", last_seen_at=timezone.now())
