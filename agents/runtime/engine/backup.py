@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.runtime.engine.chunkers import ChunkerPool
+from agents.runtime.engine.counting import CountProcess
 from agents.runtime.engine.errors import Cancelled, EngineError, InvalidArgument
 from agents.runtime.engine.format import (
     DIR,
@@ -58,7 +59,7 @@ from agents.runtime.engine.packer import Packer
 from agents.runtime.engine.previous import PreviousCursor
 from agents.runtime.engine.progress import ProgressSink, Reporter
 from agents.runtime.engine.repository import RecoveryPoint, Repository, default_hostname, now
-from agents.runtime.engine.scan import WalkAhead, count_tree, normalize_sources, read_xattrs
+from agents.runtime.engine.scan import WalkAhead, normalize_sources, read_xattrs
 
 DEFAULT_PACK_SIZE = 16 << 20
 BATCH_FILES = 512
@@ -198,6 +199,7 @@ class _Backup:
         self.repo = repo
         self.__dict__.update(kw)
         self.space_refusal: Exception | None = None  # check_space's, from the count
+        self.ended = False  # run() is over: the count, if still going, is of no more use
         self.warnings: list[dict] = []
         # in tree order: encoded entries, runs of files being read, later hard-link paths
         self.pending: deque[bytes | _Run | _Pending] = deque()
@@ -297,6 +299,7 @@ class _Backup:
             ok = True
             return self._finish(started)
         finally:
+            self.ended = True
             if not ok:
                 self.pool.stop(kill=True)
                 # the error already propagating is the one to report, not an upload's echo of it
@@ -323,25 +326,30 @@ class _Backup:
         self.reporter.emit()
 
     def _count(self) -> None:
-        """A first backup's totals, counted beside the walk; with ``check_space``, the
-        running total is the estimate the cache location's room is checked against (an
-        incremental backup checks the previous point's size before it starts)."""
+        """A first backup's totals, counted beside the walk (in a process of its own:
+        ``counting``); with ``check_space``, the running total is the estimate the cache
+        location's room is checked against (an incremental backup checks the previous
+        point's size before it starts)."""
         files = 0
-        for files, size in count_tree(
-            self.sources, self.excluder, self.cancel.is_set, self.large_files
-        ):
-            self.reporter.files_total, self.reporter.bytes_total = files, size
-            if self.check_space is None:
-                continue
-            try:
-                self.check_space(size)
-            except Exception as exc:  # the caller's refusal, raised again by the backup
-                self.space_refusal = exc
-                self.cancel.set()
-                return
-        # Small files are a chunk each: the main process sizes the chunk index for them in
-        # one step (``ChunkIndex.reserve``) rather than rehashing it at every doubling.
-        self.expected_chunks = self.base_chunks + files
+        count = CountProcess(self.sources, self.excluder)
+        try:
+            for files, size, large in count.totals(lambda: self.ended or self.cancel.is_set()):
+                self.large_files.update(large)
+                self.reporter.files_total, self.reporter.bytes_total = files, size
+                if self.check_space is None:
+                    continue
+                try:
+                    self.check_space(size)
+                except Exception as exc:  # the caller's refusal, raised again by the backup
+                    self.space_refusal = exc
+                    self.cancel.set()
+                    return
+        finally:
+            count.close()
+        if count.complete:
+            # Small files are a chunk each: the main process sizes the chunk index for them
+            # in one step (``ChunkIndex.reserve``) rather than rehashing it at every doubling.
+            self.expected_chunks = self.base_chunks + files
 
     def _previous(self) -> RecoveryPoint | None:
         rps = [
