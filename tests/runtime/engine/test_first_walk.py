@@ -8,7 +8,8 @@ import os
 import stat
 import threading
 
-from agents.runtime.engine import WalkAhead, chunkers
+from agents.runtime.engine import WalkAhead, chunkers, list_dir, run_backup
+from agents.runtime.engine.format import FILE, HARDLINK
 from agents.runtime.engine.scan import LARGE_FILE, Excluder, count_tree, walk
 from tests.runtime.engine.conftest import restored, tree_snapshot, write_random
 from tests.runtime.engine.helpers import backup, restore
@@ -121,3 +122,27 @@ def test_the_count_totals_regular_files_and_notes_the_large_ones(tmp_path):
     totals = list(count_tree([os.fsencode(src)], Excluder(["*.tmp"]), lambda: False, large))
     assert totals[-1] == (2, 1_000 + LARGE_FILE)
     assert large == {os.fsencode(src / "sub" / "large"): LARGE_FILE}
+
+
+def test_a_set_member_lstat_ed_after_the_walk_stopped_lstat_ing_still_links_to_its_set(
+    repo, tmp_path
+):
+    # A staged (mapped) folder is walked with lstat, after the sources walked without: its
+    # path of a hard-link set is met in the walk while the set's source path comes back from
+    # a worker. Whichever the main process sees first is the set's file, the other a link.
+    src, staging = tmp_path / "src", tmp_path / "cache" / "staging"
+    data = write_random(src / "h", 30_000, 5)
+    staging.mkdir(parents=True)
+    os.link(src / "h", staging / "h")
+    walk = WalkAhead([src], lstat_files=False, mapped={"system-state": staging})
+    result = run_backup(repo, walk=walk, pack_size=256 * 1024, hostname="test-host")
+    assert result.status == "completed", result.warnings
+    assert result.files == 1 and result.logical_bytes == 30_000
+    entries = [
+        *list_dir(repo, recovery_point="latest", path=str(src)),
+        *list_dir(repo, recovery_point="latest", path="system-state"),
+    ]
+    by_kind = {e.kind: e for e in entries}
+    assert sorted(by_kind) == [FILE, HARDLINK]
+    assert by_kind[HARDLINK].target == by_kind[FILE].path
+    assert by_kind[FILE].size == by_kind[HARDLINK].size == len(data)
