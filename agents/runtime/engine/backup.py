@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.runtime.engine.chunkers import ChunkerPool
+from agents.runtime.engine.counting import CountProcess
 from agents.runtime.engine.errors import Cancelled, EngineError, InvalidArgument
 from agents.runtime.engine.format import (
     DIR,
@@ -58,7 +59,7 @@ from agents.runtime.engine.packer import Packer
 from agents.runtime.engine.previous import PreviousCursor
 from agents.runtime.engine.progress import ProgressSink, Reporter
 from agents.runtime.engine.repository import RecoveryPoint, Repository, default_hostname, now
-from agents.runtime.engine.scan import WalkAhead, count_tree, normalize_sources, read_xattrs
+from agents.runtime.engine.scan import WalkAhead, normalize_sources, read_xattrs
 
 DEFAULT_PACK_SIZE = 16 << 20
 BATCH_FILES = 512
@@ -90,13 +91,14 @@ class BackupResult:
 
 class _Run:
     """Files that follow one another in tree order, read and encoded by one chunking process:
-    ``data`` is their entries' bytes once its task is done."""
+    ``data`` is their entries' bytes once its task is done (a list when files of hard-link
+    sets came back to be encoded here: ``_Backup._linked``)."""
 
     __slots__ = ("data", "jobs")
 
     def __init__(self) -> None:
         self.jobs: list[tuple] = []  # (sent with the task, then dropped)
-        self.data: bytes | None = None
+        self.data: bytes | list | None = None
 
 
 class _Link:
@@ -197,6 +199,7 @@ class _Backup:
         self.repo = repo
         self.__dict__.update(kw)
         self.space_refusal: Exception | None = None  # check_space's, from the count
+        self.ended = False  # run() is over: the count, if still going, is of no more use
         self.warnings: list[dict] = []
         # in tree order: encoded entries, runs of files being read, later hard-link paths
         self.pending: deque[bytes | _Run | _Pending] = deque()
@@ -218,6 +221,7 @@ class _Backup:
         self.exited = 0
         self.base_chunks = 0
         self.expected_chunks = 0  # set by a first backup's count when it is complete
+        self.large_files: dict[bytes, int] = {}  # by a first backup's count (``count_tree``)
         self.result = BackupResult(status="completed", recovery_point=None)
 
     def warn(self, path: bytes | None, reason: str) -> None:
@@ -237,6 +241,8 @@ class _Backup:
             rep.files_total = prev.stats.get("files")
             rep.bytes_total = prev.stats.get("logical_bytes")
         else:
+            # Nothing to compare with: the walk need not lstat files (the workers fstat them).
+            self.walker.skip_file_lstat.set()
             threading.Thread(target=self._count, daemon=True, name="haven-count").start()
         self.cursor = PreviousCursor(self.repo.iter_entry_refs(prev) if prev else None)
         self.fresh = prev is None  # nothing to merge-join with
@@ -293,6 +299,7 @@ class _Backup:
             ok = True
             return self._finish(started)
         finally:
+            self.ended = True
             if not ok:
                 self.pool.stop(kill=True)
                 # the error already propagating is the one to report, not an upload's echo of it
@@ -319,23 +326,30 @@ class _Backup:
         self.reporter.emit()
 
     def _count(self) -> None:
-        """A first backup's totals, counted beside the walk; with ``check_space``, the
-        running total is the estimate the cache location's room is checked against (an
-        incremental backup checks the previous point's size before it starts)."""
+        """A first backup's totals, counted beside the walk (in a process of its own:
+        ``counting``); with ``check_space``, the running total is the estimate the cache
+        location's room is checked against (an incremental backup checks the previous
+        point's size before it starts)."""
         files = 0
-        for files, size in count_tree(self.sources, self.excluder, self.cancel.is_set):
-            self.reporter.files_total, self.reporter.bytes_total = files, size
-            if self.check_space is None:
-                continue
-            try:
-                self.check_space(size)
-            except Exception as exc:  # the caller's refusal, raised again by the backup
-                self.space_refusal = exc
-                self.cancel.set()
-                return
-        # Small files are a chunk each: the main process sizes the chunk index for them in
-        # one step (``ChunkIndex.reserve``) rather than rehashing it at every doubling.
-        self.expected_chunks = self.base_chunks + files
+        count = CountProcess(self.sources, self.excluder)
+        try:
+            for files, size, large in count.totals(lambda: self.ended or self.cancel.is_set()):
+                self.large_files.update(large)
+                self.reporter.files_total, self.reporter.bytes_total = files, size
+                if self.check_space is None:
+                    continue
+                try:
+                    self.check_space(size)
+                except Exception as exc:  # the caller's refusal, raised again by the backup
+                    self.space_refusal = exc
+                    self.cancel.set()
+                    return
+        finally:
+            count.close()
+        if count.complete:
+            # Small files are a chunk each: the main process sizes the chunk index for them
+            # in one step (``ChunkIndex.reserve``) rather than rehashing it at every doubling.
+            self.expected_chunks = self.base_chunks + files
 
     def _previous(self) -> RecoveryPoint | None:
         rps = [
@@ -349,25 +363,41 @@ class _Backup:
     def _walk(self) -> bool:
         rep, cancel, res = self.reporter, self.cancel, self.result
         find, fresh, isreg = self.cursor.find, self.fresh, stat.S_ISREG
+        large = self.large_files
         tick = 0  # (mirrored in self.tick for the batches' age)
         for path, st, problem in self.walker:
             if not tick & 63 and cancel.is_set():
                 return True
             if st is None:
-                self.warn(path, problem)
-                continue
-            prev = None if fresh else find(path)
-            if prev is None and isreg(st.st_mode) and st.st_nlink == 1 and path[:1] == b"/":
-                # A new file (nearly all of a first backup's items): a worker reads it and
-                # encodes its entry; all that happens here is this.
-                run = self.open_run or self._open_run()
-                run.jobs.append((path, st.st_size, st.st_mtime_ns))
-                self.batch_files += 1
-                self.batch_bytes += st.st_size
-                res.files += 1
-                res.files_read += 1
-            elif not self._unchanged(st, prev):
-                self._changed(path, st, prev)
+                if problem is not None:
+                    self.warn(path, problem)
+                    continue
+                if fresh:
+                    # A regular file the walk did not lstat (a first backup's, nearly all its
+                    # items): the worker takes its metadata from the fstat of the open file,
+                    # and hands back one with other hard links (``_linked``).
+                    run = self.open_run or self._open_run()
+                    run.jobs.append((path, -1, -1))
+                    self.batch_files += 1
+                    if large:  # (its size, when the count has seen it and it is large)
+                        self.batch_bytes += large.pop(path, 0)
+                    res.files += 1
+                    res.files_read += 1
+                else:
+                    self._unstated(path, find(path))
+            else:
+                prev = None if fresh else find(path)
+                if prev is None and isreg(st.st_mode) and st.st_nlink == 1 and path[:1] == b"/":
+                    # A new file: a worker reads it and encodes its entry; all that happens
+                    # here is this.
+                    run = self.open_run or self._open_run()
+                    run.jobs.append((path, st.st_size, st.st_mtime_ns))
+                    self.batch_files += 1
+                    self.batch_bytes += st.st_size
+                    res.files += 1
+                    res.files_read += 1
+                elif not self._unchanged(st, prev):
+                    self._changed(path, st, prev)
             rep.current = path
             tick += 1
             self.tick = tick
@@ -384,6 +414,20 @@ class _Backup:
             self._flush_ready()
             rep.emit()
         return False
+
+    def _unstated(self, path: bytes, prev: EntryRef | None) -> None:
+        """A regular file the walk did not lstat, in a backup that compares with a previous
+        point (a walk started with ``lstat_files=False``): lstat'ed here."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            self.warn(path, "vanished before it could be backed up")
+            return
+        except OSError as exc:
+            self.warn(path, f"cannot read metadata: {exc.strerror}")
+            return
+        if not self._unchanged(st, prev):
+            self._changed(path, st, prev)
 
     def _queue(self, item: bytes | _Pending) -> None:
         """An item after the files queued so far: the next file starts a new run."""
@@ -704,9 +748,13 @@ class _Backup:
             if isinstance(p, bytes):  # counted and referenced when it was queued
                 out.append(p)
             elif isinstance(p, _Run):
-                if p.data is None:
+                data = p.data
+                if data is None:
                     break
-                out.append(p.data)
+                if isinstance(data, bytes):
+                    out.append(data)
+                else:
+                    self._linked(data, out)
             else:  # a later path of a hard-link set
                 link = p.link_to
                 if not link.done:
@@ -719,6 +767,32 @@ class _Backup:
             pending.popleft()
         if out:
             self.meta.add_encoded(b"".join(out))
+
+    def _linked(self, pieces: list, out: list[bytes]) -> None:
+        """A run with files of hard-link sets the walk did not lstat (``chunkers.run_task``
+        hands them back read, between the other entries' bytes), in tree order: the first
+        path of a set met here is its file, each later one a link to it."""
+        res = self.result
+        for piece in pieces:
+            if isinstance(piece, bytes):
+                out.append(piece)
+                continue
+            path, st, size, content, xattrs = piece
+            key = (st.st_dev, st.st_ino)
+            first = self.links.get(key)
+            if first is None or first.drop:
+                first = self.links[key] = _Link(path)
+                first.done, first.content, first.size = True, content, size
+                entry = self._entry(path, st, FILE)
+                res.logical_bytes += size
+            else:
+                # The content read here: the first path's may still be on its way (a file
+                # lstat'ed by the walk before it was told to stop, later in tree order).
+                entry = self._entry(path, st, HARDLINK)
+                entry.target = first.path
+                res.files -= 1
+            entry.xattrs, entry.content, entry.size = xattrs, content, size
+            out.append(encode_entry(entry))
 
     def _reference(self, cid: bytes) -> None:
         pack_no = self.repo.index.pack_of(cid)

@@ -53,6 +53,7 @@ from agents.runtime.engine.scan import read_xattrs
 
 FLUSH_BYTES = 2 << 20  # send file records at least every 2 MiB read (progress granularity)
 SPARSE_MIN = 1 << 20
+REPLACED = "was replaced by something that is not a regular file"
 
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 
@@ -229,7 +230,8 @@ def run_task(task, proc: FileProcessor, names: OwnerNames, result_q) -> None:
     """Read the files of one task and send what the main process needs of them.
 
     A task is ``(task id, runs, encode)``: each run a list of files that follow one another
-    in tree order, each ``(stored path, size, mtime_ns)`` as the walk saw it, or
+    in tree order, each ``(stored path, size, mtime_ns)`` as the walk saw it (size and
+    mtime -1: a regular file the walk did not lstat), or
     ``(stored path, size, mtime_ns, disk path, nlink, key)`` for a file read from elsewhere
     (a mapped folder) or one of a hard-link set (``key``: the main process's name for it).
     With ``encode``, each file's whole manifest entry is encoded here (``format.
@@ -242,7 +244,9 @@ def run_task(task, proc: FileProcessor, names: OwnerNames, result_q) -> None:
     since the previous message: plain bytes read, plain bytes of the chunks this worker
     packed, the ids of the other chunks (stored before, or packed by another worker: the
     main process references their packs), files finished, and ``(path, reason)`` warnings.
-    ``blobs``: one per run; ``links``: ``(key, content, size, dropped)`` of each file of a
+    ``blobs``: one per run, or, in a run with files of hard-link sets the walk did not lstat,
+    a list of the entries' bytes between each such file's ``(path, fstat, size, content,
+    xattrs)``, read but not encoded (the main process knows the sets); ``links``: ``(key, content, size, dropped)`` of each file of a
     hard-link set; ``logical``: the sizes of the files stored; ``skipped``: files not stored.
     """
     task_id, runs, encode = task
@@ -250,12 +254,13 @@ def run_task(task, proc: FileProcessor, names: OwnerNames, result_q) -> None:
     read = new_raw = files = logical = skipped = pending = 0
     refs: list[bytes] = []
     warnings: list[tuple[bytes, str]] = []
-    blobs: list[bytes] = []
+    blobs: list[bytes | list] = []
     links: list = []
     sent = writer.sent
     user, group = names.user, names.group
     for jobs in runs:
         parts: list[bytes] = []
+        handed: list = []  # the run's entries so far and the files handed back, in order
         for job in jobs:
             path = job[0]
             if len(job) == 3:
@@ -290,6 +295,13 @@ def run_task(task, proc: FileProcessor, names: OwnerNames, result_q) -> None:
                 continue
             if state == "warn":
                 warnings.append((path, reason))
+            if encode and st.st_nlink > 1 and job[1] < 0:
+                # One of a hard-link set that the walk did not lstat: the main process makes
+                # it the set's file or a link to it, in tree order (``_Backup._linked``).
+                handed.append(b"".join(parts))
+                handed.append((path, st, size, content, xattrs))
+                parts = []
+                continue
             logical += size
             if key is not None:
                 links.append((key, content, size, False))
@@ -302,7 +314,11 @@ def run_task(task, proc: FileProcessor, names: OwnerNames, result_q) -> None:
                         names.groups.get(gid) or group(gid), path, b"", content, xattrs,
                     )
                 )  # fmt: skip
-        blobs.append(b"".join(parts))
+        if handed:
+            handed.append(b"".join(parts))
+            blobs.append(handed)
+        else:
+            blobs.append(b"".join(parts))
         if pending >= FLUSH_BYTES or writer.sent != sent:
             result_q.put(("part", task_id, read, new_raw, refs, files, warnings))
             read = new_raw = files = pending = 0
@@ -336,7 +352,8 @@ class FileProcessor:
         self.opens = 0
 
     def process(self, path: bytes, scan_size: int, scan_mtime: int):
-        """Yields (records, status) pieces; status is None until the last piece, then
+        """Yields (records, status) pieces (``scan_size`` -1: a file the walk did not lstat);
+        status is None until the last piece, then
         ``(state, reason, xattrs, xattr warning, fstat, size)``: state ``"ok"``, ``"warn"``
         (stored, but read while changing) or ``"skip"`` (not stored: nothing else is set);
         ``fstat`` is the open file's before the read, ``size`` the bytes stored (holes
@@ -350,14 +367,18 @@ class FileProcessor:
             yield [], ("skip", "permission denied", None, None, None, 0)
             return
         except OSError as exc:
-            yield [], ("skip", f"cannot open: {exc.strerror}", None, None, None, 0)
+            if exc.errno == errno.ELOOP:  # (O_NOFOLLOW) a symbolic link now
+                yield [], ("skip", REPLACED, None, None, None, 0)
+            else:
+                yield [], ("skip", f"cannot open: {exc.strerror}", None, None, None, 0)
             return
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                yield [], ("skip", "was replaced by something that is not a regular file",
-                           None, None, None, 0)  # fmt: skip
+                yield [], ("skip", REPLACED, None, None, None, 0)
                 return
+            if scan_size < 0:  # not lstat'ed by the walk: changes are measured from here
+                scan_size, scan_mtime = st.st_size, st.st_mtime_ns
             xattrs, xattr_problem = read_xattrs(fd)
             records: list[tuple[bytes, int, bool]] = []
             total = -1

@@ -133,12 +133,18 @@ def pseudo_devices(mountinfo: bytes | None = None) -> frozenset[int]:
 
 
 def walk(
-    sources: list[bytes], exclude: Excluder, warn: Warn
-) -> Iterator[tuple[bytes, os.stat_result]]:
+    sources: list[bytes],
+    exclude: Excluder,
+    warn: Warn,
+    skip_file_lstat: threading.Event | None = None,
+) -> Iterator[tuple[bytes, os.stat_result | None]]:
     """(path, lstat) for every selected item and the ancestors of each source, in tree order.
 
     Folders on kernel/virtual file systems (``PSEUDO_FS``: /proc, /sys, /dev …) are yielded
-    but not entered."""
+    but not entered. Once ``skip_file_lstat`` is set, each folder listed from then on is read
+    with ``scandir`` and its regular files (by the listing's ``d_type``) are yielded as
+    ``(path, None)``, not ``lstat``'ed: a first backup takes their metadata from the ``fstat``
+    of the file it opens to read."""
     pseudo = pseudo_devices()
     emitted_ancestors: set[bytes] = set()
     for src in sources:
@@ -160,7 +166,7 @@ def walk(
         except OSError as exc:
             warn(src, f"cannot read: {exc.strerror}")
             continue
-        yield from _walk_tree(src, st, exclude, warn, pseudo)
+        yield from _walk_tree(src, st, exclude, warn, pseudo, skip_file_lstat)
 
 
 def walk_mapped(mapping: PathMap, warn: Warn) -> Iterator[tuple[bytes, os.stat_result]]:
@@ -194,20 +200,54 @@ def _listdir(path: bytes, warn: Warn) -> list[bytes]:
     return []
 
 
+def _list_typed(path: bytes, warn: Warn) -> tuple[list[bytes], set[bytes]]:
+    """A folder's names, sorted, and which of them are regular files (``d_type``: no
+    ``lstat``, unless the file system leaves the type unknown)."""
+    names: list[bytes] = []
+    regular: set[bytes] = set()
+    try:
+        with os.scandir(path) as it:
+            for e in it:
+                names.append(e.name)
+                if e.is_file(follow_symlinks=False):
+                    regular.add(e.name)
+    except FileNotFoundError:
+        warn(path, "folder vanished while it was being read")
+    except OSError as exc:
+        warn(path, f"cannot list folder: {exc.strerror}")
+    names.sort()
+    return names, regular
+
+
 def _walk_tree(
-    root: bytes, st: os.stat_result, exclude: Excluder, warn: Warn, pseudo: frozenset[int]
+    root: bytes,
+    st: os.stat_result,
+    exclude: Excluder,
+    warn: Warn,
+    pseudo: frozenset[int],
+    skip_file_lstat: threading.Event | None = None,
 ):
     yield root, st
     if not stat.S_ISDIR(st.st_mode) or st.st_dev in pseudo:
         return
     lstat, isdir = os.lstat, stat.S_ISDIR
     rules = exclude.active
-    stack = [(join(root, b""), iter(_listdir(root, warn)))]
+
+    def listing(path: bytes) -> tuple[Iterator[bytes], set[bytes] | None]:
+        if skip_file_lstat is not None and skip_file_lstat.is_set():
+            names, regular = _list_typed(path, warn)
+            return iter(names), regular
+        return iter(_listdir(path, warn)), None
+
+    stack = [(join(root, b""), *listing(root))]
     while stack:
-        prefix, names = stack[-1]
+        prefix, names, regular = stack[-1]
         for name in names:
             path = prefix + name
             if rules and exclude(path, name):
+                continue
+            if regular is not None and name in regular:
+                yield path, None  # a regular file, not lstat'ed (see ``walk``)
                 continue
             try:
                 st = lstat(path)
@@ -219,7 +259,7 @@ def _walk_tree(
                 continue
             yield path, st
             if isdir(st.st_mode) and st.st_dev not in pseudo:
-                stack.append((path + b"/", iter(_listdir(path, warn))))
+                stack.append((path + b"/", *listing(path)))
                 break  # its contents first (tree order), then the rest of this folder
         else:
             stack.pop()
@@ -234,6 +274,12 @@ class WalkAhead:
     ``depth`` batches wait). Iterating yields ``(path, lstat, None)`` for each item and
     ``(path, None, reason)`` for each warning, in walk order.
 
+    ``skip_file_lstat`` (an event, set by a first backup once it knows it is one, or from
+    the start with ``lstat_files=False``): from then on the walk yields regular files as
+    ``(path, None, None)``, without ``lstat`` (``walk``); an incremental backup never sets
+    it (it compares each file's ``lstat`` with the previous point), and ``lstat``'s any such
+    item it is given.
+
     ``mapped`` (stored prefix -> disk folder, ``PathMap``) adds staged folders after the
     sources, under their stored paths; ``mapping.disk`` says where each is read from.
     ``mapped_ready()``, when given, is called on the walk's thread before the staged folders
@@ -244,8 +290,12 @@ class WalkAhead:
 
     def __init__(self, sources: Iterable[str | bytes | os.PathLike], excludes: Iterable[str] = (),
                  *, depth: int = 32, mapped: dict | None = None,
-                 mapped_ready: Callable[[], Iterable[dict]] | None = None):  # fmt: skip
+                 mapped_ready: Callable[[], Iterable[dict]] | None = None,
+                 lstat_files: bool = True):  # fmt: skip
         self.sources = normalize_sources(sources)
+        self.skip_file_lstat = threading.Event()
+        if not lstat_files:
+            self.skip_file_lstat.set()
         self.mapping = PathMap(mapped)
         self._mapped_ready = mapped_ready
         self.excluder = Excluder(excludes)
@@ -262,7 +312,8 @@ class WalkAhead:
 
         try:
             for path, st in itertools.chain(
-                walk(self.sources, self.excluder, warn), self._walk_mapped(warn)
+                walk(self.sources, self.excluder, warn, self.skip_file_lstat),
+                self._walk_mapped(warn),
             ):
                 batch.append((path, st, None))
                 if len(batch) >= self.BATCH:
@@ -303,15 +354,60 @@ class WalkAhead:
         self._stop.set()
 
 
-def count_tree(sources: list[bytes], exclude: Excluder, stop) -> Iterator[tuple[int, int]]:
-    """Running (files, bytes) totals for the ETA of a first backup; cheap, no warnings."""
+LARGE_FILE = 1 << 20  # count_tree notes the size of each file this large
+
+
+def count_tree(
+    sources: list[bytes], exclude: Excluder, stop, large: dict[bytes, int] | None = None
+) -> Iterator[tuple[int, int]]:
+    """Running (files, bytes) totals of the regular files ``walk`` would yield, for a first
+    backup's progress totals and cache check; cheap: ``scandir`` in no particular order, one
+    ``lstat`` per regular file (its size) and per folder (a kernel file system is not
+    entered), no warnings. ``large`` gets path -> size of each file of ``LARGE_FILE`` bytes
+    or more: a first backup's walk does not ``lstat`` files, and sizes its batches by these."""
+    pseudo = pseudo_devices()
     files = size = 0
-    for _path, st in walk(sources, exclude, lambda p, r: None):
-        if stop():
-            return
+    rules = exclude.active
+    folders: list[bytes] = []
+    for src in sources:
+        try:
+            st = os.lstat(src)
+        except OSError:
+            continue
         if stat.S_ISREG(st.st_mode):
             files += 1
             size += st.st_size
-            if files % 2000 == 0:
-                yield files, size
+        elif stat.S_ISDIR(st.st_mode) and st.st_dev not in pseudo:
+            folders.append(src)
+    while folders:
+        if stop():
+            return
+        folder = folders.pop()
+        prefix = join(folder, b"")
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        for e in entries:
+            name = e.name
+            path = prefix + name
+            if rules and exclude(path, name):
+                continue
+            try:
+                if e.is_file(follow_symlinks=False):
+                    n = e.stat(follow_symlinks=False).st_size
+                    files += 1
+                    size += n
+                    if n >= LARGE_FILE and large is not None:
+                        large[path] = n
+                    if not files % 2000:
+                        yield files, size
+                elif (
+                    e.is_dir(follow_symlinks=False)
+                    and e.stat(follow_symlinks=False).st_dev not in pseudo
+                ):
+                    folders.append(path)
+            except OSError:  # gone meanwhile: the walk warns about it
+                continue
     yield files, size

@@ -6,7 +6,9 @@ import errno
 import os
 import socket
 
-from agents.runtime.engine import ListSink, chunkers, run_backup
+import pytest
+
+from agents.runtime.engine import ListSink, WalkAhead, chunkers, run_backup
 from tests.runtime.engine.conftest import restored
 from tests.runtime.engine.helpers import backup, fail_open, restore
 
@@ -57,20 +59,27 @@ def test_it_warns_about_files_that_vanish_before_they_are_read(repo, tmp_path, m
     assert "vanished" in _reasons(result)["gone"]
 
 
-def test_it_warns_about_files_that_change_while_read(repo, tmp_path, monkeypatch):
+@pytest.mark.parametrize("first", [True, False], ids=["first-backup", "incremental"])
+def test_it_warns_about_files_that_change_while_read(repo, tmp_path, monkeypatch, first):
+    # A first backup's walk does not lstat files (the open file's fstat is the measure); an
+    # incremental one does: either way a file that grows while it is read is a warning.
     src = tmp_path / "src"
     src.mkdir()
-    (src / "growing.log").write_text("first line\n")
-    original = chunkers.FileProcessor._open
+    log = src / "growing.log"
+    log.write_text("first line\n")
+    if not first:
+        backup(repo, src)
+        log.write_text("first line, rewritten\n")
+    original = chunkers.read_xattrs
 
-    def _open(self, path):
-        fd = original(self, path)
-        with open(path, "a") as f:  # another program appends while we read
+    def read_xattrs(target):  # the file is open and fstat'ed, its read about to start
+        with open(log, "a") as f:  # another program appends while we read
             f.write("more\n")
-        return fd
+        return original(target)
 
-    monkeypatch.setattr(chunkers.FileProcessor, "_open", _open)
-    result = backup(repo, src)
+    monkeypatch.setattr(chunkers, "read_xattrs", read_xattrs)
+    walk = WalkAhead([src], lstat_files=False) if first else None
+    result = backup(repo, src, walk=walk)
     assert result.status == "completed_with_warnings"
     assert "changed while it was being read" in _reasons(result)["growing.log"]
 
