@@ -30,19 +30,21 @@ done here too (``start``): when a schedule fires, every machine on it starts at 
 behind its request limit for seconds. The job is marked running as the view does (as
 ``jobs.services.job_mark_started``, under the machine's repository fence), the starts
 that come while one batch commits together in the next (``start_batch``, one
-transaction, on a thread of its own: a burst never waits behind renders or the steady
-reports' database work). The agent is answered then; the fragments are rendered
-afterwards for the groups some socket hears and pushed from the loop (``_push_start``;
-the job's first report, which re-renders them anyway, takes the place of a render not
-yet begun). A start the batch leaves — a compaction, a machine whose fence someone
-holds — is done alone as the view does it, waiting for the fence. Any other start (a job
-already running or ended, another machine's) goes to the view.
+statement, on a thread of its own: a burst never waits behind renders or the steady
+reports' database work). The agent is answered then; the batch's fragments are
+rendered afterwards for the groups some socket hears and pushed from the loop, together
+(``_push_starts``; the job's first report, which re-renders them anyway, takes the place
+of a render not yet begun, and waits for one begun). A start the batch leaves — a
+compaction, a machine whose fence someone holds — is done alone as the view does it,
+waiting for the fence. Any other start (a job already running or ended, another
+machine's) goes to the view.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -187,9 +189,13 @@ async def progress(job_id: str, machine: LiveMachine, body: bytes) -> dict | Non
     report = _clean_progress(event)
     if progress_changes_shape(job.progress, report):
         push = _start_pushes.get(job_id)
-        if push is not None and push.task and push.task.get_loop() is asyncio.get_running_loop():
-            push.superseded = True  # this report's fragments show the start too
-            await asyncio.shield(push.task)  # and leave after the start's, if it had begun
+        if (
+            push is not None
+            and push.task
+            and push.task.get_loop() is asyncio.get_running_loop()
+            and not _supersede(push)  # this report's fragments show the start too
+        ):
+            await asyncio.shield(push.task)  # and leave after the start's: it had begun
         _jobs.pop(job_id, None)  # rendered and written below; the row loaded again next
         heard = await _groups_heard(job_id, job.vault_id)
         cancel = await _record_reshaped_async(job_id, machine.machine_id, event, heard)
@@ -305,16 +311,13 @@ _start_batch_async = db_in_executor(start_batch, _batch_thread)
 
 async def _start_together(pairs: list[tuple[str, object]]) -> list[tuple[bool, object] | None]:
     started = await _start_batch_async(pairs, timezone.now())
+    if started:
+        _push_starts_later({job_id: vault_id for job_id, (_, vault_id) in started.items()})
     return [started.get(job_id) for job_id, _ in pairs]
 
 
 # The starts that come while a batch commits go together in the next.
 _starts = LoopBatches(_start_together, START_BATCH_MAX)
-
-
-# A start's push per job: the job's first report, if it re-renders, waits for it so the
-# pages never get them out of order.
-_start_pushes: dict[str, _StartPush] = {}
 
 
 def _start_job(job_id: str, machine_id) -> tuple[bool, object] | None:
@@ -336,17 +339,50 @@ def _start_job(job_id: str, machine_id) -> tuple[bool, object] | None:
 
 @dataclass
 class _StartPush:
-    task: asyncio.Task | None = None
-    # Set by the job's first report when it re-renders the same fragments: this one need
-    # not be rendered if it has not begun (in a fleet's burst of starts, most have not).
+    task: asyncio.Task | None = None  # the push of the job's batch of starts
+    # Set by the job's first report when it re-renders the same fragments before this
+    # one's render has begun: this one is not rendered, and the report need not wait
+    # for it (in a fleet's burst of starts, most are superseded so).
     superseded: bool = False
+    rendering: bool = False  # begun: the first report's fragments go after these
 
 
-def _fragments(job_id: str, groups: set[str], push: _StartPush) -> list[tuple[str, str]]:
-    if push.superseded:
-        return []
-    job = Job.objects.select_related("machine", "vault", "created_by").filter(pk=job_id).first()
-    return [] if job is None else job_fragments(job, only=groups)
+# A started job's push, until it has been sent: the job's first report, if it re-renders,
+# supersedes it or waits for it, so the pages never get them out of order.
+_start_pushes: dict[str, _StartPush] = {}
+# Taken for an instant by the render thread (begin a job's render, unless superseded) and
+# the loop (supersede it, unless begun): exactly one of the two happens.
+_push_claims = threading.Lock()
+
+
+def _supersede(push: _StartPush) -> bool:
+    """Whether the start's push is superseded (not begun: it never will be); False: it
+    has begun, and must be waited for."""
+    with _push_claims:
+        if not push.rendering:
+            push.superseded = True
+        return push.superseded
+
+
+def _fragments(wanted: dict[str, set[str]], pushes: dict[str, _StartPush]) -> list[tuple[str, str]]:
+    """The fragments of each started job of ``wanted`` for the groups some socket hears
+    (``{job id: groups}``), in one query, but those superseded by their first report."""
+    rows = {
+        str(job.pk): job
+        for job in Job.objects.select_related("machine", "vault", "created_by").filter(
+            pk__in=list(wanted)
+        )
+    }
+    fragments = []
+    for job_id, groups in wanted.items():
+        with _push_claims:
+            if pushes[job_id].superseded:
+                continue
+            pushes[job_id].rendering = True
+        job = rows.get(job_id)
+        if job is not None:
+            fragments.extend(job_fragments(job, only=groups))
+    return fragments
 
 
 _start_job_async = db_in_executor(_start_job, _start_threads)
@@ -364,31 +400,52 @@ async def _groups_heard(job_id: str, vault_id) -> set[str] | None:
         return None
 
 
-async def _push_start(job_id: str, vault_id, push: _StartPush) -> None:
-    """The started job's fragments, rendered for the groups some socket hears (a page
+def _push_starts_later(vaults: dict[str, object]) -> None:
+    """Push the started jobs' fragments (``{job id: vault id}``) once their agents have
+    their answers: one task for a batch of starts."""
+    pushes = {job_id: _StartPush() for job_id in vaults}
+    task = asyncio.get_running_loop().create_task(_push_starts(vaults, pushes))
+    for job_id, push in pushes.items():
+        push.task = task
+        _start_pushes[job_id] = push
+
+
+async def _push_starts(vaults: dict[str, object], pushes: dict[str, _StartPush]) -> None:
+    """The started jobs' fragments, rendered for the groups some socket hears (a page
     opened later renders the job running itself; when a schedule starts a whole fleet,
-    most job pages are not open), after the agent has its answer."""
+    most job pages are not open), after the agents have their answers. A batch of starts
+    is one question to Redis, one query, one thread's renders and one round trip of
+    pushes, where each start had each of its own: at a burst's busiest moment the loop
+    that answers the next starts did them all."""
     layer = get_channel_layer()
     try:
+        await asyncio.sleep(0)  # the batch's answers first
+        groups = {
+            job_id: {job_group(job_id), group_for_vault(vault_id)}
+            for job_id, vault_id in vaults.items()
+        }
         heard = await layer.groups_heard(  # type: ignore[union-attr]
-            [job_group(job_id), group_for_vault(vault_id)]
+            sorted(set().union(*groups.values()))
         )
-        if heard:
-            fragments = await _fragments_async(job_id, heard, push)
-            await layer.group_send_many(  # type: ignore[union-attr]
-                [(group, realtime.fragment_message(group, html)) for group, html in fragments]
-            )
+        wanted = {job_id: mine & heard for job_id, mine in groups.items() if mine & heard}
+        if wanted:
+            fragments = await _fragments_async(wanted, pushes)
+            if fragments:
+                await layer.group_send_many(  # type: ignore[union-attr]
+                    [(group, realtime.fragment_message(group, html)) for group, html in fragments]
+                )
     except PUSH_ERRORS:  # best effort, as every push: the page shows the truth on reload
-        log.warning("could not push job %s's start", job_id, exc_info=True)
+        log.warning("could not push the start of jobs %s", sorted(vaults), exc_info=True)
     finally:
-        if _start_pushes.get(job_id) is push:
-            del _start_pushes[job_id]
+        for job_id, push in pushes.items():
+            if _start_pushes.get(job_id) is push:
+                del _start_pushes[job_id]
 
 
 async def start(job_id: str, machine: LiveMachine) -> dict | None:
     """The answer to a start, or None: Django's view answers this one. The start is
     committed with the others waiting (``start_batch``) and answered at once; its
-    fragments are pushed afterwards (``_push_start``)."""
+    fragments are pushed afterwards (``_push_starts``)."""
     if rate_count(machine.machine_id) > RATE_LIMIT_PER_MINUTE:
         return None  # the view answers 429
     started = await _starts((job_id, machine.machine_id))
@@ -398,9 +455,8 @@ async def start(job_id: str, machine: LiveMachine) -> dict | None:
         started = await _start_job_async(job_id, machine.machine_id)
         if started is None:
             return None
-    cancel, vault_id = started
-    push = _start_pushes[job_id] = _StartPush()
-    push.task = asyncio.get_running_loop().create_task(_push_start(job_id, vault_id, push))
+        _push_starts_later({job_id: started[1]})
+    cancel, _ = started
     return {"cancel": cancel, "status": Job.Status.RUNNING.value}
 
 
