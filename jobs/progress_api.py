@@ -8,7 +8,8 @@ without Django's request cycle, a thread, or a database connection:
 - the machine from its token (``agents.live_auth``: an in-process cache, 5 s at most) and
   the per-machine rate limit (one Redis round trip);
 - the job from an in-process cache of running jobs (machine, vault, the shape of its last
-  report); a miss loads the row once, in the loop's executor;
+  report; a start done here puts the job there); a miss loads the row once, in the loop's
+  executor;
 - the report to the cache where pages read it (``selectors.live_progress``, the same key
   and encoding as ``jobs.services.live.job_progress_publish``) and pushed as the same
   small JSON to the job's and the vault's groups;
@@ -160,6 +161,14 @@ _load_running_async = db_in_executor(_load_running)
 _write_row_async = db_in_executor(_write_row)
 
 
+def _remember(job_id: str, job: RunningJob) -> None:
+    if len(_jobs) >= JOB_CACHE_ENTRIES:
+        for key in list(_jobs)[: JOB_CACHE_ENTRIES // 2]:
+            del _jobs[key]
+    job.seen = time.monotonic()
+    _jobs[job_id] = job
+
+
 async def _running_job(job_id: str) -> RunningJob | None:
     job = _jobs.get(job_id)
     now = time.monotonic()
@@ -168,10 +177,7 @@ async def _running_job(job_id: str) -> RunningJob | None:
         if job is None:
             _jobs.pop(job_id, None)
             return None
-        if len(_jobs) >= JOB_CACHE_ENTRIES:
-            for key in list(_jobs)[: JOB_CACHE_ENTRIES // 2]:
-                del _jobs[key]
-        _jobs[job_id] = job
+        _remember(job_id, job)
     job.seen = now
     return job
 
@@ -245,12 +251,13 @@ START_BATCH_MAX = 100
 BATCH_EXCLUDED = (Job.Operation.COMPACT, Job.Operation.IMPORT)
 
 
-def start_batch(pairs: list[tuple[str, object]], now: datetime) -> dict[str, tuple[bool, object]]:
+def start_batch(pairs: list[tuple[str, object]], now: datetime) -> dict[str, RunningJob]:
     """Mark running, in one statement, those of ``pairs`` (job id, machine id) that are
     queued or waiting jobs of that machine, as ``jobs.services.job_mark_started`` does:
     each under its machine's fence (``pruning.repository_fence``: the machine's row locked,
-    the job's status read again under it). ``{job id: (cancel asked, vault id)}`` of those
-    started; any other (not the machine's, not queued or waiting, a compaction, or its
+    the job's status read again under it). ``{job id: the running job}`` of those started
+    (as the cache of running jobs keeps it: its first report need not read it again); any
+    other (not the machine's, not queued or waiting, a compaction, or its
     machine's or job's row locked by someone else right now) is left to the caller.
 
     The rows are locked in one order (machines, then jobs, each by id) and never waited
@@ -287,7 +294,8 @@ def start_batch(pairs: list[tuple[str, object]], now: datetime) -> dict[str, tup
             f"ORDER BY j.id{' FOR UPDATE OF j SKIP LOCKED' if lock else ''}) "
             f"UPDATE {jobs} SET status = %s, started_at = %s, last_report_at = %s "
             f"FROM chosen WHERE {jobs}.id = chosen.id "
-            f"RETURNING {jobs}.id, {jobs}.cancel_requested_at, {jobs}.vault_id",
+            f"RETURNING {jobs}.id, {jobs}.machine_id, {jobs}.vault_id, {jobs}.operation, "
+            f"{jobs}.progress, {jobs}.cancel_requested_at",
             [
                 *pair_values,
                 *startable,
@@ -300,19 +308,30 @@ def start_batch(pairs: list[tuple[str, object]], now: datetime) -> dict[str, tup
         rows = cursor.fetchall()
     # SQLite gives ids as 32 hex digits: the UUIDs the callers name jobs and groups by.
     to_uuid = field("id").to_python
+    progress_of = field("progress").from_db_value
     return {
-        str(to_uuid(pk)): (cancel_at is not None, to_uuid(vault_id))
-        for pk, cancel_at, vault_id in rows
+        str(to_uuid(pk)): RunningJob(
+            machine_id=to_uuid(machine_id),
+            vault_id=to_uuid(vault_id),
+            operation=operation,
+            started_at=now,
+            progress=progress_of(progress, None, connection) or {},
+            row_written_at=now,
+            cancel=cancel_at is not None,
+        )
+        for pk, machine_id, vault_id, operation, progress, cancel_at in rows
     }
 
 
 _start_batch_async = db_in_executor(start_batch, _batch_thread)
 
 
-async def _start_together(pairs: list[tuple[str, object]]) -> list[tuple[bool, object] | None]:
+async def _start_together(pairs: list[tuple[str, object]]) -> list[RunningJob | None]:
     started = await _start_batch_async(pairs, timezone.now())
+    for job_id, job in started.items():
+        _remember(job_id, job)
     if started:
-        _push_starts_later({job_id: vault_id for job_id, (_, vault_id) in started.items()})
+        _push_starts_later({job_id: job.vault_id for job_id, job in started.items()})
     return [started.get(job_id) for job_id, _ in pairs]
 
 
@@ -320,7 +339,7 @@ async def _start_together(pairs: list[tuple[str, object]]) -> list[tuple[bool, o
 _starts = LoopBatches(_start_together, START_BATCH_MAX)
 
 
-def _start_job(job_id: str, machine_id) -> tuple[bool, object] | None:
+def _start_job(job_id: str, machine_id) -> RunningJob | None:
     """A start the batch left, as the view does it (``job_mark_started``, under the
     machine's fence, waiting for it): a compaction, or a row someone else held. As
     ``start_batch`` answers, or None (the view answers: not a queued or waiting job of the
@@ -334,7 +353,15 @@ def _start_job(job_id: str, machine_id) -> tuple[bool, object] | None:
     )
     if job is None or not job_mark_started(job=job, publish=False):
         return None
-    return job.cancel_requested_at is not None, job.vault_id
+    return RunningJob(
+        machine_id=job.machine_id,
+        vault_id=job.vault_id,
+        operation=job.operation,
+        started_at=job.started_at,
+        progress=job.progress or {},
+        row_written_at=job.last_report_at or job.started_at or timezone.now(),
+        cancel=job.cancel_requested_at is not None,
+    )
 
 
 @dataclass
@@ -455,9 +482,9 @@ async def start(job_id: str, machine: LiveMachine) -> dict | None:
         started = await _start_job_async(job_id, machine.machine_id)
         if started is None:
             return None
-        _push_starts_later({job_id: started[1]})
-    cancel, _ = started
-    return {"cancel": cancel, "status": Job.Status.RUNNING.value}
+        _remember(job_id, started)
+        _push_starts_later({job_id: started.vault_id})
+    return {"cancel": started.cancel, "status": Job.Status.RUNNING.value}
 
 
 def _record_reshaped(job_id: str, machine_id, event: dict, heard: set[str] | None) -> bool | None:

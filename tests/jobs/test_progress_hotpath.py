@@ -471,7 +471,8 @@ def test_heartbeats_that_come_together_are_one_statement_and_never_wait_for_a_fe
 
 def test_starts_that_come_together_are_pushed_together(vault, alice, monkeypatch):
     """A batch of starts is pushed as one: one question to Redis of who listens, and every
-    started job's row reaches its vault's watchers."""
+    started job's row reaches its vault's watchers. The started jobs are kept where their
+    first reports look for running jobs."""
     from portal.pools import PubSubChannelLayer
     from tests.jobs.conftest import spec
 
@@ -506,8 +507,13 @@ def test_starts_that_come_together_are_pushed_together(vault, alice, monkeypatch
         await layer.group_discard(f"vault.{vault.pk}", channel)
         return answers, pushed
 
+    progress_api.forget_jobs()
     answers, pushed = run(scenario())
     assert answers == [(200, {"cancel": False, "status": "running"})] * 3
+    # Each job's first report finds it running here, without reading it again.
+    assert {job_id: cached.machine_id for job_id, cached in progress_api._jobs.items()} == {
+        str(job.pk): machine.pk for job, machine in zip(jobs, machines, strict=True)
+    }
     assert sorted(html.split('"', 2)[1] for html in pushed) == sorted(
         f"job-row-{job.pk}" for job in jobs
     )

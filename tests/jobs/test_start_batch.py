@@ -36,11 +36,12 @@ def test_a_batch_of_starts_is_one_statement_and_leaves_what_the_view_would_refus
         started = start_batch(pairs, now)
 
     assert len(queries) == 1
-    assert started == {
-        str(jobs[0].pk): (False, vault.pk),
-        str(jobs[1].pk): (False, vault.pk),
-        str(jobs[2].pk): (True, vault.pk),
-    }
+    # As the cache of running jobs keeps them (their first reports need not read them).
+    assert {
+        job_id: (job.machine_id, job.vault_id, job.operation, job.cancel, job.progress)
+        for job_id, job in started.items()
+    } == {str(jobs[n].pk): (machines[n].pk, vault.pk, "backup", n == 2, {}) for n in range(3)}
+    assert all(job.started_at == job.row_written_at == now for job in started.values())
     rows = [Job.objects.get(pk=job.pk) for job in jobs]
     assert all(
         row.status == Job.Status.RUNNING and row.started_at == row.last_report_at == now
