@@ -27,7 +27,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, timedelta
 
 import redis.exceptions
 from django.db import connection
@@ -96,47 +96,66 @@ def _bearer(authorization: str) -> str | None:
 def load_machines(digests: list[str]) -> list[LiveMachine | None]:
     """The database's answer for each token hash of ``digests`` (``agents.api_auth.
     _live_token``'s rule), in one query, and the tokens' ``last_used_at`` kept to the minute
-    as ``machine_from_request`` does (one UPDATE of those due). Plain SQL: the ORM's query compilation cost
-    more than the query."""
+    as ``machine_from_request`` does (written for those due). Plain SQL: the ORM's query
+    compilation cost more than the query. On PostgreSQL both are one statement (the write
+    a CTE of the read): a fleet's burst of starts waits for each batch of its tokens, and
+    a second round trip was a second wait for the interpreter on a busy process."""
     from agents.models import Machine, MachineToken
 
     quote = connection.ops.quote_name
     tokens, machines = quote(MachineToken._meta.db_table), quote(Machine._meta.db_table)
+    field = MachineToken._meta.get_field
+    pk_column, used = quote(field("id").column), quote(field("last_used_at").column)
     wanted = sorted(set(digests))
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT t.token_hash, t.id, t.machine_id, m.vault_id, t.last_used_at FROM {tokens} t "
-            f"JOIN {machines} m ON m.id = t.machine_id "
-            f"WHERE t.token_hash IN ({', '.join(['%s'] * len(wanted))}) "
-            "AND t.revoked_at IS NULL AND m.unregistered_at IS NULL",
-            wanted,
-        )
-        rows = cursor.fetchall()
+    found = (
+        f"SELECT t.token_hash, t.id, t.machine_id, m.vault_id, t.last_used_at FROM {tokens} t "
+        f"JOIN {machines} m ON m.id = t.machine_id "
+        f"WHERE t.token_hash IN ({', '.join(['%s'] * len(wanted))}) "
+        "AND t.revoked_at IS NULL AND m.unregistered_at IS NULL"
+    )
     now = timezone.now()
-    found: dict[str, LiveMachine] = {}
-    due = []
-    for digest, pk, machine_id, vault_id, last_used_at in rows:
-        found[digest] = LiveMachine(machine_id=_uuid(machine_id), vault_id=_uuid(vault_id))
-        if last_used_at is None or (now - _aware(last_used_at)).total_seconds() > (
-            LAST_USED_RESOLUTION_SECONDS
-        ):
-            due.append(pk)
-    if due:
-        field = MachineToken._meta.get_field
-        pk_column = quote(field("id").column)
-        rows = f"{pk_column} IN ({', '.join(['%s'] * len(due))})"
-        if connection.vendor == "postgresql":
-            # Two of these at once (two threads) never wait for each other: a row the other
-            # is writing is skipped, in id order.
-            rows = (
-                f"{pk_column} IN (SELECT {pk_column} FROM {tokens} WHERE {rows} "
-                f"ORDER BY {pk_column} FOR UPDATE SKIP LOCKED)"
+    at = field("last_used_at").get_db_prep_value(now, connection)
+    if connection.vendor == "postgresql":
+        due_before = now - timedelta(seconds=LAST_USED_RESOLUTION_SECONDS)
+        with connection.cursor() as cursor:
+            # Two of these at once (two threads) never wait for each other: a row the
+            # other is writing is skipped, in id order.
+            cursor.execute(
+                f"WITH found AS MATERIALIZED ({found}), "
+                f"touched AS (UPDATE {tokens} SET {used} = %s WHERE {pk_column} IN "
+                f"(SELECT {pk_column} FROM {tokens} WHERE {pk_column} IN "
+                "(SELECT id FROM found WHERE last_used_at IS NULL OR last_used_at < %s) "
+                f"ORDER BY {pk_column} FOR UPDATE SKIP LOCKED)) "
+                "SELECT token_hash, machine_id, vault_id FROM found",
+                [*wanted, at, due_before],
             )
+            rows = cursor.fetchall()
+        return _answers(digests, rows)
+    with connection.cursor() as cursor:
+        cursor.execute(found, wanted)
+        rows = cursor.fetchall()
+    due = [
+        pk
+        for _, pk, _, _, last_used_at in rows
+        if last_used_at is None
+        or (now - _aware(last_used_at)).total_seconds() > LAST_USED_RESOLUTION_SECONDS
+    ]
+    if due:
         with connection.cursor() as cursor:
             cursor.execute(
-                f"UPDATE {tokens} SET {quote(field('last_used_at').column)} = %s WHERE {rows}",
-                [field("last_used_at").get_db_prep_value(now, connection), *due],
+                f"UPDATE {tokens} SET {used} = %s "
+                f"WHERE {pk_column} IN ({', '.join(['%s'] * len(due))})",
+                [at, *due],
             )
+    return _answers(digests, [(digest, m, v) for digest, _, m, v, _ in rows])
+
+
+def _answers(digests: list[str], rows: list[tuple]) -> list[LiveMachine | None]:
+    """``rows`` of (token hash, machine id, vault id) as the answer for each of ``digests``."""
+    found = {
+        digest: LiveMachine(machine_id=_uuid(machine_id), vault_id=_uuid(vault_id))
+        for digest, machine_id, vault_id in rows
+    }
     return [found.get(digest) for digest in digests]
 
 

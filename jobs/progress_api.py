@@ -8,7 +8,8 @@ without Django's request cycle, a thread, or a database connection:
 - the machine from its token (``agents.live_auth``: an in-process cache, 5 s at most) and
   the per-machine rate limit (one Redis round trip);
 - the job from an in-process cache of running jobs (machine, vault, the shape of its last
-  report); a miss loads the row once, in the loop's executor;
+  report; a start done here puts the job there); a miss loads the row once, in the loop's
+  executor;
 - the report to the cache where pages read it (``selectors.live_progress``, the same key
   and encoding as ``jobs.services.live.job_progress_publish``) and pushed as the same
   small JSON to the job's and the vault's groups;
@@ -30,19 +31,21 @@ done here too (``start``): when a schedule fires, every machine on it starts at 
 behind its request limit for seconds. The job is marked running as the view does (as
 ``jobs.services.job_mark_started``, under the machine's repository fence), the starts
 that come while one batch commits together in the next (``start_batch``, one
-transaction, on a thread of its own: a burst never waits behind renders or the steady
-reports' database work). The agent is answered then; the fragments are rendered
-afterwards for the groups some socket hears and pushed from the loop (``_push_start``;
-the job's first report, which re-renders them anyway, takes the place of a render not
-yet begun). A start the batch leaves — a compaction, a machine whose fence someone
-holds — is done alone as the view does it, waiting for the fence. Any other start (a job
-already running or ended, another machine's) goes to the view.
+statement, on a thread of its own: a burst never waits behind renders or the steady
+reports' database work). The agent is answered then; the batch's fragments are
+rendered afterwards for the groups some socket hears and pushed from the loop, together
+(``_push_starts``; the job's first report, which re-renders them anyway, takes the place
+of a render not yet begun, and waits for one begun). A start the batch leaves — a
+compaction, a machine whose fence someone holds — is done alone as the view does it,
+waiting for the fence. Any other start (a job already running or ended, another
+machine's) goes to the view.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,7 +53,7 @@ from datetime import datetime
 import redis.exceptions
 from channels.layers import get_channel_layer
 from django.core.cache.backends.redis import RedisSerializer
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from agents.api_auth import RATE_LIMIT_PER_MINUTE, json_object
@@ -158,6 +161,14 @@ _load_running_async = db_in_executor(_load_running)
 _write_row_async = db_in_executor(_write_row)
 
 
+def _remember(job_id: str, job: RunningJob) -> None:
+    if len(_jobs) >= JOB_CACHE_ENTRIES:
+        for key in list(_jobs)[: JOB_CACHE_ENTRIES // 2]:
+            del _jobs[key]
+    job.seen = time.monotonic()
+    _jobs[job_id] = job
+
+
 async def _running_job(job_id: str) -> RunningJob | None:
     job = _jobs.get(job_id)
     now = time.monotonic()
@@ -166,10 +177,7 @@ async def _running_job(job_id: str) -> RunningJob | None:
         if job is None:
             _jobs.pop(job_id, None)
             return None
-        if len(_jobs) >= JOB_CACHE_ENTRIES:
-            for key in list(_jobs)[: JOB_CACHE_ENTRIES // 2]:
-                del _jobs[key]
-        _jobs[job_id] = job
+        _remember(job_id, job)
     job.seen = now
     return job
 
@@ -187,9 +195,13 @@ async def progress(job_id: str, machine: LiveMachine, body: bytes) -> dict | Non
     report = _clean_progress(event)
     if progress_changes_shape(job.progress, report):
         push = _start_pushes.get(job_id)
-        if push is not None and push.task and push.task.get_loop() is asyncio.get_running_loop():
-            push.superseded = True  # this report's fragments show the start too
-            await asyncio.shield(push.task)  # and leave after the start's, if it had begun
+        if (
+            push is not None
+            and push.task
+            and push.task.get_loop() is asyncio.get_running_loop()
+            and not _supersede(push)  # this report's fragments show the start too
+        ):
+            await asyncio.shield(push.task)  # and leave after the start's: it had begun
         _jobs.pop(job_id, None)  # rendered and written below; the row loaded again next
         heard = await _groups_heard(job_id, job.vault_id)
         cancel = await _record_reshaped_async(job_id, machine.machine_id, event, heard)
@@ -239,52 +251,87 @@ START_BATCH_MAX = 100
 BATCH_EXCLUDED = (Job.Operation.COMPACT, Job.Operation.IMPORT)
 
 
-def start_batch(pairs: list[tuple[str, object]], now: datetime) -> dict[str, tuple[bool, object]]:
-    """Mark running, in one transaction, those of ``pairs`` (job id, machine id) that are
+def start_batch(pairs: list[tuple[str, object]], now: datetime) -> dict[str, RunningJob]:
+    """Mark running, in one statement, those of ``pairs`` (job id, machine id) that are
     queued or waiting jobs of that machine, as ``jobs.services.job_mark_started`` does:
     each under its machine's fence (``pruning.repository_fence``: the machine's row locked,
-    the job's status read again under it). ``{job id: (cancel asked, vault id)}`` of those
-    started; any other (not the machine's, not queued or waiting, a compaction, or its
+    the job's status read again under it). ``{job id: the running job}`` of those started
+    (as the cache of running jobs keeps it: its first report need not read it again); any
+    other (not the machine's, not queued or waiting, a compaction, or its
     machine's or job's row locked by someone else right now) is left to the caller.
 
     The rows are locked in one order (machines, then jobs, each by id) and never waited
     for (``SKIP LOCKED``): a pack deletion holding one machine's fence holds up that
-    machine's start alone, and the batch cannot deadlock with a fence or a heart-beat."""
-    machine_of = {str(job_id): machine_id for job_id, machine_id in pairs}
-    with transaction.atomic():
-        locked = set(
-            Machine.objects.select_for_update(skip_locked=True)
-            .filter(pk__in={machine_id for _, machine_id in pairs})
-            .order_by("pk")
-            .values_list("pk", flat=True)
+    machine's start alone, and the batch cannot deadlock with a fence or a heart-beat.
+    One statement, one round trip (the ORM's transaction took five: on a thread waiting
+    for the interpreter at a burst's busiest moment, each was a wait of its own)."""
+    quote = connection.ops.quote_name
+    jobs, machines = quote(Job._meta.db_table), quote(Machine._meta.db_table)
+    field = Job._meta.get_field
+    # SQLite has no row locks (it writes one transaction at a time): the same statement
+    # without them.
+    lock = connection.vendor == "postgresql"
+    pair_values = [
+        value
+        for job_id, machine_id in pairs
+        for value in (
+            field("id").get_db_prep_value(job_id, connection),
+            field("machine").get_db_prep_value(machine_id, connection),
         )
-        rows = list(
-            Job.objects.select_for_update(skip_locked=True)
-            .filter(
-                pk__in=[job_id for job_id, machine_id in pairs if machine_id in locked],
-                status__in=(Job.Status.QUEUED, Job.Status.WAITING),
-            )
-            .exclude(operation__in=BATCH_EXCLUDED)
-            .order_by("pk")
-            .values_list("pk", "machine_id", "cancel_requested_at", "vault_id")
+    ]
+    startable = (Job.Status.QUEUED.value, Job.Status.WAITING.value)
+    at = field("started_at").get_db_prep_value(now, connection)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH wanted (job_id, machine_id) AS (VALUES {', '.join(['(%s, %s)'] * len(pairs))}), "
+            f"fenced AS MATERIALIZED (SELECT id FROM {machines} "
+            f"WHERE id IN (SELECT machine_id FROM wanted) ORDER BY id"
+            f"{' FOR UPDATE SKIP LOCKED' if lock else ''}), "
+            f"chosen AS MATERIALIZED (SELECT j.id FROM {jobs} j "
+            "JOIN wanted w ON w.job_id = j.id AND w.machine_id = j.machine_id "
+            "WHERE j.machine_id IN (SELECT id FROM fenced) AND j.status IN (%s, %s) "
+            f"AND j.operation NOT IN ({', '.join(['%s'] * len(BATCH_EXCLUDED))}) "
+            f"ORDER BY j.id{' FOR UPDATE OF j SKIP LOCKED' if lock else ''}) "
+            f"UPDATE {jobs} SET status = %s, started_at = %s, last_report_at = %s "
+            f"FROM chosen WHERE {jobs}.id = chosen.id "
+            f"RETURNING {jobs}.id, {jobs}.machine_id, {jobs}.vault_id, {jobs}.operation, "
+            f"{jobs}.progress, {jobs}.cancel_requested_at",
+            [
+                *pair_values,
+                *startable,
+                *(operation.value for operation in BATCH_EXCLUDED),
+                Job.Status.RUNNING.value,
+                at,
+                at,
+            ],
         )
-        started = {
-            str(pk): (cancel_at is not None, vault_id)
-            for pk, machine_id, cancel_at, vault_id in rows
-            if machine_of.get(str(pk)) == machine_id
-        }
-        if started:
-            Job.objects.filter(pk__in=list(started)).update(
-                status=Job.Status.RUNNING, started_at=now, last_report_at=now
-            )
-    return started
+        rows = cursor.fetchall()
+    # SQLite gives ids as 32 hex digits: the UUIDs the callers name jobs and groups by.
+    to_uuid = field("id").to_python
+    progress_of = field("progress").from_db_value
+    return {
+        str(to_uuid(pk)): RunningJob(
+            machine_id=to_uuid(machine_id),
+            vault_id=to_uuid(vault_id),
+            operation=operation,
+            started_at=now,
+            progress=progress_of(progress, None, connection) or {},
+            row_written_at=now,
+            cancel=cancel_at is not None,
+        )
+        for pk, machine_id, vault_id, operation, progress, cancel_at in rows
+    }
 
 
 _start_batch_async = db_in_executor(start_batch, _batch_thread)
 
 
-async def _start_together(pairs: list[tuple[str, object]]) -> list[tuple[bool, object] | None]:
+async def _start_together(pairs: list[tuple[str, object]]) -> list[RunningJob | None]:
     started = await _start_batch_async(pairs, timezone.now())
+    for job_id, job in started.items():
+        _remember(job_id, job)
+    if started:
+        _push_starts_later({job_id: job.vault_id for job_id, job in started.items()})
     return [started.get(job_id) for job_id, _ in pairs]
 
 
@@ -292,12 +339,7 @@ async def _start_together(pairs: list[tuple[str, object]]) -> list[tuple[bool, o
 _starts = LoopBatches(_start_together, START_BATCH_MAX)
 
 
-# A start's push per job: the job's first report, if it re-renders, waits for it so the
-# pages never get them out of order.
-_start_pushes: dict[str, _StartPush] = {}
-
-
-def _start_job(job_id: str, machine_id) -> tuple[bool, object] | None:
+def _start_job(job_id: str, machine_id) -> RunningJob | None:
     """A start the batch left, as the view does it (``job_mark_started``, under the
     machine's fence, waiting for it): a compaction, or a row someone else held. As
     ``start_batch`` answers, or None (the view answers: not a queued or waiting job of the
@@ -311,22 +353,63 @@ def _start_job(job_id: str, machine_id) -> tuple[bool, object] | None:
     )
     if job is None or not job_mark_started(job=job, publish=False):
         return None
-    return job.cancel_requested_at is not None, job.vault_id
+    return RunningJob(
+        machine_id=job.machine_id,
+        vault_id=job.vault_id,
+        operation=job.operation,
+        started_at=job.started_at,
+        progress=job.progress or {},
+        row_written_at=job.last_report_at or job.started_at or timezone.now(),
+        cancel=job.cancel_requested_at is not None,
+    )
 
 
 @dataclass
 class _StartPush:
-    task: asyncio.Task | None = None
-    # Set by the job's first report when it re-renders the same fragments: this one need
-    # not be rendered if it has not begun (in a fleet's burst of starts, most have not).
+    task: asyncio.Task | None = None  # the push of the job's batch of starts
+    # Set by the job's first report when it re-renders the same fragments before this
+    # one's render has begun: this one is not rendered, and the report need not wait
+    # for it (in a fleet's burst of starts, most are superseded so).
     superseded: bool = False
+    rendering: bool = False  # begun: the first report's fragments go after these
 
 
-def _fragments(job_id: str, groups: set[str], push: _StartPush) -> list[tuple[str, str]]:
-    if push.superseded:
-        return []
-    job = Job.objects.select_related("machine", "vault", "created_by").filter(pk=job_id).first()
-    return [] if job is None else job_fragments(job, only=groups)
+# A started job's push, until it has been sent: the job's first report, if it re-renders,
+# supersedes it or waits for it, so the pages never get them out of order.
+_start_pushes: dict[str, _StartPush] = {}
+# Taken for an instant by the render thread (begin a job's render, unless superseded) and
+# the loop (supersede it, unless begun): exactly one of the two happens.
+_push_claims = threading.Lock()
+
+
+def _supersede(push: _StartPush) -> bool:
+    """Whether the start's push is superseded (not begun: it never will be); False: it
+    has begun, and must be waited for."""
+    with _push_claims:
+        if not push.rendering:
+            push.superseded = True
+        return push.superseded
+
+
+def _fragments(wanted: dict[str, set[str]], pushes: dict[str, _StartPush]) -> list[tuple[str, str]]:
+    """The fragments of each started job of ``wanted`` for the groups some socket hears
+    (``{job id: groups}``), in one query, but those superseded by their first report."""
+    rows = {
+        str(job.pk): job
+        for job in Job.objects.select_related("machine", "vault", "created_by").filter(
+            pk__in=list(wanted)
+        )
+    }
+    fragments = []
+    for job_id, groups in wanted.items():
+        with _push_claims:
+            if pushes[job_id].superseded:
+                continue
+            pushes[job_id].rendering = True
+        job = rows.get(job_id)
+        if job is not None:
+            fragments.extend(job_fragments(job, only=groups))
+    return fragments
 
 
 _start_job_async = db_in_executor(_start_job, _start_threads)
@@ -344,31 +427,52 @@ async def _groups_heard(job_id: str, vault_id) -> set[str] | None:
         return None
 
 
-async def _push_start(job_id: str, vault_id, push: _StartPush) -> None:
-    """The started job's fragments, rendered for the groups some socket hears (a page
+def _push_starts_later(vaults: dict[str, object]) -> None:
+    """Push the started jobs' fragments (``{job id: vault id}``) once their agents have
+    their answers: one task for a batch of starts."""
+    pushes = {job_id: _StartPush() for job_id in vaults}
+    task = asyncio.get_running_loop().create_task(_push_starts(vaults, pushes))
+    for job_id, push in pushes.items():
+        push.task = task
+        _start_pushes[job_id] = push
+
+
+async def _push_starts(vaults: dict[str, object], pushes: dict[str, _StartPush]) -> None:
+    """The started jobs' fragments, rendered for the groups some socket hears (a page
     opened later renders the job running itself; when a schedule starts a whole fleet,
-    most job pages are not open), after the agent has its answer."""
+    most job pages are not open), after the agents have their answers. A batch of starts
+    is one question to Redis, one query, one thread's renders and one round trip of
+    pushes, where each start had each of its own: at a burst's busiest moment the loop
+    that answers the next starts did them all."""
     layer = get_channel_layer()
     try:
+        await asyncio.sleep(0)  # the batch's answers first
+        groups = {
+            job_id: {job_group(job_id), group_for_vault(vault_id)}
+            for job_id, vault_id in vaults.items()
+        }
         heard = await layer.groups_heard(  # type: ignore[union-attr]
-            [job_group(job_id), group_for_vault(vault_id)]
+            sorted(set().union(*groups.values()))
         )
-        if heard:
-            fragments = await _fragments_async(job_id, heard, push)
-            await layer.group_send_many(  # type: ignore[union-attr]
-                [(group, realtime.fragment_message(group, html)) for group, html in fragments]
-            )
+        wanted = {job_id: mine & heard for job_id, mine in groups.items() if mine & heard}
+        if wanted:
+            fragments = await _fragments_async(wanted, pushes)
+            if fragments:
+                await layer.group_send_many(  # type: ignore[union-attr]
+                    [(group, realtime.fragment_message(group, html)) for group, html in fragments]
+                )
     except PUSH_ERRORS:  # best effort, as every push: the page shows the truth on reload
-        log.warning("could not push job %s's start", job_id, exc_info=True)
+        log.warning("could not push the start of jobs %s", sorted(vaults), exc_info=True)
     finally:
-        if _start_pushes.get(job_id) is push:
-            del _start_pushes[job_id]
+        for job_id, push in pushes.items():
+            if _start_pushes.get(job_id) is push:
+                del _start_pushes[job_id]
 
 
 async def start(job_id: str, machine: LiveMachine) -> dict | None:
     """The answer to a start, or None: Django's view answers this one. The start is
     committed with the others waiting (``start_batch``) and answered at once; its
-    fragments are pushed afterwards (``_push_start``)."""
+    fragments are pushed afterwards (``_push_starts``)."""
     if rate_count(machine.machine_id) > RATE_LIMIT_PER_MINUTE:
         return None  # the view answers 429
     started = await _starts((job_id, machine.machine_id))
@@ -378,10 +482,9 @@ async def start(job_id: str, machine: LiveMachine) -> dict | None:
         started = await _start_job_async(job_id, machine.machine_id)
         if started is None:
             return None
-    cancel, vault_id = started
-    push = _start_pushes[job_id] = _StartPush()
-    push.task = asyncio.get_running_loop().create_task(_push_start(job_id, vault_id, push))
-    return {"cancel": cancel, "status": Job.Status.RUNNING.value}
+        _remember(job_id, started)
+        _push_starts_later({job_id: started.vault_id})
+    return {"cancel": started.cancel, "status": Job.Status.RUNNING.value}
 
 
 def _record_reshaped(job_id: str, machine_id, event: dict, heard: set[str] | None) -> bool | None:

@@ -467,3 +467,70 @@ def test_heartbeats_that_come_together_are_one_statement_and_never_wait_for_a_fe
     assert [row.hostname for row in rows] == ["kept.example.test"] + [
         f"web-{n:02}.example.test" for n in range(1, 5)
     ]
+
+
+def test_starts_that_come_together_are_pushed_together(vault, alice, monkeypatch):
+    """A batch of starts is pushed as one: one question to Redis of who listens, and every
+    started job's row reaches its vault's watchers. The started jobs are kept where their
+    first reports look for running jobs."""
+    from portal.pools import PubSubChannelLayer
+    from tests.jobs.conftest import spec
+
+    machines = [make_machine(vault, f"web-{n:02}") for n in range(3)]
+    for machine in machines:
+        services.policy_save(machine=machine, spec=spec(), user=alice)
+    jobs = [services.backup_start(machine=machine) for machine in machines]
+    tokens = [token_for(machine) for machine in machines]
+    portal = Portal()
+    asked: list[list[str]] = []
+    groups_heard = PubSubChannelLayer.groups_heard
+
+    async def counted(layer, groups):
+        asked.append(groups)
+        return await groups_heard(layer, groups)
+
+    monkeypatch.setattr(PubSubChannelLayer, "groups_heard", counted)
+
+    async def scenario():
+        from channels.layers import get_channel_layer
+
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add(f"vault.{vault.pk}", channel)
+        answers = await asyncio.gather(
+            *(
+                portal.post(f"/api/agent/jobs/{job.pk}/start/", token, {})
+                for job, token in zip(jobs, tokens, strict=True)
+            )
+        )
+        pushed = [(await asyncio.wait_for(layer.receive(channel), timeout=5))["html"] for _ in jobs]
+        await layer.group_discard(f"vault.{vault.pk}", channel)
+        return answers, pushed
+
+    progress_api.forget_jobs()
+    answers, pushed = run(scenario())
+    assert answers == [(200, {"cancel": False, "status": "running"})] * 3
+    # Each job's first report finds it running here, without reading it again.
+    assert {job_id: cached.machine_id for job_id, cached in progress_api._jobs.items()} == {
+        str(job.pk): machine.pk for job, machine in zip(jobs, machines, strict=True)
+    }
+    assert sorted(html.split('"', 2)[1] for html in pushed) == sorted(
+        f"job-row-{job.pk}" for job in jobs
+    )
+    assert len(asked) == 1 and len(asked[0]) == 4  # three jobs' groups and their vault's
+
+
+def test_a_first_report_supersedes_a_start_push_not_yet_rendered_and_waits_for_one_begun(
+    machine, policy
+):
+    job = services.backup_start(machine=machine)
+    services.job_mark_started(job=job, publish=False)
+    group = f"vault.{job.vault_id}"
+    waiting, superseded = progress_api._StartPush(), progress_api._StartPush()
+
+    assert progress_api._supersede(superseded) is True  # its render never begins
+    assert progress_api._fragments({str(job.pk): {group}}, {str(job.pk): superseded}) == []
+
+    fragments = progress_api._fragments({str(job.pk): {group}}, {str(job.pk): waiting})
+    assert [g for g, _ in fragments] == [group] and f'id="job-row-{job.pk}"' in fragments[0][1]
+    assert progress_api._supersede(waiting) is False  # begun: the report waits for it
