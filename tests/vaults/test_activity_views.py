@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import timedelta
 
 import pytest
@@ -18,6 +19,7 @@ from tests.support import builders
 from vaults import activity
 from vaults.activity import Operation, Outcome
 from vaults.models import ActivityEntry
+from vaults.selectors import ACTIVITY_PAGE_SIZE
 
 pytestmark = pytest.mark.django_db
 
@@ -161,3 +163,30 @@ def test_the_subscription_log_keeps_a_deleted_vaults_entries_and_role_changes(
     ).content.decode()
     assert "vault-gone" in html and "Add role assignment" in html
     assert ActivityEntry.objects.filter(vault_id=gone_id).exists()
+
+
+def test_a_long_log_pages_with_its_filters_kept_on_both_activity_pages(client, vault, alice):
+    """The vault's log and the administrators' Sign-in activity share one pager: 51
+    entries are two pages, and Next keeps the filters and shows the oldest entry."""
+    for n in range(ACTIVITY_PAGE_SIZE + 1):
+        _log(vault, alice, resource=activity.Resource("machine", str(n), f"web-{n:02}"))
+        activity.record(
+            operation=Operation.SIGNIN_LOCKOUT,
+            outcome=Outcome.REFUSED,
+            actor="anonymous",
+            resource=activity.Resource("user account", "", ""),
+            reason=f"Sign-in paused, try {n:02}.",
+            detail={"user_name_tried": f"guess-{n:02}"},
+        )
+    admin = builders.make_user(username="root", is_superuser=True, is_staff=True)
+    for user, url, oldest in [
+        (alice, reverse("vaults:activity", args=[vault.pk]), "web-00"),
+        (admin, reverse("portal:signin-activity"), "guess-00"),
+    ]:
+        client.force_login(user)
+        first = client.get(url, {"range": "all"}).content.decode()
+        assert "Page 1 of 2" in first and oldest not in first
+        next_link = re.search(r'href="\?([^"]*page=2)">Next</a>', first)
+        assert next_link and "range=all" in next_link.group(1)
+        second = client.get(f"{url}?{next_link.group(1).replace('&amp;', '&')}")
+        assert "Page 2 of 2" in second.content.decode() and oldest in second.content.decode()
