@@ -78,6 +78,7 @@ from jobs.services.live import (
 )
 from portal import realtime
 from portal.pools import LoopBatches, ProcessThreadPool, cache_key, db_in_executor
+from vaults.models import Vault
 from vaults.services import group_for_vault
 
 log = logging.getLogger(__name__)
@@ -391,9 +392,27 @@ def _supersede(push: _StartPush) -> bool:
         return push.superseded
 
 
-def _fragments(wanted: dict[str, set[str]], pushes: dict[str, _StartPush]) -> list[tuple[str, str]]:
+def _fragments(
+    wanted: dict[str, set[str]], pushes: dict[str, _StartPush], vault_ids: frozenset = frozenset()
+) -> list[tuple[str, str]]:
     """The fragments of each started job of ``wanted`` for the groups some socket hears
-    (``{job id: groups}``), in one query, but those superseded by their first report."""
+    (``{job id: groups}``), in one query, but those superseded by their first report; and
+    the Backup center's "something changed" for the subscription of each of ``vault_ids``
+    (a job that starts is a state change it shows, as ``job_publish`` tells it), one
+    query more per batch."""
+    fleet = (
+        [
+            (realtime.group_for_fleet(subscription_id), realtime.FLEET_CHANGED)
+            for subscription_id in Vault.objects.filter(pk__in=vault_ids)
+            .order_by()
+            .values_list("subscription_id", flat=True)
+            .distinct()
+        ]
+        if vault_ids
+        else []
+    )
+    if not wanted:
+        return fleet
     rows = {
         str(job.pk): job
         for job in Job.objects.select_related("machine", "vault", "created_by").filter(
@@ -409,7 +428,7 @@ def _fragments(wanted: dict[str, set[str]], pushes: dict[str, _StartPush]) -> li
         job = rows.get(job_id)
         if job is not None:
             fragments.extend(job_fragments(job, only=groups))
-    return fragments
+    return fragments + fleet
 
 
 _start_job_async = db_in_executor(_start_job, _start_threads)
@@ -440,7 +459,8 @@ def _push_starts_later(vaults: dict[str, object]) -> None:
 async def _push_starts(vaults: dict[str, object], pushes: dict[str, _StartPush]) -> None:
     """The started jobs' fragments, rendered for the groups some socket hears (a page
     opened later renders the job running itself; when a schedule starts a whole fleet,
-    most job pages are not open), after the agents have their answers. A batch of starts
+    most job pages are not open), and the Backup center's "something changed" for their
+    subscriptions, after the agents have their answers. A batch of starts
     is one question to Redis, one query, one thread's renders and one round trip of
     pushes, where each start had each of its own: at a burst's busiest moment the loop
     that answers the next starts did them all."""
@@ -455,12 +475,11 @@ async def _push_starts(vaults: dict[str, object], pushes: dict[str, _StartPush])
             sorted(set().union(*groups.values()))
         )
         wanted = {job_id: mine & heard for job_id, mine in groups.items() if mine & heard}
-        if wanted:
-            fragments = await _fragments_async(wanted, pushes)
-            if fragments:
-                await layer.group_send_many(  # type: ignore[union-attr]
-                    [(group, realtime.fragment_message(group, html)) for group, html in fragments]
-                )
+        fragments = await _fragments_async(wanted, pushes, frozenset(vaults.values()))
+        if fragments:
+            await layer.group_send_many(  # type: ignore[union-attr]
+                [(group, realtime.fragment_message(group, html)) for group, html in fragments]
+            )
     except PUSH_ERRORS:  # best effort, as every push: the page shows the truth on reload
         log.warning("could not push the start of jobs %s", sorted(vaults), exc_info=True)
     finally:

@@ -534,3 +534,31 @@ def test_a_first_report_supersedes_a_start_push_not_yet_rendered_and_waits_for_o
     fragments = progress_api._fragments({str(job.pk): {group}}, {str(job.pk): waiting})
     assert [g for g, _ in fragments] == [group] and f'id="job-row-{job.pk}"' in fragments[0][1]
     assert progress_api._supersede(waiting) is False  # begun: the report waits for it
+
+
+def test_a_start_on_the_loop_tells_the_backup_center(vault, alice):
+    """A job that starts is a state change the Backup center shows: a start done on the
+    loop tells its subscription's open Backup centers, as a start through the view does."""
+    from tests.jobs.conftest import spec
+
+    machine = make_machine(vault, "web-01")
+    services.policy_save(machine=machine, spec=spec(), user=alice)
+    job = services.backup_start(machine=machine)
+    portal = Portal()
+    fleet = realtime.group_for_fleet(vault.subscription_id)
+
+    async def scenario():
+        from channels.layers import get_channel_layer
+
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add(fleet, channel)
+        answer = await portal.post(f"/api/agent/jobs/{job.pk}/start/", token_for(machine), {})
+        heard = await asyncio.wait_for(layer.receive(channel), timeout=5)
+        await layer.group_discard(fleet, channel)
+        return answer, heard
+
+    progress_api.forget_jobs()
+    answer, heard = run(scenario())
+    assert answer == (200, {"cancel": False, "status": "running"})
+    assert heard["group"] == fleet and heard["html"] == realtime.FLEET_CHANGED
