@@ -125,3 +125,32 @@ def test_a_socket_with_a_one_time_password_is_refused(bob, watched):
         assert code == consumers.CLOSE_FORBIDDEN
 
     run(scenario)
+
+
+def test_the_backup_centers_group_is_for_members_only_and_only_while_they_are(
+    bob, charlie, watched
+):
+    """``?watch=fleet:<subscription>`` (the Backup center): an outsider's socket hears none
+    of the subscription's changes, and a member whose role is removed hears them no more."""
+    vault, _ = watched
+    path = f"/ws/live/?watch=fleet:{vault.subscription_id}"
+    group = realtime.group_for_fleet(vault.subscription_id)
+
+    async def push(html: str) -> None:
+        await database_sync_to_async(realtime.publish_now)(group, html)
+
+    async def scenario():
+        member, outsider = _socket(_session_for(bob), path), _socket(_session_for(charlie), path)
+        assert (await member.connect())[0] and (await outsider.connect())[0]
+        await push("<p>before</p>")
+        assert await member.receive_from(timeout=5) == "<p>before</p>"
+        assert await outsider.receive_nothing(timeout=0.5)
+        membership = await database_sync_to_async(Membership.objects.get)(user=bob)
+        await database_sync_to_async(services.membership_remove)(membership=membership)
+        await push("<p>payroll-01 went offline</p>")
+        assert await member.receive_nothing(timeout=0.5)
+        assert await outsider.receive_nothing(timeout=0.5)
+        await member.disconnect()
+        await outsider.disconnect()
+
+    run(scenario)
