@@ -5,7 +5,8 @@ reads (the typed readers of ``portal.env`` called in ``portal/settings.py``, and
 ``os.environ`` read on the portal's side) with their defaults, and which variables and
 options the agent (``agents/runtime``, its installer) takes. Then every docs table row
 that names one of them with a default must state that default, docs/configuration.md must
-list every portal variable, and docs/agent.md every agent one.
+list every portal variable, and docs/agent.md every agent one; and a ``haven-agent`` or
+``manage.py`` command line the docs show must be one the code accepts.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from django.core.management import get_commands, load_command_class
 
 from agents.runtime.cli import build_parser
 from portal import env
@@ -433,3 +435,23 @@ def test_the_installers_options_are_the_ones_docs_agent_lists():
 )
 def test_a_stated_default_is_read_as_a_person_reads_it(cell, default, agrees):
     assert _agrees(default, cell) is agrees
+
+
+def test_every_manage_py_command_line_in_the_docs_is_one_haven_has():
+    commands, wrong, seen = get_commands(), [], 0
+    for path in DOCS:
+        for piece in re.findall(r"`([^`\n]*manage\.py [^`\n]*)`", path.read_text()):
+            words = piece.split("manage.py", 1)[1].split()
+            if words[0] not in commands:
+                wrong.append(f"{path.name}: {piece!r}: no command {words[0]!r}")
+                continue
+            seen += 1
+            parser = load_command_class(commands[words[0]], words[0]).create_parser(
+                "manage.py", words[0]
+            )
+            for word in words[1:]:
+                option = word.split("=")[0]
+                if option.startswith("--") and option not in parser._option_string_actions:
+                    wrong.append(f"{path.name}: {piece!r}: {words[0]} has no {option}")
+    assert seen > 5
+    assert not wrong, "\n".join(wrong)
