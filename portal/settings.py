@@ -303,7 +303,7 @@ SECONDARY_STORAGE_CONNECTION_STRING = azure_connection_string(
 _secondary_dir = env_str("HAVEN_SECONDARY_STORAGE_DIR", str(DATA_DIR / "storage-secondary"))
 SECONDARY_STORAGE_DIR = Path(_secondary_dir).expanduser() if _secondary_dir else None
 # Replication (jobs.services.replication): how often the worker looks for new blobs, and
-# the lag (oldest blob not yet copied) above which a vault gets a Warning alert.
+# the lag (oldest blob not yet copied) above which a machine gets a Warning alert.
 HAVEN_REPLICATION_INTERVAL_SECONDS = env_int("HAVEN_REPLICATION_INTERVAL_SECONDS", 60, minimum=10)
 HAVEN_REPLICATION_LAG_ALERT_MINUTES = env_int("HAVEN_REPLICATION_LAG_ALERT_MINUTES", 60, minimum=1)
 HAVEN_REGIONS = env_list(
