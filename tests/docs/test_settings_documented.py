@@ -461,3 +461,14 @@ def test_every_manage_py_command_line_in_the_docs_is_one_haven_has():
                     wrong.append(f"{path.name}: {piece!r}: {words[0]} has no {option}")
     assert seen > 5
     assert not wrong, "\n".join(wrong)
+
+
+def test_every_make_target_the_docs_name_is_in_the_makefile():
+    targets = set(re.findall(r"^([\w.-]+):", (REPO / "Makefile").read_text(), re.M))
+    named = {
+        (path.name, target)
+        for path in DOCS
+        for target in re.findall(r"`make ([a-z][\w-]*)", path.read_text())
+    }
+    assert {"run", "test"} <= {target for _, target in named}
+    assert not [f"{doc}: make {target}" for doc, target in sorted(named) if target not in targets]
