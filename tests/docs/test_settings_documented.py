@@ -472,3 +472,21 @@ def test_every_make_target_the_docs_name_is_in_the_makefile():
     }
     assert {"run", "test"} <= {target for _, target in named}
     assert not [f"{doc}: make {target}" for doc, target in sorted(named) if target not in targets]
+
+
+def test_every_periodic_task_is_in_the_list_of_docs_jobs():
+    """``register_periodic(name, task, seconds)`` calls, read from the apps' code."""
+    registered = {
+        call.args[1].value
+        for path in PORTAL_CODE
+        for call in ast.walk(ast.parse(path.read_text()))
+        if isinstance(call, ast.Call)
+        and isinstance(call.func, ast.Name)
+        and call.func.id == "register_periodic"
+        and isinstance(call.args[1], ast.Constant)
+    }
+    assert {"jobs.schedule_tick", "agents.offline_announce"} <= registered
+    section = (REPO / "docs/jobs.md").read_text().split("## Periodic tasks", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    missing = sorted(task for task in registered if f"`{task}`" not in section)
+    assert not missing, "not in docs/jobs.md, Periodic tasks: " + ", ".join(missing)
