@@ -93,6 +93,14 @@ def _reads(path: Path) -> list[tuple[str, object, ast.Module]]:
     constants = _string_constants(tree)
     found = []
     for node in ast.walk(tree):
+        if (  # os.environ["NAME"]: no default
+            isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "environ"
+            and isinstance(node.slice, ast.Constant)
+            and isinstance(node.ctx, ast.Load)
+        ):
+            found.append((node.slice.value, NO_DEFAULT, tree))
         if not isinstance(node, ast.Call) or not node.args:
             continue
         first = node.args[0]
