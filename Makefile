@@ -5,11 +5,13 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PG_URL ?= postgres://postgres@127.0.0.1:5432/haven
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/13
-# TEST_WORKERS=2 runs each pass on two pytest-xdist workers (not the default: it has no quiet
-# 2-core timing yet, and one process runs in 27 min; docs/development.md). Worker n uses the Redis database
-# of TEST_REDIS_URL minus n (pass 1: 15 and 14, pass 2: 13 and 12, so no pass meets the
-# other's leftovers), and its own data directory below HAVEN_DATA_DIR (tests/support/servers.py).
-TEST_WORKERS ?= 0
+# Each pass runs on TEST_WORKERS pytest-xdist workers (2: the suite mostly waits on agents,
+# daphne, Chromium and the servers, which the other worker fills; 24 min against 41 in one
+# process on the 2-core CI machine, docs/development.md). TEST_WORKERS=0 runs one process.
+# Worker n uses the Redis database of TEST_REDIS_URL minus n (pass 1: 15 and 14, pass 2: 13
+# and 12, so no pass meets the other's leftovers), and its own data directory below
+# HAVEN_DATA_DIR (tests/support/servers.py).
+TEST_WORKERS ?= 2
 XDIST := -n $(TEST_WORKERS)$(if $(filter-out 0,$(TEST_WORKERS)), --dist worksteal)
 
 .PHONY: run test lint audit format bench venv tools

@@ -228,27 +228,39 @@ class AgentMachine:
             return "(no worker log)"
         return self.log.read_bytes()[start:].decode(errors="replace")
 
+    def stderr_text(self) -> str:
+        """What the worker and its forked processes wrote to stderr (the worker logs to
+        ``log``; a chunking or writer process that dies of an exception prints its traceback
+        here), for failure messages."""
+        stderr = self.log.with_suffix(".stderr")
+        if not stderr.exists() or not stderr.stat().st_size:
+            return ""
+        return "\n--- the worker's stderr ---\n" + stderr.read_bytes().decode(errors="replace")
+
     def start_worker(self, timeout: float = 60) -> None:
         """Start ``haven-agent worker``; returns once it consumes and its heartbeat arrived."""
         from agents.models import Machine
 
         Machine.objects.filter(pk=self.machine_id).update(last_seen_at=None)
         start = self.log.stat().st_size if self.log.exists() else 0  # a restart appends
-        self.process = subprocess.Popen(
-            [str(self.agent), "worker", "--logfile", str(self.log)],
-            env=self.env,
-            cwd=self.home,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group, with the engine's children
-        )
+        with open(self.log.with_suffix(".stderr"), "ab") as stderr:
+            self.process = subprocess.Popen(
+                [str(self.agent), "worker", "--logfile", str(self.log)],
+                env=self.env,
+                cwd=self.home,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,  # its own process group, with the engine's children
+            )
         deadline = time.monotonic() + timeout
         while True:
             log = self.log_text(start)
             seen = Machine.objects.filter(pk=self.machine_id, last_seen_at__isnull=False)
             if "ready." in log and seen.exists():
                 return
-            assert self.process.poll() is None, f"the worker of {self.name} died:\n{log}"
+            assert self.process.poll() is None, (
+                f"the worker of {self.name} died:\n{log}{self.stderr_text()}"
+            )
             if "invalid username-password pair" in log:
                 log += (
                     "\n(The machine's Redis user is gone: did another test run on the same "

@@ -57,6 +57,6 @@ def wait_for_job(job, agent, timeout: float = 90):
         if job.status not in Job.ACTIVE:
             return job
         assert time.monotonic() < deadline, f"job {job.pk} is still {job.status}:\n" + (
-            agent.log_text()
+            agent.log_text() + agent.stderr_text()
         )
         time.sleep(0.2)

@@ -98,7 +98,7 @@ def test_back_up_now_and_a_restore_while_the_broker_is_unreachable_run_when_it_i
     assert send_outbox_now()["sent"] == 1
 
     backup = wait_for_job(backup, agent)
-    assert backup.status == Job.Status.COMPLETED, backup.error
+    assert backup.status == Job.Status.COMPLETED, backup.error + agent.stderr_text()
     point = RecoveryPoint.objects.get(job=backup)
     assert point.file_count == len(data)
 
@@ -123,7 +123,7 @@ def test_back_up_now_and_a_restore_while_the_broker_is_unreachable_run_when_it_i
     cut_broker.restore()
     assert send_outbox_now()["sent"] == 1
     restore = wait_for_job(restore, agent)
-    assert restore.status == Job.Status.COMPLETED, restore.error
+    assert restore.status == Job.Status.COMPLETED, restore.error + agent.stderr_text()
     restored = {p.name: p.read_bytes() for p in target.rglob("*.bin")}
     assert restored == data
 

@@ -55,15 +55,27 @@ def test_missed_ticks_are_caught_up_once(nightly):
     assert tick(utc(2024, 10, 30, 12, 1)) == []
 
 
+def ticks_across(start: datetime, end: datetime, *, by_minute: tuple[datetime, datetime]):
+    """The beat's ticks from ``start`` to ``end`` (whole hours): one a minute from
+    ``by_minute[0]`` to ``by_minute[1]``, where the clocks change, and one an hour elsewhere.
+    A tick starts at most one run of a policy however long since the last (the latest
+    missed), so an hourly tick still shows any extra run in its hour; only around the change
+    is a tick every minute needed (a time met twice, a time that never comes)."""
+    at = start
+    while at < end:
+        at += timedelta(minutes=1) if by_minute[0] <= at < by_minute[1] else timedelta(hours=1)
+        yield at
+
+
 def test_a_0130_backup_on_the_fall_back_night_runs_once(machine, alice):
-    # 27 Oct 2024 in Amsterdam: 02:00-03:00 happens twice; use 02:30 to land in it.
+    # 27 Oct 2024 in Amsterdam: 02:00-03:00 happens twice (00:00-01:00 and 01:00-02:00 UTC);
+    # use 02:30 to land in it.
     policy = services.policy_save(machine=machine, spec=spec(times=["02:30"]), user=alice)
     BackupPolicy.objects.filter(pk=policy.pk).update(scheduled_through=utc(2024, 10, 26, 12))
     started = []
-    minute = utc(2024, 10, 26, 12)
-    while minute < utc(2024, 10, 27, 6):
-        minute += timedelta(minutes=1)
-        for job in tick(minute):
+    window = (utc(2024, 10, 26, 22), utc(2024, 10, 27, 3))
+    for at in ticks_across(utc(2024, 10, 26, 12), utc(2024, 10, 27, 12), by_minute=window):
+        for job in tick(at):
             started.append(job.scheduled_for)
             Job.objects.filter(pk=job.pk).update(status=Job.Status.COMPLETED)
     assert started == [utc(2024, 10, 27, 0, 30)]  # 02:30 CEST, the first of the two
@@ -74,10 +86,10 @@ def test_a_time_that_does_not_exist_runs_when_the_clocks_jump(vault, alice):
     policy = services.policy_save(machine=machine, spec=spec(times=["02:30"]), user=alice)
     BackupPolicy.objects.filter(pk=policy.pk).update(scheduled_through=utc(2024, 3, 9, 12))
     started = []
-    minute = utc(2024, 3, 9, 12)
-    while minute < utc(2024, 3, 10, 12):
-        minute += timedelta(minutes=1)
-        started += [job.scheduled_for for job in tick(minute)]
+    # 10 Mar 2024 in New York: 02:00 EST (07:00 UTC) jumps to 03:00 EDT; 02:30 never comes.
+    window = (utc(2024, 3, 10, 5), utc(2024, 3, 10, 10))
+    for at in ticks_across(utc(2024, 3, 9, 12), utc(2024, 3, 10, 12), by_minute=window):
+        started += [job.scheduled_for for job in tick(at)]
     assert started == [utc(2024, 3, 10, 7, 0)]  # 03:00 EDT
 
 

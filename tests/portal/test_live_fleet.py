@@ -21,7 +21,7 @@ from jobs import services
 from jobs.models import Alert, Job
 from portal import realtime
 from portal.celery import app as celery_app
-from tests.portal.test_live_socket import _session_for, _socket, run
+from tests.portal.test_live_socket import CONNECT_SECONDS, _session_for, _socket, run
 from tests.support import builders
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -52,7 +52,9 @@ def test_members_hear_their_subscriptions_changes_and_outsiders_cannot_watch(ali
 
     async def scenario():
         mine, theirs = _socket(owner, watch), _socket(outsider, watch)
-        assert (await mine.connect())[0] and (await theirs.connect())[0]
+        assert (await mine.connect(timeout=CONNECT_SECONDS))[0] and (
+            await theirs.connect(timeout=CONNECT_SECONDS)
+        )[0]
         for change in (
             raise_alert,
             finish_a_job,
@@ -62,7 +64,7 @@ def test_members_hear_their_subscriptions_changes_and_outsiders_cannot_watch(ali
             assert realtime.flush(timeout=10)
             heard = []
             while not await mine.receive_nothing(timeout=0.3):
-                heard.append(await mine.receive_from())
+                heard.append(await mine.receive_from(timeout=5))
             assert realtime.FLEET_CHANGED in heard, change
             assert await theirs.receive_nothing(timeout=0.3)
         await mine.disconnect()
@@ -107,7 +109,7 @@ def test_machines_going_offline_tell_their_subscriptions_once_in_one_query(
 
     async def scenario():
         mine = _socket(owner, watch)
-        assert (await mine.connect())[0]
+        assert (await mine.connect(timeout=CONNECT_SECONDS))[0]
 
         def sweep(at):
             with django_assert_num_queries(1):
@@ -116,7 +118,7 @@ def test_machines_going_offline_tell_their_subscriptions_once_in_one_query(
         assert await database_sync_to_async(sweep)(t0) == []  # all still online at t0
         assert await database_sync_to_async(sweep)(t1) == [vault.subscription_id]
         assert realtime.flush(timeout=10)
-        assert await mine.receive_from() == realtime.FLEET_CHANGED
+        assert await mine.receive_from(timeout=5) == realtime.FLEET_CHANGED
         assert await mine.receive_nothing(timeout=0.3)  # once for the three
         # The next sweep: they were told already.
         later = t1 + timedelta(seconds=agent_services.OFFLINE_SWEEP_SECONDS)

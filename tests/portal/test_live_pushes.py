@@ -9,7 +9,7 @@ import pytest
 
 from portal import live, realtime
 from tests.portal.conftest import make_user
-from tests.portal.test_live_socket import _session_for, _socket, run
+from tests.portal.test_live_socket import CONNECT_SECONDS, _session_for, _socket, run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -23,7 +23,7 @@ def test_a_watcher_hears_every_push_of_200_live_jobs_in_order(monkeypatch):
 
     async def scenario():
         socket = _socket(session, "/ws/live/?watch=thing:vault")
-        assert (await socket.connect())[0]
+        assert (await socket.connect(timeout=CONNECT_SECONDS))[0]
         loop = asyncio.get_running_loop()
 
         def agents_report():  # as the progress endpoint does, from request threads

@@ -18,6 +18,11 @@ from tests.portal.conftest import make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+# How long a socket's handshake may take: the consumer loads the session and the user from
+# the database on a thread, which a busy machine (two test workers, agents, Chromium) can
+# hold for more than channels' default second. Not what any test asserts.
+CONNECT_SECONDS = 10
+
 
 def run(scenario) -> None:
     """Run an async scenario on its own loop and thread: a browser test earlier in the
@@ -42,7 +47,7 @@ def _session_for(user) -> str:
 def test_an_anonymous_socket_is_refused():
     async def scenario():
         socket = _socket()
-        connected, code = await socket.connect()
+        connected, code = await socket.connect(timeout=CONNECT_SECONDS)
         assert connected is False
         assert code == 4401
 
@@ -63,7 +68,7 @@ def test_a_socket_from_another_origin_is_refused(db):
                 (b"cookie", f"sessionid={session}".encode()),
             ],
         )
-        connected, _ = await socket.connect()
+        connected, _ = await socket.connect(timeout=CONNECT_SECONDS)
         assert connected is False
 
     run(scenario)
@@ -75,8 +80,8 @@ def test_each_user_hears_only_their_own_notifications():
 
     async def scenario():
         a, b = _socket(alice_session), _socket(bob_session)
-        assert (await a.connect())[0]
-        assert (await b.connect())[0]
+        assert (await a.connect(timeout=CONNECT_SECONDS))[0]
+        assert (await b.connect(timeout=CONNECT_SECONDS))[0]
         await database_sync_to_async(services.notification_publish)(
             user=bob, title="Bob's backup failed", level="error"
         )
@@ -110,7 +115,7 @@ def test_watching_a_group_the_user_may_not_see_is_ignored(monkeypatch):
 
     async def scenario():
         socket = _socket(session, "/ws/live/?watch=thing:mine&watch=thing:theirs&watch=nope:1")
-        assert (await socket.connect())[0]
+        assert (await socket.connect(timeout=CONNECT_SECONDS))[0]
         from channels.layers import get_channel_layer
 
         layer = get_channel_layer()

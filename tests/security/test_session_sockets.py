@@ -10,7 +10,7 @@ from django.urls import reverse
 
 from portal import consumers, realtime, services
 from portal.models import Membership, Role
-from tests.portal.test_live_socket import _session_for, _socket, run
+from tests.portal.test_live_socket import CONNECT_SECONDS, _session_for, _socket, run
 from tests.support import builders
 from vaults.services import group_for_vault
 
@@ -42,7 +42,7 @@ def test_a_member_whose_role_is_removed_hears_the_vault_no_more(bob, watched):
 
     async def scenario():
         socket = _socket(session, path)
-        assert (await socket.connect())[0]
+        assert (await socket.connect(timeout=CONNECT_SECONDS))[0]
         await _push(vault, "<p>before</p>")
         assert await socket.receive_from(timeout=5) == "<p>before</p>"
         membership = await database_sync_to_async(Membership.objects.get)(user=bob)
@@ -63,7 +63,7 @@ def test_a_removed_role_is_noticed_even_without_word_from_the_portal(bob, watche
 
     async def scenario():
         socket = _socket(session, path)
-        assert (await socket.connect())[0]
+        assert (await socket.connect(timeout=CONNECT_SECONDS))[0]
         await database_sync_to_async(
             lambda: Membership.objects.filter(user=bob).update(role="nobody")
         )()
@@ -80,7 +80,7 @@ def test_a_deactivated_user_is_disconnected(alice, bob, watched):
 
     async def scenario():
         socket = _socket(session, path)
-        assert (await socket.connect())[0]
+        assert (await socket.connect(timeout=CONNECT_SECONDS))[0]
         await database_sync_to_async(services.user_set_active)(user=bob, active=False)
         assert await _closed(socket)
         await _push(vault, "<p>secret</p>")
@@ -101,8 +101,8 @@ def test_signing_out_closes_that_sessions_sockets_only(bob, watched):
         name = settings.SESSION_COOKIE_NAME
         here = _socket(signing_out.cookies[name].value, path)
         there = _socket(elsewhere.cookies[name].value, path)
-        assert (await here.connect())[0]
-        assert (await there.connect())[0]
+        assert (await here.connect(timeout=CONNECT_SECONDS))[0]
+        assert (await there.connect(timeout=CONNECT_SECONDS))[0]
         response = await database_sync_to_async(signing_out.post)(reverse("portal:logout"))
         assert response.status_code == 302
         assert await _closed(here)
@@ -120,7 +120,7 @@ def test_a_socket_with_a_one_time_password_is_refused(bob, watched):
     session = _session_for(bob)
 
     async def scenario():
-        connected, code = await _socket(session, path).connect()
+        connected, code = await _socket(session, path).connect(timeout=CONNECT_SECONDS)
         assert connected is False
         assert code == consumers.CLOSE_FORBIDDEN
 
@@ -141,7 +141,9 @@ def test_the_backup_centers_group_is_for_members_only_and_only_while_they_are(
 
     async def scenario():
         member, outsider = _socket(_session_for(bob), path), _socket(_session_for(charlie), path)
-        assert (await member.connect())[0] and (await outsider.connect())[0]
+        assert (await member.connect(timeout=CONNECT_SECONDS))[0] and (
+            await outsider.connect(timeout=CONNECT_SECONDS)
+        )[0]
         await push("<p>before</p>")
         assert await member.receive_from(timeout=5) == "<p>before</p>"
         assert await outsider.receive_nothing(timeout=0.5)

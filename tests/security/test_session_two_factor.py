@@ -14,7 +14,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from portal import consumers, services, tokens, two_factor
 from portal.models import Membership, Role
-from tests.portal.test_live_socket import _socket, run
+from tests.portal.test_live_socket import CONNECT_SECONDS, _socket, run
 from tests.support import builders
 from tests.support.totp import code_for
 
@@ -127,16 +127,16 @@ def test_a_session_that_gave_no_code_has_no_live_socket_until_it_does(alice, sub
     async def scenario():
         pending = other.cookies[settings.SESSION_COOKIE_NAME].value
         socket = _socket(pending, "/ws/live/")
-        assert (await socket.connect())[0]
+        assert (await socket.connect(timeout=CONNECT_SECONDS))[0]
         await database_sync_to_async(enrol)()
         output = await socket.receive_output(timeout=5)
         assert output["type"] == "websocket.close"
         assert output.get("code") == consumers.CLOSE_FORBIDDEN
-        connected, code = await _socket(pending, "/ws/live/").connect()
+        connected, code = await _socket(pending, "/ws/live/").connect(timeout=CONNECT_SECONDS)
         assert (connected, code) == (False, consumers.CLOSE_FORBIDDEN)
         verified = await database_sync_to_async(give_code)()
         again = _socket(verified, "/ws/live/")
-        assert (await again.connect())[0]
+        assert (await again.connect(timeout=CONNECT_SECONDS))[0]
         await again.disconnect()
 
     run(scenario)

@@ -13,7 +13,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from portal import consumers, tokens, two_factor
 from portal.models import Role
-from tests.portal.test_live_socket import _session_for, _socket, run
+from tests.portal.test_live_socket import CONNECT_SECONDS, _session_for, _socket, run
 from tests.support import builders
 
 REFUSAL = (
@@ -109,14 +109,14 @@ def test_a_socket_open_before_the_requirement_closes_when_it_is_turned_on(alice,
 
     async def scenario():
         socket = _socket(session, "/ws/live/")
-        assert (await socket.connect())[0]
+        assert (await socket.connect(timeout=CONNECT_SECONDS))[0]
         await database_sync_to_async(two_factor.subscription_require_set)(
             subscription=subscription, required=True, by=alice
         )
         output = await socket.receive_output(timeout=5)
         assert output["type"] == "websocket.close"
         assert output.get("code") == consumers.CLOSE_FORBIDDEN
-        connected, code = await _socket(session, "/ws/live/").connect()
+        connected, code = await _socket(session, "/ws/live/").connect(timeout=CONNECT_SECONDS)
         assert (connected, code) == (False, consumers.CLOSE_FORBIDDEN)
 
     run(scenario)
