@@ -810,6 +810,10 @@ class _Backup:
         res.new_bytes = self.packer.new_bytes
         res.added_bytes = self.packer.added_bytes
         res.status = "completed_with_warnings" if self.warnings else "completed"
+        # The totals were an estimate (the previous point's, or a count beside the walk): a
+        # finished backup's are what it backed up, also when files went away.
+        rep = self.reporter
+        rep.files_total, rep.bytes_total = rep.files_done, rep.bytes_done
         return RecoveryPoint(
             id=os.urandom(16).hex(),
             time=now(),
