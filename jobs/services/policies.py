@@ -174,7 +174,7 @@ def _push_applied(policy_pk) -> None:
     html = render_to_string(
         "jobs/_policy_applied.html", {"policy": policy, "drift": policy_drift(policy), "oob": True}
     )
-    realtime.publish(f"machine.{policy.machine_id}", html)
+    realtime.publish(f"policy.{policy.machine_id}", html)
 
 
 def policy_drift(policy: BackupPolicy | None, *, now: datetime | None = None) -> str | None:
