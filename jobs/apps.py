@@ -13,6 +13,7 @@ class JobsConfig(AppConfig):
         # The "vault" kind (group vault.<id>) is the vaults app's; job rows are pushed there.
         live.register("job", _job_group)
         live.register("fleet", _fleet_group)
+        live.register("policy", _policy_group)
         register_periodic("jobs.schedule_tick", "jobs.schedule_tick", MINUTE)
         register_periodic("jobs.sweep", "jobs.sweep", MINUTE)
         register_periodic("jobs.verify_tick", "jobs.verify_tick", HOUR)
@@ -50,6 +51,16 @@ def _fleet_group(user, subscription_id: str) -> str | None:
 
     subscription = access.subscription_for_user(user, subscription_id)
     return realtime.group_for_fleet(subscription.pk)
+
+
+def _policy_group(user, machine_id: str) -> str | None:
+    """The policy and throttling pages watch whether the agent applied the machine's policy
+    (``?watch=policy:<machine id>``), for a machine the user can read."""
+    from agents.models import Machine
+    from portal.access import get_for_user
+
+    machine = get_for_user(user, Machine, pk=machine_id)
+    return f"policy.{machine.pk}"
 
 
 def _job_group(user, job_id: str) -> str | None:

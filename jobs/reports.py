@@ -12,6 +12,7 @@ CSV export all render the same object.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -216,7 +217,11 @@ def backup_activity(scope: Scope, names: dict) -> tuple[Chart, Chart]:
         if row["day"] not in days:
             continue
         sent[row["machine_id"]][row["day"]] = int(row["sent"] or 0)
-        took[row["machine_id"]][row["day"]] = int(row["took"].total_seconds() if row["took"] else 0)
+        # Whole seconds, rounded up: a backup of a few files takes under one, and 0 would
+        # leave the chart saying no backup finished beside the data chart that shows it.
+        took[row["machine_id"]][row["day"]] = (
+            math.ceil(row["took"].total_seconds()) if row["took"] else 0
+        )
     empty = (
         f"No backups finished in the last {scope.days} days. Set a backup policy on a machine "
         "or press Back up now to start one."
@@ -240,7 +245,8 @@ def backup_activity(scope: Scope, names: dict) -> tuple[Chart, Chart]:
             days=days,
             series=_series_by_key(took, days, names, others="Other machines"),
             empty=empty,
-            note="Time from start to end of each machine's backups, summed per day.",
+            note="Time from start to end of each machine's backups, summed per day (whole "
+            "seconds, rounded up).",
         ),
     )
 

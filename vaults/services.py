@@ -372,7 +372,8 @@ def default_redundancy() -> str:
 
 def redundancy_advice(value: str) -> str:
     """What each choice copies where, in this portal's storage."""
-    primary = storage.primary_account().describe()
+    account = storage.primary_account()
+    primary = account.describe()
     if value == Vault.Redundancy.GEO:
         secondary = storage.secondary_account()
         where = secondary.describe() if secondary is not None else "a secondary store"
@@ -383,10 +384,17 @@ def redundancy_advice(value: str) -> str:
             "how far behind the copy is. Enables Cross Region Restore."
         )
     if value == Vault.Redundancy.ZONE:
+        # Only an Azure account is one; a local directory is not (its "Not available" reason
+        # says so beside this).
+        where = (
+            f"{primary}, an Azure account"
+            if isinstance(account, storage.AzureStorageAccount)
+            else "an Azure storage account"
+        )
         return (
-            f"Backups are stored once, in {primary}, an Azure account that itself keeps "
-            "copies in separate availability zones of its region: survives a zone outage and "
-            "keeps the data in the region. Haven copies nothing more."
+            f"Backups are stored once, in {where} that itself keeps copies in separate "
+            "availability zones of its region: survives a zone outage and keeps the data in "
+            "the region. Haven copies nothing more."
         )
     return (
         f"Backups are stored once, in {primary}, with whatever redundancy that storage has "

@@ -160,6 +160,21 @@ def policy_applied(*, policy: BackupPolicy, version: int, spec_hash: str, error:
     if not error:
         fields.update(applied_version=version, applied_hash=spec_hash)
     BackupPolicy.objects.filter(pk=policy.pk).update(**fields)
+    _push_applied(policy.pk)
+
+
+def _push_applied(policy_pk) -> None:
+    """Open policy and throttling pages of the machine show the new state without a reload
+    (the page renders the same on reload)."""
+    from django.template.loader import render_to_string
+
+    from portal import realtime
+
+    policy = BackupPolicy.objects.select_related("machine").get(pk=policy_pk)
+    html = render_to_string(
+        "jobs/_policy_applied.html", {"policy": policy, "drift": policy_drift(policy), "oob": True}
+    )
+    realtime.publish(f"policy.{policy.machine_id}", html)
 
 
 def policy_drift(policy: BackupPolicy | None, *, now: datetime | None = None) -> str | None:

@@ -125,6 +125,19 @@ def test_backup_duration_and_data_are_summed_per_machine_per_day(vault, web, db0
     assert {s.name: s.values[-1] for s in took.series}["web-01"] == 1800
 
 
+def test_a_backup_under_a_second_still_shows_on_the_duration_chart(vault, web, today):
+    """A first backup of a few files takes 0.4 s: the duration chart said "No backups
+    finished in the last 30 days" beside the data chart that showed it."""
+    job(web, ended_at=local(today - timedelta(days=1), 12), took=timedelta(milliseconds=400))
+    job(web, ended_at=local(today - timedelta(days=2), 12), took=timedelta(seconds=2.5))
+
+    _sent, took = reports.backup_activity(scope([vault.pk]), {web.pk: "web-01"})
+
+    assert took.has_data
+    assert took.series[0].values[-2] == 1  # rounded up to whole seconds
+    assert took.series[0].values[-3] == 3
+
+
 def test_machine_storage_follows_points_made_and_removed(vault, web, today):
     before = local(today - timedelta(days=40), 1)
     point(web, at=before, stored=100 * MB)  # still kept

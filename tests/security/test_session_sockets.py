@@ -156,3 +156,22 @@ def test_the_backup_centers_group_is_for_members_only_and_only_while_they_are(
         await outsider.disconnect()
 
     run(scenario)
+
+
+def test_a_machines_policy_group_is_for_those_who_can_read_the_machine(bob, charlie, watched):
+    """``?watch=policy:<machine>`` (the policy and throttling pages): an outsider's socket
+    hears nothing of whether the machine's agent applied its policy."""
+    vault, _ = watched
+    machine = builders.make_machine(vault=vault, name="payroll-01")
+    path = f"/ws/live/?watch=policy:{machine.pk}"
+
+    async def scenario():
+        member, outsider = _socket(_session_for(bob), path), _socket(_session_for(charlie), path)
+        assert (await member.connect())[0] and (await outsider.connect())[0]
+        await database_sync_to_async(realtime.publish_now)(f"policy.{machine.pk}", "<p>v2</p>")
+        assert await member.receive_from(timeout=5) == "<p>v2</p>"
+        assert await outsider.receive_nothing(timeout=0.5)
+        await member.disconnect()
+        await outsider.disconnect()
+
+    run(scenario)

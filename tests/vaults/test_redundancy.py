@@ -74,6 +74,19 @@ def test_the_advice_says_what_is_copied_where(vault_env):
     assert "costs less" in local and "nothing is copied elsewhere" in local
 
 
+def test_the_zone_advice_does_not_call_a_local_directory_an_azure_account(vault_env):
+    """On the embedded defaults the Backup Configuration page read "Backups are stored once,
+    in local directory /srv/haven/var/storage, an Azure account that itself keeps copies in
+    separate availability zones"."""
+    zone = services.redundancy_advice(Vault.Redundancy.ZONE)
+    account = storage.primary_account()
+    if isinstance(account, storage.AzureStorageAccount):  # pass 2, on Azurite
+        assert f"in {account.describe()}, an Azure account that itself keeps copies" in zone
+    else:
+        assert account.describe() not in zone
+        assert "in an Azure storage account that itself keeps copies" in zone
+
+
 def test_without_a_secondary_geo_is_refused_and_new_vaults_are_local(deployed_vault, alice):
     services.vault_redundancy_set(
         vault=deployed_vault, redundancy=Vault.Redundancy.LOCAL, user=alice

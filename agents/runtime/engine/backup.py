@@ -810,6 +810,10 @@ class _Backup:
         res.new_bytes = self.packer.new_bytes
         res.added_bytes = self.packer.added_bytes
         res.status = "completed_with_warnings" if self.warnings else "completed"
+        # The totals were an estimate (the previous point's, or a count beside the walk): a
+        # finished backup's are what it backed up, also when files went away.
+        rep = self.reporter
+        rep.files_total, rep.bytes_total = rep.files_done, rep.bytes_done
         return RecoveryPoint(
             id=os.urandom(16).hex(),
             time=now(),
@@ -840,8 +844,8 @@ class _Backup:
         res.added_bytes = self.packer.added_bytes
         if res.status != "cancelled":
             res.message = (
-                f"backed up {res.files} files ({res.logical_bytes} bytes), "
-                f"{res.new_bytes} new bytes, {len(self.warnings)} warnings"
+                f"backed up {_count(res.files, 'file')} ({_size(res.logical_bytes)}), "
+                f"{_size(res.new_bytes)} of new data, {_count(len(self.warnings), 'warning')}"
             )
         self.reporter.finish(
             res.status,
@@ -850,3 +854,20 @@ class _Backup:
             message=res.message,
         )
         return res
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _size(n: int) -> str:
+    """Sizes as the portal writes them beside this message (Django's filesizeformat: powers
+    of 1024, ``38 bytes``, ``2.9 MB``)."""
+    if n < 1024:
+        return _count(n, "byte")
+    value = n / 1024
+    for unit in ("KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")

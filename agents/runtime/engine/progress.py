@@ -100,9 +100,17 @@ class Reporter:
         # upload (none when uploads keep up, so then it is simply bytes_done).
         settled = max(self.bytes_done - self.unsettled_bytes, 0)
         rate = settled / elapsed
+        # A total may be an estimate (an incremental backup starts from the previous point's):
+        # it grows with what is done rather than show "5 of 4 files".
+        files_total = self.files_total
+        if files_total is not None and files_total < self.files_done:
+            files_total = self.files_done
+        bytes_total = self.bytes_total
+        if bytes_total is not None and bytes_total < self.bytes_done:
+            bytes_total = self.bytes_done
         eta = None
-        if self.bytes_total and rate > 0 and self.bytes_total >= settled:
-            eta = round((self.bytes_total - settled) / rate, 1)
+        if bytes_total and rate > 0 and bytes_total >= settled:
+            eta = round((bytes_total - settled) / rate, 1)
         return {
             "schema": SCHEMA,
             "type": "progress",
@@ -110,9 +118,9 @@ class Reporter:
             "phase": self.phase,
             "elapsed_s": round(elapsed, 3),
             "files_done": self.files_done,
-            "files_total": self.files_total,
+            "files_total": files_total,
             "bytes_done": self.bytes_done,
-            "bytes_total": self.bytes_total,
+            "bytes_total": bytes_total,
             "new_bytes": self.new_bytes,
             "stored_bytes": self.stored_bytes,
             "rate_bps": round(rate),
