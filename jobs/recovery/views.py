@@ -451,7 +451,7 @@ def restore(request, source_id, target_id):
     what = (
         "System State"
         if job.details.get("system_state") and job.details["items"] == 1
-        else f"{job.details['items']} item(s)"
+        else f"{job.details['items']} item" + ("" if job.details["items"] == 1 else "s")
     )
     messages.success(request, f"Recovery of {what} of {source.name} onto {target.name} started.")
     return redirect("jobs:detail", job.pk)

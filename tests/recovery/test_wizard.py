@@ -288,14 +288,18 @@ def test_recover_starts_a_restore_job_on_the_target(client, alice, web01, web02,
         "on_conflict": "overwrite", "restore_permissions": True,
         "source_machine_id": str(web01.pk),
     }  # fmt: skip
+    page = client.get(response.url).content.decode()
+    assert "Recovery of 2 items of web-01 onto web-02 started." in page
 
 
 def test_recover_to_the_original_location_on_the_same_machine(client, alice, web01, points, sent):
     client.force_login(alice)
-    client.post(
+    response = client.post(
         reverse("recovery:restore", args=[web01.pk, web01.pk]),
         {"rp": points[0].snapshot_id, "paths": ["/home"], "location": "original", "folder": "/x"},
+        follow=True,
     )
+    assert "Recovery of 1 item of web-01 onto web-01 started." in response.content.decode()
     kwargs = sent[0][2]
     assert kwargs["target"] == "/" and kwargs["source_machine_id"] == ""
     assert kwargs["on_conflict"] == "copy" and kwargs["restore_permissions"] is False
