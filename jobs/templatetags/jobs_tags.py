@@ -22,10 +22,13 @@ register = template.Library()
 
 @register.filter
 def seconds_human(value) -> str:
-    """3725 -> '1 h 2 min'; 42 -> '42 s'."""
+    """3725 -> '1 h 2 min'; 42 -> '42 s'; 0.4 -> 'under 1 s' (a job that ran did take time)."""
     if value in (None, ""):
         return "—"
-    seconds = int(value.total_seconds() if isinstance(value, timedelta) else float(value))
+    exact = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if 0 < exact < 1:
+        return "under 1 s"
+    seconds = int(exact)
     if seconds < 60:
         return f"{seconds} s"
     minutes, seconds = divmod(seconds, 60)

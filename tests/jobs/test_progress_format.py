@@ -76,3 +76,22 @@ def test_a_reports_fields_read_as_the_page_shows_them():
             "duration": seconds_human(job.duration),
             "transferred": filesizeformat(job.bytes_transferred),
         }
+
+
+@pytest.mark.parametrize(
+    "value, shown",
+    [
+        (None, "—"),
+        (0, "0 s"),
+        (timedelta(milliseconds=400), "under 1 s"),
+        (0.999, "under 1 s"),
+        (1.5, "1 s"),
+        (42, "42 s"),
+        (125, "2 min 5 s"),
+        (3725, "1 h 2 min"),
+        (timedelta(days=3, hours=4), "3 d 4 h"),
+    ],
+)
+def test_a_duration_under_a_second_is_not_shown_as_none_at_all(value, shown):
+    """A backup of a few files takes a fraction of a second: its job said "Duration 0 s"."""
+    assert seconds_human(value) == shown
