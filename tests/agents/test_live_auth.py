@@ -135,3 +135,41 @@ def test_a_heartbeat_a_minute_finds_its_token_held_and_its_use_noted(vault, monk
     assert len(asked) <= 1  # the first call's (none if the load of every token came first)
     used = MachineToken.objects.get(machine=machine).last_used_at
     assert timezone.now() - used < timedelta(seconds=30)
+
+
+def test_a_process_loads_every_live_token_at_its_first_call(vault, monkeypatch):
+    """A fleet's burst of starts after a restart finds its tokens loaded by the first
+    request (one query for all), revoked ones left out."""
+    live_auth.forget_tokens()
+    machines = [builders.make_machine(vault=vault, name=f"web-{n:02}") for n in range(3)]
+    first, second, revoked = (machine_token_issue(machine=m) for m in machines)
+    machine_tokens_revoke(machine=machines[2])
+    asked: list[list[str]] = []
+
+    def counted(digests):
+        asked.append(digests)
+        return load_machines(digests)
+
+    monkeypatch.setattr(
+        live_auth,
+        "_load",
+        live_auth.LoopBatches(live_auth.db_in_executor(counted), live_auth.TOKEN_BATCH_MAX),
+    )
+
+    async def scenario():
+        answers = [await live_machine(f"Bearer {first}")]
+        loop = asyncio.get_running_loop()
+        # The load of every token (this loop's: an earlier test's never ends).
+        while any(task.get_loop() is loop for task in live_auth._background):
+            await asyncio.sleep(0.05)
+        answers.append(await live_machine(f"Bearer {second}"))
+        answers.append(await live_machine(f"Bearer {revoked}"))
+        return answers
+
+    answers = run(scenario())
+    assert answers == [
+        LiveMachine(machine_id=machines[0].pk, vault_id=vault.pk),
+        LiveMachine(machine_id=machines[1].pk, vault_id=vault.pk),
+        None,
+    ]
+    assert token_hash(second) not in [d for batch in asked for d in batch]
