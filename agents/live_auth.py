@@ -357,7 +357,7 @@ def warm() -> None:
     async def load() -> None:
         try:
             rows = await _load_every_machine_async()
-        except DB_ERRORS as exc:
+        except Exception as exc:  # best effort: each token is loaded at its first use anyway
             log.info("live tokens not loaded: %s: %s", type(exc).__name__, exc)
             _tokens.warmed = None
             return

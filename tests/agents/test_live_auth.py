@@ -173,3 +173,29 @@ def test_a_process_loads_every_live_token_at_its_first_call(vault, monkeypatch):
         None,
     ]
     assert token_hash(second) not in [d for batch in asked for d in batch]
+
+
+def test_a_portal_process_loads_the_tokens_at_its_first_request_of_any_kind(vault):
+    """A page or a socket first: the tokens are there before the first agent asks."""
+    from channels.testing import HttpCommunicator
+
+    from portal import realtime
+    from portal.asgi import application
+
+    live_auth.forget_tokens()
+    machine = builders.make_machine(vault=vault, name="web-09")
+    token = machine_token_issue(machine=machine)
+    realtime.serving_pid = None  # as in a process that has served nothing yet
+
+    async def scenario():
+        await HttpCommunicator(
+            application, "GET", "/signin/", headers=[(b"host", b"127.0.0.1")]
+        ).get_response()
+        loop = asyncio.get_running_loop()
+        for _ in range(100):
+            if not any(task.get_loop() is loop for task in live_auth._background):
+                break
+            await asyncio.sleep(0.05)
+
+    run(scenario())
+    assert token_hash(token) in live_auth._tokens.entries
