@@ -53,7 +53,8 @@ def machine_tokens_revoke(*, machine: Machine) -> int:
     revoked = MachineToken.objects.filter(machine=machine, revoked_at__isnull=True).update(
         revoked_at=timezone.now()
     )
-    # This process's token cache at once; other processes' within TOKEN_CACHE_SECONDS.
+    # This process's token cache at once; the others' when they see the database's token
+    # counter move (agents.live_auth: within GENERATION_FRESH_SECONDS).
     transaction.on_commit(forget_tokens)
     return revoked
 

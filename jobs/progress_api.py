@@ -5,7 +5,8 @@ portal's busiest endpoint. ``portal.hotpath`` hands it here before Django. The c
 case — a running job of the calling machine whose report changes only numbers — is done
 without Django's request cycle, a thread, or a database connection:
 
-- the machine from its token (``agents.live_auth``: an in-process cache, 5 s at most) and
+- the machine from its token (``agents.live_auth``: an in-process cache, kept until a
+  token or machine changes standing, 2 s at most after) and
   the per-machine rate limit (one Redis round trip);
 - the job from an in-process cache of running jobs (machine, vault, the shape of its last
   report; a start done here puts the job there); a miss loads the row once, in the loop's

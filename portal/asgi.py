@@ -23,11 +23,17 @@ from portal.routing import websocket_urlpatterns  # noqa: E402
 
 
 def _mark_serving(app):
-    """Record the serving process so in-process pushes skip the relay (portal.realtime)."""
+    """Record the serving process so in-process pushes skip the relay (portal.realtime),
+    and have it load every live machine token at its first request of any kind, in the
+    background (``agents.live_auth.warm``): a schedule's burst of starts right after a
+    restart finds them there."""
 
     async def wrapper(scope, receive, send):
         if realtime.serving_pid != os.getpid():
             realtime.serving_pid = os.getpid()
+            from agents.live_auth import warm
+
+            warm()
         return await app(scope, receive, send)
 
     return wrapper

@@ -261,10 +261,19 @@ class LoopBatches:
         if len(queue.tasks) < self.parallel:
             task = loop.create_task(self._drain(queue))
             queue.tasks.add(task)
-            task.add_done_callback(queue.tasks.discard)
         return await future
 
     async def _drain(self, queue: _LoopQueue) -> None:
+        try:
+            await self._drain_waiting(queue)
+        finally:
+            # Gone from the running ones in the same step as its last look at the queue:
+            # a done-callback ran a step later, and an item added in between (by a caller
+            # its last batch had just answered) found it still counted, started no call,
+            # and waited for ever.
+            queue.tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+    async def _drain_waiting(self, queue: _LoopQueue) -> None:
         while queue.waiting:
             batch = queue.waiting[: self.max_items]
             del queue.waiting[: self.max_items]

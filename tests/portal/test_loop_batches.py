@@ -1,0 +1,49 @@
+"""``portal.pools.LoopBatches``: the items waiting on the event loop go together in one
+call, and none is left waiting."""
+
+from __future__ import annotations
+
+import asyncio
+
+from portal.pools import LoopBatches
+
+
+def test_an_item_added_right_after_a_batch_answered_is_run():
+    """The caller a batch has just answered adds the next item at once, before the call
+    that answered it has finished its task: it is run (it used to wait for ever)."""
+    calls: list[list[int]] = []
+
+    async def double(items: list[int]) -> list[int]:
+        calls.append(items)
+        await asyncio.sleep(0)
+        return [item * 2 for item in items]
+
+    batches = LoopBatches(double, max_items=10)
+
+    async def scenario():
+        first = await batches(1)
+        second = await batches(2)  # no step in between
+        return first, second
+
+    async def bounded():
+        return await asyncio.wait_for(scenario(), timeout=2)
+
+    assert asyncio.run(bounded()) == (2, 4)
+    assert calls == [[1], [2]]
+
+
+def test_items_that_wait_together_go_in_one_call():
+    calls: list[list[int]] = []
+
+    async def double(items: list[int]) -> list[int]:
+        calls.append(items)
+        await asyncio.sleep(0.01)
+        return [item * 2 for item in items]
+
+    batches = LoopBatches(double, max_items=10)
+
+    async def scenario():
+        return await asyncio.gather(*(batches(n) for n in range(5)))
+
+    assert asyncio.run(scenario()) == [0, 2, 4, 6, 8]
+    assert calls == [[0, 1, 2, 3, 4]]
