@@ -484,20 +484,25 @@ def count_tree(
     backup's progress totals and cache check; cheap: ``scandir`` in no particular order, one
     ``lstat`` per regular file (its size) and per folder (a kernel file system is not
     entered), no warnings. ``large`` gets path -> size of each file of ``LARGE_FILE`` bytes
-    or more: a first backup's walk does not ``lstat`` files, and sizes its batches by these."""
+    or more: a first backup's walk does not ``lstat`` files, and sizes its batches by these.
+
+    Each folder is listed through a descriptor, so each ``lstat`` is ``fstatat`` of a name
+    in it: the kernel does not walk the whole path again for every file of a deep tree."""
     pseudo = pseudo_devices()
     files = size = 0
     rules = exclude.active
     folders: list[bytes] = []
+    fsencode, isfile, isdir = os.fsencode, stat.S_ISREG, stat.S_ISDIR
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
     for src in sources:
         try:
             st = os.lstat(src)
         except OSError:
             continue
-        if stat.S_ISREG(st.st_mode):
+        if isfile(st.st_mode):
             files += 1
             size += st.st_size
-        elif stat.S_ISDIR(st.st_mode) and st.st_dev not in pseudo:
+        elif isdir(st.st_mode) and st.st_dev not in pseudo:
             folders.append(src)
     while folders:
         if stop():
@@ -505,29 +510,33 @@ def count_tree(
         folder = folders.pop()
         prefix = join(folder, b"")
         try:
-            with os.scandir(folder) as it:
-                entries = list(it)
+            fd = os.open(folder, flags)
         except OSError:
             continue
-        for e in entries:
-            name = e.name
-            path = prefix + name
-            if rules and exclude(path, name):
-                continue
-            try:
-                if e.is_file(follow_symlinks=False):
-                    n = e.stat(follow_symlinks=False).st_size
-                    files += 1
-                    size += n
-                    if n >= LARGE_FILE and large is not None:
-                        large[path] = n
-                    if not files % 2000:
-                        yield files, size
-                elif (
-                    e.is_dir(follow_symlinks=False)
-                    and e.stat(follow_symlinks=False).st_dev not in pseudo
-                ):
-                    folders.append(path)
-            except OSError:  # gone meanwhile: the walk warns about it
-                continue
+        try:
+            with os.scandir(fd) as it:
+                entries = list(it)  # (names as str: the descriptor is not a bytes path)
+            for e in entries:
+                if rules:
+                    name = fsencode(e.name)
+                    if exclude(prefix + name, name):
+                        continue
+                try:
+                    if e.is_file(follow_symlinks=False):
+                        n = e.stat(follow_symlinks=False).st_size
+                        files += 1
+                        size += n
+                        if n >= LARGE_FILE and large is not None:
+                            large[prefix + fsencode(e.name)] = n
+                        if not files % 2000:
+                            yield files, size
+                    elif (
+                        e.is_dir(follow_symlinks=False)
+                        and e.stat(follow_symlinks=False).st_dev not in pseudo
+                    ):
+                        folders.append(prefix + fsencode(e.name))
+                except OSError:  # gone meanwhile: the walk warns about it
+                    continue
+        finally:
+            os.close(fd)
     yield files, size
