@@ -231,6 +231,7 @@ def main() -> None:
         "--repeat", type=int, help="rounds; the fastest of each is kept (default 2; 1 for the tree)"
     )
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--no-restore", action="store_true", help="stop after the 1%%-change backups")
     args = ap.parse_args()
 
     ensure_tools()
@@ -257,15 +258,19 @@ def main() -> None:
 
     for rnd in range(repeat):
         print(f"-- round {rnd + 1} of {repeat}", flush=True)
-        one_round(scratch / f"run-{name}", info, args.tools.split(","), record, tree=tree)
+        one_round(scratch / f"run-{name}", info, args.tools.split(","), record, tree=tree,
+                  restores=not args.no_restore)  # fmt: skip
     print_table(results)
     if args.json:
         Path(args.json).write_text(json.dumps({"data": info, "results": results}, indent=1))
 
 
-def one_round(work: Path, info: dict, tool_names: list[str], record, *, tree: bool) -> None:
+def one_round(
+    work: Path, info: dict, tool_names: list[str], record, *, tree: bool, restores: bool = True
+) -> None:
     """One round of every stage. ``tree``: the many-small-files set, where the changed files
-    are still in the page cache (no second warm-up) and no single-file restore is timed."""
+    are still in the page cache (no second warm-up) and no single-file restore is timed;
+    without ``restores`` the round ends after the 1% change."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     src = work / "src"
@@ -289,6 +294,9 @@ def one_round(work: Path, info: dict, tool_names: list[str], record, *, tree: bo
         warm(src)
     for t in tools:
         record(t.name, "1%-change", t.backup("change"), stored=t.stored())
+    if not restores:
+        shutil.rmtree(work, ignore_errors=True)
+        return
     restore_root = work / "restores"
     restore_root.mkdir()
     record("cp -a", "restore-floor", run(["cp", "-a", str(src), str(restore_root / "cp")]))

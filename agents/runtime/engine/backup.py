@@ -2,7 +2,9 @@
 
 Pipeline (designed for 2 cores)::
 
-    main process: walk ─▶ unchanged? (merge-join with the previous manifest, no read)
+    walk process (fork, ``scan.WalkAhead``): list ─ lstat ─▶ batches of (path, lstat fields)
+                   ▼
+    main process: unchanged? (merge-join with the previous manifest, no read)
                    │ changed/new files, in batches (runs of files consecutive in tree order)
                    ▼
     worker processes (fork): read ─ chunk ─ hash ─ compress ─ seal ─ pack (shared memory)
@@ -15,7 +17,7 @@ Pipeline (designed for 2 cores)::
 
 Folders, symbolic links, unchanged items, files whose content is reused unread and the later
 paths of a hard-link set are encoded in the main process; every file a worker reads is
-encoded there, so a first backup's main process does little per file beyond its ``lstat``.
+encoded there, so a first backup's main process does little per file beyond queueing it.
 
 Write order (packs, then index deltas, then the manifest) makes every moment crash-consistent:
 a recovery point exists only once its manifest is stored. Uploaded packs that never made it
@@ -27,6 +29,7 @@ and the one being filled.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import stat
 import threading
@@ -44,6 +47,7 @@ from agents.runtime.engine.format import (
     ENTRY,
     FILE,
     HARDLINK,
+    HOLE_ID,
     PACK_ROW,
     REF,
     SYMLINK,
@@ -59,7 +63,7 @@ from agents.runtime.engine.packer import Packer
 from agents.runtime.engine.previous import PreviousCursor
 from agents.runtime.engine.progress import ProgressSink, Reporter
 from agents.runtime.engine.repository import RecoveryPoint, Repository, default_hostname, now
-from agents.runtime.engine.scan import WalkAhead, normalize_sources, read_xattrs
+from agents.runtime.engine.scan import WalkAhead, WalkStat, normalize_sources, read_xattrs
 
 DEFAULT_PACK_SIZE = 16 << 20
 BATCH_FILES = 512
@@ -216,6 +220,8 @@ class _Backup:
         self.outstanding = 0
         self.task_id = 0
         self.names = OwnerNames()
+        # (uid, gid) -> (len(user name), user name + group name), as an entry stores them
+        self.owner_bytes: dict[tuple[int, int], tuple[int, bytes]] = {}
         self.referenced: set[int] = set()
         self.unresolved: set[bytes] = set()  # referenced chunks whose pack has not arrived
         self.exited = 0
@@ -365,7 +371,7 @@ class _Backup:
         find, fresh, isreg = self.cursor.find, self.fresh, stat.S_ISREG
         large = self.large_files
         tick = 0  # (mirrored in self.tick for the batches' age)
-        for path, st, problem in self.walker:
+        for path, st, problem in itertools.chain.from_iterable(self.walker.batches()):
             if not tick & 63 and cancel.is_set():
                 return True
             if st is None:
@@ -385,19 +391,19 @@ class _Backup:
                     res.files_read += 1
                 else:
                     self._unstated(path, find(path))
-            else:
+            else:  # (``st``: the fields of a ``WalkStat``, a plain tuple)
                 prev = None if fresh else find(path)
-                if prev is None and isreg(st.st_mode) and st.st_nlink == 1 and path[:1] == b"/":
+                if prev is None and isreg(st[0]) and st[3] == 1 and path[:1] == b"/":
                     # A new file: a worker reads it and encodes its entry; all that happens
                     # here is this.
                     run = self.open_run or self._open_run()
-                    run.jobs.append((path, st.st_size, st.st_mtime_ns))
+                    run.jobs.append((path, st[6], st[7]))
                     self.batch_files += 1
-                    self.batch_bytes += st.st_size
+                    self.batch_bytes += st[6]
                     res.files += 1
                     res.files_read += 1
                 elif not self._unchanged(st, prev):
-                    self._changed(path, st, prev)
+                    self._changed(path, WalkStat(st), prev)
             rep.current = path
             tick += 1
             self.tick = tick
@@ -419,7 +425,7 @@ class _Backup:
         """A regular file the walk did not lstat, in a backup that compares with a previous
         point (a walk started with ``lstat_files=False``): lstat'ed here."""
         try:
-            st = os.lstat(path)
+            st = WalkStat.of(os.lstat(path))
         except FileNotFoundError:
             self.warn(path, "vanished before it could be backed up")
             return
@@ -442,48 +448,55 @@ class _Backup:
         self.batch.append(run)
         return run
 
-    def _unchanged(self, st: os.stat_result, prev: EntryRef | None) -> bool:
+    def _unchanged(self, st: tuple, prev: EntryRef | None) -> bool:
         """The item is exactly as in the previous recovery point: queue its old entry's bytes.
 
         Same inode, change time and modification time mean nothing was written, chmod-ed,
         chown-ed or replaced (any of those moves the ctime); size, mode and owner are compared
         too. A file counts only when every chunk it needs is still stored. Hard-linked files
         take the ordinary path (their link set is rebuilt each time). ``prev`` is compared
-        where it lies in the manifest buffer (``format.scan_entries``): no ``Entry`` is built."""
+        where it lies in the manifest buffer (``format.scan_entries``): no ``Entry`` is built.
+        ``st``: a ``WalkStat``'s fields (unpacked here: the hot path of a no-change backup)."""
         if prev is None:
             return False
         _path, head, start, end, buf = prev
         kind, mode, uid, gid, nlink, mt, ct, ino, size, lu, lg, lp, lt, nc = head
+        st_mode, st_ino, _dev, st_nlink, st_uid, st_gid, st_size, st_mt, st_ct = st
         if (
-            ct != st.st_ctime_ns
-            or mt != st.st_mtime_ns
-            or ino != st.st_ino
-            or mode != stat.S_IMODE(st.st_mode)
-            or uid != st.st_uid
-            or gid != st.st_gid
+            ct != st_ct
+            or mt != st_mt
+            or ino != st_ino
+            or mode != st_mode & 0o7777
+            or uid != st_uid
+            or gid != st_gid
         ):
             return False
-        names = self.names
         p = start + ENTRY.size + lp + lt  # the user name, then the group name, then the refs
-        if buf[p : p + lu] != (names.users.get(uid) or names.user(uid)) or buf[
-            p + lu : p + lu + lg
-        ] != (names.groups.get(gid) or names.group(gid)):
+        owners = self.owner_bytes.get((uid, gid))
+        if owners is None:
+            user = self.names.user(uid)
+            owners = self.owner_bytes[(uid, gid)] = (len(user), user + self.names.group(gid))
+        if lu != owners[0] or buf[p : p + lu + lg] != owners[1]:
             return False
-        mode, res = st.st_mode, self.result
+        mode, res = st_mode, self.result
         kind &= ~XATTRS
         if kind == FILE and stat.S_ISREG(mode):
-            if st.st_nlink != 1 or nlink != 1 or size != st.st_size:
+            if st_nlink != 1 or nlink != 1 or size != st_size:
                 return False
             p += lu + lg
-            rsize = REF.size
-            packs = self.repo.index.packs_of_ids(
-                [buf[p : p + 32]]
-                if nc == 1
-                else [buf[o : o + 32] for o in range(p, p + nc * rsize, rsize)]
-            )
-            if packs is None:
-                return False
-            self.referenced.update(packs)
+            if nc == 1 and buf[p : p + 32] != HOLE_ID:  # a small file: one chunk, one probe
+                pack_no = self.repo.index.pack_of(buf[p : p + 32])
+                if pack_no is None:
+                    return False
+                self.referenced.add(pack_no)
+            else:
+                rsize = REF.size
+                packs = self.repo.index.packs_of_ids(
+                    [buf[o : o + 32] for o in range(p, p + nc * rsize, rsize)]
+                )
+                if packs is None:
+                    return False
+                self.referenced.update(packs)
             res.files += 1
             res.files_unchanged += 1
             res.logical_bytes += size
@@ -492,14 +505,15 @@ class _Backup:
             rep.bytes_done += size
         elif kind == DIR and stat.S_ISDIR(mode):
             res.dirs += 1
-        elif kind == SYMLINK and stat.S_ISLNK(mode) and lt == st.st_size:
+        elif kind == SYMLINK and stat.S_ISLNK(mode) and lt == st_size:
             res.symlinks += 1  # (a link's target cannot change in place)
         else:
             return False
-        self._queue(buf[start:end])  # written back as it was read
+        self.pending.append(buf[start:end])  # written back as it was read (``_queue``)
+        self.open_run = None
         return True
 
-    def _changed(self, path: bytes, st: os.stat_result, prev: EntryRef | None) -> None:
+    def _changed(self, path: bytes, st: WalkStat, prev: EntryRef | None) -> None:
         """A new or changed item (or a hard link): build its entry anew, or have a worker
         build it (a file it reads). ``path`` is the stored path; a mapped one is read from its
         disk folder."""
@@ -532,7 +546,7 @@ class _Backup:
             )  # fmt: skip
             self.warn(path, f"skipped: a {what} is not backed up")
 
-    def _entry(self, path: bytes, st: os.stat_result, kind: int) -> Entry:
+    def _entry(self, path: bytes, st: WalkStat, kind: int) -> Entry:
         return Entry(
             path=path,
             kind=kind,
@@ -555,7 +569,7 @@ class _Backup:
             self.warn(path, problem)
         return pairs
 
-    def _file(self, path: bytes, st: os.stat_result, prev: EntryRef | None, disk: bytes) -> None:
+    def _file(self, path: bytes, st: WalkStat, prev: EntryRef | None, disk: bytes) -> None:
         """A file that is not exactly as in the previous point: a later path of a hard-link
         set (its entry waits for the first's content), one whose content can be reused
         unread, or one for a worker to read."""
@@ -601,7 +615,7 @@ class _Backup:
         self.batch_bytes += st.st_size
         res.files_read += 1
 
-    def _reusable(self, st: os.stat_result, prev: EntryRef | None) -> list | None:
+    def _reusable(self, st: WalkStat, prev: EntryRef | None) -> list | None:
         """The previous entry's content when its file is the same (inode, times and size)
         and every chunk of it is stored (its packs are then referenced), else None."""
         if prev is None:

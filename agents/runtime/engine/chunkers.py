@@ -56,6 +56,8 @@ SPARSE_MIN = 1 << 20
 REPLACED = "was replaced by something that is not a regular file"
 
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+_DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
 
 
 def make_chunker(params: ChunkerParams) -> FastCDC:
@@ -323,6 +325,7 @@ def run_task(task, proc: FileProcessor, names: OwnerNames, result_q) -> None:
             result_q.put(("part", task_id, read, new_raw, refs, files, warnings))
             read = new_raw = files = pending = 0
             refs, warnings, sent = [], [], writer.sent
+    proc.end_task()
     result_q.put(
         ("done", task_id, read, new_raw, refs, files, warnings, blobs, links, logical, skipped)
     )
@@ -350,6 +353,8 @@ class FileProcessor:
         self.mv = memoryview(self.buf)
         self.small = self.params.min_size
         self.opens = 0
+        self._dir: bytes | None = None  # the folder of the file opened last (``_open``)
+        self._dir_fd: int | None = None
 
     def process(self, path: bytes, scan_size: int, scan_mtime: int):
         """Yields (records, status) pieces (``scan_size`` -1: a file the walk did not lstat);
@@ -437,15 +442,42 @@ class FileProcessor:
         return cid, len(data), True
 
     def _open(self, path: bytes) -> int:
+        """The file, opened by its name in its folder's descriptor (``_folder``): a task's
+        files come folder by folder, and the kernel then looks up one name, not every
+        component of a deep path, for each of them."""
         self.opens += 1
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+        head, _, name = path.rpartition(b"/")
+        dir_fd = self._folder(head) if head and name else None
+        if dir_fd is None:
+            name = path
         if _O_NOATIME:
             try:
-                return os.open(path, flags | _O_NOATIME)
+                return os.open(name, _OPEN_FLAGS | _O_NOATIME, dir_fd=dir_fd)
             except PermissionError as exc:
                 if exc.errno != errno.EPERM:  # O_NOATIME needs ownership; retry without
                     raise
-        return os.open(path, flags)
+        return os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
+
+    def _folder(self, folder: bytes) -> int | None:
+        """A descriptor of ``folder`` (``O_PATH``: search permission is all a path needs
+        too), kept while the files asked for are in it and until the task ends
+        (``end_task``), so a folder renamed or replaced meanwhile is looked up afresh by
+        the next task; None when it cannot be opened (the path is opened whole, and
+        says why)."""
+        if folder == self._dir:
+            return self._dir_fd
+        self.end_task()
+        try:
+            self._dir_fd = os.open(folder, _DIR_FLAGS)
+        except OSError:
+            return None
+        self._dir = folder
+        return self._dir_fd
+
+    def end_task(self) -> None:
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+        self._dir, self._dir_fd = None, None
 
     def _regions(self, fd: int, st: os.stat_result):
         """Data regions; holes of sparse files are found with SEEK_DATA/SEEK_HOLE."""

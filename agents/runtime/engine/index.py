@@ -143,11 +143,22 @@ class ChunkIndex:
         return out
 
     def pack_of(self, chunk_id: bytes) -> int | None:
-        """The live pack number holding the chunk, or None (``get`` without the rest)."""
+        """The live pack number holding the chunk, or None (``get`` without the rest; the
+        probe of ``packs_of_ids`` for one id, without its list: a no-change backup asks
+        this once for each small file)."""
         if chunk_id == HOLE:
             return None
-        found = self.packs_of(((chunk_id, 0),))
-        return found[0] if found else None
+        recs, slots, mask = self._recs, self._slots, self._mask
+        h = int.from_bytes(chunk_id[:8], "little") & mask
+        while True:
+            s = slots[h]
+            if s == 0:
+                return None
+            o = (s - 1) * RECSIZE
+            if recs[o : o + 32] == chunk_id:
+                no = int.from_bytes(recs[o + 32 : o + 36], "little")
+                return None if no in self._dead else no
+            h = (h + 1) & mask
 
     def get(self, chunk_id: bytes) -> tuple[int, int, int, int] | None:
         """(pack number, offset, stored length, plain length) or None."""

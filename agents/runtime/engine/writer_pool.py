@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import queue
 import threading
 
 from agents.runtime.engine.errors import Cancelled, EngineError
-from agents.runtime.engine.forked import die_with_parent
+from agents.runtime.engine.forked import SharedFlag, die_with_parent
 from agents.runtime.engine.format import decode_entries
 
 PROGRESS_SECONDS = 0.1  # and, between files, every 0.1 s (``file_writer.PROGRESS_BYTES``)
@@ -40,22 +39,6 @@ def writer_main(tasks, results, make_writer, cancel, forked: bool) -> None:
     finally:
         writer.close()
         results.put(("exit", None))
-
-
-class SharedFlag:
-    """``threading.Event``'s ``set``/``is_set`` over one byte of shared memory, for forked
-    writers: they look at it between files and between chunks, and a
-    ``multiprocessing.Event`` takes a lock on every look (a tenth of a writer's time in small
-    files)."""
-
-    def __init__(self, ctx) -> None:
-        self._value = ctx.RawValue(ctypes.c_bool, False)
-
-    def set(self) -> None:
-        self._value.value = True
-
-    def is_set(self) -> bool:
-        return self._value.value
 
 
 class WriterPool:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 
-from agents.runtime.engine import run_backup
-from agents.runtime.engine.scan import Excluder, pseudo_devices, walk
+import pytest
+
+from agents.runtime.engine import WalkAhead, run_backup
+from agents.runtime.engine.scan import Excluder, WalkStat, pseudo_devices, walk
 from tests.runtime.engine.conftest import restored, tree_snapshot, write_random
 from tests.runtime.engine.helpers import restore
 
@@ -39,3 +41,54 @@ def test_proc_is_kept_as_a_folder_but_never_entered(repo, tmp_path):
     assert restore(repo, tmp_path / "out").status == "completed"
     assert os.listdir(tmp_path / "out" / "proc") == []
     assert tree_snapshot(restored(tmp_path / "out", src)) == tree_snapshot(src)
+
+
+def test_the_walk_ahead_lstats_in_a_process_of_its_own_and_yields_the_same_items(
+    tmp_path, monkeypatch
+):
+    # On a thread, every lstat of the walk gave the GIL up and took it back against the
+    # backup's main thread: the two took turns on one core. In a process of its own the
+    # walk's system calls are not the backup process's.
+    src = tmp_path / "src"
+    write_random(src / "a", 100, 1)
+    write_random(src / "sub" / "b", 100, 2)
+    os.symlink("a", src / "link")
+    root = os.fsencode(src)
+    expected = {p: st for p, st in walk([root], Excluder([]), lambda p, r: None)}
+    here: list[bytes] = []
+    original = os.lstat
+
+    def lstat_here(path, *args, **kw):
+        here.append(os.fsencode(path))
+        return original(path, *args, **kw)
+
+    monkeypatch.setattr(os, "lstat", lstat_here)
+    walker = WalkAhead([src])
+    try:
+        items = {p: st for p, st, problem in walker if problem is None}
+    finally:
+        walker.close()
+    assert here == []  # (the process's own calls are counted in its own copy of the list)
+    assert items.keys() == expected.keys()
+    for path, st in items.items():
+        assert st == WalkStat.fields(expected[path])
+
+
+class _WalkBroke(Exception):
+    pass
+
+
+def test_an_error_in_the_walk_s_process_is_raised_to_its_reader(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    write_random(src / "a", 100, 1)
+
+    def broken_listdir(path):
+        raise _WalkBroke(f"cannot list {path!r}")
+
+    monkeypatch.setattr(os, "listdir", broken_listdir)
+    walker = WalkAhead([src])
+    try:
+        with pytest.raises(_WalkBroke, match="cannot list"):
+            list(walker)
+    finally:
+        walker.close()
