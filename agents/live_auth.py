@@ -208,9 +208,9 @@ def load_machines(digests: list[str]) -> list[tuple[LiveMachine, int] | None]:
         f"WHERE t.token_hash IN ({', '.join(['%s'] * len(wanted))}) "
         "AND t.revoked_at IS NULL AND m.unregistered_at IS NULL"
     )
-    now = timezone.now()
-    at = field("last_used_at").get_db_prep_value(now, connection)
     if connection.vendor == "postgresql":
+        now = timezone.now()
+        at = field("last_used_at").get_db_prep_value(now, connection)
         due_before = now - timedelta(seconds=LAST_USED_RESOLUTION_SECONDS)
         with connection.cursor() as cursor:
             # Two of these at once (two threads) never wait for each other: a row the
@@ -229,18 +229,8 @@ def load_machines(digests: list[str]) -> list[tuple[LiveMachine, int] | None]:
     with connection.cursor() as cursor:
         cursor.execute(found, wanted)
         rows = cursor.fetchall()
-    due = [
-        row[1]
-        for row in rows
-        if row[4] is None or (now - _aware(row[4])).total_seconds() > LAST_USED_RESOLUTION_SECONDS
-    ]
-    if due:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {tokens} SET {used} = %s "
-                f"WHERE {pk_column} IN ({', '.join(['%s'] * len(due))})",
-                [at, *due],
-            )
+    if rows:  # the last uses that are due, as a hit's are written
+        note_used([row[0] for row in rows])
     return _answers(digests, [(digest, m, v, g) for digest, _, m, v, _, g in rows])
 
 

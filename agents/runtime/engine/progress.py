@@ -102,12 +102,8 @@ class Reporter:
         rate = settled / elapsed
         # A total may be an estimate (an incremental backup starts from the previous point's):
         # it grows with what is done rather than show "5 of 4 files".
-        files_total = self.files_total
-        if files_total is not None and files_total < self.files_done:
-            files_total = self.files_done
-        bytes_total = self.bytes_total
-        if bytes_total is not None and bytes_total < self.bytes_done:
-            bytes_total = self.bytes_done
+        files_total = _at_least(self.files_total, self.files_done)
+        bytes_total = _at_least(self.bytes_total, self.bytes_done)
         eta = None
         if bytes_total and rate > 0 and bytes_total >= settled:
             eta = round((bytes_total - settled) / rate, 1)
@@ -155,3 +151,8 @@ class Reporter:
                 **extra,
             }
         )
+
+
+def _at_least(total: int | None, done: int) -> int | None:
+    """An estimated total, never below what is done (None: no total)."""
+    return None if total is None else max(total, done)
