@@ -3,19 +3,26 @@
 // FLEET_CHANGED); the page then fetches its results again through its filter form, so with
 // the filters as they are now, at most once a second however many changes arrive together.
 // The form's requests replace each other (hx-sync): a filter just chosen and a refresh never
-// land out of order. Whenever the socket opens (a push may have been missed) it refreshes too.
+// land out of order. A refresh waits while the form's own request is in flight (htmx marks
+// the form htmx-request): it would replace that request, and with it the URL the user's
+// choice pushes. Whenever the socket opens (a push may have been missed) it refreshes too.
 (function () {
   "use strict";
 
   var GAP_MS = 1000;
+  var BUSY_RETRY_MS = 100;
   var timer = null;
   var last = 0;
 
   function refresh() {
     timer = null;
-    last = Date.now();
     var form = document.getElementById("backup-center-filters");
     if (!form || !window.htmx) return;
+    if (form.classList.contains("htmx-request")) {
+      timer = setTimeout(refresh, BUSY_RETRY_MS);
+      return;
+    }
+    last = Date.now();
     window.htmx.ajax("GET", form.getAttribute("hx-get"), {
       source: form, target: "#backup-center-results", swap: "outerHTML", push: "false"
     });

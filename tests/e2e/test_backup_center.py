@@ -191,3 +191,34 @@ def test_the_backup_center_shows_changes_as_they_happen_without_a_reload(
     assert page.evaluate("window.notReloaded") is True
     expect(rows).to_have_count(2)
     assert page.url.endswith(f"/backup-center/?vault={shown.pk}")
+
+
+def test_a_refresh_does_not_swallow_the_filter_just_chosen(
+    signed_in_page, live_portal, portal_owner
+):
+    """A live refresh due just as the user picks a filter (the socket opening, or a push)
+    waits for the user's request: the results and the URL both follow the choice."""
+    page = signed_in_page
+    prod, dev = _vault(portal_owner, "vault-prod"), _vault(portal_owner, "vault-dev")
+    Machine.objects.create(vault=prod, name="web-01", last_seen_at=timezone.now())
+    Machine.objects.create(vault=dev, name="build-01", last_seen_at=timezone.now())
+
+    page.goto(f"{live_portal}/backup-center/")
+    expect(page.locator("body")).to_have_attribute("data-live", "open")
+    rows = page.locator("#fleet-machines tbody tr")
+    expect(rows).to_have_count(2)
+    page.wait_for_timeout(1200)  # past the refreshes' one-a-second gap: the next one is due at once
+
+    # The choice and a socket (re)opening in the same instant.
+    page.evaluate(
+        """(vault) => {
+            const select = document.querySelector('#backup-center-filters select[name=vault]');
+            select.value = vault;
+            select.dispatchEvent(new Event('change', {bubbles: true}));
+            document.dispatchEvent(new CustomEvent('htmx:wsOpen'));
+        }""",
+        str(prod.pk),
+    )
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("web-01")
+    expect(page).to_have_url(re.compile(rf"/backup-center/\?.*vault={prod.pk}"))
