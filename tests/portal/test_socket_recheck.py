@@ -13,7 +13,7 @@ from channels.db import database_sync_to_async
 
 from portal import consumers, live, realtime
 from portal.models import Membership, Role
-from tests.portal.test_live_socket import _session_for, _socket, run
+from tests.portal.test_live_socket import CONNECT_SECONDS, _session_for, _socket, run
 from tests.support import builders
 from vaults.services import group_for_vault
 
@@ -42,7 +42,7 @@ def test_a_slow_access_question_holds_no_push_while_the_answer_is_within_the_bou
 
     async def scenario():
         socket = _socket(session, f"/ws/live/?watch=vault:{vault.pk}")
-        assert (await socket.connect())[0]
+        assert (await socket.connect(timeout=CONNECT_SECONDS))[0]
         waits = []
         for n in range(25):  # 2.5 s: past RECHECK_SECONDS more than once
             sent = time.monotonic()

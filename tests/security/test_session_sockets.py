@@ -167,7 +167,8 @@ def test_a_machines_policy_group_is_for_those_who_can_read_the_machine(bob, char
 
     async def scenario():
         member, outsider = _socket(_session_for(bob), path), _socket(_session_for(charlie), path)
-        assert (await member.connect())[0] and (await outsider.connect())[0]
+        assert (await member.connect(timeout=CONNECT_SECONDS))[0]
+        assert (await outsider.connect(timeout=CONNECT_SECONDS))[0]
         await database_sync_to_async(realtime.publish_now)(f"policy.{machine.pk}", "<p>v2</p>")
         assert await member.receive_from(timeout=5) == "<p>v2</p>"
         assert await outsider.receive_nothing(timeout=0.5)
