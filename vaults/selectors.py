@@ -273,6 +273,11 @@ class ActivityFilters:
         values.update(override)
         return urlencode({k: v for k, v in values.items() if v})
 
+    @property
+    def end_day(self) -> date | None:
+        """The last day the custom range includes (the To box)."""
+        return self.end
+
 
 def _day(value) -> date | None:
     try:

@@ -82,6 +82,15 @@
   document.addEventListener("change", function (event) {
     var select = event.target.closest("[data-autosubmit]");
     if (select && select.form) select.form.requestSubmit();
+    // A filter row's From and To apply to "Custom range" only (portal/_time_range.html).
+    var range = event.target.closest("select[data-time-range]");
+    if (range && range.form) {
+      var custom = range.value === "custom";
+      range.form.querySelectorAll("[data-custom-range]").forEach(function (label) {
+        label.hidden = !custom;
+        label.querySelectorAll("input").forEach(function (box) { box.disabled = !custom; });
+      });
+    }
   });
   function applyWidths(root) {
     if (root.matches && root.matches("[data-width]")) root.style.width = root.getAttribute("data-width") + "%";
