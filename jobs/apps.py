@@ -172,5 +172,7 @@ def _points_lock_redundancy(vault):
     from jobs.models import RecoveryPoint
 
     if RecoveryPoint.objects.filter(vault=vault).exists():
-        return "Backup data exists in this vault; storage redundancy can no longer change."
+        return (
+            "Backup data exists in this vault; its storage replication type can no longer change."
+        )
     return None
