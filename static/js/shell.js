@@ -113,6 +113,35 @@
     });
   });
 
+  // One push goes to every page watching a group (a vault: its deployment page, its
+  // overview, its jobs…) and carries the fragments each of them shows; a page swaps in those
+  // whose target it has and leaves the rest (htmx would log "oobErrorNoTarget" for each).
+  // The socket element names this extension: hx-ext="ws,live-targets" in base.html.
+  function oobTarget(el) {
+    var swap = el.getAttribute("hx-swap-oob") || "";
+    var colon = swap.indexOf(":");
+    if (colon !== -1) return swap.slice(colon + 1).trim();
+    return el.id ? "#" + CSS.escape(el.id) : "";
+  }
+  if (window.htmx) {
+    window.htmx.defineExtension("live-targets", {
+      transformResponse: function (text) {
+        if (typeof text !== "string" || text.trim().charAt(0) !== "<") return text;
+        var holder = document.createElement("template");
+        holder.innerHTML = text;
+        var dropped = false;
+        Array.prototype.slice.call(holder.content.children).forEach(function (el) {
+          var target = oobTarget(el);
+          if (target && !document.querySelector(target)) {
+            el.remove();
+            dropped = true;
+          }
+        });
+        return dropped ? holder.innerHTML : text;
+      }
+    });
+  }
+
   // Render first, then stream: whenever the socket opens we may have missed pushes — after a
   // reconnect, and on the first open too (a job or a vault deployment that ended between the
   // page's render and the socket's open), so each live block ([data-live-src]) fetches its
