@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import timedelta
 
@@ -16,6 +17,33 @@ from vaults.models import Vault
 # No heartbeat for this long (agents send one a minute) and the portal shows the machine
 # Offline.
 OFFLINE_AFTER = timedelta(seconds=settings.HAVEN_AGENT_OFFLINE_SECONDS)
+
+# What agents before agents.runtime.host sent: ``platform.platform()``, e.g.
+# "Linux-6.1.0-18-amd64-x86_64-with-glibc2.36", "Windows-10-10.0.19045-SP0",
+# "macOS-14.4-arm64-arm-64bit".
+_RAW_LINUX = re.compile(
+    r"^Linux-(?P<release>.+)"
+    r"-(?P<arch>x86_64|aarch64|armv[0-9a-z]+|i[3-6]86|ppc64le|s390x|riscv64)(?:-with-.*)?$"
+)
+_RAW_MACOS = re.compile(r"^macOS-(?P<release>[0-9.]+)-(?P<arch>[^-]+)(?:-.*)?$")
+_RAW_WINDOWS = re.compile(r"^Windows-(?P<release>[^-]+)-(?P<version>[0-9.]+)(?:-.*)?$")
+
+
+def os_label(raw: str) -> str:
+    """The OS an agent reported, in words: as given by current agents ("Debian GNU/Linux 12
+    (bookworm)"); an older agent's raw platform string made readable ("Linux (kernel
+    6.1.0-18-amd64, x86_64)", "Windows 10 (10.0.19045)", "macOS 14.4 (arm64)")."""
+    raw = (raw or "").strip()
+    windows = _RAW_WINDOWS.match(raw)
+    if windows:
+        return f"Windows {windows['release']} ({windows['version']})"
+    linux = _RAW_LINUX.match(raw)
+    if linux:
+        return f"Linux (kernel {linux['release']}, {linux['arch']})"
+    macos = _RAW_MACOS.match(raw)
+    if macos:
+        return f"macOS {macos['release']} ({macos['arch']})"
+    return raw
 
 
 class Machine(models.Model):
@@ -72,6 +100,10 @@ class Machine(models.Model):
         if self.unregistered_at is not None or self.last_seen_at is None:
             return False
         return (now or timezone.now()) - self.last_seen_at < OFFLINE_AFTER
+
+    @property
+    def os_label(self) -> str:
+        return os_label(self.os_name)
 
     @property
     def status_label(self) -> str:

@@ -143,9 +143,10 @@ def _backup_facts(machine: Machine) -> dict:
         facts["seeding"]["shown"] = bool(
             (policy is not None and policy.initial_backup == "offline") or imports
         )
-        from jobs.services import verify_summary
+        from jobs.services import compact_refusal, verify_summary
 
         facts["verify"] = verify_summary(machine)
+        facts["compact_refusal"] = compact_refusal(machine)
     return facts
 
 

@@ -35,6 +35,26 @@ class JobsConfig(AppConfig):
         register_periodic("jobs.webhooks_send_due", "jobs.webhooks_send_due", 30)
         _register_vault_hooks()
         _register_dispatch_hooks()
+        _register_activity_words()
+
+
+def _register_activity_words() -> None:
+    """The activity log's Details in words: a policy change's settings by their editor's
+    names, alerts' and webhooks' codes by their labels."""
+    from jobs import policy_rules
+    from jobs.models import Alert, Webhook
+    from vaults import activity
+
+    activity.register_detail_words(
+        labels={**policy_rules.SETTING_LABELS, "severity": "Severity", "kind": "Alert",
+                "format": "Format"},
+        values={
+            **policy_rules.setting_value_labels(),
+            "severity": {str(v): str(label) for v, label in Alert.Severity.choices},
+            "kind": {str(v): str(label) for v, label in Alert.Kind.choices},
+            "format": {str(v): str(label) for v, label in Webhook.Format.choices},
+        },
+    )  # fmt: skip
 
 
 def _register_dispatch_hooks() -> None:
@@ -172,5 +192,7 @@ def _points_lock_redundancy(vault):
     from jobs.models import RecoveryPoint
 
     if RecoveryPoint.objects.filter(vault=vault).exists():
-        return "Backup data exists in this vault; storage redundancy can no longer change."
+        return (
+            "Backup data exists in this vault; its storage replication type can no longer change."
+        )
     return None

@@ -49,6 +49,73 @@ MONTH_NAMES = (
     "November",
     "December",
 )
+# A policy setting (a dotted name of its spec, as ``policy_diff`` records a change in the
+# activity log) in the editor's words, and the words for its coded values.
+_RULE_WORDS = {"mode": "on", "days": "days of the month", "week": "week of the month",
+               "weekdays": "day of the week"}  # fmt: skip
+SETTING_LABELS = {
+    "items": "Items to back up",
+    "exclude_globs": "Exclusions",
+    "exclude_types": "Excluded file types",
+    "frequency": "Backup frequency",
+    "times": "Backup times",
+    "weekdays": "Backup days",
+    "initial_backup": "Initial backup",
+    POLICY_SYSTEM_STATE: "System State",
+    POLICY_SEED_STAGING: "Seed staging folder",
+    "retention.daily": "Daily retention",
+    "retention.daily.days": "Daily points kept (days)",
+    "retention.weekly": "Weekly retention",
+    "retention.weekly.weekdays": "Weekly retention, day of the week",
+    "retention.weekly.weeks": "Weekly points kept (weeks)",
+    "retention.monthly": "Monthly retention",
+    "retention.monthly.months": "Monthly points kept (months)",
+    "retention.yearly": "Yearly retention",
+    "retention.yearly.months": "Yearly retention, month",
+    "retention.yearly.years": "Yearly points kept (years)",
+    **{
+        f"retention.{level}.{key}": f"{level.capitalize()} retention, {words}"
+        for level in ("monthly", "yearly")
+        for key, words in _RULE_WORDS.items()
+    },
+    f"{throttling.POLICY_KEY}.enabled": "Network throttling",
+    f"{throttling.POLICY_KEY}.work_days": "Throttling work days",
+    f"{throttling.POLICY_KEY}.work_start": "Throttling work hours start",
+    f"{throttling.POLICY_KEY}.work_end": "Throttling work hours end",
+    f"{throttling.POLICY_KEY}.work_kbps": "Throttled bandwidth in work hours (Kbps)",
+    f"{throttling.POLICY_KEY}.off_kbps": "Throttled bandwidth off work hours (Kbps)",
+}
+
+
+def setting_value_labels() -> dict[str, dict[str, str]]:
+    """The words for the coded values of the policy's settings, by dotted name."""
+    days = {str(n): name for n, name in enumerate(WEEKDAY_NAMES)}
+    hours = {str(h): f"{h:02d}:00" for h in range(25)}
+    return {
+        "frequency": {DAILY: "Daily", WEEKLY: "Weekly"},
+        "weekdays": days,
+        "initial_backup": {
+            "online": "Automatically over the network",
+            "offline": "Offline (seed from a disk)",
+        },
+        "retention.weekly.weekdays": days,
+        "retention.yearly.months": {str(n): name for n, name in enumerate(MONTH_NAMES, 1)},
+        f"{throttling.POLICY_KEY}.work_days": days,
+        f"{throttling.POLICY_KEY}.work_start": hours,
+        f"{throttling.POLICY_KEY}.work_end": hours,
+        **{
+            f"retention.{level}.{key}": words
+            for level in ("monthly", "yearly")
+            for key, words in (
+                ("mode", {"day": "Days of the month", "week": "Week of the month"}),
+                ("days", {str(LAST_DAY): "Last"}),
+                ("week", {w: w.capitalize() for w in WEEKS}),
+                ("weekdays", days),
+            )
+        },
+    }
+
+
 # ASCII and anchored at the very end: ``\d`` alone matches any script's digits and ``$``
 # matches before a trailing newline.
 TIME_RE = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])\Z")

@@ -66,9 +66,15 @@ class JobFilters:
         }
         if self.range == "custom":
             values["start"] = self.start.date().isoformat() if self.start else ""
-            values["end"] = (self.end - timedelta(days=1)).date().isoformat() if self.end else ""
+            values["end"] = self.end_day.isoformat() if self.end_day else ""
         values.update(override)
         return urlencode({k: v for k, v in values.items() if v})
+
+    @property
+    def end_day(self) -> date | None:
+        """The last day the custom range includes (the To box): ``end`` is the next day's
+        midnight, the bound the query uses."""
+        return (self.end - timedelta(days=1)).date() if self.end else None
 
 
 def _parse_day(value, *, end: bool = False) -> datetime | None:

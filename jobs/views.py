@@ -305,6 +305,9 @@ def compact_now(request, machine_id):
     except services.CompactAlreadyRunning as exc:
         messages.info(request, f"A compaction of {machine.name} is already running.")
         return redirect("jobs:detail", job_id=exc.job.pk)
+    except services.CompactRefused as exc:  # as Verify now's refusal
+        messages.error(request, exc.message)
+        return redirect("agents:detail", machine_id=machine.pk)
     activity.record(
         operation=Operation.COMPACT_NOW,
         user=request.user,

@@ -27,20 +27,22 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connections, models, router
+from django.utils import timezone as dj_timezone
 
 from portal import access
-from portal.models import Subscription
+from portal.models import Role, Subscription
 from portal.throttle import client_address
-from vaults.models import ActivityEntry
+from vaults.models import ActivityEntry, Vault
 
 Operation = ActivityEntry.Operation
 Outcome = ActivityEntry.Outcome
@@ -315,24 +317,120 @@ def require_role(request, *, vault, role: str, operation: str, resource: Any = N
 
 
 # --- reading it back: the page's Details column and the CSV export ---------------------------
-def _shown(value) -> str:
+# The Details column's words: a detail key's label, and for some keys the labels of their
+# values (codes a person never typed: "grs", "backup_operator"). Another app adds its own in
+# its AppConfig.ready (``register_detail_words``: the jobs app, a policy's settings).
+DETAIL_LABELS: dict[str, str] = {
+    "job": "Job",
+    "location": "Region",
+    "resource_group": "Resource group",
+    "redundancy": "Storage replication type",
+    "role": "Role",
+    "single_use": "Single use",
+    "expires_at": "Expires",
+    "for": "For",
+    "refusal": "Refused because",
+    "via": "Through",
+    "target": "Onto",
+    "credentials": "Vault credentials",
+    "credentials_downloaded_by": "Credentials downloaded by",
+    "hostname": "Host name",
+    "replaced": "Replaces",
+    "rollback": "Registration undone",
+    "recovery_point": "Recovery point",
+    "recovery_point_time": "Recovery point time",
+    "retain_until": "Retain until",
+    "started_on_machine": "Started on the machine",
+    "runs_on": "Runs on",
+    "new_key": "New key",
+    "old_keys": "Old keys",
+    "old_keys_removed_after": "Old keys removed after",
+    "user": "User",
+    "user_name_tried": "User name tried",
+    "required": "Required",
+    "version": "Policy version",
+    "host": "Host",
+    "signed": "Signed",
+}
+VALUE_LABELS: dict[str, dict[str, str]] = {}
+# The kind of value an operation's "from" and "to" are (labelled as that key's values).
+CHANGE_KINDS: dict[str, str] = {}
+
+
+def register_detail_words(
+    *,
+    labels: dict[str, str] | None = None,
+    values: dict[str, dict[str, str]] | None = None,
+    changes: dict[str, str] | None = None,
+) -> None:
+    """Add words for the Details column: key labels, value labels by key, and the key whose
+    values an operation's from/to are."""
+    DETAIL_LABELS.update(labels or {})
+    for key, words in (values or {}).items():
+        VALUE_LABELS.setdefault(key, {}).update(words)
+    CHANGE_KINDS.update(changes or {})
+
+
+register_detail_words(
+    values={
+        "redundancy": {str(v): str(label) for v, label in Vault.Redundancy.choices},
+        "immutability": {str(v): str(label) for v, label in Vault.Immutability.choices},
+        "role": {str(v): str(label) for v, label in Role.choices},
+    },
+    changes={
+        Operation.REDUNDANCY_CHANGE: "redundancy",
+        Operation.IMMUTABILITY_CHANGE: "immutability",
+        Operation.ROLE_CHANGE: "role",
+    },
+)
+
+
+_ISO_MOMENT = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$"
+)
+
+
+def _moment(value: str) -> str | None:
+    """An ISO 8601 time as the log's Time column shows it (the portal's zone), else None."""
+    if not _ISO_MOMENT.match(value):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if dj_timezone.is_naive(moment):
+        moment = moment.replace(tzinfo=UTC)
+    return dj_timezone.localtime(moment).strftime("%Y-%m-%d %H:%M")
+
+
+def _shown(value, key: str = "") -> str:
     if value is None or value == "":
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list):
-        return ", ".join(_shown(v) for v in value) or "none"
+        return ", ".join(_shown(v, key) for v in value) or "none"
     if isinstance(value, dict):
-        return ", ".join(f"{k} {_shown(v)}" for k, v in value.items())
+        return ", ".join(f"{_label(k)} {_shown(v, k)}" for k, v in value.items())
+    words = VALUE_LABELS.get(key)
+    if words and str(value) in words:
+        return words[str(value)]
+    if isinstance(value, str):
+        return _moment(value) or value
     return str(value)
 
 
-def detail_lines(detail: dict) -> list[str]:
-    """``detail`` in words, one line per fact: "grs → lrs", "retention.daily.days: 7 → 30",
-    "Target: web-02"."""
+def _label(key: str) -> str:
+    return DETAIL_LABELS.get(key) or key.replace("_", " ").replace(".", " › ").capitalize()
+
+
+def detail_lines(detail: dict, operation: str = "") -> list[str]:
+    """``detail`` in words, one line per fact: "Geo-redundant → Locally-redundant", "Daily
+    points kept (days): 7 → 30", "Onto: web-02", "Expires: 2026-12-07 09:30"."""
     lines = []
     if "from" in detail and "to" in detail:
-        lines.append(f"{_shown(detail['from'])} → {_shown(detail['to'])}")
+        kind = CHANGE_KINDS.get(operation, "")
+        lines.append(f"{_shown(detail['from'], kind)} → {_shown(detail['to'], kind)}")
     for key, value in detail.items():
         if key in ("from", "to"):
             continue
@@ -340,10 +438,11 @@ def detail_lines(detail: dict) -> list[str]:
             for name, change in value.items():
                 if isinstance(change, dict):
                     lines.append(
-                        f"{name}: {_shown(change.get('from'))} → {_shown(change.get('to'))}"
+                        f"{_label(name)}: {_shown(change.get('from'), name)} → "
+                        f"{_shown(change.get('to'), name)}"
                     )
         else:
-            lines.append(f"{key.replace('_', ' ').capitalize()}: {_shown(value)}")
+            lines.append(f"{_label(key)}: {_shown(value, key)}")
     return lines
 
 

@@ -217,7 +217,7 @@ class ActivityEntry(models.Model):
     class Operation(models.TextChoices):
         VAULT_CREATE = "vault.create", "Create vault"
         VAULT_DELETE = "vault.delete", "Delete vault"
-        REDUNDANCY_CHANGE = "vault.redundancy", "Change storage redundancy"
+        REDUNDANCY_CHANGE = "vault.redundancy", "Change storage replication type"
         CREDENTIALS_DOWNLOAD = "credentials.download", "Download vault credentials"
         CREDENTIALS_REVOKE = "credentials.revoke", "Revoke vault credentials"
         MACHINE_REGISTER = "machine.register", "Register machine"

@@ -190,7 +190,7 @@ def vault_delete_blockers(vault: Vault) -> list[DeleteBlocker]:
 
 
 def vault_redundancy_locked_reason(vault: Vault) -> str | None:
-    """Why the storage redundancy can no longer change, or None while it still can.
+    """Why the storage replication type (redundancy) can no longer change, or None while it still can.
 
     The rule is "until the first item is protected". Until the jobs app reports recovery
     points, a registered machine counts as protected: its first backup may start at any time.
@@ -202,9 +202,9 @@ def vault_redundancy_locked_reason(vault: Vault) -> str | None:
     count = vault.machines.filter(unregistered_at__isnull=True).count()
     if count:
         return (
-            f"The vault already protects {_plural(count, 'registered machine')}. Storage "
-            "redundancy can only be changed before the first item is protected; to use another "
-            "setting, create a new vault."
+            f"The vault already protects {_plural(count, 'registered machine')}. The "
+            "storage replication type can only be changed before the first item is protected; "
+            "to use another one, create a new vault."
         )
     if vault.state != Vault.State.READY:
         return "The vault is not deployed yet."
@@ -272,6 +272,11 @@ class ActivityFilters:
         }
         values.update(override)
         return urlencode({k: v for k, v in values.items() if v})
+
+    @property
+    def end_day(self) -> date | None:
+        """The last day the custom range includes (the To box)."""
+        return self.end
 
 
 def _day(value) -> date | None:

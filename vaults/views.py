@@ -726,7 +726,7 @@ def _activity_context(request, scope) -> dict:
     )
     entries = list(page.object_list)
     for entry in entries:
-        entry.lines = activity.detail_lines(entry.detail)
+        entry.lines = activity.detail_lines(entry.detail, entry.operation)
     return {
         "filters": filters,
         "page": page,

@@ -13,7 +13,6 @@ it or anything derived from it except the wrapped key in storage.
 
 from __future__ import annotations
 
-import platform
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agents.runtime import checks
+from agents.runtime import checks, host
 from agents.runtime.blobstore.base import BlobStore, StorageError
 from agents.runtime.config import (
     ConfigError,
@@ -189,7 +188,7 @@ def enroll(
         "credentials": creds.raw.decode("utf-8"),
         "machine_name": name,
         "hostname": socket.gethostname(),
-        "os_name": platform.platform(terse=True),
+        "os_name": host.os_name(),
         "agent_version": __version__,
         "time_zone": local_time_zone(),
         "replace": bool(replace),

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import importlib
 import logging
-import platform
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from agents.runtime import protocol
+from agents.runtime import host, protocol
 from agents.runtime.config import Registration, Settings
 from agents.runtime.portal_api import PortalClient
 from agents.runtime.version import __version__
@@ -104,7 +103,7 @@ def ping(ctx: AgentContext, *, note: str = "") -> dict:
         "note": note,
         "machine_id": ctx.registration.machine_id,
         "hostname": socket.gethostname(),
-        "os": platform.platform(terse=True),
+        "os": host.os_name(),
         "agent_version": __version__,
         "time": datetime.now(UTC).isoformat(),
     }

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import socket
 import threading
 import time
@@ -37,7 +36,7 @@ from celery import Celery, Task
 from celery.exceptions import SecurityWarning
 from kombu import Exchange, Queue
 
-from agents.runtime import redis_transport
+from agents.runtime import host, redis_transport
 from agents.runtime.config import Registration, Settings, config_dir
 from agents.runtime.jobs.outbox import Outbox, outbox_for_cache
 from agents.runtime.portal_api import PortalClient, PortalError, PortalRefused
@@ -164,7 +163,7 @@ def heartbeat_payload(registration: Registration | None = None) -> dict:
         "vault_id": registration.vault_id if registration else "",
         "agent_version": __version__,
         "hostname": socket.gethostname(),
-        "os_name": platform.platform(terse=True),
+        "os_name": host.os_name(),
         "time": datetime.now(UTC).isoformat(),
     }
 

@@ -248,7 +248,8 @@ def _wizard_page(
     status: int = 200,
 ):
     """The wizard with ``day``'s times (default: the newest day holding points), or those of
-    the day of ``point`` (a refused restore's), that point chosen."""
+    the day of ``point`` (a refused restore's), that point chosen; the day's only point is
+    chosen too."""
     tz = zone(source.time_zone)
     days = services.recovery_days(source, months=MONTHS_SHOWN, tz=tz)
     point_day = _point_day(source, point, tz)
@@ -258,6 +259,18 @@ def _wizard_page(
         day = point_day
     chosen = day or (days[-1][0] if days else None)
     region, region_error, replicated = _wizard_region(region, source)
+    chosen_days = (
+        [_times_day(source, chosen, tz, region=region, replicated=replicated)] if chosen else []
+    )
+    if not point and chosen_days:
+        # A day with a single point it can restore: that point is chosen, no click needed
+        # (recovery.js does the same for a day chosen later).
+        choosable = [
+            item["point"].snapshot_id
+            for item in chosen_days[0]["points"]
+            if region != protocol.REGION_SECONDARY or item["point"].on_secondary
+        ]
+        point = choosable[0] if len(choosable) == 1 else ""
     return render(
         request,
         "recovery/wizard.html",
@@ -272,9 +285,7 @@ def _wizard_page(
             "days": days,
             "months": _calendar(days, chosen),
             "chosen_point": point,
-            "chosen_days": [_times_day(source, chosen, tz, region=region, replicated=replicated)]
-            if chosen
-            else [],
+            "chosen_days": chosen_days,
             "browse_url": reverse("recovery:ask", args=[source.pk, target.pk, "browse"]),
             "times_url": reverse("recovery:times", args=[source.pk, target.pk]),
             "region_query": f"&region={region}" if region == protocol.REGION_SECONDARY else "",

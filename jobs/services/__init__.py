@@ -50,7 +50,9 @@ from jobs.services.compaction import (
     CompactAlreadyRunning,
     CompactionRefused,
     CompactionUnverifiable,
+    CompactRefused,
     compact_all,
+    compact_refusal,
     compact_start,
     compaction_apply,
 )
@@ -147,6 +149,7 @@ from jobs.services.verify import (
 __all__ = [
     "BackupAlreadyRunning",
     "CompactAlreadyRunning",
+    "CompactRefused",
     "CompactionRefused",
     "CompactionUnverifiable",
     "DrillEvidenceRefused",
@@ -176,6 +179,7 @@ __all__ = [
     "backup_now",
     "backup_start",
     "compact_all",
+    "compact_refusal",
     "compact_start",
     "compaction_apply",
     "drill_settings_parse",

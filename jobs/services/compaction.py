@@ -55,6 +55,7 @@ from jobs.models import BackupPolicy, Job, RecoveryPoint
 from jobs.services.live import job_publish
 from jobs.services.pruning import backup_in_flight, repository_fence, repository_store
 from jobs.services.replication import secondary_delete
+from jobs.services.verify import stored_data_refusal
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,27 @@ class CompactAlreadyRunning(Exception):
     def __init__(self, job: Job):
         super().__init__(f"A compaction of {job.machine} is already running.")
         self.job = job
+
+
+class CompactRefused(Exception):
+    """Compact now cannot start on this machine (``compact_refusal`` says why)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def compact_refusal(machine) -> str:
+    """Why Compact now cannot start on ``machine`` ("" when it can): the rule Verify now
+    follows (``stored_data_refusal``), or a compaction already on its way (pressing it then
+    shows that job)."""
+    refusal = stored_data_refusal(machine, work="compact")
+    if refusal:
+        return refusal
+    running = Job.objects.active().filter(machine=machine, operation=Job.Operation.COMPACT).first()
+    if running is not None:
+        return f"A compaction of {machine.name} is already {running.get_status_display().lower()}."
+    return ""
 
 
 @dataclass
@@ -83,8 +105,12 @@ def _packs(count: int, word: str) -> str:
 def compact_start(
     *, machine, user=None, trigger: str = Job.Trigger.ADHOC, now: datetime | None = None
 ) -> Job:
-    """Queue a Compact job for ``machine`` and send it to its agent; one at a time."""
+    """Queue a Compact job for ``machine`` and send it to its agent; one at a time
+    (``CompactAlreadyRunning``), and only on stored data (``CompactRefused``)."""
     now = now or timezone.now()
+    refusal = stored_data_refusal(machine, work="compact")
+    if refusal:
+        raise CompactRefused(refusal)
     running = Job.objects.active().filter(machine=machine, operation=Job.Operation.COMPACT)
     if running.exists():
         raise CompactAlreadyRunning(running.first())

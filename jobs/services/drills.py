@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import transaction
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from agents.models import Machine
 from agents.runtime import protocol
 from jobs import selectors, services  # services: the package, for its seams
 from jobs.models import Alert, BackupPolicy, Job, RecoveryPoint
+from jobs.schedule import Schedule, previous_run, zone
 from jobs.services.alerts import alert_raise, alerts_after_job
 from jobs.services.live import job_publish
 from jobs.services.points import PointRefused
@@ -178,10 +180,16 @@ def drill_runner(machine: Machine, policy: BackupPolicy | None) -> Machine:
 
 
 def drill_start(
-    *, machine: Machine, user=None, trigger: str = Job.Trigger.ADHOC, now: datetime | None = None
+    *,
+    machine: Machine,
+    user=None,
+    trigger: str = Job.Trigger.ADHOC,
+    scheduled_for: datetime | None = None,
+    now: datetime | None = None,
 ) -> Job:
     """Queue a restore drill of ``machine``'s latest recovery point and send it to the
-    machine that runs it; ``DrillRefused`` says why not."""
+    machine that runs it; ``DrillRefused`` says why not. A scheduled drill records the
+    slot it was due at (``scheduled_for``, default now)."""
     # Both import this package (jobs.services): a cycle at import time.
     from jobs.recovery.services import JOB_AUTHORISATION, _authorise_from_portal
     from jobs.services.protection import restore_refusal
@@ -233,7 +241,7 @@ def drill_start(
             operation=Job.Operation.DRILL,
             status=Job.Status.QUEUED if runner.is_online(now) else Job.Status.WAITING,
             trigger=trigger,
-            scheduled_for=now if trigger == Job.Trigger.SCHEDULED else None,
+            scheduled_for=(scheduled_for or now) if trigger == Job.Trigger.SCHEDULED else None,
             created_by=user,
             details={
                 "kind": "drill",
@@ -274,8 +282,14 @@ def drill_start(
 
 
 def drills_schedule(*, now: datetime | None = None) -> list[Job]:
-    """The scheduler's step: a drill for every protected machine whose last drill (of any
-    outcome) is older than its policy's period, and which has a recovery point."""
+    """The scheduler's step: the restore drills due. A drill runs in the machine's backup
+    window, at a time its backup policy backs up (the latest one at or before ``now``, the
+    drill's slot): when the machine had a recovery point before that slot and no drill, of
+    any outcome, is due or started within the period before it. So the first drill comes at
+    the first backup time after the first recovery point, not straight after that backup
+    (whenever Back up now ran it), and then one every period, each at a backup time: a
+    scheduled drill counts from its slot (``scheduled_for``), so the next one does not
+    slip a day for every minute the tick came late."""
     now = now or timezone.now()
     started = []
     policies = BackupPolicy.objects.select_related("machine", "machine__vault").filter(
@@ -285,21 +299,31 @@ def drills_schedule(*, now: datetime | None = None) -> list[Job]:
     )
     for policy in policies:
         period = DRILL_PERIODS[policy.drill_frequency]
-        recent = Job.objects.filter(
-            operation=Job.Operation.DRILL,
-            details__source_machine=str(policy.machine_id),
-            created_at__gt=now - period,
+        slot = previous_run(Schedule.from_spec(policy.spec()), zone(policy.machine.time_zone), now)
+        if slot is None:
+            continue
+        recent = (
+            Job.objects.filter(
+                operation=Job.Operation.DRILL, details__source_machine=str(policy.machine_id)
+            )
+            .annotate(due=Coalesce("scheduled_for", "created_at"))
+            .filter(due__gt=slot - period)
         )
         if (
             recent.exists()
             or not RecoveryPoint.objects.filter(
-                machine_id=policy.machine_id, removed_at__isnull=True
+                machine_id=policy.machine_id, removed_at__isnull=True, created_at__lte=slot
             ).exists()
         ):
             continue
         try:
             started.append(
-                drill_start(machine=policy.machine, trigger=Job.Trigger.SCHEDULED, now=now)
+                drill_start(
+                    machine=policy.machine,
+                    trigger=Job.Trigger.SCHEDULED,
+                    scheduled_for=slot,
+                    now=now,
+                )
             )
         except DrillRefused as exc:
             # Recorded as a failed scheduled drill (so the next tick does not try again
@@ -311,7 +335,7 @@ def drills_schedule(*, now: datetime | None = None) -> list[Job]:
                 operation=Job.Operation.DRILL,
                 status=Job.Status.FAILED,
                 trigger=Job.Trigger.SCHEDULED,
-                scheduled_for=now,
+                scheduled_for=slot,
                 started_at=now,
                 ended_at=now,
                 error=f"The scheduled restore drill did not start: {exc}",

@@ -52,21 +52,32 @@ class VerifyReportRefused(Exception):
         self.status = status
 
 
-def verify_refusal(machine) -> str:
-    """Why ``machine`` cannot be verified now ("" when it can)."""
+def stored_data_refusal(machine, *, work: str) -> str:
+    """Why ``work`` ("verify", "compact": operations on the machine's stored backup data,
+    run by its agent) cannot start on ``machine`` now ("" when it can). Verify now and
+    Compact now follow this one rule, so their buttons are enabled together."""
     if machine.unregistered_at is not None:
         return (
             f"{machine.name} is unregistered: no agent is left to read its data. Its "
             "recovery points stay restorable through Recover Data."
         )
-    policy = BackupPolicy.objects.filter(machine=machine).first()
+    policy = BackupPolicy.objects.filter(machine=machine).only("protection").first()
     if policy is not None and policy.protection in (
         BackupPolicy.Protection.SOFT_DELETED,
         BackupPolicy.Protection.DELETED,
     ):
-        return f"The backup data of {machine.name} is deleted; there is nothing to verify."
+        return f"The backup data of {machine.name} is deleted; there is nothing to {work}."
     if not RecoveryPoint.objects.filter(machine=machine, removed_at__isnull=True).exists():
-        return f"{machine.name} has no recovery point yet; there is nothing to verify."
+        return f"{machine.name} has no recovery point yet; there is nothing to {work}."
+    return ""
+
+
+def verify_refusal(machine) -> str:
+    """Why ``machine`` cannot be verified now ("" when it can): the rule Compact now shares
+    (``stored_data_refusal``), or a verify already on its way."""
+    refusal = stored_data_refusal(machine, work="verify")
+    if refusal:
+        return refusal
     running = Job.objects.active().filter(machine=machine, operation=Job.Operation.VERIFY).first()
     if running is not None:
         return f"A verify of {machine.name} is already {running.get_status_display().lower()}."

@@ -251,10 +251,25 @@
 
   function showDay(day) {
     clearLoadError(form().querySelector(".recovery-times"));
+    var shown = null;
     document.querySelectorAll("fieldset.times").forEach(function (fs) {
       fs.hidden = fs.getAttribute("data-day") !== day;
+      if (!fs.hidden) shown = fs;
     });
     markDay(day);
+    return shown;
+  }
+
+  // A day shown with a single point that can be chosen: it is chosen (and its folders
+  // browsed) as if clicked, unless it already is, or items of another point are selected
+  // (choosing would drop them: that choice stays until the person picks a time).
+  function chooseOnly(fs) {
+    if (!fs) return;
+    var radios = fs.querySelectorAll("input[name=rp]:not([disabled])");
+    if (radios.length !== 1 || radios[0].checked) return;
+    if (chosenPoint() && selected().length) return;
+    radios[0].checked = true;
+    radios[0].dispatchEvent(new Event("change", {bubbles: true}));  // htmx browses it
   }
 
   function markDay(day) {
@@ -268,8 +283,11 @@
 
   function chooseDay(link) {
     var day = link.getAttribute("data-day");
-    if (document.querySelector("fieldset.times[data-day='" + day + "']")) showDay(day);
-    else loadTimes("day", day).then(function () { showDay(day); }, function (error) {
+    if (document.querySelector("fieldset.times[data-day='" + day + "']")) {
+      chooseOnly(showDay(day));
+      return;
+    }
+    loadTimes("day", day).then(function () { chooseOnly(showDay(day)); }, function (error) {
       markDay(day);  // the day chosen, its times replaced by why they are not there
       var label = (link.getAttribute("aria-label") || day).split(",")[0];
       showTimesError(error, "the times of " + label, function () { chooseDay(link); });
@@ -343,5 +361,9 @@
   });
 
   document.addEventListener("htmx:afterSwap", refresh);
-  document.addEventListener("DOMContentLoaded", refresh);  // the server shows the chosen day
+  document.addEventListener("DOMContentLoaded", function () {
+    refresh();  // the server shows the chosen day, and the point chosen (a day's only one)
+    var point = chosenPoint();
+    if (point) point.dispatchEvent(new Event("change", {bubbles: true}));  // browse it
+  });
 })();

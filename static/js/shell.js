@@ -82,6 +82,15 @@
   document.addEventListener("change", function (event) {
     var select = event.target.closest("[data-autosubmit]");
     if (select && select.form) select.form.requestSubmit();
+    // A filter row's From and To apply to "Custom range" only (portal/_time_range.html).
+    var range = event.target.closest("select[data-time-range]");
+    if (range && range.form) {
+      var custom = range.value === "custom";
+      range.form.querySelectorAll("[data-custom-range]").forEach(function (label) {
+        label.hidden = !custom;
+        label.querySelectorAll("input").forEach(function (box) { box.disabled = !custom; });
+      });
+    }
   });
   function applyWidths(root) {
     if (root.matches && root.matches("[data-width]")) root.style.width = root.getAttribute("data-width") + "%";
@@ -103,6 +112,35 @@
       });
     });
   });
+
+  // One push goes to every page watching a group (a vault: its deployment page, its
+  // overview, its jobs…) and carries the fragments each of them shows; a page swaps in those
+  // whose target it has and leaves the rest (htmx would log "oobErrorNoTarget" for each).
+  // The socket element names this extension: hx-ext="ws,live-targets" in base.html.
+  function oobTarget(el) {
+    var swap = el.getAttribute("hx-swap-oob") || "";
+    var colon = swap.indexOf(":");
+    if (colon !== -1) return swap.slice(colon + 1).trim();
+    return el.id ? "#" + CSS.escape(el.id) : "";
+  }
+  if (window.htmx) {
+    window.htmx.defineExtension("live-targets", {
+      transformResponse: function (text) {
+        if (typeof text !== "string" || text.trim().charAt(0) !== "<") return text;
+        var holder = document.createElement("template");
+        holder.innerHTML = text;
+        var dropped = false;
+        Array.prototype.slice.call(holder.content.children).forEach(function (el) {
+          var target = oobTarget(el);
+          if (target && !document.querySelector(target)) {
+            el.remove();
+            dropped = true;
+          }
+        });
+        return dropped ? holder.innerHTML : text;
+      }
+    });
+  }
 
   // Render first, then stream: whenever the socket opens we may have missed pushes — after a
   // reconnect, and on the first open too (a job or a vault deployment that ended between the

@@ -4,6 +4,7 @@ every way it is refused — each with its own message and nothing half-registere
 from __future__ import annotations
 
 import json
+import platform
 import stat
 
 import pytest
@@ -79,6 +80,8 @@ def test_it_registers_and_keeps_its_files_private(
 
     machine = Machine.objects.get()
     assert machine.name == "web-01" and machine.broker_username == f"haven-agent-{machine.pk}"
+    # The OS in words, as /etc/os-release names it, not Python's platform string.
+    assert machine.os_name == platform.freedesktop_os_release()["PRETTY_NAME"]
     assert acl_users(redis_broker) == {machine.broker_username}
     assert stat.S_IMODE(agent_env.stat().st_mode) == 0o700
     registration_file = agent_env / agent_config.REGISTRATION_FILE

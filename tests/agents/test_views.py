@@ -57,6 +57,23 @@ def test_protected_servers_show_status_version_and_flags(client, alice, vault, m
     assert ">gone<" not in html
 
 
+def test_the_operating_system_is_shown_in_words_even_from_an_older_agent(client, alice, vault):
+    current = make_machine(vault, "web-01", os_name="Debian GNU/Linux 12 (bookworm)")
+    older = make_machine(vault, "db-01", os_name="Linux-6.1.0-18-amd64-x86_64-with-glibc2.36")
+    client.force_login(alice)
+    html = client.get(f"/machines/vault/{vault.pk}/").content.decode()
+    assert ">Debian GNU/Linux 12 (bookworm)</td>" in row(html, "web-01")
+    # The raw string stays in the tooltip only.
+    assert (
+        'title="Linux-6.1.0-18-amd64-x86_64-with-glibc2.36">Linux (kernel 6.1.0-18-amd64, '
+        "x86_64)</td>" in row(html, "db-01")
+    )
+    page = client.get(f"/machines/{older.pk}/").content.decode()
+    assert ">Linux (kernel 6.1.0-18-amd64, x86_64)</dd>" in page
+    page = client.get(f"/machines/{current.pk}/").content.decode()
+    assert '<dd data-field="os">Debian GNU/Linux 12 (bookworm)</dd>' in page
+
+
 def test_the_machine_list_shows_only_what_the_user_may_see(client, charlie, alice, vault, machines):
     client.force_login(charlie)
     assert ">web-01<" not in client.get("/machines/").content.decode()

@@ -77,7 +77,7 @@ def test_filter_and_export_the_vault_activity_log(
     expect(page.locator('tr[data-operation="vault.delete"]')).to_contain_text("Refused")
     expect(page.locator('tr[data-operation="vault.delete"]')).to_contain_text("12 times, last at")
     expect(page.locator('tr[data-operation="policy.change"]')).to_contain_text(
-        "retention.daily.days: 7 → 30"
+        "Daily points kept (days): 7 → 30"
     )
     screenshot("activity-log-vault", full_page=True)
 

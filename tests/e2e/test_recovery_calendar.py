@@ -1,6 +1,7 @@
 """Recover Data's calendar in Chromium: the newest day's times are there on arrival; an older
 day's times load when it is chosen; a point chosen on one day stays chosen while another day
-is shown, and the restore started is of that point; "Recover this version" of a point whose
+is shown, and the restore started is of that point; a day's only point is chosen (and
+browsed) without a click; "Recover this version" of a point whose
 day is not loaded loads it and chooses the point; times, folders and answers that cannot load
 say why in their place. No agent: the points are rows (a question stays unanswered)."""
 
@@ -167,7 +168,9 @@ def test_a_browse_that_cannot_load_says_why_in_its_place(
         vault=vault, name="web-01", container="m-web-01", time_zone="UTC",
         last_seen_at=timezone.now(),
     )  # fmt: skip
-    point = _point(web01, timezone.now() - timedelta(hours=1), 1)
+    yesterday = timezone.now().replace(hour=9, minute=0) - timedelta(days=1)
+    point = _point(web01, yesterday, 1)
+    _point(web01, yesterday + timedelta(hours=1), 2)  # two on the day: none chosen for us
 
     page.set_default_timeout(10_000)
     sign_in_with_cookie(page, live_portal, portal_owner.user)
@@ -218,3 +221,58 @@ def test_a_browse_that_cannot_load_says_why_in_its_place(
     )
     expect(asking).to_have_count(0)
     expect(error).to_have_count(1)
+
+
+def test_a_days_only_recovery_point_is_chosen_without_a_click(
+    live_portal, portal_owner, page, screenshot
+):
+    vault = builders.make_vault(resource_group=portal_owner.resource_group, container="v1")
+    web01 = builders.make_machine(
+        vault=vault, name="web-01", container="m-web-01", time_zone="UTC",
+        last_seen_at=timezone.now(),
+    )  # fmt: skip
+    today = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    only_today = _point(web01, today, 1)
+    two_days = today - timedelta(days=3)
+    pair = [_point(web01, two_days + timedelta(hours=h), 2 + h) for h in (1, 5)]
+    lone = _point(web01, today - timedelta(days=6), 9)
+
+    page.set_default_timeout(10_000)
+    sign_in_with_cookie(page, live_portal, portal_owner.user)
+    browsed = []
+    page.on(
+        "request",
+        lambda r: browsed.append(r.post_data) if r.url.endswith("/ask/browse/") else None,
+    )
+    page.goto(f"{live_portal}/recover/{web01.pk}/to/{web01.pk}/")
+    chosen = page.locator("input[name=rp]:checked")
+    expect(chosen).to_have_value(only_today.snapshot_id)
+    expect(page.locator("[data-field=point-label]")).to_contain_text(f"{today:%d} ")
+    expect(page.locator(".wizard-steps [data-step=point]")).to_have_class("done")
+    expect(page.locator("#browser")).to_contain_text("Asking web-01's agent")  # its folders
+    assert any(f"rp={only_today.snapshot_id}" in (data or "") for data in browsed)
+    screenshot("recovery-wizard-one-point", full_page=True)
+
+    # A day with two points: the person chooses; the point chosen stays until then.
+    page.locator(f".calendar-day.has-points[data-day='{two_days:%Y-%m-%d}']").click()
+    times = page.locator("fieldset.times:visible")
+    expect(times).to_have_attribute("data-day", f"{two_days:%Y-%m-%d}")
+    expect(times.locator("input[name=rp]")).to_have_count(2)
+    expect(times.locator("input[name=rp]:checked")).to_have_count(0)
+    expect(chosen).to_have_value(only_today.snapshot_id)
+
+    # Another day with one point: chosen as the day is.
+    with page.expect_request("**/ask/browse/") as asked:
+        page.locator(f".calendar-day.has-points[data-day='{lone.created_at:%Y-%m-%d}']").click()
+    assert f"rp={lone.snapshot_id}" in asked.value.post_data
+    expect(chosen).to_have_value(lone.snapshot_id)
+
+    # With items of that point selected, showing a lone point's day does not drop them.
+    page.locator(f".calendar-day.has-points[data-day='{two_days:%Y-%m-%d}']").click()
+    times.locator(f"input[value='{pair[0].snapshot_id}']").check()
+    page.locator("input[name=recover_mode][value=system_state]").check()
+    expect(page.locator("[data-field=selected-count]")).to_have_text("1")
+    page.locator(f".calendar-day.has-points[data-day='{today:%Y-%m-%d}']").click()
+    expect(times).to_have_attribute("data-day", f"{today:%Y-%m-%d}")
+    expect(chosen).to_have_value(pair[0].snapshot_id)
+    expect(page.locator("[data-field=selected-count]")).to_have_text("1")

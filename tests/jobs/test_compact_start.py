@@ -33,6 +33,7 @@ def with_point(machine):
 
 
 def test_a_backup_operator_starts_a_compaction_from_the_machine_page(client, member, machine, sent):
+    with_point(machine)
     client.force_login(member(Role.BACKUP_OPERATOR))
     page = client.get(f"/machines/{machine.pk}/").content.decode()
     assert 'data-action="compact"' in page and "Compact now" in page
@@ -48,6 +49,32 @@ def test_a_backup_operator_starts_a_compaction_from_the_machine_page(client, mem
     again = client.post(f"/jobs/machines/{machine.pk}/compact/")
     assert again.url == f"/jobs/{job.pk}/"
     assert Job.objects.filter(operation=Job.Operation.COMPACT).count() == 1
+
+
+def button(html: str, action: str) -> str:
+    start = html.index(f'data-action="{action}"')
+    return html[html.rindex("<button", 0, start) : html.index("</button>", start)]
+
+
+def test_compact_now_and_verify_now_are_disabled_together_and_say_why(client, alice, machine):
+    client.force_login(alice)
+    html = client.get(f"/machines/{machine.pk}/").content.decode()
+    compact, verify = button(html, "compact"), button(html, "verify-now")
+    assert " disabled" in compact and " disabled" in verify
+    assert 'title="web-01 has no recovery point yet; there is nothing to compact."' in compact
+    assert 'title="web-01 has no recovery point yet; there is nothing to verify."' in verify
+    # A press from a page rendered earlier is refused with the same words, nothing started.
+    answer = client.post(f"/jobs/machines/{machine.pk}/compact/", follow=True)
+    assert "there is nothing to compact" in answer.content.decode()
+    assert not Job.objects.filter(operation=Job.Operation.COMPACT).exists()
+
+    with_point(machine)
+    html = client.get(f"/machines/{machine.pk}/").content.decode()
+    compact, verify = button(html, "compact"), button(html, "verify-now")
+    assert " disabled" not in compact and " disabled" not in verify
+    client.post(f"/jobs/machines/{machine.pk}/compact/")
+    html = client.get(f"/machines/{machine.pk}/").content.decode()
+    assert 'disabled title="A compaction of web-01 is already queued."' in button(html, "compact")
 
 
 def test_a_reader_cannot_compact_and_an_outsider_does_not_see_the_machine(
@@ -76,7 +103,7 @@ def test_the_daily_run_compacts_each_online_machine_after_retention(vault, sent)
 
 
 def test_a_compaction_whose_agent_went_quiet_says_nothing_was_deleted(machine, settings):
-    job = services.compact_start(machine=machine)
+    job = services.compact_start(machine=with_point(machine))
     services.job_mark_started(job=job)
     later = timezone.now() + timedelta(seconds=settings.HAVEN_JOB_STALL_SECONDS + 5)
     services.jobs_sweep(now=later)

@@ -247,10 +247,39 @@ def test_the_scheduler_starts_a_monthly_drill_once(backed_up, sent):
     first = services.drills_schedule()
     assert len(first) == 1 and first[0].trigger == Job.Trigger.SCHEDULED
     assert services.drills_schedule() == []  # a tick run twice starts nothing more
+    month_ago = timezone.now() - timedelta(days=31)
     Job.objects.filter(pk=first[0].pk).update(
-        status=Job.Status.COMPLETED, created_at=timezone.now() - timedelta(days=31)
+        status=Job.Status.COMPLETED, created_at=month_ago, scheduled_for=month_ago
     )
     assert len(services.drills_schedule()) == 1  # a month later, the next one
+
+
+def test_the_first_drill_waits_for_the_backup_time_after_the_first_point(machine, alice, sent):
+    """Back up now at 14:10 makes the first point: the drill does not follow at once but at
+    the policy's next backup time (02:00 here), then every period at that time."""
+    from datetime import UTC, datetime
+
+    from tests.jobs.conftest import spec
+
+    machine.time_zone = "UTC"
+    machine.save(update_fields=["time_zone"])
+    services.policy_save(machine=machine, spec={**spec(), "times": ["02:00"]}, user=alice)
+    first_backup = datetime(2026, 3, 2, 14, 10, tzinfo=UTC)
+    RecoveryPoint.objects.create(
+        machine=machine, vault=machine.vault, snapshot_id=POINT,
+        manifest_blob=f"snapshots/{POINT}", created_at=first_backup, tagged_for=first_backup,
+        kind=RecoveryPoint.Kind.ADHOC, logical_bytes=GB, file_count=10,
+    )  # fmt: skip
+    for minutes in (1, 60, 11 * 60 + 49):  # the afternoon, the evening, 01:59
+        assert services.drills_schedule(now=first_backup + timedelta(minutes=minutes)) == []
+    slot = datetime(2026, 3, 3, 2, 0, tzinfo=UTC)
+    (drill,) = services.drills_schedule(now=slot + timedelta(minutes=3))  # a late tick
+    assert drill.scheduled_for == slot and drill.trigger == Job.Trigger.SCHEDULED
+    Job.objects.filter(pk=drill.pk).update(status=Job.Status.COMPLETED)
+    # The next one a month (30 days) on, at the same backup time, not a day later.
+    assert services.drills_schedule(now=slot + timedelta(days=30) - timedelta(minutes=1)) == []
+    (second,) = services.drills_schedule(now=slot + timedelta(days=30, seconds=30))
+    assert second.scheduled_for == slot + timedelta(days=30)
 
 
 def test_a_scheduled_drill_that_cannot_start_fails_once_with_its_alert(backed_up, vault, alice):

@@ -179,7 +179,7 @@ def test_a_pack_a_point_recorded_during_the_job_names_is_kept(client, machine, r
         {"packs": [{"pack": "ab" * 16, "size": -1, "objects": []}], "new_packs": []},
     ],
 )
-def test_a_malformed_report_is_refused_with_a_400(client, machine, report):
+def test_a_malformed_report_is_refused_with_a_400(client, machine, repo, report):
     response, job = post_result(client, machine, report)
     assert response.status_code == 400
     assert job.status == Job.Status.RUNNING

@@ -190,3 +190,41 @@ def test_a_long_log_pages_with_its_filters_kept_on_both_activity_pages(client, v
         assert next_link and "range=all" in next_link.group(1)
         second = client.get(f"{url}?{next_link.group(1).replace('&amp;', '&')}")
         assert "Page 2 of 2" in second.content.decode() and oldest in second.content.decode()
+
+
+def test_details_are_in_words_and_times_as_the_log_shows_them(client, vault, alice, settings):
+    """No setting's code name, value code or ISO 8601 time reaches the page."""
+    settings.TIME_ZONE = "Europe/Amsterdam"
+    _log(vault, alice, Operation.REDUNDANCY_CHANGE, detail={"from": "grs", "to": "lrs"})
+    _log(
+        vault, alice, Operation.CREDENTIALS_DOWNLOAD,
+        detail={"role": "backup_operator", "single_use": True,
+                "expires_at": "2026-12-07T09:30:12.345678+00:00"},
+    )  # fmt: skip
+    _log(
+        vault, alice, Operation.POLICY_CHANGE,
+        detail={"version": 2, "changes": {
+            "retention.daily.days": {"from": 7, "to": 30},
+            "weekdays": {"from": [5], "to": [0, 5]},
+            "retention.monthly.week": {"from": "last", "to": "first"},
+        }},
+    )  # fmt: skip
+    client.force_login(alice)
+    html = client.get(reverse("vaults:activity", args=[vault.pk])).content.decode()
+    details = " | ".join(
+        re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", cell)).strip()
+        for cell in re.findall(r'<td class="activity-details">(.*?)</td>', html, re.S)
+    )
+    for words in (
+        "Geo-redundant → Locally-redundant",
+        "Role: Backup Operator",
+        "Single use: yes",
+        "Expires: 2026-12-07 10:30",  # the portal's zone, as the Time column
+        "Daily points kept (days): 7 → 30",
+        "Backup days: Saturday → Monday, Saturday",
+        "Monthly retention, week of the month: Last → First",
+        "Policy version: 2",
+    ):
+        assert words in details, words
+    for raw in ("grs", "backup_operator", "retention.", "T09:30", "weekdays", "Expires at"):
+        assert raw not in details, raw

@@ -124,3 +124,38 @@ def test_cross_region_restore_needs_geo_redundancy(deployed_vault, alice):
     )
     with pytest.raises(ValidationError, match="Cross Region Restore needs"):
         services.vault_cross_region_restore_enable(vault=vault, user=alice)
+
+
+def test_every_page_names_the_setting_storage_replication_type(
+    client, deployed_vault, alice, subscription
+):
+    """One name for one setting, Azure's (Backup Configuration: "Storage replication
+    type"), wherever it is shown, set, locked or logged."""
+    client.force_login(alice)
+    vault = deployed_vault
+    pages = {
+        "overview": f"/vaults/{vault.pk}/",
+        "properties": f"/vaults/{vault.pk}/properties/",
+        "backup configuration": f"/vaults/{vault.pk}/properties/backup-configuration/",
+    }
+    shown = {name: client.get(url).content.decode() for name, url in pages.items()}
+    review = client.post(
+        "/vaults/create/",
+        {
+            "step": "tags", "action": "next", "subscription": str(subscription.pk),
+            "resource_group": str(vault.resource_group_id), "name": "vault-two",
+            "location": "West Europe", "tag_name": [""], "tag_value": [""],
+        },
+    )  # fmt: skip
+    assert review.context["step"] == "review"
+    shown["create: review"] = review.content.decode()
+    for name, html in shown.items():
+        assert "Storage replication type" in html, name
+        assert "storage redundancy" not in html.lower(), name
+    services.vault_redundancy_set(vault=vault, redundancy=Vault.Redundancy.LOCAL, user=alice)
+    make_machine(vault)
+    html = client.get(pages["backup configuration"]).content.decode()
+    assert "The storage replication type can no longer be changed." in html
+    assert "The storage replication type can only be changed before" in html
+    html = client.get(f"/vaults/{vault.pk}/activity/").content.decode()
+    assert "Change storage replication type" in html
