@@ -183,7 +183,7 @@ def test_stop_resume_delete_undelete_with_security_pins(
     page.goto(f"{live_portal}/vaults/{vault.pk}/activity/")
     expect(
         page.locator("tr[data-operation='vault.immutability'][data-outcome=succeeded]")
-    ).to_contain_text("disabled → locked")
+    ).to_contain_text("Disabled → Locked")
     refusal = page.locator("tr[data-operation='protection.stop_delete'][data-outcome=refused]")
     expect(refusal.first).to_contain_text("immutable vault (locked)")
     # ... and every step of the walk before it, each once at least, with its outcome.
