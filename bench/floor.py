@@ -95,7 +95,7 @@ def run_floor(
     batch: list = []
     task_no = 0
     for path in regular_files(src):
-        batch.append((path, -1, -1))  # no lstat: the size/mtime check just warns
+        batch.append(path)  # not lstat'ed, as a first backup's files (``chunkers.run_task``)
         if len(batch) == BATCH:
             pool.tasks.put((task_no, [batch], False))  # False: no manifest entries
             task_no, open_tasks, batch = task_no + 1, open_tasks + 1, []

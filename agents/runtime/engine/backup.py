@@ -371,10 +371,27 @@ class _Backup:
         find, fresh, isreg = self.cursor.find, self.fresh, stat.S_ISREG
         large = self.large_files
         tick = 0  # (mirrored in self.tick for the batches' age)
+        poll_at = 0  # the tick from which to look at cancel and the results again
         for path, st, problem in itertools.chain.from_iterable(self.walker.batches()):
-            if not tick & 63 and cancel.is_set():
+            if tick >= poll_at and cancel.is_set():
                 return True
-            if st is None:
+            if type(path) is list:
+                # A folder's regular files that the walk did not lstat (``scan.WalkAhead``),
+                # in one item: a first backup queues them as the single files below.
+                if fresh:
+                    run = self.open_run or self._open_run()
+                    run.jobs += path
+                    n = len(path)
+                    self.batch_files += n
+                    if large:
+                        self.batch_bytes += sum([large.pop(p, 0) for p in path])
+                    res.files += n
+                    res.files_read += n
+                else:
+                    for p in path:
+                        self._unstated(p, find(p))
+                path = path[-1]
+            elif st is None:
                 if problem is not None:
                     self.warn(path, problem)
                     continue
@@ -383,7 +400,7 @@ class _Backup:
                     # items): the worker takes its metadata from the fstat of the open file,
                     # and hands back one with other hard links (``_linked``).
                     run = self.open_run or self._open_run()
-                    run.jobs.append((path, -1, -1))
+                    run.jobs.append(path)
                     self.batch_files += 1
                     if large:  # (its size, when the count has seen it and it is large)
                         self.batch_bytes += large.pop(path, 0)
@@ -413,8 +430,9 @@ class _Backup:
                 or (self.batch and tick - self.batch_tick >= BATCH_AGE)
             ):
                 self._submit()
-            elif tick & 63:
+            elif tick < poll_at:
                 continue  # per-entry polling costs a syscall each: look at results every 64
+            poll_at = tick + 64
             if self._drain(until_idle=False):
                 return True
             self._flush_ready()

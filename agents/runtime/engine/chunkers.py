@@ -232,8 +232,9 @@ def run_task(task, proc: FileProcessor, names: OwnerNames, result_q) -> None:
     """Read the files of one task and send what the main process needs of them.
 
     A task is ``(task id, runs, encode)``: each run a list of files that follow one another
-    in tree order, each ``(stored path, size, mtime_ns)`` as the walk saw it (size and
-    mtime -1: a regular file the walk did not lstat), or
+    in tree order, each ``(stored path, size, mtime_ns)`` as the walk saw it, or its stored
+    path alone (``bytes``: a regular file the walk did not lstat; it pickles in less than
+    a tuple), or
     ``(stored path, size, mtime_ns, disk path, nlink, key)`` for a file read from elsewhere
     (a mapped folder) or one of a hard-link set (``key``: the main process's name for it).
     With ``encode``, each file's whole manifest entry is encoded here (``format.
@@ -264,14 +265,19 @@ def run_task(task, proc: FileProcessor, names: OwnerNames, result_q) -> None:
         parts: list[bytes] = []
         handed: list = []  # the run's entries so far and the files handed back, in order
         for job in jobs:
-            path = job[0]
-            if len(job) == 3:
-                disk, nlink, key = path, 1, None
+            if type(job) is bytes:  # a file the walk did not lstat, by its path alone
+                path = disk = job
+                scan_size = scan_mtime = -1
+                nlink, key = 1, None
             else:
-                disk, nlink, key = job[3], job[4], job[5]
+                path, scan_size, scan_mtime = job[0], job[1], job[2]
+                if len(job) == 3:
+                    disk, nlink, key = path, 1, None
+                else:
+                    disk, nlink, key = job[3], job[4], job[5]
             content: list[tuple[bytes, int]] = []
             status = None
-            for records, status in proc.process(disk, job[1], job[2]):
+            for records, status in proc.process(disk, scan_size, scan_mtime):
                 for cid, n, new in records:
                     content.append((cid, n))
                     read += n
@@ -297,7 +303,7 @@ def run_task(task, proc: FileProcessor, names: OwnerNames, result_q) -> None:
                 continue
             if state == "warn":
                 warnings.append((path, reason))
-            if encode and st.st_nlink > 1 and job[1] < 0:
+            if encode and st.st_nlink > 1 and scan_size < 0:
                 # One of a hard-link set that the walk did not lstat: the main process makes
                 # it the set's file or a link to it, in tree order (``_Backup._linked``).
                 handed.append(b"".join(parts))

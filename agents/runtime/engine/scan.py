@@ -143,14 +143,18 @@ def walk(
     exclude: Excluder,
     warn: Warn,
     skip_file_lstat: threading.Event | SharedFlag | None = None,
-) -> Iterator[tuple[bytes, os.stat_result | None]]:
+    *,
+    runs: bool = False,
+) -> Iterator[tuple[bytes | list[bytes], os.stat_result | None]]:
     """(path, lstat) for every selected item and the ancestors of each source, in tree order.
 
     Folders on kernel/virtual file systems (``PSEUDO_FS``: /proc, /sys, /dev …) are yielded
     but not entered. Once ``skip_file_lstat`` is set, each folder listed from then on is read
     with ``scandir`` and its regular files (by the listing's ``d_type``) are yielded as
     ``(path, None)``, not ``lstat``'ed: a first backup takes their metadata from the ``fstat``
-    of the file it opens to read."""
+    of the file it opens to read. With ``runs``, such files that follow one another in a
+    folder come as one ``(list of paths, None)``: the walk's process takes a folder's files
+    in one step, not one generator step each."""
     pseudo = pseudo_devices()
     emitted_ancestors: set[bytes] = set()
     for src in sources:
@@ -172,7 +176,7 @@ def walk(
         except OSError as exc:
             warn(src, f"cannot read: {exc.strerror}")
             continue
-        yield from _walk_tree(src, st, exclude, warn, pseudo, skip_file_lstat)
+        yield from _walk_tree(src, st, exclude, warn, pseudo, skip_file_lstat, runs=runs)
 
 
 def walk_mapped(mapping: PathMap, warn: Warn) -> Iterator[tuple[bytes, os.stat_result]]:
@@ -225,6 +229,29 @@ def _list_typed(path: bytes, warn: Warn) -> tuple[list[bytes], set[bytes]]:
     return names, regular
 
 
+def _file_runs(
+    prefix: bytes, names: list[bytes], regular: set[bytes], exclude: Excluder | None
+) -> list[bytes | list[bytes]]:
+    """A folder's sorted ``names`` with each stretch of regular files that follow one
+    another replaced by one list of their paths (``prefix`` + name), excluded names left
+    out: what ``_walk_tree`` yields with ``runs``."""
+    out: list[bytes | list[bytes]] = []
+    run: list[bytes] = []
+    for name in names:
+        if exclude is not None and exclude(prefix + name, name):
+            continue
+        if name in regular:
+            run.append(prefix + name)
+            continue
+        if run:
+            out.append(run)
+            run = []
+        out.append(name)
+    if run:
+        out.append(run)
+    return out
+
+
 def _walk_tree(
     root: bytes,
     st: os.stat_result,
@@ -232,6 +259,8 @@ def _walk_tree(
     warn: Warn,
     pseudo: frozenset[int],
     skip_file_lstat: threading.Event | SharedFlag | None = None,
+    *,
+    runs: bool = False,
 ):
     yield root, st
     if not stat.S_ISDIR(st.st_mode) or st.st_dev in pseudo:
@@ -239,16 +268,23 @@ def _walk_tree(
     lstat, isdir = os.lstat, stat.S_ISDIR
     rules = exclude.active
 
-    def listing(path: bytes) -> tuple[Iterator[bytes], set[bytes] | None]:
+    def listing(prefix: bytes) -> tuple[Iterator[bytes | list[bytes]], set[bytes] | None]:
+        path = prefix[:-1] if len(prefix) > 1 else prefix
         if skip_file_lstat is not None and skip_file_lstat.is_set():
             names, regular = _list_typed(path, warn)
+            if runs:
+                return iter(_file_runs(prefix, names, regular, exclude if rules else None)), None
             return iter(names), regular
         return iter(_listdir(path, warn)), None
 
-    stack = [(join(root, b""), *listing(root))]
+    top = join(root, b"")
+    stack = [(top, *listing(top))]
     while stack:
         prefix, names, regular = stack[-1]
         for name in names:
+            if isinstance(name, list):  # (``runs``) regular files, their paths made already
+                yield name, None
+                continue
             path = prefix + name
             if rules and exclude(path, name):
                 continue
@@ -265,7 +301,7 @@ def _walk_tree(
                 continue
             yield path, st
             if isdir(st.st_mode) and st.st_dev not in pseudo:
-                stack.append((path + b"/", *listing(path)))
+                stack.append((path + b"/", *listing(path + b"/")))
                 break  # its contents first (tree order), then the rest of this folder
         else:
             stack.pop()
@@ -308,8 +344,10 @@ _BATCH, _RAISED = (
 
 def _walk_main(sources: list[bytes], exclude: Excluder, skip, conn, batch: int) -> None:
     """The walk's process: ``walk`` of ``sources``, sent in batches of ``(path, WalkStat's
-    fields | None, warning)`` (``_BATCH`` + ``marshal``), then ``b""``; an exception raised
-    by the walk is sent pickled (``_RAISED`` + ``pickle``) in place of a batch."""
+    fields | None, warning)`` (``_BATCH`` + ``marshal``), a run of files not ``lstat``'ed as
+    ``(list of paths, None, None)``, then ``b""``; an exception raised by the walk is sent
+    pickled (``_RAISED`` + ``pickle``) in place of a batch. A batch ends once it holds
+    ``batch`` paths (or a folder's run more)."""
     die_with_parent()
     items: list = []
     dumps, fields = marshal.dumps, WalkStat.fields
@@ -319,11 +357,18 @@ def _walk_main(sources: list[bytes], exclude: Excluder, skip, conn, batch: int) 
 
     try:
         try:
-            for path, st in walk(sources, exclude, warn, skip):
-                items.append((path, None if st is None else fields(st), None))
-                if len(items) >= batch:
+            paths = 0
+            for path, st in walk(sources, exclude, warn, skip, runs=True):
+                if type(path) is list:  # a folder's regular files, not lstat'ed: one item
+                    items.append((path, None, None))
+                    paths += len(path)
+                else:
+                    items.append((path, None if st is None else fields(st), None))
+                    paths += 1
+                if paths >= batch or len(items) >= batch:
                     conn.send_bytes(_BATCH + dumps(items))
                     items.clear()
+                    paths = 0
             if items:
                 conn.send_bytes(_BATCH + dumps(items))
             conn.send_bytes(b"")
@@ -352,12 +397,14 @@ class WalkAhead:
     this process relays the batches as the bytes they came in (the reader unpickles them),
     then walks the staged folders, if any. Memory is bounded (at most ``depth`` batches
     wait, besides the pipe's buffer). Iterating yields ``(path, lstat, None)`` for each item
-    (``lstat``: the fields of a ``WalkStat``, a plain tuple) and ``(path, None, reason)``
-    for each warning, in walk order.
+    (``lstat``: the fields of a ``WalkStat``, a plain tuple), ``(path, None, reason)``
+    for each warning, and ``(list of paths, None, None)`` for regular files of one folder,
+    next to one another, that the walk did not ``lstat`` (below), in walk order.
 
     ``skip_file_lstat`` (a flag the process shares, set by a first backup once it knows it
     is one, or from the start with ``lstat_files=False``): from then on the walk yields
-    regular files as ``(path, None, None)``, without ``lstat`` (``walk``); an incremental
+    regular files without ``lstat``, a folder's run of them as one item (``walk`` with
+    ``runs``: a step per folder, not per file, here and in the reader); an incremental
     backup never sets it (it compares each file's ``lstat`` with the previous point), and
     ``lstat``'s any such item it is given.
 

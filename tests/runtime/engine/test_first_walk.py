@@ -42,6 +42,25 @@ def test_the_walk_told_to_skip_lstat_lists_regular_files_without_it(tmp_path, mo
     assert root + b"/a" not in lstated and root + b"/sub/b" not in lstated
 
 
+def test_the_walk_in_runs_gives_a_folder_s_files_in_one_step_and_keeps_tree_order(tmp_path):
+    src = tmp_path / "src"
+    for name in ("a", "b", "c.tmp", "e", "g", "d/x", "d/y"):
+        write_random(src / name, 10, 1)
+    os.symlink("a", src / "f")
+    skip = threading.Event()
+    skip.set()
+    root = os.fsencode(src)
+    items = list(walk([root], Excluder(["*.tmp"]), lambda p, r: None, skip, runs=True))
+    shape = [
+        [p[len(root) :] for p in path] if type(path) is list else path[len(root) :]
+        for path, _st in items
+        if type(path) is list or path.startswith(root)
+    ]
+    assert shape == [b"", [b"/a", b"/b"], b"/d", [b"/d/x", b"/d/y"], [b"/e"], b"/f", [b"/g"]]
+    singly = [p for p, _ in walk([root], Excluder(["*.tmp"]), lambda p, r: None, skip)]
+    assert [q for p, _ in items for q in (p if type(p) is list else [p])] == singly
+
+
 def test_a_first_backup_without_lstat_restores_files_links_and_metadata_exactly(repo, tmp_path):
     src = tmp_path / "src"
     write_random(src / "big.bin", 300_000, 1)
