@@ -96,18 +96,22 @@ class _Generation:
     def fresh(self, now: float) -> bool:
         return now - self.read_at < GENERATION_FRESH_SECONDS
 
-    async def confirm(self, *, wait: bool) -> None:
-        """Read the counter again when its last read is old: in the background past
-        ``GENERATION_POLL_SECONDS``; past the bound, waited for if ``wait`` (a read that
-        fails leaves the value unconfirmed: the short bound applies)."""
-        age = time.monotonic() - self.read_at
-        if age < GENERATION_POLL_SECONDS:
-            return
+    def poll(self) -> asyncio.Task | None:
+        """Read the counter again, in the background, once its last read is
+        ``GENERATION_POLL_SECONDS`` old; the read under way, or None (the last is recent)."""
+        if time.monotonic() - self.read_at < GENERATION_POLL_SECONDS:
+            return None
         loop = asyncio.get_running_loop()
         task = self.task
         if task is None or task.done() or task.get_loop() is not loop:
             task = self.task = loop.create_task(self._read())
-        if wait and age >= GENERATION_FRESH_SECONDS:
+        return task
+
+    async def confirm(self, *, wait: bool) -> None:
+        """``poll``, and past the bound wait for the read if ``wait`` (a read that fails
+        leaves the value unconfirmed: the short bound applies)."""
+        task = self.poll()
+        if task is not None and wait and not self.fresh(time.monotonic()):
             await asyncio.shield(task)
 
     async def _read(self) -> None:
@@ -129,12 +133,18 @@ class _Generation:
         self.value, self.read_at, self.task = None, float("-inf"), None
 
 
+# ``_TokenCache.warmed`` of a process that loaded every token before serving
+# (``load_every_token_now``): no loop of its needs to load them again.
+LOADED_AT_START = "loaded at start"
+
+
 class _TokenCache:
     """``token hash -> _Entry``; the oldest half goes when full."""
 
     def __init__(self) -> None:
         self.entries: dict[str, _Entry] = {}
-        self.warmed: asyncio.AbstractEventLoop | None = None  # the loop that loaded them all
+        # The loop that loaded them all (or LOADED_AT_START); None: not loaded (again).
+        self.warmed: asyncio.AbstractEventLoop | str | None = None
 
     def get(self, digest: str) -> _Entry | None:
         found = self.entries.get(digest)
@@ -336,26 +346,45 @@ DB_ERRORS = (DatabaseError,)  # a pool with nothing free in time included (Djang
 NOTE_USED_SECONDS = 1.0  # the hits' last uses are written together this often
 
 
+def _hold_every_machine(rows: list[tuple[str, LiveMachine, int, float]], began: float) -> None:
+    """``load_every_machine``'s rows into the cache, read at ``began`` (monotonic)."""
+    for digest, machine, generation, used_at in rows:
+        held = _tokens.entries.get(digest)
+        if held is None or held.generation < generation:  # else a miss's is as new
+            _tokens.put(digest, _Entry(machine, began, generation, used_at))
+
+
+def load_every_token_now() -> int:
+    """Load every live token into the cache now, with the counter they were read with: a
+    web process before it serves (``portal.warmup``), so that neither its first requests
+    nor a load in the background wait for it. How many were loaded."""
+    began = time.monotonic()
+    rows = load_every_machine()
+    _hold_every_machine(rows, began)
+    if rows:  # the counter, read in the same statement
+        _generation.value, _generation.read_at = rows[0][2], began
+    _tokens.warmed = LOADED_AT_START
+    return len(rows)
+
+
 def warm() -> None:
     """Load every live token into the cache, in the background (once per process and event
-    loop, and again after the counter moved)."""
+    loop, and again after the counter moved), unless the process loaded them before it
+    served (``load_every_token_now``)."""
     loop = asyncio.get_running_loop()
-    if _tokens.warmed is loop:
+    if _tokens.warmed is loop or _tokens.warmed == LOADED_AT_START:
         return
     _tokens.warmed = loop
 
     async def load() -> None:
+        began = time.monotonic()
         try:
             rows = await _load_every_machine_async()
         except Exception as exc:  # best effort: each token is loaded at its first use anyway
             log.info("live tokens not loaded: %s: %s", type(exc).__name__, exc)
             _tokens.warmed = None
             return
-        now = time.monotonic()
-        for digest, machine, generation, used_at in rows:
-            held = _tokens.entries.get(digest)
-            if held is None or held.generation < generation:  # else a miss's is as new
-                _tokens.put(digest, _Entry(machine, now, generation, used_at))
+        _hold_every_machine(rows, began)
 
     _in_background(loop, load())
 
@@ -403,13 +432,35 @@ class _LastUses:
 _last_uses = _LastUses()
 
 
-async def live_machine(authorization: str) -> LiveMachine | None:
-    """The machine of a live bearer token in an ``Authorization`` header, or None."""
+def held_machine(authorization: str) -> LiveMachine | None:
+    """The machine of a live bearer token in an ``Authorization`` header when the cache
+    holds its answer and may trust it without waiting (the counter read lately), at once:
+    ``portal.gate`` lets such a request's body in within the step its headers came in.
+    None: ask ``live_machine``."""
     token = _bearer(authorization)
     if token is None:
         return None
     digest = token_hash(token)
     warm()
+    _generation.poll()
+    if not _generation.fresh(time.monotonic()) and digest in _tokens.entries:
+        return None  # live_machine waits for the counter
+    entry = _tokens.get(digest)
+    if entry is None:
+        return None
+    _last_uses.note(digest, entry)
+    return entry.machine
+
+
+async def live_machine(authorization: str) -> LiveMachine | None:
+    """The machine of a live bearer token in an ``Authorization`` header, or None."""
+    held = held_machine(authorization)
+    if held is not None:
+        return held
+    token = _bearer(authorization)
+    if token is None:
+        return None
+    digest = token_hash(token)
     # Only an answer held here needs the counter confirmed (a miss reads it with the token).
     await _generation.confirm(wait=digest in _tokens.entries)
     entry = _tokens.get(digest)

@@ -19,7 +19,9 @@ Two layers do it, because servers differ in when they call the application:
   only then calls the application, so the ASGI wrapper would come too late there. Daphne's
   request class is swapped for a subclass that asks the same question as soon as the
   headers are in, stops reading from the socket until the answer, and on a refusal writes
-  the answer and closes the connection, dropping whatever body still arrives.
+  the answer and closes the connection, dropping whatever body still arrives. When the
+  answer is known at once (``let_in_now``: a machine token the cache holds, the usual
+  case) the body is read on without stopping.
 """
 
 from __future__ import annotations
@@ -134,6 +136,25 @@ def declared_length(headers: Mapping[str, str]) -> int | None:
     return length
 
 
+def let_in_now(rule: Rule, headers: Mapping[str, str]) -> bool:
+    """Whether ``refusal_for`` would let this request in, known at once without a wait: a
+    machine's token whose answer the cache holds (``agents.live_auth.held_machine``) and a
+    body within the limit. Every agent request of a fleet at work is one (a heart-beat a
+    minute keeps its token held); daphne then reads its body in the same step as its
+    headers, with no future, no pause of the socket and no second turn of the loop."""
+    if rule.credential != MACHINE:
+        return False
+    try:
+        length = declared_length(headers)
+    except ValueError:
+        return False
+    if length is not None and length > rule.limit:
+        return False
+    from agents.live_auth import held_machine
+
+    return held_machine(headers.get("authorization", "")) is not None
+
+
 async def refusal_for(
     rule: Rule, method: str, path: str, headers: Mapping[str, str]
 ) -> Refusal | None:
@@ -151,8 +172,8 @@ async def refusal_for(
         from agents.api_auth import UNAUTHENTICATED
         from agents.live_auth import live_machine
 
-        # From the in-process token cache (a few seconds at most); a miss asks the database
-        # in the loop's executor, side by side, not queued on asgiref's one shared thread.
+        # From the in-process token cache; a miss asks the database on the token threads
+        # (agents.live_auth), the misses that come together in one query.
         if await live_machine(authorization) is None:
             return Refusal(401, "unauthenticated", UNAUTHENTICATED, challenge="Bearer")
     elif rule.credential == GRANT:
@@ -280,10 +301,15 @@ def _gated_request_class(base: type) -> type:
             headers = _header_map(
                 (name, b",".join(values)) for name, values in self.requestHeaders.getAllRawHeaders()
             )
-            self._gate_state = "pending"
             self._gate_rule = rule
             self._gate_length = length
             self._gate_received = 0
+            if let_in_now(rule, headers):
+                # Known at once: open, the body still counted against the limit as it comes.
+                self._gate_state = "open"
+                super().gotLength(length)
+                return
+            self._gate_state = "pending"
             self._gate_finished: tuple | None = None
             # Twisted answers "100 Continue" right after this method, which would invite the
             # body before the answer: hold that back, and send it only on approval.

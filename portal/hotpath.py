@@ -25,6 +25,7 @@ from typing import Any
 
 import redis.exceptions
 from django.conf import settings
+from django.core.signals import setting_changed
 from django.db import DatabaseError
 
 from portal.pools import PubSubChannelLayer
@@ -50,18 +51,37 @@ FALL_THROUGH_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+_policy_headers: list[tuple[bytes, bytes]] | None = None
+
+
+def _forget_policy_headers(**kwargs: Any) -> None:
+    global _policy_headers
+    _policy_headers = None
+
+
+setting_changed.connect(_forget_policy_headers)
+
+
 def _headers(content_type: bytes, length: int) -> list[tuple[bytes, bytes]]:
     """Those Django's middleware gives an API answer (portal.middleware, SecurityMiddleware,
-    XFrameOptionsMiddleware)."""
-    policy = "; ".join(f"{name} {' '.join(values)}" for name, values in settings.HAVEN_CSP.items())
+    XFrameOptionsMiddleware). The policy's are built once per process (again when a test
+    changes the settings), not joined again for every answer."""
+    global _policy_headers
+    if _policy_headers is None:
+        policy = "; ".join(
+            f"{name} {' '.join(values)}" for name, values in settings.HAVEN_CSP.items()
+        )
+        _policy_headers = [
+            (b"content-security-policy", policy.encode()),
+            (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", settings.SECURE_REFERRER_POLICY.encode()),
+            (b"cross-origin-opener-policy", b"same-origin"),
+            (b"x-frame-options", settings.X_FRAME_OPTIONS.encode()),
+        ]
     return [
         (b"content-type", content_type),
         (b"content-length", str(length).encode()),
-        (b"content-security-policy", policy.encode()),
-        (b"x-content-type-options", b"nosniff"),
-        (b"referrer-policy", settings.SECURE_REFERRER_POLICY.encode()),
-        (b"cross-origin-opener-policy", b"same-origin"),
-        (b"x-frame-options", settings.X_FRAME_OPTIONS.encode()),
+        *_policy_headers,
     ]
 
 

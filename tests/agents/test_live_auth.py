@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 from datetime import timedelta
 
 import pytest
@@ -15,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from agents import live_auth
-from agents.api_auth import machine_token_issue, machine_tokens_revoke, token_hash
+from agents.api_auth import TOKEN_PREFIX, machine_token_issue, machine_tokens_revoke, token_hash
 from agents.live_auth import LiveMachine, live_machine, load_machines, read_generation
 from agents.models import Machine, MachineToken
 from tests.support import builders
@@ -210,3 +211,33 @@ def test_a_portal_process_loads_the_tokens_at_its_first_request_of_any_kind(vaul
 
     run(scenario())
     assert token_hash(token) in live_auth._tokens.entries
+
+
+def test_a_token_held_is_let_in_at_once_and_one_not_held_waits_for_its_check(vault):
+    """daphne reads the body of an agent request whose token the cache holds in the same
+    step as its headers (``portal.gate.let_in_now``); any other waits for the check."""
+    from portal.gate import RULES, let_in_now
+
+    live_auth.forget_tokens()
+    machine = builders.make_machine(vault=vault, name="web-10")
+    held, other = machine_token_issue(machine=machine), f"{TOKEN_PREFIX}not-held"
+    agent_rule = next(rule for rule in RULES if rule.prefix == "/api/agent/")
+    storage_rule = next(rule for rule in RULES if rule.prefix == "/storage/")
+
+    def headers(token: str, length: int = 100) -> dict[str, str]:
+        return {"authorization": f"Bearer {token}", "content-length": str(length)}
+
+    async def scenario():
+        await live_machine(f"Bearer {held}")  # a first request: now held
+        for _ in range(40):  # and the token counter read, in the background
+            if live_auth._generation.fresh(time.monotonic()):
+                break
+            await asyncio.sleep(0.05)
+        return [
+            let_in_now(agent_rule, headers(held)),
+            let_in_now(agent_rule, headers(other)),
+            let_in_now(agent_rule, headers(held, agent_rule.limit + 1)),
+            let_in_now(storage_rule, headers(held)),
+        ]
+
+    assert run(scenario()) == [True, False, False, False]
