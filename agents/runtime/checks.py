@@ -19,6 +19,7 @@ import redis
 from agents.runtime.blobstore.base import BlobForbidden, BlobStore, StorageError
 from agents.runtime.config import Registration, Settings
 from agents.runtime.portal_api import PortalClient, PortalError, PortalRefused
+from agents.runtime.sizes import size_text
 from agents.runtime.storage_grant import open_store
 
 #: ``open_store`` or a test's stand-in: ``opener(grant, proxies=...)`` gives the store.
@@ -44,16 +45,6 @@ class CheckResult:
 
 class CacheTooSmall(Exception):
     """The cache location has less free space than 5% of the data to back up."""
-
-
-def size_text(n: int) -> str:
-    """A byte count for people: 512 B, 3.2 GiB."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 def cache_space_required(data_bytes: int) -> int:

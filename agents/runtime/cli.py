@@ -36,6 +36,7 @@ from agents.runtime.portal_api import PortalClient, PortalError, PortalRefused, 
 from agents.runtime.recovery.cli import add_commands as add_recovery_commands
 from agents.runtime.register import RegistrationError, read_credentials_file
 from agents.runtime.service import install_service
+from agents.runtime.sizes import size_text
 from agents.runtime.storage_grant import open_with_settings, renew_grant
 from agents.runtime.version import __version__
 from agents.runtime.worker import run_worker
@@ -452,7 +453,7 @@ def cmd_verify(args) -> int:
     )
     _out(
         f"Read {report.packs_checked} of {report.packs_total} packs "
-        f"({report.bytes_checked / 1e6:.1f} MB, {report.chunks_checked} chunks) and "
+        f"({size_text(report.bytes_checked)}, {report.chunks_checked} chunks) and "
         f"{report.recovery_points_checked} recovery points in {report.duration_s:.1f} s."
     )
     if report.ok:

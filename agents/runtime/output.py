@@ -21,20 +21,13 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from agents.runtime.engine.progress import Event, ProgressSink
+from agents.runtime.sizes import size_text
 
 # A plain progress line at most this often (seconds): a log stays readable; a JSON line at
 # most once a second. The engine's events come ten times a second: each kind throttles
 # itself, and shows the last figures when the operation ends.
 PLAIN_INTERVAL_S = 5.0
 JSON_INTERVAL_S = 1.0
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def human_seconds(s: float) -> str:
@@ -191,10 +184,10 @@ class PlainProgress(Progress):
     ):
         rate, eta = self._rate_eta(done, total, rate_bps, eta_s)
         parts = [self._counted(count, count_total)]
-        amount = human_size(done) + (f" of {human_size(total)}" if total else "")
+        amount = size_text(done) + (f" of {size_text(total)}" if total else "")
         if total:
             amount += f" ({100 * min(done, total) // total}%)"
-        parts += [amount, f"{human_size(rate)}/s"]
+        parts += [amount, f"{size_text(rate)}/s"]
         if eta is not None:
             parts.append(f"ETA {human_seconds(eta)}")
         line = f"{self.label}: " + ", ".join(p for p in parts if p)

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from agents.runtime.blobstore.base import BlobNotFound, BlobStore
 from agents.runtime.blobstore.local import RESERVED, LocalDirectoryStore
-from agents.runtime.checks import size_text
 from agents.runtime.engine import layout
+from agents.runtime.sizes import size_text
 
 SEED_HEADER = "haven-seed.json"
 SEED_FORMAT = "haven-seed"

@@ -61,8 +61,8 @@ def test_a_cache_disk_too_small_for_the_data_fails_the_backup_up_front(vault, tm
         message = result["message"]
         assert f"The cache location {cache} has" in message
         # the 1 MiB disk, less what the job's own journal took of it
-        assert re.search(r"has 10[0-2][0-9]\.\d KiB free|has 1\.0 MiB free", message), message
-        assert "backing up 26.9 MiB needs at least 1.3 MiB (5% of the data)" in message, message
+        assert re.search(r"has 10[0-2][0-9]\.\d KB free|has 1\.0 MB free", message), message
+        assert "backing up 26.9 MB needs at least 1.3 MB (5% of the data)" in message, message
         assert "haven-agent configure --cache-dir" in message
         assert result["recovery_point_id"] is None
         # nothing was read or uploaded: the storage holds what it held

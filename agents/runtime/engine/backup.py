@@ -64,6 +64,7 @@ from agents.runtime.engine.previous import PreviousCursor
 from agents.runtime.engine.progress import ProgressSink, Reporter
 from agents.runtime.engine.repository import RecoveryPoint, Repository, default_hostname, now
 from agents.runtime.engine.scan import WalkAhead, WalkStat, normalize_sources, read_xattrs
+from agents.runtime.sizes import size_text
 
 DEFAULT_PACK_SIZE = 16 << 20
 BATCH_FILES = 512
@@ -876,8 +877,8 @@ class _Backup:
         res.added_bytes = self.packer.added_bytes
         if res.status != "cancelled":
             res.message = (
-                f"backed up {_count(res.files, 'file')} ({_size(res.logical_bytes)}), "
-                f"{_size(res.new_bytes)} of new data, {_count(len(self.warnings), 'warning')}"
+                f"backed up {_count(res.files, 'file')} ({size_text(res.logical_bytes)}), "
+                f"{size_text(res.new_bytes)} of new data, {_count(len(self.warnings), 'warning')}"
             )
         self.reporter.finish(
             res.status,
@@ -890,16 +891,3 @@ class _Backup:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
-def _size(n: int) -> str:
-    """Sizes as the portal writes them beside this message (Django's filesizeformat: powers
-    of 1024, ``38 bytes``, ``2.9 MB``)."""
-    if n < 1024:
-        return _count(n, "byte")
-    value = n / 1024
-    for unit in ("KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")

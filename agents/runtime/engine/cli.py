@@ -29,6 +29,7 @@ from agents.runtime.engine.restore import CONFLICT_CHOICES_DEFAULT_FIRST, run_re
 from agents.runtime.engine.scan import WalkAhead
 from agents.runtime.engine.verify import run_verify
 from agents.runtime.protocol import CONFLICT_OVERWRITE
+from agents.runtime.sizes import size_text
 
 
 class _StderrSink(ProgressSink):
@@ -36,8 +37,8 @@ class _StderrSink(ProgressSink):
         if event["type"] == "warning":
             print(f"warning: {event['path']}: {event['reason']}", file=sys.stderr)
         elif event["type"] == "progress" and sys.stderr.isatty():
-            done = event["bytes_done"] / 1e6
-            print(f"\r{event['phase']}: {event['files_done']} files, {done:.0f} MB",
+            done = size_text(event["bytes_done"])
+            print(f"\r{event['phase']}: {event['files_done']} files, {done}",
                   end="", file=sys.stderr)  # fmt: skip
 
 

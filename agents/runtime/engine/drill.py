@@ -35,6 +35,7 @@ from agents.runtime.engine.progress import ProgressSink, Reporter, display_path
 from agents.runtime.engine.repository import ChunkReader, RecoveryPoint, Repository
 from agents.runtime.engine.target import safe_components
 from agents.runtime.protocol import CONFLICT_SKIP
+from agents.runtime.sizes import size_text
 
 # Free space a drill leaves on the scratch disk beyond the sample itself (folders, metadata,
 # and whatever else the machine writes meanwhile).
@@ -49,8 +50,8 @@ class ScratchTooSmall(EngineError):
     def __init__(self, scratch, free: int, needed: int) -> None:
         super().__init__(
             f"the restore drill did not start: the scratch folder {scratch} has "
-            f"{_size(free)} free, and this drill needs {_size(needed)} (the sample and "
-            f"{_size(HEADROOM_BYTES)} of headroom). Free space there, lower the drill's cap "
+            f"{size_text(free)} free, and this drill needs {size_text(needed)} (the sample and "
+            f"{size_text(HEADROOM_BYTES)} of headroom). Free space there, lower the drill's cap "
             "in the backup policy, or choose another scratch folder"
         )
         self.free, self.needed = free, needed
@@ -327,11 +328,3 @@ def _storage_check(reader: ChunkReader, e: Entry) -> None:
             except IntegrityError:
                 return  # damaged or missing data (PackDamaged): the mismatch stands
             return
-
-
-def _size(n: int) -> str:
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    return str(n)

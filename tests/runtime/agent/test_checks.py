@@ -19,7 +19,7 @@ def test_the_cache_needs_five_percent_of_the_data(tmp_path, monkeypatch):
     with pytest.raises(checks.CacheTooSmall) as caught:
         checks.check_cache_space(tmp_path / "cache", 1001 * 2**20)
     message = str(caught.value)
-    assert "has 50.0 MiB free" in message and "needs at least 50.1 MiB (5% of the data)" in message
+    assert "has 50.0 MB free" in message and "needs at least 50.1 MB (5% of the data)" in message
     assert "haven-agent configure --cache-dir" in message
 
 

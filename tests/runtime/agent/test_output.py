@@ -84,8 +84,8 @@ def test_a_log_gets_plain_lines_with_rate_and_eta(monkeypatch):
     assert isinstance(progress, output.PlainProgress)
     feed(progress)
     lines = out.getvalue().splitlines()
-    assert lines[0] == "verifying: 1 of 4 packs, 1.0 MiB of 4.0 MiB (25%), 1.0 MiB/s, ETA 0:00:03"
-    assert lines[-1].startswith("verifying: 4 of 4 packs, 4.0 MiB of 4.0 MiB (100%)")
+    assert lines[0] == "verifying: 1 of 4 packs, 1.0 MB of 4.0 MB (25%), 1.0 MB/s, ETA 0:00:03"
+    assert lines[-1].startswith("verifying: 4 of 4 packs, 4.0 MB of 4.0 MB (100%)")
     assert "\r" not in out.getvalue() and err.getvalue() == ""
 
 

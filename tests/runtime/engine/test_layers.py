@@ -26,10 +26,10 @@ def test_the_engine_imports_no_django():
 
 
 def test_the_engine_imports_nothing_of_the_agent_but_the_blob_stores_and_the_wire():
-    # Not the Celery worker, the tasks, the portal client, jobs, recovery or the agent's CLI.
+    # The wire and the sizes in words are leaves. Not the Celery worker, the tasks, the portal client, jobs, recovery or the agent's CLI.
     _run(
         ALL_ENGINE_MODULES + "allowed = ('agents.runtime.engine', 'agents.runtime.blobstore', "
-        "'agents.runtime.protocol'); "
+        "'agents.runtime.protocol', 'agents.runtime.sizes'); "
         "bad = [m for m in sys.modules if m.startswith('agents.') and m != 'agents.runtime' "
         "       and not m.startswith(allowed)]; "
         "assert not bad, bad"

@@ -131,6 +131,6 @@ def test_too_little_space_fails_naming_the_folder_and_the_space_needed(
     _, result = run(repo_store, folder, data, tmp_path)
     assert result["status"] == "failed", result
     message = result["message"]
-    assert f"The seed staging folder {folder} has 9.8 KiB free" in message
+    assert f"The seed staging folder {folder} has 9.8 KB free" in message
     assert "it needs about" in message and f"Mount a larger disk at {folder}" in message
     assert result["recovery_point_id"] is None
