@@ -55,7 +55,7 @@ from jobs.models import BackupPolicy, Job, RecoveryPoint
 from jobs.services.live import job_publish
 from jobs.services.pruning import backup_in_flight, repository_fence, repository_store
 from jobs.services.replication import secondary_delete
-from jobs.services.verify import stored_data_refusal
+from jobs.services.verify import stored_data_job_refusal, stored_data_refusal
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +80,9 @@ def compact_refusal(machine) -> str:
     """Why Compact now cannot start on ``machine`` ("" when it can): the rule Verify now
     follows (``stored_data_refusal``), or a compaction already on its way (pressing it then
     shows that job)."""
-    refusal = stored_data_refusal(machine, work="compact")
-    if refusal:
-        return refusal
-    running = Job.objects.active().filter(machine=machine, operation=Job.Operation.COMPACT).first()
-    if running is not None:
-        return f"A compaction of {machine.name} is already {running.get_status_display().lower()}."
-    return ""
+    return stored_data_job_refusal(
+        machine, operation=Job.Operation.COMPACT, work="compact", noun="A compaction"
+    )
 
 
 @dataclass

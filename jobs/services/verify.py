@@ -72,16 +72,24 @@ def stored_data_refusal(machine, *, work: str) -> str:
     return ""
 
 
+def stored_data_job_refusal(machine, *, operation: str, work: str, noun: str) -> str:
+    """Why a job of ``operation`` on ``machine``'s stored data cannot start now ("" when it
+    can): ``stored_data_refusal``, or one already on its way (``noun``: "A verify")."""
+    refusal = stored_data_refusal(machine, work=work)
+    if refusal:
+        return refusal
+    running = Job.objects.active().filter(machine=machine, operation=operation).first()
+    if running is not None:
+        return f"{noun} of {machine.name} is already {running.get_status_display().lower()}."
+    return ""
+
+
 def verify_refusal(machine) -> str:
     """Why ``machine`` cannot be verified now ("" when it can): the rule Compact now shares
     (``stored_data_refusal``), or a verify already on its way."""
-    refusal = stored_data_refusal(machine, work="verify")
-    if refusal:
-        return refusal
-    running = Job.objects.active().filter(machine=machine, operation=Job.Operation.VERIFY).first()
-    if running is not None:
-        return f"A verify of {machine.name} is already {running.get_status_display().lower()}."
-    return ""
+    return stored_data_job_refusal(
+        machine, operation=Job.Operation.VERIFY, work="verify", noun="A verify"
+    )
 
 
 def verify_start(

@@ -29,14 +29,19 @@ def _point(machine, at, n: int) -> RecoveryPoint:
     )  # fmt: skip
 
 
+def _web01(owner, *, time_zone: str):
+    """web-01, online, in a vault of its own: the machine each calendar test recovers from."""
+    vault = builders.make_vault(resource_group=owner.resource_group, container="v1")
+    return builders.make_machine(
+        vault=vault, name="web-01", container="m-web-01", time_zone=time_zone,
+        last_seen_at=timezone.now(),
+    )  # fmt: skip
+
+
 def test_choose_an_older_day_then_a_time_and_recover_it(
     live_portal, portal_owner, page, screenshot
 ):
-    vault = builders.make_vault(resource_group=portal_owner.resource_group, container="v1")
-    web01 = builders.make_machine(
-        vault=vault, name="web-01", container="m-web-01", time_zone="Europe/Amsterdam",
-        last_seen_at=timezone.now(),
-    )  # fmt: skip
+    web01 = _web01(portal_owner, time_zone="Europe/Amsterdam")
     tz = zone(web01.time_zone)
     today = timezone.now().astimezone(tz).replace(hour=9, minute=0, second=0, microsecond=0)
     older = today - timedelta(days=40)  # another month of the calendar
@@ -106,11 +111,7 @@ def test_choose_an_older_day_then_a_time_and_recover_it(
 def test_a_days_times_that_cannot_load_say_why_in_their_place(
     live_portal, portal_owner, page, screenshot
 ):
-    vault = builders.make_vault(resource_group=portal_owner.resource_group, container="v1")
-    web01 = builders.make_machine(
-        vault=vault, name="web-01", container="m-web-01", time_zone="UTC",
-        last_seen_at=timezone.now(),
-    )  # fmt: skip
+    web01 = _web01(portal_owner, time_zone="UTC")
     today = timezone.now().replace(hour=9, minute=0, second=0, microsecond=0)
     days = [today - timedelta(days=n) for n in (0, 5, 9, 12)]
     points = [_point(web01, day, n) for n, day in enumerate(days)]
@@ -163,11 +164,7 @@ def test_a_days_times_that_cannot_load_say_why_in_their_place(
 def test_a_browse_that_cannot_load_says_why_in_its_place(
     live_portal, portal_owner, page, screenshot
 ):
-    vault = builders.make_vault(resource_group=portal_owner.resource_group, container="v1")
-    web01 = builders.make_machine(
-        vault=vault, name="web-01", container="m-web-01", time_zone="UTC",
-        last_seen_at=timezone.now(),
-    )  # fmt: skip
+    web01 = _web01(portal_owner, time_zone="UTC")
     yesterday = timezone.now().replace(hour=9, minute=0) - timedelta(days=1)
     point = _point(web01, yesterday, 1)
     _point(web01, yesterday + timedelta(hours=1), 2)  # two on the day: none chosen for us
@@ -226,11 +223,7 @@ def test_a_browse_that_cannot_load_says_why_in_its_place(
 def test_a_days_only_recovery_point_is_chosen_without_a_click(
     live_portal, portal_owner, page, screenshot
 ):
-    vault = builders.make_vault(resource_group=portal_owner.resource_group, container="v1")
-    web01 = builders.make_machine(
-        vault=vault, name="web-01", container="m-web-01", time_zone="UTC",
-        last_seen_at=timezone.now(),
-    )  # fmt: skip
+    web01 = _web01(portal_owner, time_zone="UTC")
     today = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
     only_today = _point(web01, today, 1)
     two_days = today - timedelta(days=3)
