@@ -133,18 +133,13 @@ class _Generation:
         self.value, self.read_at, self.task = None, float("-inf"), None
 
 
-# ``_TokenCache.warmed`` of a process that loaded every token before serving
-# (``load_every_token_now``): no loop of its needs to load them again.
-LOADED_AT_START = "loaded at start"
-
-
 class _TokenCache:
     """``token hash -> _Entry``; the oldest half goes when full."""
 
     def __init__(self) -> None:
         self.entries: dict[str, _Entry] = {}
-        # The loop that loaded them all (or LOADED_AT_START); None: not loaded (again).
-        self.warmed: asyncio.AbstractEventLoop | str | None = None
+        # The loop that loaded them all; None: not loaded (again).
+        self.warmed: asyncio.AbstractEventLoop | None = None
 
     def get(self, digest: str) -> _Entry | None:
         found = self.entries.get(digest)
@@ -354,25 +349,11 @@ def _hold_every_machine(rows: list[tuple[str, LiveMachine, int, float]], began: 
             _tokens.put(digest, _Entry(machine, began, generation, used_at))
 
 
-def load_every_token_now() -> int:
-    """Load every live token into the cache now, with the counter they were read with: a
-    web process before it serves (``portal.warmup``), so that neither its first requests
-    nor a load in the background wait for it. How many were loaded."""
-    began = time.monotonic()
-    rows = load_every_machine()
-    _hold_every_machine(rows, began)
-    if rows:  # the counter, read in the same statement
-        _generation.value, _generation.read_at = rows[0][2], began
-    _tokens.warmed = LOADED_AT_START
-    return len(rows)
-
-
 def warm() -> None:
     """Load every live token into the cache, in the background (once per process and event
-    loop, and again after the counter moved), unless the process loaded them before it
-    served (``load_every_token_now``)."""
+    loop, and again after the counter moved)."""
     loop = asyncio.get_running_loop()
-    if _tokens.warmed is loop or _tokens.warmed == LOADED_AT_START:
+    if _tokens.warmed is loop:
         return
     _tokens.warmed = loop
 
