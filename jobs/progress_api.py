@@ -21,8 +21,10 @@ without Django's request cycle, a thread, or a database connection:
   at the next write.
 
 A running job's report that changes the fragments' shape (the first, a new phase) is
-recorded as the view records it (row written, fragments rendered and pushed — only for
-the groups some socket hears), on the start threads below. Everything else returns None and the request goes on to Django's
+recorded as the view records it (row written, fragments rendered — only for the groups
+some socket hears), on the start threads below; those that come while one batch is
+recorded go together in the next (``record_reshaped``: their jobs read in one query, their
+fragments pushed from the loop in one round trip). Everything else returns None and the request goes on to Django's
 view, which answers it as before: a job not running or not the machine's, a malformed
 body, a machine over its rate limit, Redis or the database unreachable.
 
@@ -62,7 +64,6 @@ from agents.live_auth import LiveMachine, rate_count
 from agents.models import Machine
 from agents.runtime.protocol import MAX_API_BODY
 from jobs import selectors
-from jobs.api_views import PROGRESS_FIELDS
 from jobs.models import Job
 from jobs.services.jobs import (
     PROGRESS_WRITE_SECONDS,
@@ -72,6 +73,7 @@ from jobs.services.jobs import (
 )
 from jobs.services.live import (
     LIVE_PROGRESS_TTL,
+    SHOWN_JOBS,
     job_fragments,
     job_group,
     progress_changes_shape,
@@ -206,7 +208,7 @@ async def progress(job_id: str, machine: LiveMachine, body: bytes) -> dict | Non
             await asyncio.shield(push.task)  # and leave after the start's: it had begun
         _jobs.pop(job_id, None)  # rendered and written below; the row loaded again next
         heard = await _groups_heard(job_id, job.vault_id)
-        cancel = await _record_reshaped_async(job_id, machine.machine_id, event, heard)
+        cancel = await _reshaped((job_id, machine.machine_id, event, heard))
         return None if cancel is None else {"cancel": cancel}
     now = timezone.now()
     transferred = int(report.get("stored_bytes") or 0)
@@ -507,19 +509,55 @@ async def start(job_id: str, machine: LiveMachine) -> dict | None:
     return {"cancel": started.cancel, "status": Job.Status.RUNNING.value}
 
 
-def _record_reshaped(job_id: str, machine_id, event: dict, heard: set[str] | None) -> bool | None:
-    """A report that changes the fragments' shape (the first, a new phase), recorded as the
-    view records it (``jobs.services.job_record_progress``: the row written, the fragments
-    rendered and pushed); whether the agent should stop, or None (the view answers)."""
-    job = (
-        Job.objects.exclude(operation=Job.Operation.IMPORT)
-        .only(*PROGRESS_FIELDS)
-        .filter(pk=job_id, machine_id=machine_id, status=Job.Status.RUNNING)
-        .first()
-    )
-    if job is None:
-        return None
-    return job_record_progress(job=job, event=event, heard=heard)
+# A report that re-renders: (job id, machine id, report, the job's groups some socket hears
+# or None when Redis could not say).
+Reshaped = tuple[str, object, dict, "set[str] | None"]
+# At most this many re-rendering reports in one thread call (the rest wait for the next).
+RESHAPED_BATCH_MAX = 50
 
 
-_record_reshaped_async = db_in_executor(_record_reshaped, _start_threads)
+def record_reshaped(items: list[Reshaped]) -> tuple[list[bool | None], list[tuple[str, str]]]:
+    """Reports that change the fragments' shape (the first, a new phase), each recorded as
+    the view records it (``jobs.services.job_record_progress``: the row written, the
+    fragments rendered for the groups some socket hears), their jobs read in one query with
+    what the fragments show. Whether each agent should stop (None: not a running job of
+    that machine; the view answers it), and the fragments to push, in order: the caller
+    sends them from the loop in one round trip. When a schedule starts a fleet, every
+    job's first report comes in the same second: each read, render and push of its own
+    was a wait of its own on a thread that the starts' answers share the interpreter with."""
+    jobs = {
+        str(job.pk): job
+        for job in SHOWN_JOBS.exclude(operation=Job.Operation.IMPORT).filter(
+            pk__in=[job_id for job_id, *_rest in items], status=Job.Status.RUNNING
+        )
+    }
+    answers: list[bool | None] = []
+    with realtime.collected() as pushes:
+        for job_id, machine_id, event, heard in items:
+            job = jobs.get(job_id)
+            if job is None or str(job.machine_id) != str(machine_id):
+                answers.append(None)
+                continue
+            answers.append(job_record_progress(job=job, event=event, heard=heard))
+    return answers, pushes
+
+
+_record_reshaped_async = db_in_executor(record_reshaped, _start_threads)
+
+
+async def _record_reshaped_together(items: list[Reshaped]) -> list[bool | None]:
+    answers, pushes = await _record_reshaped_async(items)
+    if pushes:
+        try:
+            await get_channel_layer().group_send_many(  # type: ignore[union-attr]
+                [(group, realtime.fragment_message(group, html)) for group, html in pushes]
+            )
+        except PUSH_ERRORS:  # best effort, as every push: the page shows the truth on reload
+            log.warning(
+                "could not push the reports of jobs %s", [i[0] for i in items], exc_info=True
+            )
+    return answers
+
+
+# The re-rendering reports that come while a batch is recorded go together in the next.
+_reshaped = LoopBatches(_record_reshaped_together, RESHAPED_BATCH_MAX)

@@ -21,6 +21,7 @@ import threading
 import urllib.request
 import weakref
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import async_to_sync
@@ -58,8 +59,29 @@ def fleet_changed(subscription_id) -> None:
 
 
 def publish(group: str, html: str) -> None:
-    """Send an htmx out-of-band fragment to every socket in ``group`` after commit."""
+    """Send an htmx out-of-band fragment to every socket in ``group`` after commit (inside
+    ``collected``: add it to the collection instead)."""
+    pushes = getattr(_collecting, "pushes", None)
+    if pushes is not None:
+        transaction.on_commit(lambda: pushes.append((group, html)))
+        return
     transaction.on_commit(lambda: publish_now(group, html))
+
+
+_collecting = threading.local()
+
+
+@contextlib.contextmanager
+def collected() -> Iterator[list[tuple[str, str]]]:
+    """The ``(group, html)`` this thread publishes inside the block, collected (each after
+    its commit, as ``publish`` sends it) for a caller on the server's event loop to send in
+    one round trip (``PubSubChannelLayer.group_send_many``), in their order."""
+    pushes: list[tuple[str, str]] = []
+    _collecting.pushes = pushes
+    try:
+        yield pushes
+    finally:
+        _collecting.pushes = None
 
 
 def publish_now(group: str, html: str) -> None:

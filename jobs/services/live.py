@@ -93,6 +93,18 @@ def progress_cache_write(job: Job) -> bool:
     return True
 
 
+# What a job's fragments show: the job with its machine, vault and creator.
+SHOWN_JOBS = Job.objects.select_related("machine", "vault", "created_by")
+
+
+def _shown_whole(job: Job) -> bool:
+    """Whether ``job`` was loaded with what its fragments show (``SHOWN_JOBS``), so it is
+    rendered as it is, not read again."""
+    return all(
+        Job._meta.get_field(name).is_cached(job) for name in ("machine", "vault", "created_by")
+    )
+
+
 def job_progress_publish(job: Job, *, rerender: bool, heard: set[str] | None = None) -> None:
     """Push ``job``'s latest report, after commit. A report that changes only numbers
     travels as one small JSON message for both groups (``progress_fields``;
@@ -102,10 +114,7 @@ def job_progress_publish(job: Job, *, rerender: bool, heard: set[str] | None = N
     if rerender:
         if heard is not None and not heard:
             return
-        job_publish(
-            Job.objects.select_related("machine", "vault", "created_by").get(pk=job.pk),
-            only=heard,
-        )
+        job_publish(job if _shown_whole(job) else SHOWN_JOBS.get(pk=job.pk), only=heard)
         return
     message = json.dumps({"job_progress": str(job.pk), "fields": progress_fields(job)})
     realtime.publish(job_group(job.pk), message)

@@ -14,6 +14,7 @@ from datetime import timedelta
 import pytest
 from django.conf import settings
 from django.core.asgi import get_asgi_application
+from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
 from agents.models import Machine, MachineToken
@@ -142,8 +143,10 @@ def test_a_steady_report_is_answered_on_the_loop_kept_where_pages_read_it_and_pu
 
 
 def test_what_the_loop_does_not_answer_goes_to_the_view_with_its_body(
-    machine, running, vault, pushes
+    machine, running, vault, monkeypatch
 ):
+    from portal.pools import PubSubChannelLayer
+
     token = token_for(machine)
     other = make_machine(vault, "web-02")
     other_token = token_for(other)
@@ -164,11 +167,19 @@ def test_what_the_loop_does_not_answer_goes_to_the_view_with_its_body(
         layer = get_channel_layer()
         channel = await layer.new_channel()
         await layer.group_add(f"job.{running.pk}", channel)
-        pushes.clear()
         answers.append(await portal.post(path, token, report(3, phase="finalizing")))
+        await asyncio.wait_for(layer.receive(channel), timeout=5)
         await layer.group_discard(f"job.{running.pk}", channel)
         return answers
 
+    pushes: list[tuple[str, str]] = []
+    send_many = PubSubChannelLayer.group_send_many
+
+    async def recorded(layer, messages):
+        pushes.extend((group, message["html"]) for group, message in messages)
+        return await send_many(layer, messages)
+
+    monkeypatch.setattr(PubSubChannelLayer, "group_send_many", recorded)
     answers = run(scenario())
     assert [status for status, _ in answers] == [status for _, _, status in cases] + [200]
     sent = [body if isinstance(body, bytes) else json.dumps(body).encode() for _, body, _ in cases]
@@ -601,3 +612,71 @@ def test_a_start_on_the_loop_tells_the_backup_center(vault, alice):
     answer, heard = run(scenario())
     assert answer == (200, {"cancel": False, "status": "running"})
     assert heard["group"] == fleet and heard["html"] == realtime.FLEET_CHANGED
+
+
+def _started_fleet(vault, alice, count: int):
+    from tests.jobs.conftest import spec
+
+    machines = [make_machine(vault, f"db-{n:02}") for n in range(count)]
+    jobs = []
+    for machine in machines:
+        services.policy_save(machine=machine, spec=spec(), user=alice)
+        job = services.backup_start(machine=machine)
+        services.job_mark_started(job=job, publish=False)
+        jobs.append(job)
+    return machines, jobs
+
+
+def test_first_reports_that_come_together_each_reach_their_watchers_rendered(vault, alice):
+    """When a schedule starts a fleet every job's first report comes in the same second: each
+    is answered on the loop, its row written, and its vault's watchers get its row rendered
+    with the report's numbers."""
+    machines, jobs = _started_fleet(vault, alice, 4)
+    tokens = [token_for(machine) for machine in machines]
+    portal = Portal()
+
+    async def scenario():
+        from channels.layers import get_channel_layer
+
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add(f"vault.{vault.pk}", channel)
+        answers = await asyncio.gather(
+            *(
+                portal.post(f"/api/agent/jobs/{job.pk}/progress/", token, report(10 + n))
+                for n, (job, token) in enumerate(zip(jobs, tokens, strict=True))
+            )
+        )
+        pushed = [(await asyncio.wait_for(layer.receive(channel), timeout=5))["html"] for _ in jobs]
+        await layer.group_discard(f"vault.{vault.pk}", channel)
+        return answers, pushed
+
+    progress_api.forget_jobs()
+    answers, pushed = run(scenario())
+    assert answers == [(200, {"cancel": False})] * 4
+    assert portal.reached_django == []
+    rows = {html.split('"', 2)[1]: html for html in pushed}
+    for n, job in enumerate(jobs):
+        transferred = filesizeformat((10 + n) * 400_000)  # the report's stored bytes
+        assert f'<td data-field="transferred">{transferred}</td>' in rows[f"job-row-{job.pk}"]
+        assert Job.objects.get(pk=job.pk).progress["files_done"] == 10 + n
+
+
+def test_re_rendering_reports_recorded_together_read_their_jobs_once(vault, alice, machine):
+    """A batch of reports that re-render reads its jobs (with what their rows show) in one
+    query, not one and another to render for each, and hands the fragments back to be
+    pushed in one round trip; a report for a job that is not the machine's is the view's."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    machines, jobs = _started_fleet(vault, alice, 3)
+    group = f"vault.{vault.pk}"
+    items = [(str(job.pk), m.pk, report(5), {group}) for job, m in zip(jobs, machines, strict=True)]
+    items.append((str(jobs[0].pk), machine.pk, report(6), {group}))  # not machine's job
+    with CaptureQueriesContext(connection) as queries:
+        answers, pushes = progress_api.record_reshaped(items)
+    assert answers == [False, False, False, None]
+    selects = [q["sql"] for q in queries if q["sql"].lstrip().upper().startswith("SELECT")]
+    assert len(selects) == 1, selects
+    assert [g for g, _ in pushes] == [group] * 3
+    assert [html.split('"', 2)[1] for _, html in pushes] == [f"job-row-{job.pk}" for job in jobs]
