@@ -35,10 +35,11 @@ def listening_socket(bind: str, port: int) -> socket.socket:
 
 
 def daphne_command(fd: int, *, python: str = sys.executable, access_log: bool = True) -> list[str]:
-    """daphne serving ``fd``; without ``access_log`` it prints no line per request
-    (``--verbosity 0``: its own warnings and errors still show)."""
+    """daphne serving ``fd`` (through ``portal.web``, which sets the collector first);
+    without ``access_log`` it prints no line per request (``--verbosity 0``: its own
+    warnings and errors still show)."""
     quiet = [] if access_log else ["--verbosity", "0"]
-    return [python, "-m", "daphne", *quiet, "--fd", str(fd), "portal.asgi:application"]
+    return [python, "-m", "portal.web", *quiet, "--fd", str(fd), "portal.asgi:application"]
 
 
 def start_web(

@@ -5,9 +5,11 @@ there is one, as live pushes reach only their own process's sockets."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -79,3 +81,21 @@ def test_two_web_processes_serve_one_port_and_it_outlives_either(transactional_d
                     process.wait(10)
                 except subprocess.TimeoutExpired:
                     process.kill()
+
+
+def test_a_web_process_freezes_what_it_loaded_and_collects_young_objects_less_often():
+    """``python -m portal.web`` (what ``start_web`` runs) sets its collector before serving:
+    the application it loaded is frozen, out of every later collection's walk."""
+    from portal import web
+
+    probe = (
+        "import gc, json, portal.web as web; web.settle_collector(); "
+        "print(json.dumps([gc.get_freeze_count(), gc.get_threshold()[0]]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    frozen, young = json.loads(out.stdout.strip().splitlines()[-1])
+    assert frozen > 50_000  # Django, the apps and the ASGI application
+    assert young == web.YOUNG_COLLECTION_EVERY > 700
+    assert serve.daphne_command(3)[1:3] == ["-m", "portal.web"]
