@@ -53,16 +53,29 @@ BROWSER_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+LAST_PUSH_SECONDS = 10.0
 OBSERVER = """
 (jobId) => {
+  // Every marker the page showed: the job block's text when the observer runs, and the
+  // texts a swap replaced before it ran (two reports of one job in one pushed batch are
+  // applied in one task: the first is in the DOM, then replaced, before any callback).
   window.__seen = {};
-  const record = () => {
-    const el = document.getElementById(`job-${jobId}-live`);
-    if (!el) return;
-    const match = el.textContent.match(/marker-(\\d+)-(\\d+)/);
-    if (match && !(match[2] in window.__seen)) window.__seen[match[2]] = Date.now();
+  window.__replaced = {};
+  const note = (text, replaced) => {
+    const match = text && text.match(/marker-(\\d+)-(\\d+)/);
+    if (!match || match[2] in window.__seen) return;
+    window.__seen[match[2]] = Date.now();
+    if (replaced) window.__replaced[match[2]] = true;
   };
-  new MutationObserver(record).observe(document.body, {subtree: true, childList: true, characterData: true});
+  new MutationObserver((records) => {
+    for (const record of records) {
+      if (record.type === "characterData") note(record.oldValue, true);
+      for (const node of record.removedNodes) note(node.textContent, true);
+    }
+    const el = document.getElementById(`job-${jobId}-live`);
+    if (el) note(el.textContent, false);
+  }).observe(document.body,
+    {subtree: true, childList: true, characterData: true, characterDataOldValue: true});
 }
 """
 
@@ -331,17 +344,31 @@ def _measure(args, base, password, seeded, server_pids: list[int]) -> dict:
             for thread in threads:
                 thread.join()
         cpu = _cpu_seconds(server_pids) - cpu_before
-        time.sleep(2)  # the last pushes
-        latencies, lost = [], 0
+        # The last pushes: until every watched event is shown, at most LAST_PUSH_SECONDS.
+        wanted = {job_id: {str(seq) for (sent_job, seq) in sent if sent_job == job_id}
+                  for _tab, (job_id, _token) in zip(pages, watched, strict=True)}  # fmt: skip
+        until = time.monotonic() + LAST_PUSH_SECONDS
+        while time.monotonic() < until:
+            if all(
+                wanted[job_id] <= set(tab.evaluate("() => Object.keys(window.__seen)"))
+                for tab, (job_id, _token) in zip(pages, watched, strict=True)
+            ):
+                break
+            time.sleep(0.25)
+        latencies, lost, replaced, lost_at = [], 0, 0, []
         for tab, (job_id, _token) in zip(pages, watched, strict=True):
             seen = tab.evaluate("() => window.__seen")
+            gone = tab.evaluate("() => window.__replaced")
+            last = max((seq for (sent_job, seq) in sent if sent_job == job_id), default=0)
             for (sent_job, seq), at in sent.items():
                 if sent_job != job_id:
                     continue
                 if str(seq) in seen:
                     latencies.append(seen[str(seq)] - at)
+                    replaced += str(seq) in gone
                 else:
                     lost += 1
+                    lost_at.append(seq - last)
         browser.close()
     latencies.sort()
     events = len(sent)
@@ -364,6 +391,9 @@ def _measure(args, base, password, seeded, server_pids: list[int]) -> dict:
         else None,
         "latency_ms_max": round(latencies[-1], 1) if latencies else None,
         "watched_events_not_shown": lost,
+        # (of each: its number counted from its job's last event, 0 the last)
+        "not_shown_from_last": sorted(lost_at),
+        "watched_events_replaced_in_the_task_they_came": replaced,
         "portal_cpu_s_per_1000_events": round(cpu / events * 1000, 2) if events else None,
     }
 
