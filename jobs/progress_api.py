@@ -538,7 +538,13 @@ def record_reshaped(items: list[Reshaped]) -> tuple[list[bool | None], list[tupl
             if job is None or str(job.machine_id) != str(machine_id):
                 answers.append(None)
                 continue
-            answers.append(job_record_progress(job=job, event=event, heard=heard))
+            try:
+                answers.append(job_record_progress(job=job, event=event, heard=heard))
+            except PUSH_ERRORS as exc:  # this one goes to the view; the others stay done
+                log.info(
+                    "job %s's report left to the view: %s: %s", job_id, type(exc).__name__, exc
+                )
+                answers.append(None)
     return answers, pushes
 
 

@@ -680,3 +680,32 @@ def test_re_rendering_reports_recorded_together_read_their_jobs_once(vault, alic
     assert len(selects) == 1, selects
     assert [g for g, _ in pushes] == [group] * 3
     assert [html.split('"', 2)[1] for _, html in pushes] == [f"job-row-{job.pk}" for job in jobs]
+
+
+def test_a_report_of_a_batch_that_the_database_refuses_goes_to_the_view_alone(
+    vault, alice, monkeypatch
+):
+    """One report of a batch that fails on the database is answered by the view (None); the
+    others of the batch are recorded and their fragments kept for the push."""
+    from django.db import DatabaseError
+
+    from jobs.services import jobs as job_services
+
+    machines, jobs = _started_fleet(vault, alice, 3)
+    group = f"vault.{vault.pk}"
+    record = job_services.job_record_progress
+
+    def refused_for_the_second(*, job, **kwargs):
+        if job.pk == jobs[1].pk:
+            raise DatabaseError("could not serialize access")
+        return record(job=job, **kwargs)
+
+    monkeypatch.setattr(progress_api, "job_record_progress", refused_for_the_second)
+    items = [(str(job.pk), m.pk, report(7), {group}) for job, m in zip(jobs, machines, strict=True)]
+    answers, pushes = progress_api.record_reshaped(items)
+    assert answers == [False, None, False]
+    assert [html.split('"', 2)[1] for _, html in pushes] == [
+        f"job-row-{jobs[0].pk}",
+        f"job-row-{jobs[2].pk}",
+    ]
+    assert Job.objects.get(pk=jobs[2].pk).progress["files_done"] == 7
