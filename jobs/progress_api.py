@@ -565,7 +565,5 @@ async def _record_reshaped_together(items: list[Reshaped]) -> list[bool | None]:
     return answers
 
 
-# The re-rendering reports that come while a batch is recorded go together in the next;
-# a batch for each start thread at once, so a job row held by someone else (a report
-# waits on its lock) holds up one of them, not every job's.
-_reshaped = LoopBatches(_record_reshaped_together, RESHAPED_BATCH_MAX, parallel=START_THREADS)
+# The re-rendering reports that come while a batch is recorded go together in the next.
+_reshaped = LoopBatches(_record_reshaped_together, RESHAPED_BATCH_MAX)

@@ -5,7 +5,10 @@ Retry-After (which the agent's client waits out), never 500.
 A real daphne serves the test database with a pool of two connections and room for three
 requests inside Django. The test holds a lock on the jobs' rows, so the first progress posts
 block in PostgreSQL while holding their pooled connections: what would be a slow database
-under a flood of agents, made to happen on purpose."""
+under a flood of agents, made to happen on purpose. Those first posts are for jobs not
+started yet, which Django's view starts (with Redis the event loop answers a running job's
+reports, its first ones on one thread of its own per process, which a locked row holds up
+without taking the pool)."""
 
 from __future__ import annotations
 
@@ -242,8 +245,14 @@ def assert_busy(response: requests.Response, *, json_body: bool = True) -> None:
         assert response.json()["message"]
 
 
+def _not_started(agents: list[tuple[str, str]]) -> None:
+    """The jobs of ``agents`` queued, not running: their progress goes to Django's view."""
+    Job.objects.filter(pk__in=[job_id for job_id, _ in agents]).update(status=Job.Status.QUEUED)
+
+
 def test_a_flood_of_agents_holds_no_more_database_connections_than_the_pool(bounded_portal, agents):
     portal = bounded_portal
+    _not_started(agents[:POOL])
     with Peaks(portal) as peaks, jobs_locked() as release:
         first = in_threads([lambda a=a: progress(portal, *a) for a in agents[:POOL]])
         waiting_on_locks(POOL)  # both pooled connections are now held by blocked requests
@@ -300,6 +309,7 @@ def test_the_agent_waits_out_a_busy_portal_and_then_succeeds(bounded_portal, age
     portal = bounded_portal
     job_id, token = agents[POOL]
     client = PortalClient(portal.url, token=token)
+    _not_started(agents[:POOL])
     with jobs_locked() as release:
         blocked = in_threads([lambda a=a: progress(portal, *a) for a in agents[:POOL]])
         waiting_on_locks(POOL)
