@@ -3,15 +3,15 @@
 daphne serving ``portal.asgi``, with the garbage collector first set for a long-running
 server (``portal.serve.start_web`` starts each web process so):
 
-* what the process loaded to serve (Django, the apps, the URL configuration, the
-  templates' libraries) is frozen (``gc.freeze``): it lives as long as the process, and the
+* what the process loaded before serving (Django, the apps, the ASGI application and what
+  it imports) is frozen (``gc.freeze``): it lives as long as the process, and the
   collector no longer walks it at every full collection;
 * the youngest generation is collected every ``YOUNG_COLLECTION_EVERY`` allocations instead
-  of Python's 700. A request allocates thousands of short-lived objects that reference
-  counting frees at once; a collection every 700 of them found almost nothing to free.
+  of Python's 700 (most of a request's short-lived objects are freed by reference counting
+  anyway).
 
-Measured in ``bench.load`` (docs/benchmarks.md, "Session 12"): the two web processes spent
-1.8 CPU-s of about 33 collecting garbage in a run, and 0.3 CPU-s so.
+Measured in ``bench.load`` (docs/benchmarks.md, "Session 12", one run each): the two web
+processes spent 1.8 of ~33 CPU-s collecting garbage on the default settings, 0.3 of ~38 so.
 """
 
 from __future__ import annotations

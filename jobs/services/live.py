@@ -94,15 +94,14 @@ def progress_cache_write(job: Job) -> bool:
 
 
 # What a job's fragments show: the job with its machine, vault and creator.
-SHOWN_JOBS = Job.objects.select_related("machine", "vault", "created_by")
+_SHOWN_RELATIONS = ("machine", "vault", "created_by")
+SHOWN_JOBS = Job.objects.select_related(*_SHOWN_RELATIONS)
 
 
 def _shown_whole(job: Job) -> bool:
     """Whether ``job`` was loaded with what its fragments show (``SHOWN_JOBS``), so it is
     rendered as it is, not read again."""
-    return all(
-        Job._meta.get_field(name).is_cached(job) for name in ("machine", "vault", "created_by")
-    )
+    return all(Job._meta.get_field(name).is_cached(job) for name in _SHOWN_RELATIONS)
 
 
 def job_progress_publish(job: Job, *, rerender: bool, heard: set[str] | None = None) -> None:
