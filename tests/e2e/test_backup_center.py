@@ -222,3 +222,34 @@ def test_a_refresh_does_not_swallow_the_filter_just_chosen(
     expect(rows).to_have_count(1)
     expect(rows.first).to_contain_text("web-01")
     expect(page).to_have_url(re.compile(rf"/backup-center/\?.*vault={prod.pk}"))
+
+
+def test_a_filter_changed_before_the_scripts_ran_is_shown_and_put_in_the_address(
+    signed_in_page, live_portal, portal_owner
+):
+    """A filter picked before htmx listened (no change event seen) is applied by the next
+    refresh, and the address follows it, so a reload shows what the page shows."""
+    page = signed_in_page
+    prod, dev = _vault(portal_owner, "vault-prod"), _vault(portal_owner, "vault-dev")
+    Machine.objects.create(vault=prod, name="web-01", last_seen_at=timezone.now())
+    Machine.objects.create(vault=dev, name="build-01", last_seen_at=timezone.now())
+
+    page.goto(f"{live_portal}/backup-center/")
+    expect(page.locator("body")).to_have_attribute("data-live", "open")
+    rows = page.locator("#fleet-machines tbody tr")
+    expect(rows).to_have_count(2)
+    page.wait_for_timeout(1200)  # past the refreshes' one-a-second gap: the next one is due at once
+
+    # The value changes with no event (as before the scripts ran); then the socket opens.
+    page.evaluate(
+        """(vault) => {
+            document.querySelector('#backup-center-filters select[name=vault]').value = vault;
+            document.dispatchEvent(new CustomEvent('htmx:wsOpen'));
+        }""",
+        str(prod.pk),
+    )
+    expect(rows).to_have_count(1)
+    expect(page).to_have_url(re.compile(rf"/backup-center/\?.*vault={prod.pk}"))
+    page.reload()
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("web-01")
