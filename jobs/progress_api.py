@@ -250,6 +250,10 @@ _start_threads = ProcessThreadPool(max_workers=START_THREADS, thread_name_prefix
 _batch_thread = ProcessThreadPool(max_workers=1, thread_name_prefix="haven-start-batch")
 # At most this many starts in one transaction (the rest wait for the next).
 START_BATCH_MAX = 100
+# The renders of started jobs and of their first reports wait, at most this long, while
+# starts are being committed: when a schedule starts a fleet, the starts' answers get the
+# interpreter first, and the pages their fragments a moment later.
+STARTS_FIRST_SECONDS = 0.25
 # Operations whose start the batch leaves to ``job_mark_started`` (a compaction notes
 # which points it may move as it starts) and the import, which agents do not start.
 BATCH_EXCLUDED = (Job.Operation.COMPACT, Job.Operation.IMPORT)
@@ -470,6 +474,7 @@ async def _push_starts(vaults: dict[str, object], pushes: dict[str, _StartPush])
     layer = get_channel_layer()
     try:
         await asyncio.sleep(0)  # the batch's answers first
+        await _starts.quiet(STARTS_FIRST_SECONDS)  # and the next starts' (a burst's)
         groups = {
             job_id: {job_group(job_id), group_for_vault(vault_id)}
             for job_id, vault_id in vaults.items()
@@ -552,6 +557,7 @@ _record_reshaped_async = db_in_executor(record_reshaped, _start_threads)
 
 
 async def _record_reshaped_together(items: list[Reshaped]) -> list[bool | None]:
+    await _starts.quiet(STARTS_FIRST_SECONDS)
     answers, pushes = await _record_reshaped_async(items)
     if pushes:
         try:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import queue
 import sys
@@ -243,7 +244,7 @@ class LoopBatches:
     A call leaves as soon as one of ``parallel`` calls is free: an item alone at a quiet
     time, every item that came meanwhile (at most ``max_items`` a call) at a busy one. No
     timer: nothing waits for a batch to fill. An exception of ``run`` is each of its
-    items'."""
+    items'. ``quiet`` lets other work give these batches the interpreter first."""
 
     def __init__(self, run: Any, max_items: int, parallel: int = 1) -> None:
         self.run = run
@@ -258,6 +259,7 @@ class LoopBatches:
             queue = self._loops[loop] = _LoopQueue()
         future = loop.create_future()
         queue.waiting.append((item, future))
+        queue.idle.clear()
         if len(queue.tasks) < self.parallel:
             task = loop.create_task(self._drain(queue))
             queue.tasks.add(task)
@@ -272,6 +274,18 @@ class LoopBatches:
             # its last batch had just answered) found it still counted, started no call,
             # and waited for ever.
             queue.tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+            if not queue.tasks and not queue.waiting:
+                queue.idle.set()
+
+    async def quiet(self, longest: float) -> None:
+        """Return once none of this loop's items is waiting or being run, or after
+        ``longest`` seconds whatever comes: work that may wait (a render) lets a burst of
+        these batches have the interpreter first, and is never held up for longer."""
+        queue = self._loops.get(asyncio.get_running_loop())
+        if queue is None or queue.idle.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(queue.idle.wait(), longest)
 
     async def _drain_waiting(self, queue: _LoopQueue) -> None:
         while queue.waiting:
@@ -295,3 +309,5 @@ class _LoopQueue:
     def __init__(self) -> None:
         self.waiting: list[tuple[Any, Any]] = []
         self.tasks: set[Any] = set()  # the drains under way (a reference keeps them from the GC)
+        self.idle = asyncio.Event()  # set while nothing waits and no drain is under way
+        self.idle.set()

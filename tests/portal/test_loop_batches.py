@@ -47,3 +47,39 @@ def test_items_that_wait_together_go_in_one_call():
 
     assert asyncio.run(scenario()) == [0, 2, 4, 6, 8]
     assert calls == [[0, 1, 2, 3, 4]]
+
+
+def test_quiet_returns_when_the_batches_are_done_and_never_later_than_asked():
+    """Work that gives a burst the interpreter first waits for its batches to finish, and
+    no longer than it said, however long they go on."""
+    release = asyncio.Event()
+
+    async def held(items: list[int]) -> list[int]:
+        await release.wait()
+        return items
+
+    batches = LoopBatches(held, max_items=10)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await batches.quiet(5)  # nothing ever ran on this loop: at once
+        assert loop.time() - started < 0.1
+
+        pending = asyncio.ensure_future(batches(1))
+        await asyncio.sleep(0)
+        started = loop.time()
+        await batches.quiet(0.05)  # still held: given up after its bound
+        waited_out = loop.time() - started
+        assert not pending.done()
+
+        waiter = asyncio.ensure_future(batches.quiet(5))
+        await asyncio.sleep(0.01)
+        assert not waiter.done()
+        release.set()
+        assert await pending == 1
+        await asyncio.wait_for(waiter, 1)  # done as soon as the batch was
+        return waited_out
+
+    waited_out = asyncio.run(asyncio.wait_for(scenario(), timeout=5))
+    assert 0.04 <= waited_out < 1
