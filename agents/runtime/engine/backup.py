@@ -71,6 +71,9 @@ BATCH_FILES = 512
 BATCH_BYTES = 32 << 20
 BATCH_AGE = 1024  # entries walked: a few changed files among many unchanged ones go out early
 MAX_PENDING = 50_000
+# With a space check, a first backup reads its first file once the count's first total
+# (a report's worth of files, or a small tree's all) has been checked, or after this long.
+FIRST_TOTAL_WAIT = 2.0
 
 
 @dataclass
@@ -204,6 +207,7 @@ class _Backup:
         self.repo = repo
         self.__dict__.update(kw)
         self.space_refusal: Exception | None = None  # check_space's, from the count
+        self.first_total = threading.Event()  # the count's first total checked (or it ended)
         self.ended = False  # run() is over: the count, if still going, is of no more use
         self.warnings: list[dict] = []
         # in tree order: encoded entries, runs of files being read, later hard-link paths
@@ -251,6 +255,13 @@ class _Backup:
             # Nothing to compare with: the walk need not lstat files (the workers fstat them).
             self.walker.skip_file_lstat.set()
             threading.Thread(target=self._count, daemon=True, name="haven-count").start()
+            if self.check_space is not None:
+                # The count's first total checked before a file is read: a tree counted in
+                # one go (fewer files than a report) is refused before anything is written,
+                # and not only when the backup happens to last longer than the count.
+                self.first_total.wait(FIRST_TOTAL_WAIT)
+                if self.space_refusal is not None:
+                    raise self.space_refusal
         self.cursor = PreviousCursor(self.repo.iter_entry_refs(prev) if prev else None)
         self.fresh = prev is None  # nothing to merge-join with
         self.packer = Packer(
@@ -351,7 +362,10 @@ class _Backup:
                     self.space_refusal = exc
                     self.cancel.set()
                     return
+                finally:
+                    self.first_total.set()
         finally:
+            self.first_total.set()
             count.close()
         if count.complete:
             # Small files are a chunk each: the main process sizes the chunk index for them

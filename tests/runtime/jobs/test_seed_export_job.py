@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections import namedtuple
 
 from agents.runtime import seed
 from agents.runtime.blobstore.memory import MemoryStore
 from agents.runtime.engine import Repository
+from agents.runtime.engine.counting import CountProcess
 from agents.runtime.jobs import seed_export
 from tests.runtime.jobs.conftest import FAST_KDF, PASSPHRASE, FakePortal, job_payload
 
@@ -119,6 +121,15 @@ def test_too_little_space_fails_naming_the_folder_and_the_space_needed(
 ):
     folder = tmp_path / "disk"
     folder.mkdir()
+    # However late the count's total comes (here long after the 40 files could be backed
+    # up), the first file is read only once it has been checked.
+    counted = CountProcess.totals
+
+    def late(self, stop):
+        time.sleep(0.5)
+        yield from counted(self, stop)
+
+    monkeypatch.setattr(CountProcess, "totals", late)
     real = shutil.disk_usage
     usage = namedtuple("usage", "total used free")
 
@@ -134,3 +145,4 @@ def test_too_little_space_fails_naming_the_folder_and_the_space_needed(
     assert f"The seed staging folder {folder} has 9.8 KB free" in message
     assert "it needs about" in message and f"Mount a larger disk at {folder}" in message
     assert result["recovery_point_id"] is None
+    assert not (folder / "data").exists()  # refused before a pack was written
