@@ -5,8 +5,9 @@ initial backup, the floor of an initial backup (``bench.floor``: the engine's ow
 hash → zstd → AES-GCM → pack-write pipeline on every core, without index, manifest or metadata),
 no-change backup, backup after changing 1% of the files, full restore into a fresh folder,
 single-file restore; ``cp -a`` of the same data is the floor for restores.
-Each command runs as a child, after a ``sync``; wall time, CPU time (user+sys, children included) and peak RSS
-(largest single process, from ``wait4``) are recorded; stored size is ``du`` of the repository.
+Each command runs as a child, after a ``sync``; wall time, CPU time (user+sys, children
+included) and peak RSS (largest single process, from ``wait4``) are recorded; stored size is
+``du`` of the repository.
 
 ``--files`` of ``TREE_FROM`` or more (or ``--tree``) uses the many-small-files tree of
 ``bench.dataset.build_tree`` instead of the installed-files set (``bench/run --files 1000000``).
@@ -283,8 +284,8 @@ def one_round(
     for t in tools:
         # The floor right before and right after Haven's initial backup (the faster kept),
         # in the machine's state of that moment. Run once after the other tools' backups,
-        # it took 2-5x its time on a quiet machine in three runs of two sessions (69-75 s
-        # against 14 s, user and system time both up; the cause was not found).
+        # it took about 5x its time on a quiet machine (69 and 75 s against 14 s, user and
+        # system time both up; the cause was not found).
         if t.name == "haven":
             floor(work, src, record)
         record(t.name, "initial", t.backup("initial"), stored=t.stored())

@@ -85,6 +85,11 @@ def require_alert_action(request, alert: Alert, operation: str) -> None:
     )
 
 
+# The request header of the Backup center's live refresh (static/js/fleet.js reads its name
+# from the filter form): the answer replaces the address when the filters differ from its.
+REFRESH_HEADER = "X-Haven-Refresh"
+
+
 @dataclass
 class Filters:
     vault: str = ""

@@ -7,8 +7,9 @@
 // the form htmx-request): it would replace that request, and with it the URL the user's
 // choice pushes. Whenever the socket opens (a push may have been missed) it refreshes too.
 // A refresh shows the filters the form holds, which are the address's unless the user changed
-// one before the scripts ran (htmx saw no change event): the address then follows what is shown,
-// replaced in place, so a reload or a shared link gives the same results.
+// one before the scripts ran (htmx saw no change event): the portal then answers with
+// HX-Replace-Url (its header named by the form's data-refresh-header), so the address follows
+// what is shown, replaced in place, and a reload or a shared link gives the same results.
 (function () {
   "use strict";
 
@@ -26,42 +27,13 @@
       return;
     }
     last = Date.now();
-    var shown = new URLSearchParams(new FormData(form)).toString();
+    var headers = {};
+    headers[form.dataset.refreshHeader] = "1";
     window.htmx.ajax("GET", form.getAttribute("hx-get"), {
-      source: form, target: "#backup-center-results", swap: "outerHTML", push: "false"
-    }).then(function () { follow(form, shown); }, function () {});
+      source: form, target: "#backup-center-results", swap: "outerHTML", push: "false",
+      headers: headers
+    }).catch(function () {});  // a refresh replaced or failed: the next one shows the truth
   }
-
-  // The filters the address stands for: those the page was rendered with (the form's defaults)
-  // until the form's own request pushes its own.
-  var addressed = null;
-
-  function rendered(form) {
-    var params = new URLSearchParams();
-    Array.prototype.forEach.call(form.elements, function (el) {
-      if (!el.name) return;
-      if (el.tagName === "SELECT") {
-        var chosen = Array.prototype.find.call(el.options, function (o) { return o.defaultSelected; });
-        params.append(el.name, (chosen || el.options[0] || { value: "" }).value);
-      } else if (el.tagName === "INPUT") {
-        params.append(el.name, el.defaultValue);
-      }
-    });
-    return params.toString();
-  }
-
-  function follow(form, shown) {
-    if (addressed === null) addressed = rendered(form);
-    if (shown === addressed) return;
-    addressed = shown;
-    window.history.replaceState(window.history.state, "", form.getAttribute("hx-get") + "?" + shown);
-  }
-
-  document.addEventListener("htmx:pushedIntoHistory", function () {
-    var form = document.getElementById("backup-center-filters");
-    if (form) addressed = new URLSearchParams(new FormData(form)).toString();
-  });
-  document.addEventListener("htmx:historyRestore", function () { addressed = null; });
 
   function soon() {
     if (!timer) timer = setTimeout(refresh, Math.max(0, last + GAP_MS - Date.now()));
