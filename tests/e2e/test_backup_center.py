@@ -199,15 +199,7 @@ def test_a_refresh_does_not_swallow_the_filter_just_chosen(
     """A live refresh due just as the user picks a filter (the socket opening, or a push)
     waits for the user's request: the results and the URL both follow the choice."""
     page = signed_in_page
-    prod, dev = _vault(portal_owner, "vault-prod"), _vault(portal_owner, "vault-dev")
-    Machine.objects.create(vault=prod, name="web-01", last_seen_at=timezone.now())
-    Machine.objects.create(vault=dev, name="build-01", last_seen_at=timezone.now())
-
-    page.goto(f"{live_portal}/backup-center/")
-    expect(page.locator("body")).to_have_attribute("data-live", "open")
-    rows = page.locator("#fleet-machines tbody tr")
-    expect(rows).to_have_count(2)
-    page.wait_for_timeout(1200)  # past the refreshes' one-a-second gap: the next one is due at once
+    prod, rows = _two_vaults_live(page, live_portal, portal_owner)
 
     # The choice and a socket (re)opening in the same instant.
     page.evaluate(
@@ -230,15 +222,7 @@ def test_a_filter_changed_before_the_scripts_ran_is_shown_and_put_in_the_address
     """A filter picked before htmx listened (no change event seen) is applied by the next
     refresh, and the address follows it, so a reload shows what the page shows."""
     page = signed_in_page
-    prod, dev = _vault(portal_owner, "vault-prod"), _vault(portal_owner, "vault-dev")
-    Machine.objects.create(vault=prod, name="web-01", last_seen_at=timezone.now())
-    Machine.objects.create(vault=dev, name="build-01", last_seen_at=timezone.now())
-
-    page.goto(f"{live_portal}/backup-center/")
-    expect(page.locator("body")).to_have_attribute("data-live", "open")
-    rows = page.locator("#fleet-machines tbody tr")
-    expect(rows).to_have_count(2)
-    page.wait_for_timeout(1200)  # past the refreshes' one-a-second gap: the next one is due at once
+    prod, rows = _two_vaults_live(page, live_portal, portal_owner)
 
     # The value changes with no event (as before the scripts ran); then the socket opens.
     page.evaluate(
@@ -253,3 +237,17 @@ def test_a_filter_changed_before_the_scripts_ran_is_shown_and_put_in_the_address
     page.reload()
     expect(rows).to_have_count(1)
     expect(rows.first).to_contain_text("web-01")
+
+
+def _two_vaults_live(page, live_portal, portal_owner):
+    """A machine in each of two vaults, the Backup center open with its socket, and the
+    next refresh due at once. (The first vault, the machine rows' locator.)"""
+    prod, dev = _vault(portal_owner, "vault-prod"), _vault(portal_owner, "vault-dev")
+    Machine.objects.create(vault=prod, name="web-01", last_seen_at=timezone.now())
+    Machine.objects.create(vault=dev, name="build-01", last_seen_at=timezone.now())
+    page.goto(f"{live_portal}/backup-center/")
+    expect(page.locator("body")).to_have_attribute("data-live", "open")
+    rows = page.locator("#fleet-machines tbody tr")
+    expect(rows).to_have_count(2)
+    page.wait_for_timeout(1200)  # past the refreshes' one-a-second gap: the next one is due at once
+    return prod, rows
