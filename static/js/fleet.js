@@ -44,4 +44,24 @@
     if (target && target.id === "fleet-changed") soon();
   });
   document.addEventListener("htmx:wsOpen", soon);
+
+  // Back or Forward to a page htmx kept: its copy holds the form as first rendered (a
+  // select's choice is no attribute), so the form takes the filters of the address again,
+  // as the results it shows do, and the next refresh fetches those.
+  document.addEventListener("htmx:historyRestore", function () {
+    var form = document.getElementById("backup-center-filters");
+    if (!form) return;
+    var params = new URLSearchParams(window.location.search);
+    Array.prototype.forEach.call(form.elements, function (el) {
+      if (!el.name || (el.tagName !== "SELECT" && el.tagName !== "INPUT")) return;
+      if (params.has(el.name)) {
+        el.value = params.get(el.name);
+      } else if (el.tagName === "SELECT") {
+        var blank = Array.prototype.find.call(el.options, function (o) { return o.value === ""; });
+        el.value = blank ? "" : el.options[0].value;
+      } else {
+        el.value = "";
+      }
+    });
+  });
 })();

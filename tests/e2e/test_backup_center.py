@@ -251,3 +251,30 @@ def _two_vaults_live(page, live_portal, portal_owner):
     expect(rows).to_have_count(2)
     page.wait_for_timeout(1200)  # past the refreshes' one-a-second gap: the next one is due at once
     return prod, rows
+
+
+def test_back_to_an_earlier_filter_shows_it_in_the_form_and_a_refresh_keeps_it(
+    signed_in_page, live_portal, portal_owner
+):
+    """Back to a page htmx kept: the form shows the filters of its address (its copy holds
+    the form as first rendered), and the next live refresh fetches those, not the first."""
+    page = signed_in_page
+    prod, rows = _two_vaults_live(page, live_portal, portal_owner)
+    vault = page.locator("#backup-center-filters select[name=vault]")
+    vault.select_option(label="vault-prod")
+    expect(page).to_have_url(re.compile(rf"vault={prod.pk}"))
+    vault.select_option(label="vault-dev")
+    expect(rows.first).to_contain_text("build-01")
+
+    page.go_back()
+    expect(page).to_have_url(re.compile(rf"vault={prod.pk}"))
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("web-01")
+    expect(vault).to_have_value(str(prod.pk))
+
+    page.wait_for_timeout(1200)  # past the refreshes' one-a-second gap
+    page.evaluate("document.dispatchEvent(new CustomEvent('htmx:wsOpen'))")
+    page.wait_for_timeout(1000)
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("web-01")
+    expect(page).to_have_url(re.compile(rf"vault={prod.pk}"))
