@@ -7,11 +7,10 @@ from __future__ import annotations
 import csv
 import io
 from datetime import UTC
-from urllib.parse import urlsplit
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpResponse, QueryDict
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -55,21 +54,20 @@ def backup_center(request):
         "query_no_state": filters.query(state=""),
         "next": request.get_full_path(),
         "live_subscriptions": fleet.fleet_subscriptions(request.user),
+        "refresh_header": fleet.REFRESH_HEADER,
     }
-    context["refresh_header"] = fleet.REFRESH_HEADER
     template = "jobs/backup_center.html"
     if request.htmx and not request.htmx.history_restore_request:
         template += "#results"
     response = render(request, template, context)
-    if request.htmx and request.headers.get(fleet.REFRESH_HEADER):
-        # A live refresh fetches the filters the form holds; the address says others when
-        # the user changed one before the page's scripts ran: it follows what is shown.
-        current = urlsplit(request.htmx.current_url or "")
-        shown_before = fleet.Filters.from_query(
-            QueryDict(current.query), {str(v.pk) for v in vaults}
-        )
-        if shown_before.query() != filters.query():
-            response = replace_url(response, f"{reverse('fleet:backup_center')}?{filters.query()}")
+    # A live refresh fetches the filters the form holds; the address says others when the
+    # user changed one before the page's scripts ran: it follows what is shown.
+    if (
+        request.htmx
+        and request.headers.get(fleet.REFRESH_HEADER)
+        and filters.differ_from(request.htmx.current_url, {str(v.pk) for v in vaults})
+    ):
+        response = replace_url(response, f"{reverse('fleet:backup_center')}?{filters.query()}")
     return response
 
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from django.db import transaction
 from django.db.models import Exists, Max, OuterRef, Q, QuerySet, Subquery
 from django.db.models.fields.json import KT
+from django.http import QueryDict
 from django.utils import timezone
 
 from agents.models import Machine
@@ -119,6 +120,12 @@ class Filters:
         found.q = params.get("q", "").strip()[:100]
         found.errors = errors
         return found
+
+    def differ_from(self, url: str | None, vault_ids: set[str]) -> bool:
+        """Whether the page at ``url`` (a live refresh's ``HX-Current-URL``) shows other
+        filters than these, read as the portal reads them (defaults filled in)."""
+        shown = Filters.from_query(QueryDict(urlsplit(url or "").query), vault_ids)
+        return shown.query() != self.query()
 
     def query(self, **override) -> str:
         values = {

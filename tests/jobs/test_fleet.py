@@ -159,6 +159,29 @@ def test_filters_narrow_both_tables_and_the_csv_follows_them(client, alice, vaul
     assert fragment.lstrip().startswith('<div id="backup-center-results">')
 
 
+def test_a_live_refresh_puts_the_filters_it_shows_in_the_address_when_they_differ(
+    client, alice, vault
+):
+    client.force_login(alice)
+    page = f"http://testserver{URL}"
+
+    def refresh(params, current):
+        headers = {"HX-Request": "true", "HX-Current-URL": current, fleet.REFRESH_HEADER: "1"}
+        return client.get(URL, params, headers=headers)
+
+    # The form holds a vault the address does not: the address follows.
+    answer = refresh({"vault": str(vault.pk), "q": "", "show": "open"}, page)
+    assert answer["HX-Replace-Url"] == f"{URL}?vault={vault.pk}&show=open"
+    # The same filters written otherwise (defaults left out, empty fields): nothing to do.
+    answer = refresh({"vault": str(vault.pk), "q": "", "show": "open"}, f"{page}?vault={vault.pk}")
+    assert "HX-Replace-Url" not in answer
+    # A user's own request (no refresh header) pushes its own address: the portal says nothing.
+    answer = client.get(
+        URL, {"vault": str(vault.pk)}, headers={"HX-Request": "true", "HX-Current-URL": page}
+    )
+    assert "HX-Replace-Url" not in answer
+
+
 def test_a_cell_starting_like_a_formula_is_exported_as_text(client, alice, vault):
     machine = _machine(vault, "=cmd-01", last=Job.Status.FAILED)
     _alert(machine)
