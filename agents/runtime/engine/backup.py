@@ -362,8 +362,7 @@ class _Backup:
                     self.space_refusal = exc
                     self.cancel.set()
                     return
-                finally:
-                    self.first_total.set()
+                self.first_total.set()
         finally:
             self.first_total.set()
             count.close()
