@@ -282,6 +282,48 @@ def test_the_first_drill_waits_for_the_backup_time_after_the_first_point(machine
     assert second.scheduled_for == slot + timedelta(days=30)
 
 
+def test_a_scheduled_drill_waits_for_its_slots_backup_and_proves_its_point(machine, alice, sent):
+    """At 02:00 the scheduler starts the backup and, on the same tick, would start the
+    drill: the drill waits until that backup ends, then starts, still counted from 02:00,
+    and proves the point the backup made. A stuck backup from before the slot holds no
+    drill."""
+    from datetime import UTC, datetime
+
+    from tests.jobs.conftest import spec
+
+    machine.time_zone = "UTC"
+    machine.save(update_fields=["time_zone"])
+    services.policy_save(machine=machine, spec={**spec(), "times": ["02:00"]}, user=alice)
+    slot = datetime(2026, 3, 3, 2, 0, tzinfo=UTC)
+    first = point_of(machine)
+    RecoveryPoint.objects.filter(pk=first.pk).update(created_at=slot - timedelta(days=3))
+    BackupPolicy.objects.filter(machine=machine).update(
+        scheduled_through=slot - timedelta(minutes=1)
+    )
+    started = services.schedule_tick(now=slot + timedelta(seconds=20))
+    (backup,) = [j for j in started if j.operation == Job.Operation.BACKUP]
+    assert [j.operation for j in started] == [Job.Operation.BACKUP]  # no drill beside it
+    Job.objects.filter(pk=backup.pk).update(status=Job.Status.RUNNING)
+    assert services.drills_schedule(now=slot + timedelta(minutes=30)) == []
+    Job.objects.filter(pk=backup.pk).update(
+        status=Job.Status.COMPLETED, ended_at=slot + timedelta(minutes=41)
+    )
+    newest = point_of(machine, "e" * 64, days_ago=0)
+    RecoveryPoint.objects.filter(pk=newest.pk).update(created_at=slot + timedelta(minutes=41))
+    (drill,) = services.drills_schedule(now=slot + timedelta(minutes=42))
+    assert drill.scheduled_for == slot and drill.trigger == Job.Trigger.SCHEDULED
+    assert drill.details["recovery_point"] == "e" * 64  # the point that backup made
+
+    # A backup stuck since before the next slot does not hold that slot's drill.
+    Job.objects.filter(pk=drill.pk).update(status=Job.Status.COMPLETED)
+    next_slot = slot + timedelta(days=30)
+    Job.objects.filter(pk=backup.pk).update(
+        status=Job.Status.WAITING, created_at=next_slot - timedelta(hours=5)
+    )
+    (later,) = services.drills_schedule(now=next_slot + timedelta(minutes=1))
+    assert later.scheduled_for == next_slot
+
+
 def test_a_scheduled_drill_that_cannot_start_fails_once_with_its_alert(backed_up, vault, alice):
     other = make_machine(vault, "restore-box")
     found, _ = services.drill_settings_parse({"drill_machine": str(other.pk)}, machine=backed_up)
