@@ -268,6 +268,15 @@ class LoopBatches:
     async def _drain(self, queue: _LoopQueue) -> None:
         try:
             await self._drain_waiting(queue)
+        except asyncio.CancelledError:
+            if len(queue.tasks) == 1:
+                # The last drain, cancelled (the loop shuts down): no call will run the
+                # items still waiting, so their callers are cancelled rather than left
+                # waiting for ever, and the loop counts as quiet again.
+                for _, future in queue.waiting:
+                    future.cancel()
+                queue.waiting.clear()
+            raise
         finally:
             # Gone from the running ones in the same step as its last look at the queue:
             # a done-callback ran a step later, and an item added in between (by a caller

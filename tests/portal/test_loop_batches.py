@@ -83,3 +83,36 @@ def test_quiet_returns_when_the_batches_are_done_and_never_later_than_asked():
 
     waited_out = asyncio.run(asyncio.wait_for(scenario(), timeout=5))
     assert 0.04 <= waited_out < 1
+
+
+def test_a_drain_cancelled_with_items_waiting_answers_them_and_leaves_the_loop_quiet():
+    """At a loop's shutdown the drain under way is cancelled: the items that were waiting
+    for it are cancelled too (their callers do not wait for ever), and ``quiet`` returns
+    at once instead of its whole bound for every later caller."""
+    started = asyncio.Event()
+
+    async def slow(items: list[int]) -> list[int]:
+        started.set()
+        await asyncio.sleep(10)
+        return items
+
+    batches = LoopBatches(slow, max_items=1)
+
+    async def scenario():
+        first = asyncio.ensure_future(batches(1))
+        await started.wait()
+        later = [asyncio.ensure_future(batches(n)) for n in (2, 3)]
+        await asyncio.sleep(0)
+        (drain,) = batches._loops[asyncio.get_running_loop()].tasks
+        drain.cancel()
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(first, *later, return_exceptions=True), timeout=2
+        )
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await batches.quiet(5)
+        return outcomes, loop.time() - began
+
+    outcomes, quiet_took = asyncio.run(scenario())
+    assert all(isinstance(o, asyncio.CancelledError) for o in outcomes), outcomes
+    assert quiet_took < 0.5
