@@ -375,5 +375,7 @@ def test_the_policy_editor_keeps_the_drill_settings(client, machine, alice):
     shown = client.get(url).content.decode()
     assert 'name="drill_frequency" value="weekly" checked' in shown
     assert 'value="/var/tmp/drills"' in shown
+    # what the scheduler does (test_a_scheduled_drill_waits_for_its_slots_backup_...)
+    assert "once that time's backup has finished" in shown.replace("&#x27;", "'")
     bad = client.post(url, form | {"drill_scratch": "tmp"})
     assert bad.status_code == 400 and "absolute path" in bad.content.decode()
