@@ -270,34 +270,34 @@ def main() -> None:
 def one_round(
     work: Path, info: dict, tool_names: list[str], record, *, tree: bool, restores: bool = True
 ) -> None:
-    """One round of every stage. ``tree``: the many-small-files set, where the changed files
-    are still in the page cache (no second warm-up) and no single-file restore is timed;
-    without ``restores`` the round ends after the 1% change."""
+    """One round of every stage. ``tree``: the many-small-files set, where no single-file
+    restore is timed; without ``restores`` the round ends after the 1% change."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     src = work / "src"
     record("cp -a", "copy", run(["cp", "-a", info["path"], str(src)]))
-    warm(src)
     tools = [TOOLS[t](work, src) for t in tool_names]
     for t in tools:
         t.init()
     for t in tools:
-        # The floor right before and right after Haven's initial backup (the faster kept),
-        # in the machine's state of that moment. Run once after the other tools' backups,
-        # it took about 5x its time on a quiet machine (69 and 75 s against 14 s, user and
-        # system time both up; the cause was not found).
+        # The floor right before and right after Haven's initial backup (the faster kept).
+        # Each timed backup and floor reads the data warmed just before it (not timed): a
+        # machine that reclaims idle page cache on its own (DAMON's pageout here) had
+        # thinned it by the time a later command ran, and a floor that read a half-cold
+        # tree took 69-97 s against 14-40 s (docs/benchmarks.md, session 14).
         if t.name == "haven":
             floor(work, src, record)
+        warm(src)
         record(t.name, "initial", t.backup("initial"), stored=t.stored())
         if t.name == "haven":
             floor(work, src, record)
     for t in tools:
+        warm(src)
         record(t.name, "no-change", t.backup("nochange"))
     changed = change_one_percent(src)
     print(f"changed {changed} files", flush=True)
-    if not tree:
-        warm(src)
     for t in tools:
+        warm(src)
         record(t.name, "1%-change", t.backup("change"), stored=t.stored())
     if not restores:
         shutil.rmtree(work, ignore_errors=True)
@@ -315,8 +315,10 @@ def one_round(
 
 
 def floor(work: Path, src: Path, record) -> None:
-    """``bench.floor`` on ``src``, recorded as the floor's initial backup."""
+    """``bench.floor`` on ``src``, recorded as the floor's initial backup (the data
+    warmed first, as for every timed backup)."""
     floor_out = work / "floor"
+    warm(src)
     sample = run([str(PYTHON), "-m", "bench.floor", str(src), str(floor_out)], cwd=REPO_ROOT)
     record("floor", "initial", sample, stored=du(floor_out))
     shutil.rmtree(floor_out)
