@@ -291,10 +291,10 @@ def drills_schedule(*, now: datetime | None = None) -> list[Job]:
     scheduled drill counts from its slot (``scheduled_for``), so the next one does not
     slip a day for every minute the tick came late.
 
-    A drill waits while a backup of the machine started at or after its slot (the slot's
-    own, or a Back up now since) is still on its way: it then proves that backup's point,
-    and does not compete with it for the machine's disk and cores. The tick after the
-    backup ends starts it, still counted from its slot."""
+    A drill due while a backup of the machine is in progress, or queued or waiting since
+    its slot, waits for that backup to end, and the first tick after starts it (its slot
+    then the latest backup time at or before that tick): it proves the point that backup
+    made and does not compete with it for the machine's disk and cores."""
     now = now or timezone.now()
     started = []
     policies = BackupPolicy.objects.select_related("machine", "machine__vault").filter(
@@ -316,7 +316,7 @@ def drills_schedule(*, now: datetime | None = None) -> list[Job]:
         )
         if (
             recent.exists()
-            or _backup_under_way(policy.machine_id, since=slot)
+            or selectors.backup_under_way(policy.machine_id, since=slot)
             or not RecoveryPoint.objects.filter(
                 machine_id=policy.machine_id, removed_at__isnull=True, created_at__lte=slot
             ).exists()
@@ -351,15 +351,6 @@ def drills_schedule(*, now: datetime | None = None) -> list[Job]:
             alerts_after_job(job=job, now=now)
             job_publish(job)
     return started
-
-
-def _backup_under_way(machine_id, *, since: datetime) -> bool:
-    """Whether a backup of the machine created at or after ``since`` has not ended."""
-    return (
-        Job.objects.active()
-        .filter(machine_id=machine_id, operation=Job.Operation.BACKUP, created_at__gte=since)
-        .exists()
-    )
 
 
 def drills_check_missed(*, now: datetime | None = None) -> int:

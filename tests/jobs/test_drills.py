@@ -284,9 +284,9 @@ def test_the_first_drill_waits_for_the_backup_time_after_the_first_point(machine
 
 def test_a_scheduled_drill_waits_for_its_slots_backup_and_proves_its_point(machine, alice, sent):
     """At 02:00 the scheduler starts the backup and, on the same tick, would start the
-    drill: the drill waits until that backup ends, then starts, still counted from 02:00,
-    and proves the point the backup made. A stuck backup from before the slot holds no
-    drill."""
+    drill: the drill waits until that backup ends, then starts, and proves the point the
+    backup made. A backup in progress since before the slot holds it too; one queued
+    before the slot and still waiting for its agent (stuck) does not."""
     from datetime import UTC, datetime
 
     from tests.jobs.conftest import spec
@@ -301,9 +301,11 @@ def test_a_scheduled_drill_waits_for_its_slots_backup_and_proves_its_point(machi
         scheduled_through=slot - timedelta(minutes=1)
     )
     started = services.schedule_tick(now=slot + timedelta(seconds=20))
-    (backup,) = [j for j in started if j.operation == Job.Operation.BACKUP]
     assert [j.operation for j in started] == [Job.Operation.BACKUP]  # no drill beside it
-    Job.objects.filter(pk=backup.pk).update(status=Job.Status.RUNNING)
+    (backup,) = started
+    Job.objects.filter(pk=backup.pk).update(
+        status=Job.Status.RUNNING, created_at=slot + timedelta(seconds=20)
+    )
     assert services.drills_schedule(now=slot + timedelta(minutes=30)) == []
     Job.objects.filter(pk=backup.pk).update(
         status=Job.Status.COMPLETED, ended_at=slot + timedelta(minutes=41)
@@ -314,13 +316,16 @@ def test_a_scheduled_drill_waits_for_its_slots_backup_and_proves_its_point(machi
     assert drill.scheduled_for == slot and drill.trigger == Job.Trigger.SCHEDULED
     assert drill.details["recovery_point"] == "e" * 64  # the point that backup made
 
-    # A backup stuck since before the next slot does not hold that slot's drill.
+    # The next slot: a Back up now in progress since before it holds the drill ...
     Job.objects.filter(pk=drill.pk).update(status=Job.Status.COMPLETED)
     next_slot = slot + timedelta(days=30)
     Job.objects.filter(pk=backup.pk).update(
-        status=Job.Status.WAITING, created_at=next_slot - timedelta(hours=5)
+        status=Job.Status.RUNNING, created_at=next_slot - timedelta(hours=5)
     )
-    (later,) = services.drills_schedule(now=next_slot + timedelta(minutes=1))
+    assert services.drills_schedule(now=next_slot + timedelta(minutes=1)) == []
+    # ... one queued before it and still waiting for its agent does not.
+    Job.objects.filter(pk=backup.pk).update(status=Job.Status.WAITING)
+    (later,) = services.drills_schedule(now=next_slot + timedelta(minutes=2))
     assert later.scheduled_for == next_slot
 
 
@@ -376,6 +381,6 @@ def test_the_policy_editor_keeps_the_drill_settings(client, machine, alice):
     assert 'name="drill_frequency" value="weekly" checked' in shown
     assert 'value="/var/tmp/drills"' in shown
     # what the scheduler does (test_a_scheduled_drill_waits_for_its_slots_backup_...)
-    assert "once that time's backup has finished" in shown.replace("&#x27;", "'")
+    assert "starts once that backup has finished" in shown
     bad = client.post(url, form | {"drill_scratch": "tmp"})
     assert bad.status_code == 400 and "absolute path" in bad.content.decode()
