@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import os
 import queue
 import sys
@@ -263,19 +264,19 @@ class LoopBatches:
         if len(queue.tasks) < self.parallel:
             task = loop.create_task(self._drain(queue))
             queue.tasks.add(task)
+            task.add_done_callback(functools.partial(self._never_ran, queue))
         return await future
 
     async def _drain(self, queue: _LoopQueue) -> None:
         try:
             await self._drain_waiting(queue)
         except asyncio.CancelledError:
-            if len(queue.tasks) == 1:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling() and len(queue.tasks) == 1:
                 # The last drain, cancelled (the loop shuts down): no call will run the
                 # items still waiting, so their callers are cancelled rather than left
                 # waiting for ever, and the loop counts as quiet again.
-                for _, future in queue.waiting:
-                    future.cancel()
-                queue.waiting.clear()
+                self._cancel_waiting(queue)
             raise
         finally:
             # Gone from the running ones in the same step as its last look at the queue:
@@ -285,6 +286,23 @@ class LoopBatches:
             queue.tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
             if not queue.tasks and not queue.waiting:
                 queue.idle.set()
+
+    def _never_ran(self, queue: _LoopQueue, task: Any) -> None:
+        """A drain cancelled before its first step never reached its ``finally``: it is
+        taken from the running ones here, and, when it was the last, the items waiting
+        are cancelled as ``_drain`` cancels them. (Any other drain has left by then.)"""
+        if task not in queue.tasks:
+            return
+        queue.tasks.discard(task)
+        if not queue.tasks:
+            self._cancel_waiting(queue)
+            queue.idle.set()
+
+    @staticmethod
+    def _cancel_waiting(queue: _LoopQueue) -> None:
+        for _, future in queue.waiting:
+            future.cancel()
+        queue.waiting.clear()
 
     async def quiet(self, longest: float) -> None:
         """Return once none of this loop's items is waiting or being run, or after

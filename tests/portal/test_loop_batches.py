@@ -116,3 +116,29 @@ def test_a_drain_cancelled_with_items_waiting_answers_them_and_leaves_the_loop_q
     outcomes, quiet_took = asyncio.run(scenario())
     assert all(isinstance(o, asyncio.CancelledError) for o in outcomes), outcomes
     assert quiet_took < 0.5
+
+
+def test_a_drain_cancelled_before_it_ever_ran_leaves_no_caller_waiting():
+    """At shutdown the loop may cancel a drain in the step that created it: its body
+    never runs, yet its caller is answered (cancelled) and ``quiet`` returns at once."""
+
+    async def echo(items: list[int]) -> list[int]:
+        return items
+
+    batches = LoopBatches(echo, max_items=10)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        caller = loop.create_task(batches(1))
+        while not batches._loops.get(loop) or not batches._loops[loop].tasks:
+            await asyncio.sleep(0)
+        (drain,) = batches._loops[loop].tasks
+        drain.cancel()  # before its first step
+        (outcome,) = await asyncio.wait_for(asyncio.gather(caller, return_exceptions=True), 2)
+        began = loop.time()
+        await batches.quiet(5)
+        return outcome, loop.time() - began
+
+    outcome, quiet_took = asyncio.run(scenario())
+    assert isinstance(outcome, asyncio.CancelledError), outcome
+    assert quiet_took < 0.5
