@@ -41,11 +41,11 @@ def test_emptying_the_token_or_machine_table_moves_the_token_counter():
         }
         cursor.execute("CREATE TEMPORARY TABLE emptied_by_hand (id integer)")
         (token_trigger, _) = migration.POSTGRESQL
-        cursor.execute(
-            token_trigger.replace("agents_token_truncated", "emptied_probe").replace(
-                "ON agents_machinetoken", "ON emptied_by_hand"
-            )
+        probe = token_trigger.replace("agents_token_truncated", "emptied_probe").replace(
+            "ON agents_machinetoken", "ON emptied_by_hand"
         )
+        assert "agents_machinetoken" not in probe  # never the real table (and its lock)
+        cursor.execute(probe)
         cursor.execute("INSERT INTO emptied_by_hand VALUES (1), (2)")
         before = counter(cursor)
         cursor.execute("TRUNCATE emptied_by_hand")
