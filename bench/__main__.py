@@ -286,8 +286,9 @@ def one_round(
         # thinned it by the time a later command ran, and a floor that read a half-cold
         # tree took 69-97 s against 14-40 s (docs/benchmarks.md, session 14).
         if t.name == "haven":
-            floor(work, src, record)
-        warm(src)
+            floor(work, src, record)  # (which reads all of src just before this backup)
+        else:
+            warm(src)
         record(t.name, "initial", t.backup("initial"), stored=t.stored())
         if t.name == "haven":
             floor(work, src, record)
@@ -304,6 +305,7 @@ def one_round(
         return
     restore_root = work / "restores"
     restore_root.mkdir()
+    warm(src)
     record("cp -a", "restore-floor", run(["cp", "-a", str(src), str(restore_root / "cp")]))
     for t in tools:
         record(t.name, "restore", t.restore(restore_root / t.name))
