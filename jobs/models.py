@@ -232,6 +232,10 @@ class JobQuerySet(models.QuerySet):
     def active(self):
         return self.filter(status__in=Job.ACTIVE)
 
+    def backups(self):
+        """Backups, to the cloud or to a seed disk: one at a time per machine."""
+        return self.filter(operation__in=Job.BACKUP_OPERATIONS)
+
 
 class Job(models.Model):
     class Operation(models.TextChoices):
@@ -265,6 +269,7 @@ class Job(models.Model):
 
     ACTIVE = tuple(map(Status, ACTIVE_STATUSES))
     FINISHED = tuple(map(Status, FINISHED_STATUSES))
+    BACKUP_OPERATIONS = (Operation.BACKUP, Operation.SEED_EXPORT)
     STATUS_CLASS = {
         Status.QUEUED: "status-muted",
         Status.WAITING: "status-warning",

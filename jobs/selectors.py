@@ -289,7 +289,7 @@ def backup_blockers(
     """The rules ``backup_start`` enforces, for Back up now to show before anyone presses
     the button: no backup of a machine whose protection is stopped, one backup per machine
     at a time, and a retain-until date not in the past (where the machine is)."""
-    running = Job.objects.active().filter(machine=machine, operation__in=BACKUP_OPERATIONS).first()
+    running = Job.objects.active().backups().filter(machine=machine).first()
     problem = ""
     if retain_until is not None and retain_until < machine_today(machine, now=now):
         problem = "Choose today or a later date."
@@ -303,16 +303,13 @@ def backup_blockers(
     )
 
 
-BACKUP_OPERATIONS = (Job.Operation.BACKUP, Job.Operation.SEED_EXPORT)
-
-
 def backup_under_way(machine_id, *, since: datetime) -> bool:
     """Whether a backup of the machine is in progress, or queued or waiting for its agent
     since ``since`` (one queued earlier and still waiting is a stuck one: it holds nothing)."""
     return (
         Job.objects.active()
-        .filter(machine_id=machine_id, operation__in=BACKUP_OPERATIONS)
-        .filter(Q(status=Job.Status.RUNNING) | Q(created_at__gte=since))
+        .backups()
+        .filter(Q(status=Job.Status.RUNNING) | Q(created_at__gte=since), machine_id=machine_id)
         .exists()
     )
 

@@ -65,7 +65,7 @@ def backup_center(request):
     if (
         request.htmx
         and request.headers.get(fleet.REFRESH_HEADER)
-        and filters.differ_from(request.htmx.current_url, {str(v.pk) for v in vaults})
+        and filters.differ_from(request.htmx.current_url)
     ):
         response = replace_url(response, f"{reverse('fleet:backup_center')}?{filters.query()}")
     return response

@@ -99,12 +99,13 @@ class Filters:
     show: str = "open"
     q: str = ""
     errors: dict = field(default_factory=dict)
+    vault_ids: frozenset[str] = field(default=frozenset(), repr=False)  # (those visible)
 
     @classmethod
     def from_query(cls, params, vault_ids: set[str]) -> Filters:
         """Unknown values are dropped (and said so) rather than refused: a stale bookmark
         still opens the page."""
-        found = cls()
+        found = cls(vault_ids=frozenset(vault_ids))
         errors = {}
         vault = params.get("vault", "")
         if vault and vault not in vault_ids:
@@ -121,10 +122,10 @@ class Filters:
         found.errors = errors
         return found
 
-    def differ_from(self, url: str | None, vault_ids: set[str]) -> bool:
+    def differ_from(self, url: str | None) -> bool:
         """Whether the page at ``url`` (a live refresh's ``HX-Current-URL``) shows other
         filters than these, read as the portal reads them (defaults filled in)."""
-        shown = Filters.from_query(QueryDict(urlsplit(url or "").query), vault_ids)
+        shown = Filters.from_query(QueryDict(urlsplit(url or "").query), self.vault_ids)
         return shown.query() != self.query()
 
     def query(self, **override) -> str:

@@ -170,9 +170,7 @@ def backup_start(
                     },
                 )
     except IntegrityError:
-        running = Job.objects.active().filter(
-            machine=machine, operation__in=(Job.Operation.BACKUP, Job.Operation.SEED_EXPORT)
-        )
+        running = Job.objects.active().backups().filter(machine=machine)
         raise BackupAlreadyRunning(running.first()) from None
     services._send_to_machine(machine, task, job_id=str(job.pk))
     job_publish(job)

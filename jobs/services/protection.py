@@ -80,9 +80,7 @@ def _push(policy: BackupPolicy) -> None:
 
 
 def _cancel_backups(machine, user) -> None:
-    for job in Job.objects.active().filter(
-        machine=machine, operation__in=(Job.Operation.BACKUP, Job.Operation.SEED_EXPORT)
-    ):
+    for job in Job.objects.active().backups().filter(machine=machine):
         with contextlib.suppress(JobNotCancellable):  # it ended meanwhile
             job_cancel(job=job, user=user)
 
