@@ -120,7 +120,8 @@ class ClaimTable:
             return None
         m, size = self.map, self.SLOT
         h = int.from_bytes(chunk_id[16:24], "little") & self.mask
-        with self.lock:
+        self.lock.acquire()  # (not ``with``: its ``__enter__`` is Python, once per chunk)
+        try:
             while True:
                 o = h * size
                 cur = m[o : o + size]
@@ -134,6 +135,8 @@ class ClaimTable:
                     _COUNT.pack_into(m, self.count_at, count + 1)
                     return True
                 h = (h + 1) & self.mask
+        finally:
+            self.lock.release()
 
 
 _EMPTY_SLOT = bytes(ClaimTable.SLOT)
@@ -353,18 +356,20 @@ class FileProcessor:
         self.scratch = bytearray(self.params.max_size + 1)
         self.hash = chunk_hasher(keys.id_key)
         self.cctx = zstandard.ZstdCompressor(level=level) if level > 0 else None
-        self.index = index
+        # (read-only here: a first backup's is empty, and each chunk skips the look-up)
+        self.index = index if len(index) else None
         self.seen: set[bytes] = set()
         self.buf = bytearray(max(2 * self.params.max_size, 8 << 20))
         self.mv = memoryview(self.buf)
         self.small = self.params.min_size
-        self.opens = 0
+        self.small_iov = [self.mv[: self.small]]
         self._dir: bytes | None = None  # the folder of the file opened last (``_open``)
         self._dir_fd: int | None = None
 
     def process(self, path: bytes, scan_size: int, scan_mtime: int):
-        """Yields (records, status) pieces (``scan_size`` -1: a file the walk did not lstat);
-        status is None until the last piece, then
+        """The file's (records, status) pieces (``scan_size`` -1: a file the walk did not
+        lstat): a list of one piece for a file read whole (every small file), else a
+        generator of them. Status is None until the last piece, then
         ``(state, reason, xattrs, xattr warning, fstat, size)``: state ``"ok"``, ``"warn"``
         (stored, but read while changing) or ``"skip"`` (not stored: nothing else is set);
         ``fstat`` is the open file's before the read, ``size`` the bytes stored (holes
@@ -372,55 +377,61 @@ class FileProcessor:
         try:
             fd = self._open(path)
         except FileNotFoundError:
-            yield [], ("skip", "vanished before it could be read", None, None, None, 0)
-            return
+            return [([], ("skip", "vanished before it could be read", None, None, None, 0))]
         except PermissionError:
-            yield [], ("skip", "permission denied", None, None, None, 0)
-            return
+            return [([], ("skip", "permission denied", None, None, None, 0))]
         except OSError as exc:
             if exc.errno == errno.ELOOP:  # (O_NOFOLLOW) a symbolic link now
-                yield [], ("skip", REPLACED, None, None, None, 0)
-            else:
-                yield [], ("skip", f"cannot open: {exc.strerror}", None, None, None, 0)
-            return
+                return [([], ("skip", REPLACED, None, None, None, 0))]
+            return [([], ("skip", f"cannot open: {exc.strerror}", None, None, None, 0))]
+        handed = False  # to ``_pieces``, which closes it
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                yield [], ("skip", REPLACED, None, None, None, 0)
-                return
+                return [([], ("skip", REPLACED, None, None, None, 0))]
             if scan_size < 0:  # not lstat'ed by the walk: changes are measured from here
                 scan_size, scan_mtime = st.st_size, st.st_mtime_ns
             xattrs, xattr_problem = read_xattrs(fd)
-            records: list[tuple[bytes, int, bool]] = []
-            total = -1
             if st.st_size < self.small:
                 # At most one chunk (no content-defined cut falls before ``min_size``): one
                 # read, no chunker. A file that grew meanwhile takes the general path.
-                mv = self.mv
-                n = os.preadv(fd, [mv[: self.small]], 0)
+                n = os.preadv(fd, self.small_iov, 0)
                 if n == st.st_size:
-                    if n:
-                        records.append(self._chunk(mv[:n]))
-                    total = n
-            if total < 0:
-                total = 0
-                pending = 0
-                for start, end in self._regions(fd, st):
-                    if start > total:
-                        records.append((HOLE_ID, start - total, False))
-                        total = start
-                    sent = self.writer.sent
-                    for rec in self._chunks(fd, start, end):
-                        records.append(rec)
-                        total += rec[1]
-                        pending += rec[1]
-                        if pending >= FLUSH_BYTES or self.writer.sent != sent:
-                            yield records, None
-                            records, pending, sent = [], 0, self.writer.sent
-                end_size = os.fstat(fd).st_size
-                if end_size > total and st.st_blocks * 512 < end_size:
-                    records.append((HOLE_ID, end_size - total, False))  # trailing hole
-                    total = end_size
+                    records = [self._chunk(self.mv[:n])] if n else []
+                    after = os.fstat(fd)
+                    if after.st_mtime_ns != scan_mtime or n != scan_size or after.st_size != n:
+                        return [(records, ("warn", "changed while it was being read; stored "
+                                           "as read", xattrs, xattr_problem, st, n))]  # fmt: skip
+                    return [(records, ("ok", None, xattrs, xattr_problem, st, n))]
+            handed = True
+            return self._pieces(fd, st, scan_size, scan_mtime, xattrs, xattr_problem)
+        except OSError as exc:
+            return [([], ("skip", f"read error: {exc.strerror}", None, None, None, 0))]
+        finally:
+            if not handed:
+                os.close(fd)
+
+    def _pieces(self, fd, st, scan_size, scan_mtime, xattrs, xattr_problem):
+        """``process`` of a file read in pieces (its owns ``fd`` and closes it)."""
+        try:
+            records: list[tuple[bytes, int, bool]] = []
+            total = pending = 0
+            for start, end in self._regions(fd, st):
+                if start > total:
+                    records.append((HOLE_ID, start - total, False))
+                    total = start
+                sent = self.writer.sent
+                for rec in self._chunks(fd, start, end):
+                    records.append(rec)
+                    total += rec[1]
+                    pending += rec[1]
+                    if pending >= FLUSH_BYTES or self.writer.sent != sent:
+                        yield records, None
+                        records, pending, sent = [], 0, self.writer.sent
+            end_size = os.fstat(fd).st_size
+            if end_size > total and st.st_blocks * 512 < end_size:
+                records.append((HOLE_ID, end_size - total, False))  # trailing hole
+                total = end_size
             after = os.fstat(fd)
             if after.st_mtime_ns != scan_mtime or total != scan_size or after.st_size != total:
                 yield records, ("warn", "changed while it was being read; stored as read",
@@ -435,7 +446,7 @@ class FileProcessor:
     def _chunk(self, data: memoryview) -> tuple[bytes, int, bool]:
         """One chunk's record; a new one is compressed, sealed and packed."""
         cid = self.hash(data)
-        if cid in self.index:
+        if self.index is not None and cid in self.index:
             return cid, len(data), False
         claimed = self.claims.claim(cid)
         if claimed is False:
@@ -451,7 +462,6 @@ class FileProcessor:
         """The file, opened by its name in its folder's descriptor (``_folder``): a task's
         files come folder by folder, and the kernel then looks up one name, not every
         component of a deep path, for each of them."""
-        self.opens += 1
         head, _, name = path.rpartition(b"/")
         dir_fd = self._folder(head) if head and name else None
         if dir_fd is None:
