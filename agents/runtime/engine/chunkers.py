@@ -340,6 +340,18 @@ def run_task(task, proc: FileProcessor, names: OwnerNames, result_q) -> None:
     )
 
 
+def _outcome(after: os.stat_result, scan_size: int, scan_mtime: int, read: tuple) -> tuple:
+    """The status of a file read whole: ``read`` is (fstat before the read, bytes stored,
+    xattrs, xattr warning); ``after`` the fstat after it. A file whose modification time or
+    size moved from what the walk (or the first fstat) saw was stored as read, with a
+    warning."""
+    st, size, xattrs, xattr_problem = read
+    if after.st_mtime_ns != scan_mtime or size != scan_size or after.st_size != size:
+        return ("warn", "changed while it was being read; stored as read", xattrs,
+                xattr_problem, st, size)  # fmt: skip
+    return ("ok", None, xattrs, xattr_problem, st, size)
+
+
 class FileProcessor:
     def __init__(
         self,
@@ -368,12 +380,13 @@ class FileProcessor:
 
     def process(self, path: bytes, scan_size: int, scan_mtime: int):
         """The file's (records, status) pieces (``scan_size`` -1: a file the walk did not
-        lstat): a list of one piece for a file read whole (every small file), else a
-        generator of them. Status is None until the last piece, then
-        ``(state, reason, xattrs, xattr warning, fstat, size)``: state ``"ok"``, ``"warn"``
-        (stored, but read while changing) or ``"skip"`` (not stored: nothing else is set);
-        ``fstat`` is the open file's before the read, ``size`` the bytes stored (holes
-        included)."""
+        lstat): a list of one piece for a file read whole (every small file) or not read,
+        else a generator of them, which holds the open file until it is run to its end or
+        closed (a caller must do one or the other). Status is None until the last piece,
+        then ``(state, reason, xattrs, xattr warning, fstat, size)``: state ``"ok"``,
+        ``"warn"`` (stored, but read while changing) or ``"skip"`` (not stored: nothing else
+        is set); ``fstat`` is the open file's before the read, ``size`` the bytes stored
+        (holes included)."""
         try:
             fd = self._open(path)
         except FileNotFoundError:
@@ -398,13 +411,11 @@ class FileProcessor:
                 n = os.preadv(fd, self.small_iov, 0)
                 if n == st.st_size:
                     records = [self._chunk(self.mv[:n])] if n else []
-                    after = os.fstat(fd)
-                    if after.st_mtime_ns != scan_mtime or n != scan_size or after.st_size != n:
-                        return [(records, ("warn", "changed while it was being read; stored "
-                                           "as read", xattrs, xattr_problem, st, n))]  # fmt: skip
-                    return [(records, ("ok", None, xattrs, xattr_problem, st, n))]
+                    read = (st, n, xattrs, xattr_problem)
+                    return [(records, _outcome(os.fstat(fd), scan_size, scan_mtime, read))]
+            pieces = self._pieces(fd, st, scan_size, scan_mtime, xattrs, xattr_problem)
             handed = True
-            return self._pieces(fd, st, scan_size, scan_mtime, xattrs, xattr_problem)
+            return pieces
         except OSError as exc:
             return [([], ("skip", f"read error: {exc.strerror}", None, None, None, 0))]
         finally:
@@ -412,7 +423,7 @@ class FileProcessor:
                 os.close(fd)
 
     def _pieces(self, fd, st, scan_size, scan_mtime, xattrs, xattr_problem):
-        """``process`` of a file read in pieces (its owns ``fd`` and closes it)."""
+        """``process`` of a file read in pieces (it owns ``fd`` and closes it)."""
         try:
             records: list[tuple[bytes, int, bool]] = []
             total = pending = 0
@@ -432,12 +443,8 @@ class FileProcessor:
             if end_size > total and st.st_blocks * 512 < end_size:
                 records.append((HOLE_ID, end_size - total, False))  # trailing hole
                 total = end_size
-            after = os.fstat(fd)
-            if after.st_mtime_ns != scan_mtime or total != scan_size or after.st_size != total:
-                yield records, ("warn", "changed while it was being read; stored as read",
-                                xattrs, xattr_problem, st, total)  # fmt: skip
-            else:
-                yield records, ("ok", None, xattrs, xattr_problem, st, total)
+            read = (st, total, xattrs, xattr_problem)
+            yield records, _outcome(os.fstat(fd), scan_size, scan_mtime, read)
         except OSError as exc:
             yield [], ("skip", f"read error: {exc.strerror}", None, None, None, 0)
         finally:
