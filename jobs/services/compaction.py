@@ -102,26 +102,31 @@ def compact_start(
     *, machine, user=None, trigger: str = Job.Trigger.ADHOC, now: datetime | None = None
 ) -> Job:
     """Queue a Compact job for ``machine`` and send it to its agent; one at a time
-    (``CompactAlreadyRunning``), and only on stored data (``CompactRefused``)."""
+    (``CompactAlreadyRunning``: looked for and made under the machine's fence, so two
+    presses at once, or a press and the daily run, queue one), and only on stored data
+    (``CompactRefused``)."""
     now = now or timezone.now()
     refusal = stored_data_refusal(machine, work="compact")
     if refusal:
         raise CompactRefused(refusal)
-    running = Job.objects.active().filter(machine=machine, operation=Job.Operation.COMPACT)
-    if running.exists():
-        raise CompactAlreadyRunning(running.first())
     status = Job.Status.QUEUED if machine.is_online(now) else Job.Status.WAITING
-    job = Job.objects.create(
-        vault_id=machine.vault_id,
-        machine=machine,
-        operation=Job.Operation.COMPACT,
-        status=status,
-        trigger=trigger,
-        created_by=user,
-        details={
-            protocol.COMPACT_THRESHOLD: settings.HAVEN_COMPACT_THRESHOLD_PERCENT / 100,
-        },
-    )
+    with repository_fence(machine.pk):
+        running = (
+            Job.objects.active().filter(machine=machine, operation=Job.Operation.COMPACT).first()
+        )
+        if running is not None:
+            raise CompactAlreadyRunning(running)
+        job = Job.objects.create(
+            vault_id=machine.vault_id,
+            machine=machine,
+            operation=Job.Operation.COMPACT,
+            status=status,
+            trigger=trigger,
+            created_by=user,
+            details={
+                protocol.COMPACT_THRESHOLD: settings.HAVEN_COMPACT_THRESHOLD_PERCENT / 100,
+            },
+        )
     services._send_to_machine(machine, protocol.COMPACT_TASK, job_id=str(job.pk))
     job_publish(job)
     return job

@@ -16,7 +16,6 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import transaction
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -28,6 +27,7 @@ from jobs.schedule import Schedule, previous_run, zone
 from jobs.services.alerts import alert_raise, alerts_after_job
 from jobs.services.live import job_publish
 from jobs.services.points import PointRefused
+from jobs.services.pruning import repository_fence
 from portal.access import has_role
 from portal.models import Role
 from vaults import activity
@@ -225,10 +225,9 @@ def drill_start(
                 "backups (the person who chose it no longer has the role or the account): save the backup "
                 "policy's drill settings again."
             )
-    with transaction.atomic():
+    with repository_fence(machine.pk):  # (not a lock on the running drill: there may be none)
         running = (
             Job.objects.active()
-            .select_for_update()
             .filter(operation=Job.Operation.DRILL, details__source_machine=str(machine.pk))
             .first()
         )

@@ -22,6 +22,7 @@ from agents.runtime import protocol
 from jobs import services  # the package, for its seams
 from jobs.models import BackupPolicy, Job, RecoveryPoint
 from jobs.services.live import job_publish
+from jobs.services.pruning import repository_fence
 from vaults import activity
 from vaults.activity import Operation
 
@@ -103,22 +104,24 @@ def verify_start(
     now: datetime | None = None,
 ) -> Job:
     """Queue a verify of ``machine`` (slice ``slice_no`` of ``slices``; 1: every pack) and
-    send it to its agent; ``VerifyRefused`` says why not."""
+    send it to its agent; ``VerifyRefused`` says why not. The refusal is read and the job
+    made under the machine's fence, so two presses at once queue one verify."""
     now = now or timezone.now()
-    refusal = verify_refusal(machine)
-    if refusal:
-        raise VerifyRefused(refusal)
     status = Job.Status.QUEUED if machine.is_online(now) else Job.Status.WAITING
-    job = Job.objects.create(
-        vault_id=machine.vault_id,
-        machine=machine,
-        operation=Job.Operation.VERIFY,
-        status=status,
-        trigger=trigger,
-        scheduled_for=scheduled_for,
-        created_by=user,
-        details={"slices": slices, "slice": slice_no},
-    )
+    with repository_fence(machine.pk):
+        refusal = verify_refusal(machine)
+        if refusal:
+            raise VerifyRefused(refusal)
+        job = Job.objects.create(
+            vault_id=machine.vault_id,
+            machine=machine,
+            operation=Job.Operation.VERIFY,
+            status=status,
+            trigger=trigger,
+            scheduled_for=scheduled_for,
+            created_by=user,
+            details={"slices": slices, "slice": slice_no},
+        )
     if trigger == Job.Trigger.ADHOC:
         activity.record(
             operation=Operation.VERIFY_NOW,
