@@ -26,7 +26,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
 from agents.runtime import seed as wire
@@ -36,7 +35,7 @@ from jobs.models import Job
 from jobs.services import points
 from jobs.services.jobs import job_finish, job_record_progress
 from jobs.services.live import job_publish
-from jobs.services.pruning import repository_store
+from jobs.services.pruning import repository_fence, repository_store
 
 log = logging.getLogger(__name__)
 
@@ -185,12 +184,12 @@ def seed_import_start(*, machine, folder: Path, user=None, enqueue: bool = True)
     header = seed_header_read(folder)
     seed_owner_check(machine=machine, header=header)
     details = {"path": str(folder), "recovery_point_id": header["recovery_point_id"]}
-    with transaction.atomic():
-        job = (
-            Job.objects.select_for_update()
-            .filter(machine=machine, operation=Job.Operation.IMPORT, status__in=Job.ACTIVE)
-            .first()
-        )
+    # Under the machine's fence: two starts at once find one job (a lock on the job itself
+    # would hold nothing while there is none yet).
+    with repository_fence(machine.pk):
+        job = Job.objects.filter(
+            machine=machine, operation=Job.Operation.IMPORT, status__in=Job.ACTIVE
+        ).first()
         if job is not None and job.details.get("recovery_point_id") != details["recovery_point_id"]:
             raise SeedRefused("Another seed's import is running for this machine; wait for it.")
         if job is None:
