@@ -48,6 +48,11 @@ class DrillRefused(Exception):
     """A drill that cannot start; the message says why, for the person who asked."""
 
 
+class DrillAlreadyRunning(DrillRefused):
+    """A drill of the machine is on its way already (a scheduled one that meets it is
+    simply not needed)."""
+
+
 class DrillEvidenceRefused(PointRefused):
     """A drill result whose evidence does not hold together (or names another point)."""
 
@@ -225,14 +230,16 @@ def drill_start(
                 "backups (the person who chose it no longer has the role or the account): save the backup "
                 "policy's drill settings again."
             )
-    with repository_fence(machine.pk):  # (not a lock on the running drill: there may be none)
+    # The source's fence (not a lock on the running drill: there may be none), and the
+    # runner's row too, whose job this transaction makes.
+    with repository_fence(machine.pk, runner.pk):
         running = (
             Job.objects.active()
             .filter(operation=Job.Operation.DRILL, details__source_machine=str(machine.pk))
             .first()
         )
         if running is not None:
-            raise DrillRefused(f"A restore drill of {machine.name} is already running.")
+            raise DrillAlreadyRunning(f"A restore drill of {machine.name} is already running.")
         cap_bytes = found.cap_mb * 1024 * 1024
         job = Job.objects.create(
             vault_id=machine.vault_id,
@@ -330,6 +337,8 @@ def drills_schedule(*, now: datetime | None = None) -> list[Job]:
                     now=now,
                 )
             )
+        except DrillAlreadyRunning:
+            continue  # one started meanwhile (Drill now): it proves the point
         except DrillRefused as exc:
             # Recorded as a failed scheduled drill (so the next tick does not try again
             # before the period is over), with its alert.

@@ -54,12 +54,17 @@ def pack_ids_present(store) -> set[str]:
 
 
 @contextlib.contextmanager
-def repository_fence(machine_id) -> Iterator[None]:
+def repository_fence(*machine_ids) -> Iterator[None]:
     """A transaction holding the machine's lock: a backup's start, the recording of a
     point and each deletion of a pack are serialised by it. PostgreSQL locks the machine's
-    row; SQLite's IMMEDIATE transactions (settings.py) serialise every writer anyway."""
+    row; SQLite's IMMEDIATE transactions (settings.py) serialise every writer anyway.
+
+    With more than one machine (a drill that another machine runs: its job is the runner's),
+    their rows are locked in one order, so two such starts between the same machines the
+    other way round wait for each other rather than deadlock."""
     with transaction.atomic():
-        Machine.objects.select_for_update().filter(pk=machine_id).values_list("pk").first()
+        locked = Machine.objects.select_for_update().filter(pk__in=machine_ids).order_by("pk")
+        list(locked.values_list("pk", flat=True))
         yield
 
 

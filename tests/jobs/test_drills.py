@@ -17,6 +17,7 @@ from agents.runtime import protocol
 from jobs import services
 from jobs.models import Alert, BackupPolicy, Job, RecoveryPoint
 from jobs.recovery import services as recovery
+from jobs.services import drills
 from portal.models import Role
 from tests.jobs.conftest import make_machine, token_for
 from tests.support import builders
@@ -340,6 +341,24 @@ def test_a_scheduled_drill_that_cannot_start_fails_once_with_its_alert(backed_up
     assert job.status == Job.Status.FAILED and "did not start" in job.error
     alert = Alert.objects.get(machine=backed_up, kind=Alert.Kind.DRILL_FAILED)
     assert alert.occurrences == 1 and "save the backup policy" in alert.message
+
+
+def test_a_scheduled_drill_that_meets_one_started_meanwhile_is_not_needed(
+    backed_up, alice, monkeypatch
+):
+    # Drill now pressed between the tick's look at the machine's drills and its start: the
+    # drill on its way proves the point; no failed scheduled drill, no alert.
+    real = drills.drill_start
+
+    def pressed_meanwhile(**kwargs):
+        real(machine=kwargs["machine"], user=alice)
+        return real(**kwargs)
+
+    monkeypatch.setattr(drills, "drill_start", pressed_meanwhile)
+    assert services.drills_schedule() == []
+    (job,) = Job.objects.filter(operation=Job.Operation.DRILL)
+    assert job.trigger == Job.Trigger.ADHOC and job.status == Job.Status.QUEUED
+    assert not Alert.objects.filter(machine=backed_up, kind=Alert.Kind.DRILL_FAILED).exists()
 
 
 # -- the button ---------------------------------------------------------------------------------------
