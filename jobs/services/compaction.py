@@ -55,7 +55,11 @@ from jobs.models import BackupPolicy, Job, RecoveryPoint
 from jobs.services.live import job_publish
 from jobs.services.pruning import backup_in_flight, repository_fence, repository_store
 from jobs.services.replication import secondary_delete
-from jobs.services.verify import stored_data_job_refusal, stored_data_refusal
+from jobs.services.verify import (
+    stored_data_job_refusal,
+    stored_data_job_running,
+    stored_data_refusal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +115,7 @@ def compact_start(
         raise CompactRefused(refusal)
     status = Job.Status.QUEUED if machine.is_online(now) else Job.Status.WAITING
     with repository_fence(machine.pk):
-        running = (
-            Job.objects.active().filter(machine=machine, operation=Job.Operation.COMPACT).first()
-        )
+        running = stored_data_job_running(machine, Job.Operation.COMPACT)
         if running is not None:
             raise CompactAlreadyRunning(running)
         job = Job.objects.create(

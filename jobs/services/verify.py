@@ -73,13 +73,19 @@ def stored_data_refusal(machine, *, work: str) -> str:
     return ""
 
 
+def stored_data_job_running(machine, operation: str) -> Job | None:
+    """The job of ``operation`` on ``machine``'s stored data on its way, if any (at most one:
+    its start looks for it under the machine's fence)."""
+    return Job.objects.active().filter(machine=machine, operation=operation).first()
+
+
 def stored_data_job_refusal(machine, *, operation: str, work: str, noun: str) -> str:
     """Why a job of ``operation`` on ``machine``'s stored data cannot start now ("" when it
     can): ``stored_data_refusal``, or one already on its way (``noun``: "A verify")."""
     refusal = stored_data_refusal(machine, work=work)
     if refusal:
         return refusal
-    running = Job.objects.active().filter(machine=machine, operation=operation).first()
+    running = stored_data_job_running(machine, operation)
     if running is not None:
         return f"{noun} of {machine.name} is already {running.get_status_display().lower()}."
     return ""

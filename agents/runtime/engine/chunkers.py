@@ -340,12 +340,13 @@ def run_task(task, proc: FileProcessor, names: OwnerNames, result_q) -> None:
     )
 
 
-def _outcome(after: os.stat_result, scan_size: int, scan_mtime: int, read: tuple) -> tuple:
-    """The status of a file read whole: ``read`` is (fstat before the read, bytes stored,
-    xattrs, xattr warning); ``after`` the fstat after it. A file whose modification time or
-    size moved from what the walk (or the first fstat) saw was stored as read, with a
-    warning."""
-    st, size, xattrs, xattr_problem = read
+def _outcome(
+    after: os.stat_result, scan_size: int, scan_mtime: int,
+    st: os.stat_result, size: int, xattrs: list, xattr_problem: str | None,
+) -> tuple:  # fmt: skip
+    """The status of a file read whole: ``st`` is its fstat before the read, ``after`` the
+    one after it, ``size`` the bytes stored. A file whose modification time or size moved
+    from what the walk (or the first fstat) saw was stored as read, with a warning."""
     if after.st_mtime_ns != scan_mtime or size != scan_size or after.st_size != size:
         return ("warn", "changed while it was being read; stored as read", xattrs,
                 xattr_problem, st, size)  # fmt: skip
@@ -411,8 +412,9 @@ class FileProcessor:
                 n = os.preadv(fd, self.small_iov, 0)
                 if n == st.st_size:
                     records = [self._chunk(self.mv[:n])] if n else []
-                    read = (st, n, xattrs, xattr_problem)
-                    return [(records, _outcome(os.fstat(fd), scan_size, scan_mtime, read))]
+                    after = os.fstat(fd)
+                    status = _outcome(after, scan_size, scan_mtime, st, n, xattrs, xattr_problem)
+                    return [(records, status)]
             pieces = self._pieces(fd, st, scan_size, scan_mtime, xattrs, xattr_problem)
             handed = True
             return pieces
@@ -443,8 +445,8 @@ class FileProcessor:
             if end_size > total and st.st_blocks * 512 < end_size:
                 records.append((HOLE_ID, end_size - total, False))  # trailing hole
                 total = end_size
-            read = (st, total, xattrs, xattr_problem)
-            yield records, _outcome(os.fstat(fd), scan_size, scan_mtime, read)
+            after = os.fstat(fd)
+            yield records, _outcome(after, scan_size, scan_mtime, st, total, xattrs, xattr_problem)
         except OSError as exc:
             yield [], ("skip", f"read error: {exc.strerror}", None, None, None, 0)
         finally:
