@@ -7,7 +7,9 @@ the container lacks, checking each one's SHA-256 against the header first. It ca
 any moment and start again: blobs are create-only, so what is in the container is complete
 and the next run copies only what is still missing. Packs go first, then index deltas, then
 the manifest, as a backup writes them; the recovery point is recorded last, through the same
-``point_check`` as a backup's.
+``point_check`` as a backup's. One run copies at a time: a run started later (Import pressed
+again after a worker died, or while one still copies) takes the import over, and the earlier
+one stops before its next blob.
 
 A path typed in the portal is a path on the portal's host: it must lie inside
 ``HAVEN_SEED_IMPORT_ROOT`` with no ``..`` and no symbolic link on the way, and the files of
@@ -22,6 +24,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -239,11 +242,12 @@ def seed_import_run(
         seed_owner_check(machine=machine, header=header)
         if header["recovery_point_id"] != job.details.get("recovery_point_id"):
             raise SeedRefused("The seed in this folder changed since the import was started.")
+        run = _take_over(job)
         with contextlib.nullcontext(store) if store else repository_store(machine) as own:
-            copied = _copy(job=job, header=header, folder=folder, own=own, clock=clock,
+            copied = _copy(job=job, run=run, header=header, folder=folder, own=own, clock=clock,
                            after_blob=after_blob)  # fmt: skip
             if copied is None:
-                return job  # cancelled
+                return job  # cancelled, or taken over by a later run
             stats = dict(header["stats"])
             stats["added_bytes"] = stats.get("added_bytes") or stats.get("stored_bytes") or 0
             job.refresh_from_db()
@@ -268,6 +272,16 @@ def seed_import_run(
         )
 
 
+def _take_over(job: Job) -> str:
+    """Name this run the import's only one (``details["run"]``) and return its name."""
+    run = uuid.uuid4().hex
+    with repository_fence(job.machine_id):
+        job.refresh_from_db(fields=["details"])
+        job.details = {**job.details, "run": run}
+        Job.objects.filter(pk=job.pk).update(details=job.details)
+    return run
+
+
 def _fail(job: Job, reason: str) -> Job:
     from jobs.services.jobs import job_fail
 
@@ -275,8 +289,9 @@ def _fail(job: Job, reason: str) -> Job:
     return job_fail(job=job, reason=reason)
 
 
-def _copy(*, job, header, folder, own, clock, after_blob) -> int | None:
-    """Check and copy the missing blobs; returns the bytes copied (None: cancelled)."""
+def _copy(*, job, run, header, folder, own, clock, after_blob) -> int | None:
+    """Check and copy the missing blobs; returns the bytes copied (None: cancelled, or
+    another run took the import over)."""
     present = {b.name: b.size for b in own.list("")}
     if layout.CONFIG_BLOB not in present:
         raise SeedRefused("This machine's storage has no repository; register it again.")
@@ -318,8 +333,12 @@ def _copy(*, job, header, folder, own, clock, after_blob) -> int | None:
         if last is None or now - last >= 1.0 or i == len(blobs) - 1:
             last = now
             elapsed = max(now - started, 1e-6)
-            # A cancel from the job's page lands on the row, not on this object.
-            job.refresh_from_db(fields=["status", "cancel_requested_at"])
+            # A cancel from the job's page lands on the row, not on this object; so does
+            # the name of a later run that took the import over.
+            job.refresh_from_db(fields=["status", "cancel_requested_at", "details"])
+            if job.details.get("run") != run:
+                log.info("seed import %s: a later run took it over; this one stops", job.pk)
+                return None
             stop = job_record_progress(
                 job=job,
                 event={

@@ -7,6 +7,7 @@ Runs in both passes: the machine's container is a local folder, then an Azurite 
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -121,6 +122,44 @@ def test_an_offline_seed_is_imported_resumably_and_the_next_backup_uploads_almos
     assert result.recovery_point and result.logical_bytes == 12 * 256 * 1024
     assert uploaded < 0.01 * result.logical_bytes, uploaded
     assert services.backup_start(machine=machine).operation == Job.Operation.BACKUP
+
+
+def test_import_pressed_again_while_it_copies_takes_over_and_the_first_run_stops(machine, offline):
+    """Two portal workers never copy one seed side by side: the run started later (Import
+    pressed again, the same job queued again) takes over, and the first stops at its next
+    look at the job's row (once a second; here, a clock that moves two seconds a blob),
+    without failing or ending the job; what each copied stays."""
+    job = services.seed_import_start(machine=machine, folder=offline["folder"])
+    first: list[str] = []
+    second: list[str] = []
+
+    def second_copies_one(name):
+        second.append(name)
+        raise Interrupted  # (still its run when the first one looks again)
+
+    def press_again(name):
+        first.append(name)
+        if len(first) == 1:
+            again = services.seed_import_start(machine=machine, folder=offline["folder"])
+            assert again.pk == job.pk
+            with pytest.raises(Interrupted):
+                seeding.seed_import_run(
+                    job=Job.objects.get(pk=job.pk), after_blob=second_copies_one
+                )
+
+    clock = itertools.count(step=2).__next__
+    seeding.seed_import_run(job=job, after_blob=press_again, clock=clock)
+    assert len(first) == 1 and len(second) == 1 and first != second
+    job.refresh_from_db()
+    assert job.status == Job.Status.RUNNING and not job.error
+
+    rest: list[str] = []
+    job = seeding.seed_import_run(job=job, after_blob=rest.append)
+    assert job.status == Job.Status.COMPLETED, job.error
+    assert not set(rest) & set(first + second)
+    wanted = {b["name"] for b in offline["header"]["blobs"]} - {"config"}
+    assert set(first + second + rest) == {n for n in wanted if not n.startswith(layout.KEYS_PREFIX)}
+    assert RecoveryPoint.objects.filter(machine=machine).count() == 1
 
 
 def test_a_seed_of_another_machine_is_refused_saying_whose_it_is(vault, offline, alice):
