@@ -17,6 +17,8 @@ from jobs.services.drills import drills_schedule
 from jobs.services.jobs import BackupAlreadyRunning, ProtectionStopped, backup_start
 from jobs.services.live import job_publish
 
+MARK_SLICE = 2000
+
 
 def schedule_tick(*, now: datetime | None = None) -> list[Job]:
     """Start the backups due since the last tick, once each. Runs once a minute (beat).
@@ -24,9 +26,12 @@ def schedule_tick(*, now: datetime | None = None) -> list[Job]:
     For each policy, the scheduled times in ``(scheduled_through, now]`` are computed in the
     machine's zone; only the latest one runs (missed ticks are caught up once), recorded
     under the unique (policy, scheduled_for) constraint so a duplicate tick does nothing.
+    The policies looked at are marked done up to ``now`` together (``_looked_at``), not
+    with an UPDATE each: a tick over thousands of machines with nothing due writes once.
     """
     now = now or timezone.now()
     started = []
+    looked_at = []
     # A machine whose protection is stopped is skipped: its policy is a stopped one.
     policies = BackupPolicy.objects.select_related("machine", "machine__vault").filter(
         machine__unregistered_at__isnull=True, protection=BackupPolicy.Protection.PROTECTED
@@ -41,11 +46,19 @@ def schedule_tick(*, now: datetime | None = None) -> list[Job]:
             job = _scheduled_run(policy, due[-1], tz, now=now)
             if job is not None:
                 started.append(job)
-        BackupPolicy.objects.filter(
-            pk=policy.pk, scheduled_through=policy.scheduled_through
-        ).update(scheduled_through=now)
+        looked_at.append(policy.pk)
+    _looked_at(looked_at, now)
     started += drills_schedule(now=now)
     return started
+
+
+def _looked_at(pks: list, now: datetime) -> None:
+    """Mark the policies ``pks`` scheduled through ``now``, in slices of ``MARK_SLICE``
+    (SQLite's limit on a statement's variables); a mark a later tick set stays."""
+    for i in range(0, len(pks), MARK_SLICE):
+        BackupPolicy.objects.filter(pk__in=pks[i : i + MARK_SLICE]).filter(
+            scheduled_through__lt=now
+        ).update(scheduled_through=now)
 
 
 def _scheduled_run(policy: BackupPolicy, when: datetime, tz, *, now: datetime) -> Job | None:

@@ -105,3 +105,47 @@ def test_a_new_policy_does_not_run_retroactively(machine, alice):
     now = utc(2024, 10, 26, 23, 0)
     services.policy_save(machine=machine, spec=spec(times=["00:30"]), user=alice, now=now)
     assert tick(now + timedelta(minutes=1)) == []
+
+
+def test_a_tick_over_a_fleet_with_nothing_due_asks_as_many_queries_for_30_machines_as_for_3(
+    vault, alice
+):
+    """Thousands of machines, nearly all backed up and proven this period: the tick reads
+    the policies and the period's drills once and marks them all looked at in one write,
+    rather than a write and a drill query per machine every minute."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from tests.support import builders
+
+    machines = []
+
+    def enrol(n):
+        for _ in range(n):
+            m = builders.make_machine(vault=vault, name=f"fleet-{len(machines):03}")
+            policy = services.policy_save(machine=m, spec=spec(times=["01:30"]), user=alice)
+            BackupPolicy.objects.filter(pk=policy.pk).update(scheduled_through=utc(2024, 10, 26, 11))
+            Job.objects.create(  # this month's drill, passed
+                vault=vault,
+                machine=m,
+                operation=Job.Operation.DRILL,
+                status=Job.Status.COMPLETED,
+                scheduled_for=utc(2024, 10, 20, 23, 30),
+                details={"kind": "drill", "source_machine": str(m.pk), "source_name": m.name},
+            )
+            machines.append(m)
+
+    def queries_of_a_tick(at):
+        with CaptureQueriesContext(connection) as seen:
+            assert tick(at) == []
+        assert set(
+            BackupPolicy.objects.filter(machine__in=machines).values_list(
+                "scheduled_through", flat=True
+            )
+        ) == {at}
+        return len(seen)
+
+    enrol(3)
+    few = queries_of_a_tick(utc(2024, 10, 26, 12))
+    enrol(27)
+    assert queries_of_a_tick(utc(2024, 10, 26, 12, 1)) == few <= 4
