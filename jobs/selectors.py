@@ -11,7 +11,8 @@ from urllib.parse import urlencode
 
 from django.core.cache import cache
 from django.core.paginator import Paginator
-from django.db.models import Count, Exists, Max, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db import connection
+from django.db.models import Count, Exists, Max, Min, OuterRef, Q, QuerySet, Subquery, Sum
 from django.utils import timezone
 from redis.exceptions import RedisError
 
@@ -301,6 +302,26 @@ def backup_blockers(
         seed_waiting=waiting,
         seed_folder=seed_folder(machine) if waiting else "",
     )
+
+
+def id_slices(ids: list) -> list[list]:
+    """``ids`` in slices small enough for one ``__in`` look-up each (SQLite allows 999 or
+    32,766 parameters a statement by its version, PostgreSQL 65,535)."""
+    size = min(connection.features.max_query_params or 10_000, 10_000) - 1
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def first_points(machine_ids: list) -> dict:
+    """Machine id -> when its oldest kept recovery point was made, for those that have one."""
+    first = {}
+    for ids in id_slices(machine_ids):
+        rows = (
+            RecoveryPoint.objects.filter(machine_id__in=ids, removed_at__isnull=True)
+            .values("machine_id")
+            .annotate(first=Min("created_at"))
+        )
+        first.update({row["machine_id"]: row["first"] for row in rows})
+    return first
 
 
 def backup_under_way(machine_id, *, since: datetime) -> bool:

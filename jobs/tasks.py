@@ -88,7 +88,10 @@ def seed_import(job_id: str) -> str:
     job = Job.objects.select_related("machine", "vault").filter(pk=job_id).first()
     if job is None:
         return ""
-    return services.seed_import_run(job=job).status
+    try:
+        return services.seed_import_run(job=job).status
+    except services.ImportTakenOver:
+        return "taken over"  # a later run of the same import carries it on
 
 
 @shared_task(name="jobs.webhooks_send")

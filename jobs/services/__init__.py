@@ -130,6 +130,7 @@ from jobs.services.replication import (
 )
 from jobs.services.scheduler import schedule_tick
 from jobs.services.seeding import (
+    ImportTakenOver,
     SeedRefused,
     seed_import_run,
     seed_import_start,
@@ -155,6 +156,7 @@ __all__ = [
     "DrillEvidenceRefused",
     "DrillRefused",
     "DrillSettings",
+    "ImportTakenOver",
     "JobNotCancellable",
     "NoPolicy",
     "PassphraseChangeRefused",

@@ -304,8 +304,9 @@ def drills_schedule(*, now: datetime | None = None) -> list[Job]:
     then the latest backup time at or before that tick): it proves the point that backup
     made and does not compete with it for the machine's disk and cores.
 
-    The drills of the period are found for every machine in one query (``_latest_drills``):
-    a tick over thousands of machines, nearly all proven already, does not ask for each."""
+    A tick asks the same few queries however many machines have had their drill this
+    period or have no recovery point yet: the period's drills and the first points are
+    found for all of them at once (``_latest_drills``, ``selectors.first_points``)."""
     now = now or timezone.now()
     started = []
     policies = BackupPolicy.objects.select_related("machine", "machine__vault").filter(
@@ -318,16 +319,18 @@ def drills_schedule(*, now: datetime | None = None) -> list[Job]:
         slot = previous_run(Schedule.from_spec(policy.spec()), zone(policy.machine.time_zone), now)
         if slot is not None:
             slots.append((policy, slot, slot - DRILL_PERIODS[policy.drill_frequency]))
-    latest = _latest_drills(since=min((s[2] for s in slots), default=now))
+    if not slots:
+        return started
+    latest = _latest_drills(since=min(period_start for _, _, period_start in slots))
+    unproven = []
     for policy, slot, period_start in slots:
         last = latest.get(str(policy.machine_id))
-        if (
-            (last is not None and last > period_start)
-            or selectors.backup_under_way(policy.machine_id, since=slot)
-            or not RecoveryPoint.objects.filter(
-                machine_id=policy.machine_id, removed_at__isnull=True, created_at__lte=slot
-            ).exists()
-        ):
+        if last is None or last <= period_start:
+            unproven.append((policy, slot))
+    first = selectors.first_points([policy.machine_id for policy, _ in unproven])
+    for policy, slot in unproven:
+        made = first.get(policy.machine_id)
+        if made is None or made > slot or selectors.backup_under_way(policy.machine_id, since=slot):
             continue
         try:
             started.append(

@@ -17,8 +17,6 @@ from jobs.services.drills import drills_schedule
 from jobs.services.jobs import BackupAlreadyRunning, ProtectionStopped, backup_start
 from jobs.services.live import job_publish
 
-MARK_SLICE = 2000
-
 
 def schedule_tick(*, now: datetime | None = None) -> list[Job]:
     """Start the backups due since the last tick, once each. Runs once a minute (beat).
@@ -26,8 +24,9 @@ def schedule_tick(*, now: datetime | None = None) -> list[Job]:
     For each policy, the scheduled times in ``(scheduled_through, now]`` are computed in the
     machine's zone; only the latest one runs (missed ticks are caught up once), recorded
     under the unique (policy, scheduled_for) constraint so a duplicate tick does nothing.
-    The policies looked at are marked done up to ``now`` together (``_looked_at``), not
-    with an UPDATE each: a tick over thousands of machines with nothing due writes once.
+    The policies looked at are marked scheduled through ``now`` together at the end (also
+    when one of them raised), not with an UPDATE each: a tick over thousands of machines
+    with nothing due writes once.
     """
     now = now or timezone.now()
     started = []
@@ -36,29 +35,31 @@ def schedule_tick(*, now: datetime | None = None) -> list[Job]:
     policies = BackupPolicy.objects.select_related("machine", "machine__vault").filter(
         machine__unregistered_at__isnull=True, protection=BackupPolicy.Protection.PROTECTED
     )
-    for policy in policies:
-        after = policy.scheduled_through or now
-        if after >= now:
-            continue
-        tz = zone(policy.machine.time_zone)
-        due = occurrences(Schedule.from_spec(policy.spec()), tz, after, now)
-        if due:
-            job = _scheduled_run(policy, due[-1], tz, now=now)
-            if job is not None:
-                started.append(job)
-        looked_at.append(policy.pk)
-    _looked_at(looked_at, now)
+    try:
+        for policy in policies:
+            after = policy.scheduled_through or now
+            if after >= now:
+                continue
+            tz = zone(policy.machine.time_zone)
+            due = occurrences(Schedule.from_spec(policy.spec()), tz, after, now)
+            if due:
+                job = _scheduled_run(policy, due[-1], tz, now=now)
+                if job is not None:
+                    started.append(job)
+            looked_at.append(policy.pk)
+    finally:
+        _looked_at(looked_at, now=now)
     started += drills_schedule(now=now)
     return started
 
 
-def _looked_at(pks: list, now: datetime) -> None:
-    """Mark the policies ``pks`` scheduled through ``now``, in slices of ``MARK_SLICE``
-    (SQLite's limit on a statement's variables); a mark a later tick set stays."""
-    for i in range(0, len(pks), MARK_SLICE):
-        BackupPolicy.objects.filter(pk__in=pks[i : i + MARK_SLICE]).filter(
-            scheduled_through__lt=now
-        ).update(scheduled_through=now)
+def _looked_at(pks: list, *, now: datetime) -> None:
+    """Mark the policies ``pks`` scheduled through ``now``; a later mark (a tick that
+    ended first) stays."""
+    for ids in selectors.id_slices(pks):
+        BackupPolicy.objects.filter(pk__in=ids, scheduled_through__lt=now).update(
+            scheduled_through=now
+        )
 
 
 def _scheduled_run(policy: BackupPolicy, when: datetime, tz, *, now: datetime) -> Job | None:

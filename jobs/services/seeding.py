@@ -8,8 +8,9 @@ any moment and start again: blobs are create-only, so what is in the container i
 and the next run copies only what is still missing. Packs go first, then index deltas, then
 the manifest, as a backup writes them; the recovery point is recorded last, through the same
 ``point_check`` as a backup's. One run copies at a time: a run started later (Import pressed
-again after a worker died, or while one still copies) takes the import over, and the earlier
-one stops before its next blob.
+again, after a worker died or while one still copies, or the task delivered again) takes the
+import over, and the earlier one stops after the blob it is copying, at its next look at the
+job (about once a second), raising ``ImportTakenOver``; nor does it fail the job after that.
 
 A path typed in the portal is a path on the portal's host: it must lie inside
 ``HAVEN_SEED_IMPORT_ROOT`` with no ``..`` and no symbolic link on the way, and the files of
@@ -53,6 +54,13 @@ class SeedRefused(Exception):
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
+
+
+class ImportTakenOver(Exception):
+    """This run of an import stopped: a later run carries it on (the same job)."""
+
+
+RUN_KEY = "run"  # the job's details: the name of the run that copies (``_take_over``)
 
 
 # -- where the seed is --------------------------------------------------------------------
@@ -230,6 +238,7 @@ def seed_import_run(
     after_blob: Callable[[str], None] | None = None,
 ) -> Job:
     """Copy the seed of ``job`` into its machine's container and record its point.
+    ``ImportTakenOver`` when a later run took the import over meanwhile.
 
     ``store`` replaces the machine's container (tests); ``after_blob(name)`` is called after
     each copied blob (tests interrupt there)."""
@@ -237,17 +246,17 @@ def seed_import_run(
         return job
     machine = job.machine
     folder = Path(job.details["path"])
+    run = _take_over(job)
     try:
         header = seed_header_read(folder)
         seed_owner_check(machine=machine, header=header)
         if header["recovery_point_id"] != job.details.get("recovery_point_id"):
             raise SeedRefused("The seed in this folder changed since the import was started.")
-        run = _take_over(job)
         with contextlib.nullcontext(store) if store else repository_store(machine) as own:
             copied = _copy(job=job, run=run, header=header, folder=folder, own=own, clock=clock,
                            after_blob=after_blob)  # fmt: skip
             if copied is None:
-                return job  # cancelled, or taken over by a later run
+                return job  # cancelled
             stats = dict(header["stats"])
             stats["added_bytes"] = stats.get("added_bytes") or stats.get("stored_bytes") or 0
             job.refresh_from_db()
@@ -260,38 +269,50 @@ def seed_import_run(
                 pack_ids=header["packs"],
             )
     except SeedRefused as exc:
-        return _fail(job, exc.message)
+        return _fail(job, run, exc.message)
     except points.PointRefused:
         job.refresh_from_db()  # job_finish saved it Failed, with the reason
         return job
     except StorageError as exc:
         return _fail(
             job,
+            run,
             f"The machine's storage failed during the import: {exc}. Import again: what was "
             "copied stays, and only the rest is copied.",
         )
 
 
 def _take_over(job: Job) -> str:
-    """Name this run the import's only one (``details["run"]``) and return its name."""
+    """Name this run the import's only one and return its name."""
     run = uuid.uuid4().hex
     with repository_fence(job.machine_id):
         job.refresh_from_db(fields=["details"])
-        job.details = {**job.details, "run": run}
+        job.details = {**job.details, RUN_KEY: run}
         Job.objects.filter(pk=job.pk).update(details=job.details)
     return run
 
 
-def _fail(job: Job, reason: str) -> Job:
+def _still_ours(job: Job, run: str, *fields: str) -> None:
+    """``ImportTakenOver`` unless ``run`` is still the one named in the job (read again,
+    with ``fields``)."""
+    job.refresh_from_db(fields=["details", *fields])
+    if job.details.get(RUN_KEY) != run:
+        log.info("seed import %s: a later run took it over; this one stops", job.pk)
+        raise ImportTakenOver(f"The import of job {job.pk} is carried on by a later run.")
+
+
+def _fail(job: Job, run: str, reason: str) -> Job:
+    """Fail the job, unless a later run took it over (its own outcome stands)."""
     from jobs.services.jobs import job_fail
 
+    _still_ours(job, run)
     log.warning("seed import %s failed: %s", job.pk, reason)
     return job_fail(job=job, reason=reason)
 
 
 def _copy(*, job, run, header, folder, own, clock, after_blob) -> int | None:
-    """Check and copy the missing blobs; returns the bytes copied (None: cancelled, or
-    another run took the import over)."""
+    """Check and copy the missing blobs; returns the bytes copied (None: cancelled).
+    ``ImportTakenOver`` when a later run took the import over."""
     present = {b.name: b.size for b in own.list("")}
     if layout.CONFIG_BLOB not in present:
         raise SeedRefused("This machine's storage has no repository; register it again.")
@@ -335,10 +356,7 @@ def _copy(*, job, run, header, folder, own, clock, after_blob) -> int | None:
             elapsed = max(now - started, 1e-6)
             # A cancel from the job's page lands on the row, not on this object; so does
             # the name of a later run that took the import over.
-            job.refresh_from_db(fields=["status", "cancel_requested_at", "details"])
-            if job.details.get("run") != run:
-                log.info("seed import %s: a later run took it over; this one stops", job.pk)
-                return None
+            _still_ours(job, run, "status", "cancel_requested_at")
             stop = job_record_progress(
                 job=job,
                 event={

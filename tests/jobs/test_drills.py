@@ -19,7 +19,7 @@ from jobs.models import Alert, BackupPolicy, Job, RecoveryPoint
 from jobs.recovery import services as recovery
 from jobs.services import drills
 from portal.models import Role
-from tests.jobs.conftest import make_machine, token_for
+from tests.jobs.conftest import make_machine, spec, token_for
 from tests.support import builders
 
 pytestmark = pytest.mark.django_db
@@ -253,6 +253,29 @@ def test_the_scheduler_starts_a_monthly_drill_once(backed_up, sent):
         status=Job.Status.COMPLETED, created_at=month_ago, scheduled_for=month_ago
     )
     assert len(services.drills_schedule()) == 1  # a month later, the next one
+
+
+def test_a_drill_ten_days_ago_is_a_weekly_machines_last_and_a_monthly_ones_this_month(
+    vault, alice, sent
+):
+    """The period's drills are looked up for every machine at once: each machine is judged
+    by its own drills and its own period, not by another's."""
+    ten_days_ago = timezone.now() - timedelta(days=10)
+    machines = {}
+    for frequency in (BackupPolicy.DrillFrequency.WEEKLY, BackupPolicy.DrillFrequency.MONTHLY):
+        machine = make_machine(vault, f"{frequency}-01")
+        policy = services.policy_save(machine=machine, spec=spec(), user=alice)
+        BackupPolicy.objects.filter(pk=policy.pk).update(drill_frequency=frequency)
+        point_of(machine, days_ago=20)
+        Job.objects.create(
+            vault=vault, machine=machine, operation=Job.Operation.DRILL,
+            status=Job.Status.COMPLETED, scheduled_for=ten_days_ago,
+            details={"kind": "drill", "source_machine": str(machine.pk),
+                     "source_name": machine.name},
+        )  # fmt: skip
+        machines[frequency] = machine
+    started = services.drills_schedule()
+    assert [job.machine for job in started] == [machines[BackupPolicy.DrillFrequency.WEEKLY]]
 
 
 def test_the_first_drill_waits_for_the_backup_time_after_the_first_point(machine, alice, sent):

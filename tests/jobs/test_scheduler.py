@@ -5,11 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from agents.runtime import protocol
 from jobs import services
 from jobs.models import BackupPolicy, Job, ScheduledRun
+from jobs.services import scheduler
 from tests.jobs.conftest import make_machine, spec
+from tests.support import builders
 
 pytestmark = pytest.mark.django_db
 
@@ -110,21 +114,22 @@ def test_a_new_policy_does_not_run_retroactively(machine, alice):
 def test_a_tick_over_a_fleet_with_nothing_due_asks_as_many_queries_for_30_machines_as_for_3(
     vault, alice
 ):
-    """Thousands of machines, nearly all backed up and proven this period: the tick reads
-    the policies and the period's drills once and marks them all looked at in one write,
-    rather than a write and a drill query per machine every minute."""
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
-    from tests.support import builders
-
+    """Thousands of machines, nearly all backed up and proven this period, some waiting for
+    their first backup: the tick reads the policies, the period's drills and the first points
+    once each and marks them all looked at in one write, rather than a write and a drill
+    query or two per machine every minute."""
     machines = []
 
     def enrol(n):
-        for _ in range(n):
+        for i in range(n):
             m = builders.make_machine(vault=vault, name=f"fleet-{len(machines):03}")
             policy = services.policy_save(machine=m, spec=spec(times=["01:30"]), user=alice)
-            BackupPolicy.objects.filter(pk=policy.pk).update(scheduled_through=utc(2024, 10, 26, 11))
+            BackupPolicy.objects.filter(pk=policy.pk).update(
+                scheduled_through=utc(2024, 10, 26, 11)
+            )
+            machines.append(m)
+            if i % 3 == 0:
+                continue  # no backup yet: no point, no drill
             Job.objects.create(  # this month's drill, passed
                 vault=vault,
                 machine=m,
@@ -133,19 +138,23 @@ def test_a_tick_over_a_fleet_with_nothing_due_asks_as_many_queries_for_30_machin
                 scheduled_for=utc(2024, 10, 20, 23, 30),
                 details={"kind": "drill", "source_machine": str(m.pk), "source_name": m.name},
             )
-            machines.append(m)
 
     def queries_of_a_tick(at):
         with CaptureQueriesContext(connection) as seen:
             assert tick(at) == []
-        assert set(
-            BackupPolicy.objects.filter(machine__in=machines).values_list(
-                "scheduled_through", flat=True
-            )
-        ) == {at}
+        marks = BackupPolicy.objects.filter(machine__in=machines)
+        assert set(marks.values_list("scheduled_through", flat=True)) == {at}
         return len(seen)
 
     enrol(3)
     few = queries_of_a_tick(utc(2024, 10, 26, 12))
     enrol(27)
-    assert queries_of_a_tick(utc(2024, 10, 26, 12, 1)) == few <= 4
+    assert queries_of_a_tick(utc(2024, 10, 26, 12, 1)) == few <= 5
+
+
+def test_a_tick_that_ends_after_a_later_one_leaves_the_later_mark(nightly):
+    later = utc(2024, 10, 26, 12, 5)
+    BackupPolicy.objects.filter(pk=nightly.pk).update(scheduled_through=later)
+    scheduler._looked_at([nightly.pk], now=utc(2024, 10, 26, 12, 4))
+    nightly.refresh_from_db()
+    assert nightly.scheduled_through == later

@@ -16,6 +16,7 @@ import shutil
 import pytest
 
 from agents.runtime import engine, seed
+from agents.runtime.blobstore import StorageError
 from agents.runtime.engine import layout
 from jobs import services
 from jobs.models import Job, RecoveryPoint
@@ -126,20 +127,20 @@ def test_an_offline_seed_is_imported_resumably_and_the_next_backup_uploads_almos
 
 def test_import_pressed_again_while_it_copies_takes_over_and_the_first_run_stops(machine, offline):
     """Two portal workers never copy one seed side by side: the run started later (Import
-    pressed again, the same job queued again) takes over, and the first stops at its next
-    look at the job's row (once a second; here, a clock that moves two seconds a blob),
-    without failing or ending the job; what each copied stays."""
+    pressed again, the same job queued again) takes over, and the first stops after the
+    blob it was copying, at its next look at the job (once a second; here, a clock that
+    moves two seconds a blob), without failing or ending the job; what each copied stays."""
     job = services.seed_import_start(machine=machine, folder=offline["folder"])
     first: list[str] = []
     second: list[str] = []
 
     def second_copies_one(name):
         second.append(name)
-        raise Interrupted  # (still its run when the first one looks again)
+        raise Interrupted  # (still the import's run when the first one looks again)
 
     def press_again(name):
         first.append(name)
-        if len(first) == 1:
+        if len(first) == 2:
             again = services.seed_import_start(machine=machine, folder=offline["folder"])
             assert again.pk == job.pk
             with pytest.raises(Interrupted):
@@ -148,8 +149,9 @@ def test_import_pressed_again_while_it_copies_takes_over_and_the_first_run_stops
                 )
 
     clock = itertools.count(step=2).__next__
-    seeding.seed_import_run(job=job, after_blob=press_again, clock=clock)
-    assert len(first) == 1 and len(second) == 1 and first != second
+    with pytest.raises(seeding.ImportTakenOver):
+        seeding.seed_import_run(job=job, after_blob=press_again, clock=clock)
+    assert len(first) == 2 and len(second) == 1 and not set(first) & set(second)
     job.refresh_from_db()
     assert job.status == Job.Status.RUNNING and not job.error
 
@@ -160,6 +162,47 @@ def test_import_pressed_again_while_it_copies_takes_over_and_the_first_run_stops
     wanted = {b["name"] for b in offline["header"]["blobs"]} - {"config"}
     assert set(first + second + rest) == {n for n in wanted if not n.startswith(layout.KEYS_PREFIX)}
     assert RecoveryPoint.objects.filter(machine=machine).count() == 1
+
+
+class _FailingSecondPut:
+    """The machine's container, whose second create fails after ``before_failing()``."""
+
+    def __init__(self, store, before_failing):
+        self.store, self.before_failing, self.puts = store, before_failing, 0
+
+    def list(self, prefix):
+        return self.store.list(prefix)
+
+    def get(self, name):
+        return self.store.get(name)
+
+    def put(self, name, data):
+        self.puts += 1
+        if self.puts == 2:
+            self.before_failing()
+            raise StorageError("connection reset by peer")
+        self.store.put(name, data)
+
+
+def test_a_run_taken_over_does_not_fail_the_import_when_its_storage_then_fails(machine, offline):
+    job = services.seed_import_start(machine=machine, folder=offline["folder"])
+
+    def press_again():
+        with pytest.raises(Interrupted):
+            seeding.seed_import_run(job=Job.objects.get(pk=job.pk), after_blob=_interrupt)
+
+    with (
+        storage.primary_account().store(machine.container) as own,
+        pytest.raises(seeding.ImportTakenOver),
+    ):
+        seeding.seed_import_run(job=job, store=_FailingSecondPut(own, press_again))
+    job.refresh_from_db()
+    assert job.status == Job.Status.RUNNING and not job.error
+    assert seeding.seed_import_run(job=job).status == Job.Status.COMPLETED
+
+
+def _interrupt(name):
+    raise Interrupted
 
 
 def test_a_seed_of_another_machine_is_refused_saying_whose_it_is(vault, offline, alice):

@@ -38,7 +38,14 @@ class Command(BaseCommand):
         except services.SeedRefused as exc:
             raise CommandError(exc.message) from None
         self.stdout.write(f"Importing the seed of {machine.name} (job {job.pk}) ...")
-        job = seeding.seed_import_run(job=job)
+        try:
+            job = seeding.seed_import_run(job=job)
+        except seeding.ImportTakenOver:
+            raise CommandError(
+                f"Another run of this import took it over (job {job.pk}: Import pressed on the "
+                "Seeding page, or seed_import run again) and carries it on; the job's page "
+                "shows when it ends."
+            ) from None
         if job.status != Job.Status.COMPLETED:
             raise CommandError(f"The import ended {job.get_status_display()}: {job.error}")
         self.stdout.write(
