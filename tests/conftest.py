@@ -13,11 +13,13 @@ portal's charlie owns nothing at all) but does not copy it.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest
+from django.db import connections
 
 from tests.support import builders, screenshots, servers, workers
 
@@ -67,6 +69,29 @@ def pytest_collection_modifyitems(config, items):
         if fixtures & {"page", "browser", "context"}:
             item.add_marker(pytest.mark.browser)
             item.add_marker(pytest.mark.servers)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's, and before it drops a PostgreSQL test database, the sessions still
+    open on it are ended. Django closes only this thread's connection and its pool's idle
+    ones; a pooled connection that another thread of a test took and never gave back (its
+    wrapper waiting in a reference cycle for the collector) held a session open, and DROP
+    DATABASE refused: "is being accessed by other users", the database left behind."""
+    yield
+    gc.collect()  # the connections of threads that ended are closed as they should be
+    with django_db_blocker.unblock():
+        for conn in connections.all():
+            if conn.vendor != "postgresql":
+                continue
+            conn.close()
+            conn.close_pool()
+            with conn._nodb_cursor() as cursor:  # the "postgres" database, as Django's DROP
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    [conn.settings_dict["NAME"]],
+                )
 
 
 @pytest.fixture(scope="session", autouse=True)
