@@ -56,6 +56,7 @@ from jobs.services.live import job_publish
 from jobs.services.pruning import backup_in_flight, repository_fence, repository_store
 from jobs.services.replication import secondary_delete
 from jobs.services.verify import (
+    stored_data_job_create,
     stored_data_job_refusal,
     stored_data_job_running,
     stored_data_refusal,
@@ -113,16 +114,14 @@ def compact_start(
     refusal = stored_data_refusal(machine, work="compact")
     if refusal:
         raise CompactRefused(refusal)
-    status = Job.Status.QUEUED if machine.is_online(now) else Job.Status.WAITING
     with repository_fence(machine.pk):
         running = stored_data_job_running(machine, Job.Operation.COMPACT)
         if running is not None:
             raise CompactAlreadyRunning(running)
-        job = Job.objects.create(
-            vault_id=machine.vault_id,
-            machine=machine,
-            operation=Job.Operation.COMPACT,
-            status=status,
+        job = stored_data_job_create(
+            machine,
+            Job.Operation.COMPACT,
+            now=now,
             trigger=trigger,
             created_by=user,
             details={

@@ -40,6 +40,7 @@ from jobs.services import points
 from jobs.services.jobs import job_finish, job_record_progress
 from jobs.services.live import job_publish
 from jobs.services.pruning import repository_fence, repository_store
+from jobs.services.verify import stored_data_job_running
 
 log = logging.getLogger(__name__)
 
@@ -198,9 +199,7 @@ def seed_import_start(*, machine, folder: Path, user=None, enqueue: bool = True)
     # Under the machine's fence: two starts at once find one job (a lock on the job itself
     # would hold nothing while there is none yet).
     with repository_fence(machine.pk):
-        job = Job.objects.filter(
-            machine=machine, operation=Job.Operation.IMPORT, status__in=Job.ACTIVE
-        ).first()
+        job = stored_data_job_running(machine, Job.Operation.IMPORT)
         if job is not None and job.details.get("recovery_point_id") != details["recovery_point_id"]:
             raise SeedRefused("Another seed's import is running for this machine; wait for it.")
         if job is None:

@@ -79,6 +79,18 @@ def stored_data_job_running(machine, operation: str) -> Job | None:
     return Job.objects.active().filter(machine=machine, operation=operation).first()
 
 
+def stored_data_job_create(machine, operation: str, *, now: datetime, **fields) -> Job:
+    """A job of ``operation`` on ``machine``'s stored data: Queued for an agent online at
+    ``now``, else Waiting for it (made under the caller's fence, after its checks)."""
+    return Job.objects.create(
+        vault_id=machine.vault_id,
+        machine=machine,
+        operation=operation,
+        status=Job.Status.QUEUED if machine.is_online(now) else Job.Status.WAITING,
+        **fields,
+    )
+
+
 def stored_data_job_refusal(machine, *, operation: str, work: str, noun: str) -> str:
     """Why a job of ``operation`` on ``machine``'s stored data cannot start now ("" when it
     can): ``stored_data_refusal``, or one already on its way (``noun``: "A verify")."""
@@ -113,16 +125,14 @@ def verify_start(
     send it to its agent; ``VerifyRefused`` says why not. The refusal is read and the job
     made under the machine's fence, so two presses at once queue one verify."""
     now = now or timezone.now()
-    status = Job.Status.QUEUED if machine.is_online(now) else Job.Status.WAITING
     with repository_fence(machine.pk):
         refusal = verify_refusal(machine)
         if refusal:
             raise VerifyRefused(refusal)
-        job = Job.objects.create(
-            vault_id=machine.vault_id,
-            machine=machine,
-            operation=Job.Operation.VERIFY,
-            status=status,
+        job = stored_data_job_create(
+            machine,
+            Job.Operation.VERIFY,
+            now=now,
             trigger=trigger,
             scheduled_for=scheduled_for,
             created_by=user,
