@@ -110,3 +110,30 @@ def test_a_machine_cannot_report_on_or_finish_its_own_seed_import(client, vault,
     assert client.get(f"/api/agent/jobs/{job.pk}/", **auth).status_code == 404
     job.refresh_from_db()
     assert job.status == Job.Status.QUEUED and not job.progress
+
+
+def test_only_a_contributor_can_take_a_running_import_over(
+    client, vault, tmp_path, settings, member, charlie, _jobs_env
+):
+    """A press of Import while a worker copies hands the job to a new run, which takes the
+    import over: an outsider (404), a Reader or a Backup Operator (403) cannot, and the
+    copying run stays the import's."""
+    from portal.models import Role
+
+    machine = make_machine(vault)
+    root = tmp_path / "seeds"
+    _seed(root / "web-01", machine, {"config": CONFIG, layout.manifest_blob(POINT): b"m"})
+    settings.HAVEN_SEED_IMPORT_ROOT = str(root)
+    job = services.seed_import_start(machine=machine, folder=root / "web-01")
+    copying = seeding._take_over(job)  # a portal worker's run, copying
+    url = f"/jobs/machines/{machine.pk}/seeding/"
+    for who, code in [(charlie, 404), (member(Role.READER), 403),
+                      (member(Role.BACKUP_OPERATOR), 403)]:  # fmt: skip
+        client.force_login(who)
+        assert client.post(url, {"path": "web-01"}).status_code == code
+        job.refresh_from_db()
+        assert job.details[seeding.RUN_KEY] == copying and len(_jobs_env) == 1
+    client.force_login(member(Role.CONTRIBUTOR))
+    answer = client.post(url, {"path": "web-01"})
+    assert answer.status_code == 302 and answer["Location"] == f"/jobs/{job.pk}/"
+    assert _jobs_env == [("seed_import", (str(job.pk),))] * 2  # the same job, queued again
