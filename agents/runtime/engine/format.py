@@ -148,23 +148,32 @@ def parse_pack_header(
     return [PACK_ROW.unpack_from(header, o) for o in range(0, len(header), PACK_ROW.size)]
 
 
+INDEX_MAGIC = b"HVI1"
+ZSTD_FRAME = b"\x28\xb5\x2f\xfd"  # how a zstd frame begins
+
+
 def encode_index(
     packs: Sequence[tuple[bytes, int, list[tuple[bytes, int, int, int]] | bytes]],
 ) -> bytes:
-    """``rows`` of a pack: tuples, or already packed back to back (``PACK_ROW``)."""
-    parts = [b"HVI1"]
+    """An index delta's plaintext (``Repository.put_sealed`` compresses and seals it):
+    ``rows`` of a pack are tuples, or already packed back to back (``PACK_ROW``)."""
+    parts = [INDEX_MAGIC]
     for pack_id, size, rows in packs:
         if isinstance(rows, bytes):
             parts += (pack_id + struct.pack("<QI", size, len(rows) // PACK_ROW.size), rows)
             continue
         parts.append(pack_id + struct.pack("<QI", size, len(rows)))
         parts.extend(PACK_ROW.pack(*row) for row in rows)
-    return zstandard.ZstdCompressor(level=3).compress(b"".join(parts))
+    return b"".join(parts)
 
 
 def decode_index(raw: bytes) -> Iterator[tuple[bytes, int, list[tuple[bytes, int, int, int]]]]:
-    data = _dctx().decompress(raw, max_output_size=1 << 31)
-    if data[:4] != b"HVI1":
+    """An index delta's packs; ``raw`` as ``get_sealed`` returns it. Deltas written before
+    2026-12-07 were compressed a second time inside (one more zstd frame): read as well."""
+    data = raw
+    if raw[:4] == ZSTD_FRAME:
+        data = _dctx().decompress(raw, max_output_size=1 << 31)
+    if data[:4] != INDEX_MAGIC:
         raise UnsupportedFormat("unknown index format; upgrade Haven")
     pos = 4
     while pos < len(data):

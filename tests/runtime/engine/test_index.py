@@ -7,12 +7,16 @@ import os
 import random
 
 import pytest
+import zstandard
 
 from agents.runtime.engine import index as index_module
 from agents.runtime.engine.crypto import Sealer
 from agents.runtime.engine.errors import IntegrityError
-from agents.runtime.engine.format import PACK_ROW
+from agents.runtime.engine.format import PACK_ROW, encode_index
 from agents.runtime.engine.index import ChunkIndex
+from agents.runtime.engine.layout import index_blob, pack_blob
+from agents.runtime.engine.repository import Repository
+from tests.runtime.engine.conftest import PASSPHRASE
 
 
 def test_it_finds_what_it_stored_and_grows():
@@ -140,3 +144,25 @@ def test_a_cut_extended_or_tampered_cache_file_is_refused(small_frames):
     marked[7] |= 0x80
     with pytest.raises((IntegrityError, ValueError)):
         ChunkIndex.load_frames(io.BytesIO(bytes(marked)), sealer.open)
+
+
+def test_an_index_delta_is_compressed_once_and_older_deltas_still_load(repo):
+    """An index delta is ``seal(zstd("HVI1" ...))`` as docs/storage-format.md says; a delta
+    written before 2026-12-07, compressed once more inside, loads the same packs."""
+    rng = random.Random(3)
+    rows = [(rng.randbytes(32), i * 100, 90, 1000 + i) for i in range(500)]
+    name = repo.write_index([(b"n" * 16, 50_000, rows)])
+    plain = zstandard.ZstdDecompressor().decompress(
+        repo.sealer.open(repo.store.get(name), name.encode()), max_output_size=1 << 24
+    )
+    assert plain.startswith(b"HVI1")
+    older = index_blob("0" * 32)
+    twice = zstandard.ZstdCompressor(level=3).compress(encode_index([(b"o" * 16, 60_000, rows)]))
+    repo.put_sealed(older, twice)
+    for pack_id in (b"n" * 16, b"o" * 16):  # (a delta's packs are live while stored)
+        repo.store.put(pack_blob(pack_id), b"pack")
+    idx = Repository.open(repo.store, PASSPHRASE).load_index()
+    assert set(idx.pack_ids) == {b"n" * 16, b"o" * 16}
+    for cid, off, length, raw in rows:
+        _pack_no, o, n, r = idx.get(cid)
+        assert (o, n, r) == (off, length, raw)
