@@ -325,3 +325,30 @@ def test_manage_py_seed_import_imports_and_says_whose_an_unknown_seed_is(
     job = Job.objects.get(machine=machine, operation=Job.Operation.IMPORT)
     assert job.status == Job.Status.COMPLETED
     assert RecoveryPoint.objects.filter(machine=machine, job=job).exists()
+
+
+def test_manage_py_seed_import_taken_over_says_which_job_carries_on(machine, offline, monkeypatch):
+    """The command's run, taken over by Import pressed on the Seeding page while it copies,
+    stops with an error naming the job that carries on; the job is neither failed nor
+    ended, and the run that took over finishes it."""
+    from django.core.management import CommandError, call_command
+
+    run = seeding.seed_import_run
+    copied: list[str] = []
+
+    def press_import(name):
+        copied.append(name)
+        if len(copied) == 1:
+            again = services.seed_import_start(machine=machine, folder=offline["folder"])
+            with pytest.raises(Interrupted):
+                run(job=Job.objects.get(pk=again.pk), after_blob=_interrupt)
+
+    def the_commands_run(*, job):
+        return run(job=job, after_blob=press_import, clock=itertools.count(step=2).__next__)
+
+    monkeypatch.setattr(seeding, "seed_import_run", the_commands_run)
+    with pytest.raises(CommandError, match=r"Another run of this import took it over \(job "):
+        call_command("seed_import", str(offline["folder"]))
+    job = Job.objects.get(machine=machine, operation=Job.Operation.IMPORT)
+    assert job.status == Job.Status.RUNNING and not job.error
+    assert run(job=job).status == Job.Status.COMPLETED
