@@ -296,7 +296,7 @@ def one_round(
             again.init()
             warm(src)
             record("haven", FLOOR_PAIR, again.backup("initial"))
-            shutil.rmtree(again.work)
+            shutil.rmtree(work / "again")
             floor(work, src, record)  # (which reads all of src just before this backup)
         else:
             warm(src)

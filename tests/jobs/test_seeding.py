@@ -330,7 +330,7 @@ def test_manage_py_seed_import_imports_and_says_whose_an_unknown_seed_is(
 def test_manage_py_seed_import_taken_over_says_which_job_carries_on(machine, offline, monkeypatch):
     """The command's run, taken over by Import pressed on the Seeding page while it copies,
     stops with an error naming the job that carries on; the job is neither failed nor
-    ended, and the run that took over finishes it."""
+    ended, and a later run finishes it."""
     from django.core.management import CommandError, call_command
 
     run = seeding.seed_import_run

@@ -3,7 +3,8 @@
 * chunk object: ``seal(flag || payload, ad=b"chunk\\0" || id)``; flag 0 = stored, 1 = zstd
 * pack: chunk objects back to back, then ``seal(header, ad=b"pack\\0" || pack id)`` and its
   length as ``uint32`` LE; header rows are ``<32s I I I`` (id, offset, length, plain length)
-* index blob: ``seal(zstd(b"HVI1" || per pack: id(16) size(u64) count(u32) rows))``
+* index blob: ``seal(zstd(zstd(b"HVI1" || per pack: id(16) size(u64) count(u32) rows)))``, the
+  outer frame that of every sealed small blob (``Repository.put_sealed``)
 * manifest entries: a binary stream (``encode_entry``) cut into content-defined metadata chunks
 """
 
@@ -149,14 +150,16 @@ def parse_pack_header(
 
 
 INDEX_MAGIC = b"HVI1"
-ZSTD_FRAME = b"\x28\xb5\x2f\xfd"  # how a zstd frame begins
+# An index delta's rows are mostly random chunk ids: level 3 shrinks them hardly further
+# (0.944 against 0.950 of their size) at a third to a fifth of level 1's speed.
+INDEX_LEVEL = 1
 
 
 def encode_index(
     packs: Sequence[tuple[bytes, int, list[tuple[bytes, int, int, int]] | bytes]],
 ) -> bytes:
-    """An index delta's plaintext (``Repository.put_sealed`` compresses and seals it):
-    ``rows`` of a pack are tuples, or already packed back to back (``PACK_ROW``)."""
+    """An index delta, compressed (``Repository.write_index`` seals it): ``rows`` of a
+    pack are tuples, or already packed back to back (``PACK_ROW``)."""
     parts = [INDEX_MAGIC]
     for pack_id, size, rows in packs:
         if isinstance(rows, bytes):
@@ -164,15 +167,11 @@ def encode_index(
             continue
         parts.append(pack_id + struct.pack("<QI", size, len(rows)))
         parts.extend(PACK_ROW.pack(*row) for row in rows)
-    return b"".join(parts)
+    return zstandard.ZstdCompressor(level=INDEX_LEVEL).compress(b"".join(parts))
 
 
 def decode_index(raw: bytes) -> Iterator[tuple[bytes, int, list[tuple[bytes, int, int, int]]]]:
-    """An index delta's packs; ``raw`` as ``get_sealed`` returns it. Deltas written before
-    2026-12-07 were compressed a second time inside (one more zstd frame): read as well."""
-    data = raw
-    if raw[:4] == ZSTD_FRAME:
-        data = _dctx().decompress(raw, max_output_size=1 << 31)
+    data = _dctx().decompress(raw, max_output_size=1 << 31)
     if data[:4] != INDEX_MAGIC:
         raise UnsupportedFormat("unknown index format; upgrade Haven")
     pos = 4

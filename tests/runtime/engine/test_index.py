@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import struct
 
 import pytest
 import zstandard
@@ -12,7 +13,7 @@ import zstandard
 from agents.runtime.engine import index as index_module
 from agents.runtime.engine.crypto import Sealer
 from agents.runtime.engine.errors import IntegrityError
-from agents.runtime.engine.format import PACK_ROW, encode_index
+from agents.runtime.engine.format import PACK_ROW
 from agents.runtime.engine.index import ChunkIndex
 from agents.runtime.engine.layout import index_blob, pack_blob
 from agents.runtime.engine.repository import Repository
@@ -146,23 +147,27 @@ def test_a_cut_extended_or_tampered_cache_file_is_refused(small_frames):
         ChunkIndex.load_frames(io.BytesIO(bytes(marked)), sealer.open)
 
 
-def test_an_index_delta_is_compressed_once_and_older_deltas_still_load(repo):
-    """An index delta is ``seal(zstd("HVI1" ...))`` as docs/storage-format.md says; a delta
-    written before 2026-12-07, compressed once more inside, loads the same packs."""
+def test_an_index_delta_reads_as_every_haven_reads_it(repo):
+    """``seal(zstd(zstd("HVI1" ...)))``: a delta written now opens the way Haven before
+    2026-12-07 opened it (two zstd frames inside the seal), and one written then (both
+    frames at level 3) loads beside it; each chunk is found in its own delta's pack."""
     rng = random.Random(3)
-    rows = [(rng.randbytes(32), i * 100, 90, 1000 + i) for i in range(500)]
-    name = repo.write_index([(b"n" * 16, 50_000, rows)])
-    plain = zstandard.ZstdDecompressor().decompress(
+    new_rows = [(rng.randbytes(32), i * 100, 90, 1000 + i) for i in range(500)]
+    old_rows = [(rng.randbytes(32), i * 100, 80, 2000 + i) for i in range(500)]
+    name = repo.write_index([(b"n" * 16, 50_000, new_rows)])
+    inner = zstandard.ZstdDecompressor().decompress(
         repo.sealer.open(repo.store.get(name), name.encode()), max_output_size=1 << 24
     )
-    assert plain.startswith(b"HVI1")
+    plain = zstandard.ZstdDecompressor().decompress(inner, max_output_size=1 << 24)
+    assert plain.startswith(b"HVI1") and len(plain) == 4 + 16 + 12 + 500 * PACK_ROW.size
     older = index_blob("0" * 32)
-    twice = zstandard.ZstdCompressor(level=3).compress(encode_index([(b"o" * 16, 60_000, rows)]))
-    repo.put_sealed(older, twice)
+    packed = b"".join(PACK_ROW.pack(*r) for r in old_rows)
+    then = b"HVI1" + b"o" * 16 + struct.pack("<QI", 60_000, len(old_rows)) + packed
+    repo.put_sealed(older, zstandard.ZstdCompressor(level=3).compress(then))
     for pack_id in (b"n" * 16, b"o" * 16):  # (a delta's packs are live while stored)
         repo.store.put(pack_blob(pack_id), b"pack")
     idx = Repository.open(repo.store, PASSPHRASE).load_index()
-    assert set(idx.pack_ids) == {b"n" * 16, b"o" * 16}
-    for cid, off, length, raw in rows:
-        _pack_no, o, n, r = idx.get(cid)
-        assert (o, n, r) == (off, length, raw)
+    for pack_id, rows in ((b"n" * 16, new_rows), (b"o" * 16, old_rows)):
+        for cid, off, length, raw in rows:
+            pack_no, o, n, r = idx.get(cid)
+            assert (idx.pack_ids[pack_no], o, n, r) == (pack_id, off, length, raw)
