@@ -4,8 +4,9 @@ Stages, each tool in turn (interleaved per stage, so a noisy neighbour hurts all
 initial backup, the floor of an initial backup (``bench.floor``: the engine's own read → chunk →
 hash → zstd → AES-GCM → pack-write pipeline on every core, without index, manifest or metadata;
 it and Haven's initial twice each, alternated, the faster of each pair compared),
-no-change backup, backup after changing 1% of the files, full restore into a fresh folder,
-single-file restore; ``cp -a`` of the same data is the floor for restores.
+no-change backup, backup after changing 1% of the files, full restore into a fresh folder
+(on the tree twice, cp -a and the tools, then in reverse order, the faster kept), single-file
+restore; ``cp -a`` of the same data is the floor for restores.
 Each command runs as a child, after a ``sync``; wall time, CPU time (user+sys, children
 included) and peak RSS (largest single process, from ``wait4``) are recorded; stored size is
 ``du`` of the repository.
@@ -316,10 +317,21 @@ def one_round(
         return
     restore_root = work / "restores"
     restore_root.mkdir()
-    warm(src)
-    record("cp -a", "restore-floor", run(["cp", "-a", str(src), str(restore_root / "cp")]))
-    for t in tools:
-        record(t.name, "restore", t.restore(restore_root / t.name))
+    # On the tree, each restore and ``cp -a`` twice, the second time in the reverse order
+    # (cp, tools, then tools reversed, cp), the faster of each kept: creating a million files
+    # costs the kernel two to three times as much from one minute to the next on these
+    # machines (docs/benchmarks.md, sessions 15 and 18), so one sample each set a tool's
+    # ratio by when it ran. The other data set repeats whole rounds instead (``--repeat``).
+    steps: list[Tool | None] = [None, *tools]  # None: ``cp -a``
+    if tree:
+        steps += steps[::-1]
+    for n, step in enumerate(steps):
+        target = restore_root / f"{step.name if step else 'cp'}-{n}"
+        if step is None:
+            warm(src)
+            record("cp -a", "restore-floor", run(["cp", "-a", str(src), str(target)]))
+        else:
+            record(step.name, "restore", step.restore(target))
     if not tree:
         single = largest_file(src)
         for t in tools:
