@@ -5,7 +5,7 @@ initial backup, the floor of an initial backup (``bench.floor``: the engine's ow
 hash → zstd → AES-GCM → pack-write pipeline on every core, without index, manifest or metadata;
 it and Haven's initial twice each, alternated, the faster of each pair compared),
 no-change backup, backup after changing 1% of the files, full restore into a fresh folder
-(on the tree twice, cp -a and the tools, then in reverse order, the faster kept), single-file
+(on the tree twice, ``cp -a`` and the tools, then in reverse order, the faster kept), single-file
 restore; ``cp -a`` of the same data is the floor for restores.
 Each command runs as a child, after a ``sync``; wall time, CPU time (user+sys, children
 included) and peak RSS (largest single process, from ``wait4``) are recorded; stored size is
@@ -318,10 +318,11 @@ def one_round(
     restore_root = work / "restores"
     restore_root.mkdir()
     # On the tree, each restore and ``cp -a`` twice, the second time in the reverse order
-    # (cp, tools, then tools reversed, cp), the faster of each kept: creating a million files
-    # costs the kernel two to three times as much from one minute to the next on these
-    # machines (docs/benchmarks.md, sessions 15 and 18), so one sample each set a tool's
-    # ratio by when it ran. The other data set repeats whole rounds instead (``--repeat``).
+    # (cp, tools, then tools reversed, cp), the faster of each kept: what creating a million
+    # files costs the kernel moves by several times from one minute to the next on these
+    # machines (the same ``cp -a`` 58.8 s, then 37.9 s; docs/benchmarks.md, sessions 15 and
+    # 18), so one sample each set a tool's ratio by when it ran. The other data set repeats
+    # whole rounds instead (``--repeat``).
     steps: list[Tool | None] = [None, *tools]  # None: ``cp -a``
     if tree:
         steps += steps[::-1]
