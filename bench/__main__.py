@@ -327,12 +327,12 @@ def one_round(
     if tree:
         steps += steps[::-1]
     for n, step in enumerate(steps):
-        target = restore_root / f"{step.name if step else 'cp'}-{n}"
         if step is None:
             warm(src)
-            record("cp -a", "restore-floor", run(["cp", "-a", str(src), str(target)]))
+            target = str(restore_root / f"cp-{n}")
+            record("cp -a", "restore-floor", run(["cp", "-a", str(src), target]))
         else:
-            record(step.name, "restore", step.restore(target))
+            record(step.name, "restore", step.restore(restore_root / f"{step.name}-{n}"))
     if not tree:
         single = largest_file(src)
         for t in tools:
