@@ -171,3 +171,23 @@ def test_an_index_delta_reads_as_every_haven_reads_it(repo):
         for cid, off, length, raw in rows:
             pack_no, o, n, r = idx.get(cid)
             assert (idx.pack_ids[pack_no], o, n, r) == (pack_id, off, length, raw)
+
+
+def test_an_index_delta_flipped_or_moved_under_another_name_is_refused(repo):
+    """Whoever can write the storage but holds no key cannot feed a backup chunk locations:
+    a delta with one byte flipped, or a valid delta stored under another delta's name (the
+    name is bound into the seal), fails authentication instead of being read."""
+    rows = [(random.Random(5).randbytes(32), 0, 90, 1000)]
+    name = repo.write_index([(b"n" * 16, 50_000, rows)])
+    repo.store.put(pack_blob(b"n" * 16), b"pack")
+    sealed = repo.store.get(name)
+    flipped = bytearray(sealed)
+    flipped[len(flipped) // 2] ^= 1
+    repo.store.backend.delete(name)
+    repo.store.put(name, bytes(flipped))
+    with pytest.raises(IntegrityError):
+        Repository.open(repo.store, PASSPHRASE).load_index()
+    repo.store.backend.delete(name)
+    repo.store.put(index_blob("f" * 32), sealed)
+    with pytest.raises(IntegrityError):
+        Repository.open(repo.store, PASSPHRASE).load_index()
